@@ -1,0 +1,288 @@
+//! The signing core: turns a verified CSR and an attested SPIFFE ID into an X.509-SVID.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use hush_identity::{SpiffeId, TrustBundle, TrustDomain};
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use time::OffsetDateTime;
+
+use crate::csr::VerifiedCsr;
+
+/// How long the certificates the CA issues live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IssuancePolicy {
+    /// Lifetime given when the caller does not ask for one.
+    pub default_ttl: Duration,
+    /// The longest lifetime the CA grants; longer requests are shortened to this.
+    pub max_ttl: Duration,
+    /// The shortest lifetime the CA grants; shorter requests are lengthened to this.
+    pub min_ttl: Duration,
+    /// How far NotBefore is set in the past, so that a peer whose clock runs a little behind
+    /// still accepts a certificate issued a moment ago.
+    pub backdate: Duration,
+}
+
+impl Default for IssuancePolicy {
+    fn default() -> Self {
+        Self {
+            default_ttl: Duration::from_secs(24 * 3600),
+            max_ttl: Duration::from_secs(24 * 3600),
+            min_ttl: Duration::from_secs(60),
+            backdate: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+impl IssuancePolicy {
+    /// The lifetime granted for a request of `requested` (None: the default).
+    pub fn lifetime_for(&self, requested: Option<Duration>) -> Duration {
+        requested
+            .unwrap_or(self.default_ttl)
+            .clamp(self.min_ttl, self.max_ttl)
+    }
+}
+
+/// The CA's signing material: the trust bundle and the intermediate that signs workloads.
+pub struct CaMaterial {
+    /// The roots of the trust domain.
+    pub bundle: TrustBundle,
+    /// The intermediate certificate (DER).
+    pub intermediate: CertificateDer<'static>,
+    /// The intermediate's private key.
+    pub intermediate_key: KeyPair,
+}
+
+/// A certificate the CA issued.
+#[derive(Debug, Clone)]
+pub struct IssuedSvid {
+    /// The identity written into the certificate.
+    pub spiffe_id: SpiffeId,
+    /// The leaf first, then the intermediate.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Start of validity (already back-dated).
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+    /// Serial number, lowercase hex.
+    pub serial_hex: String,
+}
+
+/// The CA could not be set up, or could not sign.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorityError {
+    /// The intermediate certificate cannot be parsed.
+    #[error("the intermediate certificate cannot be parsed: {0}")]
+    BadIntermediate(String),
+    /// The intermediate is not signed by any root of the bundle.
+    #[error("the intermediate certificate is not signed by any root in the trust bundle")]
+    NotChained,
+    /// The intermediate's private key does not match its certificate.
+    #[error("the intermediate's private key does not match the intermediate certificate")]
+    KeyMismatch,
+    /// The intermediate expired.
+    #[error("the intermediate certificate expired at {0}; create a new CA with `hush ca init`")]
+    IntermediateExpired(OffsetDateTime),
+    /// The requested identity is outside the CA's trust domain.
+    #[error("{id} is not in this CA's trust domain {trust_domain}")]
+    ForeignIdentity {
+        /// The identity that was asked for.
+        id: SpiffeId,
+        /// The CA's trust domain.
+        trust_domain: TrustDomain,
+    },
+    /// rcgen could not build or sign the certificate.
+    #[error("cannot build the certificate: {0}")]
+    Sign(#[from] rcgen::Error),
+}
+
+/// Signs X.509-SVIDs with the intermediate. Cheap to share behind an `Arc`.
+pub struct Authority {
+    trust_domain: TrustDomain,
+    bundle: TrustBundle,
+    intermediate: CertificateDer<'static>,
+    intermediate_not_after: OffsetDateTime,
+    issuer: Issuer<'static, KeyPair>,
+    policy: IssuancePolicy,
+}
+
+// === impl Authority ===
+
+impl Authority {
+    /// Checks the material (the intermediate chains to the bundle and matches its key) and
+    /// prepares to sign.
+    pub fn new(material: CaMaterial, policy: IssuancePolicy) -> Result<Self, AuthorityError> {
+        let CaMaterial {
+            bundle,
+            intermediate,
+            intermediate_key,
+        } = material;
+        let (_, cert) = x509_parser::parse_x509_certificate(&intermediate)
+            .map_err(|e| AuthorityError::BadIntermediate(e.to_string()))?;
+        let chained = bundle.roots().iter().any(|root| {
+            x509_parser::parse_x509_certificate(root)
+                .map(|(_, root)| {
+                    cert.verify_signature(Some(root.public_key())).is_ok()
+                        && cert.issuer() == root.subject()
+                })
+                .unwrap_or(false)
+        });
+        if !chained {
+            return Err(AuthorityError::NotChained);
+        }
+        if cert.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&intermediate_key)
+        {
+            return Err(AuthorityError::KeyMismatch);
+        }
+        let intermediate_not_after =
+            OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
+                .map_err(|e| AuthorityError::BadIntermediate(e.to_string()))?;
+        if intermediate_not_after <= OffsetDateTime::now_utc() {
+            return Err(AuthorityError::IntermediateExpired(intermediate_not_after));
+        }
+        let issuer = Issuer::from_ca_cert_der(&intermediate, intermediate_key)?;
+        Ok(Self {
+            trust_domain: bundle.trust_domain().clone(),
+            bundle,
+            intermediate,
+            intermediate_not_after,
+            issuer,
+            policy,
+        })
+    }
+
+    /// The trust domain the CA issues for.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The roots that verify what this CA issues.
+    pub fn bundle(&self) -> &TrustBundle {
+        &self.bundle
+    }
+
+    /// The lifetime rules.
+    pub fn policy(&self) -> &IssuancePolicy {
+        &self.policy
+    }
+
+    /// When the intermediate expires; nothing issued outlives it.
+    pub fn intermediate_not_after(&self) -> OffsetDateTime {
+        self.intermediate_not_after
+    }
+
+    /// Issues an X.509-SVID for `id` over the key of `csr`. The CSR's own names are ignored.
+    pub fn issue(
+        &self,
+        csr: &VerifiedCsr,
+        id: &SpiffeId,
+        requested_ttl: Option<Duration>,
+    ) -> Result<IssuedSvid, AuthorityError> {
+        if !id.is_member_of(&self.trust_domain) {
+            return Err(AuthorityError::ForeignIdentity {
+                id: id.clone(),
+                trust_domain: self.trust_domain.clone(),
+            });
+        }
+        let mut params = self.leaf_params(requested_ttl);
+        params.subject_alt_names = vec![SanType::URI(
+            id.as_str().try_into().map_err(rcgen::Error::from)?,
+        )];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let serial_hex = hex(&params
+            .serial_number
+            .as_ref()
+            .map(|s| s.to_bytes())
+            .unwrap_or_default());
+        let (not_before, not_after) = (params.not_before, params.not_after);
+        let leaf = params.signed_by(csr, &self.issuer)?;
+        Ok(IssuedSvid {
+            spiffe_id: id.clone(),
+            chain: vec![leaf.der().clone(), self.intermediate.clone()],
+            not_before,
+            not_after,
+            serial_hex,
+        })
+    }
+
+    /// Issues the CA's own TLS server certificate (a fresh key, DNS and IP SANs, serverAuth),
+    /// valid for `lifetime`. Returns the chain and the PKCS#8 key.
+    pub fn issue_server_certificate(
+        &self,
+        dns_names: &[String],
+        ips: &[IpAddr],
+        lifetime: Duration,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), AuthorityError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = self.leaf_params(Some(lifetime));
+        // The server certificate is not a workload identity; its lifetime is set by the caller.
+        params.not_after = (OffsetDateTime::now_utc() + lifetime).min(self.intermediate_not_after);
+        let mut sans = Vec::with_capacity(dns_names.len() + ips.len());
+        for name in dns_names {
+            sans.push(SanType::DnsName(name.as_str().try_into()?));
+        }
+        sans.extend(ips.iter().copied().map(SanType::IpAddress));
+        params.subject_alt_names = sans;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "hush CA server");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok((vec![cert.der().clone(), self.intermediate.clone()], key))
+    }
+
+    fn leaf_params(&self, requested_ttl: Option<Duration>) -> CertificateParams {
+        let now = OffsetDateTime::now_utc();
+        let lifetime = self.policy.lifetime_for(requested_ttl);
+        let mut params = CertificateParams::default();
+        params.not_before = now - self.policy.backdate;
+        params.not_after = (now + lifetime).min(self.intermediate_not_after);
+        params.serial_number = Some(random_serial());
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "hush");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        params
+    }
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("trust_domain", &self.trust_domain)
+            .field("intermediate_not_after", &self.intermediate_not_after)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// 16 random bytes, top bit clear so the INTEGER stays positive without padding (RFC 5280 §4.1.2.2
+/// allows up to 20 octets).
+fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    crate::random::fill(&mut bytes);
+    bytes[0] &= 0x7f;
+    // A leading zero byte would be dropped by DER, shrinking the serial; keep it non-zero.
+    bytes[0] |= 0x01;
+    SerialNumber::from_slice(&bytes)
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}

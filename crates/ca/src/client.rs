@@ -1,0 +1,123 @@
+//! A client for the CA, over TLS 1.3 verified against the trust bundle.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hush_proto::hush::ca::v1 as pb;
+use hush_proto::hush::ca::v1::certificate_authority_client::CertificateAuthorityClient;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The client could not be set up.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The CA address is not an `https://host:port` URL.
+    #[error("CA address {address:?} is not valid: {reason} (expected https://host:port)")]
+    BadAddress {
+        /// What was given.
+        address: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The trust roots could not be used.
+    #[error(transparent)]
+    Tls(#[from] hush_tls::TlsConfigError),
+}
+
+/// Opens a gRPC channel to the CA at `address` (`https://host:port`), verifying the CA's server
+/// certificate against `roots` for `host`. The connection is made on first use.
+pub fn channel(address: &str, roots: &[CertificateDer<'static>]) -> Result<Channel, ClientError> {
+    let bad = |reason: &str| ClientError::BadAddress {
+        address: address.to_string(),
+        reason: reason.to_string(),
+    };
+    let uri: Uri = address.parse().map_err(|_| bad("not a URL"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(bad(
+            "the CA is only reachable over TLS, so the scheme must be https",
+        ));
+    }
+    let host = uri.host().ok_or_else(|| bad("no host"))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().ok_or_else(|| bad("no port"))?;
+    let server_name = ServerName::try_from(host.clone()).map_err(|_| bad("invalid host name"))?;
+    let tls = TlsConnector::from(Arc::new(hush_tls::client_config_with_roots(
+        roots,
+        &[hush_tls::ALPN_H2],
+    )?));
+    let endpoint = Endpoint::from(uri)
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30));
+    let connector = tower::service_fn(move |_: Uri| {
+        let tls = tls.clone();
+        let server_name = server_name.clone();
+        let host = host.clone();
+        async move {
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = tls.connect(server_name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+/// Adds `authorization: Bearer <token>` to a request, marked sensitive so that it never shows
+/// up in debug output.
+pub fn with_bearer<T>(message: T, token: &str) -> Result<tonic::Request<T>, tonic::Status> {
+    let mut request = tonic::Request::new(message);
+    let mut value: MetadataValue<_> = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+        tonic::Status::invalid_argument("the token contains characters not allowed in a header")
+    })?;
+    value.set_sensitive(true);
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
+
+/// A client of hush's own CA API.
+#[derive(Debug, Clone)]
+pub struct CaClient {
+    inner: CertificateAuthorityClient<Channel>,
+}
+
+// === impl CaClient ===
+
+impl CaClient {
+    /// A client for the CA at `address`, trusting `roots`.
+    pub fn new(address: &str, roots: &[CertificateDer<'static>]) -> Result<Self, ClientError> {
+        Ok(Self {
+            inner: CertificateAuthorityClient::new(channel(address, roots)?),
+        })
+    }
+
+    /// Asks for a certificate for the key of `csr` (DER or PEM), proving identity with `token`.
+    pub async fn certify(
+        &self,
+        token: &str,
+        csr: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<pb::CertifyResponse, tonic::Status> {
+        let ttl_seconds = ttl.map_or(0, |t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX));
+        let request = with_bearer(pb::CertifyRequest { csr, ttl_seconds }, token)?;
+        Ok(self.inner.clone().certify(request).await?.into_inner())
+    }
+
+    /// Fetches the CA's trust bundle.
+    pub async fn trust_bundle(&self) -> Result<pb::GetTrustBundleResponse, tonic::Status> {
+        Ok(self
+            .inner
+            .clone()
+            .get_trust_bundle(pb::GetTrustBundleRequest {})
+            .await?
+            .into_inner())
+    }
+}

@@ -1,0 +1,38 @@
+//! The hush control plane: a small certificate authority for SPIFFE workload identities.
+//!
+//! A caller proves who it is with a bearer token — a hush join token, or a Kubernetes
+//! service-account token checked by TokenReview — and sends a CSR. The CA checks the CSR's
+//! signature (proof of possession), ignores every name it asks for, and signs an X.509-SVID for
+//! the attested SPIFFE ID with its intermediate. Every issuance and refusal is appended to an
+//! audit log before the answer leaves.
+//!
+//! * [`CaDir`] — `hush ca init`: the root, the intermediate and their files.
+//! * [`Authority`] — the signing core (no I/O).
+//! * [`JoinTokenStore`], [`Attestor`] — who is calling.
+//! * [`CaService`], [`serve`] — the gRPC services (`hush.ca.v1` and Istio's) over TLS.
+//! * [`CaClient`] — a client for hush's API.
+
+mod attest;
+mod audit;
+mod authority;
+mod client;
+mod csr;
+mod random;
+mod server;
+mod service;
+mod store;
+mod tokens;
+
+pub use self::attest::{
+    AttestError, AttestationKind, Attested, Attestor, ServiceAccountIdentity, TokenReviewClient,
+    TokenReviewConfig, TokenReviewError,
+};
+pub use self::audit::{AuditError, AuditEvent, AuditLog, AuditRecord};
+pub use self::authority::{Authority, AuthorityError, CaMaterial, IssuancePolicy, IssuedSvid};
+pub use self::client::{CaClient, ClientError, channel, with_bearer};
+pub use self::csr::{CsrError, KeyKind, MAX_CSR_BYTES, MIN_RSA_BITS, VerifiedCsr};
+pub use self::server::{ServeError, ServeOptions, serve};
+pub use self::service::{CaService, HUSH_API, ISTIO_API, pem_certificate};
+pub use self::store::{CaDir, CaKeyAlgorithm, InitOptions, InitReport, StoreError};
+pub use self::tokens::{CheckedToken, JoinTokenStore, MintedToken, TOKEN_PREFIX, TokenError};
+pub use hush_proto::{hush::ca::v1 as proto, istio::v1::auth as istio_proto};

@@ -1,0 +1,266 @@
+//! The gRPC services: hush's own `hush.ca.v1.CertificateAuthority` and the Istio-compatible
+//! `istio.v1.auth.IstioCertificateService`. Both run the same issuance path.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hush_proto::hush::ca::v1 as pb;
+use hush_proto::istio::v1::auth as istio;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::attest::{AttestError, Attested, Attestor, bearer_token};
+use crate::audit::{AuditEvent, AuditLog, AuditRecord, rfc3339};
+use crate::authority::{Authority, IssuedSvid};
+use crate::csr::VerifiedCsr;
+
+/// The name of hush's own API in logs and the audit log.
+pub const HUSH_API: &str = "hush.ca.v1";
+/// The name of the Istio-compatible API in logs and the audit log.
+pub const ISTIO_API: &str = "istio.v1.auth";
+
+/// Everything an issuance needs; shared by both services.
+#[derive(Debug, Clone)]
+pub struct CaService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    authority: Authority,
+    attestor: Attestor,
+    audit: AuditLog,
+}
+
+// === impl CaService ===
+
+impl CaService {
+    /// Serves `authority`'s certificates to callers `attestor` vouches for, auditing to `audit`.
+    pub fn new(authority: Authority, attestor: Attestor, audit: AuditLog) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                authority,
+                attestor,
+                audit,
+            }),
+        }
+    }
+
+    /// The signing core.
+    pub fn authority(&self) -> &Authority {
+        &self.inner.authority
+    }
+
+    /// hush's own gRPC service.
+    pub fn hush_service(
+        &self,
+    ) -> pb::certificate_authority_server::CertificateAuthorityServer<Self> {
+        pb::certificate_authority_server::CertificateAuthorityServer::new(self.clone())
+    }
+
+    /// The Istio-compatible gRPC service.
+    pub fn istio_service(
+        &self,
+    ) -> istio::istio_certificate_service_server::IstioCertificateServiceServer<Self> {
+        istio::istio_certificate_service_server::IstioCertificateServiceServer::new(self.clone())
+    }
+
+    /// The one issuance path: attest, check the CSR, sign, audit. Every outcome is audited.
+    async fn issue<T>(
+        &self,
+        api: &'static str,
+        request: &Request<T>,
+        csr: &[u8],
+        ttl_seconds: i64,
+    ) -> Result<IssuedSvid, Status> {
+        let peer = request.remote_addr();
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().map_err(|_| AttestError::NotBearer));
+        let mut attested: Option<Attested> = None;
+        let result = async {
+            let header = header.transpose().map_err(attest_status)?;
+            let token = bearer_token(header).map_err(attest_status)?;
+            let who = self
+                .inner
+                .attestor
+                .attest(token)
+                .await
+                .map_err(attest_status)?;
+            attested = Some(who.clone());
+            let ttl = requested_ttl(ttl_seconds)?;
+            let csr = VerifiedCsr::parse(csr)
+                .map_err(|e| Status::invalid_argument(format!("invalid CSR: {e}")))?;
+            self.inner
+                .attestor
+                .complete(&who)
+                .await
+                .map_err(attest_status)?;
+            let svid = self
+                .inner
+                .authority
+                .issue(&csr, &who.spiffe_id, ttl)
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            Ok(svid)
+        }
+        .await;
+        self.audit(api, peer, attested.as_ref(), &result).await?;
+        result
+    }
+
+    async fn audit(
+        &self,
+        api: &'static str,
+        peer: Option<SocketAddr>,
+        attested: Option<&Attested>,
+        result: &Result<IssuedSvid, Status>,
+    ) -> Result<(), Status> {
+        let event = if result.is_ok() {
+            AuditEvent::Issued
+        } else {
+            AuditEvent::Refused
+        };
+        let mut record = AuditRecord::new(event, api);
+        record.peer = peer.map(|p| p.to_string());
+        if let Some(who) = attested {
+            record.attestation = Some(who.kind.as_str());
+            record.token_id = who.token_id.clone();
+            record.spiffe_id = Some(who.spiffe_id.to_string());
+        }
+        match result {
+            Ok(svid) => {
+                record.serial = Some(svid.serial_hex.clone());
+                record.not_after = Some(rfc3339(svid.not_after));
+                info!(
+                    api,
+                    spiffe_id = %svid.spiffe_id,
+                    serial = %svid.serial_hex,
+                    not_after = %rfc3339(svid.not_after),
+                    peer = ?peer,
+                    "issued certificate"
+                );
+            }
+            Err(status) => {
+                record.code = Some(format!("{:?}", status.code()));
+                record.reason = Some(status.message().to_string());
+                warn!(api, code = ?status.code(), reason = status.message(), peer = ?peer, "refused certificate request");
+            }
+        }
+        self.inner.audit.append(&record).await.map_err(|e| {
+            warn!(error = %e, "refusing to hand out a certificate that could not be audited");
+            Status::internal(e.to_string())
+        })
+    }
+}
+
+fn attest_status(e: AttestError) -> Status {
+    if e.is_rejection() {
+        Status::unauthenticated(e.to_string())
+    } else {
+        Status::unavailable(format!("cannot check the caller's token: {e}"))
+    }
+}
+
+/// Turns a requested lifetime in seconds into the authority's terms: 0 is "the default".
+fn requested_ttl(seconds: i64) -> Result<Option<Duration>, Status> {
+    match seconds {
+        0 => Ok(None),
+        s if s < 0 => Err(Status::invalid_argument(format!(
+            "requested lifetime {s} s is negative"
+        ))),
+        s => Ok(Some(Duration::from_secs(s.unsigned_abs()))),
+    }
+}
+
+fn unix(t: time::OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+#[tonic::async_trait]
+impl pb::certificate_authority_server::CertificateAuthority for CaService {
+    async fn certify(
+        &self,
+        request: Request<pb::CertifyRequest>,
+    ) -> Result<Response<pb::CertifyResponse>, Status> {
+        let svid = self
+            .issue(
+                HUSH_API,
+                &request,
+                &request.get_ref().csr,
+                request.get_ref().ttl_seconds,
+            )
+            .await?;
+        let bundle = self.inner.authority.bundle();
+        Ok(Response::new(pb::CertifyResponse {
+            spiffe_id: svid.spiffe_id.to_string(),
+            cert_chain: svid.chain.iter().map(|c| c.to_vec()).collect(),
+            trust_bundle: bundle.roots().iter().map(|c| c.to_vec()).collect(),
+            expires_at_unix: unix(svid.not_after),
+            not_before_unix: unix(svid.not_before),
+            serial: svid.serial_hex,
+        }))
+    }
+
+    async fn get_trust_bundle(
+        &self,
+        _request: Request<pb::GetTrustBundleRequest>,
+    ) -> Result<Response<pb::GetTrustBundleResponse>, Status> {
+        let bundle = self.inner.authority.bundle();
+        Ok(Response::new(pb::GetTrustBundleResponse {
+            trust_domain: bundle.trust_domain().to_string(),
+            roots: bundle.roots().iter().map(|c| c.to_vec()).collect(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl istio::istio_certificate_service_server::IstioCertificateService for CaService {
+    async fn create_certificate(
+        &self,
+        request: Request<istio::IstioCertificateRequest>,
+    ) -> Result<Response<istio::IstioCertificateResponse>, Status> {
+        let body = request.get_ref();
+        let svid = self
+            .issue(
+                ISTIO_API,
+                &request,
+                body.csr.as_bytes(),
+                body.validity_duration,
+            )
+            .await?;
+        // Istio wants PEM, leaf first and the root last.
+        let roots = self.inner.authority.bundle().roots();
+        let cert_chain = svid
+            .chain
+            .iter()
+            .chain(roots.iter())
+            .map(|der| pem_certificate(der))
+            .collect();
+        Ok(Response::new(istio::IstioCertificateResponse {
+            cert_chain,
+        }))
+    }
+}
+
+/// PEM-encodes one DER certificate.
+pub fn pem_certificate(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn ttl_rules() {
+        assert_eq!(requested_ttl(0).unwrap(), None);
+        assert_eq!(requested_ttl(60).unwrap(), Some(Duration::from_secs(60)));
+        assert_eq!(requested_ttl(-1).unwrap_err().code(), Code::InvalidArgument);
+    }
+}

@@ -1,0 +1,312 @@
+//! `hush ca …`: create, run and feed the certificate authority.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use hush_ca::{
+    Attestor, AuditLog, Authority, CaDir, CaKeyAlgorithm, CaService, InitOptions, IssuancePolicy,
+    JoinTokenStore, ServeOptions, TokenReviewClient, TokenReviewConfig,
+};
+use hush_identity::{SpiffeId, TrustDomain};
+use tokio::net::TcpListener;
+
+use crate::parse_duration;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CaCommand {
+    /// Create a CA: a root (10 years) and an intermediate (1 year), keys written with mode 0600.
+    Init(InitArgs),
+    /// Print the trust bundle (PEM) on stdout.
+    Bundle(DirArg),
+    /// Manage join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Serve hush.ca.v1 and the Istio-compatible CA service over gRPC with TLS.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DirArg {
+    /// The CA directory.
+    #[arg(long, env = "HUSH_CA_DIR")]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    /// The CA directory (created with mode 0700).
+    #[arg(long, env = "HUSH_CA_DIR")]
+    dir: PathBuf,
+    /// The trust domain, e.g. `cluster.local`.
+    #[arg(long)]
+    trust_domain: String,
+    /// Key algorithm of the root and the intermediate.
+    #[arg(long, value_enum, default_value_t = KeyAlgorithm::EcdsaP256)]
+    key_algorithm: KeyAlgorithm,
+    /// Replace an existing CA in DIR (workloads will stop trusting certificates of the old one).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum KeyAlgorithm {
+    EcdsaP256,
+    EcdsaP384,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Mint a join token for a SPIFFE ID. The token is the last line on stdout; only its hash is
+    /// stored.
+    Create(TokenCreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenCreateArgs {
+    /// The CA directory.
+    #[arg(long, env = "HUSH_CA_DIR")]
+    dir: PathBuf,
+    /// The identity the token stands for, e.g. `spiffe://cluster.local/ns/shop/sa/frontend`.
+    #[arg(long)]
+    spiffe_id: String,
+    /// How long the token can be used.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Allow the token to be used more than once (until it expires).
+    #[arg(long)]
+    reusable: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The CA directory.
+    #[arg(long, env = "HUSH_CA_DIR")]
+    dir: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the address is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// Extra DNS name or IP address for the CA's server certificate (repeatable); `localhost`
+    /// and 127.0.0.1 are always included.
+    #[arg(long = "san")]
+    sans: Vec<String>,
+    /// The longest certificate lifetime granted; longer requests are shortened.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    max_ttl: Duration,
+    /// Lifetime granted when a request does not ask for one (at most --max-ttl).
+    #[arg(long, value_parser = parse_duration)]
+    default_ttl: Option<Duration>,
+    /// How far NotBefore is back-dated, for clock skew.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    backdate: Duration,
+    /// Audit log file (one JSON line per issuance or refusal). Default: DIR/audit.log.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// Check Kubernetes service-account tokens with TokenReview, using the in-cluster API server
+    /// and this pod's service account.
+    #[arg(long)]
+    k8s: bool,
+    /// API server URL for TokenReview (instead of the in-cluster one).
+    #[arg(long, requires_all = ["k8s_ca_file", "k8s_token_file"])]
+    k8s_api_server: Option<String>,
+    /// CA bundle that verifies the API server (with --k8s-api-server).
+    #[arg(long)]
+    k8s_ca_file: Option<PathBuf>,
+    /// Token the CA presents to the API server (with --k8s-api-server); re-read on each call.
+    #[arg(long)]
+    k8s_token_file: Option<PathBuf>,
+    /// Audience the service-account tokens must be meant for.
+    #[arg(long, default_value = "hush-ca")]
+    k8s_audience: String,
+}
+
+pub(crate) async fn run(command: CaCommand) -> Result<()> {
+    match command {
+        CaCommand::Init(args) => init(args),
+        CaCommand::Bundle(args) => {
+            let bundle = CaDir::new(args.dir).load_bundle()?;
+            print!("{}", bundle.to_pem());
+            Ok(())
+        }
+        CaCommand::Token(TokenCommand::Create(args)) => create_token(args),
+        CaCommand::Serve(args) => serve(args).await,
+    }
+}
+
+fn init(args: InitArgs) -> Result<()> {
+    let trust_domain = TrustDomain::new(&args.trust_domain)
+        .with_context(|| format!("invalid --trust-domain {:?}", args.trust_domain))?;
+    let mut options = InitOptions::new(trust_domain);
+    options.force = args.force;
+    options.key_algorithm = match args.key_algorithm {
+        KeyAlgorithm::EcdsaP256 => CaKeyAlgorithm::EcdsaP256,
+        KeyAlgorithm::EcdsaP384 => CaKeyAlgorithm::EcdsaP384,
+    };
+    let report = CaDir::new(&args.dir).init(&options)?;
+    eprintln!(
+        "created a CA for trust domain {} in {}:",
+        report.trust_domain,
+        args.dir.display()
+    );
+    for file in &report.files {
+        eprintln!("  {}", file.display());
+    }
+    eprintln!(
+        "root.key is not needed to serve: keep it offline. Next: hush ca serve --dir {}",
+        args.dir.display()
+    );
+    Ok(())
+}
+
+fn create_token(args: TokenCreateArgs) -> Result<()> {
+    let dir = CaDir::new(&args.dir);
+    let spiffe_id: SpiffeId = args
+        .spiffe_id
+        .parse()
+        .with_context(|| format!("invalid --spiffe-id {:?}", args.spiffe_id))?;
+    let bundle = dir.load_bundle()?;
+    if !spiffe_id.is_member_of(bundle.trust_domain()) {
+        bail!(
+            "{spiffe_id} is not in this CA's trust domain {}",
+            bundle.trust_domain()
+        );
+    }
+    let minted = JoinTokenStore::new(dir.tokens_dir()).mint(&spiffe_id, args.ttl, args.reusable)?;
+    eprintln!(
+        "join token {} for {} ({}, expires {})",
+        minted.id,
+        minted.spiffe_id,
+        if minted.reusable {
+            "reusable"
+        } else {
+            "single use"
+        },
+        hush_ca_time(minted.expires_at),
+    );
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", minted.token)?;
+    Ok(())
+}
+
+pub(crate) fn hush_ca_time(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// Everything `hush ca serve` and `hush up` need to start a CA.
+pub(crate) struct CaSetup {
+    pub(crate) service: CaService,
+    pub(crate) options: ServeOptions,
+}
+
+pub(crate) fn build_ca(
+    dir: &CaDir,
+    policy: IssuancePolicy,
+    audit_log: Option<PathBuf>,
+    kubernetes: Option<TokenReviewClient>,
+    sans: &[String],
+) -> Result<CaSetup> {
+    let material = dir.load()?;
+    let authority =
+        Authority::new(material, policy).context("the CA's certificates are not usable")?;
+    let audit_path = audit_log.unwrap_or_else(|| dir.audit_log());
+    let audit = AuditLog::open(&audit_path)
+        .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?;
+    let attestor = Attestor::new(
+        authority.trust_domain().clone(),
+        JoinTokenStore::new(dir.tokens_dir()),
+        kubernetes,
+    );
+    let mut options = ServeOptions::default();
+    for san in sans {
+        match san.parse::<IpAddr>() {
+            Ok(ip) => options.ips.push(ip),
+            Err(_) => options.dns_names.push(san.clone()),
+        }
+    }
+    Ok(CaSetup {
+        service: CaService::new(authority, attestor, audit),
+        options,
+    })
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let kubernetes = if let Some(api_server) = args.k8s_api_server {
+        let (Some(ca_file), Some(token_file)) = (args.k8s_ca_file, args.k8s_token_file) else {
+            bail!("--k8s-api-server needs --k8s-ca-file and --k8s-token-file");
+        };
+        let ca_bundle_pem = std::fs::read(&ca_file)
+            .with_context(|| format!("cannot read --k8s-ca-file {}", ca_file.display()))?;
+        Some(TokenReviewClient::new(TokenReviewConfig {
+            api_server,
+            ca_bundle_pem,
+            bearer_token_file: token_file,
+            audience: args.k8s_audience.clone(),
+            timeout: Duration::from_secs(5),
+        })?)
+    } else if args.k8s {
+        let mut config = TokenReviewConfig::in_cluster()?;
+        config.audience = args.k8s_audience.clone();
+        Some(TokenReviewClient::new(config)?)
+    } else {
+        None
+    };
+    let policy = IssuancePolicy {
+        default_ttl: args.default_ttl.unwrap_or(args.max_ttl).min(args.max_ttl),
+        max_ttl: args.max_ttl,
+        backdate: args.backdate,
+        ..IssuancePolicy::default()
+    };
+    if policy.max_ttl < policy.min_ttl {
+        bail!(
+            "--max-ttl {} is shorter than the minimum lifetime of {}",
+            humantime::format_duration(policy.max_ttl),
+            humantime::format_duration(policy.min_ttl)
+        );
+    }
+    let dir = CaDir::new(&args.dir);
+    let setup = build_ca(&dir, policy, args.audit_log, kubernetes.clone(), &args.sans)?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let authority = setup.service.authority();
+    tracing::info!(
+        trust_domain = %authority.trust_domain(),
+        intermediate_expires = %hush_ca_time(authority.intermediate_not_after()),
+        kubernetes = kubernetes.is_some(),
+        "CA ready"
+    );
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "hush ca: serving hush.ca.v1 and istio.v1.auth on https://{addr} (trust domain {})",
+            authority.trust_domain()
+        )?;
+        out.flush()?;
+    }
+    hush_ca::serve(setup.service, listener, setup.options, shutdown_signal()).await?;
+    tracing::info!("CA stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,290 @@
+//! `hush cert …`: read certificates in plain words, and ask a CA for one.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use hush_ca::{CaClient, pem_certificate};
+use hush_identity::{CertificateSummary, TrustBundle, check_leaf_svid, check_signing_cert};
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::parse_duration;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertCommand {
+    /// Print a certificate (or a chain) in plain words: SPIFFE ID, issuer, validity and time
+    /// left, key type, and whether it passes the X.509-SVID rules.
+    Inspect(InspectArgs),
+    /// Ask a CA for a certificate: make a key, send a CSR with a join token, write the result.
+    Request(RequestArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    /// PEM file with one or more certificates (leaf first).
+    file: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RequestArgs {
+    /// The CA, e.g. https://localhost:8443.
+    #[arg(long)]
+    ca: String,
+    /// The trust bundle (PEM) that verifies the CA.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// File holding the join token (or a Kubernetes service-account token).
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Directory to write svid.pem, svid.key (mode 0600) and bundle.pem into.
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// Lifetime to ask for (the CA may shorten it).
+    #[arg(long, value_parser = parse_duration)]
+    ttl: Option<Duration>,
+    /// Key type of the new key.
+    #[arg(long, value_enum, default_value_t = KeyType::EcdsaP256)]
+    key_type: KeyType,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum KeyType {
+    EcdsaP256,
+    EcdsaP384,
+    Ed25519,
+}
+
+impl KeyType {
+    pub(crate) fn algorithm(self) -> &'static rcgen::SignatureAlgorithm {
+        match self {
+            Self::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            Self::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            Self::Ed25519 => &rcgen::PKCS_ED25519,
+        }
+    }
+}
+
+pub(crate) async fn run(command: CertCommand) -> Result<()> {
+    match command {
+        CertCommand::Inspect(args) => inspect(args),
+        CertCommand::Request(args) => request(args).await,
+    }
+}
+
+/// One certificate of a chain, as `inspect` reports it.
+#[derive(Debug, Serialize)]
+pub(crate) struct Inspected {
+    #[serde(flatten)]
+    summary: CertificateSummary,
+    /// `leaf` or `signing`.
+    role: &'static str,
+    /// Seconds until NotAfter (negative once expired).
+    seconds_left: i64,
+    /// Whether the certificate passes the X.509-SVID rules for its role.
+    svid_ok: bool,
+    /// Why not, when it does not.
+    svid_error: Option<String>,
+}
+
+pub(crate) fn inspect_chain(chain: &[CertificateDer<'_>]) -> Result<Vec<Inspected>> {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    chain
+        .iter()
+        .enumerate()
+        .map(|(i, der)| {
+            let summary = CertificateSummary::from_der(der)
+                .with_context(|| format!("certificate {} cannot be read", i + 1))?;
+            let (role, check) = if summary.is_ca {
+                ("signing", check_signing_cert(der).map(|_| ()))
+            } else {
+                ("leaf", check_leaf_svid(der).map(|_| ()))
+            };
+            Ok(Inspected {
+                seconds_left: summary.not_after - now,
+                role,
+                svid_ok: check.is_ok(),
+                svid_error: check.err().map(|e| e.to_string()),
+                summary,
+            })
+        })
+        .collect()
+}
+
+fn inspect(args: InspectArgs) -> Result<()> {
+    let pem =
+        fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    let chain = hush_identity::parse_pem_certificates(&pem)
+        .with_context(|| format!("{} is not a PEM certificate file", args.file.display()))?;
+    let report = inspect_chain(&chain)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", render(&report))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn render(report: &[Inspected]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let total = report.len();
+    for (i, cert) in report.iter().enumerate() {
+        let c = &cert.summary;
+        let kind = match (cert.role, i) {
+            ("leaf", _) => "workload certificate (X.509-SVID leaf)",
+            (_, _) if c.subject == c.issuer => "root CA",
+            _ => "intermediate CA",
+        };
+        let _ = writeln!(s, "certificate {} of {total}: {kind}", i + 1);
+        match &c.spiffe_id {
+            Some(id) => {
+                let _ = writeln!(s, "  SPIFFE ID:  {id}");
+            }
+            None if !c.uri_sans.is_empty() => {
+                let _ = writeln!(s, "  URI SANs:   {}", c.uri_sans.join(", "));
+            }
+            None => {}
+        }
+        if !c.dns_sans.is_empty() || !c.ip_sans.is_empty() {
+            let names: Vec<_> = c.dns_sans.iter().chain(c.ip_sans.iter()).cloned().collect();
+            let _ = writeln!(s, "  names:      {}", names.join(", "));
+        }
+        let _ = writeln!(s, "  subject:    {}", c.subject);
+        let _ = writeln!(s, "  issuer:     {}", c.issuer);
+        let _ = writeln!(s, "  serial:     {}", c.serial_hex);
+        let _ = writeln!(
+            s,
+            "  valid:      {} → {} ({})",
+            date(c.not_before),
+            date(c.not_after),
+            time_left(cert.seconds_left)
+        );
+        let _ = writeln!(s, "  key:        {}", c.key_algorithm);
+        let _ = writeln!(s, "  signature:  {}", c.signature_algorithm);
+        let verdict = match (&cert.svid_error, cert.role) {
+            (None, "leaf") => "ok, a valid X.509-SVID leaf".to_string(),
+            (None, _) => "ok, a valid X.509-SVID signing certificate".to_string(),
+            (Some(e), _) => format!("FAILS: {e}"),
+        };
+        let _ = writeln!(s, "  SVID check: {verdict}");
+    }
+    s
+}
+
+fn date(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// "expires in 23 h 59 min" / "expired 2 h 3 min ago", rounded to what a person needs.
+pub(crate) fn time_left(seconds: i64) -> String {
+    let span = human_span(seconds.unsigned_abs());
+    if seconds >= 0 {
+        format!("expires in {span}")
+    } else {
+        format!("EXPIRED {span} ago")
+    }
+}
+
+fn human_span(s: u64) -> String {
+    let (d, h, m) = (s / 86_400, (s % 86_400) / 3600, (s % 3600) / 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s} s"),
+        (0, 0, m) => format!("{m} min"),
+        (0, h, m) => format!("{h} h {m} min"),
+        (d, h, _) if d < 60 => format!("{d} d {h} h"),
+        (d, _, _) => format!("{d} days"),
+    }
+}
+
+async fn request(args: RequestArgs) -> Result<()> {
+    let bundle_pem = fs::read(&args.bundle)
+        .with_context(|| format!("cannot read --bundle {}", args.bundle.display()))?;
+    let bundle = TrustBundle::from_pem(&bundle_pem, None)
+        .with_context(|| format!("--bundle {}", args.bundle.display()))?;
+    let token = fs::read_to_string(&args.token_file)
+        .with_context(|| format!("cannot read --token-file {}", args.token_file.display()))?;
+    let key = rcgen::KeyPair::generate_for(args.key_type.algorithm())?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
+    let client = CaClient::new(&args.ca, bundle.roots())?;
+    let response = client
+        .certify(token.trim(), csr.der().to_vec(), args.ttl)
+        .await
+        .map_err(|status| {
+            anyhow::anyhow!("the CA refused: {} ({:?})", status.message(), status.code())
+        })?;
+    if response.cert_chain.is_empty() {
+        bail!("the CA answered with an empty certificate chain");
+    }
+    fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    let chain: String = response
+        .cert_chain
+        .iter()
+        .map(|der| pem_certificate(der))
+        .collect();
+    let roots: String = response
+        .trust_bundle
+        .iter()
+        .map(|der| pem_certificate(der))
+        .collect();
+    write_file(&args.out_dir.join("svid.pem"), chain.as_bytes(), 0o644)?;
+    write_file(
+        &args.out_dir.join("svid.key"),
+        key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_file(&args.out_dir.join("bundle.pem"), roots.as_bytes(), 0o644)?;
+    eprintln!(
+        "issued {} (serial {}), written to {}",
+        response.spiffe_id,
+        response.serial,
+        args.out_dir.display()
+    );
+    Ok(())
+}
+
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    let _ = fs::remove_file(path);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(contents)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_left_reads_naturally() {
+        assert_eq!(time_left(30), "expires in 30 s");
+        assert_eq!(time_left(23 * 3600 + 59 * 60 + 5), "expires in 23 h 59 min");
+        assert_eq!(time_left(-(2 * 3600 + 3 * 60)), "EXPIRED 2 h 3 min ago");
+        assert_eq!(time_left(3 * 86_400 + 3600), "expires in 3 d 1 h");
+        assert_eq!(time_left(3650 * 86_400), "expires in 3650 days");
+    }
+}

@@ -1,0 +1,84 @@
+//! `hush`: the one binary of the hush mesh — the CA, certificate tools, and `hush up`.
+
+mod ca;
+mod cert;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// hush — a small, clear mTLS service-mesh security core.
+///
+/// The CA issues short-lived SPIFFE workload certificates (X.509-SVIDs) over gRPC to callers that
+/// prove who they are with a join token or a Kubernetes service-account token.
+#[derive(Debug, Parser)]
+#[command(name = "hush", version, propagate_version = true)]
+struct Cli {
+    /// Log filter, e.g. `info`, `debug`, `hush_ca=debug` (or set RUST_LOG).
+    #[arg(long, global = true, default_value = "info", env = "HUSH_LOG")]
+    log_level: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run and manage the certificate authority (init, serve, bundle, tokens).
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Look at certificates, or ask a CA for one.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
+    /// Start hush on this machine in one command: a CA on loopback and workloads that get
+    /// their identities from it.
+    Up(up::UpArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Ca(cmd) => ca::run(cmd).await,
+            Command::Cert(cmd) => cert::run(cmd).await,
+            Command::Up(args) => up::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stderr so that stdout carries only what scripts read (bundles, tokens).
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Parses durations such as `90s`, `15m`, `24h`, `7d`.
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 90s, 15m, 24h, 7d)"))
+}

@@ -1,0 +1,35 @@
+//! Workload identity for hush: SPIFFE IDs, trust domains, the X.509-SVID rules and trust
+//! bundles.
+//!
+//! Everything here is pure: no files, no network, no clock. A [`SpiffeId`] or
+//! [`TrustDomain`] can only exist if it follows the SPIFFE-ID standard, so code that holds one
+//! never re-checks it. [`check_leaf_svid`] and [`check_signing_cert`] judge what a single
+//! certificate says against the X.509-SVID rules (chain and signature checks belong to the
+//! TLS verifier); [`TrustBundle`] holds the roots of one trust domain; and
+//! [`CertificateSummary`] turns a certificate into plain fields for people to read. The CA,
+//! the proxy and the CLI all build on these types.
+//!
+//! ```
+//! use hush_identity::{SpiffeId, TrustDomain};
+//!
+//! let td: TrustDomain = "cluster.local".parse()?;
+//! let id = SpiffeId::from_segments(&td, &["ns", "shop", "sa", "frontend"])?;
+//! assert_eq!(id.to_string(), "spiffe://cluster.local/ns/shop/sa/frontend");
+//! assert!(id.is_member_of(&td));
+//! assert!("spiffe://Cluster.local/x".parse::<SpiffeId>().is_err());
+//! # Ok::<(), hush_identity::SpiffeIdError>(())
+//! ```
+
+mod bundle;
+mod spiffe_id;
+mod summary;
+mod svid;
+#[cfg(test)]
+mod test_util;
+
+pub use self::{
+    bundle::{BundleError, TrustBundle, parse_pem_certificates},
+    spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain},
+    summary::CertificateSummary,
+    svid::{SvidError, check_leaf_svid, check_signing_cert},
+};

@@ -1,0 +1,20 @@
+//! TLS for hush: one place that decides how hush speaks TLS.
+//!
+//! Everything here builds on rustls with the aws-lc-rs provider. hush speaks **TLS 1.3 only**,
+//! with AEAD cipher suites only and the hybrid post-quantum group X25519MLKEM768 preferred
+//! (X25519 accepted). Certificates live in a [`CredentialStore`] that can be swapped while
+//! connections are open: new handshakes see the new certificate, live connections keep theirs.
+//!
+//! * [`provider`] — the crypto provider with hush's algorithm choices.
+//! * [`server_config`] / [`client_config`] — configurations built from those choices.
+//! * [`CredentialStore`] — a hot-swappable certificate and key, usable as the server's and the
+//!   client's certificate resolver.
+
+mod config;
+mod credentials;
+
+pub use self::config::{
+    ALPN_H2, TlsConfigError, client_config, client_config_with_roots, provider, server_config,
+};
+pub use self::credentials::{CredentialError, CredentialStore};
+pub use rustls;
