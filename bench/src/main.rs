@@ -1,1 +1,274 @@
-fn main() {}
+//! hush's side-by-side benchmarks. Each prints its figures and the ratios between them, all
+//! measured in the same run on the same machine.
+//!
+//! `hush-bench ca` — certificate issuance: the in-process ceiling (CSR verification + signing,
+//! nothing else, on every core) against real issuance over gRPC + TLS 1.3 by `hush ca serve`
+//! running as its own process, with concurrent clients.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use hush_ca::{Authority, CaClient, CaDir, InitOptions, IssuancePolicy, JoinTokenStore, VerifiedCsr};
+use hush_identity::{SpiffeId, TrustDomain};
+
+#[derive(Debug, Parser)]
+#[command(name = "hush-bench")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Certificate issuance: in-process ceiling vs. gRPC over TLS to `hush ca serve`.
+    Ca(CaArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CaArgs {
+    /// Path of the `hush` binary (default: next to this one, e.g. target/release/hush).
+    #[arg(long)]
+    hush: Option<PathBuf>,
+    /// Seconds to measure each side.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrent requests in flight against the CA.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// TCP/TLS connections the requests are spread over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Threads for the in-process ceiling (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().bench {
+        Bench::Ca(args) => ca(args),
+    }
+}
+
+/// Distinct CSRs, so that no layer can cache one answer.
+fn make_csrs(n: usize) -> Result<Vec<Vec<u8>>> {
+    (0..n)
+        .map(|_| {
+            let key = rcgen::KeyPair::generate()?;
+            Ok(rcgen::CertificateParams::default()
+                .serialize_request(&key)?
+                .der()
+                .to_vec())
+        })
+        .collect()
+}
+
+fn ca(args: CaArgs) -> Result<()> {
+    let window = Duration::from_secs(args.seconds);
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let temp = tempfile::tempdir()?;
+    let dir = CaDir::new(temp.path().join("ca"));
+    let trust_domain = TrustDomain::new("bench.local")?;
+    dir.init(&InitOptions::new(trust_domain.clone()))?;
+    let id = SpiffeId::from_segments(&trust_domain, &["ns", "bench", "sa", "client"])?;
+    let csrs = Arc::new(make_csrs(256)?);
+
+    // 1. The ceiling: exactly the work an issuance must do, on every core, no I/O.
+    let authority = Arc::new(Authority::new(dir.load()?, IssuancePolicy::default())?);
+    let issued = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (authority, csrs, issued, stop, id) = (
+                authority.clone(),
+                csrs.clone(),
+                issued.clone(),
+                stop.clone(),
+                id.clone(),
+            );
+            std::thread::spawn(move || -> Result<()> {
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    let csr = VerifiedCsr::parse(&csrs[i % csrs.len()])?;
+                    authority.issue(&csr, &id, None)?;
+                    issued.fetch_add(1, Ordering::Relaxed);
+                    i += threads;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    std::thread::sleep(window);
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+    }
+    let ceiling = issued.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+
+    // 2. The real thing: `hush ca serve` as its own process, gRPC over TLS 1.3.
+    let hush = match args.hush.clone() {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .context("no parent directory")?
+            .join("hush"),
+    };
+    let token = JoinTokenStore::new(dir.tokens_dir())
+        .mint(&id, Duration::from_secs(3600), true)?
+        .token;
+    let mut server = CaServer::start(&hush, dir.path())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let bundle = dir.load_bundle()?;
+    let grpc = runtime.block_on(load(
+        &server.url,
+        &bundle,
+        &token,
+        csrs,
+        &args,
+        window,
+    ))?;
+    server.stop();
+
+    println!("hush CA issuance, {threads} cores, {} s per side", args.seconds);
+    println!(
+        "  in-process ceiling (CSR verify + sign, {threads} threads): {ceiling:>9.0} certs/s"
+    );
+    println!(
+        "  gRPC + TLS 1.3 to `hush ca serve` ({} in flight, {} connections): {:>9.0} certs/s  p50 {:.2} ms  p99 {:.2} ms  ({} requests, {} errors)",
+        args.concurrency,
+        args.connections,
+        grpc.rate,
+        grpc.p50_ms,
+        grpc.p99_ms,
+        grpc.requests,
+        grpc.errors
+    );
+    println!(
+        "  ratio gRPC / ceiling: {:.1} %",
+        100.0 * grpc.rate / ceiling
+    );
+    Ok(())
+}
+
+struct LoadResult {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: usize,
+    errors: u64,
+}
+
+async fn load(
+    url: &str,
+    bundle: &hush_identity::TrustBundle,
+    token: &str,
+    csrs: Arc<Vec<Vec<u8>>>,
+    args: &CaArgs,
+    window: Duration,
+) -> Result<LoadResult> {
+    let clients = (0..args.connections.max(1))
+        .map(|_| CaClient::new(url, bundle.roots()))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Warm every connection up (TCP + TLS handshake) outside the measured window.
+    for client in &clients {
+        client
+            .certify(token, csrs[0].clone(), None)
+            .await
+            .context("warm-up request failed")?;
+    }
+    let deadline = Instant::now() + window;
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.concurrency)
+        .map(|t| {
+            let client = clients[t % clients.len()].clone();
+            let (csrs, token, errors) = (csrs.clone(), token.to_string(), errors.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut i = t;
+                while Instant::now() < deadline {
+                    let begin = Instant::now();
+                    match client.certify(&token, csrs[i % csrs.len()].clone(), None).await {
+                        Ok(_) => latencies.push(begin.elapsed()),
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    i += STRIDE;
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if latencies.is_empty() {
+        bail!("no request succeeded");
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((latencies.len() as f64 * p) as usize).min(latencies.len() - 1);
+        latencies[i].as_secs_f64() * 1000.0
+    };
+    Ok(LoadResult {
+        rate: latencies.len() as f64 / elapsed,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        requests: latencies.len(),
+        errors: errors.load(Ordering::Relaxed),
+    })
+}
+
+/// Tasks walk the CSR pool with a prime stride so neighbours rarely send the same CSR.
+const STRIDE: usize = 7;
+
+/// `hush ca serve` on a free loopback port, stopped on drop.
+struct CaServer {
+    child: Child,
+    url: String,
+}
+
+impl CaServer {
+    fn start(hush: &PathBuf, dir: &std::path::Path) -> Result<Self> {
+        let mut child = Command::new(hush)
+            .args(["ca", "serve", "--listen", "127.0.0.1:0", "--log-level", "warn", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {} (build it with `cargo build --release`)", hush.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("https://"))
+            .with_context(|| format!("unexpected first line from hush ca serve: {line:?}"))?
+            .to_string();
+        Ok(Self { child, url })
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for CaServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

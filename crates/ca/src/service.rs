@@ -1,7 +1,6 @@
 //! The gRPC services: hush's own `hush.ca.v1.CertificateAuthority` and the Istio-compatible
 //! `istio.v1.auth.IstioCertificateService`. Both run the same issuance path.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,7 +73,9 @@ impl CaService {
         csr: &[u8],
         ttl_seconds: i64,
     ) -> Result<IssuedSvid, Status> {
-        let peer = request.remote_addr();
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_string(), |p| p.to_string());
         let header = request
             .metadata()
             .get("authorization")
@@ -106,14 +107,14 @@ impl CaService {
             Ok(svid)
         }
         .await;
-        self.audit(api, peer, attested.as_ref(), &result).await?;
+        self.audit(api, &peer, attested.as_ref(), &result).await?;
         result
     }
 
     async fn audit(
         &self,
         api: &'static str,
-        peer: Option<SocketAddr>,
+        peer: &str,
         attested: Option<&Attested>,
         result: &Result<IssuedSvid, Status>,
     ) -> Result<(), Status> {
@@ -123,7 +124,7 @@ impl CaService {
             AuditEvent::Refused
         };
         let mut record = AuditRecord::new(event, api);
-        record.peer = peer.map(|p| p.to_string());
+        record.peer = Some(peer.to_string());
         if let Some(who) = attested {
             record.attestation = Some(who.kind.as_str());
             record.token_id = who.token_id.clone();
@@ -138,14 +139,14 @@ impl CaService {
                     spiffe_id = %svid.spiffe_id,
                     serial = %svid.serial_hex,
                     not_after = %rfc3339(svid.not_after),
-                    peer = ?peer,
+                    %peer,
                     "issued certificate"
                 );
             }
             Err(status) => {
                 record.code = Some(format!("{:?}", status.code()));
                 record.reason = Some(status.message().to_string());
-                warn!(api, code = ?status.code(), reason = status.message(), peer = ?peer, "refused certificate request");
+                warn!(api, code = ?status.code(), reason = status.message(), %peer, "refused certificate request");
             }
         }
         self.inner.audit.append(&record).await.map_err(|e| {

@@ -205,13 +205,15 @@ pub(crate) fn time_left(seconds: i64) -> String {
 }
 
 fn human_span(s: u64) -> String {
-    let (d, h, m) = (s / 86_400, (s % 86_400) / 3600, (s % 3600) / 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{s} s"),
-        (0, 0, m) => format!("{m} min"),
-        (0, h, m) => format!("{h} h {m} min"),
-        (d, h, _) if d < 60 => format!("{d} d {h} h"),
-        (d, _, _) => format!("{d} days"),
+    let (hours, minutes) = (s / 3600, (s % 3600) / 60);
+    let (days, day_hours) = (s / 86_400, (s % 86_400) / 3600);
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{minutes} min"),
+        // Workload certificates live about a day: hours and minutes read best up to two days.
+        3600..172_800 => format!("{hours} h {minutes} min"),
+        172_800..5_184_000 => format!("{days} d {day_hours} h"),
+        _ => format!("{days} days"),
     }
 }
 
@@ -284,6 +286,7 @@ mod tests {
         assert_eq!(time_left(30), "expires in 30 s");
         assert_eq!(time_left(23 * 3600 + 59 * 60 + 5), "expires in 23 h 59 min");
         assert_eq!(time_left(-(2 * 3600 + 3 * 60)), "EXPIRED 2 h 3 min ago");
+        assert_eq!(time_left(24 * 3600), "expires in 24 h 0 min");
         assert_eq!(time_left(3 * 86_400 + 3600), "expires in 3 d 1 h");
         assert_eq!(time_left(3650 * 86_400), "expires in 3650 days");
     }

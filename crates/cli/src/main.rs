@@ -15,9 +15,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "hush", version, propagate_version = true)]
 struct Cli {
-    /// Log filter, e.g. `info`, `debug`, `hush_ca=debug` (or set RUST_LOG).
-    #[arg(long, global = true, default_value = "info", env = "HUSH_LOG")]
-    log_level: String,
+    /// Log filter, e.g. `info`, `debug`, `hush_ca=debug` (or set RUST_LOG). Default: `info`
+    /// for servers, `warn` for `hush up` and one-shot commands.
+    #[arg(long, global = true, env = "HUSH_LOG")]
+    log_level: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -38,7 +39,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log_level);
+    let default_level = match &cli.command {
+        Command::Ca(ca::CaCommand::Serve(_)) => "info",
+        _ => "warn",
+    };
+    init_tracing(cli.log_level.as_deref().unwrap_or(default_level));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,1 +1,59 @@
-//! placeholder
+//! Test helpers for hush: real processes, real certificates, and fixtures named for what they
+//! break.
+//!
+//! Nothing here is used by hush itself; the crate is a dev-dependency only. It knows nothing of
+//! hush's own crates either (so `hush-ca`'s unit tests can use it without a dependency cycle):
+//! it speaks to hush through its command line and through plain X.509, PEM and JSON.
+//!
+//! * [`HushProcess`], [`CaProcess`], [`run_hush`] — run the `hush` binary (whose path the test
+//!   passes in, `env!("CARGO_BIN_EXE_hush")`), wait for readiness lines with a bounded timeout,
+//!   stop it with SIGTERM, and keep its stderr for failure messages.
+//! * [`TestCsr`], [`forged_csr`] and the other CSR fixtures — certificate signing requests made
+//!   with rcgen, including ones that ask for names they must not get or whose signature is broken.
+//! * [`openssl_available`], [`openssl_csr`] — CSRs made by the `openssl` command, as operators
+//!   make them (RSA, ECDSA, Ed25519, weak keys, SHA-1).
+//! * [`TestCa`] — an in-memory root and intermediate that issue leaves and TLS server
+//!   certificates, and deliberately broken leaves for verifier tests.
+//! * [`verify_chain`], [`CertFacts`] — check what a CA handed out, independently of hush's own
+//!   parsing (webpki for the chain, x509-parser for the fields).
+//! * [`FakeApiServer`] — a Kubernetes API server over HTTPS that answers TokenReviews.
+//!
+//! Helpers panic with a message that says what went wrong: they run inside tests, where a panic
+//! is a test failure with a readable reason.
+
+mod ca;
+mod csr;
+mod fake_k8s;
+mod openssl;
+mod process;
+mod x509;
+
+pub use self::ca::{TestCa, TestLeaf};
+pub use self::csr::{
+    CsrKeyKind, FORGED_CN, FORGED_DNS_NAME, FORGED_SPIFFE_ID, TestCsr, csr_altered_after_signing,
+    csr_claiming_another_key, csr_with_broken_signature, empty_csr, forged_csr, garbage_csr,
+    oversized_csr, plain_csr, private_key_pem_instead_of_csr,
+};
+pub use self::fake_k8s::{
+    FakeApiServer, ReviewRequest, ReviewResponder, forbidden, token_review_authenticated,
+    token_review_rejected,
+};
+pub use self::openssl::{OpensslKey, openssl_available, openssl_csr, openssl_csr_with_digest};
+pub use self::process::{
+    CaProcess, HushProcess, READY_TIMEOUT, StartError, describe_output, mint_token, run_hush,
+    run_hush_ok,
+};
+pub use self::x509::{CertFacts, Usage, pem_certificates, verify_chain};
+
+/// Returns early from a test, with a message on stderr, when `openssl` is not installed.
+///
+/// CI installs openssl, so these tests run there; a developer machine without it still passes.
+#[macro_export]
+macro_rules! require_openssl {
+    () => {
+        if !$crate::openssl_available() {
+            eprintln!("skipped: openssl not installed");
+            return;
+        }
+    };
+}

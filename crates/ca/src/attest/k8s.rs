@@ -452,13 +452,6 @@ struct Inner {
     timeout: Duration,
 }
 
-/// The two tokens a review handles, to keep them out of messages built from the API server's
-/// answers.
-struct Secrets<'a> {
-    caller: &'a str,
-    own: &'a str,
-}
-
 impl TokenReviewClient {
     /// Checks `config` and prepares the TLS client. Does no I/O: the token file is read at each
     /// review.
@@ -933,6 +926,13 @@ fn colon_detail(detail: &Option<String>) -> String {
         .as_deref()
         .map(|d| format!(": {d}"))
         .unwrap_or_default()
+}
+
+/// The two tokens a review handles, to keep them out of messages built from the API server's
+/// answers.
+struct Secrets<'a> {
+    caller: &'a str,
+    own: &'a str,
 }
 
 impl Secrets<'_> {
@@ -1836,7 +1836,12 @@ mod tests {
 
         assert!(matches!(error, TokenReviewError::Tls { .. }), "{error:?}");
         assert_unavailable(&error);
-        assert!(error.to_string().contains("NotValidForName"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("not valid for name \"127.0.0.1\""),
+            "{error}"
+        );
         assert_eq!(server.requests(), 0);
     }
 

@@ -1,0 +1,426 @@
+//! Running the `hush` binary: one-shot commands and long-running servers.
+//!
+//! Tests pass the binary's path in (`env!("CARGO_BIN_EXE_hush")`, which only the test crate
+//! knows). A server is ready when it prints its readiness line; the harness waits for that line
+//! with a bounded timeout instead of sleeping, and kills the process when dropped so that a
+//! failing test never leaves a CA listening.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to print its readiness line. Generous: the CI machine may be
+/// compiling something else at the same time.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a server may take to exit after SIGTERM.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Environment variables that would change what hush does behind the test's back.
+const SCRUBBED_ENV: [&str; 3] = ["HUSH_CA_DIR", "RUST_LOG", "HUSH_LOG"];
+
+fn command(bin: &Path, args: &[impl AsRef<OsStr>]) -> Command {
+    let mut command = Command::new(bin);
+    command.args(args);
+    for name in SCRUBBED_ENV {
+        command.env_remove(name);
+    }
+    command
+}
+
+/// Runs `hush` with `args` to completion and returns what it printed.
+pub fn run_hush(bin: impl AsRef<Path>, args: &[impl AsRef<OsStr>]) -> Output {
+    let bin = bin.as_ref();
+    command(bin, args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
+}
+
+/// Runs `hush` with `args`, panicking with its output unless it succeeds; returns stdout.
+pub fn run_hush_ok(bin: impl AsRef<Path>, args: &[impl AsRef<OsStr>]) -> String {
+    let output = run_hush(bin, args);
+    assert!(
+        output.status.success(),
+        "hush {} failed:\n{}",
+        join_args(args),
+        describe_output(&output)
+    );
+    String::from_utf8(output.stdout).expect("hush printed non-UTF-8 on stdout")
+}
+
+/// Exit status, stdout and stderr of a finished command, for assertion messages.
+pub fn describe_output(output: &Output) -> String {
+    format!(
+        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Mints a join token with `hush ca token create` and returns it (the last line of stdout).
+pub fn mint_token(
+    bin: impl AsRef<Path>,
+    ca_dir: &Path,
+    spiffe_id: &str,
+    extra_args: &[&str],
+) -> String {
+    let mut args: Vec<&OsStr> = vec![
+        "ca".as_ref(),
+        "token".as_ref(),
+        "create".as_ref(),
+        "--dir".as_ref(),
+        ca_dir.as_os_str(),
+        "--spiffe-id".as_ref(),
+        spiffe_id.as_ref(),
+    ];
+    args.extend(extra_args.iter().map(|a| OsStr::new(*a)));
+    let stdout = run_hush_ok(bin, &args);
+    stdout
+        .lines()
+        .last()
+        .expect("hush ca token create printed no token")
+        .trim()
+        .to_string()
+}
+
+fn join_args(args: &[impl AsRef<OsStr>]) -> String {
+    args.iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A running `hush` process whose stdout lines and stderr are captured.
+#[derive(Debug)]
+pub struct HushProcess {
+    child: Child,
+    description: String,
+    lines: Receiver<String>,
+    stdout: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+    exit: Option<ExitStatus>,
+}
+
+// === impl HushProcess ===
+
+impl HushProcess {
+    /// Starts `hush` with `args`.
+    pub fn spawn(bin: impl AsRef<Path>, args: &[impl AsRef<OsStr>]) -> Self {
+        Self::spawn_with_env(bin, args, &[])
+    }
+
+    /// Starts `hush` with `args` and extra environment variables (such as `HUSH_LOG`).
+    pub fn spawn_with_env(
+        bin: impl AsRef<Path>,
+        args: &[impl AsRef<OsStr>],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let bin = bin.as_ref();
+        let description = format!("hush {}", join_args(args));
+        let mut command = command(bin, args);
+        command.envs(env.iter().copied());
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {description}: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
+        let (tx, lines) = mpsc::channel();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr_sink = stderr.clone();
+        let readers = vec![
+            std::thread::spawn(move || forward_lines(stdout, &tx)),
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = stderr_pipe.read(&mut chunk) {
+                    lock(&stderr_sink).push_str(&String::from_utf8_lossy(&chunk[..n]));
+                }
+            }),
+        ];
+        Self {
+            child,
+            description,
+            lines,
+            stdout: Vec::new(),
+            stderr,
+            readers,
+            exit: None,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for a stdout line that satisfies `wanted` and returns it. Fails,
+    /// with everything the process printed, if the process closes stdout (usually: it exited)
+    /// or the time runs out.
+    pub fn wait_for_line(
+        &mut self,
+        wanted: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.stdout.push(line.clone());
+                    if wanted(&line) {
+                        return Ok(line);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(self.failure(&format!("no expected line within {timeout:?}")));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.wait_exit(EXIT_TIMEOUT);
+                    return Err(self.failure(&format!(
+                        "it closed stdout before printing the expected line (exit: {status:?})"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Every stdout line received so far.
+    pub fn stdout_lines(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.stdout.push(line);
+        }
+        &self.stdout
+    }
+
+    /// What the process wrote on stderr so far (all of it once the process has exited).
+    pub fn stderr(&self) -> String {
+        lock(&self.stderr).clone()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit; returns its exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        if let Some(status) = self.exit {
+            return status;
+        }
+        let kill = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(kill.success(), "kill -TERM {} failed", self.pid());
+        match self.wait_exit(EXIT_TIMEOUT) {
+            Some(status) => status,
+            None => {
+                let _ = self.child.kill();
+                panic!(
+                    "{}",
+                    self.failure(&format!(
+                        "it did not exit within {EXIT_TIMEOUT:?} of SIGTERM"
+                    ))
+                )
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; `None` if it is still running.
+    /// Once it has exited, its stdout and stderr have been read to the end.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            let deadline = Instant::now() + timeout;
+            loop {
+                match self.child.try_wait() {
+                    Ok(Some(status)) => {
+                        self.exit = Some(status);
+                        break;
+                    }
+                    Ok(None) if Instant::now() < deadline => {
+                        // Polling the exit status is the bounded readiness check here.
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Ok(None) | Err(_) => return None,
+                }
+            }
+            for reader in self.readers.drain(..) {
+                let _ = reader.join();
+            }
+        }
+        self.exit
+    }
+
+    fn failure(&mut self, what: &str) -> String {
+        let stdout = self.stdout_lines().join("\n");
+        format!(
+            "{}: {what}\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
+            self.description,
+            self.stderr()
+        )
+    }
+}
+
+impl Drop for HushProcess {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn forward_lines(stdout: ChildStdout, tx: &mpsc::Sender<String>) {
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { return };
+        if tx.send(line).is_err() {
+            return;
+        }
+    }
+}
+
+fn lock(m: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `hush ca serve` did not become ready.
+#[derive(Debug)]
+pub struct StartError {
+    /// How the process ended, if it did.
+    pub status: Option<ExitStatus>,
+    /// What went wrong, with everything the process printed.
+    pub message: String,
+    /// The process's stderr.
+    pub stderr: String,
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A running `hush ca serve`, ready to answer.
+#[derive(Debug)]
+pub struct CaProcess {
+    process: HushProcess,
+    url: String,
+    trust_domain: String,
+    dir: PathBuf,
+}
+
+// === impl CaProcess ===
+
+impl CaProcess {
+    /// The line `hush ca serve` prints once it accepts connections.
+    pub const READY_PREFIX: &'static str = "hush ca: serving hush.ca.v1 and istio.v1.auth on ";
+
+    /// Runs `hush ca serve --dir DIR --listen 127.0.0.1:0 EXTRA…` and waits until it is ready.
+    /// Panics with the process's output if it is not.
+    pub fn start(bin: impl AsRef<Path>, dir: &Path, extra_args: &[&str]) -> Self {
+        Self::try_start_with_env(bin, dir, extra_args, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Self::start`], with extra environment variables, returning an error instead of
+    /// panicking when the CA exits or stays silent.
+    pub fn try_start_with_env(
+        bin: impl AsRef<Path>,
+        dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, StartError> {
+        let mut args: Vec<&OsStr> = vec![
+            "ca".as_ref(),
+            "serve".as_ref(),
+            "--dir".as_ref(),
+            dir.as_os_str(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+        ];
+        args.extend(extra_args.iter().map(|a| OsStr::new(*a)));
+        let mut process = HushProcess::spawn_with_env(bin, &args, env);
+        let line = match process.wait_for_line(|l| l.starts_with(Self::READY_PREFIX), READY_TIMEOUT)
+        {
+            Ok(line) => line,
+            Err(message) => {
+                let status = process.wait_exit(Duration::ZERO);
+                return Err(StartError {
+                    status,
+                    message,
+                    stderr: process.stderr(),
+                });
+            }
+        };
+        let (url, trust_domain) = parse_ready_line(&line).unwrap_or_else(|| {
+            panic!("cannot read the URL and trust domain from the readiness line {line:?}")
+        });
+        Ok(Self {
+            process,
+            url,
+            trust_domain,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The CA's address, `https://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The trust domain named on the readiness line.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The CA directory it serves.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The CA's stderr so far (its logs).
+    pub fn stderr(&self) -> String {
+        self.process.stderr()
+    }
+
+    /// Stops the CA with SIGTERM and returns its exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.process.terminate()
+    }
+
+    /// The underlying process.
+    pub fn process(&mut self) -> &mut HushProcess {
+        &mut self.process
+    }
+}
+
+/// `…on https://127.0.0.1:PORT (trust domain TD)` → (URL, TD).
+fn parse_ready_line(line: &str) -> Option<(String, String)> {
+    let rest = line.strip_prefix(CaProcess::READY_PREFIX)?;
+    let (url, rest) = rest.split_once(' ')?;
+    let trust_domain = rest
+        .strip_prefix("(trust domain ")?
+        .strip_suffix(')')?
+        .to_string();
+    url.starts_with("https://")
+        .then(|| (url.to_string(), trust_domain))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_readiness_line() {
+        let line = "hush ca: serving hush.ca.v1 and istio.v1.auth on https://127.0.0.1:4242 (trust domain e2e.test)";
+        assert_eq!(
+            parse_ready_line(line),
+            Some(("https://127.0.0.1:4242".into(), "e2e.test".into()))
+        );
+        assert_eq!(parse_ready_line("hush ca: something else"), None);
+    }
+}
