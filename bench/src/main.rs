@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use hush_ca::{Authority, CaClient, CaDir, InitOptions, IssuancePolicy, JoinTokenStore, VerifiedCsr};
+use hush_ca::{
+    Authority, CaClient, CaDir, InitOptions, IssuancePolicy, JoinTokenStore, VerifiedCsr,
+};
 use hush_identity::{SpiffeId, TrustDomain};
 
 #[derive(Debug, Parser)]
@@ -47,6 +49,9 @@ struct CaArgs {
     /// Threads for the in-process ceiling (default: every core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Measure only the in-process ceiling (for profiling the signing path).
+    #[arg(long)]
+    ceiling_only: bool,
 }
 
 fn main() -> Result<()> {
@@ -109,9 +114,14 @@ fn ca(args: CaArgs) -> Result<()> {
     std::thread::sleep(window);
     stop.store(true, Ordering::Relaxed);
     for w in workers {
-        w.join().map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+        w.join()
+            .map_err(|_| anyhow::anyhow!("a worker panicked"))??;
     }
     let ceiling = issued.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    if args.ceiling_only {
+        println!("in-process ceiling (CSR verify + sign, {threads} threads): {ceiling:.0} certs/s");
+        return Ok(());
+    }
 
     // 2. The real thing: `hush ca serve` as its own process, gRPC over TLS 1.3.
     let hush = match args.hush.clone() {
@@ -129,20 +139,14 @@ fn ca(args: CaArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let bundle = dir.load_bundle()?;
-    let grpc = runtime.block_on(load(
-        &server.url,
-        &bundle,
-        &token,
-        csrs,
-        &args,
-        window,
-    ))?;
+    let grpc = runtime.block_on(load(&server.url, &bundle, &token, csrs, &args, window))?;
     server.stop();
 
-    println!("hush CA issuance, {threads} cores, {} s per side", args.seconds);
     println!(
-        "  in-process ceiling (CSR verify + sign, {threads} threads): {ceiling:>9.0} certs/s"
+        "hush CA issuance, {threads} cores, {} s per side",
+        args.seconds
     );
+    println!("  in-process ceiling (CSR verify + sign, {threads} threads): {ceiling:>9.0} certs/s");
     println!(
         "  gRPC + TLS 1.3 to `hush ca serve` ({} in flight, {} connections): {:>9.0} certs/s  p50 {:.2} ms  p99 {:.2} ms  ({} requests, {} errors)",
         args.concurrency,
@@ -198,7 +202,10 @@ async fn load(
                 let mut i = t;
                 while Instant::now() < deadline {
                     let begin = Instant::now();
-                    match client.certify(&token, csrs[i % csrs.len()].clone(), None).await {
+                    match client
+                        .certify(&token, csrs[i % csrs.len()].clone(), None)
+                        .await
+                    {
                         Ok(_) => latencies.push(begin.elapsed()),
                         Err(_) => {
                             errors.fetch_add(1, Ordering::Relaxed);
@@ -244,12 +251,25 @@ struct CaServer {
 impl CaServer {
     fn start(hush: &PathBuf, dir: &std::path::Path) -> Result<Self> {
         let mut child = Command::new(hush)
-            .args(["ca", "serve", "--listen", "127.0.0.1:0", "--log-level", "warn", "--dir"])
+            .args([
+                "ca",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-level",
+                "warn",
+                "--dir",
+            ])
             .arg(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .with_context(|| format!("cannot start {} (build it with `cargo build --release`)", hush.display()))?;
+            .with_context(|| {
+                format!(
+                    "cannot start {} (build it with `cargo build --release`)",
+                    hush.display()
+                )
+            })?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;

@@ -286,3 +286,146 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{CaDir, InitOptions};
+    use x509_parser::extensions::ParsedExtension;
+
+    fn authority(policy: IssuancePolicy) -> (tempfile::TempDir, Authority) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CaDir::new(dir.path().join("ca"));
+        ca.init(&InitOptions::new(TrustDomain::new("example.org").unwrap()))
+            .unwrap();
+        let authority = Authority::new(ca.load().unwrap(), policy).unwrap();
+        (dir, authority)
+    }
+
+    fn csr() -> VerifiedCsr {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["admin.example.org".into()]).unwrap();
+        params.subject_alt_names.push(SanType::URI(
+            "spiffe://example.org/ns/kube-system/sa/admin"
+                .try_into()
+                .unwrap(),
+        ));
+        params.distinguished_name.push(DnType::CommonName, "root");
+        VerifiedCsr::parse(params.serialize_request(&key).unwrap().der()).unwrap()
+    }
+
+    fn id(s: &str) -> SpiffeId {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn writes_the_attested_identity_not_the_requested_names() {
+        let (_dir, authority) = authority(IssuancePolicy::default());
+        let svid = authority
+            .issue(
+                &csr(),
+                &id("spiffe://example.org/ns/shop/sa/frontend"),
+                None,
+            )
+            .unwrap();
+        let leaf = &svid.chain[0];
+        let checked = hush_identity::check_leaf_svid(leaf).unwrap();
+        assert_eq!(checked, id("spiffe://example.org/ns/shop/sa/frontend"));
+        let summary = hush_identity::CertificateSummary::from_der(leaf).unwrap();
+        assert!(summary.dns_sans.is_empty(), "{:?}", summary.dns_sans);
+        assert!(!summary.subject.contains("root"), "{}", summary.subject);
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).unwrap();
+        let eku = cert
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::ExtendedKeyUsage(eku) => Some(eku.clone()),
+                _ => None,
+            })
+            .expect("EKU present");
+        assert!(eku.server_auth && eku.client_auth);
+        // The leaf verifies with the intermediate, which verifies with the root.
+        let (_, intermediate) = x509_parser::parse_x509_certificate(&svid.chain[1]).unwrap();
+        assert!(
+            cert.verify_signature(Some(intermediate.public_key()))
+                .is_ok()
+        );
+        hush_identity::check_signing_cert(&svid.chain[1]).unwrap();
+    }
+
+    #[test]
+    fn lifetimes_are_clamped_and_back_dated() {
+        let (_dir, authority) = authority(IssuancePolicy::default());
+        let who = id("spiffe://example.org/a");
+        let now = OffsetDateTime::now_utc();
+        let long = authority
+            .issue(&csr(), &who, Some(Duration::from_secs(1000 * 3600)))
+            .unwrap();
+        assert!(long.not_after <= now + time::Duration::hours(24) + time::Duration::seconds(5));
+        assert!(long.not_after >= now + time::Duration::hours(24) - time::Duration::seconds(5));
+        assert!(long.not_before <= now - time::Duration::minutes(4));
+        let short = authority
+            .issue(&csr(), &who, Some(Duration::from_secs(1)))
+            .unwrap();
+        let lived = short.not_after - now;
+        assert!(lived >= time::Duration::seconds(55) && lived <= time::Duration::seconds(65));
+        let hour = authority
+            .issue(&csr(), &who, Some(Duration::from_secs(3600)))
+            .unwrap();
+        let lived = hour.not_after - now;
+        assert!((lived - time::Duration::hours(1)).abs() < time::Duration::seconds(5));
+    }
+
+    #[test]
+    fn serials_are_random_and_positive() {
+        let (_dir, authority) = authority(IssuancePolicy::default());
+        let who = id("spiffe://example.org/a");
+        let a = authority.issue(&csr(), &who, None).unwrap();
+        let b = authority.issue(&csr(), &who, None).unwrap();
+        assert_ne!(a.serial_hex, b.serial_hex);
+        assert_eq!(a.serial_hex.len(), 32);
+        assert!(u8::from_str_radix(&a.serial_hex[..2], 16).unwrap() < 0x80);
+    }
+
+    #[test]
+    fn refuses_identities_of_another_trust_domain() {
+        let (_dir, authority) = authority(IssuancePolicy::default());
+        let err = authority
+            .issue(&csr(), &id("spiffe://evil.org/a"), None)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("not in this CA's trust domain"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_an_intermediate_from_another_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = CaDir::new(dir.path().join("a"));
+        let b = CaDir::new(dir.path().join("b"));
+        let td = TrustDomain::new("example.org").unwrap();
+        a.init(&InitOptions::new(td.clone())).unwrap();
+        b.init(&InitOptions::new(td)).unwrap();
+        let mut material = a.load().unwrap();
+        material.bundle = b.load_bundle().unwrap();
+        let err = Authority::new(material, IssuancePolicy::default()).unwrap_err();
+        assert!(matches!(err, AuthorityError::NotChained), "{err}");
+    }
+
+    #[test]
+    fn server_certificate_names_localhost() {
+        let (_dir, authority) = authority(IssuancePolicy::default());
+        let (chain, _key) = authority
+            .issue_server_certificate(
+                &["localhost".into(), "ca.hush.svc".into()],
+                &["127.0.0.1".parse().unwrap()],
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let summary = hush_identity::CertificateSummary::from_der(&chain[0]).unwrap();
+        assert_eq!(summary.dns_sans, vec!["localhost", "ca.hush.svc"]);
+        assert_eq!(summary.ip_sans, vec!["127.0.0.1"]);
+        assert!(!summary.is_ca);
+    }
+}

@@ -327,6 +327,27 @@ mod tests {
     }
 
     #[test]
+    fn mutated_requests_never_panic_and_a_changed_key_never_verifies() {
+        let (key, der) = csr_for(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let public = key.public_key_raw();
+        let at = der
+            .windows(public.len())
+            .position(|w| w == public)
+            .expect("the CSR holds the public key");
+        for i in 0..der.len() {
+            let _ = VerifiedCsr::parse(&der[..i]);
+            for bit in [0x01u8, 0x80] {
+                let mut mutated = der.clone();
+                mutated[i] ^= bit;
+                let result = VerifiedCsr::parse(&mutated);
+                if (at..at + public.len()).contains(&i) {
+                    assert!(result.is_err(), "flipping key byte {i} was accepted");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn rsa_modulus_size() {
         assert_eq!(modulus_bits(&[0x00, 0x80, 0x00]), 16);
         assert_eq!(modulus_bits(&[0x7f, 0x00]), 15);

@@ -351,3 +351,70 @@ fn check_key_mode(path: &Path) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn td() -> TrustDomain {
+        TrustDomain::new("example.org").unwrap()
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn init_writes_keys_private_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CaDir::new(dir.path().join("ca"));
+        let report = ca.init(&InitOptions::new(td())).unwrap();
+        assert_eq!(mode(&ca.path().join(ROOT_KEY)), 0o600);
+        assert_eq!(mode(&ca.path().join(INTERMEDIATE_KEY)), 0o600);
+        assert_eq!(mode(ca.path()), 0o700);
+        hush_identity::check_signing_cert(&report.root).unwrap();
+        hush_identity::check_signing_cert(&report.intermediate).unwrap();
+
+        let err = ca.init(&InitOptions::new(td())).unwrap_err();
+        assert!(err.to_string().contains("--force"), "{err}");
+        // The refused init changed nothing.
+        assert_eq!(ca.load_bundle().unwrap().roots()[0], report.root);
+
+        let mut force = InitOptions::new(td());
+        force.force = true;
+        let again = ca.init(&force).unwrap();
+        assert_ne!(again.root, report.root);
+    }
+
+    #[test]
+    fn load_reads_back_what_init_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CaDir::new(dir.path());
+        let report = ca.init(&InitOptions::new(td())).unwrap();
+        let material = ca.load().unwrap();
+        assert_eq!(material.intermediate, report.intermediate);
+        assert_eq!(material.bundle.trust_domain(), &td());
+        // The root key is not needed to serve.
+        fs::remove_file(ca.path().join(ROOT_KEY)).unwrap();
+        ca.load().unwrap();
+    }
+
+    #[test]
+    fn load_refuses_a_key_others_can_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CaDir::new(dir.path());
+        ca.init(&InitOptions::new(td())).unwrap();
+        let key = ca.path().join(INTERMEDIATE_KEY);
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = ca.load().err().unwrap();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn load_of_an_empty_directory_says_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = CaDir::new(dir.path()).load().err().unwrap();
+        assert!(err.to_string().contains("hush ca init"), "{err}");
+    }
+}

@@ -124,11 +124,15 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
         }
     }
 
-    let audit = ca_dir.audit_log();
+    let kept = if args.dir.is_some() {
+        ""
+    } else {
+        " (a temporary directory, removed on exit: pass --dir to keep it)"
+    };
     say(&format!(
-        "\ncertificates are in {}; every issuance and refusal is in {}",
+        "\ncertificates are in {}{kept}; every issuance and refusal is in {}",
         root.display(),
-        audit.display()
+        ca_dir.audit_log().display()
     ));
     if args.once {
         let _ = stop_tx.send(());
