@@ -96,6 +96,9 @@ pub enum AuthorityError {
         /// The CA's trust domain.
         trust_domain: TrustDomain,
     },
+    /// The requested identity names a whole trust domain, not a workload.
+    #[error("{0} has no path: a workload certificate must name a workload, not a trust domain")]
+    NoWorkloadPath(SpiffeId),
     /// rcgen could not build or sign the certificate.
     #[error("cannot build the certificate: {0}")]
     Sign(#[from] rcgen::Error),
@@ -189,10 +192,11 @@ impl Authority {
                 trust_domain: self.trust_domain.clone(),
             });
         }
+        if id.path().is_empty() {
+            return Err(AuthorityError::NoWorkloadPath(id.clone()));
+        }
         let mut params = self.leaf_params(requested_ttl);
-        params.subject_alt_names = vec![SanType::URI(
-            id.as_str().try_into().map_err(rcgen::Error::from)?,
-        )];
+        params.subject_alt_names = vec![SanType::URI(id.as_str().try_into()?)];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -397,6 +401,15 @@ mod tests {
             err.to_string().contains("not in this CA's trust domain"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn refuses_a_trust_domain_id_as_a_workload_identity() {
+        let (_dir, authority) = authority(IssuancePolicy::default());
+        let err = authority
+            .issue(&csr(), &id("spiffe://example.org"), None)
+            .unwrap_err();
+        assert!(matches!(err, AuthorityError::NoWorkloadPath(_)), "{err}");
     }
 
     #[test]

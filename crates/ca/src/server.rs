@@ -15,7 +15,7 @@ use std::time::Duration;
 use hush_tls::{ALPN_H2, CredentialStore};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -41,6 +41,9 @@ pub struct ServeOptions {
     pub request_timeout: Duration,
     /// Lifetime of the CA's own server certificate; it is re-issued at half of it.
     pub server_cert_lifetime: Duration,
+    /// After shutdown is asked for, in-flight requests get this long to finish; connections
+    /// still open then (an idle or hung client) are closed.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServeOptions {
@@ -53,6 +56,7 @@ impl Default for ServeOptions {
             max_connections: 4096,
             request_timeout: Duration::from_secs(30),
             server_cert_lifetime: Duration::from_secs(24 * 3600),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -106,7 +110,12 @@ pub async fn serve(
     ));
 
     let limit = options.max_request_bytes;
-    let result = tonic::transport::Server::builder()
+    let graceful = Arc::new(Notify::new());
+    let stop_serving = {
+        let graceful = graceful.clone();
+        async move { graceful.notified().await }
+    };
+    let server = tonic::transport::Server::builder()
         .timeout(options.request_timeout)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -116,8 +125,24 @@ pub async fn serve(
         }))
         .add_service(service.hush_service().max_decoding_message_size(limit))
         .add_service(service.istio_service().max_decoding_message_size(limit))
-        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stop_serving);
+    tokio::pin!(server, shutdown);
+    let result = tokio::select! {
+        result = &mut server => result,
+        () = &mut shutdown => {
+            accept.abort();
+            graceful.notify_one();
+            match tokio::time::timeout(options.shutdown_grace, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // Graceful shutdown waits for every connection to close; a hung client must
+                    // not keep the CA alive, so what is left is dropped with the server future.
+                    warn!(grace = ?options.shutdown_grace, "connections still open after the shutdown grace period; closing them");
+                    Ok(())
+                }
+            }
+        }
+    };
     accept.abort();
     rotation.abort();
     Ok(result?)
@@ -213,7 +238,8 @@ fn oversize_is_resource_exhausted<B>(
         && headers
             .get("grpc-message")
             .and_then(|m| m.to_str().ok())
-            .is_some_and(|m| m.contains("message length too large"));
+            // grpc-message is percent-encoded on the wire.
+            .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
     if is_oversize {
         headers.insert("grpc-status", http::HeaderValue::from_static("8"));
         if let Ok(message) = http::HeaderValue::from_str(&format!(

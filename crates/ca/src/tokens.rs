@@ -62,6 +62,9 @@ pub enum TokenError {
         /// The I/O error.
         source: io::Error,
     },
+    /// A token cannot be minted as asked.
+    #[error("cannot mint the join token: {0}")]
+    Invalid(String),
     /// A token record is damaged.
     #[error("join token record {path} is damaged: {reason}")]
     Corrupt {
@@ -97,6 +100,14 @@ struct TokenRecord {
     reusable: bool,
 }
 
+/// A record as found on disk.
+enum Stored {
+    /// Not used yet (or reusable).
+    Active(TokenRecord),
+    /// A single-use token that was consumed.
+    Used(TokenRecord),
+}
+
 /// A freshly minted token. `token` is the secret: show it once, never log it.
 #[derive(Clone)]
 pub struct MintedToken {
@@ -121,6 +132,23 @@ impl std::fmt::Debug for MintedToken {
             .field("reusable", &self.reusable)
             .finish_non_exhaustive()
     }
+}
+
+/// What `hush ca token list` shows of a token: never its secret or hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    /// Public id.
+    pub id: String,
+    /// The identity it stands for.
+    pub spiffe_id: SpiffeId,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Usable more than once.
+    pub reusable: bool,
+    /// A single-use token that was consumed.
+    pub used: bool,
 }
 
 /// A token that checked out: who it stands for. A single-use token is not consumed until
@@ -167,6 +195,17 @@ impl JoinTokenStore {
         ttl: Duration,
         reusable: bool,
     ) -> Result<MintedToken, TokenError> {
+        if ttl.is_zero() {
+            return Err(TokenError::Invalid(
+                "its lifetime must be more than zero".into(),
+            ));
+        }
+        if spiffe_id.path().is_empty() {
+            return Err(TokenError::Invalid(format!(
+                "{spiffe_id} names a whole trust domain; a workload's SPIFFE ID needs a path, \
+                 e.g. {spiffe_id}/ns/default/sa/my-app"
+            )));
+        }
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -211,36 +250,122 @@ impl JoinTokenStore {
         })
     }
 
-    /// Checks a presented token without consuming it.
+    /// Withdraws a token by id: it stops working at once, even on a running CA.
+    pub fn revoke(&self, id: &str) -> Result<(), TokenError> {
+        if !is_token_id(id) {
+            return Err(TokenError::Malformed);
+        }
+        let path = self.record_path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(TokenError::Unknown { id: id.to_string() })
+            }
+            Err(source) => Err(self.io(&path, source)),
+        }
+    }
+
+    /// Every token on record, used ones included, sorted by creation time.
+    pub fn list(&self) -> Result<Vec<TokenInfo>, TokenError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(self.io(&self.dir, source)),
+        };
+        let mut tokens = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|source| self.io(&self.dir, source))?.path();
+            let (Some(stem), Some(ext)) = (
+                path.file_stem().and_then(|s| s.to_str()),
+                path.extension().and_then(|s| s.to_str()),
+            ) else {
+                continue;
+            };
+            let used = match ext {
+                "json" => false,
+                "used" => true,
+                _ => continue,
+            };
+            if let Some(record) = self.read_record_file(&path, stem)? {
+                tokens.push(TokenInfo {
+                    id: record.id,
+                    spiffe_id: record.spiffe_id,
+                    created_at: record.created_at,
+                    expires_at: record.expires_at,
+                    reusable: record.reusable,
+                    used,
+                });
+            }
+        }
+        tokens.sort_by_key(|t| t.created_at);
+        Ok(tokens)
+    }
+
+    /// Checks a presented token without consuming it. May read the token's record from disk.
     pub fn check(&self, token: &str) -> Result<CheckedToken, TokenError> {
         let (id, secret) = split_token(token)?;
-        let cached = self
-            .reusable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned();
-        let record = match cached {
+        let record = match self.cached(id) {
             Some(record) => record,
-            None => Arc::new(self.read_record(id)?),
+            None => match self.read_record(id)? {
+                Stored::Active(record) => Arc::new(record),
+                Stored::Used(record) => {
+                    // Only someone holding the secret learns that the token was used; anyone
+                    // else is told it is unknown.
+                    self.verify_secret(&record, secret)?;
+                    return Err(TokenError::AlreadyUsed { id: id.to_string() });
+                }
+            },
         };
+        self.verify(&record, secret)
+    }
+
+    /// Checks a token against the in-memory cache of reusable tokens only, without any I/O.
+    /// `None` means the answer needs [`Self::check`].
+    pub fn check_cached(&self, token: &str) -> Option<Result<CheckedToken, TokenError>> {
+        let (id, secret) = match split_token(token) {
+            Ok(parts) => parts,
+            Err(e) => return Some(Err(e)),
+        };
+        let record = self.cached(id)?;
+        Some(self.verify(&record, secret))
+    }
+
+    /// A cached reusable token, as long as its record still exists: deleting the record
+    /// (`hush ca token revoke`) withdraws the token at once. The check is one `stat` of a small
+    /// local file, far cheaper than reading and parsing the record again.
+    fn cached(&self, id: &str) -> Option<Arc<TokenRecord>> {
+        let mut cache = self.reusable.lock().unwrap_or_else(|p| p.into_inner());
+        let record = cache.get(id)?.clone();
+        if self.record_path(id).exists() {
+            Some(record)
+        } else {
+            cache.remove(id);
+            None
+        }
+    }
+
+    fn verify_secret(&self, record: &TokenRecord, secret: &str) -> Result<(), TokenError> {
         // Compare digests in constant time so the comparison leaks nothing about the secret.
         let presented = sha256_hex(secret.as_bytes());
-        if aws_lc_rs::constant_time::verify_slices_are_equal(
+        aws_lc_rs::constant_time::verify_slices_are_equal(
             presented.as_bytes(),
             record.secret_sha256.as_bytes(),
         )
-        .is_err()
-        {
-            return Err(TokenError::Unknown { id: id.to_string() });
-        }
+        .map_err(|_| TokenError::Unknown {
+            id: record.id.clone(),
+        })
+    }
+
+    fn verify(&self, record: &Arc<TokenRecord>, secret: &str) -> Result<CheckedToken, TokenError> {
+        let id = &record.id;
+        self.verify_secret(record, secret)?;
         let now = OffsetDateTime::now_utc().unix_timestamp();
         if record.expires_at <= now {
             let ago = humantime::format_duration(Duration::from_secs(
                 (now - record.expires_at).unsigned_abs(),
             ));
             return Err(TokenError::Expired {
-                id: id.to_string(),
+                id: id.clone(),
                 ago: ago.to_string(),
             });
         }
@@ -248,10 +373,10 @@ impl JoinTokenStore {
             self.reusable
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(id.to_string(), record.clone());
+                .insert(id.clone(), record.clone());
         }
         Ok(CheckedToken {
-            id: record.id.clone(),
+            id: id.clone(),
             spiffe_id: record.spiffe_id.clone(),
             reusable: record.reusable,
         })
@@ -264,7 +389,7 @@ impl JoinTokenStore {
             return Ok(());
         }
         let from = self.record_path(&token.id);
-        let to = self.dir.join(format!("{}.used", token.id));
+        let to = self.used_path(&token.id);
         match fs::rename(&from, &to) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(TokenError::AlreadyUsed {
@@ -274,31 +399,38 @@ impl JoinTokenStore {
         }
     }
 
-    fn read_record(&self, id: &str) -> Result<TokenRecord, TokenError> {
-        let path = self.record_path(id);
-        let bytes = match fs::read(&path) {
+    fn read_record(&self, id: &str) -> Result<Stored, TokenError> {
+        match self.read_record_file(&self.record_path(id), id)? {
+            Some(record) => Ok(Stored::Active(record)),
+            None => match self.read_record_file(&self.used_path(id), id)? {
+                Some(record) => Ok(Stored::Used(record)),
+                None => Err(TokenError::Unknown { id: id.into() }),
+            },
+        }
+    }
+
+    fn read_record_file(&self, path: &Path, id: &str) -> Result<Option<TokenRecord>, TokenError> {
+        let bytes = match fs::read(path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(if self.dir.join(format!("{id}.used")).exists() {
-                    TokenError::AlreadyUsed { id: id.into() }
-                } else {
-                    TokenError::Unknown { id: id.into() }
-                });
-            }
-            Err(source) => return Err(self.io(&path, source)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(self.io(path, source)),
         };
         let record: TokenRecord =
             serde_json::from_slice(&bytes).map_err(|e| TokenError::Corrupt {
-                path: path.clone(),
+                path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
         if record.id != id {
             return Err(TokenError::Corrupt {
-                path,
+                path: path.to_path_buf(),
                 reason: format!("record names id {}", record.id),
             });
         }
-        Ok(record)
+        Ok(Some(record))
+    }
+
+    fn used_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.used"))
     }
 
     fn record_path(&self, id: &str) -> PathBuf {
@@ -321,11 +453,14 @@ fn split_token(token: &str) -> Result<(&str, &str), TokenError> {
         .strip_prefix(TOKEN_PREFIX)
         .ok_or(TokenError::Malformed)?;
     let (id, secret) = rest.split_once('.').ok_or(TokenError::Malformed)?;
-    let id_ok = id.len() == ID_LEN && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if !id_ok || secret.is_empty() || secret.len() > 128 {
+    if !is_token_id(id) || secret.is_empty() || secret.len() > 128 {
         return Err(TokenError::Malformed);
     }
     Ok((id, secret))
+}
+
+fn is_token_id(id: &str) -> bool {
+    id.len() == ID_LEN && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Whether `token` is shaped as a hush join token (as opposed to, say, a Kubernetes JWT).
@@ -366,14 +501,87 @@ mod tests {
     }
 
     #[test]
+    fn refuses_to_mint_useless_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JoinTokenStore::new(dir.path());
+        let err = store.mint(&id(), Duration::ZERO, false).unwrap_err();
+        assert!(err.to_string().contains("more than zero"), "{err}");
+        let bare: SpiffeId = "spiffe://cluster.local".parse().unwrap();
+        let err = store
+            .mint(&bare, Duration::from_secs(60), false)
+            .unwrap_err();
+        assert!(err.to_string().contains("needs a path"), "{err}");
+    }
+
+    #[test]
+    fn a_used_token_is_reported_only_to_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JoinTokenStore::new(dir.path());
+        let minted = store.mint(&id(), Duration::from_secs(60), false).unwrap();
+        store.consume(&store.check(&minted.token).unwrap()).unwrap();
+        let guess = format!("{TOKEN_PREFIX}{}.{}", minted.id, "A".repeat(43));
+        assert!(matches!(
+            store.check(&guess).unwrap_err(),
+            TokenError::Unknown { .. }
+        ));
+        assert!(matches!(
+            store.check(&minted.token).unwrap_err(),
+            TokenError::AlreadyUsed { .. }
+        ));
+    }
+
+    #[test]
+    fn revoke_withdraws_a_cached_reusable_token_and_list_shows_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JoinTokenStore::new(dir.path());
+        let reusable = store.mint(&id(), Duration::from_secs(60), true).unwrap();
+        let single = store.mint(&id(), Duration::from_secs(60), false).unwrap();
+        store.check(&reusable.token).unwrap();
+        store.consume(&store.check(&single.token).unwrap()).unwrap();
+        let listed = store.list().unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.iter().any(|t| t.id == single.id && t.used));
+        assert!(
+            listed
+                .iter()
+                .any(|t| t.id == reusable.id && t.reusable && !t.used)
+        );
+
+        store.revoke(&reusable.id).unwrap();
+        assert!(store.check_cached(&reusable.token).is_none());
+        assert!(matches!(
+            store.check(&reusable.token).unwrap_err(),
+            TokenError::Unknown { .. }
+        ));
+        assert!(matches!(
+            store.revoke(&reusable.id).unwrap_err(),
+            TokenError::Unknown { .. }
+        ));
+        assert!(matches!(
+            store.revoke("../x").unwrap_err(),
+            TokenError::Malformed
+        ));
+    }
+
+    #[test]
     fn reusable_token_works_many_times() {
         let dir = tempfile::tempdir().unwrap();
         let store = JoinTokenStore::new(dir.path());
         let minted = store.mint(&id(), Duration::from_secs(60), true).unwrap();
+        assert!(store.check_cached(&minted.token).is_none(), "not read yet");
         for _ in 0..3 {
             let checked = store.check(&minted.token).unwrap();
             store.consume(&checked).unwrap();
         }
+        let cached = store
+            .check_cached(&minted.token)
+            .expect("cached after first use");
+        assert_eq!(cached.unwrap().spiffe_id, id());
+        let forged = format!("{TOKEN_PREFIX}{}.{}", minted.id, "B".repeat(43));
+        assert!(matches!(
+            store.check_cached(&forged),
+            Some(Err(TokenError::Unknown { .. }))
+        ));
     }
 
     #[test]
@@ -391,9 +599,15 @@ mod tests {
     fn expired_token_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = JoinTokenStore::new(dir.path());
-        let minted = store.mint(&id(), Duration::ZERO, false).unwrap();
+        let minted = store.mint(&id(), Duration::from_secs(1), false).unwrap();
+        // Age the record instead of waiting for it.
+        let path = store.record_path(&minted.id);
+        let mut record: TokenRecord = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        record.expires_at -= 3600;
+        fs::write(&path, serde_json::to_vec(&record).unwrap()).unwrap();
         let err = store.check(&minted.token).unwrap_err();
         assert!(matches!(err, TokenError::Expired { .. }), "{err}");
+        assert!(err.to_string().contains("expired 59m"), "{err}");
     }
 
     #[test]

@@ -63,6 +63,19 @@ pub(crate) enum TokenCommand {
     /// Mint a join token for a SPIFFE ID. The token is the last line on stdout; only its hash is
     /// stored.
     Create(TokenCreateArgs),
+    /// List join tokens (ids, identities, expiry, state; never secrets).
+    List(DirArg),
+    /// Withdraw a join token by id; it stops working at once, even on a running CA.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenRevokeArgs {
+    /// The CA directory.
+    #[arg(long, env = "HUSH_CA_DIR")]
+    dir: PathBuf,
+    /// The token's id (the 16 hex digits after `hushjt.`).
+    id: String,
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +134,9 @@ pub(crate) struct ServeArgs {
     /// Audience the service-account tokens must be meant for.
     #[arg(long, default_value = "hush-ca")]
     k8s_audience: String,
+    /// On SIGTERM, how long in-flight requests may take before connections are closed.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
 }
 
 pub(crate) async fn run(command: CaCommand) -> Result<()> {
@@ -132,6 +148,12 @@ pub(crate) async fn run(command: CaCommand) -> Result<()> {
             Ok(())
         }
         CaCommand::Token(TokenCommand::Create(args)) => create_token(args),
+        CaCommand::Token(TokenCommand::List(args)) => list_tokens(args),
+        CaCommand::Token(TokenCommand::Revoke(args)) => {
+            JoinTokenStore::new(CaDir::new(&args.dir).tokens_dir()).revoke(&args.id)?;
+            eprintln!("join token {} revoked", args.id);
+            Ok(())
+        }
         CaCommand::Serve(args) => serve(args).await,
     }
 }
@@ -188,6 +210,34 @@ fn create_token(args: TokenCreateArgs) -> Result<()> {
     );
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", minted.token)?;
+    Ok(())
+}
+
+fn list_tokens(args: DirArg) -> Result<()> {
+    let tokens = JoinTokenStore::new(CaDir::new(&args.dir).tokens_dir()).list()?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<16}  {:<10}  {:<20}  SPIFFE ID",
+        "ID", "STATE", "EXPIRES"
+    )?;
+    for t in tokens {
+        let state = match (t.used, t.expires_at <= now, t.reusable) {
+            (true, _, _) => "used",
+            (false, true, _) => "expired",
+            (false, false, true) => "reusable",
+            (false, false, false) => "unused",
+        };
+        let expires = time::OffsetDateTime::from_unix_timestamp(t.expires_at)
+            .map(hush_ca_time)
+            .unwrap_or_else(|_| t.expires_at.to_string());
+        writeln!(
+            out,
+            "{:<16}  {state:<10}  {expires:<20}  {}",
+            t.id, t.spiffe_id
+        )?;
+    }
     Ok(())
 }
 
@@ -254,8 +304,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
     } else {
         None
     };
+    if let Some(default_ttl) = args.default_ttl
+        && default_ttl > args.max_ttl
+    {
+        bail!(
+            "--default-ttl {} is longer than --max-ttl {}",
+            humantime::format_duration(default_ttl),
+            humantime::format_duration(args.max_ttl)
+        );
+    }
     let policy = IssuancePolicy {
-        default_ttl: args.default_ttl.unwrap_or(args.max_ttl).min(args.max_ttl),
+        default_ttl: args.default_ttl.unwrap_or(args.max_ttl),
         max_ttl: args.max_ttl,
         backdate: args.backdate,
         ..IssuancePolicy::default()
@@ -268,7 +327,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         );
     }
     let dir = CaDir::new(&args.dir);
-    let setup = build_ca(&dir, policy, args.audit_log, kubernetes.clone(), &args.sans)?;
+    let mut setup = build_ca(&dir, policy, args.audit_log, kubernetes.clone(), &args.sans)?;
+    setup.options.shutdown_grace = args.shutdown_grace;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -230,9 +230,7 @@ async fn request(args: RequestArgs) -> Result<()> {
     let response = client
         .certify(token.trim(), csr.der().to_vec(), args.ttl)
         .await
-        .map_err(|status| {
-            anyhow::anyhow!("the CA refused: {} ({:?})", status.message(), status.code())
-        })?;
+        .map_err(|status| describe_failure(&args.ca, &status))?;
     if response.cert_chain.is_empty() {
         bail!("the CA answered with an empty certificate chain");
     }
@@ -262,6 +260,25 @@ async fn request(args: RequestArgs) -> Result<()> {
         args.out_dir.display()
     );
     Ok(())
+}
+
+/// Tells a refusal by the CA apart from failing to reach it (connection, TLS verification).
+pub(crate) fn describe_failure(ca: &str, status: &tonic::Status) -> anyhow::Error {
+    use tonic::Code;
+    match status.code() {
+        Code::Unauthenticated
+        | Code::InvalidArgument
+        | Code::ResourceExhausted
+        | Code::PermissionDenied
+        | Code::FailedPrecondition => {
+            anyhow::anyhow!("the CA refused: {} ({:?})", status.message(), status.code())
+        }
+        _ => anyhow::anyhow!(
+            "cannot get a certificate from the CA at {ca}: {} ({:?})",
+            status.message(),
+            status.code()
+        ),
+    }
 }
 
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {

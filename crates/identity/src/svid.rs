@@ -110,6 +110,16 @@ pub enum SvidError {
     )]
     SigningWithoutKeyCertSign,
 
+    /// A leaf's SPIFFE ID names a whole trust domain instead of a workload.
+    #[error(
+        "leaf certificate's SPIFFE ID \"{id}\" has no path; \
+         an X.509-SVID leaf must name a workload, like \"{id}/ns/default/sa/my-app\""
+    )]
+    LeafIdWithoutPath {
+        /// The SPIFFE ID found in the URI SAN.
+        id: SpiffeId,
+    },
+
     /// A signing certificate's SPIFFE ID has a path.
     #[error(
         "signing certificate's SPIFFE ID \"{id}\" has a path; \
@@ -142,6 +152,7 @@ pub fn check_leaf_svid(der: &[u8]) -> Result<SpiffeId, SvidError> {
     check_leaf_key_usage(key_usage)?;
 
     match single_spiffe_id(&cert)? {
+        Some(id) if id.path().is_empty() => Err(SvidError::LeafIdWithoutPath { id }),
         Some(id) => Ok(id),
         None => Err(SvidError::NoUriSan),
     }
@@ -336,7 +347,14 @@ mod tests {
     #[test]
     fn bad_leaves() {
         type Spoil = fn(&mut rcgen::CertificateParams);
-        let rows: [(&str, Spoil, SvidError); 10] = [
+        let rows: [(&str, Spoil, SvidError); 11] = [
+            (
+                "a trust-domain ID, no path",
+                |p| p.subject_alt_names = vec![uri_san("spiffe://cluster.local")],
+                SvidError::LeafIdWithoutPath {
+                    id: SpiffeId::new("spiffe://cluster.local").unwrap(),
+                },
+            ),
             (
                 "no URI SAN",
                 |p| p.subject_alt_names.clear(),

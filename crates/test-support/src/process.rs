@@ -212,11 +212,7 @@ impl HushProcess {
         if let Some(status) = self.exit {
             return status;
         }
-        let kill = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("cannot run kill");
-        assert!(kill.success(), "kill -TERM {} failed", self.pid());
+        self.send_sigterm();
         match self.wait_exit(EXIT_TIMEOUT) {
             Some(status) => status,
             None => {
@@ -229,6 +225,15 @@ impl HushProcess {
                 )
             }
         }
+    }
+
+    /// Sends SIGTERM (with the `kill` command) and returns at once.
+    pub fn send_sigterm(&self) {
+        let kill = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(kill.success(), "kill -TERM {} failed", self.pid());
     }
 
     /// Waits up to `timeout` for the process to exit by itself; `None` if it is still running.

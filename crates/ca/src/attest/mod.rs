@@ -136,16 +136,21 @@ impl Attestor {
     /// a CSR does not burn the token.
     pub async fn attest(&self, token: &str) -> Result<Attested, AttestError> {
         if is_join_token(token) {
-            let tokens = self.tokens.clone();
-            let token = token.to_string();
-            // Token records are small local files; read them off the async workers anyway.
-            let checked = match tokio::task::spawn_blocking(move || tokens.check(&token)).await {
-                Ok(result) => result?,
-                Err(e) => {
-                    return Err(AttestError::JoinToken(TokenError::Io {
-                        path: self.tokens_dir(),
-                        source: std::io::Error::other(e.to_string()),
-                    }));
+            let checked = match self.tokens.check_cached(token) {
+                Some(result) => result?,
+                None => {
+                    // Reading a token record is file I/O: keep it off the async workers.
+                    let tokens = self.tokens.clone();
+                    let token = token.to_string();
+                    match tokio::task::spawn_blocking(move || tokens.check(&token)).await {
+                        Ok(result) => result?,
+                        Err(e) => {
+                            return Err(AttestError::JoinToken(TokenError::Io {
+                                path: self.tokens_dir(),
+                                source: std::io::Error::other(e.to_string()),
+                            }));
+                        }
+                    }
                 }
             };
             return Ok(Attested {
