@@ -135,11 +135,17 @@ fn ca(args: CaArgs) -> Result<()> {
         .mint(&id, Duration::from_secs(3600), true)?
         .token;
     let mut server = CaServer::start(&hush, dir.path())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One client thread: the load generator shares the machine with the CA, so it should burn
+    // as little CPU as it can, and cross-thread wake-ups cost more than they bring here.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let bundle = dir.load_bundle()?;
+    let server_cpu_before = cpu_seconds(server.child.id())?;
+    let client_cpu_before = cpu_seconds(std::process::id())?;
     let grpc = runtime.block_on(load(&server.url, &bundle, &token, csrs, &args, window))?;
+    let server_cpu = cpu_seconds(server.child.id())? - server_cpu_before;
+    let client_cpu = cpu_seconds(std::process::id())? - client_cpu_before;
     server.stop();
 
     println!(
@@ -157,6 +163,13 @@ fn ca(args: CaArgs) -> Result<()> {
         grpc.requests,
         grpc.errors
     );
+    let per_request = |cpu: f64| 1e6 * cpu / grpc.total as f64;
+    println!(
+        "  CPU per certificate: ceiling {:.0} µs; over gRPC {:.0} µs in the CA + {:.0} µs in the load client",
+        1e6 * threads as f64 / ceiling,
+        per_request(server_cpu),
+        per_request(client_cpu)
+    );
     println!(
         "  ratio gRPC / ceiling: {:.1} %",
         100.0 * grpc.rate / ceiling
@@ -166,6 +179,8 @@ fn ca(args: CaArgs) -> Result<()> {
 
 struct LoadResult {
     rate: f64,
+    /// Requests sent in the window, warm-up included, for CPU accounting.
+    total: u64,
     p50_ms: f64,
     p99_ms: f64,
     requests: usize,
@@ -231,6 +246,7 @@ async fn load(
         latencies[i].as_secs_f64() * 1000.0
     };
     Ok(LoadResult {
+        total: (latencies.len() + clients.len()) as u64 + errors.load(Ordering::Relaxed),
         rate: latencies.len() as f64 / elapsed,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
@@ -241,6 +257,22 @@ async fn load(
 
 /// Tasks walk the CSR pool with a prime stride so neighbours rarely send the same CSR.
 const STRIDE: usize = 7;
+
+/// User + system CPU seconds a process has used so far (from /proc/PID/stat).
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .context("short /proc stat")?
+        .iter()
+        .map(|f| f.parse::<f64>().unwrap_or(0.0))
+        .sum();
+    // USER_HZ is 100 on every Linux this runs on.
+    Ok(ticks / 100.0)
+}
 
 /// `hush ca serve` on a free loopback port, stopped on drop.
 struct CaServer {

@@ -1,23 +1,22 @@
 //! The issuance audit log: one JSON line per issuance or refusal.
 //!
-//! Lines are written by one thread in batches ("group commit"): a request hands its line over
-//! and waits until the batch holding it has been written to the file, so a certificate never
-//! reaches a caller before its audit line reached the operating system. Tokens are never
+//! Lines are written in batches ("group commit"): a request adds its line to a shared buffer and
+//! waits until the batch holding it has been written to the file, so a certificate never reaches
+//! a caller before its audit line reached the operating system. Whichever request finds no write
+//! in progress becomes the writer for everything buffered so far, so there is no writer thread
+//! and no hand-off between threads; under load many lines share one `write`. Tokens are never
 //! written; only their public ids.
 
-use std::fs::OpenOptions;
-use std::io::{self, BufWriter, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio::sync::{mpsc, oneshot};
-
-/// How many lines may wait for the writer before callers are slowed down.
-const QUEUE: usize = 4096;
+use tokio::sync::oneshot;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -97,39 +96,51 @@ pub struct AuditError {
     reason: String,
 }
 
-type Pending = (Vec<u8>, oneshot::Sender<Result<(), String>>);
-
 /// A handle on the audit log; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    path: Arc<PathBuf>,
-    tx: mpsc::Sender<Pending>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    /// Opened for appending; written only by the current batch writer.
+    file: File,
+    batch: Mutex<Batch>,
+}
+
+/// Lines waiting to be written, and who waits for them.
+#[derive(Debug, Default)]
+struct Batch {
+    lines: Vec<u8>,
+    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    /// A request is writing a batch right now; new lines join the next one.
+    writing: bool,
 }
 
 // === impl AuditLog ===
 
 impl AuditLog {
-    /// Opens (appending, creating with mode 0640) `path` and starts its writer thread. The
-    /// thread ends when the last handle is dropped.
+    /// Opens (appending, creating with mode 0640) `path`.
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o640)
             .open(path)?;
-        let (tx, rx) = mpsc::channel(QUEUE);
-        std::thread::Builder::new()
-            .name("hush-audit".into())
-            .spawn(move || write_batches(BufWriter::with_capacity(64 * 1024, file), rx))?;
         Ok(Self {
-            path: Arc::new(path.to_path_buf()),
-            tx,
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                file,
+                batch: Mutex::default(),
+            }),
         })
     }
 
     /// The log's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
     /// Appends `record` and waits until it has been written.
@@ -137,40 +148,61 @@ impl AuditLog {
         let mut line = serde_json::to_vec(record).map_err(|e| self.error(e.to_string()))?;
         line.push(b'\n');
         let (done_tx, done_rx) = oneshot::channel();
-        self.tx
-            .send((line, done_tx))
-            .await
-            .map_err(|_| self.error("the writer thread stopped".into()))?;
+        let lead = {
+            let mut batch = self.lock();
+            batch.lines.extend_from_slice(&line);
+            batch.waiters.push(done_tx);
+            !std::mem::replace(&mut batch.writing, true)
+        };
+        if lead {
+            self.write_batches();
+        }
         match done_rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(self.error(reason)),
-            Err(_) => Err(self.error("the writer thread stopped".into())),
+            Err(_) => Err(self.error("the batch writer stopped".into())),
         }
+    }
+
+    /// Writes what is buffered, and again what arrived meanwhile, until nothing is left.
+    ///
+    /// This is a blocking `write` on an async worker, on purpose: appending a few kilobytes to
+    /// a local file lands in the page cache in microseconds, far less than handing the batch to
+    /// another thread and waking back up would cost on every issuance.
+    fn write_batches(&self) {
+        loop {
+            let (lines, waiters) = {
+                let mut batch = self.lock();
+                if batch.lines.is_empty() {
+                    batch.writing = false;
+                    return;
+                }
+                (
+                    std::mem::take(&mut batch.lines),
+                    std::mem::take(&mut batch.waiters),
+                )
+            };
+            let result = (&self.inner.file)
+                .write_all(&lines)
+                .map_err(|e| e.to_string());
+            for waiter in waiters {
+                let _ = waiter.send(result.clone());
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Batch> {
+        // The guarded data stays consistent even if a holder panicked: take it over.
+        self.inner
+            .batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn error(&self, reason: String) -> AuditError {
         AuditError {
-            path: self.path.clone(),
+            path: Arc::new(self.inner.path.clone()),
             reason,
-        }
-    }
-}
-
-fn write_batches(mut out: BufWriter<std::fs::File>, mut rx: mpsc::Receiver<Pending>) {
-    let mut waiting = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        let mut result = out.write_all(&first.0);
-        waiting.push(first.1);
-        // Take whatever else is already queued into the same write.
-        while let Ok((line, done)) = rx.try_recv() {
-            if result.is_ok() {
-                result = out.write_all(&line);
-            }
-            waiting.push(done);
-        }
-        let result = result.and_then(|()| out.flush()).map_err(|e| e.to_string());
-        for done in waiting.drain(..) {
-            let _ = done.send(result.clone());
         }
     }
 }
@@ -206,5 +238,16 @@ mod tests {
         let mut serials: Vec<_> = lines.iter().map(|l| l["serial"].clone()).collect();
         serials.dedup();
         assert_eq!(serials.len(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_line_that_cannot_be_written_is_an_error() {
+        // /dev/full accepts the open and refuses every write with ENOSPC.
+        let log = AuditLog::open(Path::new("/dev/full")).unwrap();
+        let err = log
+            .append(&AuditRecord::new(AuditEvent::Issued, "hush.ca.v1"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("/dev/full"), "{err}");
     }
 }
