@@ -228,14 +228,6 @@ pub enum TokenReviewError {
         reason: String,
     },
 
-    /// rustls refused the TLS client configuration.
-    #[error("could not build the TLS configuration for the Kubernetes API server: {source}")]
-    TlsConfig {
-        /// The rustls error.
-        #[source]
-        source: rustls::Error,
-    },
-
     /// The CA's own service-account token file could not be read.
     #[error(
         "could not read the CA's own service-account token {}: {source}; \
@@ -765,33 +757,18 @@ fn tls_connector(ca_bundle_pem: &[u8]) -> Result<TlsConnector, TokenReviewError>
         .map_err(|e| TokenReviewError::InvalidCaBundle {
             reason: format!("it is not valid PEM: {e}"),
         })?;
-    let found = certs.len();
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, ignored) = roots.add_parsable_certificates(certs);
-    if added == 0 {
+    if certs.is_empty() {
         return Err(TokenReviewError::InvalidCaBundle {
-            reason: if found == 0 {
-                "it holds no PEM CERTIFICATE block".to_owned()
-            } else {
-                format!("none of its {found} certificates can be parsed")
-            },
+            reason: "it holds no PEM CERTIFICATE block".to_owned(),
         });
     }
-    if ignored > 0 {
-        tracing::warn!(
-            added,
-            ignored,
-            "some certificates in the Kubernetes API server's CA bundle cannot be parsed; using the rest"
-        );
-    }
-
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TokenReviewError::TlsConfig { source })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // hush's TLS policy everywhere: aws-lc-rs, TLS 1.3 only. Kubernetes API servers (Go) speak
+    // TLS 1.3 with X25519.
+    let config = hush_tls::client_config_with_roots(&certs, &[b"http/1.1"]).map_err(|e| {
+        TokenReviewError::InvalidCaBundle {
+            reason: e.to_string(),
+        }
+    })?;
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
