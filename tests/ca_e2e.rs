@@ -1161,6 +1161,9 @@ async fn audit_log_records_every_outcome_and_never_a_secret() {
             .expect("reason")
             .contains(&token_id)
     );
+    // A refused join token is audited by its id, even though it attested nobody.
+    assert_eq!(replayed["token_id"], token_id.as_str());
+    assert_eq!(replayed["attestation"], "join_token");
     assert!(replayed.get("serial").is_none());
 
     assert_eq!(lines[3]["event"], "refused");

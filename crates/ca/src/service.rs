@@ -9,10 +9,11 @@ use hush_proto::istio::v1::auth as istio;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::attest::{AttestError, Attested, Attestor, bearer_token};
+use crate::attest::{AttestError, AttestationKind, Attested, Attestor, bearer_token};
 use crate::audit::{AuditEvent, AuditLog, AuditRecord, rfc3339};
 use crate::authority::{Authority, IssuedSvid};
 use crate::csr::VerifiedCsr;
+use crate::tokens::join_token_id;
 
 /// The name of hush's own API in logs and the audit log.
 pub const HUSH_API: &str = "hush.ca.v1";
@@ -81,9 +82,12 @@ impl CaService {
             .get("authorization")
             .map(|v| v.to_str().map_err(|_| AttestError::NotBearer));
         let mut attested: Option<Attested> = None;
+        let mut presented_token_id: Option<String> = None;
         let result = async {
             let header = header.transpose().map_err(attest_status)?;
             let token = bearer_token(header).map_err(attest_status)?;
+            // Known before attestation, so that a refused join token is audited by its id.
+            presented_token_id = join_token_id(token).map(str::to_string);
             let who = self
                 .inner
                 .attestor
@@ -107,7 +111,8 @@ impl CaService {
             Ok(svid)
         }
         .await;
-        self.audit(api, &peer, attested.as_ref(), &result).await?;
+        self.audit(api, &peer, attested.as_ref(), presented_token_id, &result)
+            .await?;
         result
     }
 
@@ -116,6 +121,7 @@ impl CaService {
         api: &'static str,
         peer: &str,
         attested: Option<&Attested>,
+        presented_token_id: Option<String>,
         result: &Result<IssuedSvid, Status>,
     ) -> Result<(), Status> {
         let event = if result.is_ok() {
@@ -129,6 +135,9 @@ impl CaService {
             record.attestation = Some(who.kind.as_str());
             record.token_id = who.token_id.clone();
             record.spiffe_id = Some(who.spiffe_id.to_string());
+        } else if let Some(id) = presented_token_id {
+            record.attestation = Some(AttestationKind::JoinToken.as_str());
+            record.token_id = Some(id);
         }
         match result {
             Ok(svid) => {

@@ -459,6 +459,11 @@ fn split_token(token: &str) -> Result<(&str, &str), TokenError> {
     Ok((id, secret))
 }
 
+/// The public id of a well-formed join token, for logs and the audit log.
+pub(crate) fn join_token_id(token: &str) -> Option<&str> {
+    split_token(token).ok().map(|(id, _)| id)
+}
+
 fn is_token_id(id: &str) -> bool {
     id.len() == ID_LEN && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
