@@ -63,7 +63,10 @@ mod tests {
             0x12, 0x03, 0x1a, 0x01, b'v',    //     value: string_value "v"
         ];
         assert_eq!(bytes, expected);
-        assert_eq!(IstioCertificateRequest::decode(&expected[..]).unwrap(), request);
+        assert_eq!(
+            IstioCertificateRequest::decode(&expected[..]).unwrap(),
+            request
+        );
     }
 
     #[test]
