@@ -117,6 +117,21 @@ impl Ca {
     }
 }
 
+/// `hush ca token create --dir DIR --spiffe-id ID EXTRA…`, for tests that look at the outcome.
+fn token_create(dir: &Path, spiffe_id: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "ca",
+        "token",
+        "create",
+        "--dir",
+        path_str(dir),
+        "--spiffe-id",
+        spiffe_id,
+    ];
+    args.extend_from_slice(extra);
+    run_hush(HUSH, &args)
+}
+
 fn init_ca(dir: &Path, extra: &[&str]) {
     let mut args = vec!["ca", "init", "--dir", path_str(dir), "--trust-domain", TD];
     args.extend_from_slice(extra);
@@ -666,20 +681,7 @@ fn token_create_refuses_a_token_that_could_never_be_used() {
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = temp.path().join("ca");
     init_ca(&dir, &[]);
-    let output = run_hush(
-        HUSH,
-        &[
-            "ca",
-            "token",
-            "create",
-            "--dir",
-            path_str(&dir),
-            "--spiffe-id",
-            FRONTEND,
-            "--ttl",
-            "0s",
-        ],
-    );
+    let output = token_create(&dir, FRONTEND, &["--ttl", "0s"]);
     assert!(!output.status.success(), "{}", describe_output(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("more than zero"), "{stderr}");
@@ -1351,18 +1353,7 @@ fn ca_commands_on_a_missing_directory_say_how_to_make_one() {
         stderr.contains("is missing") && stderr.contains("hush ca init"),
         "{stderr}"
     );
-    let output = run_hush(
-        HUSH,
-        &[
-            "ca",
-            "token",
-            "create",
-            "--dir",
-            path_str(&missing),
-            "--spiffe-id",
-            FRONTEND,
-        ],
-    );
+    let output = token_create(&missing, FRONTEND, &[]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("hush ca init"));
 }
@@ -1374,18 +1365,7 @@ fn token_create_prints_the_token_last_and_stores_only_a_hash() {
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = temp.path().join("ca");
     init_ca(&dir, &[]);
-    let output = run_hush(
-        HUSH,
-        &[
-            "ca",
-            "token",
-            "create",
-            "--dir",
-            path_str(&dir),
-            "--spiffe-id",
-            FRONTEND,
-        ],
-    );
+    let output = token_create(&dir, FRONTEND, &[]);
     assert!(output.status.success(), "{}", describe_output(&output));
     let stdout = String::from_utf8(output.stdout).expect("utf-8");
     let token = stdout.lines().last().expect("a token line").trim();
@@ -1462,18 +1442,7 @@ fn token_create_refuses_foreign_and_invalid_spiffe_ids() {
         ("", &["invalid --spiffe-id", "empty"]),
     ];
     for (id, needles) in rows {
-        let output = run_hush(
-            HUSH,
-            &[
-                "ca",
-                "token",
-                "create",
-                "--dir",
-                path_str(&dir),
-                "--spiffe-id",
-                id,
-            ],
-        );
+        let output = token_create(&dir, id, &[]);
         assert!(
             !output.status.success(),
             "{id:?} was accepted:\n{}",
@@ -1501,18 +1470,7 @@ fn token_create_refuses_foreign_and_invalid_spiffe_ids() {
 async fn a_leaf_for_the_bare_trust_domain_id_is_never_issued() {
     let ca = Ca::start(&[]);
     let trust_domain_id = format!("spiffe://{TD}");
-    let output = run_hush(
-        HUSH,
-        &[
-            "ca",
-            "token",
-            "create",
-            "--dir",
-            path_str(&ca.dir),
-            "--spiffe-id",
-            &trust_domain_id,
-        ],
-    );
+    let output = token_create(&ca.dir, &trust_domain_id, &[]);
     if output.status.success() {
         let token = String::from_utf8_lossy(&output.stdout)
             .lines()
