@@ -23,12 +23,13 @@ use hush_identity::{
 use hush_test_support::{
     CaProcess, CertFacts, CsrKeyKind, FORGED_CN, FORGED_DNS_NAME, FORGED_SPIFFE_ID, FakeApiServer,
     OpensslKey, TestCa, Usage, csr_altered_after_signing, csr_claiming_another_key,
-    csr_with_broken_signature, describe_output, empty_csr, forbidden, forged_csr, garbage_csr,
-    mint_token, openssl_csr, openssl_csr_with_digest, oversized_csr, pem_certificates, plain_csr,
-    private_key_pem_instead_of_csr, require_openssl, run_hush, run_hush_ok,
-    token_review_authenticated, token_review_rejected, verify_chain,
+    csr_with_broken_signature, describe_output, empty_csr, expired_leaf_from_ca_dir, forbidden,
+    forged_csr, garbage_csr, mint_token, openssl_csr, openssl_csr_with_digest, oversized_csr,
+    pem_certificates, plain_csr, private_key_pem_instead_of_csr, require_openssl, run_hush,
+    run_hush_ok, token_review_authenticated, token_review_rejected, verify_chain,
 };
-use rustls_pki_types::CertificateDer;
+use hush_tls::CredentialStore;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::Value;
 use tempfile::TempDir;
 use tonic::transport::Channel;
@@ -1887,7 +1888,10 @@ fn hush_up_once_issues_two_identities_and_shows_a_refusal() {
         .iter()
         .map(|l| l["event"].as_str().unwrap_or("?"))
         .collect();
-    assert_eq!(events, ["issued", "issued", "refused"]);
+    assert_eq!(events, ["issued", "issued", "issued", "refused"]);
+    // The third issuance is frontend's renewal with its certificate.
+    assert_eq!(audit[2]["attestation"], "x509_svid");
+    assert!(stdout.contains("renewed with its current certificate"), "{stdout}");
 
     // A second run reuses the CA.
     let again = run_hush(HUSH, &["up", "--once", "--dir", path_str(&dir)]);
@@ -1998,5 +2002,202 @@ fn cert_request_with_the_wrong_bundle_fails_the_tls_check() {
     assert!(
         stderr.contains("invalid peer certificate") && stderr.contains("UnknownIssuer"),
         "{stderr}"
+    );
+}
+
+// === 13. Renewal with the current certificate ===
+
+/// A workload's current identity, as a client would present it.
+fn identity_of(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> CredentialStore {
+    let store = CredentialStore::new();
+    store
+        .install(chain, key)
+        .expect("a usable certificate and key");
+    store
+}
+
+#[tokio::test]
+async fn a_workload_renews_with_its_current_certificate_and_keeps_its_identity() {
+    let ca = Ca::start(&[]);
+    let token = ca.token(FRONTEND, &[]);
+    let first_csr = plain_csr(CsrKeyKind::EcdsaP256);
+    let first = within(ca.client().certify(&token, first_csr.der.clone(), None))
+        .await
+        .expect("issued with the token");
+
+    let renewing = CaClient::with_identity(
+        ca.url(),
+        ca.roots(),
+        identity_of(
+            chain_of(&first),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(first_csr.key.serialize_der())),
+        ),
+    )
+    .expect("a client with an identity");
+    let second = within(renewing.renew(plain_csr(CsrKeyKind::EcdsaP256).der, None))
+        .await
+        .expect("renewed with the certificate");
+    assert_eq!(second.spiffe_id, FRONTEND);
+    assert_eq!(
+        check_leaf_svid(&second.cert_chain[0])
+            .expect("an SVID")
+            .as_str(),
+        FRONTEND
+    );
+    assert_ne!(second.serial, first.serial);
+    assert_ne!(
+        CertFacts::from_der(&second.cert_chain[0]).public_key_info,
+        CertFacts::from_der(&first.cert_chain[0]).public_key_info,
+        "the renewed certificate is for the new key"
+    );
+
+    let audit = read_audit(&ca.dir.join("audit.log"));
+    let last = audit.last().expect("audit lines");
+    assert_eq!(last["event"], "issued");
+    assert_eq!(last["attestation"], "x509_svid");
+    assert_eq!(last["spiffe_id"], FRONTEND);
+    assert!(last.get("token_id").is_none());
+
+    // The single-use token is long gone; the certificate alone keeps the workload going.
+    let third = within(renewing.renew(plain_csr(CsrKeyKind::EcdsaP256).der, None)).await;
+    assert!(third.is_ok(), "{third:?}");
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_cannot_renew() {
+    let ca = Ca::start(&[]);
+    let foreign = TestCa::new(TD).leaf(FRONTEND);
+    let client = CaClient::with_identity(
+        ca.url(),
+        ca.roots(),
+        identity_of(foreign.chain, foreign.key),
+    )
+    .expect("a client");
+    let before = read_audit(&ca.dir.join("audit.log")).len();
+    let result = within(client.renew(plain_csr(CsrKeyKind::EcdsaP256).der, None)).await;
+    // TLS 1.3 clients learn of a refused certificate only when the connection is torn down, so
+    // the client's code varies; the CA's log says why.
+    result.expect_err("the handshake must fail");
+    assert_eq!(
+        read_audit(&ca.dir.join("audit.log")).len(),
+        before,
+        "no request reached the CA"
+    );
+    wait_for_stderr(&ca, "refused a client certificate");
+    assert!(
+        ca.server.stderr().contains("UnknownIssuer"),
+        "{}",
+        ca.server.stderr()
+    );
+}
+
+/// Waits (bounded) until the CA has logged `needle` on stderr.
+fn wait_for_stderr(ca: &Ca, needle: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ca.server.stderr().contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CA never logged {needle:?}; stderr:\n{}",
+            ca.server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn an_expired_certificate_cannot_renew() {
+    let ca = Ca::start(&[]);
+    let expired = expired_leaf_from_ca_dir(&ca.dir, FRONTEND);
+    let client = CaClient::with_identity(
+        ca.url(),
+        ca.roots(),
+        identity_of(expired.chain, expired.key),
+    )
+    .expect("a client");
+    let result = within(client.renew(plain_csr(CsrKeyKind::EcdsaP256).der, None)).await;
+    result.expect_err("an expired certificate proves nothing");
+    wait_for_stderr(&ca, "refused a client certificate");
+    assert!(
+        ca.server.stderr().contains("expired"),
+        "{}",
+        ca.server.stderr()
+    );
+}
+
+#[tokio::test]
+async fn a_client_with_neither_token_nor_certificate_is_told_both_ways() {
+    let ca = Ca::start(&[]);
+    let result = within(ca.raw_client().certify(tonic::Request::new(CertifyRequest {
+        csr: plain_csr(CsrKeyKind::EcdsaP256).der,
+        ttl_seconds: 0,
+    })))
+    .await;
+    assert_refused(
+        result,
+        Code::Unauthenticated,
+        &["authorization", "current certificate"],
+    );
+}
+
+#[test]
+fn cert_renew_replaces_the_files_with_a_new_key() {
+    let ca = Ca::start(&[]);
+    let token = ca.token(FRONTEND, &[]);
+    let token_file = ca.temp.path().join("token");
+    fs::write(&token_file, &token).expect("token file");
+    let bundle = ca.temp.path().join("bundle.pem");
+    fs::write(&bundle, ca.bundle.to_pem()).expect("bundle file");
+    let out = ca.temp.path().join("frontend");
+    run_hush_ok(
+        HUSH,
+        &[
+            "cert",
+            "request",
+            "--ca",
+            ca.url(),
+            "--bundle",
+            path_str(&bundle),
+            "--token-file",
+            path_str(&token_file),
+            "--out-dir",
+            path_str(&out),
+        ],
+    );
+    let key_before = fs::read(out.join("svid.key")).expect("svid.key");
+    let cert_before = fs::read(out.join("svid.pem")).expect("svid.pem");
+    run_hush_ok(
+        HUSH,
+        &[
+            "cert",
+            "renew",
+            "--ca",
+            ca.url(),
+            "--bundle",
+            path_str(&bundle),
+            "--dir",
+            path_str(&out),
+        ],
+    );
+    assert_ne!(
+        fs::read(out.join("svid.key")).expect("svid.key"),
+        key_before
+    );
+    assert_ne!(
+        fs::read(out.join("svid.pem")).expect("svid.pem"),
+        cert_before
+    );
+    let mode = fs::metadata(out.join("svid.key"))
+        .expect("svid.key")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let chain = pem_certificates(&fs::read_to_string(out.join("svid.pem")).expect("svid.pem"));
+    assert_eq!(
+        check_leaf_svid(&chain[0]).expect("an SVID").as_str(),
+        FRONTEND
     );
 }

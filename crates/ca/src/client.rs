@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use hush_proto::hush::ca::v1 as pb;
 use hush_proto::hush::ca::v1::certificate_authority_client::CertificateAuthorityClient;
+use hush_tls::CredentialStore;
+use hush_tls::rustls::client::ResolvesClientCert;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
@@ -32,6 +34,16 @@ pub enum ClientError {
 /// Opens a gRPC channel to the CA at `address` (`https://host:port`), verifying the CA's server
 /// certificate against `roots` for `host`. The connection is made on first use.
 pub fn channel(address: &str, roots: &[CertificateDer<'static>]) -> Result<Channel, ClientError> {
+    channel_with_identity(address, roots, None)
+}
+
+/// Like [`channel`], presenting the workload certificate in `identity` when the CA asks for one,
+/// which is how a workload renews without a token.
+pub fn channel_with_identity(
+    address: &str,
+    roots: &[CertificateDer<'static>],
+    identity: Option<CredentialStore>,
+) -> Result<Channel, ClientError> {
     let bad = |reason: &str| ClientError::BadAddress {
         address: address.to_string(),
         reason: reason.to_string(),
@@ -49,8 +61,10 @@ pub fn channel(address: &str, roots: &[CertificateDer<'static>]) -> Result<Chann
         .to_string();
     let port = uri.port_u16().ok_or_else(|| bad("no port"))?;
     let server_name = ServerName::try_from(host.clone()).map_err(|_| bad("invalid host name"))?;
+    let identity = identity.map(|store| Arc::new(store) as Arc<dyn ResolvesClientCert>);
     let tls = TlsConnector::from(Arc::new(hush_tls::client_config_with_roots(
         roots,
+        identity,
         &[hush_tls::ALPN_H2],
     )?));
     let endpoint = Endpoint::from(uri)
@@ -99,6 +113,36 @@ impl CaClient {
         })
     }
 
+    /// A client that presents the workload certificate in `identity`, so it can [`Self::renew`].
+    pub fn with_identity(
+        address: &str,
+        roots: &[CertificateDer<'static>],
+        identity: CredentialStore,
+    ) -> Result<Self, ClientError> {
+        Ok(Self {
+            inner: CertificateAuthorityClient::new(channel_with_identity(
+                address,
+                roots,
+                Some(identity),
+            )?),
+        })
+    }
+
+    /// Asks for a new certificate for the key of `csr`, proving identity with the current
+    /// certificate (the client must have been made [`Self::with_identity`]). The new certificate
+    /// names the same SPIFFE ID.
+    pub async fn renew(
+        &self,
+        csr: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<pb::CertifyResponse, tonic::Status> {
+        let request = tonic::Request::new(pb::CertifyRequest {
+            csr,
+            ttl_seconds: ttl_seconds(ttl),
+        });
+        Ok(self.inner.clone().certify(request).await?.into_inner())
+    }
+
     /// Asks for a certificate for the key of `csr` (DER or PEM), proving identity with `token`.
     pub async fn certify(
         &self,
@@ -106,8 +150,13 @@ impl CaClient {
         csr: Vec<u8>,
         ttl: Option<Duration>,
     ) -> Result<pb::CertifyResponse, tonic::Status> {
-        let ttl_seconds = ttl.map_or(0, |t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX));
-        let request = with_bearer(pb::CertifyRequest { csr, ttl_seconds }, token)?;
+        let request = with_bearer(
+            pb::CertifyRequest {
+                csr,
+                ttl_seconds: ttl_seconds(ttl),
+            },
+            token,
+        )?;
         Ok(self.inner.clone().certify(request).await?.into_inner())
     }
 
@@ -120,4 +169,8 @@ impl CaClient {
             .await?
             .into_inner())
     }
+}
+
+fn ttl_seconds(ttl: Option<Duration>) -> i64 {
+    ttl.map_or(0, |t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX))
 }

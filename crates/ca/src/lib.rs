@@ -29,9 +29,9 @@ pub use self::attest::{
 };
 pub use self::audit::{AuditError, AuditEvent, AuditLog, AuditRecord};
 pub use self::authority::{Authority, AuthorityError, CaMaterial, IssuancePolicy, IssuedSvid};
-pub use self::client::{CaClient, ClientError, channel, with_bearer};
+pub use self::client::{CaClient, ClientError, channel, channel_with_identity, with_bearer};
 pub use self::csr::{CsrError, KeyKind, MAX_CSR_BYTES, MIN_RSA_BITS, VerifiedCsr};
-pub use self::server::{ServeError, ServeOptions, serve};
+pub use self::server::{PeerInfo, ServeError, ServeOptions, serve};
 pub use self::service::{CaService, HUSH_API, ISTIO_API, pem_certificate};
 pub use self::store::{CaDir, CaKeyAlgorithm, InitOptions, InitReport, StoreError};
 pub use self::tokens::{CheckedToken, JoinTokenStore, MintedToken, TOKEN_PREFIX, TokenError};

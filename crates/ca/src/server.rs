@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hush_tls::{ALPN_H2, CredentialStore};
+use hush_identity::{SpiffeId, TrustDomain};
+use hush_tls::rustls;
+use hush_tls::{ALPN_H2, CredentialStore, SpiffeClientVerifier, explain_io_error, peer_spiffe_id};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -98,12 +100,17 @@ pub async fn serve(
         options.clone(),
     ));
 
-    let tls = hush_tls::server_config(Arc::new(credentials), None, &[ALPN_H2])?;
+    // Client certificates are optional: a workload with a valid certificate of this trust
+    // domain may present it instead of a token to renew it.
+    let bundle = service.authority().bundle();
+    let client_verifier = SpiffeClientVerifier::new(bundle, false)?;
+    let tls = hush_tls::server_config(Arc::new(credentials), Some(client_verifier), &[ALPN_H2])?;
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let (conn_tx, conn_rx) = mpsc::channel(128);
     let accept = tokio::spawn(accept_loop(
         listener,
         acceptor,
+        bundle.trust_domain().clone(),
         conn_tx,
         Arc::new(Semaphore::new(options.max_connections)),
         options.handshake_timeout,
@@ -186,6 +193,7 @@ async fn rotate_server_certificate(
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    trust_domain: TrustDomain,
     connections: mpsc::Sender<Result<TlsConnection, io::Error>>,
     slots: Arc<Semaphore>,
     handshake_timeout: Duration,
@@ -205,22 +213,47 @@ async fn accept_loop(
         };
         let acceptor = acceptor.clone();
         let connections = connections.clone();
+        let trust_domain = trust_domain.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let local = tcp.local_addr().ok();
             match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
+                    // The verifier already checked the chain and the SVID rules.
+                    let spiffe_id = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|certs| certs.first())
+                        .and_then(|leaf| peer_spiffe_id(leaf, &trust_domain).ok());
                     let conn = TlsConnection {
                         tls,
-                        info: TcpConnectInfo {
-                            local_addr: local,
-                            remote_addr: Some(peer),
+                        info: PeerInfo {
+                            tcp: TcpConnectInfo {
+                                local_addr: local,
+                                remote_addr: Some(peer),
+                            },
+                            spiffe_id,
                         },
                         _permit: permit,
                     };
                     let _ = connections.send(Ok(conn)).await;
                 }
-                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake with a client failed"),
+                Ok(Err(e)) => {
+                    // A client certificate that fails verification is someone trying to renew
+                    // an identity they cannot prove: worth an operator's eye. Other failures
+                    // (scanners, plaintext, aborted connections) stay at debug.
+                    let bad_certificate = e
+                        .get_ref()
+                        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                        .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_)));
+                    if bad_certificate {
+                        let reason = explain_io_error(&e);
+                        info!(%peer, %reason, "refused a client certificate");
+                    } else {
+                        debug!(%peer, error = %e, "TLS handshake with a client failed");
+                    }
+                }
                 Err(_) => debug!(%peer, "TLS handshake timed out"),
             }
         });
@@ -251,15 +284,25 @@ fn oversize_is_resource_exhausted<B>(
     response
 }
 
+/// What the CA knows about the other end of a connection; every request carries it as an
+/// extension.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// Addresses.
+    pub tcp: TcpConnectInfo,
+    /// The SPIFFE ID of a verified client certificate, if the client presented one.
+    pub spiffe_id: Option<SpiffeId>,
+}
+
 /// An accepted TLS connection, holding its connection slot until it closes.
 struct TlsConnection {
     tls: TlsStream<TcpStream>,
-    info: TcpConnectInfo,
+    info: PeerInfo,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Connected for TlsConnection {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = PeerInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.info.clone()

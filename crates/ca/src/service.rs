@@ -13,6 +13,7 @@ use crate::attest::{AttestError, AttestationKind, Attested, Attestor, bearer_tok
 use crate::audit::{AuditEvent, AuditLog, AuditRecord, rfc3339};
 use crate::authority::{Authority, IssuedSvid};
 use crate::csr::VerifiedCsr;
+use crate::server::PeerInfo;
 use crate::tokens::join_token_id;
 
 /// The name of hush's own API in logs and the audit log.
@@ -74,9 +75,12 @@ impl CaService {
         csr: &[u8],
         ttl_seconds: i64,
     ) -> Result<IssuedSvid, Status> {
-        let peer = request
-            .remote_addr()
+        let peer_info = request.extensions().get::<PeerInfo>();
+        let peer = peer_info
+            .and_then(|p| p.tcp.remote_addr)
+            .or_else(|| request.remote_addr())
             .map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        let peer_certificate_id = peer_info.and_then(|p| p.spiffe_id.clone());
         let header = request
             .metadata()
             .get("authorization")
@@ -85,15 +89,21 @@ impl CaService {
         let mut presented_token_id: Option<String> = None;
         let result = async {
             let header = header.transpose().map_err(attest_status)?;
-            let token = bearer_token(header).map_err(attest_status)?;
-            // Known before attestation, so that a refused join token is audited by its id.
-            presented_token_id = join_token_id(token).map(str::to_string);
-            let who = self
-                .inner
-                .attestor
-                .attest(token)
-                .await
-                .map_err(attest_status)?;
+            let who = match (header, peer_certificate_id) {
+                // A renewal: the handshake proved the current certificate, and no token
+                // claims anything else.
+                (None, Some(id)) => Attested::by_certificate(id),
+                (header, _) => {
+                    let token = bearer_token(header).map_err(attest_status)?;
+                    // Known before attestation, so that a refused join token is audited by its id.
+                    presented_token_id = join_token_id(token).map(str::to_string);
+                    self.inner
+                        .attestor
+                        .attest(token)
+                        .await
+                        .map_err(attest_status)?
+                }
+            };
             attested = Some(who.clone());
             let ttl = requested_ttl(ttl_seconds)?;
             let csr = VerifiedCsr::parse(csr)

@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use hush_ca::proto::CertifyResponse;
 use hush_ca::{CaClient, pem_certificate};
 use hush_identity::{CertificateSummary, TrustBundle, check_leaf_svid, check_signing_cert};
-use rustls_pki_types::CertificateDer;
+use hush_tls::CredentialStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -23,6 +26,29 @@ pub(crate) enum CertCommand {
     Inspect(InspectArgs),
     /// Ask a CA for a certificate: make a key, send a CSR with a join token, write the result.
     Request(RequestArgs),
+    /// Renew a certificate before it expires: prove identity with the current one (mTLS, no
+    /// token), get a new certificate for a new key, replace the files.
+    Renew(RenewArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RenewArgs {
+    /// The CA, e.g. https://localhost:8443.
+    #[arg(long)]
+    ca: String,
+    /// The trust bundle (PEM) that verifies the CA.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Directory holding svid.pem and svid.key (as written by `hush cert request`); the renewed
+    /// files replace them.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Lifetime to ask for (the CA may shorten it).
+    #[arg(long, value_parser = parse_duration)]
+    ttl: Option<Duration>,
+    /// Key type of the new key.
+    #[arg(long, value_enum, default_value_t = KeyType::EcdsaP256)]
+    key_type: KeyType,
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +103,7 @@ pub(crate) async fn run(command: CertCommand) -> Result<()> {
     match command {
         CertCommand::Inspect(args) => inspect(args),
         CertCommand::Request(args) => request(args).await,
+        CertCommand::Renew(args) => renew(args).await,
     }
 }
 
@@ -218,10 +245,7 @@ fn human_span(s: u64) -> String {
 }
 
 async fn request(args: RequestArgs) -> Result<()> {
-    let bundle_pem = fs::read(&args.bundle)
-        .with_context(|| format!("cannot read --bundle {}", args.bundle.display()))?;
-    let bundle = TrustBundle::from_pem(&bundle_pem, None)
-        .with_context(|| format!("--bundle {}", args.bundle.display()))?;
+    let bundle = read_bundle(&args.bundle)?;
     let token = fs::read_to_string(&args.token_file)
         .with_context(|| format!("cannot read --token-file {}", args.token_file.display()))?;
     let key = rcgen::KeyPair::generate_for(args.key_type.algorithm())?;
@@ -231,11 +255,61 @@ async fn request(args: RequestArgs) -> Result<()> {
         .certify(token.trim(), csr.der().to_vec(), args.ttl)
         .await
         .map_err(|status| describe_failure(&args.ca, &status))?;
+    save_issued(&args.out_dir, &key, &response)?;
+    eprintln!(
+        "issued {} (serial {}), written to {}",
+        response.spiffe_id,
+        response.serial,
+        args.out_dir.display()
+    );
+    Ok(())
+}
+
+async fn renew(args: RenewArgs) -> Result<()> {
+    let bundle = read_bundle(&args.bundle)?;
+    let cert_path = args.dir.join("svid.pem");
+    let key_path = args.dir.join("svid.key");
+    let chain = hush_identity::parse_pem_certificates(
+        &fs::read(&cert_path).with_context(|| format!("cannot read {}", cert_path.display()))?,
+    )
+    .with_context(|| format!("{} is not a PEM certificate file", cert_path.display()))?;
+    let current_key = PrivateKeyDer::from_pem_slice(
+        &fs::read(&key_path).with_context(|| format!("cannot read {}", key_path.display()))?,
+    )
+    .map_err(|e| anyhow::anyhow!("{} is not a PEM private key: {e}", key_path.display()))?;
+    let identity = CredentialStore::new();
+    identity
+        .install(chain, current_key)
+        .with_context(|| format!("{} and {}", cert_path.display(), key_path.display()))?;
+
+    let key = rcgen::KeyPair::generate_for(args.key_type.algorithm())?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
+    let client = CaClient::with_identity(&args.ca, bundle.roots(), identity)?;
+    let response = client
+        .renew(csr.der().to_vec(), args.ttl)
+        .await
+        .map_err(|status| describe_failure(&args.ca, &status))?;
+    save_issued(&args.dir, &key, &response)?;
+    eprintln!(
+        "renewed {} (serial {}), written to {}",
+        response.spiffe_id,
+        response.serial,
+        args.dir.display()
+    );
+    Ok(())
+}
+
+fn read_bundle(path: &Path) -> Result<TrustBundle> {
+    let pem = fs::read(path).with_context(|| format!("cannot read --bundle {}", path.display()))?;
+    TrustBundle::from_pem(&pem, None).with_context(|| format!("--bundle {}", path.display()))
+}
+
+/// Writes svid.pem, svid.key (0600) and bundle.pem into `dir`, each replaced atomically.
+fn save_issued(dir: &Path, key: &rcgen::KeyPair, response: &CertifyResponse) -> Result<()> {
     if response.cert_chain.is_empty() {
         bail!("the CA answered with an empty certificate chain");
     }
-    fs::create_dir_all(&args.out_dir)
-        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let chain: String = response
         .cert_chain
         .iter()
@@ -246,19 +320,10 @@ async fn request(args: RequestArgs) -> Result<()> {
         .iter()
         .map(|der| pem_certificate(der))
         .collect();
-    write_file(&args.out_dir.join("svid.pem"), chain.as_bytes(), 0o644)?;
-    write_file(
-        &args.out_dir.join("svid.key"),
-        key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write_file(&args.out_dir.join("bundle.pem"), roots.as_bytes(), 0o644)?;
-    eprintln!(
-        "issued {} (serial {}), written to {}",
-        response.spiffe_id,
-        response.serial,
-        args.out_dir.display()
-    );
+    // The key first: a certificate on disk without its key would be useless.
+    write_file(&dir.join("svid.key"), key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(&dir.join("svid.pem"), chain.as_bytes(), 0o644)?;
+    write_file(&dir.join("bundle.pem"), roots.as_bytes(), 0o644)?;
     Ok(())
 }
 
@@ -281,16 +346,22 @@ pub(crate) fn describe_failure(ca: &str, status: &tonic::Status) -> anyhow::Erro
     }
 }
 
+/// Writes through a temporary file (created with `mode`) and a rename, so readers never see
+/// half a file and a key is never readable by others, even for a moment.
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    let _ = fs::remove_file(path);
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
+    let _ = fs::remove_file(&tmp);
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     file.write_all(contents)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 #[command(name = "hush", version, propagate_version = true)]
 struct Cli {
     /// Log filter, e.g. `info`, `debug`, `hush_ca=debug` (or set RUST_LOG). Default: `info`
-    /// for servers, `warn` for `hush up` and one-shot commands.
+    /// for `hush ca serve`, `error` for `hush up`, `warn` for one-shot commands.
     #[arg(long, global = true, env = "HUSH_LOG")]
     log_level: Option<String>,
 
@@ -41,6 +41,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match &cli.command {
         Command::Ca(ca::CaCommand::Serve(_)) => "info",
+        // `hush up` tells its own story on stdout; the CA's refusal warnings would repeat it.
+        Command::Up(_) => "error",
         _ => "warn",
     };
     init_tracing(cli.log_level.as_deref().unwrap_or(default_level));

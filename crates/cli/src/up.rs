@@ -2,7 +2,8 @@
 //!
 //! Today it starts a CA on loopback and has two example workloads (`frontend` and `backend`)
 //! prove who they are with join tokens and receive their certificates over gRPC and TLS, exactly
-//! as sidecars will. It then shows what a refusal looks like, and keeps the CA serving.
+//! as sidecars will. One renews with the certificate it holds; then a replayed token shows what a
+//! refusal looks like, and the CA keeps serving.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -13,7 +14,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use hush_ca::{CaClient, CaDir, InitOptions, IssuancePolicy, JoinTokenStore, pem_certificate};
 use hush_identity::{SpiffeId, TrustDomain};
-use rustls_pki_types::CertificateDer;
+use hush_tls::CredentialStore;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 
 use crate::ca::{build_ca, shutdown_signal};
@@ -85,6 +87,7 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
     let client = CaClient::new(&address, bundle.roots())?;
     let tokens = JoinTokenStore::new(ca_dir.tokens_dir());
     let mut last_token = None;
+    let mut first_identity = None;
     for name in WORKLOADS {
         let id = SpiffeId::from_segments(bundle.trust_domain(), &["ns", "demo", "sa", name])?;
         let token = tokens.mint(&id, Duration::from_secs(600), false)?;
@@ -110,6 +113,30 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
         ));
         print_block(&render(&inspect_chain(&chain)?));
         last_token = Some(token);
+        if first_identity.is_none() {
+            let current = CredentialStore::new();
+            current.install(
+                chain,
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )?;
+            first_identity = Some((name, current));
+        }
+    }
+
+    if let Some((name, current)) = first_identity {
+        // Renewal needs no token: the workload proves who it is with the certificate it holds.
+        let renewing = CaClient::with_identity(&address, bundle.roots(), current)?;
+        let key = rcgen::KeyPair::generate()?;
+        let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
+        let renewed = renewing
+            .renew(csr.der().to_vec(), None)
+            .await
+            .with_context(|| format!("the CA refused to renew {name}"))?;
+        say(&format!(
+            "\n{name}: renewed with its current certificate over mTLS, no token needed: \
+             new serial {}, same identity {}",
+            renewed.serial, renewed.spiffe_id
+        ));
     }
 
     if let Some(token) = last_token {

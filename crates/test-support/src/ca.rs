@@ -169,6 +169,35 @@ impl TestCa {
     }
 }
 
+/// A leaf for `spiffe_id` whose validity ended an hour ago, signed by the intermediate of the
+/// hush CA in `ca_dir` (its `intermediate.pem` and `intermediate.key`): a certificate the CA
+/// really issued, only too old.
+pub fn expired_leaf_from_ca_dir(ca_dir: &std::path::Path, spiffe_id: &str) -> TestLeaf {
+    let read = |name: &str| {
+        std::fs::read_to_string(ca_dir.join(name))
+            .unwrap_or_else(|e| panic!("cannot read {name} in {}: {e}", ca_dir.display()))
+    };
+    let intermediate_pem = read("intermediate.pem");
+    let key = KeyPair::from_pem(&read("intermediate.key")).expect("intermediate.key is a key");
+    let intermediate = rcgen::Issuer::from_ca_cert_pem(&intermediate_pem, key)
+        .expect("intermediate.pem is a CA certificate");
+    let mut params = leaf_params(spiffe_id);
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(2);
+    params.not_after = now - Duration::hours(1);
+    let leaf_key = KeyPair::generate().expect("rcgen cannot generate a key");
+    let cert = params
+        .signed_by(&leaf_key, &intermediate)
+        .expect("rcgen cannot sign the leaf");
+    let intermediate_der =
+        rustls_pki_types::pem::PemObject::from_pem_slice(intermediate_pem.as_bytes())
+            .expect("intermediate.pem is PEM");
+    TestLeaf {
+        chain: vec![cert.der().clone(), intermediate_der],
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+    }
+}
+
 fn signing_params(
     trust_domain: &str,
     role: &str,

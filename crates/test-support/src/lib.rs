@@ -28,7 +28,7 @@ mod openssl;
 mod process;
 mod x509;
 
-pub use self::ca::{TestCa, TestLeaf};
+pub use self::ca::{TestCa, TestLeaf, expired_leaf_from_ca_dir};
 pub use self::csr::{
     CsrKeyKind, FORGED_CN, FORGED_DNS_NAME, FORGED_SPIFFE_ID, TestCsr, csr_altered_after_signing,
     csr_claiming_another_key, csr_with_broken_signature, empty_csr, forged_csr, garbage_csr,

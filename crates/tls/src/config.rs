@@ -28,6 +28,9 @@ pub enum TlsConfigError {
     /// No root certificate was given.
     #[error("no root certificates were given: a TLS client needs at least one to verify servers")]
     NoRoots,
+    /// The certificate verifier could not be built.
+    #[error("cannot build the certificate verifier: {0}")]
+    Verifier(String),
     /// rustls refused the configuration.
     #[error("invalid TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
@@ -95,9 +98,11 @@ pub fn client_config(
 }
 
 /// A TLS 1.3 client configuration that verifies the server's DNS name or IP address with webpki
-/// against `roots`, as for reaching the CA or a Kubernetes API server.
+/// against `roots`, as for reaching the CA or a Kubernetes API server. With `client_cert`, the
+/// client presents the certificate it resolves when the server asks for one.
 pub fn client_config_with_roots(
     roots: &[CertificateDer<'static>],
+    client_cert: Option<Arc<dyn ResolvesClientCert>>,
     alpn: &[&[u8]],
 ) -> Result<rustls::ClientConfig, TlsConfigError> {
     if roots.is_empty() {
@@ -112,10 +117,13 @@ pub fn client_config_with_roots(
                 reason: e.to_string(),
             })?;
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(store)
-        .with_no_client_auth();
+        .with_root_certificates(store);
+    let mut config = match client_cert {
+        Some(resolver) => builder.with_client_cert_resolver(resolver),
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }

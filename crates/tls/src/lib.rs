@@ -9,12 +9,17 @@
 //! * [`server_config`] / [`client_config`] — configurations built from those choices.
 //! * [`CredentialStore`] — a hot-swappable certificate and key, usable as the server's and the
 //!   client's certificate resolver.
+//! * [`SpiffeClientVerifier`] — requires client certificates to be X.509-SVIDs of a trust domain.
 
 mod config;
 mod credentials;
+mod verify;
 
 pub use self::config::{
     ALPN_H2, TlsConfigError, client_config, client_config_with_roots, provider, server_config,
 };
 pub use self::credentials::{CredentialError, CredentialStore};
+pub use self::verify::{
+    PeerIdentityError, SpiffeClientVerifier, explain_io_error, explain_tls_error, peer_spiffe_id,
+};
 pub use rustls;

@@ -764,7 +764,7 @@ fn tls_connector(ca_bundle_pem: &[u8]) -> Result<TlsConnector, TokenReviewError>
     }
     // hush's TLS policy everywhere: aws-lc-rs, TLS 1.3 only. Kubernetes API servers (Go) speak
     // TLS 1.3 with X25519.
-    let config = hush_tls::client_config_with_roots(&certs, &[b"http/1.1"]).map_err(|e| {
+    let config = hush_tls::client_config_with_roots(&certs, None, &[b"http/1.1"]).map_err(|e| {
         TokenReviewError::InvalidCaBundle {
             reason: e.to_string(),
         }

@@ -21,6 +21,9 @@ pub enum AttestationKind {
     JoinToken,
     /// A Kubernetes service-account token, checked by TokenReview.
     K8sServiceAccount,
+    /// A valid X.509-SVID of the trust domain, presented as the TLS client certificate: a
+    /// workload renewing the identity it already holds.
+    X509Svid,
 }
 
 impl AttestationKind {
@@ -29,6 +32,7 @@ impl AttestationKind {
         match self {
             Self::JoinToken => "join_token",
             Self::K8sServiceAccount => "k8s_service_account",
+            Self::X509Svid => "x509_svid",
         }
     }
 }
@@ -46,13 +50,26 @@ pub struct Attested {
     pending: Option<CheckedToken>,
 }
 
+impl Attested {
+    /// A caller that proved `spiffe_id` with its current certificate in the TLS handshake.
+    pub(crate) fn by_certificate(spiffe_id: SpiffeId) -> Self {
+        Self {
+            spiffe_id,
+            kind: AttestationKind::X509Svid,
+            token_id: None,
+            pending: None,
+        }
+    }
+}
+
 /// The caller could not be attested.
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum AttestError {
     /// No `authorization` metadata.
     #[error(
-        "missing `authorization: Bearer <token>` metadata: send a join token or a Kubernetes service-account token"
+        "missing `authorization: Bearer <token>` metadata: send a join token or a Kubernetes \
+         service-account token (or, to renew, connect with your current certificate)"
     )]
     MissingToken,
     /// The `authorization` value is not a bearer token.

@@ -1,0 +1,368 @@
+//! Peer verification for SPIFFE identities.
+//!
+//! rustls (through webpki) checks that a certificate chains to a trusted root, is valid now and
+//! is meant for the right use; it knows nothing of SPIFFE IDs. These verifiers let webpki do that
+//! work and then require an X.509-SVID of the expected trust domain, so a certificate from the
+//! right CA that is not a workload identity (the CA's own server certificate, say) is refused too.
+
+use std::fmt;
+use std::sync::Arc;
+
+use hush_identity::{SpiffeId, TrustBundle, TrustDomain, check_leaf_svid};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+    SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+use crate::TlsConfigError;
+
+/// Why a peer's certificate is not an acceptable SPIFFE identity.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum PeerIdentityError {
+    /// The certificate chains to a trusted root but breaks the X.509-SVID rules.
+    #[error("the peer's certificate is not an X.509-SVID: {0}")]
+    NotAnSvid(hush_identity::SvidError),
+    /// The SPIFFE ID belongs to another trust domain.
+    #[error("the peer's SPIFFE ID {id} is not in trust domain {expected}")]
+    ForeignTrustDomain {
+        /// What the peer presented.
+        id: SpiffeId,
+        /// What was expected.
+        expected: TrustDomain,
+    },
+}
+
+/// The SPIFFE ID of a peer whose chain was already verified, checked against the X.509-SVID
+/// rules and the trust domain.
+pub fn peer_spiffe_id(
+    end_entity: &CertificateDer<'_>,
+    trust_domain: &TrustDomain,
+) -> Result<SpiffeId, PeerIdentityError> {
+    let id = check_leaf_svid(end_entity).map_err(PeerIdentityError::NotAnSvid)?;
+    if !id.is_member_of(trust_domain) {
+        return Err(PeerIdentityError::ForeignTrustDomain {
+            id,
+            expected: trust_domain.clone(),
+        });
+    }
+    Ok(id)
+}
+
+/// A TLS failure in plain words. rustls prints the errors of custom verifiers with `Debug`
+/// (`Other(OtherError(NotAnSvid(NoUriSan)))`); this prints hush's own with their messages.
+pub fn explain_tls_error(error: &rustls::Error) -> String {
+    match error {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
+            format!("invalid peer certificate: {inner}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Like [`explain_tls_error`], for the I/O errors tokio-rustls returns.
+pub fn explain_io_error(error: &std::io::Error) -> String {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .map_or_else(|| error.to_string(), explain_tls_error)
+}
+
+/// Verifies client certificates as X.509-SVIDs of one trust domain.
+pub struct SpiffeClientVerifier {
+    webpki: Arc<dyn ClientCertVerifier>,
+    trust_domain: TrustDomain,
+    mandatory: bool,
+}
+
+// === impl SpiffeClientVerifier ===
+
+impl SpiffeClientVerifier {
+    /// A verifier trusting `bundle`. With `mandatory` false, clients without a certificate are
+    /// let through (the application then decides what they may do).
+    pub fn new(bundle: &TrustBundle, mandatory: bool) -> Result<Arc<Self>, TlsConfigError> {
+        let mut roots = RootCertStore::empty();
+        for (i, root) in bundle.roots().iter().enumerate() {
+            roots
+                .add(root.clone())
+                .map_err(|e| TlsConfigError::BadRoot {
+                    index: i + 1,
+                    reason: e.to_string(),
+                })?;
+        }
+        let builder =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::provider());
+        let builder = if mandatory {
+            builder
+        } else {
+            builder.allow_unauthenticated()
+        };
+        let webpki = builder
+            .build()
+            .map_err(|e| TlsConfigError::Verifier(e.to_string()))?;
+        Ok(Arc::new(Self {
+            webpki,
+            trust_domain: bundle.trust_domain().clone(),
+            mandatory,
+        }))
+    }
+}
+
+impl fmt::Debug for SpiffeClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpiffeClientVerifier")
+            .field("trust_domain", &self.trust_domain)
+            .field("mandatory", &self.mandatory)
+            .finish()
+    }
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.webpki.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .webpki
+            .verify_client_cert(end_entity, intermediates, now)?;
+        peer_spiffe_id(end_entity, &self.trust_domain).map_err(|e| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+        })?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CredentialStore, client_config, server_config};
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose, SanType,
+    };
+    use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
+    use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Ca {
+        params: CertificateParams,
+        key: KeyPair,
+        root: CertificateDer<'static>,
+    }
+
+    fn ca(trust_domain: &str, name: &str) -> Ca {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://{trust_domain}").try_into().unwrap(),
+        )];
+        let key = KeyPair::generate().unwrap();
+        let root = params.self_signed(&key).unwrap().der().clone();
+        Ca { params, key, root }
+    }
+
+    fn leaf(ca: &Ca, uri: Option<&str>) -> CredentialStore {
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        if let Some(uri) = uri {
+            params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+        }
+        let key = KeyPair::generate().unwrap();
+        let issuer = Issuer::from_params(&ca.params, &ca.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let store = CredentialStore::new();
+        store
+            .install(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        store
+    }
+
+    /// The server side of these tests only checks clients; its own certificate is taken on
+    /// trust by this test-only verifier.
+    #[derive(Debug)]
+    struct AnyServer;
+
+    impl ServerCertVerifier for AnyServer {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            crate::provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    /// Runs a handshake plus one byte each way; returns the server's verdict.
+    async fn handshake(
+        trusted: &Ca,
+        mandatory: bool,
+        client: Option<CredentialStore>,
+    ) -> Result<Option<SpiffeId>, String> {
+        let bundle = TrustBundle::new(
+            TrustDomain::new("example.org").unwrap(),
+            vec![trusted.root.clone()],
+        )
+        .unwrap();
+        let server_cert = leaf(trusted, Some("spiffe://example.org/server"));
+        let server = server_config(
+            Arc::new(server_cert),
+            Some(SpiffeClientVerifier::new(&bundle, mandatory).unwrap()),
+            &[],
+        )
+        .unwrap();
+        let client = client_config(
+            Arc::new(AnyServer),
+            client.map(|c| Arc::new(c) as Arc<dyn rustls::client::ResolvesClientCert>),
+            &[],
+        )
+        .unwrap();
+        let (a, b) = tokio::io::duplex(16 * 1024);
+        let server_side = tokio::spawn(async move {
+            let mut tls = tokio_rustls::TlsAcceptor::from(Arc::new(server))
+                .accept(a)
+                .await
+                .map_err(|e| explain_io_error(&e))?;
+            let mut byte = [0u8; 1];
+            tls.read_exact(&mut byte).await.map_err(|e| e.to_string())?;
+            tls.write_all(b"y").await.map_err(|e| e.to_string())?;
+            tls.flush().await.map_err(|e| e.to_string())?;
+            let td = TrustDomain::new("example.org").unwrap();
+            Ok::<_, String>(
+                tls.get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|leaf| peer_spiffe_id(leaf, &td).unwrap()),
+            )
+        });
+        let client_side = async move {
+            let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(ServerName::try_from("example.org").unwrap(), b)
+                .await?;
+            tls.write_all(b"x").await?;
+            tls.flush().await?;
+            let mut byte = [0u8; 1];
+            tls.read_exact(&mut byte).await?;
+            Ok::<_, std::io::Error>(())
+        };
+        let _ = client_side.await;
+        server_side.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn accepts_an_svid_of_the_trust_domain() {
+        let trusted = ca("example.org", "trusted CA");
+        let client = leaf(&trusted, Some("spiffe://example.org/ns/a/sa/b"));
+        let id = handshake(&trusted, true, Some(client)).await.unwrap();
+        assert_eq!(id.unwrap().as_str(), "spiffe://example.org/ns/a/sa/b");
+    }
+
+    #[tokio::test]
+    async fn refuses_a_certificate_without_a_spiffe_id() {
+        let trusted = ca("example.org", "trusted CA");
+        let client = leaf(&trusted, None);
+        let err = handshake(&trusted, true, Some(client)).await.unwrap_err();
+        assert!(err.contains("not an X.509-SVID"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn refuses_another_trust_domain_and_another_ca() {
+        let trusted = ca("example.org", "trusted CA");
+        let foreign_id = leaf(&trusted, Some("spiffe://evil.org/ns/a/sa/b"));
+        let err = handshake(&trusted, true, Some(foreign_id))
+            .await
+            .unwrap_err();
+        assert!(err.contains("not in trust domain example.org"), "{err}");
+
+        let other = ca("example.org", "someone else's CA");
+        let foreign_ca = leaf(&other, Some("spiffe://example.org/ns/a/sa/b"));
+        let err = handshake(&trusted, true, Some(foreign_ca))
+            .await
+            .unwrap_err();
+        assert!(err.contains("UnknownIssuer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_certificate_is_allowed_only_when_optional() {
+        let trusted = ca("example.org", "trusted CA");
+        assert_eq!(handshake(&trusted, false, None).await.unwrap(), None);
+        let err = handshake(&trusted, true, None).await.unwrap_err();
+        assert!(err.to_lowercase().contains("certificate"), "{err}");
+    }
+}
