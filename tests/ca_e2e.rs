@@ -1891,7 +1891,10 @@ fn hush_up_once_issues_two_identities_and_shows_a_refusal() {
     assert_eq!(events, ["issued", "issued", "issued", "refused"]);
     // The third issuance is frontend's renewal with its certificate.
     assert_eq!(audit[2]["attestation"], "x509_svid");
-    assert!(stdout.contains("renewed with its current certificate"), "{stdout}");
+    assert!(
+        stdout.contains("renewed with its current certificate"),
+        "{stdout}"
+    );
 
     // A second run reuses the CA.
     let again = run_hush(HUSH, &["up", "--once", "--dir", path_str(&dir)]);
