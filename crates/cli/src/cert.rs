@@ -248,11 +248,10 @@ async fn request(args: RequestArgs) -> Result<()> {
     let bundle = read_bundle(&args.bundle)?;
     let token = fs::read_to_string(&args.token_file)
         .with_context(|| format!("cannot read --token-file {}", args.token_file.display()))?;
-    let key = rcgen::KeyPair::generate_for(args.key_type.algorithm())?;
-    let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
+    let (key, csr) = new_key_and_csr(args.key_type)?;
     let client = CaClient::new(&args.ca, bundle.roots())?;
     let response = client
-        .certify(token.trim(), csr.der().to_vec(), args.ttl)
+        .certify(token.trim(), csr, args.ttl)
         .await
         .map_err(|status| describe_failure(&args.ca, &status))?;
     save_issued(&args.out_dir, &key, &response)?;
@@ -282,11 +281,10 @@ async fn renew(args: RenewArgs) -> Result<()> {
         .install(chain, current_key)
         .with_context(|| format!("{} and {}", cert_path.display(), key_path.display()))?;
 
-    let key = rcgen::KeyPair::generate_for(args.key_type.algorithm())?;
-    let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
+    let (key, csr) = new_key_and_csr(args.key_type)?;
     let client = CaClient::with_identity(&args.ca, bundle.roots(), identity)?;
     let response = client
-        .renew(csr.der().to_vec(), args.ttl)
+        .renew(csr, args.ttl)
         .await
         .map_err(|status| describe_failure(&args.ca, &status))?;
     save_issued(&args.dir, &key, &response)?;
@@ -297,6 +295,14 @@ async fn renew(args: RenewArgs) -> Result<()> {
         args.dir.display()
     );
     Ok(())
+}
+
+/// A fresh key (kept in memory until it is saved beside its certificate) and a DER CSR for it.
+/// The CSR names nothing: the CA writes the identity it attests.
+fn new_key_and_csr(key_type: KeyType) -> Result<(rcgen::KeyPair, Vec<u8>)> {
+    let key = rcgen::KeyPair::generate_for(key_type.algorithm())?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
+    Ok((key, csr.der().to_vec()))
 }
 
 fn read_bundle(path: &Path) -> Result<TrustBundle> {

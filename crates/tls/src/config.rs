@@ -105,6 +105,21 @@ pub fn client_config_with_roots(
     client_cert: Option<Arc<dyn ResolvesClientCert>>,
     alpn: &[&[u8]],
 ) -> Result<rustls::ClientConfig, TlsConfigError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(root_store(roots)?);
+    let mut config = match client_cert {
+        Some(resolver) => builder.with_client_cert_resolver(resolver),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// The trust anchors for webpki, refusing an empty list or a root it cannot use.
+pub(crate) fn root_store(
+    roots: &[CertificateDer<'static>],
+) -> Result<RootCertStore, TlsConfigError> {
     if roots.is_empty() {
         return Err(TlsConfigError::NoRoots);
     }
@@ -117,13 +132,5 @@ pub fn client_config_with_roots(
                 reason: e.to_string(),
             })?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(store);
-    let mut config = match client_cert {
-        Some(resolver) => builder.with_client_cert_resolver(resolver),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(config)
+    Ok(store)
 }

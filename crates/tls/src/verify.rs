@@ -13,8 +13,7 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
-    SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
 
@@ -85,15 +84,7 @@ impl SpiffeClientVerifier {
     /// A verifier trusting `bundle`. With `mandatory` false, clients without a certificate are
     /// let through (the application then decides what they may do).
     pub fn new(bundle: &TrustBundle, mandatory: bool) -> Result<Arc<Self>, TlsConfigError> {
-        let mut roots = RootCertStore::empty();
-        for (i, root) in bundle.roots().iter().enumerate() {
-            roots
-                .add(root.clone())
-                .map_err(|e| TlsConfigError::BadRoot {
-                    index: i + 1,
-                    reason: e.to_string(),
-                })?;
-        }
+        let roots = crate::config::root_store(bundle.roots())?;
         let builder =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::provider());
         let builder = if mandatory {
