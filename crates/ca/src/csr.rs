@@ -180,7 +180,7 @@ fn key_kind(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<KeyKin
     }
     if *alg == OID_PKCS1_RSAENCRYPTION {
         let bits = match spki.parsed() {
-            Ok(PublicKey::RSA(rsa)) => modulus_bits(rsa.modulus),
+            Ok(PublicKey::RSA(rsa)) => hush_identity::rsa_modulus_bits(rsa.modulus),
             _ => return Err(CsrError::Der("the RSA public key cannot be parsed".into())),
         };
         if bits < MIN_RSA_BITS {
@@ -189,18 +189,6 @@ fn key_kind(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<KeyKin
         return Ok(KeyKind::Rsa(bits));
     }
     Err(CsrError::UnsupportedKey(alg.to_id_string()))
-}
-
-/// The size of an RSA modulus in bits. (x509-parser's `key_size` assumes a leading zero byte.)
-fn modulus_bits(modulus: &[u8]) -> usize {
-    let significant = modulus
-        .iter()
-        .position(|&b| b != 0)
-        .map_or(&[][..], |i| &modulus[i..]);
-    match significant.first() {
-        Some(first) => significant.len() * 8 - first.leading_zeros() as usize,
-        None => 0,
-    }
 }
 
 fn verification_algorithm(
@@ -345,17 +333,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn rsa_modulus_size() {
-        assert_eq!(modulus_bits(&[0x00, 0x80, 0x00]), 16);
-        assert_eq!(modulus_bits(&[0x7f, 0x00]), 15);
-        assert_eq!(modulus_bits(&[0x00; 3]), 0);
-        let mut m2048 = vec![0xff; 256];
-        assert_eq!(modulus_bits(&m2048), 2048);
-        m2048.insert(0, 0);
-        assert_eq!(modulus_bits(&m2048), 2048);
     }
 
     #[test]

@@ -30,6 +30,6 @@ mod test_util;
 pub use self::{
     bundle::{BundleError, TrustBundle, parse_pem_certificates},
     spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain},
-    summary::CertificateSummary,
+    summary::{CertificateSummary, rsa_modulus_bits},
     svid::{SvidError, check_leaf_svid, check_signing_cert},
 };

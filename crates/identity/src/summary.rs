@@ -126,15 +126,16 @@ fn key_algorithm(spki: &SubjectPublicKeyInfo<'_>) -> String {
         "1.3.101.112" => "Ed25519".to_owned(),
         "1.3.101.113" => "Ed448".to_owned(),
         "1.2.840.113549.1.1.1" => match spki.parsed() {
-            Ok(PublicKey::RSA(rsa)) => format!("RSA {}", rsa_bits(rsa.modulus)),
+            Ok(PublicKey::RSA(rsa)) => format!("RSA {}", rsa_modulus_bits(rsa.modulus)),
             _ => "RSA".to_owned(),
         },
         _ => algorithm,
     }
 }
 
-/// The bit length of an RSA modulus. x509-parser's own `key_size` assumes a leading zero byte.
-fn rsa_bits(modulus: &[u8]) -> usize {
+/// The bit length of an RSA modulus (big-endian, as in the key's DER). x509-parser's own
+/// `key_size` assumes a leading zero byte and misreports some keys.
+pub fn rsa_modulus_bits(modulus: &[u8]) -> usize {
     match modulus.iter().position(|&b| b != 0) {
         Some(first) => (modulus.len() - first) * 8 - modulus[first].leading_zeros() as usize,
         None => 0,
@@ -280,8 +281,8 @@ mod tests {
         assert_eq!(serial_hex(&[0x00, 0x80]), "80");
         assert_eq!(serial_hex(&[0x00]), "00");
         assert_eq!(serial_hex(&[0x01, 0x00]), "0100");
-        assert_eq!(rsa_bits(&[0x00, 0x80, 0x00]), 16);
-        assert_eq!(rsa_bits(&[0x7f, 0x00]), 15);
+        assert_eq!(rsa_modulus_bits(&[0x00, 0x80, 0x00]), 16);
+        assert_eq!(rsa_modulus_bits(&[0x7f, 0x00]), 15);
         assert_eq!(ip_to_string(&[1, 2, 3]), "010203");
     }
 }
