@@ -2204,3 +2204,52 @@ fn cert_renew_replaces_the_files_with_a_new_key() {
         FRONTEND
     );
 }
+
+#[tokio::test]
+async fn token_list_shows_state_and_revoke_withdraws_at_once() {
+    let ca = Ca::start(&[]);
+    let used = ca.token(FRONTEND, &[]);
+    let kept = ca.token(FRONTEND, &["--reusable"]);
+    within(
+        ca.client()
+            .certify(&used, plain_csr(CsrKeyKind::EcdsaP256).der, None),
+    )
+    .await
+    .expect("issued");
+    within(
+        ca.client()
+            .certify(&kept, plain_csr(CsrKeyKind::EcdsaP256).der, None),
+    )
+    .await
+    .expect("issued");
+    let id = |token: &str| token.split('.').nth(1).expect("id").to_string();
+    let listing = run_hush_ok(HUSH, &["ca", "token", "list", "--dir", path_str(&ca.dir)]);
+    let line_of = |id: &str| {
+        listing
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} not listed:\n{listing}"))
+            .to_string()
+    };
+    assert!(line_of(&id(&used)).contains("used"), "{listing}");
+    assert!(line_of(&id(&kept)).contains("reusable"), "{listing}");
+    assert!(!listing.contains(kept.rsplit('.').next().expect("secret")));
+
+    run_hush_ok(
+        HUSH,
+        &[
+            "ca",
+            "token",
+            "revoke",
+            "--dir",
+            path_str(&ca.dir),
+            &id(&kept),
+        ],
+    );
+    let result = within(
+        ca.client()
+            .certify(&kept, plain_csr(CsrKeyKind::EcdsaP256).der, None),
+    )
+    .await;
+    assert_refused(result, Code::Unauthenticated, &["unknown join token"]);
+}

@@ -241,8 +241,12 @@ fn list_tokens(args: DirArg) -> Result<()> {
     Ok(())
 }
 
+/// A UTC time to the second, RFC 3339 (`2026-11-26T23:21:22Z`).
 pub(crate) fn hush_ca_time(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
+    t.to_offset(time::UtcOffset::UTC)
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+        ))
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
