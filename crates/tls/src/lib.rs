@@ -10,6 +10,8 @@
 //! * [`CredentialStore`] — a hot-swappable certificate and key, usable as the server's and the
 //!   client's certificate resolver.
 //! * [`SpiffeClientVerifier`] — requires client certificates to be X.509-SVIDs of a trust domain.
+//! * [`SpiffeServerVerifier`] — pins a server to the SPIFFE IDs it must prove (workload
+//!   certificates carry no DNS names, so host-name checks cannot apply).
 
 mod config;
 mod credentials;
@@ -20,6 +22,7 @@ pub use self::config::{
 };
 pub use self::credentials::{CredentialError, CredentialStore};
 pub use self::verify::{
-    PeerIdentityError, SpiffeClientVerifier, explain_io_error, explain_tls_error, peer_spiffe_id,
+    PeerIdentityError, SpiffeClientVerifier, SpiffeServerVerifier, explain_io_error,
+    explain_tls_error, peer_spiffe_id,
 };
 pub use rustls;

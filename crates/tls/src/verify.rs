@@ -9,13 +9,17 @@ use std::fmt;
 use std::sync::Arc;
 
 use hush_identity::{SpiffeId, TrustBundle, TrustDomain, check_leaf_svid};
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::verify_server_cert_signed_by_trust_anchor;
+use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
+use rustls::server::ParsedCertificate;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+    SignatureScheme,
 };
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::TlsConfigError;
 
@@ -26,6 +30,17 @@ pub enum PeerIdentityError {
     /// The certificate chains to a trusted root but breaks the X.509-SVID rules.
     #[error("the peer's certificate is not an X.509-SVID: {0}")]
     NotAnSvid(hush_identity::SvidError),
+    /// The peer is a valid workload, but not one this connection may talk to.
+    #[error(
+        "expected {}, but the peer presented {presented}",
+        expected_list(expected)
+    )]
+    UnexpectedIdentity {
+        /// The identities the connection accepts.
+        expected: Vec<SpiffeId>,
+        /// What the peer presented.
+        presented: SpiffeId,
+    },
     /// The SPIFFE ID belongs to another trust domain.
     #[error("the peer's SPIFFE ID {id} is not in trust domain {expected}")]
     ForeignTrustDomain {
@@ -50,6 +65,109 @@ pub fn peer_spiffe_id(
         });
     }
     Ok(id)
+}
+
+fn expected_list(ids: &[SpiffeId]) -> String {
+    match ids {
+        [one] => one.to_string(),
+        many => {
+            let names: Vec<&str> = many.iter().map(SpiffeId::as_str).collect();
+            format!("one of {}", names.join(", "))
+        }
+    }
+}
+
+/// Verifies a server's certificate as an X.509-SVID naming one of the expected SPIFFE IDs.
+///
+/// Workload certificates carry no DNS names, so the usual host-name check cannot apply: the
+/// chain is verified with webpki for server authentication, then the SPIFFE ID stands in for
+/// the name. The TLS server name the client sends is ignored.
+pub struct SpiffeServerVerifier {
+    roots: RootCertStore,
+    trust_domain: TrustDomain,
+    expected: Vec<SpiffeId>,
+    /// Taken from the provider once, not per handshake.
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+// === impl SpiffeServerVerifier ===
+
+impl SpiffeServerVerifier {
+    /// A verifier trusting `bundle` and accepting a server that proves any of `expected`.
+    pub fn new(bundle: &TrustBundle, expected: Vec<SpiffeId>) -> Result<Arc<Self>, TlsConfigError> {
+        if expected.is_empty() {
+            return Err(TlsConfigError::Verifier(
+                "no SPIFFE ID to expect: a server must be pinned to at least one identity".into(),
+            ));
+        }
+        Ok(Arc::new(Self {
+            roots: crate::config::root_store(bundle.roots())?,
+            trust_domain: bundle.trust_domain().clone(),
+            expected,
+            algorithms: crate::provider().signature_verification_algorithms,
+        }))
+    }
+}
+
+impl fmt::Debug for SpiffeServerVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpiffeServerVerifier")
+            .field("trust_domain", &self.trust_domain)
+            .field("expected", &self.expected)
+            .finish()
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        let identity_error =
+            |e| rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))));
+        let presented = peer_spiffe_id(end_entity, &self.trust_domain).map_err(identity_error)?;
+        if !self.expected.contains(&presented) {
+            return Err(identity_error(PeerIdentityError::UnexpectedIdentity {
+                expected: self.expected.clone(),
+                presented,
+            }));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }
 
 /// A TLS failure in plain words. rustls prints the errors of custom verifiers with `Debug`
@@ -355,5 +473,99 @@ mod tests {
         assert_eq!(handshake(&trusted, false, None).await.unwrap(), None);
         let err = handshake(&trusted, true, None).await.unwrap_err();
         assert!(err.to_lowercase().contains("certificate"), "{err}");
+    }
+
+    /// A client pinned to `expected` dials a server presenting `server`; returns the client's
+    /// verdict in words.
+    async fn dial(trusted: &Ca, expected: &[&str], server: CredentialStore) -> Result<(), String> {
+        let bundle = TrustBundle::new(
+            TrustDomain::new("example.org").unwrap(),
+            vec![trusted.root.clone()],
+        )
+        .unwrap();
+        let expected = expected.iter().map(|id| id.parse().unwrap()).collect();
+        let client = client_config(
+            SpiffeServerVerifier::new(&bundle, expected).unwrap(),
+            None,
+            &[],
+        )
+        .unwrap();
+        let server = server_config(Arc::new(server), None, &[]).unwrap();
+        let (a, b) = tokio::io::duplex(16 * 1024);
+        tokio::spawn(async move {
+            if let Ok(mut tls) = tokio_rustls::TlsAcceptor::from(Arc::new(server))
+                .accept(a)
+                .await
+            {
+                let _ = tls.write_all(b"y").await;
+                let _ = tls.flush().await;
+            }
+        });
+        // The name is irrelevant: the SPIFFE ID is what is checked.
+        let name = ServerName::try_from("ignored.invalid").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, b)
+            .await
+            .map_err(|e| explain_io_error(&e))?;
+        let mut byte = [0u8; 1];
+        tls.read_exact(&mut byte).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_client_accepts_only_the_identities_it_expects() {
+        let trusted = ca("example.org", "trusted CA");
+        let backend = "spiffe://example.org/ns/shop/sa/backend";
+        dial(&trusted, &[backend], leaf(&trusted, Some(backend)))
+            .await
+            .unwrap();
+        dial(
+            &trusted,
+            &["spiffe://example.org/other", backend],
+            leaf(&trusted, Some(backend)),
+        )
+        .await
+        .unwrap();
+
+        let err = dial(
+            &trusted,
+            &[backend],
+            leaf(&trusted, Some("spiffe://example.org/ns/shop/sa/impostor")),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "expected {backend}, but the peer presented spiffe://example.org/ns/shop/sa/impostor"
+            )),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_refuses_a_foreign_ca_and_a_non_svid() {
+        let trusted = ca("example.org", "trusted CA");
+        let other = ca("example.org", "someone else's CA");
+        let backend = "spiffe://example.org/ns/shop/sa/backend";
+        let err = dial(&trusted, &[backend], leaf(&other, Some(backend)))
+            .await
+            .unwrap_err();
+        assert!(err.contains("UnknownIssuer"), "{err}");
+        let err = dial(&trusted, &[backend], leaf(&trusted, None))
+            .await
+            .unwrap_err();
+        assert!(err.contains("not an X.509-SVID"), "{err}");
+    }
+
+    #[test]
+    fn a_server_verifier_needs_an_identity_to_expect() {
+        let trusted = ca("example.org", "trusted CA");
+        let bundle = TrustBundle::new(
+            TrustDomain::new("example.org").unwrap(),
+            vec![trusted.root.clone()],
+        )
+        .unwrap();
+        let err = SpiffeServerVerifier::new(&bundle, vec![]).unwrap_err();
+        assert!(err.to_string().contains("at least one identity"), "{err}");
     }
 }
