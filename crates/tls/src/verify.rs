@@ -135,11 +135,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.algorithms.all,
         )?;
-        let identity_error =
-            |e| rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))));
-        let presented = peer_spiffe_id(end_entity, &self.trust_domain).map_err(identity_error)?;
+        let presented = peer_spiffe_id(end_entity, &self.trust_domain).map_err(rejected)?;
         if !self.expected.contains(&presented) {
-            return Err(identity_error(PeerIdentityError::UnexpectedIdentity {
+            return Err(rejected(PeerIdentityError::UnexpectedIdentity {
                 expected: self.expected.clone(),
                 presented,
             }));
@@ -187,6 +185,12 @@ pub fn explain_io_error(error: &std::io::Error) -> String {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         .map_or_else(|| error.to_string(), explain_tls_error)
+}
+
+/// A peer identity failure as the error rustls sends an alert for; [`explain_tls_error`]
+/// turns it back into words.
+fn rejected(error: PeerIdentityError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
 }
 
 /// Verifies client certificates as X.509-SVIDs of one trust domain.
@@ -252,9 +256,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         let verified = self
             .webpki
             .verify_client_cert(end_entity, intermediates, now)?;
-        peer_spiffe_id(end_entity, &self.trust_domain).map_err(|e| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
-        })?;
+        peer_spiffe_id(end_entity, &self.trust_domain).map_err(rejected)?;
         Ok(verified)
     }
 
