@@ -12,17 +12,24 @@
 //! * [`SpiffeClientVerifier`] — requires client certificates to be X.509-SVIDs of a trust domain.
 //! * [`SpiffeServerVerifier`] — pins a server to the SPIFFE IDs it must prove (workload
 //!   certificates carry no DNS names, so host-name checks cannot apply).
+//! * [`TrustStore`] — the trust bundle in force, swappable like the credentials; both
+//!   verifiers follow it.
+//! * [`HandshakeFailure`] — a failed handshake explained: which step (hello, certificate chain,
+//!   validity, SPIFFE ID), a short reason for metrics, and plain words for people.
 
 mod config;
 mod credentials;
+mod explain;
+mod trust;
 mod verify;
 
 pub use self::config::{
     ALPN_H2, TlsConfigError, client_config, client_config_with_roots, provider, server_config,
 };
 pub use self::credentials::{CredentialError, CredentialStore};
+pub use self::explain::{HandshakeFailure, HandshakeStep, explain_io_error, explain_tls_error};
+pub use self::trust::{TrustStore, TrustUpdateError};
 pub use self::verify::{
-    PeerIdentityError, SpiffeClientVerifier, SpiffeServerVerifier, explain_io_error,
-    explain_tls_error, peer_spiffe_id,
+    ExpectedServer, PeerIdentityError, SpiffeClientVerifier, SpiffeServerVerifier, peer_spiffe_id,
 };
 pub use rustls;

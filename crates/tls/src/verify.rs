@@ -13,15 +13,13 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::verify_server_cert_signed_by_trust_anchor;
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
 use rustls::server::ParsedCertificate;
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
-    SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::TlsConfigError;
+use crate::{TlsConfigError, TrustStore};
 
 /// Why a peer's certificate is not an acceptable SPIFFE identity.
 #[non_exhaustive]
@@ -77,15 +75,26 @@ fn expected_list(ids: &[SpiffeId]) -> String {
     }
 }
 
+/// Which server identities an outbound connection accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExpectedServer {
+    /// Exactly these SPIFFE IDs (at least one): the usual case, where configuration names the
+    /// workload behind an address.
+    OneOf(Vec<SpiffeId>),
+    /// Any workload of the trust domain: for destinations nothing names, such as transparently
+    /// captured traffic. The peer still proves a workload identity of this mesh, and its own
+    /// policy decides whether to serve the caller.
+    AnyInTrustDomain,
+}
+
 /// Verifies a server's certificate as an X.509-SVID naming one of the expected SPIFFE IDs.
 ///
 /// Workload certificates carry no DNS names, so the usual host-name check cannot apply: the
 /// chain is verified with webpki for server authentication, then the SPIFFE ID stands in for
 /// the name. The TLS server name the client sends is ignored.
 pub struct SpiffeServerVerifier {
-    roots: RootCertStore,
-    trust_domain: TrustDomain,
-    expected: Vec<SpiffeId>,
+    trust: TrustStore,
+    expected: ExpectedServer,
     /// Taken from the provider once, not per handshake.
     algorithms: WebPkiSupportedAlgorithms,
 }
@@ -95,14 +104,22 @@ pub struct SpiffeServerVerifier {
 impl SpiffeServerVerifier {
     /// A verifier trusting `bundle` and accepting a server that proves any of `expected`.
     pub fn new(bundle: &TrustBundle, expected: Vec<SpiffeId>) -> Result<Arc<Self>, TlsConfigError> {
-        if expected.is_empty() {
+        Self::with_trust(&TrustStore::new(bundle.clone())?, ExpectedServer::OneOf(expected))
+    }
+
+    /// A verifier that follows `trust` (so a refreshed bundle applies to the next handshake)
+    /// and accepts the servers `expected` allows.
+    pub fn with_trust(
+        trust: &TrustStore,
+        expected: ExpectedServer,
+    ) -> Result<Arc<Self>, TlsConfigError> {
+        if expected == ExpectedServer::OneOf(Vec::new()) {
             return Err(TlsConfigError::Verifier(
                 "no SPIFFE ID to expect: a server must be pinned to at least one identity".into(),
             ));
         }
         Ok(Arc::new(Self {
-            roots: crate::config::root_store(bundle.roots())?,
-            trust_domain: bundle.trust_domain().clone(),
+            trust: trust.clone(),
             expected,
             algorithms: crate::provider().signature_verification_algorithms,
         }))
@@ -112,7 +129,7 @@ impl SpiffeServerVerifier {
 impl fmt::Debug for SpiffeServerVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpiffeServerVerifier")
-            .field("trust_domain", &self.trust_domain)
+            .field("trust", &self.trust)
             .field("expected", &self.expected)
             .finish()
     }
@@ -127,18 +144,22 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let anchors = self.trust.anchors();
         let parsed = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
             &parsed,
-            &self.roots,
+            &anchors.roots,
             intermediates,
             now,
             self.algorithms.all,
         )?;
-        let presented = peer_spiffe_id(end_entity, &self.trust_domain).map_err(rejected)?;
-        if !self.expected.contains(&presented) {
+        let presented =
+            peer_spiffe_id(end_entity, anchors.bundle.trust_domain()).map_err(rejected)?;
+        if let ExpectedServer::OneOf(expected) = &self.expected
+            && !expected.contains(&presented)
+        {
             return Err(rejected(PeerIdentityError::UnexpectedIdentity {
-                expected: self.expected.clone(),
+                expected: expected.clone(),
                 presented,
             }));
         }
@@ -168,26 +189,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
-/// A TLS failure in plain words. rustls prints the errors of custom verifiers with `Debug`
-/// (`Other(OtherError(NotAnSvid(NoUriSan)))`); this prints hush's own with their messages.
-pub fn explain_tls_error(error: &rustls::Error) -> String {
-    match error {
-        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
-            format!("invalid peer certificate: {inner}")
-        }
-        other => other.to_string(),
-    }
-}
-
-/// Like [`explain_tls_error`], for the I/O errors tokio-rustls returns.
-pub fn explain_io_error(error: &std::io::Error) -> String {
-    error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .map_or_else(|| error.to_string(), explain_tls_error)
-}
-
-/// A peer identity failure as the error rustls sends an alert for; [`explain_tls_error`]
+/// A peer identity failure as the error rustls sends an alert for; [`crate::explain_tls_error`]
 /// turns it back into words.
 fn rejected(error: PeerIdentityError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
@@ -195,9 +197,9 @@ fn rejected(error: PeerIdentityError) -> rustls::Error {
 
 /// Verifies client certificates as X.509-SVIDs of one trust domain.
 pub struct SpiffeClientVerifier {
-    webpki: Arc<dyn ClientCertVerifier>,
-    trust_domain: TrustDomain,
+    trust: TrustStore,
     mandatory: bool,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 // === impl SpiffeClientVerifier ===
@@ -206,29 +208,23 @@ impl SpiffeClientVerifier {
     /// A verifier trusting `bundle`. With `mandatory` false, clients without a certificate are
     /// let through (the application then decides what they may do).
     pub fn new(bundle: &TrustBundle, mandatory: bool) -> Result<Arc<Self>, TlsConfigError> {
-        let roots = crate::config::root_store(bundle.roots())?;
-        let builder =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::provider());
-        let builder = if mandatory {
-            builder
-        } else {
-            builder.allow_unauthenticated()
-        };
-        let webpki = builder
-            .build()
-            .map_err(|e| TlsConfigError::Verifier(e.to_string()))?;
-        Ok(Arc::new(Self {
-            webpki,
-            trust_domain: bundle.trust_domain().clone(),
+        Ok(Self::with_trust(&TrustStore::new(bundle.clone())?, mandatory))
+    }
+
+    /// A verifier that follows `trust`, so a refreshed bundle applies to the next handshake.
+    pub fn with_trust(trust: &TrustStore, mandatory: bool) -> Arc<Self> {
+        Arc::new(Self {
+            trust: trust.clone(),
             mandatory,
-        }))
+            algorithms: crate::provider().signature_verification_algorithms,
+        })
     }
 }
 
 impl fmt::Debug for SpiffeClientVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpiffeClientVerifier")
-            .field("trust_domain", &self.trust_domain)
+            .field("trust", &self.trust)
             .field("mandatory", &self.mandatory)
             .finish()
     }
@@ -244,7 +240,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.webpki.root_hint_subjects()
+        // The hints would have to outlive a bundle swap; they are optional in TLS 1.3, and
+        // hush's clients present their one certificate whatever the hints say.
+        &[]
     }
 
     fn verify_client_cert(
@@ -253,10 +251,14 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .webpki
-            .verify_client_cert(end_entity, intermediates, now)?;
-        peer_spiffe_id(end_entity, &self.trust_domain).map_err(rejected)?;
+        let anchors = self.trust.anchors();
+        let webpki = if self.mandatory {
+            &anchors.clients_required
+        } else {
+            &anchors.clients_optional
+        };
+        let verified = webpki.verify_client_cert(end_entity, intermediates, now)?;
+        peer_spiffe_id(end_entity, anchors.bundle.trust_domain()).map_err(rejected)?;
         Ok(verified)
     }
 
@@ -266,7 +268,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -275,18 +277,18 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CredentialStore, client_config, server_config};
+    use crate::{CredentialStore, client_config, explain_io_error, server_config};
     use rcgen::{
         BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
         KeyUsagePurpose, SanType,
@@ -466,7 +468,7 @@ mod tests {
         let err = handshake(&trusted, true, Some(foreign_ca))
             .await
             .unwrap_err();
-        assert!(err.contains("UnknownIssuer"), "{err}");
+        assert!(err.contains("unknown issuer"), "{err}");
     }
 
     #[tokio::test]
@@ -552,7 +554,7 @@ mod tests {
         let err = dial(&trusted, &[backend], leaf(&other, Some(backend)))
             .await
             .unwrap_err();
-        assert!(err.contains("UnknownIssuer"), "{err}");
+        assert!(err.contains("unknown issuer"), "{err}");
         let err = dial(&trusted, &[backend], leaf(&trusted, None))
             .await
             .unwrap_err();

@@ -1,0 +1,184 @@
+//! The trust bundle in force, replaceable while connections are open.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hush_identity::{TrustBundle, TrustDomain};
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+
+use crate::TlsConfigError;
+
+/// The roots that verify peers, shared by every verifier of a process and swappable at any time.
+///
+/// A sidecar starts from the bundle on disk and then follows the CA's: when the CA adds a root
+/// (say, ahead of a root rotation), [`Self::replace`] makes every later handshake trust it, on
+/// both the inbound and the outbound side, without rebuilding any TLS configuration. Handshakes
+/// read the bundle once, so a swap never changes a verification half-way. Cloning shares the
+/// same store.
+#[derive(Clone)]
+pub struct TrustStore {
+    current: Arc<ArcSwap<Anchors>>,
+}
+
+/// One trust bundle and what webpki needs to verify against it, built once per bundle rather
+/// than once per handshake.
+pub(crate) struct Anchors {
+    pub(crate) bundle: TrustBundle,
+    pub(crate) roots: Arc<RootCertStore>,
+    /// webpki's client verifier, requiring a certificate.
+    pub(crate) clients_required: Arc<dyn ClientCertVerifier>,
+    /// webpki's client verifier, letting clients without a certificate through.
+    pub(crate) clients_optional: Arc<dyn ClientCertVerifier>,
+}
+
+/// A new trust bundle was refused; the one in force stays.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum TrustUpdateError {
+    /// The new bundle is for another trust domain. A mesh never changes trust domain while it
+    /// runs: that would make every identity it has checked mean something else.
+    #[error("the new trust bundle is for trust domain {found}, but this mesh is {expected}")]
+    OtherTrustDomain {
+        /// The trust domain in force.
+        expected: TrustDomain,
+        /// The trust domain of the refused bundle.
+        found: TrustDomain,
+    },
+    /// webpki cannot use the new roots.
+    #[error(transparent)]
+    Unusable(#[from] TlsConfigError),
+}
+
+// === impl TrustStore ===
+
+impl TrustStore {
+    /// A store trusting `bundle`.
+    pub fn new(bundle: TrustBundle) -> Result<Self, TlsConfigError> {
+        Ok(Self {
+            current: Arc::new(ArcSwap::from_pointee(Anchors::new(bundle)?)),
+        })
+    }
+
+    /// Trusts `bundle` from now on. Returns whether the roots changed (replacing a bundle with
+    /// the same roots is a no-op). A bundle of another trust domain, or one webpki cannot use,
+    /// is refused and the current one stays.
+    pub fn replace(&self, bundle: TrustBundle) -> Result<bool, TrustUpdateError> {
+        let current = self.current.load();
+        if bundle.trust_domain() != current.bundle.trust_domain() {
+            return Err(TrustUpdateError::OtherTrustDomain {
+                expected: current.bundle.trust_domain().clone(),
+                found: bundle.trust_domain().clone(),
+            });
+        }
+        if bundle.roots() == current.bundle.roots() {
+            return Ok(false);
+        }
+        self.current.store(Arc::new(Anchors::new(bundle)?));
+        Ok(true)
+    }
+
+    /// The bundle in force.
+    pub fn bundle(&self) -> TrustBundle {
+        self.current.load().bundle.clone()
+    }
+
+    /// The trust domain, which never changes for the life of the store.
+    pub fn trust_domain(&self) -> TrustDomain {
+        self.current.load().bundle.trust_domain().clone()
+    }
+
+    pub(crate) fn anchors(&self) -> Arc<Anchors> {
+        self.current.load_full()
+    }
+}
+
+impl fmt::Debug for TrustStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let anchors = self.current.load();
+        f.debug_struct("TrustStore")
+            .field("trust_domain", anchors.bundle.trust_domain())
+            .field("roots", &anchors.bundle.roots().len())
+            .finish()
+    }
+}
+
+// === impl Anchors ===
+
+impl Anchors {
+    fn new(bundle: TrustBundle) -> Result<Self, TlsConfigError> {
+        let roots = Arc::new(crate::config::root_store(bundle.roots())?);
+        let client_verifier = |optional: bool| {
+            let builder =
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), crate::provider());
+            let builder = if optional {
+                builder.allow_unauthenticated()
+            } else {
+                builder
+            };
+            builder
+                .build()
+                .map_err(|e| TlsConfigError::Verifier(e.to_string()))
+        };
+        Ok(Self {
+            clients_required: client_verifier(false)?,
+            clients_optional: client_verifier(true)?,
+            roots,
+            bundle,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
+    use rustls_pki_types::CertificateDer;
+
+    fn root(trust_domain: &str) -> CertificateDer<'static> {
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://{trust_domain}").try_into().unwrap(),
+        )];
+        params
+            .self_signed(&KeyPair::generate().unwrap())
+            .unwrap()
+            .der()
+            .clone()
+    }
+
+    fn bundle(trust_domain: &str, roots: Vec<CertificateDer<'static>>) -> TrustBundle {
+        TrustBundle::new(TrustDomain::new(trust_domain).unwrap(), roots).unwrap()
+    }
+
+    #[test]
+    fn replaces_roots_of_the_same_trust_domain_only() {
+        let first = root("example.org");
+        let store = TrustStore::new(bundle("example.org", vec![first.clone()])).unwrap();
+        assert!(
+            !store
+                .replace(bundle("example.org", vec![first.clone()]))
+                .unwrap(),
+            "the same roots are not a change"
+        );
+
+        let second = root("example.org");
+        let both = vec![first.clone(), second.clone()];
+        assert!(store.replace(bundle("example.org", both.clone())).unwrap());
+        assert_eq!(store.bundle().roots(), both.as_slice());
+
+        let err = store
+            .replace(bundle("evil.org", vec![root("evil.org")]))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("trust domain evil.org, but this mesh is example.org"),
+            "{err}"
+        );
+        assert_eq!(store.bundle().roots(), both.as_slice(), "the old bundle stays");
+    }
+}
