@@ -1,0 +1,224 @@
+//! The admin server: liveness, readiness, metrics, certificate status and shutdown.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /live` | 200 while the process runs |
+//! | `GET /ready` | 200 only while a valid workload certificate is held and the sidecar is not draining; 503 with the reason otherwise |
+//! | `GET /metrics` | Prometheus / OpenMetrics text |
+//! | `GET /certs` | the workload certificate and the trust bundle, as JSON |
+//! | `POST /shutdown` | drain and exit, as on SIGTERM (for Jobs, whose app exits first) |
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hush_identity::CertificateSummary;
+use hush_tls::TrustStore;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::identity::{IdentityStatus, unix_seconds};
+use crate::metrics::Metrics;
+
+pub(crate) struct Admin {
+    pub(crate) metrics: Metrics,
+    pub(crate) status: watch::Receiver<IdentityStatus>,
+    pub(crate) trust: TrustStore,
+    pub(crate) draining: CancellationToken,
+    pub(crate) shutdown_requested: CancellationToken,
+}
+
+impl Admin {
+    /// Serves until `stop` is cancelled. The admin server outlives draining, so that `/ready`
+    /// can say "draining" while connections finish.
+    pub(crate) async fn run(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        loop {
+            let (tcp, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        debug!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = stop.cancelled() => return,
+            };
+            let this = self.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.answer(&request)) }
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .serve_connection(TokioIo::new(tcp), service);
+                tokio::select! {
+                    _ = connection => {}
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let method = request.method();
+        match request.uri().path() {
+            "/live" if method == Method::GET => text(StatusCode::OK, "live\n".to_string()),
+            "/ready" if method == Method::GET => self.ready(),
+            "/metrics" if method == Method::GET => {
+                let mut response = text(StatusCode::OK, self.metrics.encode());
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                response
+            }
+            "/certs" if method == Method::GET => self.certs(),
+            "/shutdown" if method == Method::POST => {
+                info!("shutdown requested on the admin port");
+                self.shutdown_requested.cancel();
+                text(StatusCode::OK, "shutting down: draining connections\n".to_string())
+            }
+            "/live" | "/ready" | "/metrics" | "/certs" | "/shutdown" => {
+                let mut response = text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{method} is not allowed here\n"),
+                );
+                let allow = if request.uri().path() == "/shutdown" {
+                    "POST"
+                } else {
+                    "GET"
+                };
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+                response
+            }
+            other => text(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no such page: {other}; try /live, /ready, /metrics, /certs, POST /shutdown\n"
+                ),
+            ),
+        }
+    }
+
+    fn ready(&self) -> Response<Full<Bytes>> {
+        if self.draining.is_cancelled() {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: draining for shutdown\n".to_string(),
+            );
+        }
+        let status = self.status.borrow().clone();
+        let now = SystemTime::now();
+        match (status.not_ready_reason(now), &status.svid) {
+            (None, Some(svid)) => {
+                let left = svid.not_after.duration_since(now).unwrap_or_default();
+                text(
+                    StatusCode::OK,
+                    format!(
+                        "ready: {} (certificate expires in {})\n",
+                        svid.spiffe_id,
+                        humantime::format_duration(std::time::Duration::from_secs(left.as_secs()))
+                    ),
+                )
+            }
+            (reason, _) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "not ready: {}\n",
+                    reason.unwrap_or_else(|| "no certificate".to_string())
+                ),
+            ),
+        }
+    }
+
+    fn certs(&self) -> Response<Full<Bytes>> {
+        let status = self.status.borrow().clone();
+        let now = SystemTime::now();
+        let bundle = self.trust.bundle();
+        let report = CertsReport {
+            ready: status.is_valid_at(now) && !self.draining.is_cancelled(),
+            spiffe_id: status.svid.as_ref().map(|s| s.spiffe_id.to_string()),
+            certificate: status.svid.as_ref().map(|svid| CertificateReport {
+                serial: svid.serial.clone(),
+                not_before: unix_seconds(svid.not_before),
+                not_after: unix_seconds(svid.not_after),
+                seconds_left: unix_seconds(svid.not_after) - unix_seconds(now),
+                renew_at: unix_seconds(svid.renew_at),
+                chain: svid
+                    .chain
+                    .iter()
+                    .filter_map(|der| CertificateSummary::from_der(der).ok())
+                    .collect(),
+            }),
+            last_error: status.last_error.clone(),
+            trust_bundle: BundleReport {
+                trust_domain: bundle.trust_domain().to_string(),
+                roots: bundle
+                    .roots()
+                    .iter()
+                    .filter_map(|der| CertificateSummary::from_der(der).ok())
+                    .collect(),
+            },
+        };
+        let body = serde_json::to_string_pretty(&report).unwrap_or_else(|e| {
+            format!("{{\"error\": \"cannot encode the report: {e}\"}}")
+        });
+        let mut response = text(StatusCode::OK, body + "\n");
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+#[derive(Serialize)]
+struct CertsReport {
+    ready: bool,
+    spiffe_id: Option<String>,
+    certificate: Option<CertificateReport>,
+    last_error: Option<String>,
+    trust_bundle: BundleReport,
+}
+
+#[derive(Serialize)]
+struct CertificateReport {
+    serial: String,
+    not_before: i64,
+    not_after: i64,
+    seconds_left: i64,
+    renew_at: i64,
+    chain: Vec<CertificateSummary>,
+}
+
+#[derive(Serialize)]
+struct BundleReport {
+    trust_domain: String,
+    roots: Vec<CertificateSummary>,
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

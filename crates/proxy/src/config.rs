@@ -1,0 +1,651 @@
+//! The sidecar's configuration: YAML parsed once into typed structs, then validated.
+//!
+//! Unknown keys are refused (a misspelt `handshake_timout` must not silently fall back to a
+//! default), and every error names the field and the value that is wrong.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hush_identity::SpiffeId;
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+/// The whole sidecar configuration (`hush proxy --config FILE`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Where the sidecar gets its identity.
+    pub ca: CaConfig,
+    /// mTLS from other sidecars to the local app.
+    #[serde(default)]
+    pub inbound: Option<InboundConfig>,
+    /// Plaintext from the app to named upstream sidecars.
+    #[serde(default)]
+    pub outbound: Vec<OutboundConfig>,
+    /// Connections redirected by iptables, dialled at their original destination.
+    #[serde(default)]
+    pub transparent: Option<TransparentConfig>,
+    /// Health, readiness, metrics and certificate status.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Timeouts and caps.
+    #[serde(default)]
+    pub limits: Limits,
+    /// On SIGTERM (or `POST /shutdown`), how long in-flight requests and connections get to
+    /// finish before the sidecar exits anyway.
+    #[serde(default = "defaults::shutdown_grace", with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+/// The CA the sidecar attests to.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// `https://host:port` of `hush ca serve`.
+    pub address: String,
+    /// PEM file with the trust bundle that verifies the CA (and, at first, every peer).
+    pub trust_bundle: PathBuf,
+    /// File holding the join token (or, on Kubernetes, a projected service-account token). It
+    /// is read again before every attestation, so a rotated token is picked up.
+    pub token_file: PathBuf,
+    /// Lifetime to ask for; the CA may shorten it. Default: the CA's default.
+    #[serde(default, with = "optional_duration")]
+    pub certificate_ttl: Option<Duration>,
+    /// How often the trust bundle is fetched from the CA (it also comes with every renewal).
+    #[serde(default = "defaults::bundle_refresh", with = "duration")]
+    pub bundle_refresh: Duration,
+}
+
+/// The inbound listener: mutual TLS from other sidecars, plaintext to the app.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Address other sidecars connect to.
+    pub listen: SocketAddr,
+    /// The local app, reached in plaintext.
+    pub app: SocketAddr,
+    /// The app's protocol; `detect` (the default) tells HTTP/1.1, HTTP/2 and opaque TCP apart.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// One explicit outbound listener: the app connects in plaintext, the sidecar dials a peer
+/// sidecar with mutual TLS and checks who answers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Address the app connects to.
+    pub listen: SocketAddr,
+    /// The peer sidecar's inbound address, `host:port`.
+    pub upstream: String,
+    /// The SPIFFE ID (or list of IDs) the peer must prove.
+    pub identity: Identities,
+    /// The protocol the app speaks here; `detect` by default.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// The transparent listener: connections the pod's iptables rules redirected here.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransparentConfig {
+    /// Address the REDIRECT rule points at.
+    pub listen: SocketAddr,
+    /// Destinations outside the mesh, passed through untouched (no TLS).
+    #[serde(default)]
+    pub passthrough: Passthrough,
+    /// Destination ports whose protocol is never sniffed (server-first protocols such as
+    /// MySQL or SMTP).
+    #[serde(default)]
+    pub opaque_ports: Vec<u16>,
+    /// Which identity must answer at which destination; the first match wins. A destination
+    /// no rule names must present some SPIFFE ID of the trust domain.
+    #[serde(default)]
+    pub destinations: Vec<DestinationRule>,
+}
+
+/// Destinations outside the mesh.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Passthrough {
+    /// Address ranges, e.g. `10.96.0.0/12`.
+    #[serde(default)]
+    pub cidrs: Vec<IpNet>,
+    /// Destination ports, e.g. `53`.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+/// The identity expected at some destinations of the transparent listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationRule {
+    /// Destination addresses, e.g. `10.1.2.0/24` or `10.1.2.3/32`.
+    pub cidr: IpNet,
+    /// Destination port; any port when absent.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// The SPIFFE ID (or IDs) that must answer there.
+    pub identity: Identities,
+}
+
+/// The admin server.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of `/live`, `/ready`, `/metrics`, `/certs` and `POST /shutdown`.
+    #[serde(default = "defaults::admin_listen")]
+    pub listen: SocketAddr,
+}
+
+/// Timeouts and caps, with defaults meant for production.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// A peer that has not finished its TLS handshake by then is dropped, so a slow or silent
+    /// client cannot hold a connection slot.
+    #[serde(default = "defaults::handshake_timeout", with = "duration")]
+    pub handshake_timeout: Duration,
+    /// How long protocol detection waits for the client's first bytes before treating the
+    /// connection as opaque TCP (so server-first protocols are not stalled for long).
+    #[serde(default = "defaults::detect_timeout", with = "duration")]
+    pub detect_timeout: Duration,
+    /// A connection with no bytes in either direction for this long is closed.
+    #[serde(default = "defaults::idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
+    /// Dialling the app or an upstream sidecar gives up after this long.
+    #[serde(default = "defaults::connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Largest HTTP request head (request line and headers) accepted, in bytes.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Connections each listener serves at once; more wait in the kernel's backlog.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+}
+
+/// How a listener treats the bytes the client sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Look at the first bytes: HTTP/2 preface, an HTTP/1.x request line, or anything else
+    /// (opaque TCP). Waits at most `limits.detect_timeout`.
+    #[default]
+    Detect,
+    /// HTTP/1.1 (WebSocket and other upgrades pass through).
+    Http1,
+    /// HTTP/2, gRPC included.
+    Http2,
+    /// Opaque bytes, never looked at: for server-first protocols.
+    #[serde(alias = "opaque")]
+    Tcp,
+}
+
+/// One SPIFFE ID or a list of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identities(pub Vec<SpiffeId>);
+
+/// The configuration was refused.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The YAML does not describe a configuration (syntax, unknown key, wrong type).
+    #[error("{origin}: {message}")]
+    Parse {
+        /// Where the text came from.
+        origin: String,
+        /// serde-saphyr's explanation, with line and column.
+        message: String,
+    },
+    /// A field holds a value that cannot work.
+    #[error("{origin}: {field}: {problem}")]
+    Invalid {
+        /// Where the text came from.
+        origin: String,
+        /// The field, e.g. `outbound[1].listen`.
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+// === impl ProxyConfig ===
+
+impl ProxyConfig {
+    /// Reads and validates the configuration in `path`. Relative paths inside it (trust
+    /// bundle, token file) are taken relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Self::from_yaml(&text, &path.display().to_string(), base)
+    }
+
+    /// Parses and validates YAML `text`; `origin` names it in errors and relative paths are
+    /// resolved against `base`.
+    pub fn from_yaml(text: &str, origin: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut config: Self = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        config.validate(origin)?;
+        config.ca.trust_bundle = base.join(&config.ca.trust_bundle);
+        config.ca.token_file = base.join(&config.ca.token_file);
+        Ok(config)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, problem: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            field: field.to_string(),
+            problem,
+        };
+        check_ca_address(&self.ca.address).map_err(|p| invalid("ca.address", p))?;
+        if self.ca.bundle_refresh < Duration::from_secs(1) {
+            return Err(invalid(
+                "ca.bundle_refresh",
+                "must be at least 1s".to_string(),
+            ));
+        }
+        if self.inbound.is_none() && self.outbound.is_empty() && self.transparent.is_none() {
+            return Err(invalid(
+                "inbound",
+                "nothing to proxy: configure inbound, outbound or transparent".to_string(),
+            ));
+        }
+
+        let mut listeners: Vec<(String, SocketAddr)> =
+            vec![("admin.listen".to_string(), self.admin.listen)];
+        if let Some(inbound) = &self.inbound {
+            listeners.push(("inbound.listen".to_string(), inbound.listen));
+            if inbound.app == inbound.listen {
+                return Err(invalid(
+                    "inbound.app",
+                    format!(
+                        "{} is the inbound listener itself; the app must listen elsewhere",
+                        inbound.app
+                    ),
+                ));
+            }
+        }
+        for (i, outbound) in self.outbound.iter().enumerate() {
+            let field = format!("outbound[{i}]");
+            listeners.push((format!("{field}.listen"), outbound.listen));
+            check_host_port(&outbound.upstream)
+                .map_err(|p| invalid(&format!("{field}.upstream"), p))?;
+            if outbound.identity.0.is_empty() {
+                return Err(invalid(
+                    &format!("{field}.identity"),
+                    "name at least one SPIFFE ID the upstream must prove".to_string(),
+                ));
+            }
+        }
+        if let Some(transparent) = &self.transparent {
+            listeners.push(("transparent.listen".to_string(), transparent.listen));
+            for (i, rule) in transparent.destinations.iter().enumerate() {
+                if rule.identity.0.is_empty() {
+                    return Err(invalid(
+                        &format!("transparent.destinations[{i}].identity"),
+                        "name at least one SPIFFE ID".to_string(),
+                    ));
+                }
+            }
+        }
+        // Port 0 asks the system for a free port, so two of them never clash.
+        for (i, (field, addr)) in listeners.iter().enumerate() {
+            if addr.port() == 0 {
+                continue;
+            }
+            if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a == addr) {
+                return Err(invalid(
+                    field,
+                    format!("{addr} is already used by {other}"),
+                ));
+            }
+        }
+
+        let limits = &self.limits;
+        for (field, value) in [
+            ("limits.handshake_timeout", limits.handshake_timeout),
+            ("limits.detect_timeout", limits.detect_timeout),
+            ("limits.idle_timeout", limits.idle_timeout),
+            ("limits.connect_timeout", limits.connect_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(field, "must be longer than 0".to_string()));
+            }
+        }
+        // hyper cannot read a request head into a smaller buffer.
+        if limits.max_header_bytes < 8192 {
+            return Err(invalid(
+                "limits.max_header_bytes",
+                format!("{} is below the minimum of 8192", limits.max_header_bytes),
+            ));
+        }
+        if limits.max_connections == 0 {
+            return Err(invalid(
+                "limits.max_connections",
+                "must be at least 1".to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_ca_address(address: &str) -> Result<(), String> {
+    let uri: http::Uri = address
+        .parse()
+        .map_err(|_| format!("{address:?} is not a URL (expected https://host:port)"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!(
+            "{address:?}: the CA is only reachable over TLS, so the scheme must be https"
+        ));
+    }
+    if uri.port_u16().is_none() {
+        return Err(format!("{address:?} has no port (expected https://host:port)"));
+    }
+    Ok(())
+}
+
+fn check_host_port(value: &str) -> Result<(), String> {
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(format!("{value:?} is not host:port"));
+    };
+    if host.is_empty() {
+        return Err(format!("{value:?} has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("{value:?} has no valid port")),
+        Ok(_) => Ok(()),
+    }
+}
+
+// === impl Identities ===
+
+impl<'de> Deserialize<'de> for Identities {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Parsed as strings first so that a bad ID is reported with the SPIFFE rule it
+        // breaks, not as "did not match any variant".
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        let raw = Raw::deserialize(deserializer)?;
+        let strings = match raw {
+            Raw::One(one) => vec![one],
+            Raw::Many(many) => many,
+        };
+        let ids = strings
+            .iter()
+            .map(|s| {
+                s.parse::<SpiffeId>()
+                    .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self(ids))
+    }
+}
+
+impl fmt::Display for Identities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(SpiffeId::as_str).collect();
+        f.write_str(&names.join(", "))
+    }
+}
+
+// === impl Protocol ===
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Detect => "detect",
+            Self::Http1 => "http1",
+            Self::Http2 => "http2",
+            Self::Tcp => "tcp",
+        })
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: defaults::admin_listen(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: defaults::handshake_timeout(),
+            detect_timeout: defaults::detect_timeout(),
+            idle_timeout: defaults::idle_timeout(),
+            connect_timeout: defaults::connect_timeout(),
+            max_header_bytes: defaults::max_header_bytes(),
+            max_connections: defaults::max_connections(),
+        }
+    }
+}
+
+mod defaults {
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::time::Duration;
+
+    pub(super) fn shutdown_grace() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub(super) fn bundle_refresh() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub(super) fn admin_listen() -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 15000))
+    }
+    pub(super) fn handshake_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub(super) fn detect_timeout() -> Duration {
+        Duration::from_millis(500)
+    }
+    pub(super) fn idle_timeout() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub(super) fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub(super) fn max_header_bytes() -> usize {
+        64 * 1024
+    }
+    pub(super) fn max_connections() -> usize {
+        10_000
+    }
+}
+
+/// Durations written as `10s`, `500ms`, `1h`.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration: {e} (examples: 500ms, 10s, 5m, 1h)"
+            ))
+        })
+    }
+}
+
+mod optional_duration {
+    use std::time::Duration;
+
+    use serde::Deserializer;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "
+ca:
+  address: https://localhost:8443
+  trust_bundle: ./bundle.pem
+  token_file: ./frontend.token
+inbound:
+  listen: 127.0.0.1:15006
+  app: 127.0.0.1:8080
+";
+
+    fn parse(text: &str) -> Result<ProxyConfig, String> {
+        ProxyConfig::from_yaml(text, "test.yaml", Path::new("/etc/hush")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_issue_example_parses_with_defaults() {
+        let config = parse(&format!(
+            "{MINIMAL}
+outbound:
+  - listen: 127.0.0.1:15001
+    upstream: 127.0.0.1:16006
+    identity: spiffe://cluster.local/backend
+admin:
+  listen: 127.0.0.1:15000
+"
+        ))
+        .unwrap();
+        assert_eq!(config.ca.trust_bundle, Path::new("/etc/hush/./bundle.pem"));
+        assert_eq!(config.ca.token_file, Path::new("/etc/hush/./frontend.token"));
+        let inbound = config.inbound.unwrap();
+        assert_eq!(inbound.protocol, Protocol::Detect);
+        assert_eq!(config.outbound.len(), 1);
+        assert_eq!(
+            config.outbound[0].identity.0[0].as_str(),
+            "spiffe://cluster.local/backend"
+        );
+        assert_eq!(config.limits.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(config.limits.detect_timeout, Duration::from_millis(500));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn identities_may_be_one_or_a_list() {
+        let config = parse(&format!(
+            "{MINIMAL}
+outbound:
+  - listen: 127.0.0.1:15001
+    upstream: backend.shop.svc:15006
+    identity: [spiffe://cluster.local/a, spiffe://cluster.local/b]
+    protocol: http2
+"
+        ))
+        .unwrap();
+        assert_eq!(config.outbound[0].identity.0.len(), 2);
+        assert_eq!(config.outbound[0].protocol, Protocol::Http2);
+    }
+
+    /// One row per mistake a user can make: the YAML, and words the error must contain.
+    #[test]
+    fn mistakes_are_named() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t, tokn: x}",
+                &["unknown field", "tokn"],
+            ),
+            (
+                "ca: {address: http://localhost:8443, trust_bundle: b, token_file: t}\n\
+                 inbound: {listen: 127.0.0.1:1, app: 127.0.0.1:2}",
+                &["ca.address", "scheme must be https"],
+            ),
+            (
+                "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}",
+                &["nothing to proxy"],
+            ),
+            (
+                "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\
+                 inbound: {listen: 127.0.0.1:15000, app: 127.0.0.1:2}",
+                &["inbound.listen", "already used by admin.listen"],
+            ),
+            (
+                "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\
+                 outbound: [{listen: 127.0.0.1:1, upstream: nowhere, identity: spiffe://a/b}]",
+                &["outbound[0].upstream", "not host:port"],
+            ),
+            (
+                "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\
+                 outbound: [{listen: 127.0.0.1:1, upstream: h:1, identity: 'spiffe://A/b'}]",
+                &["spiffe://A/b"],
+            ),
+            (
+                "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\
+                 outbound: [{listen: 127.0.0.1:1, upstream: h:1, identity: []}]",
+                &["outbound[0].identity", "at least one"],
+            ),
+            (
+                "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\
+                 inbound: {listen: 127.0.0.1:1, app: 127.0.0.1:2, protocol: quic}",
+                &["quic"],
+            ),
+            (
+                "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\
+                 inbound: {listen: 127.0.0.1:1, app: 127.0.0.1:2}\n\
+                 limits: {handshake_timeout: soon}",
+                &["\"soon\" is not a duration"],
+            ),
+            (
+                "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\
+                 inbound: {listen: 127.0.0.1:1, app: 127.0.0.1:2}\n\
+                 limits: {max_header_bytes: 100}",
+                &["limits.max_header_bytes", "minimum of 8192"],
+            ),
+            (
+                "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\
+                 inbound: {listen: 127.0.0.1:1, app: 999.0.0.1:2}",
+                &["999.0.0.1"],
+            ),
+            (
+                "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\
+                 transparent: {listen: 127.0.0.1:1, passthrough: {cidrs: [10.0.0.0/33]}}",
+                &["10.0.0.0/33"],
+            ),
+            ("ca: [", &["test.yaml"]),
+        ];
+        for (yaml, words) in cases {
+            let error = parse(yaml).expect_err(yaml);
+            assert!(error.starts_with("test.yaml"), "{yaml}\n=> {error}");
+            for word in *words {
+                assert!(error.contains(word), "{yaml}\n=> {error}\n(missing {word:?})");
+            }
+        }
+    }
+
+    #[test]
+    fn port_zero_never_clashes() {
+        parse(
+            "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\
+             admin: {listen: 127.0.0.1:0}\n\
+             inbound: {listen: 127.0.0.1:0, app: 127.0.0.1:2}\n\
+             outbound: [{listen: 127.0.0.1:0, upstream: h:1, identity: spiffe://a/b}]",
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,616 @@
+//! HTTP forwarding, shared by the inbound and outbound sides.
+//!
+//! A request arrives on a hyper server connection (HTTP/1.1 or HTTP/2, as detected) and leaves
+//! through a pooled hyper client in the same protocol: HTTP/1.1 over keep-alive connections,
+//! HTTP/2 multiplexed over one connection per destination. Hop-by-hop headers stop here;
+//! upgrades (WebSocket and the like) become a byte tunnel once the far side answers 101.
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme, Uri};
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::metrics::{Direction, Metrics, ProtocolLabel};
+use crate::tls::{DialError, MeshConnector, MeshProtocol, Target};
+
+/// Response bodies: what the far side sent, or a short answer of the sidecar's own.
+pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// The header carrying the caller's verified SPIFFE ID to the app.
+pub const PEER_IDENTITY_HEADER: &str = "x-hush-peer-identity";
+/// Envoy's header describing the caller's client certificate (`By=…;Hash=…;URI=…`).
+pub const XFCC_HEADER: &str = "x-forwarded-client-cert";
+
+/// Idle pooled connections are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// HTTP/1.1 or HTTP/2: a connection is forwarded in the protocol it arrived in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HttpVersion {
+    Http1,
+    Http2,
+}
+
+impl HttpVersion {
+    pub(crate) fn label(self) -> ProtocolLabel {
+        match self {
+            Self::Http1 => ProtocolLabel::Http1,
+            Self::Http2 => ProtocolLabel::Http2,
+        }
+    }
+}
+
+/// The identity headers an inbound connection adds to each request, made once per connection.
+#[derive(Clone, Debug)]
+pub(crate) struct IdentityHeaders {
+    pub(crate) peer: HeaderValue,
+    pub(crate) xfcc: HeaderValue,
+}
+
+impl IdentityHeaders {
+    /// `peer_id` is the caller's verified SPIFFE ID, `own_id` this sidecar's, `peer_leaf` the
+    /// caller's certificate (DER), whose SHA-256 goes into the XFCC `Hash` field.
+    pub(crate) fn new(peer_id: &str, own_id: &str, peer_leaf: &[u8]) -> Option<Self> {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, peer_leaf);
+        let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        Some(Self {
+            peer: HeaderValue::from_str(peer_id).ok()?,
+            xfcc: HeaderValue::from_str(&format!("By={own_id};Hash={hash};URI={peer_id}")).ok()?,
+        })
+    }
+}
+
+/// Where a connection's requests are sent.
+#[derive(Clone, Debug)]
+pub(crate) enum Forward {
+    /// The local app, in plaintext.
+    App(Client<AppConnector, Incoming>),
+    /// A peer sidecar, with mutual TLS.
+    Mesh(Client<MeshHttpConnector, Incoming>),
+}
+
+impl Forward {
+    pub(crate) fn app(addr: SocketAddr, version: HttpVersion, connect_timeout: Duration) -> Self {
+        Self::App(client(version).build(AppConnector {
+            addr,
+            connect_timeout,
+        }))
+    }
+
+    pub(crate) fn mesh(
+        connector: MeshConnector,
+        target: Target,
+        version: HttpVersion,
+        metrics: Metrics,
+    ) -> Self {
+        let protocol = match version {
+            HttpVersion::Http1 => MeshProtocol::Http1,
+            HttpVersion::Http2 => MeshProtocol::Http2,
+        };
+        Self::Mesh(client(version).build(MeshHttpConnector {
+            inner: Arc::new(MeshHttpInner {
+                connector,
+                target,
+                protocol,
+                metrics,
+            }),
+        }))
+    }
+
+    fn request(&self, request: Request<Incoming>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            Self::App(client) => client.request(request),
+            Self::Mesh(client) => client.request(request),
+        }
+    }
+}
+
+fn client(version: HttpVersion) -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        // Keep the Host header the client sent (it is only added when missing).
+        .set_host(true);
+    if version == HttpVersion::Http2 {
+        builder.http2_only(true).timer(TokioTimer::new());
+    }
+    builder
+}
+
+/// Everything a connection's requests share.
+#[derive(Clone, Debug)]
+pub(crate) struct HttpContext {
+    pub(crate) direction: Direction,
+    pub(crate) version: HttpVersion,
+    pub(crate) forward: Forward,
+    /// Where requests go, for messages: `the app at 127.0.0.1:8080`.
+    pub(crate) destination: Arc<str>,
+    /// Authority for HTTP/1.0 requests that carry no Host header.
+    pub(crate) fallback_authority: Authority,
+    /// Inbound only: the caller's identity, for the app.
+    pub(crate) identity: Option<IdentityHeaders>,
+    pub(crate) metrics: Metrics,
+    /// Upgraded tunnels outlive their request; they are tracked for shutdown like connections.
+    pub(crate) tracker: TaskTracker,
+    pub(crate) force_close: CancellationToken,
+}
+
+/// Forwards one request and returns the response (or the sidecar's own error answer).
+pub(crate) async fn forward(
+    ctx: Arc<HttpContext>,
+    mut request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let grpc = is_grpc(request.headers());
+    let upgrading = ctx.version == HttpVersion::Http1 && is_upgrade(request.headers());
+    remove_hop_by_hop(request.headers_mut(), upgrading);
+    if let Some(identity) = &ctx.identity {
+        // Whatever the caller wrote in these headers is a claim, not a proof: only the
+        // sidecar's own values reach the app.
+        let headers = request.headers_mut();
+        headers.remove(PEER_IDENTITY_HEADER);
+        headers.remove(XFCC_HEADER);
+        headers.insert(PEER_IDENTITY_HEADER, identity.peer.clone());
+        headers.insert(XFCC_HEADER, identity.xfcc.clone());
+    }
+    if let Err(reason) = make_absolute(&mut request, &ctx.fallback_authority) {
+        ctx.metrics
+            .request(ctx.direction, ctx.version.label(), StatusCode::BAD_REQUEST.as_u16());
+        return Ok(error_response(StatusCode::BAD_REQUEST, grpc, &reason));
+    }
+    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
+
+    match ctx.forward.request(request).await {
+        Ok(mut response) => {
+            ctx.metrics
+                .request(ctx.direction, ctx.version.label(), response.status().as_u16());
+            match client_upgrade {
+                Some(client_upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    let server_upgrade = hyper::upgrade::on(&mut response);
+                    let force_close = ctx.force_close.clone();
+                    ctx.tracker.spawn(async move {
+                        tokio::select! {
+                            () = tunnel(client_upgrade, server_upgrade) => {}
+                            () = force_close.cancelled() => {}
+                        }
+                    });
+                }
+                _ => remove_hop_by_hop(response.headers_mut(), false),
+            }
+            Ok(response.map(Either::Left))
+        }
+        Err(error) => {
+            let reason = describe_forward_error(&error, &ctx.destination);
+            warn!(direction = ?ctx.direction, %reason, "request failed");
+            ctx.metrics
+                .request(ctx.direction, ctx.version.label(), StatusCode::BAD_GATEWAY.as_u16());
+            Ok(error_response(StatusCode::BAD_GATEWAY, grpc, &reason))
+        }
+    }
+}
+
+async fn tunnel(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpgrade) {
+    match tokio::join!(client, server) {
+        (Ok(client), Ok(server)) => {
+            let mut client = TokioIo::new(client);
+            let mut server = TokioIo::new(server);
+            if let Err(e) = crate::io::relay(&mut client, &mut server).await {
+                debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => debug!(error = %e, "upgrade did not complete"),
+    }
+}
+
+/// The sidecar's own answer: a short text for HTTP, a trailers-only status for gRPC (whose
+/// clients read `grpc-status`, not the HTTP status).
+pub(crate) fn error_response(status: StatusCode, grpc: bool, reason: &str) -> Response<ProxyBody> {
+    let text = format!("hush: {reason}");
+    let mut response = if grpc {
+        let code = match status {
+            StatusCode::BAD_REQUEST => "13",
+            StatusCode::FORBIDDEN => "7",
+            _ => "14",
+        };
+        let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from_static(code));
+        if let Ok(message) = HeaderValue::from_str(&grpc_percent_encode(&text)) {
+            headers.insert("grpc-message", message);
+        }
+        response
+    } else {
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(text + "\n"))));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    };
+    response
+        .headers_mut()
+        .insert("x-hush-error", HeaderValue::from_static("1"));
+    response
+}
+
+/// gRPC's percent-encoding of `grpc-message`: printable ASCII except `%` stays as it is.
+fn grpc_percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).iter().any(|t| t == "upgrade")
+}
+
+/// Removes the headers that describe one hop (RFC 9110, section 7.6.1), including those the
+/// Connection header names. An upgrade keeps `Connection: upgrade` and `Upgrade`.
+fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    for token in connection_tokens(headers) {
+        if upgrading && token == "upgrade" {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            headers.remove(name);
+        }
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+    // `te: trailers` is how gRPC says it understands trailers; any other TE is per hop.
+    if headers
+        .get(header::TE)
+        .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(header::TE);
+    }
+    if upgrading {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// hyper's client needs `http://authority/path`; an HTTP/1 request usually carries only the
+/// path, with the authority in its Host header.
+fn make_absolute<B>(request: &mut Request<B>, fallback: &Authority) -> Result<(), String> {
+    if request.uri().authority().is_some() && request.uri().scheme().is_some() {
+        return Ok(());
+    }
+    let authority = match request.headers().get(header::HOST) {
+        Some(host) => host
+            .to_str()
+            .ok()
+            .and_then(|h| h.parse::<Authority>().ok())
+            .ok_or_else(|| "the Host header is not a valid host[:port]".to_string())?,
+        None => request
+            .uri()
+            .authority()
+            .cloned()
+            .unwrap_or_else(|| fallback.clone()),
+    };
+    let mut parts = request.uri().clone().into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *request.uri_mut() =
+        Uri::from_parts(parts).map_err(|e| format!("the request target is not valid: {e}"))?;
+    Ok(())
+}
+
+/// Why forwarding failed, in words: the dial error when there is one (connection refused,
+/// handshake refused, wrong identity), else the TLS or I/O error underneath.
+fn describe_forward_error(error: &hyper_util::client::legacy::Error, destination: &str) -> String {
+    let mut source: Option<&(dyn StdError + 'static)> = error.source();
+    while let Some(cause) = source {
+        if let Some(dial) = cause.downcast_ref::<DialError>() {
+            return dial.to_string();
+        }
+        if let Some(io) = cause.downcast_ref::<io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<hush_tls::rustls::Error>())
+        {
+            return format!(
+                "the connection to {destination} failed: {}",
+                hush_tls::explain_io_error(io)
+            );
+        }
+        source = cause.source();
+    }
+    let detail = error.source().map_or_else(|| error.to_string(), ToString::to_string);
+    format!("the connection to {destination} failed: {detail}")
+}
+
+/// Dials the local app.
+#[derive(Clone, Debug)]
+pub(crate) struct AppConnector {
+    addr: SocketAddr,
+    connect_timeout: Duration,
+}
+
+impl tower::Service<Uri> for AppConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = DialError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let target = Target::Addr(self.addr);
+        let timeout = self.connect_timeout;
+        Box::pin(async move { Ok(TokioIo::new(target.connect(timeout).await?)) })
+    }
+}
+
+/// Dials a peer sidecar with mutual TLS, whatever authority the request names.
+#[derive(Clone)]
+pub(crate) struct MeshHttpConnector {
+    inner: Arc<MeshHttpInner>,
+}
+
+struct MeshHttpInner {
+    connector: MeshConnector,
+    target: Target,
+    protocol: MeshProtocol,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for MeshHttpConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshHttpConnector")
+            .field("target", &self.inner.target)
+            .field("protocol", &self.inner.protocol)
+            .finish()
+    }
+}
+
+impl tower::Service<Uri> for MeshHttpConnector {
+    type Response = TokioIo<MeshStream>;
+    type Error = DialError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let tls = crate::outbound::dial_logged(
+                &inner.connector,
+                &inner.target,
+                inner.protocol,
+                &inner.metrics,
+            )
+            .await?;
+            Ok(TokioIo::new(MeshStream(tls)))
+        })
+    }
+}
+
+/// A mutual-TLS connection to a peer sidecar, as hyper's pool holds it.
+#[derive(Debug)]
+pub(crate) struct MeshStream(TlsStream<TcpStream>);
+
+impl Connection for MeshStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for MeshStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MeshStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stop_here() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut map, false);
+        let names: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"]);
+
+        let mut grpc = headers(&[("te", "trailers"), ("content-type", "application/grpc")]);
+        remove_hop_by_hop(&mut grpc, false);
+        assert_eq!(grpc.get("te").unwrap(), "trailers");
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_headers() {
+        let mut map = headers(&[
+            ("connection", "Upgrade, x-hop"),
+            ("upgrade", "websocket"),
+            ("x-hop", "1"),
+            ("sec-websocket-key", "abc"),
+        ]);
+        assert!(is_upgrade(&map));
+        remove_hop_by_hop(&mut map, true);
+        assert_eq!(map.get("connection").unwrap(), "upgrade");
+        assert_eq!(map.get("upgrade").unwrap(), "websocket");
+        assert!(map.get("x-hop").is_none());
+        assert!(map.get("sec-websocket-key").is_some());
+        assert!(!is_upgrade(&headers(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn requests_become_absolute() {
+        let fallback: Authority = "127.0.0.1:8080".parse().unwrap();
+        let mut with_host = Request::builder()
+            .uri("/api?x=1")
+            .header("host", "shop.local")
+            .body(())
+            .unwrap();
+        make_absolute(&mut with_host, &fallback).unwrap();
+        assert_eq!(with_host.uri(), "http://shop.local/api?x=1");
+
+        let mut without_host = Request::builder().uri("/").body(()).unwrap();
+        make_absolute(&mut without_host, &fallback).unwrap();
+        assert_eq!(without_host.uri(), "http://127.0.0.1:8080/");
+
+        let mut h2 = Request::builder()
+            .uri("http://backend:80/rpc")
+            .body(())
+            .unwrap();
+        make_absolute(&mut h2, &fallback).unwrap();
+        assert_eq!(h2.uri(), "http://backend:80/rpc");
+
+        let mut bad = Request::builder()
+            .uri("/")
+            .header("host", "a b")
+            .body(())
+            .unwrap();
+        assert!(make_absolute(&mut bad, &fallback).unwrap_err().contains("Host"));
+    }
+
+    #[test]
+    fn xfcc_is_envoys_format() {
+        let headers = IdentityHeaders::new(
+            "spiffe://cluster.local/ns/shop/sa/frontend",
+            "spiffe://cluster.local/ns/shop/sa/backend",
+            b"abc",
+        )
+        .unwrap();
+        assert_eq!(headers.peer, "spiffe://cluster.local/ns/shop/sa/frontend");
+        // SHA-256("abc") is the FIPS 180-2 test vector.
+        assert_eq!(
+            headers.xfcc,
+            "By=spiffe://cluster.local/ns/shop/sa/backend;\
+             Hash=ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad;\
+             URI=spiffe://cluster.local/ns/shop/sa/frontend"
+        );
+    }
+
+    #[test]
+    fn grpc_errors_are_trailers_only_statuses() {
+        let response = error_response(
+            StatusCode::BAD_GATEWAY,
+            true,
+            "refused 127.0.0.1:1: 100% wrong",
+        );
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["grpc-status"], "14");
+        assert_eq!(
+            response.headers()["grpc-message"],
+            "hush: refused 127.0.0.1:1: 100%25 wrong"
+        );
+        let plain = error_response(StatusCode::BAD_GATEWAY, false, "no app");
+        assert_eq!(plain.status(), StatusCode::BAD_GATEWAY);
+    }
+}

@@ -1,0 +1,507 @@
+//! The sidecar's own identity: obtained from the CA at start, renewed at about half its life,
+//! swapped in without touching live connections.
+//!
+//! The private key is made here, in memory, for every certificate, and never written anywhere.
+//! The first certificate is attested with the token file (a join token, or a Kubernetes
+//! service-account token); renewals prove identity with the current certificate over mutual
+//! TLS, which is what lets a single-use join token start a sidecar that runs for months. While
+//! the CA is unreachable the sidecar keeps serving with the certificate it has, retrying with
+//! backoff, until that certificate expires.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hush_ca::CaClient;
+use hush_identity::{CertificateSummary, SpiffeId, TrustBundle};
+use hush_tls::rustls::client::danger::ServerCertVerifier;
+use hush_tls::{
+    CredentialStore, ExpectedServer, HandshakeFailure, SpiffeServerVerifier, TrustStore,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::CaConfig;
+use crate::metrics::Metrics;
+
+/// The longest a single call to the CA may take.
+const CA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// First retry after a failed attempt; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The workload certificate in use.
+#[derive(Clone, Debug)]
+pub struct Svid {
+    /// The identity it proves.
+    pub spiffe_id: SpiffeId,
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+    /// When the sidecar plans to renew it.
+    pub renew_at: SystemTime,
+    /// Leaf first, then intermediates.
+    pub chain: Vec<CertificateDer<'static>>,
+}
+
+/// What the sidecar knows of its identity, published to the admin server and the listeners.
+#[derive(Clone, Debug, Default)]
+pub struct IdentityStatus {
+    /// The certificate in use, once there is one.
+    pub svid: Option<Arc<Svid>>,
+    /// Why the last attempt to obtain or renew failed, until one succeeds.
+    pub last_error: Option<String>,
+}
+
+// === impl IdentityStatus ===
+
+impl IdentityStatus {
+    /// Whether the sidecar holds a certificate valid at `now`.
+    pub fn is_valid_at(&self, now: SystemTime) -> bool {
+        self.svid
+            .as_ref()
+            .is_some_and(|svid| svid.not_before <= now && now < svid.not_after)
+    }
+
+    /// Why the sidecar is not ready, in words; `None` when it is.
+    pub fn not_ready_reason(&self, now: SystemTime) -> Option<String> {
+        let last_error = self
+            .last_error
+            .as_deref()
+            .map(|e| format!(" (last attempt: {e})"))
+            .unwrap_or_default();
+        match &self.svid {
+            None => Some(format!(
+                "no workload certificate yet: waiting for the CA{last_error}"
+            )),
+            Some(svid) if now >= svid.not_after => Some(format!(
+                "the workload certificate expired at {} and could not be renewed{last_error}",
+                humantime::format_rfc3339_seconds(svid.not_after)
+            )),
+            Some(svid) if now < svid.not_before => Some(format!(
+                "the workload certificate is not valid until {} (is the clock right?)",
+                humantime::format_rfc3339_seconds(svid.not_before)
+            )),
+            Some(_) => None,
+        }
+    }
+}
+
+/// Obtains and renews the workload certificate, and keeps the trust bundle fresh.
+pub(crate) struct IdentityManager {
+    ca: CaConfig,
+    trust: TrustStore,
+    credentials: CredentialStore,
+    status: watch::Sender<IdentityStatus>,
+    metrics: Metrics,
+}
+
+/// Why one attempt to get a certificate failed.
+#[derive(Debug)]
+struct AttemptError(String);
+
+impl fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+// === impl IdentityManager ===
+
+impl IdentityManager {
+    pub(crate) fn new(
+        ca: CaConfig,
+        trust: TrustStore,
+        credentials: CredentialStore,
+        status: watch::Sender<IdentityStatus>,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            ca,
+            trust,
+            credentials,
+            status,
+            metrics,
+        }
+    }
+
+    /// Runs until `stop` is cancelled: first certificate, renewals, bundle refreshes.
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        let refresh = tokio::spawn(refresh_bundle(
+            self.ca.clone(),
+            self.trust.clone(),
+            self.metrics.clone(),
+            stop.clone(),
+        ));
+        let mut backoff = MIN_BACKOFF;
+        let mut next_attempt = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(next_attempt) => {}
+                () = stop.cancelled() => break,
+            }
+            let current = self.status.borrow().svid.clone();
+            match self.attempt(current.as_deref()).await {
+                Ok(svid) => {
+                    backoff = MIN_BACKOFF;
+                    next_attempt = instant_at(svid.renew_at);
+                    self.metrics.renewal(true);
+                    self.metrics.certificate_expiry(unix_seconds(svid.not_after));
+                    match &current {
+                        None => info!(
+                            spiffe_id = %svid.spiffe_id,
+                            serial = %svid.serial,
+                            expires = %humantime::format_rfc3339_seconds(svid.not_after),
+                            "obtained the workload certificate"
+                        ),
+                        Some(_) => info!(
+                            spiffe_id = %svid.spiffe_id,
+                            serial = %svid.serial,
+                            expires = %humantime::format_rfc3339_seconds(svid.not_after),
+                            "renewed the workload certificate"
+                        ),
+                    }
+                    self.status.send_replace(IdentityStatus {
+                        svid: Some(Arc::new(svid)),
+                        last_error: None,
+                    });
+                }
+                Err(error) => {
+                    self.metrics.renewal(false);
+                    let wait = jittered(backoff, 0.2);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    next_attempt = tokio::time::Instant::now() + wait;
+                    let still_valid = current
+                        .as_ref()
+                        .is_some_and(|svid| SystemTime::now() < svid.not_after);
+                    if still_valid {
+                        warn!(%error, retry_in = ?wait, "cannot renew the workload certificate; still serving with the current one");
+                    } else {
+                        warn!(%error, retry_in = ?wait, "cannot obtain a workload certificate");
+                    }
+                    self.status.send_modify(|status| {
+                        status.last_error = Some(error.0);
+                    });
+                }
+            }
+        }
+        refresh.abort();
+    }
+
+    /// One attempt: renew with the current certificate while it is valid, otherwise (or if the
+    /// CA refuses that) attest with the token.
+    async fn attempt(&self, current: Option<&Svid>) -> Result<Svid, AttemptError> {
+        let key = rcgen::KeyPair::generate()
+            .map_err(|e| AttemptError(format!("cannot make a key pair: {e}")))?;
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .map_err(|e| AttemptError(format!("cannot make a CSR: {e}")))?
+            .der()
+            .to_vec();
+        let roots = self.trust.bundle().roots().to_vec();
+        let valid_now = current.is_some_and(|svid| SystemTime::now() < svid.not_after);
+
+        let response = if valid_now {
+            let client =
+                CaClient::with_identity(&self.ca.address, &roots, self.credentials.clone())
+                    .map_err(|e| AttemptError(e.to_string()))?;
+            match call(client.renew(csr.clone(), self.ca.certificate_ttl)).await {
+                Ok(response) => response,
+                // The CA is down: the token would not get through either.
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    return Err(AttemptError(describe_status("renewal", &status)));
+                }
+                Err(status) => {
+                    let renewal = describe_status("renewal with the current certificate", &status);
+                    debug!(%renewal, "falling back to the token");
+                    self.with_token(&roots, csr)
+                        .await
+                        .map_err(|e| AttemptError(format!("{renewal}; then {e}")))?
+                }
+            }
+        } else {
+            self.with_token(&roots, csr).await?
+        };
+
+        if !response.trust_bundle.is_empty() {
+            self.apply_bundle(response.trust_bundle.clone());
+        }
+        let chain: Vec<CertificateDer<'static>> = response
+            .cert_chain
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        // The identity never changes while the sidecar runs.
+        let expected = match current {
+            Some(svid) => ExpectedServer::OneOf(vec![svid.spiffe_id.clone()]),
+            None => ExpectedServer::AnyInTrustDomain,
+        };
+        let svid = check_issued(&self.trust, expected, &chain)?;
+        self.credentials
+            .install(
+                chain,
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .map_err(|e| AttemptError(format!("the CA's certificate cannot be used: {e}")))?;
+        Ok(svid)
+    }
+
+    async fn with_token(
+        &self,
+        roots: &[CertificateDer<'static>],
+        csr: Vec<u8>,
+    ) -> Result<hush_ca::proto::CertifyResponse, AttemptError> {
+        let token = read_token(&self.ca.token_file)?;
+        let client =
+            CaClient::new(&self.ca.address, roots).map_err(|e| AttemptError(e.to_string()))?;
+        call(client.certify(&token, csr, self.ca.certificate_ttl))
+            .await
+            .map_err(|status| AttemptError(describe_status("attestation with the token", &status)))
+    }
+
+    fn apply_bundle(&self, roots: Vec<Vec<u8>>) {
+        apply_bundle(&self.trust, &self.metrics, roots);
+    }
+}
+
+/// Checks what the CA sent before presenting it to anyone: it must chain to the trust bundle,
+/// be an X.509-SVID of the trust domain, and name the expected identity.
+fn check_issued(
+    trust: &TrustStore,
+    expected: ExpectedServer,
+    chain: &[CertificateDer<'static>],
+) -> Result<Svid, AttemptError> {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Err(AttemptError("the CA sent an empty certificate chain".into()));
+    };
+    let verifier = SpiffeServerVerifier::with_trust(trust, expected)
+        .map_err(|e| AttemptError(e.to_string()))?;
+    // The server name is not looked at: the SPIFFE ID stands in for it.
+    let name = ServerName::try_from("workload.invalid")
+        .map_err(|e| AttemptError(format!("internal: {e}")))?;
+    verifier
+        .verify_server_cert(leaf, intermediates, &name, &[], UnixTime::now())
+        .map_err(|e| {
+            AttemptError(format!(
+                "the certificate the CA sent does not check out: {}",
+                HandshakeFailure::from_tls(&e).message
+            ))
+        })?;
+    let summary = CertificateSummary::from_der(leaf)
+        .map_err(|e| AttemptError(format!("the CA's certificate cannot be read: {e}")))?;
+    let spiffe_id = summary
+        .spiffe_id
+        .clone()
+        .ok_or_else(|| AttemptError("the CA's certificate has no SPIFFE ID".into()))?;
+    let not_before = system_time(summary.not_before);
+    let not_after = system_time(summary.not_after);
+    let now = SystemTime::now();
+    let remaining = not_after.duration_since(now).unwrap_or_default();
+    Ok(Svid {
+        spiffe_id,
+        serial: summary.serial_hex,
+        not_before,
+        not_after,
+        renew_at: now + renewal_delay(remaining),
+        chain: chain.to_vec(),
+    })
+}
+
+/// When to renew a certificate with `remaining` validity: about half-way, with ±10 % jitter
+/// so that sidecars started together do not all call the CA at the same moment.
+fn renewal_delay(remaining: Duration) -> Duration {
+    remaining.mul_f64(0.5 + (random_unit() - 0.5) * 0.2)
+}
+
+fn jittered(base: Duration, spread: f64) -> Duration {
+    base.mul_f64(1.0 + (random_unit() - 0.5) * 2.0 * spread)
+}
+
+/// A uniform number in [0, 1).
+fn random_unit() -> f64 {
+    let mut bytes = [0u8; 8];
+    // Jitter needs no secrecy; if the system's generator fails, no jitter is fine.
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn read_token(path: &Path) -> Result<String, AttemptError> {
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| AttemptError(format!("cannot read the token file {}: {e}", path.display())))?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AttemptError(format!(
+            "the token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(token.to_string())
+}
+
+async fn call<T>(
+    request: impl Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(CA_CALL_TIMEOUT, request)
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(format!(
+                "the CA did not answer within {}",
+                humantime::format_duration(CA_CALL_TIMEOUT)
+            )))
+        })
+}
+
+/// A gRPC failure in words. tonic's `Unavailable` message for a connection that could not be
+/// opened is terse, so its source is added.
+fn describe_status(what: &str, status: &tonic::Status) -> String {
+    use std::error::Error;
+    let mut text = format!("{what} failed: {:?}: {}", status.code(), status.message());
+    let mut source = status.source();
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            text.push_str(&format!(" ({})", hush_tls::explain_io_error(io)));
+            break;
+        }
+        source = cause.source();
+    }
+    text
+}
+
+async fn refresh_bundle(ca: CaConfig, trust: TrustStore, metrics: Metrics, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(ca.bundle_refresh) => {}
+            () = stop.cancelled() => return,
+        }
+        let roots = trust.bundle().roots().to_vec();
+        let client = match CaClient::new(&ca.address, &roots) {
+            Ok(client) => client,
+            Err(e) => {
+                warn!(error = %e, "cannot refresh the trust bundle");
+                continue;
+            }
+        };
+        match call(client.trust_bundle()).await {
+            Ok(response) => apply_bundle(&trust, &metrics, response.roots),
+            Err(status) => {
+                debug!(error = %describe_status("fetching the trust bundle", &status), "keeping the current trust bundle")
+            }
+        }
+    }
+}
+
+fn apply_bundle(trust: &TrustStore, metrics: &Metrics, roots: Vec<Vec<u8>>) {
+    let roots = roots.into_iter().map(CertificateDer::from).collect();
+    let bundle = match TrustBundle::new(trust.trust_domain(), roots) {
+        Ok(bundle) => bundle,
+        Err(e) => {
+            warn!(error = %e, "the CA sent a trust bundle that cannot be used; keeping the current one");
+            return;
+        }
+    };
+    match trust.replace(bundle) {
+        Ok(true) => {
+            metrics.bundle_updated();
+            info!(
+                roots = trust.bundle().roots().len(),
+                "trust bundle updated from the CA"
+            );
+        }
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "refused the CA's trust bundle; keeping the current one"),
+    }
+}
+
+fn system_time(unix: i64) -> SystemTime {
+    match u64::try_from(unix) {
+        Ok(secs) => SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+        Err(_) => SystemTime::UNIX_EPOCH,
+    }
+}
+
+pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The monotonic instant at which the wall clock reads `at` (now, if that is past).
+fn instant_at(at: SystemTime) -> tokio::time::Instant {
+    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+    tokio::time::Instant::now() + wait
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_about_half_way() {
+        let lifetime = Duration::from_secs(24 * 3600);
+        for _ in 0..1000 {
+            let delay = renewal_delay(lifetime);
+            assert!(delay >= lifetime.mul_f64(0.4), "{delay:?}");
+            assert!(delay <= lifetime.mul_f64(0.6), "{delay:?}");
+        }
+        let spread: std::collections::HashSet<u64> = (0..100)
+            .map(|_| renewal_delay(lifetime).as_secs())
+            .collect();
+        assert!(spread.len() > 50, "the delay is jittered");
+    }
+
+    #[test]
+    fn backoff_jitter_stays_close() {
+        for _ in 0..1000 {
+            let wait = jittered(Duration::from_secs(10), 0.2);
+            assert!(wait >= Duration::from_secs(8) && wait <= Duration::from_secs(12));
+        }
+    }
+
+    #[test]
+    fn readiness_needs_a_valid_certificate() {
+        let now = SystemTime::now();
+        let mut status = IdentityStatus::default();
+        assert!(!status.is_valid_at(now));
+        assert!(
+            status
+                .not_ready_reason(now)
+                .unwrap()
+                .contains("waiting for the CA")
+        );
+        status.last_error = Some("CA unreachable".into());
+        let svid = Svid {
+            spiffe_id: "spiffe://example.org/a".parse().unwrap(),
+            serial: "01".into(),
+            not_before: now - Duration::from_secs(60),
+            not_after: now + Duration::from_secs(60),
+            renew_at: now,
+            chain: vec![],
+        };
+        status.svid = Some(Arc::new(svid));
+        assert!(status.is_valid_at(now));
+        assert_eq!(status.not_ready_reason(now), None);
+        let later = now + Duration::from_secs(120);
+        assert!(!status.is_valid_at(later));
+        let reason = status.not_ready_reason(later).unwrap();
+        assert!(reason.contains("expired") && reason.contains("CA unreachable"), "{reason}");
+    }
+
+    #[test]
+    fn an_empty_token_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(read_token(&path).unwrap_err().0.contains("is empty"));
+        std::fs::write(&path, "hushjt.abc.def\n").unwrap();
+        assert_eq!(read_token(&path).unwrap(), "hushjt.abc.def");
+        let missing = read_token(&dir.path().join("nope")).unwrap_err();
+        assert!(missing.0.contains("cannot read the token file"), "{missing}");
+    }
+}

@@ -1,0 +1,280 @@
+//! The inbound side: mutual TLS 1.3 from other sidecars, plaintext to the local app.
+//!
+//! Every connection is checked before a byte reaches the app: it must be TLS (plaintext HTTP
+//! gets a 400 that says so), TLS 1.3, and present a certificate that chains to the trust
+//! bundle, is valid now and carries a SPIFFE ID of the trust domain. Refusals are logged with
+//! the failed step and counted by reason. For HTTP, the app then receives the caller's verified
+//! identity in `x-hush-peer-identity` and `x-forwarded-client-cert`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::uri::Authority;
+use hush_identity::check_leaf_svid;
+use hush_tls::HandshakeFailure;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::config::{Limits, Protocol};
+use crate::detect::{Detected, Prefixed, detect, sniff};
+use crate::http::{Forward, HttpContext, HttpVersion, IdentityHeaders};
+use crate::identity::IdentityStatus;
+use crate::io::{Activity, Metered, relay};
+use crate::metrics::{Direction, Metrics, ProtocolLabel};
+use crate::serve::{Lifecycle, accept_loop, serve_http};
+use crate::tls::{MeshProtocol, Target};
+
+/// The first byte of every TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The answer to plaintext HTTP on the mTLS port: people curl the wrong port, and a closed
+/// connection would not tell them why.
+const PLAINTEXT_REFUSAL: &str = "hush: this port only accepts mutual TLS 1.3 from other hush \
+    sidecars. Send plaintext to your own sidecar's outbound listener instead.\n";
+
+pub(crate) struct Inbound {
+    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) app: SocketAddr,
+    pub(crate) protocol: Protocol,
+    pub(crate) limits: Limits,
+    pub(crate) metrics: Metrics,
+    pub(crate) status: watch::Receiver<IdentityStatus>,
+    pub(crate) lifecycle: Lifecycle,
+    pub(crate) app_http1: Forward,
+    pub(crate) app_http2: Forward,
+}
+
+impl Inbound {
+    pub(crate) async fn run(self: Arc<Self>, listener: TcpListener) {
+        let limits = self.limits.clone();
+        let lifecycle = self.lifecycle.clone();
+        accept_loop("inbound", listener, &limits, lifecycle, move |tcp, peer, permit| {
+            let this = self.clone();
+            async move {
+                this.handle(tcp, peer).await;
+                drop(permit);
+            }
+        })
+        .await;
+    }
+
+    async fn handle(&self, tcp: TcpStream, peer: SocketAddr) {
+        let _open = self.metrics.open_connection(Direction::Inbound);
+        let Some(tcp) = self.starts_with_tls(tcp, peer).await else {
+            return;
+        };
+        let activity = Activity::new();
+        let metered = Metered::new(tcp, self.metrics.bytes(Direction::Inbound), activity.clone());
+        let handshake = tokio::time::timeout(
+            self.limits.handshake_timeout,
+            self.acceptor.accept(metered),
+        )
+        .await;
+        let mut tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return self.refused(peer, &HandshakeFailure::from_io(&e)),
+            Err(_) => {
+                return self.refused(peer, &HandshakeFailure::timed_out(self.limits.handshake_timeout));
+            }
+        };
+        self.metrics.handshake(Direction::Inbound);
+
+        let (_, session) = tls.get_ref();
+        // The verifier has checked the chain, the validity and the SPIFFE ID already.
+        let Some(leaf) = session.peer_certificates().and_then(|c| c.first()).cloned() else {
+            return self.refused(
+                peer,
+                &HandshakeFailure::from_tls(&hush_tls::rustls::Error::NoCertificatesPresented),
+            );
+        };
+        let peer_id = match check_leaf_svid(&leaf) {
+            Ok(id) => id,
+            Err(e) => {
+                warn!(%peer, error = %e, "a verified peer certificate has no SPIFFE ID");
+                return;
+            }
+        };
+        let announced = MeshProtocol::from_alpn(session.alpn_protocol());
+        debug!(%peer, peer_id = %peer_id, ?announced, "inbound mTLS connection");
+
+        let (protocol, prefix) = match (self.protocol, announced) {
+            (Protocol::Http1, _) => (Detected::Http1, BytesMut::new()),
+            (Protocol::Http2, _) => (Detected::Http2, BytesMut::new()),
+            (Protocol::Tcp, _) => (Detected::Tcp, BytesMut::new()),
+            (Protocol::Detect, Some(MeshProtocol::Http1)) => (Detected::Http1, BytesMut::new()),
+            (Protocol::Detect, Some(MeshProtocol::Http2)) => (Detected::Http2, BytesMut::new()),
+            (Protocol::Detect, Some(MeshProtocol::Tcp)) => (Detected::Tcp, BytesMut::new()),
+            (Protocol::Detect, None) => match sniff(&mut tls, self.limits.detect_timeout).await {
+                Ok(sniffed) => {
+                    if sniffed.timed_out {
+                        self.metrics.detect_timeout(Direction::Inbound);
+                    }
+                    (sniffed.protocol, sniffed.prefix)
+                }
+                Err(e) => {
+                    debug!(%peer, error = %e, "connection failed before its first bytes");
+                    return;
+                }
+            },
+        };
+        let io = Prefixed::new(prefix, tls);
+
+        let version = match protocol {
+            Detected::Http1 => HttpVersion::Http1,
+            Detected::Http2 => HttpVersion::Http2,
+            Detected::Tcp | Detected::NeedMore => {
+                self.metrics
+                    .connection(Direction::Inbound, ProtocolLabel::Tcp);
+                return self.relay_to_app(io, peer, activity).await;
+            }
+        };
+        self.metrics.connection(Direction::Inbound, version.label());
+        let own_id = self
+            .status
+            .borrow()
+            .svid
+            .as_ref()
+            .map(|svid| svid.spiffe_id.to_string())
+            .unwrap_or_default();
+        let ctx = Arc::new(HttpContext {
+            direction: Direction::Inbound,
+            version,
+            forward: match version {
+                HttpVersion::Http1 => self.app_http1.clone(),
+                HttpVersion::Http2 => self.app_http2.clone(),
+            },
+            destination: format!("the app at {}", self.app).into(),
+            fallback_authority: authority_of(self.app),
+            identity: IdentityHeaders::new(peer_id.as_str(), &own_id, &leaf),
+            metrics: self.metrics.clone(),
+            tracker: self.lifecycle.tracker.clone(),
+            force_close: self.lifecycle.force_close.clone(),
+        });
+        serve_http(io, ctx, &self.limits, activity, self.lifecycle.draining.clone()).await;
+    }
+
+    async fn relay_to_app<I>(&self, mut io: I, peer: SocketAddr, activity: Arc<Activity>)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut app = match Target::Addr(self.app)
+            .connect(self.limits.connect_timeout)
+            .await
+        {
+            Ok(app) => app,
+            Err(e) => {
+                self.metrics.connect_failure(Direction::Inbound, "app");
+                warn!(%peer, error = %e, "cannot reach the app; closing the connection");
+                return;
+            }
+        };
+        tokio::select! {
+            result = relay(&mut io, &mut app) => {
+                if let Err(e) = result {
+                    debug!(%peer, error = %e, "TCP connection ended with an error");
+                }
+            }
+            () = activity.idle_for(self.limits.idle_timeout) => {
+                debug!(%peer, "closing an idle TCP connection");
+            }
+        }
+    }
+
+    /// Looks at the first byte without consuming it. Anything but a TLS handshake is refused
+    /// here, plaintext HTTP with an answer that explains.
+    async fn starts_with_tls(&self, tcp: TcpStream, peer: SocketAddr) -> Option<TcpStream> {
+        let mut first = [0u8; 16];
+        let peeked = tokio::time::timeout(self.limits.handshake_timeout, tcp.peek(&mut first)).await;
+        let n = match peeked {
+            Ok(Ok(0)) => return None,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "connection failed before its first byte");
+                return None;
+            }
+            Err(_) => {
+                self.refused(peer, &HandshakeFailure::timed_out(self.limits.handshake_timeout));
+                return None;
+            }
+        };
+        if first[0] == TLS_HANDSHAKE_RECORD {
+            return Some(tcp);
+        }
+        let looks_like_http = first[0].is_ascii_uppercase() && detect(&first[..n]) != Detected::Tcp;
+        if looks_like_http {
+            self.metrics
+                .hello_refused(Direction::Inbound, "plaintext_http");
+            info!(%peer, "refused an inbound connection: hello failed: the peer sent plaintext HTTP to the mutual TLS port");
+            answer_plaintext_http(tcp).await;
+        } else {
+            self.metrics.hello_refused(Direction::Inbound, "not_tls");
+            info!(%peer, "refused an inbound connection: hello failed: the peer did not speak TLS (its first bytes are not a TLS handshake)");
+        }
+        None
+    }
+
+    fn refused(&self, peer: SocketAddr, failure: &HandshakeFailure) {
+        self.metrics.handshake_failure(Direction::Inbound, failure);
+        // Connections closed half-way are routine (health checks, scanners); refusals of a
+        // certificate or of a TLS version are what operators need to see.
+        if failure.step == hush_tls::HandshakeStep::Connection {
+            debug!(%peer, "inbound connection failed: {failure}");
+        } else {
+            info!(%peer, "refused an inbound connection: {failure}");
+        }
+    }
+}
+
+/// Reads the request head (bounded in size and time) so that closing does not reset the
+/// connection before the client has read the answer, then answers 400.
+async fn answer_plaintext_http(mut tcp: TcpStream) {
+    let read_head = async {
+        let mut head = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), read_head).await;
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\nx-hush-error: 1\r\n\r\n{PLAINTEXT_REFUSAL}",
+        PLAINTEXT_REFUSAL.len()
+    );
+    let _ = tcp.write_all(response.as_bytes()).await;
+    let _ = tcp.shutdown().await;
+}
+
+pub(crate) fn authority_of(addr: SocketAddr) -> Authority {
+    addr.to_string()
+        .parse()
+        .unwrap_or_else(|_| Authority::from_static("localhost"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_addresses_are_authorities() {
+        assert_eq!(
+            authority_of("127.0.0.1:8080".parse().unwrap()).as_str(),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(authority_of("[::1]:80".parse().unwrap()).as_str(), "[::1]:80");
+    }
+
+    #[test]
+    fn the_plaintext_answer_says_what_to_do() {
+        assert!(PLAINTEXT_REFUSAL.contains("mutual TLS"));
+        assert!(PLAINTEXT_REFUSAL.contains("outbound listener"));
+    }
+}

@@ -1,0 +1,48 @@
+//! The hush data plane: a sidecar that makes every connection between services mutual TLS 1.3
+//! between SPIFFE identities, and tells the app who is calling.
+//!
+//! A sidecar gets its own X.509-SVID from the hush CA (a key made in memory, a join token or a
+//! service-account token to prove who it is), renews it at about half its life, and swaps it in
+//! without dropping a connection. Its listeners:
+//!
+//! * **inbound** — mutual TLS from other sidecars. The caller's certificate must chain to the
+//!   trust bundle, be valid now and carry a SPIFFE ID of the trust domain; anything else is
+//!   refused during the handshake, with the failed step logged and counted. HTTP requests reach
+//!   the app with the caller's verified identity in `x-hush-peer-identity` and
+//!   `x-forwarded-client-cert` (spoofed copies removed).
+//! * **outbound** — plaintext from the app to a named upstream sidecar, which must prove one
+//!   of the configured SPIFFE IDs.
+//! * **transparent** — connections redirected by iptables, dialled at their original
+//!   destination, or passed through when the destination is outside the mesh.
+//! * **admin** — `/live`, `/ready`, `/metrics`, `/certs`, `POST /shutdown`.
+//!
+//! HTTP/1.1 (with upgrades such as WebSocket), HTTP/2 (gRPC) and opaque TCP are told apart by
+//! their first bytes ([`detect`]) or set per listener.
+//!
+//! * [`ProxyConfig`] — the YAML configuration.
+//! * [`Proxy`] — bind, then run until shutdown.
+//! * [`Metrics`] — the Prometheus metrics.
+
+mod admin;
+mod config;
+mod detect;
+mod http;
+mod identity;
+mod inbound;
+mod io;
+mod metrics;
+mod orig_dst;
+mod outbound;
+mod proxy;
+mod serve;
+mod tls;
+
+pub use self::config::{
+    AdminConfig, CaConfig, ConfigError, DestinationRule, Identities, InboundConfig, Limits,
+    OutboundConfig, Passthrough, Protocol, ProxyConfig, TransparentConfig,
+};
+pub use self::detect::{Detected, detect};
+pub use self::http::{PEER_IDENTITY_HEADER, XFCC_HEADER};
+pub use self::identity::{IdentityStatus, Svid};
+pub use self::metrics::Metrics;
+pub use self::proxy::{Proxy, ProxyAddresses, ProxyError};

@@ -1,0 +1,444 @@
+//! The outbound side: plaintext from the local app, mutual TLS 1.3 to peer sidecars.
+//!
+//! An explicit listener forwards to one upstream that must prove one of the configured SPIFFE
+//! IDs. The transparent listener takes connections that iptables redirected to it, reads their
+//! original destination (`SO_ORIGINAL_DST`) and dials that, or passes destinations outside the
+//! mesh through untouched. Either way, an upstream that is not who it must be is refused during
+//! the handshake: the app gets a 502 that names the expected and the presented identity (HTTP),
+//! or a closed connection (TCP), and the log says the same.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use hush_tls::{ExpectedServer, HandshakeStep};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tracing::{debug, info, warn};
+
+use crate::config::{Limits, Protocol, TransparentConfig};
+use crate::detect::{Detected, Prefixed, sniff};
+use crate::http::{Forward, HttpContext, HttpVersion};
+use crate::inbound::authority_of;
+use crate::io::{Activity, Metered, relay};
+use crate::metrics::{Direction, Metrics, ProtocolLabel};
+use crate::orig_dst::original_destination;
+use crate::serve::{Lifecycle, accept_loop, serve_http};
+use crate::tls::{DialError, MeshConnector, MeshProtocol, Target};
+
+/// At most this many destinations keep a connection pool on the transparent listener; past
+/// it, the pools are dropped and rebuilt on demand.
+const MAX_TRANSPARENT_ROUTES: usize = 4096;
+
+/// Everything a connection to one upstream needs, shared by the connections to it (and so
+/// are its connection pools).
+pub(crate) struct Route {
+    target: Target,
+    connector: MeshConnector,
+    protocol: Protocol,
+    http1: Forward,
+    http2: Forward,
+    /// For messages: `upstream 127.0.0.1:16006 (spiffe://…/backend)`.
+    description: Arc<str>,
+}
+
+impl Route {
+    pub(crate) fn new(
+        target: Target,
+        connector: MeshConnector,
+        protocol: Protocol,
+        metrics: &Metrics,
+    ) -> Self {
+        let expected = match &connector.expected {
+            ExpectedServer::OneOf(ids) => ids
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            ExpectedServer::AnyInTrustDomain => "any identity of the trust domain".to_string(),
+        };
+        Self {
+            http1: Forward::mesh(
+                connector.clone(),
+                target.clone(),
+                HttpVersion::Http1,
+                metrics.clone(),
+            ),
+            http2: Forward::mesh(
+                connector.clone(),
+                target.clone(),
+                HttpVersion::Http2,
+                metrics.clone(),
+            ),
+            description: format!("upstream {target} ({expected})").into(),
+            target,
+            connector,
+            protocol,
+        }
+    }
+}
+
+/// What every outbound connection shares.
+#[derive(Clone)]
+pub(crate) struct OutboundShared {
+    pub(crate) limits: Limits,
+    pub(crate) metrics: Metrics,
+    pub(crate) lifecycle: Lifecycle,
+}
+
+/// Serves an explicit outbound listener.
+pub(crate) async fn run_explicit(listener: TcpListener, route: Arc<Route>, shared: OutboundShared) {
+    let limits = shared.limits.clone();
+    let lifecycle = shared.lifecycle.clone();
+    accept_loop("outbound", listener, &limits, lifecycle, move |tcp, peer, permit| {
+        let route = route.clone();
+        let shared = shared.clone();
+        async move {
+            proxy_to(tcp, peer, &route, route.protocol, &shared).await;
+            drop(permit);
+        }
+    })
+    .await;
+}
+
+/// Proxies one connection from the app to `route`.
+async fn proxy_to(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    route: &Route,
+    protocol: Protocol,
+    shared: &OutboundShared,
+) {
+    let metrics = &shared.metrics;
+    let _open = metrics.open_connection(Direction::Outbound);
+    let activity = Activity::new();
+    let mut app = Metered::new(tcp, metrics.bytes(Direction::Outbound), activity.clone());
+    let (detected, prefix) = match protocol {
+        Protocol::Http1 => (Detected::Http1, BytesMut::new()),
+        Protocol::Http2 => (Detected::Http2, BytesMut::new()),
+        Protocol::Tcp => (Detected::Tcp, BytesMut::new()),
+        Protocol::Detect => match sniff(&mut app, shared.limits.detect_timeout).await {
+            Ok(sniffed) => {
+                if sniffed.timed_out {
+                    metrics.detect_timeout(Direction::Outbound);
+                }
+                (sniffed.protocol, sniffed.prefix)
+            }
+            Err(e) => {
+                debug!(%peer, error = %e, "connection failed before its first bytes");
+                return;
+            }
+        },
+    };
+    let mut app = Prefixed::new(prefix, app);
+    let version = match detected {
+        Detected::Http1 => HttpVersion::Http1,
+        Detected::Http2 => HttpVersion::Http2,
+        Detected::Tcp | Detected::NeedMore => {
+            metrics.connection(Direction::Outbound, ProtocolLabel::Tcp);
+            let Ok(mut upstream) =
+                dial_logged(&route.connector, &route.target, MeshProtocol::Tcp, metrics).await
+            else {
+                // The reason is logged; a TCP client only learns that the connection closed.
+                return;
+            };
+            tokio::select! {
+                result = relay(&mut app, &mut upstream) => {
+                    if let Err(e) = result {
+                        debug!(%peer, error = %e, "TCP connection ended with an error");
+                    }
+                }
+                () = activity.idle_for(shared.limits.idle_timeout) => {
+                    debug!(%peer, "closing an idle TCP connection");
+                }
+            }
+            return;
+        }
+    };
+    metrics.connection(Direction::Outbound, version.label());
+    let ctx = Arc::new(HttpContext {
+        direction: Direction::Outbound,
+        version,
+        forward: match version {
+            HttpVersion::Http1 => route.http1.clone(),
+            HttpVersion::Http2 => route.http2.clone(),
+        },
+        destination: route.description.clone(),
+        fallback_authority: match &route.target {
+            Target::Addr(addr) => authority_of(*addr),
+            Target::Name(name) => name
+                .parse()
+                .unwrap_or_else(|_| http::uri::Authority::from_static("localhost")),
+        },
+        identity: None,
+        metrics: metrics.clone(),
+        tracker: shared.lifecycle.tracker.clone(),
+        force_close: shared.lifecycle.force_close.clone(),
+    });
+    serve_http(
+        app,
+        ctx,
+        &shared.limits,
+        activity,
+        shared.lifecycle.draining.clone(),
+    )
+    .await;
+}
+
+/// Dials an upstream, counting and logging the outcome: a refused upstream is logged once per
+/// attempt, with the step that failed (for a wrong identity: expected and presented).
+pub(crate) async fn dial_logged(
+    connector: &MeshConnector,
+    target: &Target,
+    protocol: MeshProtocol,
+    metrics: &Metrics,
+) -> Result<TlsStream<TcpStream>, DialError> {
+    match connector.dial(target, protocol).await {
+        Ok(tls) => {
+            metrics.handshake(Direction::Outbound);
+            Ok(tls)
+        }
+        Err(error) => {
+            match &error {
+                DialError::Handshake { failure, .. } => {
+                    metrics.handshake_failure(Direction::Outbound, failure);
+                    if failure.step == HandshakeStep::Connection {
+                        info!(%target, "upstream handshake failed: {failure}");
+                    } else {
+                        warn!(%target, "refused upstream {target}: {failure}");
+                    }
+                }
+                DialError::Connect { .. } => {
+                    metrics.connect_failure(Direction::Outbound, "upstream");
+                    warn!(%target, "{error}");
+                }
+            }
+            Err(error)
+        }
+    }
+}
+
+/// The transparent listener: redirected connections, dialled at their original destination.
+pub(crate) struct Transparent {
+    pub(crate) config: TransparentConfig,
+    pub(crate) make_connector: Box<dyn Fn(ExpectedServer) -> Option<MeshConnector> + Send + Sync>,
+    pub(crate) shared: OutboundShared,
+    routes: Mutex<HashMap<SocketAddr, Arc<Route>>>,
+}
+
+/// What to do with a redirected connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Destination {
+    /// Outside the mesh: plain TCP, untouched.
+    Passthrough,
+    /// A peer sidecar that must prove this.
+    Mesh { expected: ExpectedServer, opaque: bool },
+}
+
+impl Transparent {
+    pub(crate) fn new(
+        config: TransparentConfig,
+        make_connector: Box<dyn Fn(ExpectedServer) -> Option<MeshConnector> + Send + Sync>,
+        shared: OutboundShared,
+    ) -> Self {
+        Self {
+            config,
+            make_connector,
+            shared,
+            routes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) async fn run(self: Arc<Self>, listener: TcpListener) {
+        let limits = self.shared.limits.clone();
+        let lifecycle = self.shared.lifecycle.clone();
+        let own = listener.local_addr().ok();
+        accept_loop("transparent", listener, &limits, lifecycle, move |tcp, peer, permit| {
+            let this = self.clone();
+            async move {
+                this.handle(tcp, peer, own).await;
+                drop(permit);
+            }
+        })
+        .await;
+    }
+
+    /// Classifies a destination by the configuration: passthrough CIDRs and ports first, then
+    /// the first destination rule that matches; anything else is a mesh peer of any identity.
+    pub(crate) fn classify(config: &TransparentConfig, destination: SocketAddr) -> Destination {
+        let passthrough = &config.passthrough;
+        if passthrough.ports.contains(&destination.port())
+            || passthrough
+                .cidrs
+                .iter()
+                .any(|net| net.contains(&destination.ip()))
+        {
+            return Destination::Passthrough;
+        }
+        let expected = config
+            .destinations
+            .iter()
+            .find(|rule| {
+                rule.cidr.contains(&destination.ip())
+                    && rule.port.is_none_or(|port| port == destination.port())
+            })
+            .map_or(ExpectedServer::AnyInTrustDomain, |rule| {
+                ExpectedServer::OneOf(rule.identity.0.clone())
+            });
+        Destination::Mesh {
+            expected,
+            opaque: config.opaque_ports.contains(&destination.port()),
+        }
+    }
+
+    async fn handle(&self, tcp: TcpStream, peer: SocketAddr, own: Option<SocketAddr>) {
+        let destination = match original_destination(&tcp) {
+            Ok(destination) => destination,
+            Err(e) => {
+                warn!(%peer, error = %e, "cannot read the original destination of a redirected connection");
+                return;
+            }
+        };
+        if Some(destination) == own {
+            // Not redirected: someone connected to this port directly. Dialling the
+            // "original destination" would connect the listener to itself.
+            warn!(%peer, "refused a connection made directly to the transparent listener; it only serves traffic redirected by iptables");
+            return;
+        }
+        match Self::classify(&self.config, destination) {
+            Destination::Passthrough => self.pass_through(tcp, peer, destination).await,
+            Destination::Mesh { expected, opaque } => {
+                let Some(route) = self.route(destination, expected) else {
+                    return;
+                };
+                let protocol = if opaque { Protocol::Tcp } else { Protocol::Detect };
+                proxy_to(tcp, peer, &route, protocol, &self.shared).await;
+            }
+        }
+    }
+
+    fn route(&self, destination: SocketAddr, expected: ExpectedServer) -> Option<Arc<Route>> {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(route) = routes.get(&destination)
+            && route.connector.expected == expected
+        {
+            return Some(route.clone());
+        }
+        if routes.len() >= MAX_TRANSPARENT_ROUTES {
+            routes.clear();
+        }
+        let connector = (self.make_connector)(expected)?;
+        let route = Arc::new(Route::new(
+            Target::Addr(destination),
+            connector,
+            Protocol::Detect,
+            &self.shared.metrics,
+        ));
+        routes.insert(destination, route.clone());
+        Some(route)
+    }
+
+    async fn pass_through(&self, tcp: TcpStream, peer: SocketAddr, destination: SocketAddr) {
+        let metrics = &self.shared.metrics;
+        let _open = metrics.open_connection(Direction::Outbound);
+        metrics.connection(Direction::Outbound, ProtocolLabel::Passthrough);
+        let activity = Activity::new();
+        let mut app = Metered::new(tcp, metrics.bytes(Direction::Outbound), activity.clone());
+        let mut upstream = match Target::Addr(destination)
+            .connect(self.shared.limits.connect_timeout)
+            .await
+        {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                metrics.connect_failure(Direction::Outbound, "passthrough");
+                debug!(%peer, error = %e, "passthrough destination unreachable");
+                return;
+            }
+        };
+        tokio::select! {
+            result = relay(&mut app, &mut upstream) => {
+                if let Err(e) = result {
+                    debug!(%peer, error = %e, "passthrough connection ended with an error");
+                }
+            }
+            () = activity.idle_for(self.shared.limits.idle_timeout) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DestinationRule, Identities, Passthrough};
+
+    fn config() -> TransparentConfig {
+        TransparentConfig {
+            listen: "127.0.0.1:15001".parse().unwrap(),
+            passthrough: Passthrough {
+                cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+                ports: vec![53],
+            },
+            opaque_ports: vec![3306],
+            destinations: vec![
+                DestinationRule {
+                    cidr: "10.1.2.0/24".parse().unwrap(),
+                    port: Some(8080),
+                    identity: Identities(vec!["spiffe://cluster.local/backend".parse().unwrap()]),
+                },
+                DestinationRule {
+                    cidr: "10.1.0.0/16".parse().unwrap(),
+                    port: None,
+                    identity: Identities(vec!["spiffe://cluster.local/other".parse().unwrap()]),
+                },
+            ],
+        }
+    }
+
+    /// One row per routing rule: destination, and what must happen to it.
+    #[test]
+    fn destinations_are_classified_by_the_first_matching_rule() {
+        let backend = ExpectedServer::OneOf(vec!["spiffe://cluster.local/backend".parse().unwrap()]);
+        let other = ExpectedServer::OneOf(vec!["spiffe://cluster.local/other".parse().unwrap()]);
+        let cases = [
+            ("10.100.0.1:443", Destination::Passthrough),
+            ("10.1.2.3:53", Destination::Passthrough),
+            (
+                "10.1.2.3:8080",
+                Destination::Mesh {
+                    expected: backend,
+                    opaque: false,
+                },
+            ),
+            (
+                "10.1.2.3:9090",
+                Destination::Mesh {
+                    expected: other.clone(),
+                    opaque: false,
+                },
+            ),
+            (
+                "10.1.9.9:3306",
+                Destination::Mesh {
+                    expected: other,
+                    opaque: true,
+                },
+            ),
+            (
+                "192.168.1.1:80",
+                Destination::Mesh {
+                    expected: ExpectedServer::AnyInTrustDomain,
+                    opaque: false,
+                },
+            ),
+        ];
+        let config = config();
+        for (destination, expected) in cases {
+            assert_eq!(
+                Transparent::classify(&config, destination.parse().unwrap()),
+                expected,
+                "{destination}"
+            );
+        }
+    }
+}

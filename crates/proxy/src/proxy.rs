@@ -1,0 +1,357 @@
+//! One sidecar: its listeners, its identity, and how it starts and stops.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hush_identity::{SpiffeId, TrustBundle, TrustDomain};
+use hush_tls::{CredentialStore, ExpectedServer, TlsConfigError, TrustStore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::admin::Admin;
+use crate::config::{ConfigError, ProxyConfig};
+use crate::http::{Forward, HttpVersion};
+use crate::identity::{IdentityManager, IdentityStatus};
+use crate::inbound::Inbound;
+use crate::metrics::Metrics;
+use crate::outbound::{OutboundShared, Route, Transparent, run_explicit};
+use crate::serve::Lifecycle;
+use crate::tls::{MeshConnector, Target, inbound_acceptor};
+
+/// The sidecar could not start.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The configuration was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The trust bundle file is missing or unusable.
+    #[error("cannot use the trust bundle {path}: {reason}")]
+    Bundle {
+        /// The file (`ca.trust_bundle`).
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A configured identity belongs to another trust domain, so no peer could ever prove it.
+    #[error("{field}: {id} is not in this mesh's trust domain {trust_domain}")]
+    ForeignIdentity {
+        /// The field, e.g. `outbound[0].identity`.
+        field: String,
+        /// The identity.
+        id: SpiffeId,
+        /// The trust domain of the bundle.
+        trust_domain: TrustDomain,
+    },
+    /// A listener could not be opened.
+    #[error("cannot listen on {addr} ({field}): {source}")]
+    Bind {
+        /// The field, e.g. `inbound.listen`.
+        field: String,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS could not be configured.
+    #[error(transparent)]
+    Tls(#[from] TlsConfigError),
+}
+
+/// Where a bound sidecar listens (port 0 in the configuration resolved to real ports).
+#[derive(Clone, Debug)]
+pub struct ProxyAddresses {
+    /// The admin server.
+    pub admin: SocketAddr,
+    /// The inbound (mTLS) listener.
+    pub inbound: Option<SocketAddr>,
+    /// The explicit outbound listeners, in configuration order.
+    pub outbound: Vec<SocketAddr>,
+    /// The transparent listener.
+    pub transparent: Option<SocketAddr>,
+}
+
+/// A sidecar whose listeners are bound; [`Proxy::run`] starts it.
+pub struct Proxy {
+    config: ProxyConfig,
+    trust: TrustStore,
+    credentials: CredentialStore,
+    metrics: Metrics,
+    status: watch::Sender<IdentityStatus>,
+    admin: TcpListener,
+    inbound: Option<TcpListener>,
+    outbound: Vec<TcpListener>,
+    transparent: Option<TcpListener>,
+    shutdown_requested: CancellationToken,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("addresses", &self.addresses())
+            .field("trust", &self.trust)
+            .finish()
+    }
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    /// Loads the trust bundle, checks the configuration against it, and binds every listener.
+    /// Nothing is accepted until [`Self::run`].
+    pub async fn bind(config: ProxyConfig) -> Result<Self, ProxyError> {
+        Self::bind_with(config, None).await
+    }
+
+    /// Like [`Self::bind`], taking an already-bound inbound listener (its address replaces
+    /// `inbound.listen`). `hush up` uses this to wire sidecars that call each other before
+    /// any of them runs.
+    pub async fn bind_with(
+        config: ProxyConfig,
+        inbound: Option<std::net::TcpListener>,
+    ) -> Result<Self, ProxyError> {
+        let bundle_path = &config.ca.trust_bundle;
+        let pem = std::fs::read(bundle_path).map_err(|e| ProxyError::Bundle {
+            path: bundle_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let bundle = TrustBundle::from_pem(&pem, None).map_err(|e| ProxyError::Bundle {
+            path: bundle_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let trust_domain = bundle.trust_domain().clone();
+        let check = |field: String, ids: &[SpiffeId]| {
+            match ids.iter().find(|id| !id.is_member_of(&trust_domain)) {
+                Some(id) => Err(ProxyError::ForeignIdentity {
+                    field,
+                    id: id.clone(),
+                    trust_domain: trust_domain.clone(),
+                }),
+                None => Ok(()),
+            }
+        };
+        for (i, outbound) in config.outbound.iter().enumerate() {
+            check(format!("outbound[{i}].identity"), &outbound.identity.0)?;
+        }
+        if let Some(transparent) = &config.transparent {
+            for (i, rule) in transparent.destinations.iter().enumerate() {
+                check(
+                    format!("transparent.destinations[{i}].identity"),
+                    &rule.identity.0,
+                )?;
+            }
+        }
+        let trust = TrustStore::new(bundle)?;
+
+        let admin = bind("admin.listen", config.admin.listen).await?;
+        let inbound = match (inbound, &config.inbound) {
+            (Some(prebound), Some(cfg)) => {
+                let prebound = prebound
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpListener::from_std(prebound))
+                    .map_err(|source| ProxyError::Bind {
+                        field: "inbound.listen".into(),
+                        addr: cfg.listen,
+                        source,
+                    })?;
+                Some(prebound)
+            }
+            (None, Some(cfg)) => Some(bind("inbound.listen", cfg.listen).await?),
+            (_, None) => None,
+        };
+        let mut outbound = Vec::with_capacity(config.outbound.len());
+        for (i, cfg) in config.outbound.iter().enumerate() {
+            outbound.push(bind(&format!("outbound[{i}].listen"), cfg.listen).await?);
+        }
+        let transparent = match &config.transparent {
+            Some(cfg) => Some(bind("transparent.listen", cfg.listen).await?),
+            None => None,
+        };
+        let (status, _) = watch::channel(IdentityStatus::default());
+        Ok(Self {
+            config,
+            trust,
+            credentials: CredentialStore::new(),
+            metrics: Metrics::new(),
+            status,
+            admin,
+            inbound,
+            outbound,
+            transparent,
+            shutdown_requested: CancellationToken::new(),
+        })
+    }
+
+    /// The bound addresses.
+    pub fn addresses(&self) -> ProxyAddresses {
+        let addr = |l: &TcpListener| l.local_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+        ProxyAddresses {
+            admin: addr(&self.admin),
+            inbound: self.inbound.as_ref().map(addr),
+            outbound: self.outbound.iter().map(addr).collect(),
+            transparent: self.transparent.as_ref().map(addr),
+        }
+    }
+
+    /// The identity as it evolves: no certificate, then each certificate in turn.
+    pub fn status(&self) -> watch::Receiver<IdentityStatus> {
+        self.status.subscribe()
+    }
+
+    /// The metrics (also served at `/metrics`).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// The trust domain of the mesh.
+    pub fn trust_domain(&self) -> TrustDomain {
+        self.trust.trust_domain()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+
+    /// Obtains the workload certificate, then serves until `shutdown` completes or `POST
+    /// /shutdown` is called; then drains: listeners close, HTTP connections finish their
+    /// in-flight requests, and whatever is still open after `shutdown_grace` is closed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
+        let Self {
+            config,
+            trust,
+            credentials,
+            metrics,
+            status,
+            admin,
+            inbound,
+            outbound,
+            transparent,
+            shutdown_requested,
+        } = self;
+        let lifecycle = Lifecycle::default();
+        let background = CancellationToken::new();
+        let status_rx = status.subscribe();
+
+        let admin_server = Arc::new(Admin {
+            metrics: metrics.clone(),
+            status: status_rx.clone(),
+            trust: trust.clone(),
+            draining: lifecycle.draining.clone(),
+            shutdown_requested: shutdown_requested.clone(),
+        });
+        let admin_task = tokio::spawn(admin_server.run(admin, background.clone()));
+        let identity = IdentityManager::new(
+            config.ca.clone(),
+            trust.clone(),
+            credentials.clone(),
+            status,
+            metrics.clone(),
+        );
+        let identity_task = tokio::spawn(identity.run(background.clone()));
+
+        tokio::pin!(shutdown);
+        let mut first = status_rx.clone();
+        let stop_early = tokio::select! {
+            result = first.wait_for(|s| s.svid.is_some()) => result.is_err(),
+            () = &mut shutdown => true,
+            () = shutdown_requested.cancelled() => true,
+        };
+        let mut accept_loops = Vec::new();
+        if !stop_early {
+            let limits = config.limits.clone();
+            if let (Some(listener), Some(cfg)) = (inbound, &config.inbound) {
+                let server = Arc::new(Inbound {
+                    acceptor: inbound_acceptor(&credentials, &trust)?,
+                    app: cfg.app,
+                    protocol: cfg.protocol,
+                    limits: limits.clone(),
+                    metrics: metrics.clone(),
+                    status: status_rx.clone(),
+                    lifecycle: lifecycle.clone(),
+                    app_http1: Forward::app(cfg.app, HttpVersion::Http1, limits.connect_timeout),
+                    app_http2: Forward::app(cfg.app, HttpVersion::Http2, limits.connect_timeout),
+                });
+                accept_loops.push(tokio::spawn(server.run(listener)));
+            }
+            let shared = OutboundShared {
+                limits: limits.clone(),
+                metrics: metrics.clone(),
+                lifecycle: lifecycle.clone(),
+            };
+            for (listener, cfg) in outbound.into_iter().zip(&config.outbound) {
+                let connector = MeshConnector::new(
+                    &credentials,
+                    &trust,
+                    ExpectedServer::OneOf(cfg.identity.0.clone()),
+                    limits.connect_timeout,
+                    limits.handshake_timeout,
+                )?;
+                let route = Arc::new(Route::new(
+                    Target::parse(&cfg.upstream),
+                    connector,
+                    cfg.protocol,
+                    &metrics,
+                ));
+                accept_loops.push(tokio::spawn(run_explicit(listener, route, shared.clone())));
+            }
+            if let (Some(listener), Some(cfg)) = (transparent, &config.transparent) {
+                let (credentials, trust) = (credentials.clone(), trust.clone());
+                let make_connector = Box::new(move |expected: ExpectedServer| {
+                    MeshConnector::new(
+                        &credentials,
+                        &trust,
+                        expected,
+                        limits.connect_timeout,
+                        limits.handshake_timeout,
+                    )
+                    .map_err(|e| warn!(error = %e, "cannot configure TLS for a destination"))
+                    .ok()
+                });
+                let server = Arc::new(Transparent::new(cfg.clone(), make_connector, shared));
+                accept_loops.push(tokio::spawn(server.run(listener)));
+            }
+            tokio::select! {
+                () = &mut shutdown => {}
+                () = shutdown_requested.cancelled() => {}
+            }
+        }
+
+        info!(grace = %humantime::format_duration(config.shutdown_grace), "draining: no new connections; in-flight requests may finish");
+        lifecycle.draining.cancel();
+        for accept_loop in accept_loops {
+            let _ = accept_loop.await;
+        }
+        lifecycle.tracker.close();
+        if tokio::time::timeout(config.shutdown_grace, lifecycle.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                connections = lifecycle.tracker.len(),
+                "closing connections still open after the shutdown grace period"
+            );
+            lifecycle.force_close.cancel();
+            lifecycle.tracker.wait().await;
+        }
+        background.cancel();
+        let _ = identity_task.await;
+        let _ = admin_task.await;
+        info!("sidecar stopped");
+        Ok(())
+    }
+}
+
+async fn bind(field: &str, addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Bind {
+            field: field.to_string(),
+            addr,
+            source,
+        })
+}
