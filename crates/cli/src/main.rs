@@ -1,7 +1,10 @@
-//! `hush`: the one binary of the hush mesh — the CA, certificate tools, and `hush up`.
+//! `hush`: the one binary of the hush mesh — the CA, the sidecar proxy, certificate tools, and
+//! `hush up`.
 
 mod ca;
 mod cert;
+mod echo;
+mod proxy;
 mod up;
 
 use std::process::ExitCode;
@@ -11,7 +14,8 @@ use clap::{Parser, Subcommand};
 /// hush — a small, clear mTLS service-mesh security core.
 ///
 /// The CA issues short-lived SPIFFE workload certificates (X.509-SVIDs) over gRPC to callers that
-/// prove who they are with a join token or a Kubernetes service-account token.
+/// prove who they are with a join token or a Kubernetes service-account token; the sidecar proxy
+/// makes every connection between services mutual TLS 1.3 and tells the app who is calling.
 #[derive(Debug, Parser)]
 #[command(name = "hush", version, propagate_version = true)]
 struct Cli {
@@ -32,15 +36,17 @@ enum Command {
     /// Look at certificates, or ask a CA for one.
     #[command(subcommand)]
     Cert(cert::CertCommand),
-    /// Start hush on this machine in one command: a CA on loopback and workloads that get
-    /// their identities from it.
+    /// Run the sidecar: mutual TLS 1.3 between services, with identities from the CA.
+    Proxy(proxy::ProxyArgs),
+    /// Start a whole mesh on this machine in one command: a CA, and demo services each behind
+    /// its own sidecar, all on loopback.
     Up(up::UpArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match &cli.command {
-        Command::Ca(ca::CaCommand::Serve(_)) => "info",
+        Command::Ca(ca::CaCommand::Serve(_)) | Command::Proxy(_) => "info",
         // `hush up` tells its own story on stdout; the CA's refusal warnings would repeat it.
         Command::Up(_) => "error",
         _ => "warn",
@@ -60,6 +66,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Ca(cmd) => ca::run(cmd).await,
             Command::Cert(cmd) => cert::run(cmd).await,
+            Command::Proxy(args) => proxy::run(args).await,
             Command::Up(args) => up::run(args).await,
         }
     });

@@ -201,8 +201,13 @@ pub(crate) async fn forward(
             Ok(response.map(Either::Left))
         }
         Err(error) => {
-            let reason = describe_forward_error(&error, &ctx.destination);
-            warn!(direction = ?ctx.direction, %reason, "request failed");
+            let (reason, dial_error) = describe_forward_error(&error, &ctx.destination);
+            // A failed dial to an upstream was logged where it happened, once per attempt.
+            if dial_error && ctx.direction == Direction::Outbound {
+                debug!(%reason, "request failed");
+            } else {
+                warn!(direction = ctx.direction.as_str(), "request failed: {reason}");
+            }
             ctx.metrics
                 .request(ctx.direction, ctx.version.label(), StatusCode::BAD_GATEWAY.as_u16());
             Ok(error_response(StatusCode::BAD_GATEWAY, grpc, &reason))
@@ -354,28 +359,46 @@ fn make_absolute<B>(request: &mut Request<B>, fallback: &Authority) -> Result<()
     Ok(())
 }
 
-/// Why forwarding failed, in words: the dial error when there is one (connection refused,
-/// handshake refused, wrong identity), else the TLS or I/O error underneath.
-fn describe_forward_error(error: &hyper_util::client::legacy::Error, destination: &str) -> String {
+/// Why forwarding failed, in words, and whether it was a failed dial: the dial error when
+/// there is one (connection refused, handshake refused, wrong identity), else the TLS error
+/// underneath, else the whole chain of causes.
+fn describe_forward_error(
+    error: &hyper_util::client::legacy::Error,
+    destination: &str,
+) -> (String, bool) {
     let mut source: Option<&(dyn StdError + 'static)> = error.source();
     while let Some(cause) = source {
         if let Some(dial) = cause.downcast_ref::<DialError>() {
-            return dial.to_string();
+            return (dial.to_string(), true);
         }
         if let Some(io) = cause.downcast_ref::<io::Error>()
             && io
                 .get_ref()
                 .is_some_and(|inner| inner.is::<hush_tls::rustls::Error>())
         {
-            return format!(
-                "the connection to {destination} failed: {}",
-                hush_tls::explain_io_error(io)
-            );
+            let failure = hush_tls::explain_io_error(io);
+            return (format!("the connection to {destination} failed: {failure}"), false);
         }
         source = cause.source();
     }
-    let detail = error.source().map_or_else(|| error.to_string(), ToString::to_string);
-    format!("the connection to {destination} failed: {detail}")
+    (
+        format!("the connection to {destination} failed: {}", error_chain(error)),
+        false,
+    )
+}
+
+/// An error and its causes, `outer: inner: innermost`, skipping repeats.
+fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = cause.source();
+    }
+    parts.join(": ")
 }
 
 /// Dials the local app.
@@ -397,7 +420,16 @@ impl tower::Service<Uri> for AppConnector {
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let target = Target::Addr(self.addr);
         let timeout = self.connect_timeout;
-        Box::pin(async move { Ok(TokioIo::new(target.connect(timeout).await?)) })
+        Box::pin(async move {
+            let tcp = target
+                .connect(timeout)
+                .await
+                .map_err(|source| DialError::Connect {
+                    target: format!("the app at {target}"),
+                    source,
+                })?;
+            Ok(TokioIo::new(tcp))
+        })
     }
 }
 

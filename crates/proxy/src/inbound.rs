@@ -169,7 +169,7 @@ impl Inbound {
             Ok(app) => app,
             Err(e) => {
                 self.metrics.connect_failure(Direction::Inbound, "app");
-                warn!(%peer, error = %e, "cannot reach the app; closing the connection");
+                warn!(%peer, "cannot connect to the app at {}: {e}; closing the connection", self.app);
                 return;
             }
         };

@@ -204,14 +204,14 @@ pub(crate) async fn dial_logged(
                 DialError::Handshake { failure, .. } => {
                     metrics.handshake_failure(Direction::Outbound, failure);
                     if failure.step == HandshakeStep::Connection {
-                        info!(%target, "upstream handshake failed: {failure}");
+                        info!("handshake with upstream {target} failed: {failure}");
                     } else {
-                        warn!(%target, "refused upstream {target}: {failure}");
+                        warn!("refused upstream {target}: {failure}");
                     }
                 }
                 DialError::Connect { .. } => {
                     metrics.connect_failure(Direction::Outbound, "upstream");
-                    warn!(%target, "{error}");
+                    warn!("{error}");
                 }
             }
             Err(error)

@@ -81,7 +81,8 @@ pub(crate) struct MeshConnector {
 /// Dialling an upstream failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DialError {
-    /// No TCP connection.
+    /// No TCP connection. `target` says what was dialled: `upstream 10.0.0.1:15006`, `the app
+    /// at 127.0.0.1:8080`.
     #[error("cannot connect to {target}: {source}")]
     Connect {
         target: String,
@@ -129,7 +130,13 @@ impl MeshConnector {
         target: &Target,
         protocol: MeshProtocol,
     ) -> Result<TlsStream<TcpStream>, DialError> {
-        let tcp = target.connect(self.connect_timeout).await?;
+        let tcp = target
+            .connect(self.connect_timeout)
+            .await
+            .map_err(|source| DialError::Connect {
+                target: format!("upstream {target}"),
+                source,
+            })?;
         let connector = match protocol {
             MeshProtocol::Http1 => &self.http1,
             MeshProtocol::Http2 => &self.http2,
@@ -143,11 +150,11 @@ impl MeshConnector {
         match tokio::time::timeout(self.handshake_timeout, connector.connect(name, tcp)).await {
             Ok(Ok(tls)) => Ok(tls),
             Ok(Err(e)) => Err(DialError::Handshake {
-                target: target.to_string(),
+                target: format!("upstream {target}"),
                 failure: HandshakeFailure::from_io(&e),
             }),
             Err(_) => Err(DialError::Handshake {
-                target: target.to_string(),
+                target: format!("upstream {target}"),
                 failure: HandshakeFailure::timed_out(self.handshake_timeout),
             }),
         }
@@ -169,31 +176,21 @@ impl Target {
             .map_or_else(|_| Self::Name(value.to_string()), Self::Addr)
     }
 
-    pub(crate) async fn connect(&self, timeout: Duration) -> Result<TcpStream, DialError> {
+    pub(crate) async fn connect(&self, timeout: Duration) -> io::Result<TcpStream> {
         let attempt = async {
             match self {
                 Self::Addr(addr) => TcpStream::connect(addr).await,
                 Self::Name(name) => TcpStream::connect(name.as_str()).await,
             }
         };
-        let tcp = match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(source)) => {
-                return Err(DialError::Connect {
-                    target: self.to_string(),
-                    source,
-                });
-            }
-            Err(_) => {
-                return Err(DialError::Connect {
-                    target: self.to_string(),
-                    source: io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no answer within {}", humantime::format_duration(timeout)),
-                    ),
-                });
-            }
-        };
+        let tcp = tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {}", humantime::format_duration(timeout)),
+                )
+            })??;
         let _ = tcp.set_nodelay(true);
         Ok(tcp)
     }

@@ -309,13 +309,19 @@ impl HandshakeFailure {
                      has this side's certificate been renewed?"
                 ),
             ),
+            A::CertificateRequired => Self::new(
+                CertificateChain,
+                "refused_by_peer",
+                format!(
+                    "the peer requires a certificate and this side presented none (alert {name})"
+                ),
+            ),
             A::BadCertificate
             | A::UnsupportedCertificate
             | A::CertificateRevoked
             | A::CertificateUnknown
             | A::UnknownCA
-            | A::AccessDenied
-            | A::CertificateRequired => Self::new(
+            | A::AccessDenied => Self::new(
                 CertificateChain,
                 "refused_by_peer",
                 format!(

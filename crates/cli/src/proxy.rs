@@ -1,0 +1,115 @@
+//! `hush proxy`: run the sidecar.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hush_proxy::{Proxy, ProxyConfig};
+
+use crate::ca::{hush_ca_time, shutdown_signal};
+
+#[derive(Debug, Args)]
+pub(crate) struct ProxyArgs {
+    /// The sidecar's YAML configuration (see examples/proxy/).
+    #[arg(long, env = "HUSH_PROXY_CONFIG")]
+    config: PathBuf,
+    /// Check the configuration and the trust bundle, bind nothing, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+/// The line printed once the sidecar holds its certificate and accepts connections.
+pub(crate) const READY_PREFIX: &str = "hush proxy: ready as ";
+
+pub(crate) async fn run(args: ProxyArgs) -> Result<()> {
+    let config = ProxyConfig::load(&args.config)?;
+    if args.check {
+        check(&config)?;
+        println!("{}: the configuration is valid", args.config.display());
+        return Ok(());
+    }
+    let proxy = Proxy::bind(config)
+        .await
+        .with_context(|| format!("cannot start the sidecar of {}", args.config.display()))?;
+    print_listeners(&proxy)?;
+    let mut status = proxy.status();
+    tokio::spawn(async move {
+        if let Ok(status) = status.wait_for(|s| s.svid.is_some()).await
+            && let Some(svid) = &status.svid
+        {
+            say(&format!(
+                "{READY_PREFIX}{} (certificate {}, expires {})",
+                svid.spiffe_id,
+                svid.serial,
+                hush_ca_time(svid.not_after.into())
+            ));
+        }
+    });
+    proxy.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// What `--check` can verify without binding: the YAML (already parsed) and the bundle.
+fn check(config: &ProxyConfig) -> Result<()> {
+    let pem = std::fs::read(&config.ca.trust_bundle).with_context(|| {
+        format!(
+            "cannot read the trust bundle {}",
+            config.ca.trust_bundle.display()
+        )
+    })?;
+    let bundle = hush_identity::TrustBundle::from_pem(&pem, None).with_context(|| {
+        format!(
+            "the trust bundle {} cannot be used",
+            config.ca.trust_bundle.display()
+        )
+    })?;
+    for (i, outbound) in config.outbound.iter().enumerate() {
+        for id in &outbound.identity.0 {
+            anyhow::ensure!(
+                id.is_member_of(bundle.trust_domain()),
+                "outbound[{i}].identity: {id} is not in this mesh's trust domain {}",
+                bundle.trust_domain()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_listeners(proxy: &Proxy) -> Result<()> {
+    let addresses = proxy.addresses();
+    let config = proxy.config();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "hush proxy: admin       http://{}", addresses.admin)?;
+    if let (Some(addr), Some(inbound)) = (addresses.inbound, &config.inbound) {
+        writeln!(
+            out,
+            "hush proxy: inbound     {addr} (mutual TLS) -> app {} ({})",
+            inbound.app, inbound.protocol
+        )?;
+    }
+    for (addr, outbound) in addresses.outbound.iter().zip(&config.outbound) {
+        writeln!(
+            out,
+            "hush proxy: outbound    {addr} -> {} ({}), which must prove {}",
+            outbound.upstream, outbound.protocol, outbound.identity
+        )?;
+    }
+    if let Some(addr) = addresses.transparent {
+        writeln!(out, "hush proxy: transparent {addr} (redirected traffic)")?;
+    }
+    writeln!(
+        out,
+        "hush proxy: trust domain {}; asking the CA at {} for a certificate",
+        proxy.trust_domain(),
+        config.ca.address
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
