@@ -1854,55 +1854,6 @@ fn cert_inspect_explains_broken_and_unreadable_files() {
 
 // === 11. `hush up --once` ===
 
-#[test]
-fn hush_up_once_issues_two_identities_and_shows_a_refusal() {
-    let temp = tempfile::tempdir().expect("temp dir");
-    let dir = temp.path().join("up");
-    let output = run_hush(HUSH, &["up", "--once", "--dir", path_str(&dir)]);
-    assert!(output.status.success(), "{}", describe_output(&output));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    for needle in [
-        "created a CA for trust domain cluster.local",
-        "frontend: proved spiffe://cluster.local/ns/demo/sa/frontend",
-        "backend: proved spiffe://cluster.local/ns/demo/sa/backend",
-        "SVID check: ok, a valid X.509-SVID leaf",
-        "replaying backend's single-use token is refused",
-        "Unauthenticated",
-        "already used",
-    ] {
-        assert!(stdout.contains(needle), "expected {needle:?} in:\n{stdout}");
-    }
-    let bundle = bundle_of(&dir.join("ca"));
-    for workload in ["frontend", "backend"] {
-        let pem = fs::read_to_string(dir.join(workload).join("svid.pem")).expect("svid.pem");
-        let chain = pem_certificates(&pem);
-        let id = check_leaf_svid(&chain[0]).expect("leaf");
-        assert_eq!(
-            id.to_string(),
-            format!("spiffe://cluster.local/ns/demo/sa/{workload}")
-        );
-        verify_chain(&chain, bundle.roots(), Usage::ServerAuth).expect("verifies");
-    }
-    let audit = read_audit(&dir.join("ca").join("audit.log"));
-    let events: Vec<_> = audit
-        .iter()
-        .map(|l| l["event"].as_str().unwrap_or("?"))
-        .collect();
-    assert_eq!(events, ["issued", "issued", "issued", "refused"]);
-    // The third issuance is frontend's renewal with its certificate.
-    assert_eq!(audit[2]["attestation"], "x509_svid");
-    assert!(
-        stdout.contains("renewed with its current certificate"),
-        "{stdout}"
-    );
-
-    // A second run reuses the CA.
-    let again = run_hush(HUSH, &["up", "--once", "--dir", path_str(&dir)]);
-    assert!(again.status.success(), "{}", describe_output(&again));
-    assert!(String::from_utf8_lossy(&again.stdout).contains("using the CA in"));
-    assert_eq!(bundle_of(&dir.join("ca")).roots(), bundle.roots());
-}
-
 // === 12. `hush cert request` ===
 
 #[test]

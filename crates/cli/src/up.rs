@@ -115,8 +115,7 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
         ),
         None => (DEFAULT_MESH.to_string(), DEFAULT_MESH_NAME.to_string()),
     };
-    let mesh: Mesh =
-        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    let mesh: Mesh = serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     let trust_domain = TrustDomain::new(&mesh.trust_domain)
         .with_context(|| format!("{origin}: trust_domain {:?}", mesh.trust_domain))?;
     let ids = check_mesh(&mesh, &trust_domain).with_context(|| origin.clone())?;
@@ -237,11 +236,7 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
         let stopped = stop.clone();
         sidecars.push((
             name,
-            tokio::spawn(async move {
-                proxy
-                    .run(async move { stopped.cancelled().await })
-                    .await
-            }),
+            tokio::spawn(async move { proxy.run(async move { stopped.cancelled().await }).await }),
             async move { status.wait_for(|s| s.svid.is_some()).await.is_ok() },
         ));
     }
@@ -284,8 +279,11 @@ fn check_mesh(mesh: &Mesh, trust_domain: &TrustDomain) -> Result<HashMap<String,
     }
     let mut ids = HashMap::new();
     for (i, service) in mesh.services.iter().enumerate() {
-        let id = SpiffeId::from_segments(trust_domain, &["ns", &service.namespace, "sa", &service.name])
-            .with_context(|| format!("services[{i}]: {:?} cannot name a workload", service.name))?;
+        let id = SpiffeId::from_segments(
+            trust_domain,
+            &["ns", &service.namespace, "sa", &service.name],
+        )
+        .with_context(|| format!("services[{i}]: {:?} cannot name a workload", service.name))?;
         if ids.insert(service.name.clone(), id).is_some() {
             bail!("services[{i}].name: {:?} appears twice", service.name);
         }
@@ -402,7 +400,10 @@ async fn demonstrate(
         Err(e) => say(&format!("  the call failed: {e:#}")),
     }
 
-    say(&format!("\nWhat the mesh refuses, at {}'s sidecar ({}):", to.name, to.inbound));
+    say(&format!(
+        "\nWhat the mesh refuses, at {}'s sidecar ({}):",
+        to.name, to.inbound
+    ));
     match plaintext_probe(to.inbound).await {
         Ok(answer) => say(&format!("  plaintext HTTP:            {answer}")),
         Err(e) => say(&format!("  plaintext HTTP:            {e:#}")),
@@ -455,7 +456,12 @@ async fn plaintext_probe(addr: SocketAddr) -> Result<String> {
         .context("no answer")??;
     let text = String::from_utf8_lossy(&answer);
     let status = text.lines().next().unwrap_or_default().to_string();
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().trim().to_string();
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     Ok(format!("{status}: {body}"))
 }
 

@@ -90,7 +90,10 @@ impl Admin {
             "/shutdown" if method == Method::POST => {
                 info!("shutdown requested on the admin port");
                 self.shutdown_requested.cancel();
-                text(StatusCode::OK, "shutting down: draining connections\n".to_string())
+                text(
+                    StatusCode::OK,
+                    "shutting down: draining connections\n".to_string(),
+                )
             }
             "/live" | "/ready" | "/metrics" | "/certs" | "/shutdown" => {
                 let mut response = text(
@@ -176,9 +179,8 @@ impl Admin {
                     .collect(),
             },
         };
-        let body = serde_json::to_string_pretty(&report).unwrap_or_else(|e| {
-            format!("{{\"error\": \"cannot encode the report: {e}\"}}")
-        });
+        let body = serde_json::to_string_pretty(&report)
+            .unwrap_or_else(|e| format!("{{\"error\": \"cannot encode the report: {e}\"}}"));
         let mut response = text(StatusCode::OK, body + "\n");
         response.headers_mut().insert(
             header::CONTENT_TYPE,

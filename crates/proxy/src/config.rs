@@ -309,10 +309,7 @@ impl ProxyConfig {
                 continue;
             }
             if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a == addr) {
-                return Err(invalid(
-                    field,
-                    format!("{addr} is already used by {other}"),
-                ));
+                return Err(invalid(field, format!("{addr} is already used by {other}")));
             }
         }
 
@@ -354,7 +351,9 @@ fn check_ca_address(address: &str) -> Result<(), String> {
         ));
     }
     if uri.port_u16().is_none() {
-        return Err(format!("{address:?} has no port (expected https://host:port)"));
+        return Err(format!(
+            "{address:?} has no port (expected https://host:port)"
+        ));
     }
     Ok(())
 }
@@ -534,7 +533,10 @@ admin:
         ))
         .unwrap();
         assert_eq!(config.ca.trust_bundle, Path::new("/etc/hush/./bundle.pem"));
-        assert_eq!(config.ca.token_file, Path::new("/etc/hush/./frontend.token"));
+        assert_eq!(
+            config.ca.token_file,
+            Path::new("/etc/hush/./frontend.token")
+        );
         let inbound = config.inbound.unwrap();
         assert_eq!(inbound.protocol, Protocol::Detect);
         assert_eq!(config.outbound.len(), 1);
@@ -633,7 +635,10 @@ outbound:
             let error = parse(yaml).expect_err(yaml);
             assert!(error.starts_with("test.yaml"), "{yaml}\n=> {error}");
             for word in *words {
-                assert!(error.contains(word), "{yaml}\n=> {error}\n(missing {word:?})");
+                assert!(
+                    error.contains(word),
+                    "{yaml}\n=> {error}\n(missing {word:?})"
+                );
             }
         }
     }

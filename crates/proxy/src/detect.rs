@@ -115,7 +115,10 @@ pub(crate) struct Sniffed {
 
 /// Reads from `io` until [`detect`] decides, the client stops sending for `timeout`, or the
 /// connection ends. `Detected::NeedMore` is never returned: undecided is `Tcp`.
-pub(crate) async fn sniff<S: AsyncRead + Unpin>(io: &mut S, timeout: Duration) -> io::Result<Sniffed> {
+pub(crate) async fn sniff<S: AsyncRead + Unpin>(
+    io: &mut S,
+    timeout: Duration,
+) -> io::Result<Sniffed> {
     let mut prefix = BytesMut::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -280,7 +283,10 @@ mod tests {
     #[tokio::test]
     async fn sniffing_replays_what_it_read() {
         let (mut client, server) = tokio::io::duplex(64);
-        client.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
         let mut server = server;
         let sniffed = sniff(&mut server, Duration::from_secs(5)).await.unwrap();
         assert_eq!(sniffed.protocol, Detected::Http1);
@@ -294,7 +300,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_is_tcp_after_the_timeout() {
         let (_client, mut server) = tokio::io::duplex(64);
-        let sniffed = sniff(&mut server, Duration::from_millis(200)).await.unwrap();
+        let sniffed = sniff(&mut server, Duration::from_millis(200))
+            .await
+            .unwrap();
         assert_eq!(sniffed.protocol, Detected::Tcp);
         assert!(sniffed.timed_out);
         assert!(sniffed.prefix.is_empty());

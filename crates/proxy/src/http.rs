@@ -175,16 +175,22 @@ pub(crate) async fn forward(
         headers.insert(XFCC_HEADER, identity.xfcc.clone());
     }
     if let Err(reason) = make_absolute(&mut request, &ctx.fallback_authority) {
-        ctx.metrics
-            .request(ctx.direction, ctx.version.label(), StatusCode::BAD_REQUEST.as_u16());
+        ctx.metrics.request(
+            ctx.direction,
+            ctx.version.label(),
+            StatusCode::BAD_REQUEST.as_u16(),
+        );
         return Ok(error_response(StatusCode::BAD_REQUEST, grpc, &reason));
     }
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
 
     match ctx.forward.request(request).await {
         Ok(mut response) => {
-            ctx.metrics
-                .request(ctx.direction, ctx.version.label(), response.status().as_u16());
+            ctx.metrics.request(
+                ctx.direction,
+                ctx.version.label(),
+                response.status().as_u16(),
+            );
             match client_upgrade {
                 Some(client_upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                     let server_upgrade = hyper::upgrade::on(&mut response);
@@ -206,10 +212,16 @@ pub(crate) async fn forward(
             if dial_error && ctx.direction == Direction::Outbound {
                 debug!(%reason, "request failed");
             } else {
-                warn!(direction = ctx.direction.as_str(), "request failed: {reason}");
+                warn!(
+                    direction = ctx.direction.as_str(),
+                    "request failed: {reason}"
+                );
             }
-            ctx.metrics
-                .request(ctx.direction, ctx.version.label(), StatusCode::BAD_GATEWAY.as_u16());
+            ctx.metrics.request(
+                ctx.direction,
+                ctx.version.label(),
+                StatusCode::BAD_GATEWAY.as_u16(),
+            );
             Ok(error_response(StatusCode::BAD_GATEWAY, grpc, &reason))
         }
     }
@@ -377,12 +389,18 @@ fn describe_forward_error(
                 .is_some_and(|inner| inner.is::<hush_tls::rustls::Error>())
         {
             let failure = hush_tls::explain_io_error(io);
-            return (format!("the connection to {destination} failed: {failure}"), false);
+            return (
+                format!("the connection to {destination} failed: {failure}"),
+                false,
+            );
         }
         source = cause.source();
     }
     (
-        format!("the connection to {destination} failed: {}", error_chain(error)),
+        format!(
+            "the connection to {destination} failed: {}",
+            error_chain(error)
+        ),
         false,
     )
 }
@@ -608,7 +626,11 @@ mod tests {
             .header("host", "a b")
             .body(())
             .unwrap();
-        assert!(make_absolute(&mut bad, &fallback).unwrap_err().contains("Host"));
+        assert!(
+            make_absolute(&mut bad, &fallback)
+                .unwrap_err()
+                .contains("Host")
+        );
     }
 
     #[test]

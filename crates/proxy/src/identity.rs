@@ -152,7 +152,8 @@ impl IdentityManager {
                     backoff = MIN_BACKOFF;
                     next_attempt = instant_at(svid.renew_at);
                     self.metrics.renewal(true);
-                    self.metrics.certificate_expiry(unix_seconds(svid.not_after));
+                    self.metrics
+                        .certificate_expiry(unix_seconds(svid.not_after));
                     match &current {
                         None => info!(
                             spiffe_id = %svid.spiffe_id,
@@ -174,16 +175,17 @@ impl IdentityManager {
                 }
                 Err(error) => {
                     self.metrics.renewal(false);
-                    let wait = jittered(backoff, 0.2);
+                    let wait = round_to_millis(jittered(backoff, 0.2));
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     next_attempt = tokio::time::Instant::now() + wait;
                     let still_valid = current
                         .as_ref()
                         .is_some_and(|svid| SystemTime::now() < svid.not_after);
+                    let retry_in = humantime::format_duration(wait);
                     if still_valid {
-                        warn!(%error, retry_in = ?wait, "cannot renew the workload certificate; still serving with the current one");
+                        warn!(%retry_in, "cannot renew the workload certificate; still serving with the current one: {error}");
                     } else {
-                        warn!(%error, retry_in = ?wait, "cannot obtain a workload certificate");
+                        warn!(%retry_in, "cannot obtain a workload certificate: {error}");
                     }
                     self.status.send_modify(|status| {
                         status.last_error = Some(error.0);
@@ -215,10 +217,18 @@ impl IdentityManager {
                 Ok(response) => response,
                 // The CA is down: the token would not get through either.
                 Err(status) if status.code() == tonic::Code::Unavailable => {
-                    return Err(AttemptError(describe_status("renewal", &status)));
+                    return Err(AttemptError(describe_status(
+                        "renewal",
+                        &self.ca.address,
+                        &status,
+                    )));
                 }
                 Err(status) => {
-                    let renewal = describe_status("renewal with the current certificate", &status);
+                    let renewal = describe_status(
+                        "renewal with the current certificate",
+                        &self.ca.address,
+                        &status,
+                    );
                     debug!(%renewal, "falling back to the token");
                     self.with_token(&roots, csr)
                         .await
@@ -262,7 +272,13 @@ impl IdentityManager {
             CaClient::new(&self.ca.address, roots).map_err(|e| AttemptError(e.to_string()))?;
         call(client.certify(&token, csr, self.ca.certificate_ttl))
             .await
-            .map_err(|status| AttemptError(describe_status("attestation with the token", &status)))
+            .map_err(|status| {
+                AttemptError(describe_status(
+                    "attestation with the token",
+                    &self.ca.address,
+                    &status,
+                ))
+            })
     }
 
     fn apply_bundle(&self, roots: Vec<Vec<u8>>) {
@@ -278,7 +294,9 @@ fn check_issued(
     chain: &[CertificateDer<'static>],
 ) -> Result<Svid, AttemptError> {
     let Some((leaf, intermediates)) = chain.split_first() else {
-        return Err(AttemptError("the CA sent an empty certificate chain".into()));
+        return Err(AttemptError(
+            "the CA sent an empty certificate chain".into(),
+        ));
     };
     let verifier = SpiffeServerVerifier::with_trust(trust, expected)
         .map_err(|e| AttemptError(e.to_string()))?;
@@ -319,6 +337,10 @@ fn renewal_delay(remaining: Duration) -> Duration {
     remaining.mul_f64(0.5 + (random_unit() - 0.5) * 0.2)
 }
 
+fn round_to_millis(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn jittered(base: Duration, spread: f64) -> Duration {
     base.mul_f64(1.0 + (random_unit() - 0.5) * 2.0 * spread)
 }
@@ -334,8 +356,12 @@ fn random_unit() -> f64 {
 }
 
 fn read_token(path: &Path) -> Result<String, AttemptError> {
-    let token = std::fs::read_to_string(path)
-        .map_err(|e| AttemptError(format!("cannot read the token file {}: {e}", path.display())))?;
+    let token = std::fs::read_to_string(path).map_err(|e| {
+        AttemptError(format!(
+            "cannot read the token file {}: {e}",
+            path.display()
+        ))
+    })?;
     let token = token.trim();
     if token.is_empty() {
         return Err(AttemptError(format!(
@@ -359,23 +385,36 @@ async fn call<T>(
         })
 }
 
-/// A gRPC failure in words. tonic's `Unavailable` message for a connection that could not be
-/// opened is terse, so its source is added.
-fn describe_status(what: &str, status: &tonic::Status) -> String {
+/// A gRPC failure in words. When the CA could not be reached at all, that is said plainly
+/// (with the TLS step that failed, if it was TLS) instead of tonic's transport message.
+fn describe_status(what: &str, address: &str, status: &tonic::Status) -> String {
     use std::error::Error;
-    let mut text = format!("{what} failed: {:?}: {}", status.code(), status.message());
     let mut source = status.source();
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            text.push_str(&format!(" ({})", hush_tls::explain_io_error(io)));
-            break;
+            let is_tls = io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<hush_tls::rustls::Error>());
+            return if is_tls {
+                format!(
+                    "{what} failed: TLS with the CA at {address}: {}",
+                    hush_tls::explain_io_error(io)
+                )
+            } else {
+                format!("{what} failed: cannot reach the CA at {address}: {io}")
+            };
         }
         source = cause.source();
     }
-    text
+    format!("{what} failed: {:?}: {}", status.code(), status.message())
 }
 
-async fn refresh_bundle(ca: CaConfig, trust: TrustStore, metrics: Metrics, stop: CancellationToken) {
+async fn refresh_bundle(
+    ca: CaConfig,
+    trust: TrustStore,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(ca.bundle_refresh) => {}
@@ -392,7 +431,8 @@ async fn refresh_bundle(ca: CaConfig, trust: TrustStore, metrics: Metrics, stop:
         match call(client.trust_bundle()).await {
             Ok(response) => apply_bundle(&trust, &metrics, response.roots),
             Err(status) => {
-                debug!(error = %describe_status("fetching the trust bundle", &status), "keeping the current trust bundle")
+                let error = describe_status("fetching the trust bundle", &ca.address, &status);
+                debug!(%error, "keeping the current trust bundle");
             }
         }
     }
@@ -490,7 +530,10 @@ mod tests {
         let later = now + Duration::from_secs(120);
         assert!(!status.is_valid_at(later));
         let reason = status.not_ready_reason(later).unwrap();
-        assert!(reason.contains("expired") && reason.contains("CA unreachable"), "{reason}");
+        assert!(
+            reason.contains("expired") && reason.contains("CA unreachable"),
+            "{reason}"
+        );
     }
 
     #[test]
@@ -502,6 +545,9 @@ mod tests {
         std::fs::write(&path, "hushjt.abc.def\n").unwrap();
         assert_eq!(read_token(&path).unwrap(), "hushjt.abc.def");
         let missing = read_token(&dir.path().join("nope")).unwrap_err();
-        assert!(missing.0.contains("cannot read the token file"), "{missing}");
+        assert!(
+            missing.0.contains("cannot read the token file"),
+            "{missing}"
+        );
     }
 }

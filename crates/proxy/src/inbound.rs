@@ -53,13 +53,19 @@ impl Inbound {
     pub(crate) async fn run(self: Arc<Self>, listener: TcpListener) {
         let limits = self.limits.clone();
         let lifecycle = self.lifecycle.clone();
-        accept_loop("inbound", listener, &limits, lifecycle, move |tcp, peer, permit| {
-            let this = self.clone();
-            async move {
-                this.handle(tcp, peer).await;
-                drop(permit);
-            }
-        })
+        accept_loop(
+            "inbound",
+            listener,
+            &limits,
+            lifecycle,
+            move |tcp, peer, permit| {
+                let this = self.clone();
+                async move {
+                    this.handle(tcp, peer).await;
+                    drop(permit);
+                }
+            },
+        )
         .await;
     }
 
@@ -69,17 +75,22 @@ impl Inbound {
             return;
         };
         let activity = Activity::new();
-        let metered = Metered::new(tcp, self.metrics.bytes(Direction::Inbound), activity.clone());
-        let handshake = tokio::time::timeout(
-            self.limits.handshake_timeout,
-            self.acceptor.accept(metered),
-        )
-        .await;
+        let metered = Metered::new(
+            tcp,
+            self.metrics.bytes(Direction::Inbound),
+            activity.clone(),
+        );
+        let handshake =
+            tokio::time::timeout(self.limits.handshake_timeout, self.acceptor.accept(metered))
+                .await;
         let mut tls = match handshake {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => return self.refused(peer, &HandshakeFailure::from_io(&e)),
             Err(_) => {
-                return self.refused(peer, &HandshakeFailure::timed_out(self.limits.handshake_timeout));
+                return self.refused(
+                    peer,
+                    &HandshakeFailure::timed_out(self.limits.handshake_timeout),
+                );
             }
         };
         self.metrics.handshake(Direction::Inbound);
@@ -155,7 +166,14 @@ impl Inbound {
             tracker: self.lifecycle.tracker.clone(),
             force_close: self.lifecycle.force_close.clone(),
         });
-        serve_http(io, ctx, &self.limits, activity, self.lifecycle.draining.clone()).await;
+        serve_http(
+            io,
+            ctx,
+            &self.limits,
+            activity,
+            self.lifecycle.draining.clone(),
+        )
+        .await;
     }
 
     async fn relay_to_app<I>(&self, mut io: I, peer: SocketAddr, activity: Arc<Activity>)
@@ -189,7 +207,8 @@ impl Inbound {
     /// here, plaintext HTTP with an answer that explains.
     async fn starts_with_tls(&self, tcp: TcpStream, peer: SocketAddr) -> Option<TcpStream> {
         let mut first = [0u8; 16];
-        let peeked = tokio::time::timeout(self.limits.handshake_timeout, tcp.peek(&mut first)).await;
+        let peeked =
+            tokio::time::timeout(self.limits.handshake_timeout, tcp.peek(&mut first)).await;
         let n = match peeked {
             Ok(Ok(0)) => return None,
             Ok(Ok(n)) => n,
@@ -198,7 +217,10 @@ impl Inbound {
                 return None;
             }
             Err(_) => {
-                self.refused(peer, &HandshakeFailure::timed_out(self.limits.handshake_timeout));
+                self.refused(
+                    peer,
+                    &HandshakeFailure::timed_out(self.limits.handshake_timeout),
+                );
                 return None;
             }
         };
@@ -269,7 +291,10 @@ mod tests {
             authority_of("127.0.0.1:8080".parse().unwrap()).as_str(),
             "127.0.0.1:8080"
         );
-        assert_eq!(authority_of("[::1]:80".parse().unwrap()).as_str(), "[::1]:80");
+        assert_eq!(
+            authority_of("[::1]:80".parse().unwrap()).as_str(),
+            "[::1]:80"
+        );
     }
 
     #[test]

@@ -247,7 +247,9 @@ impl Metrics {
         let gauge = self
             .inner
             .connections_open
-            .get_or_create_owned(&DirectionLabels { direction: direction.as_str() });
+            .get_or_create_owned(&DirectionLabels {
+                direction: direction.as_str(),
+            });
         gauge.inc();
         OpenConnection { gauge }
     }
@@ -266,7 +268,9 @@ impl Metrics {
     pub(crate) fn handshake(&self, direction: Direction) {
         self.inner
             .handshakes
-            .get_or_create(&DirectionLabels { direction: direction.as_str() })
+            .get_or_create(&DirectionLabels {
+                direction: direction.as_str(),
+            })
             .inc();
     }
 
@@ -306,12 +310,10 @@ impl Metrics {
 
     pub(crate) fn bytes(&self, direction: Direction) -> ByteCounters {
         let get = |flow| {
-            self.inner
-                .bytes
-                .get_or_create_owned(&BytesLabels {
-                    direction: direction.as_str(),
-                    flow,
-                })
+            self.inner.bytes.get_or_create_owned(&BytesLabels {
+                direction: direction.as_str(),
+                flow,
+            })
         };
         ByteCounters {
             received: get("received"),
@@ -322,7 +324,9 @@ impl Metrics {
     pub(crate) fn detect_timeout(&self, direction: Direction) {
         self.inner
             .detect_timeouts
-            .get_or_create(&DirectionLabels { direction: direction.as_str() })
+            .get_or_create(&DirectionLabels {
+                direction: direction.as_str(),
+            })
             .inc();
     }
 

@@ -91,14 +91,20 @@ pub(crate) struct OutboundShared {
 pub(crate) async fn run_explicit(listener: TcpListener, route: Arc<Route>, shared: OutboundShared) {
     let limits = shared.limits.clone();
     let lifecycle = shared.lifecycle.clone();
-    accept_loop("outbound", listener, &limits, lifecycle, move |tcp, peer, permit| {
-        let route = route.clone();
-        let shared = shared.clone();
-        async move {
-            proxy_to(tcp, peer, &route, route.protocol, &shared).await;
-            drop(permit);
-        }
-    })
+    accept_loop(
+        "outbound",
+        listener,
+        &limits,
+        lifecycle,
+        move |tcp, peer, permit| {
+            let route = route.clone();
+            let shared = shared.clone();
+            async move {
+                proxy_to(tcp, peer, &route, route.protocol, &shared).await;
+                drop(permit);
+            }
+        },
+    )
     .await;
 }
 
@@ -233,7 +239,10 @@ pub(crate) enum Destination {
     /// Outside the mesh: plain TCP, untouched.
     Passthrough,
     /// A peer sidecar that must prove this.
-    Mesh { expected: ExpectedServer, opaque: bool },
+    Mesh {
+        expected: ExpectedServer,
+        opaque: bool,
+    },
 }
 
 impl Transparent {
@@ -254,13 +263,19 @@ impl Transparent {
         let limits = self.shared.limits.clone();
         let lifecycle = self.shared.lifecycle.clone();
         let own = listener.local_addr().ok();
-        accept_loop("transparent", listener, &limits, lifecycle, move |tcp, peer, permit| {
-            let this = self.clone();
-            async move {
-                this.handle(tcp, peer, own).await;
-                drop(permit);
-            }
-        })
+        accept_loop(
+            "transparent",
+            listener,
+            &limits,
+            lifecycle,
+            move |tcp, peer, permit| {
+                let this = self.clone();
+                async move {
+                    this.handle(tcp, peer, own).await;
+                    drop(permit);
+                }
+            },
+        )
         .await;
     }
 
@@ -312,7 +327,11 @@ impl Transparent {
                 let Some(route) = self.route(destination, expected) else {
                     return;
                 };
-                let protocol = if opaque { Protocol::Tcp } else { Protocol::Detect };
+                let protocol = if opaque {
+                    Protocol::Tcp
+                } else {
+                    Protocol::Detect
+                };
                 proxy_to(tcp, peer, &route, protocol, &self.shared).await;
             }
         }
@@ -398,7 +417,8 @@ mod tests {
     /// One row per routing rule: destination, and what must happen to it.
     #[test]
     fn destinations_are_classified_by_the_first_matching_rule() {
-        let backend = ExpectedServer::OneOf(vec!["spiffe://cluster.local/backend".parse().unwrap()]);
+        let backend =
+            ExpectedServer::OneOf(vec!["spiffe://cluster.local/backend".parse().unwrap()]);
         let other = ExpectedServer::OneOf(vec!["spiffe://cluster.local/other".parse().unwrap()]);
         let cases = [
             ("10.100.0.1:443", Destination::Passthrough),

@@ -124,15 +124,16 @@ impl Proxy {
             reason: e.to_string(),
         })?;
         let trust_domain = bundle.trust_domain().clone();
-        let check = |field: String, ids: &[SpiffeId]| {
-            match ids.iter().find(|id| !id.is_member_of(&trust_domain)) {
-                Some(id) => Err(ProxyError::ForeignIdentity {
-                    field,
-                    id: id.clone(),
-                    trust_domain: trust_domain.clone(),
-                }),
-                None => Ok(()),
-            }
+        let check = |field: String, ids: &[SpiffeId]| match ids
+            .iter()
+            .find(|id| !id.is_member_of(&trust_domain))
+        {
+            Some(id) => Err(ProxyError::ForeignIdentity {
+                field,
+                id: id.clone(),
+                trust_domain: trust_domain.clone(),
+            }),
+            None => Ok(()),
         };
         for (i, outbound) in config.outbound.iter().enumerate() {
             check(format!("outbound[{i}].identity"), &outbound.identity.0)?;

@@ -143,10 +143,11 @@ impl MeshConnector {
             MeshProtocol::Tcp => &self.tcp,
         };
         // The verifier checks the SPIFFE ID, not this name; it only has to be well-formed.
-        let name = ServerName::IpAddress(tcp.peer_addr().map_or(
-            std::net::IpAddr::from([127, 0, 0, 1]),
-            |a| a.ip(),
-        ).into());
+        let name = ServerName::IpAddress(
+            tcp.peer_addr()
+                .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.ip())
+                .into(),
+        );
         match tokio::time::timeout(self.handshake_timeout, connector.connect(name, tcp)).await {
             Ok(Ok(tls)) => Ok(tls),
             Ok(Err(e)) => Err(DialError::Handshake {
@@ -183,14 +184,12 @@ impl Target {
                 Self::Name(name) => TcpStream::connect(name.as_str()).await,
             }
         };
-        let tcp = tokio::time::timeout(timeout, attempt)
-            .await
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no answer within {}", humantime::format_duration(timeout)),
-                )
-            })??;
+        let tcp = tokio::time::timeout(timeout, attempt).await.map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {}", humantime::format_duration(timeout)),
+            )
+        })??;
         let _ = tcp.set_nodelay(true);
         Ok(tcp)
     }

@@ -173,6 +173,25 @@ impl TestCa {
 /// hush CA in `ca_dir` (its `intermediate.pem` and `intermediate.key`): a certificate the CA
 /// really issued, only too old.
 pub fn expired_leaf_from_ca_dir(ca_dir: &std::path::Path, spiffe_id: &str) -> TestLeaf {
+    let mut params = leaf_params(spiffe_id);
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(2);
+    params.not_after = now - Duration::hours(1);
+    sign_with_ca_dir(ca_dir, params)
+}
+
+/// A valid leaf signed by the intermediate of the hush CA in `ca_dir`, naming whatever URI
+/// `spiffe_id` says (another trust domain, say), or no URI at all: what a stolen intermediate
+/// key could mint, and what a verifier must still refuse.
+pub fn leaf_from_ca_dir(ca_dir: &std::path::Path, spiffe_id: Option<&str>) -> TestLeaf {
+    let mut params = leaf_params(spiffe_id.unwrap_or("spiffe://unused/x"));
+    if spiffe_id.is_none() {
+        params.subject_alt_names.clear();
+    }
+    sign_with_ca_dir(ca_dir, params)
+}
+
+fn sign_with_ca_dir(ca_dir: &std::path::Path, params: CertificateParams) -> TestLeaf {
     let read = |name: &str| {
         std::fs::read_to_string(ca_dir.join(name))
             .unwrap_or_else(|e| panic!("cannot read {name} in {}: {e}", ca_dir.display()))
@@ -181,10 +200,6 @@ pub fn expired_leaf_from_ca_dir(ca_dir: &std::path::Path, spiffe_id: &str) -> Te
     let key = KeyPair::from_pem(&read("intermediate.key")).expect("intermediate.key is a key");
     let intermediate = rcgen::Issuer::from_ca_cert_pem(&intermediate_pem, key)
         .expect("intermediate.pem is a CA certificate");
-    let mut params = leaf_params(spiffe_id);
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - Duration::hours(2);
-    params.not_after = now - Duration::hours(1);
     let leaf_key = KeyPair::generate().expect("rcgen cannot generate a key");
     let cert = params
         .signed_by(&leaf_key, &intermediate)

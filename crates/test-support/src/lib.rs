@@ -5,9 +5,10 @@
 //! hush's own crates either (so `hush-ca`'s unit tests can use it without a dependency cycle):
 //! it speaks to hush through its command line and through plain X.509, PEM and JSON.
 //!
-//! * [`HushProcess`], [`CaProcess`], [`run_hush`] — run the `hush` binary (whose path the test
-//!   passes in, `env!("CARGO_BIN_EXE_hush")`), wait for readiness lines with a bounded timeout,
-//!   stop it with SIGTERM, and keep its stderr for failure messages.
+//! * [`HushProcess`], [`CaProcess`], [`ProxyProcess`], [`run_hush`] — run the `hush` binary
+//!   (whose path the test passes in, `env!("CARGO_BIN_EXE_hush")`), wait for readiness lines
+//!   with a bounded timeout, stop it with SIGTERM, and keep its stderr for failure messages;
+//!   [`http_request`] asks an admin port.
 //! * [`TestCsr`], [`forged_csr`] and the other CSR fixtures — certificate signing requests made
 //!   with rcgen, including ones that ask for names they must not get or whose signature is broken.
 //! * [`openssl_available`], [`openssl_csr`] — CSRs made by the `openssl` command, as operators
@@ -28,7 +29,7 @@ mod openssl;
 mod process;
 mod x509;
 
-pub use self::ca::{TestCa, TestLeaf, expired_leaf_from_ca_dir};
+pub use self::ca::{TestCa, TestLeaf, expired_leaf_from_ca_dir, leaf_from_ca_dir};
 pub use self::csr::{
     CsrKeyKind, FORGED_CN, FORGED_DNS_NAME, FORGED_SPIFFE_ID, TestCsr, csr_altered_after_signing,
     csr_claiming_another_key, csr_with_broken_signature, empty_csr, forged_csr, garbage_csr,
@@ -40,8 +41,8 @@ pub use self::fake_k8s::{
 };
 pub use self::openssl::{OpensslKey, openssl_available, openssl_csr, openssl_csr_with_digest};
 pub use self::process::{
-    CaProcess, HushProcess, READY_TIMEOUT, StartError, describe_output, mint_token, run_hush,
-    run_hush_ok,
+    CaProcess, HushProcess, ProxyProcess, READY_TIMEOUT, StartError, describe_output, http_request,
+    mint_token, run_hush, run_hush_ok,
 };
 pub use self::x509::{CertFacts, Usage, pem_certificates, verify_chain};
 

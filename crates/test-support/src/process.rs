@@ -7,6 +7,7 @@
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -331,11 +332,27 @@ impl CaProcess {
         Self::try_start_with_env(bin, dir, extra_args, &[]).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Runs `hush ca serve --dir DIR --listen LISTEN EXTRA…` on a given address (to restart a
+    /// CA where its clients expect it) and waits until it is ready.
+    pub fn start_on(bin: impl AsRef<Path>, dir: &Path, listen: &str, extra_args: &[&str]) -> Self {
+        Self::try_start_on(bin, dir, listen, extra_args, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Like [`Self::start`], with extra environment variables, returning an error instead of
     /// panicking when the CA exits or stays silent.
     pub fn try_start_with_env(
         bin: impl AsRef<Path>,
         dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, StartError> {
+        Self::try_start_on(bin, dir, "127.0.0.1:0", extra_args, env)
+    }
+
+    fn try_start_on(
+        bin: impl AsRef<Path>,
+        dir: &Path,
+        listen: &str,
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Self, StartError> {
@@ -345,7 +362,7 @@ impl CaProcess {
             "--dir".as_ref(),
             dir.as_os_str(),
             "--listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
+            listen.as_ref(),
         ];
         args.extend(extra_args.iter().map(|a| OsStr::new(*a)));
         let mut process = HushProcess::spawn_with_env(bin, &args, env);
@@ -401,6 +418,176 @@ impl CaProcess {
     pub fn process(&mut self) -> &mut HushProcess {
         &mut self.process
     }
+}
+
+/// A running `hush proxy`, ready: it holds its certificate and accepts connections.
+#[derive(Debug)]
+pub struct ProxyProcess {
+    process: HushProcess,
+    admin: SocketAddr,
+    inbound: Option<SocketAddr>,
+    outbound: Vec<SocketAddr>,
+    spiffe_id: String,
+}
+
+// === impl ProxyProcess ===
+
+impl ProxyProcess {
+    /// The line `hush proxy` prints once it holds a certificate.
+    pub const READY_PREFIX: &'static str = "hush proxy: ready as ";
+
+    /// Runs `hush proxy --config CONFIG` and waits until it is ready. Panics with the
+    /// process's output if it is not.
+    pub fn start(bin: impl AsRef<Path>, config: &Path) -> Self {
+        Self::try_start(bin, config, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Self::start`], with extra environment variables, returning an error instead of
+    /// panicking.
+    pub fn try_start(
+        bin: impl AsRef<Path>,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Self, StartError> {
+        let args: [&OsStr; 3] = ["proxy".as_ref(), "--config".as_ref(), config.as_os_str()];
+        let mut process = HushProcess::spawn_with_env(bin, &args, env);
+        let ready =
+            match process.wait_for_line(|l| l.starts_with(Self::READY_PREFIX), READY_TIMEOUT) {
+                Ok(line) => line,
+                Err(message) => {
+                    let status = process.wait_exit(Duration::ZERO);
+                    return Err(StartError {
+                        status,
+                        message,
+                        stderr: process.stderr(),
+                    });
+                }
+            };
+        let spiffe_id = ready
+            .strip_prefix(Self::READY_PREFIX)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_default()
+            .to_string();
+        let mut admin = None;
+        let mut inbound = None;
+        let mut outbound = Vec::new();
+        for line in process.stdout_lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (Some(kind), Some(addr)) = (words.get(2), words.get(3)) else {
+                continue;
+            };
+            let Ok(addr) = addr.trim_start_matches("http://").parse::<SocketAddr>() else {
+                continue;
+            };
+            match *kind {
+                "admin" => admin = Some(addr),
+                "inbound" => inbound = Some(addr),
+                "outbound" => outbound.push(addr),
+                _ => {}
+            }
+        }
+        let admin = admin.unwrap_or_else(|| {
+            panic!(
+                "hush proxy printed no admin address:\n{}",
+                process.stdout_lines().join("\n")
+            )
+        });
+        Ok(Self {
+            process,
+            admin,
+            inbound,
+            outbound,
+            spiffe_id,
+        })
+    }
+
+    /// The admin server's address.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The inbound (mTLS) listener's address.
+    pub fn inbound(&self) -> SocketAddr {
+        self.inbound.expect("this proxy has no inbound listener")
+    }
+
+    /// The address of the `index`th outbound listener.
+    pub fn outbound(&self, index: usize) -> SocketAddr {
+        *self
+            .outbound
+            .get(index)
+            .unwrap_or_else(|| panic!("this proxy has no outbound listener {index}"))
+    }
+
+    /// The SPIFFE ID on the readiness line.
+    pub fn spiffe_id(&self) -> &str {
+        &self.spiffe_id
+    }
+
+    /// What the proxy logged so far.
+    pub fn stderr(&self) -> String {
+        self.process.stderr()
+    }
+
+    /// Waits (bounded) until the proxy has logged a line containing every one of `needles`.
+    pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stderr = self.stderr();
+            if let Some(line) = stderr
+                .lines()
+                .find(|line| needles.iter().all(|n| line.contains(n)))
+            {
+                return Ok(line.to_string());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the proxy never logged a line with {needles:?}; stderr:\n{stderr}"
+                ));
+            }
+            // Polling captured output is the bounded readiness check here.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.process.terminate()
+    }
+
+    /// The underlying process.
+    pub fn process(&mut self) -> &mut HushProcess {
+        &mut self.process
+    }
+}
+
+/// A blocking HTTP/1.1 GET (or any method) to a plaintext server such as the admin port;
+/// returns the status code and the body. For test assertions only: it reads until the server
+/// closes (`connection: close`).
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut tcp = std::net::TcpStream::connect(addr)
+        .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("set a read timeout");
+    write!(
+        tcp,
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+    )
+    .unwrap_or_else(|e| panic!("cannot write to {addr}: {e}"));
+    let mut response = String::new();
+    tcp.read_to_string(&mut response)
+        .unwrap_or_else(|e| panic!("cannot read from {addr}: {e}"));
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response from {addr}: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// `…on https://127.0.0.1:PORT (trust domain TD)` → (URL, TD).

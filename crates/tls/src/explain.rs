@@ -274,13 +274,13 @@ impl HandshakeFailure {
                 "no cipher suite in common; hush offers the TLS 1.3 AEAD suites only \
                  (AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305)",
             ),
-            P::NoKxGroupsInCommon | P::KeyShareExtensionRequired | P::NamedGroupsExtensionRequired => {
-                Self::new(
-                    Hello,
-                    "no_common_group",
-                    "no key-exchange group in common; hush offers X25519MLKEM768 and X25519",
-                )
-            }
+            P::NoKxGroupsInCommon
+            | P::KeyShareExtensionRequired
+            | P::NamedGroupsExtensionRequired => Self::new(
+                Hello,
+                "no_common_group",
+                "no key-exchange group in common; hush offers X25519MLKEM768 and X25519",
+            ),
             P::NoSignatureSchemesInCommon
             | P::NoCertificateRequestSignatureSchemesInCommon
             | P::SignatureAlgorithmsExtensionRequired => Self::new(
@@ -386,7 +386,9 @@ mod tests {
                 "did not speak TLS",
             ),
             (
-                rustls::Error::PeerIncompatible(PeerIncompatible::SupportedVersionsExtensionRequired),
+                rustls::Error::PeerIncompatible(
+                    PeerIncompatible::SupportedVersionsExtensionRequired,
+                ),
                 HandshakeStep::Hello,
                 "tls_version",
                 "TLS 1.3 only",

@@ -179,6 +179,10 @@ mod tests {
                 .contains("trust domain evil.org, but this mesh is example.org"),
             "{err}"
         );
-        assert_eq!(store.bundle().roots(), both.as_slice(), "the old bundle stays");
+        assert_eq!(
+            store.bundle().roots(),
+            both.as_slice(),
+            "the old bundle stays"
+        );
     }
 }

@@ -104,7 +104,10 @@ pub struct SpiffeServerVerifier {
 impl SpiffeServerVerifier {
     /// A verifier trusting `bundle` and accepting a server that proves any of `expected`.
     pub fn new(bundle: &TrustBundle, expected: Vec<SpiffeId>) -> Result<Arc<Self>, TlsConfigError> {
-        Self::with_trust(&TrustStore::new(bundle.clone())?, ExpectedServer::OneOf(expected))
+        Self::with_trust(
+            &TrustStore::new(bundle.clone())?,
+            ExpectedServer::OneOf(expected),
+        )
     }
 
     /// A verifier that follows `trust` (so a refreshed bundle applies to the next handshake)
@@ -208,7 +211,10 @@ impl SpiffeClientVerifier {
     /// A verifier trusting `bundle`. With `mandatory` false, clients without a certificate are
     /// let through (the application then decides what they may do).
     pub fn new(bundle: &TrustBundle, mandatory: bool) -> Result<Arc<Self>, TlsConfigError> {
-        Ok(Self::with_trust(&TrustStore::new(bundle.clone())?, mandatory))
+        Ok(Self::with_trust(
+            &TrustStore::new(bundle.clone())?,
+            mandatory,
+        ))
     }
 
     /// A verifier that follows `trust`, so a refreshed bundle applies to the next handshake.

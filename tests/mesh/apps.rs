@@ -1,0 +1,215 @@
+//! The apps that stand behind the sidecars in the end-to-end tests: real servers on loopback.
+//!
+//! * [`start_app`] — one HTTP server (HTTP/1.1 and HTTP/2 on the same port) that echoes what
+//!   it received as JSON, answers gRPC health checks, upgrades `/ws` to a WebSocket echo, and
+//!   answers `/slow?ms=N` after N milliseconds.
+//! * [`start_greeter`] — a server-first TCP app (it speaks before the client, like SMTP or
+//!   MySQL), then echoes lines.
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tower::ServiceExt;
+
+type Body = UnsyncBoxBody<Bytes, Box<dyn StdError + Send + Sync>>;
+
+/// Starts the echo app on a free loopback port. It runs until the test's runtime ends.
+pub(crate) async fn start_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the app");
+    let addr = listener.local_addr().expect("app address");
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let health = health.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let health = health.clone();
+                    async move {
+                        if is_grpc(&request) {
+                            let response = health
+                                .oneshot(request)
+                                .await
+                                .unwrap_or_else(|never| match never {});
+                            return Ok::<_, Infallible>(response.map(|body| {
+                                body.map_err(|status| {
+                                    Box::new(status) as Box<dyn StdError + Send + Sync>
+                                })
+                                .boxed_unsync()
+                            }));
+                        }
+                        Ok(answer(request).await)
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn is_grpc(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+async fn answer(mut request: Request<Incoming>) -> Response<Body> {
+    match request.uri().path() {
+        "/ws" => return websocket(&mut request),
+        "/slow" => {
+            let ms: u64 = request
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        _ => {}
+    }
+    let all = |name: &str| -> Vec<String> {
+        request
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    };
+    let seen = serde_json::json!({
+        "method": request.method().as_str(),
+        "path": request.uri().path(),
+        "version": format!("{:?}", request.version()),
+        "host": all("host"),
+        "peer_identity": all("x-hush-peer-identity"),
+        "xfcc": all("x-forwarded-client-cert"),
+        "custom": all("x-custom"),
+    });
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    let mut seen = seen;
+    seen["body_bytes"] = body.into();
+    json(StatusCode::OK, &seen)
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(full(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn full(text: String) -> Body {
+    Full::new(Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Answers a WebSocket handshake with 101 and echoes every message on the upgraded
+/// connection.
+fn websocket(request: &mut Request<Incoming>) -> Response<Body> {
+    let Some(key) = request.headers().get("sec-websocket-key").cloned() else {
+        let mut response = Response::new(full("not a websocket handshake".into()));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return response;
+    };
+    let upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(message)) = ws.next().await {
+            if message.is_close() {
+                break;
+            }
+            if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut response = Response::new(full(String::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    headers.insert(
+        "sec-websocket-accept",
+        header::HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("a valid header"),
+    );
+    response
+}
+
+/// The greeting [`start_greeter`] sends before the client says anything.
+pub(crate) const GREETING: &str = "220 greeter ready";
+
+/// Starts a server-first TCP app: it sends [`GREETING`] on connect, then echoes each line.
+pub(crate) async fn start_greeter() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the greeter");
+    let addr = listener.local_addr().expect("greeter address");
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let (read, mut write) = tcp.into_split();
+                if write
+                    .write_all(format!("{GREETING}\r\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if write
+                        .write_all(format!("echo: {line}\r\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}

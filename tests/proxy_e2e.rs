@@ -1,0 +1,1165 @@
+//! End-to-end tests of the sidecar: a real `hush ca serve` and real `hush proxy` processes on
+//! loopback (port 0 everywhere), real apps behind them, real clients in front.
+//!
+//! The usual mesh: the test is the frontend app; it talks plaintext to the frontend sidecar's
+//! outbound listener, which dials the backend sidecar's inbound listener with mutual TLS and
+//! requires the backend's SPIFFE ID; the backend sidecar forwards to the echo app.
+
+#[path = "mesh/apps.rs"]
+mod apps;
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hush_identity::TrustBundle;
+use hush_test_support::{
+    CaProcess, ProxyProcess, TestCa, TestLeaf, describe_output, expired_leaf_from_ca_dir,
+    http_request, leaf_from_ca_dir, mint_token, run_hush, run_hush_ok,
+};
+use hush_tls::{CredentialStore, SpiffeServerVerifier};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+const HUSH: &str = env!("CARGO_BIN_EXE_hush");
+const TRUST_DOMAIN: &str = "cluster.local";
+const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+const BACKEND: &str = "spiffe://cluster.local/ns/shop/sa/backend";
+/// How long a test waits for something the mesh does by itself (a renewal, a log line).
+const PATIENCE: Duration = Duration::from_secs(90);
+
+// === the mesh ===
+
+/// A CA, a backend sidecar in front of `app`, and a frontend sidecar whose first outbound
+/// listener leads to the backend.
+struct Mesh {
+    temp: TempDir,
+    ca_dir: PathBuf,
+    ca: CaProcess,
+    backend: ProxyProcess,
+    frontend: ProxyProcess,
+}
+
+/// What a test changes about the usual mesh.
+#[derive(Default)]
+struct MeshSpec {
+    /// Extra `hush ca serve` arguments (`--max-ttl 1m`).
+    ca_args: Vec<&'static str>,
+    /// The app behind the backend sidecar (default: the echo app).
+    app: Option<SocketAddr>,
+    /// Extra YAML for the backend's `inbound:` section (`protocol: tcp`).
+    backend_inbound: &'static str,
+    /// Extra YAML at the top level of both sidecars' configurations (`limits: …`).
+    extra: &'static str,
+    /// More outbound listeners for the frontend, after the usual one: (identity, protocol).
+    more_outbound: Vec<(&'static str, &'static str)>,
+}
+
+impl Mesh {
+    async fn start(spec: MeshSpec) -> Self {
+        let app = match spec.app {
+            Some(app) => app,
+            None => apps::start_app().await,
+        };
+        let temp = tempfile::tempdir().expect("temp dir");
+        let ca_dir = temp.path().join("ca");
+        run_hush_ok(
+            HUSH,
+            &[
+                "ca",
+                "init",
+                "--dir",
+                path_str(&ca_dir),
+                "--trust-domain",
+                TRUST_DOMAIN,
+            ],
+        );
+        let ca = CaProcess::start(HUSH, &ca_dir, &spec.ca_args);
+        let backend_config = sidecar_config(
+            temp.path(),
+            "backend",
+            ca.url(),
+            &ca_dir,
+            BACKEND,
+            &format!(
+                "inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n{}{}",
+                spec.backend_inbound, spec.extra
+            ),
+        );
+        let backend = ProxyProcess::start(HUSH, &backend_config);
+        let mut outbound = format!(
+            "outbound:\n  - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {BACKEND}\n",
+            backend.inbound()
+        );
+        for (identity, protocol) in &spec.more_outbound {
+            outbound.push_str(&format!(
+                "  - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {identity}\n    protocol: {protocol}\n",
+                backend.inbound()
+            ));
+        }
+        let frontend_config = sidecar_config(
+            temp.path(),
+            "frontend",
+            ca.url(),
+            &ca_dir,
+            FRONTEND,
+            &format!("{outbound}{}", spec.extra),
+        );
+        let frontend = ProxyProcess::start(HUSH, &frontend_config);
+        Self {
+            temp,
+            ca_dir,
+            ca,
+            backend,
+            frontend,
+        }
+    }
+
+    /// The frontend sidecar's usual outbound listener (to the backend).
+    fn to_backend(&self) -> SocketAddr {
+        self.frontend.outbound(0)
+    }
+
+    fn bundle(&self) -> TrustBundle {
+        let pem = fs::read(self.ca_dir.join("bundle.pem")).expect("bundle.pem");
+        TrustBundle::from_pem(&pem, None).expect("a bundle")
+    }
+}
+
+/// Writes `NAME/sidecar.yaml` with a fresh single-use join token for `identity`.
+fn sidecar_config(
+    root: &Path,
+    name: &str,
+    ca_url: &str,
+    ca_dir: &Path,
+    identity: &str,
+    body: &str,
+) -> PathBuf {
+    let dir = root.join(name);
+    fs::create_dir_all(&dir).expect("sidecar dir");
+    let token = mint_token(HUSH, ca_dir, identity, &[]);
+    fs::write(dir.join("token"), format!("{token}\n")).expect("write the token");
+    let config = dir.join("sidecar.yaml");
+    fs::write(
+        &config,
+        format!(
+            "ca:\n  address: {ca_url}\n  trust_bundle: {}\n  token_file: token\nadmin:\n  listen: 127.0.0.1:0\n{body}",
+            ca_dir.join("bundle.pem").display()
+        ),
+    )
+    .expect("write the config");
+    config
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+// === clients ===
+
+/// One HTTP/1.1 request on a new connection; returns (status, body).
+async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(connection);
+    let mut request = http::Request::get(path).header("host", "backend.shop");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = within(sender.send_request(request.body(Empty::<Bytes>::new()).unwrap()))
+        .await
+        .expect("a response");
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("a body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("no answer within 20 s")
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// The value of one sample in Prometheus text, 0 when absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn metrics_of(proxy: &ProxyProcess) -> String {
+    let (status, body) = http_request(proxy.admin(), "GET", "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Polls `condition` (bounded by [`PATIENCE`]) while the mesh does something by itself.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A TLS client that requires the backend's identity and presents `identity` (or nothing).
+/// Returns how the connection ended: Ok with the response's first line, or the error.
+async fn mtls_request(
+    addr: SocketAddr,
+    bundle: &TrustBundle,
+    identity: Option<TestLeaf>,
+) -> Result<String, String> {
+    let verifier = SpiffeServerVerifier::new(bundle, vec![BACKEND.parse().unwrap()]).unwrap();
+    let resolver = identity.map(|leaf| {
+        let store = CredentialStore::new();
+        store
+            .install(leaf.chain, leaf.key)
+            .expect("a usable test leaf");
+        Arc::new(store) as Arc<dyn hush_tls::rustls::client::ResolvesClientCert>
+    });
+    let config = hush_tls::client_config(verifier, resolver, &[b"http/1.1"]).unwrap();
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("backend.invalid").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| hush_tls::explain_io_error(&e))?;
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: backend\r\nconnection: close\r\n\r\n")
+        .await
+        .map_err(|e| hush_tls::explain_io_error(&e))?;
+    let mut response = Vec::new();
+    tls.read_to_end(&mut response)
+        .await
+        .map_err(|e| hush_tls::explain_io_error(&e))?;
+    let text = String::from_utf8_lossy(&response);
+    match text.lines().next() {
+        Some(line) if !line.is_empty() => Ok(line.to_string()),
+        _ => Err("the connection closed without an answer".to_string()),
+    }
+}
+
+// === 1. protocols through the mesh ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_reaches_the_app_with_the_callers_verified_identity() {
+    let mesh = Mesh::start(MeshSpec::default()).await;
+    assert_eq!(mesh.frontend.spiffe_id(), FRONTEND);
+    assert_eq!(mesh.backend.spiffe_id(), BACKEND);
+
+    // The caller tries to claim another identity; only the sidecar's verified one arrives.
+    let (status, body) = get(
+        mesh.to_backend(),
+        "/api/orders",
+        &[
+            (
+                "x-hush-peer-identity",
+                "spiffe://cluster.local/ns/ops/sa/admin",
+            ),
+            (
+                "x-forwarded-client-cert",
+                "By=x;Hash=y;URI=spiffe://cluster.local/ns/ops/sa/admin",
+            ),
+            ("x-custom", "kept"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = json(&body);
+    assert_eq!(seen["path"], "/api/orders");
+    assert_eq!(seen["version"], "HTTP/1.1");
+    assert_eq!(seen["host"], serde_json::json!(["backend.shop"]));
+    assert_eq!(seen["custom"], serde_json::json!(["kept"]));
+    assert_eq!(seen["peer_identity"], serde_json::json!([FRONTEND]));
+    let xfcc = seen["xfcc"].as_array().expect("xfcc values");
+    assert_eq!(xfcc.len(), 1, "exactly one XFCC header: {xfcc:?}");
+    let xfcc = xfcc[0].as_str().unwrap();
+    let fields: Vec<&str> = xfcc.split(';').collect();
+    assert_eq!(fields.len(), 3, "{xfcc}");
+    assert_eq!(fields[0], format!("By={BACKEND}"));
+    let hash = fields[1].strip_prefix("Hash=").expect("Hash field");
+    assert!(
+        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{xfcc}"
+    );
+    assert_eq!(fields[2], format!("URI={FRONTEND}"));
+
+    // Several requests on one keep-alive connection, bodies included.
+    let tcp = TcpStream::connect(mesh.to_backend()).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for i in 0..5 {
+        let request = http::Request::post("/upload")
+            .header("host", "backend")
+            .body(http_body_util::Full::new(Bytes::from(vec![b'x'; 1000 * i])))
+            .unwrap();
+        let response = within(sender.send_request(request)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            json(&String::from_utf8_lossy(&body))["body_bytes"],
+            1000 * i
+        );
+    }
+
+    let metrics = metrics_of(&mesh.backend);
+    assert!(
+        metric(
+            &metrics,
+            "hush_requests_total{direction=\"inbound\",protocol=\"http1\",code=\"200\"}"
+        ) >= 6.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_and_grpc_pass_through() {
+    let mesh = Mesh::start(MeshSpec::default()).await;
+
+    // HTTP/2 with prior knowledge, several streams on one connection.
+    let tcp = TcpStream::connect(mesh.to_backend()).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let mut streams = Vec::new();
+    for i in 0..10 {
+        let mut sender = sender.clone();
+        streams.push(tokio::spawn(async move {
+            let request = http::Request::get(format!("http://backend.shop/stream/{i}"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let response = within(sender.send_request(request)).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }));
+    }
+    for (i, stream) in streams.into_iter().enumerate() {
+        let (status, body) = stream.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let seen = json(&body);
+        assert_eq!(seen["version"], "HTTP/2.0");
+        assert_eq!(seen["path"], format!("/stream/{i}"));
+        assert_eq!(seen["peer_identity"], serde_json::json!([FRONTEND]));
+    }
+
+    // gRPC: a real tonic client and the standard health service.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.to_backend()))
+        .unwrap()
+        .connect()
+        .await
+        .expect("a gRPC channel through the mesh");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for _ in 0..3 {
+        let reply = within(health.check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        }))
+        .await
+        .expect("a gRPC answer");
+        assert_eq!(
+            reply.into_inner().status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    }
+    // An error status travels back in the trailers.
+    let unknown = within(health.check(tonic_health::pb::HealthCheckRequest {
+        service: "no.such.Service".into(),
+    }))
+    .await
+    .expect_err("an unknown service is NOT_FOUND");
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    let metrics = metrics_of(&mesh.backend);
+    assert!(
+        metric(
+            &metrics,
+            "hush_connections_total{direction=\"inbound\",protocol=\"http2\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_passes_through_and_stays_open() {
+    let mesh = Mesh::start(MeshSpec::default()).await;
+    let (mut ws, response) = within(tokio_tungstenite::connect_async(format!(
+        "ws://{}/ws",
+        mesh.to_backend()
+    )))
+    .await
+    .expect("a WebSocket through the mesh");
+    assert_eq!(response.status(), 101);
+    for i in 0..20 {
+        ws.send(Message::text(format!("message {i}")))
+            .await
+            .unwrap();
+        let echo = within(ws.next())
+            .await
+            .expect("an echo")
+            .expect("a message");
+        assert_eq!(echo.into_text().unwrap().as_str(), format!("message {i}"));
+    }
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    let echo = within(ws.next()).await.unwrap().unwrap();
+    assert_eq!(echo.into_data().as_ref(), &[0u8, 1, 2, 255]);
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_first_protocol_is_not_stalled_and_opaque_ports_skip_detection() {
+    let greeter = apps::start_greeter().await;
+    let mesh = Mesh::start(MeshSpec {
+        app: Some(greeter),
+        extra: "limits:\n  detect_timeout: 200ms\n",
+        more_outbound: vec![(BACKEND, "tcp")],
+        ..MeshSpec::default()
+    })
+    .await;
+
+    // Through the detecting listener: the client says nothing, so detection gives up after
+    // 200 ms and the greeting arrives.
+    for listener in [mesh.to_backend(), mesh.frontend.outbound(1)] {
+        let tcp = TcpStream::connect(listener).await.unwrap();
+        let (read, mut write) = tcp.into_split();
+        let mut lines = BufReader::new(read).lines();
+        let greeting = within(lines.next_line())
+            .await
+            .unwrap()
+            .expect("a greeting");
+        assert_eq!(greeting, apps::GREETING);
+        write.write_all(b"hello\r\n").await.unwrap();
+        let echo = within(lines.next_line()).await.unwrap().expect("an echo");
+        assert_eq!(echo, "echo: hello");
+    }
+    let metrics = metrics_of(&mesh.frontend);
+    assert_eq!(
+        metric(
+            &metrics,
+            "hush_protocol_detect_timeouts_total{direction=\"outbound\"}"
+        ),
+        1.0,
+        "only the detecting listener waited:\n{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "hush_connections_total{direction=\"outbound\",protocol=\"tcp\"}"
+        ),
+        2.0,
+        "{metrics}"
+    );
+    // Between sidecars, ALPN said "TCP": the backend did not wait a second time.
+    let backend = metrics_of(&mesh.backend);
+    assert_eq!(
+        metric(
+            &backend,
+            "hush_protocol_detect_timeouts_total{direction=\"inbound\"}"
+        ),
+        0.0,
+        "{backend}"
+    );
+}
+
+// === 2. refusals ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_without_a_valid_certificate_are_refused_with_the_reason() {
+    let mesh = Mesh::start(MeshSpec::default()).await;
+    let bundle = mesh.bundle();
+    let inbound = mesh.backend.inbound();
+
+    // (who, identity presented, the step and reason the backend must log and count)
+    let foreign = TestCa::new(TRUST_DOMAIN);
+    let cases: Vec<(&str, Option<TestLeaf>, &str, &str)> = vec![
+        (
+            "no certificate",
+            None,
+            "certificate chain failed",
+            "no_certificate",
+        ),
+        (
+            "a certificate from another CA",
+            Some(foreign.leaf(FRONTEND)),
+            "certificate chain failed",
+            "unknown_issuer",
+        ),
+        (
+            "an expired certificate from the mesh's own CA",
+            Some(expired_leaf_from_ca_dir(&mesh.ca_dir, FRONTEND)),
+            "validity failed",
+            "expired",
+        ),
+        (
+            "a certificate of the mesh's CA with no SPIFFE ID",
+            Some(leaf_from_ca_dir(&mesh.ca_dir, None)),
+            "SPIFFE ID failed",
+            "not_an_svid",
+        ),
+        (
+            "a certificate of the mesh's CA naming another trust domain",
+            Some(leaf_from_ca_dir(
+                &mesh.ca_dir,
+                Some("spiffe://evil.example/ns/shop/sa/frontend"),
+            )),
+            "SPIFFE ID failed",
+            "foreign_trust_domain",
+        ),
+    ];
+    for (who, identity, words, reason) in cases {
+        let series = format!(
+            "hush_handshake_failures_total{{direction=\"inbound\",step=\"{}\",reason=\"{reason}\"}}",
+            words.trim_end_matches(" failed")
+        );
+        let before = metric(&metrics_of(&mesh.backend), &series);
+        let result = mtls_request(inbound, &bundle, identity).await;
+        assert!(result.is_err(), "{who} was let in: {result:?}");
+        // The refusal is counted once, under its step and reason.
+        let backend = &mesh.backend;
+        tokio::task::block_in_place(|| {
+            wait_until(&format!("{who} to be counted as {reason}"), || {
+                metric(&metrics_of(backend), &series) >= before + 1.0
+            });
+        });
+        assert_eq!(metric(&metrics_of(backend), &series), before + 1.0, "{who}");
+        // Everyone else is still served.
+        let (status, _) = get(mesh.to_backend(), "/", &[]).await;
+        assert_eq!(status, 200, "after {who}");
+    }
+    // And logged with the step in plain words.
+    let log = mesh.backend.stderr();
+    let refusals = log
+        .lines()
+        .filter(|l| l.contains("refused an inbound connection"))
+        .count();
+    assert_eq!(refusals, 5, "{log}");
+    assert!(log.contains("unknown issuer"), "{log}");
+    assert!(log.contains("the peer's certificate expired at"), "{log}");
+    assert!(log.contains("presented no certificate"), "{log}");
+    assert!(log.contains("not in trust domain cluster.local"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_upstream_identity_is_refused_for_http_and_tcp() {
+    let impostor_expected = "spiffe://cluster.local/ns/shop/sa/payments";
+    let mesh = Mesh::start(MeshSpec {
+        more_outbound: vec![(impostor_expected, "detect"), (impostor_expected, "tcp")],
+        ..MeshSpec::default()
+    })
+    .await;
+
+    // HTTP: a 502 that says which identity was expected and which was presented.
+    let (status, body) = get(mesh.frontend.outbound(1), "/", &[]).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains(&format!(
+            "SPIFFE ID failed: expected {impostor_expected}, but the peer presented {BACKEND}"
+        )),
+        "{body}"
+    );
+    mesh.frontend
+        .wait_for_log(
+            &["refused upstream", impostor_expected, BACKEND],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+
+    // TCP: the connection is closed, nothing from the backend's app arrives.
+    let mut tcp = TcpStream::connect(mesh.frontend.outbound(2)).await.unwrap();
+    let _ = tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let mut received = Vec::new();
+    let read = within(tcp.read_to_end(&mut received)).await;
+    assert!(
+        read.is_err() || received.is_empty(),
+        "the app's answer leaked: {:?}",
+        String::from_utf8_lossy(&received)
+    );
+    let metrics = metrics_of(&mesh.frontend);
+    assert_eq!(
+        metric(
+            &metrics,
+            "hush_handshake_failures_total{direction=\"outbound\",step=\"SPIFFE ID\",reason=\"unexpected_identity\"}"
+        ),
+        2.0,
+        "{metrics}"
+    );
+    // The right identity still gets through.
+    let (status, _) = get(mesh.to_backend(), "/", &[]).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_plaintext_and_tls12_on_the_inbound_port_are_refused_cleanly() {
+    let mesh = Mesh::start(MeshSpec::default()).await;
+    let inbound = mesh.backend.inbound();
+
+    // Plaintext HTTP gets an answer that explains.
+    let mut tcp = TcpStream::connect(inbound).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    within(tcp.read_to_string(&mut answer)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400 Bad Request"), "{answer}");
+    assert!(answer.contains("only accepts mutual TLS 1.3"), "{answer}");
+
+    // Garbage is closed.
+    let mut tcp = TcpStream::connect(inbound).await.unwrap();
+    tcp.write_all(&[0x00, 0xff, 0x13, 0x37, 0x42, 0x99, 0x01, 0x02])
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = within(tcp.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty(), "{rest:?}");
+
+    // A TLS record that is not a handshake the server can parse.
+    let mut tcp = TcpStream::connect(inbound).await.unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0xde, 0xad, 0xbe, 0xef, 0x00])
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = within(tcp.read_to_end(&mut rest)).await;
+
+    // A client that speaks TLS 1.2 at most (openssl, as operators would try it).
+    if hush_test_support::openssl_available() {
+        let output = std::process::Command::new("openssl")
+            .args(["s_client", "-connect", &inbound.to_string(), "-tls1_2"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run openssl s_client");
+        assert!(!output.status.success(), "{}", describe_output(&output));
+        mesh.backend
+            .wait_for_log(
+                &["refused an inbound connection", "TLS 1.3 only"],
+                Duration::from_secs(10),
+            )
+            .unwrap();
+    } else {
+        eprintln!("skipped the TLS 1.2 client: openssl not installed");
+    }
+
+    mesh.backend
+        .wait_for_log(&["plaintext HTTP"], Duration::from_secs(10))
+        .unwrap();
+    mesh.backend
+        .wait_for_log(&["did not speak TLS"], Duration::from_secs(10))
+        .unwrap();
+    let metrics = metrics_of(&mesh.backend);
+    for reason in ["plaintext_http", "not_tls"] {
+        let series = format!(
+            "hush_handshake_failures_total{{direction=\"inbound\",step=\"hello\",reason=\"{reason}\"}}"
+        );
+        assert!(metric(&metrics, &series) >= 1.0, "{series}\n{metrics}");
+    }
+    let (status, _) = get(mesh.to_backend(), "/", &[]).await;
+    assert_eq!(status, 200, "the proxy keeps serving");
+    assert!(!mesh.backend.stderr().contains("panicked"));
+}
+
+// === 3. identity over time ===
+
+/// The serial of a sidecar's current certificate, from `/certs`.
+fn serial_of(proxy: &ProxyProcess) -> String {
+    let (status, body) = http_request(proxy.admin(), "GET", "/certs");
+    assert_eq!(status, 200, "{body}");
+    json(&body)["certificate"]["serial"]
+        .as_str()
+        .expect("a serial")
+        .to_string()
+}
+
+fn renewals(proxy: &ProxyProcess, result: &str) -> f64 {
+    metric(
+        &metrics_of(proxy),
+        &format!("hush_certificate_renewals_total{{result=\"{result}\"}}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_continuous_traffic_without_a_failed_request() {
+    // One-minute certificates: each sidecar renews every 24 to 36 seconds.
+    let mesh = Mesh::start(MeshSpec {
+        ca_args: vec!["--max-ttl", "1m"],
+        ..MeshSpec::default()
+    })
+    .await;
+    let first_backend = serial_of(&mesh.backend);
+    let first_frontend = serial_of(&mesh.frontend);
+
+    // A WebSocket opened before any rotation must survive all of them.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", mesh.to_backend()))
+        .await
+        .expect("a WebSocket");
+
+    // Traffic: new connections and keep-alive connections, all the time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for keep_alive in [false, true] {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let addr = mesh.to_backend();
+        clients.push(tokio::spawn(async move {
+            let mut sender = None;
+            while !stop.load(Ordering::Relaxed) {
+                if sender.is_none() || !keep_alive {
+                    let tcp = TcpStream::connect(addr).await.unwrap();
+                    let (s, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                        .await
+                        .unwrap();
+                    tokio::spawn(connection);
+                    sender = Some(s);
+                }
+                let Some(s) = sender.as_mut() else { continue };
+                let request = http::Request::get("/tick")
+                    .header("host", "backend")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                match s.send_request(request).await {
+                    Ok(response) if response.status() == 200 => {
+                        let _ = response.into_body().collect().await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(response) => {
+                        let body = response.into_body().collect().await.map(|b| b.to_bytes());
+                        eprintln!("failed request: {body:?}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        eprintln!("failed request: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+
+    // Two renewals of the backend (the second proves itself with a renewed certificate) and
+    // one of the frontend.
+    let (backend, frontend) = (&mesh.backend, &mesh.frontend);
+    tokio::task::block_in_place(|| {
+        wait_until(
+            "two renewals of the backend and one of the frontend",
+            || renewals(backend, "ok") >= 3.0 && renewals(frontend, "ok") >= 2.0,
+        );
+    });
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert_ne!(serial_of(&mesh.backend), first_backend);
+    assert_ne!(serial_of(&mesh.frontend), first_frontend);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during rotation"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 100,
+        "too little traffic to mean anything"
+    );
+
+    ws.send(Message::text("still here")).await.unwrap();
+    let echo = within(ws.next()).await.unwrap().unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), "still here");
+
+    // New connections use the renewed certificate: the backend's app sees the frontend's
+    // new certificate hash.
+    let (_, body) = get(mesh.to_backend(), "/", &[]).await;
+    assert_eq!(json(&body)["peer_identity"], serde_json::json!([FRONTEND]));
+    let log = mesh.backend.stderr();
+    assert!(log.contains("renewed the workload certificate"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_keeps_serving_while_the_ca_is_down() {
+    let mut mesh = Mesh::start(MeshSpec {
+        ca_args: vec!["--max-ttl", "1m"],
+        ..MeshSpec::default()
+    })
+    .await;
+    let ca_listen = mesh.ca.url().trim_start_matches("https://").to_string();
+    let status = mesh.ca.terminate();
+    assert!(status.success());
+
+    // Renewal attempts fail while the CA is away; traffic and readiness do not.
+    let (backend, frontend) = (&mesh.backend, &mesh.frontend);
+    tokio::task::block_in_place(|| {
+        wait_until("a failed renewal", || renewals(backend, "error") >= 1.0);
+    });
+    for _ in 0..10 {
+        let (status, body) = get(mesh.to_backend(), "/", &[]).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (ready, why) = http_request(backend.admin(), "GET", "/ready");
+    assert_eq!(ready, 200, "{why}");
+    mesh.backend
+        .wait_for_log(
+            &["cannot renew the workload certificate; still serving with the current one"],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let (_, certs) = http_request(backend.admin(), "GET", "/certs");
+    assert!(
+        json(&certs)["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("renewal")),
+        "{certs}"
+    );
+
+    // The CA comes back where it was; renewals succeed again, without a token.
+    let restarted = CaProcess::start_on(HUSH, &mesh.ca_dir, &ca_listen, &["--max-ttl", "1m"]);
+    let ok_before = renewals(backend, "ok");
+    tokio::task::block_in_place(|| {
+        wait_until("a renewal after the CA is back", || {
+            renewals(backend, "ok") > ok_before && renewals(frontend, "ok") >= 2.0
+        });
+    });
+    let (status, _) = get(mesh.to_backend(), "/", &[]).await;
+    assert_eq!(status, 200);
+    drop(restarted);
+}
+
+#[test]
+fn a_sidecar_waits_for_the_ca_and_is_not_ready_until_then() {
+    let temp = tempfile::tempdir().unwrap();
+    let ca_dir = temp.path().join("ca");
+    run_hush_ok(
+        HUSH,
+        &[
+            "ca",
+            "init",
+            "--dir",
+            path_str(&ca_dir),
+            "--trust-domain",
+            TRUST_DOMAIN,
+        ],
+    );
+    // A free port for the CA, which starts only later.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = sidecar_config(
+        temp.path(),
+        "backend",
+        &format!("https://127.0.0.1:{port}"),
+        &ca_dir,
+        BACKEND,
+        "inbound:\n  listen: 127.0.0.1:0\n  app: 127.0.0.1:9\n",
+    );
+    let mut proxy =
+        hush_test_support::HushProcess::spawn(HUSH, &["proxy", "--config", path_str(&config)]);
+    let admin_line = proxy
+        .wait_for_line(
+            |l| l.starts_with("hush proxy: admin"),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    let admin: SocketAddr = admin_line
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let (live, _) = http_request(admin, "GET", "/live");
+    assert_eq!(live, 200);
+    let (ready, why) = http_request(admin, "GET", "/ready");
+    assert_eq!(ready, 503);
+    assert!(why.contains("waiting for the CA"), "{why}");
+
+    // It says why, and keeps trying.
+    wait_until("a failed attempt in the log", || {
+        proxy
+            .stderr()
+            .contains(&format!("cannot reach the CA at https://127.0.0.1:{port}"))
+    });
+    let (ready, why) = http_request(admin, "GET", "/ready");
+    assert_eq!(ready, 503);
+    assert!(why.contains("cannot reach the CA"), "{why}");
+
+    let _ca = CaProcess::start_on(HUSH, &ca_dir, &format!("127.0.0.1:{port}"), &[]);
+    proxy
+        .wait_for_line(|l| l.starts_with(ProxyProcess::READY_PREFIX), PATIENCE)
+        .unwrap();
+    let (ready, why) = http_request(admin, "GET", "/ready");
+    assert_eq!(ready, 200, "{why}");
+    assert!(why.contains(BACKEND), "{why}");
+}
+
+// === 4. operations ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_reports_and_shuts_down() {
+    let mut mesh = Mesh::start(MeshSpec::default()).await;
+    let admin = mesh.backend.admin();
+    let (status, body) = http_request(admin, "GET", "/live");
+    assert_eq!((status, body.as_str()), (200, "live\n"));
+    let (status, body) = http_request(admin, "GET", "/ready");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with(&format!("ready: {BACKEND}")), "{body}");
+
+    let (_, _) = get(mesh.to_backend(), "/", &[]).await;
+    let metrics = metrics_of(&mesh.backend);
+    for family in [
+        "hush_connections_total",
+        "hush_connections_open",
+        "hush_requests_total",
+        "hush_handshakes_total",
+        "hush_bytes_total",
+        "hush_certificate_expiry_timestamp_seconds",
+        "hush_certificate_renewals_total",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
+    let expiry = metric(&metrics, "hush_certificate_expiry_timestamp_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(expiry > now + 3600.0, "{expiry}");
+
+    let (status, body) = http_request(admin, "GET", "/certs");
+    assert_eq!(status, 200);
+    let certs = json(&body);
+    assert_eq!(certs["ready"], true);
+    assert_eq!(certs["spiffe_id"], BACKEND);
+    assert_eq!(certs["certificate"]["chain"][0]["uri_sans"][0], BACKEND);
+    assert_eq!(certs["trust_bundle"]["trust_domain"], TRUST_DOMAIN);
+
+    let (status, _) = http_request(admin, "GET", "/nowhere");
+    assert_eq!(status, 404);
+    let (status, _) = http_request(admin, "GET", "/shutdown");
+    assert_eq!(status, 405);
+
+    // POST /shutdown drains and exits 0, as a Job's sidecar must.
+    let (status, body) = http_request(mesh.frontend.admin(), "POST", "/shutdown");
+    assert_eq!(status, 200, "{body}");
+    let exit = mesh
+        .frontend
+        .process()
+        .wait_exit(Duration::from_secs(15))
+        .expect("the frontend exits after POST /shutdown");
+    assert!(exit.success(), "{exit}");
+    assert!(TcpStream::connect(mesh.to_backend()).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
+    let mut mesh = Mesh::start(MeshSpec {
+        extra: "shutdown_grace: 10s\n",
+        ..MeshSpec::default()
+    })
+    .await;
+    let slow = tokio::spawn({
+        let addr = mesh.to_backend();
+        async move { get(addr, "/slow?ms=1500", &[]).await }
+    });
+    // The request is in flight at the app when the backend is told to stop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    mesh.backend.process().send_sigterm();
+    mesh.backend
+        .wait_for_log(&["draining"], Duration::from_secs(10))
+        .unwrap();
+    let refused = TcpStream::connect(mesh.backend.inbound()).await;
+    assert!(
+        refused.is_err(),
+        "the inbound listener is closed while draining"
+    );
+
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let exit = mesh
+        .backend
+        .process()
+        .wait_exit(Duration::from_secs(15))
+        .expect("the backend exits once drained");
+    assert!(exit.success(), "{exit}");
+    let _ = &mesh.temp;
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_field_named() {
+    let temp = tempfile::tempdir().unwrap();
+    let ca_dir = temp.path().join("ca");
+    run_hush_ok(
+        HUSH,
+        &[
+            "ca",
+            "init",
+            "--dir",
+            path_str(&ca_dir),
+            "--trust-domain",
+            TRUST_DOMAIN,
+        ],
+    );
+    let bundle = ca_dir.join("bundle.pem");
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "inbound:\n  listen: 127.0.0.1:0\n  app: 127.0.0.1:9\n  protocl: tcp\n",
+            &["unknown field", "protocl"],
+        ),
+        (
+            "outbound:\n  - listen: 127.0.0.1:0\n    upstream: 127.0.0.1:1\n    identity: spiffe://other.domain/x\n",
+            &[
+                "outbound[0].identity",
+                "not in this mesh's trust domain cluster.local",
+            ],
+        ),
+        (
+            "outbound:\n  - listen: 127.0.0.1:0\n    upstream: 127.0.0.1:1\n    identity: not-a-spiffe-id\n",
+            &["not-a-spiffe-id"],
+        ),
+        ("inbound: [", &["sidecar.yaml"]),
+    ];
+    for (body, words) in cases {
+        let config = temp.path().join("sidecar.yaml");
+        fs::write(
+            &config,
+            format!(
+                "ca:\n  address: https://127.0.0.1:1\n  trust_bundle: {}\n  token_file: token\n{body}",
+                bundle.display()
+            ),
+        )
+        .unwrap();
+        let output = run_hush(HUSH, &["proxy", "--config", path_str(&config)]);
+        assert!(
+            !output.status.success(),
+            "{body}\n{}",
+            describe_output(&output)
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        for word in *words {
+            assert!(
+                stderr.contains(word),
+                "{body}\n=> {stderr}\n(missing {word:?})"
+            );
+        }
+    }
+
+    let good = temp.path().join("good.yaml");
+    fs::write(
+        &good,
+        format!(
+            "ca:\n  address: https://127.0.0.1:1\n  trust_bundle: {}\n  token_file: token\ninbound:\n  listen: 127.0.0.1:0\n  app: 127.0.0.1:9\n",
+            bundle.display()
+        ),
+    )
+    .unwrap();
+    let stdout = run_hush_ok(HUSH, &["proxy", "--config", path_str(&good), "--check"]);
+    assert!(stdout.contains("the configuration is valid"), "{stdout}");
+}
+
+// === 5. the README's run command ===
+
+#[test]
+fn hush_up_starts_a_mesh_and_makes_a_call_through_it() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("up");
+    let output = run_hush(HUSH, &["up", "--once", "--dir", path_str(&dir)]);
+    assert!(output.status.success(), "{}", describe_output(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "a mesh of 3 services on loopback, trust domain cluster.local",
+        "spiffe://cluster.local/ns/shop/sa/frontend",
+        "spiffe://cluster.local/ns/shop/sa/inventory",
+        "One call through the mesh: frontend → backend",
+        "200 OK, and backend's app answered",
+        "x-hush-peer-identity: spiffe://cluster.local/ns/shop/sa/frontend",
+        "x-forwarded-client-cert: By=spiffe://cluster.local/ns/shop/sa/backend;Hash=",
+        "400 Bad Request",
+        "key exchange X25519MLKEM768",
+        "presented none (alert CertificateRequired)",
+        "SPIFFE ID failed: expected spiffe://cluster.local/ns/shop/sa/frontend, but the peer presented spiffe://cluster.local/ns/shop/sa/backend",
+    ] {
+        assert!(stdout.contains(needle), "expected {needle:?} in:\n{stdout}");
+    }
+    // Every sidecar's identity came from the CA, which audited it.
+    let audit = fs::read_to_string(dir.join("ca").join("audit.log")).unwrap();
+    let issued = audit.lines().filter(|l| l.contains("\"issued\"")).count();
+    assert_eq!(issued, 3, "{audit}");
+
+    // A second run reuses the CA; a broken mesh file is refused with its field named.
+    let again = run_hush(HUSH, &["up", "--once", "--dir", path_str(&dir)]);
+    assert!(again.status.success(), "{}", describe_output(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("(reused;"));
+    let bad = temp.path().join("mesh.yaml");
+    fs::write(&bad, "services:\n  - name: a\n    calls: [nobody]\n").unwrap();
+    let output = run_hush(HUSH, &["up", "--once", path_str(&bad)]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("services[0].calls: \"nobody\" is not a service of this mesh"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_example_configurations_are_valid() {
+    // As in the README's walk-through: the examples sit next to the bundle of a real CA.
+    let temp = tempfile::tempdir().unwrap();
+    let ca_dir = temp.path().join("ca");
+    run_hush_ok(
+        HUSH,
+        &[
+            "ca",
+            "init",
+            "--dir",
+            path_str(&ca_dir),
+            "--trust-domain",
+            TRUST_DOMAIN,
+        ],
+    );
+    let bundle = run_hush_ok(HUSH, &["ca", "bundle", "--dir", path_str(&ca_dir)]);
+    fs::write(temp.path().join("bundle.pem"), bundle).unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proxy");
+    let mut checked = 0;
+    for entry in fs::read_dir(&examples).expect("examples/proxy") {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let copy = temp.path().join(path.file_name().unwrap());
+            fs::copy(&path, &copy).unwrap();
+            let output = run_hush(HUSH, &["proxy", "--check", "--config", path_str(&copy)]);
+            assert!(
+                output.status.success(),
+                "{}\n{}",
+                path.display(),
+                describe_output(&output)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "no examples found in {}", examples.display());
+}
