@@ -179,7 +179,8 @@ async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, St
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let response = within(sender.send_request(request.body(Empty::<Bytes>::new()).unwrap()))
+    let request = request.body(Empty::<Bytes>::new()).expect("a request");
+    let response = within(sender.send_request(request))
         .await
         .expect("a response");
     let status = response.status().as_u16();
@@ -231,7 +232,8 @@ async fn mtls_request(
     bundle: &TrustBundle,
     identity: Option<TestLeaf>,
 ) -> Result<String, String> {
-    let verifier = SpiffeServerVerifier::new(bundle, vec![BACKEND.parse().unwrap()]).unwrap();
+    let backend = BACKEND.parse().expect("a SPIFFE ID");
+    let verifier = SpiffeServerVerifier::new(bundle, vec![backend]).expect("a verifier");
     let resolver = identity.map(|leaf| {
         let store = CredentialStore::new();
         store
@@ -239,9 +241,9 @@ async fn mtls_request(
             .expect("a usable test leaf");
         Arc::new(store) as Arc<dyn hush_tls::rustls::client::ResolvesClientCert>
     });
-    let config = hush_tls::client_config(verifier, resolver, &[b"http/1.1"]).unwrap();
+    let config = hush_tls::client_config(verifier, resolver, &[b"http/1.1"]).expect("a config");
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = ServerName::try_from("backend.invalid").unwrap();
+    let name = ServerName::try_from("backend.invalid").expect("a server name");
     let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
