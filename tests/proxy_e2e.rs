@@ -318,6 +318,7 @@ async fn http1_reaches_the_app_with_the_callers_verified_identity() {
             .header("host", "backend")
             .body(http_body_util::Full::new(Bytes::from(vec![b'x'; 1000 * i])))
             .unwrap();
+        within(sender.ready()).await.expect("the connection stays open");
         let response = within(sender.send_request(request)).await.unwrap();
         assert_eq!(response.status(), 200);
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -328,11 +329,22 @@ async fn http1_reaches_the_app_with_the_callers_verified_identity() {
     }
 
     let metrics = metrics_of(&mesh.backend);
-    assert!(
+    assert_eq!(
         metric(
             &metrics,
             "hush_requests_total{direction=\"inbound\",protocol=\"http1\",code=\"200\"}"
-        ) >= 6.0,
+        ),
+        6.0,
+        "{metrics}"
+    );
+    // Between the sidecars, the HTTP/1.1 requests of both client connections (and both Host
+    // names) shared one multiplexed HTTP/2 connection.
+    assert_eq!(
+        metric(
+            &metrics,
+            "hush_connections_total{direction=\"inbound\",protocol=\"http2\"}"
+        ),
+        1.0,
         "{metrics}"
     );
 }
@@ -741,6 +753,12 @@ async fn certificates_rotate_under_continuous_traffic_without_a_failed_request()
                     sender = Some(s);
                 }
                 let Some(s) = sender.as_mut() else { continue };
+                if s.ready().await.is_err() {
+                    eprintln!("failed request: the keep-alive connection closed");
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    sender = None;
+                    continue;
+                }
                 let request = http::Request::get("/tick")
                     .header("host", "backend")
                     .body(Empty::<Bytes>::new())

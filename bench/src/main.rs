@@ -4,6 +4,14 @@
 //! `hush-bench ca` — certificate issuance: the in-process ceiling (CSR verification + signing,
 //! nothing else, on every core) against real issuance over gRPC + TLS 1.3 by `hush ca serve`
 //! running as its own process, with concurrent clients.
+//!
+//! `hush-bench proxy` — HTTP/1.1 through a pair of hush sidecars against the same app direct,
+//! through a pair of stunnel4 and through a pair of haproxy, all doing mutual TLS 1.3:
+//! requests per second, CPU per request, latency percentiles at a fixed rate, idle memory.
+//! `bench/proxy.sh` installs the peers and runs it.
+
+mod load;
+mod proxy;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -30,6 +38,23 @@ struct Cli {
 enum Bench {
     /// Certificate issuance: in-process ceiling vs. gRPC over TLS to `hush ca serve`.
     Ca(CaArgs),
+    /// HTTP/1.1 through hush sidecars vs. direct, stunnel4 and haproxy, side by side.
+    Proxy(proxy::ProxyArgs),
+    /// The app the proxy benchmark measures against (started by `proxy` itself).
+    #[command(hide = true)]
+    App {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+    /// Closed-loop HTTP/1.1 load against one address, for profiling a single path.
+    Load {
+        /// Where to send `GET /bench`.
+        target: std::net::SocketAddr,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,6 +82,24 @@ struct CaArgs {
 fn main() -> Result<()> {
     match Cli::parse().bench {
         Bench::Ca(args) => ca(args),
+        Bench::Proxy(args) => proxy::run(args),
+        Bench::App { listen } => load::serve_app(listen),
+        Bench::Load {
+            target,
+            seconds,
+            connections,
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let result = runtime.block_on(load::throughput(
+                target,
+                connections,
+                Duration::from_secs(seconds),
+            ))?;
+            println!("{:.0} requests/s ({} requests)", result.rate, result.requests);
+            Ok(())
+        }
     }
 }
 
@@ -259,7 +302,7 @@ async fn load(
 const STRIDE: usize = 7;
 
 /// User + system CPU seconds a process has used so far (from /proc/PID/stat).
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
     let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;

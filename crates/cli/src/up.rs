@@ -34,7 +34,7 @@ use crate::ca::{build_ca, shutdown_signal};
 
 /// The mesh `hush up` starts when no file is given.
 const DEFAULT_MESH: &str = include_str!("../../../examples/quickstart/mesh.yaml");
-const DEFAULT_MESH_NAME: &str = "examples/quickstart/mesh.yaml (built in)";
+const DEFAULT_MESH_NAME: &str = "the built-in examples/quickstart/mesh.yaml";
 
 /// How long the whole mesh may take to get its certificates.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -253,6 +253,12 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
     let demo = pick_demo(&mesh, &running);
     if let Some((from, to, listener, path)) = demo {
         demonstrate(from, to, listener, &path, &running, &bundle, &ids).await;
+        if !args.once {
+            say(&format!(
+                "\nTry it yourself:\n  curl http://{listener}{path}\n  curl http://{}/certs\n  curl http://{}/metrics",
+                from.admin, to.admin
+            ));
+        }
     }
 
     if args.once {
@@ -345,7 +351,7 @@ fn print_mesh(
     running: &[Running],
 ) {
     say(&format!(
-        "hush up: a mesh of {} services on loopback, trust domain {trust_domain} (from {origin})\n",
+        "hush up: a mesh of {} services on loopback, trust domain {trust_domain}, from {origin}\n",
         running.len()
     ));
     let origin = if created { "new" } else { "reused" };
@@ -424,10 +430,6 @@ async fn demonstrate(
             )),
         }
     }
-    say(&format!(
-        "\nTry it yourself:\n  curl http://{listener}{path}\n  curl http://{}/certs\n  curl http://{}/metrics",
-        from.admin, to.admin
-    ));
 }
 
 /// A plain HTTP/1.1 GET; returns the status line and the body.

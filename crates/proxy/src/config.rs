@@ -66,7 +66,9 @@ pub struct InboundConfig {
     pub listen: SocketAddr,
     /// The local app, reached in plaintext.
     pub app: SocketAddr,
-    /// The app's protocol; `detect` (the default) tells HTTP/1.1, HTTP/2 and opaque TCP apart.
+    /// How to treat connections from clients that do not announce their protocol with ALPN
+    /// (hush sidecars always do); `detect` (the default) tells HTTP/1.1, HTTP/2 and opaque TCP
+    /// apart by their first bytes.
     #[serde(default)]
     pub protocol: Protocol,
 }

@@ -113,14 +113,19 @@ impl Inbound {
         let announced = MeshProtocol::from_alpn(session.alpn_protocol());
         debug!(%peer, peer_id = %peer_id, ?announced, "inbound mTLS connection");
 
-        let (protocol, prefix) = match (self.protocol, announced) {
-            (Protocol::Http1, _) => (Detected::Http1, BytesMut::new()),
-            (Protocol::Http2, _) => (Detected::Http2, BytesMut::new()),
-            (Protocol::Tcp, _) => (Detected::Tcp, BytesMut::new()),
-            (Protocol::Detect, Some(MeshProtocol::Http1)) => (Detected::Http1, BytesMut::new()),
-            (Protocol::Detect, Some(MeshProtocol::Http2)) => (Detected::Http2, BytesMut::new()),
-            (Protocol::Detect, Some(MeshProtocol::Tcp)) => (Detected::Tcp, BytesMut::new()),
-            (Protocol::Detect, None) => match sniff(&mut tls, self.limits.detect_timeout).await {
+        // A hush sidecar announces what it sends; the configured protocol is for clients that
+        // do not.
+        let (protocol, prefix) = match (announced, self.protocol) {
+            (Some(MeshProtocol::Http1), _) | (None, Protocol::Http1) => {
+                (Detected::Http1, BytesMut::new())
+            }
+            (Some(MeshProtocol::Http2), _) | (None, Protocol::Http2) => {
+                (Detected::Http2, BytesMut::new())
+            }
+            (Some(MeshProtocol::Tcp), _) | (None, Protocol::Tcp) => {
+                (Detected::Tcp, BytesMut::new())
+            }
+            (None, Protocol::Detect) => match sniff(&mut tls, self.limits.detect_timeout).await {
                 Ok(sniffed) => {
                     if sniffed.timed_out {
                         self.metrics.detect_timeout(Direction::Inbound);
@@ -159,6 +164,7 @@ impl Inbound {
                 HttpVersion::Http1 => self.app_http1.clone(),
                 HttpVersion::Http2 => self.app_http2.clone(),
             },
+            translated: (version == HttpVersion::Http2).then(|| self.app_http1.clone()),
             destination: format!("the app at {}", self.app).into(),
             fallback_authority: authority_of(self.app),
             identity: IdentityHeaders::new(peer_id.as_str(), &own_id, &leaf),

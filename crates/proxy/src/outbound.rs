@@ -170,6 +170,7 @@ async fn proxy_to(
             HttpVersion::Http1 => route.http1.clone(),
             HttpVersion::Http2 => route.http2.clone(),
         },
+        translated: (version == HttpVersion::Http1).then(|| route.http2.clone()),
         destination: route.description.clone(),
         fallback_authority: match &route.target {
             Target::Addr(addr) => authority_of(*addr),

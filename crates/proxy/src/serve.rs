@@ -115,9 +115,13 @@ pub(crate) async fn serve_http<I>(
         }
         HttpVersion::Http2 => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            let streams = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
             builder
                 .timer(TokioTimer::new())
-                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+                // A peer sidecar multiplexes all its callers' requests onto one connection; a
+                // low stream limit would queue requests behind long polls.
+                .max_concurrent_streams(streams);
             let connection = builder.serve_connection(TokioIo::new(io), service);
             drive(connection, |c| c.graceful_shutdown(), draining, idle).await;
         }

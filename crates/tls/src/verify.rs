@@ -567,6 +567,55 @@ mod tests {
         assert!(err.contains("not an X.509-SVID"), "{err}");
     }
 
+    /// One server configuration, built once; only the trust store behind it changes.
+    #[tokio::test]
+    async fn a_replaced_bundle_applies_to_the_next_handshake() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let old = ca("example.org", "old CA");
+        let new = ca("example.org", "new CA");
+        let trust =
+            crate::TrustStore::new(TrustBundle::new(td.clone(), vec![old.root.clone()]).unwrap())
+                .unwrap();
+        let server = Arc::new(
+            server_config(
+                Arc::new(leaf(&old, Some("spiffe://example.org/server"))),
+                Some(SpiffeClientVerifier::with_trust(&trust, true)),
+                &[],
+            )
+            .unwrap(),
+        );
+        let identity = leaf(&new, Some("spiffe://example.org/client"));
+        let attempt = |server: Arc<rustls::ServerConfig>, identity: CredentialStore| async move {
+            let client = client_config(
+                Arc::new(AnyServer),
+                Some(Arc::new(identity) as Arc<dyn rustls::client::ResolvesClientCert>),
+                &[],
+            )
+            .unwrap();
+            let (a, b) = tokio::io::duplex(16 * 1024);
+            let accepted = tokio::spawn(async move {
+                tokio_rustls::TlsAcceptor::from(server)
+                    .accept(a)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| explain_io_error(&e))
+            });
+            let name = ServerName::try_from("example.org").unwrap();
+            let _ = tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(name, b)
+                .await;
+            accepted.await.unwrap()
+        };
+        let refused = attempt(server.clone(), identity.clone()).await.unwrap_err();
+        assert!(refused.contains("unknown issuer"), "{refused}");
+        trust
+            .replace(TrustBundle::new(td, vec![old.root.clone(), new.root.clone()]).unwrap())
+            .unwrap();
+        attempt(server, identity)
+            .await
+            .expect("the new root is trusted at once");
+    }
+
     #[test]
     fn a_server_verifier_needs_an_identity_to_expect() {
         let trusted = ca("example.org", "trusted CA");

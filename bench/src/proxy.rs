@@ -1,0 +1,593 @@
+//! `hush-bench proxy`: HTTP/1.1 through a pair of mutual-TLS proxies, side by side.
+//!
+//! Every path ends at the same app and starts at the same load generator, all on loopback:
+//!
+//! * direct — load generator → app, plaintext: the floor.
+//! * hush — → frontend sidecar (plaintext in) → mutual TLS 1.3 → backend sidecar → app.
+//! * stunnel4 — the same shape with two stunnel processes doing mutual TLS 1.3.
+//! * haproxy — the same shape with two haproxy processes (HTTP mode) doing mutual TLS 1.3.
+//!
+//! The peers use certificates from the same hush CA (real X.509-SVIDs). They check the chain
+//! only; hush also checks the SPIFFE ID, so hush does at least the work they do. Each path is
+//! measured twice: closed-loop throughput, and latency at a fixed rate. CPU time of the two
+//! proxies is read from /proc, for CPU per request.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hush_test_support::{CaProcess, ProxyProcess, mint_token, run_hush_ok};
+
+use crate::cpu_seconds;
+use crate::load::{self, Latency, Throughput};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ProxyArgs {
+    /// Path of the `hush` binary (default: next to this one, e.g. target/release/hush).
+    #[arg(long)]
+    hush: Option<PathBuf>,
+    /// Seconds of closed-loop load per path.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Keep-alive connections for the throughput runs.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Requests per second for the latency runs.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds of fixed-rate load per path.
+    #[arg(long, default_value_t = 10)]
+    latency_seconds: u64,
+    /// Connections for the latency runs.
+    #[arg(long, default_value_t = 8)]
+    latency_connections: usize,
+    /// Skip a peer that is not installed instead of failing (bench/proxy.sh installs them).
+    #[arg(long)]
+    allow_missing_peers: bool,
+    /// Rounds over all paths, interleaved so that drift affects every path alike; the report
+    /// gives the median and the range.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+/// A path under test: where the load generator connects and which processes do the work.
+struct Contender {
+    name: &'static str,
+    entry: SocketAddr,
+    pids: Vec<u32>,
+}
+
+/// One path's rounds.
+struct Measured {
+    name: &'static str,
+    rates: Vec<f64>,
+    cpu_per_request: Vec<Duration>,
+    latencies: Vec<Latency>,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        median(&self.rates)
+    }
+
+    fn cpu(&self) -> Option<Duration> {
+        (!self.cpu_per_request.is_empty()).then(|| {
+            Duration::from_secs_f64(median(
+                &self
+                    .cpu_per_request
+                    .iter()
+                    .map(Duration::as_secs_f64)
+                    .collect::<Vec<_>>(),
+            ))
+        })
+    }
+
+    fn latency(&self, pick: impl Fn(&Latency) -> Duration) -> Duration {
+        Duration::from_secs_f64(median(
+            &self
+                .latencies
+                .iter()
+                .map(|l| pick(l).as_secs_f64())
+                .collect::<Vec<_>>(),
+        ))
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+pub(crate) fn run(args: ProxyArgs) -> Result<()> {
+    let hush = match args.hush.clone() {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .context("no parent directory")?
+            .join("hush"),
+    };
+    if !hush.exists() {
+        bail!(
+            "{} not found: build it first with `cargo build --release`",
+            hush.display()
+        );
+    }
+    let temp = tempfile::tempdir()?;
+    let root = temp.path();
+
+    // The app, as its own process.
+    let mut app = Spawned::new(
+        Command::new(std::env::current_exe()?).args(["app", "--listen", "127.0.0.1:0"]),
+        "hush-bench app",
+    )?;
+    let app_addr: SocketAddr = app
+        .first_line()?
+        .strip_prefix("listening on ")
+        .context("unexpected first line from the app")?
+        .parse()?;
+
+    // The CA, and the hush pair.
+    let ca_dir = root.join("ca");
+    run_hush_ok(
+        &hush,
+        &["ca", "init", "--dir", path_str(&ca_dir), "--trust-domain", "bench.local"],
+    );
+    let ca = CaProcess::start(&hush, &ca_dir, &[]);
+    let bundle = ca_dir.join("bundle.pem");
+    let backend_id = "spiffe://bench.local/ns/bench/sa/backend";
+    let frontend_id = "spiffe://bench.local/ns/bench/sa/frontend";
+    let backend_config = sidecar_config(
+        &hush,
+        root,
+        &ca_dir,
+        ca.url(),
+        "backend",
+        backend_id,
+        &format!("inbound:\n  listen: 127.0.0.1:0\n  app: {app_addr}\n  protocol: http1\n"),
+    )?;
+    let mut backend = ProxyProcess::start(&hush, &backend_config);
+    let frontend_config = sidecar_config(
+        &hush,
+        root,
+        &ca_dir,
+        ca.url(),
+        "frontend",
+        frontend_id,
+        &format!(
+            "outbound:\n  - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {backend_id}\n    protocol: http1\n",
+            backend.inbound()
+        ),
+    )?;
+    let mut frontend = ProxyProcess::start(&hush, &frontend_config);
+    // Idle: certificates obtained, no traffic yet. The larger of the two is reported.
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_rss = rss_kib(frontend.process().pid())?.max(rss_kib(backend.process().pid())?);
+
+    let mut paths = vec![
+        Contender {
+            name: "direct (no proxy)",
+            entry: app_addr,
+            pids: vec![],
+        },
+        Contender {
+            name: "hush sidecar pair",
+            entry: frontend.outbound(0),
+            pids: vec![frontend.process().pid(), backend.process().pid()],
+        },
+    ];
+
+    // Certificates for the peers, from the same CA.
+    let peer_certs = |name: &str, id: &str| -> Result<PathBuf> {
+        let dir = root.join(format!("peer-{name}"));
+        fs::create_dir_all(&dir)?;
+        let token = mint_token(&hush, &ca_dir, id, &[]);
+        fs::write(dir.join("token"), token)?;
+        run_hush_ok(
+            &hush,
+            &[
+                "cert",
+                "request",
+                "--ca",
+                ca.url(),
+                "--bundle",
+                path_str(&bundle),
+                "--token-file",
+                path_str(&dir.join("token")),
+                "--out-dir",
+                path_str(&dir),
+            ],
+        );
+        // haproxy wants the chain and the key in one file.
+        let combined = format!(
+            "{}{}",
+            fs::read_to_string(dir.join("svid.pem"))?,
+            fs::read_to_string(dir.join("svid.key"))?
+        );
+        fs::write(dir.join("combined.pem"), combined)?;
+        Ok(dir)
+    };
+    let mut peers: Vec<Spawned> = Vec::new();
+    let mut peer_rss = Vec::new();
+
+    match which(&["stunnel4", "stunnel"]) {
+        Some(stunnel) => {
+            let client = peer_certs("stunnel-client", frontend_id)?;
+            let server = peer_certs("stunnel-server", backend_id)?;
+            let (front_port, back_port) = (free_port()?, free_port()?);
+            let server_conf = root.join("stunnel-server.conf");
+            fs::write(
+                &server_conf,
+                format!(
+                    "foreground = yes\npid =\ndebug = 3\n[backend]\naccept = 127.0.0.1:{back_port}\nconnect = {app_addr}\n\
+                     cert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nrequireCert = yes\nsslVersion = TLSv1.3\n",
+                    server.join("svid.pem").display(),
+                    server.join("svid.key").display(),
+                    bundle.display()
+                ),
+            )?;
+            let client_conf = root.join("stunnel-client.conf");
+            fs::write(
+                &client_conf,
+                format!(
+                    "foreground = yes\npid =\ndebug = 3\n[frontend]\nclient = yes\naccept = 127.0.0.1:{front_port}\n\
+                     connect = 127.0.0.1:{back_port}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nsslVersion = TLSv1.3\n",
+                    client.join("svid.pem").display(),
+                    client.join("svid.key").display(),
+                    bundle.display()
+                ),
+            )?;
+            let mut s = Spawned::new(Command::new(&stunnel).arg(&server_conf), "stunnel (server)")?;
+            let mut c = Spawned::new(Command::new(&stunnel).arg(&client_conf), "stunnel (client)")?;
+            wait_listening(&mut s, back_port)?;
+            wait_listening(&mut c, front_port)?;
+            std::thread::sleep(Duration::from_millis(300));
+            peer_rss.push(("stunnel4", rss_kib(c.pid())?));
+            paths.push(Contender {
+                name: "stunnel4 pair",
+                entry: ([127, 0, 0, 1], front_port).into(),
+                pids: vec![c.pid(), s.pid()],
+            });
+            peers.extend([s, c]);
+        }
+        None if args.allow_missing_peers => eprintln!("skipping stunnel4: not installed"),
+        None => bail!("stunnel4 is not installed (bench/proxy.sh installs it)"),
+    }
+
+    match which(&["haproxy"]) {
+        Some(haproxy) => {
+            let client = peer_certs("haproxy-client", frontend_id)?;
+            let server = peer_certs("haproxy-server", backend_id)?;
+            let (front_port, back_port) = (free_port()?, free_port()?);
+            let common = "global\n  nbthread 2\n  maxconn 4096\n  tune.ssl.default-dh-param 2048\n\
+                          defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n";
+            let server_conf = root.join("haproxy-server.cfg");
+            fs::write(
+                &server_conf,
+                format!(
+                    "{common}frontend mtls_in\n  bind 127.0.0.1:{back_port} ssl crt {} ca-file {} verify required ssl-min-ver TLSv1.3\n  default_backend app\n\
+                     backend app\n  server app {app_addr}\n",
+                    server.join("combined.pem").display(),
+                    bundle.display()
+                ),
+            )?;
+            let client_conf = root.join("haproxy-client.cfg");
+            fs::write(
+                &client_conf,
+                format!(
+                    "{common}frontend plain_in\n  bind 127.0.0.1:{front_port}\n  default_backend mtls_out\n\
+                     backend mtls_out\n  server backend 127.0.0.1:{back_port} ssl crt {} ca-file {} verify required ssl-min-ver TLSv1.3\n",
+                    client.join("combined.pem").display(),
+                    bundle.display()
+                ),
+            )?;
+            let mut s = Spawned::new(
+                Command::new(&haproxy).args(["-db", "-f"]).arg(&server_conf),
+                "haproxy (server)",
+            )?;
+            let mut c = Spawned::new(
+                Command::new(&haproxy).args(["-db", "-f"]).arg(&client_conf),
+                "haproxy (client)",
+            )?;
+            wait_listening(&mut s, back_port)?;
+            wait_listening(&mut c, front_port)?;
+            std::thread::sleep(Duration::from_millis(300));
+            peer_rss.push(("haproxy", rss_kib(c.pid())?));
+            paths.push(Contender {
+                name: "haproxy pair (HTTP mode)",
+                entry: ([127, 0, 0, 1], front_port).into(),
+                pids: vec![c.pid(), s.pid()],
+            });
+            peers.extend([s, c]);
+        }
+        None if args.allow_missing_peers => eprintln!("skipping haproxy: not installed"),
+        None => bail!("haproxy is not installed (bench/proxy.sh installs it)"),
+    }
+
+    // One thread for the load generator, so the proxies get the rest of the machine.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut results: Vec<Measured> = paths
+        .iter()
+        .map(|path| Measured {
+            name: path.name,
+            rates: Vec::new(),
+            cpu_per_request: Vec::new(),
+            latencies: Vec::new(),
+        })
+        .collect();
+    for round in 1..=args.rounds.max(1) {
+        for (path, measured) in paths.iter().zip(results.iter_mut()) {
+            eprintln!("round {round}: {} …", path.name);
+            let cpu = || -> f64 { path.pids.iter().map(|p| cpu_seconds(*p).unwrap_or(0.0)).sum() };
+            let cpu_before = cpu();
+            let Throughput { rate, requests } = runtime.block_on(load::throughput(
+                path.entry,
+                args.connections,
+                Duration::from_secs(args.seconds),
+            ))?;
+            let cpu_after = cpu();
+            measured.rates.push(rate);
+            if !path.pids.is_empty() {
+                measured
+                    .cpu_per_request
+                    .push(Duration::from_secs_f64((cpu_after - cpu_before) / requests as f64));
+            }
+            measured.latencies.push(load::fixed_rate(
+                path.entry,
+                args.latency_connections,
+                args.rate,
+                Duration::from_secs(args.latency_seconds),
+            )?);
+        }
+    }
+    print!("{}", report(&results, &args, idle_rss, &peer_rss));
+    drop(peers);
+    drop(frontend);
+    drop(backend);
+    drop(ca);
+    app.stop();
+    Ok(())
+}
+
+fn report(
+    results: &[Measured],
+    args: &ProxyArgs,
+    idle_rss: Rss,
+    peer_rss: &[(&str, Rss)],
+) -> String {
+    let mut out = String::new();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let _ = writeln!(
+        out,
+        "\nHTTP/1.1 keep-alive, loopback, {cores} cores shared by load generator, proxies and app; \
+         median of {} interleaved rounds (range in brackets)\n\
+         throughput: {} connections, {} s closed loop; latency: {} req/s over {} connections for {} s\n",
+        args.rounds.max(1),
+        args.connections,
+        args.seconds,
+        args.rate,
+        args.latency_connections,
+        args.latency_seconds
+    );
+    let _ = writeln!(
+        out,
+        "| path | req/s | vs direct | proxy CPU per request | p50 @ {r}/s | p99 @ {r}/s | p99.9 @ {r}/s | added p99 |",
+        r = args.rate
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    let direct = results.first();
+    for (i, m) in results.iter().enumerate() {
+        let vs = direct.map_or(0.0, |d| m.rate() / d.rate());
+        let p99 = m.latency(|l| l.p99);
+        let added = direct.map_or(Duration::ZERO, |d| p99.saturating_sub(d.latency(|l| l.p99)));
+        let range = |values: &[f64], unit: f64| {
+            let min = values.iter().copied().fold(f64::INFINITY, f64::min) * unit;
+            let max = values.iter().copied().fold(0.0, f64::max) * unit;
+            format!("({min:.0}–{max:.0})")
+        };
+        let cpu = m.cpu().map_or("–".to_string(), |c| {
+            let values: Vec<f64> = m.cpu_per_request.iter().map(Duration::as_secs_f64).collect();
+            format!("{} µs {}", c.as_micros(), range(&values, 1e6))
+        });
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} {} | {:.0} % | {} | {} | {} | {} | {} |",
+            m.name,
+            m.rate(),
+            range(&m.rates, 1.0),
+            100.0 * vs,
+            cpu,
+            micros(m.latency(|l| l.p50)),
+            micros(p99),
+            micros(m.latency(|l| l.p999)),
+            if i == 0 { "–".to_string() } else { micros(added) },
+        );
+    }
+    let hush = results.iter().find(|m| m.name.starts_with("hush"));
+    let best_peer = results
+        .iter()
+        .filter(|m| !m.name.starts_with("hush") && !m.name.starts_with("direct"))
+        .max_by(|a, b| a.rate().total_cmp(&b.rate()));
+    if let (Some(hush), Some(peer)) = (hush, best_peer) {
+        let _ = writeln!(
+            out,
+            "\nhush / best peer ({}): {:.2}× the requests per second",
+            peer.name,
+            hush.rate() / peer.rate()
+        );
+        if let (Some(h), Some(p)) = (hush.cpu(), peer.cpu()) {
+            let _ = writeln!(
+                out,
+                "hush / best peer, CPU per request: {:.2}× ({} µs vs {} µs)",
+                h.as_secs_f64() / p.as_secs_f64(),
+                h.as_micros(),
+                p.as_micros()
+            );
+        }
+    }
+    let _ = write!(out, "\nidle RSS of one proxy: hush {idle_rss}");
+    for (name, rss) in peer_rss {
+        let _ = write!(out, ", {name} {rss}");
+    }
+    let _ = writeln!(out);
+    out
+}
+
+fn micros(d: Duration) -> String {
+    format!("{} µs", d.as_micros())
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap_or_default()
+}
+
+fn sidecar_config(
+    hush: &Path,
+    root: &Path,
+    ca_dir: &Path,
+    ca_url: &str,
+    name: &str,
+    id: &str,
+    body: &str,
+) -> Result<PathBuf> {
+    let token = mint_token(hush, ca_dir, id, &[]);
+    let dir = root.join(name);
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join("token"), token)?;
+    let config = dir.join("sidecar.yaml");
+    fs::write(
+        &config,
+        format!(
+            "ca:\n  address: {ca_url}\n  trust_bundle: {}\n  token_file: token\nadmin:\n  listen: 127.0.0.1:0\n{body}",
+            ca_dir.join("bundle.pem").display()
+        ),
+    )?;
+    Ok(config)
+}
+
+/// Resident memory of a process in KiB: all of it (VmRSS) and the part that is its own
+/// (RssAnon; the rest is the executable and libraries mapped from the page cache, shared by
+/// every process running the same files).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Rss {
+    total: u64,
+    private: u64,
+}
+
+fn rss_kib(pid: u32) -> Result<Rss> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok(Rss {
+        total: field("VmRSS:")?,
+        private: field("RssAnon:")?,
+    })
+}
+
+impl std::fmt::Display for Rss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} MB ({:.1} MB private)",
+            self.total as f64 / 1024.0,
+            self.private as f64 / 1024.0
+        )
+    }
+}
+
+fn which(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")]) {
+        for name in names {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    None
+}
+
+/// A free loopback port, for peers whose configuration needs a fixed one. (A benchmark on an
+/// otherwise quiet machine; the tests never do this.)
+fn free_port() -> Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_listening(process: &mut Spawned, port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while StdStream::connect(("127.0.0.1", port)).is_err() {
+        let exited = process.child.try_wait()?.is_some();
+        if exited || Instant::now() > deadline {
+            let log = std::env::temp_dir().join(format!(
+                "hush-bench-{}.log",
+                process.name.replace([' ', '(', ')'], "")
+            ));
+            bail!(
+                "{} does not listen on port {port}; its log ({}):\n{}",
+                process.name,
+                log.display(),
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A child process, killed when dropped.
+struct Spawned {
+    child: Child,
+    name: &'static str,
+}
+
+impl Spawned {
+    fn new(command: &mut Command, name: &'static str) -> Result<Self> {
+        // Peers report configuration errors on stderr: keep it for the error message.
+        let log = std::env::temp_dir().join(format!("hush-bench-{}.log", name.replace([' ', '(', ')'], "")));
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        Ok(Self { child, name })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn first_line(&mut self) -> Result<String> {
+        let stdout = self.child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if line.is_empty() {
+            bail!("{} exited before it was ready", self.name);
+        }
+        Ok(line.trim().to_string())
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
