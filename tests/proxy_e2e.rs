@@ -318,7 +318,9 @@ async fn http1_reaches_the_app_with_the_callers_verified_identity() {
             .header("host", "backend")
             .body(http_body_util::Full::new(Bytes::from(vec![b'x'; 1000 * i])))
             .unwrap();
-        within(sender.ready()).await.expect("the connection stays open");
+        within(sender.ready())
+            .await
+            .expect("the connection stays open");
         let response = within(sender.send_request(request)).await.unwrap();
         assert_eq!(response.status(), 200);
         let body = response.into_body().collect().await.unwrap().to_bytes();

@@ -97,7 +97,10 @@ fn main() -> Result<()> {
                 connections,
                 Duration::from_secs(seconds),
             ))?;
-            println!("{:.0} requests/s ({} requests)", result.rate, result.requests);
+            println!(
+                "{:.0} requests/s ({} requests)",
+                result.rate, result.requests
+            );
             Ok(())
         }
     }

@@ -136,7 +136,14 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
     let ca_dir = root.join("ca");
     run_hush_ok(
         &hush,
-        &["ca", "init", "--dir", path_str(&ca_dir), "--trust-domain", "bench.local"],
+        &[
+            "ca",
+            "init",
+            "--dir",
+            path_str(&ca_dir),
+            "--trust-domain",
+            "bench.local",
+        ],
     );
     let ca = CaProcess::start(&hush, &ca_dir, &[]);
     let bundle = ca_dir.join("bundle.pem");
@@ -325,7 +332,12 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
     for round in 1..=args.rounds.max(1) {
         for (path, measured) in paths.iter().zip(results.iter_mut()) {
             eprintln!("round {round}: {} …", path.name);
-            let cpu = || -> f64 { path.pids.iter().map(|p| cpu_seconds(*p).unwrap_or(0.0)).sum() };
+            let cpu = || -> f64 {
+                path.pids
+                    .iter()
+                    .map(|p| cpu_seconds(*p).unwrap_or(0.0))
+                    .sum()
+            };
             let cpu_before = cpu();
             let Throughput { rate, requests } = runtime.block_on(load::throughput(
                 path.entry,
@@ -335,9 +347,9 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
             let cpu_after = cpu();
             measured.rates.push(rate);
             if !path.pids.is_empty() {
-                measured
-                    .cpu_per_request
-                    .push(Duration::from_secs_f64((cpu_after - cpu_before) / requests as f64));
+                measured.cpu_per_request.push(Duration::from_secs_f64(
+                    (cpu_after - cpu_before) / requests as f64,
+                ));
             }
             measured.latencies.push(load::fixed_rate(
                 path.entry,
@@ -393,7 +405,11 @@ fn report(
             format!("({min:.0}–{max:.0})")
         };
         let cpu = m.cpu().map_or("–".to_string(), |c| {
-            let values: Vec<f64> = m.cpu_per_request.iter().map(Duration::as_secs_f64).collect();
+            let values: Vec<f64> = m
+                .cpu_per_request
+                .iter()
+                .map(Duration::as_secs_f64)
+                .collect();
             format!("{} µs {}", c.as_micros(), range(&values, 1e6))
         });
         let _ = writeln!(
@@ -407,7 +423,11 @@ fn report(
             micros(m.latency(|l| l.p50)),
             micros(p99),
             micros(m.latency(|l| l.p999)),
-            if i == 0 { "–".to_string() } else { micros(added) },
+            if i == 0 {
+                "–".to_string()
+            } else {
+                micros(added)
+            },
         );
     }
     let hush = results.iter().find(|m| m.name.starts_with("hush"));
@@ -509,7 +529,9 @@ impl std::fmt::Display for Rss {
 
 fn which(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")]) {
+    for dir in
+        std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+    {
         for name in names {
             let candidate = dir.join(name);
             if candidate.is_file() {
@@ -556,7 +578,10 @@ struct Spawned {
 impl Spawned {
     fn new(command: &mut Command, name: &'static str) -> Result<Self> {
         // Peers report configuration errors on stderr: keep it for the error message.
-        let log = std::env::temp_dir().join(format!("hush-bench-{}.log", name.replace([' ', '(', ')'], "")));
+        let log = std::env::temp_dir().join(format!(
+            "hush-bench-{}.log",
+            name.replace([' ', '(', ')'], "")
+        ));
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -182,7 +182,10 @@ pub(crate) async fn forward(
         );
         return Ok(error_response(StatusCode::BAD_REQUEST, grpc, &reason));
     }
-    let marked = request.headers_mut().remove(ORIGINAL_PROTOCOL_HEADER).is_some();
+    let marked = request
+        .headers_mut()
+        .remove(ORIGINAL_PROTOCOL_HEADER)
+        .is_some();
     let mut forward = &ctx.forward;
     let mut translated = false;
     if let Some(other) = &ctx.translated {
