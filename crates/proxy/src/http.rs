@@ -224,14 +224,16 @@ pub(crate) async fn forward(
             _ => {}
         }
     }
-    if let Some(identity) = &ctx.identity {
+    if ctx.direction == Direction::Inbound {
         // Whatever the caller wrote in these headers is a claim, not a proof: only the
         // sidecar's own values reach the app.
         let headers = request.headers_mut();
         headers.remove(PEER_IDENTITY_HEADER);
         headers.remove(XFCC_HEADER);
-        headers.insert(PEER_IDENTITY_HEADER, identity.peer.clone());
-        headers.insert(XFCC_HEADER, identity.xfcc.clone());
+        if let Some(identity) = &ctx.identity {
+            headers.insert(PEER_IDENTITY_HEADER, identity.peer.clone());
+            headers.insert(XFCC_HEADER, identity.xfcc.clone());
+        }
     }
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
 
