@@ -410,7 +410,7 @@ fn report(
                 .iter()
                 .map(Duration::as_secs_f64)
                 .collect();
-            format!("{} µs {}", c.as_micros(), range(&values, 1e6))
+            format!("{:.0} µs {}", c.as_secs_f64() * 1e6, range(&values, 1e6))
         });
         let _ = writeln!(
             out,
@@ -445,10 +445,10 @@ fn report(
         if let (Some(h), Some(p)) = (hush.cpu(), peer.cpu()) {
             let _ = writeln!(
                 out,
-                "hush / best peer, CPU per request: {:.2}× ({} µs vs {} µs)",
+                "hush / best peer, CPU per request: {:.2}× ({:.0} µs vs {:.0} µs)",
                 h.as_secs_f64() / p.as_secs_f64(),
-                h.as_micros(),
-                p.as_micros()
+                h.as_secs_f64() * 1e6,
+                p.as_secs_f64() * 1e6
             );
         }
     }

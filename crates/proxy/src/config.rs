@@ -238,9 +238,15 @@ impl ProxyConfig {
     /// Parses and validates YAML `text`; `origin` names it in errors and relative paths are
     /// resolved against `base`.
     pub fn from_yaml(text: &str, origin: &str, base: &Path) -> Result<Self, ConfigError> {
-        let mut config: Self = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
-            origin: origin.to_string(),
-            message: e.to_string(),
+        let mut config: Self = serde_saphyr::from_str(text).map_err(|e| {
+            let message = e.to_string();
+            ConfigError::Parse {
+                origin: origin.to_string(),
+                message: message
+                    .strip_prefix("error: ")
+                    .unwrap_or(&message)
+                    .to_string(),
+            }
         })?;
         config.validate(origin)?;
         config.ca.trust_bundle = base.join(&config.ca.trust_bundle);
