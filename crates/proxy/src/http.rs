@@ -192,10 +192,12 @@ pub(crate) async fn forward(
         match ctx.direction {
             // Concurrent HTTP/1.1 requests share one HTTP/2 connection between the sidecars
             // instead of one TLS connection each: fewer handshakes, fewer wake-ups, and
-            // several requests per write under load. Upgrades and HTTP/1.0 keep their protocol.
+            // several requests per write under load. Upgrades, CONNECT tunnels and HTTP/1.0
+            // keep their protocol.
             Direction::Outbound
                 if ctx.version == HttpVersion::Http1
                     && !upgrading
+                    && request.method() != http::Method::CONNECT
                     && request.version() == http::Version::HTTP_11 =>
             {
                 request.headers_mut().insert(
