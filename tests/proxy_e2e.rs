@@ -72,19 +72,7 @@ impl Mesh {
             Some(app) => app,
             None => apps::start_app().await,
         };
-        let temp = tempfile::tempdir().expect("temp dir");
-        let ca_dir = temp.path().join("ca");
-        run_hush_ok(
-            HUSH,
-            &[
-                "ca",
-                "init",
-                "--dir",
-                path_str(&ca_dir),
-                "--trust-domain",
-                TRUST_DOMAIN,
-            ],
-        );
+        let (temp, ca_dir) = new_ca();
         let ca = CaProcess::start(HUSH, &ca_dir, &spec.ca_args);
         let backend_config = sidecar_config(
             temp.path(),
@@ -135,6 +123,24 @@ impl Mesh {
         let pem = fs::read(self.ca_dir.join("bundle.pem")).expect("bundle.pem");
         TrustBundle::from_pem(&pem, None).expect("a bundle")
     }
+}
+
+/// A temporary directory holding a new CA (`ca/`) for [`TRUST_DOMAIN`].
+fn new_ca() -> (TempDir, PathBuf) {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca_dir = temp.path().join("ca");
+    run_hush_ok(
+        HUSH,
+        &[
+            "ca",
+            "init",
+            "--dir",
+            path_str(&ca_dir),
+            "--trust-domain",
+            TRUST_DOMAIN,
+        ],
+    );
+    (temp, ca_dir)
 }
 
 /// Writes `NAME/sidecar.yaml` with a fresh single-use join token for `identity`.
@@ -873,19 +879,7 @@ async fn the_mesh_keeps_serving_while_the_ca_is_down() {
 
 #[test]
 fn a_sidecar_waits_for_the_ca_and_is_not_ready_until_then() {
-    let temp = tempfile::tempdir().unwrap();
-    let ca_dir = temp.path().join("ca");
-    run_hush_ok(
-        HUSH,
-        &[
-            "ca",
-            "init",
-            "--dir",
-            path_str(&ca_dir),
-            "--trust-domain",
-            TRUST_DOMAIN,
-        ],
-    );
+    let (temp, ca_dir) = new_ca();
     // A free port for the CA, which starts only later.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -1033,19 +1027,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
 
 #[test]
 fn bad_configuration_is_refused_with_the_field_named() {
-    let temp = tempfile::tempdir().unwrap();
-    let ca_dir = temp.path().join("ca");
-    run_hush_ok(
-        HUSH,
-        &[
-            "ca",
-            "init",
-            "--dir",
-            path_str(&ca_dir),
-            "--trust-domain",
-            TRUST_DOMAIN,
-        ],
-    );
+    let (temp, ca_dir) = new_ca();
     let bundle = ca_dir.join("bundle.pem");
     let cases: &[(&str, &[&str])] = &[
         (
@@ -1151,19 +1133,7 @@ fn hush_up_starts_a_mesh_and_makes_a_call_through_it() {
 #[test]
 fn the_example_configurations_are_valid() {
     // As in the README's walk-through: the examples sit next to the bundle of a real CA.
-    let temp = tempfile::tempdir().unwrap();
-    let ca_dir = temp.path().join("ca");
-    run_hush_ok(
-        HUSH,
-        &[
-            "ca",
-            "init",
-            "--dir",
-            path_str(&ca_dir),
-            "--trust-domain",
-            TRUST_DOMAIN,
-        ],
-    );
+    let (temp, ca_dir) = new_ca();
     let bundle = run_hush_ok(HUSH, &["ca", "bundle", "--dir", path_str(&ca_dir)]);
     fs::write(temp.path().join("bundle.pem"), bundle).unwrap();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proxy");

@@ -42,15 +42,8 @@ impl Connection {
     async fn roundtrip(&mut self) -> Result<()> {
         self.stream.write_all(REQUEST).await?;
         loop {
-            if let Some((head, body)) = parse_head(&self.buf)?
-                && self.buf.len() >= head + body
-            {
-                let ok = self.buf.starts_with(b"HTTP/1.1 200");
-                self.buf.drain(..head + body);
-                if !ok {
-                    bail!("a response other than 200");
-                }
-                return Ok(());
+            if let Some(result) = take_response(&mut self.buf) {
+                return result;
             }
             let mut chunk = [0u8; 4096];
             let n = self.stream.read(&mut chunk).await?;
@@ -60,6 +53,25 @@ impl Connection {
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
+}
+
+/// Removes one whole response from the front of `buf`, once it is all there: Ok for a 200.
+fn take_response(buf: &mut Vec<u8>) -> Option<Result<()>> {
+    let (head, body) = match parse_head(buf) {
+        Ok(Some(lengths)) => lengths,
+        Ok(None) => return None,
+        Err(e) => return Some(Err(e)),
+    };
+    if buf.len() < head + body {
+        return None;
+    }
+    let ok = buf.starts_with(b"HTTP/1.1 200");
+    buf.drain(..head + body);
+    Some(if ok {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("a response other than 200"))
+    })
 }
 
 /// (head length, body length) once the head is complete.
@@ -218,15 +230,8 @@ impl BlockingConnection {
         use std::io::{Read, Write};
         self.stream.write_all(REQUEST)?;
         loop {
-            if let Some((head, body)) = parse_head(&self.buf)?
-                && self.buf.len() >= head + body
-            {
-                let ok = self.buf.starts_with(b"HTTP/1.1 200");
-                self.buf.drain(..head + body);
-                if !ok {
-                    bail!("a response other than 200");
-                }
-                return Ok(());
+            if let Some(result) = take_response(&mut self.buf) {
+                return result;
             }
             let mut chunk = [0u8; 4096];
             let n = self.stream.read(&mut chunk)?;

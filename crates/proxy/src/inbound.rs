@@ -24,7 +24,7 @@ use crate::config::{Limits, Protocol};
 use crate::detect::{Detected, Prefixed, detect, sniff};
 use crate::http::{Forward, HttpContext, HttpVersion, IdentityHeaders};
 use crate::identity::IdentityStatus;
-use crate::io::{Activity, Metered, relay};
+use crate::io::{Activity, Metered, relay_until_idle};
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
 use crate::serve::{Lifecycle, accept_loop, serve_http};
 use crate::tls::{MeshProtocol, Target};
@@ -197,16 +197,7 @@ impl Inbound {
                 return;
             }
         };
-        tokio::select! {
-            result = relay(&mut io, &mut app) => {
-                if let Err(e) = result {
-                    debug!(%peer, error = %e, "TCP connection ended with an error");
-                }
-            }
-            () = activity.idle_for(self.limits.idle_timeout) => {
-                debug!(%peer, "closing an idle TCP connection");
-            }
-        }
+        relay_until_idle(&mut io, &mut app, &activity, self.limits.idle_timeout, peer).await;
     }
 
     /// Looks at the first byte without consuming it. Anything but a TLS handshake is refused

@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+use tracing::debug;
 
 use crate::metrics::ByteCounters;
 
@@ -146,6 +149,29 @@ where
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     tokio::io::copy_bidirectional_with_sizes(client, server, RELAY_BUFFER, RELAY_BUFFER).await
+}
+
+/// [`relay`], ended early once no byte has moved for `idle` (as `activity` measures it).
+pub(crate) async fn relay_until_idle<A, B>(
+    client: &mut A,
+    server: &mut B,
+    activity: &Activity,
+    idle: Duration,
+    peer: SocketAddr,
+) where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    tokio::select! {
+        result = relay(client, server) => {
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "TCP connection ended with an error");
+            }
+        }
+        () = activity.idle_for(idle) => {
+            debug!(%peer, "closing an idle TCP connection");
+        }
+    }
 }
 
 #[cfg(test)]

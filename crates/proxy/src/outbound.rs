@@ -21,7 +21,7 @@ use crate::config::{Limits, Protocol, TransparentConfig};
 use crate::detect::{Detected, Prefixed, sniff};
 use crate::http::{Forward, HttpContext, HttpVersion};
 use crate::inbound::authority_of;
-use crate::io::{Activity, Metered, relay};
+use crate::io::{Activity, Metered, relay_until_idle};
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
 use crate::orig_dst::original_destination;
 use crate::serve::{Lifecycle, accept_loop, serve_http};
@@ -149,16 +149,14 @@ async fn proxy_to(
                 // The reason is logged; a TCP client only learns that the connection closed.
                 return;
             };
-            tokio::select! {
-                result = relay(&mut app, &mut upstream) => {
-                    if let Err(e) = result {
-                        debug!(%peer, error = %e, "TCP connection ended with an error");
-                    }
-                }
-                () = activity.idle_for(shared.limits.idle_timeout) => {
-                    debug!(%peer, "closing an idle TCP connection");
-                }
-            }
+            relay_until_idle(
+                &mut app,
+                &mut upstream,
+                &activity,
+                shared.limits.idle_timeout,
+                peer,
+            )
+            .await;
             return;
         }
     };
@@ -376,14 +374,8 @@ impl Transparent {
                 return;
             }
         };
-        tokio::select! {
-            result = relay(&mut app, &mut upstream) => {
-                if let Err(e) = result {
-                    debug!(%peer, error = %e, "passthrough connection ended with an error");
-                }
-            }
-            () = activity.idle_for(self.shared.limits.idle_timeout) => {}
-        }
+        let idle = self.shared.limits.idle_timeout;
+        relay_until_idle(&mut app, &mut upstream, &activity, idle, peer).await;
     }
 }
 
