@@ -336,6 +336,21 @@ async fn http1_reaches_the_app_with_the_callers_verified_identity() {
         );
     }
 
+    // A request head over limits.max_header_bytes (64 KiB) is refused by the sidecar.
+    let mut tcp = TcpStream::connect(mesh.to_backend()).await.unwrap();
+    let huge = format!(
+        "GET / HTTP/1.1\r\nhost: backend\r\nx-big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let _ = tcp.write_all(huge.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = within(tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "an oversized head: {answer:?}"
+    );
+
     let metrics = metrics_of(&mesh.backend);
     assert_eq!(
         metric(
@@ -461,7 +476,7 @@ async fn a_server_first_protocol_is_not_stalled_and_opaque_ports_skip_detection(
     let greeter = apps::start_greeter().await;
     let mesh = Mesh::start(MeshSpec {
         app: Some(greeter),
-        extra: "limits:\n  detect_timeout: 200ms\n",
+        extra: "limits:\n  detect_timeout: 200ms\n  idle_timeout: 2s\n",
         more_outbound: vec![(BACKEND, "tcp")],
         ..MeshSpec::default()
     })
@@ -481,6 +496,9 @@ async fn a_server_first_protocol_is_not_stalled_and_opaque_ports_skip_detection(
         write.write_all(b"hello\r\n").await.unwrap();
         let echo = within(lines.next_line()).await.unwrap().expect("an echo");
         assert_eq!(echo, "echo: hello");
+        // Then nothing moves: the sidecar closes the idle connection.
+        let end = within(lines.next_line()).await;
+        assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
     }
     let metrics = metrics_of(&mesh.frontend);
     assert_eq!(
@@ -640,8 +658,31 @@ async fn a_wrong_upstream_identity_is_refused_for_http_and_tcp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_plaintext_and_tls12_on_the_inbound_port_are_refused_cleanly() {
-    let mesh = Mesh::start(MeshSpec::default()).await;
+    let mesh = Mesh::start(MeshSpec {
+        extra: "limits:\n  handshake_timeout: 1s\n",
+        ..MeshSpec::default()
+    })
+    .await;
     let inbound = mesh.backend.inbound();
+
+    // A client that connects and says nothing does not keep its slot.
+    let mut silent = TcpStream::connect(inbound).await.unwrap();
+    let mut nothing = Vec::new();
+    within(silent.read_to_end(&mut nothing))
+        .await
+        .expect("the sidecar closes a silent connection");
+    assert!(nothing.is_empty());
+    // Counted as a handshake that timed out (and logged only at debug level: scanners and
+    // health checks do this all day).
+    let backend = &mesh.backend;
+    tokio::task::block_in_place(|| {
+        wait_until("the silent client to be counted", || {
+            metric(
+                &metrics_of(backend),
+                "hush_handshake_failures_total{direction=\"inbound\",step=\"connection\",reason=\"timeout\"}",
+            ) == 1.0
+        });
+    });
 
     // Plaintext HTTP gets an answer that explains.
     let mut tcp = TcpStream::connect(inbound).await.unwrap();
