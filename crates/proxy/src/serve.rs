@@ -159,3 +159,61 @@ async fn drive<C, E>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::{Notify, mpsc};
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_wait_for_a_slot() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            max_connections: 1,
+            ..Limits::default()
+        };
+        let lifecycle = Lifecycle::default();
+        let (handled, mut handled_rx) = mpsc::unbounded_channel();
+        let release = Arc::new(Notify::new());
+        let accept = tokio::spawn({
+            let (lifecycle, release) = (lifecycle.clone(), release.clone());
+            async move {
+                accept_loop(
+                    "test",
+                    listener,
+                    &limits,
+                    lifecycle,
+                    move |tcp, _, permit| {
+                        let (handled, release) = (handled.clone(), release.clone());
+                        async move {
+                            let _ = handled.send(tcp.peer_addr().ok());
+                            release.notified().await;
+                            drop(permit);
+                        }
+                    },
+                )
+                .await;
+            }
+        });
+        let _first = TcpStream::connect(addr).await.unwrap();
+        let _second = TcpStream::connect(addr).await.unwrap();
+        handled_rx.recv().await.expect("the first is served");
+        // The second waits in the backlog while the only slot is taken.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(200), handled_rx.recv())
+                .await
+                .is_err()
+        );
+        release.notify_one();
+        handled_rx
+            .recv()
+            .await
+            .expect("the second is served once a slot frees");
+
+        // Draining ends the accept loop.
+        lifecycle.draining.cancel();
+        accept.await.unwrap();
+        release.notify_one();
+    }
+}
