@@ -163,7 +163,8 @@ pub struct Limits {
     /// Largest HTTP request head (request line and headers) accepted, in bytes.
     #[serde(default = "defaults::max_header_bytes")]
     pub max_header_bytes: usize,
-    /// Connections each listener serves at once; more wait in the kernel's backlog.
+    /// Connections each listener serves at once (more wait in the kernel's backlog); also the
+    /// most concurrent HTTP/2 streams one connection may carry.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
 }
