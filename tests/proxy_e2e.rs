@@ -37,7 +37,7 @@ const TRUST_DOMAIN: &str = "cluster.local";
 const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
 const BACKEND: &str = "spiffe://cluster.local/ns/shop/sa/backend";
 /// How long a test waits for something the mesh does by itself (a renewal, a log line).
-const PATIENCE: Duration = Duration::from_secs(90);
+const PATIENCE: Duration = Duration::from_secs(120);
 
 // === the mesh ===
 
@@ -1044,7 +1044,11 @@ async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
         async move { get(addr, "/slow?ms=1500", &[]).await }
     });
     // The request is in flight at the app when the backend is told to stop.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::task::block_in_place(|| {
+        wait_until("the slow request to reach the app", || {
+            apps::SLOW_REQUESTS_STARTED.load(Ordering::SeqCst) > 0
+        });
+    });
     mesh.backend.process().send_sigterm();
     mesh.backend
         .wait_for_log(&["draining"], Duration::from_secs(10))

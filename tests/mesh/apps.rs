@@ -29,6 +29,11 @@ use tower::ServiceExt;
 
 type Body = UnsyncBoxBody<Bytes, Box<dyn StdError + Send + Sync>>;
 
+/// How many `/slow` requests have reached an echo app (in this test process), so a test can
+/// wait until its request is in flight instead of sleeping.
+pub(crate) static SLOW_REQUESTS_STARTED: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
 /// Starts the echo app on a free loopback port. It runs until the test's runtime ends.
 pub(crate) async fn start_app() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -81,6 +86,7 @@ async fn answer(mut request: Request<Incoming>) -> Response<Body> {
     match request.uri().path() {
         "/ws" => return websocket(&mut request),
         "/slow" => {
+            SLOW_REQUESTS_STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let ms: u64 = request
                 .uri()
                 .query()
