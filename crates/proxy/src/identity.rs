@@ -147,27 +147,29 @@ impl IdentityManager {
                 () = stop.cancelled() => break,
             }
             let current = self.status.borrow().svid.clone();
-            match self.attempt(current.as_deref()).await {
+            // An attempt can wait on an unreachable CA for a while; shutdown does not.
+            let result = tokio::select! {
+                result = self.attempt(current.as_deref()) => result,
+                () = stop.cancelled() => break,
+            };
+            match result {
                 Ok(svid) => {
                     backoff = MIN_BACKOFF;
                     next_attempt = instant_at(svid.renew_at);
                     self.metrics.renewal(true);
                     self.metrics
                         .certificate_expiry(unix_seconds(svid.not_after));
-                    match &current {
-                        None => info!(
-                            spiffe_id = %svid.spiffe_id,
-                            serial = %svid.serial,
-                            expires = %humantime::format_rfc3339_seconds(svid.not_after),
-                            "obtained the workload certificate"
-                        ),
-                        Some(_) => info!(
-                            spiffe_id = %svid.spiffe_id,
-                            serial = %svid.serial,
-                            expires = %humantime::format_rfc3339_seconds(svid.not_after),
-                            "renewed the workload certificate"
-                        ),
-                    }
+                    let done = if current.is_some() {
+                        "renewed"
+                    } else {
+                        "obtained"
+                    };
+                    info!(
+                        spiffe_id = %svid.spiffe_id,
+                        serial = %svid.serial,
+                        expires = %humantime::format_rfc3339_seconds(svid.not_after),
+                        "{done} the workload certificate"
+                    );
                     self.status.send_replace(IdentityStatus {
                         svid: Some(Arc::new(svid)),
                         last_error: None,
