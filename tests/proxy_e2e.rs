@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Empty};
 use hush_identity::TrustBundle;
 use hush_test_support::{
     CaProcess, ProxyProcess, TestCa, TestLeaf, describe_output, expired_leaf_from_ca_dir,
-    http_request, leaf_from_ca_dir, mint_token, run_hush, run_hush_ok,
+    http_request, leaf_from_ca_dir, run_hush, run_hush_ok, write_sidecar_config,
 };
 use hush_tls::{CredentialStore, SpiffeServerVerifier};
 use hyper_util::rt::TokioIo;
@@ -143,7 +143,7 @@ fn new_ca() -> (TempDir, PathBuf) {
     (temp, ca_dir)
 }
 
-/// Writes `NAME/sidecar.yaml` with a fresh single-use join token for `identity`.
+/// Writes `NAME/sidecar.yaml` under `root`, with a fresh join token for `identity`.
 fn sidecar_config(
     root: &Path,
     name: &str,
@@ -152,20 +152,7 @@ fn sidecar_config(
     identity: &str,
     body: &str,
 ) -> PathBuf {
-    let dir = root.join(name);
-    fs::create_dir_all(&dir).expect("sidecar dir");
-    let token = mint_token(HUSH, ca_dir, identity, &[]);
-    fs::write(dir.join("token"), format!("{token}\n")).expect("write the token");
-    let config = dir.join("sidecar.yaml");
-    fs::write(
-        &config,
-        format!(
-            "ca:\n  address: {ca_url}\n  trust_bundle: {}\n  token_file: token\nadmin:\n  listen: 127.0.0.1:0\n{body}",
-            ca_dir.join("bundle.pem").display()
-        ),
-    )
-    .expect("write the config");
-    config
+    write_sidecar_config(HUSH, &root.join(name), ca_dir, ca_url, identity, body)
 }
 
 fn path_str(path: &Path) -> &str {

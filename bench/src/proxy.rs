@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use hush_test_support::{CaProcess, ProxyProcess, mint_token, run_hush_ok};
+use hush_test_support::{CaProcess, ProxyProcess, mint_token, run_hush_ok, write_sidecar_config};
 
 use crate::cpu_seconds;
 use crate::load::{self, Latency, Throughput};
@@ -149,28 +149,26 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
     let bundle = ca_dir.join("bundle.pem");
     let backend_id = "spiffe://bench.local/ns/bench/sa/backend";
     let frontend_id = "spiffe://bench.local/ns/bench/sa/frontend";
-    let backend_config = sidecar_config(
+    let backend_config = write_sidecar_config(
         &hush,
-        root,
+        &root.join("backend"),
         &ca_dir,
         ca.url(),
-        "backend",
         backend_id,
         &format!("inbound:\n  listen: 127.0.0.1:0\n  app: {app_addr}\n  protocol: http1\n"),
-    )?;
+    );
     let mut backend = ProxyProcess::start(&hush, &backend_config);
-    let frontend_config = sidecar_config(
+    let frontend_config = write_sidecar_config(
         &hush,
-        root,
+        &root.join("frontend"),
         &ca_dir,
         ca.url(),
-        "frontend",
         frontend_id,
         &format!(
             "outbound:\n  - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {backend_id}\n    protocol: http1\n",
             backend.inbound()
         ),
-    )?;
+    );
     let mut frontend = ProxyProcess::start(&hush, &frontend_config);
     // Idle: certificates obtained, no traffic yet. The larger of the two is reported.
     std::thread::sleep(Duration::from_millis(500));
@@ -466,30 +464,6 @@ fn micros(d: Duration) -> String {
 
 fn path_str(path: &Path) -> &str {
     path.to_str().unwrap_or_default()
-}
-
-fn sidecar_config(
-    hush: &Path,
-    root: &Path,
-    ca_dir: &Path,
-    ca_url: &str,
-    name: &str,
-    id: &str,
-    body: &str,
-) -> Result<PathBuf> {
-    let token = mint_token(hush, ca_dir, id, &[]);
-    let dir = root.join(name);
-    fs::create_dir_all(&dir)?;
-    fs::write(dir.join("token"), token)?;
-    let config = dir.join("sidecar.yaml");
-    fs::write(
-        &config,
-        format!(
-            "ca:\n  address: {ca_url}\n  trust_bundle: {}\n  token_file: token\nadmin:\n  listen: 127.0.0.1:0\n{body}",
-            ca_dir.join("bundle.pem").display()
-        ),
-    )?;
-    Ok(config)
 }
 
 /// Resident memory of a process in KiB: all of it (VmRSS) and the part that is its own

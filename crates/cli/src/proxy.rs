@@ -29,7 +29,7 @@ pub(crate) const READY_PREFIX: &str = "hush proxy: ready as ";
 pub(crate) async fn run(args: ProxyArgs) -> Result<()> {
     let config = ProxyConfig::load(&args.config)?;
     if args.check {
-        check(&config)?;
+        hush_proxy::load_trust_bundle(&config)?;
         println!("{}: the configuration is valid", args.config.display());
         return Ok(());
     }
@@ -51,32 +51,6 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<()> {
         }
     });
     proxy.run(shutdown_signal()).await?;
-    Ok(())
-}
-
-/// What `--check` can verify without binding: the YAML (already parsed) and the bundle.
-fn check(config: &ProxyConfig) -> Result<()> {
-    let pem = std::fs::read(&config.ca.trust_bundle).with_context(|| {
-        format!(
-            "cannot read the trust bundle {}",
-            config.ca.trust_bundle.display()
-        )
-    })?;
-    let bundle = hush_identity::TrustBundle::from_pem(&pem, None).with_context(|| {
-        format!(
-            "the trust bundle {} cannot be used",
-            config.ca.trust_bundle.display()
-        )
-    })?;
-    for (i, outbound) in config.outbound.iter().enumerate() {
-        for id in &outbound.identity.0 {
-            anyhow::ensure!(
-                id.is_member_of(bundle.trust_domain()),
-                "outbound[{i}].identity: {id} is not in this mesh's trust domain {}",
-                bundle.trust_domain()
-            );
-        }
-    }
     Ok(())
 }
 

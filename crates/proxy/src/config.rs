@@ -12,6 +12,11 @@ use hush_identity::SpiffeId;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+/// The longest duration any setting accepts.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The most connections a listener may be allowed (far above what file descriptors allow).
+const MAX_CONNECTIONS: usize = 1_000_000;
+
 /// The whole sidecar configuration (`hush proxy --config FILE`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -268,6 +273,30 @@ impl ProxyConfig {
                 "must be at least 1s".to_string(),
             ));
         }
+        // Deadlines are computed by adding these to the clock; a duration of centuries would
+        // overflow it.
+        for (field, value) in [
+            ("ca.bundle_refresh", Some(self.ca.bundle_refresh)),
+            ("ca.certificate_ttl", self.ca.certificate_ttl),
+            ("shutdown_grace", Some(self.shutdown_grace)),
+            (
+                "limits.handshake_timeout",
+                Some(self.limits.handshake_timeout),
+            ),
+            ("limits.detect_timeout", Some(self.limits.detect_timeout)),
+            ("limits.idle_timeout", Some(self.limits.idle_timeout)),
+            ("limits.connect_timeout", Some(self.limits.connect_timeout)),
+        ] {
+            if value.is_some_and(|v| v > MAX_DURATION) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "longer than the most hush accepts, {}",
+                        humantime::format_duration(MAX_DURATION)
+                    ),
+                ));
+            }
+        }
         if self.inbound.is_none() && self.outbound.is_empty() && self.transparent.is_none() {
             return Err(invalid(
                 "inbound",
@@ -340,10 +369,13 @@ impl ProxyConfig {
                 format!("{} is below the minimum of 8192", limits.max_header_bytes),
             ));
         }
-        if limits.max_connections == 0 {
+        if !(1..=MAX_CONNECTIONS).contains(&limits.max_connections) {
             return Err(invalid(
                 "limits.max_connections",
-                "must be at least 1".to_string(),
+                format!(
+                    "{} is not between 1 and {MAX_CONNECTIONS}",
+                    limits.max_connections
+                ),
             ));
         }
         Ok(())
@@ -632,6 +664,18 @@ outbound:
                 "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\
                  inbound: {listen: 127.0.0.1:1, app: 999.0.0.1:2}",
                 &["999.0.0.1"],
+            ),
+            (
+                "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\
+                 inbound: {listen: 127.0.0.1:1, app: 127.0.0.1:2}\n\
+                 limits: {idle_timeout: 100000000years}",
+                &["limits.idle_timeout", "longer than the most hush accepts"],
+            ),
+            (
+                "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\
+                 inbound: {listen: 127.0.0.1:1, app: 127.0.0.1:2}\n\
+                 limits: {max_connections: 18446744073709551615}",
+                &["limits.max_connections", "not between 1 and 1000000"],
             ),
             (
                 "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\

@@ -53,19 +53,12 @@ impl Inbound {
     pub(crate) async fn run(self: Arc<Self>, listener: TcpListener) {
         let limits = self.limits.clone();
         let lifecycle = self.lifecycle.clone();
-        accept_loop(
-            "inbound",
-            listener,
-            &limits,
-            lifecycle,
-            move |tcp, peer, permit| {
-                let this = self.clone();
-                async move {
-                    this.handle(tcp, peer).await;
-                    drop(permit);
-                }
-            },
-        )
+        accept_loop("inbound", listener, &limits, lifecycle, move |tcp, peer| {
+            let this = self.clone();
+            async move {
+                this.handle(tcp, peer).await;
+            }
+        })
         .await;
     }
 

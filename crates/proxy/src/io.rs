@@ -42,10 +42,12 @@ impl Activity {
         self.epoch + Duration::from_millis(self.last.load(Ordering::Relaxed))
     }
 
-    /// Completes once no byte has moved for `idle`.
+    /// Completes once no byte has moved for `idle` (never, if that lies beyond the clock).
     pub(crate) async fn idle_for(&self, idle: Duration) {
         loop {
-            let deadline = self.last() + idle;
+            let Some(deadline) = self.last().checked_add(idle) else {
+                return std::future::pending().await;
+            };
             if Instant::now() >= deadline {
                 return;
             }

@@ -45,4 +45,4 @@ pub use self::detect::{Detected, detect};
 pub use self::http::{PEER_IDENTITY_HEADER, XFCC_HEADER};
 pub use self::identity::{IdentityStatus, Svid};
 pub use self::metrics::Metrics;
-pub use self::proxy::{Proxy, ProxyAddresses, ProxyError};
+pub use self::proxy::{Proxy, ProxyAddresses, ProxyError, load_trust_bundle};

@@ -96,12 +96,11 @@ pub(crate) async fn run_explicit(listener: TcpListener, route: Arc<Route>, share
         listener,
         &limits,
         lifecycle,
-        move |tcp, peer, permit| {
+        move |tcp, peer| {
             let route = route.clone();
             let shared = shared.clone();
             async move {
                 proxy_to(tcp, peer, &route, route.protocol, &shared).await;
-                drop(permit);
             }
         },
     )
@@ -267,11 +266,10 @@ impl Transparent {
             listener,
             &limits,
             lifecycle,
-            move |tcp, peer, permit| {
+            move |tcp, peer| {
                 let this = self.clone();
                 async move {
                     this.handle(tcp, peer, own).await;
-                    drop(permit);
                 }
             },
         )

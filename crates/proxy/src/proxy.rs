@@ -114,39 +114,7 @@ impl Proxy {
         config: ProxyConfig,
         inbound: Option<std::net::TcpListener>,
     ) -> Result<Self, ProxyError> {
-        let bundle_path = &config.ca.trust_bundle;
-        let pem = std::fs::read(bundle_path).map_err(|e| ProxyError::Bundle {
-            path: bundle_path.clone(),
-            reason: e.to_string(),
-        })?;
-        let bundle = TrustBundle::from_pem(&pem, None).map_err(|e| ProxyError::Bundle {
-            path: bundle_path.clone(),
-            reason: e.to_string(),
-        })?;
-        let trust_domain = bundle.trust_domain().clone();
-        let check = |field: String, ids: &[SpiffeId]| match ids
-            .iter()
-            .find(|id| !id.is_member_of(&trust_domain))
-        {
-            Some(id) => Err(ProxyError::ForeignIdentity {
-                field,
-                id: id.clone(),
-                trust_domain: trust_domain.clone(),
-            }),
-            None => Ok(()),
-        };
-        for (i, outbound) in config.outbound.iter().enumerate() {
-            check(format!("outbound[{i}].identity"), &outbound.identity.0)?;
-        }
-        if let Some(transparent) = &config.transparent {
-            for (i, rule) in transparent.destinations.iter().enumerate() {
-                check(
-                    format!("transparent.destinations[{i}].identity"),
-                    &rule.identity.0,
-                )?;
-            }
-        }
-        let trust = TrustStore::new(bundle)?;
+        let trust = TrustStore::new(load_trust_bundle(&config)?)?;
 
         let admin = bind("admin.listen", config.admin.listen).await?;
         let inbound = match (inbound, &config.inbound) {
@@ -345,6 +313,42 @@ impl Proxy {
         info!("sidecar stopped");
         Ok(())
     }
+}
+
+/// Reads the configuration's trust bundle and checks every configured identity against its
+/// trust domain: what `hush proxy --check` verifies, and the first thing a sidecar does.
+pub fn load_trust_bundle(config: &ProxyConfig) -> Result<TrustBundle, ProxyError> {
+    let bundle_path = &config.ca.trust_bundle;
+    let unusable = |reason: String| ProxyError::Bundle {
+        path: bundle_path.clone(),
+        reason,
+    };
+    let pem = std::fs::read(bundle_path).map_err(|e| unusable(e.to_string()))?;
+    let bundle = TrustBundle::from_pem(&pem, None).map_err(|e| unusable(e.to_string()))?;
+    let trust_domain = bundle.trust_domain();
+    let check = |field: String, ids: &[SpiffeId]| match ids
+        .iter()
+        .find(|id| !id.is_member_of(trust_domain))
+    {
+        Some(id) => Err(ProxyError::ForeignIdentity {
+            field,
+            id: id.clone(),
+            trust_domain: trust_domain.clone(),
+        }),
+        None => Ok(()),
+    };
+    for (i, outbound) in config.outbound.iter().enumerate() {
+        check(format!("outbound[{i}].identity"), &outbound.identity.0)?;
+    }
+    if let Some(transparent) = &config.transparent {
+        for (i, rule) in transparent.destinations.iter().enumerate() {
+            check(
+                format!("transparent.destinations[{i}].identity"),
+                &rule.identity.0,
+            )?;
+        }
+    }
+    Ok(bundle)
 }
 
 async fn bind(field: &str, addr: SocketAddr) -> Result<TcpListener, ProxyError> {

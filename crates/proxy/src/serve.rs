@@ -11,7 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -43,7 +43,8 @@ impl Lifecycle {
 }
 
 /// Accepts connections on `listener` until draining starts, holding at most
-/// `limits.max_connections` open; each is handed to `handle` with its connection slot.
+/// `limits.max_connections` open; each is handed to `handle`, and its slot is freed when that
+/// finishes.
 pub(crate) async fn accept_loop<F, Fut>(
     name: &'static str,
     listener: TcpListener,
@@ -51,7 +52,7 @@ pub(crate) async fn accept_loop<F, Fut>(
     lifecycle: Lifecycle,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
+    F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -70,7 +71,11 @@ pub(crate) async fn accept_loop<F, Fut>(
         match accepted {
             Ok((tcp, peer)) => {
                 let _ = tcp.set_nodelay(true);
-                lifecycle.spawn(handle(tcp, peer, permit));
+                let connection = handle(tcp, peer);
+                lifecycle.spawn(async move {
+                    connection.await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 // Running out of file descriptors is temporary; back off instead of spinning.
@@ -179,20 +184,13 @@ mod tests {
         let accept = tokio::spawn({
             let (lifecycle, release) = (lifecycle.clone(), release.clone());
             async move {
-                accept_loop(
-                    "test",
-                    listener,
-                    &limits,
-                    lifecycle,
-                    move |tcp, _, permit| {
-                        let (handled, release) = (handled.clone(), release.clone());
-                        async move {
-                            let _ = handled.send(tcp.peer_addr().ok());
-                            release.notified().await;
-                            drop(permit);
-                        }
-                    },
-                )
+                accept_loop("test", listener, &limits, lifecycle, move |tcp, _| {
+                    let (handled, release) = (handled.clone(), release.clone());
+                    async move {
+                        let _ = handled.send(tcp.peer_addr().ok());
+                        release.notified().await;
+                    }
+                })
                 .await;
             }
         });

@@ -91,6 +91,32 @@ pub fn mint_token(
         .to_string()
 }
 
+/// Writes `DIR/sidecar.yaml` for `hush proxy`: a CA section pointing at `ca_url` with the
+/// bundle of `ca_dir` and a fresh single-use join token for `identity` (in `DIR/token`), an
+/// admin listener on a free port, and `body` (the listeners, limits…) appended as it is.
+pub fn write_sidecar_config(
+    bin: impl AsRef<Path>,
+    dir: &Path,
+    ca_dir: &Path,
+    ca_url: &str,
+    identity: &str,
+    body: &str,
+) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let token = mint_token(bin, ca_dir, identity, &[]);
+    std::fs::write(dir.join("token"), format!("{token}\n")).expect("write the token");
+    let config = dir.join("sidecar.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "ca:\n  address: {ca_url}\n  trust_bundle: {}\n  token_file: token\nadmin:\n  listen: 127.0.0.1:0\n{body}",
+            ca_dir.join("bundle.pem").display()
+        ),
+    )
+    .expect("write the sidecar configuration");
+    config
+}
+
 fn join_args(args: &[impl AsRef<OsStr>]) -> String {
     args.iter()
         .map(|a| a.as_ref().to_string_lossy().into_owned())
