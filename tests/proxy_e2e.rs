@@ -7,253 +7,29 @@
 
 #[path = "mesh/apps.rs"]
 mod apps;
+#[path = "mesh/sidecars.rs"]
+mod sidecars;
 
 use std::fs;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
-use hush_identity::TrustBundle;
 use hush_test_support::{
     CaProcess, ProxyProcess, TestCa, TestLeaf, describe_output, expired_leaf_from_ca_dir,
-    http_request, leaf_from_ca_dir, run_hush, run_hush_ok, write_sidecar_config,
+    http_request, leaf_from_ca_dir, run_hush, run_hush_ok,
 };
-use hush_tls::{CredentialStore, SpiffeServerVerifier};
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
-use serde_json::Value;
-use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-const HUSH: &str = env!("CARGO_BIN_EXE_hush");
-const TRUST_DOMAIN: &str = "cluster.local";
-const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
-const BACKEND: &str = "spiffe://cluster.local/ns/shop/sa/backend";
-/// How long a test waits for something the mesh does by itself (a renewal, a log line).
-const PATIENCE: Duration = Duration::from_secs(120);
-
-// === the mesh ===
-
-/// A CA, a backend sidecar in front of `app`, and a frontend sidecar whose first outbound
-/// listener leads to the backend.
-struct Mesh {
-    temp: TempDir,
-    ca_dir: PathBuf,
-    ca: CaProcess,
-    backend: ProxyProcess,
-    frontend: ProxyProcess,
-}
-
-/// What a test changes about the usual mesh.
-#[derive(Default)]
-struct MeshSpec {
-    /// Extra `hush ca serve` arguments (`--max-ttl 1m`).
-    ca_args: Vec<&'static str>,
-    /// The app behind the backend sidecar (default: the echo app).
-    app: Option<SocketAddr>,
-    /// Extra YAML for the backend's `inbound:` section (`protocol: tcp`).
-    backend_inbound: &'static str,
-    /// Extra YAML at the top level of both sidecars' configurations (`limits: …`).
-    extra: &'static str,
-    /// More outbound listeners for the frontend, after the usual one: (identity, protocol).
-    more_outbound: Vec<(&'static str, &'static str)>,
-}
-
-impl Mesh {
-    async fn start(spec: MeshSpec) -> Self {
-        let app = match spec.app {
-            Some(app) => app,
-            None => apps::start_app().await,
-        };
-        let (temp, ca_dir) = new_ca();
-        let ca = CaProcess::start(HUSH, &ca_dir, &spec.ca_args);
-        let backend_config = sidecar_config(
-            temp.path(),
-            "backend",
-            ca.url(),
-            &ca_dir,
-            BACKEND,
-            &format!(
-                "inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n{}{}",
-                spec.backend_inbound, spec.extra
-            ),
-        );
-        let backend = ProxyProcess::start(HUSH, &backend_config);
-        let mut outbound = format!(
-            "outbound:\n  - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {BACKEND}\n",
-            backend.inbound()
-        );
-        for (identity, protocol) in &spec.more_outbound {
-            outbound.push_str(&format!(
-                "  - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {identity}\n    protocol: {protocol}\n",
-                backend.inbound()
-            ));
-        }
-        let frontend_config = sidecar_config(
-            temp.path(),
-            "frontend",
-            ca.url(),
-            &ca_dir,
-            FRONTEND,
-            &format!("{outbound}{}", spec.extra),
-        );
-        let frontend = ProxyProcess::start(HUSH, &frontend_config);
-        Self {
-            temp,
-            ca_dir,
-            ca,
-            backend,
-            frontend,
-        }
-    }
-
-    /// The frontend sidecar's usual outbound listener (to the backend).
-    fn to_backend(&self) -> SocketAddr {
-        self.frontend.outbound(0)
-    }
-
-    fn bundle(&self) -> TrustBundle {
-        let pem = fs::read(self.ca_dir.join("bundle.pem")).expect("bundle.pem");
-        TrustBundle::from_pem(&pem, None).expect("a bundle")
-    }
-}
-
-/// A temporary directory holding a new CA (`ca/`) for [`TRUST_DOMAIN`].
-fn new_ca() -> (TempDir, PathBuf) {
-    let temp = tempfile::tempdir().expect("temp dir");
-    let ca_dir = temp.path().join("ca");
-    run_hush_ok(
-        HUSH,
-        &[
-            "ca",
-            "init",
-            "--dir",
-            path_str(&ca_dir),
-            "--trust-domain",
-            TRUST_DOMAIN,
-        ],
-    );
-    (temp, ca_dir)
-}
-
-/// Writes `NAME/sidecar.yaml` under `root`, with a fresh join token for `identity`.
-fn sidecar_config(
-    root: &Path,
-    name: &str,
-    ca_url: &str,
-    ca_dir: &Path,
-    identity: &str,
-    body: &str,
-) -> PathBuf {
-    write_sidecar_config(HUSH, &root.join(name), ca_dir, ca_url, identity, body)
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 path")
-}
-
-// === clients ===
-
-/// One HTTP/1.1 request on a new connection; returns (status, body).
-async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .expect("HTTP/1.1 handshake");
-    tokio::spawn(connection);
-    let mut request = http::Request::get(path).header("host", "backend.shop");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request.body(Empty::<Bytes>::new()).expect("a request");
-    let response = within(sender.send_request(request))
-        .await
-        .expect("a response");
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("a body")
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-async fn within<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(20), f)
-        .await
-        .expect("no answer within 20 s")
-}
-
-fn json(body: &str) -> Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
-}
-
-/// The value of one sample in Prometheus text, 0 when absent.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn metrics_of(proxy: &ProxyProcess) -> String {
-    let (status, body) = http_request(proxy.admin(), "GET", "/metrics");
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-/// Polls `condition` (bounded by [`PATIENCE`]) while the mesh does something by itself.
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A TLS client that requires the backend's identity and presents `identity` (or nothing).
-/// Returns how the connection ended: Ok with the response's first line, or the error.
-async fn mtls_request(
-    addr: SocketAddr,
-    bundle: &TrustBundle,
-    identity: Option<TestLeaf>,
-) -> Result<String, String> {
-    let backend = BACKEND.parse().expect("a SPIFFE ID");
-    let verifier = SpiffeServerVerifier::new(bundle, vec![backend]).expect("a verifier");
-    let resolver = identity.map(|leaf| {
-        let store = CredentialStore::new();
-        store
-            .install(leaf.chain, leaf.key)
-            .expect("a usable test leaf");
-        Arc::new(store) as Arc<dyn hush_tls::rustls::client::ResolvesClientCert>
-    });
-    let config = hush_tls::client_config(verifier, resolver, &[b"http/1.1"]).expect("a config");
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = ServerName::try_from("backend.invalid").expect("a server name");
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| hush_tls::explain_io_error(&e))?;
-    tls.write_all(b"GET / HTTP/1.1\r\nhost: backend\r\nconnection: close\r\n\r\n")
-        .await
-        .map_err(|e| hush_tls::explain_io_error(&e))?;
-    let mut response = Vec::new();
-    tls.read_to_end(&mut response)
-        .await
-        .map_err(|e| hush_tls::explain_io_error(&e))?;
-    let text = String::from_utf8_lossy(&response);
-    match text.lines().next() {
-        Some(line) if !line.is_empty() => Ok(line.to_string()),
-        _ => Err("the connection closed without an answer".to_string()),
-    }
-}
+use sidecars::*;
 
 // === 1. protocols through the mesh ===
 
@@ -1139,6 +915,8 @@ fn hush_up_starts_a_mesh_and_makes_a_call_through_it() {
         "key exchange X25519MLKEM768",
         "presented none (alert CertificateRequired)",
         "SPIFFE ID failed: expected spiffe://cluster.local/ns/shop/sa/frontend, but the peer presented spiffe://cluster.local/ns/shop/sa/backend",
+        "GET http://127.0.0.1:",
+        "403 Forbidden: hush: denied: no ALLOW rule matched (policies: backend-api)",
     ] {
         assert!(stdout.contains(needle), "expected {needle:?} in:\n{stdout}");
     }

@@ -4,6 +4,7 @@
 mod ca;
 mod cert;
 mod echo;
+mod policy;
 mod proxy;
 mod up;
 
@@ -38,6 +39,9 @@ enum Command {
     Cert(cert::CertCommand),
     /// Run the sidecar: mutual TLS 1.3 between services, with identities from the CA.
     Proxy(proxy::ProxyArgs),
+    /// Check identity policy files, and explain the decision for a request.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Start a whole mesh on this machine in one command: a CA, and demo services each behind
     /// its own sidecar, all on loopback.
     Up(up::UpArgs),
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
             Command::Ca(cmd) => ca::run(cmd).await,
             Command::Cert(cmd) => cert::run(cmd).await,
             Command::Proxy(args) => proxy::run(args).await,
+            Command::Policy(cmd) => policy::run(cmd),
             Command::Up(args) => up::run(args).await,
         }
     });

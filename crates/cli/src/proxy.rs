@@ -29,7 +29,10 @@ pub(crate) const READY_PREFIX: &str = "hush proxy: ready as ";
 pub(crate) async fn run(args: ProxyArgs) -> Result<()> {
     let config = ProxyConfig::load(&args.config)?;
     if args.check {
-        hush_proxy::load_trust_bundle(&config)?;
+        let bundle = hush_proxy::load_trust_bundle(&config)?;
+        if let Some(policy) = hush_proxy::check_policy(&config, bundle.trust_domain().clone())? {
+            println!("policy: {policy}");
+        }
         println!("{}: the configuration is valid", args.config.display());
         return Ok(());
     }
@@ -75,6 +78,14 @@ fn print_listeners(proxy: &Proxy) -> Result<()> {
     }
     if let Some(addr) = addresses.transparent {
         writeln!(out, "hush proxy: transparent {addr} (redirected traffic)")?;
+    }
+    match proxy.policy_summary() {
+        Some(policy) => writeln!(out, "hush proxy: policy      {policy}")?,
+        None if config.inbound.is_some() => writeln!(
+            out,
+            "hush proxy: policy      none: any authenticated mesh identity may call the app"
+        )?,
+        None => {}
     }
     writeln!(
         out,

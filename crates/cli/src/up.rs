@@ -20,8 +20,8 @@ use http_body_util::{BodyExt, Empty};
 use hush_ca::{CaDir, InitOptions, IssuancePolicy, JoinTokenStore};
 use hush_identity::{SpiffeId, TrustBundle, TrustDomain};
 use hush_proxy::{
-    AdminConfig, CaConfig, Identities, InboundConfig, Limits, OutboundConfig, Protocol, Proxy,
-    ProxyConfig,
+    AccessLog, AdminConfig, CaConfig, DefaultPolicy, Identities, InboundConfig, Limits,
+    OutboundConfig, PolicyConfig, Protocol, Proxy, ProxyConfig,
 };
 use hush_tls::{HandshakeFailure, SpiffeServerVerifier};
 use hyper_util::rt::TokioIo;
@@ -35,6 +35,8 @@ use crate::ca::{build_ca, shutdown_signal};
 /// The mesh `hush up` starts when no file is given.
 const DEFAULT_MESH: &str = include_str!("../../../examples/quickstart/mesh.yaml");
 const DEFAULT_MESH_NAME: &str = "the built-in examples/quickstart/mesh.yaml";
+/// The policy the built-in mesh names.
+const DEFAULT_POLICY: &str = include_str!("../../../examples/quickstart/policy.yaml");
 
 /// How long the whole mesh may take to get its certificates.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -60,6 +62,9 @@ struct Mesh {
     #[serde(default = "default_trust_domain")]
     trust_domain: String,
     services: Vec<Service>,
+    /// Identity policy for every sidecar: a file or directory, relative to the mesh file.
+    #[serde(default)]
+    policy: Option<PathBuf>,
     /// The call `hush up` makes to show the mesh at work.
     #[serde(default)]
     demo: Option<DemoCall>,
@@ -83,6 +88,9 @@ struct DemoCall {
     to: String,
     #[serde(default = "default_path")]
     path: String,
+    /// A second call, which the policy should deny.
+    #[serde(default)]
+    denied_path: Option<String>,
 }
 
 fn default_trust_domain() -> String {
@@ -173,6 +181,27 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
         .map(|(name, l)| Ok((name.clone(), l.local_addr()?)))
         .collect::<std::io::Result<_>>()?;
 
+    // The policy is copied next to the CA, where the sidecars watch it: editing the copy
+    // while the mesh runs shows a live reload.
+    let policy_path = match &mesh.policy {
+        Some(relative) => {
+            let copy = root.join("policy.yaml");
+            let text = match &args.file {
+                Some(file) => {
+                    let source = file.parent().unwrap_or(Path::new(".")).join(relative);
+                    std::fs::read_to_string(&source).with_context(|| {
+                        format!("{origin}: policy: cannot read {}", source.display())
+                    })?
+                }
+                None => DEFAULT_POLICY.to_string(),
+            };
+            std::fs::write(&copy, text)
+                .with_context(|| format!("cannot write {}", copy.display()))?;
+            Some(copy)
+        }
+        None => None,
+    };
+
     let tokens = JoinTokenStore::new(ca_dir.tokens_dir());
     let mut running = Vec::new();
     let mut sidecars = Vec::new();
@@ -207,6 +236,11 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
                 })
                 .collect(),
             transparent: None,
+            policy: policy_path.as_ref().map(|path| PolicyConfig {
+                path: path.clone(),
+                default: DefaultPolicy::Allow,
+                access_log: AccessLog::Denied,
+            }),
             admin: AdminConfig {
                 listen: ([127, 0, 0, 1], 0).into(),
             },
@@ -253,11 +287,24 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
     let demo = pick_demo(&mesh, &running);
     if let Some((from, to, listener, path)) = demo {
         demonstrate(from, to, listener, &path, &running, &bundle, &ids).await;
+        if let (Some(policy), Some(denied)) = (
+            &policy_path,
+            mesh.demo.as_ref().and_then(|d| d.denied_path.as_deref()),
+        ) {
+            demonstrate_policy(from, to, listener, denied, policy).await;
+        }
         if !args.once {
             say(&format!(
                 "\nTry it yourself:\n  curl http://{listener}{path}\n  curl http://{}/certs\n  curl http://{}/metrics",
                 from.admin, to.admin
             ));
+            if let Some(policy) = &policy_path {
+                say(&format!(
+                    "  curl http://{}/policy\n  edit {} (the sidecars reload it within a second)",
+                    to.admin,
+                    policy.display()
+                ));
+            }
         }
     }
 
@@ -316,6 +363,11 @@ fn check_mesh(mesh: &Mesh, trust_domain: &TrustDomain) -> Result<HashMap<String,
         }
         if !demo.path.starts_with('/') {
             bail!("demo.path: {:?} must start with /", demo.path);
+        }
+        if let Some(denied) = &demo.denied_path
+            && !denied.starts_with('/')
+        {
+            bail!("demo.denied_path: {denied:?} must start with /");
         }
     }
     Ok(ids)
@@ -430,6 +482,29 @@ async fn demonstrate(
             )),
         }
     }
+}
+
+/// A call the policy denies, and where the policy lives.
+async fn demonstrate_policy(
+    from: &Running,
+    to: &Running,
+    listener: SocketAddr,
+    path: &str,
+    policy: &Path,
+) {
+    say(&format!(
+        "\nIdentity policy ({}), enforced by {}'s sidecar:\n  GET http://{listener}{path}",
+        policy.display(),
+        to.name
+    ));
+    match http_get(listener, path).await {
+        Ok((status, body)) => say(&format!("  {status}: {}", body.trim())),
+        Err(e) => say(&format!("  the call failed: {e:#}")),
+    }
+    say(&format!(
+        "  {}'s sidecar logged the decision with {}'s identity; `hush policy explain` shows why.",
+        to.name, from.name
+    ));
 }
 
 /// A plain HTTP/1.1 GET; returns the status line and the body.

@@ -735,15 +735,22 @@ mod tests {
         for (body, expected) in cases {
             let got = errors(&format!("{HEADER}{body}"));
             assert_eq!(got.len(), 1, "{body}: {got:?}");
-            assert!(got[0].starts_with(expected), "{body}\n got: {}\nwant: {expected}", got[0]);
+            assert!(
+                got[0].starts_with(expected),
+                "{body}\n got: {}\nwant: {expected}",
+                got[0]
+            );
         }
     }
 
     #[test]
     fn kind_and_version_are_checked() {
-        let got = errors("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec: {}\n");
+        let got = errors(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec: {}\n",
+        );
         assert!(got[0].contains("write \"hush.dev/v1alpha1\""), "{got:?}");
-        let got = errors("apiVersion: hush.dev/v1alpha1\nkind: Policy\nmetadata: {name: a}\nspec: {}\n");
+        let got =
+            errors("apiVersion: hush.dev/v1alpha1\nkind: Policy\nmetadata: {name: a}\nspec: {}\n");
         assert!(got[0].starts_with("p.yaml:2:7: kind \"Policy\""), "{got:?}");
     }
 
@@ -779,7 +786,10 @@ mod tests {
         let got = PolicySet::parse(&sources).unwrap_err();
         let origins: Vec<&str> = got.iter().map(|e| e.origin.as_str()).collect();
         assert_eq!(origins, ["1.yaml", "3.yaml", "4.yaml"], "{got:?}");
-        assert!(got[2].message.contains("already defined at 2.yaml:3"), "{got:?}");
+        assert!(
+            got[2].message.contains("already defined at 2.yaml:3"),
+            "{got:?}"
+        );
     }
 
     #[test]
@@ -797,6 +807,9 @@ mod tests {
     fn oversized_text_is_refused_before_parsing() {
         let text = " ".repeat(MAX_SOURCE_BYTES + 1);
         let got = errors(&text);
-        assert!(got[0].contains("more policy text than hush reads"), "{got:?}");
+        assert!(
+            got[0].contains("more policy text than hush reads"),
+            "{got:?}"
+        );
     }
 }

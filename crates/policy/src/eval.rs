@@ -55,7 +55,11 @@ pub trait Headers {
 
 impl Headers for &[(&str, &str)] {
     fn get(&self, name: &str) -> Option<Cow<'_, str>> {
-        join_values(self.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v))
+        join_values(
+            self.iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v),
+        )
     }
 }
 
@@ -136,7 +140,10 @@ pub enum Reason<'p> {
     /// A DENY rule (when denied) or an ALLOW rule (when allowed) matched.
     Rule(RuleRef<'p>),
     /// ALLOW policies apply to the workload and none of their rules matched.
-    NoAllowRuleMatched,
+    NoAllowRuleMatched {
+        /// The ALLOW policies that applied, comma-separated.
+        policies: &'p str,
+    },
     /// No ALLOW or DENY policy applies; the default decided.
     Default(DefaultAction),
 }
@@ -188,7 +195,9 @@ impl fmt::Display for Reason<'_> {
                 "{} policy {:?}, rule {} ({}:{})",
                 rule.policy.action, rule.policy.name, rule.rule, rule.policy.origin, rule.line
             ),
-            Self::NoAllowRuleMatched => f.write_str("no ALLOW rule matched"),
+            Self::NoAllowRuleMatched { policies } => {
+                write!(f, "no ALLOW rule matched (policies: {policies})")
+            }
             Self::Default(DefaultAction::Allow) => {
                 f.write_str("no policy applies and the default is allow")
             }
@@ -290,6 +299,9 @@ pub struct WorkloadPolicy {
     has_allow: bool,
     /// The first dry-run ALLOW policy: the one named when dry-run ALLOW policies would deny.
     first_dry_allow: Option<u32>,
+    /// Names of the ALLOW policies, for "no ALLOW rule matched"; made once.
+    allow_names: Box<str>,
+    allow_names_with_dry_run: Box<str>,
 }
 
 impl PolicySet {
@@ -316,6 +328,8 @@ impl PolicySet {
             dry_allow: RuleIndex::default(),
             has_allow: false,
             first_dry_allow: None,
+            allow_names: Box::default(),
+            allow_names_with_dry_run: Box::default(),
         };
         for (p, policy) in policies.iter().enumerate() {
             let p = u32::try_from(p).unwrap_or(u32::MAX);
@@ -337,8 +351,64 @@ impl PolicySet {
                 index.add(p, u32::try_from(r).unwrap_or(u32::MAX), rule);
             }
         }
+        let names = |with_dry_run: bool| -> Box<str> {
+            let names: Vec<&str> = policies
+                .iter()
+                .filter(|p| p.info.action == Action::Allow && (with_dry_run || !p.info.dry_run))
+                .map(|p| &*p.info.name)
+                .collect();
+            names.join(", ").into_boxed_str()
+        };
+        compiled.allow_names = names(false);
+        compiled.allow_names_with_dry_run = names(true);
         compiled.policies = policies;
         compiled
+    }
+}
+
+impl PolicySet {
+    /// Rules that name HTTP fields and could apply to `port`, reported as errors for a port
+    /// the sidecar serves as opaque TCP: such a rule could never match there (ALLOW) or would
+    /// refuse every connection (DENY).
+    ///
+    /// With a workload, the policies that apply to it are checked; without one, only those
+    /// that apply to every workload (no selector, no namespace).
+    pub fn http_rules_on_tcp_port(
+        &self,
+        workload: Option<&SpiffeId>,
+        port: u16,
+    ) -> Vec<PolicyError> {
+        let mut errors = Vec::new();
+        let applies = |policy: &Policy| match workload {
+            Some(workload) => applies_to(policy, workload).is_ok(),
+            None => policy.selector.is_none() && policy.info.namespace.is_none(),
+        };
+        for policy in self.policies.iter().filter(|p| applies(p)) {
+            for (index, rule) in policy.rules.iter().enumerate() {
+                if !rule.needs_http() {
+                    continue;
+                }
+                let fields = rule.http_fields();
+                let reaches_port =
+                    rule.to.is_empty() || rule.to.iter().any(|op| port_matches(op, port));
+                if reaches_port {
+                    errors.push(PolicyError {
+                        origin: policy.info.origin.to_string(),
+                        line: rule.line,
+                        column: rule.column,
+                        message: format!(
+                            "policy {:?}, rule {index} names HTTP fields ({}) but port {port} \
+                             is served as opaque TCP, where requests have no method, path or \
+                             headers; limit the rule to HTTP ports with `ports`, or set the \
+                             inbound protocol",
+                            policy.info.name,
+                            fields.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+        errors
     }
 }
 
@@ -357,7 +427,9 @@ pub(crate) fn applies_to(policy: &Policy, workload: &SpiffeId) -> Result<(), Str
         }
     }
     if let Some(selector) = &policy.selector
-        && !selector.iter().any(|s| s.matcher.matches(workload.as_str()))
+        && !selector
+            .iter()
+            .any(|s| s.matcher.matches(workload.as_str()))
     {
         return Err(format!(
             "its selector names {} and {workload} is not among them",
@@ -404,24 +476,39 @@ impl WorkloadPolicy {
     fn decide(&self, ctx: &Context<'_>, with_dry_run: bool) -> (Verdict, Reason<'_>) {
         // A DENY rule naming HTTP fields denies a TCP connection as a whole: it cannot tell
         // what the connection will carry, and letting it through could let that through.
-        let deny = self.deny.first_match(&self.policies, ctx, true).or_else(|| {
-            with_dry_run
-                .then(|| self.dry_deny.first_match(&self.policies, ctx, true))
-                .flatten()
-        });
+        let deny = self
+            .deny
+            .first_match(&self.policies, ctx, true)
+            .or_else(|| {
+                with_dry_run
+                    .then(|| self.dry_deny.first_match(&self.policies, ctx, true))
+                    .flatten()
+            });
         if let Some((p, r)) = deny {
             return (Verdict::Deny, Reason::Rule(self.rule_ref(p, r)));
         }
         let allow_applies = self.has_allow || (with_dry_run && self.first_dry_allow.is_some());
         if allow_applies {
-            let allow = self.allow.first_match(&self.policies, ctx, false).or_else(|| {
-                with_dry_run
-                    .then(|| self.dry_allow.first_match(&self.policies, ctx, false))
-                    .flatten()
-            });
+            let allow = self
+                .allow
+                .first_match(&self.policies, ctx, false)
+                .or_else(|| {
+                    with_dry_run
+                        .then(|| self.dry_allow.first_match(&self.policies, ctx, false))
+                        .flatten()
+                });
             return match allow {
                 Some((p, r)) => (Verdict::Allow, Reason::Rule(self.rule_ref(p, r))),
-                None => (Verdict::Deny, Reason::NoAllowRuleMatched),
+                None => (
+                    Verdict::Deny,
+                    Reason::NoAllowRuleMatched {
+                        policies: if with_dry_run {
+                            &self.allow_names_with_dry_run
+                        } else {
+                            &self.allow_names
+                        },
+                    },
+                ),
             };
         }
         let verdict = match self.default {
@@ -448,39 +535,6 @@ impl WorkloadPolicy {
     /// What happens when no policy speaks.
     pub fn default_action(&self) -> DefaultAction {
         self.default
-    }
-
-    /// Rules that name HTTP fields and could apply to `port`, reported as errors for a port
-    /// the sidecar serves as opaque TCP: such a rule could never match there (ALLOW) or would
-    /// refuse every connection (DENY).
-    pub fn http_rules_on_tcp_port(&self, port: u16) -> Vec<PolicyError> {
-        let mut errors = Vec::new();
-        for policy in &self.policies {
-            for (index, rule) in policy.rules.iter().enumerate() {
-                if !rule.needs_http() {
-                    continue;
-                }
-                let fields = rule.http_fields();
-                let reaches_port = rule.to.is_empty()
-                    || rule.to.iter().any(|op| port_matches(op, port));
-                if reaches_port {
-                    errors.push(PolicyError {
-                        origin: policy.info.origin.to_string(),
-                        line: rule.line,
-                        column: rule.column,
-                        message: format!(
-                            "policy {:?}, rule {index} names HTTP fields ({}) but port {port} \
-                             is served as opaque TCP, where requests have no method, path or \
-                             headers; limit the rule to HTTP ports with `ports`, or set the \
-                             inbound protocol",
-                            policy.info.name,
-                            fields.join(", ")
-                        ),
-                    });
-                }
-            }
-        }
-        errors
     }
 }
 
@@ -624,20 +678,35 @@ fn any_principal(patterns: &[PrincipalPattern], principal: &str) -> bool {
 
 fn port_matches(op: &Operation, port: u16) -> bool {
     op.ports.as_ref().is_none_or(|ports| ports.contains(&port))
-        && op.not_ports.as_ref().is_none_or(|ports| !ports.contains(&port))
+        && op
+            .not_ports
+            .as_ref()
+            .is_none_or(|ports| !ports.contains(&port))
 }
 
 fn operation_matches(op: &Operation, ctx: &Context<'_>, trace: &mut impl Trace) -> bool {
     if let Some(ports) = &op.ports
         && !ports.contains(&ctx.port)
     {
-        trace.note(|| format!("to: port {} is not among ports {}", ctx.port, list(ports.iter())));
+        trace.note(|| {
+            format!(
+                "to: port {} is not among ports {}",
+                ctx.port,
+                list(ports.iter())
+            )
+        });
         return false;
     }
     if let Some(ports) = &op.not_ports
         && ports.contains(&ctx.port)
     {
-        trace.note(|| format!("to: port {} is among notPorts {}", ctx.port, list(ports.iter())));
+        trace.note(|| {
+            format!(
+                "to: port {} is among notPorts {}",
+                ctx.port,
+                list(ports.iter())
+            )
+        });
         return false;
     }
     // On TCP, the HTTP fields were settled by the caller.
@@ -669,26 +738,47 @@ fn operation_matches(op: &Operation, ctx: &Context<'_>, trace: &mut impl Trace) 
     if let Some(paths) = &op.paths
         && !paths.iter().any(|p| p.matches(http.path))
     {
-        trace.note(|| format!("to: path {} matches none of paths {}", http.path, list(paths.iter())));
+        trace.note(|| {
+            format!(
+                "to: path {} matches none of paths {}",
+                http.path,
+                list(paths.iter())
+            )
+        });
         return false;
     }
     if let Some(paths) = &op.not_paths
         && paths.iter().any(|p| p.matches(http.path))
     {
-        trace.note(|| format!("to: path {} matches notPaths {}", http.path, list(paths.iter())));
+        trace.note(|| {
+            format!(
+                "to: path {} matches notPaths {}",
+                http.path,
+                list(paths.iter())
+            )
+        });
         return false;
     }
     true
 }
 
-fn condition_matches(condition: &Condition, http: &HttpContext<'_>, trace: &mut impl Trace) -> bool {
+fn condition_matches(
+    condition: &Condition,
+    http: &HttpContext<'_>,
+    trace: &mut impl Trace,
+) -> bool {
     let value = http.headers.get(&condition.header);
     let name = &condition.header;
     if let Some(values) = &condition.values {
-        let ok = value.as_deref().is_some_and(|v| values.iter().any(|p| p.matches(v)));
+        let ok = value
+            .as_deref()
+            .is_some_and(|v| values.iter().any(|p| p.matches(v)));
         if !ok {
             trace.note(|| match &value {
-                None => format!("when: header {name} is absent (values {})", list(values.iter())),
+                None => format!(
+                    "when: header {name} is absent (values {})",
+                    list(values.iter())
+                ),
                 Some(v) => format!(
                     "when: header {name} = {v:?} matches none of values {}",
                     list(values.iter())
@@ -754,8 +844,7 @@ mod tests {
     /// Runs each case and compares `decision.to_string()` (with the file name cut) and the
     /// verdict `explain` arrives at.
     fn check(text: &str, default: DefaultAction, cases: &[Case]) {
-        let set = PolicySet::parse_str("p.yaml", text)
-            .unwrap_or_else(|e| panic!("{}", e[0]));
+        let set = PolicySet::parse_str("p.yaml", text).unwrap_or_else(|e| panic!("{}", e[0]));
         let compiled = set.for_workload(None, default);
         for case in cases {
             let headers = case.headers;
@@ -780,7 +869,10 @@ mod tests {
             };
             assert_eq!(got, case.expect, "{request:?}");
             let explained = set.explain(None, default, &request);
-            assert_eq!(explained.verdict, decision.verdict, "{request:?}\n{explained}");
+            assert_eq!(
+                explained.verdict, decision.verdict,
+                "{request:?}\n{explained}"
+            );
         }
     }
 
@@ -789,12 +881,22 @@ mod tests {
         check(
             "",
             DefaultAction::Allow,
-            &[case(FRONTEND, 8080, "GET /", "allowed: no policy applies and the default is allow")],
+            &[case(
+                FRONTEND,
+                8080,
+                "GET /",
+                "allowed: no policy applies and the default is allow",
+            )],
         );
         check(
             "",
             DefaultAction::Deny,
-            &[case(FRONTEND, 8080, "tcp", "denied: no policy allows it and the default is deny")],
+            &[case(
+                FRONTEND,
+                8080,
+                "tcp",
+                "denied: no policy allows it and the default is deny",
+            )],
         );
     }
 
@@ -805,7 +907,7 @@ mod tests {
             "  action: ALLOW\n  rules:\n  - from:\n    - principals: [\"spiffe://cluster.local/ns/shop/sa/frontend\", \"spiffe://cluster.local/ns/ops/*\"]\n    to:\n    - ports: [8080]\n      methods: [GET, POST]\n      paths: [\"/api/*\", \"/healthz\", \"*.css\"]\n",
         );
         let allowed = "allowed by ALLOW policy \"backend-api\", rule 0";
-        let no_match = "denied: no ALLOW rule matched";
+        let no_match = "denied: no ALLOW rule matched (policies: backend-api)";
         check(
             &text,
             DefaultAction::Allow,
@@ -820,7 +922,12 @@ mod tests {
                 case(FRONTEND, 8080, "GET /api/../admin", no_match),
                 case(FRONTEND, 9090, "GET /api/items", no_match),
                 case(STRANGER, 8080, "GET /api/items", no_match),
-                case("spiffe://cluster.local/ns/opsx/sa/y", 8080, "GET /api/x", no_match),
+                case(
+                    "spiffe://cluster.local/ns/opsx/sa/y",
+                    8080,
+                    "GET /api/x",
+                    no_match,
+                ),
                 // HTTP fields on a TCP connection: an ALLOW rule cannot vouch for it.
                 case(FRONTEND, 8080, "tcp", no_match),
                 case(FRONTEND, 8080, "PROPFIND /api/x", no_match),
@@ -835,7 +942,7 @@ mod tests {
             "  rules:\n  - from:\n    - principals: [\"*\"]\n      notPrincipals: [\"spiffe://cluster.local/ns/other/*\"]\n    to:\n    - notPorts: [9090]\n      notMethods: [DELETE]\n      notPaths: [\"/admin/*\", \"/admin\"]\n",
         );
         let allowed = "allowed by ALLOW policy \"most\", rule 0";
-        let no_match = "denied: no ALLOW rule matched";
+        let no_match = "denied: no ALLOW rule matched (policies: most)";
         check(
             &text,
             DefaultAction::Allow,
@@ -855,13 +962,11 @@ mod tests {
 
     #[test]
     fn deny_comes_first_and_fails_closed_on_tcp() {
-        let text = policy(
-            "allow-all",
-            "  rules:\n  - {}\n",
-        ) + &policy(
-            "deny-admin",
-            "  action: DENY\n  rules:\n  - from:\n    - principals: [\"spiffe://cluster.local/ns/shop/*\"]\n    to:\n    - paths: [\"/admin*\"]\n",
-        );
+        let text = policy("allow-all", "  rules:\n  - {}\n")
+            + &policy(
+                "deny-admin",
+                "  action: DENY\n  rules:\n  - from:\n    - principals: [\"spiffe://cluster.local/ns/shop/*\"]\n    to:\n    - paths: [\"/admin*\"]\n",
+            );
         let denied = "denied by DENY policy \"deny-admin\", rule 0";
         let allowed = "allowed by ALLOW policy \"allow-all\", rule 0";
         check(
@@ -886,7 +991,12 @@ mod tests {
         check(
             &text,
             DefaultAction::Allow,
-            &[case(FRONTEND, 8080, "GET /", "denied: no ALLOW rule matched")],
+            &[case(
+                FRONTEND,
+                8080,
+                "GET /",
+                "denied: no ALLOW rule matched (policies: nothing)",
+            )],
         );
     }
 
@@ -897,7 +1007,7 @@ mod tests {
             "  rules:\n  - when:\n    - key: request.headers[X-Env]\n      values: [prod, \"canary-*\"]\n    - key: request.headers[x-debug]\n      notValues: [\"*\"]\n",
         );
         let allowed = "allowed by ALLOW policy \"prod-only\", rule 0";
-        let no_match = "denied: no ALLOW rule matched";
+        let no_match = "denied: no ALLOW rule matched (policies: prod-only)";
         let with = |headers: &'static [(&'static str, &'static str)], expect| Case {
             from: FRONTEND,
             port: 80,
@@ -970,15 +1080,31 @@ mod tests {
         let stranger = compiled.evaluate(&request(STRANGER, "GET"));
         assert!(stranger.allowed());
         let dry = stranger.dry_run.unwrap();
-        assert_eq!((dry.verdict, &*dry.policy.name), (Verdict::Deny, "allow-frontend"));
-        assert_eq!(dry.reason, Reason::NoAllowRuleMatched);
+        assert_eq!(
+            (dry.verdict, &*dry.policy.name),
+            (Verdict::Deny, "allow-frontend")
+        );
+        assert_eq!(
+            dry.reason,
+            Reason::NoAllowRuleMatched {
+                policies: "allow-frontend"
+            }
+        );
         // The dry-run DENY policy would have denied this one.
         let delete = compiled.evaluate(&request(FRONTEND, "DELETE"));
         assert!(delete.allowed());
         let dry = delete.dry_run.unwrap();
-        assert_eq!((dry.verdict, &*dry.policy.name), (Verdict::Deny, "deny-deletes"));
+        assert_eq!(
+            (dry.verdict, &*dry.policy.name),
+            (Verdict::Deny, "deny-deletes")
+        );
         // Nothing to report when the dry run agrees.
-        assert!(compiled.evaluate(&request(FRONTEND, "GET")).dry_run.is_none());
+        assert!(
+            compiled
+                .evaluate(&request(FRONTEND, "GET"))
+                .dry_run
+                .is_none()
+        );
     }
 
     #[test]
@@ -995,8 +1121,14 @@ mod tests {
                 .map(|p| p.name.to_string())
                 .collect()
         };
-        assert_eq!(names("spiffe://cluster.local/ns/shop/sa/backend"), ["backend-only", "shop-wide"]);
-        assert_eq!(names("spiffe://cluster.local/ns/shop/sa/cart"), ["shop-wide"]);
+        assert_eq!(
+            names("spiffe://cluster.local/ns/shop/sa/backend"),
+            ["backend-only", "shop-wide"]
+        );
+        assert_eq!(
+            names("spiffe://cluster.local/ns/shop/sa/cart"),
+            ["shop-wide"]
+        );
         assert!(names("spiffe://cluster.local/ns/shopping/sa/x").is_empty());
         let id: SpiffeId = "spiffe://cluster.local/ns/ops/sa/x".parse().unwrap();
         let explained = set.explain(
@@ -1023,7 +1155,12 @@ mod tests {
         check(
             &text,
             DefaultAction::Allow,
-            &[case(FRONTEND, 1, "tcp", "allowed by ALLOW policy \"ordered\", rule 0")],
+            &[case(
+                FRONTEND,
+                1,
+                "tcp",
+                "allowed by ALLOW policy \"ordered\", rule 0",
+            )],
         );
     }
 
@@ -1049,9 +1186,14 @@ mod tests {
             },
         );
         let text = explained.to_string();
-        assert!(text.contains("decision: DENY, denied: no ALLOW rule matched"), "{text}");
         assert!(
-            text.contains("rule 0 (line 8): no match: to: path /admin matches none of paths [/api/*]"),
+            text.contains("decision: DENY, denied: no ALLOW rule matched (policies: backend-api)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "rule 0 (line 8): no match: to: path /admin matches none of paths [/api/*]"
+            ),
             "{text}"
         );
     }
@@ -1063,11 +1205,16 @@ mod tests {
             "  rules:\n  - to:\n    - ports: [8080]\n      methods: [GET]\n  - to:\n    - ports: [5432]\n  - when:\n    - key: request.headers[x]\n      values: [y]\n",
         );
         let set = PolicySet::parse_str("p.yaml", &text).unwrap();
-        let compiled = set.for_workload(None, DefaultAction::Allow);
-        let errors = compiled.http_rules_on_tcp_port(5432);
+        let errors = set.http_rules_on_tcp_port(None, 5432);
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].to_string().starts_with("p.yaml:13:5: policy \"mixed\", rule 2 names HTTP fields (when)"), "{}", errors[0]);
-        assert_eq!(compiled.http_rules_on_tcp_port(8080).len(), 2);
+        assert!(
+            errors[0]
+                .to_string()
+                .starts_with("p.yaml:13:5: policy \"mixed\", rule 2 names HTTP fields (when)"),
+            "{}",
+            errors[0]
+        );
+        assert_eq!(set.http_rules_on_tcp_port(None, 8080).len(), 2);
     }
 
     #[test]

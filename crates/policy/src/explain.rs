@@ -104,10 +104,18 @@ impl PolicySet {
         }
 
         let request_text = match &request.http {
-            Some(http) => format!(
-                "{} → port {}, {} {}",
-                request.principal, request.port, http.method, http.path
-            ),
+            Some(http) => {
+                let judged = request_path_for(http.path);
+                let judged = if judged == http.path {
+                    String::new()
+                } else {
+                    format!(" (judged as {judged})")
+                };
+                format!(
+                    "{} → port {}, {} {}{judged}",
+                    request.principal, request.port, http.method, http.path
+                )
+            }
             None => format!(
                 "{} → port {}, an opaque TCP connection",
                 request.principal, request.port

@@ -50,7 +50,7 @@
 //! };
 //! assert_eq!(policy.evaluate(&request("/api/items")).verdict, Verdict::Allow);
 //! let denied = policy.evaluate(&request("/admin"));
-//! assert_eq!(denied.to_string(), "denied: no ALLOW rule matched");
+//! assert_eq!(denied.to_string(), "denied: no ALLOW rule matched (policies: backend-api)");
 //! # Ok::<(), String>(())
 //! ```
 
@@ -64,8 +64,8 @@ pub use self::compile::{
     API_VERSION, KIND, MAX_SOURCE_BYTES, PolicyError, PolicyInfo, PolicySet, Source,
 };
 pub use self::eval::{
-    Decision, DefaultAction, DryRun, Headers, HttpRequest, join_values, Reason, Request, RuleRef, Verdict,
-    WorkloadPolicy,
+    Decision, DefaultAction, DryRun, Headers, HttpRequest, Reason, Request, RuleRef, Verdict,
+    WorkloadPolicy, join_values,
 };
 pub use self::explain::{Explanation, PolicyTrace, RuleTrace};
 pub use self::model::Action;

@@ -204,7 +204,9 @@ pub(crate) fn parse_path(text: &str) -> Result<StrMatch, String> {
         ));
     }
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("{text:?}: a path cannot contain spaces or control characters"));
+        return Err(format!(
+            "{text:?}: a path cannot contain spaces or control characters"
+        ));
     }
     if let StrMatch::Exact(path) | StrMatch::Prefix(path) = &matcher
         && !path.starts_with('/')
@@ -241,8 +243,13 @@ pub(crate) fn parse_header_key(key: &str) -> Result<Box<str>, String> {
     }
     let name = name.to_ascii_lowercase();
     // These describe one hop and are removed before a request is judged.
-    if ["connection", "keep-alive", "proxy-connection", "transfer-encoding"]
-        .contains(&name.as_str())
+    if [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+    ]
+    .contains(&name.as_str())
     {
         return Err(format!(
             "{key:?} can never match: {name} is a hop-by-hop header, removed before policy \
@@ -446,7 +453,10 @@ mod tests {
 
     #[test]
     fn header_keys_name_request_headers() {
-        assert_eq!(&*parse_header_key("request.headers[X-Env]").unwrap(), "x-env");
+        assert_eq!(
+            &*parse_header_key("request.headers[X-Env]").unwrap(),
+            "x-env"
+        );
         for (bad, why) in [
             ("source.ip", "unknown condition key"),
             ("request.headers[]", "not a header name"),

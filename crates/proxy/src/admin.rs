@@ -6,6 +6,7 @@
 //! | `GET /ready` | 200 only while a valid workload certificate is held and the sidecar is not draining; 503 with the reason otherwise |
 //! | `GET /metrics` | Prometheus / OpenMetrics text |
 //! | `GET /certs` | the workload certificate and the trust bundle, as JSON |
+//! | `GET /policy` | the identity policy in force, and why changed files were refused, as JSON |
 //! | `POST /shutdown` | drain and exit, as on SIGTERM (for Jobs, whose app exits first) |
 
 use std::convert::Infallible;
@@ -28,6 +29,7 @@ use tracing::{debug, info};
 
 use crate::identity::{IdentityStatus, unix_seconds};
 use crate::metrics::Metrics;
+use crate::policy::PolicyEnforcer;
 
 pub(crate) struct Admin {
     pub(crate) metrics: Metrics,
@@ -35,6 +37,7 @@ pub(crate) struct Admin {
     pub(crate) trust: TrustStore,
     pub(crate) draining: CancellationToken,
     pub(crate) shutdown_requested: CancellationToken,
+    pub(crate) policy: Option<Arc<PolicyEnforcer>>,
 }
 
 impl Admin {
@@ -87,6 +90,7 @@ impl Admin {
                 response
             }
             "/certs" if method == Method::GET => self.certs(),
+            "/policy" if method == Method::GET => self.policy(),
             "/shutdown" if method == Method::POST => {
                 info!("shutdown requested on the admin port");
                 self.shutdown_requested.cancel();
@@ -95,7 +99,7 @@ impl Admin {
                     "shutting down: draining connections\n".to_string(),
                 )
             }
-            "/live" | "/ready" | "/metrics" | "/certs" | "/shutdown" => {
+            "/live" | "/ready" | "/metrics" | "/certs" | "/policy" | "/shutdown" => {
                 let mut response = text(
                     StatusCode::METHOD_NOT_ALLOWED,
                     format!("{method} is not allowed here\n"),
@@ -113,7 +117,8 @@ impl Admin {
             other => text(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no such page: {other}; try /live, /ready, /metrics, /certs, POST /shutdown\n"
+                    "no such page: {other}; try /live, /ready, /metrics, /certs, /policy, POST \
+                     /shutdown\n"
                 ),
             ),
         }
@@ -148,6 +153,32 @@ impl Admin {
                 ),
             ),
         }
+    }
+
+    fn policy(&self) -> Response<Full<Bytes>> {
+        let Some(policy) = &self.policy else {
+            return text(
+                StatusCode::NOT_FOUND,
+                "no policy is configured: any authenticated mesh identity may call the app \
+                 (set `policy: {path: …}` in the sidecar configuration)\n"
+                    .to_string(),
+            );
+        };
+        let own = self
+            .status
+            .borrow()
+            .svid
+            .as_ref()
+            .map(|svid| svid.spiffe_id.to_string());
+        let report = policy.status(own.as_deref());
+        let body = serde_json::to_string_pretty(&report)
+            .unwrap_or_else(|e| format!("{{\"error\": \"cannot encode the report: {e}\"}}"));
+        let mut response = text(StatusCode::OK, body + "\n");
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        response
     }
 
     fn certs(&self) -> Response<Full<Bytes>> {

@@ -32,6 +32,9 @@ pub struct ProxyConfig {
     /// Connections redirected by iptables, dialled at their original destination.
     #[serde(default)]
     pub transparent: Option<TransparentConfig>,
+    /// Who may call the app: identity policy for inbound connections and requests.
+    #[serde(default)]
+    pub policy: Option<PolicyConfig>,
     /// Health, readiness, metrics and certificate status.
     #[serde(default)]
     pub admin: AdminConfig,
@@ -136,6 +139,45 @@ pub struct DestinationRule {
     pub port: Option<u16>,
     /// The SPIFFE ID (or IDs) that must answer there.
     pub identity: Identities,
+}
+
+/// Identity policy for the inbound listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// A policy file, or a directory whose `*.yaml` / `*.yml` files are read (a mounted
+    /// ConfigMap). It is watched: valid changes apply within about a second, and on SIGHUP.
+    pub path: PathBuf,
+    /// What happens to a request no ALLOW or DENY policy applies to: `allow` (the default:
+    /// any authenticated mesh identity gets through) or `deny`.
+    #[serde(default)]
+    pub default: DefaultPolicy,
+    /// Which decisions are written to the access log: `denied` (the default: denials, dry-run
+    /// would-denials and AUDIT-marked requests) or `all`.
+    #[serde(default)]
+    pub access_log: AccessLog,
+}
+
+/// The decision when no ALLOW or DENY policy applies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultPolicy {
+    /// Any authenticated mesh identity may call.
+    #[default]
+    Allow,
+    /// Only what an ALLOW rule allows.
+    Deny,
+}
+
+/// Which policy decisions reach the access log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLog {
+    /// Denials, dry-run would-denials and requests an AUDIT rule marks.
+    #[default]
+    Denied,
+    /// Every decision, allowed ones too.
+    All,
 }
 
 /// The admin server.
@@ -257,6 +299,9 @@ impl ProxyConfig {
         config.validate(origin)?;
         config.ca.trust_bundle = base.join(&config.ca.trust_bundle);
         config.ca.token_file = base.join(&config.ca.token_file);
+        if let Some(policy) = &mut config.policy {
+            policy.path = base.join(&policy.path);
+        }
         Ok(config)
     }
 
@@ -301,6 +346,14 @@ impl ProxyConfig {
             return Err(invalid(
                 "inbound",
                 "nothing to proxy: configure inbound, outbound or transparent".to_string(),
+            ));
+        }
+
+        if self.policy.is_some() && self.inbound.is_none() {
+            return Err(invalid(
+                "policy",
+                "policy decides who may call the app on the inbound listener; configure inbound"
+                    .to_string(),
             ));
         }
 

@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
+use crate::policy::{Caller, PolicyEnforcer};
 use crate::tls::{DialError, MeshConnector, MeshProtocol, Target};
 
 /// Response bodies: what the far side sent, or a short answer of the sidecar's own.
@@ -160,10 +161,27 @@ pub(crate) struct HttpContext {
     pub(crate) fallback_authority: Authority,
     /// Inbound only: the caller's identity, for the app.
     pub(crate) identity: Option<IdentityHeaders>,
+    /// Inbound only, when a policy is configured: who calls, and the policy that decides.
+    pub(crate) authz: Option<Authz>,
     pub(crate) metrics: Metrics,
     /// Upgraded tunnels outlive their request; they are tracked for shutdown like connections.
     pub(crate) tracker: TaskTracker,
     pub(crate) force_close: CancellationToken,
+}
+
+/// The policy deciding an inbound connection's requests, and its verified caller.
+#[derive(Clone)]
+pub(crate) struct Authz {
+    pub(crate) policy: Arc<PolicyEnforcer>,
+    pub(crate) caller: Caller,
+}
+
+impl std::fmt::Debug for Authz {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authz")
+            .field("caller", &self.caller)
+            .finish()
+    }
 }
 
 /// Forwards one request and returns the response (or the sidecar's own error answer).
@@ -235,6 +253,31 @@ pub(crate) async fn forward(
         if let Some(identity) = &ctx.identity {
             headers.insert(PEER_IDENTITY_HEADER, identity.peer.clone());
             headers.insert(XFCC_HEADER, identity.xfcc.clone());
+        }
+        // Judged after the identity headers are the sidecar's own, so a `when` condition on
+        // them sees the verified values.
+        if let Some(authz) = &ctx.authz {
+            let decided = authz.policy.check_request(
+                &authz.caller,
+                request.method().as_str(),
+                request.uri().path(),
+                request.headers(),
+                request.uri().authority().map(Authority::as_str),
+            );
+            if let Err(reason) = decided {
+                let label = if marked {
+                    ProtocolLabel::Http1
+                } else {
+                    ctx.version.label()
+                };
+                ctx.metrics
+                    .request(ctx.direction, label, StatusCode::FORBIDDEN.as_u16());
+                let mut response = error_response(StatusCode::FORBIDDEN, grpc, &reason);
+                if translated {
+                    *response.version_mut() = http::Version::HTTP_2;
+                }
+                return Ok(response);
+            }
         }
     }
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));

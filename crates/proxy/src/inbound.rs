@@ -22,10 +22,11 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Limits, Protocol};
 use crate::detect::{Detected, Prefixed, detect, sniff};
-use crate::http::{Forward, HttpContext, HttpVersion, IdentityHeaders};
+use crate::http::{Authz, Forward, HttpContext, HttpVersion, IdentityHeaders};
 use crate::identity::IdentityStatus;
 use crate::io::{Activity, Metered, relay_until_idle};
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
+use crate::policy::{Caller, PolicyEnforcer};
 use crate::serve::{Lifecycle, accept_loop, serve_http};
 use crate::tls::{MeshProtocol, Target};
 
@@ -47,6 +48,7 @@ pub(crate) struct Inbound {
     pub(crate) lifecycle: Lifecycle,
     pub(crate) app_http1: Forward,
     pub(crate) app_http2: Forward,
+    pub(crate) policy: Option<Arc<PolicyEnforcer>>,
 }
 
 impl Inbound {
@@ -131,7 +133,22 @@ impl Inbound {
                 }
             },
         };
-        let io = Prefixed::new(prefix, tls);
+        let mut io = Prefixed::new(prefix, tls);
+        let own_id: Arc<str> = self
+            .status
+            .borrow()
+            .svid
+            .as_ref()
+            .map(|svid| Arc::from(svid.spiffe_id.as_str()))
+            .unwrap_or_else(|| Arc::from(""));
+        let authz = self.policy.as_ref().map(|policy| Authz {
+            policy: policy.clone(),
+            caller: Caller {
+                peer: Arc::from(peer_id.as_str()),
+                own: own_id.clone(),
+                addr: peer,
+            },
+        });
 
         let version = match protocol {
             Detected::Http1 => HttpVersion::Http1,
@@ -139,17 +156,17 @@ impl Inbound {
             Detected::Tcp | Detected::NeedMore => {
                 self.metrics
                     .connection(Direction::Inbound, ProtocolLabel::Tcp);
+                // A TCP connection is decided once, before a byte reaches the app.
+                if let Some(authz) = &authz
+                    && !authz.policy.allows_connection(&authz.caller)
+                {
+                    let _ = io.shutdown().await;
+                    return;
+                }
                 return self.relay_to_app(io, peer, activity).await;
             }
         };
         self.metrics.connection(Direction::Inbound, version.label());
-        let own_id = self
-            .status
-            .borrow()
-            .svid
-            .as_ref()
-            .map(|svid| svid.spiffe_id.to_string())
-            .unwrap_or_default();
         let ctx = Arc::new(HttpContext {
             direction: Direction::Inbound,
             version,
@@ -161,6 +178,7 @@ impl Inbound {
             destination: format!("the app at {}", self.app).into(),
             fallback_authority: authority_of(self.app),
             identity: IdentityHeaders::new(peer_id.as_str(), &own_id, &leaf),
+            authz,
             metrics: self.metrics.clone(),
             tracker: self.lifecycle.tracker.clone(),
             force_close: self.lifecycle.force_close.clone(),

@@ -19,6 +19,9 @@
 //! HTTP/1.1 (with upgrades such as WebSocket), HTTP/2 (gRPC) and opaque TCP are told apart by
 //! their first bytes ([`detect`]) or set per listener.
 //!
+//! Inbound connections and requests are decided by identity policy ([`hush_policy`]) when
+//! the configuration names one; the policy is reloaded when its files change.
+//!
 //! * [`ProxyConfig`] — the YAML configuration.
 //! * [`Proxy`] — bind, then run until shutdown.
 //! * [`Metrics`] — the Prometheus metrics.
@@ -33,16 +36,19 @@ mod io;
 mod metrics;
 mod orig_dst;
 mod outbound;
+mod policy;
 mod proxy;
 mod serve;
 mod tls;
 
 pub use self::config::{
-    AdminConfig, CaConfig, ConfigError, DestinationRule, Identities, InboundConfig, Limits,
-    OutboundConfig, Passthrough, Protocol, ProxyConfig, TransparentConfig,
+    AccessLog, AdminConfig, CaConfig, ConfigError, DefaultPolicy, DestinationRule, Identities,
+    InboundConfig, Limits, OutboundConfig, Passthrough, PolicyConfig, Protocol, ProxyConfig,
+    TransparentConfig,
 };
 pub use self::detect::{Detected, detect};
 pub use self::http::{PEER_IDENTITY_HEADER, XFCC_HEADER};
 pub use self::identity::{IdentityStatus, Svid};
 pub use self::metrics::Metrics;
-pub use self::proxy::{Proxy, ProxyAddresses, ProxyError, load_trust_bundle};
+pub use self::policy::{PolicyLoadError, load_policy, read_policy_sources};
+pub use self::proxy::{Proxy, ProxyAddresses, ProxyError, check_policy, load_trust_bundle};

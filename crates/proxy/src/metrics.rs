@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use hush_policy::{Decision, Reason, Verdict};
 use hush_tls::HandshakeFailure;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -94,6 +95,26 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DecisionLabels {
+    /// `ALLOW` or `DENY` (the kind of policy that decided) or `default`.
+    action: &'static str,
+    /// The deciding policy; empty when none did (the default, or no ALLOW rule matched).
+    policy: Arc<str>,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PolicyResultLabels {
+    policy: Arc<str>,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: Arc<str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ConnectFailureLabels {
     direction: &'static str,
     target: &'static str,
@@ -119,6 +140,13 @@ struct Inner {
     certificate_expiry: Gauge,
     renewals: Family<OutcomeLabels, Counter>,
     bundle_updates: Counter,
+    policy_decisions: Family<DecisionLabels, Counter>,
+    policy_dry_run: Family<PolicyResultLabels, Counter>,
+    policy_audits: Family<PolicyLabels, Counter>,
+    policy_reloads: Family<OutcomeLabels, Counter>,
+    policies_loaded: Gauge,
+    /// The `policy` label of decisions no policy made, made once.
+    no_policy: Arc<str>,
 }
 
 /// Byte counters of one direction, resolved once per connection.
@@ -206,6 +234,37 @@ impl Metrics {
             "Times the trust bundle in force changed",
             bundle_updates.clone(),
         );
+        let policy_decisions = Family::default();
+        registry.register(
+            "policy_decisions",
+            "Inbound connections and requests decided by identity policy, by the kind of policy \
+             that decided (ALLOW, DENY or default), the policy, and the result",
+            policy_decisions.clone(),
+        );
+        let policy_dry_run = Family::default();
+        registry.register(
+            "policy_dry_run",
+            "Decisions a dry-run policy would have changed (would_deny, would_allow), by policy",
+            policy_dry_run.clone(),
+        );
+        let policy_audits = Family::default();
+        registry.register(
+            "policy_audits",
+            "Requests an AUDIT policy marked for the audit log, by policy",
+            policy_audits.clone(),
+        );
+        let policy_reloads = Family::default();
+        registry.register(
+            "policy_reloads",
+            "Policy loads after start-up, by result (an error keeps the last good policy)",
+            policy_reloads.clone(),
+        );
+        let policies_loaded = Gauge::default();
+        registry.register(
+            "policies",
+            "Policies in force (all of the loaded set, before selectors)",
+            policies_loaded.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -220,6 +279,12 @@ impl Metrics {
                 certificate_expiry,
                 renewals,
                 bundle_updates,
+                policy_decisions,
+                policy_dry_run,
+                policy_audits,
+                policy_reloads,
+                policies_loaded,
+                no_policy: Arc::from(""),
             }),
         }
     }
@@ -344,6 +409,58 @@ impl Metrics {
 
     pub(crate) fn bundle_updated(&self) {
         self.inner.bundle_updates.inc();
+    }
+
+    /// Counts a policy decision, what dry-run policies would have changed, and audit marks.
+    pub(crate) fn policy_decision(&self, decision: &Decision<'_>) {
+        let (action, policy) = match decision.reason {
+            Reason::Rule(rule) => (rule.policy.action.as_str(), rule.policy.name.clone()),
+            Reason::NoAllowRuleMatched { .. } => ("ALLOW", self.inner.no_policy.clone()),
+            Reason::Default(_) => ("default", self.inner.no_policy.clone()),
+        };
+        self.inner
+            .policy_decisions
+            .get_or_create(&DecisionLabels {
+                action,
+                policy,
+                result: decision.verdict.as_str(),
+            })
+            .inc();
+        if let Some(dry) = &decision.dry_run {
+            let result = match dry.verdict {
+                Verdict::Allow => "would_allow",
+                Verdict::Deny => "would_deny",
+            };
+            self.inner
+                .policy_dry_run
+                .get_or_create(&PolicyResultLabels {
+                    policy: dry.policy.name.clone(),
+                    result,
+                })
+                .inc();
+        }
+        if let Some(audit) = &decision.audit {
+            self.inner
+                .policy_audits
+                .get_or_create(&PolicyLabels {
+                    policy: audit.policy.name.clone(),
+                })
+                .inc();
+        }
+    }
+
+    pub(crate) fn policy_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.inner
+            .policy_reloads
+            .get_or_create(&OutcomeLabels { result })
+            .inc();
+    }
+
+    pub(crate) fn policies_loaded(&self, count: usize) {
+        self.inner
+            .policies_loaded
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 }
 

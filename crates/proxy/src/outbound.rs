@@ -176,6 +176,7 @@ async fn proxy_to(
                 .unwrap_or_else(|_| http::uri::Authority::from_static("localhost")),
         },
         identity: None,
+        authz: None,
         metrics: metrics.clone(),
         tracker: shared.lifecycle.tracker.clone(),
         force_close: shared.lifecycle.force_close.clone(),

@@ -19,6 +19,7 @@ use crate::identity::{IdentityManager, IdentityStatus};
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::{OutboundShared, Route, Transparent, run_explicit};
+use crate::policy::{PolicyEnforcer, PolicyLoadError};
 use crate::serve::Lifecycle;
 use crate::tls::{MeshConnector, Target, inbound_acceptor};
 
@@ -60,6 +61,9 @@ pub enum ProxyError {
     /// TLS could not be configured.
     #[error(transparent)]
     Tls(#[from] TlsConfigError),
+    /// The identity policy was refused.
+    #[error(transparent)]
+    Policy(#[from] PolicyLoadError),
 }
 
 /// Where a bound sidecar listens (port 0 in the configuration resolved to real ports).
@@ -81,6 +85,7 @@ pub struct Proxy {
     trust: TrustStore,
     credentials: CredentialStore,
     metrics: Metrics,
+    policy: Option<Arc<PolicyEnforcer>>,
     status: watch::Sender<IdentityStatus>,
     admin: TcpListener,
     inbound: Option<TcpListener>,
@@ -115,6 +120,8 @@ impl Proxy {
         inbound: Option<std::net::TcpListener>,
     ) -> Result<Self, ProxyError> {
         let trust = TrustStore::new(load_trust_bundle(&config)?)?;
+        let metrics = Metrics::new();
+        let policy = load_policy_for(&config, trust.trust_domain(), &metrics)?.map(Arc::new);
 
         let admin = bind("admin.listen", config.admin.listen).await?;
         let inbound = match (inbound, &config.inbound) {
@@ -145,7 +152,8 @@ impl Proxy {
             config,
             trust,
             credentials: CredentialStore::new(),
-            metrics: Metrics::new(),
+            metrics,
+            policy,
             status,
             admin,
             inbound,
@@ -186,6 +194,11 @@ impl Proxy {
         &self.config
     }
 
+    /// The policy in force, in one line (`path (N policies, M rules; default allow)`).
+    pub fn policy_summary(&self) -> Option<String> {
+        self.policy.as_ref().map(|policy| policy.describe())
+    }
+
     /// Obtains the workload certificate, then serves until `shutdown` completes or `POST
     /// /shutdown` is called; then drains: listeners close, HTTP connections finish their
     /// in-flight requests, and whatever is still open after `shutdown_grace` is closed.
@@ -195,6 +208,7 @@ impl Proxy {
             trust,
             credentials,
             metrics,
+            policy,
             status,
             admin,
             inbound,
@@ -212,7 +226,11 @@ impl Proxy {
             trust: trust.clone(),
             draining: lifecycle.draining.clone(),
             shutdown_requested: shutdown_requested.clone(),
+            policy: policy.clone(),
         });
+        let policy_task = policy
+            .clone()
+            .map(|policy| tokio::spawn(policy.watch(background.clone())));
         let admin_task = tokio::spawn(admin_server.run(admin, background.clone()));
         let identity = IdentityManager::new(
             config.ca.clone(),
@@ -244,6 +262,7 @@ impl Proxy {
                     lifecycle: lifecycle.clone(),
                     app_http1: Forward::app(cfg.app, HttpVersion::Http1, limits.connect_timeout),
                     app_http2: Forward::app(cfg.app, HttpVersion::Http2, limits.connect_timeout),
+                    policy: policy.clone(),
                 });
                 accept_loops.push(tokio::spawn(server.run(listener)));
             }
@@ -310,6 +329,9 @@ impl Proxy {
         background.cancel();
         let _ = identity_task.await;
         let _ = admin_task.await;
+        if let Some(policy_task) = policy_task {
+            let _ = policy_task.await;
+        }
         info!("sidecar stopped");
         Ok(())
     }
@@ -349,6 +371,32 @@ pub fn load_trust_bundle(config: &ProxyConfig) -> Result<TrustBundle, ProxyError
         }
     }
     Ok(bundle)
+}
+
+/// Reads and validates the configuration's policy, if it names one: `hush proxy --check` and
+/// start-up both refuse a policy with errors.
+pub fn check_policy(
+    config: &ProxyConfig,
+    trust_domain: TrustDomain,
+) -> Result<Option<String>, ProxyError> {
+    Ok(load_policy_for(config, trust_domain, &Metrics::new())?.map(|p| p.describe()))
+}
+
+fn load_policy_for(
+    config: &ProxyConfig,
+    trust_domain: TrustDomain,
+    metrics: &Metrics,
+) -> Result<Option<PolicyEnforcer>, ProxyError> {
+    let (Some(policy), Some(inbound)) = (&config.policy, &config.inbound) else {
+        return Ok(None);
+    };
+    Ok(Some(PolicyEnforcer::load(
+        policy,
+        inbound.app,
+        inbound.protocol,
+        trust_domain,
+        metrics.clone(),
+    )?))
 }
 
 async fn bind(field: &str, addr: SocketAddr) -> Result<TcpListener, ProxyError> {

@@ -1,0 +1,718 @@
+//! Identity policy in the sidecar: reading the policy file or directory, keeping the last
+//! good policy in force through reloads, and deciding each inbound connection and request.
+//!
+//! The file (or directory) is read again every second and on SIGHUP. A change that parses and
+//! validates replaces the policy for the next request; a change that does not is logged with
+//! its `file:line:column` errors and counted, and the previous policy stays in force.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::HeaderMap;
+use hush_identity::{SpiffeId, TrustDomain};
+use hush_policy::{
+    DefaultAction, HttpRequest, MAX_SOURCE_BYTES, PolicyError, PolicySet, Request, Source, Verdict,
+    WorkloadPolicy,
+};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{AccessLog, DefaultPolicy, PolicyConfig, Protocol};
+use crate::metrics::Metrics;
+
+/// How often the policy file or directory is read again.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// The most policy files one directory may hold.
+const MAX_FILES: usize = 1000;
+
+/// Reads the policy sources at `path`: the file itself, or every `*.yaml` / `*.yml` file of
+/// the directory in name order. Hidden entries are skipped: a mounted ConfigMap keeps its
+/// versions in `..data` and `..2024_…` folders and links each file to them.
+pub fn read_policy_sources(path: &Path) -> Result<Vec<Source>, PolicyError> {
+    let whole = |message: String| PolicyError {
+        origin: path.display().to_string(),
+        line: 0,
+        column: 0,
+        message,
+    };
+    let metadata = std::fs::metadata(path).map_err(|e| whole(format!("cannot read: {e}")))?;
+    let files = if metadata.is_dir() {
+        let mut files = Vec::new();
+        let entries = std::fs::read_dir(path).map_err(|e| whole(format!("cannot list: {e}")))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| whole(format!("cannot list: {e}")))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+            if name.starts_with('.') || !is_yaml {
+                continue;
+            }
+            // A directory named `x.yaml` is not a policy file.
+            if entry.path().is_file() {
+                files.push(entry.path());
+            }
+        }
+        if files.len() > MAX_FILES {
+            return Err(whole(format!(
+                "{} policy files is more than hush reads from one directory ({MAX_FILES})",
+                files.len()
+            )));
+        }
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files
+        .into_iter()
+        .map(|file| {
+            let origin = file.display().to_string();
+            let unreadable = |message: String| PolicyError {
+                origin: origin.clone(),
+                line: 0,
+                column: 0,
+                message,
+            };
+            let len = std::fs::metadata(&file)
+                .map_err(|e| unreadable(format!("cannot read: {e}")))?
+                .len();
+            if len > MAX_SOURCE_BYTES as u64 {
+                return Err(unreadable(format!(
+                    "{len} bytes is more policy text than hush reads from one file \
+                     ({MAX_SOURCE_BYTES})"
+                )));
+            }
+            let bytes =
+                std::fs::read(&file).map_err(|e| unreadable(format!("cannot read: {e}")))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| unreadable("is not UTF-8 text".to_string()))?;
+            Ok(Source { origin, text })
+        })
+        .collect()
+}
+
+/// Reads and validates the policy at `path`: what `hush policy check` and `hush proxy
+/// --check` do.
+pub fn load_policy(path: &Path) -> Result<PolicySet, Vec<PolicyError>> {
+    let sources = read_policy_sources(path).map_err(|e| vec![e])?;
+    PolicySet::parse(&sources)
+}
+
+/// The policy in force and how the sidecar applies it.
+pub(crate) struct PolicyEnforcer {
+    path: PathBuf,
+    default: DefaultAction,
+    access_log: AccessLog,
+    /// The app's port: the destination port policies name.
+    app_port: u16,
+    /// The inbound listener serves opaque TCP only, so rules naming HTTP fields are errors.
+    opaque: bool,
+    trust_domain: TrustDomain,
+    metrics: Metrics,
+    loaded: ArcSwap<Loaded>,
+    /// The loaded set narrowed to this workload; rebuilt when either changes.
+    view: ArcSwapOption<View>,
+    /// What the last look at the files found, so an unchanged file (good or broken) is not
+    /// parsed, logged and counted every second.
+    last_seen: Mutex<Seen>,
+}
+
+struct Loaded {
+    generation: u64,
+    set: PolicySet,
+    sources: Vec<Source>,
+    loaded_at: SystemTime,
+}
+
+struct View {
+    generation: u64,
+    own: Box<str>,
+    policy: WorkloadPolicy,
+}
+
+#[derive(Default)]
+struct Seen {
+    sources: Option<Vec<(String, String)>>,
+    read_error: Option<String>,
+    /// The errors that keep the files on disk from being used, when they do.
+    refused: Option<Vec<String>>,
+}
+
+/// The policy was refused at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("the policy at {} was refused:\n  {}", path.display(), errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+pub struct PolicyLoadError {
+    /// `policy.path`.
+    pub path: PathBuf,
+    /// Every problem found, with its location.
+    pub errors: Vec<PolicyError>,
+}
+
+impl PolicyEnforcer {
+    /// Reads and validates the policy; an error here stops the sidecar from starting.
+    pub(crate) fn load(
+        config: &PolicyConfig,
+        app: SocketAddr,
+        protocol: Protocol,
+        trust_domain: TrustDomain,
+        metrics: Metrics,
+    ) -> Result<Self, PolicyLoadError> {
+        let refused = |errors| PolicyLoadError {
+            path: config.path.clone(),
+            errors,
+        };
+        let sources = read_policy_sources(&config.path).map_err(|e| refused(vec![e]))?;
+        let mut enforcer = Self {
+            path: config.path.clone(),
+            default: match config.default {
+                DefaultPolicy::Allow => DefaultAction::Allow,
+                DefaultPolicy::Deny => DefaultAction::Deny,
+            },
+            access_log: config.access_log,
+            app_port: app.port(),
+            opaque: protocol == Protocol::Tcp,
+            trust_domain,
+            metrics,
+            loaded: ArcSwap::from_pointee(Loaded {
+                generation: 0,
+                set: PolicySet::default(),
+                sources: Vec::new(),
+                loaded_at: SystemTime::now(),
+            }),
+            view: ArcSwapOption::empty(),
+            last_seen: Mutex::new(Seen::default()),
+        };
+        let set = enforcer.validate(&sources, None).map_err(refused)?;
+        enforcer.metrics.policies_loaded(set.len());
+        enforcer.loaded = ArcSwap::from_pointee(Loaded {
+            generation: 1,
+            set,
+            sources: sources.clone(),
+            loaded_at: SystemTime::now(),
+        });
+        *enforcer.seen() = Seen {
+            sources: Some(fingerprint(&sources)),
+            ..Seen::default()
+        };
+        Ok(enforcer)
+    }
+
+    /// Parses `sources` and checks them against this sidecar: principals of another trust
+    /// domain, and HTTP rules on an opaque TCP port.
+    fn validate(
+        &self,
+        sources: &[Source],
+        own: Option<&SpiffeId>,
+    ) -> Result<PolicySet, Vec<PolicyError>> {
+        let set = PolicySet::parse(sources)?;
+        let mut errors = set.foreign_principals(&self.trust_domain);
+        if self.opaque {
+            errors.extend(set.http_rules_on_tcp_port(own, self.app_port));
+        }
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A one-line description for the start-up banner.
+    pub(crate) fn describe(&self) -> String {
+        let loaded = self.loaded.load();
+        format!(
+            "{} ({} policies, {} rules; default {})",
+            self.path.display(),
+            loaded.set.len(),
+            loaded.set.rule_count(),
+            match self.default {
+                DefaultAction::Allow => "allow",
+                DefaultAction::Deny => "deny",
+            }
+        )
+    }
+
+    /// Watches the policy until `stop`: reads it every second and at once on SIGHUP.
+    pub(crate) async fn watch(self: Arc<Self>, stop: CancellationToken) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(hangup) => Some(hangup),
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP; the policy is still reloaded when its files change");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(RELOAD_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let forced = tokio::select! {
+                _ = tick.tick() => false,
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(hangup) => hangup.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
+                () = stop.cancelled() => return,
+            };
+            let this = self.clone();
+            // Reading files blocks; keep it off the thread that serves connections.
+            let _ = tokio::task::spawn_blocking(move || this.reload(forced)).await;
+        }
+    }
+
+    /// Reads the policy again and puts it in force if it changed and is valid. `forced`
+    /// (SIGHUP) reports on an unchanged policy too.
+    pub(crate) fn reload(&self, forced: bool) {
+        let path = self.path.display();
+        let sources = match read_policy_sources(&self.path) {
+            Ok(sources) => sources,
+            Err(e) => {
+                let message = e.to_string();
+                let mut seen = self.seen();
+                if forced || seen.read_error.as_deref() != Some(message.as_str()) {
+                    seen.read_error = Some(message.clone());
+                    seen.sources = None;
+                    drop(seen);
+                    self.metrics.policy_reload(false);
+                    error!("policy reload failed, the previous policy stays in force: {message}");
+                }
+                return;
+            }
+        };
+        let print = fingerprint(&sources);
+        {
+            let mut seen = self.seen();
+            if !forced && seen.read_error.is_none() && seen.sources.as_ref() == Some(&print) {
+                return;
+            }
+            seen.read_error = None;
+            seen.sources = Some(print);
+        }
+        let loaded = self.loaded.load_full();
+        if fingerprint(&loaded.sources) == fingerprint(&sources) {
+            let was_refused = self.seen().refused.take().is_some();
+            if was_refused {
+                info!(%path, "the policy files are back to the policy in force");
+            } else if forced {
+                info!(%path, generation = loaded.generation, "SIGHUP: the policy is unchanged");
+            }
+            return;
+        }
+        let own = self
+            .view
+            .load()
+            .as_ref()
+            .and_then(|view| view.own.parse::<SpiffeId>().ok());
+        match self.validate(&sources, own.as_ref()) {
+            Ok(set) => {
+                let generation = loaded.generation + 1;
+                info!(
+                    %path,
+                    generation,
+                    policies = set.len(),
+                    rules = set.rule_count(),
+                    "policy reloaded; new requests are decided by it"
+                );
+                self.metrics.policies_loaded(set.len());
+                self.loaded.store(Arc::new(Loaded {
+                    generation,
+                    set,
+                    sources,
+                    loaded_at: SystemTime::now(),
+                }));
+                self.metrics.policy_reload(true);
+                self.seen().refused = None;
+            }
+            Err(errors) => {
+                let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                self.metrics.policy_reload(false);
+                error!(
+                    %path,
+                    "policy reload refused, the previous policy (generation {}) stays in force:\n  {}",
+                    loaded.generation,
+                    errors.join("\n  ")
+                );
+                self.seen().refused = Some(errors);
+            }
+        }
+    }
+
+    /// The policy for this workload, narrowed from the loaded set once per change.
+    fn view(&self, own: &str) -> Arc<View> {
+        let generation = self.loaded.load().generation;
+        if let Some(view) = self.view.load_full()
+            && view.generation == generation
+            && &*view.own == own
+        {
+            return view;
+        }
+        let loaded = self.loaded.load_full();
+        let workload = own.parse::<SpiffeId>().ok();
+        if let Some(workload) = &workload
+            && self.opaque
+        {
+            // Known only now that the workload's identity is: namespaced and selected policies
+            // could not be checked at load. Such rules still fail closed (a DENY rule naming
+            // HTTP fields refuses the connection) until the policy is fixed.
+            for error in loaded
+                .set
+                .http_rules_on_tcp_port(Some(workload), self.app_port)
+            {
+                error!("policy error for this workload: {error}");
+            }
+        }
+        let view = Arc::new(View {
+            generation: loaded.generation,
+            own: own.into(),
+            policy: loaded.set.for_workload(workload.as_ref(), self.default),
+        });
+        self.view.store(Some(view.clone()));
+        view
+    }
+
+    /// Decides an HTTP request; `Err` carries the reason to send back.
+    pub(crate) fn check_request(
+        &self,
+        caller: &Caller,
+        method: &str,
+        path: &str,
+        headers: &HeaderMap,
+        authority: Option<&str>,
+    ) -> Result<(), String> {
+        let view = self.view(&caller.own);
+        let headers = RequestHeaders { headers, authority };
+        let request = Request {
+            principal: &caller.peer,
+            port: self.app_port,
+            http: Some(HttpRequest {
+                method,
+                path,
+                headers: &headers,
+            }),
+        };
+        let decision = view.policy.evaluate(&request);
+        self.record(caller, Some((method, path)), &decision);
+        if decision.allowed() {
+            Ok(())
+        } else {
+            Err(decision.to_string())
+        }
+    }
+
+    /// Decides an opaque TCP connection.
+    pub(crate) fn allows_connection(&self, caller: &Caller) -> bool {
+        let view = self.view(&caller.own);
+        let request = Request {
+            principal: &caller.peer,
+            port: self.app_port,
+            http: None,
+        };
+        let decision = view.policy.evaluate(&request);
+        self.record(caller, None, &decision);
+        decision.allowed()
+    }
+
+    /// Counts the decision and writes the access log line when it is one to write.
+    fn record(
+        &self,
+        caller: &Caller,
+        http: Option<(&str, &str)>,
+        decision: &hush_policy::Decision<'_>,
+    ) {
+        self.metrics.policy_decision(decision);
+        let (method, path) = http.unwrap_or(("-", "-"));
+        let what = match http {
+            Some((method, path)) => format!("{method} {path}"),
+            None => "TCP connection".to_string(),
+        };
+        if let Some(dry) = &decision.dry_run {
+            info!(
+                target: "hush::access",
+                caller = %caller.peer,
+                peer = %caller.addr,
+                method,
+                path,
+                dry_run_policy = %dry.policy.name,
+                would = dry.verdict.as_str(),
+                "dry run: {what} from {} would be {} ({}), is {}",
+                caller.peer,
+                match dry.verdict {
+                    Verdict::Allow => "allowed",
+                    Verdict::Deny => "denied",
+                },
+                dry.reason,
+                decision.verdict.as_str()
+            );
+        }
+        let log_it =
+            self.access_log == AccessLog::All || !decision.allowed() || decision.audit.is_some();
+        if log_it {
+            let audit = decision
+                .audit
+                .map(|rule| Cow::Owned(rule.policy.name.to_string()))
+                .unwrap_or(Cow::Borrowed("-"));
+            info!(
+                target: "hush::access",
+                caller = %caller.peer,
+                peer = %caller.addr,
+                method,
+                path,
+                decision = decision.verdict.as_str(),
+                policy = decision.policy_name().unwrap_or("-"),
+                audit = %audit,
+                "access: {what} from {} {decision}",
+                caller.peer
+            );
+        }
+    }
+
+    /// What `GET /policy` on the admin port shows.
+    pub(crate) fn status(&self, own: Option<&str>) -> PolicyStatus {
+        let loaded = self.loaded.load_full();
+        let applies: Option<Vec<String>> = own.map(|own| {
+            self.view(own)
+                .policy
+                .policies()
+                .map(|p| p.name.to_string())
+                .collect()
+        });
+        let seen = self.seen();
+        PolicyStatus {
+            path: self.path.display().to_string(),
+            default: match self.default {
+                DefaultAction::Allow => "allow",
+                DefaultAction::Deny => "deny",
+            },
+            generation: loaded.generation,
+            loaded_at: crate::identity::unix_seconds(loaded.loaded_at),
+            policies: loaded
+                .set
+                .policies()
+                .map(|p| PolicySummary {
+                    name: p.name.to_string(),
+                    action: p.action.as_str(),
+                    dry_run: p.dry_run,
+                    origin: format!("{}:{}", p.origin, p.line),
+                    applies: applies
+                        .as_ref()
+                        .map(|names| names.iter().any(|n| **n == *p.name)),
+                })
+                .collect(),
+            refused: seen
+                .read_error
+                .clone()
+                .map(|e| vec![e])
+                .or_else(|| seen.refused.clone()),
+        }
+    }
+}
+
+/// The verified caller of an inbound connection, and the workload it calls.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    pub(crate) peer: Arc<str>,
+    pub(crate) own: Arc<str>,
+    pub(crate) addr: SocketAddr,
+}
+
+/// `GET /policy`: the policy in force and the last refused change.
+#[derive(Debug, Serialize)]
+pub(crate) struct PolicyStatus {
+    path: String,
+    default: &'static str,
+    /// 1 at start-up, one more per reload that took effect.
+    generation: u64,
+    loaded_at: i64,
+    policies: Vec<PolicySummary>,
+    /// Why the files on disk are not in force, when they are not.
+    refused: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize)]
+struct PolicySummary {
+    name: String,
+    action: &'static str,
+    dry_run: bool,
+    origin: String,
+    /// Whether it applies to this workload (unknown before the first certificate).
+    applies: Option<bool>,
+}
+
+fn fingerprint(sources: &[Source]) -> Vec<(String, String)> {
+    sources
+        .iter()
+        .map(|s| (s.origin.clone(), s.text.clone()))
+        .collect()
+}
+
+/// Request headers as policy sees them. HTTP/2 carries the host in the `:authority`
+/// pseudo-header, which hyper keeps in the URI, so `host` falls back to it.
+struct RequestHeaders<'a> {
+    headers: &'a HeaderMap,
+    authority: Option<&'a str>,
+}
+
+impl hush_policy::Headers for RequestHeaders<'_> {
+    fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        let values = self.headers.get_all(name);
+        // A value that is not text cannot equal a pattern; it still counts as present.
+        let joined =
+            hush_policy::join_values(values.iter().map(|v| v.to_str().unwrap_or("\u{fffd}")));
+        match joined {
+            Some(value) => Some(value),
+            None if name == "host" => self.authority.map(Cow::Borrowed),
+            None => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    const DENY_ADMIN: &str = "apiVersion: hush.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin}\nspec:\n  action: DENY\n  rules:\n  - to:\n    - paths: [\"/admin\"]\n";
+
+    #[test]
+    fn a_directory_is_read_in_name_order_skipping_hidden_and_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "b.yaml", "# b");
+        write(dir.path(), "a.yml", "# a");
+        write(dir.path(), "notes.txt", "not policy");
+        write(dir.path(), ".hidden.yaml", "# hidden");
+        std::fs::create_dir(dir.path().join("..data")).unwrap();
+        std::fs::create_dir(dir.path().join("sub.yaml")).unwrap();
+        let sources = read_policy_sources(dir.path()).unwrap();
+        let names: Vec<&str> = sources
+            .iter()
+            .map(|s| s.origin.rsplit('/').next().unwrap())
+            .collect();
+        assert_eq!(names, ["a.yml", "b.yaml"]);
+        let missing = read_policy_sources(&dir.path().join("nope")).unwrap_err();
+        assert!(missing.to_string().contains("cannot read"), "{missing}");
+    }
+
+    fn enforcer(dir: &Path, protocol: Protocol) -> Result<PolicyEnforcer, PolicyLoadError> {
+        PolicyEnforcer::load(
+            &PolicyConfig {
+                path: dir.to_path_buf(),
+                default: DefaultPolicy::Allow,
+                access_log: AccessLog::Denied,
+            },
+            "127.0.0.1:8080".parse().unwrap(),
+            protocol,
+            "cluster.local".parse().unwrap(),
+            Metrics::new(),
+        )
+    }
+
+    fn caller() -> Caller {
+        Caller {
+            peer: "spiffe://cluster.local/ns/shop/sa/frontend".into(),
+            own: "spiffe://cluster.local/ns/shop/sa/backend".into(),
+            addr: "127.0.0.1:5000".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_bad_change_keeps_the_last_good_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "p.yaml", DENY_ADMIN);
+        let enforcer = enforcer(dir.path(), Protocol::Detect).unwrap();
+        let headers = HeaderMap::new();
+        let check = |path| enforcer.check_request(&caller(), "GET", path, &headers, None);
+        assert!(check("/admin").unwrap_err().contains("deny-admin"));
+        assert!(check("/public").is_ok());
+
+        write(dir.path(), "p.yaml", &DENY_ADMIN.replace("DENY", "REFUSE"));
+        enforcer.reload(false);
+        assert!(check("/admin").is_err(), "the old policy stays");
+        let status = enforcer.status(None);
+        assert_eq!(status.generation, 1);
+        let refused = status.refused.unwrap();
+        assert!(
+            refused[0].contains("p.yaml:5:11: unknown variant `REFUSE`"),
+            "{refused:?}"
+        );
+        let metrics = enforcer.metrics.encode();
+        assert!(
+            metrics.contains("hush_policy_reloads_total{result=\"error\"} 1"),
+            "{metrics}"
+        );
+        // The same broken file is not reported again every second.
+        enforcer.reload(false);
+        assert!(
+            enforcer
+                .metrics
+                .encode()
+                .contains("hush_policy_reloads_total{result=\"error\"} 1")
+        );
+
+        write(
+            dir.path(),
+            "p.yaml",
+            &DENY_ADMIN.replace("/admin", "/public"),
+        );
+        enforcer.reload(false);
+        assert!(check("/admin").is_ok());
+        assert!(check("/public").is_err());
+        assert_eq!(enforcer.status(None).generation, 2);
+        assert!(enforcer.status(None).refused.is_none());
+
+        std::fs::remove_file(dir.path().join("p.yaml")).unwrap();
+        enforcer.reload(false);
+        assert!(
+            check("/public").is_ok(),
+            "an emptied directory is a valid, empty policy"
+        );
+        assert_eq!(enforcer.status(None).generation, 3);
+    }
+
+    #[test]
+    fn http_rules_on_an_opaque_port_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "p.yaml", DENY_ADMIN);
+        let error = enforcer(dir.path(), Protocol::Tcp).err().unwrap();
+        let text = error.to_string();
+        assert!(
+            text.contains("names HTTP fields (paths) but port 8080 is served as opaque TCP"),
+            "{text}"
+        );
+        assert!(enforcer(dir.path(), Protocol::Http1).is_ok());
+    }
+
+    #[test]
+    fn foreign_trust_domains_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "p.yaml",
+            "apiVersion: hush.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec:\n  rules:\n  - from:\n    - principals: [\"spiffe://example.org/x\"]\n",
+        );
+        let text = enforcer(dir.path(), Protocol::Detect)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains(
+                "p.yaml:7:20: policy \"a\": spiffe://example.org/x is in trust domain example.org"
+            ),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,534 @@
+//! End-to-end tests of identity policy: a real `hush ca serve` and two real `hush proxy`
+//! processes on loopback, the backend sidecar enforcing a policy it reads from a directory laid
+//! out like a mounted Kubernetes ConfigMap, and the `hush policy` commands.
+
+#[path = "mesh/apps.rs"]
+mod apps;
+#[path = "mesh/sidecars.rs"]
+mod sidecars;
+
+use std::fs;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hush_test_support::{describe_output, http_request, run_hush, run_hush_ok};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+
+use sidecars::*;
+
+/// The backend answers the frontend's GET requests under /api/ and /admin/, but a DENY
+/// policy, checked first, keeps everyone out of /admin/.
+const API_POLICY: &str = r#"apiVersion: hush.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: backend-api
+spec:
+  selector:
+    identities: ["spiffe://cluster.local/ns/shop/sa/backend"]
+  rules:
+    - from:
+        - principals: ["spiffe://cluster.local/ns/shop/sa/frontend"]
+      to:
+        - methods: [GET]
+          paths: ["/api/*", "/admin/*"]
+---
+apiVersion: hush.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-admin
+spec:
+  action: DENY
+  rules:
+    - to:
+        - paths: ["/admin/*"]
+"#;
+
+/// Only the ops team may call: the frontend is not among the callers.
+fn ops_only(dry_run: bool) -> String {
+    format!(
+        "apiVersion: hush.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: ops-only\nspec:\n  dryRun: {dry_run}\n  rules:\n    - from:\n        - principals: [\"spiffe://cluster.local/ns/ops/*\"]\n"
+    )
+}
+
+const LOG_PATIENCE: Duration = Duration::from_secs(20);
+
+/// Runs `hush` from the workspace root, so paths read as the README writes them
+/// (`examples/policy`).
+fn hush_at_root(args: &[&str]) -> std::process::Output {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    Command::new(HUSH)
+        .args(args)
+        .current_dir(root)
+        .output()
+        .expect("run hush")
+}
+
+fn hush_at_root_ok(args: &[&str]) -> String {
+    let output = hush_at_root(args);
+    assert!(output.status.success(), "{}", describe_output(&output));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Repeats a request (bounded) until its status is `status`: a policy change applies within
+/// about a second, and the test waits for it rather than sleeping.
+async fn eventually_status(addr: std::net::SocketAddr, path: &str, status: u16) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (got, body) = get(addr, path, &[]).await;
+        if got == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never answered {status}; last: {got} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_allowed_or_denied_with_the_deciding_policy_named() {
+    let mesh = Mesh::start(MeshSpec {
+        backend_policy: Some(API_POLICY.to_string()),
+        ..MeshSpec::default()
+    })
+    .await;
+    let to_backend = mesh.to_backend();
+
+    let (status, body) = get(to_backend, "/api/items", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["peer_identity"], serde_json::json!([FRONTEND]));
+
+    // A DENY rule names itself, with the file and line it was written at.
+    for path in ["/admin/users", "/api/../admin/users", "//admin/users"] {
+        let (status, body) = get(to_backend, path, &[]).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(
+            body.starts_with("hush: denied by DENY policy \"deny-admin\", rule 0 ("),
+            "{path}: {body}"
+        );
+        assert!(body.contains("policy.yaml:22)"), "{body}");
+    }
+    // Nothing else is allowed once an ALLOW policy applies: another path, another method.
+    let (status, body) = get(to_backend, "/other", &[]).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        body.trim(),
+        "hush: denied: no ALLOW rule matched (policies: backend-api)"
+    );
+    let tcp = TcpStream::connect(to_backend).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let post = http::Request::post("/api/items")
+        .header("host", "backend")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = within(sender.send_request(post)).await.unwrap();
+    assert_eq!(response.status(), 403);
+
+    // gRPC clients read the status from the trailers: PERMISSION_DENIED, with the reason.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{to_backend}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("a gRPC channel through the mesh");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let denied = within(health.check(tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    }))
+    .await
+    .expect_err("the health service is not allowed");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied
+            .message()
+            .contains("no ALLOW rule matched (policies: backend-api)"),
+        "{denied:?}"
+    );
+
+    // The access log records who asked for what, the decision and the policy.
+    let line = mesh
+        .backend
+        .wait_for_log(
+            &[
+                "access: GET /admin/users from spiffe://cluster.local/ns/shop/sa/frontend denied by DENY policy \"deny-admin\"",
+                "decision=\"deny\"",
+                "policy=\"deny-admin\"",
+            ],
+            LOG_PATIENCE,
+        )
+        .unwrap();
+    assert!(
+        line.contains("caller=spiffe://cluster.local/ns/shop/sa/frontend"),
+        "{line}"
+    );
+    mesh.backend
+        .wait_for_log(
+            &["access: POST /api/items from", "no ALLOW rule matched"],
+            LOG_PATIENCE,
+        )
+        .unwrap();
+
+    let metrics = metrics_of(&mesh.backend);
+    for (series, expected) in [
+        (
+            "hush_policy_decisions_total{action=\"DENY\",policy=\"deny-admin\",result=\"deny\"}",
+            3.0,
+        ),
+        (
+            "hush_policy_decisions_total{action=\"ALLOW\",policy=\"backend-api\",result=\"allow\"}",
+            1.0,
+        ),
+        (
+            "hush_policy_decisions_total{action=\"ALLOW\",policy=\"\",result=\"deny\"}",
+            3.0,
+        ),
+        (
+            "hush_requests_total{direction=\"inbound\",protocol=\"http1\",code=\"403\"}",
+            5.0,
+        ),
+        ("hush_policies", 2.0),
+    ] {
+        assert_eq!(metric(&metrics, series), expected, "{series}\n{metrics}");
+    }
+
+    // The admin port shows the policy in force and which of it applies here.
+    let (status, body) = http_request(mesh.backend.admin(), "GET", "/policy");
+    assert_eq!(status, 200, "{body}");
+    let report = json(&body);
+    assert_eq!(report["generation"], 1);
+    assert_eq!(report["default"], "allow");
+    assert_eq!(report["policies"][0]["name"], "backend-api");
+    assert_eq!(report["policies"][0]["applies"], true);
+    assert_eq!(report["policies"][1]["action"], "DENY");
+    assert!(report["refused"].is_null(), "{body}");
+    // The frontend has no policy: its admin port says what that means.
+    let (status, body) = http_request(mesh.frontend.admin(), "GET", "/policy");
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("any authenticated mesh identity may call"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_lets_a_would_deny_through_and_reports_it() {
+    let mesh = Mesh::start(MeshSpec {
+        backend_policy: Some(ops_only(true)),
+        ..MeshSpec::default()
+    })
+    .await;
+
+    let (status, body) = get(mesh.to_backend(), "/api/items", &[]).await;
+    assert_eq!(status, 200, "the dry run enforces nothing: {body}");
+    mesh.backend
+        .wait_for_log(
+            &[
+                "dry run: GET /api/items from spiffe://cluster.local/ns/shop/sa/frontend would be denied (no ALLOW rule matched (policies: ops-only)), is allow",
+                "dry_run_policy=ops-only",
+            ],
+            LOG_PATIENCE,
+        )
+        .unwrap();
+    let metrics = metrics_of(&mesh.backend);
+    assert_eq!(
+        metric(
+            &metrics,
+            "hush_policy_dry_run_total{policy=\"ops-only\",result=\"would_deny\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "hush_policy_decisions_total{action=\"default\",policy=\"\",result=\"allow\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+
+    // Enforced, the same policy bites.
+    mesh.edit_policy(&ops_only(false));
+    let body = eventually_status(mesh.to_backend(), "/api/items", 403).await;
+    assert!(
+        body.contains("no ALLOW rule matched (policies: ops-only)"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_edits_apply_and_a_broken_edit_keeps_the_last_good_policy() {
+    let mut mesh = Mesh::start(MeshSpec {
+        backend_policy: Some(API_POLICY.to_string()),
+        ..MeshSpec::default()
+    })
+    .await;
+    let to_backend = mesh.to_backend();
+    assert_eq!(get(to_backend, "/reports/1", &[]).await.0, 403);
+
+    // A valid edit, swapped in the way the kubelet updates a ConfigMap.
+    mesh.edit_policy(&API_POLICY.replace(
+        "paths: [\"/api/*\", \"/admin/*\"]",
+        "paths: [\"/api/*\", \"/admin/*\", \"/reports/*\"]",
+    ));
+    eventually_status(to_backend, "/reports/1", 200).await;
+    mesh.backend
+        .wait_for_log(
+            &[
+                "policy reloaded; new requests are decided by it",
+                "generation=2",
+            ],
+            LOG_PATIENCE,
+        )
+        .unwrap();
+
+    // A broken edit is refused with its location; the previous policy stays in force.
+    let broken = API_POLICY.replace("methods: [GET]", "methods: [GTE]");
+    mesh.edit_policy(&broken);
+    let line = mesh
+        .backend
+        .wait_for_log(
+            &["policy reload refused, the previous policy (generation 2) stays in force"],
+            LOG_PATIENCE,
+        )
+        .unwrap();
+    assert!(line.contains("policy reload refused"), "{line}");
+    let stderr = mesh.backend.stderr();
+    assert!(
+        stderr.contains("policy.yaml:12:21: methods: unknown method \"GTE\""),
+        "{stderr}"
+    );
+    assert_eq!(get(to_backend, "/reports/1", &[]).await.0, 200);
+    assert_eq!(get(to_backend, "/admin/x", &[]).await.0, 403);
+    let metrics = metrics_of(&mesh.backend);
+    assert_eq!(
+        metric(&metrics, "hush_policy_reloads_total{result=\"error\"}"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "hush_policy_reloads_total{result=\"ok\"}"),
+        1.0,
+        "{metrics}"
+    );
+    let (_, body) = http_request(mesh.backend.admin(), "GET", "/policy");
+    let report = json(&body);
+    assert_eq!(report["generation"], 2);
+    assert!(
+        report["refused"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("unknown method \"GTE\"")),
+        "{body}"
+    );
+
+    // SIGHUP reads the files at once, even unchanged: the refusal is reported again, and the
+    // sidecar keeps serving.
+    let hup = Command::new("kill")
+        .args(["-HUP", &mesh.backend.process().pid().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    wait_until("the SIGHUP reload", || {
+        metric(
+            &metrics_of(&mesh.backend),
+            "hush_policy_reloads_total{result=\"error\"}",
+        ) == 2.0
+    });
+    assert_eq!(get(to_backend, "/reports/1", &[]).await.0, 200);
+
+    // Fixed, the edit applies, and the refusal is gone.
+    mesh.edit_policy(API_POLICY);
+    eventually_status(to_backend, "/reports/1", 403).await;
+    let (_, body) = http_request(mesh.backend.admin(), "GET", "/policy");
+    let report = json(&body);
+    assert_eq!(report["generation"], 3);
+    assert!(report["refused"].is_null(), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_tcp_connection_is_closed_after_the_handshake() {
+    let greeter = apps::start_greeter().await;
+    let mesh = Mesh::start(MeshSpec {
+        app: Some(greeter),
+        backend_inbound: "  protocol: tcp\n",
+        backend_policy: Some(ops_only(false)),
+        more_outbound: vec![(BACKEND, "tcp")],
+        ..MeshSpec::default()
+    })
+    .await;
+    let tcp_listener = mesh.frontend.outbound(1);
+
+    // Denied: the connection closes before the server-first app says a word.
+    let tcp = TcpStream::connect(tcp_listener).await.unwrap();
+    let mut lines = BufReader::new(tcp).lines();
+    let end = within(lines.next_line()).await;
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    mesh.backend
+        .wait_for_log(
+            &[
+                "access: TCP connection from spiffe://cluster.local/ns/shop/sa/frontend denied: no ALLOW rule matched (policies: ops-only)",
+            ],
+            LOG_PATIENCE,
+        )
+        .unwrap();
+
+    // Allowed once the policy names the frontend too.
+    mesh.edit_policy(&ops_only(false).replace(
+        "[\"spiffe://cluster.local/ns/ops/*\"]",
+        "[\"spiffe://cluster.local/ns/ops/*\", \"spiffe://cluster.local/ns/shop/sa/frontend\"]",
+    ));
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let tcp = TcpStream::connect(tcp_listener).await.unwrap();
+        let mut lines = BufReader::new(tcp).lines();
+        if let Ok(Some(greeting)) = within(lines.next_line()).await {
+            assert_eq!(greeting, apps::GREETING);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edit never let the frontend in"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = metrics_of(&mesh.backend);
+    assert!(
+        metric(
+            &metrics,
+            "hush_policy_decisions_total{action=\"ALLOW\",policy=\"ops-only\",result=\"allow\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn policy_check_and_explain_work_as_documented() {
+    // The example policies are valid, and their errors would be reported with locations.
+    let ok = hush_at_root_ok(&["policy", "check", "examples/policy"]);
+    assert!(ok.contains("ok: 6 policies, 7 rules in 5 files"), "{ok}");
+    hush_at_root_ok(&["policy", "check", "examples/quickstart/policy.yaml"]);
+
+    let temp = tempfile::tempdir().unwrap();
+    let broken = temp.path().join("broken.yaml");
+    fs::write(
+        &broken,
+        "apiVersion: hush.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: a\nspec:\n  rules:\n    - to:\n        - ports: [0]\n",
+    )
+    .unwrap();
+    let garbage = temp.path().join("garbage.yaml");
+    fs::write(&garbage, "\u{1}\u{2}: [unclosed\n").unwrap();
+    let output = hush_at_root(&[
+        "policy",
+        "check",
+        path_str(&broken),
+        path_str(&garbage),
+        "examples/policy",
+    ]);
+    assert!(!output.status.success(), "{}", describe_output(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:8:19: ports: \"0\" is not a port (1-65535)",
+            broken.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{}:", garbage.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("error: 2 errors in the policy"), "{stderr}");
+
+    // explain: the decision and the reasoning, rule by rule.
+    let explained = hush_at_root_ok(&[
+        "policy",
+        "explain",
+        "--policy",
+        "examples/policy",
+        "--from",
+        FRONTEND,
+        "--port",
+        "8080",
+        "--method",
+        "GET",
+        "--path",
+        "/api/../admin",
+        "--workload",
+        BACKEND,
+    ]);
+    for needle in [
+        "GET /api/../admin (judged as /admin)",
+        "decision: DENY, denied by DENY policy \"deny-admin\", rule 0 (examples/policy/deny-admin.yaml:17)",
+        "rule 0 (line 13): no match: to: path /admin matches none of paths [/api/*, /healthz]",
+        "inventory-only-backend (examples/policy/inventory-dry-run.yaml:8): its selector names",
+    ] {
+        assert!(
+            explained.contains(needle),
+            "expected {needle:?} in:\n{explained}"
+        );
+    }
+    let tcp = hush_at_root_ok(&[
+        "policy",
+        "explain",
+        "--policy",
+        "examples/policy",
+        "--from",
+        BACKEND,
+        "--port",
+        "5432",
+        "--workload",
+        "spiffe://cluster.local/ns/shop/sa/orders-db",
+    ]);
+    assert!(
+        tcp.contains("decision: ALLOW, allowed by ALLOW policy \"orders-db-clients\", rule 0"),
+        "{tcp}"
+    );
+}
+
+#[test]
+fn the_sidecar_refuses_a_policy_that_cannot_work_on_its_port() {
+    let (temp, ca_dir) = new_ca();
+    let policy = temp.path().join("policy.yaml");
+    fs::write(&policy, API_POLICY).unwrap();
+    let body = format!(
+        "inbound:\n  listen: 127.0.0.1:0\n  app: 127.0.0.1:5432\n  protocol: tcp\npolicy:\n  path: {}\n",
+        policy.display()
+    );
+    let config = sidecar_config(
+        temp.path(),
+        "db",
+        "https://127.0.0.1:1",
+        &ca_dir,
+        BACKEND,
+        &body,
+    );
+    let output = run_hush(HUSH, &["proxy", "--config", path_str(&config), "--check"]);
+    assert!(!output.status.success(), "{}", describe_output(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("policy.yaml:22:7: policy \"deny-admin\", rule 0 names HTTP fields (paths) but port 5432 is served as opaque TCP"),
+        "{stderr}"
+    );
+
+    // With an HTTP app the same policy is fine, and `--check` says what it loaded.
+    let config = sidecar_config(
+        temp.path(),
+        "web",
+        "https://127.0.0.1:1",
+        &ca_dir,
+        BACKEND,
+        &body
+            .replace("  protocol: tcp\n", "")
+            .replace("5432", "8080"),
+    );
+    let checked = run_hush_ok(HUSH, &["proxy", "--config", path_str(&config), "--check"]);
+    assert!(
+        checked.contains("(2 policies, 2 rules; default allow)"),
+        "{checked}"
+    );
+}
