@@ -854,7 +854,31 @@ fn bad_configuration_is_refused_with_the_field_named() {
             &["not-a-spiffe-id"],
         ),
         ("inbound: [", &["sidecar.yaml"]),
+        (
+            "outbound:\n  - listen: 127.0.0.1:0\n    upstream: 127.0.0.1:1\n    identity: spiffe://cluster.local/x\npolicy:\n  path: policy.yaml\n",
+            &["policy: policy decides who may call the app on the inbound listener"],
+        ),
+        (
+            "inbound:\n  listen: 127.0.0.1:0\n  app: 127.0.0.1:9\npolicy:\n  path: no-such-policy\n",
+            &["the policy at", "no-such-policy: cannot read"],
+        ),
+        (
+            "inbound:\n  listen: 127.0.0.1:0\n  app: 127.0.0.1:9\npolicy:\n  path: broken-policy.yaml\n  default: maybe\n",
+            &["unknown variant `maybe`"],
+        ),
+        (
+            "inbound:\n  listen: 127.0.0.1:0\n  app: 127.0.0.1:9\npolicy:\n  path: broken-policy.yaml\n",
+            &[
+                "the policy at",
+                "broken-policy.yaml:4:9: metadata.name \"Bad_Name\"",
+            ],
+        ),
     ];
+    fs::write(
+        temp.path().join("broken-policy.yaml"),
+        "apiVersion: hush.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: Bad_Name\nspec: {}\n",
+    )
+    .unwrap();
     for (body, words) in cases {
         let config = temp.path().join("sidecar.yaml");
         fs::write(
@@ -946,6 +970,17 @@ fn the_example_configurations_are_valid() {
     let (temp, ca_dir) = new_ca();
     let bundle = run_hush_ok(HUSH, &["ca", "bundle", "--dir", path_str(&ca_dir)]);
     fs::write(temp.path().join("bundle.pem"), bundle).unwrap();
+    // The reference configuration's policy directory: the example policies.
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy");
+    fs::create_dir(temp.path().join("policy")).unwrap();
+    for entry in fs::read_dir(&policies).expect("examples/policy") {
+        let path = entry.unwrap().path();
+        fs::copy(
+            &path,
+            temp.path().join("policy").join(path.file_name().unwrap()),
+        )
+        .unwrap();
+    }
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proxy");
     let mut checked = 0;
     for entry in fs::read_dir(&examples).expect("examples/proxy") {

@@ -158,6 +158,26 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
         &format!("inbound:\n  listen: 127.0.0.1:0\n  app: {app_addr}\n  protocol: http1\n"),
     );
     let mut backend = ProxyProcess::start(&hush, &backend_config);
+    // The same backend behind a sidecar that decides every request by a 1,000-rule policy, in
+    // which the frontend is allowed by the very last rule.
+    let policy_dir = root.join("policy");
+    fs::create_dir_all(&policy_dir)?;
+    fs::write(
+        policy_dir.join("bench.yaml"),
+        thousand_rule_policy(frontend_id, app_addr.port()),
+    )?;
+    let guarded_config = write_sidecar_config(
+        &hush,
+        &root.join("guarded"),
+        &ca_dir,
+        ca.url(),
+        backend_id,
+        &format!(
+            "inbound:\n  listen: 127.0.0.1:0\n  app: {app_addr}\n  protocol: http1\npolicy:\n  path: {}\n",
+            policy_dir.display()
+        ),
+    );
+    let mut guarded = ProxyProcess::start(&hush, &guarded_config);
     let frontend_config = write_sidecar_config(
         &hush,
         &root.join("frontend"),
@@ -165,8 +185,10 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
         ca.url(),
         frontend_id,
         &format!(
-            "outbound:\n  - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {backend_id}\n    protocol: http1\n",
-            backend.inbound()
+            "outbound:\n  - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {backend_id}\n    protocol: http1\n  \
+             - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {backend_id}\n    protocol: http1\n",
+            backend.inbound(),
+            guarded.inbound()
         ),
     );
     let mut frontend = ProxyProcess::start(&hush, &frontend_config);
@@ -184,6 +206,11 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
             name: "hush sidecar pair",
             entry: frontend.outbound(0),
             pids: vec![frontend.process().pid(), backend.process().pid()],
+        },
+        Contender {
+            name: "hush pair, 1,000-rule policy",
+            entry: frontend.outbound(1),
+            pids: vec![frontend.process().pid(), guarded.process().pid()],
         },
     ];
 
@@ -361,9 +388,38 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
     drop(peers);
     drop(frontend);
     drop(backend);
+    drop(guarded);
     drop(ca);
     app.stop();
     Ok(())
+}
+
+/// 100 ALLOW policies of 10 rules each for callers other than the frontend (nine with an exact
+/// principal, which the evaluator's index skips, and one with a namespace wildcard, which it
+/// must try), the frontend allowed by the last rule of the last policy.
+fn thousand_rule_policy(frontend_id: &str, port: u16) -> String {
+    let mut text = String::new();
+    for p in 0..100 {
+        text.push_str(&format!(
+            "---\napiVersion: hush.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: team-{p}\nspec:\n  rules:\n"
+        ));
+        for r in 0..10 {
+            let principal = match (p, r) {
+                (99, 9) => frontend_id.to_string(),
+                (_, 9) => format!("spiffe://bench.local/ns/team{p}/*"),
+                _ => format!("spiffe://bench.local/ns/team{p}/sa/svc{r}"),
+            };
+            let paths = if (p, r) == (99, 9) {
+                "\"*\""
+            } else {
+                "\"/api/v1/*\", \"/healthz\""
+            };
+            text.push_str(&format!(
+                "    - from: [{{principals: [\"{principal}\"]}}]\n      to: [{{ports: [{port}], methods: [GET, POST], paths: [{paths}]}}]\n"
+            ));
+        }
+    }
+    text
 }
 
 fn report(

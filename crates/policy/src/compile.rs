@@ -145,22 +145,34 @@ impl Rule {
             })
     }
 
-    /// The exact principals that every `from` entry is limited to, when that is all the rule
-    /// can match: the key of the evaluator's index. `None` for a rule some other caller could
-    /// match.
-    pub(crate) fn exact_principals(&self) -> Option<Vec<&str>> {
+    /// The keys under which the evaluator's index files the rule: the exact principals and
+    /// the `…/`-ending prefixes its `from` entries are limited to. `None` for a rule some other
+    /// caller could match (no `from`, an entry without `principals`, `*`, a suffix, or a
+    /// prefix that does not end at a `/`).
+    pub(crate) fn index_keys(&self) -> Option<Vec<IndexKey<'_>>> {
         if self.from.is_empty() {
             return None;
         }
-        let mut exact = Vec::new();
+        let mut keys = Vec::new();
         for source in &self.from {
-            let principals = source.principals.as_ref()?;
-            for pattern in principals {
-                exact.push(pattern.matcher.exact()?);
+            for pattern in source.principals.as_ref()? {
+                keys.push(match &pattern.matcher {
+                    StrMatch::Exact(id) => IndexKey::Exact(id),
+                    StrMatch::Prefix(prefix) if prefix.ends_with('/') => IndexKey::Prefix(prefix),
+                    _ => return None,
+                });
             }
         }
-        Some(exact)
+        Some(keys)
     }
+}
+
+/// Where the evaluator's index files a rule.
+pub(crate) enum IndexKey<'a> {
+    /// Under one SPIFFE ID.
+    Exact(&'a str),
+    /// Under an ID prefix ending in `/`: `spiffe://td/ns/ops/`.
+    Prefix(&'a str),
 }
 
 /// A validated, compiled set of policies, in the order they were read.

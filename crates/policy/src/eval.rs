@@ -11,9 +11,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use foldhash::fast::RandomState;
 use hush_identity::SpiffeId;
 
-use crate::compile::{Condition, Operation, Policy, PolicyError, PolicyInfo, PolicySet, Rule};
+use crate::compile::{
+    Condition, IndexKey, Operation, Policy, PolicyError, PolicyInfo, PolicySet, Rule,
+};
 use crate::model::Action;
 use crate::pattern::{MethodSet, PrincipalPattern, normalize_path};
 
@@ -227,27 +230,38 @@ impl fmt::Display for Decision<'_> {
 struct RuleIndex {
     /// (policy, rule) positions, in the order they were written.
     rules: Vec<(u32, u32)>,
-    /// Exact principal → positions in `rules` of the rules limited to exact principals that
-    /// include it.
-    by_principal: HashMap<Box<str>, Vec<u32>>,
-    /// Positions in `rules` of every other rule.
+    /// Exact principal → positions in `rules` of the rules that name it. Hashed with
+    /// foldhash rather than SipHash: the keys are the operator's, so there is no flooding to
+    /// defend against, and a decision makes several lookups.
+    by_principal: HashMap<Box<str>, Vec<u32>, RandomState>,
+    /// Principal prefix ending in `/` (`spiffe://td/ns/ops/`) → positions of the rules that
+    /// name it with a wildcard.
+    by_prefix: HashMap<Box<str>, Vec<u32>, RandomState>,
+    /// Positions of every other rule: these are tried for every caller.
     unindexed: Vec<u32>,
 }
+
+/// The most position lists one lookup merges; a caller whose ID has more `/`-prefixes than
+/// fit is checked against every rule instead (slower, same answer).
+const MAX_CANDIDATE_LISTS: usize = 16;
 
 impl RuleIndex {
     fn add(&mut self, policy: u32, rule_index: u32, rule: &Rule) {
         let position = u32::try_from(self.rules.len()).unwrap_or(u32::MAX);
         self.rules.push((policy, rule_index));
-        match rule.exact_principals() {
-            Some(principals) => {
-                for principal in principals {
-                    let entry = self.by_principal.entry(principal.into()).or_default();
-                    if entry.last() != Some(&position) {
-                        entry.push(position);
-                    }
-                }
+        let Some(keys) = rule.index_keys() else {
+            self.unindexed.push(position);
+            return;
+        };
+        for key in keys {
+            let (map, key) = match key {
+                IndexKey::Exact(id) => (&mut self.by_principal, id),
+                IndexKey::Prefix(prefix) => (&mut self.by_prefix, prefix),
+            };
+            let entry = map.entry(key.into()).or_default();
+            if entry.last() != Some(&position) {
+                entry.push(position);
             }
-            None => self.unindexed.push(position),
         }
     }
 
@@ -256,31 +270,70 @@ impl RuleIndex {
     }
 
     /// The first rule (in written order) that matches.
-    fn first_match(
-        &self,
+    fn first_match<'s>(
+        &'s self,
         policies: &[Arc<Policy>],
         ctx: &Context<'_>,
         tcp_matches_http_rules: bool,
     ) -> Option<(u32, u32)> {
-        let indexed: &[u32] = self
-            .by_principal
-            .get(ctx.principal)
-            .map_or(&[], Vec::as_slice);
-        // Both lists are in written order; walking them together keeps that order.
-        let (mut a, mut b) = (indexed.iter().peekable(), self.unindexed.iter().peekable());
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(&&x), Some(&&y)) if x < y => a.next(),
-                (Some(_), Some(_)) => b.next(),
-                (Some(_), None) => a.next(),
-                (None, Some(_)) => b.next(),
-                (None, None) => return None,
-            };
-            let Some(&position) = next else { return None };
+        if self.rules.is_empty() {
+            return None;
+        }
+        let matches = |position: u32| {
             let (policy, rule) = self.rules[position as usize];
             let compiled = &policies[policy as usize].rules[rule as usize];
-            if rule_matches(compiled, ctx, tcp_matches_http_rules, &mut NoTrace) {
-                return Some((policy, rule));
+            rule_matches(compiled, ctx, tcp_matches_http_rules, &mut NoTrace)
+                .then_some((policy, rule))
+        };
+        // The candidate lists: the caller's exact ID, each of its prefixes ending in `/`, and
+        // the rules no key describes. Each list is in written order.
+        let mut lists: [&'s [u32]; MAX_CANDIDATE_LISTS] = [&[]; MAX_CANDIDATE_LISTS];
+        let mut count = 0;
+        let mut push = |list: &'s [u32]| -> bool {
+            if list.is_empty() {
+                return true;
+            }
+            if count == MAX_CANDIDATE_LISTS {
+                return false;
+            }
+            lists[count] = list;
+            count += 1;
+            true
+        };
+        let mut fits = push(&self.unindexed);
+        if let Some(list) = self.by_principal.get(ctx.principal) {
+            fits &= push(list);
+        }
+        if !self.by_prefix.is_empty() {
+            let after_scheme = ctx.principal.find("://").map_or(0, |i| i + 3);
+            for (i, byte) in ctx.principal.bytes().enumerate().skip(after_scheme) {
+                if byte == b'/'
+                    && let Some(list) = self.by_prefix.get(&ctx.principal[..=i])
+                {
+                    fits &= push(list);
+                }
+            }
+        }
+        if !fits {
+            return (0..u32::try_from(self.rules.len()).unwrap_or(u32::MAX)).find_map(matches);
+        }
+        // Walk the lists together, smallest position first, so the first match found is the
+        // first written. A rule filed under two of the caller's keys is tried once.
+        let lists = &mut lists[..count];
+        let mut last = None;
+        loop {
+            let (which, position) = lists
+                .iter()
+                .enumerate()
+                .filter_map(|(i, list)| list.first().map(|p| (i, *p)))
+                .min_by_key(|(_, p)| *p)?;
+            lists[which] = &lists[which][1..];
+            if last == Some(position) {
+                continue;
+            }
+            last = Some(position);
+            if let Some(found) = matches(position) {
+                return Some(found);
             }
         }
     }
@@ -1162,6 +1215,64 @@ mod tests {
                 "allowed by ALLOW policy \"ordered\", rule 0",
             )],
         );
+    }
+
+    #[test]
+    fn indexed_prefixes_keep_written_order_and_deep_ids_fall_back() {
+        // Rule 0: a prefix at a `/` (indexed), rule 1: exact (indexed), rule 2: a prefix
+        // inside a segment (unindexed), rule 3: a deeper `/` prefix (indexed).
+        let text = policy(
+            "layers",
+            "  rules:\n  - from:\n    - principals: [\"spiffe://cluster.local/ns/ops/*\"]\n      notPrincipals: [\"spiffe://cluster.local/ns/ops/sa/*\"]\n  - from:\n    - principals: [\"spiffe://cluster.local/ns/ops/sa/debug\"]\n    to:\n    - paths: [\"/debug\"]\n  - from:\n    - principals: [\"spiffe://cluster.local/ns/op*\"]\n    to:\n    - paths: [\"/op\"]\n  - from:\n    - principals: [\"spiffe://cluster.local/ns/ops/sa/*\", \"spiffe://cluster.local/ns/ops/*\"]\n",
+        );
+        let deep: &'static str = "spiffe://cluster.local/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r/s";
+        // One rule per level of a deep ID: more prefixes of the caller are keys than one
+        // lookup merges, so the evaluator falls back to trying every rule in order.
+        let segments: Vec<&str> = deep["spiffe://cluster.local/".len()..].split('/').collect();
+        let mut deep_rules = String::from("  rules:\n");
+        for level in 1..segments.len() {
+            deep_rules.push_str(&format!(
+                "  - from:\n    - principals: [\"spiffe://cluster.local/{}/*\"]\n    to:\n    - paths: [\"/level{level}\"]\n",
+                segments[..level].join("/")
+            ));
+        }
+        assert!(segments.len() > MAX_CANDIDATE_LISTS);
+        let deep_rule = policy("deep", &deep_rules);
+        let layers = |rule: usize| format!("allowed by ALLOW policy \"layers\", rule {rule}");
+        let cases = [
+            (OPS, "GET /debug", layers(1)),
+            (OPS, "GET /op", layers(2)),
+            (OPS, "GET /other", layers(3)),
+            ("spiffe://cluster.local/ns/opsx/sa/y", "GET /op", layers(2)),
+            (
+                deep,
+                "GET /level1",
+                "allowed by ALLOW policy \"deep\", rule 0".to_string(),
+            ),
+            (
+                deep,
+                "GET /level18",
+                "allowed by ALLOW policy \"deep\", rule 17".to_string(),
+            ),
+        ];
+        let text = text + &deep_rule;
+        let set = PolicySet::parse_str("p.yaml", &text).unwrap_or_else(|e| panic!("{}", e[0]));
+        let compiled = set.for_workload(None, DefaultAction::Deny);
+        let headers: &[(&str, &str)] = &[];
+        for (from, request, expect) in cases {
+            let (method, path) = request.split_once(' ').unwrap();
+            let decision = compiled.evaluate(&Request {
+                principal: from,
+                port: 1,
+                http: Some(HttpRequest {
+                    method,
+                    path,
+                    headers: &headers,
+                }),
+            });
+            let got = decision.to_string();
+            assert!(got.starts_with(&expect), "{from} {request}: {got}");
+        }
     }
 
     #[test]

@@ -56,13 +56,6 @@ impl StrMatch {
             Self::Suffix(suffix) => value.ends_with(&**suffix),
         }
     }
-
-    pub(crate) fn exact(&self) -> Option<&str> {
-        match self {
-            Self::Exact(exact) => Some(exact),
-            _ => None,
-        }
-    }
 }
 
 impl fmt::Display for StrMatch {
