@@ -101,7 +101,12 @@ async fn requests_are_allowed_or_denied_with_the_deciding_policy_named() {
     assert_eq!(json(&body)["peer_identity"], serde_json::json!([FRONTEND]));
 
     // A DENY rule names itself, with the file and line it was written at.
-    for path in ["/admin/users", "/api/../admin/users", "//admin/users"] {
+    for path in [
+        "/admin/users",
+        "/api/../admin/users",
+        "//admin/users",
+        "/admin%2Fusers",
+    ] {
         let (status, body) = get(to_backend, path, &[]).await;
         assert_eq!(status, 403, "{path}: {body}");
         assert!(
@@ -177,7 +182,7 @@ async fn requests_are_allowed_or_denied_with_the_deciding_policy_named() {
     for (series, expected) in [
         (
             "hush_policy_decisions_total{action=\"DENY\",policy=\"deny-admin\",result=\"deny\"}",
-            3.0,
+            4.0,
         ),
         (
             "hush_policy_decisions_total{action=\"ALLOW\",policy=\"backend-api\",result=\"allow\"}",
@@ -189,7 +194,7 @@ async fn requests_are_allowed_or_denied_with_the_deciding_policy_named() {
         ),
         (
             "hush_requests_total{direction=\"inbound\",protocol=\"http1\",code=\"403\"}",
-            5.0,
+            6.0,
         ),
         ("hush_policies", 2.0),
     ] {

@@ -252,9 +252,10 @@ pub(crate) fn parse_header_key(key: &str) -> Result<Box<str>, String> {
     Ok(name.into_boxed_str())
 }
 
-/// The path a request is judged on: percent-encoded unreserved characters decoded, repeated
-/// slashes merged and `.`/`..` segments resolved (RFC 3986, 6.2.2 and 5.2.4), so `/a/../admin`,
-/// `//admin` and `/%61dmin` are all judged as `/admin`. The request itself is forwarded as it
+/// The path a request is judged on: percent-encoded unreserved characters and slashes
+/// decoded, repeated slashes merged and `.`/`..` segments resolved (RFC 3986, 6.2.2 and
+/// 5.2.4), so `/a/../admin`, `//admin`, `/%61dmin` and `/x%2F..%2Fadmin` are all judged as
+/// `/admin`. The request itself is forwarded as it
 /// came; judging the normalized form refuses what the app could read as a denied path.
 ///
 /// Most paths are already normal and are returned without copying.
@@ -308,7 +309,10 @@ fn decode_unreserved(path: &str) -> Cow<'_, str> {
             && let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
         {
             let byte = hi << 4 | lo;
-            if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            // Unreserved characters mean the same encoded or not. An encoded `/` does not,
+            // but apps often decode it into a separator, so it is judged as one: a DENY of
+            // `/admin/*` must catch `/admin%2Fusers`.
+            if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
                 out.push(char::from(byte));
                 i += 3;
                 continue;
@@ -415,7 +419,9 @@ mod tests {
             ("/a/./b/", "/a/b/"),
             ("/a/b/..", "/a/"),
             ("/..", "/"),
-            ("/a%2Fb", "/a%2Fb"),
+            ("/a%2Fb", "/a/b"),
+            ("/x%2F..%2Fadmin", "/admin"),
+            ("/a%20b", "/a%20b"),
             ("/caf%C3%A9", "/caf%C3%A9"),
             ("/é/./x", "/é/x"),
             ("/%", "/%"),

@@ -659,6 +659,34 @@ outbound:
         assert_eq!(config.outbound[0].protocol, Protocol::Http2);
     }
 
+    #[test]
+    fn policy_is_inbound_only_with_defaults_and_a_relative_path() {
+        let config = parse(&format!("{MINIMAL}policy:\n  path: policy.d\n")).unwrap();
+        let policy = config.policy.unwrap();
+        assert_eq!(policy.path, Path::new("/etc/hush/policy.d"));
+        assert_eq!(policy.default, DefaultPolicy::Allow);
+        assert_eq!(policy.access_log, AccessLog::Denied);
+        let config = parse(&format!(
+            "{MINIMAL}policy: {{path: /p, default: deny, access_log: all}}\n"
+        ))
+        .unwrap();
+        let policy = config.policy.unwrap();
+        assert_eq!(
+            (policy.default, policy.access_log),
+            (DefaultPolicy::Deny, AccessLog::All)
+        );
+        let outbound_only = "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\
+             outbound: [{listen: 127.0.0.1:1, upstream: a:1, identity: spiffe://a/b}]\n\
+             policy: {path: p}";
+        let error = parse(outbound_only).unwrap_err();
+        assert!(
+            error.contains("policy: policy decides who may call the app"),
+            "{error}"
+        );
+        let error = parse(&format!("{MINIMAL}policy: {{path: p, default: maybe}}\n")).unwrap_err();
+        assert!(error.contains("unknown variant `maybe`"), "{error}");
+    }
+
     /// One row per mistake a user can make: the YAML, and words the error must contain.
     #[test]
     fn mistakes_are_named() {

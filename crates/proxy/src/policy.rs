@@ -432,10 +432,16 @@ impl PolicyEnforcer {
         decision: &hush_policy::Decision<'_>,
     ) {
         self.metrics.policy_decision(decision);
+        let log_access =
+            self.access_log == AccessLog::All || !decision.allowed() || decision.audit.is_some();
+        if decision.dry_run.is_none() && !log_access {
+            // The usual allowed request: counted, nothing to format.
+            return;
+        }
         let (method, path) = http.unwrap_or(("-", "-"));
         let what = match http {
-            Some((method, path)) => format!("{method} {path}"),
-            None => "TCP connection".to_string(),
+            Some((method, path)) => Cow::Owned(format!("{method} {path}")),
+            None => Cow::Borrowed("TCP connection"),
         };
         if let Some(dry) = &decision.dry_run {
             info!(
@@ -456,13 +462,8 @@ impl PolicyEnforcer {
                 decision.verdict.as_str()
             );
         }
-        let log_it =
-            self.access_log == AccessLog::All || !decision.allowed() || decision.audit.is_some();
-        if log_it {
-            let audit = decision
-                .audit
-                .map(|rule| Cow::Owned(rule.policy.name.to_string()))
-                .unwrap_or(Cow::Borrowed("-"));
+        if log_access {
+            let audit = decision.audit.map_or("-", |rule| &*rule.policy.name);
             info!(
                 target: "hush::access",
                 caller = %caller.peer,
@@ -471,7 +472,7 @@ impl PolicyEnforcer {
                 path,
                 decision = decision.verdict.as_str(),
                 policy = decision.policy_name().unwrap_or("-"),
-                audit = %audit,
+                audit,
                 "access: {what} from {} {decision}",
                 caller.peer
             );
