@@ -137,7 +137,7 @@ struct View {
 
 #[derive(Default)]
 struct Seen {
-    sources: Option<Vec<(String, String)>>,
+    sources: Option<Vec<Source>>,
     read_error: Option<String>,
     /// The errors that keep the files on disk from being used, when they do.
     refused: Option<Vec<String>>,
@@ -196,7 +196,7 @@ impl PolicyEnforcer {
             loaded_at: SystemTime::now(),
         });
         *enforcer.seen() = Seen {
-            sources: Some(fingerprint(&sources)),
+            sources: Some(sources),
             ..Seen::default()
         };
         Ok(enforcer)
@@ -291,19 +291,22 @@ impl PolicyEnforcer {
                 return;
             }
         };
-        let print = fingerprint(&sources);
-        {
+        let recovered = {
             let mut seen = self.seen();
-            if !forced && seen.read_error.is_none() && seen.sources.as_ref() == Some(&print) {
+            let unchanged = seen
+                .sources
+                .as_deref()
+                .is_some_and(|last| same_sources(last, &sources));
+            if !forced && seen.read_error.is_none() && unchanged {
                 return;
             }
-            seen.read_error = None;
-            seen.sources = Some(print);
-        }
+            seen.sources = Some(sources.clone());
+            seen.read_error.take().is_some()
+        };
         let loaded = self.loaded.load_full();
-        if fingerprint(&loaded.sources) == fingerprint(&sources) {
+        if same_sources(&loaded.sources, &sources) {
             let was_refused = self.seen().refused.take().is_some();
-            if was_refused {
+            if was_refused || recovered {
                 info!(%path, "the policy files are back to the policy in force");
             } else if forced {
                 info!(%path, generation = loaded.generation, "SIGHUP: the policy is unchanged");
@@ -551,11 +554,11 @@ struct PolicySummary {
     applies: Option<bool>,
 }
 
-fn fingerprint(sources: &[Source]) -> Vec<(String, String)> {
-    sources
-        .iter()
-        .map(|s| (s.origin.clone(), s.text.clone()))
-        .collect()
+fn same_sources(a: &[Source], b: &[Source]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(a, b)| a.origin == b.origin && a.text == b.text)
 }
 
 /// Request headers as policy sees them. HTTP/2 carries the host in the `:authority`
@@ -682,6 +685,48 @@ mod tests {
             "an emptied directory is a valid, empty policy"
         );
         assert_eq!(enforcer.status(None).generation, 3);
+    }
+
+    #[test]
+    fn a_vanished_file_keeps_the_policy_and_is_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        write(dir.path(), "p.yaml", DENY_ADMIN);
+        let enforcer = enforcer(&file, Protocol::Detect).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        enforcer.reload(false);
+        enforcer.reload(false);
+        let errors = |e: &PolicyEnforcer| {
+            metric_value(
+                &e.metrics.encode(),
+                "hush_policy_reloads_total{result=\"error\"}",
+            )
+        };
+        assert_eq!(errors(&enforcer), 1.0);
+        let refused = enforcer.status(None).refused.unwrap();
+        assert!(refused[0].contains("cannot read"), "{refused:?}");
+        let headers = HeaderMap::new();
+        assert!(
+            enforcer
+                .check_request(&caller(), "GET", "/admin", &headers, None)
+                .is_err(),
+            "the last good policy stays"
+        );
+        // Put back as it was: nothing to reload, nothing refused any more.
+        write(dir.path(), "p.yaml", DENY_ADMIN);
+        enforcer.reload(false);
+        let status = enforcer.status(None);
+        assert_eq!(status.generation, 1);
+        assert!(status.refused.is_none());
+        // SIGHUP re-reads an unchanged file without counting anything.
+        enforcer.reload(true);
+        assert_eq!(errors(&enforcer), 1.0);
+    }
+
+    fn metric_value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     #[test]
