@@ -171,14 +171,7 @@ impl Admin {
             .as_ref()
             .map(|svid| svid.spiffe_id.to_string());
         let report = policy.status(own.as_deref());
-        let body = serde_json::to_string_pretty(&report)
-            .unwrap_or_else(|e| format!("{{\"error\": \"cannot encode the report: {e}\"}}"));
-        let mut response = text(StatusCode::OK, body + "\n");
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/json"),
-        );
-        response
+        json(&report)
     }
 
     fn certs(&self) -> Response<Full<Bytes>> {
@@ -210,14 +203,7 @@ impl Admin {
                     .collect(),
             },
         };
-        let body = serde_json::to_string_pretty(&report)
-            .unwrap_or_else(|e| format!("{{\"error\": \"cannot encode the report: {e}\"}}"));
-        let mut response = text(StatusCode::OK, body + "\n");
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/json"),
-        );
-        response
+        json(&report)
     }
 }
 
@@ -252,6 +238,18 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// A report as pretty JSON.
+fn json(report: &impl Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_string_pretty(report)
+        .unwrap_or_else(|e| format!("{{\"error\": \"cannot encode the report: {e}\"}}"));
+    let mut response = text(StatusCode::OK, body + "\n");
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
     );
     response
 }
