@@ -2,6 +2,7 @@
 //! `hush up`.
 
 mod ca;
+mod capture;
 mod cert;
 mod echo;
 mod policy;
@@ -39,6 +40,9 @@ enum Command {
     Cert(cert::CertCommand),
     /// Run the sidecar: mutual TLS 1.3 between services, with identities from the CA.
     Proxy(proxy::ProxyArgs),
+    /// Install the iptables rules that send a pod's TCP traffic through its sidecar (run by
+    /// the injected init container).
+    InitIptables(capture::InitIptablesArgs),
     /// Check identity policy files, and explain the decision for a request.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
             Command::Cert(cmd) => cert::run(cmd).await,
             Command::Proxy(args) => proxy::run(args).await,
             Command::Policy(cmd) => policy::run(cmd),
+            Command::InitIptables(args) => capture::run(args),
             Command::Up(args) => up::run(args).await,
         }
     });

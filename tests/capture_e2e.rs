@@ -1,0 +1,259 @@
+//! End-to-end tests of `hush init-iptables`: the rules are installed in a network namespace of
+//! their own (a "pod"), and a connection from the app is shown to land on the sidecar's
+//! transparent port while the sidecar's own connections do not.
+//!
+//! Creating namespaces needs root and `ip`, `iptables`, `setpriv` and the system's
+//! `/usr/bin/python3` (readable by any uid, unlike a per-user Python); where they are missing the
+//! namespace test says so and passes without running (CI installs them).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use hush_test_support::describe_output;
+
+const HUSH: &str = env!("CARGO_BIN_EXE_hush");
+/// The system's Python: the test's clients run as other uids, which must be able to run it.
+const PYTHON: &str = "/usr/bin/python3";
+
+#[test]
+fn dry_run_prints_the_rules_without_touching_anything() {
+    let output = Command::new(HUSH)
+        .args([
+            "init-iptables",
+            "--dry-run",
+            "--exclude-inbound-ports",
+            "15020,22",
+            "--exclude-outbound-cidrs",
+            "10.96.0.0/12",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", describe_output(&output));
+    let rules = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "-A HUSH_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
+        "-A HUSH_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+        "-A HUSH_INBOUND -p tcp --dport 15020 -j RETURN",
+        "-A HUSH_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+        "-A HUSH_OUTPUT -d 10.96.0.0/12 -j RETURN",
+    ] {
+        assert!(rules.contains(needle), "missing {needle:?} in\n{rules}");
+    }
+    let output = Command::new(HUSH)
+        .args(["init-iptables", "--dry-run", "--outbound-port", "15006"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("both 15006"),
+        "{}",
+        describe_output(&output)
+    );
+}
+
+/// A network namespace, deleted when dropped.
+struct Netns(String);
+
+/// Two "pods" joined by a veth pair: 10.200.0.1 and 10.200.0.2. `None` (with the reason
+/// printed) where namespaces cannot be made.
+fn two_pods() -> Option<(Netns, Netns)> {
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+    for tool in ["ip", "iptables", "iptables-save", PYTHON, "setpriv"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            eprintln!("SKIPPED: {tool} is not installed");
+            return None;
+        }
+    }
+    let n = COUNT.fetch_add(1, Ordering::Relaxed);
+    let name = |pod: &str| format!("hush-{pod}-{}-{n}", std::process::id());
+    let created = |name: &str| {
+        Command::new("ip")
+            .args(["netns", "add", name])
+            .output()
+            .map_err(|e| e.to_string())
+            .and_then(|o| {
+                if o.status.success() {
+                    Ok(Netns(name.to_string()))
+                } else {
+                    Err(String::from_utf8_lossy(&o.stderr).into_owned())
+                }
+            })
+    };
+    let (a, b) = match (created(&name("a")), created(&name("b"))) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => {
+            eprintln!(
+                "SKIPPED: cannot create network namespaces (root needed): {:?}",
+                a.err().or(b.err())
+            );
+            return None;
+        }
+    };
+    let veth = Command::new("ip")
+        .args([
+            "link", "add", "eth0", "netns", &a.0, "type", "veth", "peer", "name", "eth0",
+        ])
+        .args(["netns", &b.0])
+        .output()
+        .expect("ip link add");
+    assert!(veth.status.success(), "{}", describe_output(&veth));
+    for (pod, addr) in [(&a, "10.200.0.1/24"), (&b, "10.200.0.2/24")] {
+        pod.run_ok(&["ip", "link", "set", "lo", "up"]);
+        pod.run_ok(&["ip", "addr", "add", addr, "dev", "eth0"]);
+        pod.run_ok(&["ip", "link", "set", "eth0", "up"]);
+    }
+    Some((a, b))
+}
+
+impl Netns {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.0]).args(args);
+        command
+    }
+
+    fn run_ok(&self, args: &[&str]) -> String {
+        let output = self.command(args).output().expect("ip netns exec");
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            describe_output(&output)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Starts the original-destination server on `port`, answering `LABEL addr:port`.
+    fn server(&self, port: &str, label: &str) -> Server {
+        let mut child = self
+            .command(&[PYTHON, "-c", ORIGINAL_DST_SERVER, port, label])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut ready)
+            .expect("the server's first line");
+        assert_eq!(ready.trim(), "ready");
+        Server(child)
+    }
+
+    /// Connects to `addr:port` as `uid`; what the client saw.
+    fn dial(&self, uid: &str, addr: &str, port: &str) -> String {
+        self.run_ok(&[
+            "setpriv",
+            "--reuid",
+            uid,
+            "--regid",
+            uid,
+            "--clear-groups",
+            PYTHON,
+            "-c",
+            CLIENT,
+            addr,
+            port,
+        ])
+        .trim()
+        .to_string()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// Stands in for one of the sidecar's listeners (port in argv[1]): answers every connection
+/// with its label (argv[2]) and the original destination the kernel recorded (SO_ORIGINAL_DST).
+const ORIGINAL_DST_SERVER: &str = r#"
+import socket, struct, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(8)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    raw = c.getsockopt(socket.SOL_IP, 80, 16)
+    port, = struct.unpack("!H", raw[2:4])
+    c.sendall(f"{sys.argv[2]} {socket.inet_ntoa(raw[4:8])}:{port}\n".encode())
+    c.close()
+"#;
+
+/// Connects to ADDR PORT with a one-second timeout; prints the first line received, or what
+/// happened instead.
+const CLIENT: &str = r#"
+import socket, sys
+try:
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1)
+    print(c.makefile().readline().strip())
+except Exception as e:
+    print(f"not redirected: {type(e).__name__}")
+"#;
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_rules_install_idempotently_and_send_the_pods_traffic_to_its_sidecar() {
+    let Some((pod, other)) = two_pods() else {
+        return;
+    };
+    let install = [HUSH, "init-iptables", "--exclude-inbound-ports", "15020"];
+    // Twice, as when the init container restarts: the rules must not pile up.
+    for _ in 0..2 {
+        let out = pod.run_ok(&install);
+        assert!(out.contains("inbound TCP -> port 15006"), "{out}");
+    }
+    let saved = pod.run_ok(&["iptables-save", "-t", "nat"]);
+    for rule in [
+        "-A PREROUTING -p tcp -j HUSH_INBOUND",
+        "-A OUTPUT -p tcp -j HUSH_OUTPUT",
+        "-A HUSH_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+        "-A HUSH_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
+        "--dport 15020 -j RETURN",
+    ] {
+        assert_eq!(saved.matches(rule).count(), 1, "{rule:?} in\n{saved}");
+    }
+
+    let _transparent = pod.server("15001", "transparent");
+    let _inbound = pod.server("15006", "inbound");
+    // The app (any uid but the sidecar's) dials the other pod: the connection lands on the
+    // transparent port, which learns where it was going.
+    assert_eq!(
+        pod.dial("1000", "10.200.0.2", "8080"),
+        "transparent 10.200.0.2:8080"
+    );
+    assert_eq!(
+        pod.dial("1000", "10.200.0.2", "443"),
+        "transparent 10.200.0.2:443"
+    );
+    // The sidecar's own connections go where they were sent (nothing listens there).
+    let own = pod.dial("1337", "10.200.0.2", "8080");
+    assert!(own.starts_with("not redirected"), "{own}");
+    // Loopback is left alone: the app reaches its sidecar's listeners directly.
+    assert_eq!(
+        pod.dial("1000", "127.0.0.1", "15006"),
+        "inbound 127.0.0.1:15006"
+    );
+
+    // From the other pod (no rules there): connections to any port of this pod reach the
+    // inbound port, except the excluded one.
+    assert_eq!(
+        other.dial("1000", "10.200.0.1", "8080"),
+        "inbound 10.200.0.1:8080"
+    );
+    let excluded = other.dial("1000", "10.200.0.1", "15020");
+    assert!(excluded.starts_with("not redirected"), "{excluded}");
+}
