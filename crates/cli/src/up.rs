@@ -224,6 +224,7 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
                 listen: inbound_addrs[&service.name],
                 app,
                 protocol: Protocol::Detect,
+                captured: false,
             }),
             outbound: service
                 .calls

@@ -79,6 +79,11 @@ pub struct InboundConfig {
     /// apart by their first bytes.
     #[serde(default)]
     pub protocol: Protocol,
+    /// Connections are redirected here by iptables (`hush init-iptables`): each goes to the
+    /// app on `127.0.0.1` at the port the caller dialled, and policy judges that port. `app`
+    /// still serves connections made to this listener directly.
+    #[serde(default)]
+    pub captured: bool,
 }
 
 /// One explicit outbound listener: the app connects in plaintext, the sidecar dials a peer

@@ -6,8 +6,9 @@
 //! the failed step and counted by reason. For HTTP, the app then receives the caller's verified
 //! identity in `x-hush-peer-identity` and `x-forwarded-client-cert`.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -26,6 +27,7 @@ use crate::http::{Authz, Forward, HttpContext, HttpVersion, IdentityHeaders};
 use crate::identity::IdentityStatus;
 use crate::io::{Activity, Metered, relay_until_idle};
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
+use crate::orig_dst::original_destination;
 use crate::policy::{Caller, PolicyEnforcer};
 use crate::serve::{Lifecycle, accept_loop, serve_http};
 use crate::tls::{MeshProtocol, Target};
@@ -49,7 +51,15 @@ pub(crate) struct Inbound {
     pub(crate) app_http1: Forward,
     pub(crate) app_http2: Forward,
     pub(crate) policy: Option<Arc<PolicyEnforcer>>,
+    /// Connections arrive redirected by iptables; see [`Self::app_for`].
+    pub(crate) captured: bool,
+    /// Forwarders to each app port captured connections were meant for.
+    pub(crate) captured_apps: Mutex<HashMap<SocketAddr, (Forward, Forward)>>,
 }
+
+/// The most app ports a captured inbound listener keeps forwarders for; more are served with
+/// forwarders made for the connection (a pod listens on a handful of ports).
+const MAX_CAPTURED_APPS: usize = 256;
 
 impl Inbound {
     pub(crate) async fn run(self: Arc<Self>, listener: TcpListener) {
@@ -64,11 +74,54 @@ impl Inbound {
         .await;
     }
 
+    /// Where a connection's bytes go: the configured app, or for a connection iptables
+    /// redirected here, the port the caller dialled on `127.0.0.1`.
+    fn app_for(&self, tcp: &TcpStream) -> SocketAddr {
+        if !self.captured {
+            return self.app;
+        }
+        let local = tcp.local_addr().ok();
+        match original_destination(tcp) {
+            // Dialling the inbound port itself is not a redirection, and forwarding it to
+            // that port on loopback would loop back here.
+            Ok(dst) if Some(dst) != local && Some(dst.port()) != local.map(|l| l.port()) => {
+                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), dst.port())
+            }
+            _ => self.app,
+        }
+    }
+
+    fn forwarders(&self, app: SocketAddr) -> (Forward, Forward) {
+        if app == self.app {
+            return (self.app_http1.clone(), self.app_http2.clone());
+        }
+        let timeout = self.limits.connect_timeout;
+        let make = || {
+            (
+                Forward::app(app, HttpVersion::Http1, timeout),
+                Forward::app(app, HttpVersion::Http2, timeout),
+            )
+        };
+        let mut apps = self
+            .captured_apps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(found) = apps.get(&app) {
+            return found.clone();
+        }
+        let made = make();
+        if apps.len() < MAX_CAPTURED_APPS {
+            apps.insert(app, made.clone());
+        }
+        made
+    }
+
     async fn handle(&self, tcp: TcpStream, peer: SocketAddr) {
         let _open = self.metrics.open_connection(Direction::Inbound);
         let Some(tcp) = self.starts_with_tls(tcp, peer).await else {
             return;
         };
+        let app = self.app_for(&tcp);
         let activity = Activity::new();
         let metered = Metered::new(
             tcp,
@@ -147,6 +200,7 @@ impl Inbound {
                 peer: Arc::from(peer_id.as_str()),
                 own: own_id.clone(),
                 addr: peer,
+                port: app.port(),
             },
         });
 
@@ -163,20 +217,21 @@ impl Inbound {
                     let _ = io.shutdown().await;
                     return;
                 }
-                return self.relay_to_app(io, peer, activity).await;
+                return self.relay_to_app(io, app, peer, activity).await;
             }
         };
         self.metrics.connection(Direction::Inbound, version.label());
+        let (app_http1, app_http2) = self.forwarders(app);
         let ctx = Arc::new(HttpContext {
             direction: Direction::Inbound,
             version,
             forward: match version {
-                HttpVersion::Http1 => self.app_http1.clone(),
-                HttpVersion::Http2 => self.app_http2.clone(),
+                HttpVersion::Http1 => app_http1.clone(),
+                HttpVersion::Http2 => app_http2,
             },
-            translated: (version == HttpVersion::Http2).then(|| self.app_http1.clone()),
-            destination: format!("the app at {}", self.app).into(),
-            fallback_authority: authority_of(self.app),
+            translated: (version == HttpVersion::Http2).then_some(app_http1),
+            destination: format!("the app at {app}").into(),
+            fallback_authority: authority_of(app),
             identity: IdentityHeaders::new(peer_id.as_str(), &own_id, &leaf),
             authz,
             metrics: self.metrics.clone(),
@@ -193,18 +248,23 @@ impl Inbound {
         .await;
     }
 
-    async fn relay_to_app<I>(&self, mut io: I, peer: SocketAddr, activity: Arc<Activity>)
-    where
+    async fn relay_to_app<I>(
+        &self,
+        mut io: I,
+        app_addr: SocketAddr,
+        peer: SocketAddr,
+        activity: Arc<Activity>,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let mut app = match Target::Addr(self.app)
+        let mut app = match Target::Addr(app_addr)
             .connect(self.limits.connect_timeout)
             .await
         {
             Ok(app) => app,
             Err(e) => {
                 self.metrics.connect_failure(Direction::Inbound, "app");
-                warn!(%peer, "cannot connect to the app at {}: {e}; closing the connection", self.app);
+                warn!(%peer, "cannot connect to the app at {app_addr}: {e}; closing the connection");
                 return;
             }
         };

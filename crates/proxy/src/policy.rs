@@ -108,7 +108,8 @@ pub(crate) struct PolicyEnforcer {
     path: PathBuf,
     default: DefaultAction,
     access_log: AccessLog,
-    /// The app's port: the destination port policies name.
+    /// The configured app's port: what HTTP rules are checked against when the inbound
+    /// listener serves opaque TCP.
     app_port: u16,
     /// The inbound listener serves opaque TCP only, so rules naming HTTP fields are errors.
     opaque: bool,
@@ -398,7 +399,7 @@ impl PolicyEnforcer {
         let headers = RequestHeaders { headers, authority };
         let request = Request {
             principal: &caller.peer,
-            port: self.app_port,
+            port: caller.port,
             http: Some(HttpRequest {
                 method,
                 path,
@@ -419,7 +420,7 @@ impl PolicyEnforcer {
         let view = self.view(&caller.own);
         let request = Request {
             principal: &caller.peer,
-            port: self.app_port,
+            port: caller.port,
             http: None,
         };
         let decision = view.policy.evaluate(&request);
@@ -529,6 +530,8 @@ pub(crate) struct Caller {
     pub(crate) peer: Arc<str>,
     pub(crate) own: Arc<str>,
     pub(crate) addr: SocketAddr,
+    /// The app's port this connection goes to: the destination port policies name.
+    pub(crate) port: u16,
 }
 
 /// `GET /policy`: the policy in force and the last refused change.
@@ -630,6 +633,7 @@ mod tests {
             peer: "spiffe://cluster.local/ns/shop/sa/frontend".into(),
             own: "spiffe://cluster.local/ns/shop/sa/backend".into(),
             addr: "127.0.0.1:5000".parse().unwrap(),
+            port: 8080,
         }
     }
 

@@ -263,6 +263,8 @@ impl Proxy {
                     app_http1: Forward::app(cfg.app, HttpVersion::Http1, limits.connect_timeout),
                     app_http2: Forward::app(cfg.app, HttpVersion::Http2, limits.connect_timeout),
                     policy: policy.clone(),
+                    captured: cfg.captured,
+                    captured_apps: Default::default(),
                 });
                 accept_loops.push(tokio::spawn(server.run(listener)));
             }

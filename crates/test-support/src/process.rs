@@ -476,7 +476,25 @@ impl ProxyProcess {
         env: &[(&str, &str)],
     ) -> Result<Self, StartError> {
         let args: [&OsStr; 3] = ["proxy".as_ref(), "--config".as_ref(), config.as_os_str()];
-        let mut process = HushProcess::spawn_with_env(bin, &args, env);
+        Self::spawn_and_wait(HushProcess::spawn_with_env(bin, &args, env))
+    }
+
+    /// Runs `WRAPPER… BIN proxy --config CONFIG`, e.g. inside a network namespace as another
+    /// user (`ip netns exec NS setpriv --reuid 1337 …`), and waits until it is ready. The
+    /// addresses it reports are those of wherever it runs.
+    pub fn start_wrapped(wrapper: &[&str], bin: impl AsRef<Path>, config: &Path) -> Self {
+        let (program, prefix) = wrapper.split_first().expect("a wrapper command");
+        let mut args: Vec<&OsStr> = prefix.iter().map(OsStr::new).collect();
+        args.extend([
+            bin.as_ref().as_os_str(),
+            "proxy".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ]);
+        Self::spawn_and_wait(HushProcess::spawn(program, &args)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn spawn_and_wait(mut process: HushProcess) -> Result<Self, StartError> {
         let ready =
             match process.wait_for_line(|l| l.starts_with(Self::READY_PREFIX), READY_TIMEOUT) {
                 Ok(line) => line,
