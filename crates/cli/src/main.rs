@@ -5,6 +5,7 @@ mod ca;
 mod capture;
 mod cert;
 mod echo;
+mod inject;
 mod policy;
 mod proxy;
 mod up;
@@ -40,6 +41,9 @@ enum Command {
     Cert(cert::CertCommand),
     /// Run the sidecar: mutual TLS 1.3 between services, with identities from the CA.
     Proxy(proxy::ProxyArgs),
+    /// The sidecar injector for Kubernetes (mutating admission webhook).
+    #[command(subcommand)]
+    Inject(inject::InjectCommand),
     /// Install the iptables rules that send a pod's TCP traffic through its sidecar (run by
     /// the injected init container).
     InitIptables(capture::InitIptablesArgs),
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
             Command::Proxy(args) => proxy::run(args).await,
             Command::Policy(cmd) => policy::run(cmd),
             Command::InitIptables(args) => capture::run(args),
+            Command::Inject(cmd) => inject::run(cmd),
             Command::Up(args) => up::run(args).await,
         }
     });

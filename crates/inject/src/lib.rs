@@ -1,5 +1,8 @@
-//! hush on Kubernetes: how a pod's traffic reaches its sidecar, and (to come) the admission
-//! webhook that adds the sidecar to pods.
+//! hush on Kubernetes: the admission webhook's decision to add a sidecar to a pod, and how a
+//! pod's traffic reaches that sidecar.
+//!
+//! [`review`] answers an AdmissionReview v1 with a JSONPatch built by [`mutate`]: the capture
+//! init container, the sidecar as a native sidecar, and the volumes it needs.
 //!
 //! [`CaptureRules`] renders the iptables rules the injected init container installs
 //! (`hush init-iptables`): inbound TCP to the pod goes to the sidecar's inbound port, outbound
@@ -7,6 +10,12 @@
 //! configured ports and address ranges are left alone. Rendering is pure; applying the rules
 //! (through `iptables-restore`) is the command's job.
 
+mod inject;
 mod iptables;
 
+pub use self::inject::{
+    CONFIG_ANNOTATION, EXCLUDE_INBOUND_PORTS, EXCLUDE_OUTBOUND_PORTS, INIT_CONTAINER, INJECT_KEY,
+    InjectError, InjectorConfig, LOG_LEVEL, Outcome, PROXY_CONTAINER, PROXY_CPU, PROXY_MEMORY,
+    STATUS_ANNOTATION, mutate, review,
+};
 pub use self::iptables::{CHAINS, CaptureError, CaptureRules};

@@ -1,0 +1,806 @@
+//! The admission webhook's work: which pods get a sidecar, the Pod they become, and the
+//! AdmissionReview answer that says so as a JSONPatch.
+//!
+//! The API server's webhook selectors decide which pods are sent here (namespaces or pods
+//! labelled `hush.dev/inject: enabled`); a pod can still opt out with `hush.dev/inject:
+//! disabled`. A pod that already has the sidecar, or that uses the node's network, is left
+//! alone. What is added:
+//!
+//! * `hush-init`, an init container that runs `hush init-iptables` with `NET_ADMIN`;
+//! * `hush-proxy`, a native sidecar (an init container with `restartPolicy: Always` and a
+//!   startup probe on `/ready`), so it is ready before the app starts and stops after it;
+//! * volumes: a projected service-account token for the CA (audience `hush-ca`), the trust
+//!   bundle ConfigMap, the policy ConfigMap, and the sidecar's configuration, which is the
+//!   `hush.dev/proxy-config` annotation projected as a file (so `kubectl get pod -o yaml`
+//!   shows exactly what the sidecar runs with).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
+    DownwardAPIVolumeSource, EnvVar, HTTPGetAction, ObjectFieldSelector, Pod, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SecurityContext, ServiceAccountTokenProjection,
+    Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube_core::DynamicObject;
+use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use serde::Deserialize;
+
+use crate::iptables::CaptureRules;
+
+/// Opt in (`enabled`) or out (`disabled`), as a label or an annotation.
+pub const INJECT_KEY: &str = "hush.dev/inject";
+/// Set on injected pods (`injected`).
+pub const STATUS_ANNOTATION: &str = "hush.dev/status";
+/// The sidecar's configuration, projected into it as `/etc/hush/proxy.yaml`.
+pub const CONFIG_ANNOTATION: &str = "hush.dev/proxy-config";
+/// More inbound ports to leave uncaptured, comma-separated.
+pub const EXCLUDE_INBOUND_PORTS: &str = "hush.dev/exclude-inbound-ports";
+/// Outbound ports to leave uncaptured, comma-separated.
+pub const EXCLUDE_OUTBOUND_PORTS: &str = "hush.dev/exclude-outbound-ports";
+/// The sidecar's CPU request (e.g. `100m`).
+pub const PROXY_CPU: &str = "hush.dev/proxy-cpu";
+/// The sidecar's memory request and limit (e.g. `128Mi`).
+pub const PROXY_MEMORY: &str = "hush.dev/proxy-memory";
+/// The sidecar's log filter (e.g. `debug`).
+pub const LOG_LEVEL: &str = "hush.dev/log-level";
+/// The sidecar container's name.
+pub const PROXY_CONTAINER: &str = "hush-proxy";
+/// The capture init container's name.
+pub const INIT_CONTAINER: &str = "hush-init";
+
+const CONFIG_DIR: &str = "/etc/hush";
+const TOKEN_DIR: &str = "/var/run/secrets/hush/token";
+const BUNDLE_DIR: &str = "/var/run/secrets/hush/bundle";
+const POLICY_DIR: &str = "/etc/hush/policy";
+
+/// How the injector builds sidecars (the injector's own configuration file).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectorConfig {
+    /// The hush image, for both the sidecar and the capture init container.
+    pub image: String,
+    /// `IfNotPresent`, `Always` or `Never`; the cluster's default when absent.
+    #[serde(default)]
+    pub image_pull_policy: Option<String>,
+    /// The CA, `https://host:port`, as the sidecars reach it.
+    pub ca_address: String,
+    /// The ConfigMap holding the trust bundle (key `bundle.pem`).
+    #[serde(default = "defaults::bundle_configmap")]
+    pub trust_bundle_configmap: String,
+    /// The ConfigMap holding policy files; none when absent.
+    #[serde(default)]
+    pub policy_configmap: Option<String>,
+    /// The audience of the projected service-account token the CA checks with TokenReview.
+    #[serde(default = "defaults::token_audience")]
+    pub token_audience: String,
+    /// The uid (and gid) the sidecar runs as; its traffic is never captured.
+    #[serde(default = "defaults::proxy_uid")]
+    pub proxy_uid: u32,
+    /// The sidecar's inbound (mutual TLS) port.
+    #[serde(default = "defaults::inbound_port")]
+    pub inbound_port: u16,
+    /// The sidecar's transparent (outbound) port.
+    #[serde(default = "defaults::outbound_port")]
+    pub outbound_port: u16,
+    /// The sidecar's admin port (probes, metrics); never captured.
+    #[serde(default = "defaults::admin_port")]
+    pub admin_port: u16,
+    /// Outbound destinations never captured (e.g. the API server's range).
+    #[serde(default)]
+    pub exclude_outbound_cidrs: Vec<IpNet>,
+    /// The sidecar's log filter.
+    #[serde(default = "defaults::log_level")]
+    pub log_level: String,
+    /// The sidecar's CPU request.
+    #[serde(default = "defaults::cpu")]
+    pub cpu_request: String,
+    /// The sidecar's memory request (and limit).
+    #[serde(default = "defaults::memory")]
+    pub memory: String,
+}
+
+mod defaults {
+    pub(super) fn bundle_configmap() -> String {
+        "hush-trust-bundle".into()
+    }
+    pub(super) fn token_audience() -> String {
+        "hush-ca".into()
+    }
+    pub(super) fn proxy_uid() -> u32 {
+        1337
+    }
+    pub(super) fn inbound_port() -> u16 {
+        15006
+    }
+    pub(super) fn outbound_port() -> u16 {
+        15001
+    }
+    pub(super) fn admin_port() -> u16 {
+        15020
+    }
+    pub(super) fn log_level() -> String {
+        "info".into()
+    }
+    pub(super) fn cpu() -> String {
+        "50m".into()
+    }
+    pub(super) fn memory() -> String {
+        "64Mi".into()
+    }
+}
+
+impl InjectorConfig {
+    /// Parses the injector's YAML configuration.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// What the injector did with a pod.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Left alone, and why.
+    Skipped(String),
+    /// The pod with its sidecar.
+    Injected(Box<Pod>),
+}
+
+/// The pod cannot be injected as its annotations ask; the pod is refused with this message.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{annotation}: {message}")]
+pub struct InjectError {
+    /// The annotation at fault.
+    pub annotation: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Decides whether `pod` gets a sidecar and builds the injected pod.
+pub fn mutate(pod: &Pod, config: &InjectorConfig) -> Result<Outcome, InjectError> {
+    let meta = &pod.metadata;
+    let setting = |key: &str| {
+        meta.annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .or_else(|| meta.labels.as_ref().and_then(|l| l.get(key)))
+            .map(String::as_str)
+    };
+    if matches!(setting(INJECT_KEY), Some("disabled" | "false")) {
+        return Ok(Outcome::Skipped(format!("{INJECT_KEY} is disabled")));
+    }
+    let Some(spec) = &pod.spec else {
+        return Ok(Outcome::Skipped("the pod has no spec".into()));
+    };
+    let has_sidecar = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .any(|c| c.name == PROXY_CONTAINER);
+    if has_sidecar || setting(STATUS_ANNOTATION) == Some("injected") {
+        return Ok(Outcome::Skipped(
+            "the pod already has a hush sidecar".into(),
+        ));
+    }
+    if spec.host_network == Some(true) {
+        return Ok(Outcome::Skipped(
+            "the pod uses the node's network; capturing its traffic would capture the node's"
+                .into(),
+        ));
+    }
+
+    let ports = |annotation: &'static str| -> Result<Vec<u16>, InjectError> {
+        let Some(value) = setting(annotation) else {
+            return Ok(Vec::new());
+        };
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| match p.parse::<u16>() {
+                Ok(port) if port > 0 => Ok(port),
+                _ => Err(InjectError {
+                    annotation,
+                    message: format!("{p:?} is not a port (1-65535) in {value:?}"),
+                }),
+            })
+            .collect()
+    };
+    let mut exclude_inbound = vec![config.admin_port];
+    exclude_inbound.extend(ports(EXCLUDE_INBOUND_PORTS)?);
+    let capture = CaptureRules {
+        proxy_uid: config.proxy_uid,
+        proxy_gid: config.proxy_uid,
+        inbound_port: config.inbound_port,
+        outbound_port: config.outbound_port,
+        exclude_inbound_ports: exclude_inbound,
+        exclude_outbound_ports: ports(EXCLUDE_OUTBOUND_PORTS)?,
+        exclude_outbound_cidrs: config.exclude_outbound_cidrs.clone(),
+    };
+    capture.validate().map_err(|e| InjectError {
+        annotation: EXCLUDE_INBOUND_PORTS,
+        message: e.to_string(),
+    })?;
+    let cpu = setting(PROXY_CPU)
+        .unwrap_or(&config.cpu_request)
+        .to_string();
+    let memory = setting(PROXY_MEMORY).unwrap_or(&config.memory).to_string();
+    for (annotation, value) in [(PROXY_CPU, &cpu), (PROXY_MEMORY, &memory)] {
+        if !is_quantity(value) {
+            return Err(InjectError {
+                annotation,
+                message: format!("{value:?} is not a Kubernetes quantity (e.g. 100m, 128Mi)"),
+            });
+        }
+    }
+    let log_level = setting(LOG_LEVEL).unwrap_or(&config.log_level).to_string();
+
+    // The app's first declared port serves connections made to the inbound port directly.
+    let app_port = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .find_map(|p| u16::try_from(p.container_port).ok())
+        .unwrap_or(8080);
+    let proxy_config = proxy_config(config, app_port);
+
+    let mut injected = pod.clone();
+    let meta = &mut injected.metadata;
+    let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.insert(STATUS_ANNOTATION.into(), "injected".into());
+    annotations.insert(CONFIG_ANNOTATION.into(), proxy_config);
+    let spec = injected.spec.get_or_insert_with(Default::default);
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    volumes.extend(sidecar_volumes(config));
+    let init = spec.init_containers.get_or_insert_with(Vec::new);
+    // First the capture rules, then the sidecar, then the pod's own init containers (which
+    // may already need the mesh).
+    init.insert(0, init_container(config, &capture));
+    init.insert(1, proxy_container(config, &cpu, &memory, &log_level));
+    Ok(Outcome::Injected(Box::new(injected)))
+}
+
+/// Answers an AdmissionReview (the request body the API server POSTs) with the JSON the API
+/// server expects back. Never fails: a body that is not an AdmissionReview of a Pod gets a
+/// review that refuses with the reason.
+pub fn review(body: &[u8], config: &InjectorConfig) -> Vec<u8> {
+    let mut answer = match serde_json::to_value(decide(body, config)) {
+        Ok(answer) => answer,
+        Err(e) => {
+            return format!(
+                "{{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\",\
+                 \"response\":{{\"uid\":\"\",\"allowed\":false,\"status\":{{\"message\":\
+                 \"hush-inject: cannot encode the answer: {e}\"}}}}}}"
+            )
+            .into_bytes();
+        }
+    };
+    // The patch is a `[]byte` in the API's Go types: base64 in JSON, as webhooks send it.
+    if let Some(patch) = answer.pointer_mut("/response/patch")
+        && let Some(bytes) = patch.as_array()
+    {
+        let bytes: Vec<u8> = bytes
+            .iter()
+            .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+            .collect();
+        *patch = base64::engine::general_purpose::STANDARD
+            .encode(bytes)
+            .into();
+    }
+    serde_json::to_vec(&answer).unwrap_or_default()
+}
+
+fn decide(body: &[u8], config: &InjectorConfig) -> AdmissionReview<DynamicObject> {
+    let review: AdmissionReview<Pod> = match serde_json::from_slice(body) {
+        Ok(review) => review,
+        Err(e) => {
+            return AdmissionResponse::invalid(format!(
+                "hush-inject: the request is not an AdmissionReview of a Pod: {e}"
+            ))
+            .into_review();
+        }
+    };
+    let request: AdmissionRequest<Pod> = match review.try_into() {
+        Ok(request) => request,
+        Err(_) => {
+            return AdmissionResponse::invalid("hush-inject: the AdmissionReview has no request")
+                .into_review();
+        }
+    };
+    let response = AdmissionResponse::from(&request);
+    let Some(pod) = &request.object else {
+        return response.into_review();
+    };
+    match mutate(pod, config) {
+        Ok(Outcome::Skipped(_)) => response.into_review(),
+        Ok(Outcome::Injected(injected)) => {
+            let patch = match (serde_json::to_value(pod), serde_json::to_value(&injected)) {
+                (Ok(before), Ok(after)) => json_patch::diff(&before, &after),
+                _ => {
+                    return response
+                        .deny("hush-inject: cannot encode the pod")
+                        .into_review();
+                }
+            };
+            match response.clone().with_patch(patch) {
+                Ok(patched) => patched.into_review(),
+                Err(e) => response
+                    .deny(format!("hush-inject: cannot encode the patch: {e}"))
+                    .into_review(),
+            }
+        }
+        Err(e) => response
+            .deny(format!("hush-inject: cannot add the sidecar: {e}"))
+            .into_review(),
+    }
+}
+
+/// The sidecar's YAML configuration (see `examples/proxy/reference.yaml`).
+fn proxy_config(config: &InjectorConfig, app_port: u16) -> String {
+    let mut yaml = String::new();
+    let _ = write!(
+        yaml,
+        "ca:\n  address: {}\n  trust_bundle: {BUNDLE_DIR}/bundle.pem\n  token_file: {TOKEN_DIR}/token\n\
+         inbound:\n  listen: 0.0.0.0:{}\n  app: 127.0.0.1:{app_port}\n  captured: true\n\
+         transparent:\n  listen: 0.0.0.0:{}\n\
+         admin:\n  listen: 0.0.0.0:{}\n",
+        config.ca_address, config.inbound_port, config.outbound_port, config.admin_port
+    );
+    if config.policy_configmap.is_some() {
+        let _ = write!(yaml, "policy:\n  path: {POLICY_DIR}\n");
+    }
+    yaml
+}
+
+fn sidecar_volumes(config: &InjectorConfig) -> Vec<Volume> {
+    let mut volumes = vec![
+        Volume {
+            name: "hush-token".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(config.token_audience.clone()),
+                        expiration_seconds: Some(3600),
+                        path: "token".into(),
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "hush-bundle".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config.trust_bundle_configmap.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "hush-config".into(),
+            downward_api: Some(DownwardAPIVolumeSource {
+                items: Some(vec![DownwardAPIVolumeFile {
+                    path: "proxy.yaml".into(),
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: format!("metadata.annotations['{CONFIG_ANNOTATION}']"),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    if let Some(policy) = &config.policy_configmap {
+        volumes.push(Volume {
+            name: "hush-policy".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: policy.clone(),
+                // A cluster without policy yet: the sidecar reads an empty directory.
+                optional: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    volumes
+}
+
+fn init_container(config: &InjectorConfig, capture: &CaptureRules) -> Container {
+    let list = |ports: &[u16]| {
+        ports
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut args = vec![
+        "init-iptables".to_string(),
+        "--proxy-uid".into(),
+        capture.proxy_uid.to_string(),
+        "--inbound-port".into(),
+        capture.inbound_port.to_string(),
+        "--outbound-port".into(),
+        capture.outbound_port.to_string(),
+        "--exclude-inbound-ports".into(),
+        list(&capture.exclude_inbound_ports),
+    ];
+    if !capture.exclude_outbound_ports.is_empty() {
+        args.push("--exclude-outbound-ports".into());
+        args.push(list(&capture.exclude_outbound_ports));
+    }
+    if !capture.exclude_outbound_cidrs.is_empty() {
+        args.push("--exclude-outbound-cidrs".into());
+        let cidrs: Vec<String> = capture
+            .exclude_outbound_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        args.push(cidrs.join(","));
+    }
+    Container {
+        name: INIT_CONTAINER.into(),
+        image: Some(config.image.clone()),
+        image_pull_policy: config.image_pull_policy.clone(),
+        args: Some(args),
+        resources: Some(resources("10m", "16Mi")),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn proxy_container(config: &InjectorConfig, cpu: &str, memory: &str, log_level: &str) -> Container {
+    let admin_probe = |path: &str, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(i32::from(config.admin_port)),
+            ..Default::default()
+        }),
+        period_seconds: Some(1),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    };
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    let mut mounts = vec![
+        mount("hush-config", CONFIG_DIR),
+        mount("hush-token", TOKEN_DIR),
+        mount("hush-bundle", BUNDLE_DIR),
+    ];
+    if config.policy_configmap.is_some() {
+        mounts.push(mount("hush-policy", POLICY_DIR));
+    }
+    let uid = i64::from(config.proxy_uid);
+    Container {
+        name: PROXY_CONTAINER.into(),
+        image: Some(config.image.clone()),
+        image_pull_policy: config.image_pull_policy.clone(),
+        args: Some(vec![
+            "proxy".into(),
+            "--config".into(),
+            format!("{CONFIG_DIR}/proxy.yaml"),
+        ]),
+        env: Some(vec![EnvVar {
+            name: "HUSH_LOG".into(),
+            value: Some(log_level.into()),
+            ..Default::default()
+        }]),
+        // A native sidecar: started before the app, stopped after it.
+        restart_policy: Some("Always".into()),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("hush-inbound".into()),
+                container_port: i32::from(config.inbound_port),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("hush-admin".into()),
+                container_port: i32::from(config.admin_port),
+                ..Default::default()
+            },
+        ]),
+        // The app starts only once the sidecar holds its certificate.
+        startup_probe: Some(admin_probe("/ready", 120)),
+        readiness_probe: Some(admin_probe("/ready", 3)),
+        liveness_probe: Some(Probe {
+            period_seconds: Some(10),
+            ..admin_probe("/live", 3)
+        }),
+        resources: Some(resources(cpu, memory)),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(uid),
+            run_as_group: Some(uid),
+            run_as_non_root: Some(true),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    }
+}
+
+fn resources(cpu: &str, memory: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.into())),
+            ("memory".to_string(), Quantity(memory.into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity(memory.into()),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// A Kubernetes resource quantity: a decimal number and an optional suffix.
+fn is_quantity(value: &str) -> bool {
+    let number_end = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, suffix) = value.split_at(number_end);
+    !number.is_empty()
+        && number.parse::<f64>().is_ok()
+        && ["", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"].contains(&suffix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    const POD_CREATE: &str = include_str!("../tests/fixtures/pod-create.json");
+
+    fn config() -> InjectorConfig {
+        InjectorConfig::from_yaml(
+            "image: ghcr.io/hush-mesh/hush:0.1.0\nca_address: https://hush-ca.hush-system.svc:8443\npolicy_configmap: hush-policy\nexclude_outbound_cidrs: [10.96.0.1/32]\n",
+        )
+        .unwrap()
+    }
+
+    /// The AdmissionReview as the API server sends it, with `edit` applied to its pod.
+    fn request(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+        let mut review: Value = serde_json::from_str(POD_CREATE).unwrap();
+        edit(&mut review["request"]["object"]);
+        serde_json::to_vec(&review).unwrap()
+    }
+
+    /// Runs the webhook and applies its patch the way the API server does.
+    fn admit(body: &[u8]) -> (Value, Option<Pod>) {
+        let answer: Value = serde_json::from_slice(&review(body, &config())).unwrap();
+        let response = &answer["response"];
+        let Some(patch) = response["patch"].as_str() else {
+            return (answer.clone(), None);
+        };
+        assert_eq!(response["patchType"], "JSONPatch");
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(patch)
+            .expect("a base64 patch");
+        let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+        let sent: Value = serde_json::from_slice(body).unwrap();
+        let mut pod = sent["request"]["object"].clone();
+        json_patch::patch(&mut pod, &patch).unwrap();
+        (answer.clone(), Some(serde_json::from_value(pod).unwrap()))
+    }
+
+    #[test]
+    fn a_pod_gets_the_capture_rules_and_a_native_sidecar() {
+        let (answer, pod) = admit(&request(|_| {}));
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(answer["kind"], "AdmissionReview");
+        assert_eq!(
+            answer["response"]["uid"],
+            "705ab4f5-6393-11e8-b7cc-42010a800002"
+        );
+        assert_eq!(answer["response"]["allowed"], true);
+        let pod = pod.expect("a patch");
+        let spec = pod.spec.as_ref().unwrap();
+        let init = spec.init_containers.as_ref().unwrap();
+        assert_eq!(init[0].name, INIT_CONTAINER);
+        let args = init[0].args.as_ref().unwrap().join(" ");
+        assert_eq!(
+            args,
+            "init-iptables --proxy-uid 1337 --inbound-port 15006 --outbound-port 15001 \
+             --exclude-inbound-ports 15020 --exclude-outbound-cidrs 10.96.0.1/32"
+        );
+        let caps = init[0]
+            .security_context
+            .as_ref()
+            .unwrap()
+            .capabilities
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            caps.add.as_deref(),
+            Some(&["NET_ADMIN".to_string(), "NET_RAW".to_string()][..])
+        );
+
+        let proxy = &init[1];
+        assert_eq!(proxy.name, PROXY_CONTAINER);
+        assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
+        let startup = proxy
+            .startup_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(startup.path.as_deref(), Some("/ready"));
+        assert_eq!(startup.port, IntOrString::Int(15020));
+        let security = proxy.security_context.as_ref().unwrap();
+        assert_eq!(security.run_as_user, Some(1337));
+        assert_eq!(security.run_as_non_root, Some(true));
+        // The app container is untouched.
+        assert_eq!(spec.containers.len(), 1);
+        assert_eq!(spec.containers[0].name, "backend");
+
+        let volumes: Vec<&str> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(
+            volumes,
+            [
+                "kube-api-access-x7k2p",
+                "hush-token",
+                "hush-bundle",
+                "hush-config",
+                "hush-policy"
+            ]
+        );
+        let token = spec.volumes.as_ref().unwrap()[1]
+            .projected
+            .as_ref()
+            .unwrap()
+            .sources
+            .as_ref()
+            .unwrap()[0]
+            .service_account_token
+            .as_ref()
+            .unwrap();
+        assert_eq!(token.audience.as_deref(), Some("hush-ca"));
+
+        let annotations = pod.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations[STATUS_ANNOTATION], "injected");
+        let proxy_yaml = &annotations[CONFIG_ANNOTATION];
+        for needle in [
+            "address: https://hush-ca.hush-system.svc:8443",
+            "token_file: /var/run/secrets/hush/token/token",
+            "app: 127.0.0.1:8080",
+            "captured: true",
+            "transparent:\n  listen: 0.0.0.0:15001",
+            "admin:\n  listen: 0.0.0.0:15020",
+            "policy:\n  path: /etc/hush/policy",
+        ] {
+            assert!(proxy_yaml.contains(needle), "{needle:?} in\n{proxy_yaml}");
+        }
+    }
+
+    #[test]
+    fn an_injected_pod_is_not_injected_twice() {
+        let (_, pod) = admit(&request(|_| {}));
+        let injected = serde_json::to_value(pod.unwrap()).unwrap();
+        let (answer, again) = admit(&request(|object| *object = injected));
+        assert!(again.is_none(), "{answer}");
+        assert_eq!(answer["response"]["allowed"], true);
+    }
+
+    #[test]
+    fn opted_out_and_host_network_pods_are_left_alone() {
+        let (_, pod) = admit(&request(|object| {
+            object["metadata"]["annotations"] = serde_json::json!({INJECT_KEY: "disabled"});
+        }));
+        assert!(pod.is_none());
+        let (_, pod) = admit(&request(|object| {
+            object["spec"]["hostNetwork"] = true.into()
+        }));
+        assert!(pod.is_none());
+    }
+
+    #[test]
+    fn annotations_override_ports_resources_and_log_level() {
+        let (_, pod) = admit(&request(|object| {
+            object["metadata"]["annotations"] = serde_json::json!({
+                EXCLUDE_INBOUND_PORTS: "22, 9090",
+                EXCLUDE_OUTBOUND_PORTS: "5432",
+                PROXY_CPU: "200m",
+                PROXY_MEMORY: "256Mi",
+                LOG_LEVEL: "debug",
+            });
+        }));
+        let pod = pod.unwrap();
+        let init = pod.spec.unwrap().init_containers.unwrap();
+        let args = init[0].args.as_ref().unwrap().join(" ");
+        assert!(
+            args.contains("--exclude-inbound-ports 15020,22,9090"),
+            "{args}"
+        );
+        assert!(args.contains("--exclude-outbound-ports 5432"), "{args}");
+        let proxy = &init[1];
+        let requests = proxy.resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!(requests["cpu"].0, "200m");
+        assert_eq!(requests["memory"].0, "256Mi");
+        assert_eq!(
+            proxy.env.as_ref().unwrap()[0].value.as_deref(),
+            Some("debug")
+        );
+    }
+
+    #[test]
+    fn bad_annotations_refuse_the_pod_with_the_reason() {
+        for (annotation, value, words) in [
+            (EXCLUDE_INBOUND_PORTS, "22,ssh", "\"ssh\" is not a port"),
+            (EXCLUDE_INBOUND_PORTS, "15006", "is the inbound port"),
+            (PROXY_MEMORY, "lots", "not a Kubernetes quantity"),
+        ] {
+            let (answer, pod) = admit(&request(|object| {
+                object["metadata"]["annotations"] = serde_json::json!({annotation: value});
+            }));
+            assert!(pod.is_none());
+            assert_eq!(answer["response"]["allowed"], false);
+            let message = answer["response"]["status"]["message"].as_str().unwrap();
+            assert!(
+                message.contains(annotation) && message.contains(words),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_reviews_get_an_answer_not_a_crash() {
+        for body in [
+            &b"not json"[..],
+            b"{}",
+            b"{\"kind\":\"AdmissionReview\",\"apiVersion\":\"admission.k8s.io/v1\"}",
+            b"[1,2]",
+        ] {
+            let answer: Value = serde_json::from_slice(&review(body, &config())).unwrap();
+            assert_eq!(answer["response"]["allowed"], false, "{answer}");
+            assert!(
+                answer["response"]["status"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("hush-inject:")),
+                "{answer}"
+            );
+        }
+    }
+
+    #[test]
+    fn quantities_are_checked() {
+        for good in ["50m", "1", "0.5", "128Mi", "1Gi", "2k"] {
+            assert!(is_quantity(good), "{good}");
+        }
+        for bad in ["", "m", "12 Mi", "lots", "1.2.3", "5MiB"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+    }
+}
