@@ -47,13 +47,20 @@ fn patched(review: &Value, answer: &Value) -> Option<Value> {
 }
 
 /// `kubernetes-validate`, when installed (first `HUSH_KUBERNETES_VALIDATE`, then the PATH).
+/// Named by `HUSH_KUBERNETES_VALIDATE` (as CI does), it must work.
 fn validator() -> Option<String> {
-    let candidate = std::env::var("HUSH_KUBERNETES_VALIDATE")
-        .unwrap_or_else(|_| "kubernetes-validate".to_string());
+    let required = std::env::var("HUSH_KUBERNETES_VALIDATE").ok();
+    let candidate = required
+        .clone()
+        .unwrap_or_else(|| "kubernetes-validate".to_string());
     let found = Command::new(&candidate)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
+    assert!(
+        found || required.is_none(),
+        "HUSH_KUBERNETES_VALIDATE={candidate} does not run"
+    );
     found.then_some(candidate)
 }
 
