@@ -167,3 +167,131 @@ fn garbage_gets_a_refusal_not_a_crash() {
         describe_output(&output)
     );
 }
+
+/// POSTs `body` to the webhook over TLS (trusting `root`); returns (status, body).
+async fn post(
+    addr: std::net::SocketAddr,
+    root: &rustls_pki_types::CertificateDer<'static>,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(u16, Vec<u8>), String> {
+    use http_body_util::{BodyExt, Full};
+    let config =
+        hush_tls::client_config_with_roots(std::slice::from_ref(root), None, &[b"http/1.1"])
+            .map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = http::Request::post(path)
+        .header("host", "hush-injector.hush-system.svc")
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body.to_vec()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_answers_over_tls() {
+    let temp = tempfile::tempdir().unwrap();
+    let config = temp.path().join("injector.yaml");
+    std::fs::write(&config, "image: hush\nca_address: https://hush-ca:8443\n").unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(temp.path().join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(temp.path().join("tls.key"), key.serialize_pem()).unwrap();
+    let mut webhook = hush_test_support::HushProcess::spawn(
+        HUSH,
+        &[
+            "inject",
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--cert",
+            temp.path().join("tls.crt").to_str().unwrap(),
+            "--key",
+            temp.path().join("tls.key").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let ready = webhook
+        .wait_for_line(
+            |l| l.starts_with("hush inject: serving AdmissionReview on "),
+            hush_test_support::READY_TIMEOUT,
+        )
+        .unwrap();
+    let addr: std::net::SocketAddr = ready
+        .trim_start_matches("hush inject: serving AdmissionReview on https://")
+        .trim_end_matches("/inject")
+        .parse()
+        .unwrap();
+    let root = cert.der().clone();
+
+    let review = std::fs::read(fixture()).unwrap();
+    let (status, body) = post(addr, &root, "/inject", review).await.unwrap();
+    assert_eq!(status, 200);
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    assert!(answer["response"]["patch"].is_string(), "{answer}");
+
+    let (status, body) = post(addr, &root, "/inject", b"{\"kind\":".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+
+    let (status, _) = post(addr, &root, "/inject", vec![b' '; 5 * 1024 * 1024])
+        .await
+        .unwrap();
+    assert_eq!(status, 413);
+    let (status, _) = post(addr, &root, "/elsewhere", Vec::new()).await.unwrap();
+    assert_eq!(status, 404);
+    // Plaintext on the TLS port gets no HTTP answer (a TLS alert, then the end).
+    {
+        use std::io::{Read, Write};
+        let mut plain = std::net::TcpStream::connect(addr).unwrap();
+        plain
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        plain
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .unwrap();
+        let mut reply = Vec::new();
+        let _ = plain.read_to_end(&mut reply);
+        assert!(!reply.starts_with(b"HTTP/"), "{reply:?}");
+    }
+    let stderr = webhook.stderr();
+    assert!(
+        stderr.contains("injected the sidecar into a pod"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("refused a pod: hush-inject: the request is not an AdmissionReview"),
+        "{stderr}"
+    );
+}

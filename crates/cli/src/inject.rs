@@ -1,14 +1,39 @@
 //! `hush inject`: the sidecar injector (mutating admission webhook).
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use clap::{Args, Subcommand};
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
 use hush_inject::InjectorConfig;
+use hush_tls::CredentialStore;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::ca::shutdown_signal;
+
+/// The largest AdmissionReview accepted; the API server's own request limit is 3 MiB.
+const MAX_REVIEW_BYTES: usize = 4 * 1024 * 1024;
+/// A client that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The line printed once the webhook accepts connections.
+pub(crate) const READY_PREFIX: &str = "hush inject: serving AdmissionReview on ";
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum InjectCommand {
+    /// Serve the mutating admission webhook over TLS (POST /inject; GET /healthz).
+    Serve(ServeArgs),
     /// Answer one AdmissionReview (JSON, from a file or stdin) the way the webhook would, and
     /// print the answer: to see what injection does to a pod, or to debug a webhook offline.
     Review(ReviewArgs),
@@ -24,10 +49,161 @@ pub(crate) struct ReviewArgs {
     input: Option<PathBuf>,
 }
 
-pub(crate) fn run(command: InjectCommand) -> Result<()> {
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The injector's configuration (YAML: image, ca_address, …).
+    #[arg(long, env = "HUSH_INJECT_CONFIG")]
+    config: PathBuf,
+    /// The webhook's certificate chain (PEM), for the name the API server dials
+    /// (`<service>.<namespace>.svc`).
+    #[arg(long, env = "HUSH_INJECT_CERT")]
+    cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(long, env = "HUSH_INJECT_KEY")]
+    key: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+}
+
+pub(crate) async fn run(command: InjectCommand) -> Result<()> {
     match command {
         InjectCommand::Review(args) => review(&args),
+        InjectCommand::Serve(args) => serve(args).await,
     }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let config = Arc::new(load_config(&args.config)?);
+    let chain = CertificateDer::pem_file_iter(&args.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("--cert {}", args.cert.display()))?;
+    if chain.is_empty() {
+        bail!("--cert {}: no certificate in the file", args.cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(&args.key)
+        .with_context(|| format!("--key {}", args.key.display()))?;
+    let store = CredentialStore::new();
+    store.install(chain, key).with_context(|| {
+        format!(
+            "--cert {} and --key {}",
+            args.cert.display(),
+            args.key.display()
+        )
+    })?;
+    let tls = hush_tls::server_config(Arc::new(store), None, &[b"h2", b"http/1.1"])?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "{READY_PREFIX}https://{}/inject",
+            listener.local_addr()?
+        )?;
+        out.flush()?;
+    }
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    let failure = hush_tls::HandshakeFailure::from_io(&e);
+                    debug!(%peer, "webhook handshake failed: {failure}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = service_fn(move |request| {
+                let config = config.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(request, &config).await) }
+            });
+            let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+            if let Err(e) = served {
+                debug!(%peer, error = %e, "webhook connection ended");
+            }
+        });
+    }
+    info!("hush inject stopped");
+    Ok(())
+}
+
+async fn answer(request: Request<Incoming>, config: &InjectorConfig) -> Response<Full<Bytes>> {
+    match (request.method(), request.uri().path()) {
+        (&Method::POST, "/inject") => {
+            let body = match Limited::new(request.into_body(), MAX_REVIEW_BYTES)
+                .collect()
+                .await
+            {
+                Ok(body) => body.to_bytes(),
+                Err(e) => {
+                    return text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("hush inject: cannot read the AdmissionReview: {e}\n"),
+                    );
+                }
+            };
+            let answer = hush_inject::review(&body, config);
+            log_answer(&answer);
+            let mut response = Response::new(Full::new(Bytes::from(answer)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".to_string()),
+        (_, path) => text(
+            StatusCode::NOT_FOUND,
+            format!("no such page: {path}; the webhook is POST /inject\n"),
+        ),
+    }
+}
+
+/// One line per review: what was decided, and why when the pod was refused.
+fn log_answer(answer: &[u8]) {
+    let Ok(answer) = serde_json::from_slice::<serde_json::Value>(answer) else {
+        return;
+    };
+    let response = &answer["response"];
+    let uid = response["uid"].as_str().unwrap_or("");
+    if response["allowed"] == false {
+        let message = response["status"]["message"].as_str().unwrap_or("");
+        warn!(uid, "refused a pod: {message}");
+    } else if response["patch"].is_string() {
+        info!(uid, "injected the sidecar into a pod");
+    } else {
+        debug!(uid, "left a pod alone");
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 fn load_config(path: &PathBuf) -> Result<InjectorConfig> {

@@ -58,7 +58,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match &cli.command {
-        Command::Ca(ca::CaCommand::Serve(_)) | Command::Proxy(_) => "info",
+        Command::Ca(ca::CaCommand::Serve(_))
+        | Command::Proxy(_)
+        | Command::Inject(inject::InjectCommand::Serve(_)) => "info",
         // `hush up` tells its own story on stdout; the CA's refusal warnings would repeat it.
         Command::Up(_) => "error",
         _ => "warn",
@@ -89,7 +91,7 @@ fn main() -> ExitCode {
             Command::Proxy(args) => proxy::run(args).await,
             Command::Policy(cmd) => policy::run(cmd),
             Command::InitIptables(args) => capture::run(args),
-            Command::Inject(cmd) => inject::run(cmd),
+            Command::Inject(cmd) => inject::run(cmd).await,
             Command::Up(args) => up::run(args).await,
         }
     });
