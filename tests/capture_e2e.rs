@@ -362,8 +362,10 @@ fn two_pods_talk_through_their_sidecars_with_mutual_tls_and_policy() {
         &ca_dir,
         "https://127.0.0.1:7443",
         "spiffe://cluster.local/ns/shop/sa/backend",
+        // (Continuing the `admin:` section test-support writes: the app's rewritten probe.)
         &format!(
-            "inbound:\n  listen: 0.0.0.0:15006\n  app: 127.0.0.1:9\n  captured: true\npolicy:\n  path: {}\n",
+            "  probes:\n    - path: /app-health/app/readiness\n      port: 8080\n      http_path: /hello\n\
+             inbound:\n  listen: 0.0.0.0:15006\n  app: 127.0.0.1:9\n  captured: true\npolicy:\n  path: {}\n",
             policy.display()
         ),
     );
@@ -443,6 +445,19 @@ fn two_pods_talk_through_their_sidecars_with_mutual_tls_and_policy() {
         plaintext.starts_with("400 hush: this port only accepts mutual TLS 1.3"),
         "{plaintext}"
     );
+
+    // The kubelet's probe, rewritten to the admin port (never captured), is checked by the
+    // sidecar against the app.
+    let probe = backend.run_ok(&[
+        PYTHON,
+        "-c",
+        GET,
+        &format!(
+            "http://{}/app-health/app/readiness",
+            backend_sidecar.admin()
+        ),
+    ]);
+    assert_eq!(probe.trim(), "200 ok: the app answered 200 OK");
 
     let metrics = backend.run_ok(&[
         PYTHON,

@@ -89,6 +89,18 @@ fn an_injected_pod_is_a_valid_pod_and_injection_is_idempotent() {
         .collect();
     assert_eq!(names, ["hush-init", "hush-proxy"]);
 
+    // The sidecar's configuration, as projected from the annotation, is one it accepts.
+    let proxy_yaml = pod["metadata"]["annotations"]["hush.dev/proxy-config"]
+        .as_str()
+        .expect("the proxy configuration annotation");
+    let proxy =
+        hush_proxy::ProxyConfig::from_yaml(proxy_yaml, "hush.dev/proxy-config", Path::new("/"))
+            .unwrap_or_else(|e| panic!("{e}\n{proxy_yaml}"));
+    assert!(proxy.inbound.as_ref().unwrap().captured);
+    assert_eq!(proxy.admin.probes.len(), 1);
+    assert_eq!(proxy.admin.probes[0].path, "/app-health/backend/readiness");
+    assert_eq!(proxy.admin.probes[0].http_path.as_deref(), Some("/healthz"));
+
     // Sent again (a pod re-admitted with its sidecar), nothing changes.
     let mut again = review.clone();
     again["request"]["object"] = pod.clone();

@@ -244,6 +244,7 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
             }),
             admin: AdminConfig {
                 listen: ([127, 0, 0, 1], 0).into(),
+                probes: Vec::new(),
             },
             limits: Limits::default(),
             shutdown_grace: Duration::from_secs(2),

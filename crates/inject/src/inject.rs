@@ -248,9 +248,10 @@ pub fn mutate(pod: &Pod, config: &InjectorConfig) -> Result<Outcome, InjectError
         .flat_map(|c| c.ports.iter().flatten())
         .find_map(|p| u16::try_from(p.container_port).ok())
         .unwrap_or(8080);
-    let proxy_config = proxy_config(config, app_port);
-
     let mut injected = pod.clone();
+    let spec = injected.spec.get_or_insert_with(Default::default);
+    let probes = rewrite_probes(&mut spec.containers, config.admin_port);
+    let proxy_config = proxy_config(config, app_port, &probes);
     let meta = &mut injected.metadata;
     let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(STATUS_ANNOTATION.into(), "injected".into());
@@ -341,8 +342,67 @@ fn decide(body: &[u8], config: &InjectorConfig) -> AdmissionReview<DynamicObject
     }
 }
 
+/// An app probe moved to the sidecar's admin port: the admin path, the app's port, and for an
+/// HTTP probe the path to GET.
+#[derive(Debug, PartialEq, Eq)]
+struct MovedProbe {
+    path: String,
+    port: u16,
+    http_path: Option<String>,
+}
+
+/// Points the app containers' HTTP and TCP probes at the sidecar's admin port, which is never
+/// captured, and returns what the sidecar must check in their place. Under strict mutual TLS
+/// the kubelet's plaintext probes could not reach the app otherwise. HTTPS, gRPC and exec
+/// probes are left as they are.
+fn rewrite_probes(containers: &mut [Container], admin_port: u16) -> Vec<MovedProbe> {
+    let mut moved = Vec::new();
+    for container in containers {
+        let ports: Vec<ContainerPort> = container.ports.clone().unwrap_or_default();
+        let resolve = |port: &IntOrString| match port {
+            IntOrString::Int(n) => u16::try_from(*n).ok(),
+            IntOrString::String(name) => ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .and_then(|p| u16::try_from(p.container_port).ok()),
+        };
+        let name = container.name.clone();
+        for (kind, probe) in [
+            ("liveness", &mut container.liveness_probe),
+            ("readiness", &mut container.readiness_probe),
+            ("startup", &mut container.startup_probe),
+        ] {
+            let Some(probe) = probe else { continue };
+            let path = format!("/app-health/{name}/{kind}");
+            let target = match (&probe.http_get, &probe.tcp_socket) {
+                (Some(get), _) if get.scheme.as_deref().is_none_or(|s| s == "HTTP") => {
+                    resolve(&get.port)
+                        .map(|port| (port, Some(get.path.clone().unwrap_or_else(|| "/".into()))))
+                }
+                (None, Some(tcp)) => resolve(&tcp.port).map(|port| (port, None)),
+                _ => None,
+            };
+            let Some((port, http_path)) = target else {
+                continue;
+            };
+            probe.tcp_socket = None;
+            probe.http_get = Some(HTTPGetAction {
+                path: Some(path.clone()),
+                port: IntOrString::Int(i32::from(admin_port)),
+                ..Default::default()
+            });
+            moved.push(MovedProbe {
+                path,
+                port,
+                http_path,
+            });
+        }
+    }
+    moved
+}
+
 /// The sidecar's YAML configuration (see `examples/proxy/reference.yaml`).
-fn proxy_config(config: &InjectorConfig, app_port: u16) -> String {
+fn proxy_config(config: &InjectorConfig, app_port: u16, probes: &[MovedProbe]) -> String {
     let mut yaml = String::new();
     let _ = write!(
         yaml,
@@ -352,6 +412,22 @@ fn proxy_config(config: &InjectorConfig, app_port: u16) -> String {
          admin:\n  listen: 0.0.0.0:{}\n",
         config.ca_address, config.inbound_port, config.outbound_port, config.admin_port
     );
+    if !probes.is_empty() {
+        yaml.push_str("  probes:\n");
+        // Paths come from the pod: written as JSON strings, which YAML reads as they are.
+        let quoted = |text: &str| serde_json::to_string(text).unwrap_or_default();
+        for probe in probes {
+            let _ = write!(
+                yaml,
+                "    - path: {}\n      port: {}\n",
+                quoted(&probe.path),
+                probe.port
+            );
+            if let Some(http_path) = &probe.http_path {
+                let _ = writeln!(yaml, "      http_path: {}", quoted(http_path));
+            }
+        }
+    }
     if config.policy_configmap.is_some() {
         let _ = write!(yaml, "policy:\n  path: {POLICY_DIR}\n");
     }
@@ -657,9 +733,14 @@ mod tests {
         let security = proxy.security_context.as_ref().unwrap();
         assert_eq!(security.run_as_user, Some(1337));
         assert_eq!(security.run_as_non_root, Some(true));
-        // The app container is untouched.
+        // The app container keeps everything but its probe, which now asks the sidecar.
         assert_eq!(spec.containers.len(), 1);
         assert_eq!(spec.containers[0].name, "backend");
+        let readiness = spec.containers[0].readiness_probe.as_ref().unwrap();
+        let get = readiness.http_get.as_ref().unwrap();
+        assert_eq!(get.path.as_deref(), Some("/app-health/backend/readiness"));
+        assert_eq!(get.port, IntOrString::Int(15020));
+        assert_eq!(readiness.period_seconds, Some(10), "timings are kept");
 
         let volumes: Vec<&str> = spec
             .volumes
@@ -698,7 +779,7 @@ mod tests {
             "app: 127.0.0.1:8080",
             "captured: true",
             "transparent:\n  listen: 0.0.0.0:15001",
-            "admin:\n  listen: 0.0.0.0:15020",
+            "admin:\n  listen: 0.0.0.0:15020\n  probes:\n    - path: \"/app-health/backend/readiness\"\n      port: 8080\n      http_path: \"/healthz\"",
             "policy:\n  path: /etc/hush/policy",
         ] {
             assert!(proxy_yaml.contains(needle), "{needle:?} in\n{proxy_yaml}");
@@ -792,6 +873,42 @@ mod tests {
                 "{answer}"
             );
         }
+    }
+
+    #[test]
+    fn tcp_and_named_port_probes_move_and_others_stay() {
+        let (_, pod) = admit(&request(|object| {
+            let app = &mut object["spec"]["containers"][0];
+            app["livenessProbe"] = serde_json::json!({"tcpSocket": {"port": "http"}});
+            app["startupProbe"] = serde_json::json!({"exec": {"command": ["true"]}});
+            app["readinessProbe"] =
+                serde_json::json!({"httpGet": {"port": 8443, "scheme": "HTTPS"}});
+        }));
+        let pod = pod.unwrap();
+        let app = &pod.spec.as_ref().unwrap().containers[0];
+        let liveness = app.liveness_probe.as_ref().unwrap();
+        assert!(liveness.tcp_socket.is_none());
+        assert_eq!(
+            liveness.http_get.as_ref().unwrap().path.as_deref(),
+            Some("/app-health/backend/liveness")
+        );
+        assert!(app.startup_probe.as_ref().unwrap().exec.is_some());
+        assert_eq!(
+            app.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .port,
+            IntOrString::Int(8443)
+        );
+        let proxy_yaml = &pod.metadata.annotations.as_ref().unwrap()[CONFIG_ANNOTATION];
+        assert!(
+            proxy_yaml.contains("- path: \"/app-health/backend/liveness\"\n      port: 8080\n"),
+            "{proxy_yaml}"
+        );
+        assert!(!proxy_yaml.contains("readiness"), "{proxy_yaml}");
     }
 
     #[test]

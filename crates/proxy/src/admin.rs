@@ -8,6 +8,7 @@
 //! | `GET /certs` | the workload certificate and the trust bundle, as JSON |
 //! | `GET /policy` | the identity policy in force, and why changed files were refused, as JSON |
 //! | `POST /shutdown` | drain and exit, as on SIGTERM (for Jobs, whose app exits first) |
+//! | `GET /app-health/…` | the app's kubelet probes, as configured in `admin.probes` |
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use tracing::{debug, info};
 use crate::identity::{IdentityStatus, unix_seconds};
 use crate::metrics::Metrics;
 use crate::policy::PolicyEnforcer;
+use crate::probe::AppProbe;
 
 pub(crate) struct Admin {
     pub(crate) metrics: Metrics,
@@ -38,6 +40,8 @@ pub(crate) struct Admin {
     pub(crate) draining: CancellationToken,
     pub(crate) shutdown_requested: CancellationToken,
     pub(crate) policy: Option<Arc<PolicyEnforcer>>,
+    /// The app's rewritten kubelet probes.
+    pub(crate) probes: Vec<AppProbe>,
 }
 
 impl Admin {
@@ -61,7 +65,15 @@ impl Admin {
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
                     let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.answer(&request)) }
+                    async move {
+                        let probe = (request.method() == Method::GET)
+                            .then(|| this.probes.iter().find(|p| p.path == request.uri().path()))
+                            .flatten();
+                        Ok::<_, Infallible>(match probe {
+                            Some(probe) => probe.check().await,
+                            None => this.answer(&request),
+                        })
+                    }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())

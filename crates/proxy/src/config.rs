@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hush_identity::SpiffeId;
+
+use crate::probe::{APP_HEALTH_PREFIX, AppProbe};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
@@ -192,6 +194,10 @@ pub struct AdminConfig {
     /// Address of `/live`, `/ready`, `/metrics`, `/certs` and `POST /shutdown`.
     #[serde(default = "defaults::admin_listen")]
     pub listen: SocketAddr,
+    /// The app's kubelet probes, rewritten to this port by the injector: each path answers
+    /// with the outcome of the original check against the app on 127.0.0.1.
+    #[serde(default)]
+    pub probes: Vec<AppProbe>,
 }
 
 /// Timeouts and caps, with defaults meant for production.
@@ -354,6 +360,37 @@ impl ProxyConfig {
             ));
         }
 
+        for (i, probe) in self.admin.probes.iter().enumerate() {
+            let field = format!("admin.probes[{i}]");
+            if !probe.path.starts_with(APP_HEALTH_PREFIX) {
+                return Err(invalid(
+                    &format!("{field}.path"),
+                    format!("{:?} must start with {APP_HEALTH_PREFIX}", probe.path),
+                ));
+            }
+            if probe.port == 0 {
+                return Err(invalid(
+                    &format!("{field}.port"),
+                    "must not be 0".to_string(),
+                ));
+            }
+            if probe
+                .http_path
+                .as_ref()
+                .is_some_and(|p| !p.starts_with('/'))
+            {
+                return Err(invalid(
+                    &format!("{field}.http_path"),
+                    "must start with /".to_string(),
+                ));
+            }
+            if self.admin.probes[..i].iter().any(|p| p.path == probe.path) {
+                return Err(invalid(
+                    &format!("{field}.path"),
+                    format!("{:?} is listed twice", probe.path),
+                ));
+            }
+        }
         if self.policy.is_some() && self.inbound.is_none() {
             return Err(invalid(
                 "policy",
@@ -522,6 +559,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: defaults::admin_listen(),
+            probes: Vec::new(),
         }
     }
 }

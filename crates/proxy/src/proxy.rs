@@ -227,6 +227,7 @@ impl Proxy {
             draining: lifecycle.draining.clone(),
             shutdown_requested: shutdown_requested.clone(),
             policy: policy.clone(),
+            probes: config.admin.probes.clone(),
         });
         let policy_task = policy
             .clone()
