@@ -532,7 +532,8 @@ fn init_container(config: &InjectorConfig, capture: &CaptureRules) -> Container 
             run_as_user: Some(0),
             run_as_non_root: Some(false),
             allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
+            // iptables takes its lock in /run/xtables.lock.
+            read_only_root_filesystem: Some(false),
             capabilities: Some(Capabilities {
                 add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
                 drop: Some(vec!["ALL".into()]),
