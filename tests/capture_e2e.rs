@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use hush_test_support::{
-    CaProcess, HushProcess, ProxyProcess, READY_TIMEOUT, describe_output, write_sidecar_config,
+    CaProcess, HushProcess, ProxyProcess, describe_output, write_sidecar_config,
 };
 
 const HUSH: &str = env!("CARGO_BIN_EXE_hush");
@@ -141,11 +141,16 @@ impl Netns {
 
     /// Starts the original-destination server on `port`, answering `LABEL addr:port`.
     fn server(&self, port: &str, label: &str) -> Server {
+        self.spawn_ready(&[PYTHON, "-c", ORIGINAL_DST_SERVER, port, label])
+    }
+
+    /// Starts `args` and waits for the `ready` line it prints once it listens.
+    fn spawn_ready(&self, args: &[&str]) -> Server {
         let mut child = self
-            .command(&[PYTHON, "-c", ORIGINAL_DST_SERVER, port, label])
+            .command(args)
             .stdout(Stdio::piped())
             .spawn()
-            .expect("python3");
+            .expect("spawn in the namespace");
         let mut ready = String::new();
         BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut ready)
@@ -156,22 +161,17 @@ impl Netns {
 
     /// Connects to `addr:port` as `uid`; what the client saw.
     fn dial(&self, uid: &str, addr: &str, port: &str) -> String {
-        self.run_ok(&[
-            "setpriv",
-            "--reuid",
-            uid,
-            "--regid",
-            uid,
-            "--clear-groups",
-            PYTHON,
-            "-c",
-            CLIENT,
-            addr,
-            port,
-        ])
-        .trim()
-        .to_string()
+        self.run_ok(&as_user(uid, &[PYTHON, "-c", CLIENT, addr, port]))
+            .trim()
+            .to_string()
     }
+}
+
+/// `command` run as `uid` (and the same gid, no supplementary groups).
+fn as_user<'a>(uid: &'a str, command: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["setpriv", "--reuid", uid, "--regid", uid, "--clear-groups"];
+    args.extend_from_slice(command);
+    args
 }
 
 impl Drop for Netns {
@@ -347,8 +347,8 @@ fn two_pods_talk_through_their_sidecars_with_mutual_tls_and_policy() {
             "10.200.0.2",
         ],
     );
-    ca.wait_for_line(|l| l.starts_with(CaProcess::READY_PREFIX), READY_TIMEOUT)
-        .expect("the CA starts in the backend pod");
+    ca.wait_until_ready(CaProcess::READY_PREFIX)
+        .unwrap_or_else(|e| panic!("the CA does not start in the backend pod: {e}"));
 
     let policy = temp.path().join("policy.yaml");
     std::fs::write(
@@ -384,43 +384,11 @@ fn two_pods_talk_through_their_sidecars_with_mutual_tls_and_policy() {
         HUSH,
         &frontend_config,
     );
-    let mut app = Server(
-        backend
-            .command(&[
-                "setpriv",
-                "--reuid",
-                "1000",
-                "--regid",
-                "1000",
-                "--clear-groups",
-                PYTHON,
-                "-c",
-                APP,
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the app"),
-    );
-    let mut ready = String::new();
-    BufReader::new(app.0.stdout.take().expect("stdout"))
-        .read_line(&mut ready)
-        .unwrap();
-    assert_eq!(ready.trim(), "ready");
+    let _app = backend.spawn_ready(&as_user("1000", &[PYTHON, "-c", APP]));
 
     let get_as = |uid: &str, url: &str| {
         frontend
-            .run_ok(&[
-                "setpriv",
-                "--reuid",
-                uid,
-                "--regid",
-                uid,
-                "--clear-groups",
-                PYTHON,
-                "-c",
-                GET,
-                url,
-            ])
+            .run_ok(&as_user(uid, &[PYTHON, "-c", GET, url]))
             .trim()
             .to_string()
     };

@@ -251,11 +251,8 @@ async fn the_webhook_answers_over_tls() {
         ],
     );
     let ready = webhook
-        .wait_for_line(
-            |l| l.starts_with("hush inject: serving AdmissionReview on "),
-            hush_test_support::READY_TIMEOUT,
-        )
-        .unwrap();
+        .wait_until_ready("hush inject: serving AdmissionReview on ")
+        .unwrap_or_else(|e| panic!("{e}"));
     let addr: std::net::SocketAddr = ready
         .trim_start_matches("hush inject: serving AdmissionReview on https://")
         .trim_end_matches("/inject")

@@ -15,7 +15,7 @@ use hush_inject::InjectorConfig;
 use hush_tls::CredentialStore;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -135,9 +135,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 let config = config.clone();
                 async move { Ok::<_, std::convert::Infallible>(answer(request, &config).await) }
             });
-            let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // A client that trickles its request head does not hold a connection for long.
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT);
+            let served = builder.serve_connection(TokioIo::new(tls), service).await;
             if let Err(e) = served {
                 debug!(%peer, error = %e, "webhook connection ended");
             }

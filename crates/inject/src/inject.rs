@@ -403,6 +403,9 @@ fn rewrite_probes(containers: &mut [Container], admin_port: u16) -> Vec<MovedPro
 
 /// The sidecar's YAML configuration (see `examples/proxy/reference.yaml`).
 fn proxy_config(config: &InjectorConfig, app_port: u16, probes: &[MovedProbe]) -> String {
+    // Strings from configuration and pods are written as JSON strings, which YAML reads as
+    // they are, whatever characters they hold.
+    let quoted = |text: &str| serde_json::to_string(text).unwrap_or_default();
     let mut yaml = String::new();
     let _ = write!(
         yaml,
@@ -410,12 +413,13 @@ fn proxy_config(config: &InjectorConfig, app_port: u16, probes: &[MovedProbe]) -
          inbound:\n  listen: 0.0.0.0:{}\n  app: 127.0.0.1:{app_port}\n  captured: true\n\
          transparent:\n  listen: 0.0.0.0:{}\n\
          admin:\n  listen: 0.0.0.0:{}\n",
-        config.ca_address, config.inbound_port, config.outbound_port, config.admin_port
+        quoted(&config.ca_address),
+        config.inbound_port,
+        config.outbound_port,
+        config.admin_port
     );
     if !probes.is_empty() {
         yaml.push_str("  probes:\n");
-        // Paths come from the pod: written as JSON strings, which YAML reads as they are.
-        let quoted = |text: &str| serde_json::to_string(text).unwrap_or_default();
         for probe in probes {
             let _ = write!(
                 yaml,
@@ -775,7 +779,7 @@ mod tests {
         assert_eq!(annotations[STATUS_ANNOTATION], "injected");
         let proxy_yaml = &annotations[CONFIG_ANNOTATION];
         for needle in [
-            "address: https://hush-ca.hush-system.svc:8443",
+            "address: \"https://hush-ca.hush-system.svc:8443\"",
             "token_file: /var/run/secrets/hush/token/token",
             "app: 127.0.0.1:8080",
             "captured: true",

@@ -11,6 +11,7 @@
 //! | `GET /app-health/…` | the app's kubelet probes, as configured in `admin.probes` |
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -49,7 +50,7 @@ impl Admin {
     /// can say "draining" while connections finish.
     pub(crate) async fn run(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
         loop {
-            let (tcp, _) = tokio::select! {
+            let (tcp, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -71,7 +72,7 @@ impl Admin {
                             .flatten();
                         Ok::<_, Infallible>(match probe {
                             Some(probe) => probe.check().await,
-                            None => this.answer(&request),
+                            None => this.answer(&request, peer),
                         })
                     }
                 });
@@ -86,7 +87,7 @@ impl Admin {
         }
     }
 
-    fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    fn answer(&self, request: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let method = request.method();
         match request.uri().path() {
             "/live" if method == Method::GET => text(StatusCode::OK, "live\n".to_string()),
@@ -103,6 +104,10 @@ impl Admin {
             }
             "/certs" if method == Method::GET => self.certs(),
             "/policy" if method == Method::GET => self.policy(),
+            "/shutdown" if method == Method::POST && !may_shut_down(peer) => text(
+                StatusCode::FORBIDDEN,
+                "shutdown is only taken from this pod (a loopback address)\n".to_string(),
+            ),
             "/shutdown" if method == Method::POST => {
                 info!("shutdown requested on the admin port");
                 self.shutdown_requested.cancel();
@@ -254,6 +259,13 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response
 }
 
+/// In a pod the admin port listens on the pod's address, for the kubelet's probes, and is not
+/// captured; only the pod itself (a Job's app, on loopback) may stop the sidecar.
+fn may_shut_down(peer: SocketAddr) -> bool {
+    peer.ip().is_loopback()
+        || matches!(peer.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()))
+}
+
 /// A report as pretty JSON.
 fn json(report: &impl Serialize) -> Response<Full<Bytes>> {
     let body = serde_json::to_string_pretty(report)
@@ -264,4 +276,19 @@ fn json(report: &impl Serialize) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_may_shut_the_sidecar_down() {
+        for peer in ["127.0.0.1:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
+            assert!(may_shut_down(peer.parse().unwrap()), "{peer}");
+        }
+        for peer in ["10.1.2.3:5000", "[fd00::1]:5000", "[::ffff:10.1.2.3]:5000"] {
+            assert!(!may_shut_down(peer.parse().unwrap()), "{peer}");
+        }
+    }
 }

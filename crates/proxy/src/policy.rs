@@ -108,12 +108,7 @@ pub(crate) struct PolicyEnforcer {
     path: PathBuf,
     default: DefaultAction,
     access_log: AccessLog,
-    /// The configured app's port: what HTTP rules are checked against when the inbound
-    /// listener serves opaque TCP.
-    app_port: u16,
-    /// The inbound listener serves opaque TCP only, so rules naming HTTP fields are errors.
-    opaque: bool,
-    trust_domain: TrustDomain,
+    checks: SidecarChecks,
     metrics: Metrics,
     loaded: ArcSwap<Loaded>,
     /// The loaded set narrowed to this workload; rebuilt when either changes.
@@ -121,6 +116,36 @@ pub(crate) struct PolicyEnforcer {
     /// What the last look at the files found, so an unchanged file (good or broken) is not
     /// parsed, logged and counted every second.
     last_seen: Mutex<Seen>,
+}
+
+/// What a policy is checked against beyond its own rules: this sidecar's trust domain and port.
+struct SidecarChecks {
+    trust_domain: TrustDomain,
+    /// The inbound listener serves opaque TCP only, so rules naming HTTP fields are errors.
+    opaque: bool,
+    /// The configured app's port: what such rules are checked against.
+    app_port: u16,
+}
+
+impl SidecarChecks {
+    /// Parses `sources` and checks them against this sidecar: principals of another trust
+    /// domain, and HTTP rules on an opaque TCP port.
+    fn validate(
+        &self,
+        sources: &[Source],
+        own: Option<&SpiffeId>,
+    ) -> Result<PolicySet, Vec<PolicyError>> {
+        let set = PolicySet::parse(sources)?;
+        let mut errors = set.foreign_principals(&self.trust_domain);
+        if self.opaque {
+            errors.extend(set.http_rules_on_tcp_port(own, self.app_port));
+        }
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(errors)
+        }
+    }
 }
 
 struct Loaded {
@@ -168,58 +193,34 @@ impl PolicyEnforcer {
             errors,
         };
         let sources = read_policy_sources(&config.path).map_err(|e| refused(vec![e]))?;
-        let mut enforcer = Self {
+        let checks = SidecarChecks {
+            trust_domain,
+            opaque: protocol == Protocol::Tcp,
+            app_port: app.port(),
+        };
+        let set = checks.validate(&sources, None).map_err(refused)?;
+        metrics.policies_loaded(set.len());
+        Ok(Self {
             path: config.path.clone(),
             default: match config.default {
                 DefaultPolicy::Allow => DefaultAction::Allow,
                 DefaultPolicy::Deny => DefaultAction::Deny,
             },
             access_log: config.access_log,
-            app_port: app.port(),
-            opaque: protocol == Protocol::Tcp,
-            trust_domain,
+            checks,
             metrics,
             loaded: ArcSwap::from_pointee(Loaded {
-                generation: 0,
-                set: PolicySet::default(),
-                sources: Vec::new(),
+                generation: 1,
+                set,
+                sources: sources.clone(),
                 loaded_at: SystemTime::now(),
             }),
             view: ArcSwapOption::empty(),
-            last_seen: Mutex::new(Seen::default()),
-        };
-        let set = enforcer.validate(&sources, None).map_err(refused)?;
-        enforcer.metrics.policies_loaded(set.len());
-        enforcer.loaded = ArcSwap::from_pointee(Loaded {
-            generation: 1,
-            set,
-            sources: sources.clone(),
-            loaded_at: SystemTime::now(),
-        });
-        *enforcer.seen() = Seen {
-            sources: Some(sources),
-            ..Seen::default()
-        };
-        Ok(enforcer)
-    }
-
-    /// Parses `sources` and checks them against this sidecar: principals of another trust
-    /// domain, and HTTP rules on an opaque TCP port.
-    fn validate(
-        &self,
-        sources: &[Source],
-        own: Option<&SpiffeId>,
-    ) -> Result<PolicySet, Vec<PolicyError>> {
-        let set = PolicySet::parse(sources)?;
-        let mut errors = set.foreign_principals(&self.trust_domain);
-        if self.opaque {
-            errors.extend(set.http_rules_on_tcp_port(own, self.app_port));
-        }
-        if errors.is_empty() {
-            Ok(set)
-        } else {
-            Err(errors)
-        }
+            last_seen: Mutex::new(Seen {
+                sources: Some(sources),
+                ..Seen::default()
+            }),
+        })
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
@@ -319,7 +320,7 @@ impl PolicyEnforcer {
             .load()
             .as_ref()
             .and_then(|view| view.own.parse::<SpiffeId>().ok());
-        match self.validate(&sources, own.as_ref()) {
+        match self.checks.validate(&sources, own.as_ref()) {
             Ok(set) => {
                 let generation = loaded.generation + 1;
                 info!(
@@ -365,14 +366,14 @@ impl PolicyEnforcer {
         let loaded = self.loaded.load_full();
         let workload = own.parse::<SpiffeId>().ok();
         if let Some(workload) = &workload
-            && self.opaque
+            && self.checks.opaque
         {
             // Known only now that the workload's identity is: namespaced and selected policies
             // could not be checked at load. Such rules still fail closed (a DENY rule naming
             // HTTP fields refuses the connection) until the policy is fixed.
             for error in loaded
                 .set
-                .http_rules_on_tcp_port(Some(workload), self.app_port)
+                .http_rules_on_tcp_port(Some(workload), self.checks.app_port)
             {
                 error!("policy error for this workload: {error}");
             }

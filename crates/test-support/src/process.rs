@@ -190,6 +190,17 @@ impl HushProcess {
         self.child.id()
     }
 
+    /// Waits (bounded by [`READY_TIMEOUT`]) for the line starting with `prefix` that says the
+    /// process is ready; if it exits or stays silent, what it printed.
+    pub fn wait_until_ready(&mut self, prefix: &str) -> Result<String, StartError> {
+        self.wait_for_line(|l| l.starts_with(prefix), READY_TIMEOUT)
+            .map_err(|message| StartError {
+                status: self.wait_exit(Duration::ZERO),
+                message,
+                stderr: self.stderr(),
+            })
+    }
+
     /// Waits up to `timeout` for a stdout line that satisfies `wanted` and returns it. Fails,
     /// with everything the process printed, if the process closes stdout (usually: it exited)
     /// or the time runs out.
@@ -392,18 +403,7 @@ impl CaProcess {
         ];
         args.extend(extra_args.iter().map(|a| OsStr::new(*a)));
         let mut process = HushProcess::spawn_with_env(bin, &args, env);
-        let line = match process.wait_for_line(|l| l.starts_with(Self::READY_PREFIX), READY_TIMEOUT)
-        {
-            Ok(line) => line,
-            Err(message) => {
-                let status = process.wait_exit(Duration::ZERO);
-                return Err(StartError {
-                    status,
-                    message,
-                    stderr: process.stderr(),
-                });
-            }
-        };
+        let line = process.wait_until_ready(Self::READY_PREFIX)?;
         let (url, trust_domain) = parse_ready_line(&line).unwrap_or_else(|| {
             panic!("cannot read the URL and trust domain from the readiness line {line:?}")
         });
@@ -495,18 +495,7 @@ impl ProxyProcess {
     }
 
     fn spawn_and_wait(mut process: HushProcess) -> Result<Self, StartError> {
-        let ready =
-            match process.wait_for_line(|l| l.starts_with(Self::READY_PREFIX), READY_TIMEOUT) {
-                Ok(line) => line,
-                Err(message) => {
-                    let status = process.wait_exit(Duration::ZERO);
-                    return Err(StartError {
-                        status,
-                        message,
-                        stderr: process.stderr(),
-                    });
-                }
-            };
+        let ready = process.wait_until_ready(Self::READY_PREFIX)?;
         let spiffe_id = ready
             .strip_prefix(Self::READY_PREFIX)
             .and_then(|rest| rest.split_whitespace().next())
