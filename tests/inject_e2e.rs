@@ -248,6 +248,8 @@ async fn the_webhook_answers_over_tls() {
             temp.path().join("tls.key").to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
+            "--reload-interval",
+            "100ms",
         ],
     );
     let ready = webhook
@@ -296,6 +298,37 @@ async fn the_webhook_answers_over_tls() {
         let _ = plain.read_to_end(&mut reply);
         assert!(!reply.starts_with(b"HTTP/"), "{reply:?}");
     }
+
+    // A broken renewal is reported and the certificate in use stays.
+    let replace = |name: &str, text: &str| {
+        let staged = temp.path().join(format!("{name}.new"));
+        std::fs::write(&staged, text).unwrap();
+        std::fs::rename(&staged, temp.path().join(name)).unwrap();
+    };
+    replace(
+        "tls.crt",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    wait_for(&webhook, "keeping the webhook certificate in use");
+    let review = std::fs::read(fixture()).unwrap();
+    let (status, _) = post(addr, &root, "/inject", review).await.unwrap();
+    assert_eq!(status, 200, "the old certificate still serves");
+
+    // A renewed certificate (as cert-manager writes one) is served without a restart.
+    let renewed_key = rcgen::KeyPair::generate().unwrap();
+    let renewed = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&renewed_key)
+        .unwrap();
+    replace("tls.key", &renewed_key.serialize_pem());
+    replace("tls.crt", &renewed.pem());
+    wait_for(&webhook, "serving the renewed webhook certificate");
+    let review = std::fs::read(fixture()).unwrap();
+    let (status, _) = post(addr, renewed.der(), "/inject", review).await.unwrap();
+    assert_eq!(status, 200);
+    let old = post(addr, &root, "/inject", Vec::new()).await;
+    assert!(old.is_err(), "the old certificate is no longer served");
+
     let stderr = webhook.stderr();
     assert!(
         stderr.contains("injected the sidecar into a pod"),
@@ -305,4 +338,17 @@ async fn the_webhook_answers_over_tls() {
         stderr.contains("refused a pod: hush-inject: the request is not an AdmissionReview"),
         "{stderr}"
     );
+}
+
+/// Waits until the process has logged `needle` (it polls its files every 100 ms).
+fn wait_for(process: &hush_test_support::HushProcess, needle: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !process.stderr().contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in:\n{}",
+            process.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -333,6 +333,12 @@ fn ca_params(td: &TrustDomain, common_name: &str) -> CertificateParams {
 }
 
 /// A private key readable by other users is refused: someone may already have copied it.
+///
+/// One exception, for Kubernetes: in a volume the kubelet manages (a Secret mount, recognisable
+/// by its `..data` link), the pod's `fsGroup` is what lets a non-root CA read the key, and the
+/// kubelet makes the file group-readable for it (0440). That group belongs to the pod, whose
+/// containers alone see the volume, so group read is accepted there; group write and anything
+/// for others are still refused.
 fn check_key_mode(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::PermissionsExt;
     let meta = fs::metadata(path).map_err(|source| StoreError::Io {
@@ -340,16 +346,37 @@ fn check_key_mode(path: &Path) -> Result<(), StoreError> {
         source,
     })?;
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(StoreError::Invalid {
-            path: path.to_path_buf(),
-            reason: format!(
+    let kubelet_volume = in_kubelet_volume(path);
+    let forbidden = if kubelet_volume { 0o037 } else { 0o077 };
+    if mode & forbidden != 0 {
+        let reason = if kubelet_volume {
+            format!(
+                "private key in a Kubernetes volume is writable by its group or readable by \
+                 others (mode {mode:03o}); mount the Secret with defaultMode 0400 (the pod's \
+                 fsGroup adds group read)"
+            )
+        } else {
+            format!(
                 "private key is readable by group or others (mode {mode:03o}); run `chmod 600 {}`",
                 path.display()
-            ),
+            )
+        };
+        return Err(StoreError::Invalid {
+            path: path.to_path_buf(),
+            reason,
         });
     }
     Ok(())
+}
+
+/// The kubelet writes Secret and ConfigMap volumes as links into a `..data` directory it swaps
+/// atomically; a key reached through such a link is in one.
+fn in_kubelet_volume(path: &Path) -> bool {
+    let is_link = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+    is_link(path)
+        && path
+            .parent()
+            .is_some_and(|dir| is_link(&dir.join("..data")))
 }
 
 #[cfg(test)]
@@ -408,6 +435,53 @@ mod tests {
         let key = ca.path().join(INTERMEDIATE_KEY);
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
         let err = ca.load().err().unwrap();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    /// The layout the kubelet gives a Secret volume: files are links into `..data`, itself a
+    /// link to a timestamped directory.
+    fn kubelet_secret_volume(files: &Path, key_mode: u32) -> PathBuf {
+        let mount = files.parent().unwrap().join("mount");
+        let stamped = mount.join("..2026_11_28_14_00_00.000000001");
+        fs::create_dir_all(&stamped).unwrap();
+        for name in [BUNDLE, INTERMEDIATE_CERT, INTERMEDIATE_KEY] {
+            fs::copy(files.join(name), stamped.join(name)).unwrap();
+            std::os::unix::fs::symlink(format!("..data/{name}"), mount.join(name)).unwrap();
+        }
+        std::os::unix::fs::symlink("..2026_11_28_14_00_00.000000001", mount.join("..data"))
+            .unwrap();
+        fs::set_permissions(
+            stamped.join(INTERMEDIATE_KEY),
+            fs::Permissions::from_mode(key_mode),
+        )
+        .unwrap();
+        mount
+    }
+
+    #[test]
+    fn a_secret_volume_may_give_the_pods_group_read_but_no_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = dir.path().join("ca");
+        CaDir::new(&files).init(&InitOptions::new(td())).unwrap();
+        let mount = kubelet_secret_volume(&files, 0o440);
+        CaDir::new(&mount).load().unwrap();
+
+        for mode in [0o444, 0o460] {
+            fs::set_permissions(
+                mount.join("..data").join(INTERMEDIATE_KEY),
+                fs::Permissions::from_mode(mode),
+            )
+            .unwrap();
+            let err = CaDir::new(&mount).load().err().unwrap();
+            assert!(err.to_string().contains("defaultMode 0400"), "{err}");
+        }
+        // The same group read outside a kubelet volume is refused.
+        fs::set_permissions(
+            files.join(INTERMEDIATE_KEY),
+            fs::Permissions::from_mode(0o440),
+        )
+        .unwrap();
+        let err = CaDir::new(&files).load().err().unwrap();
         assert!(err.to_string().contains("chmod 600"), "{err}");
     }
 

@@ -26,7 +26,7 @@ pub(crate) enum CaCommand {
     #[command(subcommand)]
     Token(TokenCommand),
     /// Serve hush.ca.v1 and the Istio-compatible CA service over gRPC with TLS.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -115,9 +115,14 @@ pub(crate) struct ServeArgs {
     /// How far NotBefore is back-dated, for clock skew.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     backdate: Duration,
-    /// Audit log file (one JSON line per issuance or refusal). Default: DIR/audit.log.
+    /// Audit log file (one JSON line per issuance or refusal). Default: DIR/audit.log. In a
+    /// container, `/dev/stdout` puts it in the container's log (hush's own log is on stderr).
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// Refuse to start unless the CA in DIR is for this trust domain (catches a Secret from
+    /// another cluster, or a chart value that does not match it).
+    #[arg(long)]
+    trust_domain: Option<String>,
     /// Check Kubernetes service-account tokens with TokenReview, using the in-cluster API server
     /// and this pod's service account.
     #[arg(long)]
@@ -154,7 +159,7 @@ pub(crate) async fn run(command: CaCommand) -> Result<()> {
             eprintln!("join token {} revoked", args.id);
             Ok(())
         }
-        CaCommand::Serve(args) => serve(args).await,
+        CaCommand::Serve(args) => serve(*args).await,
     }
 }
 
@@ -330,8 +335,34 @@ async fn serve(args: ServeArgs) -> Result<()> {
             humantime::format_duration(policy.min_ttl)
         );
     }
+    let expected_domain = args
+        .trust_domain
+        .as_deref()
+        .map(|td| TrustDomain::new(td).with_context(|| format!("invalid --trust-domain {td:?}")))
+        .transpose()?;
     let dir = CaDir::new(&args.dir);
-    let mut setup = build_ca(&dir, policy, args.audit_log, kubernetes.clone(), &args.sans)?;
+    let mut setup = build_ca(&dir, policy, args.audit_log, kubernetes.clone(), &args.sans)
+        .with_context(|| {
+            if kubernetes.is_some() {
+                format!(
+                    "the CA cannot start without its keys: on Kubernetes, create the Secret \
+                     mounted at {} from `hush ca init` output (see the chart's README); hush \
+                     never makes a new root by itself",
+                    args.dir.display()
+                )
+            } else {
+                "the CA cannot start".to_string()
+            }
+        })?;
+    if let Some(expected) = expected_domain
+        && setup.service.authority().trust_domain() != &expected
+    {
+        bail!(
+            "the CA in {} is for trust domain {}, but --trust-domain says {expected}",
+            args.dir.display(),
+            setup.service.authority().trust_domain()
+        );
+    }
     setup.options.shutdown_grace = args.shutdown_grace;
     let listener = TcpListener::bind(args.listen)
         .await

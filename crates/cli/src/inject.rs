@@ -64,6 +64,10 @@ pub(crate) struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
+    /// How often --cert and --key are read again: a renewed certificate (cert-manager, a
+    /// rotated Secret) is served without a restart.
+    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
+    reload_interval: Duration,
 }
 
 pub(crate) async fn run(command: InjectCommand) -> Result<()> {
@@ -75,23 +79,18 @@ pub(crate) async fn run(command: InjectCommand) -> Result<()> {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let config = Arc::new(load_config(&args.config)?);
-    let chain = CertificateDer::pem_file_iter(&args.cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("--cert {}", args.cert.display()))?;
-    if chain.is_empty() {
-        bail!("--cert {}: no certificate in the file", args.cert.display());
-    }
-    let key = PrivateKeyDer::from_pem_file(&args.key)
-        .with_context(|| format!("--key {}", args.key.display()))?;
+    let certificate = WebhookCertificate {
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+    };
+    let (loaded, contents) = certificate.load()?;
     let store = CredentialStore::new();
-    store.install(chain, key).with_context(|| {
-        format!(
-            "--cert {} and --key {}",
-            args.cert.display(),
-            args.key.display()
-        )
-    })?;
-    let tls = hush_tls::server_config(Arc::new(store), None, &[b"h2", b"http/1.1"])?;
+    store
+        .install(loaded.0, loaded.1)
+        .with_context(|| certificate.describe())?;
+    let store = Arc::new(store);
+    tokio::spawn(certificate.watch(store.clone(), contents, args.reload_interval));
+    let tls = hush_tls::server_config(store, None, &[b"h2", b"http/1.1"])?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = TcpListener::bind(args.listen)
         .await
@@ -149,6 +148,79 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     info!("hush inject stopped");
     Ok(())
+}
+
+/// The webhook's serving certificate and key files.
+struct WebhookCertificate {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+type Credentials = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+impl WebhookCertificate {
+    fn describe(&self) -> String {
+        format!(
+            "--cert {} and --key {}",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+
+    /// Reads and parses both files; also returns their bytes, to notice a change later.
+    fn load(&self) -> Result<(Credentials, Vec<u8>)> {
+        let cert_pem = std::fs::read(&self.cert)
+            .with_context(|| format!("cannot read --cert {}", self.cert.display()))?;
+        let key_pem = std::fs::read(&self.key)
+            .with_context(|| format!("cannot read --key {}", self.key.display()))?;
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("--cert {}", self.cert.display()))?;
+        if chain.is_empty() {
+            bail!("--cert {}: no certificate in the file", self.cert.display());
+        }
+        let key = PrivateKeyDer::from_pem_slice(&key_pem)
+            .with_context(|| format!("--key {}", self.key.display()))?;
+        let mut contents = cert_pem;
+        contents.extend_from_slice(&key_pem);
+        Ok(((chain, key), contents))
+    }
+
+    /// Serves a renewed certificate from the next handshake on. A broken or half-written pair
+    /// is reported once and the one in use stays.
+    async fn watch(self, store: Arc<CredentialStore>, mut current: Vec<u8>, every: Duration) {
+        let mut reported: Option<String> = None;
+        loop {
+            tokio::time::sleep(every).await;
+            let outcome = self.load().and_then(|(credentials, contents)| {
+                if contents == current {
+                    return Ok(None);
+                }
+                store
+                    .install(credentials.0, credentials.1)
+                    .with_context(|| self.describe())?;
+                Ok(Some(contents))
+            });
+            match outcome {
+                Ok(None) => {}
+                Ok(Some(contents)) => {
+                    current = contents;
+                    reported = None;
+                    info!(
+                        "serving the renewed webhook certificate from {}",
+                        self.cert.display()
+                    );
+                }
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    if reported.as_ref() != Some(&message) {
+                        warn!("keeping the webhook certificate in use: {message}");
+                        reported = Some(message);
+                    }
+                }
+            }
+        }
+    }
 }
 
 async fn answer(request: Request<Incoming>, config: &InjectorConfig) -> Response<Full<Bytes>> {

@@ -10,9 +10,12 @@
 //! * `hush-proxy`, a native sidecar (an init container with `restartPolicy: Always` and a
 //!   startup probe on `/ready`), so it is ready before the app starts and stops after it;
 //! * volumes: a projected service-account token for the CA (audience `hush-ca`), the trust
-//!   bundle ConfigMap, the policy ConfigMap, and the sidecar's configuration, which is the
+//!   bundle, the policy ConfigMap, and the sidecar's configuration, which is the
 //!   `hush.dev/proxy-config` annotation projected as a file (so `kubectl get pod -o yaml`
-//!   shows exactly what the sidecar runs with).
+//!   shows exactly what the sidecar runs with). The bundle travels the same way, as the
+//!   `hush.dev/trust-bundle` annotation, when the injector's configuration carries it (the
+//!   chart's way: no copy of the bundle is needed in every namespace); otherwise a ConfigMap of
+//!   the pod's namespace is mounted.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -39,6 +42,8 @@ pub const INJECT_KEY: &str = "hush.dev/inject";
 pub const STATUS_ANNOTATION: &str = "hush.dev/status";
 /// The sidecar's configuration, projected into it as `/etc/hush/proxy.yaml`.
 pub const CONFIG_ANNOTATION: &str = "hush.dev/proxy-config";
+/// The trust bundle (PEM) of an injected pod, when the injector's configuration carries one.
+pub const BUNDLE_ANNOTATION: &str = "hush.dev/trust-bundle";
 /// More inbound ports to leave uncaptured, comma-separated.
 pub const EXCLUDE_INBOUND_PORTS: &str = "hush.dev/exclude-inbound-ports";
 /// Outbound ports to leave uncaptured, comma-separated.
@@ -70,7 +75,12 @@ pub struct InjectorConfig {
     pub image_pull_policy: Option<String>,
     /// The CA, `https://host:port`, as the sidecars reach it.
     pub ca_address: String,
-    /// The ConfigMap holding the trust bundle (key `bundle.pem`).
+    /// The trust bundle (PEM). Each injected pod carries it in an annotation, projected as the
+    /// sidecar's bundle file. When absent, `trust_bundle_configmap` is mounted instead.
+    #[serde(default)]
+    pub trust_bundle: Option<String>,
+    /// The ConfigMap of the pod's namespace holding the trust bundle (key `bundle.pem`), used
+    /// when `trust_bundle` is absent.
     #[serde(default = "defaults::bundle_configmap")]
     pub trust_bundle_configmap: String,
     /// The ConfigMap holding policy files; none when absent.
@@ -136,9 +146,14 @@ mod defaults {
 }
 
 impl InjectorConfig {
-    /// Parses the injector's YAML configuration.
+    /// Parses the injector's YAML configuration and checks the trust bundle it carries.
     pub fn from_yaml(text: &str) -> Result<Self, String> {
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+        let config: Self = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(pem) = &config.trust_bundle {
+            hush_identity::TrustBundle::from_pem(pem.as_bytes(), None)
+                .map_err(|e| format!("trust_bundle: {e}"))?;
+        }
+        Ok(config)
     }
 }
 
@@ -256,6 +271,9 @@ pub fn mutate(pod: &Pod, config: &InjectorConfig) -> Result<Outcome, InjectError
     let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(STATUS_ANNOTATION.into(), "injected".into());
     annotations.insert(CONFIG_ANNOTATION.into(), proxy_config);
+    if let Some(bundle) = &config.trust_bundle {
+        annotations.insert(BUNDLE_ANNOTATION.into(), bundle.clone());
+    }
     let spec = injected.spec.get_or_insert_with(Default::default);
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
     volumes.extend(sidecar_volumes(config));
@@ -455,29 +473,18 @@ fn sidecar_volumes(config: &InjectorConfig) -> Vec<Volume> {
             }),
             ..Default::default()
         },
-        Volume {
-            name: "hush-bundle".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: config.trust_bundle_configmap.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        Volume {
-            name: "hush-config".into(),
-            downward_api: Some(DownwardAPIVolumeSource {
-                items: Some(vec![DownwardAPIVolumeFile {
-                    path: "proxy.yaml".into(),
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: format!("metadata.annotations['{CONFIG_ANNOTATION}']"),
-                        ..Default::default()
-                    }),
+        match &config.trust_bundle {
+            Some(_) => annotation_file("hush-bundle", BUNDLE_ANNOTATION, "bundle.pem"),
+            None => Volume {
+                name: "hush-bundle".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: config.trust_bundle_configmap.clone(),
                     ..Default::default()
-                }]),
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
+            },
         },
+        annotation_file("hush-config", CONFIG_ANNOTATION, "proxy.yaml"),
     ];
     if let Some(policy) = &config.policy_configmap {
         volumes.push(Volume {
@@ -492,6 +499,25 @@ fn sidecar_volumes(config: &InjectorConfig) -> Vec<Volume> {
         });
     }
     volumes
+}
+
+/// A volume holding one file, `path`, whose content is the pod's annotation `annotation`.
+fn annotation_file(volume: &str, annotation: &str, path: &str) -> Volume {
+    Volume {
+        name: volume.into(),
+        downward_api: Some(DownwardAPIVolumeSource {
+            items: Some(vec![DownwardAPIVolumeFile {
+                path: path.into(),
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: format!("metadata.annotations['{annotation}']"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 fn init_container(config: &InjectorConfig, capture: &CaptureRules) -> Container {
@@ -673,6 +699,12 @@ mod tests {
         serde_json::to_vec(&review).unwrap()
     }
 
+    /// The pod of the fixture, as the webhook receives it.
+    fn fixture_pod() -> Pod {
+        let review: Value = serde_json::from_str(POD_CREATE).unwrap();
+        serde_json::from_value(review["request"]["object"].clone()).unwrap()
+    }
+
     /// Runs the webhook and applies its patch the way the API server does.
     fn admit(body: &[u8]) -> (Value, Option<Pod>) {
         let answer: Value = serde_json::from_slice(&review(body, &config())).unwrap();
@@ -788,6 +820,70 @@ mod tests {
             "policy:\n  path: /etc/hush/policy",
         ] {
             assert!(proxy_yaml.contains(needle), "{needle:?} in\n{proxy_yaml}");
+        }
+    }
+
+    #[test]
+    fn a_bundle_in_the_configuration_travels_with_the_pod() {
+        let root = hush_test_support::TestCa::new("cluster.local").root_pem();
+        let mut with_bundle = config();
+        with_bundle.trust_bundle = Some(root.clone());
+        let Outcome::Injected(pod) = mutate(&fixture_pod(), &with_bundle).unwrap() else {
+            panic!("not injected");
+        };
+        assert_eq!(
+            pod.metadata.annotations.as_ref().unwrap()[BUNDLE_ANNOTATION],
+            root
+        );
+        let volume = pod
+            .spec
+            .as_ref()
+            .unwrap()
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "hush-bundle")
+            .unwrap();
+        assert!(volume.config_map.is_none(), "{volume:?}");
+        let item = &volume
+            .downward_api
+            .as_ref()
+            .unwrap()
+            .items
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(item.path, "bundle.pem");
+        assert_eq!(
+            item.field_ref.as_ref().unwrap().field_path,
+            "metadata.annotations['hush.dev/trust-bundle']"
+        );
+
+        // Without it, the namespace's ConfigMap is mounted and nothing is annotated.
+        let Outcome::Injected(pod) = mutate(&fixture_pod(), &config()).unwrap() else {
+            panic!("not injected");
+        };
+        assert!(
+            !pod.metadata
+                .annotations
+                .as_ref()
+                .unwrap()
+                .contains_key(BUNDLE_ANNOTATION)
+        );
+    }
+
+    #[test]
+    fn a_configuration_with_a_broken_bundle_is_refused() {
+        let base = "image: hush:1\nca_address: https://hush-ca:8443\n";
+        for (bundle, expected) in [
+            ("\"not a certificate\"", "trust_bundle"),
+            (
+                "\"-----BEGIN CERTIFICATE-----\\nAAAA\\n-----END CERTIFICATE-----\\n\"",
+                "trust_bundle",
+            ),
+        ] {
+            let err =
+                InjectorConfig::from_yaml(&format!("{base}trust_bundle: {bundle}\n")).unwrap_err();
+            assert!(err.contains(expected), "{err}");
         }
     }
 

@@ -14,8 +14,8 @@ mod inject;
 mod iptables;
 
 pub use self::inject::{
-    CONFIG_ANNOTATION, EXCLUDE_INBOUND_PORTS, EXCLUDE_OUTBOUND_PORTS, INIT_CONTAINER, INJECT_KEY,
-    InjectError, InjectorConfig, LOG_LEVEL, Outcome, PROXY_CONTAINER, PROXY_CPU, PROXY_MEMORY,
-    STATUS_ANNOTATION, mutate, review,
+    BUNDLE_ANNOTATION, CONFIG_ANNOTATION, EXCLUDE_INBOUND_PORTS, EXCLUDE_OUTBOUND_PORTS,
+    INIT_CONTAINER, INJECT_KEY, InjectError, InjectorConfig, LOG_LEVEL, Outcome, PROXY_CONTAINER,
+    PROXY_CPU, PROXY_MEMORY, STATUS_ANNOTATION, mutate, review,
 };
 pub use self::iptables::{CHAINS, CaptureError, CaptureRules};
