@@ -1,0 +1,723 @@
+//! hush as it runs on a cluster, without a cluster: the CA serving from a Secret volume and
+//! checking service-account tokens with TokenReview (against a fake API server), a sidecar that
+//! follows the kubelet's rotation of its projected token, and the Helm chart, rendered by a real
+//! Helm, validated against the Kubernetes schema, and run: the rendered CA arguments and Secret
+//! start a real CA, the rendered webhook certificate and configuration serve a real injection.
+//!
+//! Helm and `kubernetes-validate` come from PyPI (`.ci/run` installs both and names them in
+//! `HUSH_HELM` and `HUSH_KUBERNETES_VALIDATE`); elsewhere the tests that need them say they were
+//! skipped.
+
+#[path = "mesh/kube.rs"]
+mod kube;
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use hush_ca::CaClient;
+use hush_test_support::{
+    CaProcess, CsrKeyKind, FakeApiServer, HushProcess, ProxyProcess, ReviewRequest,
+    describe_output, plain_csr, run_hush_ok, token_review_authenticated, token_review_rejected,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use serde_json::Value;
+
+const HUSH: &str = env!("CARGO_BIN_EXE_hush");
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../charts/hush");
+const NAMESPACE: &str = "hush-system";
+/// The API server's answer for a token it no longer accepts (the kubelet has rotated it).
+const OLD_TOKEN: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6c2hvcDpmcm9udGVuZCIsImV4cCI6MX0.b2xkLXNpZ25hdHVyZQ";
+const NEW_TOKEN: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6c2hvcDpmcm9udGVuZCIsImV4cCI6OX0.bmV3LXNpZ25hdHVyZQ";
+/// The CA's own service-account token, which it presents to the API server.
+const CA_TOKEN: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6aHVzaC1zeXN0ZW06aHVzaC1jYSJ9.Y2Etc2lnbmF0dXJl";
+const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+
+/// An API server that knows one valid token, for `shop/frontend` with audience `hush-ca`.
+fn api_server() -> FakeApiServer {
+    FakeApiServer::start(|request: &ReviewRequest| {
+        let body = if request.token() == Some(NEW_TOKEN) {
+            token_review_authenticated(
+                request,
+                "system:serviceaccount:shop:frontend",
+                "8d4c2b1a-0f9e-4d7c-a6b5-3e2f1a0b9c8d",
+                &["hush-ca"],
+            )
+        } else {
+            token_review_rejected(request, "[invalid bearer token, token has expired]")
+        };
+        (201, body)
+    })
+}
+
+/// `--k8s-api-server …` for the fake, with its CA and the CA's own token written under `temp`.
+fn api_args(api: &FakeApiServer, temp: &Path) -> Vec<String> {
+    let ca_file = temp.join("kube-ca.crt");
+    let token_file = temp.join("kube-token");
+    fs::write(&ca_file, api.ca_pem()).expect("write the API server's CA");
+    fs::write(&token_file, CA_TOKEN).expect("write the CA's token");
+    vec![
+        "--k8s-api-server".into(),
+        api.url().into(),
+        "--k8s-ca-file".into(),
+        path_str(&ca_file).into(),
+        "--k8s-token-file".into(),
+        path_str(&token_file).into(),
+    ]
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+/// `hush ca init` in `temp/ca-init`; returns the files the chart's Secret holds.
+fn ca_secret_files(temp: &Path) -> Vec<(&'static str, Vec<u8>)> {
+    let dir = temp.join("ca-init");
+    run_hush_ok(
+        HUSH,
+        &[
+            "ca",
+            "init",
+            "--dir",
+            path_str(&dir),
+            "--trust-domain",
+            "cluster.local",
+        ],
+    );
+    ["bundle.pem", "intermediate.pem", "intermediate.key"]
+        .into_iter()
+        .map(|name| (name, fs::read(dir.join(name)).expect("CA file")))
+        .collect()
+}
+
+/// The Secret volume as the kubelet mounts it with `defaultMode: 0400` for a pod with an
+/// `fsGroup`: group-readable (0440) links into `..data`.
+fn mount_secret(dir: &Path, files: &[(&str, Vec<u8>)]) {
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(n, c)| (*n, c.as_slice())).collect();
+    kube::write_kubelet_volume(dir, &files, 0o440);
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// === the CA and the sidecar, as on a cluster ===
+
+#[test]
+fn a_sidecar_follows_the_kubelets_token_rotation_to_its_certificate() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let api = api_server();
+    let secret = temp.path().join("secret");
+    mount_secret(&secret, &ca_secret_files(temp.path()));
+    let mut args = api_args(&api, temp.path());
+    args.extend(
+        ["--trust-domain", "cluster.local", "--audit-log"]
+            .map(String::from)
+            .into_iter()
+            .chain([path_str(&temp.path().join("audit.log")).to_string()]),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let ca = CaProcess::start(HUSH, &secret, &args);
+
+    // The projected token the kubelet wrote at start, already stale.
+    let token_dir = temp.path().join("token");
+    kube::write_kubelet_volume(&token_dir, &[("token", OLD_TOKEN.as_bytes())], 0o600);
+    let config = temp.path().join("sidecar.yaml");
+    fs::write(
+        &config,
+        format!(
+            "ca:\n  address: {}\n  trust_bundle: {}\n  token_file: {}\n\
+             inbound:\n  listen: 127.0.0.1:0\n  app: 127.0.0.1:9\nadmin:\n  listen: 127.0.0.1:0\n",
+            ca.url(),
+            path_str(&secret.join("bundle.pem")),
+            path_str(&token_dir.join("token")),
+        ),
+    )
+    .expect("write the sidecar's configuration");
+    let starting = std::thread::spawn(move || ProxyProcess::try_start(HUSH, &config, &[]));
+
+    // The CA asks the API server about the stale token and refuses it; the sidecar retries.
+    let asked_about = |token: &str| api.requests().iter().any(|r| r.token() == Some(token));
+    wait_until("the stale token to be reviewed", || asked_about(OLD_TOKEN));
+    // The kubelet rotates the token: a new `..data`, swapped in one rename.
+    kube::write_kubelet_volume(&token_dir, &[("token", NEW_TOKEN.as_bytes())], 0o600);
+
+    let sidecar = starting
+        .join()
+        .expect("the starting thread")
+        .unwrap_or_else(|e| panic!("the sidecar never got a certificate: {e}"));
+    assert_eq!(sidecar.spiffe_id(), FRONTEND);
+    assert!(asked_about(NEW_TOKEN));
+    let stderr = sidecar.stderr();
+    assert!(
+        stderr.contains("token has expired"),
+        "the refusal of the stale token is reported:\n{stderr}"
+    );
+}
+
+#[test]
+fn the_ca_refuses_to_start_without_its_secret_or_for_another_trust_domain() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let api = api_server();
+    let api_args = api_args(&api, temp.path());
+    let start = |dir: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "ca",
+            "serve",
+            "--dir",
+            path_str(dir),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend(api_args.iter().map(String::as_str));
+        args.extend(extra);
+        let output = Command::new(HUSH).args(&args).output().expect("run hush");
+        assert!(!output.status.success(), "{}", describe_output(&output));
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+
+    // The Secret does not exist: the optional volume is an empty directory.
+    let empty = temp.path().join("empty");
+    fs::create_dir(&empty).expect("empty dir");
+    let stderr = start(&empty, &[]);
+    assert!(
+        stderr.contains("create the Secret") && stderr.contains("never makes a new root"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bundle.pem is missing"), "{stderr}");
+
+    let files = ca_secret_files(temp.path());
+    let secret = temp.path().join("secret");
+    mount_secret(&secret, &files);
+    let stderr = start(&secret, &["--trust-domain", "prod.example.com"]);
+    assert!(
+        stderr.contains(
+            "is for trust domain cluster.local, but --trust-domain says prod.example.com"
+        ),
+        "{stderr}"
+    );
+
+    // A Secret mounted readable by everyone (defaultMode 0444).
+    let careless = temp.path().join("careless");
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(n, c)| (*n, c.as_slice())).collect();
+    kube::write_kubelet_volume(&careless, &files, 0o444);
+    let stderr = start(&careless, &[]);
+    assert!(stderr.contains("defaultMode 0400"), "{stderr}");
+}
+
+// === the Helm chart ===
+
+/// `helm template` of the chart as release `hush` in `hush-system` with `args`.
+fn render(helm: &str, args: &[&str]) -> Result<String, String> {
+    let output = Command::new(helm)
+        .args(["template", "hush", CHART, "--namespace", NAMESPACE])
+        .args(args)
+        .output()
+        .expect("run helm");
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// The rendered documents, as JSON.
+fn documents(rendered: &str) -> Vec<Value> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    for line in rendered.lines().chain(["---"]) {
+        if line == "---" {
+            let doc: Option<Value> = serde_saphyr::from_str(&current).unwrap_or_else(|e| {
+                panic!("helm rendered YAML that does not parse: {e}\n{current}")
+            });
+            docs.extend(doc.filter(|d| !d.is_null()));
+            current.clear();
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    docs
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} was rendered"))
+}
+
+fn container_args(deployment: &Value) -> Vec<String> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("container args")
+        .iter()
+        .map(|a| a.as_str().expect("a string argument").to_string())
+        .collect()
+}
+
+fn secret_data(secret: &Value, key: &str) -> Vec<u8> {
+    let data = secret["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key} in the Secret"));
+    base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .expect("base64 Secret data")
+}
+
+/// Writes the values files the tests install the chart with; returns (minimal, full) args.
+fn values(temp: &Path, files: &[(&str, Vec<u8>)]) -> (Vec<String>, Vec<String>) {
+    let file = |name: &str| -> String {
+        let path = temp.join(name);
+        let content = &files.iter().find(|(n, _)| *n == name).expect("CA file").1;
+        fs::write(&path, content).expect("write a CA file");
+        format!("{}", path.display())
+    };
+    let bundle = format!("trustBundle={}", file("bundle.pem"));
+    let minimal = vec!["--set-file".into(), bundle.clone()];
+    let policy =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/kubernetes/shop-policy.yaml");
+    let overrides = temp.join("values.yaml");
+    fs::write(
+        &overrides,
+        "ca:\n  replicas: 3\n  antiAffinity: hard\n  certificateLifetime: 1h\n  maxCertificateLifetime: 12h\n  secret:\n    create: true\n\
+         injector:\n  failurePolicy: Ignore\n  namespaceSelector:\n    matchExpressions:\n      - {key: team, operator: In, values: [shop, pay]}\n\
+         proxy:\n  excludeOutboundCIDRs: [10.96.0.1/32]\n  memory: 96Mi\n\
+         imagePullSecrets: [{name: regcred}]\n",
+    )
+    .expect("write values");
+    let full = vec![
+        "-f".into(),
+        path_str(&overrides).into(),
+        "--set-file".into(),
+        bundle,
+        "--set-file".into(),
+        format!("ca.secret.intermediateCert={}", file("intermediate.pem")),
+        "--set-file".into(),
+        format!("ca.secret.intermediateKey={}", file("intermediate.key")),
+        "--set-file".into(),
+        format!("policies.shop={}", policy.display()),
+    ];
+    (minimal, full)
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn the_chart_lints_and_every_rendered_manifest_is_valid() {
+    let Some(helm) = kube::helm() else { return };
+    let temp = tempfile::tempdir().expect("temp dir");
+    let files = ca_secret_files(temp.path());
+    let (minimal, full) = values(temp.path(), &files);
+    for args in [&minimal, &full] {
+        let mut lint = Command::new(&helm);
+        lint.args(["lint", "--strict", CHART, "--namespace", NAMESPACE])
+            .args(args);
+        let output = lint.output().expect("run helm lint");
+        assert!(output.status.success(), "{}", describe_output(&output));
+    }
+
+    let validator = kube::validator();
+    for (name, args) in [("minimal", &minimal), ("full", &full)] {
+        let rendered = render(&helm, &strs(args)).unwrap_or_else(|e| panic!("{e}"));
+        let docs = documents(&rendered);
+        let kinds: Vec<String> = docs
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}/{}",
+                    d["kind"].as_str().unwrap_or(""),
+                    d["metadata"]["name"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        for expected in [
+            "ServiceAccount/hush-ca",
+            "ClusterRole/hush-ca-tokenreview",
+            "ClusterRoleBinding/hush-ca-tokenreview",
+            "Deployment/hush-ca",
+            "Service/hush-ca",
+            "PodDisruptionBudget/hush-ca",
+            "ConfigMap/hush-trust-bundle",
+            "ConfigMap/hush-injector",
+            "Secret/hush-injector-tls",
+            "Deployment/hush-injector",
+            "Service/hush-injector",
+            "PodDisruptionBudget/hush-injector",
+            "MutatingWebhookConfiguration/hush-injector",
+        ] {
+            assert!(
+                kinds.iter().any(|k| k == expected),
+                "{name}: no {expected} in {kinds:?}"
+            );
+        }
+        if let Some(validator) = &validator {
+            let file = temp.path().join(format!("{name}.yaml"));
+            fs::write(&file, &rendered).expect("write the rendered chart");
+            kube::validate(validator, &file);
+        }
+    }
+
+    // What the minimal install does, in the words of the issue.
+    let docs = documents(&render(&helm, &strs(&minimal)).unwrap_or_else(|e| panic!("{e}")));
+    let role = find(&docs, "ClusterRole", "hush-ca-tokenreview");
+    assert_eq!(role["rules"][0]["resources"][0], "tokenreviews");
+    assert_eq!(role["rules"][0]["verbs"], serde_json::json!(["create"]));
+    let ca = find(&docs, "Deployment", "hush-ca");
+    assert_eq!(ca["spec"]["replicas"], 2);
+    let pod = &ca["spec"]["template"]["spec"];
+    assert!(
+        pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+            .is_array(),
+        "{pod}"
+    );
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "hush-ca");
+    assert_eq!(
+        pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
+        true
+    );
+    assert_eq!(
+        find(&docs, "PodDisruptionBudget", "hush-ca")["spec"]["minAvailable"],
+        1
+    );
+    let bundle = &files[0].1;
+    assert_eq!(
+        find(&docs, "ConfigMap", "hush-trust-bundle")["data"]["bundle.pem"].as_str(),
+        Some(String::from_utf8_lossy(bundle).as_ref())
+    );
+    let webhook = find(&docs, "MutatingWebhookConfiguration", "hush-injector");
+    let hooks = webhook["webhooks"].as_array().expect("webhooks");
+    assert_eq!(hooks.len(), 2);
+    assert_eq!(
+        hooks[0]["namespaceSelector"]["matchLabels"]["hush.dev/inject"],
+        "enabled"
+    );
+    assert_eq!(
+        hooks[1]["objectSelector"]["matchLabels"]["hush.dev/inject"],
+        "enabled"
+    );
+    for hook in hooks {
+        assert_eq!(hook["failurePolicy"], "Fail");
+        assert_eq!(hook["clientConfig"]["service"]["path"], "/inject");
+        let excluded = &hook["namespaceSelector"]["matchExpressions"];
+        assert!(
+            excluded.to_string().contains("\"hush-system\""),
+            "{excluded}"
+        );
+    }
+    // The user's overrides reach the manifests.
+    let docs = documents(&render(&helm, &strs(&full)).unwrap_or_else(|e| panic!("{e}")));
+    let ca = find(&docs, "Deployment", "hush-ca");
+    assert_eq!(ca["spec"]["replicas"], 3);
+    assert!(
+        ca["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+            ["requiredDuringSchedulingIgnoredDuringExecution"]
+            .is_array()
+    );
+    let args = container_args(ca).join(" ");
+    assert!(args.contains("--default-ttl 1h --max-ttl 12h"), "{args}");
+    let policy = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["namespace"] == "shop")
+        .expect("the shop namespace's policy ConfigMap");
+    assert_eq!(policy["metadata"]["name"], "hush-policy");
+    assert!(
+        policy["data"]["policy.yaml"]
+            .as_str()
+            .unwrap_or("")
+            .contains("AuthorizationPolicy")
+    );
+    let hook = &find(&docs, "MutatingWebhookConfiguration", "hush-injector")["webhooks"][0];
+    assert_eq!(hook["failurePolicy"], "Ignore");
+    assert!(hook["namespaceSelector"]["matchLabels"].is_null(), "{hook}");
+    assert_eq!(
+        hook["namespaceSelector"]["matchExpressions"][0]["key"],
+        "team"
+    );
+}
+
+#[test]
+fn bad_values_are_refused_with_the_field_named() {
+    let Some(helm) = kube::helm() else { return };
+    let temp = tempfile::tempdir().expect("temp dir");
+    let files = ca_secret_files(temp.path());
+    let (minimal, _) = values(temp.path(), &files);
+    let err = render(&helm, &[]).expect_err("no trust bundle");
+    assert!(err.contains("trustBundle is required"), "{err}");
+    for (set, expected) in [
+        ("ca.replicas=0", "ca.replicas"),
+        ("ca.certificateLifetime=forever", "ca.certificateLifetime"),
+        ("ca.replica=2", "replica"),
+        ("injector.failurePolicy=Maybe", "injector.failurePolicy"),
+        ("injector.timeoutSeconds=60", "injector.timeoutSeconds"),
+        ("proxy.uid=0", "proxy.uid"),
+        ("proxy.memory=lots", "proxy.memory"),
+        ("trustDomain=Cluster Local", "trustDomain"),
+        ("trustBundle=not a certificate", "trustBundle"),
+        ("ca.secret.create=true", "ca.secret.intermediateCert"),
+        (
+            "injector.tls.secretName=webhook-tls",
+            "injector.tls.caBundle",
+        ),
+    ] {
+        let mut args = strs(&minimal);
+        // A later --set-file would win over --set for trustBundle; keep the bad one last.
+        if set.starts_with("trustBundle") {
+            args.clear();
+        }
+        args.extend(["--set", set]);
+        let err = render(&helm, &args).expect_err(set);
+        assert!(err.contains(expected), "{set}: {err}");
+    }
+}
+
+#[test]
+fn the_rendered_chart_runs_a_ca_and_an_injector_that_work_together() {
+    let Some(helm) = kube::helm() else { return };
+    let temp = tempfile::tempdir().expect("temp dir");
+    let files = ca_secret_files(temp.path());
+    let (_, full) = values(temp.path(), &files);
+    let docs = documents(&render(&helm, &strs(&full)).unwrap_or_else(|e| panic!("{e}")));
+
+    // The CA, from the rendered Secret mounted as the rendered Deployment says, with the
+    // rendered arguments. Only what a laptop cannot have is swapped: the Secret's mount point,
+    // the listening address, and the in-cluster API server for the fake.
+    let secret = find(&docs, "Secret", "hush-ca");
+    let deployment = find(&docs, "Deployment", "hush-ca");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][0]["secret"]["defaultMode"], 0o400);
+    assert!(pod["securityContext"]["fsGroup"].is_u64(), "{pod}");
+    let keys: Vec<(&str, Vec<u8>)> = ["bundle.pem", "intermediate.pem", "intermediate.key"]
+        .into_iter()
+        .map(|k| (k, secret_data(secret, k)))
+        .collect();
+    let mount = temp.path().join("secret");
+    mount_secret(&mount, &keys);
+    let api = api_server();
+    let mut args = container_args(deployment);
+    assert_eq!(args[..2], ["ca", "serve"]);
+    let mut serve_args = Vec::new();
+    let mut rest = args.drain(2..);
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--dir" | "--listen" => {
+                rest.next();
+            }
+            "--k8s" => serve_args.extend(api_args(&api, temp.path())),
+            _ => serve_args.push(arg),
+        }
+    }
+    drop(rest);
+    let mut ca = CaProcess::start(HUSH, &mount, &strs(&serve_args));
+    let roots = CertificateDer::pem_slice_iter(&keys[0].1)
+        .collect::<Result<Vec<_>, _>>()
+        .expect("the bundle");
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let response = runtime
+        .block_on(async {
+            let client = CaClient::new(ca.url(), &roots).expect("a CA client");
+            client
+                .certify(NEW_TOKEN, plain_csr(CsrKeyKind::EcdsaP256).der, None)
+                .await
+        })
+        .unwrap_or_else(|s| panic!("{s:?}\n{}", ca.stderr()));
+    assert_eq!(response.spiffe_id, FRONTEND);
+    // The audit line went to stdout, the container's log.
+    let process = ca.process();
+    let audit = process
+        .wait_for_line(|l| l.contains("\"spiffe_id\""), Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let audit: Value = serde_json::from_str(&audit).expect("an audit record");
+    assert_eq!(audit["attestation"], "k8s_service_account");
+
+    // The injector, with the rendered configuration and webhook certificate, answering the
+    // API server's request over TLS for the name the API server dials.
+    let config = temp.path().join("injector.yaml");
+    fs::write(
+        &config,
+        find(&docs, "ConfigMap", "hush-injector")["data"]["injector.yaml"]
+            .as_str()
+            .expect("injector.yaml"),
+    )
+    .expect("write the injector's configuration");
+    let tls = find(&docs, "Secret", "hush-injector-tls");
+    fs::write(temp.path().join("tls.crt"), secret_data(tls, "tls.crt")).expect("tls.crt");
+    fs::write(temp.path().join("tls.key"), secret_data(tls, "tls.key")).expect("tls.key");
+    let webhook_args = container_args(find(&docs, "Deployment", "hush-injector"));
+    assert_eq!(webhook_args[..2], ["inject", "serve"]);
+    let mut webhook = HushProcess::spawn(
+        HUSH,
+        &[
+            "inject",
+            "serve",
+            "--config",
+            path_str(&config),
+            "--cert",
+            path_str(&temp.path().join("tls.crt")),
+            "--key",
+            path_str(&temp.path().join("tls.key")),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let ready = webhook
+        .wait_until_ready("hush inject: serving AdmissionReview on ")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr: SocketAddr = ready
+        .trim_start_matches("hush inject: serving AdmissionReview on https://")
+        .trim_end_matches("/inject")
+        .parse()
+        .expect("the webhook's address");
+    let hook = &find(&docs, "MutatingWebhookConfiguration", "hush-injector")["webhooks"][0];
+    let ca_bundle = base64::engine::general_purpose::STANDARD
+        .decode(hook["clientConfig"]["caBundle"].as_str().expect("caBundle"))
+        .expect("base64 caBundle");
+    let webhook_roots = CertificateDer::pem_slice_iter(&ca_bundle)
+        .collect::<Result<Vec<_>, _>>()
+        .expect("the caBundle");
+    let service = hook["clientConfig"]["service"].clone();
+    let host = format!(
+        "{}.{}.svc",
+        service["name"].as_str().unwrap_or(""),
+        service["namespace"].as_str().unwrap_or("")
+    );
+    let review_json = fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../inject/tests/fixtures/pod-create.json"),
+    )
+    .expect("the AdmissionReview fixture");
+    let answer = runtime
+        .block_on(post(
+            addr,
+            &webhook_roots,
+            &host,
+            "/inject",
+            review_json.clone(),
+        ))
+        .unwrap_or_else(|e| panic!("the API server could not reach the webhook as {host}: {e}"));
+    let answer: Value = serde_json::from_slice(&answer).expect("an AdmissionReview");
+    let patch = answer["response"]["patch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"));
+    let patch: json_patch::Patch = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(patch)
+            .expect("base64"),
+    )
+    .expect("a JSONPatch");
+    let review: Value = serde_json::from_slice(&review_json).expect("JSON");
+    let mut pod = review["request"]["object"].clone();
+    json_patch::patch(&mut pod, &patch).expect("the patch applies");
+
+    // The sidecar the chart's injector makes trusts the chart's bundle, dials the CA at a name
+    // the CA's certificate carries, and runs with the chart's proxy values.
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(
+        annotations["hush.dev/trust-bundle"]
+            .as_str()
+            .map(str::as_bytes),
+        Some(keys[0].1.as_slice())
+    );
+    let proxy = hush_proxy::ProxyConfig::from_yaml(
+        annotations["hush.dev/proxy-config"]
+            .as_str()
+            .expect("proxy config"),
+        "hush.dev/proxy-config",
+        Path::new("/"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ca_host = proxy
+        .ca
+        .address
+        .trim_start_matches("https://")
+        .rsplit_once(':')
+        .map(|(host, _)| host.to_string())
+        .expect("host:port");
+    assert_eq!(ca_host, "hush-ca.hush-system.svc");
+    let ca_port: u16 = ca
+        .url()
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("port");
+    runtime
+        .block_on(tls_handshake(
+            SocketAddr::from(([127, 0, 0, 1], ca_port)),
+            &roots,
+            &ca_host,
+        ))
+        .unwrap_or_else(|e| panic!("a sidecar could not verify the CA as {ca_host}: {e}"));
+    let sidecar = pod["spec"]["initContainers"][1].clone();
+    assert_eq!(sidecar["name"], "hush-proxy");
+    assert_eq!(sidecar["resources"]["limits"]["memory"], "96Mi");
+    let init_args = pod["spec"]["initContainers"][0]["args"].to_string();
+    assert!(init_args.contains("10.96.0.1/32"), "{init_args}");
+    if let Some(validator) = kube::validator() {
+        pod["metadata"]["name"] = Value::from("backend-7c9d8f6b5d-x2x9z");
+        let file = temp.path().join("pod.json");
+        fs::write(&file, serde_json::to_vec_pretty(&pod).expect("JSON")).expect("write the pod");
+        kube::validate(&validator, &file);
+    }
+}
+
+/// Connects with TLS to `addr` as the server `name`, verifying against `roots`.
+async fn tls_handshake(
+    addr: SocketAddr,
+    roots: &[CertificateDer<'static>],
+    name: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let config = hush_tls::client_config_with_roots(roots, None, &[b"http/1.1"])
+        .map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// POSTs `body` to `path` over TLS as the API server does; returns the response body.
+async fn post(
+    addr: SocketAddr,
+    roots: &[CertificateDer<'static>],
+    name: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    use http_body_util::{BodyExt, Full};
+    let tls = tls_handshake(addr, roots, name).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = http::Request::post(path)
+        .header("host", name)
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status() != 200 {
+        return Err(format!("status {}", response.status()));
+    }
+    Ok(response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes()
+        .to_vec())
+}
