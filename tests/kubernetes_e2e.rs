@@ -289,7 +289,7 @@ fn values(temp: &Path, files: &[(&str, Vec<u8>)]) -> (Vec<String>, Vec<String>) 
     fs::write(
         &overrides,
         "ca:\n  replicas: 3\n  antiAffinity: hard\n  certificateLifetime: 1h\n  maxCertificateLifetime: 12h\n  secret:\n    create: true\n\
-         injector:\n  failurePolicy: Ignore\n  namespaceSelector:\n    matchExpressions:\n      - {key: team, operator: In, values: [shop, pay]}\n\
+         injector:\n  failurePolicy: Ignore\n  namespaceSelector:\n    matchLabels: null\n    matchExpressions:\n      - {key: team, operator: In, values: [shop, pay]}\n\
          proxy:\n  excludeOutboundCIDRs: [10.96.0.1/32]\n  memory: 96Mi\n\
          imagePullSecrets: [{name: regcred}]\n",
     )
@@ -591,41 +591,94 @@ fn the_rendered_chart_runs_a_ca_and_an_injector_that_work_together() {
         service["name"].as_str().unwrap_or(""),
         service["namespace"].as_str().unwrap_or("")
     );
-    let review_json = fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../inject/tests/fixtures/pod-create.json"),
+    let fixture: Value = serde_json::from_slice(
+        &fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../inject/tests/fixtures/pod-create.json"),
+        )
+        .expect("the AdmissionReview fixture"),
     )
-    .expect("the AdmissionReview fixture");
-    let answer = runtime
-        .block_on(post(
-            addr,
-            &webhook_roots,
-            &host,
-            "/inject",
-            review_json.clone(),
-        ))
-        .unwrap_or_else(|e| panic!("the API server could not reach the webhook as {host}: {e}"));
-    let answer: Value = serde_json::from_slice(&answer).expect("an AdmissionReview");
-    let patch = answer["response"]["patch"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{answer}"));
-    let patch: json_patch::Patch = serde_json::from_slice(
-        &base64::engine::general_purpose::STANDARD
-            .decode(patch)
-            .expect("base64"),
+    .expect("JSON");
+    let walkthrough = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/kubernetes/shop.yaml"),
     )
-    .expect("a JSONPatch");
-    let review: Value = serde_json::from_slice(&review_json).expect("JSON");
-    let mut pod = review["request"]["object"].clone();
-    json_patch::patch(&mut pod, &patch).expect("the patch applies");
+    .expect("examples/kubernetes/shop.yaml");
+    let mut pods = vec![fixture["request"]["object"].clone()];
+    for deployment in documents(&walkthrough)
+        .into_iter()
+        .filter(|d| d["kind"] == "Deployment")
+    {
+        // The pod the ReplicaSet controller creates from the template.
+        let template = &deployment["spec"]["template"];
+        let mut pod = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": template["metadata"].clone(),
+            "spec": template["spec"].clone(),
+        });
+        pod["metadata"]["generateName"] = format!(
+            "{}-5d8f7c9b6-",
+            deployment["metadata"]["name"].as_str().unwrap_or("")
+        )
+        .into();
+        pod["metadata"]["namespace"] = deployment["metadata"]["namespace"].clone();
+        pods.push(pod);
+    }
+    assert_eq!(
+        pods.len(),
+        3,
+        "the fixture and the walkthrough's two deployments"
+    );
+    let validator = kube::validator();
+    for (index, object) in pods.into_iter().enumerate() {
+        let mut review = fixture.clone();
+        review["request"]["uid"] = format!("0000000{index}-6393-11e8-b7cc-42010a800002").into();
+        review["request"]["namespace"] = object["metadata"]["namespace"].clone();
+        review["request"]["object"] = object;
+        let body = serde_json::to_vec(&review).expect("JSON");
+        let answer = runtime
+            .block_on(post(addr, &webhook_roots, &host, "/inject", body))
+            .unwrap_or_else(|e| {
+                panic!("the API server could not reach the webhook as {host}: {e}")
+            });
+        let answer: Value = serde_json::from_slice(&answer).expect("an AdmissionReview");
+        assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
+        let patch = answer["response"]["patch"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not injected: {answer}"));
+        let patch: json_patch::Patch = serde_json::from_slice(
+            &base64::engine::general_purpose::STANDARD
+                .decode(patch)
+                .expect("base64"),
+        )
+        .expect("a JSONPatch");
+        let mut pod = review["request"]["object"].clone();
+        json_patch::patch(&mut pod, &patch).expect("the patch applies");
+        check_injected_pod(&pod, &keys[0].1, &roots, ca.url(), &runtime);
+        if let Some(validator) = &validator {
+            pod["metadata"]["name"] = Value::from(format!("pod-{index}"));
+            let file = temp.path().join(format!("pod-{index}.json"));
+            fs::write(&file, serde_json::to_vec_pretty(&pod).expect("JSON"))
+                .expect("write the pod");
+            kube::validate(validator, &file);
+        }
+    }
+}
 
-    // The sidecar the chart's injector makes trusts the chart's bundle, dials the CA at a name
-    // the CA's certificate carries, and runs with the chart's proxy values.
+/// The sidecar the chart's injector made trusts the chart's bundle, dials the CA at a name the
+/// CA's certificate carries, and runs with the chart's proxy values.
+fn check_injected_pod(
+    pod: &Value,
+    bundle: &[u8],
+    roots: &[CertificateDer<'static>],
+    ca_url: &str,
+    runtime: &tokio::runtime::Runtime,
+) {
     let annotations = &pod["metadata"]["annotations"];
     assert_eq!(
         annotations["hush.dev/trust-bundle"]
             .as_str()
             .map(str::as_bytes),
-        Some(keys[0].1.as_slice())
+        Some(bundle)
     );
     let proxy = hush_proxy::ProxyConfig::from_yaml(
         annotations["hush.dev/proxy-config"]
@@ -643,38 +696,42 @@ fn the_rendered_chart_runs_a_ca_and_an_injector_that_work_together() {
         .map(|(host, _)| host.to_string())
         .expect("host:port");
     assert_eq!(ca_host, "hush-ca.hush-system.svc");
-    let ca_port: u16 = ca
-        .url()
+    let ca_port: u16 = ca_url
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
         .expect("port");
     runtime
         .block_on(tls_handshake(
             SocketAddr::from(([127, 0, 0, 1], ca_port)),
-            &roots,
+            roots,
             &ca_host,
+            b"h2",
         ))
         .unwrap_or_else(|e| panic!("a sidecar could not verify the CA as {ca_host}: {e}"));
-    let sidecar = pod["spec"]["initContainers"][1].clone();
-    assert_eq!(sidecar["name"], "hush-proxy");
-    assert_eq!(sidecar["resources"]["limits"]["memory"], "96Mi");
-    let init_args = pod["spec"]["initContainers"][0]["args"].to_string();
-    assert!(init_args.contains("10.96.0.1/32"), "{init_args}");
-    if let Some(validator) = kube::validator() {
-        pod["metadata"]["name"] = Value::from("backend-7c9d8f6b5d-x2x9z");
-        let file = temp.path().join("pod.json");
-        fs::write(&file, serde_json::to_vec_pretty(&pod).expect("JSON")).expect("write the pod");
-        kube::validate(&validator, &file);
+    let init = &pod["spec"]["initContainers"];
+    assert_eq!(init[1]["name"], "hush-proxy");
+    assert_eq!(init[1]["resources"]["limits"]["memory"], "96Mi");
+    assert!(
+        init[0]["args"].to_string().contains("10.96.0.1/32"),
+        "{}",
+        init[0]["args"]
+    );
+    // Plaintext kubelet probes now ask the sidecar's admin port.
+    for container in pod["spec"]["containers"].as_array().expect("containers") {
+        if let Some(probe) = container["readinessProbe"]["httpGet"].as_object() {
+            assert_eq!(probe["port"], 15020, "{probe:?}");
+        }
     }
 }
 
-/// Connects with TLS to `addr` as the server `name`, verifying against `roots`.
+/// Connects with TLS to `addr` as the server `name`, verifying against `roots`, offering `alpn`.
 async fn tls_handshake(
     addr: SocketAddr,
     roots: &[CertificateDer<'static>],
     name: &str,
+    alpn: &[u8],
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
-    let config = hush_tls::client_config_with_roots(roots, None, &[b"http/1.1"])
+    let config = hush_tls::client_config_with_roots(roots, None, &[alpn])
         .map_err(|e| e.to_string())?;
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
@@ -695,7 +752,7 @@ async fn post(
     body: Vec<u8>,
 ) -> Result<Vec<u8>, String> {
     use http_body_util::{BodyExt, Full};
-    let tls = tls_handshake(addr, roots, name).await?;
+    let tls = tls_handshake(addr, roots, name, b"http/1.1").await?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await

@@ -33,7 +33,11 @@ fn tool(variable: &str, fallback: &str, version_arg: &str) -> Option<String> {
 
 /// `kubernetes-validate`: `HUSH_KUBERNETES_VALIDATE`, then the PATH.
 pub(crate) fn validator() -> Option<String> {
-    let found = tool("HUSH_KUBERNETES_VALIDATE", "kubernetes-validate", "--version");
+    let found = tool(
+        "HUSH_KUBERNETES_VALIDATE",
+        "kubernetes-validate",
+        "--version",
+    );
     if found.is_none() {
         eprintln!(
             "SKIPPED the schema check: kubernetes-validate is not installed (pip install \

@@ -1,5 +1,6 @@
-//! The demo app `hush up` runs behind each sidecar: an HTTP server (HTTP/1.1 and HTTP/2) that
-//! answers every request with who it is and who its sidecar says is calling.
+//! The demo app `hush up` runs behind each sidecar, and `hush demo-app` runs in the Kubernetes
+//! walkthrough: an HTTP server (HTTP/1.1 and HTTP/2) that answers every request with who it is
+//! and who its sidecar says is calling.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,9 +16,49 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// `hush demo-app`: the demo app on its own, until SIGTERM or Ctrl-C.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DemoAppArgs {
+    /// The name it answers with.
+    #[arg(long, default_value = "demo")]
+    name: String,
+    /// Address to listen on (port 0 picks a free port; the address is printed on stdout).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+}
+
+pub(crate) async fn run(args: DemoAppArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let stop = CancellationToken::new();
+    let addr = start_on(args.listen, args.name.clone(), stop.clone())
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "hush demo-app: {} answering on http://{addr}",
+            args.name
+        )?;
+        out.flush()?;
+    }
+    crate::ca::shutdown_signal().await;
+    stop.cancel();
+    Ok(())
+}
+
 /// Starts the echo app for `name` on a free loopback port; it stops with `stop`.
 pub(crate) async fn start(name: String, stop: CancellationToken) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    start_on(SocketAddr::from(([127, 0, 0, 1], 0)), name, stop).await
+}
+
+async fn start_on(
+    listen: SocketAddr,
+    name: String,
+    stop: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {

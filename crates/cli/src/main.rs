@@ -53,6 +53,9 @@ enum Command {
     /// Start a whole mesh on this machine in one command: a CA, and demo services each behind
     /// its own sidecar, all on loopback.
     Up(up::UpArgs),
+    /// The demo app alone: an HTTP server that answers with its name and the caller's verified
+    /// identity (the app of the Kubernetes walkthrough).
+    DemoApp(echo::DemoAppArgs),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
             Command::InitIptables(args) => capture::run(args),
             Command::Inject(cmd) => inject::run(cmd).await,
             Command::Up(args) => up::run(args).await,
+            Command::DemoApp(args) => echo::run(args).await,
         }
     });
     match result {
