@@ -731,8 +731,8 @@ async fn tls_handshake(
     name: &str,
     alpn: &[u8],
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
-    let config = hush_tls::client_config_with_roots(roots, None, &[alpn])
-        .map_err(|e| e.to_string())?;
+    let config =
+        hush_tls::client_config_with_roots(roots, None, &[alpn]).map_err(|e| e.to_string())?;
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;

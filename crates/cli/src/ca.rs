@@ -346,7 +346,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             if kubernetes.is_some() {
                 format!(
                     "the CA cannot start without its keys: on Kubernetes, create the Secret \
-                     mounted at {} from `hush ca init` output (see the chart's README); hush \
+                     mounted at {} from `hush ca init` output (see charts/hush/README.md); hush \
                      never makes a new root by itself",
                     args.dir.display()
                 )
