@@ -149,47 +149,14 @@ fn garbage_gets_a_refusal_not_a_crash() {
     );
 }
 
-/// POSTs `body` to the webhook over TLS (trusting `root`); returns (status, body).
+/// POSTs `body` to the webhook at `addr`, whose certificate `root` names `localhost`.
 async fn post(
     addr: std::net::SocketAddr,
     root: &rustls_pki_types::CertificateDer<'static>,
     path: &str,
     body: Vec<u8>,
 ) -> Result<(u16, Vec<u8>), String> {
-    use http_body_util::{BodyExt, Full};
-    let config =
-        hush_tls::client_config_with_roots(std::slice::from_ref(root), None, &[b"http/1.1"])
-            .map_err(|e| e.to_string())?;
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = rustls_pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let request = http::Request::post(path)
-        .header("host", "hush-injector.hush-system.svc")
-        .header("content-type", "application/json")
-        .body(Full::new(bytes::Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body.to_vec()))
+    kube::post_to_webhook(addr, std::slice::from_ref(root), "localhost", path, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

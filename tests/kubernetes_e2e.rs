@@ -15,7 +15,6 @@ use std::fs;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -25,7 +24,7 @@ use hush_test_support::{
     describe_output, plain_csr, run_hush_ok, token_review_authenticated, token_review_rejected,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 
 const HUSH: &str = env!("CARGO_BIN_EXE_hush");
@@ -636,10 +635,18 @@ fn the_rendered_chart_runs_a_ca_and_an_injector_that_work_together() {
         review["request"]["object"] = object;
         let body = serde_json::to_vec(&review).expect("JSON");
         let answer = runtime
-            .block_on(post(addr, &webhook_roots, &host, "/inject", body))
+            .block_on(kube::post_to_webhook(
+                addr,
+                &webhook_roots,
+                &host,
+                "/inject",
+                body,
+            ))
             .unwrap_or_else(|e| {
                 panic!("the API server could not reach the webhook as {host}: {e}")
             });
+        let (status, answer) = answer;
+        assert_eq!(status, 200);
         let answer: Value = serde_json::from_slice(&answer).expect("an AdmissionReview");
         assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
         let patch = answer["response"]["patch"]
@@ -701,7 +708,7 @@ fn check_injected_pod(
         .and_then(|(_, p)| p.parse().ok())
         .expect("port");
     runtime
-        .block_on(tls_handshake(
+        .block_on(kube::tls_connect(
             SocketAddr::from(([127, 0, 0, 1], ca_port)),
             roots,
             &ca_host,
@@ -722,59 +729,4 @@ fn check_injected_pod(
             assert_eq!(probe["port"], 15020, "{probe:?}");
         }
     }
-}
-
-/// Connects with TLS to `addr` as the server `name`, verifying against `roots`, offering `alpn`.
-async fn tls_handshake(
-    addr: SocketAddr,
-    roots: &[CertificateDer<'static>],
-    name: &str,
-    alpn: &[u8],
-) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
-    let config =
-        hush_tls::client_config_with_roots(roots, None, &[alpn]).map_err(|e| e.to_string())?;
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// POSTs `body` to `path` over TLS as the API server does; returns the response body.
-async fn post(
-    addr: SocketAddr,
-    roots: &[CertificateDer<'static>],
-    name: &str,
-    path: &str,
-    body: Vec<u8>,
-) -> Result<Vec<u8>, String> {
-    use http_body_util::{BodyExt, Full};
-    let tls = tls_handshake(addr, roots, name, b"http/1.1").await?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let request = http::Request::post(path)
-        .header("host", name)
-        .header("content-type", "application/json")
-        .body(Full::new(bytes::Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    if response.status() != 200 {
-        return Err(format!("status {}", response.status()));
-    }
-    Ok(response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes()
-        .to_vec())
 }

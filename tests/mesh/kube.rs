@@ -102,3 +102,60 @@ pub(crate) fn write_kubelet_volume(dir: &Path, files: &[(&str, &[u8])], mode: u3
         }
     }
 }
+
+/// Connects with TLS 1.3 to `addr` as the server `name`, verifying against `roots`, offering
+/// the ALPN protocol `alpn`.
+pub(crate) async fn tls_connect(
+    addr: std::net::SocketAddr,
+    roots: &[rustls_pki_types::CertificateDer<'static>],
+    name: &str,
+    alpn: &[u8],
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let config =
+        hush_tls::client_config_with_roots(roots, None, &[alpn]).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name =
+        rustls_pki_types::ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// POSTs `body` to the webhook at `addr` as the API server does: over TLS, to the server
+/// `name` (`<service>.<namespace>.svc`), verified with `roots` (the `caBundle`). Returns the
+/// status and the body.
+pub(crate) async fn post_to_webhook(
+    addr: std::net::SocketAddr,
+    roots: &[rustls_pki_types::CertificateDer<'static>],
+    name: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(u16, Vec<u8>), String> {
+    use http_body_util::{BodyExt, Full};
+    let tls = tls_connect(addr, roots, name, b"http/1.1").await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = http::Request::post(path)
+        .header("host", name)
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body.to_vec()))
+}
