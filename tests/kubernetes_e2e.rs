@@ -23,8 +23,8 @@ use hush_test_support::{
     CaProcess, CsrKeyKind, FakeApiServer, HushProcess, ProxyProcess, ReviewRequest,
     describe_output, plain_csr, run_hush_ok, token_review_authenticated, token_review_rejected,
 };
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
 
 const HUSH: &str = env!("CARGO_BIN_EXE_hush");
@@ -522,15 +522,40 @@ fn the_rendered_chart_runs_a_ca_and_an_injector_that_work_together() {
         .collect::<Result<Vec<_>, _>>()
         .expect("the bundle");
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let csr = plain_csr(CsrKeyKind::EcdsaP256);
     let response = runtime
         .block_on(async {
             let client = CaClient::new(ca.url(), &roots).expect("a CA client");
-            client
-                .certify(NEW_TOKEN, plain_csr(CsrKeyKind::EcdsaP256).der, None)
-                .await
+            client.certify(NEW_TOKEN, csr.der.clone(), None).await
         })
         .unwrap_or_else(|s| panic!("{s:?}\n{}", ca.stderr()));
     assert_eq!(response.spiffe_id, FRONTEND);
+
+    // A second replica shares nothing with the first but the Secret: it renews, with mutual
+    // TLS, a certificate the first one issued.
+    let second = CaProcess::start(HUSH, &mount, &strs(&serve_args));
+    let identity = hush_tls::CredentialStore::new();
+    identity
+        .install(
+            response
+                .cert_chain
+                .iter()
+                .map(|der| CertificateDer::from(der.clone()))
+                .collect(),
+            rustls_pki_types::PrivateKeyDer::Pkcs8(csr.key.serialize_der().into()),
+        )
+        .expect("the issued certificate and its key");
+    let renewed = runtime
+        .block_on(async {
+            let client = CaClient::with_identity(second.url(), &roots, identity)
+                .expect("a CA client with an identity");
+            client
+                .renew(plain_csr(CsrKeyKind::EcdsaP256).der, None)
+                .await
+        })
+        .unwrap_or_else(|s| panic!("{s:?}\n{}", second.stderr()));
+    assert_eq!(renewed.spiffe_id, FRONTEND);
+    assert_ne!(renewed.serial, response.serial);
     // The audit line went to stdout, the container's log.
     let process = ca.process();
     let audit = process
