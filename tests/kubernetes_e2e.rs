@@ -30,7 +30,8 @@ use serde_json::Value;
 const HUSH: &str = env!("CARGO_BIN_EXE_hush");
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../charts/hush");
 const NAMESPACE: &str = "hush-system";
-/// The API server's answer for a token it no longer accepts (the kubelet has rotated it).
+/// A service-account token for shop/frontend that the API server no longer accepts (the kubelet
+/// has rotated it), and the one that replaced it.
 const OLD_TOKEN: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6c2hvcDpmcm9udGVuZCIsImV4cCI6MX0.b2xkLXNpZ25hdHVyZQ";
 const NEW_TOKEN: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6c2hvcDpmcm9udGVuZCIsImV4cCI6OX0.bmV3LXNpZ25hdHVyZQ";
 /// The CA's own service-account token, which it presents to the API server.
