@@ -316,7 +316,16 @@ pub fn review(body: &[u8], config: &InjectorConfig) -> Vec<u8> {
 }
 
 fn decide(body: &[u8], config: &InjectorConfig) -> AdmissionReview<DynamicObject> {
-    let review: AdmissionReview<Pod> = match serde_json::from_slice(body) {
+    let sent: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(sent) => sent,
+        Err(e) => {
+            return AdmissionResponse::invalid(format!(
+                "hush-inject: the request is not an AdmissionReview of a Pod: {e}"
+            ))
+            .into_review();
+        }
+    };
+    let review: AdmissionReview<Pod> = match AdmissionReview::deserialize(&sent) {
         Ok(review) => review,
         Err(e) => {
             return AdmissionResponse::invalid(format!(
@@ -347,6 +356,18 @@ fn decide(body: &[u8], config: &InjectorConfig) -> AdmissionReview<DynamicObject
                         .into_review();
                 }
             };
+            // The patch is computed between typed Pods, which leave out what they do not know
+            // (fields of a newer Kubernetes stay untouched that way); it must still apply to
+            // the object exactly as it was sent, or the API server would fail the request
+            // with a less helpful message.
+            let mut applied = sent["request"]["object"].clone();
+            if let Err(e) = json_patch::patch(&mut applied, &patch) {
+                return response
+                    .deny(format!(
+                        "hush-inject: the pod as sent does not have the shape of a Pod: {e}"
+                    ))
+                    .into_review();
+            }
             match response.clone().with_patch(patch) {
                 Ok(patched) => patched.into_review(),
                 Err(e) => response
@@ -885,6 +906,22 @@ mod tests {
                 InjectorConfig::from_yaml(&format!("{base}trust_bundle: {bundle}\n")).unwrap_err();
             assert!(err.contains(expected), "{err}");
         }
+    }
+
+    #[test]
+    fn a_pod_without_metadata_is_refused_not_patched_blindly() {
+        let (answer, pod) = admit(&request(|object| {
+            let metadata = object["metadata"].take();
+            object.as_object_mut().unwrap().remove("metadata");
+            object["mutadata"] = metadata;
+        }));
+        assert!(pod.is_none(), "{answer}");
+        assert_eq!(answer["response"]["allowed"], false);
+        let message = answer["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("does not have the shape of a Pod"),
+            "{message}"
+        );
     }
 
     #[test]
