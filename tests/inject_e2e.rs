@@ -147,6 +147,19 @@ fn garbage_gets_a_refusal_not_a_crash() {
         "{}",
         describe_output(&output)
     );
+    // A reload interval of nothing would spin.
+    let output = Command::new(HUSH)
+        .args(["inject", "serve", "--config"])
+        .arg(&config)
+        .args(["--cert", "c", "--key", "k", "--reload-interval", "0s"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--reload-interval must be longer"),
+        "{}",
+        describe_output(&output)
+    );
 }
 
 /// POSTs `body` to the webhook at `addr`, whose certificate `root` names `localhost`.

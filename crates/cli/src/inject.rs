@@ -78,6 +78,9 @@ pub(crate) async fn run(command: InjectCommand) -> Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    if args.reload_interval.is_zero() {
+        bail!("--reload-interval must be longer than 0s");
+    }
     let config = Arc::new(load_config(&args.config)?);
     let certificate = WebhookCertificate {
         cert: args.cert.clone(),
