@@ -212,6 +212,10 @@ fn the_ca_refuses_to_start_without_its_secret_or_for_another_trust_domain() {
     kube::write_kubelet_volume(&careless, &files, 0o444);
     let stderr = start(&careless, &[]);
     assert!(stderr.contains("defaultMode 0400"), "{stderr}");
+    assert!(
+        !stderr.contains("create the Secret"),
+        "the Secret exists; only its mode is wrong: {stderr}"
+    );
 }
 
 // === the Helm chart ===

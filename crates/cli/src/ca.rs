@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use hush_ca::{
     Attestor, AuditLog, Authority, CaDir, CaKeyAlgorithm, CaService, InitOptions, IssuancePolicy,
-    JoinTokenStore, ServeOptions, TokenReviewClient, TokenReviewConfig,
+    JoinTokenStore, ServeOptions, StoreError, TokenReviewClient, TokenReviewConfig,
 };
 use hush_identity::{SpiffeId, TrustDomain};
 use tokio::net::TcpListener;
@@ -342,16 +342,19 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .transpose()?;
     let dir = CaDir::new(&args.dir);
     let mut setup = build_ca(&dir, policy, args.audit_log, kubernetes.clone(), &args.sans)
-        .with_context(|| {
-            if kubernetes.is_some() {
-                format!(
+        .map_err(|e| {
+            let missing = e
+                .chain()
+                .any(|cause| matches!(cause.downcast_ref(), Some(StoreError::Missing { .. })));
+            if kubernetes.is_some() && missing {
+                e.context(format!(
                     "the CA cannot start without its keys: on Kubernetes, create the Secret \
                      mounted at {} from `hush ca init` output (see charts/hush/README.md); hush \
                      never makes a new root by itself",
                     args.dir.display()
-                )
+                ))
             } else {
-                "the CA cannot start".to_string()
+                e.context("the CA cannot start")
             }
         })?;
     if let Some(expected) = expected_domain
