@@ -4,6 +4,7 @@
 mod ca;
 mod capture;
 mod cert;
+mod diagnose;
 mod echo;
 mod inject;
 mod policy;
@@ -53,6 +54,9 @@ enum Command {
     /// Start a whole mesh on this machine in one command: a CA, and demo services each behind
     /// its own sidecar, all on loopback.
     Up(up::UpArgs),
+    /// Connect to a TLS port as a sidecar would and tell the handshake step by step; when it
+    /// fails, name the step and the reason, and say what to do.
+    Diagnose(diagnose::DiagnoseArgs),
     /// The demo app alone: an HTTP server that answers with its name and the caller's verified
     /// identity (the app of the Kubernetes walkthrough).
     DemoApp(echo::DemoAppArgs),
@@ -97,10 +101,17 @@ fn main() -> ExitCode {
             Command::Inject(cmd) => inject::run(cmd).await,
             Command::Up(args) => up::run(args).await,
             Command::DemoApp(args) => echo::run(args).await,
+            Command::Diagnose(args) => match diagnose::run(args).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(diagnose::Failed.into()),
+                Err(e) => Err(e),
+            },
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The report said what failed; the exit status says that something did.
+        Err(e) if e.is::<diagnose::Failed>() => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -1,0 +1,354 @@
+//! `hush diagnose` against real servers on loopback, one for each way a connection between
+//! sidecars goes wrong: a healthy sidecar (with a real CA), an expired certificate, a foreign
+//! CA, a wrong SPIFFE ID, a server that does not ask for a client certificate, a plaintext
+//! port, and a TLS 1.2-only server (Python's `ssl`, since hush's own TLS has no 1.2). Each must
+//! name the right step and reason, in words and in `--json`.
+
+#[path = "mesh/apps.rs"]
+mod apps;
+#[path = "mesh/sidecars.rs"]
+mod sidecars;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use hush_test_support::{
+    CaProcess, ProxyProcess, TestCa, TestLeaf, describe_output, expired_leaf_from_ca_dir,
+    leaf_from_ca_dir, mint_token,
+};
+use hush_tls::rustls;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use sidecars::{BACKEND, FRONTEND, HUSH, new_ca, path_str, sidecar_config};
+
+/// Runs `hush diagnose ARGS… --json` and returns the report, with the human report of the same
+/// run's arguments for the message checks.
+fn diagnose(args: &[&str]) -> (Output, Value, String) {
+    let json = Command::new(HUSH)
+        .arg("diagnose")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run hush diagnose");
+    let report: Value = serde_json::from_slice(&json.stdout)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}):\n{}", describe_output(&json)));
+    let human = Command::new(HUSH)
+        .arg("diagnose")
+        .args(args)
+        .output()
+        .expect("run hush diagnose");
+    assert_eq!(human.status.code(), json.status.code());
+    let text = String::from_utf8_lossy(&human.stdout).into_owned();
+    // Shown when a test fails (and with --nocapture).
+    eprintln!("{text}");
+    (json, report, text)
+}
+
+/// The step and reason the report names as the failure.
+fn failure(report: &Value) -> (u64, String) {
+    let failure = &report["failure"];
+    (
+        failure["step"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no failure in {report:#}")),
+        failure["reason"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// A TLS 1.3 server on loopback with `leaf`, asking for client certificates or not; it
+/// completes handshakes and then holds each connection until the client leaves.
+async fn tls_server(
+    leaf: TestLeaf,
+    client_auth: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> SocketAddr {
+    let builder = rustls::ServerConfig::builder_with_provider(hush_tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3");
+    let builder = match client_auth {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
+        .with_single_cert(leaf.chain, leaf.key)
+        .expect("a server certificate");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let mut buf = [0u8; 1024];
+                    while matches!(tls.read(&mut buf).await, Ok(n) if n > 0) {}
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn bundle_of(ca_dir: &Path) -> String {
+    path_str(&ca_dir.join("bundle.pem")).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_sidecar_is_told_step_by_step() {
+    let app = apps::start_app().await;
+    let (temp, ca_dir) = new_ca();
+    let ca = CaProcess::start(HUSH, &ca_dir, &[]);
+    let config = sidecar_config(
+        temp.path(),
+        "backend",
+        ca.url(),
+        &ca_dir,
+        BACKEND,
+        &format!("inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n"),
+    );
+    let backend = ProxyProcess::start(HUSH, &config);
+    let token = temp.path().join("frontend.token");
+    std::fs::write(&token, mint_token(HUSH, &ca_dir, FRONTEND, &[])).expect("token");
+    let target = backend.inbound().to_string();
+    let bundle = bundle_of(&ca_dir);
+    // A fresh token for each of the two runs (join tokens are single use).
+    let token_again = temp.path().join("frontend-2.token");
+    std::fs::write(&token_again, mint_token(HUSH, &ca_dir, FRONTEND, &[])).expect("token");
+
+    let run = |token: &Path, json: bool| {
+        let mut command = Command::new(HUSH);
+        command.args([
+            "diagnose",
+            &target,
+            "--bundle",
+            &bundle,
+            "--token-file",
+            path_str(token),
+            "--ca",
+            ca.url(),
+            "--expect-id",
+            BACKEND,
+        ]);
+        if json {
+            command.arg("--json");
+        }
+        command.output().expect("run hush diagnose")
+    };
+    let output = run(&token, false);
+    assert!(output.status.success(), "{}", describe_output(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    for expected in [
+        "step 1, connection: ok",
+        "step 2, hello: ok",
+        "we offered: TLS 1.3; cipher suites TLS13_AES_128_GCM_SHA256",
+        "key shares X25519MLKEM768",
+        "the server chose: TLS 1.3, TLS13_",
+        "key exchange X25519MLKEM768, ALPN h2",
+        "step 3, certificate verification: ok",
+        &format!("1. {BACKEND} — issued by O=hush, CN=hush intermediate CA (cluster.local)"),
+        "chain: ok, to a root of the bundle (trust domain cluster.local)",
+        &format!("SPIFFE ID: ok, {BACKEND} (expected {BACKEND})"),
+        "step 4, client certificate: ok",
+        &format!("we presented {FRONTEND}"),
+        "and it accepted it",
+        "result: ok, mutual TLS works",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in:\n{text}");
+    }
+
+    let output = run(&token_again, true);
+    assert!(output.status.success(), "{}", describe_output(&output));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!(report["ok"], true);
+    assert!(report["failure"].is_null());
+    let steps = report["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 4);
+    assert!(steps.iter().all(|s| s["status"] == "ok"), "{report:#}");
+    assert_eq!(steps[1]["details"]["chosen"]["group"], "X25519MLKEM768");
+    assert_eq!(steps[2]["details"]["chain"][0]["spiffe_id"], BACKEND);
+    assert!(
+        steps[2]["details"]["chain"][0]["seconds_left"]
+            .as_i64()
+            .unwrap_or(0)
+            > 0
+    );
+
+    // Another identity than the one there: step 3, by the SPIFFE ID.
+    let (output, report, text) = diagnose(&[
+        &target,
+        "--bundle",
+        &bundle,
+        "--expect-id",
+        "spiffe://cluster.local/ns/shop/sa/payments",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(failure(&report), (3, "unexpected_identity".to_string()));
+    assert!(
+        text.contains("result: FAILED at step 3, certificate verification:")
+            && text.contains("spiffe://cluster.local/ns/shop/sa/payments")
+            && text.contains(BACKEND),
+        "{text}"
+    );
+    assert!(
+        text.contains("hint: the server is another workload than expected"),
+        "{text}"
+    );
+
+    // No identity of our own: the sidecar asks for one, and step 4 says so.
+    let (_, report, _) = diagnose(&[&target, "--bundle", &bundle]);
+    assert_eq!(failure(&report), (4, "no_credentials".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_fails_at_validity_with_how_long_ago() {
+    let (_temp, ca_dir) = new_ca();
+    let addr = tls_server(expired_leaf_from_ca_dir(&ca_dir, BACKEND), None).await;
+    let (output, report, text) = diagnose(&[&addr.to_string(), "--bundle", &bundle_of(&ca_dir)]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(failure(&report), (3, "expired".to_string()));
+    assert!(
+        text.contains(
+            "result: FAILED at step 3, certificate verification: the server's certificate \
+             expired at"
+        ) && text.contains(" ago)"),
+        "{text}"
+    );
+    assert!(text.contains("(expired 1 h 0 min ago)"), "{text}");
+    assert!(text.contains("validity: FAILED"), "{text}");
+    assert!(
+        text.contains("hint: the server's sidecar is not renewing its certificate"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_another_ca_fails_at_the_chain() {
+    let (_temp, ca_dir) = new_ca();
+    let foreign = TestCa::new("cluster.local").leaf(BACKEND);
+    let addr = tls_server(foreign, None).await;
+    let (_, report, text) = diagnose(&[&addr.to_string(), "--bundle", &bundle_of(&ca_dir)]);
+    assert_eq!(failure(&report), (3, "unknown_issuer".to_string()));
+    assert!(text.contains("certificate chain: FAILED"), "{text}");
+    assert!(text.contains("it was issued by another CA"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_does_not_ask_for_our_certificate_fails_at_step_4() {
+    let (_temp, ca_dir) = new_ca();
+    let addr = tls_server(leaf_from_ca_dir(&ca_dir, Some(BACKEND)), None).await;
+    let (_, report, text) = diagnose(&[&addr.to_string(), "--bundle", &bundle_of(&ca_dir)]);
+    assert_eq!(failure(&report), (4, "no_client_auth".to_string()));
+    assert!(
+        text.contains("step 3, certificate verification: ok"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the server did not ask for a client certificate: it does not do mutual TLS"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_port_fails_at_the_hello_with_what_it_answered() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut buf = [0u8; 2048];
+            let _ = tcp.read(&mut buf).await;
+            let _ = tcp
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+        }
+    });
+    let (_, report, text) = diagnose(&[&addr.to_string()]);
+    assert_eq!(failure(&report), (2, "not_tls".to_string()));
+    assert!(
+        text.contains("the server answered in plaintext, not TLS: \"HTTP/1.1 400 Bad Request"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hint: this port does not speak TLS"),
+        "{text}"
+    );
+
+    // And a port where nothing listens: step 1.
+    drop(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+    let closed = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("address")
+    };
+    let (_, report, _) = diagnose(&[&closed.to_string()]);
+    assert_eq!(failure(&report), (1, "refused".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_1_2_only_server_is_named_as_such() {
+    if !Path::new("/usr/bin/python3").exists() {
+        eprintln!("SKIPPED: /usr/bin/python3 is needed for a TLS 1.2 server");
+        return;
+    }
+    let (temp, ca_dir) = new_ca();
+    let leaf = leaf_from_ca_dir(&ca_dir, Some(BACKEND));
+    let pem = |label: &str, der: &[u8]| {
+        let body = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap_or_default())
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
+    };
+    let cert = temp.path().join("tls12.crt");
+    let key = temp.path().join("tls12.key");
+    let chain: String = leaf.chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
+    std::fs::write(&cert, chain).expect("write the certificate");
+    std::fs::write(&key, pem("PRIVATE KEY", leaf.key.secret_der())).expect("write the key");
+    let script = r#"
+import socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(8)
+print(server.getsockname()[1], flush=True)
+while True:
+    conn, _ = server.accept()
+    try:
+        tls = ctx.wrap_socket(conn, server_side=True)
+        tls.close()
+    except (ssl.SSLError, OSError):
+        conn.close()
+"#;
+    let mut python = hush_test_support::HushProcess::spawn(
+        "/usr/bin/python3",
+        &["-c", script, path_str(&cert), path_str(&key)],
+    );
+    let port = python
+        .wait_for_line(
+            |l| l.trim().parse::<u16>().is_ok(),
+            std::time::Duration::from_secs(20),
+        )
+        .unwrap_or_else(|e| panic!("the TLS 1.2 server did not start: {e}"));
+    let target = format!("127.0.0.1:{}", port.trim());
+    let (_, report, text) = diagnose(&[&target, "--bundle", &bundle_of(&ca_dir)]);
+    assert_eq!(failure(&report), (2, "tls_version".to_string()), "{text}");
+    assert!(
+        text.contains("the server speaks TLS 1.2 only; hush sidecars speak TLS 1.3 only"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the server answered with the alert ProtocolVersion"),
+        "{text}"
+    );
+}
