@@ -20,6 +20,7 @@
 mod config;
 mod credentials;
 mod explain;
+pub mod hello;
 mod trust;
 mod verify;
 

@@ -3,12 +3,12 @@
 //! one line, and say what to do.
 //!
 //! The steps: 1 the TCP connection; 2 the hellos (what this side offered, what the server
-//! chose; read from the bytes on the wire, see [`wire`]); 3 the server's certificate chain and
+//! chose; read from the bytes on the wire, see [`hush_tls::hello`]); 3 the server's certificate chain and
 //! its verification (chain, validity, SPIFFE ID); 4 whether the server asked for this side's
 //! certificate, and whether it accepted it. Verification uses the same verifier as the sidecar,
 //! wrapped to keep what it saw, and failures are worded by the same [`HandshakeFailure`].
 
-mod wire;
+mod recorder;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -35,7 +35,9 @@ use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use self::wire::{Recorder, ServerFirst};
+use hush_tls::hello::{self, ServerFirst};
+
+use self::recorder::Recorder;
 use crate::parse_duration;
 
 /// How long to wait, after the handshake, for the server to refuse this side's certificate
@@ -445,8 +447,8 @@ async fn finish(
         connector.connect(setup.server_name.clone(), stream),
     )
     .await;
-    let offer = wire::client_hello(&tape.sent());
-    let server_first = wire::server_first(&tape.received());
+    let offer = hello::client_hello(&tape.sent());
+    let server_first = hello::server_first(&tape.received());
     let mut hello_lines = Vec::new();
     if let Some(offer) = &offer {
         hello_lines.push(format!(
@@ -808,7 +810,7 @@ async fn version_spoken(target: &str, setup: &Setup, timeout: Duration) -> Optio
         .await
         .ok()?
         .ok()?;
-    tcp.write_all(&wire::hello_offering_tls12(server_name.as_deref()))
+    tcp.write_all(&hello::hello_offering_tls12(server_name.as_deref()))
         .await
         .ok()?;
     let mut received = Vec::new();
@@ -820,7 +822,7 @@ async fn version_spoken(target: &str, setup: &Setup, timeout: Duration) -> Optio
             Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
             _ => break,
         }
-        if let ServerFirst::Hello(choice) = wire::server_first(&received) {
+        if let ServerFirst::Hello(choice) = hello::server_first(&received) {
             return Some(choice.version);
         }
     }

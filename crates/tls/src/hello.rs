@@ -1,21 +1,13 @@
-//! What crossed the wire during a handshake, read back for the story: the bytes each side sent
-//! before encryption began, and the hellos in them.
+//! The hellos of a TLS handshake, read from the bytes on the wire.
 //!
 //! In TLS 1.3 only the ClientHello and the ServerHello (or an alert) travel in the clear; they
-//! hold what was offered and what was chosen. rustls does not expose the offer, so the bytes are
-//! recorded as they pass and parsed here. The parser reads only what it needs, checks every
-//! length, and gives up (returning `None`) on anything it does not understand.
-
-use std::io;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+//! hold what a client offered and what the server chose. rustls does not expose the offer, so
+//! `hush diagnose` records the bytes as they pass and reads them here. The parser reads only
+//! what it needs, checks every length, and gives up (`None`, [`ServerFirst::Unreadable`]) on
+//! anything it does not understand; it never panics, whatever the bytes (fuzzed in
+//! `fuzz/fuzz_targets/tls_hello.rs`).
 
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-/// Recording stops after this much in each direction: the hellos are in the first kilobytes.
-const RECORD_LIMIT: usize = 64 * 1024;
 
 const CONTENT_ALERT: u8 = 21;
 const CONTENT_HANDSHAKE: u8 = 22;
@@ -32,115 +24,39 @@ const HELLO_RETRY_RANDOM: [u8; 32] = [
     0xc2, 0xa2, 0x11, 0x16, 0x7a, 0xbb, 0x8c, 0x5e, 0x07, 0x9e, 0x09, 0xe2, 0xc8, 0xa8, 0x33, 0x9c,
 ];
 
-/// A stream that keeps a copy of the first bytes written to and read from it.
-pub(crate) struct Recorder<S> {
-    inner: S,
-    tape: Tape,
-}
-
-/// The recorded bytes, shared with whoever reads them after the handshake.
-#[derive(Clone, Default)]
-pub(crate) struct Tape {
-    sent: Arc<Mutex<Vec<u8>>>,
-    received: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Tape {
-    pub(crate) fn sent(&self) -> Vec<u8> {
-        lock(&self.sent).clone()
-    }
-
-    pub(crate) fn received(&self) -> Vec<u8> {
-        lock(&self.received).clone()
-    }
-}
-
-fn lock(bytes: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
-    bytes
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn keep(tape: &Mutex<Vec<u8>>, bytes: &[u8]) {
-    let mut tape = lock(tape);
-    let room = RECORD_LIMIT.saturating_sub(tape.len());
-    tape.extend_from_slice(&bytes[..bytes.len().min(room)]);
-}
-
-impl<S> Recorder<S> {
-    pub(crate) fn new(inner: S) -> (Self, Tape) {
-        let tape = Tape::default();
-        (
-            Self {
-                inner,
-                tape: tape.clone(),
-            },
-            tape,
-        )
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Recorder<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            keep(&self.tape.received, &buf.filled()[before..]);
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Recorder<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(written)) = polled {
-            keep(&self.tape.sent, &buf[..written]);
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 /// What a ClientHello offered.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub(crate) struct Offer {
-    pub(crate) versions: Vec<String>,
-    pub(crate) cipher_suites: Vec<String>,
-    pub(crate) groups: Vec<String>,
-    pub(crate) key_shares: Vec<String>,
-    pub(crate) alpn: Vec<String>,
-    pub(crate) server_name: Option<String>,
+pub struct Offer {
+    /// Protocol versions (`TLS 1.3`), from `supported_versions`.
+    pub versions: Vec<String>,
+    /// Cipher suites, in the client's order of preference.
+    pub cipher_suites: Vec<String>,
+    /// Key-exchange groups, from `supported_groups`.
+    pub groups: Vec<String>,
+    /// The groups a key share was sent for, ready for the server to pick.
+    pub key_shares: Vec<String>,
+    /// Application protocols (ALPN).
+    pub alpn: Vec<String>,
+    /// The server name (SNI), if one was sent.
+    pub server_name: Option<String>,
 }
 
 /// What a ServerHello chose.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub(crate) struct Choice {
-    pub(crate) version: String,
-    pub(crate) cipher_suite: String,
-    pub(crate) group: Option<String>,
+pub struct Choice {
+    /// The version chosen (`supported_versions`, or the legacy field without it).
+    pub version: String,
+    /// The cipher suite chosen.
+    pub cipher_suite: String,
+    /// The key-exchange group of the server's key share.
+    pub group: Option<String>,
     /// A HelloRetryRequest: the server wants a key share for `group` first.
-    pub(crate) retry: bool,
+    pub retry: bool,
 }
 
 /// The first thing the server sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum ServerFirst {
+pub enum ServerFirst {
     /// Nothing at all.
     Nothing,
     /// A ServerHello (or a HelloRetryRequest).
@@ -154,7 +70,7 @@ pub(crate) enum ServerFirst {
 }
 
 /// Reads the ClientHello at the start of what the client sent.
-pub(crate) fn client_hello(sent: &[u8]) -> Option<Offer> {
+pub fn client_hello(sent: &[u8]) -> Option<Offer> {
     let message = handshake_message(sent, CLIENT_HELLO)?;
     let mut body = Reader::new(&message);
     body.skip(2 + 32)?; // legacy_version, random
@@ -216,7 +132,7 @@ pub(crate) fn client_hello(sent: &[u8]) -> Option<Offer> {
 /// A ClientHello offering TLS 1.2 as well as 1.3, with the suites and groups common servers
 /// choose from, to learn which version a server that refused hush's hello speaks. Its key share
 /// is random bytes: the connection is dropped after the ServerHello, so no key is ever derived.
-pub(crate) fn hello_offering_tls12(server_name: Option<&str>) -> Vec<u8> {
+pub fn hello_offering_tls12(server_name: Option<&str>) -> Vec<u8> {
     fn with_length_u16(bytes: &[u8]) -> Vec<u8> {
         let mut out = u16::try_from(bytes.len())
             .unwrap_or(0)
@@ -279,14 +195,12 @@ pub(crate) fn hello_offering_tls12(server_name: Option<&str>) -> Vec<u8> {
 fn rand_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     // A failure leaves zeros, which still make a well-formed hello.
-    let _ = hush_tls::rustls::crypto::aws_lc_rs::default_provider()
-        .secure_random
-        .fill(&mut bytes);
+    let _ = crate::provider().secure_random.fill(&mut bytes);
     bytes
 }
 
 /// Reads the first thing the server sent.
-pub(crate) fn server_first(received: &[u8]) -> ServerFirst {
+pub fn server_first(received: &[u8]) -> ServerFirst {
     let Some(&content) = received.first() else {
         return ServerFirst::Nothing;
     };
@@ -294,7 +208,7 @@ pub(crate) fn server_first(received: &[u8]) -> ServerFirst {
         return match received.get(5..7) {
             Some([_, description]) => ServerFirst::Alert(format!(
                 "{:?}",
-                hush_tls::rustls::AlertDescription::from(*description)
+                rustls::AlertDescription::from(*description)
             )),
             _ => ServerFirst::Unreadable,
         };
@@ -359,16 +273,16 @@ fn version_name(version: u16) -> String {
         0x0303 => "TLS 1.2".into(),
         0x0302 => "TLS 1.1".into(),
         0x0301 => "TLS 1.0".into(),
-        other => format!("{:?}", hush_tls::rustls::ProtocolVersion::from(other)),
+        other => format!("{:?}", rustls::ProtocolVersion::from(other)),
     }
 }
 
 fn suite_name(suite: u16) -> String {
-    format!("{:?}", hush_tls::rustls::CipherSuite::from(suite))
+    format!("{:?}", rustls::CipherSuite::from(suite))
 }
 
 fn group_name(group: u16) -> String {
-    format!("{:?}", hush_tls::rustls::NamedGroup::from(group))
+    format!("{:?}", rustls::NamedGroup::from(group))
 }
 
 /// The start of a non-TLS answer, as text a person can read.
@@ -445,20 +359,37 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hush_tls::rustls;
+    use std::sync::Arc;
 
-    /// A ClientHello and the server's answer as rustls writes them, over an in-memory pipe.
-    fn handshake_bytes(server: Arc<rustls::ServerConfig>) -> (Vec<u8>, Vec<u8>) {
-        let ca = hush_test_support::TestCa::new("example.org");
-        let roots = vec![ca.root()];
-        let client_config =
-            hush_tls::client_config_with_roots(&roots, None, &[b"h2", b"http/1.1"]).unwrap();
+    /// A ClientHello (hush's client configuration) and a TLS 1.3 server's answer, as rustls
+    /// writes them, over an in-memory pipe.
+    fn handshake_bytes() -> (Vec<u8>, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["backend.example.org".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(crate::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let client_config = crate::client_config_with_roots(
+            std::slice::from_ref(cert.der()),
+            None,
+            &[b"h2", b"http/1.1"],
+        )
+        .unwrap();
         let mut client = rustls::ClientConnection::new(
             Arc::new(client_config),
             "backend.example.org".try_into().unwrap(),
         )
         .unwrap();
-        let mut server = rustls::ServerConnection::new(server).unwrap();
+        let mut server = rustls::ServerConnection::new(Arc::new(server)).unwrap();
         let mut hello = Vec::new();
         client.write_tls(&mut hello).unwrap();
         server.read_tls(&mut hello.as_slice()).unwrap();
@@ -470,9 +401,7 @@ mod tests {
 
     #[test]
     fn the_hellos_of_a_real_handshake_are_read() {
-        let ca = hush_test_support::TestCa::new("example.org");
-        let server = ca.rustls_server_config(&["backend.example.org"], &[b"h2"]);
-        let (hello, answer) = handshake_bytes(server);
+        let (hello, answer) = handshake_bytes();
 
         let offer = client_hello(&hello).expect("a ClientHello");
         assert_eq!(offer.versions, ["TLS 1.3"]);
