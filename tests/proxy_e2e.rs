@@ -796,6 +796,69 @@ async fn the_admin_port_reports_and_shuts_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_come_as_json_and_the_filter_changes_at_run_time() {
+    let app = apps::start_app().await;
+    let (temp, ca_dir) = new_ca();
+    let ca = CaProcess::start(HUSH, &ca_dir, &[]);
+    let config = sidecar_config(
+        temp.path(),
+        "backend",
+        ca.url(),
+        &ca_dir,
+        BACKEND,
+        &format!("inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n"),
+    );
+    let backend = ProxyProcess::try_start(HUSH, &config, &[("HUSH_LOG_FORMAT", "json")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let admin = backend.admin();
+
+    let (status, body) = http_request(admin, "GET", "/logging");
+    assert_eq!((status, body.as_str()), (200, "info\n"));
+    let (status, body) = http_request(admin, "POST", "/logging?filter=hush_proxy%3Ddebug%2Cinfo");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "log filter: hush_proxy=debug,info (was info)\n");
+    // A filter that does not parse changes nothing.
+    let (status, body) = http_request(admin, "POST", "/logging?filter=hush_proxy%3Dloud");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("refused, hush_proxy=debug,info stays"),
+        "{body}"
+    );
+    let (status, _) = http_request(admin, "POST", "/logging");
+    assert_eq!(status, 400);
+    let (status, body) = http_request(admin, "GET", "/logging");
+    assert_eq!((status, body.as_str()), (200, "hush_proxy=debug,info\n"));
+
+    backend
+        .wait_for_log(
+            &["log filter changed on the admin port"],
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let logs = backend.stderr();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let changed = lines
+        .iter()
+        .find(|l| l["message"] == "log filter changed on the admin port")
+        .expect("the change is logged");
+    assert_eq!(changed["level"], "INFO");
+    assert_eq!(changed["from"], "info");
+    assert_eq!(changed["to"], "hush_proxy=debug,info");
+    assert!(changed["timestamp"].is_string());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "obtained the workload certificate"
+                && l["spiffe_id"] == BACKEND),
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let mut mesh = Mesh::start(MeshSpec {
         extra: "shutdown_grace: 10s\n",

@@ -26,7 +26,10 @@ pub(crate) struct ProxyArgs {
 /// The line printed once the sidecar holds its certificate and accepts connections.
 pub(crate) const READY_PREFIX: &str = "hush proxy: ready as ";
 
-pub(crate) async fn run(args: ProxyArgs) -> Result<()> {
+pub(crate) async fn run(
+    args: ProxyArgs,
+    logging: std::sync::Arc<dyn hush_proxy::LogControl>,
+) -> Result<()> {
     let config = ProxyConfig::load(&args.config)?;
     if args.check {
         let bundle = hush_proxy::load_trust_bundle(&config)?;
@@ -38,7 +41,8 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<()> {
     }
     let proxy = Proxy::bind(config)
         .await
-        .with_context(|| format!("cannot start the sidecar of {}", args.config.display()))?;
+        .with_context(|| format!("cannot start the sidecar of {}", args.config.display()))?
+        .with_log_control(logging);
     print_listeners(&proxy)?;
     let mut status = proxy.status();
     tokio::spawn(async move {

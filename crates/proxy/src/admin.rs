@@ -34,8 +34,19 @@ use crate::metrics::Metrics;
 use crate::policy::PolicyEnforcer;
 use crate::probe::AppProbe;
 
+/// Changes the process's log filter while it runs. The binary owns the log subscriber; the
+/// admin port only asks it (`GET /logging`, `POST /logging?filter=…`).
+pub trait LogControl: Send + Sync {
+    /// The filter in force (`info`, `hush_proxy=debug,info`…).
+    fn filter(&self) -> String;
+    /// Replaces the filter; an invalid one is refused with the reason and changes nothing.
+    fn set_filter(&self, filter: &str) -> Result<(), String>;
+}
+
 pub(crate) struct Admin {
     pub(crate) metrics: Metrics,
+    /// Run-time log filter changes, when the binary offers them.
+    pub(crate) logging: Option<Arc<dyn LogControl>>,
     pub(crate) status: watch::Receiver<IdentityStatus>,
     pub(crate) trust: TrustStore,
     pub(crate) draining: CancellationToken,
@@ -87,6 +98,42 @@ impl Admin {
         }
     }
 
+    /// `POST /logging?filter=FILTER`: the filter is in the query, so nothing is read from the
+    /// body.
+    fn set_logging(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let Some(logging) = &self.logging else {
+            return text(
+                StatusCode::NOT_FOUND,
+                "log filter changes are not offered\n".into(),
+            );
+        };
+        let filter = request.uri().query().and_then(|query| {
+            form_urlencoded::parse(query.as_bytes())
+                .find(|(name, _)| name == "filter")
+                .map(|(_, value)| value.into_owned())
+        });
+        let Some(filter) = filter else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "say which filter: POST /logging?filter=debug (or hush_proxy=debug,info)\n".into(),
+            );
+        };
+        let before = logging.filter();
+        match logging.set_filter(&filter) {
+            Ok(()) => {
+                info!(from = %before, to = %filter, "log filter changed on the admin port");
+                text(
+                    StatusCode::OK,
+                    format!("log filter: {filter} (was {before})\n"),
+                )
+            }
+            Err(reason) => text(
+                StatusCode::BAD_REQUEST,
+                format!("log filter {filter:?} refused, {before} stays: {reason}\n"),
+            ),
+        }
+    }
+
     fn answer(&self, request: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let method = request.method();
         match request.uri().path() {
@@ -104,6 +151,18 @@ impl Admin {
             }
             "/certs" if method == Method::GET => self.certs(),
             "/policy" if method == Method::GET => self.policy(),
+            "/logging" if method == Method::GET => match &self.logging {
+                Some(logging) => text(StatusCode::OK, format!("{}\n", logging.filter())),
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "log filter changes are not offered\n".into(),
+                ),
+            },
+            "/logging" if method == Method::POST && !may_shut_down(peer) => text(
+                StatusCode::FORBIDDEN,
+                "the log filter is only changed from this pod (a loopback address)\n".to_string(),
+            ),
+            "/logging" if method == Method::POST => self.set_logging(request),
             "/shutdown" if method == Method::POST && !may_shut_down(peer) => text(
                 StatusCode::FORBIDDEN,
                 "shutdown is only taken from this pod (a loopback address)\n".to_string(),
@@ -116,15 +175,15 @@ impl Admin {
                     "shutting down: draining connections\n".to_string(),
                 )
             }
-            "/live" | "/ready" | "/metrics" | "/certs" | "/policy" | "/shutdown" => {
+            "/live" | "/ready" | "/metrics" | "/certs" | "/policy" | "/shutdown" | "/logging" => {
                 let mut response = text(
                     StatusCode::METHOD_NOT_ALLOWED,
                     format!("{method} is not allowed here\n"),
                 );
-                let allow = if request.uri().path() == "/shutdown" {
-                    "POST"
-                } else {
-                    "GET"
+                let allow = match request.uri().path() {
+                    "/shutdown" => "POST",
+                    "/logging" => "GET, POST",
+                    _ => "GET",
                 };
                 response
                     .headers_mut()
@@ -134,8 +193,8 @@ impl Admin {
             other => text(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no such page: {other}; try /live, /ready, /metrics, /certs, /policy, POST \
-                     /shutdown\n"
+                    "no such page: {other}; try /live, /ready, /metrics, /certs, /policy, \
+                     /logging, POST /shutdown\n"
                 ),
             ),
         }

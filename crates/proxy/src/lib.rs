@@ -42,6 +42,7 @@ mod proxy;
 mod serve;
 mod tls;
 
+pub use self::admin::LogControl;
 pub use self::config::{
     AccessLog, AdminConfig, CaConfig, ConfigError, DefaultPolicy, DestinationRule, Identities,
     InboundConfig, Limits, OutboundConfig, Passthrough, PolicyConfig, Protocol, ProxyConfig,

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::admin::Admin;
+use crate::admin::{Admin, LogControl};
 use crate::config::{ConfigError, ProxyConfig};
 use crate::http::{Forward, HttpVersion};
 use crate::identity::{IdentityManager, IdentityStatus};
@@ -92,6 +92,7 @@ pub struct Proxy {
     outbound: Vec<TcpListener>,
     transparent: Option<TcpListener>,
     shutdown_requested: CancellationToken,
+    logging: Option<Arc<dyn LogControl>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -160,7 +161,15 @@ impl Proxy {
             outbound,
             transparent,
             shutdown_requested: CancellationToken::new(),
+            logging: None,
         })
+    }
+
+    /// Lets the admin port show and change the log filter (`GET`/`POST /logging`).
+    #[must_use]
+    pub fn with_log_control(mut self, logging: Arc<dyn LogControl>) -> Self {
+        self.logging = Some(logging);
+        self
     }
 
     /// The bound addresses.
@@ -215,6 +224,7 @@ impl Proxy {
             outbound,
             transparent,
             shutdown_requested,
+            logging,
         } = self;
         let lifecycle = Lifecycle::default();
         let background = CancellationToken::new();
@@ -222,6 +232,7 @@ impl Proxy {
 
         let admin_server = Arc::new(Admin {
             metrics: metrics.clone(),
+            logging,
             status: status_rx.clone(),
             trust: trust.clone(),
             draining: lifecycle.draining.clone(),
