@@ -180,12 +180,16 @@ impl IdentityManager {
                     let wait = round_to_millis(jittered(backoff, 0.2));
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     next_attempt = tokio::time::Instant::now() + wait;
-                    let still_valid = current
+                    let left = current
                         .as_ref()
-                        .is_some_and(|svid| SystemTime::now() < svid.not_after);
+                        .and_then(|svid| svid.not_after.duration_since(SystemTime::now()).ok());
                     let retry_in = humantime::format_duration(wait);
-                    if still_valid {
-                        warn!(%retry_in, "cannot renew the workload certificate; still serving with the current one: {error}");
+                    if let Some(left) = left {
+                        // Renewal starts at about half the lifetime, so this warns long before
+                        // the certificate runs out, and says how long is left.
+                        let expires_in =
+                            humantime::format_duration(Duration::from_secs(left.as_secs()));
+                        warn!(%retry_in, %expires_in, "cannot renew the workload certificate; still serving with the current one, which expires in {expires_in}: {error}");
                     } else {
                         warn!(%retry_in, "cannot obtain a workload certificate: {error}");
                     }
