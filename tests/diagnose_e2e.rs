@@ -2,7 +2,8 @@
 //! sidecars goes wrong: a healthy sidecar (with a real CA), an expired certificate, a foreign
 //! CA, a wrong SPIFFE ID, a server that does not ask for a client certificate, a plaintext
 //! port, and a TLS 1.2-only server (Python's `ssl`, since hush's own TLS has no 1.2). Each must
-//! name the right step and reason, in words and in `--json`.
+//! name the right step and reason, in words and in `--json`. And `hush check` on a sound
+//! installation and on each broken part of one.
 
 #[path = "mesh/apps.rs"]
 mod apps;
@@ -351,4 +352,123 @@ while True:
         text.contains("the server answered with the alert ProtocolVersion"),
         "{text}"
     );
+}
+
+/// Runs `hush check ARGS… --json`; returns the exit code and each check's verdict by name.
+fn check(args: &[&str]) -> (Option<i32>, Value) {
+    let output = Command::new(HUSH)
+        .arg("check")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run hush check");
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}):\n{}", describe_output(&output)));
+    (output.status.code(), report)
+}
+
+fn verdict<'a>(report: &'a Value, name: &str) -> (&'a str, &'a str) {
+    let check = report["checks"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no {name} check in {report:#}"));
+    (
+        check["verdict"].as_str().unwrap_or_default(),
+        check["message"].as_str().unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hush_check_passes_a_sound_installation_and_names_each_broken_part() {
+    let app = apps::start_app().await;
+    let (temp, ca_dir) = new_ca();
+    let mut ca = CaProcess::start(HUSH, &ca_dir, &[]);
+    let body = format!("inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n");
+    let config = sidecar_config(temp.path(), "backend", ca.url(), &ca_dir, BACKEND, &body);
+    let backend = ProxyProcess::start(HUSH, &config);
+    let admin = backend.admin().to_string();
+    let config_arg = path_str(&config).to_string();
+
+    let (code, report) = check(&["--config", &config_arg, "--admin", &admin]);
+    assert_eq!(code, Some(0), "{report:#}");
+    for name in [
+        "configuration",
+        "trust bundle",
+        "CA",
+        "clocks",
+        "policy",
+        "token file",
+    ] {
+        assert_eq!(verdict(&report, name).0, "ok", "{name}: {report:#}");
+    }
+    let (certificate, message) = verdict(&report, "certificate");
+    assert_eq!(certificate, "ok");
+    assert!(
+        message.starts_with(&format!("{BACKEND}: valid, ")),
+        "{message}"
+    );
+    assert!(verdict(&report, "CA").1.ends_with("its bundle is this one"));
+    let human = Command::new(HUSH)
+        .args(["check", "--config", &config_arg, "--admin", &admin])
+        .output()
+        .expect("run hush check");
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("clocks         ok: this clock and the CA's agree"),
+        "{text}"
+    );
+    assert!(text.ends_with("result: ok\n"), "{text}");
+
+    // A certificate with less left than asked for is about to expire.
+    let (code, report) = check(&[
+        "--config",
+        &config_arg,
+        "--admin",
+        &admin,
+        "--expiry-warning",
+        "48h",
+    ]);
+    assert_eq!(code, Some(0), "a warning does not fail the check");
+    assert_eq!(verdict(&report, "certificate").0, "warning");
+
+    // A broken policy file, named with its line and column.
+    let dir = config.parent().expect("the sidecar's folder");
+    std::fs::write(dir.join("broken-policy.yaml"), "apiVersion: hush.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: x}\nspec:\n  action: ALLOW\n  rules: [{to: [{ports: [0]}]}]\n").expect("policy");
+    let with_policy = dir.join("with-policy.yaml");
+    std::fs::write(
+        &with_policy,
+        format!(
+            "{}policy:\n  path: broken-policy.yaml\n",
+            std::fs::read_to_string(&config).expect("config")
+        ),
+    )
+    .expect("config");
+    let (code, report) = check(&["--config", path_str(&with_policy), "--admin", &admin]);
+    assert_eq!(code, Some(1));
+    let (policy, message) = verdict(&report, "policy");
+    assert_eq!(policy, "failed");
+    assert!(message.contains("broken-policy.yaml:6:"), "{message}");
+
+    // A bundle of another mesh: the CA cannot be trusted, so it cannot be checked.
+    let (_other_temp, other_ca) = new_ca();
+    let foreign = dir.join("foreign.yaml");
+    std::fs::write(
+        &foreign,
+        std::fs::read_to_string(&config)
+            .expect("config")
+            .replace(&bundle_of(&ca_dir), &bundle_of(&other_ca)),
+    )
+    .expect("config");
+    let (code, report) = check(&["--config", path_str(&foreign), "--admin", &admin]);
+    assert_eq!(code, Some(1));
+    assert_eq!(verdict(&report, "CA").0, "failed", "{report:#}");
+
+    // The CA down: it fails, the clocks cannot be compared, and the sidecar still holds a
+    // valid certificate.
+    ca.terminate();
+    let (code, report) = check(&["--config", &config_arg, "--admin", &admin]);
+    assert_eq!(code, Some(1));
+    assert_eq!(verdict(&report, "CA").0, "failed");
+    assert_eq!(verdict(&report, "clocks").0, "skipped");
+    assert_eq!(verdict(&report, "certificate").0, "ok");
 }

@@ -231,6 +231,7 @@ impl pb::certificate_authority_server::CertificateAuthority for CaService {
         Ok(Response::new(pb::GetTrustBundleResponse {
             trust_domain: bundle.trust_domain().to_string(),
             roots: bundle.roots().iter().map(|c| c.to_vec()).collect(),
+            server_time_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
         }))
     }
 }

@@ -4,6 +4,7 @@
 mod ca;
 mod capture;
 mod cert;
+mod check;
 mod diagnose;
 mod echo;
 mod inject;
@@ -57,6 +58,9 @@ enum Command {
     /// Start a whole mesh on this machine in one command: a CA, and demo services each behind
     /// its own sidecar, all on loopback.
     Up(up::UpArgs),
+    /// Check a sidecar's installation: configuration, trust bundle, CA, clocks, policy, token,
+    /// and the running sidecar's certificate.
+    Check(check::CheckArgs),
     /// Connect to a TLS port as a sidecar would and tell the handshake step by step; when it
     /// fails, name the step and the reason, and say what to do.
     Diagnose(diagnose::DiagnoseArgs),
@@ -107,21 +111,39 @@ fn main() -> ExitCode {
             Command::Inject(cmd) => inject::run(cmd).await,
             Command::Up(args) => up::run(args).await,
             Command::DemoApp(args) => echo::run(args).await,
-            Command::Diagnose(args) => match diagnose::run(args).await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(diagnose::Failed.into()),
-                Err(e) => Err(e),
-            },
+            Command::Diagnose(args) => reported(diagnose::run(args).await),
+            Command::Check(args) => reported(check::run(args).await),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // The report said what failed; the exit status says that something did.
-        Err(e) if e.is::<diagnose::Failed>() => ExitCode::FAILURE,
+        Err(e) if e.is::<ReportedFailure>() => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A command printed a report that found a failure: nothing more to say, but exit 1.
+#[derive(Debug)]
+struct ReportedFailure;
+
+impl std::fmt::Display for ReportedFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the report found a failure")
+    }
+}
+
+impl std::error::Error for ReportedFailure {}
+
+/// The outcome of a command that prints a report and says whether all was well.
+fn reported(outcome: anyhow::Result<bool>) -> anyhow::Result<()> {
+    match outcome {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ReportedFailure.into()),
+        Err(e) => Err(e),
     }
 }
 

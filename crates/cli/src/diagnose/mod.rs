@@ -38,6 +38,7 @@ use tokio::net::TcpStream;
 use hush_tls::hello::{self, ServerFirst};
 
 use self::recorder::Recorder;
+use crate::check::span;
 use crate::parse_duration;
 
 /// How long to wait, after the handshake, for the server to refuse this side's certificate
@@ -114,18 +115,6 @@ struct Failure {
     message: String,
     hint: String,
 }
-
-/// The diagnosis found a failure (and printed it).
-#[derive(Debug)]
-pub(crate) struct Failed;
-
-impl std::fmt::Display for Failed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the diagnosis found a failure")
-    }
-}
-
-impl std::error::Error for Failed {}
 
 pub(crate) async fn run(args: DiagnoseArgs) -> Result<bool> {
     let setup = Setup::from_args(&args).await?;
@@ -1003,23 +992,6 @@ fn time_left(not_after: i64) -> String {
     span((not_after - now()).max(0))
 }
 
-/// A duration in the two largest units, as people say it (`2 h 5 min`).
-fn span(seconds: i64) -> String {
-    let seconds = seconds.max(0);
-    let (days, hours, minutes) = (seconds / 86_400, seconds / 3_600 % 24, seconds / 60 % 60);
-    let mut text = String::new();
-    if days > 0 {
-        let _ = write!(text, "{days} d {hours} h");
-    } else if hours > 0 {
-        let _ = write!(text, "{hours} h {minutes} min");
-    } else if minutes > 0 {
-        let _ = write!(text, "{minutes} min");
-    } else {
-        let _ = write!(text, "{seconds} s");
-    }
-    text
-}
-
 fn render(report: &Report, setup: &Setup) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -1073,15 +1045,6 @@ fn render(report: &Report, setup: &Setup) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn spans_read_as_people_say_them() {
-        assert_eq!(span(7), "7 s");
-        assert_eq!(span(125), "2 min");
-        assert_eq!(span(2 * 3600 + 5 * 60 + 9), "2 h 5 min");
-        assert_eq!(span(3 * 86_400 + 4 * 3600), "3 d 4 h");
-        assert_eq!(span(-5), "0 s");
-    }
 
     #[test]
     fn hosts_are_taken_from_targets() {
