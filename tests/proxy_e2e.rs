@@ -861,6 +861,93 @@ async fn logs_come_as_json_and_the_filter_changes_at_run_time() {
     );
 }
 
+/// `promtool`: `HUSH_PROMTOOL` (it must then run, as in CI), then the PATH.
+fn promtool() -> Option<String> {
+    let required = std::env::var("HUSH_PROMTOOL").ok();
+    let candidate = required.clone().unwrap_or_else(|| "promtool".to_string());
+    let found = std::process::Command::new(&candidate)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found || required.is_none(),
+        "HUSH_PROMTOOL={candidate} does not run"
+    );
+    if !found {
+        eprintln!(
+            "SKIPPED the metrics lint: promtool is not installed (`bash .ci/run` fetches it)"
+        );
+    }
+    found.then_some(candidate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_speak_openmetrics_to_those_who_ask() {
+    let mesh = Mesh::start(MeshSpec {
+        backend_policy: Some(
+            "apiVersion: hush.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: api}\n\
+             spec:\n  action: ALLOW\n  rules:\n    - to: [{paths: [\"/api/*\"]}]\n"
+                .to_string(),
+        ),
+        ..MeshSpec::default()
+    })
+    .await;
+    // Traffic that touches most families: requests, a denial, a refused handshake.
+    let (status, _) = get(mesh.to_backend(), "/api/x", &[]).await;
+    assert_eq!(status, 200);
+    let (status, _) = get(mesh.to_backend(), "/admin", &[]).await;
+    assert_eq!(status, 403);
+    let mut plain = TcpStream::connect(mesh.backend.inbound()).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer).await;
+
+    let text = metrics_of(&mesh.backend);
+    assert!(
+        text.contains("# TYPE hush_requests_total counter"),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"), "{text}");
+    assert!(text.contains("hush_policy_decisions_total{"), "{text}");
+
+    // Prometheus itself asks for OpenMetrics.
+    let admin = mesh.backend.admin();
+    let mut tcp = TcpStream::connect(admin).await.unwrap();
+    tcp.write_all(
+        b"GET /metrics HTTP/1.1\r\nhost: admin\r\nconnection: close\r\naccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    assert!(
+        response.contains("content-type: application/openmetrics-text"),
+        "{response}"
+    );
+    assert!(
+        response.contains("# TYPE hush_requests counter"),
+        "{response}"
+    );
+    assert!(response.trim_end().ends_with("# EOF"), "{response}");
+
+    let Some(promtool) = promtool() else { return };
+    let file = mesh.temp.path().join("metrics.txt");
+    fs::write(&file, &text).unwrap();
+    let output = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics found problems:\n{}\n{text}",
+        describe_output(&output)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let mut mesh = Mesh::start(MeshSpec {

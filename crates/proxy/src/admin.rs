@@ -140,12 +140,29 @@ impl Admin {
             "/live" if method == Method::GET => text(StatusCode::OK, "live\n".to_string()),
             "/ready" if method == Method::GET => self.ready(),
             "/metrics" if method == Method::GET => {
-                let mut response = text(StatusCode::OK, self.metrics.encode());
+                // Prometheus asks for OpenMetrics in its Accept header; anything else (curl,
+                // promtool, older scrapers) gets the Prometheus text format.
+                let openmetrics = request
+                    .headers()
+                    .get_all(header::ACCEPT)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .any(|v| v.contains("application/openmetrics-text"));
+                let (body, content_type) = if openmetrics {
+                    (
+                        self.metrics.encode(),
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
+                } else {
+                    (
+                        self.metrics.encode_prometheus_text(),
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )
+                };
+                let mut response = text(StatusCode::OK, body);
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    header::HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
+                    header::HeaderValue::from_static(content_type),
                 );
                 response
             }

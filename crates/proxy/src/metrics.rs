@@ -297,6 +297,12 @@ impl Metrics {
         out
     }
 
+    /// The same metrics in the Prometheus text format (0.0.4), for scrapers and tools that do
+    /// not ask for OpenMetrics (`promtool check metrics`, `curl`).
+    pub fn encode_prometheus_text(&self) -> String {
+        openmetrics_to_prometheus_text(&self.encode())
+    }
+
     pub(crate) fn connection(&self, direction: Direction, protocol: ProtocolLabel) {
         self.inner
             .connections
@@ -476,9 +482,53 @@ impl Drop for OpenConnection {
     }
 }
 
+/// Rewrites OpenMetrics text as Prometheus text 0.0.4. The two differ, for what hush exports,
+/// only in naming a counter family (`# TYPE x counter` over samples `x_total`, where Prometheus
+/// text names the family `x_total`), in `# UNIT` lines, and in the closing `# EOF`.
+fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
+    let mut counters: Vec<&str> = Vec::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some(name) = rest.strip_suffix(" counter")
+        {
+            counters.push(name);
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match rewritten {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prometheus_text_names_counter_families_by_their_samples() {
+        let openmetrics = "# HELP hush_x Things.\n# TYPE hush_x counter\nhush_x_total{a=\"b\"} 1\n\
+                           # HELP hush_open Open.\n# TYPE hush_open gauge\n# UNIT hush_open seconds\nhush_open 2\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus_text(openmetrics),
+            "# HELP hush_x_total Things.\n# TYPE hush_x_total counter\nhush_x_total{a=\"b\"} 1\n\
+             # HELP hush_open Open.\n# TYPE hush_open gauge\nhush_open 2\n"
+        );
+    }
 
     #[test]
     fn exposition_names_every_family() {
