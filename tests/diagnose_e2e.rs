@@ -170,6 +170,8 @@ async fn a_healthy_sidecar_is_told_step_by_step() {
     assert_eq!(steps.len(), 4);
     assert!(steps.iter().all(|s| s["status"] == "ok"), "{report:#}");
     assert_eq!(steps[1]["details"]["chosen"]["group"], "X25519MLKEM768");
+    assert_eq!(steps[1]["details"]["chosen"]["version"], "TLS 1.3");
+    assert_eq!(steps[1]["details"]["offered"]["versions"][0], "TLS 1.3");
     assert_eq!(steps[2]["details"]["chain"][0]["spiffe_id"], BACKEND);
     assert!(
         steps[2]["details"]["chain"][0]["seconds_left"]

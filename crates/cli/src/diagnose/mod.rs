@@ -488,9 +488,12 @@ async fn finish(
 
     // The handshake finished: step 2 from what was negotiated.
     let (_, connection) = tls.get_ref();
-    let version = connection
-        .protocol_version()
-        .map_or("?".to_string(), |v| format!("{v:?}"));
+    // The one version hush's TLS speaks, named as the hello parser names versions.
+    let version = match connection.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLS 1.3".to_string(),
+        Some(other) => format!("{other:?}"),
+        None => "?".to_string(),
+    };
     let suite = connection
         .negotiated_cipher_suite()
         .map_or("?".to_string(), |s| format!("{:?}", s.suite()));
@@ -501,8 +504,7 @@ async fn finish(
         String::from_utf8_lossy(p).into_owned()
     });
     hello_lines.push(format!(
-        "the server chose: {}, {suite}, key exchange {group}, ALPN {alpn}",
-        version.replace("TLSv1_3", "TLS 1.3")
+        "the server chose: {version}, {suite}, key exchange {group}, ALPN {alpn}"
     ));
     let mut details = hello_details;
     details["chosen"] =
