@@ -17,15 +17,14 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use hush_test_support::{
-    CaProcess, ProxyProcess, TestCa, TestLeaf, describe_output, expired_leaf_from_ca_dir,
-    leaf_from_ca_dir, mint_token,
+    TestCa, TestLeaf, describe_output, expired_leaf_from_ca_dir, leaf_from_ca_dir, mint_token,
 };
 use hush_tls::rustls;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use sidecars::{BACKEND, FRONTEND, HUSH, new_ca, path_str, sidecar_config};
+use sidecars::{BACKEND, FRONTEND, HUSH, LoneBackend, new_ca, path_str};
 
 /// Runs `hush diagnose ARGS… --json` and returns the report, with the human report of the same
 /// run's arguments for the message checks.
@@ -100,18 +99,13 @@ fn bundle_of(ca_dir: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_sidecar_is_told_step_by_step() {
-    let app = apps::start_app().await;
-    let (temp, ca_dir) = new_ca();
-    let ca = CaProcess::start(HUSH, &ca_dir, &[]);
-    let config = sidecar_config(
-        temp.path(),
-        "backend",
-        ca.url(),
-        &ca_dir,
-        BACKEND,
-        &format!("inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n"),
-    );
-    let backend = ProxyProcess::start(HUSH, &config);
+    let LoneBackend {
+        temp,
+        ca_dir,
+        ca,
+        sidecar: backend,
+        ..
+    } = LoneBackend::start(&[]).await;
     let token = temp.path().join("frontend.token");
     std::fs::write(&token, mint_token(HUSH, &ca_dir, FRONTEND, &[])).expect("token");
     let target = backend.inbound().to_string();
@@ -382,12 +376,13 @@ fn verdict<'a>(report: &'a Value, name: &str) -> (&'a str, &'a str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hush_check_passes_a_sound_installation_and_names_each_broken_part() {
-    let app = apps::start_app().await;
-    let (temp, ca_dir) = new_ca();
-    let mut ca = CaProcess::start(HUSH, &ca_dir, &[]);
-    let body = format!("inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n");
-    let config = sidecar_config(temp.path(), "backend", ca.url(), &ca_dir, BACKEND, &body);
-    let backend = ProxyProcess::start(HUSH, &config);
+    let LoneBackend {
+        temp: _temp,
+        ca_dir,
+        mut ca,
+        config,
+        sidecar: backend,
+    } = LoneBackend::start(&[]).await;
     let admin = backend.admin().to_string();
     let config_arg = path_str(&config).to_string();
 

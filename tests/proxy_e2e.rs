@@ -800,19 +800,8 @@ async fn the_admin_port_reports_and_shuts_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_come_as_json_and_the_filter_changes_at_run_time() {
-    let app = apps::start_app().await;
-    let (temp, ca_dir) = new_ca();
-    let ca = CaProcess::start(HUSH, &ca_dir, &[]);
-    let config = sidecar_config(
-        temp.path(),
-        "backend",
-        ca.url(),
-        &ca_dir,
-        BACKEND,
-        &format!("inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n"),
-    );
-    let backend = ProxyProcess::try_start(HUSH, &config, &[("HUSH_LOG_FORMAT", "json")])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let lone = LoneBackend::start(&[("HUSH_LOG_FORMAT", "json")]).await;
+    let backend = &lone.sidecar;
     let admin = backend.admin();
 
     let (status, body) = http_request(admin, "GET", "/logging");

@@ -140,6 +140,42 @@ impl Mesh {
     }
 }
 
+/// A CA and one backend sidecar in front of the echo app, with nothing calling it yet: for
+/// tests that dial the sidecar themselves.
+pub(crate) struct LoneBackend {
+    pub(crate) temp: TempDir,
+    pub(crate) ca_dir: PathBuf,
+    pub(crate) ca: CaProcess,
+    /// The sidecar's configuration file.
+    pub(crate) config: PathBuf,
+    pub(crate) sidecar: ProxyProcess,
+}
+
+impl LoneBackend {
+    /// Starts them; `env` goes to the sidecar's process (`HUSH_LOG_FORMAT`…).
+    pub(crate) async fn start(env: &[(&str, &str)]) -> Self {
+        let app = apps::start_app().await;
+        let (temp, ca_dir) = new_ca();
+        let ca = CaProcess::start(HUSH, &ca_dir, &[]);
+        let config = sidecar_config(
+            temp.path(),
+            "backend",
+            ca.url(),
+            &ca_dir,
+            BACKEND,
+            &format!("inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n"),
+        );
+        let sidecar = ProxyProcess::try_start(HUSH, &config, env).unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            temp,
+            ca_dir,
+            ca,
+            config,
+            sidecar,
+        }
+    }
+}
+
 /// Writes `name` into the ConfigMap-style directory `dir`: `dir/..<n>/name`, `dir/..data`
 /// linking to the newest `..<n>`, and `dir/name` linking to `..data/name`.
 pub(crate) fn write_configmap(dir: &Path, name: &str, text: &str) {

@@ -170,45 +170,59 @@ impl WebhookCertificate {
         )
     }
 
-    /// Reads and parses both files; also returns their bytes, to notice a change later.
-    fn load(&self) -> Result<(Credentials, Vec<u8>)> {
-        let cert_pem = std::fs::read(&self.cert)
+    /// Reads both files, as one run of bytes to compare with the next reading.
+    fn read(&self) -> Result<(Vec<u8>, usize)> {
+        let mut contents = std::fs::read(&self.cert)
             .with_context(|| format!("cannot read --cert {}", self.cert.display()))?;
-        let key_pem = std::fs::read(&self.key)
-            .with_context(|| format!("cannot read --key {}", self.key.display()))?;
-        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        let cert_len = contents.len();
+        contents.extend(
+            std::fs::read(&self.key)
+                .with_context(|| format!("cannot read --key {}", self.key.display()))?,
+        );
+        Ok((contents, cert_len))
+    }
+
+    /// Parses what [`Self::read`] read.
+    fn parse(&self, contents: &[u8], cert_len: usize) -> Result<Credentials> {
+        let (cert_pem, key_pem) = contents.split_at(cert_len);
+        let chain = CertificateDer::pem_slice_iter(cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("--cert {}", self.cert.display()))?;
         if chain.is_empty() {
             bail!("--cert {}: no certificate in the file", self.cert.display());
         }
-        let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
             .with_context(|| format!("--key {}", self.key.display()))?;
-        let mut contents = cert_pem;
-        contents.extend_from_slice(&key_pem);
-        Ok(((chain, key), contents))
+        Ok((chain, key))
     }
 
-    /// Serves a renewed certificate from the next handshake on. A broken or half-written pair
-    /// is reported once and the one in use stays.
-    async fn watch(self, store: Arc<CredentialStore>, mut current: Vec<u8>, every: Duration) {
-        let mut reported: Option<String> = None;
+    /// Reads and parses both files; also returns their bytes, to notice a change later.
+    fn load(&self) -> Result<(Credentials, Vec<u8>)> {
+        let (contents, cert_len) = self.read()?;
+        Ok((self.parse(&contents, cert_len)?, contents))
+    }
+
+    /// Serves a renewed certificate from the next handshake on. Files are parsed only when
+    /// their bytes changed, so a broken or half-written pair is reported once; the pair in use
+    /// stays until a good one arrives.
+    async fn watch(self, store: Arc<CredentialStore>, mut last_read: Vec<u8>, every: Duration) {
+        // A file that cannot be read (mid-swap, removed) would fail the same way each time.
+        let mut last_error = String::new();
         loop {
             tokio::time::sleep(every).await;
-            let outcome = self.load().and_then(|(credentials, contents)| {
-                if contents == current {
-                    return Ok(None);
+            let outcome = self.read().and_then(|(contents, cert_len)| {
+                if contents == last_read {
+                    return Ok(false);
                 }
-                store
-                    .install(credentials.0, credentials.1)
-                    .with_context(|| self.describe())?;
-                Ok(Some(contents))
+                last_read.clone_from(&contents);
+                let (chain, key) = self.parse(&contents, cert_len)?;
+                store.install(chain, key).with_context(|| self.describe())?;
+                Ok(true)
             });
             match outcome {
-                Ok(None) => {}
-                Ok(Some(contents)) => {
-                    current = contents;
-                    reported = None;
+                Ok(false) => {}
+                Ok(true) => {
+                    last_error.clear();
                     info!(
                         "serving the renewed webhook certificate from {}",
                         self.cert.display()
@@ -216,9 +230,9 @@ impl WebhookCertificate {
                 }
                 Err(e) => {
                     let message = format!("{e:#}");
-                    if reported.as_ref() != Some(&message) {
+                    if message != last_error {
                         warn!("keeping the webhook certificate in use: {message}");
-                        reported = Some(message);
+                        last_error = message;
                     }
                 }
             }

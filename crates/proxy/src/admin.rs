@@ -175,12 +175,12 @@ impl Admin {
                     "log filter changes are not offered\n".into(),
                 ),
             },
-            "/logging" if method == Method::POST && !may_shut_down(peer) => text(
+            "/logging" if method == Method::POST && !from_this_pod(peer) => text(
                 StatusCode::FORBIDDEN,
                 "the log filter is only changed from this pod (a loopback address)\n".to_string(),
             ),
             "/logging" if method == Method::POST => self.set_logging(request),
-            "/shutdown" if method == Method::POST && !may_shut_down(peer) => text(
+            "/shutdown" if method == Method::POST && !from_this_pod(peer) => text(
                 StatusCode::FORBIDDEN,
                 "shutdown is only taken from this pod (a loopback address)\n".to_string(),
             ),
@@ -336,8 +336,9 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 /// In a pod the admin port listens on the pod's address, for the kubelet's probes, and is not
-/// captured; only the pod itself (a Job's app, on loopback) may stop the sidecar.
-fn may_shut_down(peer: SocketAddr) -> bool {
+/// captured; only the pod itself (a Job's app, on loopback) may stop the sidecar or change its
+/// log filter.
+fn from_this_pod(peer: SocketAddr) -> bool {
     peer.ip().is_loopback()
         || matches!(peer.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()))
 }
@@ -361,10 +362,10 @@ mod tests {
     #[test]
     fn only_loopback_may_shut_the_sidecar_down() {
         for peer in ["127.0.0.1:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
-            assert!(may_shut_down(peer.parse().unwrap()), "{peer}");
+            assert!(from_this_pod(peer.parse().unwrap()), "{peer}");
         }
         for peer in ["10.1.2.3:5000", "[fd00::1]:5000", "[::ffff:10.1.2.3]:5000"] {
-            assert!(!may_shut_down(peer.parse().unwrap()), "{peer}");
+            assert!(!from_this_pod(peer.parse().unwrap()), "{peer}");
         }
     }
 }

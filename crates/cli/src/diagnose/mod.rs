@@ -83,6 +83,7 @@ pub(crate) struct DiagnoseArgs {
 #[derive(Debug, Serialize)]
 struct Report {
     target: String,
+    /// No step failed (set from `failure` once the story is told).
     ok: bool,
     steps: Vec<Step>,
     /// The first step that failed, in one line, with what to do.
@@ -118,7 +119,8 @@ struct Failure {
 
 pub(crate) async fn run(args: DiagnoseArgs) -> Result<bool> {
     let setup = Setup::from_args(&args).await?;
-    let report = diagnose(&args.target, &setup, args.timeout).await;
+    let mut report = diagnose(&args.target, &setup, args.timeout).await;
+    report.ok = report.failure.is_none();
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &report)?;
@@ -262,6 +264,16 @@ struct ChainWitness {
     verifier: Option<Arc<dyn ServerCertVerifier>>,
     seen: Mutex<Option<(Vec<CertificateDer<'static>>, Option<rustls::Error>)>>,
     algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl ChainWitness {
+    /// The chain the server presented and the verifier's error, if it got that far.
+    fn seen(&self) -> Option<(Vec<CertificateDer<'static>>, Option<rustls::Error>)> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl ServerCertVerifier for ChainWitness {
@@ -576,9 +588,7 @@ async fn finish(
             Value::Null,
         ),
     }
-    if verified {
-        report.ok = true;
-    } else if report.failure.is_none() {
+    if !verified && report.failure.is_none() {
         report.failure = Some(Failure {
             step: 3,
             name: "certificate verification",
@@ -592,11 +602,7 @@ async fn finish(
 
 /// Step 3 after a finished handshake: returns whether the chain was verified.
 fn certificate_step(report: &mut Report, setup: &Setup, witness: &ChainWitness) -> bool {
-    let seen = witness
-        .seen
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let seen = witness.seen();
     let Some((chain, _)) = seen else {
         report.skip(
             3,
@@ -706,16 +712,6 @@ async fn explain_failed_handshake(
                 );
                 return;
             }
-            if failure.step == HandshakeStep::Hello {
-                report.fail(
-                    2,
-                    "hello",
-                    failure.reason,
-                    server_words(&failure.message),
-                    hello_lines,
-                );
-                return;
-            }
         }
         ServerFirst::Hello(choice) => {
             hello_lines.push(format!(
@@ -727,11 +723,8 @@ async fn explain_failed_handshake(
         }
         ServerFirst::Unreadable => {}
     }
-    let seen = chain_witness
-        .seen
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let seen = chain_witness.seen();
+    // A refused hello (an alert before any certificate) ends the story at step 2.
     if failure.step == HandshakeStep::Hello && seen.is_none() {
         report.fail(
             2,
