@@ -116,6 +116,8 @@ async fn answer(mut request: Request<Incoming>) -> Response<Body> {
         "peer_identity": all("x-hush-peer-identity"),
         "xfcc": all("x-forwarded-client-cert"),
         "custom": all("x-custom"),
+        "traceparent": all("traceparent"),
+        "tracestate": all("tracestate"),
     });
     let body = request
         .into_body()

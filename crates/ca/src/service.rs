@@ -6,8 +6,14 @@ use std::time::Duration;
 
 use hush_proto::hush::ca::v1 as pb;
 use hush_proto::istio::v1::auth as istio;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tonic::metadata::{KeyRef, MetadataMap};
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::field::Empty;
+use tracing::{Instrument, Span, info, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::attest::{AttestError, AttestationKind, Attested, Attestor, bearer_token};
 use crate::audit::{AuditEvent, AuditLog, AuditRecord, rfc3339};
@@ -81,6 +87,7 @@ impl CaService {
             .or_else(|| request.remote_addr())
             .map_or_else(|| "unknown".to_string(), |p| p.to_string());
         let peer_certificate_id = peer_info.and_then(|p| p.spiffe_id.clone());
+        let span = issuance_span(api, &peer, request.metadata());
         let header = request
             .metadata()
             .get("authorization")
@@ -120,9 +127,14 @@ impl CaService {
                 .map_err(|e| Status::failed_precondition(e.to_string()))?;
             Ok(svid)
         }
+        .instrument(span.clone())
         .await;
-        self.audit(api, &peer, attested.as_ref(), presented_token_id, &result)
-            .await?;
+        let audited = self
+            .audit(api, &peer, attested.as_ref(), presented_token_id, &result)
+            .instrument(span.clone())
+            .await;
+        record_issuance(&span, attested.as_ref(), &result, audited.as_ref().err());
+        audited?;
         result
     }
 
@@ -172,6 +184,84 @@ impl CaService {
             warn!(error = %e, "refusing to hand out a certificate that could not be audited");
             Status::internal(e.to_string())
         })
+    }
+}
+
+/// The span of one issuance, continuing the caller's trace when its metadata carries a W3C
+/// `traceparent`.
+fn issuance_span(api: &'static str, peer: &str, metadata: &MetadataMap) -> Span {
+    let span = tracing::info_span!(
+        target: "hush::ca",
+        "issue certificate",
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = api,
+        client.address = peer,
+        hush.attestation = Empty,
+        hush.spiffe_id = Empty,
+        hush.serial = Empty,
+        hush.outcome = Empty,
+        rpc.grpc.status_code = Empty,
+        error.type = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+    );
+    if !span.is_disabled() {
+        let parent = TraceContextPropagator::new().extract(&MetadataExtractor(metadata));
+        if parent.span().span_context().is_valid() {
+            // Fails only without an OpenTelemetry layer, when the span is disabled anyway.
+            let _ = span.set_parent(parent);
+        }
+    }
+    span
+}
+
+/// Writes who was attested, and how the issuance ended, into its span.
+fn record_issuance(
+    span: &Span,
+    attested: Option<&Attested>,
+    result: &Result<IssuedSvid, Status>,
+    audit_failure: Option<&Status>,
+) {
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(who) = attested {
+        span.record("hush.attestation", who.kind.as_str());
+        span.record("hush.spiffe_id", tracing::field::display(&who.spiffe_id));
+    }
+    match (result, audit_failure) {
+        (Ok(svid), None) => {
+            span.record("hush.outcome", "issued");
+            span.record("hush.serial", svid.serial_hex.as_str());
+            span.record("rpc.grpc.status_code", 0);
+        }
+        (_, Some(status)) | (Err(status), None) => {
+            span.record("hush.outcome", "refused");
+            span.record("rpc.grpc.status_code", status.code() as i32);
+            span.record("error.type", tracing::field::debug(status.code()));
+            span.record("otel.status_code", "error");
+            span.record("otel.status_description", status.message());
+        }
+    }
+}
+
+/// Reads trace context from gRPC metadata.
+struct MetadataExtractor<'a>(&'a MetadataMap);
+
+impl Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|key| match key {
+                KeyRef::Ascii(key) => Some(key.as_str()),
+                KeyRef::Binary(_) => None,
+            })
+            .collect()
     }
 }
 

@@ -10,11 +10,13 @@ mod echo;
 mod inject;
 mod policy;
 mod proxy;
+mod telemetry;
 mod up;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use telemetry::LogFormat;
 
 /// hush — a small, clear mTLS service-mesh security core.
 ///
@@ -31,6 +33,11 @@ struct Cli {
     /// Log lines as readable text, or as one JSON object per line (for log pipelines).
     #[arg(long, global = true, env = "HUSH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Export traces over OTLP/gRPC to this collector, e.g. `http://127.0.0.1:4317`. Without
+    /// it, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_ENDPOINT` and then the
+    /// sidecar configuration's `tracing.otlp_endpoint` are used; with none, nothing is exported.
+    #[arg(long, global = true, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -79,10 +86,29 @@ fn main() -> ExitCode {
         Command::Up(_) => "error",
         _ => "warn",
     };
-    let logging = init_tracing(
-        cli.log_level.as_deref().unwrap_or(default_level),
-        cli.log_format,
-    );
+    // The sidecar's configuration is read first: it may name the trace collector.
+    let proxy_config = match &cli.command {
+        Command::Proxy(args) => match hush_proxy::ProxyConfig::load(&args.config) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let export = match telemetry::TraceExport::resolve(
+        cli.otlp_endpoint.as_deref(),
+        proxy_config.as_ref().map(|c| &c.tracing),
+        service_name(&cli.command),
+        |name| std::env::var(name).ok(),
+    ) {
+        Ok(export) => export,
+        Err(e) => {
+            eprintln!("error: traces: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut builder = match &cli.command {
         // A sidecar on one thread does no cross-thread hand-offs: measured, it needs about a
         // third less CPU per request than on two (see README, Performance).
@@ -101,11 +127,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Inside the runtime: the exporter's gRPC channel lives on it.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        let level = cli.log_level.as_deref().unwrap_or(default_level);
+        match telemetry::Telemetry::init(level, cli.log_format, export.as_ref()) {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                eprintln!("error: traces: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let logging = telemetry.logs.clone();
     let result = runtime.block_on(async {
-        match cli.command {
+        let result = match cli.command {
             Command::Ca(cmd) => ca::run(cmd).await,
             Command::Cert(cmd) => cert::run(cmd).await,
-            Command::Proxy(args) => proxy::run(args, logging).await,
+            Command::Proxy(args) => match proxy_config {
+                Some(config) => proxy::run(args, config, logging).await,
+                // Loaded above for every `hush proxy`.
+                None => Err(anyhow::anyhow!("the sidecar configuration was not loaded")),
+            },
             Command::Policy(cmd) => policy::run(cmd),
             Command::InitIptables(args) => capture::run(args),
             Command::Inject(cmd) => inject::run(cmd).await,
@@ -113,7 +156,9 @@ fn main() -> ExitCode {
             Command::DemoApp(args) => echo::run(args).await,
             Command::Diagnose(args) => reported(diagnose::run(args).await),
             Command::Check(args) => reported(check::run(args).await),
-        }
+        };
+        telemetry.shutdown().await;
+        result
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,6 +168,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `service.name` of each long-running command's spans, unless `OTEL_SERVICE_NAME` or the
+/// sidecar configuration says otherwise.
+fn service_name(command: &Command) -> &'static str {
+    match command {
+        Command::Ca(_) => "hush-ca",
+        Command::Proxy(_) => "hush-proxy",
+        Command::Inject(_) => "hush-injector",
+        Command::Up(_) => "hush-up",
+        _ => "hush",
     }
 }
 
@@ -144,82 +201,6 @@ fn reported(outcome: anyhow::Result<bool>) -> anyhow::Result<()> {
         Ok(true) => Ok(()),
         Ok(false) => Err(ReportedFailure.into()),
         Err(e) => Err(e),
-    }
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Sets up logging on stderr, so that stdout carries only what scripts read (bundles, tokens,
-/// readiness lines). The filter can be replaced while the process runs (the sidecar's admin
-/// port offers that).
-fn init_tracing(level: &str, format: LogFormat) -> std::sync::Arc<ReloadableFilter> {
-    use std::io::IsTerminal;
-    use tracing_subscriber::prelude::*;
-    use tracing_subscriber::{EnvFilter, fmt, reload};
-    let wanted = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|f| !f.is_empty())
-        .unwrap_or_else(|| level.to_string());
-    let (initial, filter) = match EnvFilter::try_new(&wanted) {
-        Ok(filter) => (wanted, filter),
-        Err(_) => ("info".to_string(), EnvFilter::new("info")),
-    };
-    let (filter, handle) = reload::Layer::new(filter);
-    let registry = tracing_subscriber::registry().with(filter);
-    match format {
-        LogFormat::Text => registry
-            .with(
-                fmt::layer()
-                    .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(std::io::stderr)
-                    .with_target(false),
-            )
-            .init(),
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(std::io::stderr)
-                    .with_target(true),
-            )
-            .init(),
-    }
-    std::sync::Arc::new(ReloadableFilter {
-        handle,
-        current: std::sync::Mutex::new(initial),
-    })
-}
-
-/// The log filter in force, replaceable at run time.
-struct ReloadableFilter {
-    handle: tracing_subscriber::reload::Handle<
-        tracing_subscriber::EnvFilter,
-        tracing_subscriber::Registry,
-    >,
-    current: std::sync::Mutex<String>,
-}
-
-impl hush_proxy::LogControl for ReloadableFilter {
-    fn filter(&self) -> String {
-        self.current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    fn set_filter(&self, filter: &str) -> Result<(), String> {
-        let parsed = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
-        self.handle.reload(parsed).map_err(|e| e.to_string())?;
-        *self
-            .current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = filter.to_string();
-        Ok(())
     }
 }
 

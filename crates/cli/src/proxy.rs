@@ -13,7 +13,7 @@ use crate::ca::{hush_ca_time, shutdown_signal};
 pub(crate) struct ProxyArgs {
     /// The sidecar's YAML configuration (see examples/proxy/).
     #[arg(long, env = "HUSH_PROXY_CONFIG")]
-    config: PathBuf,
+    pub(crate) config: PathBuf,
     /// Check the configuration and the trust bundle, bind nothing, and exit.
     #[arg(long)]
     check: bool,
@@ -28,9 +28,9 @@ pub(crate) const READY_PREFIX: &str = "hush proxy: ready as ";
 
 pub(crate) async fn run(
     args: ProxyArgs,
+    config: ProxyConfig,
     logging: std::sync::Arc<dyn hush_proxy::LogControl>,
 ) -> Result<()> {
-    let config = ProxyConfig::load(&args.config)?;
     if args.check {
         let bundle = hush_proxy::load_trust_bundle(&config)?;
         if let Some(policy) = hush_proxy::check_policy(&config, bundle.trust_domain().clone())? {

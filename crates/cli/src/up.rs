@@ -240,13 +240,14 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
             policy: policy_path.as_ref().map(|path| PolicyConfig {
                 path: path.clone(),
                 default: DefaultPolicy::Allow,
-                access_log: AccessLog::Denied,
             }),
             admin: AdminConfig {
                 listen: ([127, 0, 0, 1], 0).into(),
                 probes: Vec::new(),
             },
             limits: Limits::default(),
+            access_log: AccessLog::Denied,
+            tracing: Default::default(),
             shutdown_grace: Duration::from_secs(2),
         };
         let inbound = inbound_listeners.remove(&service.name);

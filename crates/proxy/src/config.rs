@@ -43,6 +43,15 @@ pub struct ProxyConfig {
     /// Timeouts and caps.
     #[serde(default)]
     pub limits: Limits,
+    /// Which requests and connections get an access-log line: `denied` (the default: those
+    /// refused by policy or failed, dry-run would-denials and AUDIT-marked ones), `all`, or
+    /// `off`.
+    #[serde(default)]
+    pub access_log: AccessLog,
+    /// Where spans are exported. The `--otlp-endpoint` flag and the standard `OTEL_*`
+    /// environment variables take precedence.
+    #[serde(default)]
+    pub tracing: TracingConfig,
     /// On SIGTERM (or `POST /shutdown`), how long in-flight requests and connections get to
     /// finish before the sidecar exits anyway.
     #[serde(default = "defaults::shutdown_grace", with = "duration")]
@@ -159,10 +168,6 @@ pub struct PolicyConfig {
     /// any authenticated mesh identity gets through) or `deny`.
     #[serde(default)]
     pub default: DefaultPolicy,
-    /// Which decisions are written to the access log: `denied` (the default: denials, dry-run
-    /// would-denials and AUDIT-marked requests) or `all`.
-    #[serde(default)]
-    pub access_log: AccessLog,
 }
 
 /// The decision when no ALLOW or DENY policy applies.
@@ -176,15 +181,30 @@ pub enum DefaultPolicy {
     Deny,
 }
 
-/// Which policy decisions reach the access log.
+/// Which requests and connections get an access-log line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessLog {
-    /// Denials, dry-run would-denials and requests an AUDIT rule marks.
+    /// Requests and connections refused by policy or failed (the sidecar answered with its
+    /// own error), dry-run would-denials, and requests an AUDIT rule marks.
     #[default]
     Denied,
-    /// Every decision, allowed ones too.
+    /// Every request and connection.
     All,
+    /// None (dry-run would-denials are still logged: that is what a dry run is for).
+    Off,
+}
+
+/// Where the sidecar's spans go (OTLP over gRPC). Without an endpoint, nothing is exported.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector, e.g. `http://otel-collector.observability:4317`.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the spans (default `hush-proxy`; `OTEL_SERVICE_NAME` wins).
+    #[serde(default)]
+    pub service_name: Option<String>,
 }
 
 /// The admin server.
@@ -708,16 +728,13 @@ outbound:
         let policy = config.policy.unwrap();
         assert_eq!(policy.path, Path::new("/etc/hush/policy.d"));
         assert_eq!(policy.default, DefaultPolicy::Allow);
-        assert_eq!(policy.access_log, AccessLog::Denied);
+        assert_eq!(config.access_log, AccessLog::Denied);
         let config = parse(&format!(
-            "{MINIMAL}policy: {{path: /p, default: deny, access_log: all}}\n"
+            "{MINIMAL}policy: {{path: /p, default: deny}}\naccess_log: all\n"
         ))
         .unwrap();
-        let policy = config.policy.unwrap();
-        assert_eq!(
-            (policy.default, policy.access_log),
-            (DefaultPolicy::Deny, AccessLog::All)
-        );
+        assert_eq!(config.access_log, AccessLog::All);
+        assert_eq!(config.policy.unwrap().default, DefaultPolicy::Deny);
         let outbound_only = "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\
              outbound: [{listen: 127.0.0.1:1, upstream: a:1, identity: spiffe://a/b}]\n\
              policy: {path: p}";

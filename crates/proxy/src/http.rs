@@ -20,20 +20,25 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme, Uri};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
+use hush_identity::check_leaf_svid;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{Instrument, Span, debug, warn};
 
+use crate::access::{AccessLine, Exchange};
+use crate::config::AccessLog;
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
-use crate::policy::{Caller, PolicyEnforcer};
+use crate::policy::{Caller, Judgement, PolicyEnforcer};
 use crate::tls::{DialError, MeshConnector, MeshProtocol, Target};
+use crate::trace::{self, SessionFacts};
 
 /// Response bodies: what the far side sent, or a short answer of the sidecar's own.
 pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -163,6 +168,13 @@ pub(crate) struct HttpContext {
     pub(crate) identity: Option<IdentityHeaders>,
     /// Inbound only, when a policy is configured: who calls, and the policy that decides.
     pub(crate) authz: Option<Authz>,
+    /// Inbound only: what the caller's handshake settled.
+    pub(crate) session: Option<SessionFacts>,
+    /// This sidecar's SPIFFE ID when the connection arrived.
+    pub(crate) local_id: Arc<str>,
+    /// Where the connection came from.
+    pub(crate) client: SocketAddr,
+    pub(crate) access_log: AccessLog,
     pub(crate) metrics: Metrics,
     /// Upgraded tunnels outlive their request; they are tracked for shutdown like connections.
     pub(crate) tracker: TaskTracker,
@@ -184,11 +196,89 @@ impl std::fmt::Debug for Authz {
     }
 }
 
-/// Forwards one request and returns the response (or the sidecar's own error answer).
+/// Forwards one request and returns the response (or the sidecar's own error answer), in a
+/// span of its own that continues the caller's trace; then writes the access line.
 pub(crate) async fn forward(
     ctx: Arc<HttpContext>,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let span = trace::request_span(ctx.direction, &request);
+    if !span.is_disabled() {
+        span.record("hush.local.spiffe_id", &*ctx.local_id);
+        if let Some(session) = &ctx.session {
+            session.record(&span);
+        }
+        if ctx.direction == Direction::Outbound {
+            span.record("server.address", ctx.fallback_authority.as_str());
+        }
+    }
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let outcome = exchange(&ctx, request, &span)
+        .instrument(span.clone())
+        .await;
+    let status = outcome.response.status().as_u16();
+    // Outbound, the peer is whoever answered on the pooled connection that carried it.
+    let upstream = outcome.response.extensions().get::<SessionFacts>();
+    let peer = match ctx.direction {
+        Direction::Inbound => ctx.session.as_ref(),
+        Direction::Outbound => upstream,
+    };
+    let _entered = span.enter();
+    if !span.is_disabled() {
+        // As an integer attribute: tracing-opentelemetry writes unsigned values as text.
+        span.record("http.response.status_code", i64::from(status));
+        if let Some(upstream) = upstream {
+            upstream.record(&span);
+        }
+        if let Some(judgement) = &outcome.judgement {
+            span.record("hush.policy.decision", judgement.verdict);
+            if let Some(policy) = &judgement.policy {
+                span.record("hush.policy.name", &**policy);
+            }
+            if let Some(audit) = &judgement.audit {
+                span.record("hush.policy.audit", &**audit);
+            }
+        }
+        match (&outcome.error, &outcome.judgement) {
+            (Some((kind, message)), _) => trace::record_error(&span, kind, message),
+            (None, Some(judgement)) if !judgement.allowed => {
+                trace::record_error(&span, "policy_denied", &judgement.refusal());
+            }
+            _ if status >= 500 => trace::record_error(&span, &status.to_string(), &"server error"),
+            _ => {}
+        }
+    }
+    AccessLine {
+        direction: ctx.direction,
+        client: ctx.client,
+        local_id: &ctx.local_id,
+        peer_id: peer.map(|p| &*p.peer_id),
+        exchange: Exchange::Http {
+            method: method.as_str(),
+            path: uri.path(),
+            status,
+        },
+        judgement: outcome.judgement.as_ref(),
+        error: outcome.error.as_ref().map(|(_, message)| message.as_str()),
+        duration: started.elapsed(),
+    }
+    .write(ctx.access_log);
+    Ok(outcome.response)
+}
+
+/// How one request went: the response, and what the access line and the span need.
+struct Outcome {
+    response: Response<ProxyBody>,
+    judgement: Option<Judgement>,
+    /// The sidecar could not deliver the request: `error.type`, and why in words.
+    error: Option<(&'static str, String)>,
+}
+
+/// Forwards one request: headers for the hop, the policy (inbound), the trace context, then
+/// the request itself.
+async fn exchange(ctx: &HttpContext, mut request: Request<Incoming>, span: &Span) -> Outcome {
     let grpc = is_grpc(request.headers());
     let upgrading = ctx.version == HttpVersion::Http1 && is_upgrade(request.headers());
     remove_hop_by_hop(request.headers_mut(), upgrading);
@@ -198,7 +288,11 @@ pub(crate) async fn forward(
             ctx.version.label(),
             StatusCode::BAD_REQUEST.as_u16(),
         );
-        return Ok(error_response(StatusCode::BAD_REQUEST, grpc, &reason));
+        return Outcome {
+            response: error_response(StatusCode::BAD_REQUEST, grpc, &reason),
+            judgement: None,
+            error: Some(("bad_request", reason)),
+        };
     }
     let marked = request
         .headers_mut()
@@ -244,6 +338,7 @@ pub(crate) async fn forward(
             _ => {}
         }
     }
+    let mut judgement = None;
     if ctx.direction == Direction::Inbound {
         // Whatever the caller wrote in these headers is a claim, not a proof: only the
         // sidecar's own values reach the app.
@@ -264,7 +359,7 @@ pub(crate) async fn forward(
                 request.headers(),
                 request.uri().authority().map(Authority::as_str),
             );
-            if let Err(reason) = decided {
+            if !decided.allowed {
                 let label = if marked {
                     ProtocolLabel::Http1
                 } else {
@@ -272,14 +367,21 @@ pub(crate) async fn forward(
                 };
                 ctx.metrics
                     .request(ctx.direction, label, StatusCode::FORBIDDEN.as_u16());
-                let mut response = error_response(StatusCode::FORBIDDEN, grpc, &reason);
+                let mut response = error_response(StatusCode::FORBIDDEN, grpc, decided.refusal());
                 if translated {
                     *response.version_mut() = http::Version::HTTP_2;
                 }
-                return Ok(response);
+                return Outcome {
+                    response,
+                    judgement: Some(decided),
+                    error: None,
+                };
             }
+            judgement = Some(decided);
         }
     }
+    // The next hop's span is this request's child.
+    trace::propagate(span, request.headers_mut());
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
 
     // Requests are counted by the protocol the app speaks, whatever crossed the mesh.
@@ -311,12 +413,16 @@ pub(crate) async fn forward(
                 }
                 _ => remove_hop_by_hop(response.headers_mut(), false),
             }
-            Ok(response.map(Either::Left))
+            Outcome {
+                response: response.map(Either::Left),
+                judgement,
+                error: None,
+            }
         }
         Err(error) => {
-            let (reason, dial_error) = describe_forward_error(&error, &ctx.destination);
+            let (reason, kind) = describe_forward_error(&error, &ctx.destination);
             // A failed dial to an upstream was logged where it happened, once per attempt.
-            if dial_error && ctx.direction == Direction::Outbound {
+            if kind != "forward" && ctx.direction == Direction::Outbound {
                 debug!(%reason, "request failed");
             } else {
                 warn!(
@@ -326,7 +432,11 @@ pub(crate) async fn forward(
             }
             ctx.metrics
                 .request(ctx.direction, label, StatusCode::BAD_GATEWAY.as_u16());
-            Ok(error_response(StatusCode::BAD_GATEWAY, grpc, &reason))
+            Outcome {
+                response: error_response(StatusCode::BAD_GATEWAY, grpc, &reason),
+                judgement,
+                error: Some((kind, reason)),
+            }
         }
     }
 }
@@ -483,17 +593,21 @@ fn set_authority<B>(request: &mut Request<B>, authority: &Authority) {
     }
 }
 
-/// Why forwarding failed, in words, and whether it was a failed dial: the dial error when
-/// there is one (connection refused, handshake refused, wrong identity), else the TLS error
-/// underneath, else the whole chain of causes.
+/// Why forwarding failed, in words, and its `error.type`: the dial error when there is one
+/// (`connect`: connection refused; `handshake`: handshake refused, wrong identity), else the
+/// TLS error underneath, else the whole chain of causes (`forward`).
 fn describe_forward_error(
     error: &hyper_util::client::legacy::Error,
     destination: &str,
-) -> (String, bool) {
+) -> (String, &'static str) {
     let mut source: Option<&(dyn StdError + 'static)> = error.source();
     while let Some(cause) = source {
         if let Some(dial) = cause.downcast_ref::<DialError>() {
-            return (dial.to_string(), true);
+            let kind = match dial {
+                DialError::Connect { .. } => "connect",
+                DialError::Handshake { .. } => "handshake",
+            };
+            return (dial.to_string(), kind);
         }
         if let Some(io) = cause.downcast_ref::<io::Error>()
             && io
@@ -503,7 +617,7 @@ fn describe_forward_error(
             let failure = hush_tls::explain_io_error(io);
             return (
                 format!("the connection to {destination} failed: {failure}"),
-                false,
+                "forward",
             );
         }
         source = cause.source();
@@ -513,7 +627,7 @@ fn describe_forward_error(
             "the connection to {destination} failed: {}",
             error_chain(error)
         ),
-        false,
+        "forward",
     )
 }
 
@@ -604,18 +718,35 @@ impl tower::Service<Uri> for MeshHttpConnector {
                 &inner.metrics,
             )
             .await?;
-            Ok(TokioIo::new(MeshStream(tls)))
+            let facts = session_facts(&tls);
+            Ok(TokioIo::new(MeshStream { tls, facts }))
         })
     }
 }
 
+/// What a finished client handshake settled; the verifier has checked the peer's SPIFFE ID.
+pub(crate) fn session_facts(tls: &TlsStream<TcpStream>) -> SessionFacts {
+    let (_, session) = tls.get_ref();
+    let peer_id = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| check_leaf_svid(leaf).ok())
+        .map_or_else(|| Arc::from("-"), |id| Arc::from(id.as_str()));
+    SessionFacts::of(session, peer_id)
+}
+
 /// A mutual-TLS connection to a peer sidecar, as hyper's pool holds it.
 #[derive(Debug)]
-pub(crate) struct MeshStream(TlsStream<TcpStream>);
+pub(crate) struct MeshStream {
+    tls: TlsStream<TcpStream>,
+    /// Handed to every response that comes back over this connection, for its span and
+    /// access line.
+    facts: SessionFacts,
+}
 
 impl Connection for MeshStream {
     fn connected(&self) -> Connected {
-        Connected::new()
+        Connected::new().extra(self.facts.clone())
     }
 }
 
@@ -625,7 +756,7 @@ impl AsyncRead for MeshStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        Pin::new(&mut self.get_mut().tls).poll_read(cx, buf)
     }
 }
 
@@ -635,7 +766,7 @@ impl AsyncWrite for MeshStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().tls).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -643,19 +774,19 @@ impl AsyncWrite for MeshStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.get_mut().tls).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.tls.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        Pin::new(&mut self.get_mut().tls).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
     }
 }
 

@@ -18,19 +18,22 @@ use hush_tls::HandshakeFailure;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, Span, debug, info, warn};
 
-use crate::config::{Limits, Protocol};
+use crate::access::{AccessLine, Exchange};
+use crate::config::{AccessLog, Limits, Protocol};
 use crate::detect::{Detected, Prefixed, detect, sniff};
 use crate::http::{Authz, Forward, HttpContext, HttpVersion, IdentityHeaders};
 use crate::identity::IdentityStatus;
 use crate::io::{Activity, Metered, relay_until_idle};
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
 use crate::orig_dst::original_destination;
-use crate::policy::{Caller, PolicyEnforcer};
+use crate::policy::{Caller, Judgement, PolicyEnforcer};
 use crate::serve::{Lifecycle, accept_loop, serve_http};
 use crate::tls::{MeshProtocol, Target};
+use crate::trace::{self, SessionFacts};
 
 /// The first byte of every TLS connection: a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -55,6 +58,7 @@ pub(crate) struct Inbound {
     pub(crate) captured: bool,
     /// Forwarders to each app port captured connections were meant for.
     pub(crate) captured_apps: Mutex<HashMap<SocketAddr, (Forward, Forward)>>,
+    pub(crate) access_log: AccessLog,
 }
 
 /// The most app ports a captured inbound listener keeps forwarders for; more are served with
@@ -116,9 +120,18 @@ impl Inbound {
         made
     }
 
+    /// Serves one connection in its span.
     async fn handle(&self, tcp: TcpStream, peer: SocketAddr) {
+        let span = trace::connection_span(Direction::Inbound, peer);
+        self.serve_connection(tcp, peer, &span)
+            .instrument(span.clone())
+            .await;
+    }
+
+    async fn serve_connection(&self, tcp: TcpStream, peer: SocketAddr, span: &Span) {
+        let started = Instant::now();
         let _open = self.metrics.open_connection(Direction::Inbound);
-        let Some(tcp) = self.starts_with_tls(tcp, peer).await else {
+        let Some(tcp) = self.starts_with_tls(tcp, peer, span).await else {
             return;
         };
         let app = self.app_for(&tcp);
@@ -133,10 +146,11 @@ impl Inbound {
                 .await;
         let mut tls = match handshake {
             Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return self.refused(peer, &HandshakeFailure::from_io(&e)),
+            Ok(Err(e)) => return self.refused(peer, span, &HandshakeFailure::from_io(&e)),
             Err(_) => {
                 return self.refused(
                     peer,
+                    span,
                     &HandshakeFailure::timed_out(self.limits.handshake_timeout),
                 );
             }
@@ -148,6 +162,7 @@ impl Inbound {
         let Some(leaf) = session.peer_certificates().and_then(|c| c.first()).cloned() else {
             return self.refused(
                 peer,
+                span,
                 &HandshakeFailure::from_tls(&hush_tls::rustls::Error::NoCertificatesPresented),
             );
         };
@@ -160,6 +175,8 @@ impl Inbound {
         };
         let announced = MeshProtocol::from_alpn(session.alpn_protocol());
         debug!(%peer, peer_id = %peer_id, ?announced, "inbound mTLS connection");
+        let facts = SessionFacts::of(session, Arc::from(peer_id.as_str()));
+        facts.record(span);
 
         // A hush sidecar announces what it sends; the configured protocol is for clients that
         // do not.
@@ -194,6 +211,7 @@ impl Inbound {
             .as_ref()
             .map(|svid| Arc::from(svid.spiffe_id.as_str()))
             .unwrap_or_else(|| Arc::from(""));
+        span.record("hush.local.spiffe_id", &*own_id);
         let authz = self.policy.as_ref().map(|policy| Authz {
             policy: policy.clone(),
             caller: Caller {
@@ -210,16 +228,46 @@ impl Inbound {
             Detected::Tcp | Detected::NeedMore => {
                 self.metrics
                     .connection(Direction::Inbound, ProtocolLabel::Tcp);
+                span.record("network.protocol.name", "tcp");
                 // A TCP connection is decided once, before a byte reaches the app.
-                if let Some(authz) = &authz
-                    && !authz.policy.allows_connection(&authz.caller)
-                {
-                    let _ = io.shutdown().await;
-                    return;
+                let judgement = authz
+                    .as_ref()
+                    .map(|authz| authz.policy.check_connection(&authz.caller));
+                if let Some(judgement) = &judgement {
+                    span.record("hush.policy.decision", judgement.verdict);
+                    if let Some(policy) = &judgement.policy {
+                        span.record("hush.policy.name", &**policy);
+                    }
                 }
-                return self.relay_to_app(io, app, peer, activity).await;
+                let (bytes, error) = if judgement.as_ref().is_none_or(|j| j.allowed) {
+                    self.relay_to_app(io, app, peer, activity).await
+                } else {
+                    trace::record_error(
+                        span,
+                        "policy_denied",
+                        &judgement.as_ref().map_or("denied", Judgement::refusal),
+                    );
+                    let _ = io.shutdown().await;
+                    (None, None)
+                };
+                if let Some(bytes) = bytes {
+                    trace::record_bytes(span, bytes);
+                }
+                AccessLine {
+                    direction: Direction::Inbound,
+                    client: peer,
+                    local_id: &own_id,
+                    peer_id: Some(&facts.peer_id),
+                    exchange: Exchange::Tcp { bytes },
+                    judgement: judgement.as_ref(),
+                    error: error.as_deref(),
+                    duration: started.elapsed(),
+                }
+                .write(self.access_log);
+                return;
             }
         };
+        span.record("network.protocol.name", "http");
         self.metrics.connection(Direction::Inbound, version.label());
         let (app_http1, app_http2) = self.forwarders(app);
         let ctx = Arc::new(HttpContext {
@@ -234,6 +282,10 @@ impl Inbound {
             fallback_authority: authority_of(app),
             identity: IdentityHeaders::new(peer_id.as_str(), &own_id, &leaf),
             authz,
+            session: Some(facts),
+            local_id: own_id,
+            client: peer,
+            access_log: self.access_log,
             metrics: self.metrics.clone(),
             tracker: self.lifecycle.tracker.clone(),
             force_close: self.lifecycle.force_close.clone(),
@@ -248,13 +300,16 @@ impl Inbound {
         .await;
     }
 
+    /// Relays a TCP connection to the app; returns the bytes moved each way, or why the app
+    /// could not be reached.
     async fn relay_to_app<I>(
         &self,
         mut io: I,
         app_addr: SocketAddr,
         peer: SocketAddr,
         activity: Arc<Activity>,
-    ) where
+    ) -> (Option<(u64, u64)>, Option<String>)
+    where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let mut app = match Target::Addr(app_addr)
@@ -264,16 +319,25 @@ impl Inbound {
             Ok(app) => app,
             Err(e) => {
                 self.metrics.connect_failure(Direction::Inbound, "app");
-                warn!(%peer, "cannot connect to the app at {app_addr}: {e}; closing the connection");
-                return;
+                let error = format!("cannot connect to the app at {app_addr}: {e}");
+                warn!(%peer, "{error}; closing the connection");
+                trace::record_error(&Span::current(), "connect", &error);
+                return (None, Some(error));
             }
         };
-        relay_until_idle(&mut io, &mut app, &activity, self.limits.idle_timeout, peer).await;
+        let bytes =
+            relay_until_idle(&mut io, &mut app, &activity, self.limits.idle_timeout, peer).await;
+        (Some(bytes), None)
     }
 
     /// Looks at the first byte without consuming it. Anything but a TLS handshake is refused
     /// here, plaintext HTTP with an answer that explains.
-    async fn starts_with_tls(&self, tcp: TcpStream, peer: SocketAddr) -> Option<TcpStream> {
+    async fn starts_with_tls(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        span: &Span,
+    ) -> Option<TcpStream> {
         let mut first = [0u8; 16];
         let peeked =
             tokio::time::timeout(self.limits.handshake_timeout, tcp.peek(&mut first)).await;
@@ -287,6 +351,7 @@ impl Inbound {
             Err(_) => {
                 self.refused(
                     peer,
+                    span,
                     &HandshakeFailure::timed_out(self.limits.handshake_timeout),
                 );
                 return None;
@@ -300,16 +365,21 @@ impl Inbound {
             self.metrics
                 .hello_refused(Direction::Inbound, "plaintext_http");
             info!(%peer, "refused an inbound connection: hello failed: the peer sent plaintext HTTP to the mutual TLS port");
+            span.record("hush.handshake.step", "hello");
+            trace::record_error(span, "plaintext_http", &"the peer sent plaintext HTTP");
             answer_plaintext_http(tcp).await;
         } else {
             self.metrics.hello_refused(Direction::Inbound, "not_tls");
             info!(%peer, "refused an inbound connection: hello failed: the peer did not speak TLS (its first bytes are not a TLS handshake)");
+            span.record("hush.handshake.step", "hello");
+            trace::record_error(span, "not_tls", &"the peer did not speak TLS");
         }
         None
     }
 
-    fn refused(&self, peer: SocketAddr, failure: &HandshakeFailure) {
+    fn refused(&self, peer: SocketAddr, span: &Span, failure: &HandshakeFailure) {
         self.metrics.handshake_failure(Direction::Inbound, failure);
+        trace::record_handshake_failure(span, failure);
         // Connections closed half-way are routine (health checks, scanners); refusals of a
         // certificate or of a TLS version are what operators need to see.
         if failure.step == hush_tls::HandshakeStep::Connection {

@@ -154,25 +154,83 @@ where
 }
 
 /// [`relay`], ended early once no byte has moved for `idle` (as `activity` measures it).
+/// Returns the bytes moved (client → server, server → client), counted as they pass, so a
+/// connection that ends with an error or idles out still reports what it carried.
 pub(crate) async fn relay_until_idle<A, B>(
     client: &mut A,
     server: &mut B,
     activity: &Activity,
     idle: Duration,
     peer: SocketAddr,
-) where
+) -> (u64, u64)
+where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    tokio::select! {
-        result = relay(client, server) => {
-            if let Err(e) = result {
-                debug!(%peer, error = %e, "TCP connection ended with an error");
-            }
+    let mut client = Counted::new(client);
+    let outcome = tokio::select! {
+        result = relay(&mut client, server) => result.err().map(|e| e.to_string()),
+        () = activity.idle_for(idle) => Some("idle".to_string()),
+    };
+    match outcome.as_deref() {
+        None => {}
+        Some("idle") => debug!(%peer, "closing an idle TCP connection"),
+        Some(error) => debug!(%peer, %error, "TCP connection ended with an error"),
+    }
+    (client.read, client.written)
+}
+
+/// Counts what is read from and written to a stream.
+struct Counted<'a, S: ?Sized> {
+    inner: &'a mut S,
+    read: u64,
+    written: u64,
+}
+
+impl<'a, S: ?Sized> Counted<'a, S> {
+    fn new(inner: &'a mut S) -> Self {
+        Self {
+            inner,
+            read: 0,
+            written: 0,
         }
-        () = activity.idle_for(idle) => {
-            debug!(%peer, "closing an idle TCP connection");
+    }
+}
+
+impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut *this.inner).poll_read(cx, buf);
+        this.read += (buf.filled().len() - before) as u64;
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut *this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            this.written += n as u64;
         }
+        result
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

@@ -26,6 +26,7 @@
 //! * [`Proxy`] — bind, then run until shutdown.
 //! * [`Metrics`] — the Prometheus metrics.
 
+mod access;
 mod admin;
 mod config;
 mod detect;
@@ -41,12 +42,13 @@ mod probe;
 mod proxy;
 mod serve;
 mod tls;
+mod trace;
 
 pub use self::admin::LogControl;
 pub use self::config::{
     AccessLog, AdminConfig, CaConfig, ConfigError, DefaultPolicy, DestinationRule, Identities,
     InboundConfig, Limits, OutboundConfig, Passthrough, PolicyConfig, Protocol, ProxyConfig,
-    TransparentConfig,
+    TracingConfig, TransparentConfig,
 };
 pub use self::detect::{Detected, detect};
 pub use self::http::{PEER_IDENTITY_HEADER, XFCC_HEADER};

@@ -14,18 +14,23 @@ use std::sync::{Arc, Mutex};
 use bytes::BytesMut;
 use hush_tls::{ExpectedServer, HandshakeStep};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, Span, debug, info, warn};
 
-use crate::config::{Limits, Protocol, TransparentConfig};
+use crate::access::{AccessLine, Exchange};
+use crate::config::{AccessLog, Limits, Protocol, TransparentConfig};
 use crate::detect::{Detected, Prefixed, sniff};
-use crate::http::{Forward, HttpContext, HttpVersion};
+use crate::http::{Forward, HttpContext, HttpVersion, session_facts};
+use crate::identity::IdentityStatus;
 use crate::inbound::authority_of;
 use crate::io::{Activity, Metered, relay_until_idle};
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
 use crate::orig_dst::original_destination;
 use crate::serve::{Lifecycle, accept_loop, serve_http};
 use crate::tls::{DialError, MeshConnector, MeshProtocol, Target};
+use crate::trace;
 
 /// At most this many destinations keep a connection pool on the transparent listener; past
 /// it, the pools are dropped and rebuilt on demand.
@@ -85,6 +90,19 @@ pub(crate) struct OutboundShared {
     pub(crate) limits: Limits,
     pub(crate) metrics: Metrics,
     pub(crate) lifecycle: Lifecycle,
+    /// This sidecar's certificate, for the SPIFFE ID in spans and access lines.
+    pub(crate) status: watch::Receiver<IdentityStatus>,
+    pub(crate) access_log: AccessLog,
+}
+
+impl OutboundShared {
+    fn local_id(&self) -> Arc<str> {
+        self.status
+            .borrow()
+            .svid
+            .as_ref()
+            .map_or_else(|| Arc::from(""), |svid| Arc::from(svid.spiffe_id.as_str()))
+    }
 }
 
 /// Serves an explicit outbound listener.
@@ -107,7 +125,7 @@ pub(crate) async fn run_explicit(listener: TcpListener, route: Arc<Route>, share
     .await;
 }
 
-/// Proxies one connection from the app to `route`.
+/// Proxies one connection from the app to `route`, in its span.
 async fn proxy_to(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -115,6 +133,26 @@ async fn proxy_to(
     protocol: Protocol,
     shared: &OutboundShared,
 ) {
+    let span = trace::connection_span(Direction::Outbound, peer);
+    proxy_connection(tcp, peer, route, protocol, shared, &span)
+        .instrument(span.clone())
+        .await;
+}
+
+async fn proxy_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    route: &Route,
+    protocol: Protocol,
+    shared: &OutboundShared,
+    span: &Span,
+) {
+    let started = Instant::now();
+    let local_id = shared.local_id();
+    if !span.is_disabled() {
+        span.record("hush.local.spiffe_id", &*local_id);
+        span.record("server.address", tracing::field::display(&route.target));
+    }
     let metrics = &shared.metrics;
     let _open = metrics.open_connection(Direction::Outbound);
     let activity = Activity::new();
@@ -142,23 +180,43 @@ async fn proxy_to(
         Detected::Http2 => HttpVersion::Http2,
         Detected::Tcp | Detected::NeedMore => {
             metrics.connection(Direction::Outbound, ProtocolLabel::Tcp);
-            let Ok(mut upstream) =
-                dial_logged(&route.connector, &route.target, MeshProtocol::Tcp, metrics).await
-            else {
-                // The reason is logged; a TCP client only learns that the connection closed.
-                return;
+            span.record("network.protocol.name", "tcp");
+            let dialled =
+                dial_logged(&route.connector, &route.target, MeshProtocol::Tcp, metrics).await;
+            let (facts, bytes, error) = match dialled {
+                Ok(mut upstream) => {
+                    let facts = session_facts(&upstream);
+                    facts.record(span);
+                    let bytes = relay_until_idle(
+                        &mut app,
+                        &mut upstream,
+                        &activity,
+                        shared.limits.idle_timeout,
+                        peer,
+                    )
+                    .await;
+                    trace::record_bytes(span, bytes);
+                    (Some(facts), Some(bytes), None)
+                }
+                // The reason is logged (and in the span); a TCP client only learns that the
+                // connection closed.
+                Err(error) => (None, None, Some(error.to_string())),
             };
-            relay_until_idle(
-                &mut app,
-                &mut upstream,
-                &activity,
-                shared.limits.idle_timeout,
-                peer,
-            )
-            .await;
+            AccessLine {
+                direction: Direction::Outbound,
+                client: peer,
+                local_id: &local_id,
+                peer_id: facts.as_ref().map(|f| &*f.peer_id),
+                exchange: Exchange::Tcp { bytes },
+                judgement: None,
+                error: error.as_deref(),
+                duration: started.elapsed(),
+            }
+            .write(shared.access_log);
             return;
         }
     };
+    span.record("network.protocol.name", "http");
     metrics.connection(Direction::Outbound, version.label());
     let ctx = Arc::new(HttpContext {
         direction: Direction::Outbound,
@@ -177,6 +235,10 @@ async fn proxy_to(
         },
         identity: None,
         authz: None,
+        session: None,
+        local_id,
+        client: peer,
+        access_log: shared.access_log,
         metrics: metrics.clone(),
         tracker: shared.lifecycle.tracker.clone(),
         force_close: shared.lifecycle.force_close.clone(),
@@ -205,9 +267,11 @@ pub(crate) async fn dial_logged(
             Ok(tls)
         }
         Err(error) => {
+            let span = Span::current();
             match &error {
                 DialError::Handshake { failure, .. } => {
                     metrics.handshake_failure(Direction::Outbound, failure);
+                    trace::record_handshake_failure(&span, failure);
                     if failure.step == HandshakeStep::Connection {
                         info!("handshake with upstream {target} failed: {failure}");
                     } else {
@@ -216,6 +280,7 @@ pub(crate) async fn dial_logged(
                 }
                 DialError::Connect { .. } => {
                     metrics.connect_failure(Direction::Outbound, "upstream");
+                    trace::record_error(&span, "connect", &error);
                     warn!("{error}");
                 }
             }
@@ -374,7 +439,7 @@ impl Transparent {
             }
         };
         let idle = self.shared.limits.idle_timeout;
-        relay_until_idle(&mut app, &mut upstream, &activity, idle, peer).await;
+        let _ = relay_until_idle(&mut app, &mut upstream, &activity, idle, peer).await;
     }
 }
 

@@ -15,8 +15,8 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use http::HeaderMap;
 use hush_identity::{SpiffeId, TrustDomain};
 use hush_policy::{
-    DefaultAction, HttpRequest, MAX_SOURCE_BYTES, PolicyError, PolicySet, Request, Source, Verdict,
-    WorkloadPolicy,
+    DefaultAction, HttpRequest, MAX_SOURCE_BYTES, PolicyError, PolicySet, Reason, Request, Source,
+    Verdict, WorkloadPolicy,
 };
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -103,6 +103,28 @@ pub fn load_policy(path: &Path) -> Result<PolicySet, Vec<PolicyError>> {
     PolicySet::parse(&sources)
 }
 
+/// A decision, as the access line, the span and a refused caller need it.
+#[derive(Clone, Debug)]
+pub(crate) struct Judgement {
+    pub(crate) allowed: bool,
+    /// `allow` or `deny`.
+    pub(crate) verdict: &'static str,
+    /// The policy whose rule decided, if one did.
+    pub(crate) policy: Option<Arc<str>>,
+    /// The AUDIT policy that marked the request, if one did.
+    pub(crate) audit: Option<Arc<str>>,
+    /// `denied by DENY policy "x", rule 0 (file:line)`: made for denials, audited requests
+    /// and when every request is logged.
+    pub(crate) sentence: Option<String>,
+}
+
+impl Judgement {
+    /// Why a caller was refused, as sent back to it.
+    pub(crate) fn refusal(&self) -> &str {
+        self.sentence.as_deref().unwrap_or("denied")
+    }
+}
+
 /// The policy in force and how the sidecar applies it.
 pub(crate) struct PolicyEnforcer {
     path: PathBuf,
@@ -183,6 +205,7 @@ impl PolicyEnforcer {
     /// Reads and validates the policy; an error here stops the sidecar from starting.
     pub(crate) fn load(
         config: &PolicyConfig,
+        access_log: AccessLog,
         app: SocketAddr,
         protocol: Protocol,
         trust_domain: TrustDomain,
@@ -206,7 +229,7 @@ impl PolicyEnforcer {
                 DefaultPolicy::Allow => DefaultAction::Allow,
                 DefaultPolicy::Deny => DefaultAction::Deny,
             },
-            access_log: config.access_log,
+            access_log,
             checks,
             metrics,
             loaded: ArcSwap::from_pointee(Loaded {
@@ -387,7 +410,7 @@ impl PolicyEnforcer {
         view
     }
 
-    /// Decides an HTTP request; `Err` carries the reason to send back.
+    /// Decides an HTTP request.
     pub(crate) fn check_request(
         &self,
         caller: &Caller,
@@ -395,7 +418,7 @@ impl PolicyEnforcer {
         path: &str,
         headers: &HeaderMap,
         authority: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Judgement {
         let view = self.view(&caller.own);
         let headers = RequestHeaders { headers, authority };
         let request = Request {
@@ -408,16 +431,11 @@ impl PolicyEnforcer {
             }),
         };
         let decision = view.policy.evaluate(&request);
-        self.record(caller, Some((method, path)), &decision);
-        if decision.allowed() {
-            Ok(())
-        } else {
-            Err(decision.to_string())
-        }
+        self.judge(caller, Some((method, path)), &decision)
     }
 
     /// Decides an opaque TCP connection.
-    pub(crate) fn allows_connection(&self, caller: &Caller) -> bool {
+    pub(crate) fn check_connection(&self, caller: &Caller) -> Judgement {
         let view = self.view(&caller.own);
         let request = Request {
             principal: &caller.peer,
@@ -425,30 +443,24 @@ impl PolicyEnforcer {
             http: None,
         };
         let decision = view.policy.evaluate(&request);
-        self.record(caller, None, &decision);
-        decision.allowed()
+        self.judge(caller, None, &decision)
     }
 
-    /// Counts the decision and writes the access log line when it is one to write.
-    fn record(
+    /// Counts the decision, logs a dry run's different verdict, and keeps what the access line
+    /// and the span need. The decision's sentence is made only when someone will read it.
+    fn judge(
         &self,
         caller: &Caller,
         http: Option<(&str, &str)>,
         decision: &hush_policy::Decision<'_>,
-    ) {
+    ) -> Judgement {
         self.metrics.policy_decision(decision);
-        let log_access =
-            self.access_log == AccessLog::All || !decision.allowed() || decision.audit.is_some();
-        if decision.dry_run.is_none() && !log_access {
-            // The usual allowed request: counted, nothing to format.
-            return;
-        }
-        let (method, path) = http.unwrap_or(("-", "-"));
-        let what = match http {
-            Some((method, path)) => Cow::Owned(format!("{method} {path}")),
-            None => Cow::Borrowed("TCP connection"),
-        };
         if let Some(dry) = &decision.dry_run {
+            let (method, path) = http.unwrap_or(("-", "-"));
+            let what = match http {
+                Some((method, path)) => Cow::Owned(format!("{method} {path}")),
+                None => Cow::Borrowed("TCP connection"),
+            };
             info!(
                 target: "hush::access",
                 caller = %caller.peer,
@@ -467,20 +479,18 @@ impl PolicyEnforcer {
                 decision.verdict.as_str()
             );
         }
-        if log_access {
-            let audit = decision.audit.map_or("-", |rule| &*rule.policy.name);
-            info!(
-                target: "hush::access",
-                caller = %caller.peer,
-                peer = %caller.addr,
-                method,
-                path,
-                decision = decision.verdict.as_str(),
-                policy = decision.policy_name().unwrap_or("-"),
-                audit,
-                "access: {what} from {} {decision}",
-                caller.peer
-            );
+        let allowed = decision.allowed();
+        let audit = decision.audit.map(|rule| rule.policy.name.clone());
+        let explained = !allowed || self.access_log == AccessLog::All || audit.is_some();
+        Judgement {
+            allowed,
+            verdict: decision.verdict.as_str(),
+            policy: match decision.reason {
+                Reason::Rule(rule) => Some(rule.policy.name.clone()),
+                _ => None,
+            },
+            audit,
+            sentence: explained.then(|| decision.to_string()),
         }
     }
 
@@ -620,8 +630,8 @@ mod tests {
             &PolicyConfig {
                 path: dir.to_path_buf(),
                 default: DefaultPolicy::Allow,
-                access_log: AccessLog::Denied,
             },
+            AccessLog::Denied,
             "127.0.0.1:8080".parse().unwrap(),
             protocol,
             "cluster.local".parse().unwrap(),
@@ -644,7 +654,14 @@ mod tests {
         write(dir.path(), "p.yaml", DENY_ADMIN);
         let enforcer = enforcer(dir.path(), Protocol::Detect).unwrap();
         let headers = HeaderMap::new();
-        let check = |path| enforcer.check_request(&caller(), "GET", path, &headers, None);
+        let check = |path| {
+            let judgement = enforcer.check_request(&caller(), "GET", path, &headers, None);
+            if judgement.allowed {
+                Ok(())
+            } else {
+                Err(judgement.refusal().to_string())
+            }
+        };
         assert!(check("/admin").unwrap_err().contains("deny-admin"));
         assert!(check("/public").is_ok());
 
@@ -712,9 +729,9 @@ mod tests {
         assert!(refused[0].contains("cannot read"), "{refused:?}");
         let headers = HeaderMap::new();
         assert!(
-            enforcer
+            !enforcer
                 .check_request(&caller(), "GET", "/admin", &headers, None)
-                .is_err(),
+                .allowed,
             "the last good policy stays"
         );
         // Put back as it was: nothing to reload, nothing refused any more.

@@ -277,6 +277,7 @@ impl Proxy {
                     policy: policy.clone(),
                     captured: cfg.captured,
                     captured_apps: Default::default(),
+                    access_log: config.access_log,
                 });
                 accept_loops.push(tokio::spawn(server.run(listener)));
             }
@@ -284,6 +285,8 @@ impl Proxy {
                 limits: limits.clone(),
                 metrics: metrics.clone(),
                 lifecycle: lifecycle.clone(),
+                status: status_rx.clone(),
+                access_log: config.access_log,
             };
             for (listener, cfg) in outbound.into_iter().zip(&config.outbound) {
                 let connector = MeshConnector::new(
@@ -406,6 +409,7 @@ fn load_policy_for(
     };
     Ok(Some(PolicyEnforcer::load(
         policy,
+        config.access_log,
         inbound.app,
         inbound.protocol,
         trust_domain,

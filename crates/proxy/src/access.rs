@@ -1,0 +1,228 @@
+//! The access log: one line per request or connection, written when it is done, with who
+//! called whom, what the policy decided, how it ended and how long it took.
+//!
+//! Lines go to the `hush::access` log target (text or JSON, like every log line). Which ones
+//! are written is the configuration's `access_log`: by default only requests and connections
+//! that were refused or failed, or that an AUDIT rule marked; `all` writes every one.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tracing::info;
+
+use crate::config::AccessLog;
+use crate::metrics::Direction;
+use crate::policy::Judgement;
+use crate::trace::current_trace_id;
+
+/// What went through: an HTTP exchange or an opaque TCP connection.
+#[derive(Debug)]
+pub(crate) enum Exchange<'a> {
+    Http {
+        method: &'a str,
+        path: &'a str,
+        /// The status the client received (the sidecar's own, when it answered itself).
+        status: u16,
+    },
+    Tcp {
+        /// Bytes from the client, and to it; `None` when the connection never got as far as
+        /// relaying.
+        bytes: Option<(u64, u64)>,
+    },
+}
+
+/// One access-log line.
+#[derive(Debug)]
+pub(crate) struct AccessLine<'a> {
+    pub(crate) direction: Direction,
+    /// Where the connection came from.
+    pub(crate) client: SocketAddr,
+    /// This sidecar's SPIFFE ID.
+    pub(crate) local_id: &'a str,
+    /// The other sidecar's verified SPIFFE ID, when a mesh connection was made.
+    pub(crate) peer_id: Option<&'a str>,
+    pub(crate) exchange: Exchange<'a>,
+    /// The policy's decision (inbound, with a policy).
+    pub(crate) judgement: Option<&'a Judgement>,
+    /// Why the sidecar could not complete it, in words.
+    pub(crate) error: Option<&'a str>,
+    /// From the request (or connection) to the response head (or the connection's end).
+    pub(crate) duration: Duration,
+}
+
+impl AccessLine<'_> {
+    /// Whether `mode` wants this line.
+    pub(crate) fn wanted(&self, mode: AccessLog) -> bool {
+        match mode {
+            AccessLog::Off => false,
+            AccessLog::All => true,
+            AccessLog::Denied => {
+                self.error.is_some()
+                    || self
+                        .judgement
+                        .is_some_and(|j| !j.allowed || j.audit.is_some())
+            }
+        }
+    }
+
+    /// Writes the line if `mode` wants it.
+    pub(crate) fn write(&self, mode: AccessLog) {
+        if !self.wanted(mode) {
+            return;
+        }
+        let direction = self.direction.as_str();
+        let peer_id = self.peer_id.unwrap_or("-");
+        let duration_ms = self.duration.as_secs_f64() * 1000.0;
+        let (decision, policy, audit) = match self.judgement {
+            Some(j) => (
+                j.verdict,
+                j.policy.as_deref().unwrap_or("-"),
+                j.audit.as_deref().unwrap_or("-"),
+            ),
+            None => ("-", "-", "-"),
+        };
+        let trace_id = current_trace_id();
+        let trace_id = trace_id.as_deref().unwrap_or("-");
+        // Inbound, the peer is the caller; outbound, the callee.
+        let parties = match self.direction {
+            Direction::Inbound => format!("from {peer_id} ({})", self.client),
+            Direction::Outbound => format!("from {} to {peer_id}", self.client),
+        };
+        let mut outcome = match &self.exchange {
+            Exchange::Http { status, .. } => format!("{status} in {}", Millis(self.duration)),
+            Exchange::Tcp {
+                bytes: Some((received, sent)),
+            } => format!(
+                "{received} bytes in, {sent} out, in {}",
+                Millis(self.duration)
+            ),
+            Exchange::Tcp { bytes: None } => format!("closed after {}", Millis(self.duration)),
+        };
+        if let Some(sentence) = self.judgement.and_then(|j| j.sentence.as_deref()) {
+            outcome.push_str("; ");
+            outcome.push_str(sentence);
+        }
+        if let Some(error) = self.error {
+            outcome.push_str("; ");
+            outcome.push_str(error);
+        }
+        match &self.exchange {
+            Exchange::Http {
+                method,
+                path,
+                status,
+            } => info!(
+                target: "hush::access",
+                direction,
+                protocol = "http",
+                local_id = self.local_id,
+                peer_id,
+                client = %self.client,
+                method,
+                path,
+                status = i64::from(*status),
+                decision,
+                policy,
+                audit,
+                error = self.error.unwrap_or("-"),
+                duration_ms,
+                trace_id,
+                "access: {direction} {method} {path} {parties}: {outcome}"
+            ),
+            Exchange::Tcp { bytes } => {
+                let (received, sent) = bytes.unwrap_or_default();
+                // Signed, as OpenTelemetry span events want their integers.
+                let (received, sent) = (
+                    i64::try_from(received).unwrap_or(i64::MAX),
+                    i64::try_from(sent).unwrap_or(i64::MAX),
+                );
+                info!(
+                    target: "hush::access",
+                    direction,
+                    protocol = "tcp",
+                    local_id = self.local_id,
+                    peer_id,
+                    client = %self.client,
+                    bytes_received = received,
+                    bytes_sent = sent,
+                    decision,
+                    policy,
+                    audit,
+                    error = self.error.unwrap_or("-"),
+                    duration_ms,
+                    trace_id,
+                    "access: {direction} TCP connection {parties}: {outcome}"
+                );
+            }
+        }
+    }
+}
+
+/// A duration as a person reads it in a log line: `0.42 ms`, `12.3 ms`, `2.5 s`.
+struct Millis(Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_secs_f64() * 1000.0;
+        if ms < 10.0 {
+            write!(f, "{ms:.2} ms")
+        } else if ms < 1000.0 {
+            write!(f, "{ms:.1} ms")
+        } else {
+            write!(f, "{:.1} s", ms / 1000.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(judgement: Option<&Judgement>, error: Option<&'static str>) -> AccessLine<'static> {
+        // The judgement's lifetime is the test's; a leak keeps the helper simple.
+        let judgement = judgement.map(|j| &*Box::leak(Box::new(j.clone())));
+        AccessLine {
+            direction: Direction::Inbound,
+            client: "127.0.0.1:5000".parse().unwrap(),
+            local_id: "spiffe://cluster.local/ns/shop/sa/backend",
+            peer_id: Some("spiffe://cluster.local/ns/shop/sa/frontend"),
+            exchange: Exchange::Http {
+                method: "GET",
+                path: "/api",
+                status: 200,
+            },
+            judgement,
+            error,
+            duration: Duration::from_micros(1500),
+        }
+    }
+
+    fn judgement(allowed: bool, audit: bool) -> Judgement {
+        Judgement {
+            allowed,
+            verdict: if allowed { "allow" } else { "deny" },
+            policy: Some("p".into()),
+            audit: audit.then(|| "a".into()),
+            sentence: None,
+        }
+    }
+
+    #[test]
+    fn the_default_logs_what_went_wrong_or_was_audited() {
+        let mode = AccessLog::Denied;
+        assert!(!line(None, None).wanted(mode));
+        assert!(!line(Some(&judgement(true, false)), None).wanted(mode));
+        assert!(line(Some(&judgement(false, false)), None).wanted(mode));
+        assert!(line(Some(&judgement(true, true)), None).wanted(mode));
+        assert!(line(None, Some("the app refused the connection")).wanted(mode));
+        assert!(line(None, None).wanted(AccessLog::All));
+        assert!(!line(Some(&judgement(false, false)), Some("x")).wanted(AccessLog::Off));
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(Millis(Duration::from_micros(420)).to_string(), "0.42 ms");
+        assert_eq!(Millis(Duration::from_micros(12_345)).to_string(), "12.3 ms");
+        assert_eq!(Millis(Duration::from_millis(2500)).to_string(), "2.5 s");
+    }
+}

@@ -1,0 +1,289 @@
+//! Traces and access lines end to end: a CA and two sidecars as real processes export their
+//! spans over OTLP/gRPC to a real receiver built on the official OpenTelemetry protobuf
+//! definitions (`tests/otlp_receiver.py`, Python with `opentelemetry-proto` and `grpcio`).
+//!
+//! The receiver needs `HUSH_OTLP_PYTHON` (CI sets it to its venv's Python); without it the
+//! tests that need it say they were skipped.
+
+#[path = "mesh/apps.rs"]
+mod apps;
+#[path = "mesh/otlp.rs"]
+mod otlp;
+#[path = "mesh/sidecars.rs"]
+mod sidecars;
+
+use std::time::Duration;
+
+use hush_test_support::{CaProcess, ProxyProcess};
+use otlp::{ExportedSpan, OtlpReceiver};
+use sidecars::{BACKEND, FRONTEND, HUSH, get, json, new_ca, sidecar_config, write_configmap};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The trace the test's "app" is part of when it calls the frontend sidecar.
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const APP_SPAN: &str = "00f067aa0ba902b7";
+/// A second trace, for the request the policy denies.
+const DENIED_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
+/// Spans leave in batches; this keeps the test from waiting the default five seconds.
+const QUICK_BATCHES: (&str, &str) = ("OTEL_BSP_SCHEDULE_DELAY", "100");
+const DEADLINE: Duration = Duration::from_secs(60);
+
+const POLICY: &str = "\
+apiVersion: hush.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-admin}
+spec:
+  action: DENY
+  rules:
+    - to: [{paths: [/admin*]}]
+";
+
+fn receiver() -> Option<OtlpReceiver> {
+    match otlp::python() {
+        Some(python) => Some(OtlpReceiver::start(&python)),
+        None => {
+            eprintln!(
+                "skipped: no Python with opentelemetry-proto and grpcio (set HUSH_OTLP_PYTHON)"
+            );
+            None
+        }
+    }
+}
+
+fn find<'a>(spans: &'a [ExportedSpan], name: &str, trace: &str) -> Option<&'a ExportedSpan> {
+    spans.iter().find(|s| s.name == name && s.trace_id == trace)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_through_two_sidecars_is_one_trace() {
+    let Some(receiver) = receiver() else { return };
+    let endpoint = receiver.endpoint();
+    let app = apps::start_app().await;
+    let (temp, ca_dir) = new_ca();
+    // The CA takes the standard variable; the backend its configuration file; the frontend
+    // the variable and a service name.
+    let ca = CaProcess::try_start_with_env(
+        HUSH,
+        &ca_dir,
+        &[],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), QUICK_BATCHES],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    write_configmap(&temp.path().join("policy"), "policy.yaml", POLICY);
+    let backend_config = sidecar_config(
+        temp.path(),
+        "backend",
+        ca.url(),
+        &ca_dir,
+        BACKEND,
+        &format!(
+            "inbound:\n  listen: 127.0.0.1:0\n  app: {app}\npolicy:\n  path: ../policy\n\
+             access_log: all\ntracing:\n  otlp_endpoint: {endpoint}\n  service_name: backend-sidecar\n"
+        ),
+    );
+    let backend = ProxyProcess::try_start(HUSH, &backend_config, &[QUICK_BATCHES])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let frontend_config = sidecar_config(
+        temp.path(),
+        "frontend",
+        ca.url(),
+        &ca_dir,
+        FRONTEND,
+        &format!(
+            "outbound:\n  - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {BACKEND}\n",
+            backend.inbound()
+        ),
+    );
+    let frontend = ProxyProcess::try_start(
+        HUSH,
+        &frontend_config,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_SERVICE_NAME", "frontend-sidecar"),
+            QUICK_BATCHES,
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let traceparent = format!("00-{TRACE}-{APP_SPAN}-01");
+    let (status, body) = get(
+        frontend.outbound(0),
+        "/traced",
+        &[("traceparent", &traceparent), ("tracestate", "shop=1")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = json(&body);
+    let denied_parent = format!("00-{DENIED_TRACE}-{APP_SPAN}-01");
+    let (status, body) = get(
+        frontend.outbound(0),
+        "/admin",
+        &[("traceparent", &denied_parent)],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    // Plaintext on the mutual-TLS port: a refused connection has a span too.
+    let mut plain = tokio::net::TcpStream::connect(backend.inbound())
+        .await
+        .unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut refusal = String::new();
+    plain.read_to_string(&mut refusal).await.unwrap();
+    assert!(refusal.starts_with("HTTP/1.1 400"), "{refusal}");
+
+    let spans = receiver.wait_for(
+        "both sidecars' request spans, the CA's issuances and the refused connection",
+        DEADLINE,
+        |spans| {
+            find(spans, "outbound request", TRACE).is_some()
+                && find(spans, "inbound request", TRACE).is_some()
+                && find(spans, "inbound request", DENIED_TRACE).is_some()
+                && spans
+                    .iter()
+                    .filter(|s| s.name == "issue certificate")
+                    .count()
+                    >= 2
+                && spans
+                    .iter()
+                    .any(|s| s.name == "inbound connection" && s.attr_str("error.type").is_some())
+        },
+    );
+
+    // One trace: app → frontend sidecar → backend sidecar → app.
+    let outbound = find(&spans, "outbound request", TRACE).unwrap();
+    let inbound = find(&spans, "inbound request", TRACE).unwrap();
+    assert_eq!(outbound.parent_span_id, APP_SPAN);
+    assert_eq!(inbound.parent_span_id, outbound.span_id);
+    let app_saw = seen["traceparent"][0].as_str().unwrap();
+    assert_eq!(app_saw, format!("00-{TRACE}-{}-01", inbound.span_id));
+    assert_eq!(seen["tracestate"][0], "shop=1");
+
+    assert_eq!(outbound.service, "frontend-sidecar");
+    assert_eq!(outbound.kind, "SPAN_KIND_CLIENT");
+    assert_eq!(inbound.service, "backend-sidecar");
+    assert_eq!(inbound.kind, "SPAN_KIND_SERVER");
+    for (span, local, peer) in [(outbound, FRONTEND, BACKEND), (inbound, BACKEND, FRONTEND)] {
+        assert_eq!(
+            span.attr_str("hush.local.spiffe_id"),
+            Some(local),
+            "{span:?}"
+        );
+        assert_eq!(span.attr_str("hush.peer.spiffe_id"), Some(peer), "{span:?}");
+        assert_eq!(
+            span.attr_str("tls.protocol.version"),
+            Some("1.3"),
+            "{span:?}"
+        );
+        assert!(
+            span.attr_str("tls.cipher")
+                .is_some_and(|c| c.starts_with("TLS13_")),
+            "{span:?}"
+        );
+        assert!(span.attr_str("tls.curve").is_some(), "{span:?}");
+        assert_eq!(span.attr_str("http.request.method"), Some("GET"));
+        assert_eq!(span.attr_str("url.path"), Some("/traced"));
+        assert_eq!(span.attr("http.response.status_code"), Some(&200.into()));
+        assert_eq!(span.status, "STATUS_CODE_UNSET", "{span:?}");
+    }
+    assert_eq!(inbound.attr_str("hush.policy.decision"), Some("allow"));
+
+    // The denied request: its own trace, marked as an error that names the policy.
+    let denied = find(&spans, "inbound request", DENIED_TRACE).unwrap();
+    assert_eq!(denied.attr_str("hush.policy.decision"), Some("deny"));
+    assert_eq!(denied.attr_str("hush.policy.name"), Some("no-admin"));
+    assert_eq!(denied.attr("http.response.status_code"), Some(&403.into()));
+    assert_eq!(denied.status, "STATUS_CODE_ERROR");
+    assert!(denied.status_message.contains("no-admin"), "{denied:?}");
+
+    // The CA traced both issuances: how each caller proved itself, and who it is.
+    let issued: Vec<&ExportedSpan> = spans
+        .iter()
+        .filter(|s| s.name == "issue certificate")
+        .collect();
+    for id in [FRONTEND, BACKEND] {
+        let span = issued
+            .iter()
+            .find(|s| s.attr_str("hush.spiffe_id") == Some(id))
+            .unwrap_or_else(|| panic!("no issuance span for {id}: {issued:?}"));
+        assert_eq!(span.service, "hush-ca");
+        assert_eq!(span.attr_str("hush.attestation"), Some("join_token"));
+        assert_eq!(span.attr_str("hush.outcome"), Some("issued"));
+    }
+
+    let refused = spans
+        .iter()
+        .find(|s| s.name == "inbound connection" && s.attr_str("error.type").is_some())
+        .unwrap();
+    assert_eq!(refused.attr_str("error.type"), Some("plaintext_http"));
+    assert_eq!(refused.attr_str("hush.handshake.step"), Some("hello"));
+    assert_eq!(refused.status, "STATUS_CODE_ERROR");
+
+    // The access log: one line per request, with identities, decision, status, timing and
+    // the trace it belongs to.
+    let log = backend.stderr();
+    let allowed_line = log
+        .lines()
+        .find(|l| l.contains("access: inbound GET /traced"))
+        .unwrap_or_else(|| panic!("no access line for /traced:\n{log}"));
+    assert!(allowed_line.contains(FRONTEND), "{allowed_line}");
+    assert!(allowed_line.contains(": 200 in "), "{allowed_line}");
+    assert!(allowed_line.contains(TRACE), "{allowed_line}");
+    let denied_line = log
+        .lines()
+        .find(|l| l.contains("access: inbound GET /admin"))
+        .unwrap_or_else(|| panic!("no access line for /admin:\n{log}"));
+    assert!(denied_line.contains(": 403 in "), "{denied_line}");
+    assert!(
+        denied_line.contains("denied by DENY policy \"no-admin\""),
+        "{denied_line}"
+    );
+    assert!(denied_line.contains(DENIED_TRACE), "{denied_line}");
+    drop(frontend);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_collector_traceparent_passes_through_untouched() {
+    let app = apps::start_app().await;
+    let (temp, ca_dir) = new_ca();
+    let ca = CaProcess::start(HUSH, &ca_dir, &[]);
+    let backend_config = sidecar_config(
+        temp.path(),
+        "backend",
+        ca.url(),
+        &ca_dir,
+        BACKEND,
+        &format!("inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n"),
+    );
+    let backend = ProxyProcess::start(HUSH, &backend_config);
+    let frontend_config = sidecar_config(
+        temp.path(),
+        "frontend",
+        ca.url(),
+        &ca_dir,
+        FRONTEND,
+        &format!(
+            "outbound:\n  - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {BACKEND}\n",
+            backend.inbound()
+        ),
+    );
+    let frontend = ProxyProcess::start(HUSH, &frontend_config);
+    let traceparent = format!("00-{TRACE}-{APP_SPAN}-01");
+    let (status, body) = get(
+        frontend.outbound(0),
+        "/plain",
+        &[("traceparent", &traceparent)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["traceparent"][0], traceparent.as_str());
+    // The default access log writes nothing for an allowed request.
+    assert!(
+        !backend.stderr().contains("access: "),
+        "{}",
+        backend.stderr()
+    );
+}
