@@ -155,12 +155,14 @@ async fn requests_are_allowed_or_denied_with_the_deciding_policy_named() {
         "{denied:?}"
     );
 
-    // The access log records who asked for what, the decision and the policy.
+    // The access log records who asked for what, the answer, the decision and the policy.
     let line = mesh
         .backend
         .wait_for_log(
             &[
-                "access: GET /admin/users from spiffe://cluster.local/ns/shop/sa/frontend denied by DENY policy \"deny-admin\"",
+                "access: inbound GET /admin/users from spiffe://cluster.local/ns/shop/sa/frontend (",
+                ": 403 in ",
+                "; denied by DENY policy \"deny-admin\"",
                 "decision=\"deny\"",
                 "policy=\"deny-admin\"",
             ],
@@ -168,12 +170,16 @@ async fn requests_are_allowed_or_denied_with_the_deciding_policy_named() {
         )
         .unwrap();
     assert!(
-        line.contains("caller=spiffe://cluster.local/ns/shop/sa/frontend"),
+        line.contains("peer_id=\"spiffe://cluster.local/ns/shop/sa/frontend\""),
         "{line}"
     );
+    assert!(line.contains("duration_ms="), "{line}");
     mesh.backend
         .wait_for_log(
-            &["access: POST /api/items from", "no ALLOW rule matched"],
+            &[
+                "access: inbound POST /api/items from",
+                "no ALLOW rule matched",
+            ],
             LOG_PATIENCE,
         )
         .unwrap();
@@ -376,7 +382,8 @@ async fn a_denied_tcp_connection_is_closed_after_the_handshake() {
     mesh.backend
         .wait_for_log(
             &[
-                "access: TCP connection from spiffe://cluster.local/ns/shop/sa/frontend denied: no ALLOW rule matched (policies: ops-only)",
+                "access: inbound TCP connection from spiffe://cluster.local/ns/shop/sa/frontend (",
+                "; denied: no ALLOW rule matched (policies: ops-only)",
             ],
             LOG_PATIENCE,
         )

@@ -149,6 +149,11 @@ async fn a_request_through_two_sidecars_is_one_trace() {
                     >= 2
                 && spans
                     .iter()
+                    .filter(|s| s.name == "obtain certificate")
+                    .count()
+                    >= 2
+                && spans
+                    .iter()
                     .any(|s| s.name == "inbound connection" && s.attr_str("error.type").is_some())
         },
     );
@@ -199,19 +204,25 @@ async fn a_request_through_two_sidecars_is_one_trace() {
     assert_eq!(denied.status, "STATUS_CODE_ERROR");
     assert!(denied.status_message.contains("no-admin"), "{denied:?}");
 
-    // The CA traced both issuances: how each caller proved itself, and who it is.
-    let issued: Vec<&ExportedSpan> = spans
-        .iter()
-        .filter(|s| s.name == "issue certificate")
-        .collect();
-    for id in [FRONTEND, BACKEND] {
-        let span = issued
+    // The CA traced both issuances: how each caller proved itself, and who it is, as part of
+    // the trace of the sidecar that asked.
+    let named = |name: &str, id: &str| {
+        spans
             .iter()
-            .find(|s| s.attr_str("hush.spiffe_id") == Some(id))
-            .unwrap_or_else(|| panic!("no issuance span for {id}: {issued:?}"));
-        assert_eq!(span.service, "hush-ca");
-        assert_eq!(span.attr_str("hush.attestation"), Some("join_token"));
-        assert_eq!(span.attr_str("hush.outcome"), Some("issued"));
+            .find(|s| s.name == name && s.attr_str("hush.spiffe_id") == Some(id))
+            .unwrap_or_else(|| panic!("no {name} span for {id}"))
+    };
+    for (id, sidecar) in [(FRONTEND, "frontend-sidecar"), (BACKEND, "backend-sidecar")] {
+        let issued = named("issue certificate", id);
+        assert_eq!(issued.service, "hush-ca");
+        assert_eq!(issued.kind, "SPAN_KIND_SERVER");
+        assert_eq!(issued.attr_str("hush.attestation"), Some("join_token"));
+        assert_eq!(issued.attr_str("hush.outcome"), Some("issued"));
+        let asked = named("obtain certificate", id);
+        assert_eq!(asked.service, sidecar);
+        assert_eq!(asked.attr_str("hush.outcome"), Some("issued"));
+        assert_eq!(issued.trace_id, asked.trace_id);
+        assert_eq!(issued.parent_span_id, asked.span_id);
     }
 
     let refused = spans

@@ -8,11 +8,15 @@ use hush_proto::hush::ca::v1::certificate_authority_client::CertificateAuthority
 use hush_tls::CredentialStore;
 use hush_tls::rustls::client::ResolvesClientCert;
 use hyper_util::rt::TokioIo;
+use opentelemetry::propagation::{Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint, Uri};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The client could not be set up.
 #[non_exhaustive]
@@ -97,6 +101,34 @@ pub fn with_bearer<T>(message: T, token: &str) -> Result<tonic::Request<T>, toni
     Ok(request)
 }
 
+/// Adds the current span's W3C trace context (`traceparent`, `tracestate`) to a request, so the
+/// CA's span of the issuance joins the caller's trace. Nothing when no trace is being recorded.
+fn with_trace_context<T>(request: &mut tonic::Request<T>) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    let context = span.context();
+    if context.span().span_context().is_valid() {
+        TraceContextPropagator::new()
+            .inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
+    }
+}
+
+/// Writes trace context into gRPC metadata.
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            value.parse::<MetadataValue<_>>(),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
 /// A client of hush's own CA API.
 #[derive(Debug, Clone)]
 pub struct CaClient {
@@ -136,10 +168,11 @@ impl CaClient {
         csr: Vec<u8>,
         ttl: Option<Duration>,
     ) -> Result<pb::CertifyResponse, tonic::Status> {
-        let request = tonic::Request::new(pb::CertifyRequest {
+        let mut request = tonic::Request::new(pb::CertifyRequest {
             csr,
             ttl_seconds: ttl_seconds(ttl),
         });
+        with_trace_context(&mut request);
         Ok(self.inner.clone().certify(request).await?.into_inner())
     }
 
@@ -150,13 +183,14 @@ impl CaClient {
         csr: Vec<u8>,
         ttl: Option<Duration>,
     ) -> Result<pb::CertifyResponse, tonic::Status> {
-        let request = with_bearer(
+        let mut request = with_bearer(
             pb::CertifyRequest {
                 csr,
                 ttl_seconds: ttl_seconds(ttl),
             },
             token,
         )?;
+        with_trace_context(&mut request);
         Ok(self.inner.clone().certify(request).await?.into_inner())
     }
 

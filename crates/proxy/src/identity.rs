@@ -22,7 +22,8 @@ use hush_tls::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::field::Empty;
+use tracing::{Instrument, debug, info, warn};
 
 use crate::config::CaConfig;
 use crate::metrics::Metrics;
@@ -148,10 +149,34 @@ impl IdentityManager {
             }
             let current = self.status.borrow().svid.clone();
             // An attempt can wait on an unreachable CA for a while; shutdown does not.
+            let span = tracing::info_span!(
+                target: "hush::proxy",
+                "obtain certificate",
+                otel.kind = "client",
+                hush.renewal = current.is_some(),
+                hush.spiffe_id = Empty,
+                hush.serial = Empty,
+                hush.outcome = Empty,
+                otel.status_code = Empty,
+                otel.status_description = Empty,
+            );
             let result = tokio::select! {
-                result = self.attempt(current.as_deref()) => result,
+                result = self.attempt(current.as_deref()).instrument(span.clone()) => result,
                 () = stop.cancelled() => break,
             };
+            match &result {
+                Ok(svid) => {
+                    span.record("hush.outcome", "issued");
+                    span.record("hush.spiffe_id", svid.spiffe_id.as_str());
+                    span.record("hush.serial", svid.serial.as_str());
+                }
+                Err(error) => {
+                    span.record("hush.outcome", "failed");
+                    span.record("otel.status_code", "error");
+                    span.record("otel.status_description", error.0.as_str());
+                }
+            }
+            drop(span);
             match result {
                 Ok(svid) => {
                     backoff = MIN_BACKOFF;

@@ -138,6 +138,7 @@ struct Inner {
     bytes: Family<BytesLabels, Counter>,
     detect_timeouts: Family<DirectionLabels, Counter>,
     certificate_expiry: Gauge,
+    certificate_expires_in: Gauge,
     renewals: Family<OutcomeLabels, Counter>,
     bundle_updates: Counter,
     policy_decisions: Family<DecisionLabels, Counter>,
@@ -222,6 +223,12 @@ impl Metrics {
             "NotAfter of the workload certificate in use, in Unix seconds (0 before the first)",
             certificate_expiry.clone(),
         );
+        let certificate_expires_in = Gauge::default();
+        registry.register(
+            "certificate_expires_in_seconds",
+            "Seconds until the workload certificate in use expires, as of this scrape (negative once expired, 0 before the first)",
+            certificate_expires_in.clone(),
+        );
         let renewals = Family::default();
         registry.register(
             "certificate_renewals",
@@ -277,6 +284,7 @@ impl Metrics {
                 bytes,
                 detect_timeouts,
                 certificate_expiry,
+                certificate_expires_in,
                 renewals,
                 bundle_updates,
                 policy_decisions,
@@ -291,6 +299,12 @@ impl Metrics {
 
     /// The metrics in the Prometheus / OpenMetrics text format.
     pub fn encode(&self) -> String {
+        // Time left is a matter of when one asks.
+        let not_after = self.inner.certificate_expiry.get();
+        if not_after > 0 {
+            let now = crate::identity::unix_seconds(std::time::SystemTime::now());
+            self.inner.certificate_expires_in.set(not_after - now);
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
@@ -519,6 +533,14 @@ fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The value of an unlabelled series in an exposition.
+    fn metric_value(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
     #[test]
     fn prometheus_text_names_counter_families_by_their_samples() {
         let openmetrics = "# HELP hush_x Things.\n# TYPE hush_x counter\nhush_x_total{a=\"b\"} 1\n\
@@ -540,15 +562,18 @@ mod tests {
             &HandshakeFailure::from_tls(&hush_tls::rustls::Error::NoCertificatesPresented),
         );
         let open = metrics.open_connection(Direction::Outbound);
-        metrics.certificate_expiry(1_800_000_000);
+        let in_an_hour = crate::identity::unix_seconds(std::time::SystemTime::now()) + 3600;
+        metrics.certificate_expiry(in_an_hour);
         metrics.renewal(true);
         let text = metrics.encode();
+        let left = metric_value(&text, "hush_certificate_expires_in_seconds");
+        assert!((3590.0..=3600.0).contains(&left), "{left} in\n{text}");
         for needle in [
             "hush_connections_total{direction=\"inbound\",protocol=\"http1\"} 1",
             "hush_requests_total{direction=\"inbound\",protocol=\"http1\",code=\"200\"} 1",
             "hush_handshake_failures_total{direction=\"inbound\",step=\"certificate chain\",reason=\"no_certificate\"} 1",
             "hush_connections_open{direction=\"outbound\"} 1",
-            "hush_certificate_expiry_timestamp_seconds 1800000000",
+            format!("hush_certificate_expiry_timestamp_seconds {in_an_hour}").as_str(),
             "hush_certificate_renewals_total{result=\"ok\"} 1",
             "# EOF",
         ] {
