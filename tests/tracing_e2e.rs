@@ -123,6 +123,9 @@ async fn a_request_through_two_sidecars_is_one_trace() {
     )
     .await;
     assert_eq!(status, 403, "{body}");
+    // No traceparent: the request starts a trace of its own.
+    let (status, _) = get(frontend.outbound(0), "/fresh", &[]).await;
+    assert_eq!(status, 200);
     // Plaintext on the mutual-TLS port: a refused connection has a span too.
     let mut plain = tokio::net::TcpStream::connect(backend.inbound())
         .await
@@ -142,6 +145,7 @@ async fn a_request_through_two_sidecars_is_one_trace() {
             find(spans, "outbound request", TRACE).is_some()
                 && find(spans, "inbound request", TRACE).is_some()
                 && find(spans, "inbound request", DENIED_TRACE).is_some()
+                && spans.iter().any(|s| s.attr_str("url.path") == Some("/fresh"))
                 && spans
                     .iter()
                     .filter(|s| s.name == "issue certificate")
@@ -195,6 +199,15 @@ async fn a_request_through_two_sidecars_is_one_trace() {
         assert_eq!(span.status, "STATUS_CODE_UNSET", "{span:?}");
     }
     assert_eq!(inbound.attr_str("hush.policy.decision"), Some("allow"));
+
+    // Without a traceparent, a new trace rooted at the frontend sidecar (not at the span of
+    // the connection that carried it), continued by the backend.
+    let fresh = spans
+        .iter()
+        .find(|s| s.name == "outbound request" && s.attr_str("url.path") == Some("/fresh"))
+        .unwrap();
+    assert_eq!(fresh.parent_span_id, "", "{fresh:?}");
+    assert!(![TRACE, DENIED_TRACE].contains(&fresh.trace_id.as_str()));
 
     // The denied request: its own trace, marked as an error that names the policy.
     let denied = find(&spans, "inbound request", DENIED_TRACE).unwrap();

@@ -178,6 +178,11 @@ impl Telemetry {
                         .with_level(false)
                         .with_target(false)
                         .with_tracked_inactivity(false)
+                        // A request without `traceparent` starts a trace of its own; with
+                        // activation, it would become a child of its connection's span (the
+                        // one entered around it), and every request of a kept-alive
+                        // connection would pile into one long trace.
+                        .with_context_activation(false)
                         .with_filter(filter_fn(traced))
                         .boxed(),
                 );
