@@ -295,6 +295,7 @@ fn values(temp: &Path, files: &[(&str, Vec<u8>)]) -> (Vec<String>, Vec<String>) 
         "ca:\n  replicas: 3\n  antiAffinity: hard\n  certificateLifetime: 1h\n  maxCertificateLifetime: 12h\n  secret:\n    create: true\n\
          injector:\n  failurePolicy: Ignore\n  namespaceSelector:\n    matchLabels: null\n    matchExpressions:\n      - {key: team, operator: In, values: [shop, pay]}\n\
          proxy:\n  excludeOutboundCIDRs: [10.96.0.1/32]\n  memory: 96Mi\n\
+         tracing:\n  otlpEndpoint: http://otel-agent.observability:4317\n\
          imagePullSecrets: [{name: regcred}]\n",
     )
     .expect("write values");
@@ -430,6 +431,23 @@ fn the_chart_lints_and_every_rendered_manifest_is_valid() {
     );
     let args = container_args(ca).join(" ");
     assert!(args.contains("--default-ttl 1h --max-ttl 12h"), "{args}");
+    let env = ca["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(
+        env.contains(
+            "\"OTEL_EXPORTER_OTLP_ENDPOINT\",\"value\":\"http://otel-agent.observability:4317\""
+        ),
+        "{env}"
+    );
+    let injector_config = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "hush-injector")
+        .expect("the injector's ConfigMap");
+    assert!(
+        injector_config
+            .to_string()
+            .contains("otlp_endpoint: \\\"http://otel-agent.observability:4317\\\""),
+        "{injector_config}"
+    );
     let policy = docs
         .iter()
         .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["namespace"] == "shop")
@@ -466,6 +484,10 @@ fn bad_values_are_refused_with_the_field_named() {
         ("injector.timeoutSeconds=60", "injector.timeoutSeconds"),
         ("proxy.uid=0", "proxy.uid"),
         ("proxy.memory=lots", "proxy.memory"),
+        (
+            "tracing.otlpEndpoint=https://collector:4317",
+            "tracing.otlpEndpoint",
+        ),
         ("trustDomain=Cluster Local", "trustDomain"),
         ("trustBundle=not a certificate", "trustBundle"),
         ("ca.secret.create=true", "ca.secret.intermediateCert"),

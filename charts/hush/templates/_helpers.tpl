@@ -64,6 +64,9 @@ outbound_port: {{ .Values.proxy.outboundPort }}
 admin_port: {{ .Values.proxy.adminPort }}
 exclude_outbound_cidrs: {{ .Values.proxy.excludeOutboundCIDRs | toJson }}
 log_level: {{ .Values.proxy.logLevel | quote }}
+{{- with .Values.tracing.otlpEndpoint }}
+otlp_endpoint: {{ . | quote }}
+{{- end }}
 cpu_request: {{ .Values.proxy.cpu | quote }}
 memory: {{ .Values.proxy.memory | quote }}
 trust_bundle: |

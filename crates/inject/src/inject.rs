@@ -24,7 +24,7 @@ use base64::Engine as _;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
-    DownwardAPIVolumeSource, EnvVar, HTTPGetAction, ObjectFieldSelector, Pod, Probe,
+    DownwardAPIVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe,
     ProjectedVolumeSource, ResourceRequirements, SecurityContext, ServiceAccountTokenProjection,
     Volume, VolumeMount, VolumeProjection,
 };
@@ -107,6 +107,10 @@ pub struct InjectorConfig {
     /// The sidecar's log filter.
     #[serde(default = "defaults::log_level")]
     pub log_level: String,
+    /// Where the sidecars send their spans (OTLP/gRPC, `http://collector:4317`); none when
+    /// absent. Each sidecar also names its pod and namespace in its resource attributes.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
     /// The sidecar's CPU request.
     #[serde(default = "defaults::cpu")]
     pub cpu_request: String,
@@ -152,6 +156,14 @@ impl InjectorConfig {
         if let Some(pem) = &config.trust_bundle {
             hush_identity::TrustBundle::from_pem(pem.as_bytes(), None)
                 .map_err(|e| format!("trust_bundle: {e}"))?;
+        }
+        if let Some(endpoint) = &config.otlp_endpoint
+            && !endpoint.starts_with("http://")
+        {
+            return Err(format!(
+                "otlp_endpoint: `{endpoint}` is not an http:// URL (sidecars send spans in \
+                 plaintext OTLP/gRPC to a collector agent, e.g. http://otel-collector:4317)"
+            ));
         }
         Ok(config)
     }
@@ -595,6 +607,40 @@ fn init_container(config: &InjectorConfig, capture: &CaptureRules) -> Container 
     }
 }
 
+/// The sidecar's environment: its log filter, and where its spans go.
+fn proxy_env(config: &InjectorConfig, log_level: &str) -> Vec<EnvVar> {
+    let value = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    };
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut env = vec![value("HUSH_LOG", log_level)];
+    if let Some(endpoint) = &config.otlp_endpoint {
+        env.extend([
+            value("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            field("HUSH_POD_NAME", "metadata.name"),
+            field("HUSH_POD_NAMESPACE", "metadata.namespace"),
+            // Kubernetes expands $(VAR) from the variables defined before it.
+            value(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "k8s.pod.name=$(HUSH_POD_NAME),k8s.namespace.name=$(HUSH_POD_NAMESPACE)",
+            ),
+        ]);
+    }
+    env
+}
+
 fn proxy_container(config: &InjectorConfig, cpu: &str, memory: &str, log_level: &str) -> Container {
     let admin_probe = |path: &str, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -630,11 +676,7 @@ fn proxy_container(config: &InjectorConfig, cpu: &str, memory: &str, log_level: 
             "--config".into(),
             format!("{CONFIG_DIR}/proxy.yaml"),
         ]),
-        env: Some(vec![EnvVar {
-            name: "HUSH_LOG".into(),
-            value: Some(log_level.into()),
-            ..Default::default()
-        }]),
+        env: Some(proxy_env(config, log_level)),
         // A native sidecar: started before the app, stopped after it.
         restart_policy: Some("Always".into()),
         ports: Some(vec![
@@ -972,6 +1014,46 @@ mod tests {
             proxy.env.as_ref().unwrap()[0].value.as_deref(),
             Some("debug")
         );
+    }
+
+    #[test]
+    fn a_collector_reaches_the_sidecar_with_the_pod_named() {
+        let env = |config: &InjectorConfig| proxy_env(config, "info");
+        assert_eq!(
+            env(&config()).len(),
+            1,
+            "no collector, no tracing variables"
+        );
+        let traced = InjectorConfig::from_yaml(
+            "image: i\nca_address: https://ca:8443\notlp_endpoint: http://otel-agent.observability:4317\n",
+        )
+        .unwrap();
+        let env = env(&traced);
+        let named = |name: &str| env.iter().find(|v| v.name == name).unwrap();
+        assert_eq!(
+            named("OTEL_EXPORTER_OTLP_ENDPOINT").value.as_deref(),
+            Some("http://otel-agent.observability:4317")
+        );
+        let pod_name = named("HUSH_POD_NAME").value_from.as_ref().unwrap();
+        assert_eq!(
+            pod_name.field_ref.as_ref().unwrap().field_path,
+            "metadata.name"
+        );
+        // $(HUSH_POD_NAME) expands only from variables defined before it.
+        let position = |name: &str| env.iter().position(|v| v.name == name).unwrap();
+        assert!(position("HUSH_POD_NAME") < position("OTEL_RESOURCE_ATTRIBUTES"));
+        assert!(
+            named("OTEL_RESOURCE_ATTRIBUTES")
+                .value
+                .as_deref()
+                .unwrap()
+                .contains("k8s.namespace.name=$(HUSH_POD_NAMESPACE)")
+        );
+        let refused = InjectorConfig::from_yaml(
+            "image: i\nca_address: https://ca:8443\notlp_endpoint: https://collector:4317\n",
+        )
+        .unwrap_err();
+        assert!(refused.contains("otlp_endpoint"), "{refused}");
     }
 
     #[test]
