@@ -313,3 +313,39 @@ async fn without_a_collector_traceparent_passes_through_untouched() {
         backend.stderr()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_collector_is_reported_once_and_traffic_flows() {
+    // A port nothing listens on any more.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let endpoint = format!("http://{closed}");
+    let lone =
+        sidecars::LoneBackend::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), QUICK_BATCHES])
+            .await;
+    // The span of obtaining the certificate was the first that could not be sent.
+    let line = lone
+        .sidecar
+        .wait_for_log(
+            &[&format!("cannot send spans to the collector at {endpoint}")],
+            DEADLINE,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("Connection refused"), "{line}");
+    // Requests still go through, and the failure is not repeated for every batch.
+    let caller = hush_test_support::leaf_from_ca_dir(&lone.ca_dir, Some(FRONTEND));
+    let pem = std::fs::read(lone.ca_dir.join("bundle.pem")).unwrap();
+    let bundle = hush_identity::TrustBundle::from_pem(&pem, None).unwrap();
+    let response = sidecars::mtls_request(lone.sidecar.inbound(), &bundle, Some(caller))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let later = lone.sidecar.stderr();
+    assert_eq!(
+        later.matches("cannot send spans").count(),
+        1,
+        "reported once:\n{later}"
+    );
+}

@@ -11,6 +11,7 @@
 //! `bench/proxy.sh` installs the peers and runs it.
 
 mod load;
+mod otlp_sink;
 mod proxy;
 
 use std::io::{BufRead, BufReader};

@@ -53,6 +53,17 @@ pub(crate) struct ProxyArgs {
     /// gives the median and the range.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Also measure what observability costs: a hush pair exporting every request's spans over
+    /// OTLP (to a sink that answers and discards), and a pair writing every access line.
+    #[arg(long)]
+    observability: bool,
+    /// Also measure a pair run by another hush binary (e.g. an earlier build), to compare
+    /// versions in one run.
+    #[arg(long, value_name = "PATH")]
+    baseline_hush: Option<PathBuf>,
+    /// Leave out stunnel4 and haproxy.
+    #[arg(long)]
+    hush_only: bool,
 }
 
 /// A path under test: where the load generator connects and which processes do the work.
@@ -196,6 +207,67 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss = rss_kib(frontend.process().pid())?.max(rss_kib(backend.process().pid())?);
 
+    // More hush pairs, each a frontend and a backend of its own: what observability costs, and
+    // another binary.
+    let pair = |name: &str,
+                bin: &Path,
+                extra: &str,
+                env: &[(&str, &str)]|
+     -> Result<[ProxyProcess; 2]> {
+        let backend_config = write_sidecar_config(
+            bin,
+            &root.join(format!("{name}-backend")),
+            &ca_dir,
+            ca.url(),
+            backend_id,
+            &format!(
+                "inbound:\n  listen: 127.0.0.1:0\n  app: {app_addr}\n  protocol: http1\n{extra}"
+            ),
+        );
+        let backend = ProxyProcess::try_start(bin, &backend_config, env)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let frontend_config = write_sidecar_config(
+            bin,
+            &root.join(format!("{name}-frontend")),
+            &ca_dir,
+            ca.url(),
+            frontend_id,
+            &format!(
+                "outbound:\n  - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {backend_id}\n    protocol: http1\n{extra}",
+                backend.inbound()
+            ),
+        );
+        let frontend = ProxyProcess::try_start(bin, &frontend_config, env)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok([frontend, backend])
+    };
+    let mut more_pairs: Vec<(&'static str, [ProxyProcess; 2])> = Vec::new();
+    let mut sink = None;
+    if args.observability {
+        let (addr, received) = crate::otlp_sink::start()?;
+        let endpoint = format!("http://{addr}");
+        more_pairs.push((
+            "hush pair, spans exported (OTLP)",
+            pair(
+                "traced",
+                &hush,
+                "",
+                &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+            )?,
+        ));
+        more_pairs.push((
+            "hush pair, access_log: all",
+            pair("logged", &hush, "access_log: all\n", &[])?,
+        ));
+        sink = Some(received);
+    }
+    if let Some(baseline) = &args.baseline_hush {
+        more_pairs.push((
+            "hush pair, baseline binary",
+            pair("baseline", baseline, "", &[])?,
+        ));
+    }
+
     let mut paths = vec![
         Contender {
             name: "direct (no proxy)",
@@ -213,6 +285,14 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
             pids: vec![frontend.process().pid(), guarded.process().pid()],
         },
     ];
+
+    for (name, [frontend, backend]) in &mut more_pairs {
+        paths.push(Contender {
+            name,
+            entry: frontend.outbound(0),
+            pids: vec![frontend.process().pid(), backend.process().pid()],
+        });
+    }
 
     // Certificates for the peers, from the same CA.
     let peer_certs = |name: &str, id: &str| -> Result<PathBuf> {
@@ -247,7 +327,7 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
     let mut peers: Vec<Spawned> = Vec::new();
     let mut peer_rss = Vec::new();
 
-    match which(&["stunnel4", "stunnel"]) {
+    match which(&["stunnel4", "stunnel"]).filter(|_| !args.hush_only) {
         Some(stunnel) => {
             let client = peer_certs("stunnel-client", frontend_id)?;
             let server = peer_certs("stunnel-server", backend_id)?;
@@ -287,11 +367,13 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
             });
             peers.extend([s, c]);
         }
-        None if args.allow_missing_peers => eprintln!("skipping stunnel4: not installed"),
+        None if args.allow_missing_peers || args.hush_only => {
+            eprintln!("skipping stunnel4");
+        }
         None => bail!("stunnel4 is not installed (bench/proxy.sh installs it)"),
     }
 
-    match which(&["haproxy"]) {
+    match which(&["haproxy"]).filter(|_| !args.hush_only) {
         Some(haproxy) => {
             let client = peer_certs("haproxy-client", frontend_id)?;
             let server = peer_certs("haproxy-server", backend_id)?;
@@ -337,7 +419,7 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
             });
             peers.extend([s, c]);
         }
-        None if args.allow_missing_peers => eprintln!("skipping haproxy: not installed"),
+        None if args.allow_missing_peers || args.hush_only => eprintln!("skipping haproxy"),
         None => bail!("haproxy is not installed (bench/proxy.sh installs it)"),
     }
 
@@ -385,6 +467,14 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
         }
     }
     print!("{}", report(&results, &args, idle_rss, &peer_rss));
+    if let Some(sink) = sink {
+        println!(
+            "OTLP sink: {} exports, {} bytes of spans received",
+            sink.exports.load(std::sync::atomic::Ordering::Relaxed),
+            sink.bytes.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+    drop(more_pairs);
     drop(peers);
     drop(frontend);
     drop(backend);

@@ -7,7 +7,9 @@
 //! With no endpoint there is no exporter and no trace layer at all: hush's span call sites are
 //! then disabled and cost one cached-interest check each.
 
+use std::future::Future;
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -15,7 +17,8 @@ use anyhow::{Context as _, Result, bail};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use tracing::{Level, Metadata};
 use tracing_subscriber::filter::{EnvFilter, FilterExt as _, filter_fn};
 use tracing_subscriber::prelude::*;
@@ -224,7 +227,7 @@ fn traced(metadata: &Metadata<'_>) -> bool {
 }
 
 fn tracer_provider(export: &TraceExport) -> Result<SdkTracerProvider> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
+    let otlp = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(&export.endpoint)
         .build()
@@ -234,6 +237,11 @@ fn tracer_provider(export: &TraceExport) -> Result<SdkTracerProvider> {
                 export.endpoint, export.source
             )
         })?;
+    let exporter = Reported {
+        inner: otlp,
+        endpoint: export.endpoint.clone(),
+        failing: AtomicBool::new(false),
+    };
     // `Resource::builder` reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
     let mut resource = Resource::builder();
     if let Some(name) = &export.service_name {
@@ -243,6 +251,74 @@ fn tracer_provider(export: &TraceExport) -> Result<SdkTracerProvider> {
         .with_batch_exporter(exporter)
         .with_resource(resource.build())
         .build())
+}
+
+/// The OTLP exporter, saying once when spans stop reaching the collector and once when they
+/// reach it again. (The SDK's own diagnostics are compiled out; without this, a wrong endpoint
+/// would go unnoticed.)
+#[derive(Debug)]
+struct Reported<E> {
+    inner: E,
+    endpoint: String,
+    failing: AtomicBool,
+}
+
+impl<E: SpanExporter> SpanExporter for Reported<E> {
+    fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
+        let spans = batch.len();
+        let exported = self.inner.export(batch);
+        async move {
+            let result = exported.await;
+            match (&result, ExportHealth::after(&self.failing, result.is_ok())) {
+                (Err(e), ExportHealth::Broke) => tracing::warn!(
+                    endpoint = %self.endpoint,
+                    "cannot send spans to the collector at {}: {e}; {spans} spans dropped, \
+                     and later batches too until it answers (this is said once)",
+                    self.endpoint
+                ),
+                (_, ExportHealth::Recovered) => tracing::info!(
+                    endpoint = %self.endpoint,
+                    "spans reach the collector at {} again",
+                    self.endpoint
+                ),
+                _ => {}
+            }
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// What an export's outcome changed.
+#[derive(Debug, PartialEq, Eq)]
+enum ExportHealth {
+    /// The first failure after successes (or at start).
+    Broke,
+    /// The first success after failures.
+    Recovered,
+    /// As before.
+    Unchanged,
+}
+
+impl ExportHealth {
+    fn after(failing: &AtomicBool, ok: bool) -> Self {
+        match (failing.swap(!ok, Ordering::Relaxed), ok) {
+            (false, false) => Self::Broke,
+            (true, true) => Self::Recovered,
+            _ => Self::Unchanged,
+        }
+    }
 }
 
 /// The log filter in force, replaceable at run time (the sidecar's admin port offers that).
@@ -352,6 +428,22 @@ mod tests {
                 None
             );
         }
+    }
+
+    #[test]
+    fn a_failing_collector_is_reported_once_and_its_return_once() {
+        let failing = AtomicBool::new(false);
+        let outcomes: Vec<ExportHealth> = [true, false, false, false, true, true, false]
+            .into_iter()
+            .map(|ok| ExportHealth::after(&failing, ok))
+            .collect();
+        use ExportHealth::*;
+        assert_eq!(
+            outcomes,
+            [
+                Unchanged, Broke, Unchanged, Unchanged, Recovered, Unchanged, Broke
+            ]
+        );
     }
 
     #[test]

@@ -218,6 +218,8 @@ pub(crate) async fn forward(
     let outcome = exchange(&ctx, request, &span)
         .instrument(span.clone())
         .await;
+    let took = started.elapsed();
+    ctx.metrics.request_duration(ctx.direction, took);
     let status = outcome.response.status().as_u16();
     // Outbound, the peer is whoever answered on the pooled connection that carried it.
     let upstream = outcome.response.extensions().get::<SessionFacts>();
@@ -262,7 +264,7 @@ pub(crate) async fn forward(
         },
         judgement: outcome.judgement.as_ref(),
         error: outcome.error.as_ref().map(|(_, message)| message.as_str()),
-        duration: started.elapsed(),
+        duration: took,
     }
     .write(ctx.access_log);
     Ok(outcome.response)

@@ -141,6 +141,7 @@ impl Inbound {
             self.metrics.bytes(Direction::Inbound),
             activity.clone(),
         );
+        let handshake_started = Instant::now();
         let handshake =
             tokio::time::timeout(self.limits.handshake_timeout, self.acceptor.accept(metered))
                 .await;
@@ -155,7 +156,8 @@ impl Inbound {
                 );
             }
         };
-        self.metrics.handshake(Direction::Inbound);
+        self.metrics
+            .handshake(Direction::Inbound, handshake_started.elapsed());
 
         let (_, session) = tls.get_ref();
         // The verifier has checked the chain, the validity and the SPIFFE ID already.

@@ -5,6 +5,7 @@
 //! traffic.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hush_policy::{Decision, Reason, Verdict};
 use hush_tls::HandshakeFailure;
@@ -12,6 +13,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Which way a connection goes, as seen from the sidecar.
@@ -126,13 +128,27 @@ pub struct Metrics {
     inner: Arc<Inner>,
 }
 
+/// Upper bounds of the request-duration buckets, in seconds: from half a millisecond (a
+/// request through two sidecars on one machine) to ten seconds.
+const REQUEST_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Upper bounds of the handshake-duration buckets, in seconds.
+const HANDSHAKE_BUCKETS: [f64; 11] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
 #[derive(Debug)]
 struct Inner {
     registry: Registry,
     connections: Family<ConnectionLabels, Counter>,
     connections_open: Family<DirectionLabels, Gauge>,
     requests: Family<RequestLabels, Counter>,
+    request_duration: Histograms<DirectionLabels>,
     handshakes: Family<DirectionLabels, Counter>,
+    handshake_duration: Histograms<DirectionLabels>,
     handshake_failures: Family<FailureLabels, Counter>,
     connect_failures: Family<ConnectFailureLabels, Counter>,
     bytes: Family<BytesLabels, Counter>,
@@ -187,11 +203,27 @@ impl Metrics {
             "HTTP requests proxied, by direction, protocol and response status code",
             requests.clone(),
         );
+        let request_duration: Histograms<DirectionLabels> =
+            Family::new_with_constructor(|| Histogram::new(REQUEST_BUCKETS));
+        registry.register_with_unit(
+            "request_duration",
+            "Time from an HTTP request's arrival to its response's head, by direction",
+            prometheus_client::registry::Unit::Seconds,
+            request_duration.clone(),
+        );
         let handshakes = Family::default();
         registry.register(
             "handshakes",
             "Mutual TLS handshakes completed",
             handshakes.clone(),
+        );
+        let handshake_duration: Histograms<DirectionLabels> =
+            Family::new_with_constructor(|| Histogram::new(HANDSHAKE_BUCKETS));
+        registry.register_with_unit(
+            "handshake_duration",
+            "Time the completed mutual TLS handshakes took, by direction",
+            prometheus_client::registry::Unit::Seconds,
+            handshake_duration.clone(),
         );
         let handshake_failures = Family::default();
         registry.register(
@@ -278,7 +310,9 @@ impl Metrics {
                 connections,
                 connections_open,
                 requests,
+                request_duration,
                 handshakes,
+                handshake_duration,
                 handshake_failures,
                 connect_failures,
                 bytes,
@@ -350,13 +384,26 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn handshake(&self, direction: Direction) {
+    pub(crate) fn handshake(&self, direction: Direction, took: Duration) {
+        let labels = DirectionLabels {
+            direction: direction.as_str(),
+        };
+        self.inner.handshakes.get_or_create(&labels).inc();
         self.inner
-            .handshakes
+            .handshake_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// An HTTP request got its response head (from the far side, or the sidecar's own) after
+    /// `took`.
+    pub(crate) fn request_duration(&self, direction: Direction, took: Duration) {
+        self.inner
+            .request_duration
             .get_or_create(&DirectionLabels {
                 direction: direction.as_str(),
             })
-            .inc();
+            .observe(took.as_secs_f64());
     }
 
     pub(crate) fn handshake_failure(&self, direction: Direction, failure: &HandshakeFailure) {
@@ -557,6 +604,8 @@ mod tests {
         let metrics = Metrics::new();
         metrics.connection(Direction::Inbound, ProtocolLabel::Http1);
         metrics.request(Direction::Inbound, ProtocolLabel::Http1, 200);
+        metrics.request_duration(Direction::Inbound, Duration::from_micros(700));
+        metrics.handshake(Direction::Outbound, Duration::from_millis(3));
         metrics.handshake_failure(
             Direction::Inbound,
             &HandshakeFailure::from_tls(&hush_tls::rustls::Error::NoCertificatesPresented),
@@ -575,6 +624,12 @@ mod tests {
             "hush_connections_open{direction=\"outbound\"} 1",
             format!("hush_certificate_expiry_timestamp_seconds {in_an_hour}").as_str(),
             "hush_certificate_renewals_total{result=\"ok\"} 1",
+            "# TYPE hush_request_duration_seconds histogram",
+            "hush_request_duration_seconds_bucket{le=\"0.0005\",direction=\"inbound\"} 0",
+            "hush_request_duration_seconds_bucket{le=\"0.001\",direction=\"inbound\"} 1",
+            "hush_request_duration_seconds_count{direction=\"inbound\"} 1",
+            "hush_handshake_duration_seconds_bucket{le=\"0.005\",direction=\"outbound\"} 1",
+            "hush_handshakes_total{direction=\"outbound\"} 1",
             "# EOF",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");

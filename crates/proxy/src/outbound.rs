@@ -262,8 +262,8 @@ pub(crate) async fn dial_logged(
     metrics: &Metrics,
 ) -> Result<TlsStream<TcpStream>, DialError> {
     match connector.dial(target, protocol).await {
-        Ok(tls) => {
-            metrics.handshake(Direction::Outbound);
+        Ok((tls, handshake)) => {
+            metrics.handshake(Direction::Outbound, handshake);
             Ok(tls)
         }
         Err(error) => {

@@ -125,11 +125,12 @@ impl MeshConnector {
     }
 
     /// Connects to `target` (`host:port`) and completes the handshake, announcing `protocol`.
+    /// Dials `target` and returns the connection with how long its TLS handshake took.
     pub(crate) async fn dial(
         &self,
         target: &Target,
         protocol: MeshProtocol,
-    ) -> Result<TlsStream<TcpStream>, DialError> {
+    ) -> Result<(TlsStream<TcpStream>, Duration), DialError> {
         let tcp = target
             .connect(self.connect_timeout)
             .await
@@ -148,8 +149,9 @@ impl MeshConnector {
                 .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.ip())
                 .into(),
         );
+        let started = tokio::time::Instant::now();
         match tokio::time::timeout(self.handshake_timeout, connector.connect(name, tcp)).await {
-            Ok(Ok(tls)) => Ok(tls),
+            Ok(Ok(tls)) => Ok((tls, started.elapsed())),
             Ok(Err(e)) => Err(DialError::Handshake {
                 target: format!("upstream {target}"),
                 failure: HandshakeFailure::from_io(&e),
