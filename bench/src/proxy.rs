@@ -54,7 +54,8 @@ pub(crate) struct ProxyArgs {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Also measure what observability costs: a hush pair exporting every request's spans over
-    /// OTLP (to a sink that answers and discards), and a pair writing every access line.
+    /// OTLP (to a sink that answers and discards), one sampling 1 % of traces, and a pair
+    /// writing every access line.
     #[arg(long)]
     observability: bool,
     /// Also measure a pair run by another hush binary (e.g. an earlier build), to compare
@@ -253,6 +254,19 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
                 &hush,
                 "",
                 &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+            )?,
+        ));
+        more_pairs.push((
+            "hush pair, spans exported, 1 % sampled",
+            pair(
+                "sampled",
+                &hush,
+                "",
+                &[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                    ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                    ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+                ],
             )?,
         ));
         more_pairs.push((

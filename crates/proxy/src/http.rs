@@ -204,7 +204,8 @@ pub(crate) async fn forward(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let span = trace::request_span(ctx.direction, &request);
-    if !span.is_disabled() {
+    let recording = trace::is_recording(&span);
+    if recording {
         span.record("hush.local.spiffe_id", &*ctx.local_id);
         if let Some(session) = &ctx.session {
             session.record(&span);
@@ -228,7 +229,7 @@ pub(crate) async fn forward(
         Direction::Outbound => upstream,
     };
     let _entered = span.enter();
-    if !span.is_disabled() {
+    if recording {
         // As an integer attribute: tracing-opentelemetry writes unsigned values as text.
         span.record("http.response.status_code", i64::from(status));
         if let Some(upstream) = upstream {
@@ -712,12 +713,16 @@ impl tower::Service<Uri> for MeshHttpConnector {
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let inner = self.inner.clone();
+        // hyper asks for a connection while polling the request that needs one: a failed dial
+        // is that request's failure.
+        let span = Span::current();
         Box::pin(async move {
             let tls = crate::outbound::dial_logged(
                 &inner.connector,
                 &inner.target,
                 inner.protocol,
                 &inner.metrics,
+                &span,
             )
             .await?;
             let facts = session_facts(&tls);

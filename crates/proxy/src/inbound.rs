@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tracing::{Instrument, Span, debug, info, warn};
+use tracing::{Span, debug, info, warn};
 
 use crate::access::{AccessLine, Exchange};
 use crate::config::{AccessLog, Limits, Protocol};
@@ -120,12 +120,12 @@ impl Inbound {
         made
     }
 
-    /// Serves one connection in its span.
+    /// Serves one connection, writing what happens into its span. The span is not entered
+    /// around the connection: that would cost two registry lookups per layer on every poll of
+    /// a long-lived connection, and its requests have spans of their own.
     async fn handle(&self, tcp: TcpStream, peer: SocketAddr) {
         let span = trace::connection_span(Direction::Inbound, peer);
-        self.serve_connection(tcp, peer, &span)
-            .instrument(span.clone())
-            .await;
+        self.serve_connection(tcp, peer, &span).await;
     }
 
     async fn serve_connection(&self, tcp: TcpStream, peer: SocketAddr, span: &Span) {
@@ -242,7 +242,7 @@ impl Inbound {
                     }
                 }
                 let (bytes, error) = if judgement.as_ref().is_none_or(|j| j.allowed) {
-                    self.relay_to_app(io, app, peer, activity).await
+                    self.relay_to_app(io, app, peer, activity, span).await
                 } else {
                     trace::record_error(
                         span,
@@ -255,7 +255,7 @@ impl Inbound {
                 if let Some(bytes) = bytes {
                     trace::record_bytes(span, bytes);
                 }
-                AccessLine {
+                let line = AccessLine {
                     direction: Direction::Inbound,
                     client: peer,
                     local_id: &own_id,
@@ -264,8 +264,8 @@ impl Inbound {
                     judgement: judgement.as_ref(),
                     error: error.as_deref(),
                     duration: started.elapsed(),
-                }
-                .write(self.access_log);
+                };
+                span.in_scope(|| line.write(self.access_log));
                 return;
             }
         };
@@ -310,6 +310,7 @@ impl Inbound {
         app_addr: SocketAddr,
         peer: SocketAddr,
         activity: Arc<Activity>,
+        span: &Span,
     ) -> (Option<(u64, u64)>, Option<String>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -323,7 +324,7 @@ impl Inbound {
                 self.metrics.connect_failure(Direction::Inbound, "app");
                 let error = format!("cannot connect to the app at {app_addr}: {e}");
                 warn!(%peer, "{error}; closing the connection");
-                trace::record_error(&Span::current(), "connect", &error);
+                trace::record_error(span, "connect", &error);
                 return (None, Some(error));
             }
         };

@@ -140,15 +140,47 @@ const HANDSHAKE_BUCKETS: [f64; 11] = [
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// One series per direction, taken from its family at start (so both exist from the first
+/// scrape, at zero).
+#[derive(Debug)]
+struct ByDirection<T> {
+    inbound: T,
+    outbound: T,
+}
+
+impl<T: Clone> ByDirection<T> {
+    fn of<C: Fn() -> T>(family: &Family<DirectionLabels, T, C>) -> Self {
+        let get = |direction: Direction| {
+            family
+                .get_or_create(&DirectionLabels {
+                    direction: direction.as_str(),
+                })
+                .clone()
+        };
+        Self {
+            inbound: get(Direction::Inbound),
+            outbound: get(Direction::Outbound),
+        }
+    }
+
+    fn get(&self, direction: Direction) -> &T {
+        match direction {
+            Direction::Inbound => &self.inbound,
+            Direction::Outbound => &self.outbound,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     registry: Registry,
     connections: Family<ConnectionLabels, Counter>,
     connections_open: Family<DirectionLabels, Gauge>,
     requests: Family<RequestLabels, Counter>,
-    request_duration: Histograms<DirectionLabels>,
+    /// Resolved once: observing a request looks nothing up.
+    request_duration: ByDirection<Histogram>,
     handshakes: Family<DirectionLabels, Counter>,
-    handshake_duration: Histograms<DirectionLabels>,
+    handshake_duration: ByDirection<Histogram>,
     handshake_failures: Family<FailureLabels, Counter>,
     connect_failures: Family<ConnectFailureLabels, Counter>,
     bytes: Family<BytesLabels, Counter>,
@@ -310,9 +342,9 @@ impl Metrics {
                 connections,
                 connections_open,
                 requests,
-                request_duration,
+                request_duration: ByDirection::of(&request_duration),
                 handshakes,
-                handshake_duration,
+                handshake_duration: ByDirection::of(&handshake_duration),
                 handshake_failures,
                 connect_failures,
                 bytes,
@@ -391,7 +423,7 @@ impl Metrics {
         self.inner.handshakes.get_or_create(&labels).inc();
         self.inner
             .handshake_duration
-            .get_or_create(&labels)
+            .get(direction)
             .observe(took.as_secs_f64());
     }
 
@@ -400,9 +432,7 @@ impl Metrics {
     pub(crate) fn request_duration(&self, direction: Direction, took: Duration) {
         self.inner
             .request_duration
-            .get_or_create(&DirectionLabels {
-                direction: direction.as_str(),
-            })
+            .get(direction)
             .observe(took.as_secs_f64());
     }
 

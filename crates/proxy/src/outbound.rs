@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
-use tracing::{Instrument, Span, debug, info, warn};
+use tracing::{Span, debug, info, warn};
 
 use crate::access::{AccessLine, Exchange};
 use crate::config::{AccessLog, Limits, Protocol, TransparentConfig};
@@ -133,10 +133,9 @@ async fn proxy_to(
     protocol: Protocol,
     shared: &OutboundShared,
 ) {
+    // Not entered around the connection (see `Inbound::handle`).
     let span = trace::connection_span(Direction::Outbound, peer);
-    proxy_connection(tcp, peer, route, protocol, shared, &span)
-        .instrument(span.clone())
-        .await;
+    proxy_connection(tcp, peer, route, protocol, shared, &span).await;
 }
 
 async fn proxy_connection(
@@ -181,8 +180,14 @@ async fn proxy_connection(
         Detected::Tcp | Detected::NeedMore => {
             metrics.connection(Direction::Outbound, ProtocolLabel::Tcp);
             span.record("network.protocol.name", "tcp");
-            let dialled =
-                dial_logged(&route.connector, &route.target, MeshProtocol::Tcp, metrics).await;
+            let dialled = dial_logged(
+                &route.connector,
+                &route.target,
+                MeshProtocol::Tcp,
+                metrics,
+                span,
+            )
+            .await;
             let (facts, bytes, error) = match dialled {
                 Ok(mut upstream) => {
                     let facts = session_facts(&upstream);
@@ -202,7 +207,7 @@ async fn proxy_connection(
                 // connection closed.
                 Err(error) => (None, None, Some(error.to_string())),
             };
-            AccessLine {
+            let line = AccessLine {
                 direction: Direction::Outbound,
                 client: peer,
                 local_id: &local_id,
@@ -211,8 +216,8 @@ async fn proxy_connection(
                 judgement: None,
                 error: error.as_deref(),
                 duration: started.elapsed(),
-            }
-            .write(shared.access_log);
+            };
+            span.in_scope(|| line.write(shared.access_log));
             return;
         }
     };
@@ -254,12 +259,14 @@ async fn proxy_connection(
 }
 
 /// Dials an upstream, counting and logging the outcome: a refused upstream is logged once per
-/// attempt, with the step that failed (for a wrong identity: expected and presented).
+/// attempt, with the step that failed (for a wrong identity: expected and presented), and
+/// written into `span` (the connection's, or the request's that needed the connection).
 pub(crate) async fn dial_logged(
     connector: &MeshConnector,
     target: &Target,
     protocol: MeshProtocol,
     metrics: &Metrics,
+    span: &Span,
 ) -> Result<TlsStream<TcpStream>, DialError> {
     match connector.dial(target, protocol).await {
         Ok((tls, handshake)) => {
@@ -267,11 +274,10 @@ pub(crate) async fn dial_logged(
             Ok(tls)
         }
         Err(error) => {
-            let span = Span::current();
             match &error {
                 DialError::Handshake { failure, .. } => {
                     metrics.handshake_failure(Direction::Outbound, failure);
-                    trace::record_handshake_failure(&span, failure);
+                    trace::record_handshake_failure(span, failure);
                     if failure.step == HandshakeStep::Connection {
                         info!("handshake with upstream {target} failed: {failure}");
                     } else {
@@ -280,7 +286,7 @@ pub(crate) async fn dial_logged(
                 }
                 DialError::Connect { .. } => {
                     metrics.connect_failure(Direction::Outbound, "upstream");
-                    trace::record_error(&span, "connect", &error);
+                    trace::record_error(span, "connect", &error);
                     warn!("{error}");
                 }
             }

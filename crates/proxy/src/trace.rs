@@ -186,6 +186,12 @@ pub(crate) fn request_span<B>(direction: Direction, request: &http::Request<B>) 
     span
 }
 
+/// Whether the span is being recorded: enabled, and kept by the sampler. Attributes of a span
+/// the sampler dropped would be made only to be thrown away.
+pub(crate) fn is_recording(span: &Span) -> bool {
+    !span.is_disabled() && span.context().span().is_recording()
+}
+
 /// Replaces `traceparent` (and `tracestate`) with the span's own context, so the next hop's
 /// span is its child. Without an exporter the headers stay as they came.
 pub(crate) fn propagate(span: &Span, headers: &mut HeaderMap) {
@@ -345,6 +351,35 @@ mod tests {
                 .to_str()
                 .unwrap()
                 .contains(&outbound.span_context.trace_id().to_string())
+        );
+    }
+
+    #[test]
+    fn an_unsampled_request_is_not_recorded_and_says_so_downstream() {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+                opentelemetry_sdk::trace::Sampler::AlwaysOn,
+            )))
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let sent = tracing::subscriber::with_default(subscriber, || {
+            let span = request_span(Direction::Inbound, &request(Some(unsampled)));
+            assert!(!is_recording(&span));
+            let mut headers = HeaderMap::new();
+            propagate(&span, &mut headers);
+            headers
+        });
+        let _ = provider.force_flush();
+        assert!(exporter.get_finished_spans().unwrap().is_empty());
+        let traceparent = sent["traceparent"].to_str().unwrap();
+        assert!(
+            traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+                && traceparent.ends_with("-00"),
+            "{traceparent}"
         );
     }
 
