@@ -20,7 +20,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use tracing::{Level, Metadata};
-use tracing_subscriber::filter::{EnvFilter, FilterExt as _, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, FilterExt as _, LevelFilter, filter_fn};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{Layer, Registry, fmt, reload};
 
@@ -151,24 +151,7 @@ impl Telemetry {
             Err(_) => ("info".to_string(), EnvFilter::new("info")),
         };
         let (filter, handle) = reload::Layer::new(filter);
-        // Spans are for the trace exporter: in log lines their fields would repeat on every
-        // line, and a disabled span costs nothing.
-        let log_filter = filter.and(filter_fn(|metadata| metadata.is_event()));
-        let log_layer = match format {
-            LogFormat::Text => fmt::layer()
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_writer(std::io::stderr)
-                .with_target(false)
-                .with_filter(log_filter)
-                .boxed(),
-            LogFormat::Json => fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_writer(std::io::stderr)
-                .with_target(true)
-                .with_filter(log_filter)
-                .boxed(),
-        };
+        let log_layer = log_layer(filter, format);
         let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![log_layer];
         let traces = match export {
             Some(export) => {
@@ -182,11 +165,15 @@ impl Telemetry {
                         .with_target(false)
                         .with_tracked_inactivity(false)
                         // A request without `traceparent` starts a trace of its own; with
-                        // activation, it would become a child of its connection's span (the
-                        // one entered around it), and every request of a kept-alive
-                        // connection would pile into one long trace.
+                        // activation, it would become a child of whatever span is entered
+                        // around it, and the requests of one kept-alive connection could
+                        // pile into one long trace.
                         .with_context_activation(false)
-                        .with_filter(filter_fn(traced))
+                        .with_filter(
+                            // hush's spans are INFO: the hint keeps every DEBUG and TRACE call
+                            // site of the libraries below (h2, hyper, rustls) switched off.
+                            filter_fn(traced).with_max_level_hint(LevelFilter::INFO),
+                        )
                         .boxed(),
                 );
                 Some(provider)
@@ -213,6 +200,36 @@ impl Telemetry {
         if let Ok(Err(e)) = flushed {
             tracing::warn!("could not send the last spans to the collector: {e}");
         }
+    }
+}
+
+/// The log formatter on stderr, filtered by `filter` (replaceable) and shown events only.
+fn log_layer(
+    filter: reload::Layer<EnvFilter, Registry>,
+    format: LogFormat,
+) -> Box<dyn Layer<Registry> + Send + Sync> {
+    // Spans are for the trace exporter: in log lines their fields would repeat on every line,
+    // and a disabled span costs nothing. The level hint (none of its own) leaves the log
+    // filter's in charge: without it, the combined filter would have no hint, and every
+    // TRACE call site of h2 and hyper would be checked on every frame instead of being ruled
+    // out by the global maximum level.
+    let events_only =
+        filter_fn(|metadata| metadata.is_event()).with_max_level_hint(LevelFilter::TRACE);
+    let log_filter = filter.and(events_only);
+    match format {
+        LogFormat::Text => fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_filter(log_filter)
+            .boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .with_target(true)
+            .with_filter(log_filter)
+            .boxed(),
     }
 }
 
@@ -359,6 +376,19 @@ mod tests {
         hush_proxy::TracingConfig {
             otlp_endpoint: endpoint.map(String::from),
             service_name: service.map(String::from),
+        }
+    }
+
+    #[test]
+    fn the_log_filter_keeps_its_level_hint() {
+        // Without a hint, the global maximum level would be TRACE and every disabled TRACE
+        // call site in h2 and hyper would be checked one by one.
+        for format in [LogFormat::Text, LogFormat::Json] {
+            let (filter, _handle) = reload::Layer::new(EnvFilter::new("info"));
+            assert_eq!(
+                log_layer(filter, format).max_level_hint(),
+                Some(LevelFilter::INFO)
+            );
         }
     }
 
