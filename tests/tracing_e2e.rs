@@ -2,8 +2,9 @@
 //! spans over OTLP/gRPC to a real receiver built on the official OpenTelemetry protobuf
 //! definitions (`tests/otlp_receiver.py`, Python with `opentelemetry-proto` and `grpcio`).
 //!
-//! The receiver needs `HUSH_OTLP_PYTHON` (CI sets it to its venv's Python); without it the
-//! tests that need it say they were skipped.
+//! The receiver needs `HUSH_OTLP_PYTHON` (CI sets it to its venv's Python, and
+//! `HUSH_REQUIRE_OTLP` so that it cannot be skipped); elsewhere, without it, the tests that need
+//! it say they were skipped.
 
 #[path = "mesh/apps.rs"]
 mod apps;
@@ -42,6 +43,10 @@ spec:
 fn receiver() -> Option<OtlpReceiver> {
     match otlp::python() {
         Some(python) => Some(OtlpReceiver::start(&python)),
+        // CI installs the receiver's packages, so there the test must run.
+        None if std::env::var_os("HUSH_REQUIRE_OTLP").is_some() => {
+            panic!("HUSH_REQUIRE_OTLP is set but HUSH_OTLP_PYTHON is not")
+        }
         None => {
             eprintln!(
                 "skipped: no Python with opentelemetry-proto and grpcio (set HUSH_OTLP_PYTHON)"
