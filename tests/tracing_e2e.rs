@@ -278,33 +278,10 @@ async fn a_request_through_two_sidecars_is_one_trace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_collector_traceparent_passes_through_untouched() {
-    let app = apps::start_app().await;
-    let (temp, ca_dir) = new_ca();
-    let ca = CaProcess::start(HUSH, &ca_dir, &[]);
-    let backend_config = sidecar_config(
-        temp.path(),
-        "backend",
-        ca.url(),
-        &ca_dir,
-        BACKEND,
-        &format!("inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n"),
-    );
-    let backend = ProxyProcess::start(HUSH, &backend_config);
-    let frontend_config = sidecar_config(
-        temp.path(),
-        "frontend",
-        ca.url(),
-        &ca_dir,
-        FRONTEND,
-        &format!(
-            "outbound:\n  - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {BACKEND}\n",
-            backend.inbound()
-        ),
-    );
-    let frontend = ProxyProcess::start(HUSH, &frontend_config);
+    let mesh = sidecars::Mesh::start(sidecars::MeshSpec::default()).await;
     let traceparent = format!("00-{TRACE}-{APP_SPAN}-01");
     let (status, body) = get(
-        frontend.outbound(0),
+        mesh.to_backend(),
         "/plain",
         &[("traceparent", &traceparent)],
     )
@@ -312,11 +289,8 @@ async fn without_a_collector_traceparent_passes_through_untouched() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["traceparent"][0], traceparent.as_str());
     // The default access log writes nothing for an allowed request.
-    assert!(
-        !backend.stderr().contains("access: "),
-        "{}",
-        backend.stderr()
-    );
+    let log = mesh.backend.stderr();
+    assert!(!log.contains("access: "), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
