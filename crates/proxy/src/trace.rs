@@ -75,49 +75,58 @@ impl SessionFacts {
     }
 }
 
-/// A connection's span; `peer` is the address it came from.
-pub(crate) fn connection_span(direction: Direction, peer: SocketAddr) -> Span {
-    match direction {
-        Direction::Inbound => tracing::info_span!(
+/// A span with the fields every hush span of the data plane may be given later: the
+/// identities, the TLS facts and the error. tracing wants field names spelled out where the
+/// span is made; this spells them once. The fields after the name are the span's own; `root`
+/// makes a span with no parent.
+macro_rules! mesh_span {
+    (root, $name:literal, $($own:tt)*) => {
+        mesh_span!(@ parent: None, $name, $($own)*)
+    };
+    ($name:literal, $($own:tt)*) => {
+        mesh_span!(@ $name, $($own)*)
+    };
+    (@ $($name_and_own:tt)*) => {
+        tracing::info_span!(
             target: "hush::proxy",
-            "inbound connection",
-            otel.kind = "server",
-            client.address = %peer.ip(),
-            client.port = i64::from(peer.port()),
-            network.protocol.name = Empty,
+            $($name_and_own)*
             hush.local.spiffe_id = Empty,
             hush.peer.spiffe_id = Empty,
             tls.protocol.version = Empty,
             tls.cipher = Empty,
             tls.curve = Empty,
+            error.type = Empty,
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+        )
+    };
+}
+
+/// A connection's span; `peer` is the address it came from.
+pub(crate) fn connection_span(direction: Direction, peer: SocketAddr) -> Span {
+    match direction {
+        Direction::Inbound => mesh_span!(
+            "inbound connection",
+            otel.kind = "server",
+            client.address = %peer.ip(),
+            client.port = i64::from(peer.port()),
+            network.protocol.name = Empty,
             hush.policy.decision = Empty,
             hush.policy.name = Empty,
             hush.bytes.received = Empty,
             hush.bytes.sent = Empty,
             hush.handshake.step = Empty,
-            error.type = Empty,
-            otel.status_code = Empty,
-            otel.status_description = Empty,
         ),
-        Direction::Outbound => tracing::info_span!(
-            target: "hush::proxy",
+        Direction::Outbound => mesh_span!(
             "outbound connection",
             otel.kind = "client",
             client.address = %peer.ip(),
             client.port = i64::from(peer.port()),
             server.address = Empty,
             network.protocol.name = Empty,
-            hush.local.spiffe_id = Empty,
-            hush.peer.spiffe_id = Empty,
-            tls.protocol.version = Empty,
-            tls.cipher = Empty,
-            tls.curve = Empty,
             hush.bytes.received = Empty,
             hush.bytes.sent = Empty,
             hush.handshake.step = Empty,
-            error.type = Empty,
-            otel.status_code = Empty,
-            otel.status_description = Empty,
         ),
     }
 }
@@ -132,9 +141,8 @@ pub(crate) fn request_span<B>(direction: Direction, request: &http::Request<B>) 
         _ => "1.1",
     };
     let span = match direction {
-        Direction::Inbound => tracing::info_span!(
-            target: "hush::proxy",
-            parent: None,
+        Direction::Inbound => mesh_span!(
+            root,
             "inbound request",
             otel.kind = "server",
             http.request.method = %request.method(),
@@ -142,21 +150,12 @@ pub(crate) fn request_span<B>(direction: Direction, request: &http::Request<B>) 
             network.protocol.name = "http",
             network.protocol.version = protocol_version,
             http.response.status_code = Empty,
-            hush.local.spiffe_id = Empty,
-            hush.peer.spiffe_id = Empty,
-            tls.protocol.version = Empty,
-            tls.cipher = Empty,
-            tls.curve = Empty,
             hush.policy.decision = Empty,
             hush.policy.name = Empty,
             hush.policy.audit = Empty,
-            error.type = Empty,
-            otel.status_code = Empty,
-            otel.status_description = Empty,
         ),
-        Direction::Outbound => tracing::info_span!(
-            target: "hush::proxy",
-            parent: None,
+        Direction::Outbound => mesh_span!(
+            root,
             "outbound request",
             otel.kind = "client",
             http.request.method = %request.method(),
@@ -165,14 +164,6 @@ pub(crate) fn request_span<B>(direction: Direction, request: &http::Request<B>) 
             network.protocol.name = "http",
             network.protocol.version = protocol_version,
             http.response.status_code = Empty,
-            hush.local.spiffe_id = Empty,
-            hush.peer.spiffe_id = Empty,
-            tls.protocol.version = Empty,
-            tls.cipher = Empty,
-            tls.curve = Empty,
-            error.type = Empty,
-            otel.status_code = Empty,
-            otel.status_description = Empty,
         ),
     };
     if !span.is_disabled() {
