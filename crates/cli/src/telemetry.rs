@@ -49,7 +49,7 @@ pub(crate) struct TraceExport {
     /// The collector's OTLP/gRPC address, `http://host:4317`.
     pub(crate) endpoint: String,
     /// Which setting named it, for messages.
-    pub(crate) source: String,
+    pub(crate) source: &'static str,
     /// `service.name`; `None` leaves it to `OTEL_SERVICE_NAME`.
     pub(crate) service_name: Option<String>,
 }
@@ -74,15 +74,15 @@ impl TraceExport {
         }
         let from_env = ENDPOINT_VARIABLES
             .iter()
-            .find_map(|name| set(name).map(|value| (value, name.to_string())));
+            .find_map(|name| set(name).map(|value| (value, *name)));
         let found = flag
             .filter(|f| !f.trim().is_empty())
-            .map(|f| (f.to_string(), "--otlp-endpoint".to_string()))
+            .map(|f| (f.to_string(), "--otlp-endpoint"))
             .or(from_env)
             .or_else(|| {
                 config
                     .and_then(|c| c.otlp_endpoint.clone())
-                    .map(|e| (e, "tracing.otlp_endpoint".to_string()))
+                    .map(|e| (e, "tracing.otlp_endpoint"))
             });
         let Some((endpoint, source)) = found else {
             return Ok(None);

@@ -157,11 +157,18 @@ impl InjectorConfig {
             hush_identity::TrustBundle::from_pem(pem.as_bytes(), None)
                 .map_err(|e| format!("trust_bundle: {e}"))?;
         }
+        // The sidecar checks it again, fully, when it starts; this catches what would make
+        // every injected pod fail to start.
+        let has_host = |endpoint: &str| {
+            endpoint.strip_prefix("http://").is_some_and(|rest| {
+                !rest.is_empty() && !rest.starts_with('/') && !rest.contains(char::is_whitespace)
+            })
+        };
         if let Some(endpoint) = &config.otlp_endpoint
-            && !endpoint.starts_with("http://")
+            && !has_host(endpoint)
         {
             return Err(format!(
-                "otlp_endpoint: `{endpoint}` is not an http:// URL (sidecars send spans in \
+                "otlp_endpoint: `{endpoint}` is not an http://host:port URL (sidecars send spans in \
                  plaintext OTLP/gRPC to a collector agent, e.g. http://otel-collector:4317)"
             ));
         }
@@ -1049,11 +1056,18 @@ mod tests {
                 .unwrap()
                 .contains("k8s.namespace.name=$(HUSH_POD_NAMESPACE)")
         );
-        let refused = InjectorConfig::from_yaml(
-            "image: i\nca_address: https://ca:8443\notlp_endpoint: https://collector:4317\n",
-        )
-        .unwrap_err();
-        assert!(refused.contains("otlp_endpoint"), "{refused}");
+        for bad in [
+            "https://collector:4317",
+            "http://",
+            "collector:4317",
+            "http://a b",
+        ] {
+            let refused = InjectorConfig::from_yaml(&format!(
+                "image: i\nca_address: https://ca:8443\notlp_endpoint: \"{bad}\"\n"
+            ))
+            .unwrap_err();
+            assert!(refused.contains("otlp_endpoint"), "{bad}: {refused}");
+        }
     }
 
     #[test]

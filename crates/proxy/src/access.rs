@@ -75,7 +75,7 @@ impl AccessLine<'_> {
         let duration_ms = self.duration.as_secs_f64() * 1000.0;
         let (decision, policy, audit) = match self.judgement {
             Some(j) => (
-                j.verdict,
+                j.verdict(),
                 j.policy.as_deref().unwrap_or("-"),
                 j.audit.as_deref().unwrap_or("-"),
             ),
@@ -200,7 +200,6 @@ mod tests {
     fn judgement(allowed: bool, audit: bool) -> Judgement {
         Judgement {
             allowed,
-            verdict: if allowed { "allow" } else { "deny" },
             policy: Some("p".into()),
             audit: audit.then(|| "a".into()),
             sentence: None,

@@ -236,7 +236,7 @@ pub(crate) async fn forward(
             upstream.record(&span);
         }
         if let Some(judgement) = &outcome.judgement {
-            span.record("hush.policy.decision", judgement.verdict);
+            span.record("hush.policy.decision", judgement.verdict());
             if let Some(policy) = &judgement.policy {
                 span.record("hush.policy.name", &**policy);
             }

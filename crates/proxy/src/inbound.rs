@@ -236,7 +236,7 @@ impl Inbound {
                     .as_ref()
                     .map(|authz| authz.policy.check_connection(&authz.caller));
                 if let Some(judgement) = &judgement {
-                    span.record("hush.policy.decision", judgement.verdict);
+                    span.record("hush.policy.decision", judgement.verdict());
                     if let Some(policy) = &judgement.policy {
                         span.record("hush.policy.name", &**policy);
                     }

@@ -107,8 +107,6 @@ pub fn load_policy(path: &Path) -> Result<PolicySet, Vec<PolicyError>> {
 #[derive(Clone, Debug)]
 pub(crate) struct Judgement {
     pub(crate) allowed: bool,
-    /// `allow` or `deny`.
-    pub(crate) verdict: &'static str,
     /// The policy whose rule decided, if one did.
     pub(crate) policy: Option<Arc<str>>,
     /// The AUDIT policy that marked the request, if one did.
@@ -119,6 +117,11 @@ pub(crate) struct Judgement {
 }
 
 impl Judgement {
+    /// `allow` or `deny`.
+    pub(crate) fn verdict(&self) -> &'static str {
+        if self.allowed { "allow" } else { "deny" }
+    }
+
     /// Why a caller was refused, as sent back to it.
     pub(crate) fn refusal(&self) -> &str {
         self.sentence.as_deref().unwrap_or("denied")
@@ -484,7 +487,6 @@ impl PolicyEnforcer {
         let explained = !allowed || self.access_log == AccessLog::All || audit.is_some();
         Judgement {
             allowed,
-            verdict: decision.verdict.as_str(),
             policy: match decision.reason {
                 Reason::Rule(rule) => Some(rule.policy.name.clone()),
                 _ => None,

@@ -282,6 +282,31 @@ mod tests {
         builder.body(()).unwrap()
     }
 
+    /// Runs `f` under a subscriber that records spans into memory (with `sampler`), and
+    /// returns what `f` returned and the spans that were finished.
+    fn recorded<T>(
+        sampler: opentelemetry_sdk::trace::Sampler,
+        f: impl FnOnce() -> T,
+    ) -> (T, Vec<opentelemetry_sdk::trace::SpanData>) {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .with_sampler(sampler)
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let _ = provider.force_flush();
+        (out, exporter.get_finished_spans().unwrap())
+    }
+
+    /// The SDK's default sampler.
+    fn parent_based() -> opentelemetry_sdk::trace::Sampler {
+        opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+            opentelemetry_sdk::trace::Sampler::AlwaysOn,
+        ))
+    }
+
     #[test]
     fn without_an_exporter_nothing_is_touched() {
         // Logging only: spans may even be enabled, but no OpenTelemetry layer records them.
@@ -298,13 +323,7 @@ mod tests {
 
     #[test]
     fn a_request_continues_the_trace_it_arrived_with_and_passes_it_on() {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-        let (outgoing, fresh) = tracing::subscriber::with_default(subscriber, || {
+        let ((outgoing, fresh), spans) = recorded(parent_based(), || {
             let span = request_span(Direction::Inbound, &request(Some(PARENT)));
             let mut headers = HeaderMap::new();
             propagate(&span, &mut headers);
@@ -314,8 +333,6 @@ mod tests {
             propagate(&root, &mut fresh);
             (headers, fresh)
         });
-        let _ = provider.force_flush();
-        let spans = exporter.get_finished_spans().unwrap();
         let inbound = spans.iter().find(|s| s.name == "inbound request").unwrap();
         assert_eq!(
             inbound.span_context.trace_id().to_string(),
@@ -347,25 +364,15 @@ mod tests {
 
     #[test]
     fn an_unsampled_request_is_not_recorded_and_says_so_downstream() {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
-                opentelemetry_sdk::trace::Sampler::AlwaysOn,
-            )))
-            .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
         let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        let sent = tracing::subscriber::with_default(subscriber, || {
+        let (sent, spans) = recorded(parent_based(), || {
             let span = request_span(Direction::Inbound, &request(Some(unsampled)));
             assert!(!is_recording(&span));
             let mut headers = HeaderMap::new();
             propagate(&span, &mut headers);
             headers
         });
-        let _ = provider.force_flush();
-        assert!(exporter.get_finished_spans().unwrap().is_empty());
+        assert!(spans.is_empty());
         let traceparent = sent["traceparent"].to_str().unwrap();
         assert!(
             traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
@@ -376,17 +383,10 @@ mod tests {
 
     #[test]
     fn a_malformed_traceparent_starts_a_new_trace() {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-        tracing::subscriber::with_default(subscriber, || {
+        let ((), spans) = recorded(parent_based(), || {
             let span = request_span(Direction::Inbound, &request(Some("00-zz-bad-01")));
             drop(span);
         });
-        let spans = exporter.get_finished_spans().unwrap();
         assert_eq!(spans.len(), 1);
         assert!(spans[0].span_context.is_valid());
         assert_eq!(
