@@ -239,7 +239,7 @@ async fn a_server_first_protocol_is_not_stalled_and_opaque_ports_skip_detection(
     let greeter = apps::start_greeter().await;
     let mesh = Mesh::start(MeshSpec {
         app: Some(greeter),
-        extra: "limits:\n  detect_timeout: 200ms\n  idle_timeout: 2s\n",
+        extra: "limits:\n  detect_timeout: 200ms\n  idle_timeout: 2s\n".into(),
         more_outbound: vec![(BACKEND, "tcp")],
         ..MeshSpec::default()
     })
@@ -422,7 +422,7 @@ async fn a_wrong_upstream_identity_is_refused_for_http_and_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_plaintext_and_tls12_on_the_inbound_port_are_refused_cleanly() {
     let mesh = Mesh::start(MeshSpec {
-        extra: "limits:\n  handshake_timeout: 1s\n",
+        extra: "limits:\n  handshake_timeout: 1s\n".into(),
         ..MeshSpec::default()
     })
     .await;
@@ -940,7 +940,7 @@ async fn metrics_pass_promtool_and_speak_openmetrics_to_those_who_ask() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let mut mesh = Mesh::start(MeshSpec {
-        extra: "shutdown_grace: 10s\n",
+        extra: "shutdown_grace: 10s\n".into(),
         ..MeshSpec::default()
     })
     .await;

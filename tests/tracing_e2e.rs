@@ -15,9 +15,14 @@ mod sidecars;
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
 use hush_test_support::{CaProcess, ProxyProcess};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use otlp::{ExportedSpan, OtlpReceiver};
-use sidecars::{BACKEND, FRONTEND, HUSH, get, json, new_ca, sidecar_config, write_configmap};
+use sidecars::{
+    BACKEND, FRONTEND, HUSH, Mesh, MeshSpec, get, json, new_ca, sidecar_config, write_configmap,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The trace the test's "app" is part of when it calls the frontend sidecar.
@@ -278,7 +283,7 @@ async fn a_request_through_two_sidecars_is_one_trace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_collector_traceparent_passes_through_untouched() {
-    let mesh = sidecars::Mesh::start(sidecars::MeshSpec::default()).await;
+    let mesh = Mesh::start(MeshSpec::default()).await;
     let traceparent = format!("00-{TRACE}-{APP_SPAN}-01");
     let (status, body) = get(
         mesh.to_backend(),
@@ -327,4 +332,170 @@ async fn an_unreachable_collector_is_reported_once_and_traffic_flows() {
         1,
         "reported once:\n{later}"
     );
+}
+
+/// How long the streaming app waits between a response's first frame and its last.
+const HOLD_MS: u64 = 300;
+
+/// An HTTP/2 connection from the test's "app" to the frontend sidecar, so gRPC-style trailers
+/// cross the mesh end to end.
+async fn h2_client(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the frontend sidecar");
+    let (client, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("an HTTP/2 handshake with the frontend sidecar");
+    tokio::spawn(connection);
+    client
+}
+
+fn stream_request(path_and_query: &str) -> http::Request<Empty<Bytes>> {
+    http::Request::get(format!("http://backend{path_and_query}"))
+        .body(Empty::new())
+        .expect("a request")
+}
+
+/// The JSON access line a sidecar wrote for `path`, waiting (bounded) for it.
+fn access_line(sidecar: &ProxyProcess, path: &str) -> serde_json::Value {
+    let needle = format!("\"path\":\"{path}\"");
+    let line = sidecar
+        .wait_for_log(&["access: ", &needle], DEADLINE)
+        .unwrap_or_else(|e| panic!("{e}"));
+    json(&line)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_response_is_logged_and_traced_when_it_ends() {
+    // The spans are checked where the receiver can run; the access lines everywhere.
+    let receiver = receiver();
+    let tracing = receiver.as_ref().map_or_else(String::new, |receiver| {
+        format!("tracing:\n  otlp_endpoint: {}\n", receiver.endpoint())
+    });
+    let mesh = Mesh::start(MeshSpec {
+        extra: format!("access_log: all\n{tracing}"),
+        sidecar_env: vec![QUICK_BATCHES, ("HUSH_LOG_FORMAT", "json")],
+        ..MeshSpec::default()
+    })
+    .await;
+    let mut client = h2_client(mesh.to_backend()).await;
+
+    // A gRPC-style stream: the head and a frame, the last frame HOLD_MS later, trailers.
+    let response = client
+        .send_request(stream_request(&format!(
+            "/stream/grpc?ms={HOLD_MS}&grpc_status=14"
+        )))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap();
+    assert_eq!(
+        body.trailers().and_then(|t| t.get("grpc-status")),
+        Some(&http::HeaderValue::from_static("14"))
+    );
+    assert_eq!(body.to_bytes(), "first\nlast\n");
+
+    // The app fails mid-body: the caller's stream is reset, not ended as if complete.
+    let response = client
+        .send_request(stream_request("/stream/broken?break=1"))
+        .await
+        .unwrap();
+    assert!(response.into_body().collect().await.is_err());
+
+    // The caller reads the head and the first frame, then walks away.
+    let response = client
+        .send_request(stream_request("/stream/abandoned?ms=600000"))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+
+    for (sidecar, direction) in [(&mesh.frontend, "outbound"), (&mesh.backend, "inbound")] {
+        // The line is written when the body ends: its duration spans the app's wait, and
+        // the gRPC status comes from the trailers.
+        let grpc = access_line(sidecar, "/stream/grpc");
+        assert_eq!(grpc["direction"], direction, "{grpc}");
+        assert_eq!(grpc["status"], 200, "{grpc}");
+        assert_eq!(grpc["grpc_status"], 14, "{grpc}");
+        assert_eq!(grpc["complete"], true, "{grpc}");
+        let duration = grpc["duration_ms"].as_f64().unwrap();
+        let head = grpc["response_head_ms"].as_f64().unwrap();
+        assert!(duration >= HOLD_MS as f64, "{grpc}");
+        assert!(head < duration, "{grpc}");
+        let message = grpc["message"].as_str().unwrap();
+        assert!(
+            message.contains("200 (gRPC 14 UNAVAILABLE) in "),
+            "{message}"
+        );
+        assert!(message.contains("(head after "), "{message}");
+
+        let broken = access_line(sidecar, "/stream/broken");
+        assert_eq!(broken["complete"], false, "{broken}");
+        let error = broken["error"].as_str().unwrap();
+        assert!(error.contains("broke off"), "{broken}");
+
+        let abandoned = access_line(sidecar, "/stream/abandoned");
+        assert_eq!(abandoned["complete"], false, "{abandoned}");
+        assert_eq!(abandoned["error"], "-", "{abandoned}");
+        let message = abandoned["message"].as_str().unwrap();
+        assert!(
+            message.contains("the caller left before the response ended"),
+            "{message}"
+        );
+    }
+    // Where the app broke off, the backend names it.
+    let broken = access_line(&mesh.backend, "/stream/broken");
+    assert!(
+        broken["error"]
+            .as_str()
+            .unwrap()
+            .contains("the response from the app at"),
+        "{broken}"
+    );
+
+    let Some(receiver) = receiver else { return };
+    let with_path = |spans: &[ExportedSpan], name: &str, path: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name && s.attr_str("url.path") == Some(path))
+            .cloned()
+    };
+    let spans = receiver.wait_for("the streams' request spans", DEADLINE, |spans| {
+        ["/stream/grpc", "/stream/broken", "/stream/abandoned"]
+            .iter()
+            .all(|path| {
+                with_path(spans, "outbound request", path).is_some()
+                    && with_path(spans, "inbound request", path).is_some()
+            })
+    });
+    for name in ["outbound request", "inbound request"] {
+        let grpc = with_path(&spans, name, "/stream/grpc").unwrap();
+        assert_eq!(
+            grpc.attr("rpc.grpc.status_code"),
+            Some(&14.into()),
+            "{grpc:?}"
+        );
+        // UNAVAILABLE is a failure for the client and for the server.
+        assert_eq!(grpc.status, "STATUS_CODE_ERROR", "{grpc:?}");
+        let lasted = grpc.end_unix_nano.saturating_sub(grpc.start_unix_nano);
+        assert!(lasted >= HOLD_MS * 1_000_000, "{grpc:?}");
+
+        let broken = with_path(&spans, name, "/stream/broken").unwrap();
+        assert_eq!(
+            broken.attr_str("error.type"),
+            Some("response_body"),
+            "{broken:?}"
+        );
+        let abandoned = with_path(&spans, name, "/stream/abandoned").unwrap();
+        assert_eq!(
+            abandoned.attr("hush.response.complete"),
+            Some(&false.into()),
+            "{abandoned:?}"
+        );
+        assert_eq!(abandoned.status, "STATUS_CODE_UNSET", "{abandoned:?}");
+    }
 }

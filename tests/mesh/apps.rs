@@ -2,7 +2,7 @@
 //!
 //! * [`start_app`] — one HTTP server (HTTP/1.1 and HTTP/2 on the same port) that echoes what
 //!   it received as JSON, answers gRPC health checks, upgrades `/ws` to a WebSocket echo, and
-//!   answers `/slow?ms=N` after N milliseconds.
+//!   answers `/slow?ms=N` after N milliseconds, and streams a body slowly on `/stream…`.
 //! * [`start_greeter`] — a server-first TCP app (it speaks before the client, like SMTP or
 //!   MySQL), then echoes lines.
 
@@ -18,8 +18,8 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -88,6 +88,7 @@ fn is_grpc(request: &Request<Incoming>) -> bool {
 async fn answer(mut request: Request<Incoming>) -> Response<Body> {
     match request.uri().path() {
         "/ws" => return websocket(&mut request),
+        path if path.starts_with("/stream") => return stream(&request),
         "/slow" => {
             SLOW_REQUESTS_STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let ms: u64 = request
@@ -144,6 +145,51 @@ fn full(text: String) -> Body {
     Full::new(Bytes::from(text))
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// `/stream…?ms=N[&grpc_status=C][&break=1]`: the head and a first frame at once, the last
+/// frame N milliseconds later, then trailers with `grpc-status: C`. With `break`, the body
+/// fails instead of sending its last frame, as an app that crashes mid-response.
+fn stream(request: &Request<Incoming>) -> Response<Body> {
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let wait = Duration::from_millis(param("ms").and_then(|ms| ms.parse().ok()).unwrap_or(0));
+    let grpc_status = param("grpc_status");
+    let broken = param("break").is_some();
+    let frames = futures_util::stream::unfold(0u8, move |step| {
+        let grpc_status = grpc_status.clone();
+        async move {
+            let frame: Result<Frame<Bytes>, Box<dyn StdError + Send + Sync>> = match step {
+                0 => Ok(Frame::data(Bytes::from_static(b"first\n"))),
+                1 => {
+                    tokio::time::sleep(wait).await;
+                    if broken {
+                        Err("the app crashed mid-response".into())
+                    } else {
+                        Ok(Frame::data(Bytes::from_static(b"last\n")))
+                    }
+                }
+                2 => {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert(
+                        "grpc-status",
+                        header::HeaderValue::from_str(&grpc_status?).ok()?,
+                    );
+                    Ok(Frame::trailers(trailers))
+                }
+                _ => return None,
+            };
+            // After a failure there is nothing more.
+            let next = if frame.is_err() { u8::MAX } else { step + 1 };
+            Some((frame, next))
+        }
+    });
+    Response::new(StreamBody::new(frames).boxed_unsync())
 }
 
 /// Answers a WebSocket handshake with 101 and echoes every message on the upgraded

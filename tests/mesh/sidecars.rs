@@ -58,7 +58,9 @@ pub(crate) struct MeshSpec {
     /// Extra YAML for the backend's `inbound:` section (`protocol: tcp`).
     pub(crate) backend_inbound: &'static str,
     /// Extra YAML at the top level of both sidecars' configurations (`limits: …`).
-    pub(crate) extra: &'static str,
+    pub(crate) extra: String,
+    /// Environment variables for both sidecars.
+    pub(crate) sidecar_env: Vec<(&'static str, &'static str)>,
     /// More outbound listeners for the frontend, after the usual one: (identity, protocol).
     pub(crate) more_outbound: Vec<(&'static str, &'static str)>,
     /// Identity policy for the backend sidecar: the text of `policy/policy.yaml`, in a
@@ -94,7 +96,8 @@ impl Mesh {
                 spec.backend_inbound, spec.extra
             ),
         );
-        let backend = ProxyProcess::start(HUSH, &backend_config);
+        let backend = ProxyProcess::try_start(HUSH, &backend_config, &spec.sidecar_env)
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut outbound = format!(
             "outbound:\n  - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {BACKEND}\n",
             backend.inbound()
@@ -113,7 +116,8 @@ impl Mesh {
             FRONTEND,
             &format!("{outbound}{}", spec.extra),
         );
-        let frontend = ProxyProcess::start(HUSH, &frontend_config);
+        let frontend = ProxyProcess::try_start(HUSH, &frontend_config, &spec.sidecar_env)
+            .unwrap_or_else(|e| panic!("{e}"));
         Self {
             temp,
             ca_dir,

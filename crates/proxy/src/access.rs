@@ -23,6 +23,15 @@ pub(crate) enum Exchange<'a> {
         path: &'a str,
         /// The status the client received (the sidecar's own, when it answered itself).
         status: u16,
+        /// The gRPC status the response ended with: from its trailers, or from the head of a
+        /// trailers-only answer.
+        grpc_status: Option<i32>,
+        /// From the request to the response head; the line's `duration` runs to the end of
+        /// the body.
+        head: Duration,
+        /// Whether the whole body was delivered: false when the far side broke it off (the
+        /// line's `error` says why) or the caller left before its end.
+        complete: bool,
     },
     Tcp {
         /// Bytes from the client, and to it; `None` when the connection never got as far as
@@ -46,7 +55,8 @@ pub(crate) struct AccessLine<'a> {
     pub(crate) judgement: Option<&'a Judgement>,
     /// Why the sidecar could not complete it, in words.
     pub(crate) error: Option<&'a str>,
-    /// From the request (or connection) to the response head (or the connection's end).
+    /// From the request (or connection) to the end of the response body (or of the
+    /// connection).
     pub(crate) duration: Duration,
 }
 
@@ -89,7 +99,27 @@ impl AccessLine<'_> {
             Direction::Outbound => format!("from {} to {peer_id}", self.client),
         };
         let mut outcome = match &self.exchange {
-            Exchange::Http { status, .. } => format!("{status} in {}", Millis(self.duration)),
+            Exchange::Http {
+                status,
+                grpc_status,
+                head,
+                complete,
+                ..
+            } => {
+                let mut outcome = status.to_string();
+                if let Some(code) = grpc_status {
+                    outcome.push_str(&format!(" (gRPC {code} {})", grpc_code_name(*code)));
+                }
+                outcome.push_str(&format!(" in {}", Millis(self.duration)));
+                // A stream or a download: how long the far side took to start answering.
+                if self.duration.saturating_sub(*head) >= Duration::from_millis(1) {
+                    outcome.push_str(&format!(" (head after {})", Millis(*head)));
+                }
+                if !complete && self.error.is_none() {
+                    outcome.push_str("; the caller left before the response ended");
+                }
+                outcome
+            }
             Exchange::Tcp {
                 bytes: Some((received, sent)),
             } => format!(
@@ -111,6 +141,9 @@ impl AccessLine<'_> {
                 method,
                 path,
                 status,
+                grpc_status,
+                head,
+                complete,
             } => info!(
                 target: "hush::access",
                 direction,
@@ -121,11 +154,14 @@ impl AccessLine<'_> {
                 method,
                 path,
                 status = i64::from(*status),
+                grpc_status = grpc_status.map(i64::from),
+                complete,
                 decision,
                 policy,
                 audit,
                 error = self.error.unwrap_or("-"),
                 duration_ms,
+                response_head_ms = head.as_secs_f64() * 1000.0,
                 trace_id,
                 "access: {direction} {method} {path} {parties}: {outcome}"
             ),
@@ -155,6 +191,30 @@ impl AccessLine<'_> {
                 );
             }
         }
+    }
+}
+
+/// The name gRPC gives a status code (`UNAVAILABLE` for 14).
+pub(crate) fn grpc_code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "(not a gRPC code)",
     }
 }
 
@@ -190,6 +250,9 @@ mod tests {
                 method: "GET",
                 path: "/api",
                 status: 200,
+                grpc_status: None,
+                head: Duration::from_micros(1400),
+                complete: true,
             },
             judgement,
             error,

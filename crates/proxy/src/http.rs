@@ -33,8 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, debug, warn};
 
-use crate::access::{AccessLine, Exchange};
+use crate::access::{AccessLine, Exchange, grpc_code_name};
 use crate::config::AccessLog;
+use crate::ending::{self, Ended, Ending, Watched};
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
 use crate::policy::{Caller, Judgement, PolicyEnforcer};
 use crate::tls::{DialError, MeshConnector, MeshProtocol, Target};
@@ -197,11 +198,12 @@ impl std::fmt::Debug for Authz {
 }
 
 /// Forwards one request and returns the response (or the sidecar's own error answer), in a
-/// span of its own that continues the caller's trace; then writes the access line.
+/// span of its own that continues the caller's trace. The span and the access line are
+/// finished when the response body ends (see [`Finish`]).
 pub(crate) async fn forward(
     ctx: Arc<HttpContext>,
     request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<Watched<ProxyBody>>, Infallible> {
     let started = Instant::now();
     let span = trace::request_span(ctx.direction, &request);
     let recording = trace::is_recording(&span);
@@ -216,59 +218,155 @@ pub(crate) async fn forward(
     }
     let method = request.method().clone();
     let uri = request.uri().clone();
-    let outcome = exchange(&ctx, request, &span)
+    let Outcome {
+        response,
+        judgement,
+        error,
+    } = exchange(&ctx, request, &span)
         .instrument(span.clone())
         .await;
-    let took = started.elapsed();
-    ctx.metrics.request_duration(ctx.direction, took);
-    let status = outcome.response.status().as_u16();
-    // Outbound, the peer is whoever answered on the pooled connection that carried it.
-    let upstream = outcome.response.extensions().get::<SessionFacts>();
-    let peer = match ctx.direction {
-        Direction::Inbound => ctx.session.as_ref(),
-        Direction::Outbound => upstream,
+    let head = started.elapsed();
+    // Time to the response head: a stream's length says nothing about the mesh's latency.
+    ctx.metrics.request_duration(ctx.direction, head);
+    if ctx.access_log == AccessLog::Off && !recording {
+        return Ok(response.map(Watched::unwatched));
+    }
+    let finish = Finish {
+        status: response.status().as_u16(),
+        head_grpc_status: ending::grpc_status(response.headers()),
+        // Outbound, the peer is whoever answered on the pooled connection that carried it.
+        upstream: response.extensions().get::<SessionFacts>().cloned(),
+        ctx,
+        span,
+        recording,
+        started,
+        head,
+        method,
+        uri,
+        judgement,
+        error,
     };
-    let _entered = span.enter();
-    if recording {
-        // As an integer attribute: tracing-opentelemetry writes unsigned values as text.
-        span.record("http.response.status_code", i64::from(status));
-        if let Some(upstream) = upstream {
-            upstream.record(&span);
-        }
-        if let Some(judgement) = &outcome.judgement {
-            span.record("hush.policy.decision", judgement.verdict());
-            if let Some(policy) = &judgement.policy {
-                span.record("hush.policy.name", &**policy);
-            }
-            if let Some(audit) = &judgement.audit {
-                span.record("hush.policy.audit", &**audit);
-            }
-        }
-        match (&outcome.error, &outcome.judgement) {
-            (Some((kind, message)), _) => trace::record_error(&span, kind, message),
-            (None, Some(judgement)) if !judgement.allowed => {
-                trace::record_error(&span, "policy_denied", &judgement.refusal());
-            }
-            _ if status >= 500 => trace::record_error(&span, &status.to_string(), &"server error"),
-            _ => {}
-        }
-    }
-    AccessLine {
-        direction: ctx.direction,
-        client: ctx.client,
-        local_id: &ctx.local_id,
-        peer_id: peer.map(|p| &*p.peer_id),
-        exchange: Exchange::Http {
-            method: method.as_str(),
-            path: uri.path(),
+    Ok(response.map(|body| Watched::new(body, move |ended| finish.done(ended))))
+}
+
+/// What the end of an exchange needs to finish its span and write its access line.
+struct Finish {
+    ctx: Arc<HttpContext>,
+    /// Kept open until the body ends, so the span covers the whole exchange.
+    span: Span,
+    recording: bool,
+    started: Instant,
+    /// From the request to the response head.
+    head: Duration,
+    method: http::Method,
+    uri: Uri,
+    status: u16,
+    /// A trailers-only gRPC answer carries its status in the head.
+    head_grpc_status: Option<i32>,
+    upstream: Option<SessionFacts>,
+    judgement: Option<Judgement>,
+    error: Option<(&'static str, String)>,
+}
+
+impl Finish {
+    fn done(self, ended: Ended) {
+        let Self {
+            ctx,
+            span,
+            recording,
+            started,
+            head,
+            method,
+            uri,
             status,
-        },
-        judgement: outcome.judgement.as_ref(),
-        error: outcome.error.as_ref().map(|(_, message)| message.as_str()),
-        duration: took,
+            head_grpc_status,
+            upstream,
+            judgement,
+            mut error,
+        } = self;
+        let took = started.elapsed();
+        let grpc_status = ended.grpc_status.or(head_grpc_status);
+        let complete = ended.ending == Ending::Whole;
+        if let Ending::BrokeOff(reason) = ended.ending
+            && error.is_none()
+        {
+            error = Some((
+                "response_body",
+                format!("the response from {} broke off: {reason}", ctx.destination),
+            ));
+        }
+        let _entered = span.enter();
+        if recording {
+            // As integer attributes: tracing-opentelemetry writes unsigned values as text.
+            span.record("http.response.status_code", i64::from(status));
+            if let Some(code) = grpc_status {
+                span.record("rpc.grpc.status_code", i64::from(code));
+            }
+            if !complete {
+                span.record("hush.response.complete", false);
+            }
+            if let Some(upstream) = &upstream {
+                upstream.record(&span);
+            }
+            if let Some(judgement) = &judgement {
+                span.record("hush.policy.decision", judgement.verdict());
+                if let Some(policy) = &judgement.policy {
+                    span.record("hush.policy.name", &**policy);
+                }
+                if let Some(audit) = &judgement.audit {
+                    span.record("hush.policy.audit", &**audit);
+                }
+            }
+            match (&error, &judgement, grpc_status) {
+                (Some((kind, message)), _, _) => trace::record_error(&span, kind, message),
+                (None, Some(judgement), _) if !judgement.allowed => {
+                    trace::record_error(&span, "policy_denied", &judgement.refusal());
+                }
+                _ if status >= 500 => {
+                    trace::record_error(&span, &status.to_string(), &"server error");
+                }
+                (_, _, Some(code)) if grpc_is_error(ctx.direction, code) => trace::record_error(
+                    &span,
+                    &code.to_string(),
+                    &format_args!("gRPC status {code} {}", grpc_code_name(code)),
+                ),
+                _ => {}
+            }
+        }
+        // Inbound, the peer is the caller on this connection; outbound, whoever answered.
+        let peer = match ctx.direction {
+            Direction::Inbound => ctx.session.as_ref(),
+            Direction::Outbound => upstream.as_ref(),
+        };
+        AccessLine {
+            direction: ctx.direction,
+            client: ctx.client,
+            local_id: &ctx.local_id,
+            peer_id: peer.map(|p| &*p.peer_id),
+            exchange: Exchange::Http {
+                method: method.as_str(),
+                path: uri.path(),
+                status,
+                grpc_status,
+                head,
+                complete,
+            },
+            judgement: judgement.as_ref(),
+            error: error.as_ref().map(|(_, message)| message.as_str()),
+            duration: took,
+        }
+        .write(ctx.access_log);
     }
-    .write(ctx.access_log);
-    Ok(outcome.response)
+}
+
+/// Whether a gRPC status marks the span as failed, as OpenTelemetry's conventions have it: a
+/// client fails on every status but OK; a server only on those that are its own fault.
+fn grpc_is_error(direction: Direction, code: i32) -> bool {
+    match direction {
+        Direction::Outbound => code != 0,
+        // UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
+        Direction::Inbound => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+    }
 }
 
 /// How one request went: the response, and what the access line and the span need.
@@ -635,7 +733,7 @@ fn describe_forward_error(
 }
 
 /// An error and its causes, `outer: inner: innermost`, skipping repeats.
-fn error_chain(error: &(dyn StdError + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next = Some(error);
     while let Some(cause) = next {

@@ -30,6 +30,7 @@ mod access;
 mod admin;
 mod config;
 mod detect;
+mod ending;
 mod http;
 mod identity;
 mod inbound;

@@ -150,6 +150,8 @@ pub(crate) fn request_span<B>(direction: Direction, request: &http::Request<B>) 
             network.protocol.name = "http",
             network.protocol.version = protocol_version,
             http.response.status_code = Empty,
+            rpc.grpc.status_code = Empty,
+            hush.response.complete = Empty,
             hush.policy.decision = Empty,
             hush.policy.name = Empty,
             hush.policy.audit = Empty,
@@ -164,6 +166,8 @@ pub(crate) fn request_span<B>(direction: Direction, request: &http::Request<B>) 
             network.protocol.name = "http",
             network.protocol.version = protocol_version,
             http.response.status_code = Empty,
+            rpc.grpc.status_code = Empty,
+            hush.response.complete = Empty,
         ),
     };
     if !span.is_disabled() {
