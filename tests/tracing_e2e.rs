@@ -13,6 +13,7 @@ mod otlp;
 #[path = "mesh/sidecars.rs"]
 mod sidecars;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +22,8 @@ use hush_test_support::{CaProcess, ProxyProcess};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use otlp::{ExportedSpan, OtlpReceiver};
 use sidecars::{
-    BACKEND, FRONTEND, HUSH, Mesh, MeshSpec, get, json, new_ca, sidecar_config, write_configmap,
+    BACKEND, FRONTEND, HUSH, Mesh, MeshSpec, get, json, new_ca, sidecar_config, within,
+    write_configmap,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -414,6 +416,17 @@ async fn a_streamed_response_is_logged_and_traced_when_it_ends() {
     body.frame().await.unwrap().unwrap();
     drop(body);
 
+    // The caller gives up before the head, while the app is still thinking.
+    let before = apps::SLOW_REQUESTS_STARTED.load(Ordering::SeqCst);
+    let waiting = tokio::spawn(client.send_request(stream_request("/slow?ms=600000")));
+    within(async {
+        while apps::SLOW_REQUESTS_STARTED.load(Ordering::SeqCst) == before {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    waiting.abort();
+
     for (sidecar, direction) in [(&mesh.frontend, "outbound"), (&mesh.backend, "inbound")] {
         // The line is written when the body ends: its duration spans the app's wait, and
         // the gRPC status comes from the trailers.
@@ -446,6 +459,17 @@ async fn a_streamed_response_is_logged_and_traced_when_it_ends() {
             message.contains("the caller left before the response ended"),
             "{message}"
         );
+
+        let unanswered = access_line(sidecar, "/slow");
+        assert_eq!(unanswered["status"], 0, "{unanswered}");
+        assert_eq!(unanswered["complete"], false, "{unanswered}");
+        assert!(unanswered.get("response_head_ms").is_none(), "{unanswered}");
+        let message = unanswered["message"].as_str().unwrap();
+        assert!(message.contains("no response in "), "{message}");
+        assert!(
+            message.contains("the caller left before the response head"),
+            "{message}"
+        );
     }
     // Where the app broke off, the backend names it.
     let broken = access_line(&mesh.backend, "/stream/broken");
@@ -465,12 +489,17 @@ async fn a_streamed_response_is_logged_and_traced_when_it_ends() {
             .cloned()
     };
     let spans = receiver.wait_for("the streams' request spans", DEADLINE, |spans| {
-        ["/stream/grpc", "/stream/broken", "/stream/abandoned"]
-            .iter()
-            .all(|path| {
-                with_path(spans, "outbound request", path).is_some()
-                    && with_path(spans, "inbound request", path).is_some()
-            })
+        [
+            "/stream/grpc",
+            "/stream/broken",
+            "/stream/abandoned",
+            "/slow",
+        ]
+        .iter()
+        .all(|path| {
+            with_path(spans, "outbound request", path).is_some()
+                && with_path(spans, "inbound request", path).is_some()
+        })
     });
     for name in ["outbound request", "inbound request"] {
         let grpc = with_path(&spans, name, "/stream/grpc").unwrap();
@@ -497,5 +526,12 @@ async fn a_streamed_response_is_logged_and_traced_when_it_ends() {
             "{abandoned:?}"
         );
         assert_eq!(abandoned.status, "STATUS_CODE_UNSET", "{abandoned:?}");
+        let unanswered = with_path(&spans, name, "/slow").unwrap();
+        assert_eq!(
+            unanswered.attr("hush.response.complete"),
+            Some(&false.into()),
+            "{unanswered:?}"
+        );
+        assert_eq!(unanswered.attr("http.response.status_code"), None);
     }
 }

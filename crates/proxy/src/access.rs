@@ -27,8 +27,8 @@ pub(crate) enum Exchange<'a> {
         /// trailers-only answer.
         grpc_status: Option<i32>,
         /// From the request to the response head; the line's `duration` runs to the end of
-        /// the body.
-        head: Duration,
+        /// the body. `None` when no head was sent: the caller left first (`status` is then 0).
+        head: Option<Duration>,
         /// Whether the whole body was delivered: false when the far side broke it off (the
         /// line's `error` says why) or the caller left before its end.
         complete: bool,
@@ -75,6 +75,58 @@ impl AccessLine<'_> {
         }
     }
 
+    /// How it ended, in words: `200 in 2.00 ms`, `no response in 1.5 s; the caller left …`,
+    /// with the policy's sentence and the error.
+    fn outcome(&self) -> String {
+        let mut outcome = match &self.exchange {
+            Exchange::Http {
+                status,
+                grpc_status,
+                head,
+                complete,
+                ..
+            } => {
+                let mut outcome = match head {
+                    Some(_) => status.to_string(),
+                    None => "no response".to_owned(),
+                };
+                if let Some(code) = grpc_status {
+                    outcome.push_str(&format!(" (gRPC {code} {})", grpc_code_name(*code)));
+                }
+                outcome.push_str(&format!(" in {}", Millis(self.duration)));
+                // A stream or a download: how long the far side took to start answering.
+                if let Some(head) = head
+                    && self.duration.saturating_sub(*head) >= Duration::from_millis(1)
+                {
+                    outcome.push_str(&format!(" (head after {})", Millis(*head)));
+                }
+                if !complete && self.error.is_none() {
+                    outcome.push_str(match head {
+                        Some(_) => "; the caller left before the response ended",
+                        None => "; the caller left before the response head",
+                    });
+                }
+                outcome
+            }
+            Exchange::Tcp {
+                bytes: Some((received, sent)),
+            } => format!(
+                "{received} bytes in, {sent} out, in {}",
+                Millis(self.duration)
+            ),
+            Exchange::Tcp { bytes: None } => format!("closed after {}", Millis(self.duration)),
+        };
+        if let Some(sentence) = self.judgement.and_then(|j| j.sentence.as_deref()) {
+            outcome.push_str("; ");
+            outcome.push_str(sentence);
+        }
+        if let Some(error) = self.error {
+            outcome.push_str("; ");
+            outcome.push_str(error);
+        }
+        outcome
+    }
+
     /// Writes the line if `mode` wants it.
     pub(crate) fn write(&self, mode: AccessLog) {
         if !self.wanted(mode) {
@@ -98,44 +150,7 @@ impl AccessLine<'_> {
             Direction::Inbound => format!("from {peer_id} ({})", self.client),
             Direction::Outbound => format!("from {} to {peer_id}", self.client),
         };
-        let mut outcome = match &self.exchange {
-            Exchange::Http {
-                status,
-                grpc_status,
-                head,
-                complete,
-                ..
-            } => {
-                let mut outcome = status.to_string();
-                if let Some(code) = grpc_status {
-                    outcome.push_str(&format!(" (gRPC {code} {})", grpc_code_name(*code)));
-                }
-                outcome.push_str(&format!(" in {}", Millis(self.duration)));
-                // A stream or a download: how long the far side took to start answering.
-                if self.duration.saturating_sub(*head) >= Duration::from_millis(1) {
-                    outcome.push_str(&format!(" (head after {})", Millis(*head)));
-                }
-                if !complete && self.error.is_none() {
-                    outcome.push_str("; the caller left before the response ended");
-                }
-                outcome
-            }
-            Exchange::Tcp {
-                bytes: Some((received, sent)),
-            } => format!(
-                "{received} bytes in, {sent} out, in {}",
-                Millis(self.duration)
-            ),
-            Exchange::Tcp { bytes: None } => format!("closed after {}", Millis(self.duration)),
-        };
-        if let Some(sentence) = self.judgement.and_then(|j| j.sentence.as_deref()) {
-            outcome.push_str("; ");
-            outcome.push_str(sentence);
-        }
-        if let Some(error) = self.error {
-            outcome.push_str("; ");
-            outcome.push_str(error);
-        }
+        let outcome = self.outcome();
         match &self.exchange {
             Exchange::Http {
                 method,
@@ -161,7 +176,7 @@ impl AccessLine<'_> {
                 audit,
                 error = self.error.unwrap_or("-"),
                 duration_ms,
-                response_head_ms = head.as_secs_f64() * 1000.0,
+                response_head_ms = head.map(|head| head.as_secs_f64() * 1000.0),
                 trace_id,
                 "access: {direction} {method} {path} {parties}: {outcome}"
             ),
@@ -251,7 +266,7 @@ mod tests {
                 path: "/api",
                 status: 200,
                 grpc_status: None,
-                head: Duration::from_micros(1400),
+                head: Some(Duration::from_micros(1400)),
                 complete: true,
             },
             judgement,
@@ -279,6 +294,53 @@ mod tests {
         assert!(line(None, Some("the app refused the connection")).wanted(mode));
         assert!(line(None, None).wanted(AccessLog::All));
         assert!(!line(Some(&judgement(false, false)), Some("x")).wanted(AccessLog::Off));
+    }
+
+    /// The sentence an HTTP line tells, without the parties.
+    fn outcome_of(head: Option<Duration>, duration: Duration, complete: bool) -> String {
+        let mut line = line(None, None);
+        line.duration = duration;
+        if let Exchange::Http {
+            head: h,
+            complete: c,
+            status,
+            ..
+        } = &mut line.exchange
+        {
+            *h = head;
+            *c = complete;
+            if head.is_none() {
+                *status = 0;
+            }
+        }
+        line.outcome()
+    }
+
+    #[test]
+    fn an_http_line_tells_how_the_exchange_ended() {
+        let ms = Duration::from_millis;
+        assert_eq!(outcome_of(Some(ms(2)), ms(2), true), "200 in 2.00 ms");
+        assert_eq!(
+            outcome_of(Some(ms(3)), ms(300), true),
+            "200 in 300.0 ms (head after 3.00 ms)"
+        );
+        assert_eq!(
+            outcome_of(Some(ms(3)), ms(300), false),
+            "200 in 300.0 ms (head after 3.00 ms); the caller left before the response ended"
+        );
+        assert_eq!(
+            outcome_of(None, ms(1500), false),
+            "no response in 1.5 s; the caller left before the response head"
+        );
+    }
+
+    #[test]
+    fn grpc_codes_have_their_names() {
+        assert_eq!(grpc_code_name(0), "OK");
+        assert_eq!(grpc_code_name(14), "UNAVAILABLE");
+        assert_eq!(grpc_code_name(16), "UNAUTHENTICATED");
+        assert_eq!(grpc_code_name(17), "(not a gRPC code)");
+        assert_eq!(grpc_code_name(-1), "(not a gRPC code)");
     }
 
     #[test]

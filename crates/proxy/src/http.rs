@@ -218,6 +218,14 @@ pub(crate) async fn forward(
     }
     let method = request.method().clone();
     let uri = request.uri().clone();
+    let unanswered = Unanswered {
+        ctx: &ctx,
+        span: &span,
+        method: &method,
+        uri: &uri,
+        started,
+        armed: true,
+    };
     let Outcome {
         response,
         judgement,
@@ -225,6 +233,7 @@ pub(crate) async fn forward(
     } = exchange(&ctx, request, &span)
         .instrument(span.clone())
         .await;
+    unanswered.answered();
     let head = started.elapsed();
     // Time to the response head: a stream's length says nothing about the mesh's latency.
     ctx.metrics.request_duration(ctx.direction, head);
@@ -247,6 +256,60 @@ pub(crate) async fn forward(
         error,
     };
     Ok(response.map(|body| Watched::new(body, move |ended| finish.done(ended))))
+}
+
+/// Writes the access line of a request whose caller left before the response head: hyper
+/// drops the request's future then (an HTTP/2 reset, a closed connection), and nothing after
+/// the `await` runs.
+struct Unanswered<'a> {
+    ctx: &'a HttpContext,
+    span: &'a Span,
+    method: &'a http::Method,
+    uri: &'a Uri,
+    started: Instant,
+    armed: bool,
+}
+
+impl Unanswered<'_> {
+    /// The response head is here; the body's end finishes the line.
+    fn answered(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let ctx = self.ctx;
+        let _entered = self.span.enter();
+        if trace::is_recording(self.span) {
+            self.span.record("hush.response.complete", false);
+        }
+        AccessLine {
+            direction: ctx.direction,
+            client: ctx.client,
+            local_id: &ctx.local_id,
+            // Outbound, nobody had answered yet.
+            peer_id: match ctx.direction {
+                Direction::Inbound => ctx.session.as_ref().map(|s| &*s.peer_id),
+                Direction::Outbound => None,
+            },
+            exchange: Exchange::Http {
+                method: self.method.as_str(),
+                path: self.uri.path(),
+                status: 0,
+                grpc_status: None,
+                head: None,
+                complete: false,
+            },
+            judgement: None,
+            error: None,
+            duration: self.started.elapsed(),
+        }
+        .write(ctx.access_log);
+    }
 }
 
 /// What the end of an exchange needs to finish its span and write its access line.
@@ -348,7 +411,7 @@ impl Finish {
                 path: uri.path(),
                 status,
                 grpc_status,
-                head,
+                head: Some(head),
                 complete,
             },
             judgement: judgement.as_ref(),
