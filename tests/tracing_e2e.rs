@@ -388,7 +388,7 @@ async fn a_streamed_response_is_logged_and_traced_when_it_ends() {
     // A gRPC-style stream: the head and a frame, the last frame HOLD_MS later, trailers.
     let response = client
         .send_request(stream_request(&format!(
-            "/stream/grpc?ms={HOLD_MS}&grpc_status=14"
+            "/trickle/grpc?ms={HOLD_MS}&grpc_status=14"
         )))
         .await
         .unwrap();
@@ -402,14 +402,14 @@ async fn a_streamed_response_is_logged_and_traced_when_it_ends() {
 
     // The app fails mid-body: the caller's stream is reset, not ended as if complete.
     let response = client
-        .send_request(stream_request("/stream/broken?break=1"))
+        .send_request(stream_request("/trickle/broken?break=1"))
         .await
         .unwrap();
     assert!(response.into_body().collect().await.is_err());
 
     // The caller reads the head and the first frame, then walks away.
     let response = client
-        .send_request(stream_request("/stream/abandoned?ms=600000"))
+        .send_request(stream_request("/trickle/abandoned?ms=600000"))
         .await
         .unwrap();
     let mut body = response.into_body();
@@ -430,7 +430,7 @@ async fn a_streamed_response_is_logged_and_traced_when_it_ends() {
     for (sidecar, direction) in [(&mesh.frontend, "outbound"), (&mesh.backend, "inbound")] {
         // The line is written when the body ends: its duration spans the app's wait, and
         // the gRPC status comes from the trailers.
-        let grpc = access_line(sidecar, "/stream/grpc");
+        let grpc = access_line(sidecar, "/trickle/grpc");
         assert_eq!(grpc["direction"], direction, "{grpc}");
         assert_eq!(grpc["status"], 200, "{grpc}");
         assert_eq!(grpc["grpc_status"], 14, "{grpc}");
@@ -446,12 +446,12 @@ async fn a_streamed_response_is_logged_and_traced_when_it_ends() {
         );
         assert!(message.contains("(head after "), "{message}");
 
-        let broken = access_line(sidecar, "/stream/broken");
+        let broken = access_line(sidecar, "/trickle/broken");
         assert_eq!(broken["complete"], false, "{broken}");
         let error = broken["error"].as_str().unwrap();
         assert!(error.contains("broke off"), "{broken}");
 
-        let abandoned = access_line(sidecar, "/stream/abandoned");
+        let abandoned = access_line(sidecar, "/trickle/abandoned");
         assert_eq!(abandoned["complete"], false, "{abandoned}");
         assert_eq!(abandoned["error"], "-", "{abandoned}");
         let message = abandoned["message"].as_str().unwrap();
@@ -472,7 +472,7 @@ async fn a_streamed_response_is_logged_and_traced_when_it_ends() {
         );
     }
     // Where the app broke off, the backend names it.
-    let broken = access_line(&mesh.backend, "/stream/broken");
+    let broken = access_line(&mesh.backend, "/trickle/broken");
     assert!(
         broken["error"]
             .as_str()
@@ -490,9 +490,9 @@ async fn a_streamed_response_is_logged_and_traced_when_it_ends() {
     };
     let spans = receiver.wait_for("the streams' request spans", DEADLINE, |spans| {
         [
-            "/stream/grpc",
-            "/stream/broken",
-            "/stream/abandoned",
+            "/trickle/grpc",
+            "/trickle/broken",
+            "/trickle/abandoned",
             "/slow",
         ]
         .iter()
@@ -502,7 +502,7 @@ async fn a_streamed_response_is_logged_and_traced_when_it_ends() {
         })
     });
     for name in ["outbound request", "inbound request"] {
-        let grpc = with_path(&spans, name, "/stream/grpc").unwrap();
+        let grpc = with_path(&spans, name, "/trickle/grpc").unwrap();
         assert_eq!(
             grpc.attr("rpc.grpc.status_code"),
             Some(&14.into()),
@@ -513,13 +513,13 @@ async fn a_streamed_response_is_logged_and_traced_when_it_ends() {
         let lasted = grpc.end_unix_nano.saturating_sub(grpc.start_unix_nano);
         assert!(lasted >= HOLD_MS * 1_000_000, "{grpc:?}");
 
-        let broken = with_path(&spans, name, "/stream/broken").unwrap();
+        let broken = with_path(&spans, name, "/trickle/broken").unwrap();
         assert_eq!(
             broken.attr_str("error.type"),
             Some("response_body"),
             "{broken:?}"
         );
-        let abandoned = with_path(&spans, name, "/stream/abandoned").unwrap();
+        let abandoned = with_path(&spans, name, "/trickle/abandoned").unwrap();
         assert_eq!(
             abandoned.attr("hush.response.complete"),
             Some(&false.into()),

@@ -2,7 +2,7 @@
 //!
 //! * [`start_app`] — one HTTP server (HTTP/1.1 and HTTP/2 on the same port) that echoes what
 //!   it received as JSON, answers gRPC health checks, upgrades `/ws` to a WebSocket echo, and
-//!   answers `/slow?ms=N` after N milliseconds, and streams a body slowly on `/stream…`.
+//!   answers `/slow?ms=N` after N milliseconds, and trickles a body out on `/trickle…`.
 //! * [`start_greeter`] — a server-first TCP app (it speaks before the client, like SMTP or
 //!   MySQL), then echoes lines.
 
@@ -88,7 +88,7 @@ fn is_grpc(request: &Request<Incoming>) -> bool {
 async fn answer(mut request: Request<Incoming>) -> Response<Body> {
     match request.uri().path() {
         "/ws" => return websocket(&mut request),
-        path if path.starts_with("/stream") => return stream(&request),
+        path if path.starts_with("/trickle") => return trickle(&request),
         "/slow" => {
             SLOW_REQUESTS_STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let ms: u64 = request
@@ -147,10 +147,10 @@ fn full(text: String) -> Body {
         .boxed_unsync()
 }
 
-/// `/stream…?ms=N[&grpc_status=C][&break=1]`: the head and a first frame at once, the last
+/// `/trickle…?ms=N[&grpc_status=C][&break=1]`: the head and a first frame at once, the last
 /// frame N milliseconds later, then trailers with `grpc-status: C`. With `break`, the body
 /// fails instead of sending its last frame, as an app that crashes mid-response.
-fn stream(request: &Request<Incoming>) -> Response<Body> {
+fn trickle(request: &Request<Incoming>) -> Response<Body> {
     let query = request.uri().query().unwrap_or("").to_owned();
     let param = |name: &str| {
         query
