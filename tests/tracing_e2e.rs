@@ -535,3 +535,37 @@ async fn a_streamed_response_is_logged_and_traced_when_it_ends() {
         assert_eq!(unanswered.attr("http.response.status_code"), None);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_shutdown_grace_cuts_off_is_logged_as_cut_off() {
+    // The default access log: only what failed, and this did.
+    let mut mesh = Mesh::start(MeshSpec {
+        extra: "shutdown_grace: 1s\n".into(),
+        sidecar_env: vec![("HUSH_LOG_FORMAT", "json")],
+        ..MeshSpec::default()
+    })
+    .await;
+    let mut client = h2_client(mesh.to_backend()).await;
+    let response = client
+        .send_request(stream_request("/trickle/endless?ms=600000"))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    // The first frame has crossed both sidecars: the stream is in flight.
+    body.frame().await.unwrap().unwrap();
+
+    mesh.backend.process().send_sigterm();
+    let exit = mesh
+        .backend
+        .process()
+        .wait_exit(Duration::from_secs(15))
+        .expect("the backend exits once its grace has run out");
+    assert!(exit.success(), "{exit}");
+    let cut = access_line(&mesh.backend, "/trickle/endless");
+    assert_eq!(cut["complete"], false, "{cut}");
+    let error = cut["error"].as_str().unwrap();
+    assert!(error.contains("shutdown grace period ran out"), "{cut}");
+    let message = cut["message"].as_str().unwrap();
+    assert!(!message.contains("the caller left"), "{message}");
+    drop(body);
+}

@@ -258,6 +258,10 @@ pub(crate) async fn forward(
     Ok(response.map(|body| Watched::new(body, move |ended| finish.done(ended))))
 }
 
+/// Why an exchange ended early when the sidecar closed it itself.
+const CUT_OFF_AT_SHUTDOWN: &str =
+    "the sidecar closed the connection: its shutdown grace period ran out first";
+
 /// Writes the access line of a request whose caller left before the response head: hyper
 /// drops the request's future then (an HTTP/2 reset, a closed connection), and nothing after
 /// the `await` runs.
@@ -284,8 +288,16 @@ impl Drop for Unanswered<'_> {
         }
         let ctx = self.ctx;
         let _entered = self.span.enter();
+        // Not the caller's doing when the sidecar itself is closing what is left.
+        let error = ctx
+            .force_close
+            .is_cancelled()
+            .then_some(CUT_OFF_AT_SHUTDOWN);
         if trace::is_recording(self.span) {
             self.span.record("hush.response.complete", false);
+            if let Some(error) = error {
+                trace::record_error(self.span, "shutdown", &error);
+            }
         }
         AccessLine {
             direction: ctx.direction,
@@ -305,7 +317,7 @@ impl Drop for Unanswered<'_> {
                 complete: false,
             },
             judgement: None,
-            error: None,
+            error,
             duration: self.started.elapsed(),
         }
         .write(ctx.access_log);
@@ -350,13 +362,19 @@ impl Finish {
         let took = started.elapsed();
         let grpc_status = ended.grpc_status.or(head_grpc_status);
         let complete = ended.ending == Ending::Whole;
-        if let Ending::BrokeOff(reason) = ended.ending
-            && error.is_none()
-        {
-            error = Some((
-                "response_body",
-                format!("the response from {} broke off: {reason}", ctx.destination),
-            ));
+        match ended.ending {
+            _ if error.is_some() => {}
+            Ending::BrokeOff(reason) => {
+                error = Some((
+                    "response_body",
+                    format!("the response from {} broke off: {reason}", ctx.destination),
+                ));
+            }
+            // Not the caller's doing when the sidecar itself is closing what is left.
+            Ending::Abandoned if ctx.force_close.is_cancelled() => {
+                error = Some(("shutdown", CUT_OFF_AT_SHUTDOWN.to_owned()));
+            }
+            Ending::Abandoned | Ending::Whole => {}
         }
         let _entered = span.enter();
         if recording {
