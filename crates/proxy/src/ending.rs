@@ -27,7 +27,7 @@ pub(crate) enum Ending {
     /// peer sidecar went away); why, in words.
     BrokeOff(String),
     /// The reader stopped before the end: the caller closed its connection or cancelled the
-    /// stream.
+    /// stream (or the sidecar closed it, when its shutdown grace ran out).
     Abandoned,
 }
 
