@@ -221,6 +221,7 @@ pub(crate) async fn forward(
     let unanswered = Unanswered {
         ctx: &ctx,
         span: &span,
+        recording,
         method: &method,
         uri: &uri,
         started,
@@ -249,7 +250,7 @@ pub(crate) async fn forward(
         span,
         recording,
         started,
-        head,
+        head: Some(head),
         method,
         uri,
         judgement,
@@ -262,12 +263,13 @@ pub(crate) async fn forward(
 const CUT_OFF_AT_SHUTDOWN: &str =
     "the sidecar closed the connection: its shutdown grace period ran out first";
 
-/// Writes the access line of a request whose caller left before the response head: hyper
-/// drops the request's future then (an HTTP/2 reset, a closed connection), and nothing after
-/// the `await` runs.
+/// Finishes a request whose caller left before the response head: hyper drops the request's
+/// future then (an HTTP/2 reset, a closed connection), and nothing after the `await` runs. It
+/// is an abandoned exchange without a head; [`Finish`] tells it like any other.
 struct Unanswered<'a> {
-    ctx: &'a HttpContext,
+    ctx: &'a Arc<HttpContext>,
     span: &'a Span,
+    recording: bool,
     method: &'a http::Method,
     uri: &'a Uri,
     started: Instant,
@@ -286,41 +288,24 @@ impl Drop for Unanswered<'_> {
         if !self.armed {
             return;
         }
-        let ctx = self.ctx;
-        let _entered = self.span.enter();
-        // Not the caller's doing when the sidecar itself is closing what is left.
-        let error = ctx
-            .force_close
-            .is_cancelled()
-            .then_some(CUT_OFF_AT_SHUTDOWN);
-        if trace::is_recording(self.span) {
-            self.span.record("hush.response.complete", false);
-            if let Some(error) = error {
-                trace::record_error(self.span, "shutdown", &error);
-            }
-        }
-        AccessLine {
-            direction: ctx.direction,
-            client: ctx.client,
-            local_id: &ctx.local_id,
-            // Outbound, nobody had answered yet.
-            peer_id: match ctx.direction {
-                Direction::Inbound => ctx.session.as_ref().map(|s| &*s.peer_id),
-                Direction::Outbound => None,
-            },
-            exchange: Exchange::Http {
-                method: self.method.as_str(),
-                path: self.uri.path(),
-                status: 0,
-                grpc_status: None,
-                head: None,
-                complete: false,
-            },
+        Finish {
+            ctx: self.ctx.clone(),
+            span: self.span.clone(),
+            recording: self.recording,
+            started: self.started,
+            head: None,
+            method: self.method.clone(),
+            uri: self.uri.clone(),
+            status: 0,
+            head_grpc_status: None,
+            upstream: None,
             judgement: None,
-            error,
-            duration: self.started.elapsed(),
+            error: None,
         }
-        .write(ctx.access_log);
+        .done(Ended {
+            ending: Ending::Abandoned,
+            grpc_status: None,
+        });
     }
 }
 
@@ -331,8 +316,9 @@ struct Finish {
     span: Span,
     recording: bool,
     started: Instant,
-    /// From the request to the response head.
-    head: Duration,
+    /// From the request to the response head; `None` when the caller left before it (the
+    /// status is then 0).
+    head: Option<Duration>,
     method: http::Method,
     uri: Uri,
     status: u16,
@@ -344,52 +330,42 @@ struct Finish {
 }
 
 impl Finish {
-    fn done(self, ended: Ended) {
-        let Self {
-            ctx,
-            span,
-            recording,
-            started,
-            head,
-            method,
-            uri,
-            status,
-            head_grpc_status,
-            upstream,
-            judgement,
-            mut error,
-        } = self;
-        let took = started.elapsed();
-        let grpc_status = ended.grpc_status.or(head_grpc_status);
+    fn done(mut self, ended: Ended) {
+        let took = self.started.elapsed();
+        let ctx = &self.ctx;
+        let span = &self.span;
+        let grpc_status = ended.grpc_status.or(self.head_grpc_status);
         let complete = ended.ending == Ending::Whole;
         match ended.ending {
-            _ if error.is_some() => {}
+            _ if self.error.is_some() => {}
             Ending::BrokeOff(reason) => {
-                error = Some((
+                self.error = Some((
                     "response_body",
                     format!("the response from {} broke off: {reason}", ctx.destination),
                 ));
             }
             // Not the caller's doing when the sidecar itself is closing what is left.
             Ending::Abandoned if ctx.force_close.is_cancelled() => {
-                error = Some(("shutdown", CUT_OFF_AT_SHUTDOWN.to_owned()));
+                self.error = Some(("shutdown", CUT_OFF_AT_SHUTDOWN.to_owned()));
             }
             Ending::Abandoned | Ending::Whole => {}
         }
         let _entered = span.enter();
-        if recording {
+        if self.recording {
             // As integer attributes: tracing-opentelemetry writes unsigned values as text.
-            span.record("http.response.status_code", i64::from(status));
+            if self.head.is_some() {
+                span.record("http.response.status_code", i64::from(self.status));
+            }
             if let Some(code) = grpc_status {
                 span.record("rpc.grpc.status_code", i64::from(code));
             }
             if !complete {
                 span.record("hush.response.complete", false);
             }
-            if let Some(upstream) = &upstream {
-                upstream.record(&span);
+            if let Some(upstream) = &self.upstream {
+                upstream.record(span);
             }
-            if let Some(judgement) = &judgement {
+            if let Some(judgement) = &self.judgement {
                 span.record("hush.policy.decision", judgement.verdict());
                 if let Some(policy) = &judgement.policy {
                     span.record("hush.policy.name", &**policy);
@@ -398,16 +374,16 @@ impl Finish {
                     span.record("hush.policy.audit", &**audit);
                 }
             }
-            match (&error, &judgement, grpc_status) {
-                (Some((kind, message)), _, _) => trace::record_error(&span, kind, message),
+            match (&self.error, &self.judgement, grpc_status) {
+                (Some((kind, message)), _, _) => trace::record_error(span, kind, message),
                 (None, Some(judgement), _) if !judgement.allowed => {
-                    trace::record_error(&span, "policy_denied", &judgement.refusal());
+                    trace::record_error(span, "policy_denied", &judgement.refusal());
                 }
-                _ if status >= 500 => {
-                    trace::record_error(&span, &status.to_string(), &"server error");
+                _ if self.status >= 500 => {
+                    trace::record_error(span, &self.status.to_string(), &"server error");
                 }
                 (_, _, Some(code)) if grpc_is_error(ctx.direction, code) => trace::record_error(
-                    &span,
+                    span,
                     &code.to_string(),
                     &format_args!("gRPC status {code} {}", grpc_code_name(code)),
                 ),
@@ -417,7 +393,7 @@ impl Finish {
         // Inbound, the peer is the caller on this connection; outbound, whoever answered.
         let peer = match ctx.direction {
             Direction::Inbound => ctx.session.as_ref(),
-            Direction::Outbound => upstream.as_ref(),
+            Direction::Outbound => self.upstream.as_ref(),
         };
         AccessLine {
             direction: ctx.direction,
@@ -425,15 +401,15 @@ impl Finish {
             local_id: &ctx.local_id,
             peer_id: peer.map(|p| &*p.peer_id),
             exchange: Exchange::Http {
-                method: method.as_str(),
-                path: uri.path(),
-                status,
+                method: self.method.as_str(),
+                path: self.uri.path(),
+                status: self.status,
                 grpc_status,
-                head: Some(head),
+                head: self.head,
                 complete,
             },
-            judgement: judgement.as_ref(),
-            error: error.as_ref().map(|(_, message)| message.as_str()),
+            judgement: self.judgement.as_ref(),
+            error: self.error.as_ref().map(|(_, message)| message.as_str()),
             duration: took,
         }
         .write(ctx.access_log);
