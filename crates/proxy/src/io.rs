@@ -168,19 +168,19 @@ where
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let mut client = Counted::new(client);
-    let outcome = tokio::select! {
-        result = relay(&mut client, server) => result.err().map(|e| e.to_string()),
-        () = activity.idle_for(idle) => Some("idle".to_string()),
-    };
-    match outcome.as_deref() {
-        None => {}
-        Some("idle") => debug!(%peer, "closing an idle TCP connection"),
-        Some(error) => debug!(%peer, %error, "TCP connection ended with an error"),
+    tokio::select! {
+        result = relay(&mut client, server) => {
+            if let Err(error) = result {
+                debug!(%peer, %error, "TCP connection ended with an error");
+            }
+        }
+        () = activity.idle_for(idle) => debug!(%peer, "closing an idle TCP connection"),
     }
     (client.read, client.written)
 }
 
-/// Counts what is read from and written to a stream.
+/// Counts what is read from and written to one stream, for that connection's access line
+/// ([`Metered`] adds into the process-wide counters, which cannot tell connections apart).
 struct Counted<'a, S: ?Sized> {
     inner: &'a mut S,
     read: u64,
