@@ -364,18 +364,23 @@ impl Inbound {
             return Some(tcp);
         }
         let looks_like_http = first[0].is_ascii_uppercase() && detect(&first[..n]) != Detected::Tcp;
-        if looks_like_http {
-            self.metrics
-                .hello_refused(Direction::Inbound, "plaintext_http");
-            info!(%peer, "refused an inbound connection: hello failed: the peer sent plaintext HTTP to the mutual TLS port");
-            span.record("hush.handshake.step", "hello");
-            trace::record_error(span, "plaintext_http", &"the peer sent plaintext HTTP");
-            answer_plaintext_http(tcp).await;
+        let (reason, what) = if looks_like_http {
+            (
+                "plaintext_http",
+                "the peer sent plaintext HTTP to the mutual TLS port",
+            )
         } else {
-            self.metrics.hello_refused(Direction::Inbound, "not_tls");
-            info!(%peer, "refused an inbound connection: hello failed: the peer did not speak TLS (its first bytes are not a TLS handshake)");
-            span.record("hush.handshake.step", "hello");
-            trace::record_error(span, "not_tls", &"the peer did not speak TLS");
+            (
+                "not_tls",
+                "the peer did not speak TLS (its first bytes are not a TLS handshake)",
+            )
+        };
+        self.metrics.hello_refused(Direction::Inbound, reason);
+        info!(%peer, "refused an inbound connection: hello failed: {what}");
+        span.record("hush.handshake.step", "hello");
+        trace::record_error(span, reason, &what);
+        if looks_like_http {
+            answer_plaintext_http(tcp).await;
         }
         None
     }
