@@ -225,6 +225,7 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
                 app,
                 protocol: Protocol::Detect,
                 captured: false,
+                protected_headers: Vec::new(),
             }),
             outbound: service
                 .calls

@@ -95,6 +95,12 @@ pub struct InboundConfig {
     /// still serves connections made to this listener directly.
     #[serde(default)]
     pub captured: bool,
+    /// Request headers the app trusts to come from this sidecar, besides
+    /// `x-hush-peer-identity` and `x-forwarded-client-cert` (always protected): removed from
+    /// every request, in any spelling (any case, `_` or `.` for `-`), before it reaches the
+    /// app.
+    #[serde(default)]
+    pub protected_headers: Vec<String>,
 }
 
 /// One explicit outbound listener: the app connects in plaintext, the sidecar dials a peer
@@ -423,6 +429,14 @@ impl ProxyConfig {
             vec![("admin.listen".to_string(), self.admin.listen)];
         if let Some(inbound) = &self.inbound {
             listeners.push(("inbound.listen".to_string(), inbound.listen));
+            for (i, name) in inbound.protected_headers.iter().enumerate() {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(invalid(
+                        &format!("inbound.protected_headers[{i}]"),
+                        format!("{name:?} is not an HTTP header name"),
+                    ));
+                }
+            }
             if inbound.app == inbound.listen {
                 return Err(invalid(
                     "inbound.app",

@@ -16,8 +16,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 /// The HTTP/2 connection preface every HTTP/2 client sends first (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// How far detection reads looking for the end of an HTTP/1 request line. Longer request
-/// lines still get to hyper, which answers 414 or 431 itself.
+/// How far detection reads looking for the version of an HTTP/1 request line. A line still
+/// undecided this far in is taken for HTTP, and hyper answers 414 or 431 itself.
 pub(crate) const MAX_DETECT_BYTES: usize = 8 * 1024;
 
 /// What the first bytes say.
@@ -25,7 +25,7 @@ pub(crate) const MAX_DETECT_BYTES: usize = 8 * 1024;
 pub enum Detected {
     /// The HTTP/2 preface.
     Http2,
-    /// An HTTP/1.0 or HTTP/1.1 request line.
+    /// A request line some HTTP/1 server would accept.
     Http1,
     /// Anything else.
     Tcp,
@@ -35,67 +35,89 @@ pub enum Detected {
 
 /// Classifies a connection by the bytes it started with.
 ///
-/// HTTP/1 is recognised only by a whole request line (`METHOD SP target SP HTTP/1.x CRLF`), so
-/// a text protocol with a verb and a space (Redis' `SET k v`) is not mistaken for HTTP.
+/// The question is not "is this well-formed HTTP" but "could any HTTP/1 server take this for
+/// a request", because an app behind the sidecar that reads a request from bytes hush relayed
+/// as opaque TCP would also read any identity header the caller wrote into it. So the request
+/// line is read as leniently as the most lenient servers do (Python's `http.server` splits it
+/// on any whitespace; Node, Go and hyper skip leading empty lines; Go takes lower-case
+/// methods): leading whitespace and empty lines are skipped, the method is any HTTP token, the
+/// parts are separated by any run of whitespace (CR, tabs, form feeds included), and the
+/// version only has to start with `HTTP/`, in any case.
+///
+/// A line with no version (`GET key`, memcached's and Redis' inline commands) is not HTTP: an
+/// HTTP/0.9 request carries no headers, so it cannot carry a forged identity either. Nor is a
+/// text protocol with a verb and two arguments (`SET key value`).
 pub fn detect(prefix: &[u8]) -> Detected {
-    if prefix.is_empty() {
-        return Detected::NeedMore;
-    }
+    // Only the first bytes are looked at, so the verdict never changes once the window is
+    // full: a request line still undecided by then is HTTP-shaped, and hyper refuses it
+    // properly (414 or 431).
+    let prefix = &prefix[..prefix.len().min(MAX_DETECT_BYTES)];
+    let full = prefix.len() == MAX_DETECT_BYTES;
     let compared = prefix.len().min(H2_PREFACE.len());
-    if prefix[..compared] == H2_PREFACE[..compared] {
+    if !prefix.is_empty() && prefix[..compared] == H2_PREFACE[..compared] {
         return if prefix.len() >= H2_PREFACE.len() {
             Detected::Http2
         } else {
             Detected::NeedMore
         };
     }
-    detect_http1(prefix)
+    match request_line(prefix) {
+        Detected::NeedMore if full => Detected::Http1,
+        verdict => verdict,
+    }
 }
 
-fn detect_http1(prefix: &[u8]) -> Detected {
-    // The method: an HTTP token (RFC 9110) of at most 32 characters, then one space.
-    let method_len = prefix.iter().take_while(|b| is_token_char(**b)).count();
-    if method_len == prefix.len() {
-        return if method_len <= 32 {
-            Detected::NeedMore
-        } else {
-            Detected::Tcp
+/// Where [`request_line`] is in `METHOD WS TARGET WS HTTP/`.
+#[derive(Clone, Copy)]
+enum Part {
+    Lead,
+    Method,
+    AfterMethod,
+    Target,
+    AfterTarget,
+}
+
+/// The HTTP/1 part of [`detect`]: `NeedMore` until a byte decides.
+fn request_line(prefix: &[u8]) -> Detected {
+    const VERSION: &[u8] = b"HTTP/";
+    let mut part = Part::Lead;
+    for (i, &b) in prefix.iter().enumerate() {
+        part = match part {
+            Part::Lead if is_space(b) || b == b'\n' => Part::Lead,
+            Part::Lead | Part::Method if is_token_char(b) => Part::Method,
+            // A method, then anything but whitespace (a TLS record, a binary header).
+            Part::Lead | Part::Method if !is_space(b) => return Detected::Tcp,
+            Part::Method | Part::AfterMethod if is_space(b) => Part::AfterMethod,
+            Part::AfterMethod | Part::Target if b != b'\n' && !is_space(b) => Part::Target,
+            Part::Target | Part::AfterTarget if is_space(b) => Part::AfterTarget,
+            Part::AfterTarget => {
+                let version = &prefix[i..];
+                let compared = version.len().min(VERSION.len());
+                return if version[..compared].eq_ignore_ascii_case(&VERSION[..compared]) {
+                    if compared == VERSION.len() {
+                        Detected::Http1
+                    } else {
+                        Detected::NeedMore
+                    }
+                } else {
+                    Detected::Tcp
+                };
+            }
+            // A line break before the version: no request line an HTTP/1.x server reads
+            // headers after.
+            _ => return Detected::Tcp,
         };
     }
-    if method_len == 0 || method_len > 32 || prefix[method_len] != b' ' {
-        return Detected::Tcp;
-    }
-    // The target: visible characters up to the next space.
-    let rest = &prefix[method_len + 1..];
-    let target_len = rest.iter().take_while(|b| b.is_ascii_graphic()).count();
-    if target_len == rest.len() {
-        return need_more_unless_too_long(prefix);
-    }
-    if target_len == 0 || rest[target_len] != b' ' {
-        return Detected::Tcp;
-    }
-    let version = &rest[target_len + 1..];
-    const VERSIONS: [&[u8]; 2] = [b"HTTP/1.1\r\n", b"HTTP/1.0\r\n"];
-    for expected in VERSIONS {
-        let compared = version.len().min(expected.len());
-        if version[..compared] == expected[..compared] {
-            return if version.len() >= expected.len() {
-                Detected::Http1
-            } else {
-                need_more_unless_too_long(prefix)
-            };
-        }
-    }
-    Detected::Tcp
+    Detected::NeedMore
 }
 
-fn need_more_unless_too_long(prefix: &[u8]) -> Detected {
-    if prefix.len() >= MAX_DETECT_BYTES {
-        // A request line this long is still HTTP-shaped; let hyper refuse it properly.
-        Detected::Http1
-    } else {
-        Detected::NeedMore
-    }
+/// Whitespace as the most lenient request-line parsers see it (Python's `str.split` on a
+/// latin-1 line), except LF, which ends the line.
+fn is_space(b: u8) -> bool {
+    matches!(
+        b,
+        b' ' | b'\t' | b'\r' | 0x0b | 0x0c | 0x1c..=0x1f | 0x85 | 0xa0
+    )
 }
 
 fn is_token_char(b: u8) -> bool {
@@ -158,6 +180,80 @@ pub(crate) async fn sniff<S: AsyncRead + Unpin>(
                     prefix,
                 });
             }
+        }
+    }
+}
+
+/// How the first line of a connection relayed as opaque TCP turned out.
+#[derive(Debug)]
+pub(crate) enum FirstLine {
+    /// Not an HTTP request: relay the bytes held back, then everything else.
+    Opaque(BytesMut),
+    /// An HTTP request before the app said anything: it can still be served as HTTP, from
+    /// the bytes held back.
+    Http(BytesMut, Detected),
+    /// An HTTP request after the app had spoken first (a server-first protocol): it can
+    /// neither be served as HTTP nor relayed.
+    HttpAfterApp,
+    /// The connection idled out, or failed, before its first line decided.
+    Gone,
+}
+
+/// Relays what the app sends to the client (a server-first protocol speaks first) while
+/// holding back what the client sends until [`detect`] can say whether it is an HTTP
+/// request. Nothing the client sent reaches the app before that.
+///
+/// This is what keeps a connection relayed as opaque TCP (a detection that timed out, a peer
+/// that announced `hush/tcp`, a port declared `tcp`) from carrying an HTTP request to the
+/// app, which would read any identity header the caller wrote into it. A client that closes
+/// before its first line decides has sent no request line with headers after it, so what it
+/// sent is relayed (`Opaque`).
+pub(crate) async fn hold_first_line<C, A>(
+    client: &mut C,
+    app: &mut A,
+    activity: &crate::io::Activity,
+    idle: Duration,
+) -> FirstLine
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    A: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+
+    let mut held = BytesMut::with_capacity(1024);
+    let mut greeting = [0u8; 4096];
+    let mut app_spoke = false;
+    let mut app_done = false;
+    loop {
+        match detect(&held) {
+            Detected::NeedMore => {}
+            Detected::Tcp => return FirstLine::Opaque(held),
+            Detected::Http1 | Detected::Http2 if app_spoke => return FirstLine::HttpAfterApp,
+            http => return FirstLine::Http(held, http),
+        }
+        held.reserve(1024);
+        tokio::select! {
+            read = client.read_buf(&mut held) => match read {
+                // The client closed first; what it sent carries no header.
+                Ok(0) => return FirstLine::Opaque(held),
+                Ok(_) => {}
+                Err(_) => return FirstLine::Gone,
+            },
+            read = app.read(&mut greeting), if !app_done => match read {
+                Ok(0) => {
+                    // The app closed: the relay carries that to the client once the first
+                    // line decides.
+                    app_done = true;
+                }
+                Ok(n) => {
+                    app_spoke = true;
+                    if client.write_all(&greeting[..n]).await.is_err() {
+                        return FirstLine::Gone;
+                    }
+                }
+                Err(_) => return FirstLine::Gone,
+            },
+            () = activity.idle_for(idle) => return FirstLine::Gone,
         }
     }
 }
@@ -239,8 +335,8 @@ mod tests {
             (b"G", NeedMore),
             (b"GET", NeedMore),
             (b"GET /", NeedMore),
-            (b"GET / HTTP/1.", NeedMore),
-            (b"GET / HTTP/1.1\r", NeedMore),
+            (b"GET / HTTP/1.", Http1),
+            (b"GET / HTTP", NeedMore),
             (b"GET / HTTP/1.1\r\n", Http1),
             (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Http1),
             (b"POST /api?q=1 HTTP/1.0\r\n", Http1),
@@ -250,19 +346,34 @@ mod tests {
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Http2),
             (b"PRI * HTTP/2.0\r\n", NeedMore),
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04", Http2),
-            // Text protocols that look like a verb and an argument.
+            // What lenient servers accept is HTTP too: an app behind the sidecar would read
+            // it as a request, headers and all.
+            (b"GET / HTTP/1.1\nHost: x\n\n", Http1),
+            (b"\r\n\r\nGET / HTTP/1.1\r\n", Http1),
+            (b"\n GET / HTTP/1.1\r\n", Http1),
+            (b" GET / HTTP/1.1\r\n", Http1),
+            (b"get / HTTP/1.1\r\n", Http1),
+            (b"GET / http/1.1\r\n", Http1),
+            (b"GET  / HTTP/1.1\r\n", Http1),
+            (b"GET\t/\tHTTP/1.1\r\n", Http1),
+            (b"GET\x0b/\x0cHTTP/1.1\r\n", Http1),
+            (b"GET / HTTP/2.0\r\n", Http1),
+            (b"GET / HTTP/9\r\n", Http1),
+            (b"PRI * HTTP/2.0\r\n\r\nXX", Http1),
+            // Text protocols that look like a verb and arguments.
             (b"SET key value\r\n", Tcp),
             (b"PING\r\n", Tcp),
+            (b"get key\r\n", Tcp),
+            (b"GET key \r\n", Tcp),
             (b"EHLO mail.example\r\n", Tcp),
-            (b"GET / HTTP/2.0\r\n", Tcp),
             (b"GET / SPDY/3\r\n", Tcp),
-            (b"GET  / HTTP/1.1\r\n", Tcp),
-            (b"get / HTTP/1.1\r\n", Http1),
+            (b"*2\r\n$3\r\nGET\r\n", Tcp),
             // TLS, SSH, binary protocols, garbage.
             (b"\x16\x03\x01\x02\x00\x01", Tcp),
             (b"SSH-2.0-OpenSSH_9.2\r\n", Tcp),
             (b"\x00\x00\x00\x08\x04\xd2\x16\x2f", Tcp),
-            (b" GET / HTTP/1.1\r\n", Tcp),
+            (b"GET /\x00 HTTP/1.1\r\n", Http1),
+            (b"G\x00T / HTTP/1.1\r\n", Tcp),
         ];
         for (bytes, expected) in cases {
             assert_eq!(
@@ -272,12 +383,40 @@ mod tests {
                 String::from_utf8_lossy(bytes)
             );
         }
-        // A method longer than any real one is not HTTP.
-        assert_eq!(detect(&[b'A'; 40]), Tcp);
-        // A request line longer than the detection window is left to hyper to refuse.
+        // A method or target as long as the window is still HTTP-shaped: hyper refuses it.
+        assert_eq!(detect(&[b'A'; 40]), NeedMore);
+        assert_eq!(detect(&[b'A'; MAX_DETECT_BYTES]), Http1);
         let mut long = b"GET /".to_vec();
         long.resize(MAX_DETECT_BYTES, b'a');
         assert_eq!(detect(&long), Http1);
+        // Whatever follows the window changes nothing.
+        long.extend_from_slice(b"\r\n");
+        assert_eq!(detect(&long), Http1);
+        assert_eq!(detect(&[b' '; MAX_DETECT_BYTES + 1]), Http1);
+    }
+
+    /// Once the bytes decide, more bytes never change the verdict (the sidecar acts on the
+    /// first one): checked for every cut of every row above and of a few longer inputs.
+    #[test]
+    fn a_verdict_is_final() {
+        let inputs: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"\r\n  get\t/a\x0bhttp/1.0\n\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nXX",
+            b"SET key value\r\nGET / HTTP/1.1\r\n",
+            b"\x16\x03\x01GET / HTTP/1.1",
+        ];
+        for input in inputs {
+            let mut decided = None;
+            for cut in 0..=input.len() {
+                match (detect(&input[..cut]), decided) {
+                    (Detected::NeedMore, None) => {}
+                    (verdict, None) => decided = Some(verdict),
+                    (verdict, Some(first)) => assert_eq!(verdict, first, "{input:?} at {cut}"),
+                }
+            }
+        }
     }
 
     #[tokio::test]

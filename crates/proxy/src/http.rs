@@ -36,6 +36,7 @@ use tracing::{Instrument, Span, debug, warn};
 use crate::access::{AccessLine, Exchange, grpc_code_name};
 use crate::config::AccessLog;
 use crate::ending::{self, Ended, Ending, Watched};
+use crate::headers::{IdentityHeaders, ProtectedHeaders, RequestBody};
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
 use crate::policy::{Caller, Judgement, PolicyEnforcer};
 use crate::tls::{DialError, MeshConnector, MeshProtocol, Target};
@@ -43,11 +44,6 @@ use crate::trace::{self, SessionFacts};
 
 /// Response bodies: what the far side sent, or a short answer of the sidecar's own.
 pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
-
-/// The header carrying the caller's verified SPIFFE ID to the app.
-pub const PEER_IDENTITY_HEADER: &str = "x-hush-peer-identity";
-/// Envoy's header describing the caller's client certificate (`By=…;Hash=…;URI=…`).
-pub const XFCC_HEADER: &str = "x-forwarded-client-cert";
 
 /// Marks an HTTP/1.1 request that crosses the mesh on a multiplexed HTTP/2 connection, so the
 /// receiving sidecar hands it to the app as HTTP/1.1 again.
@@ -72,33 +68,13 @@ impl HttpVersion {
     }
 }
 
-/// The identity headers an inbound connection adds to each request, made once per connection.
-#[derive(Clone, Debug)]
-pub(crate) struct IdentityHeaders {
-    pub(crate) peer: HeaderValue,
-    pub(crate) xfcc: HeaderValue,
-}
-
-impl IdentityHeaders {
-    /// `peer_id` is the caller's verified SPIFFE ID, `own_id` this sidecar's, `peer_leaf` the
-    /// caller's certificate (DER), whose SHA-256 goes into the XFCC `Hash` field.
-    pub(crate) fn new(peer_id: &str, own_id: &str, peer_leaf: &[u8]) -> Option<Self> {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, peer_leaf);
-        let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        Some(Self {
-            peer: HeaderValue::from_str(peer_id).ok()?,
-            xfcc: HeaderValue::from_str(&format!("By={own_id};Hash={hash};URI={peer_id}")).ok()?,
-        })
-    }
-}
-
 /// Where a connection's requests are sent.
 #[derive(Clone, Debug)]
 pub(crate) enum Forward {
     /// The local app, in plaintext.
-    App(Client<AppConnector, Incoming>),
+    App(Client<AppConnector, RequestBody>),
     /// A peer sidecar, with mutual TLS.
-    Mesh(Client<MeshHttpConnector, Incoming>),
+    Mesh(Client<MeshHttpConnector, RequestBody>),
 }
 
 impl Forward {
@@ -129,7 +105,7 @@ impl Forward {
         }))
     }
 
-    fn request(&self, request: Request<Incoming>) -> hyper_util::client::legacy::ResponseFuture {
+    fn request(&self, request: Request<RequestBody>) -> hyper_util::client::legacy::ResponseFuture {
         match self {
             Self::App(client) => client.request(request),
             Self::Mesh(client) => client.request(request),
@@ -167,6 +143,8 @@ pub(crate) struct HttpContext {
     pub(crate) fallback_authority: Authority,
     /// Inbound only: the caller's identity, for the app.
     pub(crate) identity: Option<IdentityHeaders>,
+    /// Inbound only: the headers no caller may send the app (the identity headers among them).
+    pub(crate) protected: Option<Arc<ProtectedHeaders>>,
     /// Inbound only, when a policy is configured: who calls, and the policy that decides.
     pub(crate) authz: Option<Authz>,
     /// Inbound only: what the caller's handshake settled.
@@ -440,7 +418,16 @@ async fn exchange(ctx: &HttpContext, mut request: Request<Incoming>, span: &Span
     let grpc = is_grpc(request.headers());
     let upgrading = ctx.version == HttpVersion::Http1 && is_upgrade(request.headers());
     remove_hop_by_hop(request.headers_mut(), upgrading);
-    if let Err(reason) = make_absolute(&mut request, &ctx.fallback_authority) {
+    let marked = request
+        .headers_mut()
+        .remove(ORIGINAL_PROTOCOL_HEADER)
+        .is_some();
+    let checked = match ctx.direction {
+        Direction::Inbound => one_host(&request, marked),
+        Direction::Outbound => Ok(()),
+    };
+    if let Err(reason) = checked.and_then(|()| make_absolute(&mut request, &ctx.fallback_authority))
+    {
         ctx.metrics.request(
             ctx.direction,
             ctx.version.label(),
@@ -452,10 +439,6 @@ async fn exchange(ctx: &HttpContext, mut request: Request<Incoming>, span: &Span
             error: Some(("bad_request", reason)),
         };
     }
-    let marked = request
-        .headers_mut()
-        .remove(ORIGINAL_PROTOCOL_HEADER)
-        .is_some();
     let mut forward = &ctx.forward;
     let mut translated = false;
     if let Some(other) = &ctx.translated {
@@ -501,11 +484,11 @@ async fn exchange(ctx: &HttpContext, mut request: Request<Incoming>, span: &Span
         // Whatever the caller wrote in these headers is a claim, not a proof: only the
         // sidecar's own values reach the app.
         let headers = request.headers_mut();
-        headers.remove(PEER_IDENTITY_HEADER);
-        headers.remove(XFCC_HEADER);
+        if let Some(protected) = &ctx.protected {
+            protected.strip(headers);
+        }
         if let Some(identity) = &ctx.identity {
-            headers.insert(PEER_IDENTITY_HEADER, identity.peer.clone());
-            headers.insert(XFCC_HEADER, identity.xfcc.clone());
+            identity.insert(headers);
         }
         // Judged after the identity headers are the sidecar's own, so a `when` condition on
         // them sees the verified values.
@@ -548,6 +531,7 @@ async fn exchange(ctx: &HttpContext, mut request: Request<Incoming>, span: &Span
     } else {
         ctx.version.label()
     };
+    let request = request.map(|body| RequestBody::new(body, ctx.protected.clone()));
     match forward.request(request).await {
         Ok(mut response) => {
             if translated {
@@ -679,9 +663,49 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// Whether the request asks to switch to WebSocket, the one upgrade hush passes on. Any
+/// other offer is dropped with the other hop-by-hop headers and the request goes on as a plain
+/// one: after an `h2c` upgrade, say, the caller would speak HTTP/2 to the app through a byte
+/// tunnel, with headers no sidecar ever read.
 fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    let mut offers = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|offer| !offer.is_empty())
+        .peekable();
+    offers.peek().is_some()
+        && offers.all(|offer| offer.eq_ignore_ascii_case(b"websocket"))
         && connection_tokens(headers).iter().any(|t| t == "upgrade")
+}
+
+/// An inbound request names the host it is for once: a policy judging one host while the app
+/// serves another would be a way around it. More than one Host header (RFC 9112 says to
+/// refuse those), or a Host header that disagrees with the target's authority (HTTP/1's
+/// absolute form, HTTP/2's `:authority`), is refused. A request a peer sidecar carried over
+/// HTTP/2 for an HTTP/1.1 caller (`marked`) has the hop's address as its authority and the
+/// caller's host in Host, which is what the app then sees alone.
+fn one_host<B>(request: &Request<B>, marked: bool) -> Result<(), String> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("the request has more than one Host header".to_owned());
+    }
+    match (host, request.uri().authority()) {
+        (Some(host), Some(authority))
+            if !marked
+                && !host
+                    .as_bytes()
+                    .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
+        {
+            Err(format!(
+                "the request names two hosts: {authority} in its target and {} in its Host header",
+                String::from_utf8_lossy(host.as_bytes())
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Removes the headers that describe one hop (RFC 9110, section 7.6.1), including those the
@@ -695,10 +719,14 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
             headers.remove(name);
         }
     }
-    for name in ["keep-alive", "proxy-connection"] {
+    for name in ["keep-alive", "proxy-connection", "http2-settings"] {
         headers.remove(name);
     }
-    headers.remove(header::TRANSFER_ENCODING);
+    // A message with a Transfer-Encoding is framed by it, never by its Content-Length (RFC
+    // 9112, section 6.3); passing both on would let the next parser pick the other one.
+    if headers.remove(header::TRANSFER_ENCODING).is_some() {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     // `te: trailers` is how gRPC says it understands trailers; any other TE is per hop.
     if headers
         .get(header::TE)
@@ -1035,24 +1063,6 @@ mod tests {
             make_absolute(&mut bad, &fallback)
                 .unwrap_err()
                 .contains("Host")
-        );
-    }
-
-    #[test]
-    fn xfcc_is_envoys_format() {
-        let headers = IdentityHeaders::new(
-            "spiffe://cluster.local/ns/shop/sa/frontend",
-            "spiffe://cluster.local/ns/shop/sa/backend",
-            b"abc",
-        )
-        .unwrap();
-        assert_eq!(headers.peer, "spiffe://cluster.local/ns/shop/sa/frontend");
-        // SHA-256("abc") is the FIPS 180-2 test vector.
-        assert_eq!(
-            headers.xfcc,
-            "By=spiffe://cluster.local/ns/shop/sa/backend;\
-             Hash=ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad;\
-             URI=spiffe://cluster.local/ns/shop/sa/frontend"
         );
     }
 

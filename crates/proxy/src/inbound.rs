@@ -7,7 +7,7 @@
 //! identity in `x-hush-peer-identity` and `x-forwarded-client-cert`.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use http::uri::Authority;
 use hush_identity::check_leaf_svid;
 use hush_tls::HandshakeFailure;
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -24,8 +25,9 @@ use tracing::{Span, debug, info, warn};
 
 use crate::access::{AccessLine, Exchange};
 use crate::config::{AccessLog, Limits, Protocol};
-use crate::detect::{Detected, Prefixed, detect, sniff};
-use crate::http::{Authz, Forward, HttpContext, HttpVersion, IdentityHeaders};
+use crate::detect::{Detected, FirstLine, Prefixed, detect, hold_first_line, sniff};
+use crate::headers::{IdentityHeaders, ProtectedHeaders};
+use crate::http::{Authz, Forward, HttpContext, HttpVersion};
 use crate::identity::IdentityStatus;
 use crate::io::{Activity, Metered, relay_until_idle};
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
@@ -58,12 +60,55 @@ pub(crate) struct Inbound {
     pub(crate) captured: bool,
     /// Forwarders to each app port captured connections were meant for.
     pub(crate) captured_apps: Mutex<HashMap<SocketAddr, (Forward, Forward)>>,
+    /// The ports the sidecar itself listens on: a captured connection is never forwarded to
+    /// one of them.
+    pub(crate) own_ports: Vec<u16>,
+    /// Headers no caller may send the app.
+    pub(crate) protected: Arc<ProtectedHeaders>,
     pub(crate) access_log: AccessLog,
 }
 
 /// The most app ports a captured inbound listener keeps forwarders for; more are served with
 /// forwarders made for the connection (a pod listens on a handful of ports).
 const MAX_CAPTURED_APPS: usize = 256;
+
+/// How a connection's bytes are treated, decided before any reach the app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    /// Served by hyper in this version: every request is parsed, its identity headers are
+    /// the sidecar's own.
+    Http(HttpVersion),
+    /// Detection by the first bytes (a client that announced nothing).
+    Detect,
+    /// Relayed as opaque TCP, with the client's first line held back until it is known not to
+    /// be an HTTP request. `switch`: such a request is then served as HTTP (a port that may
+    /// carry HTTP), rather than refused (a port declared `tcp`).
+    Opaque { switch: bool },
+}
+
+impl Plan {
+    /// What the peer announced with ALPN is only a hint: a peer holding a valid certificate can
+    /// announce anything, so announcing opaque TCP never skips the HTTP handling, and a port
+    /// declared `http1` or `http2` is never relayed as TCP.
+    fn of(announced: Option<MeshProtocol>, configured: Protocol) -> Self {
+        match (announced, configured) {
+            (Some(MeshProtocol::Http1), _) => Self::Http(HttpVersion::Http1),
+            (Some(MeshProtocol::Http2), _) => Self::Http(HttpVersion::Http2),
+            (_, Protocol::Http1) => Self::Http(HttpVersion::Http1),
+            (_, Protocol::Http2) => Self::Http(HttpVersion::Http2),
+            (Some(MeshProtocol::Tcp), Protocol::Detect) => Self::Opaque { switch: true },
+            (None, Protocol::Detect) => Self::Detect,
+            (_, Protocol::Tcp) => Self::Opaque { switch: false },
+        }
+    }
+}
+
+/// Why a captured connection was not forwarded, for the log and the metric.
+#[derive(Debug)]
+struct NotForwarded {
+    reason: &'static str,
+    words: String,
+}
 
 impl Inbound {
     pub(crate) async fn run(self: Arc<Self>, listener: TcpListener) {
@@ -79,20 +124,51 @@ impl Inbound {
     }
 
     /// Where a connection's bytes go: the configured app, or for a connection iptables
-    /// redirected here, the port the caller dialled on `127.0.0.1`.
-    fn app_for(&self, tcp: &TcpStream) -> SocketAddr {
+    /// redirected here, the port the caller dialled, at the address it dialled.
+    ///
+    /// Never on loopback: services a pod binds to `127.0.0.1` only (debug ports, local
+    /// databases, this sidecar's own admin and outbound listeners) are not for the mesh. The
+    /// sidecar dials the pod's own address instead, as the caller did, and never one of its own
+    /// ports. A connection made to the inbound port itself (not redirected) goes to the
+    /// configured app, at the address it arrived on if `app` names loopback.
+    fn app_for(&self, tcp: &TcpStream) -> Result<SocketAddr, NotForwarded> {
         if !self.captured {
-            return self.app;
+            return Ok(self.app);
         }
-        let local = tcp.local_addr().ok();
-        match original_destination(tcp) {
-            // Dialling the inbound port itself is not a redirection, and forwarding it to
-            // that port on loopback would loop back here.
-            Ok(dst) if Some(dst) != local && Some(dst.port()) != local.map(|l| l.port()) => {
-                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), dst.port())
+        let Ok(local) = tcp.local_addr() else {
+            return Ok(self.app);
+        };
+        let direct = || {
+            if self.app.ip().is_loopback() {
+                SocketAddr::new(local.ip(), self.app.port())
+            } else {
+                self.app
             }
-            _ => self.app,
+        };
+        let dst = match original_destination(tcp) {
+            Ok(dst) if dst.port() != local.port() => dst,
+            // Not redirected: dialled at the inbound port itself.
+            _ => return Ok(direct()),
+        };
+        if self.own_ports.contains(&dst.port()) {
+            return Err(NotForwarded {
+                reason: "own_port",
+                words: format!(
+                    "the caller dialled {dst}, one of the sidecar's own ports, which are not \
+                     served to the mesh"
+                ),
+            });
         }
+        if dst.ip() != local.ip() && (dst.ip().is_loopback() || !is_local_address(dst.ip())) {
+            return Err(NotForwarded {
+                reason: "not_local",
+                words: format!(
+                    "the caller dialled {dst}, which is not an address of this pod; the sidecar \
+                     only forwards to its own pod"
+                ),
+            });
+        }
+        Ok(dst)
     }
 
     fn forwarders(&self, app: SocketAddr) -> (Forward, Forward) {
@@ -134,7 +210,16 @@ impl Inbound {
         let Some(tcp) = self.starts_with_tls(tcp, peer, span).await else {
             return;
         };
-        let app = self.app_for(&tcp);
+        let app = match self.app_for(&tcp) {
+            Ok(app) => app,
+            Err(refusal) => {
+                self.metrics
+                    .connection_refused(Direction::Inbound, refusal.reason);
+                warn!(%peer, "refused a captured connection: {}", refusal.words);
+                trace::record_error(span, refusal.reason, &refusal.words);
+                return;
+            }
+        };
         let activity = Activity::new();
         let metered = Metered::new(
             tcp,
@@ -179,33 +264,6 @@ impl Inbound {
         debug!(%peer, peer_id = %peer_id, ?announced, "inbound mTLS connection");
         let facts = SessionFacts::of(session, Arc::from(peer_id.as_str()));
         facts.record(span);
-
-        // A hush sidecar announces what it sends; the configured protocol is for clients that
-        // do not.
-        let (protocol, prefix) = match (announced, self.protocol) {
-            (Some(MeshProtocol::Http1), _) | (None, Protocol::Http1) => {
-                (Detected::Http1, BytesMut::new())
-            }
-            (Some(MeshProtocol::Http2), _) | (None, Protocol::Http2) => {
-                (Detected::Http2, BytesMut::new())
-            }
-            (Some(MeshProtocol::Tcp), _) | (None, Protocol::Tcp) => {
-                (Detected::Tcp, BytesMut::new())
-            }
-            (None, Protocol::Detect) => match sniff(&mut tls, self.limits.detect_timeout).await {
-                Ok(sniffed) => {
-                    if sniffed.timed_out {
-                        self.metrics.detect_timeout(Direction::Inbound);
-                    }
-                    (sniffed.protocol, sniffed.prefix)
-                }
-                Err(e) => {
-                    debug!(%peer, error = %e, "connection failed before its first bytes");
-                    return;
-                }
-            },
-        };
-        let mut io = Prefixed::new(prefix, tls);
         let own_id: Arc<str> = self
             .status
             .borrow()
@@ -223,52 +281,82 @@ impl Inbound {
                 port: app.port(),
             },
         });
+        let connection = Connection {
+            peer,
+            app,
+            span,
+            started,
+            activity,
+            facts,
+            own_id,
+            leaf,
+            authz,
+        };
 
-        let version = match protocol {
-            Detected::Http1 => HttpVersion::Http1,
-            Detected::Http2 => HttpVersion::Http2,
-            Detected::Tcp | Detected::NeedMore => {
-                self.metrics
-                    .connection(Direction::Inbound, ProtocolLabel::Tcp);
-                span.record("network.protocol.name", "tcp");
-                // A TCP connection is decided once, before a byte reaches the app.
-                let judgement = authz
-                    .as_ref()
-                    .map(|authz| authz.policy.check_connection(&authz.caller));
-                if let Some(judgement) = &judgement {
-                    span.record("hush.policy.decision", judgement.verdict());
-                    if let Some(policy) = &judgement.policy {
-                        span.record("hush.policy.name", &**policy);
+        let plan = Plan::of(announced, self.protocol);
+        let (version, prefix) = match plan {
+            Plan::Http(version) => (version, BytesMut::new()),
+            Plan::Detect => match sniff(&mut tls, self.limits.detect_timeout).await {
+                Ok(sniffed) => {
+                    if sniffed.timed_out {
+                        self.metrics.detect_timeout(Direction::Inbound);
+                    }
+                    match sniffed.protocol {
+                        Detected::Http1 => (HttpVersion::Http1, sniffed.prefix),
+                        Detected::Http2 => (HttpVersion::Http2, sniffed.prefix),
+                        // Its first line is not HTTP: nothing after it can be a request an
+                        // HTTP/1 server reads.
+                        Detected::Tcp if !sniffed.timed_out => {
+                            let io = Prefixed::new(sniffed.prefix, tls);
+                            return self.serve_tcp(io, connection, Held::Decided).await;
+                        }
+                        // Silent so far: a server-first protocol, or an HTTP client that
+                        // connected early. Its first line is held back when it comes.
+                        Detected::Tcp | Detected::NeedMore => {
+                            let io = Prefixed::new(sniffed.prefix, tls);
+                            let held = Held::Undecided {
+                                switch: true,
+                                waited: true,
+                            };
+                            return self.serve_tcp(io, connection, held).await;
+                        }
                     }
                 }
-                let (bytes, error) = if judgement.as_ref().is_none_or(|j| j.allowed) {
-                    self.relay_to_app(io, app, peer, activity, span).await
-                } else {
-                    trace::record_error(
-                        span,
-                        "policy_denied",
-                        &judgement.as_ref().map_or("denied", Judgement::refusal),
-                    );
-                    let _ = io.shutdown().await;
-                    (None, None)
-                };
-                if let Some(bytes) = bytes {
-                    trace::record_bytes(span, bytes);
+                Err(e) => {
+                    debug!(%peer, error = %e, "connection failed before its first bytes");
+                    return;
                 }
-                let line = AccessLine {
-                    direction: Direction::Inbound,
-                    client: peer,
-                    local_id: &own_id,
-                    peer_id: Some(&facts.peer_id),
-                    exchange: Exchange::Tcp { bytes },
-                    judgement: judgement.as_ref(),
-                    error: error.as_deref(),
-                    duration: started.elapsed(),
+            },
+            Plan::Opaque { switch } => {
+                let io = Prefixed::new(BytesMut::new(), tls);
+                let held = Held::Undecided {
+                    switch,
+                    waited: false,
                 };
-                span.in_scope(|| line.write(self.access_log));
-                return;
+                return self.serve_tcp(io, connection, held).await;
             }
         };
+        self.serve_http(Prefixed::new(prefix, tls), version, connection)
+            .await;
+    }
+
+    /// Serves the connection's requests with hyper: each reaches the app with the sidecar's
+    /// identity headers and no one else's.
+    async fn serve_http<I>(&self, io: I, version: HttpVersion, connection: Connection<'_>)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            peer,
+            app,
+            span,
+            activity,
+            facts,
+            own_id,
+            leaf,
+            authz,
+            ..
+        } = connection;
         span.record("network.protocol.name", "http");
         self.metrics.connection(Direction::Inbound, version.label());
         let (app_http1, app_http2) = self.forwarders(app);
@@ -282,7 +370,8 @@ impl Inbound {
             translated: (version == HttpVersion::Http2).then_some(app_http1),
             destination: format!("the app at {app}").into(),
             fallback_authority: authority_of(app),
-            identity: IdentityHeaders::new(peer_id.as_str(), &own_id, &leaf),
+            identity: IdentityHeaders::new(facts.peer_id.as_ref(), &own_id, &leaf),
+            protected: Some(self.protected.clone()),
             authz,
             session: Some(facts),
             local_id: own_id,
@@ -302,35 +391,160 @@ impl Inbound {
         .await;
     }
 
-    /// Relays a TCP connection to the app; returns the bytes moved each way, or why the app
-    /// could not be reached.
-    async fn relay_to_app<I>(
+    /// Serves a connection as opaque TCP, decided by policy once, before a byte reaches the
+    /// app. Unless its first line is already known not to be HTTP (`held`), what the client
+    /// sends is held back until it is: an HTTP request is then served as HTTP where the port
+    /// allows, and refused where it does not.
+    async fn serve_tcp<I>(&self, mut io: I, connection: Connection<'_>, held: Held)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = connection.peer;
+        // A TCP connection is decided once, before a byte reaches the app.
+        let judgement = connection
+            .authz
+            .as_ref()
+            .map(|authz| authz.policy.check_connection(&authz.caller));
+        let denied = judgement.as_ref().is_some_and(|j| !j.allowed);
+        let (bytes, error) = match held {
+            Held::Undecided { switch, waited } if denied => {
+                // Nothing of the app's reaches a denied caller, not even a server-first
+                // greeting; an HTTP client that is slow to start still gets its requests
+                // judged one by one.
+                if switch && !waited {
+                    if let Ok(sniffed) = sniff(&mut io, self.limits.detect_timeout).await
+                        && let Some(version) = http_version(sniffed.protocol)
+                    {
+                        let io = Prefixed::new(sniffed.prefix, io);
+                        return self.serve_http(io, version, connection).await;
+                    }
+                }
+                let _ = io.shutdown().await;
+                (None, None)
+            }
+            _ if denied => {
+                let _ = io.shutdown().await;
+                (None, None)
+            }
+            held => {
+                let mut app = match self.connect_app(connection.app, peer).await {
+                    Ok(app) => app,
+                    Err(error) => {
+                        let error = ("connect", error.as_str());
+                        return self.tcp_line(&connection, judgement.as_ref(), None, Some(error));
+                    }
+                };
+                let prefix = match held {
+                    Held::Decided => BytesMut::new(),
+                    Held::Undecided { switch, .. } => {
+                        let idle = self.limits.idle_timeout;
+                        match hold_first_line(&mut io, &mut app, &connection.activity, idle).await {
+                            FirstLine::Opaque(prefix) => prefix,
+                            FirstLine::Http(prefix, detected) if switch => {
+                                drop(app);
+                                let version = http_version(detected).unwrap_or(HttpVersion::Http1);
+                                let io = Prefixed::new(prefix, io);
+                                return self.serve_http(io, version, connection).await;
+                            }
+                            FirstLine::Http(..) | FirstLine::HttpAfterApp => {
+                                let words = if switch {
+                                    "the caller sent an HTTP request after the app had spoken \
+                                     first; a connection relayed as opaque TCP never carries an \
+                                     HTTP request to the app"
+                                } else {
+                                    "the caller sent an HTTP request to a port declared `tcp`; \
+                                     hush relays only non-HTTP bytes there (declare the port \
+                                     `detect` or `http1` to serve HTTP)"
+                                };
+                                self.metrics
+                                    .connection_refused(Direction::Inbound, "http_on_opaque");
+                                warn!(%peer, "refused an inbound connection: {words}");
+                                let _ = io.shutdown().await;
+                                let error = ("http_on_opaque", words);
+                                return self.tcp_line(
+                                    &connection,
+                                    judgement.as_ref(),
+                                    None,
+                                    Some(error),
+                                );
+                            }
+                            FirstLine::Gone => return,
+                        }
+                    }
+                };
+                let mut io = Prefixed::new(prefix, io);
+                let bytes = relay_until_idle(
+                    &mut io,
+                    &mut app,
+                    &connection.activity,
+                    self.limits.idle_timeout,
+                    peer,
+                )
+                .await;
+                (Some(bytes), None)
+            }
+        };
+        self.tcp_line(&connection, judgement.as_ref(), bytes, error);
+    }
+
+    /// Counts, traces and logs a connection served as TCP.
+    fn tcp_line(
         &self,
-        mut io: I,
+        connection: &Connection<'_>,
+        judgement: Option<&Judgement>,
+        bytes: Option<(u64, u64)>,
+        error: Option<(&str, &str)>,
+    ) {
+        let span = connection.span;
+        self.metrics
+            .connection(Direction::Inbound, ProtocolLabel::Tcp);
+        span.record("network.protocol.name", "tcp");
+        if let Some(judgement) = judgement {
+            span.record("hush.policy.decision", judgement.verdict());
+            if let Some(policy) = &judgement.policy {
+                span.record("hush.policy.name", &**policy);
+            }
+            if !judgement.allowed {
+                trace::record_error(span, "policy_denied", &judgement.refusal());
+            }
+        }
+        if let Some(bytes) = bytes {
+            trace::record_bytes(span, bytes);
+        }
+        if let Some((kind, words)) = error {
+            trace::record_error(span, kind, &words);
+        }
+        let line = AccessLine {
+            direction: Direction::Inbound,
+            client: connection.peer,
+            local_id: &connection.own_id,
+            peer_id: Some(&connection.facts.peer_id),
+            exchange: Exchange::Tcp { bytes },
+            judgement,
+            error: error.map(|(_, words)| words),
+            duration: connection.started.elapsed(),
+        };
+        span.in_scope(|| line.write(self.access_log));
+    }
+
+    /// Dials the app for a TCP connection; why it failed, in words, otherwise.
+    async fn connect_app(
+        &self,
         app_addr: SocketAddr,
         peer: SocketAddr,
-        activity: Arc<Activity>,
-        span: &Span,
-    ) -> (Option<(u64, u64)>, Option<String>)
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    {
-        let mut app = match Target::Addr(app_addr)
+    ) -> Result<TcpStream, String> {
+        match Target::Addr(app_addr)
             .connect(self.limits.connect_timeout)
             .await
         {
-            Ok(app) => app,
+            Ok(app) => Ok(app),
             Err(e) => {
                 self.metrics.connect_failure(Direction::Inbound, "app");
                 let error = format!("cannot connect to the app at {app_addr}: {e}");
                 warn!(%peer, "{error}; closing the connection");
-                trace::record_error(span, "connect", &error);
-                return (None, Some(error));
+                Err(error)
             }
-        };
-        let bytes =
-            relay_until_idle(&mut io, &mut app, &activity, self.limits.idle_timeout, peer).await;
-        (Some(bytes), None)
+        }
     }
 
     /// Looks at the first byte without consuming it. Anything but a TLS handshake is refused
@@ -396,6 +610,45 @@ impl Inbound {
             info!(%peer, "refused an inbound connection: {failure}");
         }
     }
+}
+
+/// What an accepted, authenticated connection carries into the way it is served.
+struct Connection<'a> {
+    peer: SocketAddr,
+    /// Where its bytes go.
+    app: SocketAddr,
+    span: &'a Span,
+    started: Instant,
+    activity: Arc<Activity>,
+    facts: SessionFacts,
+    own_id: Arc<str>,
+    /// The caller's certificate, for the XFCC hash.
+    leaf: CertificateDer<'static>,
+    authz: Option<Authz>,
+}
+
+/// Whether the client's first line still has to be looked at before its bytes reach the app.
+#[derive(Clone, Copy, Debug)]
+enum Held {
+    /// Detection has seen it, and it is not HTTP.
+    Decided,
+    /// Not seen yet. `switch`: an HTTP request may still be served as HTTP. `waited`:
+    /// detection already waited for it (it sent nothing in time).
+    Undecided { switch: bool, waited: bool },
+}
+
+fn http_version(detected: Detected) -> Option<HttpVersion> {
+    match detected {
+        Detected::Http1 => Some(HttpVersion::Http1),
+        Detected::Http2 => Some(HttpVersion::Http2),
+        Detected::Tcp | Detected::NeedMore => None,
+    }
+}
+
+/// Whether `ip` is one of this host's (this pod's) own addresses: only then can a socket be
+/// bound to it.
+fn is_local_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// Reads the request head (bounded in size and time) so that closing does not reset the

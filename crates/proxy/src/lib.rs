@@ -31,6 +31,7 @@ mod admin;
 mod config;
 mod detect;
 mod ending;
+mod headers;
 mod http;
 mod identity;
 mod inbound;
@@ -52,7 +53,7 @@ pub use self::config::{
     TracingConfig, TransparentConfig,
 };
 pub use self::detect::{Detected, detect};
-pub use self::http::{PEER_IDENTITY_HEADER, XFCC_HEADER};
+pub use self::headers::{PEER_IDENTITY_HEADER, XFCC_HEADER};
 pub use self::identity::{IdentityStatus, Svid};
 pub use self::metrics::Metrics;
 pub use self::policy::{PolicyLoadError, load_policy, read_policy_sources};

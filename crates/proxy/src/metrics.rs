@@ -86,6 +86,12 @@ struct FailureLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusalLabels {
+    direction: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct BytesLabels {
     direction: &'static str,
     flow: &'static str,
@@ -183,6 +189,7 @@ struct Inner {
     handshake_duration: ByDirection<Histogram>,
     handshake_failures: Family<FailureLabels, Counter>,
     connect_failures: Family<ConnectFailureLabels, Counter>,
+    connections_refused: Family<RefusalLabels, Counter>,
     bytes: Family<BytesLabels, Counter>,
     detect_timeouts: Family<DirectionLabels, Counter>,
     certificate_expiry: Gauge,
@@ -269,6 +276,14 @@ impl Metrics {
             "Connections the sidecar could not open, to the local app or to an upstream",
             connect_failures.clone(),
         );
+        let connections_refused = Family::default();
+        registry.register(
+            "connections_refused",
+            "Connections accepted and then refused before any byte reached the app or an \
+             upstream, by direction and reason (own_port, not_local, http_on_opaque, loop, \
+             not_redirected)",
+            connections_refused.clone(),
+        );
         let bytes = Family::default();
         registry.register(
             "bytes",
@@ -347,6 +362,7 @@ impl Metrics {
                 handshake_duration: ByDirection::of(&handshake_duration),
                 handshake_failures,
                 connect_failures,
+                connections_refused,
                 bytes,
                 detect_timeouts,
                 certificate_expiry,
@@ -466,6 +482,17 @@ impl Metrics {
             .get_or_create(&ConnectFailureLabels {
                 direction: direction.as_str(),
                 target,
+            })
+            .inc();
+    }
+
+    /// A connection refused after it was accepted, for a reason that is not a handshake's.
+    pub(crate) fn connection_refused(&self, direction: Direction, reason: &'static str) {
+        self.inner
+            .connections_refused
+            .get_or_create(&RefusalLabels {
+                direction: direction.as_str(),
+                reason,
             })
             .inc();
     }

@@ -239,6 +239,7 @@ async fn proxy_connection(
                 .unwrap_or_else(|_| http::uri::Authority::from_static("localhost")),
         },
         identity: None,
+        protected: None,
         authz: None,
         session: None,
         local_id,

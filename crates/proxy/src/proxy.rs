@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::admin::{Admin, LogControl};
 use crate::config::{ConfigError, ProxyConfig};
+use crate::headers::ProtectedHeaders;
 use crate::http::{Forward, HttpVersion};
 use crate::identity::{IdentityManager, IdentityStatus};
 use crate::inbound::Inbound;
@@ -174,12 +175,11 @@ impl Proxy {
 
     /// The bound addresses.
     pub fn addresses(&self) -> ProxyAddresses {
-        let addr = |l: &TcpListener| l.local_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
         ProxyAddresses {
-            admin: addr(&self.admin),
-            inbound: self.inbound.as_ref().map(addr),
-            outbound: self.outbound.iter().map(addr).collect(),
-            transparent: self.transparent.as_ref().map(addr),
+            admin: local_addr(&self.admin),
+            inbound: self.inbound.as_ref().map(local_addr),
+            outbound: self.outbound.iter().map(local_addr).collect(),
+            transparent: self.transparent.as_ref().map(local_addr),
         }
     }
 
@@ -226,6 +226,12 @@ impl Proxy {
             shutdown_requested,
             logging,
         } = self;
+        let addresses = ProxyAddresses {
+            admin: local_addr(&admin),
+            inbound: inbound.as_ref().map(local_addr),
+            outbound: outbound.iter().map(local_addr).collect(),
+            transparent: transparent.as_ref().map(local_addr),
+        };
         let lifecycle = Lifecycle::default();
         let background = CancellationToken::new();
         let status_rx = status.subscribe();
@@ -262,6 +268,7 @@ impl Proxy {
         };
         let mut accept_loops = Vec::new();
         if !stop_early {
+            let own_ports = own_ports(&addresses);
             let limits = config.limits.clone();
             if let (Some(listener), Some(cfg)) = (inbound, &config.inbound) {
                 let server = Arc::new(Inbound {
@@ -277,6 +284,8 @@ impl Proxy {
                     policy: policy.clone(),
                     captured: cfg.captured,
                     captured_apps: Default::default(),
+                    own_ports: own_ports.clone(),
+                    protected: Arc::new(ProtectedHeaders::new(&cfg.protected_headers)),
                     access_log: config.access_log,
                 });
                 accept_loops.push(tokio::spawn(server.run(listener)));
@@ -415,6 +424,25 @@ fn load_policy_for(
         trust_domain,
         metrics.clone(),
     )?))
+}
+
+fn local_addr(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into())
+}
+
+/// Every port the sidecar listens on, whatever address each was bound with.
+fn own_ports(addresses: &ProxyAddresses) -> Vec<u16> {
+    let mut ports: Vec<u16> = std::iter::once(addresses.admin)
+        .chain(addresses.inbound)
+        .chain(addresses.outbound.iter().copied())
+        .chain(addresses.transparent)
+        .map(|addr| addr.port())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 async fn bind(field: &str, addr: SocketAddr) -> Result<TcpListener, ProxyError> {

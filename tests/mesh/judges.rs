@@ -1,0 +1,199 @@
+//! Apps written by others, behind a sidecar, that report every request they parsed: the
+//! judges of whether a forged identity header reached an app.
+//!
+//! * Python's `http.server` — a lenient parser: bare LF line endings, leading spaces, any
+//!   whitespace between the parts of the request line, lower-case methods.
+//! * Node's `http` (llhttp), when `node` is installed.
+//!
+//! Each prints `ready PORT` once it listens, then one JSON line per request it parsed: the
+//! method, the path and every header as it saw it. The test reads them as they come.
+
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Python's `http.server`, answering every method with what it parsed (as JSON), and printing
+/// the same on stdout. Keep-alive (HTTP/1.1), so pipelined and smuggled requests are parsed.
+const PYTHON_JUDGE: &str = r#"
+import http.server, json, socketserver, sys
+
+class Judge(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def report(self):
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        seen = {
+            "judge": "python",
+            "method": self.command,
+            "path": self.path,
+            "headers": [[name, value] for name, value in self.headers.items()],
+            "body": body.decode("latin-1"),
+        }
+        line = json.dumps(seen)
+        print(line, flush=True)
+        out = line.encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    # Whatever the method (Python dispatches to do_<METHOD>, lower-case ones included).
+    def __getattr__(self, name):
+        if name.startswith("do_"):
+            return self.report
+        raise AttributeError(name)
+
+    def log_message(self, *args):
+        pass
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+server = Server(("127.0.0.1", 0), Judge)
+print("ready", server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+/// Node's `http` server, doing the same.
+const NODE_JUDGE: &str = r#"
+const http = require("http");
+const server = http.createServer((req, res) => {
+  const chunks = [];
+  req.on("data", (c) => chunks.push(c));
+  req.on("end", () => {
+    const headers = [];
+    for (let i = 0; i < req.rawHeaders.length; i += 2) {
+      headers.push([req.rawHeaders[i], req.rawHeaders[i + 1]]);
+    }
+    for (let i = 0; i < req.rawTrailers.length; i += 2) {
+      headers.push([req.rawTrailers[i], req.rawTrailers[i + 1]]);
+    }
+    const line = JSON.stringify({
+      judge: "node", method: req.method, path: req.url, headers,
+      body: Buffer.concat(chunks).toString("latin1"),
+    });
+    console.log(line);
+    res.setHeader("content-type", "application/json");
+    res.end(line);
+  });
+});
+server.listen(0, "127.0.0.1", () => console.log("ready " + server.address().port));
+"#;
+
+/// A judge app: its process, its address, and what it has parsed so far.
+pub(crate) struct Judge {
+    pub(crate) addr: SocketAddr,
+    pub(crate) name: &'static str,
+    child: Child,
+    seen: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Judge {
+    /// Python's `http.server`.
+    pub(crate) fn python() -> Self {
+        Self::start("python", "python3", &["-c", PYTHON_JUDGE])
+    }
+
+    /// Node's `http`, or `None` where `node` is not installed (said on stderr).
+    pub(crate) fn node() -> Option<Self> {
+        let found = Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            eprintln!("SKIPPED the Node judge: node is not installed");
+            return None;
+        }
+        Some(Self::start("node", "node", &["-e", NODE_JUDGE]))
+    }
+
+    fn start(name: &'static str, program: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the {name} judge: {e}"));
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let ready = lines
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("the {name} judge did not start"));
+        let port: u16 = ready
+            .strip_prefix("ready ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("the {name} judge said {ready:?}"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Ok(value) = serde_json::from_str(&line) {
+                    sink.lock().expect("judge lines").push(value);
+                }
+            }
+        });
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            name,
+            child,
+            seen,
+        }
+    }
+
+    /// Every request parsed so far.
+    pub(crate) fn seen(&self) -> Vec<Value> {
+        self.seen.lock().expect("judge lines").clone()
+    }
+
+    /// How many requests it has parsed.
+    pub(crate) fn count(&self) -> usize {
+        self.seen.lock().expect("judge lines").len()
+    }
+
+    /// Waits (bounded) until it has parsed more than `before` requests; false if it did not.
+    pub(crate) fn wait_for_more_than(&self, before: usize, patience: Duration) -> bool {
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline {
+            if self.count() > before {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The values of every header the app would take for `name`: the same name in any case,
+    /// and with `_` for `-` (CGI and WSGI servers map both to one variable).
+    pub(crate) fn values_of(request: &Value, name: &str) -> Vec<String> {
+        let wanted = name.to_ascii_lowercase().replace('_', "-");
+        request["headers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|pair| {
+                let header = pair[0]
+                    .as_str()?
+                    .trim()
+                    .to_ascii_lowercase()
+                    .replace('_', "-");
+                (header == wanted).then(|| pair[1].as_str().unwrap_or_default().to_string())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Judge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
