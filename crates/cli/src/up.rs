@@ -244,7 +244,7 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
             }),
             admin: AdminConfig {
                 listen: ([127, 0, 0, 1], 0).into(),
-                probes: Vec::new(),
+                ..AdminConfig::default()
             },
             limits: Limits::default(),
             access_log: AccessLog::Denied,

@@ -27,12 +27,14 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
 
 use crate::identity::{IdentityStatus, unix_seconds};
 use crate::metrics::Metrics;
 use crate::policy::PolicyEnforcer;
 use crate::probe::AppProbe;
+use crate::serve::PerAddress;
 
 /// Changes the process's log filter while it runs. The binary owns the log subscriber; the
 /// admin port only asks it (`GET /logging`, `POST /logging?filter=…`).
@@ -54,12 +56,22 @@ pub(crate) struct Admin {
     pub(crate) policy: Option<Arc<PolicyEnforcer>>,
     /// The app's rewritten kubelet probes.
     pub(crate) probes: Vec<AppProbe>,
+    /// Connections served at once (a quarter of them from any one address).
+    pub(crate) max_connections: usize,
+    /// A connection's request head must arrive within this long.
+    pub(crate) header_timeout: std::time::Duration,
 }
 
 impl Admin {
     /// Serves until `stop` is cancelled. The admin server outlives draining, so that `/ready`
     /// can say "draining" while connections finish.
+    ///
+    /// Connections beyond the cap are closed at once rather than left waiting: the kubelet's
+    /// probes must not queue behind whoever holds the slots, and a client that holds a slot
+    /// without sending a request loses it after `header_timeout`.
     pub(crate) async fn run(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.max_connections));
+        let per_address = PerAddress::new((self.max_connections / 4).max(1));
         loop {
             let (tcp, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -72,9 +84,24 @@ impl Admin {
                 },
                 () = stop.cancelled() => return,
             };
+            let (Ok(slot), Some(address_slot)) =
+                (slots.clone().try_acquire_owned(), per_address.take(peer.ip()))
+            else {
+                if per_address.log.allows() {
+                    warn!(
+                        %peer,
+                        limit = self.max_connections,
+                        "refusing admin connections: too many open (admin.max_connections, a \
+                         quarter of it per address; logged once every 10 s)"
+                    );
+                }
+                continue;
+            };
             let this = self.clone();
             let stop = stop.clone();
+            let header_timeout = self.header_timeout;
             tokio::spawn(async move {
+                let _slots = (slot, address_slot);
                 let service = service_fn(move |request| {
                     let this = this.clone();
                     async move {
@@ -89,6 +116,9 @@ impl Admin {
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
+                    // Also closes a kept-alive connection idle for that long, which frees
+                    // its slot: scrapers and probes reconnect.
+                    .header_read_timeout(header_timeout)
                     .serve_connection(TokioIo::new(tcp), service);
                 tokio::select! {
                     _ = connection => {}

@@ -224,6 +224,11 @@ pub struct AdminConfig {
     /// with the outcome of the original check against the app on 127.0.0.1.
     #[serde(default)]
     pub probes: Vec<AppProbe>,
+    /// Connections the admin server serves at once, and a quarter of that (at least one)
+    /// from any one address; more are closed at once. Each must send its request head within
+    /// `limits.header_timeout`.
+    #[serde(default = "defaults::admin_max_connections")]
+    pub max_connections: usize,
 }
 
 /// Timeouts and caps, with defaults meant for production.
@@ -244,13 +249,27 @@ pub struct Limits {
     /// Dialling the app or an upstream sidecar gives up after this long.
     #[serde(default = "defaults::connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
+    /// An HTTP/1 request head (request line and headers) must arrive whole within this long
+    /// of its first byte; a client that trickles it is cut off. A keep-alive connection
+    /// waiting for its next request is not timed (`idle_timeout` is).
+    #[serde(default = "defaults::header_timeout", with = "duration")]
+    pub header_timeout: Duration,
     /// Largest HTTP request head (request line and headers) accepted, in bytes.
     #[serde(default = "defaults::max_header_bytes")]
     pub max_header_bytes: usize,
-    /// Connections each listener serves at once (more wait in the kernel's backlog); also the
-    /// most concurrent HTTP/2 streams one connection may carry.
+    /// Connections each listener serves at once (more wait in the kernel's backlog).
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
+    /// Concurrent HTTP/2 streams (requests) one connection may carry. A sidecar sends all its
+    /// app's requests to one peer over one connection, so this is also how many of them can be
+    /// in flight to that peer at once; each may hold up to `max_header_bytes` of headers.
+    #[serde(default = "defaults::max_concurrent_streams")]
+    pub max_concurrent_streams: usize,
+    /// TLS handshakes one client address may have in progress at once on the inbound
+    /// listener; more are closed at once, so a client that opens connections and never
+    /// finishes its handshake cannot take every connection slot.
+    #[serde(default = "defaults::max_handshakes_per_address")]
+    pub max_handshakes_per_address: usize,
 }
 
 /// How a listener treats the bytes the client sends.
@@ -368,6 +387,7 @@ impl ProxyConfig {
             ("limits.detect_timeout", Some(self.limits.detect_timeout)),
             ("limits.idle_timeout", Some(self.limits.idle_timeout)),
             ("limits.connect_timeout", Some(self.limits.connect_timeout)),
+            ("limits.header_timeout", Some(self.limits.header_timeout)),
         ] {
             if value.is_some_and(|v| v > MAX_DURATION) {
                 return Err(invalid(
@@ -486,6 +506,7 @@ impl ProxyConfig {
             ("limits.detect_timeout", limits.detect_timeout),
             ("limits.idle_timeout", limits.idle_timeout),
             ("limits.connect_timeout", limits.connect_timeout),
+            ("limits.header_timeout", limits.header_timeout),
         ] {
             if value.is_zero() {
                 return Err(invalid(field, "must be longer than 0".to_string()));
@@ -498,14 +519,21 @@ impl ProxyConfig {
                 format!("{} is below the minimum of 8192", limits.max_header_bytes),
             ));
         }
-        if !(1..=MAX_CONNECTIONS).contains(&limits.max_connections) {
-            return Err(invalid(
-                "limits.max_connections",
-                format!(
-                    "{} is not between 1 and {MAX_CONNECTIONS}",
-                    limits.max_connections
-                ),
-            ));
+        for (field, value) in [
+            ("limits.max_connections", limits.max_connections),
+            ("limits.max_concurrent_streams", limits.max_concurrent_streams),
+            (
+                "limits.max_handshakes_per_address",
+                limits.max_handshakes_per_address,
+            ),
+            ("admin.max_connections", self.admin.max_connections),
+        ] {
+            if !(1..=MAX_CONNECTIONS).contains(&value) {
+                return Err(invalid(
+                    field,
+                    format!("{value} is not between 1 and {MAX_CONNECTIONS}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -594,6 +622,7 @@ impl Default for AdminConfig {
         Self {
             listen: defaults::admin_listen(),
             probes: Vec::new(),
+            max_connections: defaults::admin_max_connections(),
         }
     }
 }
@@ -605,8 +634,11 @@ impl Default for Limits {
             detect_timeout: defaults::detect_timeout(),
             idle_timeout: defaults::idle_timeout(),
             connect_timeout: defaults::connect_timeout(),
+            header_timeout: defaults::header_timeout(),
             max_header_bytes: defaults::max_header_bytes(),
             max_connections: defaults::max_connections(),
+            max_concurrent_streams: defaults::max_concurrent_streams(),
+            max_handshakes_per_address: defaults::max_handshakes_per_address(),
         }
     }
 }
@@ -624,6 +656,9 @@ mod defaults {
     pub(super) fn admin_listen() -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, 15000))
     }
+    pub(super) fn admin_max_connections() -> usize {
+        64
+    }
     pub(super) fn handshake_timeout() -> Duration {
         Duration::from_secs(10)
     }
@@ -639,8 +674,18 @@ mod defaults {
     pub(super) fn max_header_bytes() -> usize {
         64 * 1024
     }
+    pub(super) fn header_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
     pub(super) fn max_connections() -> usize {
         10_000
+    }
+    /// Go's HTTP/2 server allows 250; a power of two near it.
+    pub(super) fn max_concurrent_streams() -> usize {
+        256
+    }
+    pub(super) fn max_handshakes_per_address() -> usize {
+        256
     }
 }
 

@@ -33,7 +33,7 @@ use crate::io::{Activity, Metered, relay_until_idle};
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
 use crate::orig_dst::original_destination;
 use crate::policy::{Caller, Judgement, PolicyEnforcer};
-use crate::serve::{Lifecycle, accept_loop, serve_http};
+use crate::serve::{Lifecycle, PerAddress, Throttle, accept_loop, serve_http};
 use crate::tls::{MeshProtocol, Target};
 use crate::trace::{self, SessionFacts};
 
@@ -65,6 +65,10 @@ pub(crate) struct Inbound {
     pub(crate) own_ports: Vec<u16>,
     /// Headers no caller may send the app.
     pub(crate) protected: Arc<ProtectedHeaders>,
+    /// Handshakes in progress per client address.
+    pub(crate) handshakes: Arc<PerAddress>,
+    /// Refusals of captured connections before their handshake.
+    pub(crate) refusals_log: Throttle,
     pub(crate) access_log: AccessLog,
 }
 
@@ -207,6 +211,20 @@ impl Inbound {
     async fn serve_connection(&self, tcp: TcpStream, peer: SocketAddr, span: &Span) {
         let started = Instant::now();
         let _open = self.metrics.open_connection(Direction::Inbound);
+        // Until its handshake is done, a connection holds one of its address's slots.
+        let Some(handshaking) = self.handshakes.take(peer.ip()) else {
+            self.metrics
+                .connection_refused(Direction::Inbound, "handshakes_per_address");
+            if self.handshakes.log.allows() {
+                warn!(
+                    %peer,
+                    limit = self.limits.max_handshakes_per_address,
+                    "refusing connections from an address with too many TLS handshakes in \
+                     progress (limits.max_handshakes_per_address; logged once every 10 s)"
+                );
+            }
+            return;
+        };
         let Some(tcp) = self.starts_with_tls(tcp, peer, span).await else {
             return;
         };
@@ -215,7 +233,10 @@ impl Inbound {
             Err(refusal) => {
                 self.metrics
                     .connection_refused(Direction::Inbound, refusal.reason);
-                warn!(%peer, "refused a captured connection: {}", refusal.words);
+                // Before any handshake: anyone can send these, so they are logged sparingly.
+                if self.refusals_log.allows() {
+                    warn!(%peer, "refused a captured connection: {} (such refusals are logged once every 10 s)", refusal.words);
+                }
                 trace::record_error(span, refusal.reason, &refusal.words);
                 return;
             }
@@ -230,6 +251,7 @@ impl Inbound {
         let handshake =
             tokio::time::timeout(self.limits.handshake_timeout, self.acceptor.accept(metered))
                 .await;
+        drop(handshaking);
         let mut tls = match handshake {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => return self.refused(peer, span, &HandshakeFailure::from_io(&e)),
@@ -647,7 +669,7 @@ fn http_version(detected: Detected) -> Option<HttpVersion> {
 
 /// Whether `ip` is one of this host's (this pod's) own addresses: only then can a socket be
 /// bound to it.
-fn is_local_address(ip: IpAddr) -> bool {
+pub(crate) fn is_local_address(ip: IpAddr) -> bool {
     std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 

@@ -280,8 +280,8 @@ impl Metrics {
         registry.register(
             "connections_refused",
             "Connections accepted and then refused before any byte reached the app or an \
-             upstream, by direction and reason (own_port, not_local, http_on_opaque, loop, \
-             not_redirected)",
+             upstream, by direction and reason (own_port, not_local, http_on_opaque, \
+             handshakes_per_address, loop, not_redirected)",
             connections_refused.clone(),
         );
         let bytes = Family::default();

@@ -28,7 +28,7 @@ use crate::inbound::authority_of;
 use crate::io::{Activity, Metered, relay_until_idle};
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
 use crate::orig_dst::original_destination;
-use crate::serve::{Lifecycle, accept_loop, serve_http};
+use crate::serve::{Lifecycle, Throttle, accept_loop, serve_http};
 use crate::tls::{DialError, MeshConnector, MeshProtocol, Target};
 use crate::trace;
 
@@ -301,6 +301,9 @@ pub(crate) struct Transparent {
     pub(crate) config: TransparentConfig,
     pub(crate) make_connector: Box<dyn Fn(ExpectedServer) -> Option<MeshConnector> + Send + Sync>,
     pub(crate) shared: OutboundShared,
+    /// The ports the sidecar itself listens on.
+    own_ports: Vec<u16>,
+    refusals_log: Throttle,
     routes: Mutex<HashMap<SocketAddr, Arc<Route>>>,
 }
 
@@ -321,11 +324,14 @@ impl Transparent {
         config: TransparentConfig,
         make_connector: Box<dyn Fn(ExpectedServer) -> Option<MeshConnector> + Send + Sync>,
         shared: OutboundShared,
+        own_ports: Vec<u16>,
     ) -> Self {
         Self {
             config,
             make_connector,
             shared,
+            own_ports,
+            refusals_log: Throttle::default(),
             routes: Mutex::new(HashMap::new()),
         }
     }
@@ -333,7 +339,6 @@ impl Transparent {
     pub(crate) async fn run(self: Arc<Self>, listener: TcpListener) {
         let limits = self.shared.limits.clone();
         let lifecycle = self.shared.lifecycle.clone();
-        let own = listener.local_addr().ok();
         accept_loop(
             "transparent",
             listener,
@@ -342,7 +347,7 @@ impl Transparent {
             move |tcp, peer| {
                 let this = self.clone();
                 async move {
-                    this.handle(tcp, peer, own).await;
+                    this.handle(tcp, peer).await;
                 }
             },
         )
@@ -377,7 +382,7 @@ impl Transparent {
         }
     }
 
-    async fn handle(&self, tcp: TcpStream, peer: SocketAddr, own: Option<SocketAddr>) {
+    async fn handle(&self, tcp: TcpStream, peer: SocketAddr) {
         let destination = match original_destination(&tcp) {
             Ok(destination) => destination,
             Err(e) => {
@@ -385,10 +390,21 @@ impl Transparent {
                 return;
             }
         };
-        if Some(destination) == own {
-            // Not redirected: someone connected to this port directly. Dialling the
-            // "original destination" would connect the listener to itself.
-            warn!(%peer, "refused a connection made directly to the transparent listener; it only serves traffic redirected by iptables");
+        if let Some(reason) = self.own_destination(&tcp, destination) {
+            // Dialling one of the sidecar's own listeners would connect it to itself, again and
+            // again, until every slot is taken.
+            self.shared
+                .metrics
+                .connection_refused(Direction::Outbound, reason);
+            if self.refusals_log.allows() {
+                warn!(
+                    %peer,
+                    %destination,
+                    "refused a connection to one of the sidecar's own listeners: the transparent \
+                     listener only serves traffic redirected by iptables to other destinations \
+                     (logged once every 10 s)"
+                );
+            }
             return;
         }
         match Self::classify(&self.config, destination) {
@@ -405,6 +421,26 @@ impl Transparent {
                 proxy_to(tcp, peer, &route, protocol, &self.shared).await;
             }
         }
+    }
+
+    /// Why `destination` is one of this sidecar's own listeners, if it is: a connection made
+    /// to the transparent port directly (not redirected: the kernel reports the listener's own
+    /// address), or one redirected on its way to any of the sidecar's ports at an address of
+    /// this pod, whatever address each listener was bound with (`0.0.0.0` in a pod).
+    fn own_destination(&self, tcp: &TcpStream, destination: SocketAddr) -> Option<&'static str> {
+        let local = tcp.local_addr().ok()?;
+        if destination == local {
+            return Some("not_redirected");
+        }
+        if !self.own_ports.contains(&destination.port()) {
+            return None;
+        }
+        let ip = destination.ip();
+        let ours = ip == local.ip()
+            || ip.is_loopback()
+            || ip.is_unspecified()
+            || crate::inbound::is_local_address(ip);
+        ours.then_some("loop")
     }
 
     fn route(&self, destination: SocketAddr, expected: ExpectedServer) -> Option<Arc<Route>> {

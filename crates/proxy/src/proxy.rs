@@ -21,7 +21,7 @@ use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::{OutboundShared, Route, Transparent, run_explicit};
 use crate::policy::{PolicyEnforcer, PolicyLoadError};
-use crate::serve::Lifecycle;
+use crate::serve::{Lifecycle, PerAddress, Throttle};
 use crate::tls::{MeshConnector, Target, inbound_acceptor};
 
 /// The sidecar could not start.
@@ -245,6 +245,8 @@ impl Proxy {
             shutdown_requested: shutdown_requested.clone(),
             policy: policy.clone(),
             probes: config.admin.probes.clone(),
+            max_connections: config.admin.max_connections,
+            header_timeout: config.limits.header_timeout,
         });
         let policy_task = policy
             .clone()
@@ -286,6 +288,8 @@ impl Proxy {
                     captured_apps: Default::default(),
                     own_ports: own_ports.clone(),
                     protected: Arc::new(ProtectedHeaders::new(&cfg.protected_headers)),
+                    handshakes: PerAddress::new(limits.max_handshakes_per_address),
+                    refusals_log: Throttle::default(),
                     access_log: config.access_log,
                 });
                 accept_loops.push(tokio::spawn(server.run(listener)));
@@ -326,7 +330,12 @@ impl Proxy {
                     .map_err(|e| warn!(error = %e, "cannot configure TLS for a destination"))
                     .ok()
                 });
-                let server = Arc::new(Transparent::new(cfg.clone(), make_connector, shared));
+                let server = Arc::new(Transparent::new(
+                    cfg.clone(),
+                    make_connector,
+                    shared,
+                    own_ports.clone(),
+                ));
                 accept_loops.push(tokio::spawn(server.run(listener)));
             }
             tokio::select! {
