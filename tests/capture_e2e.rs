@@ -270,28 +270,32 @@ fn the_rules_install_idempotently_and_send_the_pods_traffic_to_its_sidecar() {
     assert!(excluded.starts_with("not redirected"), "{excluded}");
 }
 
-/// The backend's app: answers `PATH from IDENTITY` with the caller's verified identity header.
+/// The backend's app (address and port in argv): answers `PATH from IDENTITY at ADDRESS` with
+/// the caller's verified identity header and the address it was reached at.
 const APP: &str = r#"
 import http.server, sys
 class Echo(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = f"{self.path} from {self.headers.get('x-hush-peer-identity')}\n".encode()
+    def answer(self):
+        identity = self.headers.get('x-hush-peer-identity')
+        body = f"{self.path} from {identity} at {self.connection.getsockname()[0]}\n".encode()
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+    do_GET = do_POST = answer
     def log_message(self, *args):
         pass
-server = http.server.HTTPServer(("0.0.0.0", 8080), Echo)
+server = http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), Echo)
 print("ready", flush=True)
 server.serve_forever()
 "#;
 
-/// GETs a URL; prints the status and the body, whatever the status.
-const GET: &str = r#"
+/// Sends METHOD to URL; prints the status and the body, whatever the status, or what
+/// happened instead.
+const REQUEST: &str = r#"
 import sys, urllib.request, urllib.error
 try:
-    r = urllib.request.urlopen(sys.argv[1], timeout=10)
+    r = urllib.request.urlopen(urllib.request.Request(sys.argv[2], method=sys.argv[1]), timeout=10)
     print(r.status, r.read().decode().strip())
 except urllib.error.HTTPError as e:
     print(e.code, e.read().decode().strip())
@@ -299,116 +303,166 @@ except Exception as e:
     print("failed:", type(e).__name__, e)
 "#;
 
-#[test]
-fn two_pods_talk_through_their_sidecars_with_mutual_tls_and_policy() {
-    let Some((frontend, backend)) = two_pods() else {
-        return;
-    };
-    let temp = tempfile::tempdir().unwrap();
-    let ca_dir = temp.path().join("ca");
-    hush_test_support::run_hush_ok(
-        HUSH,
-        &[
-            "ca",
-            "init",
-            "--dir",
-            ca_dir.to_str().unwrap(),
-            "--trust-domain",
-            "cluster.local",
-        ],
-    );
-    // Each pod: capture everything but the sidecar's own traffic (it runs as root here, the
-    // apps as uid 1000) and, in the backend pod, the CA's port (the CA stands in for a
-    // cluster service the sidecars reach directly).
-    for pod in [&frontend, &backend] {
-        pod.run_ok(&[
+/// Two pods with capture on, a CA in the backend pod (the sidecars reach it directly, as a
+/// cluster service), a sidecar in each, and the backend's app (uid 1000) on 0.0.0.0:8080.
+struct CapturedPods {
+    frontend: Netns,
+    backend: Netns,
+    _ca: HushProcess,
+    backend_sidecar: ProxyProcess,
+    frontend_sidecar: ProxyProcess,
+    _app: Server,
+    _temp: tempfile::TempDir,
+}
+
+impl CapturedPods {
+    fn start() -> Option<Self> {
+        let (frontend, backend) = two_pods()?;
+        let temp = tempfile::tempdir().unwrap();
+        let ca_dir = temp.path().join("ca");
+        hush_test_support::run_hush_ok(
             HUSH,
-            "init-iptables",
-            "--proxy-uid",
-            "0",
-            "--exclude-inbound-ports",
-            "7443",
-        ]);
+            &[
+                "ca",
+                "init",
+                "--dir",
+                ca_dir.to_str().unwrap(),
+                "--trust-domain",
+                "cluster.local",
+            ],
+        );
+        // Each pod: capture everything but the sidecar's own traffic (it runs as root here,
+        // the apps as uid 1000) and, in the backend pod, the CA's port (the CA stands in for a
+        // cluster service the sidecars reach directly).
+        for pod in [&frontend, &backend] {
+            pod.run_ok(&[
+                HUSH,
+                "init-iptables",
+                "--proxy-uid",
+                "0",
+                "--exclude-inbound-ports",
+                "7443",
+            ]);
+        }
+        let mut ca = HushProcess::spawn(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &backend.0,
+                HUSH,
+                "ca",
+                "serve",
+                "--dir",
+                ca_dir.to_str().unwrap(),
+                "--listen",
+                "0.0.0.0:7443",
+                "--san",
+                "10.200.0.2",
+            ],
+        );
+        ca.wait_until_ready(CaProcess::READY_PREFIX)
+            .unwrap_or_else(|e| panic!("the CA does not start in the backend pod: {e}"));
+
+        let policy = temp.path().join("policy.yaml");
+        std::fs::write(
+            &policy,
+            "apiVersion: hush.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: backend-api}\nspec:\n  rules:\n    - from: [{principals: [\"spiffe://cluster.local/ns/shop/sa/frontend\"]}]\n      to: [{ports: [8080], methods: [GET], paths: [\"/hello\"]}]\n    - from: [{principals: [\"spiffe://cluster.local/ns/shop/sa/frontend\"]}]\n      to: [{notPorts: [8080]}]\n",
+        )
+        .unwrap();
+        let backend_config = write_sidecar_config(
+            HUSH,
+            &temp.path().join("backend"),
+            &ca_dir,
+            "https://127.0.0.1:7443",
+            "spiffe://cluster.local/ns/shop/sa/backend",
+            // (Continuing the `admin:` section test-support writes: the app's rewritten
+            // probe.) The explicit outbound listener on 0.0.0.0 stands for any listener of
+            // the sidecar's that a pod's address reaches.
+            &format!(
+                "  probes:\n    - path: /app-health/app/readiness\n      port: 8080\n      http_path: /hello\n\
+                 inbound:\n  listen: 0.0.0.0:15006\n  app: 127.0.0.1:9\n  captured: true\n\
+                 outbound:\n  - listen: 0.0.0.0:15011\n    upstream: 10.200.0.1:15006\n    identity: spiffe://cluster.local/ns/shop/sa/frontend\n\
+                 policy:\n  path: {}\n",
+                policy.display()
+            ),
+        );
+        let frontend_config = write_sidecar_config(
+            HUSH,
+            &temp.path().join("frontend"),
+            &ca_dir,
+            "https://10.200.0.2:7443",
+            "spiffe://cluster.local/ns/shop/sa/frontend",
+            "transparent:\n  listen: 0.0.0.0:15001\n",
+        );
+        let backend_sidecar = ProxyProcess::start_wrapped(
+            &["ip", "netns", "exec", &backend.0],
+            HUSH,
+            &backend_config,
+        );
+        let frontend_sidecar = ProxyProcess::start_wrapped(
+            &["ip", "netns", "exec", &frontend.0],
+            HUSH,
+            &frontend_config,
+        );
+        let app = backend.spawn_ready(&as_user("1000", &[PYTHON, "-c", APP, "0.0.0.0", "8080"]));
+        Some(Self {
+            frontend,
+            backend,
+            _ca: ca,
+            backend_sidecar,
+            frontend_sidecar,
+            _app: app,
+            _temp: temp,
+        })
     }
-    let mut ca = HushProcess::spawn(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &backend.0,
-            HUSH,
-            "ca",
-            "serve",
-            "--dir",
-            ca_dir.to_str().unwrap(),
-            "--listen",
-            "0.0.0.0:7443",
-            "--san",
-            "10.200.0.2",
-        ],
-    );
-    ca.wait_until_ready(CaProcess::READY_PREFIX)
-        .unwrap_or_else(|e| panic!("the CA does not start in the backend pod: {e}"));
 
-    let policy = temp.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
-        "apiVersion: hush.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: backend-api}\nspec:\n  rules:\n    - from: [{principals: [\"spiffe://cluster.local/ns/shop/sa/frontend\"]}]\n      to: [{ports: [8080], methods: [GET], paths: [\"/hello\"]}]\n",
-    )
-    .unwrap();
-    let backend_config = write_sidecar_config(
-        HUSH,
-        &temp.path().join("backend"),
-        &ca_dir,
-        "https://127.0.0.1:7443",
-        "spiffe://cluster.local/ns/shop/sa/backend",
-        // (Continuing the `admin:` section test-support writes: the app's rewritten probe.)
-        &format!(
-            "  probes:\n    - path: /app-health/app/readiness\n      port: 8080\n      http_path: /hello\n\
-             inbound:\n  listen: 0.0.0.0:15006\n  app: 127.0.0.1:9\n  captured: true\npolicy:\n  path: {}\n",
-            policy.display()
-        ),
-    );
-    let frontend_config = write_sidecar_config(
-        HUSH,
-        &temp.path().join("frontend"),
-        &ca_dir,
-        "https://10.200.0.2:7443",
-        "spiffe://cluster.local/ns/shop/sa/frontend",
-        "transparent:\n  listen: 0.0.0.0:15001\n",
-    );
-    let backend_sidecar =
-        ProxyProcess::start_wrapped(&["ip", "netns", "exec", &backend.0], HUSH, &backend_config);
-    let _frontend_sidecar = ProxyProcess::start_wrapped(
-        &["ip", "netns", "exec", &frontend.0],
-        HUSH,
-        &frontend_config,
-    );
-    let _app = backend.spawn_ready(&as_user("1000", &[PYTHON, "-c", APP]));
-
-    let get_as = |uid: &str, url: &str| {
-        frontend
-            .run_ok(&as_user(uid, &[PYTHON, "-c", GET, url]))
+    /// A request from the frontend's app (uid 1000) or another uid; prints the status and
+    /// the body, or what happened instead.
+    fn request_as(&self, uid: &str, method: &str, url: &str) -> String {
+        self.frontend
+            .run_ok(&as_user(uid, &[PYTHON, "-c", REQUEST, method, url]))
             .trim()
             .to_string()
+    }
+
+    fn get(&self, url: &str) -> String {
+        self.request_as("1000", "GET", url)
+    }
+
+    /// A sidecar's metrics, read from inside its pod.
+    fn metrics(pod: &Netns, sidecar: &ProxyProcess) -> String {
+        pod.run_ok(&[
+            PYTHON,
+            "-c",
+            "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())",
+            &format!("http://{}/metrics", sidecar.admin()),
+        ])
+    }
+}
+
+#[test]
+fn two_pods_talk_through_their_sidecars_with_mutual_tls_and_policy() {
+    let Some(pods) = CapturedPods::start() else {
+        return;
     };
     // The app calls the other pod's address and port, unchanged: its sidecar captures the
     // connection, dials the backend pod with mutual TLS, and the backend's sidecar hands the
-    // request to its app, at the port the caller dialled (the configured `app` is a decoy),
-    // with the caller's verified identity.
+    // request to its app, at the address and port the caller dialled (the configured `app` is
+    // a decoy), with the caller's verified identity.
     assert_eq!(
-        get_as("1000", "http://10.200.0.2:8080/hello"),
-        "200 /hello from spiffe://cluster.local/ns/shop/sa/frontend"
+        pods.get("http://10.200.0.2:8080/hello"),
+        "200 /hello from spiffe://cluster.local/ns/shop/sa/frontend at 10.200.0.2"
     );
     // Policy is enforced on the captured port.
-    let denied = get_as("1000", "http://10.200.0.2:8080/admin");
+    let denied = pods.get("http://10.200.0.2:8080/admin");
     assert!(
         denied.starts_with("403 hush: denied: no ALLOW rule matched (policies: backend-api)"),
         "{denied}"
     );
     // A process that is not captured (root, like the sidecar) reaches the backend pod in
     // plaintext: its sidecar captures that too and refuses it, so nothing bypasses mTLS.
-    let plaintext = get_as("0", "http://10.200.0.2:8080/hello");
+    let plaintext = pods.request_as("0", "GET", "http://10.200.0.2:8080/hello");
     assert!(
         plaintext.starts_with("400 hush: this port only accepts mutual TLS 1.3"),
         "{plaintext}"
@@ -416,23 +470,19 @@ fn two_pods_talk_through_their_sidecars_with_mutual_tls_and_policy() {
 
     // The kubelet's probe, rewritten to the admin port (never captured), is checked by the
     // sidecar against the app.
-    let probe = backend.run_ok(&[
+    let probe = pods.backend.run_ok(&[
         PYTHON,
         "-c",
-        GET,
+        REQUEST,
+        "GET",
         &format!(
             "http://{}/app-health/app/readiness",
-            backend_sidecar.admin()
+            pods.backend_sidecar.admin()
         ),
     ]);
     assert_eq!(probe.trim(), "200 ok: the app answered 200 OK");
 
-    let metrics = backend.run_ok(&[
-        PYTHON,
-        "-c",
-        "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())",
-        &format!("http://{}/metrics", backend_sidecar.admin()),
-    ]);
+    let metrics = CapturedPods::metrics(&pods.backend, &pods.backend_sidecar);
     assert!(
         metrics.contains("hush_handshakes_total{direction=\"inbound\"}"),
         "{metrics}"
@@ -441,5 +491,76 @@ fn two_pods_talk_through_their_sidecars_with_mutual_tls_and_policy() {
         metrics.contains("hush_policy_decisions_total{action=\"ALLOW\",policy=\"backend-api\",result=\"allow\"} 1"),
         "{metrics}"
     );
-    drop(ca);
+}
+
+/// A mesh identity reaches only what the pod serves on its own address: never a service bound
+/// to loopback alone, never the sidecar's admin or outbound listeners; and an app that dials
+/// its own sidecar's transparent port does not make it dial itself forever.
+#[test]
+fn captured_connections_reach_neither_loopback_nor_the_sidecar_itself() {
+    let Some(pods) = CapturedPods::start() else {
+        return;
+    };
+    // A debug server the backend's app bound to loopback only.
+    let _debug = pods
+        .backend
+        .spawn_ready(&as_user("1000", &[PYTHON, "-c", APP, "127.0.0.1", "6060"]));
+    let debug = pods.get("http://10.200.0.2:6060/debug/pprof");
+    assert!(
+        debug.starts_with("502 hush: cannot connect to the app at 10.200.0.2:6060"),
+        "a loopback-only service answered the mesh: {debug}"
+    );
+
+    // The sidecar's own admin port (on loopback here, as `hush up` binds it): a caller that
+    // got through would be taken for the pod itself and could stop the sidecar.
+    let admin_port = pods.backend_sidecar.admin().port();
+    let shutdown = pods.request_as(
+        "1000",
+        "POST",
+        &format!("http://10.200.0.2:{admin_port}/shutdown"),
+    );
+    assert!(
+        shutdown.starts_with("502 hush: refused upstream 10.200.0.2:"),
+        "the backend's admin port answered the mesh: {shutdown}"
+    );
+    // Its explicit outbound listener, bound to every address: it would call upstreams with
+    // the backend's identity.
+    let outbound = pods.get("http://10.200.0.2:15011/");
+    assert!(
+        outbound.starts_with("502 hush: refused upstream 10.200.0.2:"),
+        "the backend's outbound listener answered the mesh: {outbound}"
+    );
+    let backend_metrics = CapturedPods::metrics(&pods.backend, &pods.backend_sidecar);
+    assert!(
+        backend_metrics
+            .contains("hush_connections_refused_total{direction=\"inbound\",reason=\"own_port\"} 2"),
+        "{backend_metrics}"
+    );
+
+    // The frontend's app dials its own pod's transparent port (the route to the pod's own
+    // address is loopback, which the rules leave alone, so the connection arrives as it was
+    // made): the listener, bound to 0.0.0.0, must not take 10.200.0.1:15001 for somewhere
+    // else and dial itself again and again.
+    let own = pods.get("http://10.200.0.1:15001/");
+    assert!(
+        own.starts_with("failed:"),
+        "dialling the sidecar's own port: {own}"
+    );
+    let frontend_metrics = CapturedPods::metrics(&pods.frontend, &pods.frontend_sidecar);
+    assert!(
+        frontend_metrics.contains(
+            "hush_connections_refused_total{direction=\"outbound\",reason=\"not_redirected\"} 1"
+        ),
+        "{frontend_metrics}"
+    );
+    assert!(
+        frontend_metrics.contains("hush_connections_total{direction=\"outbound\",protocol=\"http1\"} 3"),
+        "one connection from the app per request, none of the sidecar's own: {frontend_metrics}"
+    );
+
+    // Both sidecars still serve.
+    assert_eq!(
+        pods.get("http://10.200.0.2:8080/hello"),
+        "200 /hello from spiffe://cluster.local/ns/shop/sa/frontend at 10.200.0.2"
+    );
 }

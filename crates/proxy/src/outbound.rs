@@ -423,24 +423,14 @@ impl Transparent {
         }
     }
 
-    /// Why `destination` is one of this sidecar's own listeners, if it is: a connection made
-    /// to the transparent port directly (not redirected: the kernel reports the listener's own
-    /// address), or one redirected on its way to any of the sidecar's ports at an address of
-    /// this pod, whatever address each listener was bound with (`0.0.0.0` in a pod).
     fn own_destination(&self, tcp: &TcpStream, destination: SocketAddr) -> Option<&'static str> {
         let local = tcp.local_addr().ok()?;
-        if destination == local {
-            return Some("not_redirected");
-        }
-        if !self.own_ports.contains(&destination.port()) {
-            return None;
-        }
-        let ip = destination.ip();
-        let ours = ip == local.ip()
-            || ip.is_loopback()
-            || ip.is_unspecified()
-            || crate::inbound::is_local_address(ip);
-        ours.then_some("loop")
+        own_destination(
+            local,
+            destination,
+            &self.own_ports,
+            crate::inbound::is_local_address,
+        )
     }
 
     fn route(&self, destination: SocketAddr, expected: ExpectedServer) -> Option<Arc<Route>> {
@@ -486,10 +476,59 @@ impl Transparent {
     }
 }
 
+/// Why `destination` is one of this sidecar's own listeners, if it is: a connection made to
+/// the transparent port directly (not redirected: the kernel reports the listener's own
+/// address, `local`), or one redirected on its way to any of the sidecar's ports at an
+/// address of this pod, whatever address each listener was bound with (`0.0.0.0` in a pod).
+fn own_destination(
+    local: SocketAddr,
+    destination: SocketAddr,
+    own_ports: &[u16],
+    is_local_address: impl Fn(std::net::IpAddr) -> bool,
+) -> Option<&'static str> {
+    if destination == local {
+        return Some("not_redirected");
+    }
+    if !own_ports.contains(&destination.port()) {
+        return None;
+    }
+    let ip = destination.ip();
+    let ours =
+        ip == local.ip() || ip.is_loopback() || ip.is_unspecified() || is_local_address(ip);
+    ours.then_some("loop")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{DestinationRule, Identities, Passthrough};
+
+    /// One row per destination: the sidecar listens on 15001 (this listener), 15006 and
+    /// 15000 on every address; the pod's address is 10.0.0.5.
+    #[test]
+    fn the_sidecars_own_listeners_are_never_dialled() {
+        let local: SocketAddr = "127.0.0.1:15001".parse().unwrap();
+        let own = [15000, 15001, 15006];
+        let pod = |ip: std::net::IpAddr| ip == std::net::IpAddr::from([10, 0, 0, 5]);
+        let cases = [
+            ("127.0.0.1:15001", Some("not_redirected")),
+            ("10.0.0.5:15001", Some("loop")),
+            ("10.0.0.5:15006", Some("loop")),
+            ("10.0.0.5:15000", Some("loop")),
+            ("127.0.0.2:15000", Some("loop")),
+            ("0.0.0.0:15006", Some("loop")),
+            ("10.0.0.5:8080", None),
+            ("10.0.0.6:15001", None),
+            ("10.0.0.6:15006", None),
+        ];
+        for (destination, expected) in cases {
+            assert_eq!(
+                own_destination(local, destination.parse().unwrap(), &own, pod),
+                expected,
+                "{destination}"
+            );
+        }
+    }
 
     fn config() -> TransparentConfig {
         TransparentConfig {
