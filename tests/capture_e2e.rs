@@ -332,8 +332,9 @@ impl CapturedPods {
             ],
         );
         // Each pod: capture everything but the sidecar's own traffic (it runs as root here,
-        // the apps as uid 1000) and, in the backend pod, the CA's port (the CA stands in for a
-        // cluster service the sidecars reach directly).
+        // the apps as uid 1000), the admin port (as the injector leaves it, for the kubelet)
+        // and, in the backend pod, the CA's port (the CA stands in for a cluster service the
+        // sidecars reach directly).
         for pod in [&frontend, &backend] {
             pod.run_ok(&[
                 HUSH,
@@ -341,7 +342,7 @@ impl CapturedPods {
                 "--proxy-uid",
                 "0",
                 "--exclude-inbound-ports",
-                "7443",
+                "7443,15020",
             ]);
         }
         let mut ca = HushProcess::spawn(
@@ -377,16 +378,28 @@ impl CapturedPods {
             "https://127.0.0.1:7443",
             "spiffe://cluster.local/ns/shop/sa/backend",
             // (Continuing the `admin:` section test-support writes: the app's rewritten
-            // probe.) The explicit outbound listener on 0.0.0.0 stands for any listener of
-            // the sidecar's that a pod's address reaches.
+            // probe.) The listeners are laid out as the injector lays them out, plus an
+            // explicit outbound listener on every address, which a pod's address reaches.
             &format!(
                 "  probes:\n    - path: /app-health/app/readiness\n      port: 8080\n      http_path: /hello\n\
                  inbound:\n  listen: 0.0.0.0:15006\n  app: 127.0.0.1:9\n  captured: true\n\
+                 transparent:\n  listen: 0.0.0.0:15001\n\
                  outbound:\n  - listen: 0.0.0.0:15011\n    upstream: 10.200.0.1:15006\n    identity: spiffe://cluster.local/ns/shop/sa/frontend\n\
                  policy:\n  path: {}\n",
                 policy.display()
             ),
         );
+        // The admin port where the injector puts it: every address, port 15020.
+        let text = std::fs::read_to_string(&backend_config).unwrap();
+        std::fs::write(
+            &backend_config,
+            text.replacen(
+                "admin:\n  listen: 127.0.0.1:0\n",
+                "admin:\n  listen: 0.0.0.0:15020\n",
+                1,
+            ),
+        )
+        .unwrap();
         let frontend_config = write_sidecar_config(
             HUSH,
             &temp.path().join("frontend"),
@@ -511,25 +524,16 @@ fn captured_connections_reach_neither_loopback_nor_the_sidecar_itself() {
         "a loopback-only service answered the mesh: {debug}"
     );
 
-    // The sidecar's own admin port (on loopback here, as `hush up` binds it): a caller that
-    // got through would be taken for the pod itself and could stop the sidecar.
-    let admin_port = pods.backend_sidecar.admin().port();
-    let shutdown = pods.request_as(
-        "1000",
-        "POST",
-        &format!("http://10.200.0.2:{admin_port}/shutdown"),
-    );
-    assert!(
-        shutdown.starts_with("502 hush: refused upstream 10.200.0.2:"),
-        "the backend's admin port answered the mesh: {shutdown}"
-    );
-    // Its explicit outbound listener, bound to every address: it would call upstreams with
-    // the backend's identity.
-    let outbound = pods.get("http://10.200.0.2:15011/");
-    assert!(
-        outbound.starts_with("502 hush: refused upstream 10.200.0.2:"),
-        "the backend's outbound listener answered the mesh: {outbound}"
-    );
+    // The sidecar's own listeners, bound to every address: its transparent listener would
+    // dial wherever the caller says as the backend, its explicit outbound listener would call
+    // upstreams with the backend's identity.
+    for port in ["15001", "15011"] {
+        let answer = pods.get(&format!("http://10.200.0.2:{port}/"));
+        assert!(
+            answer.starts_with(&format!("502 hush: refused upstream 10.200.0.2:{port}")),
+            "the backend's listener on {port} answered the mesh: {answer}"
+        );
+    }
     let backend_metrics = CapturedPods::metrics(&pods.backend, &pods.backend_sidecar);
     assert!(
         backend_metrics
@@ -563,4 +567,46 @@ fn captured_connections_reach_neither_loopback_nor_the_sidecar_itself() {
         pods.get("http://10.200.0.2:8080/hello"),
         "200 /hello from spiffe://cluster.local/ns/shop/sa/frontend at 10.200.0.2"
     );
+}
+
+/// The admin port is open to the cluster for the kubelet and Prometheus (health, readiness,
+/// metrics, the app's rewritten probes) and for nothing else: the certificates, the policy,
+/// the log filter and shutdown are the pod's own.
+#[test]
+fn the_admin_port_serves_the_cluster_health_and_metrics_only() {
+    let Some(pods) = CapturedPods::start() else {
+        return;
+    };
+    // From the other pod, uncaptured (root), as the kubelet and Prometheus reach it.
+    let from_node = |method: &str, path: &str| {
+        pods.request_as("0", method, &format!("http://10.200.0.2:15020{path}"))
+    };
+    for path in ["/live", "/ready", "/metrics", "/app-health/app/readiness"] {
+        let answer = from_node("GET", path);
+        assert!(answer.starts_with("200 "), "{path}: {answer}");
+    }
+    for (method, path) in [
+        ("GET", "/certs"),
+        ("GET", "/policy"),
+        ("GET", "/logging"),
+        ("POST", "/logging?filter=trace"),
+        ("POST", "/shutdown"),
+    ] {
+        let answer = from_node(method, path);
+        assert!(
+            answer.starts_with("403 ") && answer.contains("only served to this pod"),
+            "{method} {path}: {answer}"
+        );
+    }
+    // The pod itself still has them.
+    let certs = pods.backend.run_ok(&[
+        PYTHON,
+        "-c",
+        REQUEST,
+        "GET",
+        "http://127.0.0.1:15020/certs",
+    ]);
+    assert!(certs.starts_with("200 "), "{certs}");
+    // And the sidecar still runs: the shutdown above was refused.
+    assert!(from_node("GET", "/ready").starts_with("200 ready"));
 }

@@ -166,7 +166,22 @@ impl Admin {
 
     fn answer(&self, request: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let method = request.method();
-        match request.uri().path() {
+        let path = request.uri().path();
+        if !served_to(peer, path) {
+            let mut response = text(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{path} is only served to this pod (a loopback address); the cluster is \
+                     served {}. Ask from inside the pod (kubectl exec … -- hush check)\n",
+                    OPEN_TO_THE_CLUSTER.join(", ")
+                ),
+            );
+            response
+                .headers_mut()
+                .insert("x-hush-error", header::HeaderValue::from_static("1"));
+            return response;
+        }
+        match path {
             "/live" if method == Method::GET => text(StatusCode::OK, "live\n".to_string()),
             "/ready" if method == Method::GET => self.ready(),
             "/metrics" if method == Method::GET => {
@@ -365,9 +380,20 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response
 }
 
+/// The routes the admin port serves to other hosts: what the kubelet (liveness, readiness,
+/// the app's rewritten probes, whose paths are checked against the configuration) and
+/// Prometheus need. Everything else (certificates, the policy, the log filter, shutdown) is
+/// served to the pod itself only.
+const OPEN_TO_THE_CLUSTER: [&str; 3] = ["/live", "/ready", "/metrics"];
+
+/// Whether `peer` may have `path` (the app's probes are answered before this is asked).
+fn served_to(peer: SocketAddr, path: &str) -> bool {
+    from_this_pod(peer) || OPEN_TO_THE_CLUSTER.contains(&path)
+}
+
 /// In a pod the admin port listens on the pod's address, for the kubelet's probes, and is not
-/// captured; only the pod itself (a Job's app, on loopback) may stop the sidecar or change its
-/// log filter.
+/// captured; only the pod itself (a Job's app, on loopback) may stop the sidecar, change its
+/// log filter, or read its certificates and policy.
 fn from_this_pod(peer: SocketAddr) -> bool {
     peer.ip().is_loopback()
         || matches!(peer.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()))
@@ -388,6 +414,27 @@ fn json(report: &impl Serialize) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One row per route: what another host (the kubelet, Prometheus, any pod) gets.
+    #[test]
+    fn the_cluster_gets_health_and_metrics_only() {
+        let pod: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let node: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        for (path, open) in [
+            ("/live", true),
+            ("/ready", true),
+            ("/metrics", true),
+            ("/certs", false),
+            ("/policy", false),
+            ("/logging", false),
+            ("/shutdown", false),
+            ("/metrics/", false),
+            ("/nothing", false),
+        ] {
+            assert_eq!(served_to(node, path), open, "{path}");
+            assert!(served_to(pod, path), "{path}");
+        }
+    }
 
     #[test]
     fn only_loopback_may_shut_the_sidecar_down() {
