@@ -71,7 +71,15 @@ fn two_pods() -> Option<(Netns, Netns)> {
 
 fn make_two_pods() -> Option<(Netns, Netns)> {
     static COUNT: AtomicU32 = AtomicU32::new(0);
-    for tool in ["ip", "iptables", "iptables-save", PYTHON, "setpriv"] {
+    for tool in [
+        "ip",
+        "iptables",
+        "iptables-save",
+        "ip6tables",
+        "ip6tables-save",
+        PYTHON,
+        "setpriv",
+    ] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
@@ -114,9 +122,15 @@ fn make_two_pods() -> Option<(Netns, Netns)> {
         .output()
         .expect("ip link add");
     assert!(veth.status.success(), "{}", describe_output(&veth));
-    for (pod, addr) in [(&a, "10.200.0.1/24"), (&b, "10.200.0.2/24")] {
+    // Dual-stack pods: an IPv4 and an IPv6 address each (no duplicate address detection,
+    // so the IPv6 address is usable at once).
+    for (pod, v4, v6) in [
+        (&a, "10.200.0.1/24", "fd00:200::1/64"),
+        (&b, "10.200.0.2/24", "fd00:200::2/64"),
+    ] {
         pod.run_ok(&["ip", "link", "set", "lo", "up"]);
-        pod.run_ok(&["ip", "addr", "add", addr, "dev", "eth0"]);
+        pod.run_ok(&["ip", "addr", "add", v4, "dev", "eth0"]);
+        pod.run_ok(&["ip", "-6", "addr", "add", v6, "dev", "eth0", "nodad"]);
         pod.run_ok(&["ip", "link", "set", "eth0", "up"]);
     }
     Some((a, b))
@@ -227,16 +241,23 @@ fn the_rules_install_idempotently_and_send_the_pods_traffic_to_its_sidecar() {
     for _ in 0..2 {
         let out = pod.run_ok(&install);
         assert!(out.contains("inbound TCP -> port 15006"), "{out}");
+        assert!(out.contains("(IPv4 and IPv6)"), "{out}");
     }
-    let saved = pod.run_ok(&["iptables-save", "-t", "nat"]);
-    for rule in [
-        "-A PREROUTING -p tcp -j HUSH_INBOUND",
-        "-A OUTPUT -p tcp -j HUSH_OUTPUT",
-        "-A HUSH_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
-        "-A HUSH_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
-        "--dport 15020 -j RETURN",
+    for (save, loopback) in [
+        ("iptables-save", "127.0.0.0/8"),
+        ("ip6tables-save", "::1/128"),
     ] {
-        assert_eq!(saved.matches(rule).count(), 1, "{rule:?} in\n{saved}");
+        let saved = pod.run_ok(&[save, "-t", "nat"]);
+        for rule in [
+            "-A PREROUTING -p tcp -j HUSH_INBOUND",
+            "-A OUTPUT -p tcp -j HUSH_OUTPUT",
+            "-A HUSH_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+            "-A HUSH_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
+            "--dport 15020 -j RETURN",
+            &format!("-A HUSH_OUTPUT -d {loopback} -j RETURN"),
+        ] {
+            assert_eq!(saved.matches(rule).count(), 1, "{rule:?} in\n{saved}");
+        }
     }
 
     let _transparent = pod.server("15001", "transparent");
@@ -273,11 +294,12 @@ fn the_rules_install_idempotently_and_send_the_pods_traffic_to_its_sidecar() {
 /// The backend's app (address and port in argv): answers `PATH from IDENTITY at ADDRESS` with
 /// the caller's verified identity header and the address it was reached at.
 const APP: &str = r#"
-import http.server, sys
+import http.server, socket, sys
 class Echo(http.server.BaseHTTPRequestHandler):
     def answer(self):
         identity = self.headers.get('x-hush-peer-identity')
-        body = f"{self.path} from {identity} at {self.connection.getsockname()[0]}\n".encode()
+        address = self.connection.getsockname()[0].removeprefix("::ffff:")
+        body = f"{self.path} from {identity} at {address}\n".encode()
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
@@ -285,7 +307,10 @@ class Echo(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = answer
     def log_message(self, *args):
         pass
-server = http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), Echo)
+class Server(http.server.HTTPServer):
+    # "::" takes IPv4 connections too.
+    address_family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+server = Server((sys.argv[1], int(sys.argv[2])), Echo)
 print("ready", flush=True)
 server.serve_forever()
 "#;
@@ -382,8 +407,8 @@ impl CapturedPods {
             // explicit outbound listener on every address, which a pod's address reaches.
             &format!(
                 "  probes:\n    - path: /app-health/app/readiness\n      port: 8080\n      http_path: /hello\n\
-                 inbound:\n  listen: 0.0.0.0:15006\n  app: 127.0.0.1:9\n  captured: true\n\
-                 transparent:\n  listen: 0.0.0.0:15001\n\
+                 inbound:\n  listen: \"[::]:15006\"\n  app: 127.0.0.1:9\n  captured: true\n\
+                 transparent:\n  listen: \"[::]:15001\"\n\
                  outbound:\n  - listen: 0.0.0.0:15011\n    upstream: 10.200.0.1:15006\n    identity: spiffe://cluster.local/ns/shop/sa/frontend\n\
                  policy:\n  path: {}\n",
                 policy.display()
@@ -395,7 +420,7 @@ impl CapturedPods {
             &backend_config,
             text.replacen(
                 "admin:\n  listen: 127.0.0.1:0\n",
-                "admin:\n  listen: 0.0.0.0:15020\n",
+                "admin:\n  listen: \"[::]:15020\"\n",
                 1,
             ),
         )
@@ -406,7 +431,7 @@ impl CapturedPods {
             &ca_dir,
             "https://10.200.0.2:7443",
             "spiffe://cluster.local/ns/shop/sa/frontend",
-            "transparent:\n  listen: 0.0.0.0:15001\n",
+            "transparent:\n  listen: \"[::]:15001\"\n",
         );
         let backend_sidecar = ProxyProcess::start_wrapped(
             &["ip", "netns", "exec", &backend.0],
@@ -418,7 +443,7 @@ impl CapturedPods {
             HUSH,
             &frontend_config,
         );
-        let app = backend.spawn_ready(&as_user("1000", &[PYTHON, "-c", APP, "0.0.0.0", "8080"]));
+        let app = backend.spawn_ready(&as_user("1000", &[PYTHON, "-c", APP, "::", "8080"]));
         Some(Self {
             frontend,
             backend,
@@ -467,6 +492,11 @@ fn two_pods_talk_through_their_sidecars_with_mutual_tls_and_policy() {
         pods.get("http://10.200.0.2:8080/hello"),
         "200 /hello from spiffe://cluster.local/ns/shop/sa/frontend at 10.200.0.2"
     );
+    // The same over IPv6: a dual-stack pod is captured on both families.
+    assert_eq!(
+        pods.get("http://[fd00:200::2]:8080/hello"),
+        "200 /hello from spiffe://cluster.local/ns/shop/sa/frontend at fd00:200::2"
+    );
     // Policy is enforced on the captured port.
     let denied = pods.get("http://10.200.0.2:8080/admin");
     assert!(
@@ -475,11 +505,16 @@ fn two_pods_talk_through_their_sidecars_with_mutual_tls_and_policy() {
     );
     // A process that is not captured (root, like the sidecar) reaches the backend pod in
     // plaintext: its sidecar captures that too and refuses it, so nothing bypasses mTLS.
-    let plaintext = pods.request_as("0", "GET", "http://10.200.0.2:8080/hello");
-    assert!(
-        plaintext.starts_with("400 hush: this port only accepts mutual TLS 1.3"),
-        "{plaintext}"
-    );
+    for url in [
+        "http://10.200.0.2:8080/hello",
+        "http://[fd00:200::2]:8080/hello",
+    ] {
+        let plaintext = pods.request_as("0", "GET", url);
+        assert!(
+            plaintext.starts_with("400 hush: this port only accepts mutual TLS 1.3"),
+            "{url}: {plaintext}"
+        );
+    }
 
     // The kubelet's probe, rewritten to the admin port (never captured), is checked by the
     // sidecar against the app.
@@ -501,7 +536,7 @@ fn two_pods_talk_through_their_sidecars_with_mutual_tls_and_policy() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("hush_policy_decisions_total{action=\"ALLOW\",policy=\"backend-api\",result=\"allow\"} 1"),
+        metrics.contains("hush_policy_decisions_total{action=\"ALLOW\",policy=\"backend-api\",result=\"allow\"} 2"),
         "{metrics}"
     );
 }
@@ -518,11 +553,22 @@ fn captured_connections_reach_neither_loopback_nor_the_sidecar_itself() {
     let _debug = pods
         .backend
         .spawn_ready(&as_user("1000", &[PYTHON, "-c", APP, "127.0.0.1", "6060"]));
-    let debug = pods.get("http://10.200.0.2:6060/debug/pprof");
-    assert!(
-        debug.starts_with("502 hush: cannot connect to the app at 10.200.0.2:6060"),
-        "a loopback-only service answered the mesh: {debug}"
-    );
+    let _debug6 = pods
+        .backend
+        .spawn_ready(&as_user("1000", &[PYTHON, "-c", APP, "::1", "6061"]));
+    for (url, app) in [
+        ("http://10.200.0.2:6060/debug/pprof", "10.200.0.2:6060"),
+        (
+            "http://[fd00:200::2]:6061/debug/pprof",
+            "[fd00:200::2]:6061",
+        ),
+    ] {
+        let debug = pods.get(url);
+        assert!(
+            debug.starts_with(&format!("502 hush: cannot connect to the app at {app}")),
+            "a loopback-only service answered the mesh: {debug}"
+        );
+    }
 
     // The sidecar's own listeners, bound to every address: its transparent listener would
     // dial wherever the caller says as the backend, its explicit outbound listener would call
@@ -536,8 +582,9 @@ fn captured_connections_reach_neither_loopback_nor_the_sidecar_itself() {
     }
     let backend_metrics = CapturedPods::metrics(&pods.backend, &pods.backend_sidecar);
     assert!(
-        backend_metrics
-            .contains("hush_connections_refused_total{direction=\"inbound\",reason=\"own_port\"} 2"),
+        backend_metrics.contains(
+            "hush_connections_refused_total{direction=\"inbound\",reason=\"own_port\"} 2"
+        ),
         "{backend_metrics}"
     );
 
@@ -558,8 +605,9 @@ fn captured_connections_reach_neither_loopback_nor_the_sidecar_itself() {
         "{frontend_metrics}"
     );
     assert!(
-        frontend_metrics.contains("hush_connections_total{direction=\"outbound\",protocol=\"http1\"} 3"),
-        "one connection from the app per request, none of the sidecar's own: {frontend_metrics}"
+        frontend_metrics
+            .contains("hush_connections_total{direction=\"outbound\",protocol=\"http1\"} 4"),
+        "one connection from the app per request above, none of the sidecar's own: {frontend_metrics}"
     );
 
     // Both sidecars still serve.
@@ -599,13 +647,9 @@ fn the_admin_port_serves_the_cluster_health_and_metrics_only() {
         );
     }
     // The pod itself still has them.
-    let certs = pods.backend.run_ok(&[
-        PYTHON,
-        "-c",
-        REQUEST,
-        "GET",
-        "http://127.0.0.1:15020/certs",
-    ]);
+    let certs =
+        pods.backend
+            .run_ok(&[PYTHON, "-c", REQUEST, "GET", "http://127.0.0.1:15020/certs"]);
     assert!(certs.starts_with("200 "), "{certs}");
     // And the sidecar still runs: the shutdown above was refused.
     assert!(from_node("GET", "/ready").starts_with("200 ready"));

@@ -468,9 +468,9 @@ fn proxy_config(config: &InjectorConfig, app_port: u16, probes: &[MovedProbe]) -
     let _ = write!(
         yaml,
         "ca:\n  address: {}\n  trust_bundle: {BUNDLE_DIR}/bundle.pem\n  token_file: {TOKEN_DIR}/token\n\
-         inbound:\n  listen: 0.0.0.0:{}\n  app: 127.0.0.1:{app_port}\n  captured: true\n\
-         transparent:\n  listen: 0.0.0.0:{}\n\
-         admin:\n  listen: 0.0.0.0:{}\n",
+         inbound:\n  listen: \"[::]:{}\"\n  app: 127.0.0.1:{app_port}\n  captured: true\n\
+         transparent:\n  listen: \"[::]:{}\"\n\
+         admin:\n  listen: \"[::]:{}\"\n",
         quoted(&config.ca_address),
         config.inbound_port,
         config.outbound_port,
@@ -885,8 +885,8 @@ mod tests {
             "token_file: /var/run/secrets/hush/token/token",
             "app: 127.0.0.1:8080",
             "captured: true",
-            "transparent:\n  listen: 0.0.0.0:15001",
-            "admin:\n  listen: 0.0.0.0:15020\n  probes:\n    - path: \"/app-health/backend/readiness\"\n      port: 8080\n      http_path: \"/healthz\"",
+            "transparent:\n  listen: \"[::]:15001\"",
+            "admin:\n  listen: \"[::]:15020\"\n  probes:\n    - path: \"/app-health/backend/readiness\"\n      port: 8080\n      http_path: \"/healthz\"",
             "policy:\n  path: /etc/hush/policy",
         ] {
             assert!(proxy_yaml.contains(needle), "{needle:?} in\n{proxy_yaml}");

@@ -11,8 +11,11 @@
 //! ```
 //!
 //! The sidecar's own connections are recognised by its uid (and gid), so what it dials is never
-//! captured again; loopback stays untouched, so the sidecar reaches the app on `127.0.0.1` and
-//! the app reaches its sidecar's outbound listeners directly.
+//! captured again; loopback stays untouched, so the app reaches its sidecar's outbound
+//! listeners directly.
+//!
+//! The same rules are written for IPv4 (`iptables`) and IPv6 (`ip6tables`): a dual-stack pod
+//! captured over IPv4 only would be reachable over IPv6 without mutual TLS.
 
 use std::fmt::Write as _;
 
@@ -46,14 +49,38 @@ pub struct CaptureRules {
 }
 
 /// The rules cannot work as asked.
+#[non_exhaustive]
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CaptureError {
     /// A port is 0, or two roles share a port.
     #[error("{0}")]
     Ports(String),
-    /// An excluded range is IPv6; hush writes IPv4 rules only.
-    #[error("{0} is an IPv6 range; only IPv4 traffic is captured, so it needs no exclusion")]
-    Ipv6Range(IpNet),
+}
+
+/// Which table the rules are for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// `iptables-restore`.
+    Ipv4,
+    /// `ip6tables-restore`.
+    Ipv6,
+}
+
+impl Family {
+    /// The loopback range, left alone.
+    fn loopback(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "127.0.0.0/8",
+            Self::Ipv6 => "::1/128",
+        }
+    }
+
+    fn holds(self, net: &IpNet) -> bool {
+        matches!(
+            (self, net),
+            (Self::Ipv4, IpNet::V4(_)) | (Self::Ipv6, IpNet::V6(_))
+        )
+    }
 }
 
 impl CaptureRules {
@@ -92,18 +119,12 @@ impl CaptureRules {
                 self.inbound_port
             )));
         }
-        if let Some(v6) = self
-            .exclude_outbound_cidrs
-            .iter()
-            .find(|c| matches!(c, IpNet::V6(_)))
-        {
-            return Err(CaptureError::Ipv6Range(*v6));
-        }
         Ok(())
     }
 
-    /// The rules, for `iptables-restore --noflush` (nat table only).
-    pub fn render(&self) -> Result<String, CaptureError> {
+    /// The rules of one family, for `iptables-restore --noflush` or `ip6tables-restore
+    /// --noflush` (nat table only). Each gets the excluded ranges of its own family.
+    pub fn render(&self, family: Family) -> Result<String, CaptureError> {
         self.validate()?;
         let mut out = String::new();
         // Writing to a String cannot fail.
@@ -141,8 +162,15 @@ impl CaptureRules {
         ));
         // Loopback: the app talking to itself or to its sidecar's explicit listeners.
         line("-A HUSH_OUTPUT -o lo -j RETURN");
-        line("-A HUSH_OUTPUT -d 127.0.0.0/8 -j RETURN");
-        for cidr in &self.exclude_outbound_cidrs {
+        line(&format!(
+            "-A HUSH_OUTPUT -d {} -j RETURN",
+            family.loopback()
+        ));
+        for cidr in self
+            .exclude_outbound_cidrs
+            .iter()
+            .filter(|c| family.holds(c))
+        {
             line(&format!("-A HUSH_OUTPUT -d {} -j RETURN", cidr.trunc()));
         }
         for port in sorted(&self.exclude_outbound_ports) {
@@ -173,13 +201,16 @@ mod tests {
             outbound_port: 15001,
             exclude_inbound_ports: vec![15020, 22, 15020],
             exclude_outbound_ports: vec![53],
-            exclude_outbound_cidrs: vec!["10.96.0.1/12".parse().unwrap()],
+            exclude_outbound_cidrs: vec![
+                "10.96.0.1/12".parse().unwrap(),
+                "fd00:96::1/108".parse().unwrap(),
+            ],
         }
     }
 
     #[test]
     fn the_rules_redirect_both_ways_and_skip_the_proxy_and_loopback() {
-        let text = rules().render().unwrap();
+        let text = rules().render(Family::Ipv4).unwrap();
         let expected = "\
 *nat
 :HUSH_INBOUND - [0:0]
@@ -210,7 +241,7 @@ COMMIT
         let mut same = rules();
         same.outbound_port = 15006;
         assert!(
-            same.render()
+            same.render(Family::Ipv4)
                 .unwrap_err()
                 .to_string()
                 .contains("both 15006")
@@ -218,7 +249,7 @@ COMMIT
         let mut zero = rules();
         zero.inbound_port = 0;
         assert!(
-            zero.render()
+            zero.render(Family::Ipv4)
                 .unwrap_err()
                 .to_string()
                 .contains("cannot be 0")
@@ -227,13 +258,23 @@ COMMIT
         excluded.exclude_inbound_ports.push(15006);
         assert!(
             excluded
-                .render()
+                .render(Family::Ipv4)
                 .unwrap_err()
                 .to_string()
                 .contains("is the inbound port")
         );
-        let mut v6 = rules();
-        v6.exclude_outbound_cidrs.push("fd00::/8".parse().unwrap());
-        assert!(matches!(v6.render(), Err(CaptureError::Ipv6Range(_))));
+    }
+
+    /// IPv6 gets the same capture, with its own loopback and only its own excluded ranges.
+    #[test]
+    fn ipv6_is_captured_the_same_way() {
+        let v4 = rules().render(Family::Ipv4).unwrap();
+        let v6 = rules().render(Family::Ipv6).unwrap();
+        assert_eq!(
+            v6,
+            v4.replace("-d 127.0.0.0/8", "-d ::1/128")
+                .replace("-d 10.96.0.0/12", "-d fd00:96::/108")
+        );
+        assert!(!v4.contains("fd00"), "{v4}");
     }
 }

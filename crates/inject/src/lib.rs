@@ -18,4 +18,4 @@ pub use self::inject::{
     INIT_CONTAINER, INJECT_KEY, InjectError, InjectorConfig, LOG_LEVEL, Outcome, PROXY_CONTAINER,
     PROXY_CPU, PROXY_MEMORY, STATUS_ANNOTATION, mutate, review,
 };
-pub use self::iptables::{CHAINS, CaptureError, CaptureRules};
+pub use self::iptables::{CHAINS, CaptureError, CaptureRules, Family};

@@ -25,9 +25,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::identity::{IdentityStatus, unix_seconds};
@@ -84,9 +84,10 @@ impl Admin {
                 },
                 () = stop.cancelled() => return,
             };
-            let (Ok(slot), Some(address_slot)) =
-                (slots.clone().try_acquire_owned(), per_address.take(peer.ip()))
-            else {
+            let (Ok(slot), Some(address_slot)) = (
+                slots.clone().try_acquire_owned(),
+                per_address.take(peer.ip()),
+            ) else {
                 if per_address.log.allows() {
                     warn!(
                         %peer,

@@ -521,7 +521,10 @@ impl ProxyConfig {
         }
         for (field, value) in [
             ("limits.max_connections", limits.max_connections),
-            ("limits.max_concurrent_streams", limits.max_concurrent_streams),
+            (
+                "limits.max_concurrent_streams",
+                limits.max_concurrent_streams,
+            ),
             (
                 "limits.max_handshakes_per_address",
                 limits.max_handshakes_per_address,

@@ -33,7 +33,7 @@ use crate::io::{Activity, Metered, relay_until_idle};
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
 use crate::orig_dst::original_destination;
 use crate::policy::{Caller, Judgement, PolicyEnforcer};
-use crate::serve::{Lifecycle, PerAddress, Throttle, accept_loop, serve_http};
+use crate::serve::{Lifecycle, PerAddress, Throttle, accept_loop, canonical, serve_http};
 use crate::tls::{MeshProtocol, Target};
 use crate::trace::{self, SessionFacts};
 
@@ -139,7 +139,7 @@ impl Inbound {
         if !self.captured {
             return Ok(self.app);
         }
-        let Ok(local) = tcp.local_addr() else {
+        let Ok(local) = tcp.local_addr().map(canonical) else {
             return Ok(self.app);
         };
         let direct = || {

@@ -11,10 +11,14 @@ use tokio::net::TcpStream;
 /// the client dialled; for one that was not redirected, the listener's own address (which the
 /// caller must refuse, or it would dial itself). Without connection tracking (no NAT rule
 /// loaded at all) the call fails with `NotFound`.
+///
+/// An IPv4 connection accepted by a dual-stack listener is tracked as IPv4, so its original
+/// destination is asked of the IPv4 table.
 pub(crate) fn original_destination(tcp: &TcpStream) -> io::Result<SocketAddr> {
     let socket = socket2::SockRef::from(tcp);
     let original = match tcp.local_addr()? {
         SocketAddr::V4(_) => socket.original_dst_v4()?,
+        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => socket.original_dst_v4()?,
         SocketAddr::V6(_) => socket.original_dst_v6()?,
     };
     original.as_socket().ok_or_else(|| {

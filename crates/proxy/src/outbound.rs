@@ -28,7 +28,7 @@ use crate::inbound::authority_of;
 use crate::io::{Activity, Metered, relay_until_idle};
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
 use crate::orig_dst::original_destination;
-use crate::serve::{Lifecycle, Throttle, accept_loop, serve_http};
+use crate::serve::{Lifecycle, Throttle, accept_loop, canonical, serve_http};
 use crate::tls::{DialError, MeshConnector, MeshProtocol, Target};
 use crate::trace;
 
@@ -424,7 +424,7 @@ impl Transparent {
     }
 
     fn own_destination(&self, tcp: &TcpStream, destination: SocketAddr) -> Option<&'static str> {
-        let local = tcp.local_addr().ok()?;
+        let local = tcp.local_addr().ok().map(canonical)?;
         own_destination(
             local,
             destination,
@@ -493,8 +493,7 @@ fn own_destination(
         return None;
     }
     let ip = destination.ip();
-    let ours =
-        ip == local.ip() || ip.is_loopback() || ip.is_unspecified() || is_local_address(ip);
+    let ours = ip == local.ip() || ip.is_loopback() || ip.is_unspecified() || is_local_address(ip);
     ours.then_some("loop")
 }
 

@@ -454,12 +454,43 @@ fn own_ports(addresses: &ProxyAddresses) -> Vec<u16> {
     ports
 }
 
+/// Binds a listener. `[::]` means every address of both families: one socket that takes
+/// IPv4 connections too (as mapped addresses, which the accept loops turn back into IPv4),
+/// whatever the system's `bindv6only` says; where the kernel has no IPv6 at all, every IPv4
+/// address.
 async fn bind(field: &str, addr: SocketAddr) -> Result<TcpListener, ProxyError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ProxyError::Bind {
-            field: field.to_string(),
-            addr,
-            source,
-        })
+    let failed = |source| ProxyError::Bind {
+        field: field.to_string(),
+        addr,
+        source,
+    };
+    match addr {
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => match dual_stack(addr) {
+            Ok(listener) => Ok(listener),
+            Err(e) if e.raw_os_error() == Some(EAFNOSUPPORT) => {
+                let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+                warn!(
+                    field,
+                    "the kernel has no IPv6; listening on {v4} instead of {addr}"
+                );
+                TcpListener::bind(v4).await.map_err(failed)
+            }
+            Err(e) => Err(failed(e)),
+        },
+        _ => TcpListener::bind(addr).await.map_err(failed),
+    }
+}
+
+/// Linux's `EAFNOSUPPORT`: the address family (IPv6) is not supported.
+const EAFNOSUPPORT: i32 = 97;
+
+fn dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }

@@ -1,15 +1,15 @@
 //! What every listener shares: the accept loop with its connection cap, the shutdown
 //! lifecycle, and serving one connection as HTTP.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Display;
 use std::future::Future;
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -79,6 +79,8 @@ pub(crate) async fn accept_loop<F, Fut>(
         match accepted {
             Ok((tcp, peer)) => {
                 let _ = tcp.set_nodelay(true);
+                // IPv4 clients of a dual-stack listener arrive as mapped IPv6 addresses.
+                let peer = canonical(peer);
                 let connection = handle(tcp, peer);
                 lifecycle.spawn(async move {
                     connection.await;
@@ -166,12 +168,15 @@ impl PerAddress {
             ip,
         })
     }
-
 }
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut open = self.owner.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = self
+            .owner
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(count) = open.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
@@ -179,6 +184,12 @@ impl Drop for AddressSlot {
             }
         }
     }
+}
+
+/// `addr`, with an IPv4 address mapped into IPv6 (as a dual-stack listener reports IPv4
+/// clients) written as the IPv4 address it is.
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Serves HTTP on `io` until the peer closes, the connection idles out, a request head takes
@@ -228,7 +239,14 @@ pub(crate) async fn serve_http<I>(
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
             let watchdog = exchanges.watch(Some(limits.header_timeout), idle);
-            drive(connection, |c| c.graceful_shutdown(), draining, bytes_idle, watchdog).await;
+            drive(
+                connection,
+                |c| c.graceful_shutdown(),
+                draining,
+                bytes_idle,
+                watchdog,
+            )
+            .await;
         }
         HttpVersion::Http2 => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -243,7 +261,14 @@ pub(crate) async fn serve_http<I>(
             // HTTP/2 heads are bounded by the h2 crate (header list size, CONTINUATION
             // limits); what is bounded here is a connection kept open by PINGs alone.
             let watchdog = exchanges.watch(None, idle);
-            drive(connection, |c| c.graceful_shutdown(), draining, bytes_idle, watchdog).await;
+            drive(
+                connection,
+                |c| c.graceful_shutdown(),
+                draining,
+                bytes_idle,
+                watchdog,
+            )
+            .await;
         }
     }
 }
@@ -402,7 +427,9 @@ impl Drop for OpenRequest {
         let exchanges = &self.0;
         if exchanges.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             exchanges.head_since.store(0, Ordering::Relaxed);
-            exchanges.idle_since.store(exchanges.now(), Ordering::Relaxed);
+            exchanges
+                .idle_since
+                .store(exchanges.now(), Ordering::Relaxed);
             exchanges.changed.notify_one();
         }
     }
@@ -564,7 +591,9 @@ mod tests {
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let first = limit.take(a).expect("a first slot");
-        let _second = limit.take(mapped).expect("the same address, mapped: a second slot");
+        let _second = limit
+            .take(mapped)
+            .expect("the same address, mapped: a second slot");
         assert!(limit.take(a).is_none(), "a third is refused");
         assert!(limit.take(b).is_some(), "another address has its own");
         drop(first);
