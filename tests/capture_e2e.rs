@@ -343,7 +343,7 @@ struct CapturedPods {
 impl CapturedPods {
     fn start() -> Option<Self> {
         let (frontend, backend) = two_pods()?;
-        let temp = tempfile::tempdir().unwrap();
+        let temp = tempfile::tempdir().expect("a temporary directory");
         let ca_dir = temp.path().join("ca");
         hush_test_support::run_hush_ok(
             HUSH,
@@ -351,7 +351,7 @@ impl CapturedPods {
                 "ca",
                 "init",
                 "--dir",
-                ca_dir.to_str().unwrap(),
+                ca_dir.to_str().expect("a UTF-8 path"),
                 "--trust-domain",
                 "cluster.local",
             ],
@@ -380,7 +380,7 @@ impl CapturedPods {
                 "ca",
                 "serve",
                 "--dir",
-                ca_dir.to_str().unwrap(),
+                ca_dir.to_str().expect("a UTF-8 path"),
                 "--listen",
                 "0.0.0.0:7443",
                 "--san",
@@ -395,7 +395,7 @@ impl CapturedPods {
             &policy,
             "apiVersion: hush.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: backend-api}\nspec:\n  rules:\n    - from: [{principals: [\"spiffe://cluster.local/ns/shop/sa/frontend\"]}]\n      to: [{ports: [8080], methods: [GET], paths: [\"/hello\"]}]\n    - from: [{principals: [\"spiffe://cluster.local/ns/shop/sa/frontend\"]}]\n      to: [{notPorts: [8080]}]\n",
         )
-        .unwrap();
+        .expect("write the policy");
         let backend_config = write_sidecar_config(
             HUSH,
             &temp.path().join("backend"),
@@ -415,7 +415,7 @@ impl CapturedPods {
             ),
         );
         // The admin port where the injector puts it: every address, port 15020.
-        let text = std::fs::read_to_string(&backend_config).unwrap();
+        let text = std::fs::read_to_string(&backend_config).expect("the backend configuration");
         std::fs::write(
             &backend_config,
             text.replacen(
@@ -424,7 +424,7 @@ impl CapturedPods {
                 1,
             ),
         )
-        .unwrap();
+        .expect("rewrite the backend configuration");
         let frontend_config = write_sidecar_config(
             HUSH,
             &temp.path().join("frontend"),

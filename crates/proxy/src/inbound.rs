@@ -336,10 +336,7 @@ impl Inbound {
                         // connected early. Its first line is held back when it comes.
                         Detected::Tcp | Detected::NeedMore => {
                             let io = Prefixed::new(sniffed.prefix, tls);
-                            let held = Held::Undecided {
-                                switch: true,
-                                waited: true,
-                            };
+                            let held = Held::Undecided { switch: true };
                             return self.serve_tcp(io, connection, held).await;
                         }
                     }
@@ -351,10 +348,7 @@ impl Inbound {
             },
             Plan::Opaque { switch } => {
                 let io = Prefixed::new(BytesMut::new(), tls);
-                let held = Held::Undecided {
-                    switch,
-                    waited: false,
-                };
+                let held = Held::Undecided { switch };
                 return self.serve_tcp(io, connection, held).await;
             }
         };
@@ -429,17 +423,16 @@ impl Inbound {
             .map(|authz| authz.policy.check_connection(&authz.caller));
         let denied = judgement.as_ref().is_some_and(|j| !j.allowed);
         let (bytes, error) = match held {
-            Held::Undecided { switch, waited } if denied => {
+            Held::Undecided { switch: true } if denied => {
                 // Nothing of the app's reaches a denied caller, not even a server-first
-                // greeting; an HTTP client that is slow to start still gets its requests
-                // judged one by one.
-                if switch && !waited {
-                    if let Ok(sniffed) = sniff(&mut io, self.limits.detect_timeout).await
-                        && let Some(version) = http_version(sniffed.protocol)
-                    {
-                        let io = Prefixed::new(sniffed.prefix, io);
-                        return self.serve_http(io, version, connection).await;
-                    }
+                // greeting. What it sends first decides: an HTTP client (one slow to start
+                // included: it is given as long as a request head is) gets its requests
+                // judged one by one, anything else is refused.
+                if let Ok(sniffed) = sniff(&mut io, self.limits.header_timeout).await
+                    && let Some(version) = http_version(sniffed.protocol)
+                {
+                    let io = Prefixed::new(sniffed.prefix, io);
+                    return self.serve_http(io, version, connection).await;
                 }
                 let _ = io.shutdown().await;
                 (None, None)
@@ -654,9 +647,8 @@ struct Connection<'a> {
 enum Held {
     /// Detection has seen it, and it is not HTTP.
     Decided,
-    /// Not seen yet. `switch`: an HTTP request may still be served as HTTP. `waited`:
-    /// detection already waited for it (it sent nothing in time).
-    Undecided { switch: bool, waited: bool },
+    /// Not seen yet. `switch`: an HTTP request may still be served as HTTP.
+    Undecided { switch: bool },
 }
 
 fn http_version(detected: Detected) -> Option<HttpVersion> {
