@@ -199,6 +199,8 @@ async fn the_webhook_answers_over_tls() {
             "127.0.0.1:0",
             "--reload-interval",
             "100ms",
+            "--request-timeout",
+            "1s",
         ],
     );
     let ready = webhook
@@ -247,6 +249,37 @@ async fn the_webhook_answers_over_tls() {
         let _ = plain.read_to_end(&mut reply);
         assert!(!reply.starts_with(b"HTTP/"), "{reply:?}");
     }
+
+    // A client that trickles its review (here: stops half-way) holds the webhook only as
+    // long as --request-timeout, then gets a 408 that says so.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tls =
+            kube::tls_connect(addr, std::slice::from_ref(&root), "localhost", b"http/1.1")
+                .await
+                .unwrap();
+        tls.write_all(
+            b"POST /inject HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\n{\"kind\"",
+        )
+        .await
+        .unwrap();
+        let mut reply = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            tls.read_to_end(&mut reply),
+        )
+        .await;
+        assert!(read.is_ok(), "the trickled review was not cut off");
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(
+            reply.starts_with("HTTP/1.1 408")
+                && reply.contains("the AdmissionReview did not arrive whole within 1s"),
+            "{reply}"
+        );
+    }
+    let review = std::fs::read(fixture()).unwrap();
+    let (status, _) = post(addr, &root, "/inject", review).await.unwrap();
+    assert_eq!(status, 200, "the webhook still serves");
 
     // A broken renewal is reported and the certificate in use stays.
     let replace = |name: &str, text: &str| {

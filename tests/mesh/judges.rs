@@ -22,7 +22,9 @@ use serde_json::Value;
 /// Python's `http.server`, answering every method with what it parsed (as JSON), and printing
 /// the same on stdout. Keep-alive (HTTP/1.1), so pipelined and smuggled requests are parsed.
 const PYTHON_JUDGE: &str = r#"
-import http.server, json, socketserver, sys
+import http.server, json, re, socketserver, sys
+
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 class Judge(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -46,9 +48,10 @@ class Judge(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(out)
 
-    # Whatever the method (Python dispatches to do_<METHOD>, lower-case ones included).
+    # Whatever the method, as long as it is an HTTP token (as Go's mux dispatches lower-case
+    # and unknown methods too); Python itself dispatches only to the do_<METHOD> it has.
     def __getattr__(self, name):
-        if name.startswith("do_"):
+        if name.startswith("do_") and TOKEN.fullmatch(name[3:]):
             return self.report
         raise AttributeError(name)
 
@@ -103,13 +106,18 @@ impl Judge {
         Self::start("python", "python3", &["-c", PYTHON_JUDGE])
     }
 
-    /// Node's `http`, or `None` where `node` is not installed (said on stderr).
+    /// Node's `http`, or `None` where `node` is not installed (said on stderr), unless
+    /// `HUSH_REQUIRE_NODE` is set (CI sets it): then that is a failure.
     pub(crate) fn node() -> Option<Self> {
         let found = Command::new("node")
             .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success());
         if !found {
+            assert!(
+                std::env::var_os("HUSH_REQUIRE_NODE").is_none(),
+                "HUSH_REQUIRE_NODE is set but node is not installed"
+            );
             eprintln!("SKIPPED the Node judge: node is not installed");
             return None;
         }

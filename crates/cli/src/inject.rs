@@ -68,6 +68,14 @@ pub(crate) struct ServeArgs {
     /// rotated Secret) is served without a restart.
     #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
     reload_interval: Duration,
+    /// A review whose body has not arrived whole by then is answered 408: a client that
+    /// trickles it cannot hold the webhook (the API server sends a review at once).
+    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    request_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's backlog. The API server is the
+    /// one client the webhook has, but anything in the cluster can reach its Service.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
 }
 
 pub(crate) async fn run(command: InjectCommand) -> Result<()> {
@@ -81,6 +89,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if args.reload_interval.is_zero() {
         bail!("--reload-interval must be longer than 0s");
     }
+    if args.request_timeout.is_zero() {
+        bail!("--request-timeout must be longer than 0s");
+    }
+    if args.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(args.max_connections));
+    let request_timeout = args.request_timeout;
     let config = Arc::new(load_config(&args.config)?);
     let certificate = WebhookCertificate {
         cert: args.cert.clone(),
@@ -110,6 +126,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -124,6 +147,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let acceptor = acceptor.clone();
         let config = config.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -135,7 +159,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
             };
             let service = service_fn(move |request| {
                 let config = config.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(request, &config).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        answer(request, &config, request_timeout).await,
+                    )
+                }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             // A client that trickles its request head does not hold a connection for long.
@@ -240,18 +268,29 @@ impl WebhookCertificate {
     }
 }
 
-async fn answer(request: Request<Incoming>, config: &InjectorConfig) -> Response<Full<Bytes>> {
+async fn answer(
+    request: Request<Incoming>,
+    config: &InjectorConfig,
+    timeout: Duration,
+) -> Response<Full<Bytes>> {
     match (request.method(), request.uri().path()) {
         (&Method::POST, "/inject") => {
-            let body = match Limited::new(request.into_body(), MAX_REVIEW_BYTES)
-                .collect()
-                .await
-            {
-                Ok(body) => body.to_bytes(),
-                Err(e) => {
+            let read = Limited::new(request.into_body(), MAX_REVIEW_BYTES).collect();
+            let body = match tokio::time::timeout(timeout, read).await {
+                Ok(Ok(body)) => body.to_bytes(),
+                Ok(Err(e)) => {
                     return text(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         format!("hush inject: cannot read the AdmissionReview: {e}\n"),
+                    );
+                }
+                Err(_) => {
+                    return text(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "hush inject: the AdmissionReview did not arrive whole within {}\n",
+                            humantime::format_duration(timeout)
+                        ),
                     );
                 }
             };

@@ -31,6 +31,8 @@ mod admin;
 mod config;
 mod detect;
 mod ending;
+#[doc(hidden)]
+pub mod fuzzing;
 mod headers;
 mod http;
 mod identity;

@@ -1,0 +1,106 @@
+//! Entry points for the fuzz targets (`fuzz/`): the inbound side's decisions about a
+//! connection's bytes, run on in-memory streams. Not part of hush's API.
+
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::detect::{FirstLine, hold_first_line};
+use crate::headers::{IdentityHeaders, ProtectedHeaders};
+use crate::io::Activity;
+
+/// What the inbound side did with a connection it relays as opaque TCP.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Relayed {
+    /// Served as HTTP: hyper parses every request.
+    Http,
+    /// Relayed: the bytes the app received, all of them.
+    Opaque(Vec<u8>),
+    /// Refused: an HTTP request after the app had spoken.
+    Refused,
+    /// Nothing reached the app.
+    Gone,
+}
+
+/// Runs a connection relayed as opaque TCP: the client sends `chunks` (one write each), then
+/// closes; the app says `greeting` first when there is one. Returns what reached the app.
+pub fn opaque_connection(chunks: &[&[u8]], greeting: Option<&[u8]>) -> Relayed {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let (mut client, mut sidecar_client) = tokio::io::duplex(64 * 1024);
+        let (mut sidecar_app, mut app) = tokio::io::duplex(64 * 1024);
+        if let Some(greeting) = greeting {
+            app.write_all(greeting).await.expect("the greeting");
+            // Let the greeting be read before the client's first bytes.
+        }
+        let writer = async {
+            if greeting.is_some() {
+                // The greeting is relayed before the client speaks, as a server-first
+                // protocol's client waits for it.
+                let mut seen = vec![0u8; greeting.map_or(0, <[u8]>::len)];
+                let _ = client.read_exact(&mut seen).await;
+            }
+            for chunk in chunks {
+                if client.write_all(chunk).await.is_err() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            let _ = client.shutdown().await;
+            client
+        };
+        let activity = Activity::new();
+        let holding = hold_first_line(
+            &mut sidecar_client,
+            &mut sidecar_app,
+            &activity,
+            Duration::from_secs(3600),
+        );
+        let (_client, first) = tokio::join!(writer, holding);
+        match first {
+            FirstLine::Http(..) => Relayed::Http,
+            FirstLine::HttpAfterApp => Relayed::Refused,
+            FirstLine::Gone => Relayed::Gone,
+            FirstLine::Opaque(prefix) => {
+                // The relay sends what was held back, then the rest.
+                let mut reached = prefix.to_vec();
+                let _ = sidecar_client.read_to_end(&mut reached).await;
+                drop(sidecar_app);
+                Relayed::Opaque(reached)
+            }
+        }
+    })
+}
+
+/// The request headers the app receives when a caller sent `headers` (name, value; those the
+/// `http` crate refuses are left out, as hyper refuses the request) to a sidecar protecting
+/// `protected` besides the identity headers, for a caller proven to be `peer_id`.
+pub fn headers_for_app(
+    headers: &[(Vec<u8>, Vec<u8>)],
+    protected: &[String],
+    peer_id: &str,
+) -> Vec<(String, Vec<u8>)> {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            map.append(name, value);
+        }
+    }
+    ProtectedHeaders::new(protected).strip(&mut map);
+    if let Some(identity) = IdentityHeaders::new(
+        peer_id,
+        "spiffe://cluster.local/ns/fuzz/sa/backend",
+        b"leaf",
+    ) {
+        identity.insert(&mut map);
+    }
+    map.iter()
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+        .collect()
+}
