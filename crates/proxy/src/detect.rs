@@ -67,6 +67,19 @@ pub fn detect(prefix: &[u8]) -> Detected {
     }
 }
 
+/// What the bytes are when no more will come (the client closed): [`detect`], except that
+/// what is still undecided is `Tcp` unless its request line already has its version (the start
+/// of the HTTP/2 preface, `PRI * HTTP/2`, is such a line).
+pub(crate) fn detect_final(prefix: &[u8]) -> Detected {
+    match detect(prefix) {
+        Detected::NeedMore => match request_line(prefix) {
+            Detected::Http1 => Detected::Http1,
+            _ => Detected::Tcp,
+        },
+        decided => decided,
+    }
+}
+
 /// Where [`request_line`] is in `METHOD WS TARGET WS HTTP/`.
 #[derive(Clone, Copy)]
 enum Part {
@@ -164,9 +177,9 @@ pub(crate) async fn sniff<S: AsyncRead + Unpin>(
         prefix.reserve(1024);
         match tokio::time::timeout_at(deadline, io.read_buf(&mut prefix)).await {
             Ok(Ok(0)) => {
-                // The client closed its side: whatever it sent is opaque data.
+                // The client closed its side: nothing more will tell.
                 return Ok(Sniffed {
-                    protocol: Detected::Tcp,
+                    protocol: detect_final(&prefix),
                     timed_out: false,
                     prefix,
                 });
@@ -195,6 +208,9 @@ pub(crate) enum FirstLine {
     /// An HTTP request after the app had spoken first (a server-first protocol): it can
     /// neither be served as HTTP nor relayed.
     HttpAfterApp,
+    /// The first line was still undecided `line_timeout` after its first byte: a client that
+    /// trickles it is cut off, as a trickled request head is.
+    TooSlow,
     /// The connection idled out, or failed, before its first line decided.
     Gone,
 }
@@ -213,6 +229,7 @@ pub(crate) async fn hold_first_line<C, A>(
     app: &mut A,
     activity: &crate::io::Activity,
     idle: Duration,
+    line_timeout: Duration,
 ) -> FirstLine
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -224,6 +241,8 @@ where
     let mut greeting = [0u8; 4096];
     let mut app_spoke = false;
     let mut app_done = false;
+    // Set by the client's first byte: the line must decide by then.
+    let mut deadline = None;
     loop {
         match detect(&held) {
             Detected::NeedMore => {}
@@ -234,11 +253,26 @@ where
         held.reserve(1024);
         tokio::select! {
             read = client.read_buf(&mut held) => match read {
-                // The client closed first; what it sent carries no header.
-                Ok(0) => return FirstLine::Opaque(held),
-                Ok(_) => {}
+                // The client closed: nothing more will tell.
+                Ok(0) => {
+                    return match detect_final(&held) {
+                        Detected::Tcp => FirstLine::Opaque(held),
+                        _ if app_spoke => FirstLine::HttpAfterApp,
+                        http => FirstLine::Http(held, http),
+                    };
+                }
+                Ok(_) => {
+                    deadline =
+                        deadline.or_else(|| tokio::time::Instant::now().checked_add(line_timeout));
+                }
                 Err(_) => return FirstLine::Gone,
             },
+            () = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            } => return FirstLine::TooSlow,
             read = app.read(&mut greeting), if !app_done => match read {
                 Ok(0) => {
                     // The app closed: the relay carries that to the client once the first
@@ -395,6 +429,21 @@ mod tests {
         assert_eq!(detect(&[b' '; MAX_DETECT_BYTES + 1]), Http1);
     }
 
+    #[test]
+    fn what_is_undecided_when_the_client_closes() {
+        use Detected::*;
+        for (bytes, expected) in [
+            (&b""[..], Tcp),
+            (b"GET / HT", Tcp),
+            (b"GET key", Tcp),
+            (b"PRI * HTTP/2", Http1),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Http2),
+            (b"\x00", Tcp),
+        ] {
+            assert_eq!(detect_final(bytes), expected, "{bytes:?}");
+        }
+    }
+
     /// Once the bytes decide, more bytes never change the verdict (the sidecar acts on the
     /// first one): checked for every cut of every row above and of a few longer inputs.
     #[test]
@@ -417,6 +466,59 @@ mod tests {
                 }
             }
         }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// Holds the first line of a relayed connection whose client sends `sent` (and keeps its
+    /// side open) and whose app says `greeting` first.
+    async fn first_line_of(sent: &[u8], greeting: Option<&[u8]>, line: Duration) -> FirstLine {
+        let (mut client, mut near_client) = tokio::io::duplex(1024);
+        let (mut near_app, mut app) = tokio::io::duplex(1024);
+        if let Some(greeting) = greeting {
+            app.write_all(greeting).await.unwrap();
+        }
+        // A server-first protocol's client speaks once it has the greeting.
+        let expected = greeting.map_or(0, <[u8]>::len);
+        let sent = sent.to_vec();
+        let client = tokio::spawn(async move {
+            let mut heard = vec![0u8; expected];
+            client.read_exact(&mut heard).await.unwrap();
+            client.write_all(&sent).await.unwrap();
+            client
+        });
+        let activity = crate::io::Activity::new();
+        let first = hold_first_line(&mut near_client, &mut near_app, &activity, HOUR, line).await;
+        drop((client.await.unwrap(), app));
+        first
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relayed_first_line_is_held_until_it_decides() {
+        let line = Duration::from_secs(10);
+        assert!(matches!(
+            first_line_of(b"\x00\x01binary", None, line).await,
+            FirstLine::Opaque(held) if &held[..] == b"\x00\x01binary"
+        ));
+        assert!(matches!(
+            first_line_of(b"GET / HTTP/1.1\r\n", None, line).await,
+            FirstLine::Http(held, Detected::Http1) if &held[..] == b"GET / HTTP/1.1\r\n"
+        ));
+        assert!(matches!(
+            first_line_of(b"GET / HTTP/1.1\r\n", Some(b"220 hello\r\n"), line).await,
+            FirstLine::HttpAfterApp
+        ));
+        assert!(matches!(
+            first_line_of(b"EHLO me\r\n", Some(b"220 hello\r\n"), line).await,
+            FirstLine::Opaque(_)
+        ));
+        // A line still undecided `line` after its first byte is cut off.
+        let started = tokio::time::Instant::now();
+        assert!(matches!(
+            first_line_of(b"GET / HT", None, line).await,
+            FirstLine::TooSlow
+        ));
+        assert_eq!(started.elapsed(), line);
     }
 
     #[tokio::test]

@@ -59,12 +59,13 @@ pub fn opaque_connection(chunks: &[&[u8]], greeting: Option<&[u8]>) -> Relayed {
             &mut sidecar_app,
             &activity,
             Duration::from_secs(3600),
+            Duration::from_secs(3600),
         );
         let (_client, first) = tokio::join!(writer, holding);
         match first {
             FirstLine::Http(..) => Relayed::Http,
             FirstLine::HttpAfterApp => Relayed::Refused,
-            FirstLine::Gone => Relayed::Gone,
+            FirstLine::Gone | FirstLine::TooSlow => Relayed::Gone,
             FirstLine::Opaque(prefix) => {
                 // The relay sends what was held back, then the rest.
                 let mut reached = prefix.to_vec();

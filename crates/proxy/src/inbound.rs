@@ -453,7 +453,10 @@ impl Inbound {
                     Held::Decided => BytesMut::new(),
                     Held::Undecided { switch, .. } => {
                         let idle = self.limits.idle_timeout;
-                        match hold_first_line(&mut io, &mut app, &connection.activity, idle).await {
+                        let line = self.limits.header_timeout;
+                        let first =
+                            hold_first_line(&mut io, &mut app, &connection.activity, idle, line);
+                        match first.await {
                             FirstLine::Opaque(prefix) => prefix,
                             FirstLine::Http(prefix, detected) if switch => {
                                 drop(app);
@@ -476,6 +479,22 @@ impl Inbound {
                                 warn!(%peer, "refused an inbound connection: {words}");
                                 let _ = io.shutdown().await;
                                 let error = ("http_on_opaque", words);
+                                return self.tcp_line(
+                                    &connection,
+                                    judgement.as_ref(),
+                                    None,
+                                    Some(error),
+                                );
+                            }
+                            FirstLine::TooSlow => {
+                                let words = "the caller's first line was still not known to be \
+                                             other than an HTTP request limits.header_timeout \
+                                             after its first byte";
+                                self.metrics
+                                    .connection_refused(Direction::Inbound, "slow_first_line");
+                                info!(%peer, "refused an inbound connection: {words}");
+                                let _ = io.shutdown().await;
+                                let error = ("slow_first_line", words);
                                 return self.tcp_line(
                                     &connection,
                                     judgement.as_ref(),
