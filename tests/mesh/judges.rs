@@ -4,6 +4,9 @@
 //! * Python's `http.server` — a lenient parser: bare LF line endings, leading spaces, any
 //!   whitespace between the parts of the request line, lower-case methods.
 //! * Node's `http` (llhttp), when `node` is installed.
+//! * Node's `http2` (nghttp2) and `http` on one port: HTTP/2 with prior knowledge for
+//!   connections that start with the HTTP/2 preface, HTTP/1.1 for the others, as the backend
+//!   sidecar speaks to an app in the protocol each request came in.
 //!
 //! Each prints `ready PORT` once it listens, then one JSON line per request it parsed: the
 //! method, the path and every header as it saw it. The test reads them as they come.
@@ -92,6 +95,47 @@ const server = http.createServer((req, res) => {
 server.listen(0, "127.0.0.1", () => console.log("ready " + server.address().port));
 "#;
 
+/// Node's `http2` and `http` on one port: the first bytes of a connection choose the server
+/// (the HTTP/2 preface begins with `PRI`). Each report says which protocol carried the request
+/// and includes the trailers with the headers.
+const NODE_H2_JUDGE: &str = r#"
+const http = require("http"), http2 = require("http2"), net = require("net");
+function report(req, res, proto) {
+  const chunks = [];
+  req.on("data", (c) => chunks.push(c));
+  req.on("end", () => {
+    const headers = [];
+    for (let i = 0; i < req.rawHeaders.length; i += 2) {
+      headers.push([req.rawHeaders[i], req.rawHeaders[i + 1]]);
+    }
+    for (let i = 0; i < req.rawTrailers.length; i += 2) {
+      headers.push([req.rawTrailers[i], req.rawTrailers[i + 1]]);
+    }
+    const line = JSON.stringify({
+      judge: "node-h2", proto, method: req.method, path: req.url, headers,
+      body: Buffer.concat(chunks).toString("latin1"),
+    });
+    console.log(line);
+    res.setHeader("content-type", "application/json");
+    res.end(line);
+  });
+  req.on("error", () => {});
+}
+const h1 = http.createServer((req, res) => report(req, res, "HTTP/1.1"));
+const h2 = http2.createServer({}, (req, res) => report(req, res, "HTTP/2"));
+h2.on("sessionError", () => {});
+const server = net.createServer((socket) => {
+  socket.on("error", () => {});
+  socket.once("readable", () => {
+    const first = socket.read();
+    if (first === null) { socket.destroy(); return; }
+    socket.unshift(first);
+    (first.subarray(0, 3).toString() === "PRI" ? h2 : h1).emit("connection", socket);
+  });
+});
+server.listen(0, "127.0.0.1", () => console.log("ready " + server.address().port));
+"#;
+
 /// A judge app: its process, its address, and what it has parsed so far.
 pub(crate) struct Judge {
     pub(crate) addr: SocketAddr,
@@ -122,6 +166,12 @@ impl Judge {
             return None;
         }
         Some(Self::start("node", "node", &["-e", NODE_JUDGE]))
+    }
+
+    /// Node's `http2` (HTTP/2 with prior knowledge) and `http` on one port. Panics where
+    /// `node` is not installed: the tests that need an HTTP/2 judge have no other.
+    pub(crate) fn node_h2() -> Self {
+        Self::start("node-h2", "node", &["-e", NODE_H2_JUDGE])
     }
 
     fn start(name: &'static str, program: &str, args: &[&str]) -> Self {
@@ -180,19 +230,16 @@ impl Judge {
     }
 
     /// The values of every header the app would take for `name`: the same name in any case,
-    /// and with `_` for `-` (CGI and WSGI servers map both to one variable).
+    /// and with `_` or `.` for `-` (CGI, WSGI and PHP map them all to one variable).
     pub(crate) fn values_of(request: &Value, name: &str) -> Vec<String> {
-        let wanted = name.to_ascii_lowercase().replace('_', "-");
+        let respell = |name: &str| name.to_ascii_lowercase().replace(['_', '.'], "-");
+        let wanted = respell(name);
         request["headers"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|pair| {
-                let header = pair[0]
-                    .as_str()?
-                    .trim()
-                    .to_ascii_lowercase()
-                    .replace('_', "-");
+                let header = respell(pair[0].as_str()?.trim());
                 (header == wanted).then(|| pair[1].as_str().unwrap_or_default().to_string())
             })
             .collect()

@@ -59,6 +59,9 @@ pub(crate) struct MeshSpec {
     pub(crate) backend_inbound: &'static str,
     /// Extra YAML at the top level of both sidecars' configurations (`limits: …`).
     pub(crate) extra: String,
+    /// Extra YAML for both sidecars' `admin:` section, indented by two spaces
+    /// (`  max_connections: 8\n`).
+    pub(crate) admin: &'static str,
     /// Environment variables for both sidecars.
     pub(crate) sidecar_env: Vec<(&'static str, &'static str)>,
     /// More outbound listeners for the frontend, after the usual one: (identity, protocol).
@@ -92,8 +95,8 @@ impl Mesh {
             &ca_dir,
             BACKEND,
             &format!(
-                "inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n{}{}{policy}",
-                spec.backend_inbound, spec.extra
+                "{}inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n{}{}{policy}",
+                spec.admin, spec.backend_inbound, spec.extra
             ),
         );
         let backend = ProxyProcess::try_start(HUSH, &backend_config, &spec.sidecar_env)
@@ -114,7 +117,7 @@ impl Mesh {
             ca.url(),
             &ca_dir,
             FRONTEND,
-            &format!("{outbound}{}", spec.extra),
+            &format!("{}{outbound}{}", spec.admin, spec.extra),
         );
         let frontend = ProxyProcess::try_start(HUSH, &frontend_config, &spec.sidecar_env)
             .unwrap_or_else(|e| panic!("{e}"));
