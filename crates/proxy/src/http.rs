@@ -523,9 +523,14 @@ async fn exchange(ctx: &HttpContext, mut request: Request<Incoming>, span: &Span
                 } else {
                     ctx.version.label()
                 };
-                ctx.metrics
-                    .request(ctx.direction, label, StatusCode::FORBIDDEN.as_u16());
-                let mut response = error_response(StatusCode::FORBIDDEN, grpc, decided.refusal());
+                // A path the policy cannot judge is the request's fault, not a denial.
+                let status = if decided.ambiguous_path {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                ctx.metrics.request(ctx.direction, label, status.as_u16());
+                let mut response = error_response(status, grpc, decided.refusal());
                 if translated {
                     *response.version_mut() = http::Version::HTTP_2;
                 }
