@@ -591,8 +591,7 @@ pub(crate) fn applies_to(policy: &Policy, workload: &SpiffeId) -> Result<(), Str
 impl WorkloadPolicy {
     /// Decides a request.
     pub fn evaluate(&self, request: &Request<'_>) -> Decision<'_> {
-        let path = request.http.map(|http| read_request_path(http.path));
-        let ctx = Context::new(request, path.as_ref());
+        let ctx = Context::new(request);
         let (verdict, reason) = self.decide(&ctx, false);
         let audit = self
             .audit
@@ -705,7 +704,7 @@ impl WorkloadPolicy {
 }
 
 /// The readings of a request's path, without its query string.
-pub(crate) fn read_request_path(path: &str) -> Result<PathReadings<'_>, AmbiguousPath> {
+fn read_request_path(path: &str) -> Result<PathReadings<'_>, AmbiguousPath> {
     let end = path.find(['?', '#']).unwrap_or(path.len());
     read_path(&path[..end])
 }
@@ -723,26 +722,29 @@ pub(crate) struct HttpContext<'a> {
     /// The method's bit once upper-cased: `delete` to an app that upper-cases methods.
     pub(crate) method_bit_folded: u16,
     /// The path's readings, or why it has none that can be trusted.
-    pub(crate) path: &'a Result<PathReadings<'a>, AmbiguousPath>,
+    pub(crate) path: Result<PathReadings<'a>, AmbiguousPath>,
     pub(crate) headers: &'a dyn Headers,
 }
 
 impl<'a> Context<'a> {
-    /// `path` is the request's path read by [`read_request_path`]; it must be given for an
-    /// HTTP request.
-    pub(crate) fn new(
-        request: &Request<'a>,
-        path: Option<&'a Result<PathReadings<'a>, AmbiguousPath>>,
-    ) -> Self {
+    pub(crate) fn new(request: &Request<'a>) -> Self {
         Self {
             principal: request.principal,
             port: request.port,
-            http: request.http.zip(path).map(|(http, path)| HttpContext {
-                method: http.method,
-                method_bit: MethodSet::bit(http.method),
-                method_bit_folded: MethodSet::bit_ignoring_case(http.method),
-                path,
-                headers: http.headers,
+            http: request.http.map(|http| {
+                let method_bit = MethodSet::bit(http.method);
+                HttpContext {
+                    method: http.method,
+                    method_bit,
+                    // A method written in upper case is its own folded form.
+                    method_bit_folded: if method_bit == MethodSet::OTHER {
+                        MethodSet::bit_ignoring_case(http.method)
+                    } else {
+                        method_bit
+                    },
+                    path: read_request_path(http.path),
+                    headers: http.headers,
+                }
             }),
         }
     }
@@ -942,7 +944,7 @@ fn operation_matches(
     if op.paths.is_none() && op.not_paths.is_none() {
         return true;
     }
-    let readings = match http.path {
+    let readings = match &http.path {
         Ok(readings) => readings,
         // No reading to trust: the fields lean as the rule does (the evaluator refuses such a
         // path before an enforced rule naming paths is tried; this is AUDIT and dry runs).
@@ -954,7 +956,9 @@ fn operation_matches(
         }
     };
     if let Some(paths) = &op.paths {
-        let holds = if in_doubt {
+        let holds = if readings.is_single() {
+            some_pattern(paths, readings.as_sent(), in_doubt)
+        } else if in_doubt {
             readings.iter().any(|r| some_pattern(paths, r, true))
         } else {
             readings.iter().all(|r| some_pattern(paths, r, false))
@@ -975,7 +979,9 @@ fn operation_matches(
         }
     }
     if let Some(paths) = &op.not_paths {
-        let excluded = if in_doubt {
+        let excluded = if readings.is_single() {
+            some_pattern(paths, readings.as_sent(), !in_doubt)
+        } else if in_doubt {
             readings.iter().all(|r| some_pattern(paths, r, false))
         } else {
             readings.iter().any(|r| some_pattern(paths, r, true))

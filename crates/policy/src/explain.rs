@@ -7,8 +7,7 @@ use hush_identity::SpiffeId;
 
 use crate::compile::{PolicyInfo, PolicySet};
 use crate::eval::{
-    Context, DefaultAction, Reason, Request, Stance, Verdict, applies_to, read_request_path,
-    rule_matches,
+    Context, DefaultAction, Reason, Request, Stance, Verdict, applies_to, rule_matches,
 };
 use crate::model::Action;
 use crate::path::AmbiguousPath;
@@ -76,8 +75,7 @@ impl PolicySet {
     ) -> Explanation {
         let compiled = self.for_workload(workload, default);
         let decision = compiled.evaluate(request);
-        let path = request.http.map(|http| read_request_path(http.path));
-        let ctx = Context::new(request, path.as_ref());
+        let ctx = Context::new(request);
 
         let mut policies = Vec::new();
         let mut not_applied = Vec::new();
@@ -111,9 +109,9 @@ impl PolicySet {
             });
         }
 
-        let request_text = match (&request.http, &path) {
+        let request_text = match (&request.http, &ctx.http) {
             (Some(http), Some(read)) => {
-                let judged = match read {
+                let judged = match &read.path {
                     Ok(readings) if readings.is_single() && readings.as_sent() == http.path => {
                         String::new()
                     }

@@ -207,25 +207,42 @@ const ENCODED_SLASH: &str = "%2F";
 fn is_plain(path: &str) -> bool {
     let bytes = path.as_bytes();
     let mut start = 0;
-    for i in 0..=bytes.len() {
-        match bytes.get(i).copied() {
-            end @ (Some(b'/') | None) => {
-                let segment = &bytes[start..i];
-                // Empty at the root (before the first `/`) and at the end (`/a/`) is normal.
-                let empty_inside = segment.is_empty() && start != 0 && end.is_some();
-                if empty_inside || segment == b"." || segment == b".." {
-                    return false;
-                }
-                start = i + 1;
-            }
-            Some(byte) if byte.is_ascii() && ascii_form(byte) != AsciiForm::Itself => {
+    for (i, &byte) in bytes.iter().enumerate() {
+        if byte == b'/' {
+            if !plain_segment(&bytes[start..i], start == 0) {
                 return false;
             }
-            Some(_) => {}
+            start = i + 1;
+        } else if !PLAIN[usize::from(byte)] {
+            return false;
         }
     }
-    true
+    // The last segment may be empty: a trailing `/`.
+    bytes.len() == start || plain_segment(&bytes[start..], start == 0)
 }
+
+/// A segment that reads the same every way: not `.` or `..`, and not empty unless it is the
+/// one before a leading `/`.
+#[inline]
+fn plain_segment(segment: &[u8], first: bool) -> bool {
+    match segment {
+        b"" => first,
+        b"." | b".." => false,
+        _ => true,
+    }
+}
+
+/// The bytes a plain path is made of: every character that stands for itself (non-ASCII
+/// bytes belong to UTF-8 characters, which do); `/` is looked at separately.
+const PLAIN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = byte >= 0x80 || matches!(ascii_form(byte as u8), AsciiForm::Itself);
+        byte += 1;
+    }
+    table
+};
 
 /// How the canonical spelling writes an ASCII character.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,7 +257,7 @@ enum AsciiForm {
     Special,
 }
 
-fn ascii_form(byte: u8) -> AsciiForm {
+const fn ascii_form(byte: u8) -> AsciiForm {
     match byte {
         b'\\' => AsciiForm::Refused(AmbiguousPath::Backslash),
         0..=0x1f | 0x7f => AsciiForm::Refused(AmbiguousPath::ControlCharacter),

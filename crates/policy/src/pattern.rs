@@ -162,7 +162,8 @@ pub(crate) const METHODS: [&str; 9] = [
 pub(crate) struct MethodSet(u16);
 
 impl MethodSet {
-    const OTHER: u16 = 1 << 15;
+    /// The bit of every method that is not one of [`METHODS`].
+    pub(crate) const OTHER: u16 = 1 << 15;
 
     pub(crate) fn parse_into(&mut self, text: &str) -> Result<(), String> {
         match METHODS.iter().position(|m| *m == text) {

@@ -180,9 +180,8 @@ impl SidecarChecks {
                 column: 0,
                 message: format!(
                     "{found} here; hush takes that for a mistake (a deleted or emptied \
-                     ConfigMap), not for \"no policy\", which would let every caller in. \
-                     Restore the policy, or to run without one on purpose write a file holding \
-                     `[]`"
+                     ConfigMap), not for \"no policy\": restore the policy, or to run without \
+                     one on purpose write a file holding `[]`"
                 ),
             }]);
         }
