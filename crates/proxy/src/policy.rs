@@ -5,7 +5,8 @@
 //! validates replaces the policy for the next request; a change that does not is logged with
 //! its `file:line:column` errors and counted, and the previous policy stays in force. Files
 //! that hold no policy at all (an emptied directory, a deleted ConfigMap) are such a change
-//! unless one of them says `[]`: an empty policy would let every caller in.
+//! unless one of them says `[]`: an empty policy would let every caller in. At start they are
+//! refused too, unless the configuration says the policy is `optional`.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -137,6 +138,8 @@ impl Judgement {
 pub(crate) struct PolicyEnforcer {
     path: PathBuf,
     default: DefaultAction,
+    /// `policy.optional`: files without a policy are accepted while none is in force.
+    optional: bool,
     access_log: AccessLog,
     checks: SidecarChecks,
     metrics: Metrics,
@@ -159,16 +162,17 @@ struct SidecarChecks {
 
 impl SidecarChecks {
     /// Parses `sources` (read from `path`) and checks them against this sidecar: no policy at
-    /// all without saying so, principals of another trust domain, and HTTP rules on an opaque
-    /// TCP port.
+    /// all without saying so (unless `may_be_empty`), principals of another trust domain, and
+    /// HTTP rules on an opaque TCP port.
     fn validate(
         &self,
         path: &Path,
         sources: &[Source],
+        may_be_empty: bool,
         own: Option<&SpiffeId>,
     ) -> Result<PolicySet, Vec<PolicyError>> {
         let set = PolicySet::parse(sources)?;
-        if set.is_empty() && !set.declares_no_policy() {
+        if set.is_empty() && !set.declares_no_policy() && !may_be_empty {
             let found = if sources.is_empty() {
                 "no policy file (*.yaml, *.yml)"
             } else {
@@ -249,11 +253,19 @@ impl PolicyEnforcer {
             app_port: app.port(),
         };
         let set = checks
-            .validate(&config.path, &sources, None)
+            .validate(&config.path, &sources, config.optional, None)
             .map_err(refused)?;
+        if set.is_empty() && !set.declares_no_policy() {
+            warn!(
+                path = %config.path.display(),
+                "no policy yet (`policy.optional`): requests are decided by the default until a \
+                 policy file appears"
+            );
+        }
         metrics.policies_loaded(set.len());
         Ok(Self {
             path: config.path.clone(),
+            optional: config.optional,
             default: match config.default {
                 DefaultPolicy::Allow => DefaultAction::Allow,
                 DefaultPolicy::Deny => DefaultAction::Deny,
@@ -372,7 +384,13 @@ impl PolicyEnforcer {
             .load()
             .as_ref()
             .and_then(|view| view.own.parse::<SpiffeId>().ok());
-        match self.checks.validate(&self.path, &sources, own.as_ref()) {
+        // Losing every policy is refused once one is in force; before that, an optional policy
+        // may stay empty.
+        let may_be_empty = self.optional && loaded.set.is_empty();
+        match self
+            .checks
+            .validate(&self.path, &sources, may_be_empty, own.as_ref())
+        {
             Ok(set) => {
                 let generation = loaded.generation + 1;
                 info!(
@@ -661,10 +679,19 @@ mod tests {
     }
 
     fn enforcer(dir: &Path, protocol: Protocol) -> Result<PolicyEnforcer, PolicyLoadError> {
+        load_enforcer(dir, protocol, false)
+    }
+
+    fn load_enforcer(
+        dir: &Path,
+        protocol: Protocol,
+        optional: bool,
+    ) -> Result<PolicyEnforcer, PolicyLoadError> {
         PolicyEnforcer::load(
             &PolicyConfig {
                 path: dir.to_path_buf(),
                 default: DefaultPolicy::Allow,
+                optional,
             },
             AccessLog::Denied,
             "127.0.0.1:8080".parse().unwrap(),
@@ -811,6 +838,35 @@ mod tests {
         assert_eq!(
             enforcer.describe().split(" (").nth(1),
             Some("0 policies, 0 rules; default allow)")
+        );
+    }
+
+    #[test]
+    fn an_optional_policy_may_start_empty_but_not_become_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let enforcer = load_enforcer(dir.path(), Protocol::Detect, true).unwrap();
+        let headers = HeaderMap::new();
+        let admin_allowed = || {
+            enforcer
+                .check_request(&caller(), "GET", "/admin", &headers, None)
+                .allowed
+        };
+        assert!(admin_allowed(), "no policy yet");
+        // Still none: nothing is in force, so nothing is lost.
+        write(dir.path(), "p.yaml", "# soon\n");
+        enforcer.reload(false);
+        assert!(enforcer.status(None).refused.is_none());
+        // The namespace's policy appears, then its ConfigMap is deleted.
+        write(dir.path(), "p.yaml", DENY_ADMIN);
+        enforcer.reload(false);
+        assert!(!admin_allowed());
+        std::fs::remove_file(dir.path().join("p.yaml")).unwrap();
+        enforcer.reload(false);
+        assert!(!admin_allowed(), "the last good policy stays in force");
+        let refused = enforcer.status(None).refused.unwrap();
+        assert!(
+            refused[0].contains("hush takes that for a mistake"),
+            "{refused:?}"
         );
     }
 
