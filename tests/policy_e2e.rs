@@ -51,7 +51,73 @@ fn ops_only(dry_run: bool) -> String {
     )
 }
 
+/// Keeps everyone out of the admin pages and away from the `evil` role; everything else is
+/// allowed (no ALLOW policy applies), so a request that slips past the DENY reaches the app.
+const DENY_ADMIN_POLICY: &str = r#"apiVersion: hush.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-admin
+spec:
+  action: DENY
+  rules:
+    - to:
+        - paths: ["/admin", "/admin/*"]
+    - when:
+        - key: request.headers[x-role]
+          values: ["evil"]
+"#;
+
 const LOG_PATIENCE: Duration = Duration::from_secs(20);
+
+/// Request headers, as name and value.
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
+/// Sends each GET with Python's `http.client`, which puts the path on the request line exactly
+/// as given (no dot-segment removal, no re-encoding) and each header on its own line; one
+/// connection per request. Returns (status, body) for each.
+async fn raw_gets(
+    addr: std::net::SocketAddr,
+    requests: &[(&str, Headers<'_>)],
+) -> Vec<(u16, String)> {
+    const CLIENT: &str = r#"
+import http.client, json, sys
+answers = []
+for path, headers in json.load(sys.stdin):
+    connection = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=20)
+    connection.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+    connection.putheader("Host", "backend.shop")
+    for name, value in headers:
+        connection.putheader(name, value)
+    connection.endheaders()
+    response = connection.getresponse()
+    answers.append([response.status, response.read().decode("utf-8", "replace")])
+    connection.close()
+json.dump(answers, sys.stdout)
+"#;
+    let input = serde_json::to_vec(requests).expect("requests as JSON");
+    let (host, port) = (addr.ip().to_string(), addr.port().to_string());
+    let output = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new("python3")
+            .args(["-c", CLIENT, &host, &port])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 (the raw HTTP client)");
+        child
+            .stdin
+            .take()
+            .expect("python3's stdin")
+            .write_all(&input)
+            .expect("the requests written to python3");
+        child.wait_with_output().expect("python3 ran")
+    })
+    .await
+    .expect("the client's thread");
+    assert!(output.status.success(), "{}", describe_output(&output));
+    serde_json::from_slice(&output.stdout).expect("the answers as JSON")
+}
 
 /// Runs `hush` from the workspace root, so paths read as the README writes them
 /// (`examples/policy`).
@@ -224,6 +290,197 @@ async fn requests_are_allowed_or_denied_with_the_deciding_policy_named() {
         body.contains("any authenticated mesh identity may call"),
         "{body}"
     );
+}
+
+/// Paths that Tomcat, Spring, Express, IIS or an app that decodes twice would read as
+/// `/admin`, sent as they are by a client that does not normalize, through the real mesh: each
+/// is denied, or refused as a path that cannot be judged; ordinary paths still get through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_and_headers_that_could_read_as_denied_ones_are_denied_or_refused() {
+    let mesh = Mesh::start(MeshSpec {
+        backend_policy: Some(DENY_ADMIN_POLICY.to_string()),
+        ..MeshSpec::default()
+    })
+    .await;
+    let none: &[(&str, &str)] = &[];
+    let denied = "hush: denied by DENY policy \"deny-admin\", rule 0 (";
+    let denied_role = "hush: denied by DENY policy \"deny-admin\", rule 1 (";
+    // (path, headers, status, start of the body)
+    type Case<'a> = (&'a str, Headers<'a>, u16, &'a str);
+    let cases: &[Case<'_>] = &[
+        // Ordinary requests reach the app.
+        ("/api/items", none, 200, ""),
+        ("/api/items;v=2", none, 200, ""),
+        ("/api/items", &[("x-role", "reader")], 200, ""),
+        ("/admin", none, 403, denied),
+        // Path parameters, cut by Tomcat, Jetty and Spring.
+        ("/admin;x=1", none, 403, denied),
+        ("/admin;jsessionid=0/users", none, 403, denied),
+        (
+            "/public/..;/admin",
+            none,
+            400,
+            "hush: refused: the path has a `.` or `..` segment and a path parameter (`;`)",
+        ),
+        // Case, ignored by Express, ASP.NET and IIS.
+        ("/ADMIN/users", none, 403, denied),
+        // Backslashes, a separator to IIS and some Node and Java setups.
+        (
+            "/admin\\users",
+            none,
+            400,
+            "hush: refused: the path holds a backslash",
+        ),
+        (
+            "/admin%5Cusers",
+            none,
+            400,
+            "hush: refused: the path holds a backslash",
+        ),
+        // Double encoding, `.` to an app that decodes twice.
+        (
+            "/public/%252e%252e/admin",
+            none,
+            400,
+            "hush: refused: the path holds a percent-encoded `%`",
+        ),
+        // Dot segments with encoded slashes: `/public` once `%2F` separates.
+        (
+            "/admin/a%2F..%2F..%2Fpublic",
+            none,
+            400,
+            "hush: refused: the path has a `.` or `..` segment and an encoded slash",
+        ),
+        ("/admin%2Fusers", none, 403, denied),
+        // Encoded dots, resolved.
+        ("/public/%2e%2e/admin", none, 403, denied),
+        ("/public/.%2E/admin/users", none, 403, denied),
+        // A NUL, where C code stops reading; an overlong `.`.
+        (
+            "/admin%00",
+            none,
+            400,
+            "hush: refused: the path holds a control character",
+        ),
+        (
+            "/%C0%AE%C0%AE/admin",
+            none,
+            400,
+            "hush: refused: the path's percent-encoded bytes are not UTF-8",
+        ),
+        // A repeated header, on two lines or as a list on one.
+        (
+            "/api/items",
+            &[("x-role", "reader"), ("X-Role", "evil")],
+            403,
+            denied_role,
+        ),
+        (
+            "/api/items",
+            &[("x-role", "reader, evil")],
+            403,
+            denied_role,
+        ),
+    ];
+    let requests: Vec<(&str, Headers<'_>)> = cases
+        .iter()
+        .map(|(path, headers, _, _)| (*path, *headers))
+        .collect();
+    let answers = raw_gets(mesh.to_backend(), &requests).await;
+    // Every answer is checked before the test fails, so a failure lists each path that got
+    // through.
+    let mut wrong = Vec::new();
+    for ((path, headers, status, start), (got, body)) in cases.iter().zip(&answers) {
+        // An app's answer shows the request as it arrived: the sidecar judges, it does not
+        // rewrite.
+        let as_sent = *status != 200 || json(body)["path"] == serde_json::json!(path);
+        if got != status || !body.starts_with(start) || !as_sent {
+            wrong.push(format!(
+                "{path} {headers:?}: expected {status} {start:?}, got {got} {body}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let refusals = cases.iter().filter(|case| case.2 == 400).count();
+    let metrics = metrics_of(&mesh.backend);
+    assert_eq!(
+        metric(
+            &metrics,
+            "hush_policy_decisions_total{action=\"ambiguous_path\",policy=\"\",result=\"deny\"}"
+        ),
+        refusals as f64,
+        "{metrics}"
+    );
+    mesh.backend
+        .wait_for_log(
+            &[
+                "access: inbound GET /public/..;/admin from spiffe://cluster.local/ns/shop/sa/frontend (",
+                ": 400 in ",
+                "refused: the path has a `.` or `..` segment and a path parameter",
+            ],
+            LOG_PATIENCE,
+        )
+        .unwrap();
+}
+
+/// A deleted ConfigMap must not become "no policy": the last good policy stays in force, the
+/// sidecar says why and what to do, until the directory says `[]` on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_policy_directory_keeps_the_last_good_policy() {
+    let mesh = Mesh::start(MeshSpec {
+        backend_policy: Some(API_POLICY.to_string()),
+        ..MeshSpec::default()
+    })
+    .await;
+    let to_backend = mesh.to_backend();
+    assert_eq!(get(to_backend, "/admin/users", &[]).await.0, 403);
+
+    mesh.empty_policy();
+    let line = mesh
+        .backend
+        .wait_for_log(
+            &["policy reload refused, the previous policy (generation 1) stays in force"],
+            LOG_PATIENCE,
+        )
+        .unwrap();
+    let stderr = mesh.backend.stderr();
+    assert!(
+        stderr.contains("no policy file (*.yaml, *.yml) here; hush takes that for a mistake"),
+        "{line}\n{stderr}"
+    );
+    assert!(stderr.contains("write a file holding `[]`"), "{stderr}");
+    assert_eq!(get(to_backend, "/admin/users", &[]).await.0, 403);
+    assert_eq!(get(to_backend, "/other", &[]).await.0, 403);
+    assert_eq!(get(to_backend, "/api/items", &[]).await.0, 200);
+    let metrics = metrics_of(&mesh.backend);
+    assert_eq!(
+        metric(&metrics, "hush_policy_reloads_total{result=\"error\"}"),
+        1.0,
+        "{metrics}"
+    );
+    let (_, body) = http_request(mesh.backend.admin(), "GET", "/policy");
+    let report = json(&body);
+    assert_eq!(report["generation"], 1);
+    assert_eq!(
+        report["policies"].as_array().map(Vec::len),
+        Some(2),
+        "{body}"
+    );
+    assert!(
+        report["refused"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("no policy file")),
+        "{body}"
+    );
+
+    // Removing every policy on purpose: a file that holds `[]`.
+    mesh.edit_policy("# no policy on purpose: any caller of the mesh may call\n[]\n");
+    eventually_status(to_backend, "/other", 200).await;
+    assert_eq!(get(to_backend, "/admin/users", &[]).await.0, 200);
+    let (_, body) = http_request(mesh.backend.admin(), "GET", "/policy");
+    let report = json(&body);
+    assert_eq!(report["generation"], 2);
+    assert!(report["refused"].is_null(), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,7 +731,7 @@ fn policy_check_and_explain_work_as_documented() {
         BACKEND,
     ]);
     for needle in [
-        "GET /api/../admin (judged as /admin)",
+        "GET /api/../admin (read as /api/../admin, /admin)",
         "decision: DENY, denied by DENY policy \"deny-admin\", rule 0 (examples/policy/deny-admin.yaml:17)",
         "rule 0 (line 13): no match: to: path /admin matches none of paths [/api/*, /healthz]",
         "inventory-only-backend (examples/policy/inventory-dry-run.yaml:8): its selector names",
@@ -541,6 +798,42 @@ fn the_sidecar_refuses_a_policy_that_cannot_work_on_its_port() {
     let checked = run_hush_ok(HUSH, &["proxy", "--config", path_str(&config), "--check"]);
     assert!(
         checked.contains("(2 policies, 2 rules; default allow)"),
+        "{checked}"
+    );
+}
+
+#[test]
+fn the_sidecar_refuses_to_start_on_an_empty_policy_directory() {
+    let (temp, ca_dir) = new_ca();
+    let policy = temp.path().join("policy");
+    fs::create_dir(&policy).unwrap();
+    let config = sidecar_config(
+        temp.path(),
+        "web",
+        "https://127.0.0.1:1",
+        &ca_dir,
+        BACKEND,
+        &format!(
+            "inbound:\n  listen: 127.0.0.1:0\n  app: 127.0.0.1:8080\npolicy:\n  path: {}\n",
+            policy.display()
+        ),
+    );
+    let output = run_hush(HUSH, &["proxy", "--config", path_str(&config), "--check"]);
+    assert!(!output.status.success(), "{}", describe_output(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}: no policy file (*.yaml, *.yml) here; hush takes that for a mistake",
+            policy.display()
+        )),
+        "{stderr}"
+    );
+
+    // Said on purpose, it is a policy.
+    fs::write(policy.join("none.yaml"), "[]\n").unwrap();
+    let checked = run_hush_ok(HUSH, &["proxy", "--config", path_str(&config), "--check"]);
+    assert!(
+        checked.contains("(0 policies, 0 rules; default allow)"),
         "{checked}"
     );
 }

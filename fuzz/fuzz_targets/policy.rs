@@ -1,13 +1,14 @@
 //! Authorization policies come from operators and ConfigMaps: any text must give a policy set or
 //! errors that render, never a panic. What parses must decide as `explain` says: its rule-by-rule
 //! trace (every rule checked, no index) must lead to the evaluator's verdict, deciding rule,
-//! audit mark and dry-run verdict.
+//! audit mark and dry-run verdict. The fuzzed text is also read as a request path: its readings
+//! or its refusal must be stable, and a refusal must be what the evaluator says.
 #![no_main]
 
 use hush_identity::{SpiffeId, TrustDomain};
 use hush_policy::{
     Action, DefaultAction, Explanation, Headers, HttpRequest, PolicySet, Reason, Request, Verdict,
-    WorkloadPolicy,
+    WorkloadPolicy, read_path,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -18,13 +19,14 @@ const PLAIN: &[(&str, &str)] = &[
 ];
 const ODD: &[(&str, &str)] = &[
     ("X-Env", "staging"),
-    ("x-env", "prod"),
+    ("x-env", "prod, \"a,b\""),
     ("x-debug", "1"),
     ("authorization", "Basic Zm9vOmJhcg=="),
 ];
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
+        read_as_path(text);
         match PolicySet::parse_str("fuzz.yaml", text) {
             Ok(set) => check(&set),
             Err(errors) => {
@@ -36,6 +38,20 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// A path reads the same every time; each reading is in canonical spelling, so reading it again
+/// changes nothing and refuses nothing.
+fn read_as_path(text: &str) {
+    let Ok(readings) = read_path(text) else {
+        return;
+    };
+    let _ = readings.to_string();
+    for reading in readings.iter() {
+        let again = read_path(reading)
+            .unwrap_or_else(|why| panic!("{text:?} read as {reading:?}, which is refused: {why}"));
+        assert_eq!(again.as_sent(), reading, "{text:?}");
+    }
+}
 
 fn check(set: &PolicySet) {
     let domain = TrustDomain::new("cluster.local").expect("a valid trust domain");
@@ -57,6 +73,8 @@ fn check(set: &PolicySet) {
         http(admin, 8443, "POST", "/api/../admin//x/./%61?q=1#f", odd),
         http(stranger, 8080, "PROPFIND", "", &plain),
         http(frontend, 9090, "DELETE", "/%2e%2e/healthz/..", odd),
+        http(frontend, 8080, "get", "/Admin;x=1/%2Fa", odd),
+        http(admin, 8080, "GET", "/public/..;/admin", &plain),
         tcp(frontend, 8080),
         tcp(stranger, 5432),
     ];
@@ -135,7 +153,18 @@ fn agree(
         DefaultAction::Allow => Verdict::Allow,
         DefaultAction::Deny => Verdict::Deny,
     };
+    // A path no reading can be trusted for is refused before any rule when an enforced (or,
+    // for the dry run, any) DENY or ALLOW policy names paths.
+    let refuses = |with_dry_run: bool| {
+        explanation.ambiguous_path.is_some()
+            && explanation.policies.iter().any(|p| {
+                p.names_paths && p.policy.action != Action::Audit && (with_dry_run || !p.policy.dry_run)
+            })
+    };
     let decide = |with_dry_run: bool| {
+        if refuses(with_dry_run) {
+            return (Verdict::Deny, None);
+        }
         let deny = first(Action::Deny, false)
             .or_else(|| with_dry_run.then(|| first(Action::Deny, true)).flatten());
         if let Some(rule) = deny {
@@ -156,6 +185,11 @@ fn agree(
     assert_eq!(decision.verdict, verdict, "{request:?}\n{explanation}");
     let decided_by = match decision.reason {
         Reason::Rule(rule) => Some((rule.policy.name.to_string(), rule.rule)),
+        Reason::AmbiguousPath(why) => {
+            assert!(refuses(false), "{request:?}\n{explanation}");
+            assert_eq!(Some(why), explanation.ambiguous_path, "{request:?}");
+            None
+        }
         Reason::NoAllowRuleMatched { .. } | Reason::Default(_) => None,
     };
     assert_eq!(decided_by, rule, "{request:?}\n{explanation}");

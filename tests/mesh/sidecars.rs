@@ -136,6 +136,11 @@ impl Mesh {
         write_configmap(&self.temp.path().join("policy"), "policy.yaml", text);
     }
 
+    /// Removes every file of the backend's policy, as deleting its ConfigMap would.
+    pub(crate) fn empty_policy(&self) {
+        empty_configmap(&self.temp.path().join("policy"));
+    }
+
     /// The frontend sidecar's usual outbound listener (to the backend).
     pub(crate) fn to_backend(&self) -> SocketAddr {
         self.frontend.outbound(0)
@@ -200,6 +205,27 @@ pub(crate) fn write_configmap(dir: &Path, name: &str, text: &str) {
     let link = dir.join(name);
     if fs::symlink_metadata(&link).is_err() {
         symlink(Path::new("..data").join(name), &link).expect("file link");
+    }
+}
+
+/// Empties the ConfigMap-style directory `dir` the way the kubelet does when every key is
+/// removed (or the ConfigMap deleted, for an optional volume): a new, empty `..<n>` folder is
+/// swapped in as `..data`, and the links to the old keys are removed.
+pub(crate) fn empty_configmap(dir: &Path) {
+    use std::os::unix::fs::symlink;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static VERSION: AtomicU64 = AtomicU64::new(0);
+    let version = format!("..empty{}", VERSION.fetch_add(1, Ordering::Relaxed));
+    fs::create_dir(dir.join(&version)).expect("version dir");
+    let staged = dir.join("..data_tmp");
+    let _ = fs::remove_file(&staged);
+    symlink(&version, &staged).expect("staged link");
+    fs::rename(&staged, dir.join("..data")).expect("swap ..data");
+    for entry in fs::read_dir(dir).expect("list the ConfigMap") {
+        let entry = entry.expect("an entry");
+        if !entry.file_name().to_string_lossy().starts_with('.') {
+            fs::remove_file(entry.path()).expect("remove a key's link");
+        }
     }
 }
 

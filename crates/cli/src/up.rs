@@ -241,6 +241,7 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
             policy: policy_path.as_ref().map(|path| PolicyConfig {
                 path: path.clone(),
                 default: DefaultPolicy::Allow,
+                optional: false,
             }),
             admin: AdminConfig {
                 listen: ([127, 0, 0, 1], 0).into(),

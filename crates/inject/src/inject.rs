@@ -491,7 +491,8 @@ fn proxy_config(config: &InjectorConfig, app_port: u16, probes: &[MovedProbe]) -
         }
     }
     if config.policy_configmap.is_some() {
-        let _ = write!(yaml, "policy:\n  path: {POLICY_DIR}\n");
+        // The ConfigMap is mounted as optional: a namespace may have none yet.
+        let _ = write!(yaml, "policy:\n  path: {POLICY_DIR}\n  optional: true\n");
     }
     yaml
 }
@@ -887,7 +888,7 @@ mod tests {
             "captured: true",
             "transparent:\n  listen: \"[::]:15001\"",
             "admin:\n  listen: \"[::]:15020\"\n  probes:\n    - path: \"/app-health/backend/readiness\"\n      port: 8080\n      http_path: \"/healthz\"",
-            "policy:\n  path: /etc/hush/policy",
+            "policy:\n  path: /etc/hush/policy\n  optional: true\n",
         ] {
             assert!(proxy_yaml.contains(needle), "{needle:?} in\n{proxy_yaml}");
         }

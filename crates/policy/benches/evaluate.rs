@@ -320,8 +320,9 @@ fn bench_evaluate(c: &mut Criterion) {
         Verdict::Allow,
         Some(("allow-ns99", 7)),
     );
-    // Judged as /api/v1/items3/x, after a copy.
-    let dotted = http(&items3_caller, "GET", "/api/v1/../v1/items3/x", &headers);
+    // Read two ways (as sent, `/api/v1/items3/./x/~b`, and resolved, `/api/v1/items3/x/~b`),
+    // both inside the ALLOW rule: copied once per reading, and every path rule tried on both.
+    let dotted = http(&items3_caller, "GET", "/api/v1/items3/./x/%7Eb", &headers);
     expect_decision(
         &policy,
         "path_needs_normalizing",

@@ -145,6 +145,13 @@ impl Rule {
             })
     }
 
+    /// Whether the rule names `paths` or `notPaths`.
+    pub(crate) fn names_paths(&self) -> bool {
+        self.to
+            .iter()
+            .any(|op| op.paths.is_some() || op.not_paths.is_some())
+    }
+
     /// The keys under which the evaluator's index files the rule: the exact principals and
     /// the `…/`-ending prefixes its `from` entries are limited to. `None` for a rule some other
     /// caller could match (no `from`, an entry without `principals`, `*`, a suffix, or a
@@ -179,6 +186,8 @@ pub(crate) enum IndexKey<'a> {
 #[derive(Clone, Debug, Default)]
 pub struct PolicySet {
     pub(crate) policies: Vec<Arc<Policy>>,
+    /// Whether a source holds `[]`: no policy, on purpose.
+    declares_none: bool,
 }
 
 impl PolicySet {
@@ -187,7 +196,12 @@ impl PolicySet {
     pub fn parse(sources: &[Source]) -> Result<Self, Vec<PolicyError>> {
         let mut errors = Vec::new();
         let mut policies: Vec<Arc<Policy>> = Vec::new();
+        let mut declares_none = false;
         for source in sources {
+            if declares_no_policy(&source.text) {
+                declares_none = true;
+                continue;
+            }
             match parse_source(source) {
                 Ok(parsed) => policies.extend(parsed.into_iter().map(Arc::new)),
                 Err(error) => errors.push(error),
@@ -214,7 +228,10 @@ impl PolicySet {
             }
         }
         if errors.is_empty() {
-            Ok(Self { policies })
+            Ok(Self {
+                policies,
+                declares_none,
+            })
         } else {
             Err(errors)
         }
@@ -241,6 +258,13 @@ impl PolicySet {
     /// Whether the set holds no policy at all.
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty()
+    }
+
+    /// Whether a source says, with a file holding only `[]` (an empty list of policies), that
+    /// there is no policy on purpose. A sidecar takes a set that is empty without saying so
+    /// for a mistake, such as a deleted ConfigMap.
+    pub fn declares_no_policy(&self) -> bool {
+        self.declares_none
     }
 
     /// Principals and selector identities of another trust domain than `trust_domain`: a
@@ -281,6 +305,24 @@ impl PolicySet {
     pub fn rule_count(&self) -> usize {
         self.policies.iter().map(|p| p.rules.len()).sum()
     }
+}
+
+/// Whether `text` is `[]` and nothing else but comments, blank lines and document markers.
+fn declares_no_policy(text: &str) -> bool {
+    let mut content = String::new();
+    for line in text.lines() {
+        // A `#` starts a comment at the start of a line or after a space; `[]` has no other.
+        let line = match line.find('#') {
+            Some(0) => "",
+            Some(at) if line[..at].ends_with([' ', '\t']) => &line[..at],
+            _ => line,
+        };
+        let line = line.trim();
+        if line != "---" && line != "..." {
+            content.extend(line.chars().filter(|c| !c.is_whitespace()));
+        }
+    }
+    content == "[]"
 }
 
 fn parse_source(source: &Source) -> Result<Vec<Policy>, PolicyError> {
@@ -812,7 +854,39 @@ mod tests {
         let set = PolicySet::parse_str("p.yaml", &text).unwrap();
         let names: Vec<&str> = set.policies().map(|p| &*p.name).collect();
         assert_eq!(names, ["a", "b"]);
-        assert!(PolicySet::parse_str("empty.yaml", "").unwrap().is_empty());
+        let empty = PolicySet::parse_str("empty.yaml", "").unwrap();
+        assert!(empty.is_empty() && !empty.declares_no_policy());
+    }
+
+    #[test]
+    fn an_empty_list_says_there_is_no_policy_on_purpose() {
+        for text in [
+            "[]",
+            "[]\n",
+            "# every policy removed on purpose\n[ ]  # none\n",
+            "---\n[]\n...\n",
+        ] {
+            let set = PolicySet::parse_str("none.yaml", text).unwrap();
+            assert!(set.is_empty() && set.declares_no_policy(), "{text:?}");
+        }
+        for text in ["", "# nothing\n", "---\n", "[]\n---\n[]x\n", "[a]"] {
+            let declared =
+                PolicySet::parse_str("x.yaml", text).is_ok_and(|s| s.declares_no_policy());
+            assert!(!declared, "{text:?}");
+        }
+        // Next to policies it changes nothing.
+        let sources = [
+            Source {
+                origin: "none.yaml".into(),
+                text: "[]".into(),
+            },
+            Source {
+                origin: "a.yaml".into(),
+                text: format!("{HEADER}metadata: {{name: a}}\nspec: {{}}\n"),
+            },
+        ];
+        let set = PolicySet::parse(&sources).unwrap();
+        assert_eq!(set.len(), 1);
     }
 
     #[test]

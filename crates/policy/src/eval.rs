@@ -3,12 +3,20 @@
 //!
 //! Evaluation allocates nothing for an ordinary request: the caller's SPIFFE ID is looked up
 //! in a map from exact principals to the rules that name them, and only those rules and the
-//! ones written with wildcards are checked, in the order they were written. (Paths that need
-//! normalizing and headers sent more than once are copied.)
+//! ones written with wildcards are checked, in the order they were written. (A path that
+//! reads more than one way is copied once per reading.)
+//!
+//! A request can read more than one way: its path ([`crate::path`]), a header sent on several
+//! lines or as a list, the case of a method. Each field leans the safe way for its rule: a
+//! DENY (or AUDIT) field holds when any reading satisfies it and its `not…` form excludes only
+//! what every reading falls in; an ALLOW field holds only when every reading satisfies it and
+//! its `not…` form excludes what any reading falls in. Patterns ignore ASCII case where that
+//! makes a rule match more (DENY and AUDIT patterns, ALLOW `not…` patterns) and respect it
+//! where that makes it match less.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
@@ -18,7 +26,8 @@ use crate::compile::{
     Condition, IndexKey, Operation, Policy, PolicyError, PolicyInfo, PolicySet, Rule,
 };
 use crate::model::Action;
-use crate::pattern::{MethodSet, PrincipalPattern, normalize_path};
+use crate::path::{AmbiguousPath, PathReadings, read_path};
+use crate::pattern::{MethodSet, PrincipalPattern, StrMatch};
 
 /// What happens to a request no policy speaks about.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -49,46 +58,114 @@ impl Verdict {
     }
 }
 
-/// Request headers, looked up by lower-case name. Several values of one header are joined
-/// with `, ` (as HTTP allows), so a condition sees the whole field.
+/// Request headers, looked up by lower-case name. A `when` condition judges every element of
+/// a header: each field line, split at the commas of an HTTP list (RFC 9110, 5.6.1), so
+/// `X: a` and `X: evil` on two lines, or `X: a, evil` on one, are the values `a` and `evil`.
 pub trait Headers {
-    /// The value of `name` (lower case), or `None` when the request does not carry it.
-    fn get(&self, name: &str) -> Option<Cow<'_, str>>;
+    /// Calls `visit` with the value of every field line named `name` (lower case), in the
+    /// order they came, until it breaks. A value that is not text should be passed as
+    /// U+FFFD, which no pattern but `*` matches.
+    fn each_value(&self, name: &str, visit: &mut dyn FnMut(&str) -> ControlFlow<()>);
 }
 
 impl Headers for &[(&str, &str)] {
-    fn get(&self, name: &str) -> Option<Cow<'_, str>> {
-        join_values(
-            self.iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| *v),
-        )
+    fn each_value(&self, name: &str, visit: &mut dyn FnMut(&str) -> ControlFlow<()>) {
+        for (_, value) in self.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            if visit(value).is_break() {
+                return;
+            }
+        }
     }
 }
 
 impl Headers for Vec<(String, String)> {
-    fn get(&self, name: &str) -> Option<Cow<'_, str>> {
-        join_values(
-            self.iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str()),
-        )
+    fn each_value(&self, name: &str, visit: &mut dyn FnMut(&str) -> ControlFlow<()>) {
+        for (_, value) in self.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            if visit(value).is_break() {
+                return;
+            }
+        }
     }
 }
 
-/// One value as it is, several joined with `, `.
-pub fn join_values<'v>(mut values: impl Iterator<Item = &'v str>) -> Option<Cow<'v, str>> {
-    let first = values.next()?;
-    match values.next() {
-        None => Some(Cow::Borrowed(first)),
-        Some(second) => {
-            let mut joined = format!("{first}, {second}");
-            for value in values {
-                joined.push_str(", ");
-                joined.push_str(value);
+/// Calls `visit` with every element of header `name` (see [`Headers`]): the comma-separated
+/// parts of each line outside quoted strings, without surrounding spaces; a line with no part
+/// is one empty value. Returns whether the request carries the header.
+fn each_element(
+    headers: &dyn Headers,
+    name: &str,
+    visit: &mut dyn FnMut(&str) -> ControlFlow<()>,
+) -> bool {
+    let mut present = false;
+    headers.each_value(name, &mut |line| {
+        present = true;
+        split_list(line, visit)
+    });
+    present
+}
+
+fn split_list(line: &str, visit: &mut dyn FnMut(&str) -> ControlFlow<()>) -> ControlFlow<()> {
+    fn trim(part: &str) -> &str {
+        part.trim_matches([' ', '\t'])
+    }
+    if !line.contains(',') {
+        return visit(trim(line));
+    }
+    let (mut start, mut quoted, mut escaped, mut any) = (0, false, false, false);
+    for (i, byte) in line.bytes().enumerate() {
+        if quoted {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => quoted = false,
+                _ => {}
             }
-            Some(Cow::Owned(joined))
+            continue;
         }
+        match byte {
+            b'"' => quoted = true,
+            b',' => {
+                let part = trim(&line[start..i]);
+                if !part.is_empty() {
+                    any = true;
+                    visit(part)?;
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let last = trim(&line[start..]);
+    if !last.is_empty() || !any {
+        visit(last)?;
+    }
+    ControlFlow::Continue(())
+}
+
+/// Which way a rule leans when a request reads more than one way (see the module
+/// documentation), and what it makes of a TCP connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stance {
+    /// DENY: in doubt it matches; on TCP, a rule naming HTTP fields is judged on the others.
+    Deny,
+    /// AUDIT: in doubt it matches (marking more is the safe side of an audit log); on TCP a
+    /// rule naming HTTP fields does not match.
+    Audit,
+    /// ALLOW: in doubt it does not match.
+    Allow,
+}
+
+impl Stance {
+    pub(crate) fn of(action: Action) -> Self {
+        match action {
+            Action::Deny => Self::Deny,
+            Action::Audit => Self::Audit,
+            Action::Allow => Self::Allow,
+        }
+    }
+
+    fn matches_in_doubt(self) -> bool {
+        self != Self::Allow
     }
 }
 
@@ -149,6 +226,9 @@ pub enum Reason<'p> {
     },
     /// No ALLOW or DENY policy applies; the default decided.
     Default(DefaultAction),
+    /// The path cannot be judged and an enforced rule names paths: the request is refused
+    /// whatever the rules say (the sidecar answers `400`).
+    AmbiguousPath(AmbiguousPath),
 }
 
 /// A decision and what led to it.
@@ -207,6 +287,7 @@ impl fmt::Display for Reason<'_> {
             Self::Default(DefaultAction::Deny) => {
                 f.write_str("no policy allows it and the default is deny")
             }
+            Self::AmbiguousPath(why) => why.fmt(f),
         }
     }
 }
@@ -220,6 +301,7 @@ impl fmt::Display for Decision<'_> {
         };
         match self.reason {
             Reason::Rule(_) => write!(f, "{verb} by {}", self.reason),
+            Reason::AmbiguousPath(_) => write!(f, "refused: {}", self.reason),
             _ => write!(f, "{verb}: {}", self.reason),
         }
     }
@@ -274,7 +356,7 @@ impl RuleIndex {
         &'s self,
         policies: &[Arc<Policy>],
         ctx: &Context<'_>,
-        tcp_matches_http_rules: bool,
+        stance: Stance,
     ) -> Option<(u32, u32)> {
         if self.rules.is_empty() {
             return None;
@@ -282,8 +364,7 @@ impl RuleIndex {
         let matches = |position: u32| {
             let (policy, rule) = self.rules[position as usize];
             let compiled = &policies[policy as usize].rules[rule as usize];
-            rule_matches(compiled, ctx, tcp_matches_http_rules, &mut NoTrace)
-                .then_some((policy, rule))
+            rule_matches(compiled, ctx, stance, &mut NoTrace).then_some((policy, rule))
         };
         // The candidate lists: the caller's exact ID, each of its prefixes ending in `/`, and
         // the rules no key describes. Each list is in written order.
@@ -352,6 +433,12 @@ pub struct WorkloadPolicy {
     has_allow: bool,
     /// The first dry-run ALLOW policy: the one named when dry-run ALLOW policies would deny.
     first_dry_allow: Option<u32>,
+    /// Whether an enforced DENY or ALLOW rule names paths: then a path that cannot be judged
+    /// is refused.
+    judges_paths: bool,
+    /// The first dry-run DENY or ALLOW policy naming paths: the one named when only dry-run
+    /// policies would refuse a path that cannot be judged.
+    dry_judges_paths: Option<u32>,
     /// Names of the ALLOW policies, for "no ALLOW rule matched"; made once.
     allow_names: Box<str>,
     allow_names_with_dry_run: Box<str>,
@@ -381,12 +468,21 @@ impl PolicySet {
             dry_allow: RuleIndex::default(),
             has_allow: false,
             first_dry_allow: None,
+            judges_paths: false,
+            dry_judges_paths: None,
             allow_names: Box::default(),
             allow_names_with_dry_run: Box::default(),
         };
         for (p, policy) in policies.iter().enumerate() {
             let p = u32::try_from(p).unwrap_or(u32::MAX);
             let info = &policy.info;
+            if info.action != Action::Audit && policy.rules.iter().any(Rule::names_paths) {
+                if info.dry_run {
+                    compiled.dry_judges_paths.get_or_insert(p);
+                } else {
+                    compiled.judges_paths = true;
+                }
+            }
             let index = match (info.action, info.dry_run) {
                 (Action::Deny, false) => &mut compiled.deny,
                 (Action::Deny, true) => &mut compiled.dry_deny,
@@ -495,12 +591,11 @@ pub(crate) fn applies_to(policy: &Policy, workload: &SpiffeId) -> Result<(), Str
 impl WorkloadPolicy {
     /// Decides a request.
     pub fn evaluate(&self, request: &Request<'_>) -> Decision<'_> {
-        let path = request.http.map(|http| request_path_for(http.path));
-        let ctx = Context::new(request, path.as_deref());
+        let ctx = Context::new(request);
         let (verdict, reason) = self.decide(&ctx, false);
         let audit = self
             .audit
-            .first_match(&self.policies, &ctx, false)
+            .first_match(&self.policies, &ctx, Stance::Audit)
             .map(|(p, r)| self.rule_ref(p, r));
         let dry_run = if self.dry_deny.is_empty() && self.dry_allow.is_empty() {
             None
@@ -509,10 +604,8 @@ impl WorkloadPolicy {
             (would != verdict).then(|| DryRun {
                 policy: match why {
                     Reason::Rule(rule) => rule.policy,
-                    _ => self.first_dry_allow.map_or_else(
-                        || &self.policies[0].info,
-                        |p| &self.policies[p as usize].info,
-                    ),
+                    Reason::AmbiguousPath(_) => self.info(self.dry_judges_paths),
+                    _ => self.info(self.first_dry_allow),
                 },
                 verdict: would,
                 reason: why,
@@ -527,14 +620,21 @@ impl WorkloadPolicy {
     }
 
     fn decide(&self, ctx: &Context<'_>, with_dry_run: bool) -> (Verdict, Reason<'_>) {
+        // Rules naming paths cannot judge a path no reading can be trusted for; leaning each
+        // field the safe way would deny it too, but under a rule's name, with a 403.
+        if let Some(why) = ctx.ambiguous_path()
+            && (self.judges_paths || (with_dry_run && self.dry_judges_paths.is_some()))
+        {
+            return (Verdict::Deny, Reason::AmbiguousPath(why));
+        }
         // A DENY rule naming HTTP fields denies a TCP connection as a whole: it cannot tell
         // what the connection will carry, and letting it through could let that through.
         let deny = self
             .deny
-            .first_match(&self.policies, ctx, true)
+            .first_match(&self.policies, ctx, Stance::Deny)
             .or_else(|| {
                 with_dry_run
-                    .then(|| self.dry_deny.first_match(&self.policies, ctx, true))
+                    .then(|| self.dry_deny.first_match(&self.policies, ctx, Stance::Deny))
                     .flatten()
             });
         if let Some((p, r)) = deny {
@@ -544,10 +644,13 @@ impl WorkloadPolicy {
         if allow_applies {
             let allow = self
                 .allow
-                .first_match(&self.policies, ctx, false)
+                .first_match(&self.policies, ctx, Stance::Allow)
                 .or_else(|| {
                     with_dry_run
-                        .then(|| self.dry_allow.first_match(&self.policies, ctx, false))
+                        .then(|| {
+                            self.dry_allow
+                                .first_match(&self.policies, ctx, Stance::Allow)
+                        })
                         .flatten()
                 });
             return match allow {
@@ -571,6 +674,15 @@ impl WorkloadPolicy {
         (verdict, Reason::Default(self.default))
     }
 
+    /// The policy at `index`, or the first one (a dry run names a policy even when it has to
+    /// guess).
+    fn info(&self, index: Option<u32>) -> &PolicyInfo {
+        index.map_or_else(
+            || &self.policies[0].info,
+            |p| &self.policies[p as usize].info,
+        )
+    }
+
     fn rule_ref(&self, policy: u32, rule: u32) -> RuleRef<'_> {
         let policy = &self.policies[policy as usize];
         RuleRef {
@@ -591,10 +703,10 @@ impl WorkloadPolicy {
     }
 }
 
-/// The path a request is judged on: without its query string, normalized.
-pub(crate) fn request_path_for(path: &str) -> Cow<'_, str> {
+/// The readings of a request's path, without its query string.
+fn read_request_path(path: &str) -> Result<PathReadings<'_>, AmbiguousPath> {
     let end = path.find(['?', '#']).unwrap_or(path.len());
-    normalize_path(&path[..end])
+    read_path(&path[..end])
 }
 
 /// A request prepared for matching.
@@ -607,22 +719,41 @@ pub(crate) struct Context<'a> {
 pub(crate) struct HttpContext<'a> {
     pub(crate) method: &'a str,
     pub(crate) method_bit: u16,
-    pub(crate) path: &'a str,
+    /// The method's bit once upper-cased: `delete` to an app that upper-cases methods.
+    pub(crate) method_bit_folded: u16,
+    /// The path's readings, or why it has none that can be trusted.
+    pub(crate) path: Result<PathReadings<'a>, AmbiguousPath>,
     pub(crate) headers: &'a dyn Headers,
 }
 
 impl<'a> Context<'a> {
-    pub(crate) fn new(request: &Request<'a>, path: Option<&'a str>) -> Self {
+    pub(crate) fn new(request: &Request<'a>) -> Self {
         Self {
             principal: request.principal,
             port: request.port,
-            http: request.http.map(|http| HttpContext {
-                method: http.method,
-                method_bit: MethodSet::bit(http.method),
-                path: path.unwrap_or(http.path),
-                headers: http.headers,
+            http: request.http.map(|http| {
+                let method_bit = MethodSet::bit(http.method);
+                HttpContext {
+                    method: http.method,
+                    method_bit,
+                    // A method written in upper case is its own folded form.
+                    method_bit_folded: if method_bit == MethodSet::OTHER {
+                        MethodSet::bit_ignoring_case(http.method)
+                    } else {
+                        method_bit
+                    },
+                    path: read_request_path(http.path),
+                    headers: http.headers,
+                }
             }),
         }
+    }
+
+    /// Why the path cannot be judged, when it cannot.
+    pub(crate) fn ambiguous_path(&self) -> Option<AmbiguousPath> {
+        self.http
+            .as_ref()
+            .and_then(|http| http.path.as_ref().err().copied())
     }
 }
 
@@ -645,12 +776,13 @@ impl Trace for Vec<String> {
     }
 }
 
-/// Whether `rule` matches. On a TCP connection, a rule naming HTTP fields matches when
-/// `tcp_matches_http_rules` (DENY: fail closed) and does not otherwise (ALLOW, AUDIT).
+/// Whether `rule` matches, leaning as `stance` says where the request reads more than one way.
+/// On a TCP connection, a rule naming HTTP fields is judged on its other fields for DENY (fail
+/// closed) and does not match for ALLOW and AUDIT.
 pub(crate) fn rule_matches(
     rule: &Rule,
     ctx: &Context<'_>,
-    tcp_matches_http_rules: bool,
+    stance: Stance,
     trace: &mut impl Trace,
 ) -> bool {
     if !rule.from.is_empty() {
@@ -693,7 +825,7 @@ pub(crate) fn rule_matches(
         }
     }
     // On TCP, a rule naming HTTP fields is checked on its ports alone when it fails closed.
-    if ctx.http.is_none() && !tcp_matches_http_rules && rule.needs_http() {
+    if ctx.http.is_none() && stance != Stance::Deny && rule.needs_http() {
         trace.note(|| {
             format!(
                 "the rule names HTTP fields ({}), which an opaque TCP connection does not have",
@@ -705,7 +837,7 @@ pub(crate) fn rule_matches(
     if !rule.to.is_empty() {
         let mut matched = false;
         for op in &rule.to {
-            if operation_matches(op, ctx, trace) {
+            if operation_matches(op, ctx, stance, trace) {
                 matched = true;
                 break;
             }
@@ -716,7 +848,7 @@ pub(crate) fn rule_matches(
     }
     if let Some(http) = &ctx.http {
         for condition in &rule.when {
-            if !condition_matches(condition, http, trace) {
+            if !condition_matches(condition, http, stance, trace) {
                 return false;
             }
         }
@@ -737,7 +869,23 @@ fn port_matches(op: &Operation, port: u16) -> bool {
             .is_none_or(|ports| !ports.contains(&port))
 }
 
-fn operation_matches(op: &Operation, ctx: &Context<'_>, trace: &mut impl Trace) -> bool {
+/// Whether some pattern matches `value`: ignoring ASCII case when `loosely` (the reading of an
+/// app that routes case-insensitively), exactly otherwise.
+#[inline]
+fn some_pattern(patterns: &[StrMatch], value: &str, loosely: bool) -> bool {
+    if loosely {
+        patterns.iter().any(|p| p.matches_ignoring_case(value))
+    } else {
+        patterns.iter().any(|p| p.matches(value))
+    }
+}
+
+fn operation_matches(
+    op: &Operation,
+    ctx: &Context<'_>,
+    stance: Stance,
+    trace: &mut impl Trace,
+) -> bool {
     if let Some(ports) = &op.ports
         && !ports.contains(&ctx.port)
     {
@@ -764,8 +912,13 @@ fn operation_matches(op: &Operation, ctx: &Context<'_>, trace: &mut impl Trace) 
     }
     // On TCP, the HTTP fields were settled by the caller.
     let Some(http) = &ctx.http else { return true };
+    let in_doubt = stance.matches_in_doubt();
+    // `delete` is DELETE to an app that upper-cases methods and something else to one that
+    // does not: a positive field takes the reading that makes it hold when in doubt, a
+    // negative one the reading that keeps it from excluding.
+    let (loose_bit, strict_bit) = (http.method_bit_folded, http.method_bit);
     if let Some(methods) = op.methods
-        && !methods.contains_bit(http.method_bit)
+        && !methods.contains_bit(if in_doubt { loose_bit } else { strict_bit })
     {
         trace.note(|| {
             format!(
@@ -777,7 +930,7 @@ fn operation_matches(op: &Operation, ctx: &Context<'_>, trace: &mut impl Trace) 
         return false;
     }
     if let Some(methods) = op.not_methods
-        && methods.contains_bit(http.method_bit)
+        && methods.contains_bit(if in_doubt { strict_bit } else { loose_bit })
     {
         trace.note(|| {
             format!(
@@ -788,71 +941,149 @@ fn operation_matches(op: &Operation, ctx: &Context<'_>, trace: &mut impl Trace) 
         });
         return false;
     }
-    if let Some(paths) = &op.paths
-        && !paths.iter().any(|p| p.matches(http.path))
-    {
-        trace.note(|| {
-            format!(
-                "to: path {} matches none of paths {}",
-                http.path,
-                list(paths.iter())
-            )
-        });
-        return false;
+    if op.paths.is_none() && op.not_paths.is_none() {
+        return true;
     }
-    if let Some(paths) = &op.not_paths
-        && paths.iter().any(|p| p.matches(http.path))
-    {
-        trace.note(|| {
-            format!(
-                "to: path {} matches notPaths {}",
-                http.path,
-                list(paths.iter())
-            )
-        });
-        return false;
-    }
-    true
-}
-
-fn condition_matches(
-    condition: &Condition,
-    http: &HttpContext<'_>,
-    trace: &mut impl Trace,
-) -> bool {
-    let value = http.headers.get(&condition.header);
-    let name = &condition.header;
-    if let Some(values) = &condition.values {
-        let ok = value
-            .as_deref()
-            .is_some_and(|v| values.iter().any(|p| p.matches(v)));
-        if !ok {
-            trace.note(|| match &value {
-                None => format!(
-                    "when: header {name} is absent (values {})",
-                    list(values.iter())
-                ),
-                Some(v) => format!(
-                    "when: header {name} = {v:?} matches none of values {}",
-                    list(values.iter())
-                ),
+    let readings = match &http.path {
+        Ok(readings) => readings,
+        // No reading to trust: the fields lean as the rule does (the evaluator refuses such a
+        // path before an enforced rule naming paths is tried; this is AUDIT and dry runs).
+        Err(why) => {
+            if !in_doubt {
+                trace.note(|| format!("to: the path cannot be judged: {why}"));
+            }
+            return in_doubt;
+        }
+    };
+    if let Some(paths) = &op.paths {
+        let holds = if readings.is_single() {
+            some_pattern(paths, readings.as_sent(), in_doubt)
+        } else if in_doubt {
+            readings.iter().any(|r| some_pattern(paths, r, true))
+        } else {
+            readings.iter().all(|r| some_pattern(paths, r, false))
+        };
+        if !holds {
+            trace.note(|| {
+                let missed = readings
+                    .iter()
+                    .filter(|r| !some_pattern(paths, r, in_doubt))
+                    .collect::<Vec<_>>()
+                    .join(" and ");
+                format!(
+                    "to: path {missed} matches none of paths {}",
+                    list(paths.iter())
+                )
             });
             return false;
         }
     }
-    if let Some(not_values) = &condition.not_values
-        && let Some(v) = value.as_deref()
-        && not_values.iter().any(|p| p.matches(v))
-    {
-        trace.note(|| {
-            format!(
-                "when: header {name} = {v:?} matches notValues {}",
-                list(not_values.iter())
-            )
-        });
-        return false;
+    if let Some(paths) = &op.not_paths {
+        let excluded = if readings.is_single() {
+            some_pattern(paths, readings.as_sent(), !in_doubt)
+        } else if in_doubt {
+            readings.iter().all(|r| some_pattern(paths, r, false))
+        } else {
+            readings.iter().any(|r| some_pattern(paths, r, true))
+        };
+        if excluded {
+            trace.note(|| {
+                let hit = readings
+                    .iter()
+                    .filter(|r| some_pattern(paths, r, !in_doubt))
+                    .collect::<Vec<_>>()
+                    .join(" and ");
+                format!("to: path {hit} matches notPaths {}", list(paths.iter()))
+            });
+            return false;
+        }
     }
     true
+}
+
+/// Whether a `when` condition holds. Every element of the header is judged (see
+/// [`Headers`]): in a DENY or AUDIT rule `values` holds when any element matches (ignoring
+/// ASCII case) and `notValues` excludes only when every element matches exactly; in an ALLOW
+/// rule `values` holds only when every element matches exactly and `notValues` excludes when
+/// any element matches ignoring case. An absent header matches no `values` and no
+/// `notValues`.
+fn condition_matches(
+    condition: &Condition,
+    http: &HttpContext<'_>,
+    stance: Stance,
+    trace: &mut impl Trace,
+) -> bool {
+    let name = &condition.header;
+    let in_doubt = stance.matches_in_doubt();
+    if let Some(values) = &condition.values {
+        // In doubt: does any element match? Otherwise: does every element match?
+        let mut holds = !in_doubt;
+        let present = each_element(http.headers, name, &mut |element| {
+            if some_pattern(values, element, in_doubt) == in_doubt {
+                holds = in_doubt;
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        if !(present && holds) {
+            trace.note(|| {
+                if present {
+                    format!(
+                        "when: header {name} = {} matches none of values {}",
+                        shown(http.headers, name, |e| !some_pattern(values, e, in_doubt)),
+                        list(values.iter())
+                    )
+                } else {
+                    format!(
+                        "when: header {name} is absent (values {})",
+                        list(values.iter())
+                    )
+                }
+            });
+            return false;
+        }
+    }
+    if let Some(not_values) = &condition.not_values {
+        // In doubt: does every element match? Otherwise: does any element match?
+        let mut excluded = in_doubt;
+        let present = each_element(http.headers, name, &mut |element| {
+            if some_pattern(not_values, element, !in_doubt) != in_doubt {
+                excluded = !in_doubt;
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        if present && excluded {
+            trace.note(|| {
+                format!(
+                    "when: header {name} = {} matches notValues {}",
+                    shown(http.headers, name, |e| some_pattern(
+                        not_values, e, !in_doubt
+                    )),
+                    list(not_values.iter())
+                )
+            });
+            return false;
+        }
+    }
+    true
+}
+
+/// The elements of a header that `pick` keeps, for `explain`: `"a"`, or `["a", "b"]`.
+fn shown(headers: &dyn Headers, name: &str, pick: impl Fn(&str) -> bool) -> String {
+    let mut picked = Vec::new();
+    each_element(headers, name, &mut |element| {
+        if pick(element) {
+            picked.push(format!("{element:?}"));
+        }
+        ControlFlow::Continue(())
+    });
+    match picked.as_slice() {
+        [one] => one.clone(),
+        _ => format!("[{}]", picked.join(", ")),
+    }
 }
 
 /// `[a, b, c]` for messages.
@@ -920,7 +1151,12 @@ mod tests {
                 Some(at) => &got[..at],
                 None => &got,
             };
-            assert_eq!(got, case.expect, "{request:?}");
+            // A refusal's sentence is long: the table names its start.
+            if case.expect.starts_with("refused: ") {
+                assert!(got.starts_with(case.expect), "{request:?}: {got}");
+            } else {
+                assert_eq!(got, case.expect, "{request:?}");
+            }
             let explained = set.explain(None, default, &request);
             assert_eq!(
                 explained.verdict, decision.verdict,
@@ -1081,6 +1317,332 @@ mod tests {
                 with(&[("x-env", "dev"), ("x-env", "prod")], no_match),
             ],
         );
+    }
+
+    /// What a DENY names is denied under every reading an app server could make of the path;
+    /// what no reading can be trusted for is refused.
+    #[test]
+    fn a_deny_holds_under_every_reading_of_the_path() {
+        let text = policy(
+            "deny-admin",
+            "  action: DENY\n  rules:\n  - to:\n    - paths: [\"/admin\", \"/admin/*\"]\n",
+        );
+        let denied = "denied by DENY policy \"deny-admin\", rule 0";
+        let allowed = "allowed: no policy applies and the default is allow";
+        let get = |path| case(FRONTEND, 80, path, "");
+        let rows: &[(&'static str, &'static str)] = &[
+            ("GET /admin", denied),
+            ("GET /public", allowed),
+            ("GET /public/admin", allowed),
+            ("GET /administrator", allowed),
+            // Tomcat, Jetty and Spring cut path parameters.
+            ("GET /admin;x=1", denied),
+            ("GET /admin;jsessionid=1/users", denied),
+            ("GET /;x/admin", denied),
+            // Express, ASP.NET and IIS route ignoring case.
+            ("GET /ADMIN", denied),
+            ("GET /Admin/Users", denied),
+            // Escapes of characters that mean the same either way.
+            ("GET /%61dmin", denied),
+            ("GET /%41DMIN/x", denied),
+            // An encoded slash as a separator; dot segments resolved or as sent; merged `//`.
+            ("GET /admin%2Fusers", denied),
+            ("GET /admin%2fusers", denied),
+            ("GET /public/../admin", denied),
+            ("GET /public/%2e%2e/admin", denied),
+            ("GET /public/.%2E/admin/x", denied),
+            ("GET //admin", denied),
+            ("GET /./admin", denied),
+            // As sent, `/admin/..` is under /admin/ (Express routes it there).
+            ("GET /admin/../public", denied),
+            // What no reading can be trusted for.
+            (
+                "GET /public/..;/admin",
+                "refused: the path has a `.` or `..` segment and a path parameter",
+            ),
+            ("GET /admin\\users", "refused: the path holds a backslash"),
+            ("GET /admin%5Cusers", "refused: the path holds a backslash"),
+            (
+                "GET /public/%252e%252e/admin",
+                "refused: the path holds a percent-encoded `%`",
+            ),
+            (
+                "GET /admin%00",
+                "refused: the path holds a control character",
+            ),
+            (
+                "GET /public/a%2F..%2F..%2Fadmin",
+                "refused: the path has a `.` or `..` segment and an encoded slash",
+            ),
+            (
+                "GET /public//../admin",
+                "refused: the path has a `.` or `..` segment and an empty segment",
+            ),
+            (
+                "GET /%C0%AE%C0%AE/admin",
+                "refused: the path's percent-encoded bytes are not UTF-8",
+            ),
+            (
+                "GET /%zz",
+                "refused: the path holds a `%` that is not followed",
+            ),
+            // The query string is not part of the path.
+            ("GET /public?x=/admin", allowed),
+        ];
+        let cases: Vec<Case> = rows
+            .iter()
+            .map(|&(request, expect)| Case {
+                expect,
+                ..get(request)
+            })
+            .collect();
+        check(&text, DefaultAction::Allow, &cases);
+    }
+
+    /// What an ALLOW admits is admitted only when every reading of the path is inside it.
+    #[test]
+    fn an_allow_holds_only_under_every_reading_of_the_path() {
+        let text = policy(
+            "public",
+            "  rules:\n  - to:\n    - paths: [\"/public/*\", \"/Docs\"]\n      notPaths: [\"/public/secret*\"]\n",
+        );
+        let allowed = "allowed by ALLOW policy \"public\", rule 0";
+        let no_match = "denied: no ALLOW rule matched (policies: public)";
+        let rows: &[(&'static str, &'static str)] = &[
+            ("GET /public/x", allowed),
+            ("GET /public/x;v=2", allowed),
+            ("GET /public/a%2Fb", allowed),
+            ("GET /public/./x", allowed),
+            ("GET /public//x", allowed),
+            ("GET /Docs", allowed),
+            // Case is respected: a case-sensitive app reads another path.
+            ("GET /PUBLIC/x", no_match),
+            ("GET /docs", no_match),
+            // One reading outside is enough to stay out.
+            ("GET /public/../admin", no_match),
+            ("GET /public%2Fx", no_match),
+            ("GET /public;x/y", no_match),
+            ("GET /x/../public/y", no_match),
+            // notPaths excludes what any reading falls in, ignoring case.
+            ("GET /public/secret", no_match),
+            ("GET /public/SECRET", no_match),
+            ("GET /public/secret;x", no_match),
+            ("GET /public/%73ecret", no_match),
+            (
+                "GET /public/..;/x",
+                "refused: the path has a `.` or `..` segment and a path parameter",
+            ),
+        ];
+        let cases: Vec<Case> = rows
+            .iter()
+            .map(|&(request, expect)| Case {
+                expect,
+                ..case(FRONTEND, 80, request, "")
+            })
+            .collect();
+        check(&text, DefaultAction::Allow, &cases);
+    }
+
+    /// A `notPaths` in a DENY excludes only what every reading falls in, exactly.
+    #[test]
+    fn a_deny_excludes_only_what_every_reading_falls_in() {
+        let text = policy(
+            "only-public",
+            "  action: DENY\n  rules:\n  - to:\n    - notPaths: [\"/public/*\"]\n",
+        );
+        let denied = "denied by DENY policy \"only-public\", rule 0";
+        let allowed = "allowed: no policy applies and the default is allow";
+        check(
+            &text,
+            DefaultAction::Allow,
+            &[
+                case(FRONTEND, 80, "GET /public/x", allowed),
+                case(FRONTEND, 80, "GET /public/x;y", allowed),
+                case(FRONTEND, 80, "GET /PUBLIC/x", denied),
+                case(FRONTEND, 80, "GET /public/../admin", denied),
+                case(FRONTEND, 80, "GET /public%2Fx", denied),
+                case(FRONTEND, 80, "GET /admin", denied),
+            ],
+        );
+    }
+
+    /// A method an app may upper-case (`delete`) is DELETE to a DENY and not GET to an ALLOW.
+    #[test]
+    fn methods_lean_the_way_their_rule_does() {
+        let text = policy(
+            "reads",
+            "  rules:\n  - to:\n    - methods: [GET]\n      notMethods: [PUT]\n",
+        ) + &policy(
+            "no-deletes",
+            "  action: DENY\n  rules:\n  - to:\n    - methods: [DELETE]\n  - to:\n    - notMethods: [GET, PATCH]\n      paths: [\"/frozen\"]\n",
+        );
+        let allowed = "allowed by ALLOW policy \"reads\", rule 0";
+        let no_match = "denied: no ALLOW rule matched (policies: reads)";
+        let denied = "denied by DENY policy \"no-deletes\", rule 0";
+        let frozen = "denied by DENY policy \"no-deletes\", rule 1";
+        check(
+            &text,
+            DefaultAction::Allow,
+            &[
+                case(FRONTEND, 80, "GET /x", allowed),
+                case(FRONTEND, 80, "get /x", no_match),
+                case(FRONTEND, 80, "DELETE /x", denied),
+                case(FRONTEND, 80, "delete /x", denied),
+                case(FRONTEND, 80, "Delete /x", denied),
+                case(FRONTEND, 80, "GET /frozen", allowed),
+                case(FRONTEND, 80, "patch /frozen", frozen),
+            ],
+        );
+    }
+
+    /// A header sent several times, or as a list, is judged element by element.
+    #[test]
+    fn repeated_headers_are_judged_value_by_value() {
+        let text = policy(
+            "tenants",
+            "  rules:\n  - when:\n    - key: request.headers[x-tenant]\n      values: [\"acme\", \"acme-*\"]\n      notValues: [\"acme-test\"]\n",
+        ) + &policy(
+            "no-evil",
+            "  action: DENY\n  rules:\n  - when:\n    - key: request.headers[x-role]\n      values: [evil]\n  - when:\n    - key: request.headers[x-client]\n      values: [\"*\"]\n      notValues: [\"app-*\"]\n",
+        );
+        let allowed = "allowed by ALLOW policy \"tenants\", rule 0";
+        let no_match = "denied: no ALLOW rule matched (policies: tenants)";
+        let evil = "denied by DENY policy \"no-evil\", rule 0";
+        let client = "denied by DENY policy \"no-evil\", rule 1";
+        type Headers = &'static [(&'static str, &'static str)];
+        let rows: &[(Headers, &str)] = &[
+            (&[("x-tenant", "acme")], allowed),
+            (&[("x-tenant", "acme-eu")], allowed),
+            (&[("x-tenant", "acme"), ("x-tenant", "acme-eu")], allowed),
+            (&[("x-tenant", "acme, acme-eu")], allowed),
+            (&[("x-tenant", " acme ,, acme-eu ")], allowed),
+            (&[("x-tenant", "ACME")], no_match),
+            // ALLOW: every value must match, and notValues excludes any, ignoring case.
+            (&[("x-tenant", "acme"), ("x-tenant", "globex")], no_match),
+            (&[("x-tenant", "acme, globex")], no_match),
+            (&[("x-tenant", "acme-eu, acme-test")], no_match),
+            (
+                &[("x-tenant", "acme-eu"), ("x-tenant", "ACME-TEST")],
+                no_match,
+            ),
+            (&[], no_match),
+            (&[("x-tenant", "")], no_match),
+            // A comma in a quoted string does not split.
+            (&[("x-tenant", "acme-\"a,b\"")], allowed),
+            // DENY: any value that matches, ignoring case, denies.
+            (
+                &[("x-tenant", "acme"), ("x-role", "a"), ("x-role", "evil")],
+                evil,
+            ),
+            (&[("x-tenant", "acme"), ("x-role", "a, evil")], evil),
+            (&[("x-tenant", "acme"), ("x-role", "EVIL")], evil),
+            (&[("x-tenant", "acme"), ("x-role", "evilness")], allowed),
+            // DENY notValues: excluded only when every value matches exactly.
+            (&[("x-tenant", "acme"), ("x-client", "app-1")], allowed),
+            (&[("x-tenant", "acme"), ("x-client", "app-1, curl")], client),
+            (
+                &[
+                    ("x-tenant", "acme"),
+                    ("x-client", "app-1"),
+                    ("x-client", "x"),
+                ],
+                client,
+            ),
+            (&[("x-tenant", "acme"), ("x-client", "APP-1")], client),
+        ];
+        let cases: Vec<Case> = rows
+            .iter()
+            .map(|&(headers, expect)| Case {
+                from: FRONTEND,
+                port: 80,
+                request: "GET /",
+                headers,
+                expect,
+            })
+            .collect();
+        check(&text, DefaultAction::Allow, &cases);
+    }
+
+    /// A path no reading can be trusted for is refused only where a path could matter: when an
+    /// enforced DENY or ALLOW rule names paths. AUDIT rules naming paths mark it; dry-run rules
+    /// naming paths report that they would refuse it.
+    #[test]
+    fn an_ambiguous_path_is_refused_only_where_paths_are_judged() {
+        let ambiguous = "/a\\b";
+        let by_principal = policy(
+            "callers",
+            "  rules:\n  - from:\n    - principals: [\"spiffe://cluster.local/ns/shop/*\"]\n",
+        );
+        let audit = policy(
+            "audit-admin",
+            "  action: AUDIT\n  rules:\n  - to:\n    - paths: [\"/admin/*\"]\n",
+        );
+        let dry = policy(
+            "dry-paths",
+            "  dryRun: true\n  action: DENY\n  rules:\n  - to:\n    - paths: [\"/admin/*\"]\n",
+        );
+        let set = PolicySet::parse_str("p.yaml", &(by_principal.clone() + &audit + &dry)).unwrap();
+        let compiled = set.for_workload(None, DefaultAction::Deny);
+        let headers: &[(&str, &str)] = &[];
+        let request = |path| Request {
+            principal: FRONTEND,
+            port: 80,
+            http: Some(HttpRequest {
+                method: "GET",
+                path,
+                headers: &headers,
+            }),
+        };
+        let decision = compiled.evaluate(&request(ambiguous));
+        assert!(
+            decision
+                .to_string()
+                .starts_with("allowed by ALLOW policy \"callers\", rule 0"),
+            "{decision}"
+        );
+        assert_eq!(&*decision.audit.unwrap().policy.name, "audit-admin");
+        let dry_run = decision.dry_run.unwrap();
+        assert_eq!(&*dry_run.policy.name, "dry-paths");
+        assert_eq!(
+            dry_run.reason,
+            Reason::AmbiguousPath(AmbiguousPath::Backslash)
+        );
+        let explained = set.explain(None, DefaultAction::Deny, &request(ambiguous));
+        assert_eq!(explained.ambiguous_path, Some(AmbiguousPath::Backslash));
+        let text = explained.to_string();
+        assert!(text.contains("GET /a\\b (cannot be judged)"), "{text}");
+        assert!(
+            text.contains("path:     the path holds a backslash"),
+            "{text}"
+        );
+
+        // An enforced rule naming paths: refused, whatever the other rules say.
+        let set = PolicySet::parse_str(
+            "p.yaml",
+            &(by_principal + &dry.replace("dryRun: true", "dryRun: false")),
+        )
+        .unwrap();
+        let compiled = set.for_workload(None, DefaultAction::Allow);
+        let decision = compiled.evaluate(&request(ambiguous));
+        assert_eq!(decision.verdict, Verdict::Deny);
+        assert_eq!(
+            decision.reason,
+            Reason::AmbiguousPath(AmbiguousPath::Backslash)
+        );
+        assert!(
+            decision
+                .to_string()
+                .starts_with("refused: the path holds a backslash")
+        );
+        assert!(decision.policy_name().is_none());
+        // A TCP connection has no path to refuse: the rules decide it as before (this DENY
+        // rule names paths, so it refuses the connection whole).
+        let tcp = compiled.evaluate(&Request {
+            principal: FRONTEND,
+            port: 80,
+            http: None,
+        });
+        assert!(matches!(tcp.reason, Reason::Rule(_)), "{tcp}");
     }
 
     #[test]

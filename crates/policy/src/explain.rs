@@ -7,15 +7,19 @@ use hush_identity::SpiffeId;
 
 use crate::compile::{PolicyInfo, PolicySet};
 use crate::eval::{
-    Context, DefaultAction, Reason, Request, Verdict, applies_to, request_path_for, rule_matches,
+    Context, DefaultAction, Reason, Request, Stance, Verdict, applies_to, rule_matches,
 };
 use crate::model::Action;
+use crate::path::AmbiguousPath;
 
 /// Why a request is allowed or denied, written out.
 #[derive(Clone, Debug)]
 pub struct Explanation {
     /// The request, in words: `spiffe://… → port 8080, GET /api/items`.
     pub request: String,
+    /// Why the request's path cannot be judged, when it cannot: rules naming paths lean the
+    /// way their action does, and an enforced DENY or ALLOW rule naming paths refuses it.
+    pub ambiguous_path: Option<AmbiguousPath>,
     /// The workload whose policies were used, when one was given.
     pub workload: Option<String>,
     /// The decision.
@@ -41,6 +45,8 @@ pub struct Explanation {
 pub struct PolicyTrace {
     /// The policy.
     pub policy: PolicyInfo,
+    /// Whether one of its rules names `paths` or `notPaths`.
+    pub names_paths: bool,
     /// Its rules, in order.
     pub rules: Vec<RuleTrace>,
 }
@@ -69,8 +75,7 @@ impl PolicySet {
     ) -> Explanation {
         let compiled = self.for_workload(workload, default);
         let decision = compiled.evaluate(request);
-        let path = request.http.map(|http| request_path_for(http.path));
-        let ctx = Context::new(request, path.as_deref());
+        let ctx = Context::new(request);
 
         let mut policies = Vec::new();
         let mut not_applied = Vec::new();
@@ -81,14 +86,14 @@ impl PolicySet {
                 not_applied.push((policy.info.clone(), why));
                 continue;
             }
-            let fails_closed = policy.info.action == Action::Deny;
+            let stance = Stance::of(policy.info.action);
             let rules = policy
                 .rules
                 .iter()
                 .enumerate()
                 .map(|(index, rule)| {
                     let mut why_not = Vec::new();
-                    let matched = rule_matches(rule, &ctx, fails_closed, &mut why_not);
+                    let matched = rule_matches(rule, &ctx, stance, &mut why_not);
                     RuleTrace {
                         index,
                         line: rule.line,
@@ -99,30 +104,33 @@ impl PolicySet {
                 .collect();
             policies.push(PolicyTrace {
                 policy: policy.info.clone(),
+                names_paths: policy.rules.iter().any(|rule| rule.names_paths()),
                 rules,
             });
         }
 
-        let request_text = match &request.http {
-            Some(http) => {
-                let judged = request_path_for(http.path);
-                let judged = if judged == http.path {
-                    String::new()
-                } else {
-                    format!(" (judged as {judged})")
+        let request_text = match (&request.http, &ctx.http) {
+            (Some(http), Some(read)) => {
+                let judged = match &read.path {
+                    Ok(readings) if readings.is_single() && readings.as_sent() == http.path => {
+                        String::new()
+                    }
+                    Ok(readings) => format!(" (read as {readings})"),
+                    Err(_) => " (cannot be judged)".to_string(),
                 };
                 format!(
                     "{} → port {}, {} {}{judged}",
                     request.principal, request.port, http.method, http.path
                 )
             }
-            None => format!(
+            _ => format!(
                 "{} → port {}, an opaque TCP connection",
                 request.principal, request.port
             ),
         };
         Explanation {
             request: request_text,
+            ambiguous_path: ctx.ambiguous_path(),
             workload: workload.map(ToString::to_string),
             verdict: decision.verdict,
             summary: decision.to_string(),
@@ -164,6 +172,14 @@ impl fmt::Display for Explanation {
             Verdict::Deny => "DENY",
         };
         writeln!(f, "decision: {verdict}, {}", self.summary)?;
+        if let Some(why) = &self.ambiguous_path {
+            writeln!(
+                f,
+                "path:     {why}; rules naming paths match it if they are DENY or AUDIT rules and \
+                 not if they are ALLOW rules, and an enforced DENY or ALLOW rule naming paths \
+                 refuses it"
+            )?;
+        }
         if let Some(audit) = &self.audit {
             writeln!(f, "audit:    {audit}")?;
         }

@@ -58,6 +58,7 @@ mod compile;
 mod eval;
 mod explain;
 mod model;
+mod path;
 mod pattern;
 
 pub use self::compile::{
@@ -65,8 +66,8 @@ pub use self::compile::{
 };
 pub use self::eval::{
     Decision, DefaultAction, DryRun, Headers, HttpRequest, Reason, Request, RuleRef, Verdict,
-    WorkloadPolicy, join_values,
+    WorkloadPolicy,
 };
 pub use self::explain::{Explanation, PolicyTrace, RuleTrace};
 pub use self::model::Action;
-pub use self::pattern::normalize_path;
+pub use self::path::{AmbiguousPath, PathReadings, read_path};

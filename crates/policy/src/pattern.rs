@@ -56,6 +56,24 @@ impl StrMatch {
             Self::Suffix(suffix) => value.ends_with(&**suffix),
         }
     }
+
+    /// As [`Self::matches`], ignoring ASCII case: how an app that routes case-insensitively
+    /// (Express, ASP.NET, IIS) compares.
+    #[inline]
+    pub(crate) fn matches_ignoring_case(&self, value: &str) -> bool {
+        let value = value.as_bytes();
+        match self {
+            Self::Any => true,
+            Self::Exact(exact) => value.eq_ignore_ascii_case(exact.as_bytes()),
+            Self::Prefix(prefix) => value
+                .get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes())),
+            Self::Suffix(suffix) => value
+                .len()
+                .checked_sub(suffix.len())
+                .is_some_and(|at| value[at..].eq_ignore_ascii_case(suffix.as_bytes())),
+        }
+    }
 }
 
 impl fmt::Display for StrMatch {
@@ -144,7 +162,8 @@ pub(crate) const METHODS: [&str; 9] = [
 pub(crate) struct MethodSet(u16);
 
 impl MethodSet {
-    const OTHER: u16 = 1 << 15;
+    /// The bit of every method that is not one of [`METHODS`].
+    pub(crate) const OTHER: u16 = 1 << 15;
 
     pub(crate) fn parse_into(&mut self, text: &str) -> Result<(), String> {
         match METHODS.iter().position(|m| *m == text) {
@@ -171,6 +190,16 @@ impl MethodSet {
         }
     }
 
+    /// The bit of `method` upper-cased: how an app that upper-cases methods (Werkzeug, for
+    /// one) reads `delete`.
+    #[inline]
+    pub(crate) fn bit_ignoring_case(method: &str) -> u16 {
+        match METHODS.iter().position(|m| m.eq_ignore_ascii_case(method)) {
+            Some(i) => 1 << i,
+            None => Self::OTHER,
+        }
+    }
+
     #[inline]
     pub(crate) fn contains_bit(self, bit: u16) -> bool {
         self.0 & bit != 0
@@ -186,8 +215,9 @@ impl MethodSet {
     }
 }
 
-/// A path pattern: exact, `prefix*`, `*suffix` or `*`, matched against the normalized path
-/// (no query string).
+/// A path pattern: exact, `prefix*`, `*suffix` or `*`, matched against the readings of the
+/// request's path (no query string; see [`crate::path`]). The pattern must be written the way
+/// readings are: a pattern no reading is spelt like could never match.
 pub(crate) fn parse_path(text: &str) -> Result<StrMatch, String> {
     let matcher = StrMatch::parse(text)?;
     if text.contains(['?', '#']) {
@@ -209,11 +239,18 @@ pub(crate) fn parse_path(text: &str) -> Result<StrMatch, String> {
         ));
     }
     let literal = text.trim_matches('*');
-    if normalize_path(literal) != literal && !literal.is_empty() {
+    // A `;` in a pattern is a character: the reading without path parameters is the request's
+    // business, not the pattern's.
+    let probe = literal.replace(';', "%3B");
+    let readings = crate::path::read_path(&probe)
+        .map_err(|why| format!("{text:?} can never match: such a request is refused ({why})"))?;
+    let normal = readings.iter().last().unwrap_or(literal);
+    if !readings.is_single() || readings.as_sent() != literal {
         return Err(format!(
-            "{text:?} can never match: requests are matched on their normalized path (no `.` \
-             or `..` segments, no `//`, no percent-encoded letters or digits); write {:?}",
-            normalize_path(literal)
+            "{text:?} can never match as written: paths are compared in normal form (`.` and \
+             `..` resolved, no `//`, `%2F` written `/`, escapes decoded where they mean the \
+             same, the others upper-case); write {:?}",
+            text.replace(literal, normal)
         ));
     }
     Ok(matcher)
@@ -252,95 +289,6 @@ pub(crate) fn parse_header_key(key: &str) -> Result<Box<str>, String> {
     Ok(name.into_boxed_str())
 }
 
-/// The path a request is judged on: percent-encoded unreserved characters and slashes
-/// decoded, repeated slashes merged and `.`/`..` segments resolved (RFC 3986, 6.2.2 and
-/// 5.2.4), so `/a/../admin`, `//admin`, `/%61dmin` and `/x%2F..%2Fadmin` are all judged as
-/// `/admin`. The request itself is forwarded as it
-/// came; judging the normalized form refuses what the app could read as a denied path.
-///
-/// Most paths are already normal and are returned without copying.
-pub fn normalize_path(path: &str) -> Cow<'_, str> {
-    let needs_work =
-        path.contains('%') || path.contains("//") || path.contains("/.") || path.starts_with('.');
-    if !needs_work {
-        return Cow::Borrowed(path);
-    }
-    let decoded = decode_unreserved(path);
-    let mut segments: Vec<&str> = Vec::new();
-    let absolute = decoded.starts_with('/');
-    let ends_with_slash = decoded.ends_with('/')
-        || decoded.ends_with("/.")
-        || decoded.ends_with("/..")
-        || decoded == "."
-        || decoded == "..";
-    for segment in decoded.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            other => segments.push(other),
-        }
-    }
-    let mut out = String::with_capacity(decoded.len());
-    if absolute || decoded.is_empty() {
-        out.push('/');
-    }
-    out.push_str(&segments.join("/"));
-    if ends_with_slash && !segments.is_empty() {
-        out.push('/');
-    }
-    if out.is_empty() {
-        out.push('/');
-    }
-    Cow::Owned(out)
-}
-
-fn decode_unreserved(path: &str) -> Cow<'_, str> {
-    if !path.contains('%') {
-        return Cow::Borrowed(path);
-    }
-    let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            let byte = hi << 4 | lo;
-            // Unreserved characters mean the same encoded or not. An encoded `/` does not,
-            // but apps often decode it into a separator, so it is judged as one: a DENY of
-            // `/admin/*` must catch `/admin%2Fusers`.
-            if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
-                out.push(char::from(byte));
-                i += 3;
-                continue;
-            }
-        }
-        // Copy one whole character (the path may hold any UTF-8).
-        let len = utf8_len(bytes[i]);
-        out.push_str(&path[i..(i + len).min(path.len())]);
-        i += len;
-    }
-    Cow::Owned(out)
-}
-
-fn hex(byte: u8) -> Option<u8> {
-    char::from(byte)
-        .to_digit(16)
-        .and_then(|d| u8::try_from(d).ok())
-}
-
-fn utf8_len(first: u8) -> usize {
-    match first {
-        0xf0..=0xff => 4,
-        0xe0..=0xef => 3,
-        0xc0..=0xdf => 2,
-        _ => 1,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,6 +308,27 @@ mod tests {
             let matcher = StrMatch::parse(pattern).unwrap();
             assert_eq!(matcher.matches(value), expected, "{pattern} vs {value}");
             assert_eq!(matcher.to_string(), pattern);
+        }
+        // Ignoring case: only ASCII letters fold, and a value shorter than the pattern (or
+        // cut inside a character) does not match.
+        let cases = [
+            ("/admin", "/ADMIN", true, false),
+            ("/api/*", "/API/v1", true, false),
+            ("*.css", "/A/B.CSS", true, false),
+            ("/café", "/CAFÉ", false, false),
+            ("/café", "/CAFé", true, false),
+            ("*é", "é", true, true),
+            ("*xé", "é", false, false),
+            ("/adminé*", "/admin", false, false),
+        ];
+        for (pattern, value, ignoring_case, exactly) in cases {
+            let matcher = StrMatch::parse(pattern).unwrap();
+            assert_eq!(
+                matcher.matches_ignoring_case(value),
+                ignoring_case,
+                "{pattern} vs {value}"
+            );
+            assert_eq!(matcher.matches(value), exactly, "{pattern} vs {value}");
         }
         for bad in ["", "/a*b", "**", "*a*"] {
             assert!(StrMatch::parse(bad).is_err(), "{bad:?} should be refused");
@@ -401,6 +370,9 @@ mod tests {
         assert!(set.contains_bit(MethodSet::bit("GET")));
         assert!(!set.contains_bit(MethodSet::bit("PUT")));
         assert!(!set.contains_bit(MethodSet::bit("PROPFIND")));
+        assert!(!set.contains_bit(MethodSet::bit("get")));
+        assert!(set.contains_bit(MethodSet::bit_ignoring_case("get")));
+        assert!(!set.contains_bit(MethodSet::bit_ignoring_case("propfind")));
         assert_eq!(set.names(), ["GET", "POST"]);
         let error = set.parse_into("get").unwrap_err();
         assert!(error.contains("write \"GET\""), "{error}");
@@ -409,40 +381,35 @@ mod tests {
     }
 
     #[test]
-    fn paths_normalize_before_matching() {
-        let cases = [
-            ("/api/v1", "/api/v1"),
-            ("/a/../admin", "/admin"),
-            ("//admin", "/admin"),
-            ("/%61dmin", "/admin"),
-            ("/%2e%2e/admin", "/admin"),
-            ("/a/./b/", "/a/b/"),
-            ("/a/b/..", "/a/"),
-            ("/..", "/"),
-            ("/a%2Fb", "/a/b"),
-            ("/x%2F..%2Fadmin", "/admin"),
-            ("/a%20b", "/a%20b"),
-            ("/caf%C3%A9", "/caf%C3%A9"),
-            ("/é/./x", "/é/x"),
-            ("/%", "/%"),
-            ("/%4", "/%4"),
-        ];
-        for (path, normal) in cases {
-            assert_eq!(normalize_path(path), normal, "{path}");
-        }
-        assert!(matches!(normalize_path("/api/v1/items"), Cow::Borrowed(_)));
-    }
-
-    #[test]
     fn path_patterns_that_could_never_match_are_refused() {
-        for good in ["/api/*", "*.css", "/healthz", "*", "/"] {
+        for good in [
+            "/api/*",
+            "*.css",
+            "/healthz",
+            "*",
+            "/",
+            "/café",
+            "/a%20b",
+            "/a;b",
+            "/.well-known/*",
+            "/100%25",
+        ] {
             parse_path(good).unwrap_or_else(|e| panic!("{good}: {e}"));
         }
         for (bad, why) in [
             ("/search?q=1", "query string"),
             ("api/*", "starts with `/`"),
-            ("/a/../b", "can never match"),
-            ("//admin*", "can never match"),
+            ("/a/../b", "write \"/b\""),
+            ("//admin*", "write \"/admin*\""),
+            ("/%61dmin", "write \"/admin\""),
+            ("/admin%2Fusers", "write \"/admin/users\""),
+            ("/caf%C3%A9", "write \"/café\""),
+            ("/a%3cb", "write \"/a%3Cb\""),
+            (
+                "/a\\b",
+                "such a request is refused (the path holds a backslash",
+            ),
+            ("*%252e", "refused (the path holds a percent-encoded `%`"),
             ("/a b", "spaces"),
         ] {
             let error = parse_path(bad).unwrap_err();

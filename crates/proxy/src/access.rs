@@ -278,6 +278,7 @@ mod tests {
     fn judgement(allowed: bool, audit: bool) -> Judgement {
         Judgement {
             allowed,
+            ambiguous_path: false,
             policy: Some("p".into()),
             audit: audit.then(|| "a".into()),
             sentence: None,

@@ -174,6 +174,12 @@ pub struct PolicyConfig {
     /// any authenticated mesh identity gets through) or `deny`.
     #[serde(default)]
     pub default: DefaultPolicy,
+    /// Whether the sidecar may start while the path holds no policy (the injector's choice: it
+    /// mounts the namespace's policy ConfigMap as optional). Then no policy applies until one
+    /// appears. Without it, files that hold no policy are refused at start unless one says
+    /// `[]`; either way, once a policy is in force, losing every policy is refused.
+    #[serde(default)]
+    pub optional: bool,
 }
 
 /// The decision when no ALLOW or DENY policy applies.
@@ -796,7 +802,9 @@ outbound:
         ))
         .unwrap();
         assert_eq!(config.access_log, AccessLog::All);
-        assert_eq!(config.policy.unwrap().default, DefaultPolicy::Deny);
+        let policy = config.policy.unwrap();
+        assert_eq!(policy.default, DefaultPolicy::Deny);
+        assert!(!policy.optional);
         let outbound_only = "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\
              outbound: [{listen: 127.0.0.1:1, upstream: a:1, identity: spiffe://a/b}]\n\
              policy: {path: p}";

@@ -355,7 +355,12 @@ impl Finish {
             match (&self.error, &self.judgement, grpc_status) {
                 (Some((kind, message)), _, _) => trace::record_error(span, kind, message),
                 (None, Some(judgement), _) if !judgement.allowed => {
-                    trace::record_error(span, "policy_denied", &judgement.refusal());
+                    let kind = if judgement.ambiguous_path {
+                        "ambiguous_path"
+                    } else {
+                        "policy_denied"
+                    };
+                    trace::record_error(span, kind, &judgement.refusal());
                 }
                 _ if self.status >= 500 => {
                     trace::record_error(span, &self.status.to_string(), &"server error");
@@ -506,9 +511,14 @@ async fn exchange(ctx: &HttpContext, mut request: Request<Incoming>, span: &Span
                 } else {
                     ctx.version.label()
                 };
-                ctx.metrics
-                    .request(ctx.direction, label, StatusCode::FORBIDDEN.as_u16());
-                let mut response = error_response(StatusCode::FORBIDDEN, grpc, decided.refusal());
+                // A path the policy cannot judge is the request's fault, not a denial.
+                let status = if decided.ambiguous_path {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                ctx.metrics.request(ctx.direction, label, status.as_u16());
+                let mut response = error_response(status, grpc, decided.refusal());
                 if translated {
                     *response.version_mut() = http::Version::HTTP_2;
                 }
@@ -602,7 +612,8 @@ pub(crate) fn error_response(status: StatusCode, grpc: bool, reason: &str) -> Re
     let text = format!("hush: {reason}");
     let mut response = if grpc {
         let code = match status {
-            StatusCode::BAD_REQUEST => "13",
+            // INVALID_ARGUMENT: the request itself cannot be taken as sent.
+            StatusCode::BAD_REQUEST => "3",
             StatusCode::FORBIDDEN => "7",
             _ => "14",
         };

@@ -541,6 +541,8 @@ impl Metrics {
             Reason::Rule(rule) => (rule.policy.action.as_str(), rule.policy.name.clone()),
             Reason::NoAllowRuleMatched { .. } => ("ALLOW", self.inner.no_policy.clone()),
             Reason::Default(_) => ("default", self.inner.no_policy.clone()),
+            // No rule decided: the path could not be judged.
+            Reason::AmbiguousPath(_) => ("ambiguous_path", self.inner.no_policy.clone()),
         };
         self.inner
             .policy_decisions

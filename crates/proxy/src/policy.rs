@@ -3,10 +3,14 @@
 //!
 //! The file (or directory) is read again every second and on SIGHUP. A change that parses and
 //! validates replaces the policy for the next request; a change that does not is logged with
-//! its `file:line:column` errors and counted, and the previous policy stays in force.
+//! its `file:line:column` errors and counted, and the previous policy stays in force. Files
+//! that hold no policy at all (an emptied directory, a deleted ConfigMap) are such a change
+//! unless one of them says `[]`: an empty policy would let every caller in. At start they are
+//! refused too, unless the configuration says the policy is `optional`.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -107,6 +111,8 @@ pub fn load_policy(path: &Path) -> Result<PolicySet, Vec<PolicyError>> {
 #[derive(Clone, Debug)]
 pub(crate) struct Judgement {
     pub(crate) allowed: bool,
+    /// Refused because the path cannot be judged (a `400`, not a `403`).
+    pub(crate) ambiguous_path: bool,
     /// The policy whose rule decided, if one did.
     pub(crate) policy: Option<Arc<str>>,
     /// The AUDIT policy that marked the request, if one did.
@@ -132,6 +138,8 @@ impl Judgement {
 pub(crate) struct PolicyEnforcer {
     path: PathBuf,
     default: DefaultAction,
+    /// `policy.optional`: files without a policy are accepted while none is in force.
+    optional: bool,
     access_log: AccessLog,
     checks: SidecarChecks,
     metrics: Metrics,
@@ -153,14 +161,34 @@ struct SidecarChecks {
 }
 
 impl SidecarChecks {
-    /// Parses `sources` and checks them against this sidecar: principals of another trust
-    /// domain, and HTTP rules on an opaque TCP port.
+    /// Parses `sources` (read from `path`) and checks them against this sidecar: no policy at
+    /// all without saying so (unless `may_be_empty`), principals of another trust domain, and
+    /// HTTP rules on an opaque TCP port.
     fn validate(
         &self,
+        path: &Path,
         sources: &[Source],
+        may_be_empty: bool,
         own: Option<&SpiffeId>,
     ) -> Result<PolicySet, Vec<PolicyError>> {
         let set = PolicySet::parse(sources)?;
+        if set.is_empty() && !set.declares_no_policy() && !may_be_empty {
+            let found = if sources.is_empty() {
+                "no policy file (*.yaml, *.yml)"
+            } else {
+                "no policy"
+            };
+            return Err(vec![PolicyError {
+                origin: path.display().to_string(),
+                line: 0,
+                column: 0,
+                message: format!(
+                    "{found} here; hush takes that for a mistake (a deleted or emptied \
+                     ConfigMap), not for \"no policy\": restore the policy, or to run without \
+                     one on purpose write a file holding `[]`"
+                ),
+            }]);
+        }
         let mut errors = set.foreign_principals(&self.trust_domain);
         if self.opaque {
             errors.extend(set.http_rules_on_tcp_port(own, self.app_port));
@@ -224,10 +252,20 @@ impl PolicyEnforcer {
             opaque: protocol == Protocol::Tcp,
             app_port: app.port(),
         };
-        let set = checks.validate(&sources, None).map_err(refused)?;
+        let set = checks
+            .validate(&config.path, &sources, config.optional, None)
+            .map_err(refused)?;
+        if set.is_empty() && !set.declares_no_policy() {
+            warn!(
+                path = %config.path.display(),
+                "no policy yet (`policy.optional`): requests are decided by the default until a \
+                 policy file appears"
+            );
+        }
         metrics.policies_loaded(set.len());
         Ok(Self {
             path: config.path.clone(),
+            optional: config.optional,
             default: match config.default {
                 DefaultPolicy::Allow => DefaultAction::Allow,
                 DefaultPolicy::Deny => DefaultAction::Deny,
@@ -346,7 +384,13 @@ impl PolicyEnforcer {
             .load()
             .as_ref()
             .and_then(|view| view.own.parse::<SpiffeId>().ok());
-        match self.checks.validate(&sources, own.as_ref()) {
+        // Losing every policy is refused once one is in force; before that, an optional policy
+        // may stay empty.
+        let may_be_empty = self.optional && loaded.set.is_empty();
+        match self
+            .checks
+            .validate(&self.path, &sources, may_be_empty, own.as_ref())
+        {
             Ok(set) => {
                 let generation = loaded.generation + 1;
                 info!(
@@ -487,6 +531,7 @@ impl PolicyEnforcer {
         let explained = !allowed || self.access_log == AccessLog::All || audit.is_some();
         Judgement {
             allowed,
+            ambiguous_path: matches!(decision.reason, Reason::AmbiguousPath(_)),
             policy: match decision.reason {
                 Reason::Rule(rule) => Some(rule.policy.name.clone()),
                 _ => None,
@@ -585,15 +630,21 @@ struct RequestHeaders<'a> {
 }
 
 impl hush_policy::Headers for RequestHeaders<'_> {
-    fn get(&self, name: &str) -> Option<Cow<'_, str>> {
-        let values = self.headers.get_all(name);
-        // A value that is not text cannot equal a pattern; it still counts as present.
-        let joined =
-            hush_policy::join_values(values.iter().map(|v| v.to_str().unwrap_or("\u{fffd}")));
-        match joined {
-            Some(value) => Some(value),
-            None if name == "host" => self.authority.map(Cow::Borrowed),
-            None => None,
+    fn each_value(&self, name: &str, visit: &mut dyn FnMut(&str) -> ControlFlow<()>) {
+        let mut values = self.headers.get_all(name).iter().peekable();
+        if values.peek().is_none() {
+            if name == "host"
+                && let Some(authority) = self.authority
+            {
+                let _ = visit(authority);
+            }
+            return;
+        }
+        for value in values {
+            // A value that is not text cannot equal a pattern; it still counts as present.
+            if visit(value.to_str().unwrap_or("\u{fffd}")).is_break() {
+                return;
+            }
         }
     }
 }
@@ -628,10 +679,19 @@ mod tests {
     }
 
     fn enforcer(dir: &Path, protocol: Protocol) -> Result<PolicyEnforcer, PolicyLoadError> {
+        load_enforcer(dir, protocol, false)
+    }
+
+    fn load_enforcer(
+        dir: &Path,
+        protocol: Protocol,
+        optional: bool,
+    ) -> Result<PolicyEnforcer, PolicyLoadError> {
         PolicyEnforcer::load(
             &PolicyConfig {
                 path: dir.to_path_buf(),
                 default: DefaultPolicy::Allow,
+                optional,
             },
             AccessLog::Denied,
             "127.0.0.1:8080".parse().unwrap(),
@@ -701,14 +761,168 @@ mod tests {
         assert!(check("/public").is_err());
         assert_eq!(enforcer.status(None).generation, 2);
         assert!(enforcer.status(None).refused.is_none());
+    }
 
+    #[test]
+    fn an_emptied_directory_keeps_the_last_good_policy_until_it_says_none() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "p.yaml", DENY_ADMIN);
+        let enforcer = enforcer(dir.path(), Protocol::Detect).unwrap();
+        let headers = HeaderMap::new();
+        let admin_allowed = || {
+            enforcer
+                .check_request(&caller(), "GET", "/admin", &headers, None)
+                .allowed
+        };
+        let errors = |e: &PolicyEnforcer| {
+            metric_value(
+                &e.metrics.encode(),
+                "hush_policy_reloads_total{result=\"error\"}",
+            )
+        };
+        assert!(!admin_allowed());
+
+        // The ConfigMap is deleted: no policy file is left. That is refused, once.
+        std::fs::remove_file(dir.path().join("p.yaml")).unwrap();
+        write(dir.path(), "notes.txt", "not policy");
+        enforcer.reload(false);
+        enforcer.reload(false);
+        assert!(!admin_allowed(), "the last good policy stays in force");
+        assert_eq!(errors(&enforcer), 1.0);
+        let status = enforcer.status(None);
+        assert_eq!(status.generation, 1);
+        let refused = status.refused.unwrap();
+        assert!(
+            refused[0]
+                .contains("no policy file (*.yaml, *.yml) here; hush takes that for a mistake"),
+            "{refused:?}"
+        );
+        assert!(
+            refused[0].contains("write a file holding `[]`"),
+            "{refused:?}"
+        );
+
+        // A file without a policy in it is no clearer.
+        write(dir.path(), "p.yaml", "# emptied\n");
+        enforcer.reload(false);
+        assert!(!admin_allowed());
+        assert_eq!(errors(&enforcer), 2.0);
+        assert!(enforcer.status(None).refused.unwrap()[0].contains(": no policy here;"));
+
+        // Said on purpose, it is a policy like any other.
+        write(
+            dir.path(),
+            "p.yaml",
+            "# every policy removed on purpose\n[]\n",
+        );
+        enforcer.reload(false);
+        assert!(admin_allowed());
+        let status = enforcer.status(None);
+        assert_eq!(status.generation, 2);
+        assert!(status.refused.is_none());
+        assert!(status.policies.is_empty());
+    }
+
+    #[test]
+    fn an_empty_directory_at_start_is_refused_unless_it_says_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = enforcer(dir.path(), Protocol::Detect).err().unwrap();
+        assert!(
+            error
+                .to_string()
+                .contains("no policy file (*.yaml, *.yml) here; hush takes that for a mistake"),
+            "{error}"
+        );
+        write(dir.path(), "none.yaml", "[]");
+        let enforcer = enforcer(dir.path(), Protocol::Detect).unwrap();
+        assert_eq!(
+            enforcer.describe().split(" (").nth(1),
+            Some("0 policies, 0 rules; default allow)")
+        );
+    }
+
+    #[test]
+    fn an_optional_policy_may_start_empty_but_not_become_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let enforcer = load_enforcer(dir.path(), Protocol::Detect, true).unwrap();
+        let headers = HeaderMap::new();
+        let admin_allowed = || {
+            enforcer
+                .check_request(&caller(), "GET", "/admin", &headers, None)
+                .allowed
+        };
+        assert!(admin_allowed(), "no policy yet");
+        // Still none: nothing is in force, so nothing is lost.
+        write(dir.path(), "p.yaml", "# soon\n");
+        enforcer.reload(false);
+        assert!(enforcer.status(None).refused.is_none());
+        // The namespace's policy appears, then its ConfigMap is deleted.
+        write(dir.path(), "p.yaml", DENY_ADMIN);
+        enforcer.reload(false);
+        assert!(!admin_allowed());
         std::fs::remove_file(dir.path().join("p.yaml")).unwrap();
         enforcer.reload(false);
+        assert!(!admin_allowed(), "the last good policy stays in force");
+        let refused = enforcer.status(None).refused.unwrap();
         assert!(
-            check("/public").is_ok(),
-            "an emptied directory is a valid, empty policy"
+            refused[0].contains("hush takes that for a mistake"),
+            "{refused:?}"
         );
-        assert_eq!(enforcer.status(None).generation, 3);
+    }
+
+    #[test]
+    fn requests_are_judged_on_every_header_value_and_path_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "p.yaml",
+            &format!(
+                "{DENY_ADMIN}  - when:\n    - key: request.headers[x-role]\n      values: [evil]\n"
+            ),
+        );
+        let enforcer = enforcer(dir.path(), Protocol::Detect).unwrap();
+        let judge = |path: &str, roles: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for role in roles {
+                headers.append("x-role", role.parse().unwrap());
+            }
+            enforcer.check_request(&caller(), "GET", path, &headers, None)
+        };
+        assert!(judge("/public", &["a"]).allowed);
+        assert!(!judge("/public", &["a", "evil"]).allowed, "a second line");
+        assert!(
+            !judge("/public", &["a, evil"]).allowed,
+            "a list on one line"
+        );
+        let denied = judge("/admin;x=1", &[]);
+        assert!(!denied.allowed && !denied.ambiguous_path, "{denied:?}");
+        let refused = judge("/public/..;/admin", &[]);
+        assert!(!refused.allowed && refused.ambiguous_path, "{refused:?}");
+        assert!(
+            refused
+                .refusal()
+                .starts_with("refused: the path has a `.` or `..` segment and a path parameter"),
+            "{refused:?}"
+        );
+        let metrics = enforcer.metrics.encode();
+        assert!(
+            metrics.contains(
+                "hush_policy_decisions_total{action=\"ambiguous_path\",policy=\"\",result=\"deny\"} 1"
+            ),
+            "{metrics}"
+        );
+        // The host a condition reads is the `:authority` of an HTTP/2 request.
+        let headers = HeaderMap::new();
+        let host = RequestHeaders {
+            headers: &headers,
+            authority: Some("api.shop"),
+        };
+        let mut seen = Vec::new();
+        hush_policy::Headers::each_value(&host, "host", &mut |v| {
+            seen.push(v.to_string());
+            ControlFlow::Continue(())
+        });
+        assert_eq!(seen, ["api.shop"]);
     }
 
     #[test]
