@@ -223,67 +223,147 @@ def wait_closed(sock, deadline):
 
 # === hold ===
 
+# Connections are opened in batches, each driven until every one of them is kept or refused: the
+# CA takes connections in order, so the next batch meets a CA that has judged the last.
+BATCH = 100
+
+
+class Held:
+    def __init__(self, kind, sock):
+        self.kind = kind
+        self.sock = sock
+        # Kept apart: wrapping in TLS keeps the descriptor, but a failed wrap detaches it.
+        self.fd = sock.fileno()
+        self.state = "connecting"  # then "handshaking" (TLS), "open" or "refused"
+
+
+def open_nonblocking(args, kind, errors):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if args.source:
+        sock.bind((args.source, 0))
+    sock.setblocking(False)
+    code = sock.connect_ex((args.host, args.port))
+    held = Held(kind, sock)
+    if code in (errno.ECONNRESET, errno.ECONNREFUSED):
+        held.state = "refused"
+    elif code not in (0, errno.EINPROGRESS):
+        name = errno.errorcode.get(code, str(code))
+        errors[name] = errors.get(name, 0) + 1
+        sock.close()
+        return None
+    return held
+
+
+def drive(batch, context, deadline):
+    """Advances connects and TLS handshakes without blocking, until each connection is open or
+    refused, or the deadline passes (what is left is still pending)."""
+    waiting = {}
+    poller = select.poll()
+
+    def wait_for(held, events):
+        fd = held.fd
+        if fd in waiting:
+            poller.modify(fd, events)
+        else:
+            poller.register(fd, events)
+        waiting[fd] = held
+
+    def done(held, state):
+        held.state = state
+        fd = held.fd
+        if fd in waiting:
+            poller.unregister(fd)
+            del waiting[fd]
+
+    def step(held):
+        if held.state == "connecting":
+            code = held.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                return done(held, "refused")
+            if held.kind == "tcp":
+                return done(held, "open")
+            try:
+                held.sock = context.wrap_socket(held.sock, server_hostname="localhost", do_handshake_on_connect=False)
+            except OSError:
+                # Reset between the connect and the handshake's start.
+                return done(held, "refused")
+            held.state = "handshaking"
+        try:
+            held.sock.do_handshake()
+            done(held, "open")
+        except ssl.SSLWantReadError:
+            wait_for(held, select.POLLIN)
+        except ssl.SSLWantWriteError:
+            wait_for(held, select.POLLOUT)
+        except (ssl.SSLError, OSError):
+            done(held, "refused")
+
+    for held in batch:
+        if held.state == "connecting":
+            wait_for(held, select.POLLOUT)
+    while waiting:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        for fd, _ in poller.poll(min(left, 1.0) * 1000):
+            held = waiting.get(fd)
+            if held is not None:
+                step(held)
+
 
 def hold(args):
     raise_fd_limit()
-    held = []  # (kind, socket)
-    refused = {"tcp": 0, "tls": 0}
+    context = tls_context(args.bundle)
+    deadline = time.monotonic() + args.wait
     errors = {}
+    conns = []
     started = time.monotonic()
-    for i in range(args.count):
-        kind = args.mode if args.mode != "mixed" else ("tcp" if i % 2 == 0 else "tls")
-        # The last one is TLS: the CA takes connections in order, so once its handshake has an
-        # answer every earlier connection has been kept or reset.
-        if i == args.count - 1:
-            kind = "tls"
-        try:
-            sock = connect(args, args.source)
-        except ConnectionResetError:
-            # Reset before connect() even returned: the CA refused it on accept.
-            refused[kind] += 1
-            continue
-        except OSError as e:
-            name = errno.errorcode.get(e.errno, str(e))
-            errors[name] = errors.get(name, 0) + 1
-            continue
-        if kind == "tls":
-            try:
-                sock = tls_context(args.bundle).wrap_socket(sock, server_hostname="localhost")
-            except (ssl.SSLError, OSError):
-                refused["tls"] += 1
-                sock.close()
-                continue
-        held.append((kind, sock))
+    while len(conns) < args.count and time.monotonic() < deadline:
+        batch = []
+        for i in range(len(conns), min(len(conns) + BATCH, args.count)):
+            kind = args.mode if args.mode != "mixed" else ("tcp" if i % 2 == 0 else "tls")
+            # Each batch ends with a TLS connection, whose handshake is answered only once the
+            # CA has come to it, and so to every connection before it.
+            if i == min(len(conns) + BATCH, args.count) - 1:
+                kind = "tls"
+            held = open_nonblocking(args, kind, errors)
+            if held is not None:
+                batch.append(held)
+        drive(batch, context, deadline)
+        conns += batch
+        if not batch:
+            break
     opening = time.monotonic() - started
-    kept = {"tcp": 0, "tls": 0}
+    counts = {f"{what}_{kind}": 0 for what in ("kept", "refused", "pending") for kind in ("tcp", "tls")}
     still = []
-    for kind, sock in held:
-        if closed_by_peer(sock):
-            refused[kind] += 1
-            sock.close()
+    for held in conns:
+        if held.state == "open" and closed_by_peer(held.sock):
+            held.state = "refused"
+        what = {"open": "kept", "refused": "refused"}.get(held.state, "pending")
+        counts[f"{what}_{held.kind}"] += 1
+        if what == "refused":
+            held.sock.close()
         else:
-            kept[kind] += 1
-            still.append((kind, sock))
+            still.append(held)
     report = {
         "attempted": args.count,
-        "kept": kept["tcp"] + kept["tls"],
-        "refused": refused["tcp"] + refused["tls"],
-        "kept_tcp": kept["tcp"],
-        "kept_tls": kept["tls"],
-        "refused_tcp": refused["tcp"],
-        "refused_tls": refused["tls"],
+        "kept": counts["kept_tcp"] + counts["kept_tls"],
+        "refused": counts["refused_tcp"] + counts["refused_tls"],
+        "pending": counts["pending_tcp"] + counts["pending_tls"],
+        **counts,
         "connect_errors": errors,
         "seconds_to_open": round(opening, 3),
     }
     print(json.dumps(report), flush=True)
+    kept = [held for held in still if held.state == "open"]
     for line in sys.stdin:
         if line.strip() == "status":
-            open_now = sum(1 for _, sock in still if not closed_by_peer(sock))
+            open_now = sum(1 for held in kept if not closed_by_peer(held.sock))
             print(json.dumps({"still_open": open_now}), flush=True)
         else:
             break
-    for _, sock in still:
-        sock.close()
+    for held in still:
+        held.sock.close()
 
 
 # === probes ===

@@ -407,6 +407,7 @@ fn connections_over_the_per_address_limit_are_reset_and_counted_in_few_lines() {
     let (mut holder, held) = Holder::start(&ca, 200);
     assert_eq!(count(&held, "kept"), 4, "{held}");
     assert_eq!(count(&held, "refused"), 196, "{held}");
+    assert_eq!(count(&held, "pending"), 0, "{held}");
     assert!(
         count(&held, "kept_tcp") > 0 && count(&held, "kept_tls") > 0,
         "handshaking and handshaken connections both count: {held}"
@@ -597,6 +598,11 @@ fn five_thousand_idle_connections_from_one_address_do_not_stop_issuance() {
     let kept = count(&held, "kept");
     assert_eq!(kept, 256, "the default per-address limit: {held}");
     assert_eq!(count(&held, "refused"), 5000 - 256, "{held}");
+    assert_eq!(
+        count(&held, "pending"),
+        0,
+        "every connection was judged: {held}"
+    );
     assert_eq!(still_open, kept, "the flood was held for every issuance");
 }
 

@@ -354,20 +354,22 @@ impl Accept {
             let _held = held;
             let _ = tcp.set_nodelay(true);
             let local = tcp.local_addr().ok();
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    log_handshake_failure(peer, &e);
-                    return;
-                }
-                Err(_) => {
-                    debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));
+            let tls = tokio::select! {
+                handshake = handshake => match handshake {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        log_handshake_failure(peer, &e);
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+                // A connection the CA is about to close is not worth a handshake.
+                () = shared.graceful.cancelled() => return,
             };
-            if shared.graceful.is_cancelled() {
-                return;
-            }
             // The verifier already checked the chain and the SVID rules.
             let spiffe_id = tls
                 .get_ref()
