@@ -666,6 +666,55 @@ fn hostile_clients_get_bounded_refusals_and_the_ca_serves_on() {
     ca.issue_with_hush_cert("after");
 }
 
+/// A limit that would refuse everything is refused before the CA says it is serving.
+#[test]
+fn limits_of_zero_are_refused_at_start_naming_the_flag() {
+    let temp = tempfile::tempdir().expect("a temporary directory");
+    let dir = temp.path().join("ca");
+    run_hush_ok(
+        HUSH,
+        &["ca", "init", "--dir", path_str(&dir), "--trust-domain", TD],
+    );
+    for (flag, value, message) in [
+        (
+            "--max-connections-per-ip",
+            "0",
+            "invalid --max-connections-per-ip 0: must be at least 1",
+        ),
+        (
+            "--max-unauthenticated-requests",
+            "0",
+            "invalid --max-unauthenticated-requests 0: must be at least 1",
+        ),
+        (
+            "--first-request-timeout",
+            "0s",
+            "invalid --first-request-timeout 0s: must be more than zero",
+        ),
+    ] {
+        let output = hush_test_support::run_hush(
+            HUSH,
+            &[
+                "ca",
+                "serve",
+                "--dir",
+                path_str(&dir),
+                "--listen",
+                "127.0.0.1:0",
+                flag,
+                value,
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{flag} {value} was accepted");
+        assert!(stderr.contains(message), "{flag}: {stderr}");
+        assert!(
+            !String::from_utf8_lossy(&output.stdout).contains("serving"),
+            "no readiness line for a CA that will not serve"
+        );
+    }
+}
+
 /// Bounds every call to the CA, so a hung CA fails the test instead of hanging it.
 async fn within<F: std::future::Future>(call: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(30), call)

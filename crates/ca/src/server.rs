@@ -123,13 +123,17 @@ impl ServeOptions {
             ("max_request_bytes", self.max_request_bytes),
         ];
         for (option, value) in counts {
-            if value == 0 || value > Semaphore::MAX_PERMITS {
-                return Err(ServeError::InvalidOption {
-                    option,
-                    value: value.to_string(),
-                    reason: format!("must be from 1 to {}", Semaphore::MAX_PERMITS),
-                });
-            }
+            let reason = match value {
+                0 => "must be at least 1",
+                // A semaphore's limit; far beyond what any machine could serve.
+                v if v > Semaphore::MAX_PERMITS => "is too large",
+                _ => continue,
+            };
+            return Err(ServeError::InvalidOption {
+                option,
+                value: value.to_string(),
+                reason: reason.to_string(),
+            });
         }
         let timeouts = [
             ("handshake_timeout", self.handshake_timeout),
@@ -427,5 +431,41 @@ impl PeerInfo {
     /// The client's IP address.
     pub(crate) fn address(&self) -> Option<IpAddr> {
         self.tcp.remote_addr.map(|addr| addr.ip())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_that_refuse_everything_or_never_expire_are_refused() {
+        assert!(ServeOptions::default().validate().is_ok());
+        let zero_cap = ServeOptions {
+            max_connections_per_ip: 0,
+            ..ServeOptions::default()
+        };
+        assert_eq!(
+            zero_cap.validate().unwrap_err().to_string(),
+            "invalid max_connections_per_ip 0: must be at least 1"
+        );
+        let zero_idle = ServeOptions {
+            idle_timeout: Duration::ZERO,
+            ..ServeOptions::default()
+        };
+        assert_eq!(
+            zero_idle.validate().unwrap_err().to_string(),
+            "invalid idle_timeout 0s: must be more than zero"
+        );
+        let huge = ServeOptions {
+            max_unauthenticated_requests: usize::MAX,
+            ..ServeOptions::default()
+        };
+        assert!(
+            huge.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("too large")
+        );
     }
 }
