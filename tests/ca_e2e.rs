@@ -2068,6 +2068,13 @@ async fn a_certificate_from_another_ca_cannot_renew() {
         "{}",
         ca.server.stderr()
     );
+    let token = ca.token(FRONTEND, &[]);
+    within(
+        ca.client()
+            .certify(&token, plain_csr(CsrKeyKind::EcdsaP256).der, None),
+    )
+    .await
+    .expect("the CA serves on after refusing a foreign certificate");
 }
 
 /// Waits (bounded) until the CA has logged `needle` on stderr.
@@ -2116,6 +2123,13 @@ async fn a_client_with_neither_token_nor_certificate_is_told_both_ways() {
         Code::Unauthenticated,
         &["authorization", "current certificate"],
     );
+    let token = ca.token(FRONTEND, &[]);
+    within(
+        ca.client()
+            .certify(&token, plain_csr(CsrKeyKind::EcdsaP256).der, None),
+    )
+    .await
+    .expect("the CA serves on after a request with no credentials at all");
 }
 
 #[test]
