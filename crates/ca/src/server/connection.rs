@@ -5,9 +5,9 @@
 //! (the HTTP/2 preface, SETTINGS and a request's headers), and is closed once it has had no
 //! request in flight for `idle_timeout`. Idle means no request, not no bytes: HTTP/2 PINGs,
 //! SETTINGS and WINDOW_UPDATEs keep nothing alive. Closing is hyper's graceful shutdown (GOAWAY,
-//! so a client never loses a request it sent), and a connection that has still not gone
-//! [`CLOSE_GRACE`] after its last request ended is dropped: graceful shutdown waits for a PING
-//! acknowledgement that a silent client never sends.
+//! so a client never loses a request it sent), and a connection still there [`CLOSE_GRACE`]
+//! after both the GOAWAY and the end of its last request is dropped: graceful shutdown waits for
+//! a PING acknowledgement that a silent client never sends.
 
 use std::convert::Infallible;
 use std::future::Future;
