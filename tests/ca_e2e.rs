@@ -1508,6 +1508,8 @@ const REVOKED_JWT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.eyJzdWIiOiJzeX
 const ECHOED_JWT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6c2hvcDplY2hvIn0.ZWNoby1zaWduYXR1cmU";
 const VAULT_JWT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6c2hvcDp2YXVsdCJ9.dmF1bHQtc2lnbmF0dXJl";
 const USER_JWT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.eyJzdWIiOiJqYW5lQGV4YW1wbGUuY29tIn0.dXNlci1zaWduYXR1cmU";
+/// A token an audience-unaware authenticator vouches for: no audiences come back.
+const LEGACY_JWT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6c2hvcDpsZWdhY3kifQ.bGVnYWN5LXNpZ25hdHVyZQ";
 const SA_UID: &str = "4f1c2b7e-9a0d-4e3f-8b6a-5c7d8e9f0a1b";
 const REVOKED_ERROR: &str = "[invalid bearer token, service account token has been invalidated]";
 
@@ -1528,6 +1530,9 @@ fn review(request: &hush_test_support::ReviewRequest) -> (u16, Value) {
         ),
         Some(USER_JWT) => {
             token_review_authenticated(request, "jane@example.com", SA_UID, &["hush-ca"])
+        }
+        Some(LEGACY_JWT) => {
+            token_review_authenticated(request, "system:serviceaccount:shop:legacy", SA_UID, &[])
         }
         // A careless API server that quotes the token in its error.
         Some(ECHOED_JWT) => token_review_rejected(
@@ -1649,9 +1654,24 @@ async fn kubernetes_service_account_tokens_are_checked_with_token_review() {
         Code::Unauthenticated,
         &["jane@example.com", "not a Kubernetes service account"],
     );
+    // Authenticated, but no audience came back: valid for the API server only, not for the CA.
+    let legacy = within(client.certify(LEGACY_JWT, csr.der.clone(), None)).await;
+    let unconfirmed = [
+        "did not confirm audience hush-ca",
+        "status.audiences came back empty",
+    ];
+    assert_refused(legacy, Code::Unauthenticated, &unconfirmed);
 
     let audit = ca.audit();
-    assert_eq!(audit.len(), 6, "{audit:#?}");
+    assert_eq!(audit.len(), 7, "{audit:#?}");
+    let refused_legacy = audit.last().expect("the last refusal is audited");
+    assert_eq!(refused_legacy["event"], "refused");
+    assert_eq!(refused_legacy["code"], "Unauthenticated");
+    let reason = refused_legacy["reason"].as_str().unwrap_or_default();
+    assert!(
+        unconfirmed.iter().all(|needle| reason.contains(needle)),
+        "the audit line says what was asked for and what came back: {reason}"
+    );
     let issued: Vec<_> = audit.iter().filter(|l| l["event"] == "issued").collect();
     assert_eq!(issued.len(), 2);
     for line in issued {
@@ -1670,6 +1690,7 @@ async fn kubernetes_service_account_tokens_are_checked_with_token_review() {
         ECHOED_JWT,
         VAULT_JWT,
         USER_JWT,
+        LEGACY_JWT,
         OWN_TOKEN,
     ] {
         let signature = secret.rsplit('.').next().expect("JWT signature");
@@ -2047,6 +2068,13 @@ async fn a_certificate_from_another_ca_cannot_renew() {
         "{}",
         ca.server.stderr()
     );
+    let token = ca.token(FRONTEND, &[]);
+    within(
+        ca.client()
+            .certify(&token, plain_csr(CsrKeyKind::EcdsaP256).der, None),
+    )
+    .await
+    .expect("the CA serves on after refusing a foreign certificate");
 }
 
 /// Waits (bounded) until the CA has logged `needle` on stderr.
@@ -2095,6 +2123,13 @@ async fn a_client_with_neither_token_nor_certificate_is_told_both_ways() {
         Code::Unauthenticated,
         &["authorization", "current certificate"],
     );
+    let token = ca.token(FRONTEND, &[]);
+    within(
+        ca.client()
+            .certify(&token, plain_csr(CsrKeyKind::EcdsaP256).der, None),
+    )
+    .await
+    .expect("the CA serves on after a request with no credentials at all");
 }
 
 #[test]

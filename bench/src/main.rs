@@ -181,7 +181,7 @@ fn ca(args: CaArgs) -> Result<()> {
     let token = JoinTokenStore::new(dir.tokens_dir())
         .mint(&id, Duration::from_secs(3600), true)?
         .token;
-    let mut server = CaServer::start(&hush, dir.path())?;
+    let mut server = CaServer::start(&hush, dir.path(), args.concurrency)?;
     // One client thread: the load generator shares the machine with the CA, so it should burn
     // as little CPU as it can, and cross-thread wake-ups cost more than they bring here.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -328,7 +328,7 @@ struct CaServer {
 }
 
 impl CaServer {
-    fn start(hush: &PathBuf, dir: &std::path::Path) -> Result<Self> {
+    fn start(hush: &PathBuf, dir: &std::path::Path, in_flight: usize) -> Result<Self> {
         let mut child = Command::new(hush)
             .args([
                 "ca",
@@ -337,6 +337,10 @@ impl CaServer {
                 "127.0.0.1:0",
                 "--log-level",
                 "warn",
+                // The load's join-token requests are all unauthenticated: the CA must not shed
+                // the very load it is measured with.
+                "--max-unauthenticated-requests",
+                &in_flight.max(64).to_string(),
                 "--dir",
             ])
             .arg(dir)

@@ -1,29 +1,36 @@
 //! Serving the CA: TLS on a TCP listener, both gRPC services on one port.
 //!
-//! hush runs its own accept loop rather than tonic's TLS so that it can (a) bound the TLS
-//! handshake with a timeout, (b) cap concurrent connections, and (c) rotate its own server
-//! certificate, issued from its intermediate, without a restart.
+//! hush runs its own accept loop and serves each connection itself (hyper's HTTP/2 server with
+//! tonic's routes as the service) rather than using tonic's server, so that it can bound what a
+//! client without credentials can hold: the TLS handshake has a time limit; connections are
+//! capped in total and per client address (handshakes included); a connection must send its
+//! first request soon after the handshake and is closed once idle; and requests from clients
+//! without a verified certificate are capped in flight, since each may start a TokenReview. The
+//! CA's own server certificate is issued from its intermediate and rotated without a restart.
+
+mod connection;
+mod limits;
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
-use std::pin::Pin;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hush_identity::{SpiffeId, TrustDomain};
 use hush_tls::rustls;
 use hush_tls::{ALPN_H2, CredentialStore, SpiffeClientVerifier, explain_io_error, peer_spiffe_id};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::service::Routes;
+use tonic::transport::server::TcpConnectInfo;
 use tracing::{debug, info, warn};
 
+use self::connection::{Shared, Timeouts};
+use self::limits::{AddressSlot, PerAddress, REPORT_INTERVAL, RefusalKind, Refusals};
 use crate::service::CaService;
 
 /// How the CA serves.
@@ -35,10 +42,22 @@ pub struct ServeOptions {
     pub ips: Vec<IpAddr>,
     /// A client that has not finished its TLS handshake by then is dropped.
     pub handshake_timeout: Duration,
+    /// A client must send its first request (the HTTP/2 preface and a request's headers) this
+    /// soon after the TLS handshake, or the connection is closed.
+    pub first_request_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2 PINGs do not count
+    /// as requests).
+    pub idle_timeout: Duration,
     /// Requests larger than this are refused with RESOURCE_EXHAUSTED.
     pub max_request_bytes: usize,
     /// Connections beyond this wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Connections from one IP address beyond this, TLS handshakes included, are refused (reset
+    /// at once). Many sidecars may share one node address, so keep it generous.
+    pub max_connections_per_ip: usize,
+    /// Requests from clients without a verified client certificate (anything but a renewal)
+    /// beyond this many in flight are answered UNAVAILABLE, to be retried.
+    pub max_unauthenticated_requests: usize,
     /// A request not answered by then fails with CANCELLED (a stuck TokenReview, say).
     pub request_timeout: Duration,
     /// Lifetime of the CA's own server certificate; it is re-issued at half of it.
@@ -54,8 +73,12 @@ impl Default for ServeOptions {
             dns_names: Vec::new(),
             ips: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
+            first_request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             max_request_bytes: 64 * 1024,
             max_connections: 4096,
+            max_connections_per_ip: 256,
+            max_unauthenticated_requests: 64,
             request_timeout: Duration::from_secs(30),
             server_cert_lifetime: Duration::from_secs(24 * 3600),
             shutdown_grace: Duration::from_secs(5),
@@ -73,9 +96,62 @@ pub enum ServeError {
     /// TLS could not be configured.
     #[error(transparent)]
     Tls(#[from] hush_tls::TlsConfigError),
-    /// The gRPC server failed.
-    #[error("gRPC server error: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    /// A limit is set to a value that cannot work.
+    #[error("invalid {option} {value}: {reason}")]
+    InvalidOption {
+        /// The [`ServeOptions`] field.
+        option: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+// === impl ServeOptions ===
+
+impl ServeOptions {
+    /// Refuses limits that would make the CA refuse everything or never time out.
+    pub fn validate(&self) -> Result<(), ServeError> {
+        let counts = [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            (
+                "max_unauthenticated_requests",
+                self.max_unauthenticated_requests,
+            ),
+            ("max_request_bytes", self.max_request_bytes),
+        ];
+        for (option, value) in counts {
+            let reason = match value {
+                0 => "must be at least 1",
+                // A semaphore's limit; far beyond what any machine could serve.
+                v if v > Semaphore::MAX_PERMITS => "is too large",
+                _ => continue,
+            };
+            return Err(ServeError::InvalidOption {
+                option,
+                value: value.to_string(),
+                reason: reason.to_string(),
+            });
+        }
+        let timeouts = [
+            ("handshake_timeout", self.handshake_timeout),
+            ("first_request_timeout", self.first_request_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("request_timeout", self.request_timeout),
+        ];
+        for (option, value) in timeouts {
+            if value.is_zero() {
+                return Err(ServeError::InvalidOption {
+                    option,
+                    value: "0s".to_string(),
+                    reason: "must be more than zero".to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Serves both CA services on `listener` until `shutdown` completes.
@@ -85,6 +161,7 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    options.validate()?;
     let mut dns_names = vec!["localhost".to_string()];
     dns_names.extend(options.dns_names.iter().cloned());
     let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
@@ -105,54 +182,76 @@ pub async fn serve(
     let bundle = service.authority().bundle();
     let client_verifier = SpiffeClientVerifier::new(bundle, false)?;
     let tls = hush_tls::server_config(Arc::new(credentials), Some(client_verifier), &[ALPN_H2])?;
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let (conn_tx, conn_rx) = mpsc::channel(128);
-    let accept = tokio::spawn(accept_loop(
-        listener,
-        acceptor,
-        bundle.trust_domain().clone(),
-        conn_tx,
-        Arc::new(Semaphore::new(options.max_connections)),
-        options.handshake_timeout,
-    ));
 
     let limit = options.max_request_bytes;
-    let graceful = Arc::new(Notify::new());
-    let stop_serving = {
-        let graceful = graceful.clone();
-        async move { graceful.notified().await }
-    };
-    let server = tonic::transport::Server::builder()
-        .timeout(options.request_timeout)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .max_concurrent_streams(Some(1024))
-        .layer(tower::util::MapResponseLayer::new(move |r| {
-            oversize_is_resource_exhausted(r, limit)
-        }))
-        .add_service(service.hush_service().max_decoding_message_size(limit))
+    let routes = Routes::new(service.hush_service().max_decoding_message_size(limit))
         .add_service(service.istio_service().max_decoding_message_size(limit))
-        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stop_serving);
-    tokio::pin!(server, shutdown);
-    let result = tokio::select! {
-        result = &mut server => result,
-        () = &mut shutdown => {
-            accept.abort();
-            graceful.notify_one();
-            match tokio::time::timeout(options.shutdown_grace, &mut server).await {
-                Ok(result) => result,
-                Err(_) => {
-                    // Graceful shutdown waits for every connection to close; a hung client must
-                    // not keep the CA alive, so what is left is dropped with the server future.
-                    warn!(grace = ?options.shutdown_grace, "connections still open after the shutdown grace period; closing them");
-                    Ok(())
-                }
+        .prepare();
+    let graceful = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        routes,
+        http2: Shared::http2(),
+        timeouts: Timeouts {
+            first_request: options.first_request_timeout,
+            idle: options.idle_timeout,
+            request: options.request_timeout,
+        },
+        max_request_bytes: limit,
+        unauthenticated: Arc::new(Semaphore::new(options.max_unauthenticated_requests)),
+        max_unauthenticated: options.max_unauthenticated_requests,
+        busy: Refusals::new(RefusalKind::UnauthenticatedRequests {
+            limit: options.max_unauthenticated_requests,
+        }),
+        graceful: graceful.clone(),
+    });
+    let accept = Accept {
+        tls: TlsAcceptor::from(Arc::new(tls)),
+        trust_domain: bundle.trust_domain().clone(),
+        slots: Arc::new(Semaphore::new(options.max_connections)),
+        per_address: PerAddress::new(options.max_connections_per_ip),
+        crowded: Arc::new(Refusals::new(RefusalKind::ConnectionsPerAddress {
+            limit: options.max_connections_per_ip,
+        })),
+        handshake_timeout: options.handshake_timeout,
+        shared: shared.clone(),
+        tracker: TaskTracker::new(),
+        force_close: CancellationToken::new(),
+    };
+    // The tail of a refusal flood that stopped is reported too.
+    let reports = tokio::spawn({
+        let (crowded, shared) = (accept.crowded.clone(), shared.clone());
+        async move {
+            let mut tick = tokio::time::interval(REPORT_INTERVAL);
+            loop {
+                tick.tick().await;
+                crowded.report_pending();
+                shared.busy.report_pending();
             }
         }
-    };
-    accept.abort();
+    });
+
+    tokio::select! {
+        () = accept.run(listener) => {}
+        () = shutdown => {}
+    }
+    // The listener is closed now: new clients are refused by the kernel.
+    graceful.cancel();
+    accept.tracker.close();
+    if tokio::time::timeout(options.shutdown_grace, accept.tracker.wait())
+        .await
+        .is_err()
+    {
+        // Graceful shutdown waits for every client to acknowledge the GOAWAY; a hung client
+        // must not keep the CA alive.
+        warn!(grace = ?options.shutdown_grace, "connections still open after the shutdown grace period; closing them");
+        accept.force_close.cancel();
+        accept.tracker.wait().await;
+    }
     rotation.abort();
-    Ok(result?)
+    reports.abort();
+    accept.crowded.report_remaining();
+    shared.busy.report_remaining();
+    Ok(())
 }
 
 fn install_server_certificate(
@@ -190,98 +289,130 @@ async fn rotate_server_certificate(
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
+/// The accept loop and what it hands to each connection.
+struct Accept {
+    tls: TlsAcceptor,
     trust_domain: TrustDomain,
-    connections: mpsc::Sender<Result<TlsConnection, io::Error>>,
+    /// All connections, handshakes included.
     slots: Arc<Semaphore>,
+    per_address: Arc<PerAddress>,
+    crowded: Arc<Refusals>,
     handshake_timeout: Duration,
-) {
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Running out of file descriptors is temporary; back off instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    /// Cancelled when the shutdown grace has run out: every connection is dropped.
+    force_close: CancellationToken,
+}
+
+impl Accept {
+    async fn run(&self, listener: TcpListener) {
+        loop {
+            // Taken before accepting: beyond the cap, clients wait in the kernel's backlog.
+            let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Running out of file descriptors is temporary; back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(address_slot) = self.per_address.try_acquire(peer.ip()) else {
+                // A reset rather than a close: the client learns at once, and the CA keeps no
+                // TIME_WAIT state for a flood.
+                let _ = tcp.set_zero_linger();
+                drop(tcp);
+                self.crowded.refuse(peer.ip());
                 continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let connections = connections.clone();
-        let trust_domain = trust_domain.clone();
-        tokio::spawn(async move {
+            };
+            let held = Held {
+                _permit: permit,
+                _address_slot: address_slot,
+            };
+            let connection = self.connection(tcp, peer, held);
+            let force_close = self.force_close.clone();
+            self.tracker.spawn(async move {
+                tokio::select! {
+                    () = connection => {}
+                    () = force_close.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    /// The TLS handshake, bounded, then the connection served until it ends.
+    fn connection(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        held: Held,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let acceptor = self.tls.clone();
+        let trust_domain = self.trust_domain.clone();
+        let handshake_timeout = self.handshake_timeout;
+        let shared = self.shared.clone();
+        async move {
+            let _held = held;
             let _ = tcp.set_nodelay(true);
             let local = tcp.local_addr().ok();
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    // The verifier already checked the chain and the SVID rules.
-                    let spiffe_id = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|certs| certs.first())
-                        .and_then(|leaf| peer_spiffe_id(leaf, &trust_domain).ok());
-                    let conn = TlsConnection {
-                        tls,
-                        info: PeerInfo {
-                            tcp: TcpConnectInfo {
-                                local_addr: local,
-                                remote_addr: Some(peer),
-                            },
-                            spiffe_id,
-                        },
-                        _permit: permit,
-                    };
-                    let _ = connections.send(Ok(conn)).await;
-                }
-                Ok(Err(e)) => {
-                    // A client certificate that fails verification is someone trying to renew
-                    // an identity they cannot prove: worth an operator's eye. Other failures
-                    // (scanners, plaintext, aborted connections) stay at debug.
-                    let bad_certificate = e
-                        .get_ref()
-                        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                        .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_)));
-                    if bad_certificate {
-                        let reason = explain_io_error(&e);
-                        info!(%peer, %reason, "refused a client certificate");
-                    } else {
-                        debug!(%peer, error = %e, "TLS handshake with a client failed");
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));
+            let tls = tokio::select! {
+                handshake = handshake => match handshake {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        log_handshake_failure(peer, &e);
+                        return;
                     }
-                }
-                Err(_) => debug!(%peer, "TLS handshake timed out"),
-            }
-        });
+                    Err(_) => {
+                        debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+                // A connection the CA is about to close is not worth a handshake.
+                () = shared.graceful.cancelled() => return,
+            };
+            // The verifier already checked the chain and the SVID rules.
+            let spiffe_id = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|leaf| peer_spiffe_id(leaf, &trust_domain).ok());
+            let info = PeerInfo {
+                tcp: TcpConnectInfo {
+                    local_addr: local,
+                    remote_addr: Some(peer),
+                },
+                spiffe_id,
+            };
+            connection::serve(tls, info, shared).await;
+        }
     }
 }
 
-/// tonic answers an oversized message with OUT_OF_RANGE; hush promises RESOURCE_EXHAUSTED with
-/// a plain message, so the trailers-only error response is rewritten here.
-fn oversize_is_resource_exhausted<B>(
-    mut response: http::Response<B>,
-    limit: usize,
-) -> http::Response<B> {
-    let headers = response.headers_mut();
-    let is_oversize = headers.get("grpc-status").is_some_and(|s| s == "11")
-        && headers
-            .get("grpc-message")
-            .and_then(|m| m.to_str().ok())
-            // grpc-message is percent-encoded on the wire.
-            .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
-    if is_oversize {
-        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
-        if let Ok(message) = http::HeaderValue::from_str(&format!(
-            "request too large: the CA accepts requests of at most {limit} bytes"
-        )) {
-            headers.insert("grpc-message", message);
-        }
+/// What a connection holds until it ends: its place under the global cap and its address's.
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    _address_slot: AddressSlot,
+}
+
+fn log_handshake_failure(peer: SocketAddr, e: &io::Error) {
+    // A client certificate that fails verification is someone trying to renew an identity they
+    // cannot prove: worth an operator's eye. Other failures (scanners, plaintext, aborted
+    // connections) stay at debug.
+    let bad_certificate = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_)));
+    if bad_certificate {
+        let reason = explain_io_error(e);
+        info!(%peer, %reason, "refused a client certificate");
+    } else {
+        debug!(%peer, error = %e, "TLS handshake with a client failed");
     }
-    response
 }
 
 /// What the CA knows about the other end of a connection; every request carries it as an
@@ -294,57 +425,47 @@ pub struct PeerInfo {
     pub spiffe_id: Option<SpiffeId>,
 }
 
-/// An accepted TLS connection, holding its connection slot until it closes.
-struct TlsConnection {
-    tls: TlsStream<TcpStream>,
-    info: PeerInfo,
-    _permit: OwnedSemaphorePermit,
-}
+// === impl PeerInfo ===
 
-impl Connected for TlsConnection {
-    type ConnectInfo = PeerInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.info.clone()
+impl PeerInfo {
+    /// The client's IP address.
+    pub(crate) fn address(&self) -> Option<IpAddr> {
+        self.tcp.remote_addr.map(|addr| addr.ip())
     }
 }
 
-impl AsyncRead for TlsConnection {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tls).poll_read(cx, buf)
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl AsyncWrite for TlsConnection {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tls).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tls).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tls).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.tls.is_write_vectored()
+    #[test]
+    fn limits_that_refuse_everything_or_never_expire_are_refused() {
+        assert!(ServeOptions::default().validate().is_ok());
+        let zero_cap = ServeOptions {
+            max_connections_per_ip: 0,
+            ..ServeOptions::default()
+        };
+        assert_eq!(
+            zero_cap.validate().unwrap_err().to_string(),
+            "invalid max_connections_per_ip 0: must be at least 1"
+        );
+        let zero_idle = ServeOptions {
+            idle_timeout: Duration::ZERO,
+            ..ServeOptions::default()
+        };
+        assert_eq!(
+            zero_idle.validate().unwrap_err().to_string(),
+            "invalid idle_timeout 0s: must be more than zero"
+        );
+        let huge = ServeOptions {
+            max_unauthenticated_requests: usize::MAX,
+            ..ServeOptions::default()
+        };
+        assert!(
+            huge.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("too large")
+        );
     }
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use hush_ca::{
     Attestor, AuditLog, Authority, CaDir, CaKeyAlgorithm, CaService, InitOptions, IssuancePolicy,
-    JoinTokenStore, ServeOptions, StoreError, TokenReviewClient, TokenReviewConfig,
+    JoinTokenStore, ServeError, ServeOptions, StoreError, TokenReviewClient, TokenReviewConfig,
 };
 use hush_identity::{SpiffeId, TrustDomain};
 use tokio::net::TcpListener;
@@ -139,9 +139,30 @@ pub(crate) struct ServeArgs {
     /// Audience the service-account tokens must be meant for.
     #[arg(long, default_value = "hush-ca")]
     k8s_audience: String,
+    /// Limit for one TokenReview (connect, TLS, request and answer); the caller gets UNAVAILABLE.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    k8s_timeout: Duration,
     /// On SIGTERM, how long in-flight requests may take before connections are closed.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     shutdown_grace: Duration,
+    /// A client that has not finished its TLS handshake by then is dropped.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// After the TLS handshake, a client must send its first request (HTTP/2 preface and
+    /// headers) within this, or the connection is closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    first_request_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (PINGs do not count).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Connections from one IP address beyond this (TLS handshakes included) are reset at once.
+    /// Sidecars behind one node address share it, so keep it generous.
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_ip: usize,
+    /// Requests from clients without a client certificate (anything but a renewal) beyond this
+    /// many in flight are answered UNAVAILABLE, to be retried; each may start a TokenReview.
+    #[arg(long, default_value_t = 64)]
+    max_unauthenticated_requests: usize,
 }
 
 pub(crate) async fn run(command: CaCommand) -> Result<()> {
@@ -304,11 +325,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
             ca_bundle_pem,
             bearer_token_file: token_file,
             audience: args.k8s_audience.clone(),
-            timeout: Duration::from_secs(5),
+            timeout: args.k8s_timeout,
         })?)
     } else if args.k8s {
         let mut config = TokenReviewConfig::in_cluster()?;
         config.audience = args.k8s_audience.clone();
+        config.timeout = args.k8s_timeout;
         Some(TokenReviewClient::new(config)?)
     } else {
         None
@@ -367,6 +389,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
         );
     }
     setup.options.shutdown_grace = args.shutdown_grace;
+    setup.options.handshake_timeout = args.handshake_timeout;
+    setup.options.first_request_timeout = args.first_request_timeout;
+    setup.options.idle_timeout = args.idle_timeout;
+    setup.options.max_connections_per_ip = args.max_connections_per_ip;
+    setup.options.max_unauthenticated_requests = args.max_unauthenticated_requests;
+    // Checked before the readiness line, so a bad limit never looks like a running CA.
+    match setup.options.validate() {
+        Ok(()) => {}
+        // Named as the flag the operator typed, not the field behind it.
+        Err(ServeError::InvalidOption {
+            option,
+            value,
+            reason,
+        }) => bail!("invalid --{} {value}: {reason}", option.replace('_', "-")),
+        Err(e) => return Err(e.into()),
+    }
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

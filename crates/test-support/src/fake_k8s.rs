@@ -7,7 +7,9 @@
 //! `Status` object for an HTTP error.
 //!
 //! The server runs on its own thread and runtime, so it works from synchronous and
-//! asynchronous tests alike, and stops when dropped.
+//! asynchronous tests alike, and stops when dropped. [`FakeApiServer::start_held`] makes a slow
+//! API server: every review is recorded as it arrives and answered only once the test releases
+//! them.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -18,7 +20,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::ca::TestCa;
@@ -56,6 +58,8 @@ pub struct FakeApiServer {
     url: String,
     ca_pem: String,
     requests: Arc<Mutex<Vec<ReviewRequest>>>,
+    /// `false` while answers are held back (see [`FakeApiServer::start_held`]).
+    released: watch::Sender<bool>,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -73,6 +77,26 @@ impl std::fmt::Debug for FakeApiServer {
 impl FakeApiServer {
     /// Starts serving on 127.0.0.1 with a fresh port; `respond` answers each TokenReview.
     pub fn start(respond: impl Fn(&ReviewRequest) -> (u16, Value) + Send + Sync + 'static) -> Self {
+        Self::start_gated(respond, true)
+    }
+
+    /// Like [`Self::start`], but every answer waits until [`Self::release`]: an API server too
+    /// slow to answer, with each request already visible in [`Self::requests`].
+    pub fn start_held(
+        respond: impl Fn(&ReviewRequest) -> (u16, Value) + Send + Sync + 'static,
+    ) -> Self {
+        Self::start_gated(respond, false)
+    }
+
+    /// Answers every held request, and every later one at once.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
+
+    fn start_gated(
+        respond: impl Fn(&ReviewRequest) -> (u16, Value) + Send + Sync + 'static,
+        released: bool,
+    ) -> Self {
         let pki = TestCa::new("kubernetes.test");
         let tls = pki.rustls_server_config(&["127.0.0.1", "localhost"], &[b"http/1.1"]);
         let listener = std::net::TcpListener::bind("127.0.0.1:0")
@@ -87,6 +111,7 @@ impl FakeApiServer {
                 .expect("a bound listener has an address")
         );
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let (released, gate) = watch::channel(released);
         let (shutdown, stop) = oneshot::channel();
         let respond: Arc<ReviewResponder> = Arc::new(respond);
         let recorded = requests.clone();
@@ -100,8 +125,11 @@ impl FakeApiServer {
                 runtime.block_on(serve(
                     listener,
                     TlsAcceptor::from(tls),
-                    respond,
-                    recorded,
+                    Handler {
+                        respond,
+                        recorded,
+                        gate,
+                    },
                     stop,
                 ));
             })
@@ -110,6 +138,7 @@ impl FakeApiServer {
             url,
             ca_pem: pki.root_pem(),
             requests,
+            released,
             shutdown: Some(shutdown),
             thread: Some(thread),
         }
@@ -145,11 +174,19 @@ impl Drop for FakeApiServer {
     }
 }
 
+/// What answers each request: the test's responder, the record, and the gate held answers wait
+/// behind.
+#[derive(Clone)]
+struct Handler {
+    respond: Arc<ReviewResponder>,
+    recorded: Arc<Mutex<Vec<ReviewRequest>>>,
+    gate: watch::Receiver<bool>,
+}
+
 async fn serve(
     listener: std::net::TcpListener,
     acceptor: TlsAcceptor,
-    respond: Arc<ReviewResponder>,
-    recorded: Arc<Mutex<Vec<ReviewRequest>>>,
+    handler: Handler,
     mut stop: oneshot::Receiver<()>,
 ) {
     let listener =
@@ -163,15 +200,13 @@ async fn serve(
             },
         };
         let acceptor = acceptor.clone();
-        let respond = respond.clone();
-        let recorded = recorded.clone();
+        let handler = handler.clone();
         tokio::spawn(async move {
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
-            let service = hyper::service::service_fn(move |request| {
-                handle(request, respond.clone(), recorded.clone())
-            });
+            let service =
+                hyper::service::service_fn(move |request| handle(request, handler.clone()));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), service)
                 .await;
@@ -181,9 +216,13 @@ async fn serve(
 
 async fn handle(
     request: Request<Incoming>,
-    respond: Arc<ReviewResponder>,
-    recorded: Arc<Mutex<Vec<ReviewRequest>>>,
+    handler: Handler,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let Handler {
+        respond,
+        recorded,
+        mut gate,
+    } = handler;
     let (parts, body) = request.into_parts();
     let body = body
         .collect()
@@ -208,6 +247,8 @@ async fn handle(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(review.clone());
+    // Held answers wait here; the server stopping drops the sender, which ends the wait too.
+    let _ = gate.wait_for(|released| *released).await;
     let (status, answer) = if review.method != "POST" || review.path != TOKEN_REVIEW_PATH {
         (
             404,

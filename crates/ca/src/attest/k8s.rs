@@ -12,10 +12,14 @@
 //!    `spec.audiences`.
 //! 3. The API server checks the signature, expiry and audiences, and that the pod and service
 //!    account the token is bound to still exist, and fills in `status`.
-//! 4. The CA accepts only `status.authenticated: true`, an audience list (when one is given) that
-//!    contains its own, and the user `system:serviceaccount:<namespace>:<name>` whose namespace
+//! 4. The CA accepts only `status.authenticated: true`, a `status.audiences` list that contains
+//!    its own audience, and the user `system:serviceaccount:<namespace>:<name>` whose namespace
 //!    and name fit in a SPIFFE path segment. The result is a [`ServiceAccountIdentity`], which the
 //!    CA turns into `spiffe://<trust domain>/ns/<namespace>/sa/<name>`.
+//!
+//! A missing or empty `status.audiences` is refused: the API reference says it means the token
+//! is valid for the API server's own audience, which is exactly the token a workload must not be
+//! able to replay to the CA (and what an authenticator that ignores `spec.audiences` answers).
 //!
 //! # Two different "no"s
 //!
@@ -165,6 +169,21 @@ pub enum TokenReviewError {
         expected: String,
         /// The audiences the API server says the token was issued for.
         token_audiences: Vec<String>,
+    },
+
+    /// The API server authenticated the token without confirming the CA's audience: by the
+    /// Kubernetes API, no audiences means the token is valid for the API server itself.
+    #[error(
+        "the Kubernetes API server authenticated the token but did not confirm audience \
+         {expected}: status.audiences came back {reported}, which means the token is valid only \
+         for the API server's own audience; give the workload a projected service-account token \
+         with audience {expected}"
+    )]
+    AudienceNotConfirmed {
+        /// The audience this CA asked for in `spec.audiences`.
+        expected: String,
+        /// What came back instead: `missing` or `empty`.
+        reported: &'static str,
     },
 
     /// The token belongs to a user, node or other identity that is not a service account.
@@ -487,7 +506,8 @@ impl TokenReviewClient {
     ///
     /// Sends `POST /apis/authentication.k8s.io/v1/tokenreviews` with `spec.token = token` and
     /// `spec.audiences = [audience]`, authenticated with the CA's own token, and accepts only an
-    /// authenticated service account whose token was meant for the audience. An empty token is
+    /// authenticated service account whose token `status.audiences` confirms was meant for the
+    /// audience. An empty token is
     /// refused without asking.
     pub async fn review(&self, token: &str) -> Result<ServiceAccountIdentity, TokenReviewError> {
         if token.is_empty() {
@@ -685,6 +705,7 @@ impl TokenReviewError {
                 | Self::TokenTooLong { .. }
                 | Self::NotAuthenticated { .. }
                 | Self::WrongAudience { .. }
+                | Self::AudienceNotConfirmed { .. }
                 | Self::NotServiceAccount { .. }
                 | Self::InvalidServiceAccountName { .. }
         )
@@ -833,10 +854,17 @@ fn judge(
                 .map(|e| secrets.scrub(&e)),
         });
     }
-    // The API server only reports audiences it checked; an empty list means "any".
-    if let Some(audiences) = status.audiences.filter(|a| !a.is_empty())
-        && !audiences.iter().any(|a| a == audience)
-    {
+    // A client that sets spec.audiences must see a compatible audience come back: none at all
+    // means the token is valid for the API server's own audience (or the authenticator ignored
+    // the request's audiences), never for the CA.
+    let audiences = match status.audiences {
+        None => return Err(audience_not_confirmed(audience, "missing")),
+        Some(audiences) if audiences.is_empty() => {
+            return Err(audience_not_confirmed(audience, "empty"));
+        }
+        Some(audiences) => audiences,
+    };
+    if !audiences.iter().any(|a| a == audience) {
         return Err(TokenReviewError::WrongAudience {
             expected: audience.to_owned(),
             token_audiences: audiences.iter().map(|a| secrets.scrub(a)).collect(),
@@ -854,6 +882,13 @@ fn judge(
         name: name.to_owned(),
         uid: user.uid.filter(|uid| !uid.is_empty()),
     })
+}
+
+fn audience_not_confirmed(expected: &str, reported: &'static str) -> TokenReviewError {
+    TokenReviewError::AudienceNotConfirmed {
+        expected: expected.to_owned(),
+        reported,
+    }
 }
 
 /// Splits `system:serviceaccount:<namespace>:<name>`, refusing anything else.
@@ -1353,16 +1388,20 @@ mod tests {
                 rejection: false,
             },
             Row {
+                // An authenticator that ignores spec.audiences answers like this.
                 name: "no audiences reported",
                 status: with(sa(), "audiences", Value::Null),
-                want: Ok(("shop", "frontend", Some(SA_UID))),
-                rejection: false,
+                want: Err(
+                    "did not confirm audience hush-ca: status.audiences came back missing, \
+                     which means the token is valid only for the API server's own audience",
+                ),
+                rejection: true,
             },
             Row {
                 name: "empty audiences",
                 status: with(sa(), "audiences", json!([])),
-                want: Ok(("shop", "frontend", Some(SA_UID))),
-                rejection: false,
+                want: Err("did not confirm audience hush-ca: status.audiences came back empty"),
+                rejection: true,
             },
             Row {
                 name: "audience among several",
@@ -1375,6 +1414,7 @@ mod tests {
                 status: json!({
                     "authenticated": true,
                     "user": { "username": "system:serviceaccount:a.b_c-1:x" },
+                    "audiences": [AUDIENCE],
                 }),
                 want: Ok(("a.b_c-1", "x", None)),
                 rejection: false,
