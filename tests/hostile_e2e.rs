@@ -522,3 +522,85 @@ async fn a_slow_http_client_under_a_path_policy_is_judged_per_request() {
         .collect();
     assert_eq!(paths, ["/public", "/public", "/public"]);
 }
+
+/// Hostile policy files, as whoever can edit the policy ConfigMap could write them: each is
+/// refused with its reason, the last good policy stays in force, and the sidecar serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_policy_files_leave_the_last_good_policy_in_force() {
+    const GOOD: &str = "apiVersion: hush.dev/v1alpha1\nkind: AuthorizationPolicy\n\
+                        metadata: {name: public-only}\nspec:\n  rules:\n    - to: [{paths: [\"/public\"]}]\n";
+    let judge = Judge::python();
+    let mesh = mesh_in_front_of(
+        &judge,
+        MeshSpec {
+            backend_policy: Some(GOOD.to_owned()),
+            ..MeshSpec::default()
+        },
+    )
+    .await;
+    let head = "apiVersion: hush.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: x}\n";
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "brackets nested a hundred thousand deep",
+            format!(
+                "{head}spec:\n  rules: {}{}\n",
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            )
+            .into_bytes(),
+            "recursion limit exceeded",
+        ),
+        (
+            "bytes that are not UTF-8",
+            [head.as_bytes(), b"spec:\n  rules: [{to: [{paths: [\"/\xff\"]}]}]\n"].concat(),
+            "is not UTF-8 text",
+        ),
+        (
+            "more text than one file may hold",
+            format!("{head}spec: {{}}\n# {}\n", "x".repeat(5 * 1024 * 1024)).into_bytes(),
+            "more policy text than hush reads from one file",
+        ),
+        (
+            "a principal of another trust domain",
+            format!(
+                "{head}spec:\n  rules:\n    - from: [{{principals: [\"spiffe://evil.example/ns/x/sa/y\"]}}]\n"
+            )
+            .into_bytes(),
+            "evil.example",
+        ),
+        (
+            "a tab where YAML wants spaces",
+            format!("{head}spec:\n\trules: []\n").into_bytes(),
+            "",
+        ),
+    ];
+    for (refusals, (case, text, words)) in cases.iter().enumerate() {
+        mesh.edit_policy(text);
+        wait_until(case, || {
+            metric(
+                &metrics_of(&mesh.backend),
+                "hush_policy_reloads_total{result=\"error\"}",
+            ) == (refusals + 1) as f64
+        });
+        if !words.is_empty() {
+            assert!(mesh.backend.stderr().contains(words), "{case}");
+        }
+        // The good policy still decides.
+        assert_eq!(
+            get(mesh.to_backend(), "/public", &[]).await.0,
+            200,
+            "{case}"
+        );
+        assert_eq!(
+            get(mesh.to_backend(), "/private", &[]).await.0,
+            403,
+            "{case}"
+        );
+    }
+    let paths: Vec<String> = judge
+        .seen()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(paths.iter().all(|p| p == "/public"), "{paths:?}");
+}

@@ -132,7 +132,7 @@ impl Mesh {
 
     /// Replaces the backend's policy the way the kubelet updates a mounted ConfigMap: the
     /// new files go to a new hidden folder and the `..data` link is swapped in one rename.
-    pub(crate) fn edit_policy(&self, text: &str) {
+    pub(crate) fn edit_policy(&self, text: impl AsRef<[u8]>) {
         write_configmap(&self.temp.path().join("policy"), "policy.yaml", text);
     }
 
@@ -190,14 +190,14 @@ impl LoneBackend {
 
 /// Writes `name` into the ConfigMap-style directory `dir`: `dir/..<n>/name`, `dir/..data`
 /// linking to the newest `..<n>`, and `dir/name` linking to `..data/name`.
-pub(crate) fn write_configmap(dir: &Path, name: &str, text: &str) {
+pub(crate) fn write_configmap(dir: &Path, name: &str, text: impl AsRef<[u8]>) {
     use std::os::unix::fs::symlink;
     use std::sync::atomic::{AtomicU64, Ordering};
     static VERSION: AtomicU64 = AtomicU64::new(0);
     fs::create_dir_all(dir).expect("policy dir");
     let version = format!("..v{}", VERSION.fetch_add(1, Ordering::Relaxed));
     fs::create_dir(dir.join(&version)).expect("version dir");
-    fs::write(dir.join(&version).join(name), text).expect("policy file");
+    fs::write(dir.join(&version).join(name), text.as_ref()).expect("policy file");
     let staged = dir.join("..data_tmp");
     let _ = fs::remove_file(&staged);
     symlink(&version, &staged).expect("staged link");
