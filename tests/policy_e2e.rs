@@ -521,7 +521,7 @@ async fn a_dry_run_lets_a_would_deny_through_and_reports_it() {
     );
 
     // Enforced, the same policy bites.
-    mesh.edit_policy(&ops_only(false));
+    mesh.edit_policy(ops_only(false));
     let body = eventually_status(mesh.to_backend(), "/api/items", 403).await;
     assert!(
         body.contains("no ALLOW rule matched (policies: ops-only)"),
@@ -540,7 +540,7 @@ async fn live_edits_apply_and_a_broken_edit_keeps_the_last_good_policy() {
     assert_eq!(get(to_backend, "/reports/1", &[]).await.0, 403);
 
     // A valid edit, swapped in the way the kubelet updates a ConfigMap.
-    mesh.edit_policy(&API_POLICY.replace(
+    mesh.edit_policy(API_POLICY.replace(
         "paths: [\"/api/*\", \"/admin/*\"]",
         "paths: [\"/api/*\", \"/admin/*\", \"/reports/*\"]",
     ));
@@ -647,7 +647,7 @@ async fn a_denied_tcp_connection_is_closed_after_the_handshake() {
         .unwrap();
 
     // Allowed once the policy names the frontend too.
-    mesh.edit_policy(&ops_only(false).replace(
+    mesh.edit_policy(ops_only(false).replace(
         "[\"spiffe://cluster.local/ns/ops/*\"]",
         "[\"spiffe://cluster.local/ns/ops/*\", \"spiffe://cluster.local/ns/shop/sa/frontend\"]",
     ));
