@@ -474,33 +474,19 @@ impl Inbound {
                                      hush relays only non-HTTP bytes there (declare the port \
                                      `detect` or `http1` to serve HTTP)"
                                 };
-                                self.metrics
-                                    .connection_refused(Direction::Inbound, "http_on_opaque");
-                                warn!(%peer, "refused an inbound connection: {words}");
-                                let _ = io.shutdown().await;
-                                let error = ("http_on_opaque", words);
-                                return self.tcp_line(
-                                    &connection,
-                                    judgement.as_ref(),
-                                    None,
-                                    Some(error),
-                                );
+                                let refusal = ("http_on_opaque", words);
+                                return self
+                                    .refuse_relay(io, &connection, judgement, refusal)
+                                    .await;
                             }
                             FirstLine::TooSlow => {
                                 let words = "the caller's first line was still not known to be \
                                              other than an HTTP request limits.header_timeout \
                                              after its first byte";
-                                self.metrics
-                                    .connection_refused(Direction::Inbound, "slow_first_line");
-                                info!(%peer, "refused an inbound connection: {words}");
-                                let _ = io.shutdown().await;
-                                let error = ("slow_first_line", words);
-                                return self.tcp_line(
-                                    &connection,
-                                    judgement.as_ref(),
-                                    None,
-                                    Some(error),
-                                );
+                                let refusal = ("slow_first_line", words);
+                                return self
+                                    .refuse_relay(io, &connection, judgement, refusal)
+                                    .await;
                             }
                             FirstLine::Gone => return,
                         }
@@ -519,6 +505,24 @@ impl Inbound {
             }
         };
         self.tcp_line(&connection, judgement.as_ref(), bytes, error);
+    }
+
+    /// Refuses a connection whose first line cannot be relayed: `refusal` is the metric's
+    /// reason and the words for the log, the span and the access line.
+    async fn refuse_relay<I>(
+        &self,
+        mut io: I,
+        connection: &Connection<'_>,
+        judgement: Option<Judgement>,
+        (reason, words): (&'static str, &str),
+    ) where
+        I: tokio::io::AsyncWrite + Unpin,
+    {
+        self.metrics.connection_refused(Direction::Inbound, reason);
+        // The caller holds a valid identity: its refusals may be logged one by one.
+        warn!(peer = %connection.peer, "refused an inbound connection: {words}");
+        let _ = io.shutdown().await;
+        self.tcp_line(connection, judgement.as_ref(), None, Some((reason, words)));
     }
 
     /// Counts, traces and logs a connection served as TCP.
