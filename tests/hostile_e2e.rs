@@ -604,3 +604,57 @@ async fn hostile_policy_files_leave_the_last_good_policy_in_force() {
         .collect();
     assert!(paths.iter().all(|p| p == "/public"), "{paths:?}");
 }
+
+/// Request lines only the most lenient parsers read, each followed by a forged identity:
+/// Python's HTTP/0.9 `GET /x` (which still reads headers), control bytes before the method
+/// (Netty skips them), a method that is not an HTTP token (wsgiref, the JDK's server). hush
+/// relays them as opaque bytes, and the relay is cut at the colon of the identity header's
+/// line: judged by Python, the JDK's server and Node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_lines_only_lenient_servers_read_carry_no_forged_identity() {
+    let python = Judge::python();
+    let java = Judge::java();
+    let node = Judge::node();
+    let mut judges = vec![&python];
+    judges.extend(java.as_ref());
+    judges.extend(node.as_ref());
+    for judge in judges {
+        let mesh = mesh_in_front_of(judge, MeshSpec::default()).await;
+        let forged = format!("X-Hush-Peer-Identity: {FORGED}");
+        let lines = [
+            ("HTTP/0.9 with headers", "GET /zero-nine".to_owned()),
+            ("a NUL before the method", "\0GET /nul HTTP/1.1".to_owned()),
+            (
+                "control bytes before the method",
+                "\x01\x1b[0mGET /ctl HTTP/1.1".to_owned(),
+            ),
+            (
+                "a method that is not a token",
+                "G{T /brace HTTP/1.1".to_owned(),
+            ),
+            ("an unknown protocol name", "GET /proto FOO/1.1".to_owned()),
+        ];
+        for (case, line) in &lines {
+            for separator in ["\r\n", "\n", "\r"] {
+                let request = format!("{line}\r\nHost: b{separator}{forged}\r\n\r\n");
+                let answer =
+                    send_raw(mesh.to_backend(), &[request.as_bytes()], Duration::ZERO).await;
+                assert!(
+                    !answer.contains(FORGED),
+                    "{case}: the forged identity came back from the {} app: {answer}",
+                    judge.name
+                );
+                assert_nothing_forged(judge, FRONTEND, case);
+            }
+        }
+        let metrics = metrics_of(&mesh.backend);
+        assert!(
+            metric(
+                &metrics,
+                "hush_connections_refused_total{direction=\"inbound\",reason=\"forged_header\"}"
+            ) >= 12.0,
+            "{metrics}"
+        );
+        assert_still_serving(&mesh, judge).await;
+    }
+}

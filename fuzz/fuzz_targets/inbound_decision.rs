@@ -6,9 +6,11 @@
 //! 1. Detection never takes a request for opaque bytes: whenever a lenient HTTP/1 server
 //!    (Python's `http.server`, llhttp, Go) would read the bytes' first line as a request line
 //!    with a version, `detect` does not answer `Tcp`.
-//! 2. A connection relayed as opaque TCP never carries a request to the app, however the client
-//!    cuts its writes and whether or not the app speaks first: the bytes that reach the app are
-//!    exactly what the client sent, and the model reads no request in them.
+//! 2. A connection relayed as opaque TCP never carries a request to the app, nor a line that
+//!    names an identity header (whatever else a parser more lenient than the model takes for a
+//!    request), however the client cuts its writes and whether or not the app speaks first:
+//!    the bytes that reach the app are what the client sent, cut short only at the colon of
+//!    such a line.
 //! 3. Whatever headers a caller sends, the app gets exactly one `x-hush-peer-identity` and one
 //!    `x-forwarded-client-cert`, the sidecar's, and no protected header, in any spelling.
 #![no_main]
@@ -36,12 +38,22 @@ fuzz_target!(|data: &[u8]| {
     let greeting = (control & 0x80 != 0).then_some(&b"220 ready\r\n"[..]);
     match opaque_connection(&chunks, greeting) {
         Relayed::Opaque(reached) => {
-            assert_eq!(reached, bytes, "the relay changed the bytes");
+            assert!(bytes.starts_with(&reached), "the relay changed the bytes");
             assert!(
                 !reads_a_request(&reached),
                 "a request reached the app as opaque bytes: {:?}",
                 String::from_utf8_lossy(&reached)
             );
+            assert!(
+                !names_a_protected_header(&reached),
+                "a line naming an identity header reached the app: {:?}",
+                String::from_utf8_lossy(&reached)
+            );
+            if reached.len() < bytes.len() {
+                // Cut short only at the colon of such a line.
+                assert_eq!(bytes[reached.len()], b':');
+                assert!(names_a_protected_header(&bytes[..=reached.len()]));
+            }
         }
         Relayed::Http => assert!(greeting.is_none(), "served as HTTP after the app spoke"),
         Relayed::Refused => assert!(greeting.is_some(), "refused though the app was silent"),
@@ -108,6 +120,40 @@ fn reads_a_request(bytes: &[u8]) -> bool {
             && words[2][..5].eq_ignore_ascii_case(b"HTTP/");
     }
     false
+}
+
+/// Whether some line of `bytes` (lines end at CR or LF, as Python's header parser has it)
+/// is, after leading whitespace and control bytes, a protected header's name in any spelling,
+/// optional spaces, and a colon: what any HTTP parser could read as that header.
+fn names_a_protected_header(bytes: &[u8]) -> bool {
+    const PROTECTED: [&str; 2] = ["x-hush-peer-identity", "x-forwarded-client-cert"];
+    bytes.split(|b| *b == b'\n' || *b == b'\r').any(|line| {
+        let line = match line.iter().position(|b| *b > 0x20 && *b != 0x7f) {
+            Some(start) => &line[start..],
+            None => return false,
+        };
+        // The name runs to a space, a tab or the colon; only spaces and tabs may follow it.
+        let end = line
+            .iter()
+            .position(|b| matches!(b, b' ' | b'\t' | b':'))
+            .unwrap_or(line.len());
+        let (name, rest) = line.split_at(end);
+        let gap = rest.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
+        if rest.get(gap) != Some(&b':') {
+            return false;
+        }
+        let spelled: String = name
+            .iter()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    char::from(b.to_ascii_lowercase())
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        PROTECTED.contains(&spelled.as_str())
+    })
 }
 
 fn is_space(b: u8) -> bool {

@@ -29,21 +29,26 @@ pub(crate) async fn mesh_in_front_of(judge: &Judge, spec: MeshSpec) -> Mesh {
     .await
 }
 
-/// Every request the judge parsed carried exactly one identity header, the caller's true
-/// one, and no copy of the other identity headers that was not the sidecar's.
+/// No request the judge parsed carried an identity header that was not the sidecar's: at
+/// most one `x-hush-peer-identity`, the caller's true one, and at most one XFCC, naming no
+/// forged identity. (A request relayed as opaque bytes to a lenient parser carries none.)
 pub(crate) fn assert_nothing_forged(judge: &Judge, true_identity: &str, case: &str) {
     for request in judge.seen() {
         let peer = Judge::values_of(&request, "x-hush-peer-identity");
-        assert_eq!(
-            peer,
-            [true_identity],
+        assert!(
+            peer.len() <= 1 && peer.iter().all(|v| v == true_identity),
             "{case}: the {} app was told {peer:?}: {request}",
             judge.name
         );
         let xfcc = Judge::values_of(&request, "x-forwarded-client-cert");
         assert!(
-            xfcc.len() == 1 && !xfcc[0].contains(FORGED),
+            xfcc.len() <= 1 && xfcc.iter().all(|v| !v.contains(FORGED)),
             "{case}: the {} app was told XFCC {xfcc:?}: {request}",
+            judge.name
+        );
+        assert!(
+            !request.to_string().contains(FORGED),
+            "{case}: the {} app saw the forged identity: {request}",
             judge.name
         );
     }

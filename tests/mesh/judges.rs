@@ -25,9 +25,7 @@ use serde_json::Value;
 /// Python's `http.server`, answering every method with what it parsed (as JSON), and printing
 /// the same on stdout. Keep-alive (HTTP/1.1), so pipelined and smuggled requests are parsed.
 const PYTHON_JUDGE: &str = r#"
-import http.server, json, re, socketserver, sys
-
-TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+import http.server, json, socketserver, sys
 
 class Judge(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -51,10 +49,10 @@ class Judge(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(out)
 
-    # Whatever the method, as long as it is an HTTP token (as Go's mux dispatches lower-case
-    # and unknown methods too); Python itself dispatches only to the do_<METHOD> it has.
+    # Whatever the method, as wsgiref and Werkzeug run an app for any method (even one that
+    # is not an HTTP token); http.server itself dispatches only to the do_<METHOD> it has.
     def __getattr__(self, name):
-        if name.startswith("do_") and TOKEN.fullmatch(name[3:]):
+        if name.startswith("do_"):
             return self.report
         raise AttributeError(name)
 
@@ -136,6 +134,59 @@ const server = net.createServer((socket) => {
 server.listen(0, "127.0.0.1", () => console.log("ready " + server.address().port));
 "#;
 
+/// The JDK's own HTTP server (`com.sun.net.httpserver`), doing the same: it takes anything
+/// before the first space for a method.
+const JAVA_JUDGE: &str = r#"
+import com.sun.net.httpserver.HttpServer;
+import java.net.InetSocketAddress;
+import java.nio.charset.StandardCharsets;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.Executors;
+
+public class Judge {
+    static String q(String s) {
+        StringBuilder b = new StringBuilder("\"");
+        for (char c : s.toCharArray()) {
+            if (c == '"' || c == '\\') b.append('\\').append(c);
+            else if (c < 0x20 || c > 0x7e) b.append(String.format("\\u%04x", (int) c));
+            else b.append(c);
+        }
+        return b.append('"').toString();
+    }
+
+    public static void main(String[] args) throws Exception {
+        HttpServer server = HttpServer.create(new InetSocketAddress("127.0.0.1", 0), 0);
+        server.createContext("/", exchange -> {
+            byte[] body = exchange.getRequestBody().readAllBytes();
+            StringBuilder headers = new StringBuilder("[");
+            for (Map.Entry<String, List<String>> e : exchange.getRequestHeaders().entrySet()) {
+                for (String value : e.getValue()) {
+                    if (headers.length() > 1) headers.append(',');
+                    headers.append('[').append(q(e.getKey())).append(',').append(q(value)).append(']');
+                }
+            }
+            headers.append(']');
+            String line = "{\"judge\":\"java\",\"method\":" + q(exchange.getRequestMethod())
+                + ",\"path\":" + q(exchange.getRequestURI().toString())
+                + ",\"headers\":" + headers
+                + ",\"body\":" + q(new String(body, StandardCharsets.ISO_8859_1)) + "}";
+            System.out.println(line);
+            System.out.flush();
+            byte[] out = line.getBytes(StandardCharsets.UTF_8);
+            exchange.getResponseHeaders().add("content-type", "application/json");
+            exchange.sendResponseHeaders(200, out.length);
+            exchange.getResponseBody().write(out);
+            exchange.close();
+        });
+        server.setExecutor(Executors.newCachedThreadPool());
+        server.start();
+        System.out.println("ready " + server.getAddress().getPort());
+        System.out.flush();
+    }
+}
+"#;
+
 /// A judge app: its process, its address, and what it has parsed so far.
 pub(crate) struct Judge {
     pub(crate) addr: SocketAddr,
@@ -166,6 +217,30 @@ impl Judge {
             return None;
         }
         Some(Self::start("node", "node", &["-e", NODE_JUDGE]))
+    }
+
+    /// The JDK's HTTP server, or `None` where `java` is not installed (said on stderr), unless
+    /// `HUSH_REQUIRE_JAVA` is set (CI sets it): then that is a failure.
+    pub(crate) fn java() -> Option<Self> {
+        let found = Command::new("java")
+            .arg("-version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            assert!(
+                std::env::var_os("HUSH_REQUIRE_JAVA").is_none(),
+                "HUSH_REQUIRE_JAVA is set but java is not installed"
+            );
+            eprintln!("SKIPPED the Java judge: java is not installed");
+            return None;
+        }
+        // The source launcher runs a single file named after its class.
+        let dir = std::env::temp_dir().join(format!("hush-java-judge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for the Java judge");
+        let source = dir.join("Judge.java");
+        std::fs::write(&source, JAVA_JUDGE).expect("the Java judge's source");
+        let source = source.to_str().expect("a UTF-8 path").to_owned();
+        Some(Self::start("java", "java", &[&source]))
     }
 
     /// Node's `http2` (HTTP/2 with prior knowledge) and `http` on one port. Panics where

@@ -211,7 +211,11 @@ pub(crate) enum FirstLine {
     /// The first line was still undecided `line_timeout` after its first byte: a client that
     /// trickles it is cut off, as a trickled request head is.
     TooSlow,
-    /// The connection idled out, or failed, before its first line decided.
+    /// Neither side said anything for `line_timeout`: a connection opened and left idle holds
+    /// the app's connection no longer.
+    Silent,
+    /// The connection failed, or the client stopped reading the app's greeting, before its
+    /// first line decided.
     Gone,
 }
 
@@ -219,30 +223,36 @@ pub(crate) enum FirstLine {
 /// holding back what the client sends until [`detect`] can say whether it is an HTTP
 /// request. Nothing the client sent reaches the app before that.
 ///
-/// This is what keeps a connection relayed as opaque TCP (a detection that timed out, a peer
-/// that announced `hush/tcp`, a port declared `tcp`) from carrying an HTTP request to the
-/// app, which would read any identity header the caller wrote into it. A client that closes
-/// before its first line decides has sent no request line with headers after it, so what it
-/// sent is relayed (`Opaque`).
+/// This keeps a connection relayed as opaque TCP (a detection that timed out, a peer that
+/// announced `hush/tcp`, a port declared `tcp`) from carrying a request line that an HTTP app
+/// reads the way hush's parser does; what the most lenient parsers take for a request beyond
+/// that is covered by [`crate::headers::HeaderLineScanner`] on the relay itself. A client that
+/// closes before its first line decides is judged by what it sent ([`detect_final`]).
+///
+/// Bounded by `line_timeout` twice over: from the start, until either side speaks; from the
+/// client's first byte, until its line decides. A client that waits after the app's greeting is
+/// bounded by `idle`, and writing that greeting to a client that does not read it by
+/// `line_timeout`.
 pub(crate) async fn hold_first_line<C, A>(
     client: &mut C,
     app: &mut A,
-    activity: &crate::io::Activity,
-    idle: Duration,
     line_timeout: Duration,
+    idle: Duration,
 ) -> FirstLine
 where
     C: AsyncRead + AsyncWrite + Unpin,
     A: AsyncRead + AsyncWrite + Unpin,
 {
     use tokio::io::AsyncWriteExt;
+    use tokio::time::{Instant, sleep_until, timeout};
 
     let mut held = BytesMut::with_capacity(1024);
     let mut greeting = [0u8; 4096];
     let mut app_spoke = false;
     let mut app_done = false;
-    // Set by the client's first byte: the line must decide by then.
-    let mut deadline = None;
+    // Silence on both sides first; then the client's line, from its first byte. Once the app
+    // has spoken first, the client may take its time: the connection's idle time bounds it.
+    let mut deadline = Instant::now().checked_add(line_timeout);
     loop {
         match detect(&held) {
             Detected::NeedMore => {}
@@ -251,6 +261,7 @@ where
             http => return FirstLine::Http(held, http),
         }
         held.reserve(1024);
+        let started = !held.is_empty();
         tokio::select! {
             read = client.read_buf(&mut held) => match read {
                 // The client closed: nothing more will tell.
@@ -261,18 +272,22 @@ where
                         http => FirstLine::Http(held, http),
                     };
                 }
-                Ok(_) => {
-                    deadline =
-                        deadline.or_else(|| tokio::time::Instant::now().checked_add(line_timeout));
-                }
+                Ok(_) if !started => deadline = Instant::now().checked_add(line_timeout),
+                Ok(_) => {}
                 Err(_) => return FirstLine::Gone,
             },
             () = async {
                 match deadline {
-                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    Some(deadline) => sleep_until(deadline).await,
                     None => std::future::pending().await,
                 }
-            } => return FirstLine::TooSlow,
+            } => {
+                return match (started, app_spoke) {
+                    (true, _) => FirstLine::TooSlow,
+                    (false, false) => FirstLine::Silent,
+                    (false, true) => FirstLine::Gone,
+                };
+            }
             read = app.read(&mut greeting), if !app_done => match read {
                 Ok(0) => {
                     // The app closed: the relay carries that to the client once the first
@@ -280,14 +295,17 @@ where
                     app_done = true;
                 }
                 Ok(n) => {
+                    if !started {
+                        deadline = Instant::now().checked_add(idle);
+                    }
                     app_spoke = true;
-                    if client.write_all(&greeting[..n]).await.is_err() {
-                        return FirstLine::Gone;
+                    match timeout(line_timeout, client.write_all(&greeting[..n])).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) | Err(_) => return FirstLine::Gone,
                     }
                 }
                 Err(_) => return FirstLine::Gone,
             },
-            () = activity.idle_for(idle) => return FirstLine::Gone,
         }
     }
 }
@@ -468,8 +486,6 @@ mod tests {
         }
     }
 
-    const HOUR: Duration = Duration::from_secs(3600);
-
     /// Holds the first line of a relayed connection whose client sends `sent` (and keeps its
     /// side open) and whose app says `greeting` first.
     async fn first_line_of(sent: &[u8], greeting: Option<&[u8]>, line: Duration) -> FirstLine {
@@ -487,8 +503,7 @@ mod tests {
             client.write_all(&sent).await.unwrap();
             client
         });
-        let activity = crate::io::Activity::new();
-        let first = hold_first_line(&mut near_client, &mut near_app, &activity, HOUR, line).await;
+        let first = hold_first_line(&mut near_client, &mut near_app, line, line * 360).await;
         drop((client.await.unwrap(), app));
         first
     }

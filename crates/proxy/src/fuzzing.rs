@@ -6,9 +6,8 @@ use std::time::Duration;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::detect::{FirstLine, hold_first_line};
-use crate::headers::{IdentityHeaders, ProtectedHeaders};
-use crate::io::Activity;
+use crate::detect::{FirstLine, Prefixed, hold_first_line};
+use crate::headers::{IdentityHeaders, ProtectedHeaders, Scanned};
 
 /// What the inbound side did with a connection it relays as opaque TCP.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,7 +23,8 @@ pub enum Relayed {
 }
 
 /// Runs a connection relayed as opaque TCP: the client sends `chunks` (one write each), then
-/// closes; the app says `greeting` first when there is one. Returns what reached the app.
+/// closes; the app says `greeting` first when there is one. Returns what reached the app,
+/// through the relay's scan for lines naming the identity headers.
 pub fn opaque_connection(chunks: &[&[u8]], greeting: Option<&[u8]>) -> Relayed {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -53,23 +53,21 @@ pub fn opaque_connection(chunks: &[&[u8]], greeting: Option<&[u8]>) -> Relayed {
             let _ = client.shutdown().await;
             client
         };
-        let activity = Activity::new();
-        let holding = hold_first_line(
-            &mut sidecar_client,
-            &mut sidecar_app,
-            &activity,
-            Duration::from_secs(3600),
-            Duration::from_secs(3600),
-        );
+        let hour = Duration::from_secs(3600);
+        let holding = hold_first_line(&mut sidecar_client, &mut sidecar_app, hour, hour);
         let (_client, first) = tokio::join!(writer, holding);
         match first {
             FirstLine::Http(..) => Relayed::Http,
             FirstLine::HttpAfterApp => Relayed::Refused,
-            FirstLine::Gone | FirstLine::TooSlow => Relayed::Gone,
+            FirstLine::Gone | FirstLine::TooSlow | FirstLine::Silent => Relayed::Gone,
             FirstLine::Opaque(prefix) => {
-                // The relay sends what was held back, then the rest.
-                let mut reached = prefix.to_vec();
-                let _ = sidecar_client.read_to_end(&mut reached).await;
+                // The relay sends what was held back, then the rest, through the scan of
+                // lines naming protected headers.
+                let scanner = ProtectedHeaders::new(&[]).scanner();
+                let mut relayed =
+                    Scanned::new(Prefixed::new(prefix, sidecar_client), Some(scanner));
+                let mut reached = Vec::new();
+                let _ = relayed.read_to_end(&mut reached).await;
                 drop(sidecar_app);
                 Relayed::Opaque(reached)
             }

@@ -94,6 +94,229 @@ impl ProtectedHeaders {
     }
 }
 
+impl ProtectedHeaders {
+    /// A scanner of relayed bytes for lines naming these headers.
+    pub(crate) fn scanner(&self) -> HeaderLineScanner {
+        HeaderLineScanner {
+            names: self
+                .names
+                .iter()
+                .map(|name| {
+                    name.as_str()
+                        .as_bytes()
+                        .iter()
+                        .map(|b| spelled(*b))
+                        .collect()
+                })
+                .collect(),
+            line: Line::Start,
+        }
+    }
+}
+
+/// How a header-name byte reads to a server that maps punctuation alike: letters in lower
+/// case, digits as they are, anything else as `-`.
+fn spelled(b: u8) -> u8 {
+    if b.is_ascii_alphanumeric() {
+        b.to_ascii_lowercase()
+    } else {
+        b'-'
+    }
+}
+
+/// Finds, in bytes relayed as opaque TCP, a line that names a protected header: a line break
+/// (CR or LF: Python's header parser breaks lines at a lone CR too), then optional whitespace
+/// or control bytes, a name any spelling of a protected one, optional spaces, and `:`.
+///
+/// This is what holds the guarantee whatever an app's HTTP parser accepts as a request line:
+/// some take a line without a version (Python's HTTP/0.9 `GET /x`, which still reads
+/// headers), some skip leading control bytes (Netty), some take any bytes for a method
+/// (wsgiref, the JDK's server). No such parser can read a protected header from a stream in
+/// which no line names one. The scan looks at the few bytes after each line break, so binary
+/// streams cost a `memchr` pass.
+#[derive(Debug)]
+pub(crate) struct HeaderLineScanner {
+    /// The protected names, spelled.
+    names: Vec<Vec<u8>>,
+    line: Line,
+}
+
+/// Where the scan is in the current line.
+#[derive(Clone, Copy, Debug)]
+enum Line {
+    /// After a line break (or at the start): whitespace and control bytes may come first.
+    Start,
+    /// `len` bytes of a name read; `alive` has a bit for each protected name they still spell.
+    Name { len: usize, alive: u64 },
+    /// A whole protected name read, then spaces: a `:` makes it a header line.
+    Colon,
+    /// This line names no protected header.
+    Dead,
+}
+
+impl HeaderLineScanner {
+    /// Reads the next bytes of the stream; returns the index in `bytes` of the `:` that
+    /// completes a protected header line, if one does. Bytes before it are harmless to relay:
+    /// without the colon, no parser reads a header.
+    pub(crate) fn find(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < bytes.len() {
+            if let Line::Dead = self.line {
+                // Only a line break can bring the scan back.
+                i += memchr::memchr2(b'\n', b'\r', &bytes[i..])?;
+            }
+            let b = bytes[i];
+            if b == b'\n' || b == b'\r' {
+                self.line = Line::Start;
+                i += 1;
+                continue;
+            }
+            self.line = match self.line {
+                Line::Start if b < 0x21 || b == 0x7f => Line::Start,
+                Line::Start => self.name_byte(0, self.all(), b),
+                Line::Name { len, alive } if b == b':' => {
+                    if self.ends_here(len, alive) {
+                        return Some(i);
+                    }
+                    Line::Dead
+                }
+                Line::Name { len, alive } if b == b' ' || b == b'\t' => {
+                    if self.ends_here(len, alive) {
+                        Line::Colon
+                    } else {
+                        Line::Dead
+                    }
+                }
+                Line::Name { len, alive } => self.name_byte(len, alive, b),
+                Line::Colon if b == b':' => return Some(i),
+                Line::Colon if b == b' ' || b == b'\t' => Line::Colon,
+                Line::Colon | Line::Dead => Line::Dead,
+            };
+            i += 1;
+        }
+        None
+    }
+
+    fn all(&self) -> u64 {
+        // At most 64 names are tracked (the configuration allows far fewer in practice);
+        // names beyond are still stripped from HTTP requests.
+        u64::MAX >> (64 - self.names.len().min(64))
+    }
+
+    fn name_byte(&self, len: usize, alive: u64, b: u8) -> Line {
+        let b = spelled(b);
+        let mut still = 0;
+        for (n, name) in self.names.iter().enumerate().take(64) {
+            if alive & (1 << n) != 0 && name.get(len) == Some(&b) {
+                still |= 1 << n;
+            }
+        }
+        if still == 0 {
+            Line::Dead
+        } else {
+            Line::Name {
+                len: len + 1,
+                alive: still,
+            }
+        }
+    }
+
+    fn ends_here(&self, len: usize, alive: u64) -> bool {
+        self.names
+            .iter()
+            .enumerate()
+            .take(64)
+            .any(|(n, name)| alive & (1 << n) != 0 && name.len() == len)
+    }
+}
+
+/// The client's side of a connection relayed as opaque TCP, read through a
+/// [`HeaderLineScanner`]: the bytes up to a protected header's colon pass, then reading fails
+/// and the relay ends. `tripped` says it happened.
+#[derive(Debug)]
+pub(crate) struct Scanned<S> {
+    inner: S,
+    scanner: Option<HeaderLineScanner>,
+    tripped: bool,
+}
+
+impl<S> Scanned<S> {
+    /// `scanner`: `None` relays without looking (the app spoke first: no HTTP server does).
+    pub(crate) fn new(inner: S, scanner: Option<HeaderLineScanner>) -> Self {
+        Self {
+            inner,
+            scanner,
+            tripped: false,
+        }
+    }
+
+    /// Whether the client sent a protected header line (and the relay was cut there).
+    pub(crate) fn tripped(&self) -> bool {
+        self.tripped
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Scanned<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.tripped {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the client sent a line naming a protected header",
+            )));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Some(scanner) = &mut this.scanner
+            && let Some(colon) = scanner.find(&buf.filled()[before..])
+        {
+            this.tripped = true;
+            buf.set_filled(before + colon);
+            if colon == 0 {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the client sent a line naming a protected header",
+                )));
+            }
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Scanned<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 /// Whether an app server could read `name` as `protected` (already lower case, as `http`
 /// keeps names): the same letters and digits, any punctuation in place of `-`.
 fn same_header(protected: &HeaderName, name: &HeaderName) -> bool {
@@ -171,6 +394,63 @@ mod tests {
              Hash=ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad;\
              URI=spiffe://cluster.local/ns/shop/sa/frontend"
         );
+    }
+
+    /// One row per stream: where (if anywhere) a line naming a protected header completes.
+    #[test]
+    fn a_line_naming_a_protected_header_is_found_in_any_bytes() {
+        let protected = ProtectedHeaders::new(&["X-Auth-User".to_string()]);
+        let cases: &[(&[u8], Option<usize>)] = &[
+            (b"GET /x\r\nx-hush-peer-identity: a\r\n", Some(28)),
+            (b"GET /x\nX_Hush_Peer_Identity:a", Some(27)),
+            (
+                b"\x00GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Client-Cert : b",
+                Some(50),
+            ),
+            (b"x-auth-user:root", Some(11)),
+            (b"a\rx.auth.user\t:root", Some(14)),
+            (b"a\n \x01x-auth-user:root", Some(15)),
+            // Not a header line: a colon elsewhere, another name, the name mid-line.
+            (b"GET /x-hush-peer-identity: HTTP/1.1\r\n", None),
+            (b"x-hush-peer-identityy: a\r\nx-hush-peer-identit: b", None),
+            (b"xx-auth-user: a\nx-auth user: b\nx-auth-user x: c", None),
+            (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", None),
+            (b"", None),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(
+                protected.scanner().find(bytes),
+                *expected,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+            // Cut anywhere, the stream reads the same: the colon is found in its piece.
+            for cut in 0..=bytes.len() {
+                let mut scanner = protected.scanner();
+                let found = scanner
+                    .find(&bytes[..cut])
+                    .or_else(|| scanner.find(&bytes[cut..]).map(|i| i + cut));
+                assert_eq!(found, *expected, "cut at {cut}: {bytes:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_relay_stops_at_the_colon_of_a_protected_header() {
+        use tokio::io::AsyncReadExt;
+        let protected = ProtectedHeaders::new(&[]);
+        let sent = b"GET /x\nHost: a\nx-hush-peer-identity: forged\n\n".to_vec();
+        let mut scanned = Scanned::new(&sent[..], Some(protected.scanner()));
+        let mut relayed = Vec::new();
+        let read = scanned.read_to_end(&mut relayed).await;
+        assert!(read.is_err());
+        assert!(scanned.tripped());
+        assert_eq!(relayed, b"GET /x\nHost: a\nx-hush-peer-identity");
+        // The app spoke first: nothing is looked at.
+        let mut unscanned = Scanned::new(&sent[..], None);
+        let mut relayed = Vec::new();
+        unscanned.read_to_end(&mut relayed).await.unwrap();
+        assert_eq!(relayed, sent);
     }
 
     /// Every spelling an app server could read as a protected header goes; look-alikes that

@@ -26,7 +26,7 @@ use tracing::{Span, debug, info, warn};
 use crate::access::{AccessLine, Exchange};
 use crate::config::{AccessLog, Limits, Protocol};
 use crate::detect::{Detected, FirstLine, Prefixed, detect, hold_first_line, sniff};
-use crate::headers::{IdentityHeaders, ProtectedHeaders};
+use crate::headers::{IdentityHeaders, ProtectedHeaders, Scanned};
 use crate::http::{Authz, Forward, HttpContext, HttpVersion};
 use crate::identity::IdentityStatus;
 use crate::io::{Activity, Metered, relay_until_idle};
@@ -454,9 +454,7 @@ impl Inbound {
                     Held::Undecided { switch, .. } => {
                         let idle = self.limits.idle_timeout;
                         let line = self.limits.header_timeout;
-                        let first =
-                            hold_first_line(&mut io, &mut app, &connection.activity, idle, line);
-                        match first.await {
+                        match hold_first_line(&mut io, &mut app, line, idle).await {
                             FirstLine::Opaque(prefix) => prefix,
                             FirstLine::Http(prefix, detected) if switch => {
                                 drop(app);
@@ -488,11 +486,21 @@ impl Inbound {
                                     .refuse_relay(io, &connection, judgement, refusal)
                                     .await;
                             }
+                            FirstLine::Silent => {
+                                // An idle connection, not an attack: closed without a word.
+                                self.metrics
+                                    .connection_refused(Direction::Inbound, "silent");
+                                debug!(%peer, "closed a relayed connection on which nobody spoke");
+                                return;
+                            }
                             FirstLine::Gone => return,
                         }
                     }
                 };
-                let mut io = Prefixed::new(prefix, io);
+                // Whatever a lenient parser takes for a request, no line naming a protected
+                // header crosses the relay.
+                let scanner = Some(self.protected.scanner());
+                let mut io = Scanned::new(Prefixed::new(prefix, io), scanner);
                 let bytes = relay_until_idle(
                     &mut io,
                     &mut app,
@@ -501,6 +509,21 @@ impl Inbound {
                     peer,
                 )
                 .await;
+                if io.tripped() {
+                    let words = "the caller sent a line naming an identity header on a \
+                                 connection relayed as opaque TCP; only the sidecar tells the \
+                                 app who is calling";
+                    self.metrics
+                        .connection_refused(Direction::Inbound, "forged_header");
+                    warn!(%peer, "refused an inbound connection: {words}");
+                    let error = ("forged_header", words);
+                    return self.tcp_line(
+                        &connection,
+                        judgement.as_ref(),
+                        Some(bytes),
+                        Some(error),
+                    );
+                }
                 (Some(bytes), None)
             }
         };

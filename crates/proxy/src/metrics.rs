@@ -281,7 +281,8 @@ impl Metrics {
             "connections_refused",
             "Connections accepted and then refused before any byte reached the app or an \
              upstream, by direction and reason (own_port, not_local, http_on_opaque, \
-             slow_first_line, handshakes_per_address, loop, not_redirected)",
+             forged_header, slow_first_line, silent, handshakes_per_address, loop, \
+             not_redirected)",
             connections_refused.clone(),
         );
         let bytes = Family::default();
