@@ -446,8 +446,11 @@ async fn handshakes_per_address(mesh: &Mesh, judge: &Judge) {
     drop(hoarders);
 }
 
-/// The admin port serves a quarter of `admin.max_connections: 8` (2) from one address: a
+/// The admin port serves an eighth of `admin.max_connections: 16` (2) from one address: a
 /// third from 127.0.0.6 is closed without an answer, while 127.0.0.2 still gets `/ready`.
+/// Every client gets one answer per connection, and a client that asks again and again
+/// without reading the answers loses its connection after its life (`header_timeout` plus
+/// the probes' 10 s), freeing its slot.
 async fn admin_connections_per_address(mesh: &Mesh) {
     let admin = mesh.backend.admin();
     let held = [
@@ -480,6 +483,47 @@ async fn admin_connections_per_address(mesh: &Mesh) {
         .wait_for_log(&["refusing admin connections: too many open"], BOUND)
         .unwrap_or_else(|e| panic!("{e}"));
     drop(held);
+
+    // One answer per connection, whatever the client asks for.
+    let mut kept = connect_from([127, 0, 0, 7], admin).await;
+    kept.write_all(
+        b"GET /live HTTP/1.1\r\nhost: admin\r\n\r\nGET /live HTTP/1.1\r\nhost: admin\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let answer = tlsraw::until_closed(&mut kept, BOUND)
+        .await
+        .expect("closed after one answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 1, "{answer}");
+
+    // Two clients that pipeline requests and never read: their slots come back.
+    let stallers: Vec<TcpStream> = futures_util::future::join_all((0..2).map(|_| async {
+        let mut staller = connect_from([127, 0, 0, 8], admin).await;
+        let flood = b"GET /metrics HTTP/1.1\r\nhost: admin\r\n\r\n".repeat(2000);
+        let _ = tokio::time::timeout(Duration::from_secs(2), staller.write_all(&flood)).await;
+        staller
+    }))
+    .await;
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let mut again = connect_from([127, 0, 0, 8], admin).await;
+        let _ = again
+            .write_all(b"GET /ready HTTP/1.1\r\nhost: admin\r\n\r\n")
+            .await;
+        let answer = tlsraw::until_closed(&mut again, BOUND)
+            .await
+            .unwrap_or_default();
+        if answer.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled admin connections kept their slots"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(stallers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -488,8 +532,10 @@ async fn tls_abuse_on_the_inbound_port_is_refused_at_the_right_step() {
     let mesh = mesh_in_front_of(
         &judge,
         MeshSpec {
-            extra: "limits:\n  handshake_timeout: 5s\n  max_handshakes_per_address: 4\n".into(),
-            admin: "  max_connections: 8\n",
+            extra: "limits:\n  handshake_timeout: 5s\n  max_handshakes_per_address: 4\n  \
+                    header_timeout: 2s\n"
+                .into(),
+            admin: "  max_connections: 16\n",
             ..MeshSpec::default()
         },
     )

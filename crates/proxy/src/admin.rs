@@ -56,7 +56,7 @@ pub(crate) struct Admin {
     pub(crate) policy: Option<Arc<PolicyEnforcer>>,
     /// The app's rewritten kubelet probes.
     pub(crate) probes: Vec<AppProbe>,
-    /// Connections served at once (a quarter of them from any one address).
+    /// Connections served at once (an eighth of them from any one address).
     pub(crate) max_connections: usize,
     /// A connection's request head must arrive within this long.
     pub(crate) header_timeout: std::time::Duration,
@@ -71,7 +71,7 @@ impl Admin {
     /// without sending a request loses it after `header_timeout`.
     pub(crate) async fn run(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.max_connections));
-        let per_address = PerAddress::new((self.max_connections / 4).max(1));
+        let per_address = PerAddress::new((self.max_connections / 8).max(1));
         loop {
             let (tcp, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -92,8 +92,8 @@ impl Admin {
                     warn!(
                         %peer,
                         limit = self.max_connections,
-                        "refusing admin connections: too many open (admin.max_connections, a \
-                         quarter of it per address; logged once every 10 s)"
+                        "refusing admin connections: too many open (admin.max_connections, an \
+                         eighth of it per address; logged once every 10 s)"
                     );
                 }
                 continue;
@@ -101,6 +101,10 @@ impl Admin {
             let this = self.clone();
             let stop = stop.clone();
             let header_timeout = self.header_timeout;
+            // One request per connection, and a bounded life: a client that sends requests
+            // and never reads the answers cannot keep a slot (hyper's header timeout does not
+            // run while it writes). Probes, scrapers and the CLI open a connection per call.
+            let lifetime = header_timeout + crate::probe::PROBE_TIMEOUT;
             tokio::spawn(async move {
                 let _slots = (slot, address_slot);
                 let service = service_fn(move |request| {
@@ -117,12 +121,13 @@ impl Admin {
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
-                    // Also closes a kept-alive connection idle for that long, which frees
-                    // its slot: scrapers and probes reconnect.
+                    // A connection that sends no request head in time gives its slot back.
                     .header_read_timeout(header_timeout)
+                    .keep_alive(false)
                     .serve_connection(TokioIo::new(tcp), service);
                 tokio::select! {
                     _ = connection => {}
+                    () = tokio::time::sleep(lifetime) => debug!(%peer, "closed an admin connection that outlived its time"),
                     () = stop.cancelled() => {}
                 }
             });

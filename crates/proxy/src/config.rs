@@ -230,7 +230,7 @@ pub struct AdminConfig {
     /// with the outcome of the original check against the app on 127.0.0.1.
     #[serde(default)]
     pub probes: Vec<AppProbe>,
-    /// Connections the admin server serves at once, and a quarter of that (at least one)
+    /// Connections the admin server serves at once, and an eighth of that (at least one)
     /// from any one address; more are closed at once. Each must send its request head within
     /// `limits.header_timeout`.
     #[serde(default = "defaults::admin_max_connections")]

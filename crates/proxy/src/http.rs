@@ -37,6 +37,7 @@ use crate::access::{AccessLine, Exchange, grpc_code_name};
 use crate::config::AccessLog;
 use crate::ending::{self, Ended, Ending, Watched};
 use crate::headers::{IdentityHeaders, ProtectedHeaders, RequestBody};
+use crate::io::Activity;
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
 use crate::policy::{Caller, Judgement, PolicyEnforcer};
 use crate::tls::{DialError, MeshConnector, MeshProtocol, Target};
@@ -155,8 +156,12 @@ pub(crate) struct HttpContext {
     pub(crate) client: SocketAddr,
     pub(crate) access_log: AccessLog,
     pub(crate) metrics: Metrics,
-    /// Upgraded tunnels outlive their request; they are tracked for shutdown like connections.
-    pub(crate) tracker: TaskTracker,
+    /// The connection's upgraded tunnels, which outlive their request: the connection is not
+    /// done (and keeps its slot) until they are.
+    pub(crate) tunnels: TaskTracker,
+    /// When the connection last moved a byte: a tunnel is idle by the same measure.
+    pub(crate) activity: Arc<Activity>,
+    pub(crate) idle_timeout: Duration,
     pub(crate) force_close: CancellationToken,
 }
 
@@ -423,10 +428,15 @@ async fn exchange(ctx: &HttpContext, mut request: Request<Incoming>, span: &Span
     let grpc = is_grpc(request.headers());
     let upgrading = ctx.version == HttpVersion::Http1 && is_upgrade(request.headers());
     remove_hop_by_hop(request.headers_mut(), upgrading);
+    // Only a request that crossed the mesh as HTTP/2 can be one carried for an HTTP/1.1
+    // caller; on any other the marker is a caller's claim, dropped without effect. CONNECT
+    // names its host in its target and is never carried so.
     let marked = request
         .headers_mut()
         .remove(ORIGINAL_PROTOCOL_HEADER)
-        .is_some();
+        .is_some()
+        && request.version() == http::Version::HTTP_2
+        && request.method() != http::Method::CONNECT;
     let checked = match ctx.direction {
         Direction::Inbound => one_host(&request, marked),
         Direction::Outbound => Ok(()),
@@ -556,9 +566,11 @@ async fn exchange(ctx: &HttpContext, mut request: Request<Incoming>, span: &Span
                 Some(client_upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                     let server_upgrade = hyper::upgrade::on(&mut response);
                     let force_close = ctx.force_close.clone();
-                    ctx.tracker.spawn(async move {
+                    let (activity, idle, client) =
+                        (ctx.activity.clone(), ctx.idle_timeout, ctx.client);
+                    ctx.tunnels.spawn(async move {
                         tokio::select! {
-                            () = tunnel(client_upgrade, server_upgrade) => {}
+                            () = tunnel(client_upgrade, server_upgrade, &activity, idle, client) => {}
                             () = force_close.cancelled() => {}
                         }
                     });
@@ -593,14 +605,20 @@ async fn exchange(ctx: &HttpContext, mut request: Request<Incoming>, span: &Span
     }
 }
 
-async fn tunnel(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpgrade) {
+/// Relays an upgraded connection until both sides close or it idles out.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    server: hyper::upgrade::OnUpgrade,
+    activity: &Activity,
+    idle: Duration,
+    peer: SocketAddr,
+) {
     match tokio::join!(client, server) {
         (Ok(client), Ok(server)) => {
             let mut client = TokioIo::new(client);
             let mut server = TokioIo::new(server);
-            if let Err(e) = crate::io::relay(&mut client, &mut server).await {
-                debug!(error = %e, "upgraded connection ended");
-            }
+            let _ =
+                crate::io::relay_until_idle(&mut client, &mut server, activity, idle, peer).await;
         }
         (Err(e), _) | (_, Err(e)) => debug!(error = %e, "upgrade did not complete"),
     }

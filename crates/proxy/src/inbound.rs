@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
 use tracing::{Span, debug, info, warn};
 
 use crate::access::{AccessLine, Exchange};
@@ -149,7 +150,7 @@ impl Inbound {
                 self.app
             }
         };
-        let dst = match original_destination(tcp) {
+        let dst = match original_destination(tcp).map(canonical) {
             Ok(dst) if dst.port() != local.port() => dst,
             // Not redirected: dialled at the inbound port itself.
             _ => return Ok(direct()),
@@ -163,7 +164,7 @@ impl Inbound {
                 ),
             });
         }
-        if dst.ip() != local.ip() && (dst.ip().is_loopback() || !is_local_address(dst.ip())) {
+        if !is_pod_address(dst.ip(), local.ip()) {
             return Err(NotForwarded {
                 reason: "not_local",
                 words: format!(
@@ -225,7 +226,12 @@ impl Inbound {
             }
             return;
         };
-        let Some(tcp) = self.starts_with_tls(tcp, peer, span).await else {
+        // One deadline for the first byte and the handshake that follows it.
+        let handshake_deadline = Instant::now() + self.limits.handshake_timeout;
+        let Some(tcp) = self
+            .starts_with_tls(tcp, peer, span, handshake_deadline)
+            .await
+        else {
             return;
         };
         let app = match self.app_for(&tcp) {
@@ -249,8 +255,7 @@ impl Inbound {
         );
         let handshake_started = Instant::now();
         let handshake =
-            tokio::time::timeout(self.limits.handshake_timeout, self.acceptor.accept(metered))
-                .await;
+            tokio::time::timeout_at(handshake_deadline, self.acceptor.accept(metered)).await;
         drop(handshaking);
         let mut tls = match handshake {
             Ok(Ok(tls)) => tls,
@@ -394,7 +399,9 @@ impl Inbound {
             client: peer,
             access_log: self.access_log,
             metrics: self.metrics.clone(),
-            tracker: self.lifecycle.tracker.clone(),
+            tunnels: TaskTracker::new(),
+            activity: activity.clone(),
+            idle_timeout: self.limits.idle_timeout,
             force_close: self.lifecycle.force_close.clone(),
         });
         serve_http(
@@ -615,10 +622,10 @@ impl Inbound {
         tcp: TcpStream,
         peer: SocketAddr,
         span: &Span,
+        deadline: Instant,
     ) -> Option<TcpStream> {
         let mut first = [0u8; 16];
-        let peeked =
-            tokio::time::timeout(self.limits.handshake_timeout, tcp.peek(&mut first)).await;
+        let peeked = tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await;
         let n = match peeked {
             Ok(Ok(0)) => return None,
             Ok(Ok(n)) => n,
@@ -705,6 +712,19 @@ fn http_version(detected: Detected) -> Option<HttpVersion> {
     }
 }
 
+/// Whether a captured connection may be forwarded to `ip`, given that it arrived on `local`:
+/// an address of the pod, never loopback (an IPv4-mapped one included, which `canonical`
+/// has turned into IPv4), the unspecified address (which connects to loopback), multicast or
+/// broadcast. A packet can carry such a destination only if someone crafted it; the kernel
+/// would have redirected it all the same.
+fn is_pod_address(ip: IpAddr, local: IpAddr) -> bool {
+    let special = ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    !special && (ip == local || is_local_address(ip))
+}
+
 /// Whether `ip` is one of this host's (this pod's) own addresses: only then can a socket be
 /// bound to it.
 pub(crate) fn is_local_address(ip: IpAddr) -> bool {
@@ -754,6 +774,34 @@ mod tests {
             authority_of("[::1]:80".parse().unwrap()).as_str(),
             "[::1]:80"
         );
+    }
+
+    /// One row per destination a captured connection might name: only the pod's own
+    /// addresses (here 10.0.0.5 and whatever this host has) are forwarded to.
+    #[test]
+    fn captured_connections_go_to_the_pods_own_addresses_only() {
+        let pod: IpAddr = "10.0.0.5".parse().unwrap();
+        let canonical_ip = |text: &str| text.parse::<IpAddr>().unwrap().to_canonical();
+        for (destination, forwarded) in [
+            ("10.0.0.5", true),
+            ("127.0.0.1", false),
+            ("127.0.0.2", false),
+            ("::1", false),
+            ("::ffff:127.0.0.1", false),
+            ("0.0.0.0", false),
+            ("::", false),
+            ("::ffff:0.0.0.0", false),
+            ("224.0.0.1", false),
+            ("255.255.255.255", false),
+            ("ff02::1", false),
+            ("10.255.255.254", false),
+        ] {
+            assert_eq!(
+                is_pod_address(canonical_ip(destination), pod),
+                forwarded,
+                "{destination}"
+            );
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
+use tokio_util::task::TaskTracker;
 use tracing::{Span, debug, info, warn};
 
 use crate::access::{AccessLine, Exchange};
@@ -246,7 +247,9 @@ async fn proxy_connection(
         client: peer,
         access_log: shared.access_log,
         metrics: metrics.clone(),
-        tracker: shared.lifecycle.tracker.clone(),
+        tunnels: TaskTracker::new(),
+        activity: activity.clone(),
+        idle_timeout: shared.limits.idle_timeout,
         force_close: shared.lifecycle.force_close.clone(),
     });
     serve_http(

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio::net::TcpStream;
 
 /// Longer than any kubelet probe timeout worth having; the kubelet gives up first.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One rewritten probe: the admin path the kubelet calls, and the check it stands for.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -238,7 +238,8 @@ pub(crate) async fn serve_http<I>(
             let connection = builder
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
-            let watchdog = exchanges.watch(Some(limits.header_timeout), idle);
+            let watchdog =
+                exchanges.watch(Some(limits.header_timeout), limits.header_timeout, idle);
             drive(
                 connection,
                 |c| c.graceful_shutdown(),
@@ -260,7 +261,7 @@ pub(crate) async fn serve_http<I>(
             let connection = builder.serve_connection(TokioIo::new(io), service);
             // HTTP/2 heads are bounded by the h2 crate (header list size, CONTINUATION
             // limits); what is bounded here is a connection kept open by PINGs alone.
-            let watchdog = exchanges.watch(None, idle);
+            let watchdog = exchanges.watch(None, limits.header_timeout, idle);
             drive(
                 connection,
                 |c| c.graceful_shutdown(),
@@ -271,6 +272,10 @@ pub(crate) async fn serve_http<I>(
             .await;
         }
     }
+    // An upgraded tunnel is still this connection: it holds the connection's slot until it
+    // ends (its own idle time and the shutdown's force-close bound it).
+    ctx.tunnels.close();
+    ctx.tunnels.wait().await;
 }
 
 async fn drive<C, E>(
@@ -307,6 +312,7 @@ async fn drive<C, E>(
                 match expired {
                     Expired::Head => debug!("closing an HTTP connection: its request head took longer than limits.header_timeout"),
                     Expired::NoRequest => debug!("closing an HTTP connection with no request for limits.idle_timeout"),
+                    Expired::NoFirstRequest => debug!("closing an HTTP connection that sent no request within limits.header_timeout"),
                 }
                 return;
             }
@@ -321,6 +327,9 @@ pub(crate) enum Expired {
     Head,
     /// No request was open for `limits.idle_timeout` (bytes may have moved: PINGs).
     NoRequest,
+    /// The connection sent no request within `limits.header_timeout` of opening: a client
+    /// that connects and waits holds a slot no longer than one that trickles a head.
+    NoFirstRequest,
 }
 
 /// What the requests of one HTTP connection are doing, for the timeouts that are about
@@ -337,6 +346,8 @@ pub(crate) enum Expired {
 pub(crate) struct Exchanges {
     epoch: Instant,
     in_flight: AtomicUsize,
+    /// Whether any request was handed over yet.
+    seen_any: AtomicBool,
     /// Milliseconds since `epoch` when the last request ended (or the connection opened).
     idle_since: AtomicU64,
     /// Milliseconds since `epoch`, plus one, of the first byte of a head not yet complete; 0
@@ -350,6 +361,7 @@ impl Exchanges {
         Arc::new(Self {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            seen_any: AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             changed: Notify::new(),
@@ -377,23 +389,34 @@ impl Exchanges {
     /// hyper handed a request over: its head is complete.
     fn request_started(self: &Arc<Self>) -> OpenRequest {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.seen_any.store(true, Ordering::Release);
         self.head_since.store(0, Ordering::Relaxed);
         OpenRequest(self.clone())
     }
 
-    /// Completes when a timeout expires: `head` (if any) for a head in progress, `idle` with
-    /// no request open.
-    pub(crate) async fn watch(&self, head: Option<Duration>, idle: Duration) -> Expired {
+    /// Completes when a timeout expires: `head` (if any) for a head in progress, `first` for a
+    /// connection that has not sent its first request yet, `idle` with no request open.
+    pub(crate) async fn watch(
+        &self,
+        head: Option<Duration>,
+        first: Duration,
+        idle: Duration,
+    ) -> Expired {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             let mut deadline: Option<(Instant, Expired)> = None;
             if self.in_flight.load(Ordering::Acquire) == 0 {
-                deadline = self
-                    .at(self.idle_since.load(Ordering::Relaxed))
-                    .checked_add(idle)
-                    .map(|at| (at, Expired::NoRequest));
+                deadline = if self.seen_any.load(Ordering::Acquire) {
+                    self.at(self.idle_since.load(Ordering::Relaxed))
+                        .checked_add(idle)
+                        .map(|at| (at, Expired::NoRequest))
+                } else {
+                    self.epoch
+                        .checked_add(first.min(idle))
+                        .map(|at| (at, Expired::NoFirstRequest))
+                };
                 let since = self.head_since.load(Ordering::Relaxed);
                 if let Some(head) = head
                     && since > 0
@@ -527,7 +550,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_head_is_timed_from_its_first_byte() {
         let exchanges = Exchanges::new();
-        let watch = exchanges.watch(Some(HEAD), IDLE);
+        // A kept-alive connection after its first request: waiting is not timed as a head.
+        drop(exchanges.request_started());
+        let watch = exchanges.watch(Some(HEAD), HEAD, IDLE);
         tokio::pin!(watch);
         assert!(
             tokio::time::timeout(Duration::from_secs(600), &mut watch)
@@ -554,7 +579,7 @@ mod tests {
         // Bytes of its body, long after: neither a head nor idle.
         tokio::time::sleep(IDLE * 2).await;
         exchanges.bytes_arrived();
-        let watch = exchanges.watch(Some(HEAD), IDLE);
+        let watch = exchanges.watch(Some(HEAD), HEAD, IDLE);
         tokio::pin!(watch);
         assert!(
             tokio::time::timeout(IDLE * 2, &mut watch).await.is_err(),
@@ -567,6 +592,7 @@ mod tests {
 
         // HTTP/2: no head clock; PINGs every minute do not make the connection busy.
         let exchanges = Exchanges::new();
+        drop(exchanges.request_started());
         let opened = Instant::now();
         let pings = {
             let exchanges = exchanges.clone();
@@ -578,10 +604,28 @@ mod tests {
             }
         };
         tokio::select! {
-            expired = exchanges.watch(None, IDLE) => assert_eq!(expired, Expired::NoRequest),
+            expired = exchanges.watch(None, HEAD, IDLE) => assert_eq!(expired, Expired::NoRequest),
             () = pings => unreachable!(),
         }
         assert_eq!(opened.elapsed(), IDLE);
+    }
+
+    /// A connection that never sends a request is closed after the first-request time,
+    /// PINGs or not.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_first_request_is_closed() {
+        let exchanges = Exchanges::new();
+        let opened = Instant::now();
+        tokio::select! {
+            expired = exchanges.watch(None, HEAD, IDLE) => assert_eq!(expired, Expired::NoFirstRequest),
+            () = async {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    exchanges.bytes_arrived();
+                }
+            } => unreachable!(),
+        }
+        assert_eq!(opened.elapsed(), HEAD);
     }
 
     #[test]
