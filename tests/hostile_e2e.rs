@@ -306,8 +306,19 @@ async fn a_request_names_one_host() {
         },
     ];
     run_cases(&mesh, &[&judge], &cases).await;
+
+    // A peer's HTTP/1.1 request cannot claim to be one a sidecar carried for an HTTP/1.1
+    // caller (the only kind allowed a target and a Host that differ): the marker is HTTP/2's.
+    let mut tls = hostile_peer(&mesh, FRONTEND, b"http/1.1").await;
+    let marked =
+        "GET http://admin/marked HTTP/1.1\r\nHost: public\r\nhush-orig-proto: HTTP/1.1\r\n\r\n";
+    let answer = exchange_raw(&mut tls, &[marked.as_bytes()], Duration::ZERO).await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("names two hosts"), "{answer}");
+
     let seen = judge.seen();
     assert!(seen.iter().all(|r| r["path"] != "/hosts"), "{seen:?}");
+    assert!(seen.iter().all(|r| r["path"] != "/marked"), "{seen:?}");
     let absolute = seen
         .iter()
         .find(|r| r["path"] == "/abs")

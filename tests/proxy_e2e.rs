@@ -234,6 +234,53 @@ async fn a_websocket_passes_through_and_stays_open() {
     ws.close(None).await.unwrap();
 }
 
+/// An upgraded tunnel is still its connection: it holds the connection's slot while it is
+/// open, and is closed after `limits.idle_timeout` without a byte, like any connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_websocket_is_closed_and_holds_its_slot_until_then() {
+    let mesh = Mesh::start(MeshSpec {
+        extra: "limits:\n  idle_timeout: 2s\n".into(),
+        ..MeshSpec::default()
+    })
+    .await;
+    let (mut ws, _) = within(tokio_tungstenite::connect_async(format!(
+        "ws://{}/ws",
+        mesh.to_backend()
+    )))
+    .await
+    .expect("a WebSocket through the mesh");
+    ws.send(Message::text("hello")).await.unwrap();
+    let echo = within(ws.next())
+        .await
+        .expect("an echo")
+        .expect("a message");
+    assert_eq!(echo.into_text().unwrap().as_str(), "hello");
+    let open = |proxy: &ProxyProcess, direction: &str| {
+        let series = format!("hush_connections_open{{direction=\"{direction}\"}}");
+        tokio::task::block_in_place(|| metric(&metrics_of(proxy), &series))
+    };
+    assert!(
+        open(&mesh.frontend, "outbound") >= 1.0,
+        "the tunnel gave up its slot"
+    );
+    assert!(
+        open(&mesh.backend, "inbound") >= 1.0,
+        "the tunnel gave up its slot"
+    );
+
+    // Nothing moves: the sidecar closes the tunnel, and its slots come back.
+    let end = within(ws.next()).await;
+    assert!(
+        matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
+        "{end:?}"
+    );
+    tokio::task::block_in_place(|| {
+        wait_until("the tunnel's slots to come back", || {
+            open(&mesh.frontend, "outbound") == 0.0 && open(&mesh.backend, "inbound") == 0.0
+        });
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_first_protocol_is_not_stalled_and_opaque_ports_skip_detection() {
     let greeter = apps::start_greeter().await;
