@@ -536,6 +536,40 @@ mod tests {
         assert_eq!(started.elapsed(), line);
     }
 
+    /// A relay on which nobody speaks is given up after the line time: it held an app
+    /// connection for `idle_timeout` before.
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_on_which_nobody_speaks_is_given_up() {
+        let line = Duration::from_secs(10);
+        let (_client, mut near_client) = tokio::io::duplex(1024);
+        let (mut near_app, _app) = tokio::io::duplex(1024);
+        let started = tokio::time::Instant::now();
+        let first = tokio::time::timeout(
+            line * 3600,
+            hold_first_line(&mut near_client, &mut near_app, line, line * 360),
+        )
+        .await
+        .expect("the silent relay was given up");
+        assert!(matches!(first, FirstLine::Silent));
+        assert_eq!(started.elapsed(), line);
+    }
+
+    /// A client that never reads cannot hold the relay by leaving a greeting unwritten.
+    #[tokio::test(start_paused = true)]
+    async fn a_greeting_the_client_never_reads_is_given_up() {
+        let line = Duration::from_secs(10);
+        let (_client, mut near_client) = tokio::io::duplex(64);
+        let (mut near_app, mut app) = tokio::io::duplex(64 * 1024);
+        app.write_all(&[b'*'; 16 * 1024]).await.unwrap();
+        let first = tokio::time::timeout(
+            line * 3600,
+            hold_first_line(&mut near_client, &mut near_app, line, line * 360),
+        )
+        .await
+        .expect("the stalled greeting was given up");
+        assert!(matches!(first, FirstLine::Gone));
+    }
+
     #[tokio::test]
     async fn sniffing_replays_what_it_read() {
         let (mut client, server) = tokio::io::duplex(64);
