@@ -111,7 +111,7 @@ fn main() -> ExitCode {
     };
     let mut builder = match &cli.command {
         // A sidecar on one thread does no cross-thread hand-offs: measured, it needs about a
-        // third less CPU per request than on two (see README, Performance).
+        // third less CPU per request than on two (see docs/performance.md).
         Command::Proxy(args) if args.threads == 1 => tokio::runtime::Builder::new_current_thread(),
         Command::Proxy(args) => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();

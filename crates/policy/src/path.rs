@@ -449,7 +449,7 @@ mod tests {
             .collect()
     }
 
-    /// One row per rule of the table in README's policy section.
+    /// One row per rule of the table in docs/policy.md.
     #[test]
     fn paths_are_read_every_way_a_server_could() {
         let cases: &[(&str, &[&str])] = &[

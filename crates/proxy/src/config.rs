@@ -91,8 +91,9 @@ pub struct InboundConfig {
     #[serde(default)]
     pub protocol: Protocol,
     /// Connections are redirected here by iptables (`hush init-iptables`): each goes to the
-    /// app on `127.0.0.1` at the port the caller dialled, and policy judges that port. `app`
-    /// still serves connections made to this listener directly.
+    /// pod's own address at the port the caller dialled (never loopback, never one of the
+    /// sidecar's ports), and policy judges that port. `app` still serves connections made to
+    /// this listener directly.
     #[serde(default)]
     pub captured: bool,
     /// Request headers the app trusts to come from this sidecar, besides

@@ -1,0 +1,378 @@
+//! The docs stay true: every link points to a file (and heading) of the repository, every
+//! metric a sidecar exports is in the metrics table and every row of it is exported, every key
+//! of `examples/proxy/reference.yaml` is in the configuration reference and no other key is,
+//! and the README's five-minute tour runs as written.
+
+#[path = "mesh/apps.rs"]
+mod apps;
+#[path = "mesh/sidecars.rs"]
+mod sidecars;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sidecars::*;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("the repository")
+}
+
+fn read(path: &str) -> String {
+    fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Every Markdown file of the repository, outside build output.
+fn markdown_files() -> Vec<PathBuf> {
+    fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in fs::read_dir(dir).expect("a readable directory") {
+            let path = entry.expect("an entry").path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if path.is_dir() {
+                if !["target", ".git", "node_modules"].contains(&name.as_ref()) {
+                    walk(&path, found);
+                }
+            } else if name.ends_with(".md") {
+                found.push(path);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(&repo(), &mut found);
+    found
+}
+
+/// The text of a Markdown file outside fenced code blocks and inline code spans.
+fn prose(text: &str) -> String {
+    let mut out = String::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        let mut in_code = false;
+        for c in line.chars() {
+            if c == '`' {
+                in_code = !in_code;
+            } else if !in_code {
+                out.push(c);
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The targets of the inline links `[text](target)` in a file's prose.
+fn links(text: &str) -> Vec<String> {
+    let prose = prose(text);
+    let mut found = Vec::new();
+    let mut rest = prose.as_str();
+    while let Some(at) = rest.find("](") {
+        let after = &rest[at + 2..];
+        let Some(end) = after.find(')') else { break };
+        found.push(after[..end].trim().to_owned());
+        rest = &after[end..];
+    }
+    found
+}
+
+/// GitHub's anchor for a heading: lower case, spaces to `-`, punctuation other than `-` and
+/// `_` dropped.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut fenced = false;
+    let mut found = BTreeSet::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            found.insert(slug(line.trim_start_matches('#')));
+        }
+    }
+    found
+}
+
+#[test]
+fn every_link_points_to_a_file_and_heading_of_the_repository() {
+    let mut broken = Vec::new();
+    let files = markdown_files();
+    assert!(files.len() >= 10, "{files:?}");
+    for file in &files {
+        let text = fs::read_to_string(file).expect("a Markdown file");
+        let shown = file
+            .strip_prefix(repo())
+            .unwrap_or(file)
+            .display()
+            .to_string();
+        for link in links(&text) {
+            if link.contains("://") || link.starts_with("mailto:") {
+                broken.push(format!("{shown}: {link} points outside the repository"));
+                continue;
+            }
+            let (path, anchor) = link.split_once('#').unwrap_or((&link, ""));
+            let target = if path.is_empty() {
+                file.clone()
+            } else {
+                file.parent().expect("a directory").join(path)
+            };
+            if !target.exists() {
+                broken.push(format!("{shown}: {link}: no such file"));
+                continue;
+            }
+            if !anchor.is_empty() {
+                let heads = anchors(&fs::read_to_string(&target).unwrap_or_default());
+                if !heads.contains(anchor) {
+                    broken.push(format!("{shown}: {link}: no such heading"));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn headings_are_read_as_github_anchors() {
+    assert_eq!(
+        slug(" What the app is told, and what cannot reach it"),
+        "what-the-app-is-told-and-what-cannot-reach-it"
+    );
+    assert_eq!(
+        slug(" When a connection fails: `hush diagnose`"),
+        "when-a-connection-fails-hush-diagnose"
+    );
+    assert_eq!(
+        links("see [a](b.md#c) and `[not](code)`\n```\n[no](x)\n```\n"),
+        ["b.md#c"]
+    );
+}
+
+/// The metric names in the first column of `docs/sidecar.md`'s metrics table.
+fn documented_metrics() -> BTreeSet<String> {
+    let doc = read("docs/sidecar.md");
+    let mut names = BTreeSet::new();
+    for line in doc.lines() {
+        let Some(first) = line.trim_start().strip_prefix("| `hush_") else {
+            continue;
+        };
+        let cell = first.split(" |").next().unwrap_or_default();
+        for part in format!("`hush_{cell}").split('`') {
+            if let Some(name) = part.strip_prefix("hush_") {
+                let name = name.split('{').next().unwrap_or_default();
+                names.insert(format!("hush_{name}"));
+            }
+        }
+    }
+    names
+}
+
+/// The metric families a scrape declares (`# TYPE name kind`), named as their samples are:
+/// a counter's with `_total`.
+fn exported_metrics(scrape: &str) -> BTreeSet<String> {
+    scrape
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.strip_prefix("# TYPE ")?.split_whitespace();
+            let (name, kind) = (words.next()?, words.next()?);
+            Some(if kind == "counter" && !name.ends_with("_total") {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            })
+        })
+        .collect()
+}
+
+/// A scrape shows the families that have samples: after a request through a policy, most of
+/// them. Every one is in the table; every row of the table is a family the sidecar registers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_is_in_the_metrics_table_and_every_row_is_registered() {
+    let mesh = Mesh::start(MeshSpec {
+        backend_policy: Some(format!(
+            "apiVersion: hush.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: api}}\n\
+             spec:\n  rules:\n    - from: [{{principals: [\"{FRONTEND}\"]}}]\n"
+        )),
+        ..MeshSpec::default()
+    })
+    .await;
+    let (status, _) = get(mesh.to_backend(), "/", &[]).await;
+    assert_eq!(status, 200);
+    let exported: BTreeSet<String> = tokio::task::block_in_place(|| {
+        [&mesh.backend, &mesh.frontend]
+            .into_iter()
+            .flat_map(|sidecar| exported_metrics(&metrics_of(sidecar)))
+            .collect()
+    });
+    assert!(exported.len() >= 12, "{exported:?}");
+    let documented = documented_metrics();
+    let undocumented: Vec<_> = exported.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "exported but not in docs/sidecar.md's metrics table: {undocumented:?}"
+    );
+    // The registry names a family without its prefix, its unit or a counter's `_total`.
+    let source = read("crates/proxy/src/metrics.rs");
+    let stale: Vec<_> = documented
+        .iter()
+        .filter(|name| {
+            let bare = name.trim_start_matches("hush_");
+            let bare = bare.strip_suffix("_total").unwrap_or(bare);
+            let unitless = bare.strip_suffix("_seconds").unwrap_or(bare);
+            ![bare, unitless]
+                .iter()
+                .any(|bare| source.contains(&format!("\"{bare}\"")))
+        })
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "in the metrics table but not registered by crates/proxy/src/metrics.rs: {stale:?}"
+    );
+}
+
+/// Every key path of a YAML document: `limits.idle_timeout`, `outbound[].identity`.
+fn key_paths(value: &serde_json::Value, prefix: &str, found: &mut BTreeSet<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                found.insert(path.clone());
+                key_paths(child, &path, found);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items.iter().filter(|item| item.is_object()) {
+                key_paths(item, &format!("{prefix}[]"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The keys in the first column of `docs/sidecar.md`'s configuration reference.
+fn documented_keys() -> BTreeSet<String> {
+    let doc = read("docs/sidecar.md");
+    let start = doc
+        .find("## Configuration reference")
+        .expect("docs/sidecar.md has a configuration reference");
+    let section = &doc[start..];
+    let end = section[3..]
+        .find("\n## ")
+        .map_or(section.len(), |at| at + 3);
+    section[..end]
+        .lines()
+        .filter_map(|line| {
+            let cell = line.strip_prefix("| `")?;
+            Some(cell.split('`').next()?.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn every_key_of_the_reference_configuration_is_documented() {
+    let reference: serde_json::Value =
+        serde_saphyr::from_str(&read("examples/proxy/reference.yaml"))
+            .expect("the reference configuration parses");
+    let mut keys = BTreeSet::new();
+    key_paths(&reference, "", &mut keys);
+    assert!(keys.len() >= 40, "{keys:?}");
+    let documented = documented_keys();
+    let undocumented: Vec<_> = keys.difference(&documented).collect();
+    // A key the reference shows commented out (it has no default to write) counts as in it.
+    let text = read("examples/proxy/reference.yaml");
+    let unknown: Vec<_> = documented
+        .difference(&keys)
+        .filter(|key| {
+            let last = key.rsplit('.').next().unwrap_or_default();
+            !text.contains(&format!("# {last}:"))
+        })
+        .collect();
+    assert!(
+        undocumented.is_empty() && unknown.is_empty(),
+        "in reference.yaml but not in docs/sidecar.md's configuration reference: \
+         {undocumented:?}\nin the reference table but not in reference.yaml: {unknown:?}"
+    );
+}
+
+/// The README's five-minute tour, run as written in a network namespace of its own (its
+/// ports are the examples' fixed ones): the built `hush` stands in for the release build.
+#[test]
+fn the_readme_tour_runs_as_written() {
+    let readme = read("README.md");
+    let tour = &readme[readme.find("## A five-minute tour").expect("the tour")..];
+    let block = tour
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the tour's commands");
+    let (build, commands) = block.split_once('\n').expect("more than one line");
+    assert!(build.starts_with("cargo build --release"), "{build}");
+    let temp = tempfile::tempdir().expect("a temporary directory");
+    let bin = Path::new(HUSH).parent().expect("the binary's directory");
+    let script = format!(
+        "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n\
+         ip link set lo up\ncd {repo}\nexport PATH={bin}:$PATH\n{commands}\n",
+        repo = repo().display(),
+        bin = bin.display(),
+        commands = commands.replace("/tmp/tour", &temp.path().join("tour").to_string_lossy()),
+    );
+    let run = Command::new("unshare")
+        .args(["--net", "bash", "-c", &script])
+        .output();
+    let output = match run {
+        Ok(output)
+            if !output.status.success()
+                && String::from_utf8_lossy(&output.stderr).contains("unshare failed") =>
+        {
+            None
+        }
+        Ok(output) => Some(output),
+        Err(_) => None,
+    };
+    let Some(output) = output else {
+        assert!(
+            std::env::var_os("HUSH_REQUIRE_NETNS").is_none(),
+            "HUSH_REQUIRE_NETNS is set but `unshare --net` cannot make a namespace"
+        );
+        eprintln!("skipped: `unshare --net` needs root (the tour uses the examples' fixed ports)");
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the tour failed:\n{}",
+        hush_test_support::describe_output(&output)
+    );
+    for needle in [
+        "x-hush-peer-identity: spiffe://cluster.local/ns/shop/sa/frontend",
+        "this port only accepts mutual TLS",
+        "result: ok",
+        "step 4, client certificate: ok",
+        "result: ok, mutual TLS works",
+    ] {
+        assert!(stdout.contains(needle), "expected {needle:?} in:\n{stdout}");
+    }
+}
