@@ -149,13 +149,29 @@ mod defaults {
     }
 }
 
+/// The injector's configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum InjectorConfigError {
+    /// The YAML does not describe a configuration (syntax, unknown key, wrong type).
+    #[error("{0}")]
+    Yaml(#[from] serde_saphyr::Error),
+    /// The trust bundle it carries does not parse or holds no usable root.
+    #[error("trust_bundle: {0}")]
+    TrustBundle(#[from] hush_identity::BundleError),
+    /// The collector's address is not one a sidecar can send spans to.
+    #[error(
+        "otlp_endpoint: `{0}` is not an http://host:port URL (sidecars send spans in plaintext \
+         OTLP/gRPC to a collector agent, e.g. http://otel-collector:4317)"
+    )]
+    OtlpEndpoint(String),
+}
+
 impl InjectorConfig {
     /// Parses the injector's YAML configuration and checks the trust bundle it carries.
-    pub fn from_yaml(text: &str) -> Result<Self, String> {
-        let config: Self = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    pub fn from_yaml(text: &str) -> Result<Self, InjectorConfigError> {
+        let config: Self = serde_saphyr::from_str(text)?;
         if let Some(pem) = &config.trust_bundle {
-            hush_identity::TrustBundle::from_pem(pem.as_bytes(), None)
-                .map_err(|e| format!("trust_bundle: {e}"))?;
+            hush_identity::TrustBundle::from_pem(pem.as_bytes(), None)?;
         }
         // The sidecar checks it again, fully, when it starts; this catches what would make
         // every injected pod fail to start.
@@ -167,10 +183,7 @@ impl InjectorConfig {
         if let Some(endpoint) = &config.otlp_endpoint
             && !has_host(endpoint)
         {
-            return Err(format!(
-                "otlp_endpoint: `{endpoint}` is not an http://host:port URL (sidecars send spans in \
-                 plaintext OTLP/gRPC to a collector agent, e.g. http://otel-collector:4317)"
-            ));
+            return Err(InjectorConfigError::OtlpEndpoint(endpoint.clone()));
         }
         Ok(config)
     }
@@ -952,8 +965,9 @@ mod tests {
                 "trust_bundle",
             ),
         ] {
-            let err =
-                InjectorConfig::from_yaml(&format!("{base}trust_bundle: {bundle}\n")).unwrap_err();
+            let err = InjectorConfig::from_yaml(&format!("{base}trust_bundle: {bundle}\n"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(expected), "{err}");
         }
     }
@@ -1067,7 +1081,11 @@ mod tests {
                 "image: i\nca_address: https://ca:8443\notlp_endpoint: \"{bad}\"\n"
             ))
             .unwrap_err();
-            assert!(refused.contains("otlp_endpoint"), "{bad}: {refused}");
+            assert!(
+                matches!(&refused, InjectorConfigError::OtlpEndpoint(e) if e == bad),
+                "{bad}: {refused}"
+            );
+            assert!(refused.to_string().contains("otlp_endpoint"), "{refused}");
         }
     }
 

@@ -15,7 +15,7 @@ mod iptables;
 
 pub use self::inject::{
     BUNDLE_ANNOTATION, CONFIG_ANNOTATION, EXCLUDE_INBOUND_PORTS, EXCLUDE_OUTBOUND_PORTS,
-    INIT_CONTAINER, INJECT_KEY, InjectError, InjectorConfig, LOG_LEVEL, Outcome, PROXY_CONTAINER,
-    PROXY_CPU, PROXY_MEMORY, STATUS_ANNOTATION, mutate, review,
+    INIT_CONTAINER, INJECT_KEY, InjectError, InjectorConfig, InjectorConfigError, LOG_LEVEL,
+    Outcome, PROXY_CONTAINER, PROXY_CPU, PROXY_MEMORY, STATUS_ANNOTATION, mutate, review,
 };
 pub use self::iptables::{CHAINS, CaptureError, CaptureRules, Family};
