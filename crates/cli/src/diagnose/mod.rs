@@ -558,7 +558,7 @@ async fn finish(
             report.fail(
                 4,
                 "client certificate",
-                failure.reason,
+                failure.reason.as_str(),
                 server_words(&failure.message),
                 vec![format!(
                     "the server asked for our certificate; we presented {ours}"
@@ -729,7 +729,7 @@ async fn explain_failed_handshake(
         report.fail(
             2,
             "hello",
-            failure.reason,
+            failure.reason.as_str(),
             server_words(&failure.message),
             hello_lines,
         );
@@ -749,7 +749,7 @@ async fn explain_failed_handshake(
         report.fail(
             3,
             "certificate verification",
-            explained.reason,
+            explained.reason.as_str(),
             server_words(&explained.message),
             lines,
         );
@@ -777,7 +777,7 @@ async fn explain_failed_handshake(
             "the server requires a client certificate and we presented none".to_string(),
         )
     } else {
-        (failure.reason, server_words(&failure.message))
+        (failure.reason.as_str(), server_words(&failure.message))
     };
     report.fail(4, "client certificate", reason, message, Vec::new());
 }
