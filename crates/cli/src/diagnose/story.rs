@@ -129,42 +129,7 @@ impl Story<'_> {
         mut details: Value,
     ) {
         // Hello problems first: was it TLS at all, and which version?
-        let refused = match &tls.server_first {
-            ServerFirst::NotTls(text) => Some((
-                FailureReason::NotTls,
-                format!("the server answered in plaintext, not TLS: \"{text}\""),
-            )),
-            ServerFirst::Nothing => Some((
-                FailureReason::Closed,
-                "the server closed the connection without answering our ClientHello".into(),
-            )),
-            ServerFirst::Alert(alert) => {
-                hello_lines.push(format!("the server answered with the alert {alert}"));
-                version.filter(|v| *v != "TLS 1.3").map(|version| {
-                    hello_lines.push(format!(
-                        "offered TLS 1.2 and 1.3 on a second connection, the server chose \
-                         {version}"
-                    ));
-                    (
-                        FailureReason::TlsVersion,
-                        format!(
-                            "the server speaks {version} only; hush sidecars speak TLS 1.3 only"
-                        ),
-                    )
-                })
-            }
-            ServerFirst::Hello(choice) => {
-                hello_lines.push(format!(
-                    "the server chose: {}, {}, key exchange {}",
-                    choice.version,
-                    choice.cipher_suite,
-                    choice.group.as_deref().unwrap_or("?")
-                ));
-                details["chosen"] = json!(choice);
-                None
-            }
-            ServerFirst::Unreadable => None,
-        };
+        let refused = server_first(tls, version, &mut hello_lines, &mut details);
         if let Some((reason, message)) = refused {
             let reason = Reason::Handshake(reason);
             self.report.fail(2, HELLO, reason, message, hello_lines);
@@ -181,31 +146,37 @@ impl Story<'_> {
             return;
         }
         self.report.pass(2, HELLO, hello_lines, details);
-        if !self.server_chain(tls) {
+        if !self.server_chain(tls, failure) {
             return;
         }
         // Our certificate, refused during the handshake.
-        if tls.asked && self.setup.credentials.is_none() {
-            self.report.fail(
-                4,
-                CLIENT_CERTIFICATE,
+        let reason = Reason::Handshake(failure.reason);
+        let (reason, message) = match (tls.asked, &self.setup.credentials) {
+            (true, None) => (
                 Reason::NoCredentials,
                 "the server requires a client certificate and we presented none".into(),
-                Vec::new(),
-            );
-        } else {
-            let message = self.refusal_of_ours(failure);
-            let reason = Reason::Handshake(failure.reason);
-            self.report
-                .fail(4, CLIENT_CERTIFICATE, reason, message, Vec::new());
-        }
+            ),
+            (true, Some(_)) => (reason, self.refusal_of_ours(failure)),
+            // Not about our certificate, which nobody asked for: the server's words alone.
+            (false, _) => (reason, Whose::Server.words(&failure.message)),
+        };
+        self.report
+            .fail(4, CLIENT_CERTIFICATE, reason, message, Vec::new());
     }
 
     /// Step 3 after a failed handshake, from what the verifier saw. Returns whether the story
     /// goes on (the chain was not what failed).
-    fn server_chain(&mut self, tls: &Tls) -> bool {
+    fn server_chain(&mut self, tls: &Tls, failure: &HandshakeFailure) -> bool {
         let Some(chain) = &tls.chain else {
-            return true;
+            // The hellos went through, then the handshake broke before any certificate.
+            self.report.fail(
+                3,
+                CERTIFICATE,
+                Reason::Handshake(failure.reason),
+                Whose::Server.words(&failure.message),
+                vec!["the handshake failed before the server presented a certificate".into()],
+            );
+            return false;
         };
         let mut lines = describe_chain(chain);
         let details = json!({ "chain": chain_details(chain) });
@@ -375,6 +346,48 @@ impl Story<'_> {
     }
 }
 
+/// What the server's first answer says when the handshake failed: a reason to stop at step 2
+/// (plaintext, silence, an old TLS version), or none; what it chose goes into the lines.
+fn server_first(
+    tls: &Tls,
+    version: Option<&str>,
+    hello_lines: &mut Vec<String>,
+    details: &mut Value,
+) -> Option<(FailureReason, String)> {
+    match &tls.server_first {
+        ServerFirst::NotTls(text) => Some((
+            FailureReason::NotTls,
+            format!("the server answered in plaintext, not TLS: \"{text}\""),
+        )),
+        ServerFirst::Nothing => Some((
+            FailureReason::Closed,
+            "the server closed the connection without answering our ClientHello".into(),
+        )),
+        ServerFirst::Alert(alert) => {
+            hello_lines.push(format!("the server answered with the alert {alert}"));
+            let version = version.filter(|v| *v != "TLS 1.3")?;
+            hello_lines.push(format!(
+                "offered TLS 1.2 and 1.3 on a second connection, the server chose {version}"
+            ));
+            Some((
+                FailureReason::TlsVersion,
+                format!("the server speaks {version} only; hush sidecars speak TLS 1.3 only"),
+            ))
+        }
+        ServerFirst::Hello(choice) => {
+            hello_lines.push(format!(
+                "the server chose: {}, {}, key exchange {}",
+                choice.version,
+                choice.cipher_suite,
+                choice.group.as_deref().unwrap_or("?")
+            ));
+            details["chosen"] = json!(choice);
+            None
+        }
+        ServerFirst::Unreadable => None,
+    }
+}
+
 /// Step 4 without a certificate of ours: did the server mind?
 fn without_ours(after: &After) -> String {
     match after {
@@ -436,19 +449,159 @@ fn check_ours(trust: &hush_tls::TrustStore, ours: &Credentials, step: HandshakeS
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use hush_tls::rustls::{AlertDescription, Error as TlsError};
+    use hush_tls::{CredentialStore, ExpectedServer};
+    use rustls_pki_types::ServerName;
+
     use super::*;
+    use crate::diagnose::handshake::Chosen;
+
+    fn setup(with_credentials: bool) -> Setup {
+        Setup {
+            trust: None,
+            expected: ExpectedServer::AnyInTrustDomain,
+            credentials: with_credentials.then(|| Credentials {
+                store: Arc::new(CredentialStore::new()),
+                chain: Vec::new(),
+                identity: "spiffe://cluster.local/ns/shop/sa/frontend".into(),
+            }),
+            server_name: ServerName::try_from("backend").unwrap(),
+        }
+    }
+
+    fn connected(server_first: ServerFirst, outcome: Outcome) -> Connection {
+        Connection::Connected {
+            peer: "127.0.0.1:15006".into(),
+            took: Duration::from_millis(1),
+            tls: Box::new(Tls {
+                offer: None,
+                server_first,
+                chain: None,
+                chain_error: None,
+                asked: true,
+                outcome,
+            }),
+        }
+    }
+
+    fn done(after: After) -> Outcome {
+        let chosen = Chosen {
+            version: "TLS 1.3".into(),
+            suite: "TLS13_AES_128_GCM_SHA256".into(),
+            group: "X25519".into(),
+            alpn: "h2".into(),
+        };
+        Outcome::Done { chosen, after }
+    }
+
+    /// The failure's step, label and message, and its hint.
+    fn verdict(report: &Report) -> (u8, &'static str, &str, &'static str) {
+        let failure = report.failure.as_ref().expect("a failure");
+        (
+            failure.step,
+            failure.reason.as_str(),
+            &failure.message,
+            failure.hint,
+        )
+    }
+
+    fn tell_it(with_credentials: bool, connection: Connection) -> Report {
+        tell(
+            "backend:15006",
+            &setup(with_credentials),
+            Duration::from_secs(10),
+            connection,
+        )
+    }
+
+    #[test]
+    fn a_hang_up_after_the_handshake_is_not_a_hello_problem() {
+        let closed = HandshakeFailure::from_io(&std::io::ErrorKind::UnexpectedEof.into());
+        for after in [After::Closed, After::Failed(closed)] {
+            let report = tell_it(true, connected(ServerFirst::Unreadable, done(after)));
+            let (step, reason, message, hint) = verdict(&report);
+            assert_eq!((step, reason), (4, "closed_after_handshake"));
+            assert!(
+                message.contains("we cannot tell whether it accepted"),
+                "{message}"
+            );
+            assert!(!message.contains("before the TLS handshake finished"));
+            assert!(!hint.contains("may not speak TLS"), "{hint}");
+        }
+    }
 
     #[test]
     fn without_a_certificate_only_a_refusal_says_required() {
-        let alert = HandshakeFailure::from_tls(&hush_tls::rustls::Error::AlertReceived(
-            hush_tls::rustls::AlertDescription::CertificateRequired,
+        let alert = HandshakeFailure::from_tls(&TlsError::AlertReceived(
+            AlertDescription::CertificateRequired,
         ));
         assert_eq!(
             without_ours(&After::Failed(alert)),
             "the server requires a client certificate and we presented none"
         );
         assert!(without_ours(&After::Kept).contains("optional"));
-        assert!(!without_ours(&After::Kept).contains("requires a client"));
+        assert!(!without_ours(&After::Kept).contains("requires"));
         assert!(!without_ours(&After::Closed).contains("requires"));
+        let report = tell_it(false, connected(ServerFirst::Unreadable, done(After::Kept)));
+        assert_eq!(verdict(&report).1, "no_credentials");
+    }
+
+    #[test]
+    fn a_handshake_broken_before_any_certificate_fails_at_the_certificate_not_at_ours() {
+        let reset = HandshakeFailure::from_io(&std::io::ErrorKind::ConnectionReset.into());
+        let outcome = Outcome::Failed {
+            failure: reset,
+            version: None,
+        };
+        let report = tell_it(true, connected(ServerFirst::Unreadable, outcome));
+        let (step, reason, message, _) = verdict(&report);
+        assert_eq!((step, reason), (3, "reset"));
+        assert_eq!(
+            message,
+            "the server reset the connection during the TLS handshake"
+        );
+    }
+
+    #[test]
+    fn hello_refusals_name_the_version_or_the_alert() {
+        let alert = || Outcome::Failed {
+            failure: HandshakeFailure::from_tls(&TlsError::AlertReceived(
+                AlertDescription::HandshakeFailure,
+            )),
+            version: None,
+        };
+        let first = || ServerFirst::Alert("HandshakeFailure".into());
+        let report = tell_it(true, connected(first(), alert()));
+        assert_eq!(verdict(&report).1, "refused_by_peer");
+        assert_eq!(verdict(&report).3, Reason::HelloRefused.hint());
+
+        let old = Outcome::Failed {
+            failure: HandshakeFailure::from_tls(&TlsError::AlertReceived(
+                AlertDescription::ProtocolVersion,
+            )),
+            version: Some("TLS 1.2".into()),
+        };
+        let report = tell_it(true, connected(first(), old));
+        let (step, reason, message, _) = verdict(&report);
+        assert_eq!((step, reason), (2, "tls_version"));
+        assert_eq!(
+            message,
+            "the server speaks TLS 1.2 only; hush sidecars speak TLS 1.3 only"
+        );
+    }
+
+    #[test]
+    fn connections_fail_at_step_one() {
+        for (connection, label) in [
+            (Connection::Refused, "refused"),
+            (Connection::TimedOut, "timeout"),
+            (Connection::Failed("no route".into()), "connect_error"),
+        ] {
+            let report = tell_it(false, connection);
+            let (step, reason, _, _) = verdict(&report);
+            assert_eq!((step, reason), (1, label));
+        }
     }
 }
