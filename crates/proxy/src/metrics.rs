@@ -459,7 +459,7 @@ impl Metrics {
             .get_or_create(&FailureLabels {
                 direction: direction.as_str(),
                 step: failure.step.as_str(),
-                reason: failure.reason,
+                reason: failure.reason.as_str(),
             })
             .inc();
     }

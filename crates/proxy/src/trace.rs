@@ -224,7 +224,7 @@ pub(crate) fn record_handshake_failure(span: &Span, failure: &HandshakeFailure) 
         return;
     }
     span.record("hush.handshake.step", failure.step.as_str());
-    record_error(span, failure.reason, failure);
+    record_error(span, failure.reason.as_str(), failure);
 }
 
 /// The trace id of the current span, for log lines, when a trace is being recorded.

@@ -180,6 +180,34 @@ pub fn expired_leaf_from_ca_dir(ca_dir: &std::path::Path, spiffe_id: &str) -> Te
     sign_with_ca_dir(ca_dir, params)
 }
 
+/// A leaf for `spiffe_id` that becomes valid only in an hour, signed by the intermediate of the
+/// hush CA in `ca_dir`: what a machine whose clock is an hour behind the CA's sees.
+pub fn not_yet_valid_leaf_from_ca_dir(ca_dir: &std::path::Path, spiffe_id: &str) -> TestLeaf {
+    let mut params = leaf_params(spiffe_id);
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now + Duration::hours(1);
+    params.not_after = now + Duration::hours(2);
+    sign_with_ca_dir(ca_dir, params)
+}
+
+/// A host-name server certificate for the DNS `names`, with no URI SAN, signed by the
+/// intermediate of the hush CA in `ca_dir`: a certificate from the mesh's CA that is not an
+/// X.509-SVID.
+pub fn dns_leaf_from_ca_dir(ca_dir: &std::path::Path, names: &[&str]) -> TestLeaf {
+    let mut params = leaf_params("spiffe://unused/x");
+    params.subject_alt_names = names
+        .iter()
+        .map(|name| {
+            SanType::DnsName(
+                (*name)
+                    .try_into()
+                    .unwrap_or_else(|e| panic!("{name:?} is not a DNS name: {e}")),
+            )
+        })
+        .collect();
+    sign_with_ca_dir(ca_dir, params)
+}
+
 /// A valid leaf signed by the intermediate of the hush CA in `ca_dir`, naming whatever URI
 /// `spiffe_id` says (another trust domain, say), or no URI at all: what a stolen intermediate
 /// key could mint, and what a verifier must still refuse.

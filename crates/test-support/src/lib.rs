@@ -29,7 +29,10 @@ mod openssl;
 mod process;
 mod x509;
 
-pub use self::ca::{TestCa, TestLeaf, expired_leaf_from_ca_dir, leaf_from_ca_dir};
+pub use self::ca::{
+    TestCa, TestLeaf, dns_leaf_from_ca_dir, expired_leaf_from_ca_dir, leaf_from_ca_dir,
+    not_yet_valid_leaf_from_ca_dir,
+};
 pub use self::csr::{
     CsrKeyKind, FORGED_CN, FORGED_DNS_NAME, FORGED_SPIFFE_ID, TestCsr, csr_altered_after_signing,
     csr_claiming_another_key, csr_with_broken_signature, empty_csr, forged_csr, garbage_csr,

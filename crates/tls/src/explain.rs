@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use rustls::{AlertDescription, CertificateError, OtherError, PeerIncompatible};
 use rustls_pki_types::UnixTime;
 
+use self::FailureReason as R;
 use crate::PeerIdentityError;
 
 /// The step of a TLS handshake at which a connection failed.
@@ -33,14 +34,80 @@ pub enum HandshakeStep {
     Connection,
 }
 
+/// Why a TLS handshake failed, as a short, stable, lower-case label (`unknown_issuer`,
+/// `expired`, `tls_version`…), fit for a metric label.
+///
+/// Not `#[non_exhaustive]` on purpose: whoever words these for people (`hush diagnose`'s hints)
+/// matches every reason, so a new one does not compile until it is worded there too. The labels
+/// are part of the sidecar's metrics (`reason="…"`): dashboards and alerts count by them, so a
+/// label never changes once published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureReason {
+    /// The handshake did not finish in time (`timeout`).
+    Timeout,
+    /// The peer closed the connection before the handshake finished (`closed`).
+    Closed,
+    /// The peer reset the connection during the handshake (`reset`).
+    Reset,
+    /// Another I/O error during the handshake (`io`).
+    Io,
+    /// The peer did not speak TLS: plaintext or garbage (`not_tls`).
+    NotTls,
+    /// The peer does not speak TLS 1.3 (`tls_version`).
+    TlsVersion,
+    /// No cipher suite in common (`no_common_cipher`).
+    NoCommonCipher,
+    /// No key-exchange group in common (`no_common_group`).
+    NoCommonGroup,
+    /// No signature scheme in common (`no_common_signature_scheme`).
+    NoCommonSignatureScheme,
+    /// Another incompatibility of the hellos (`incompatible`).
+    Incompatible,
+    /// No application protocol (ALPN) in common (`no_common_alpn`).
+    NoCommonAlpn,
+    /// The peer broke the TLS protocol (`misbehaved`).
+    Misbehaved,
+    /// A record could not be decrypted (`decrypt_error`).
+    DecryptError,
+    /// A TLS error hush has no better name for (`other`).
+    Other,
+    /// The peer presented no certificate (`no_certificate`).
+    NoCertificate,
+    /// The chain does not lead to a root of the trust bundle (`unknown_issuer`).
+    UnknownIssuer,
+    /// A signature in the chain does not verify (`bad_signature`).
+    BadSignature,
+    /// A certificate cannot be parsed (`bad_encoding`).
+    BadEncoding,
+    /// A certificate of the chain has expired (`expired`).
+    Expired,
+    /// A certificate of the chain is not valid yet (`not_yet_valid`).
+    NotYetValid,
+    /// The certificate's extended key usage does not allow this use (`wrong_usage`).
+    WrongUsage,
+    /// The certificate is not valid for the name asked for (`wrong_name`).
+    WrongName,
+    /// The certificate has been revoked (`revoked`).
+    Revoked,
+    /// The certificate was refused for another reason (`invalid_certificate`).
+    InvalidCertificate,
+    /// The certificate breaks the X.509-SVID rules (`not_an_svid`).
+    NotAnSvid,
+    /// A valid workload, but not the one expected (`unexpected_identity`).
+    UnexpectedIdentity,
+    /// A SPIFFE ID of another trust domain (`foreign_trust_domain`).
+    ForeignTrustDomain,
+    /// The peer refused the handshake with an alert (`refused_by_peer`).
+    RefusedByPeer,
+}
+
 /// Why a TLS handshake failed: the step, a short reason for metrics, and plain words.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandshakeFailure {
     /// The step that failed.
     pub step: HandshakeStep,
-    /// A short, stable, lower-case reason (`unknown_issuer`, `expired`, `tls_version`…), fit
-    /// for a metric label.
-    pub reason: &'static str,
+    /// A short, stable reason, fit for a metric label ([`FailureReason::as_str`]).
+    pub reason: FailureReason,
     /// What happened and, where it helps, what to do, for a person.
     pub message: String,
 }
@@ -66,10 +133,86 @@ impl fmt::Display for HandshakeStep {
     }
 }
 
+// === impl FailureReason ===
+
+impl FailureReason {
+    /// Every reason, for tests and documentation tables.
+    pub const ALL: [Self; 28] = [
+        Self::Timeout,
+        Self::Closed,
+        Self::Reset,
+        Self::Io,
+        Self::NotTls,
+        Self::TlsVersion,
+        Self::NoCommonCipher,
+        Self::NoCommonGroup,
+        Self::NoCommonSignatureScheme,
+        Self::Incompatible,
+        Self::NoCommonAlpn,
+        Self::Misbehaved,
+        Self::DecryptError,
+        Self::Other,
+        Self::NoCertificate,
+        Self::UnknownIssuer,
+        Self::BadSignature,
+        Self::BadEncoding,
+        Self::Expired,
+        Self::NotYetValid,
+        Self::WrongUsage,
+        Self::WrongName,
+        Self::Revoked,
+        Self::InvalidCertificate,
+        Self::NotAnSvid,
+        Self::UnexpectedIdentity,
+        Self::ForeignTrustDomain,
+        Self::RefusedByPeer,
+    ];
+
+    /// The label, as metrics, traces and `hush diagnose --json` print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Closed => "closed",
+            Self::Reset => "reset",
+            Self::Io => "io",
+            Self::NotTls => "not_tls",
+            Self::TlsVersion => "tls_version",
+            Self::NoCommonCipher => "no_common_cipher",
+            Self::NoCommonGroup => "no_common_group",
+            Self::NoCommonSignatureScheme => "no_common_signature_scheme",
+            Self::Incompatible => "incompatible",
+            Self::NoCommonAlpn => "no_common_alpn",
+            Self::Misbehaved => "misbehaved",
+            Self::DecryptError => "decrypt_error",
+            Self::Other => "other",
+            Self::NoCertificate => "no_certificate",
+            Self::UnknownIssuer => "unknown_issuer",
+            Self::BadSignature => "bad_signature",
+            Self::BadEncoding => "bad_encoding",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WrongUsage => "wrong_usage",
+            Self::WrongName => "wrong_name",
+            Self::Revoked => "revoked",
+            Self::InvalidCertificate => "invalid_certificate",
+            Self::NotAnSvid => "not_an_svid",
+            Self::UnexpectedIdentity => "unexpected_identity",
+            Self::ForeignTrustDomain => "foreign_trust_domain",
+            Self::RefusedByPeer => "refused_by_peer",
+        }
+    }
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 // === impl HandshakeFailure ===
 
 impl HandshakeFailure {
-    fn new(step: HandshakeStep, reason: &'static str, message: impl Into<String>) -> Self {
+    fn new(step: HandshakeStep, reason: FailureReason, message: impl Into<String>) -> Self {
         Self {
             step,
             reason,
@@ -81,7 +224,7 @@ impl HandshakeFailure {
     pub fn timed_out(limit: Duration) -> Self {
         Self::new(
             HandshakeStep::Connection,
-            "timeout",
+            R::Timeout,
             format!(
                 "the peer did not finish the TLS handshake within {}",
                 humantime::format_duration(limit)
@@ -101,22 +244,22 @@ impl HandshakeFailure {
         match error.kind() {
             ErrorKind::UnexpectedEof => Self::new(
                 HandshakeStep::Connection,
-                "closed",
+                R::Closed,
                 "the peer closed the connection before the TLS handshake finished",
             ),
             ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => Self::new(
                 HandshakeStep::Connection,
-                "reset",
+                R::Reset,
                 "the peer reset the connection during the TLS handshake",
             ),
             ErrorKind::TimedOut => Self::new(
                 HandshakeStep::Connection,
-                "timeout",
+                R::Timeout,
                 "the TLS handshake timed out",
             ),
             _ => Self::new(
                 HandshakeStep::Connection,
-                "io",
+                R::Io,
                 format!("the connection failed during the TLS handshake: {error}"),
             ),
         }
@@ -130,7 +273,7 @@ impl HandshakeFailure {
             E::InvalidCertificate(cert) => Self::from_certificate_error(cert),
             E::NoCertificatesPresented => Self::new(
                 CertificateChain,
-                "no_certificate",
+                R::NoCertificate,
                 "the peer presented no certificate; connections between sidecars are mutual \
                  TLS, so both sides must prove a SPIFFE identity",
             ),
@@ -139,7 +282,7 @@ impl HandshakeFailure {
             | E::InappropriateHandshakeMessage { .. }
             | E::PeerSentOversizedRecord => Self::new(
                 Hello,
-                "not_tls",
+                R::NotTls,
                 format!(
                     "the peer did not speak TLS ({error}): plaintext or garbage sent to a TLS \
                      port?"
@@ -148,25 +291,25 @@ impl HandshakeFailure {
             E::PeerIncompatible(incompatible) => Self::from_incompatible(incompatible),
             E::NoApplicationProtocol => Self::new(
                 Hello,
-                "no_common_alpn",
+                R::NoCommonAlpn,
                 "the peer offered no application protocol (ALPN) that this side accepts",
             ),
             E::PeerMisbehaved(misbehaved) => Self::new(
                 Hello,
-                "misbehaved",
+                R::Misbehaved,
                 format!("the peer broke the TLS protocol: {misbehaved:?}"),
             ),
             E::DecryptError => Self::new(
                 Hello,
-                "decrypt_error",
+                R::DecryptError,
                 "a TLS record could not be decrypted: the peer's keys do not match",
             ),
             E::AlertReceived(alert) => Self::from_alert(*alert),
             E::Other(OtherError(inner)) => match inner.downcast_ref::<PeerIdentityError>() {
                 Some(identity) => Self::from_identity_error(identity),
-                None => Self::new(Hello, "other", format!("TLS failed: {inner}")),
+                None => Self::new(Hello, R::Other, format!("TLS failed: {inner}")),
             },
-            other => Self::new(Hello, "other", format!("TLS failed: {other}")),
+            other => Self::new(Hello, R::Other, format!("TLS failed: {other}")),
         }
     }
 
@@ -176,24 +319,24 @@ impl HandshakeFailure {
         match error {
             C::UnknownIssuer => Self::new(
                 CertificateChain,
-                "unknown_issuer",
+                R::UnknownIssuer,
                 "the peer's certificate does not chain to this mesh's trust bundle (unknown \
                  issuer): it was issued by another CA",
             ),
             C::BadSignature => Self::new(
                 CertificateChain,
-                "bad_signature",
+                R::BadSignature,
                 "a signature in the peer's certificate chain does not verify",
             ),
             C::BadEncoding => Self::new(
                 CertificateChain,
-                "bad_encoding",
+                R::BadEncoding,
                 "the peer's certificate cannot be parsed (bad encoding)",
             ),
-            C::Expired => Self::new(Validity, "expired", "the peer's certificate has expired"),
+            C::Expired => Self::new(Validity, R::Expired, "the peer's certificate has expired"),
             C::ExpiredContext { time, not_after } => Self::new(
                 Validity,
-                "expired",
+                R::Expired,
                 format!(
                     "the peer's certificate expired at {} ({} ago)",
                     rfc3339(*not_after),
@@ -202,12 +345,12 @@ impl HandshakeFailure {
             ),
             C::NotValidYet => Self::new(
                 Validity,
-                "not_yet_valid",
+                R::NotYetValid,
                 "the peer's certificate is not valid yet (is a clock wrong?)",
             ),
             C::NotValidYetContext { time, not_before } => Self::new(
                 Validity,
-                "not_yet_valid",
+                R::NotYetValid,
                 format!(
                     "the peer's certificate is not valid until {} (in {}; is a clock wrong?)",
                     rfc3339(*not_before),
@@ -216,31 +359,31 @@ impl HandshakeFailure {
             ),
             C::InvalidPurpose | C::InvalidPurposeContext { .. } => Self::new(
                 CertificateChain,
-                "wrong_usage",
+                R::WrongUsage,
                 "the peer's certificate is not meant for this use (its extended key usage \
                  lacks client or server authentication)",
             ),
             C::NotValidForName | C::NotValidForNameContext { .. } => Self::new(
                 SpiffeId,
-                "wrong_name",
+                R::WrongName,
                 format!("the peer's certificate is not valid for the name asked for ({error})"),
             ),
             C::Revoked => Self::new(
                 CertificateChain,
-                "revoked",
+                R::Revoked,
                 "the peer's certificate has been revoked",
             ),
             C::Other(OtherError(inner)) => match inner.downcast_ref::<PeerIdentityError>() {
                 Some(identity) => Self::from_identity_error(identity),
                 None => Self::new(
                     CertificateChain,
-                    "invalid_certificate",
+                    R::InvalidCertificate,
                     format!("the peer's certificate was refused: {inner}"),
                 ),
             },
             other => Self::new(
                 CertificateChain,
-                "invalid_certificate",
+                R::InvalidCertificate,
                 format!("the peer's certificate was refused: {other:?}"),
             ),
         }
@@ -248,9 +391,9 @@ impl HandshakeFailure {
 
     fn from_identity_error(error: &PeerIdentityError) -> Self {
         let reason = match error {
-            PeerIdentityError::NotAnSvid(_) => "not_an_svid",
-            PeerIdentityError::UnexpectedIdentity { .. } => "unexpected_identity",
-            PeerIdentityError::ForeignTrustDomain { .. } => "foreign_trust_domain",
+            PeerIdentityError::NotAnSvid(_) => R::NotAnSvid,
+            PeerIdentityError::UnexpectedIdentity { .. } => R::UnexpectedIdentity,
+            PeerIdentityError::ForeignTrustDomain { .. } => R::ForeignTrustDomain,
         };
         Self::new(HandshakeStep::SpiffeId, reason, error.to_string())
     }
@@ -265,12 +408,12 @@ impl HandshakeFailure {
             | P::ServerDoesNotSupportTls12Or13
             | P::ServerTlsVersionIsDisabledByOurConfig => Self::new(
                 Hello,
-                "tls_version",
+                R::TlsVersion,
                 "the peer does not offer TLS 1.3; hush speaks TLS 1.3 only",
             ),
             P::NoCipherSuitesInCommon => Self::new(
                 Hello,
-                "no_common_cipher",
+                R::NoCommonCipher,
                 "no cipher suite in common; hush offers the TLS 1.3 AEAD suites only \
                  (AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305)",
             ),
@@ -278,19 +421,19 @@ impl HandshakeFailure {
             | P::KeyShareExtensionRequired
             | P::NamedGroupsExtensionRequired => Self::new(
                 Hello,
-                "no_common_group",
+                R::NoCommonGroup,
                 "no key-exchange group in common; hush offers X25519MLKEM768 and X25519",
             ),
             P::NoSignatureSchemesInCommon
             | P::NoCertificateRequestSignatureSchemesInCommon
             | P::SignatureAlgorithmsExtensionRequired => Self::new(
                 Hello,
-                "no_common_signature_scheme",
+                R::NoCommonSignatureScheme,
                 "no signature scheme in common",
             ),
             other => Self::new(
                 Hello,
-                "incompatible",
+                R::Incompatible,
                 format!("the peer's TLS is incompatible with hush's: {other:?}"),
             ),
         }
@@ -303,7 +446,7 @@ impl HandshakeFailure {
         match alert {
             A::CertificateExpired => Self::new(
                 Validity,
-                "refused_by_peer",
+                R::RefusedByPeer,
                 format!(
                     "the peer refused this side's certificate as expired (alert {name}); \
                      has this side's certificate been renewed?"
@@ -311,7 +454,7 @@ impl HandshakeFailure {
             ),
             A::CertificateRequired => Self::new(
                 CertificateChain,
-                "refused_by_peer",
+                R::RefusedByPeer,
                 format!(
                     "the peer requires a certificate and this side presented none (alert {name})"
                 ),
@@ -323,14 +466,14 @@ impl HandshakeFailure {
             | A::UnknownCA
             | A::AccessDenied => Self::new(
                 CertificateChain,
-                "refused_by_peer",
+                R::RefusedByPeer,
                 format!(
                     "the peer refused this side's certificate (alert {name}); its log says why"
                 ),
             ),
             _ => Self::new(
                 Hello,
-                "refused_by_peer",
+                R::RefusedByPeer,
                 format!("the peer ended the handshake (alert {name})"),
             ),
         }
@@ -455,10 +598,23 @@ mod tests {
         for (error, step, reason, words) in cases {
             let failure = HandshakeFailure::from_tls(&error);
             assert_eq!(failure.step, step, "{error:?}");
-            assert_eq!(failure.reason, reason, "{error:?}");
+            assert_eq!(failure.reason.as_str(), reason, "{error:?}");
             let text = failure.to_string();
             assert!(text.starts_with(&format!("{step} failed: ")), "{text}");
             assert!(text.contains(words), "{text}");
+        }
+    }
+
+    #[test]
+    fn reason_labels_are_distinct_metric_labels() {
+        let mut seen = std::collections::HashSet::new();
+        for reason in FailureReason::ALL {
+            let label = reason.as_str();
+            assert!(seen.insert(label), "{label} twice");
+            assert!(
+                !label.is_empty() && label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{label}"
+            );
         }
     }
 
@@ -468,12 +624,15 @@ mod tests {
             std::io::ErrorKind::InvalidData,
             rustls::Error::NoCertificatesPresented,
         );
-        assert_eq!(HandshakeFailure::from_io(&wrapped).reason, "no_certificate");
+        assert_eq!(
+            HandshakeFailure::from_io(&wrapped).reason,
+            FailureReason::NoCertificate
+        );
         let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
         let failure = HandshakeFailure::from_io(&eof);
         assert_eq!(
             (failure.step, failure.reason),
-            (HandshakeStep::Connection, "closed")
+            (HandshakeStep::Connection, FailureReason::Closed)
         );
         let slow = HandshakeFailure::timed_out(Duration::from_secs(10));
         assert_eq!(

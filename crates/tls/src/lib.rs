@@ -15,7 +15,8 @@
 //! * [`TrustStore`] — the trust bundle in force, swappable like the credentials; both
 //!   verifiers follow it.
 //! * [`HandshakeFailure`] — a failed handshake explained: which step (hello, certificate chain,
-//!   validity, SPIFFE ID), a short reason for metrics, and plain words for people.
+//!   validity, SPIFFE ID), a short reason for metrics ([`FailureReason`]), and plain words for
+//!   people.
 
 mod config;
 mod credentials;
@@ -28,7 +29,9 @@ pub use self::config::{
     ALPN_H2, TlsConfigError, client_config, client_config_with_roots, provider, server_config,
 };
 pub use self::credentials::{CredentialError, CredentialStore};
-pub use self::explain::{HandshakeFailure, HandshakeStep, explain_io_error, explain_tls_error};
+pub use self::explain::{
+    FailureReason, HandshakeFailure, HandshakeStep, explain_io_error, explain_tls_error,
+};
 pub use self::trust::{TrustStore, TrustUpdateError};
 pub use self::verify::{
     ExpectedServer, PeerIdentityError, SpiffeClientVerifier, SpiffeServerVerifier, peer_spiffe_id,
