@@ -320,8 +320,12 @@ impl HandshakeFailure {
             C::UnknownIssuer => Self::new(
                 CertificateChain,
                 R::UnknownIssuer,
+                // From the error alone, a chain of another CA and a certificate sent without
+                // its intermediate look alike; naming one would send the user after the wrong
+                // problem (`hush diagnose` reads the chain and tells them apart).
                 "the peer's certificate does not chain to this mesh's trust bundle (unknown \
-                 issuer): it was issued by another CA",
+                 issuer): it was issued by another CA, or sent without the intermediate that \
+                 issued it",
             ),
             C::BadSignature => Self::new(
                 CertificateChain,
@@ -552,7 +556,8 @@ mod tests {
                 rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
                 HandshakeStep::CertificateChain,
                 "unknown_issuer",
-                "unknown issuer",
+                // Both causes, since the error cannot tell them apart.
+                "issued by another CA, or sent without the intermediate that issued it",
             ),
             (
                 rustls::Error::InvalidCertificate(CertificateError::ExpiredContext {

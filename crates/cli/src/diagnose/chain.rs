@@ -184,10 +184,11 @@ impl<'a> Chain<'a> {
         };
         let issuer = &top.issuer;
         let unknown = (FailureReason::UnknownIssuer.into(), plain.to_string());
+        // The handshake's words leave both causes open; the chain decides between them below.
+        let first = plain.split(": it was issued by").next().unwrap_or(plain);
         if self.root_named(issuer).is_some() {
             // The names reach the bundle, yet webpki found no path: no story to add, and "another
             // CA" would be a guess.
-            let first = plain.split(": it was issued by").next().unwrap_or(plain);
             return (
                 unknown.0,
                 format!("{first}, though its chain names {issuer}, which --bundle holds"),
@@ -218,8 +219,8 @@ impl<'a> Chain<'a> {
             (_, true) => (
                 unknown.0,
                 format!(
-                    "{}; its root {} is not in --bundle (which holds {})",
-                    unknown.1,
+                    "{first}: it was issued by another CA; its root {} is not in --bundle \
+                     (which holds {})",
                     top.subject,
                     self.root_names()
                 ),
@@ -227,9 +228,8 @@ impl<'a> Chain<'a> {
             (_, false) => (
                 unknown.0,
                 format!(
-                    "{}; its chain goes up to {}, issued by {issuer}, which --bundle does not \
-                     hold (it holds {})",
-                    unknown.1,
+                    "{first}: it was issued by another CA; its chain goes up to {}, issued by \
+                     {issuer}, which --bundle does not hold (it holds {})",
                     top.subject,
                     self.root_names()
                 ),
