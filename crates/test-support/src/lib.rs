@@ -17,7 +17,8 @@
 //!   certificates, and deliberately broken leaves for verifier tests.
 //! * [`verify_chain`], [`CertFacts`] — check what a CA handed out, independently of hush's own
 //!   parsing (webpki for the chain, x509-parser for the fields).
-//! * [`FakeApiServer`] — a Kubernetes API server over HTTPS that answers TokenReviews.
+//! * [`FakeApiServer`] — a Kubernetes API server over HTTPS that answers TokenReviews, and can
+//!   hold a TokenReview client to the [`TokenReviewContract`].
 //!
 //! Helpers panic with a message that says what went wrong: they run inside tests, where a panic
 //! is a test failure with a readable reason.
@@ -39,8 +40,9 @@ pub use self::csr::{
     oversized_csr, plain_csr, private_key_pem_instead_of_csr,
 };
 pub use self::fake_k8s::{
-    FakeApiServer, ReviewRequest, ReviewResponder, forbidden, token_review_authenticated,
-    token_review_rejected,
+    ApiBody, FakeApiServer, FakeApiServerBuilder, ReviewRequest, ReviewResponder,
+    TokenReviewContract, api_response, forbidden, json_response, status_failure, token_review,
+    token_review_authenticated, token_review_rejected,
 };
 pub use self::openssl::{OpensslKey, openssl_available, openssl_csr, openssl_csr_with_digest};
 pub use self::process::{

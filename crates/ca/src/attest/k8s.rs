@@ -979,19 +979,20 @@ fn shorten(text: &str) -> String {
 mod tests {
     use std::{
         convert::Infallible,
-        net::SocketAddr,
         pin::Pin,
         sync::Mutex,
         task::{Context, Poll},
     };
 
     use http::Response;
-    use http_body_util::combinators::BoxBody;
+    use hush_test_support::{
+        ApiBody, FakeApiServer, FakeApiServerBuilder, ReviewRequest, TestCa, TokenReviewContract,
+        api_response, forbidden, json_response, status_failure, token_review,
+    };
     use hyper::body::{Body, Frame, SizeHint};
     use serde_json::{Value, json};
     use tempfile::TempDir;
     use tokio::net::TcpListener;
-    use tokio_rustls::TlsAcceptor;
 
     use super::*;
 
@@ -1000,254 +1001,12 @@ mod tests {
     const OWN_TOKEN: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6Im93biJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6aHVzaDpodXNoLWNhIn0.b3duLXNpZ25hdHVyZQ";
     const SA_UID: &str = "5b1a7c8e-3f0d-4f5e-9a51-2c3b4d5e6f70";
 
-    type ReplyBody = BoxBody<Bytes, Infallible>;
-    type Responder = Box<dyn Fn(&str) -> Response<ReplyBody> + Send + Sync>;
+    // === Answers from the fake API server ===
 
-    // === Certificates ===
-
-    /// A throwaway CA and a server certificate that it signed.
-    struct TestPki {
-        ca_pem: String,
-        server: Arc<rustls::ServerConfig>,
-    }
-
-    impl TestPki {
-        /// A CA whose server certificate names 127.0.0.1, as a test client dials it.
-        fn new(name: &str) -> Self {
-            Self::for_names(name, &["127.0.0.1", "localhost"])
-        }
-
-        fn for_names(name: &str, server_names: &[&str]) -> Self {
-            let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-            ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            ca_params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, format!("{name} test CA"));
-            ca_params.key_usages = vec![
-                rcgen::KeyUsagePurpose::KeyCertSign,
-                rcgen::KeyUsagePurpose::CrlSign,
-            ];
-            let ca =
-                rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
-                    .unwrap();
-
-            let names: Vec<String> = server_names.iter().map(|n| (*n).to_owned()).collect();
-            let mut params = rcgen::CertificateParams::new(names).unwrap();
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, "kube-apiserver");
-            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-            let key = rcgen::KeyPair::generate().unwrap();
-            let cert = params.signed_by(&key, &ca).unwrap();
-
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let server = rustls::ServerConfig::builder_with_provider(provider)
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(
-                    vec![cert.der().clone()],
-                    rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-                )
-                .unwrap();
-            Self {
-                ca_pem: ca.pem(),
-                server: Arc::new(server),
-            }
-        }
-    }
-
-    // === A fake Kubernetes API server ===
-
-    #[derive(Default)]
-    struct Seen {
-        requests: usize,
-        authorizations: Vec<String>,
-        problems: Vec<String>,
-    }
-
-    struct State {
-        /// The `host:port` clients must send in `Host`.
-        host: String,
-        token_file: PathBuf,
-        respond: Responder,
-        seen: Mutex<Seen>,
-    }
-
-    /// An HTTPS server on 127.0.0.1 that checks each TokenReview request as the API server
-    /// would and answers with `respond(spec.token)`.
-    struct FakeApiServer {
-        addr: SocketAddr,
-        state: Arc<State>,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    impl FakeApiServer {
-        async fn start(
-            tls: Arc<rustls::ServerConfig>,
-            token_file: PathBuf,
-            respond: impl Fn(&str) -> Response<ReplyBody> + Send + Sync + 'static,
-        ) -> Self {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let acceptor = TlsAcceptor::from(tls);
-            let state = Arc::new(State {
-                host: addr.to_string(),
-                token_file,
-                respond: Box::new(respond),
-                seen: Mutex::default(),
-            });
-            let task = tokio::spawn({
-                let state = state.clone();
-                async move {
-                    while let Ok((tcp, _)) = listener.accept().await {
-                        let (acceptor, state) = (acceptor.clone(), state.clone());
-                        tokio::spawn(async move {
-                            let Ok(tls) = acceptor.accept(tcp).await else {
-                                return;
-                            };
-                            let service = hyper::service::service_fn(move |req| {
-                                let state = state.clone();
-                                async move { Ok::<_, Infallible>(state.handle(req).await) }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(tls), service)
-                                .await;
-                        });
-                    }
-                }
-            });
-            Self { addr, state, task }
-        }
-
-        fn url(&self) -> String {
-            format!("https://{}", self.addr)
-        }
-
-        fn requests(&self) -> usize {
-            self.state.seen.lock().unwrap().requests
-        }
-
-        fn authorizations(&self) -> Vec<String> {
-            self.state.seen.lock().unwrap().authorizations.clone()
-        }
-
-        /// Fails the test if any request broke the TokenReview contract.
-        fn assert_requests_were_valid(&self) {
-            let seen = self.state.seen.lock().unwrap();
-            assert!(
-                seen.problems.is_empty(),
-                "bad requests: {:?}",
-                seen.problems
-            );
-        }
-    }
-
-    impl Drop for FakeApiServer {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
-
-    impl State {
-        async fn handle(&self, req: Request<Incoming>) -> Response<ReplyBody> {
-            let mut problems = Vec::new();
-            if req.method() != Method::POST {
-                problems.push(format!("method is {}, want POST", req.method()));
-            }
-            if req.uri().path() != TOKEN_REVIEW_PATH {
-                problems.push(format!("path is {}, want {TOKEN_REVIEW_PATH}", req.uri()));
-            }
-            let header = |name| {
-                req.headers()
-                    .get(name)
-                    .and_then(|v: &HeaderValue| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            // The file is read now, so a client that cached an old token fails here.
-            let own_token = std::fs::read_to_string(&self.token_file).unwrap();
-            let authorization = header(header::AUTHORIZATION);
-            if authorization != format!("Bearer {}", own_token.trim()) {
-                problems.push(format!(
-                    "Authorization is {authorization:?}, want the token file's content"
-                ));
-            }
-            if header(header::CONTENT_TYPE) != "application/json" {
-                problems.push("content-type is not application/json".to_owned());
-            }
-            if header(header::HOST) != self.host {
-                problems.push(format!(
-                    "Host is {:?}, want {:?}",
-                    header(header::HOST),
-                    self.host
-                ));
-            }
-
-            let body = req.into_body().collect().await.unwrap().to_bytes();
-            let review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            if review["apiVersion"] != "authentication.k8s.io/v1" || review["kind"] != "TokenReview"
-            {
-                problems.push(format!("body is not a TokenReview: {review}"));
-            }
-            if review["spec"]["audiences"] != json!([AUDIENCE]) {
-                problems.push(format!(
-                    "spec.audiences is {}, want [{AUDIENCE:?}]",
-                    review["spec"]["audiences"]
-                ));
-            }
-            let token = review["spec"]["token"].as_str().unwrap_or_default();
-            if token.is_empty() {
-                problems.push("spec.token is missing".to_owned());
-            }
-
-            {
-                let mut seen = self.seen.lock().unwrap();
-                seen.requests += 1;
-                seen.authorizations.push(authorization);
-                seen.problems.extend(problems.iter().cloned());
-            }
-            if !problems.is_empty() {
-                return status_reply(StatusCode::BAD_REQUEST, &problems.join("; "));
-            }
-            (self.respond)(token)
-        }
-    }
-
-    fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<ReplyBody> {
-        Response::builder()
-            .status(status)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body.into()).boxed())
-            .unwrap()
-    }
-
-    /// A TokenReview answer shaped like the Kubernetes API reference's, echoing the spec as
-    /// the real API server does.
-    fn review_reply(token: &str, status: Value) -> Response<ReplyBody> {
-        let review = json!({
-            "kind": "TokenReview",
-            "apiVersion": "authentication.k8s.io/v1",
-            "metadata": { "creationTimestamp": null },
-            "spec": { "token": token, "audiences": [AUDIENCE] },
-            "status": status,
-        });
-        reply(StatusCode::CREATED, review.to_string())
-    }
-
-    /// A Kubernetes `Status` failure object, as the API server sends with 4xx and 5xx.
-    fn status_reply(code: StatusCode, message: &str) -> Response<ReplyBody> {
-        let reason = code.canonical_reason().unwrap_or_default().replace(' ', "");
-        let status = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": reason,
-            "code": code.as_u16(),
-        });
-        reply(code, status.to_string())
+    /// The TokenReview echoed back with `status` filled in, as the API server answers a review
+    /// it could judge.
+    fn review_reply(request: &ReviewRequest, status: Value) -> Response<ApiBody> {
+        json_response(201, &token_review(request, status))
     }
 
     fn service_account_status(namespace: &str, name: &str) -> Value {
@@ -1298,19 +1057,37 @@ mod tests {
         path
     }
 
-    async fn setup(respond: impl Fn(&str) -> Response<ReplyBody> + Send + Sync + 'static) -> Setup {
-        let pki = TestPki::new("cluster");
+    /// A fake API server that checks every request as the real one would, with the CA's own
+    /// token in `token_file`, and answers one that breaks the contract with HTTP 400.
+    fn api_server(token_file: &Path) -> FakeApiServerBuilder {
+        FakeApiServer::builder().contract(TokenReviewContract::new(AUDIENCE, token_file))
+    }
+
+    /// A client of a fake API server that answers each review with `respond`.
+    fn setup(
+        respond: impl Fn(&ReviewRequest) -> Response<ApiBody> + Send + Sync + 'static,
+    ) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let token_file = own_token_file(&dir);
-        let server = FakeApiServer::start(pki.server.clone(), token_file.clone(), respond).await;
-        let client =
-            TokenReviewClient::new(config(server.url(), &pki.ca_pem, token_file.clone())).unwrap();
+        let server = api_server(&token_file).start_http(respond);
+        let client = TokenReviewClient::new(config(
+            server.url().to_owned(),
+            server.ca_pem(),
+            token_file.clone(),
+        ))
+        .unwrap();
         Setup {
             server,
             client,
             token_file,
             _dir: dir,
         }
+    }
+
+    /// The root of a CA that has nothing to do with any API server: for clients that never reach
+    /// one.
+    fn unrelated_ca_pem() -> String {
+        TestCa::new("cluster.local").root_pem()
     }
 
     fn assert_unavailable(error: &TokenReviewError) {
@@ -1332,11 +1109,10 @@ mod tests {
 
     #[tokio::test]
     async fn authenticated_service_account_is_identified() {
-        let s = setup(|token| {
-            assert_eq!(token, CALLER_TOKEN);
-            review_reply(token, service_account_status("shop", "frontend"))
-        })
-        .await;
+        let s = setup(|request| {
+            assert_eq!(request.token(), Some(CALLER_TOKEN));
+            review_reply(request, service_account_status("shop", "frontend"))
+        });
 
         let id = s.client.review(CALLER_TOKEN).await.unwrap();
 
@@ -1348,7 +1124,7 @@ mod tests {
                 uid: Some(SA_UID.to_owned()),
             }
         );
-        assert_eq!(s.server.requests(), 1);
+        assert_eq!(s.server.requests().len(), 1);
         s.server.assert_requests_were_valid();
     }
 
@@ -1477,11 +1253,11 @@ mod tests {
             .enumerate()
             .map(|(i, row)| (format!("{CALLER_TOKEN}-{i}"), row.status.clone()))
             .collect();
-        let s = setup(move |token| {
+        let s = setup(move |request| {
+            let token = request.token().unwrap_or_default();
             let (_, status) = statuses.iter().find(|(t, _)| t == token).unwrap();
-            review_reply(token, status.clone())
-        })
-        .await;
+            review_reply(request, status.clone())
+        });
 
         for (i, row) in rows.iter().enumerate() {
             let result = s.client.review(&format!("{CALLER_TOKEN}-{i}")).await;
@@ -1502,21 +1278,14 @@ mod tests {
                 (want, got) => panic!("{}: want {want:?}, got {got:?}", row.name),
             }
         }
-        assert_eq!(s.server.requests(), rows.len());
+        assert_eq!(s.server.requests().len(), rows.len());
         s.server.assert_requests_were_valid();
     }
 
     #[tokio::test]
     async fn forbidden_blames_the_cas_rbac_not_the_caller() {
-        let s = setup(|_| {
-            status_reply(
-                StatusCode::FORBIDDEN,
-                "tokenreviews.authentication.k8s.io is forbidden: User \
-                 \"system:serviceaccount:hush-system:hush-ca\" cannot create resource \
-                 \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope",
-            )
-        })
-        .await;
+        let s =
+            setup(|_| json_response(403, &forbidden("system:serviceaccount:hush-system:hush-ca")));
 
         let error = s.client.review(CALLER_TOKEN).await.unwrap_err();
 
@@ -1539,7 +1308,7 @@ mod tests {
 
     #[tokio::test]
     async fn unauthorized_blames_the_cas_own_token_not_the_caller() {
-        let s = setup(|_| status_reply(StatusCode::UNAUTHORIZED, "Unauthorized")).await;
+        let s = setup(|_| json_response(401, &status_failure(401, "Unauthorized")));
 
         let error = s.client.review(CALLER_TOKEN).await.unwrap_err();
 
@@ -1560,15 +1329,12 @@ mod tests {
     #[tokio::test]
     async fn other_error_status_reports_a_truncated_body() {
         let s = setup(|_| {
-            Response::builder()
-                .status(StatusCode::BAD_GATEWAY)
-                .header(header::CONTENT_TYPE, "text/html")
-                .body(
-                    Full::new(Bytes::from(format!("<html>{}</html>", "x".repeat(10_000)))).boxed(),
-                )
-                .unwrap()
-        })
-        .await;
+            api_response(
+                502,
+                "text/html",
+                format!("<html>{}</html>", "x".repeat(10_000)),
+            )
+        });
 
         let error = s.client.review(CALLER_TOKEN).await.unwrap_err();
 
@@ -1612,11 +1378,11 @@ mod tests {
             (StatusCode::CREATED, ""),
         ];
         // Each review's token ends in the index of the answer it gets.
-        let s = setup(move |token| {
+        let s = setup(move |request| {
+            let token = request.token().unwrap_or_default();
             let i: usize = token.rsplit('-').next().unwrap().parse().unwrap();
-            reply(answers[i].0, answers[i].1)
-        })
-        .await;
+            api_response(answers[i].0.as_u16(), "application/json", answers[i].1)
+        });
 
         for i in 0..answers.len() {
             let error = s
@@ -1660,12 +1426,11 @@ mod tests {
             *calls += 1;
             if *calls == 1 {
                 // Announced by Content-Length.
-                reply(StatusCode::CREATED, vec![b' '; MAX_RESPONSE_BYTES + 1])
+                api_response(201, "application/json", vec![b' '; MAX_RESPONSE_BYTES + 1])
             } else {
                 Response::new(Endless.boxed())
             }
-        })
-        .await;
+        });
 
         for _ in 0..2 {
             let error = s.client.review(CALLER_TOKEN).await.unwrap_err();
@@ -1684,8 +1449,7 @@ mod tests {
 
     #[tokio::test]
     async fn own_token_is_read_again_for_each_review() {
-        let s =
-            setup(|token| review_reply(token, service_account_status("shop", "frontend"))).await;
+        let s = setup(|request| review_reply(request, service_account_status("shop", "frontend")));
         s.client.review(CALLER_TOKEN).await.unwrap();
 
         // The kubelet rotates the projected token by replacing the file.
@@ -1693,17 +1457,25 @@ mod tests {
         std::fs::write(&s.token_file, &rotated).unwrap();
         s.client.review(CALLER_TOKEN).await.unwrap();
 
+        let authorizations: Vec<_> = s
+            .server
+            .requests()
+            .into_iter()
+            .map(|request| request.authorization)
+            .collect();
         assert_eq!(
-            s.server.authorizations(),
-            [format!("Bearer {OWN_TOKEN}"), format!("Bearer {rotated}")]
+            authorizations,
+            [
+                Some(format!("Bearer {OWN_TOKEN}")),
+                Some(format!("Bearer {rotated}"))
+            ]
         );
         s.server.assert_requests_were_valid();
     }
 
     #[tokio::test]
     async fn empty_or_huge_token_is_rejected_without_asking() {
-        let s =
-            setup(|token| review_reply(token, service_account_status("shop", "frontend"))).await;
+        let s = setup(|request| review_reply(request, service_account_status("shop", "frontend")));
 
         let error = s.client.review("").await.unwrap_err();
         assert!(matches!(error, TokenReviewError::EmptyToken), "{error:?}");
@@ -1720,21 +1492,21 @@ mod tests {
         );
         assert!(error.is_rejection());
 
-        assert_eq!(s.server.requests(), 0);
+        assert_eq!(s.server.requests().len(), 0);
     }
 
     #[tokio::test]
     async fn tokens_never_appear_in_errors_or_debug() {
-        let s = setup(|token| {
+        let s = setup(|request| {
             // A misbehaving server (or proxy) that echoes both tokens into its messages.
+            let token = request.token().unwrap_or_default();
             let both = format!("token {token} rejected; sent by Bearer {OWN_TOKEN}");
             if token.ends_with("-status") {
-                status_reply(StatusCode::INTERNAL_SERVER_ERROR, &both)
+                json_response(500, &status_failure(500, &both))
             } else {
-                review_reply(token, json!({ "authenticated": false, "error": both }))
+                review_reply(request, json!({ "authenticated": false, "error": both }))
             }
-        })
-        .await;
+        });
 
         let caller = CALLER_TOKEN.to_owned();
         let error = s.client.review(&caller).await.unwrap_err();
@@ -1767,8 +1539,7 @@ mod tests {
 
     #[tokio::test]
     async fn missing_or_empty_own_token_is_the_cas_problem() {
-        let s =
-            setup(|token| review_reply(token, service_account_status("shop", "frontend"))).await;
+        let s = setup(|request| review_reply(request, service_account_status("shop", "frontend")));
 
         std::fs::write(&s.token_file, "\n").unwrap();
         let error = s.client.review(CALLER_TOKEN).await.unwrap_err();
@@ -1786,14 +1557,13 @@ mod tests {
         );
         assert_unavailable(&error);
 
-        assert_eq!(s.server.requests(), 0);
+        assert_eq!(s.server.requests().len(), 0);
     }
 
     // === Tests without a working API server ===
 
     #[tokio::test]
     async fn unreachable_api_server_is_unavailable() {
-        let pki = TestPki::new("cluster");
         let dir = tempfile::tempdir().unwrap();
         let closed = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1801,7 +1571,7 @@ mod tests {
         };
         let client = TokenReviewClient::new(config(
             format!("https://{closed}"),
-            &pki.ca_pem,
+            &unrelated_ca_pem(),
             own_token_file(&dir),
         ))
         .unwrap();
@@ -1818,36 +1588,40 @@ mod tests {
 
     #[tokio::test]
     async fn certificate_from_another_ca_fails_the_handshake() {
-        let cluster = TestPki::new("cluster");
-        let impostor = TestPki::new("impostor");
+        // The server's certificate comes from its own CA; the client trusts another one.
         let dir = tempfile::tempdir().unwrap();
         let token_file = own_token_file(&dir);
-        let server = FakeApiServer::start(impostor.server.clone(), token_file.clone(), |token| {
-            review_reply(token, service_account_status("shop", "frontend"))
-        })
-        .await;
-        let client =
-            TokenReviewClient::new(config(server.url(), &cluster.ca_pem, token_file)).unwrap();
+        let server = api_server(&token_file).start_http(|request| {
+            review_reply(request, service_account_status("shop", "frontend"))
+        });
+        let client = TokenReviewClient::new(config(
+            server.url().to_owned(),
+            &unrelated_ca_pem(),
+            token_file,
+        ))
+        .unwrap();
 
         let error = client.review(CALLER_TOKEN).await.unwrap_err();
 
         assert!(matches!(error, TokenReviewError::Tls { .. }), "{error:?}");
         assert_unavailable(&error);
         assert!(error.to_string().contains("UnknownIssuer"), "{error}");
-        assert_eq!(server.requests(), 0);
+        assert_eq!(server.requests().len(), 0);
     }
 
     #[tokio::test]
     async fn certificate_for_another_host_fails_the_handshake() {
         // Signed by the trusted CA, but naming only the in-cluster DNS name, not 127.0.0.1.
-        let pki = TestPki::for_names("cluster", &["kubernetes.default.svc"]);
         let dir = tempfile::tempdir().unwrap();
         let token_file = own_token_file(&dir);
-        let server = FakeApiServer::start(pki.server.clone(), token_file.clone(), |token| {
-            review_reply(token, service_account_status("shop", "frontend"))
-        })
-        .await;
-        let client = TokenReviewClient::new(config(server.url(), &pki.ca_pem, token_file)).unwrap();
+        let server = api_server(&token_file)
+            .server_names(&["kubernetes.default.svc"])
+            .start_http(|request| {
+                review_reply(request, service_account_status("shop", "frontend"))
+            });
+        let client =
+            TokenReviewClient::new(config(server.url().to_owned(), server.ca_pem(), token_file))
+                .unwrap();
 
         let error = client.review(CALLER_TOKEN).await.unwrap_err();
 
@@ -1859,12 +1633,11 @@ mod tests {
                 .contains("not valid for name \"127.0.0.1\""),
             "{error}"
         );
-        assert_eq!(server.requests(), 0);
+        assert_eq!(server.requests().len(), 0);
     }
 
     #[tokio::test]
     async fn silent_api_server_times_out() {
-        let pki = TestPki::new("cluster");
         let dir = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1875,7 +1648,11 @@ mod tests {
                 held.push(tcp);
             }
         });
-        let mut config = config(format!("https://{addr}"), &pki.ca_pem, own_token_file(&dir));
+        let mut config = config(
+            format!("https://{addr}"),
+            &unrelated_ca_pem(),
+            own_token_file(&dir),
+        );
         config.timeout = Duration::from_millis(200);
         let client = TokenReviewClient::new(config).unwrap();
 
@@ -1896,10 +1673,9 @@ mod tests {
         fn send<T: Send>(_: &T) {}
         send_sync::<TokenReviewClient>();
         send_sync::<TokenReviewError>();
-        let pki = TestPki::new("cluster");
         let client = TokenReviewClient::new(config(
             "https://10.96.0.1".to_owned(),
-            &pki.ca_pem,
+            &unrelated_ca_pem(),
             "/t".into(),
         ))
         .unwrap();
@@ -1910,8 +1686,8 @@ mod tests {
 
     #[test]
     fn configuration_errors_name_the_field() {
-        let pki = TestPki::new("cluster");
-        let good = || config("https://10.96.0.1:443".to_owned(), &pki.ca_pem, "/t".into());
+        let ca_pem = unrelated_ca_pem();
+        let good = || config("https://10.96.0.1:443".to_owned(), &ca_pem, "/t".into());
         let cases: Vec<(&str, TokenReviewConfig, &str)> = vec![
             (
                 "http",
@@ -2058,15 +1834,15 @@ mod tests {
 
     #[test]
     fn in_cluster_uses_the_service_environment_and_mounted_files() {
-        let pki = TestPki::new("cluster");
+        let ca_pem = unrelated_ca_pem();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.crt"), &pki.ca_pem).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), &ca_pem).unwrap();
         let env = |v: &str| Some(v.to_owned());
 
         let config =
             TokenReviewConfig::in_cluster_from(env("10.96.0.1"), env("443"), dir.path()).unwrap();
         assert_eq!(config.api_server, "https://10.96.0.1:443");
-        assert_eq!(config.ca_bundle_pem, pki.ca_pem.as_bytes());
+        assert_eq!(config.ca_bundle_pem, ca_pem.as_bytes());
         assert_eq!(config.bearer_token_file, dir.path().join("token"));
         assert_eq!(config.audience, "hush-ca");
         assert_eq!(config.timeout, Duration::from_secs(5));
