@@ -899,6 +899,8 @@ mod defaults {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     const MINIMAL: &str = "
@@ -1241,5 +1243,133 @@ outbound:
                 .unwrap_or_else(|e| panic!("{text:?}: {e}\n{written}"));
             assert_eq!(read, config, "{text:?}\n{written}");
         }
+    }
+
+    /// Every key path of a YAML document read as JSON: `limits.idle_timeout`,
+    /// `outbound[].identity` (the same paths `tests/docs_e2e.rs` takes from the reference).
+    fn key_paths(value: &serde_json::Value, prefix: &str, found: &mut BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    found.insert(path.clone());
+                    key_paths(child, &path, found);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    key_paths(item, &format!("{prefix}[]"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `examples/proxy/reference.yaml` shows every key the configuration has, and
+    /// `tests/docs_e2e.rs` holds the documentation to the reference. The configuration below
+    /// is written out field by field, with no default, so a field added to these types does
+    /// not compile here until it has a value; written, it then fails here until the reference
+    /// (and so the documentation) shows it.
+    #[test]
+    fn the_reference_shows_every_key() {
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let id = || Identities(vec!["spiffe://cluster.local/a".parse().unwrap()]);
+        let second = Duration::from_secs(1);
+        // Every value differs from its default, so that every key is written.
+        let every_key = ProxyConfig {
+            ca: CaConfig {
+                address: "https://ca:8443".into(),
+                trust_bundle: "bundle.pem".into(),
+                token_file: "token".into(),
+                certificate_ttl: Some(second),
+                bundle_refresh: second,
+            },
+            inbound: Some(InboundConfig {
+                listen: addr(1),
+                app: addr(2),
+                protocol: Protocol::Tcp,
+                captured: true,
+                protected_headers: vec!["x-auth-user".into()],
+            }),
+            outbound: vec![OutboundConfig {
+                listen: addr(3),
+                upstream: "backend:15006".into(),
+                identity: id(),
+                protocol: Protocol::Http2,
+            }],
+            transparent: Some(TransparentConfig {
+                listen: addr(4),
+                passthrough: Passthrough {
+                    cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+                    ports: vec![53],
+                },
+                opaque_ports: vec![25],
+                destinations: vec![DestinationRule {
+                    cidr: "10.1.2.0/24".parse().unwrap(),
+                    port: Some(8080),
+                    identity: id(),
+                }],
+            }),
+            policy: Some(PolicyConfig {
+                path: "policy".into(),
+                default: DefaultPolicy::Deny,
+                optional: true,
+            }),
+            admin: AdminConfig {
+                listen: addr(5),
+                probes: vec![AppProbe {
+                    path: "/app-health/app/readiness".into(),
+                    port: 8080,
+                    http_path: Some("/healthz".into()),
+                }],
+                max_connections: 1,
+            },
+            limits: Limits {
+                handshake_timeout: second,
+                detect_timeout: second,
+                idle_timeout: second,
+                connect_timeout: second,
+                header_timeout: second,
+                max_header_bytes: 1,
+                max_connections: 1,
+                max_concurrent_streams: 1,
+                max_handshakes_per_address: 1,
+            },
+            access_log: AccessLog::All,
+            tracing: TracingConfig {
+                otlp_endpoint: Some("http://127.0.0.1:4317".into()),
+                service_name: Some("hush-proxy".into()),
+            },
+            shutdown_grace: second,
+        };
+        let mut keys = BTreeSet::new();
+        let written: serde_json::Value =
+            serde_saphyr::from_str(&every_key.to_yaml().unwrap()).unwrap();
+        key_paths(&written, "", &mut keys);
+
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proxy/reference.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut shown = BTreeSet::new();
+        key_paths(&serde_saphyr::from_str(&text).unwrap(), "", &mut shown);
+        // A key the reference shows commented out (it has no default to write) counts, as
+        // in the documentation's test.
+        let missing: Vec<_> = keys
+            .difference(&shown)
+            .filter(|key| {
+                let last = key.rsplit('.').next().unwrap_or_default();
+                !text.contains(&format!("# {last}:"))
+            })
+            .collect();
+        let unknown: Vec<_> = shown.difference(&keys).collect();
+        assert!(
+            missing.is_empty() && unknown.is_empty(),
+            "keys of ProxyConfig that examples/proxy/reference.yaml does not show: {missing:?}\n\
+             keys of the reference this test does not set: {unknown:?}"
+        );
     }
 }
