@@ -10,6 +10,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use hush_proxy::{
+    AppProbe, Identities, InboundConfig, OutboundConfig, PolicyConfig, TransparentConfig,
+};
 use hush_test_support::{
     CaProcess, HushProcess, ProxyProcess, describe_output, write_sidecar_config,
 };
@@ -17,6 +20,11 @@ use hush_test_support::{
 const HUSH: &str = env!("CARGO_BIN_EXE_hush");
 /// The system's Python: the test's clients run as other uids, which must be able to run it.
 const PYTHON: &str = "/usr/bin/python3";
+
+/// `[::]:PORT`, where the injector puts the sidecar's listeners.
+fn every_address(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))
+}
 
 #[test]
 fn dry_run_prints_the_rules_without_touching_anything() {
@@ -402,36 +410,43 @@ impl CapturedPods {
             &ca_dir,
             "https://127.0.0.1:7443",
             "spiffe://cluster.local/ns/shop/sa/backend",
-            // (Continuing the `admin:` section test-support writes: the app's rewritten
-            // probe.) The listeners are laid out as the injector lays them out, plus an
-            // explicit outbound listener on every address, which a pod's address reaches.
-            &format!(
-                "  probes:\n    - path: /app-health/app/readiness\n      port: 8080\n      http_path: /hello\n\
-                 inbound:\n  listen: \"[::]:15006\"\n  app: 127.0.0.1:9\n  captured: true\n\
-                 transparent:\n  listen: \"[::]:15001\"\n\
-                 outbound:\n  - listen: 0.0.0.0:15011\n    upstream: 10.200.0.1:15006\n    identity: spiffe://cluster.local/ns/shop/sa/frontend\n\
-                 policy:\n  path: {}\n",
-                policy.display()
-            ),
+            // The listeners are laid out as the injector lays them out (the admin port on
+            // every address, with the app's rewritten probe), plus an explicit outbound
+            // listener on every address, which a pod's address reaches.
+            |c| {
+                c.admin.listen = every_address(15020);
+                c.admin.probes = vec![AppProbe {
+                    path: "/app-health/app/readiness".into(),
+                    port: 8080,
+                    http_path: Some("/hello".into()),
+                }];
+                c.inbound = Some(InboundConfig {
+                    captured: true,
+                    ..InboundConfig::new(
+                        every_address(15006),
+                        "127.0.0.1:9".parse().expect("an address"),
+                    )
+                });
+                c.transparent = Some(TransparentConfig::new(every_address(15001)));
+                c.outbound = vec![OutboundConfig::new(
+                    "0.0.0.0:15011".parse().expect("an address"),
+                    "10.200.0.1:15006",
+                    Identities(vec![
+                        "spiffe://cluster.local/ns/shop/sa/frontend"
+                            .parse()
+                            .expect("a SPIFFE ID"),
+                    ]),
+                )];
+                c.policy = Some(PolicyConfig::new(&policy));
+            },
         );
-        // The admin port where the injector puts it: every address, port 15020.
-        let text = std::fs::read_to_string(&backend_config).expect("the backend configuration");
-        std::fs::write(
-            &backend_config,
-            text.replacen(
-                "admin:\n  listen: 127.0.0.1:0\n",
-                "admin:\n  listen: \"[::]:15020\"\n",
-                1,
-            ),
-        )
-        .expect("rewrite the backend configuration");
         let frontend_config = write_sidecar_config(
             HUSH,
             &temp.path().join("frontend"),
             &ca_dir,
             "https://10.200.0.2:7443",
             "spiffe://cluster.local/ns/shop/sa/frontend",
-            "transparent:\n  listen: \"[::]:15001\"\n",
+            |c| c.transparent = Some(TransparentConfig::new(every_address(15001))),
         );
         let backend_sidecar = ProxyProcess::start_wrapped(
             &["ip", "netns", "exec", &backend.0],

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
+use hush_proxy::{InboundConfig, Protocol};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use hostile::*;
@@ -245,7 +246,9 @@ async fn identity_headers_in_every_spelling_are_replaced() {
     let mesh = mesh_in_front_of(
         &judge,
         MeshSpec {
-            backend_inbound: "  protected_headers: [X-Auth-User]\n",
+            backend_inbound: edit(|i: &mut InboundConfig| {
+                i.protected_headers = vec!["X-Auth-User".into()];
+            }),
             ..MeshSpec::default()
         },
     )
@@ -421,7 +424,7 @@ async fn a_port_declared_tcp_never_relays_http() {
     let mesh = mesh_in_front_of(
         &judge,
         MeshSpec {
-            backend_inbound: "  protocol: tcp\n",
+            backend_inbound: edit(|i: &mut InboundConfig| i.protocol = Protocol::Tcp),
             ..MeshSpec::default()
         },
     )

@@ -100,6 +100,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
+use hush_proxy::ProxyConfig;
 use hush_test_support::{TestCa, TestLeaf, expired_leaf_from_ca_dir, leaf_from_ca_dir};
 use hush_tls::hello::{ServerFirst, server_first};
 use hush_tls::rustls;
@@ -532,10 +533,12 @@ async fn tls_abuse_on_the_inbound_port_is_refused_at_the_right_step() {
     let mesh = mesh_in_front_of(
         &judge,
         MeshSpec {
-            extra: "limits:\n  handshake_timeout: 5s\n  max_handshakes_per_address: 4\n  \
-                    header_timeout: 2s\n"
-                .into(),
-            admin: "  max_connections: 16\n",
+            sidecars: edit(|c: &mut ProxyConfig| {
+                c.limits.handshake_timeout = Duration::from_secs(5);
+                c.limits.max_handshakes_per_address = 4;
+                c.limits.header_timeout = Duration::from_secs(2);
+                c.admin.max_connections = 16;
+            }),
             ..MeshSpec::default()
         },
     )
@@ -651,7 +654,9 @@ async fn h2_mesh(judge: &Judge) -> Mesh {
     mesh_in_front_of(
         judge,
         MeshSpec {
-            extra: format!("limits:\n  max_concurrent_streams: {MAX_STREAMS}\n"),
+            sidecars: edit(|c: &mut ProxyConfig| {
+                c.limits.max_concurrent_streams = MAX_STREAMS as usize
+            }),
             ..MeshSpec::default()
         },
     )
@@ -1312,7 +1317,7 @@ async fn slow_request_heads_are_cut_off_and_quiet_keep_alive_is_not() {
     let mesh = mesh_in_front_of(
         &judge,
         MeshSpec {
-            extra: "limits:\n  header_timeout: 1s\n".into(),
+            sidecars: edit(|c: &mut ProxyConfig| c.limits.header_timeout = Duration::from_secs(1)),
             ..MeshSpec::default()
         },
     )
@@ -1405,7 +1410,7 @@ async fn a_trickled_request_line_is_cut_off_by_the_header_timeout() {
     let mesh = mesh_in_front_of(
         &judge,
         MeshSpec {
-            extra: "limits:\n  header_timeout: 1s\n".into(),
+            sidecars: edit(|c: &mut ProxyConfig| c.limits.header_timeout = Duration::from_secs(1)),
             ..MeshSpec::default()
         },
     )
@@ -1462,7 +1467,7 @@ async fn http2_connections_kept_busy_by_pings_alone_are_closed() {
     let mesh = mesh_in_front_of(
         &judge,
         MeshSpec {
-            extra: "limits:\n  idle_timeout: 3s\n".into(),
+            sidecars: edit(|c: &mut ProxyConfig| c.limits.idle_timeout = Duration::from_secs(3)),
             ..MeshSpec::default()
         },
     )

@@ -132,17 +132,17 @@ fn a_sidecar_follows_the_kubelets_token_rotation_to_its_certificate() {
     let token_dir = temp.path().join("token");
     kube::write_kubelet_volume(&token_dir, &[("token", OLD_TOKEN.as_bytes())], 0o600);
     let config = temp.path().join("sidecar.yaml");
-    fs::write(
-        &config,
-        format!(
-            "ca:\n  address: {}\n  trust_bundle: {}\n  token_file: {}\n\
-             inbound:\n  listen: 127.0.0.1:0\n  app: 127.0.0.1:9\nadmin:\n  listen: 127.0.0.1:0\n",
-            ca.url(),
-            path_str(&secret.join("bundle.pem")),
-            path_str(&token_dir.join("token")),
-        ),
-    )
-    .expect("write the sidecar's configuration");
+    let mut sidecar = hush_proxy::ProxyConfig::new(hush_proxy::CaConfig::new(
+        ca.url(),
+        secret.join("bundle.pem"),
+        token_dir.join("token"),
+    ));
+    sidecar.inbound = Some(hush_proxy::InboundConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:9".parse().unwrap(),
+    ));
+    sidecar.admin.listen = "127.0.0.1:0".parse().unwrap();
+    hush_test_support::write_config(&config, &sidecar);
     let starting = std::thread::spawn(move || ProxyProcess::try_start(HUSH, &config, &[]));
 
     // The CA asks the API server about the stale token and refuses it; the sidecar retries.

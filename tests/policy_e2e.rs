@@ -11,6 +11,7 @@ use std::fs;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use hush_proxy::{InboundConfig, PolicyConfig, Protocol, ProxyConfig};
 use hush_test_support::{describe_output, http_request, run_hush, run_hush_ok};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
@@ -623,9 +624,9 @@ async fn a_denied_tcp_connection_is_closed_after_the_handshake() {
     let greeter = apps::start_greeter().await;
     let mesh = Mesh::start(MeshSpec {
         app: Some(greeter),
-        backend_inbound: "  protocol: tcp\n",
+        backend_inbound: edit(|i: &mut InboundConfig| i.protocol = Protocol::Tcp),
         backend_policy: Some(ops_only(false)),
-        more_outbound: vec![(BACKEND, "tcp")],
+        more_outbound: vec![(BACKEND, Protocol::Tcp)],
         ..MeshSpec::default()
     })
     .await;
@@ -764,17 +765,24 @@ fn the_sidecar_refuses_a_policy_that_cannot_work_on_its_port() {
     let (temp, ca_dir) = new_ca();
     let policy = temp.path().join("policy.yaml");
     fs::write(&policy, API_POLICY).unwrap();
-    let body = format!(
-        "inbound:\n  listen: 127.0.0.1:0\n  app: 127.0.0.1:5432\n  protocol: tcp\npolicy:\n  path: {}\n",
-        policy.display()
-    );
+    let guarded = |app: &str, protocol: Protocol| {
+        let policy = policy.clone();
+        let app = app.parse().unwrap();
+        move |c: &mut ProxyConfig| {
+            c.inbound = Some(InboundConfig {
+                protocol,
+                ..InboundConfig::new(loopback(), app)
+            });
+            c.policy = Some(PolicyConfig::new(policy));
+        }
+    };
     let config = sidecar_config(
         temp.path(),
         "db",
         "https://127.0.0.1:1",
         &ca_dir,
         BACKEND,
-        &body,
+        guarded("127.0.0.1:5432", Protocol::Tcp),
     );
     let output = run_hush(HUSH, &["proxy", "--config", path_str(&config), "--check"]);
     assert!(!output.status.success(), "{}", describe_output(&output));
@@ -791,9 +799,7 @@ fn the_sidecar_refuses_a_policy_that_cannot_work_on_its_port() {
         "https://127.0.0.1:1",
         &ca_dir,
         BACKEND,
-        &body
-            .replace("  protocol: tcp\n", "")
-            .replace("5432", "8080"),
+        guarded("127.0.0.1:8080", Protocol::Detect),
     );
     let checked = run_hush_ok(HUSH, &["proxy", "--config", path_str(&config), "--check"]);
     assert!(
@@ -813,10 +819,13 @@ fn the_sidecar_refuses_to_start_on_an_empty_policy_directory() {
         "https://127.0.0.1:1",
         &ca_dir,
         BACKEND,
-        &format!(
-            "inbound:\n  listen: 127.0.0.1:0\n  app: 127.0.0.1:8080\npolicy:\n  path: {}\n",
-            policy.display()
-        ),
+        |c| {
+            c.inbound = Some(InboundConfig::new(
+                loopback(),
+                "127.0.0.1:8080".parse().unwrap(),
+            ));
+            c.policy = Some(PolicyConfig::new(&policy));
+        },
     );
     let output = run_hush(HUSH, &["proxy", "--config", path_str(&config), "--check"]);
     assert!(!output.status.success(), "{}", describe_output(&output));

@@ -20,9 +20,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
+use hush_proxy::{CaConfig, InboundConfig, Protocol, ProxyConfig};
 use hush_test_support::{
     CaProcess, ProxyProcess, TestCa, TestLeaf, describe_output, expired_leaf_from_ca_dir,
-    http_request, leaf_from_ca_dir, run_hush, run_hush_ok,
+    http_request, leaf_from_ca_dir, run_hush, run_hush_ok, write_config,
 };
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -239,7 +240,7 @@ async fn a_websocket_passes_through_and_stays_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_websocket_is_closed_and_holds_its_slot_until_then() {
     let mesh = Mesh::start(MeshSpec {
-        extra: "limits:\n  idle_timeout: 2s\n".into(),
+        sidecars: edit(|c: &mut ProxyConfig| c.limits.idle_timeout = Duration::from_secs(2)),
         ..MeshSpec::default()
     })
     .await;
@@ -286,8 +287,11 @@ async fn a_server_first_protocol_is_not_stalled_and_opaque_ports_skip_detection(
     let greeter = apps::start_greeter().await;
     let mesh = Mesh::start(MeshSpec {
         app: Some(greeter),
-        extra: "limits:\n  detect_timeout: 200ms\n  idle_timeout: 2s\n".into(),
-        more_outbound: vec![(BACKEND, "tcp")],
+        sidecars: edit(|c: &mut ProxyConfig| {
+            c.limits.detect_timeout = Duration::from_millis(200);
+            c.limits.idle_timeout = Duration::from_secs(2);
+        }),
+        more_outbound: vec![(BACKEND, Protocol::Tcp)],
         ..MeshSpec::default()
     })
     .await;
@@ -421,7 +425,10 @@ async fn callers_without_a_valid_certificate_are_refused_with_the_reason() {
 async fn a_wrong_upstream_identity_is_refused_for_http_and_tcp() {
     let impostor_expected = "spiffe://cluster.local/ns/shop/sa/payments";
     let mesh = Mesh::start(MeshSpec {
-        more_outbound: vec![(impostor_expected, "detect"), (impostor_expected, "tcp")],
+        more_outbound: vec![
+            (impostor_expected, Protocol::Detect),
+            (impostor_expected, Protocol::Tcp),
+        ],
         ..MeshSpec::default()
     })
     .await;
@@ -469,7 +476,7 @@ async fn a_wrong_upstream_identity_is_refused_for_http_and_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_plaintext_and_tls12_on_the_inbound_port_are_refused_cleanly() {
     let mesh = Mesh::start(MeshSpec {
-        extra: "limits:\n  handshake_timeout: 1s\n".into(),
+        sidecars: edit(|c: &mut ProxyConfig| c.limits.handshake_timeout = Duration::from_secs(1)),
         ..MeshSpec::default()
     })
     .await;
@@ -746,7 +753,12 @@ fn a_sidecar_waits_for_the_ca_and_is_not_ready_until_then() {
         &format!("https://127.0.0.1:{port}"),
         &ca_dir,
         BACKEND,
-        "inbound:\n  listen: 127.0.0.1:0\n  app: 127.0.0.1:9\n",
+        |c| {
+            c.inbound = Some(InboundConfig::new(
+                loopback(),
+                "127.0.0.1:9".parse().unwrap(),
+            ))
+        },
     );
     let mut proxy =
         hush_test_support::HushProcess::spawn(HUSH, &["proxy", "--config", path_str(&config)]);
@@ -987,7 +999,7 @@ async fn metrics_pass_promtool_and_speak_openmetrics_to_those_who_ask() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let mut mesh = Mesh::start(MeshSpec {
-        extra: "shutdown_grace: 10s\n".into(),
+        sidecars: edit(|c: &mut ProxyConfig| c.shutdown_grace = Duration::from_secs(10)),
         ..MeshSpec::default()
     })
     .await;
@@ -1095,14 +1107,12 @@ fn bad_configuration_is_refused_with_the_field_named() {
     }
 
     let good = temp.path().join("good.yaml");
-    fs::write(
-        &good,
-        format!(
-            "ca:\n  address: https://127.0.0.1:1\n  trust_bundle: {}\n  token_file: token\ninbound:\n  listen: 127.0.0.1:0\n  app: 127.0.0.1:9\n",
-            bundle.display()
-        ),
-    )
-    .unwrap();
+    let mut config = ProxyConfig::new(CaConfig::new("https://127.0.0.1:1", &bundle, "token"));
+    config.inbound = Some(InboundConfig::new(
+        loopback(),
+        "127.0.0.1:9".parse().unwrap(),
+    ));
+    write_config(&good, &config);
     let stdout = run_hush_ok(HUSH, &["proxy", "--config", path_str(&good), "--check"]);
     assert!(stdout.contains("the configuration is valid"), "{stdout}");
 }

@@ -18,12 +18,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use hush_proxy::{
+    AccessLog, InboundConfig, OutboundConfig, PolicyConfig, ProxyConfig, TracingConfig,
+};
 use hush_test_support::{CaProcess, ProxyProcess};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use otlp::{ExportedSpan, OtlpReceiver};
 use sidecars::{
-    BACKEND, FRONTEND, HUSH, Mesh, MeshSpec, get, json, new_ca, sidecar_config, within,
-    write_configmap,
+    BACKEND, FRONTEND, HUSH, Mesh, MeshSpec, edit, get, json, loopback, new_ca, sidecar_config,
+    spiffe_id, within, write_configmap,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -83,30 +86,25 @@ async fn a_request_through_two_sidecars_is_one_trace() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     write_configmap(&temp.path().join("policy"), "policy.yaml", POLICY);
-    let backend_config = sidecar_config(
-        temp.path(),
-        "backend",
-        ca.url(),
-        &ca_dir,
-        BACKEND,
-        &format!(
-            "inbound:\n  listen: 127.0.0.1:0\n  app: {app}\npolicy:\n  path: ../policy\n\
-             access_log: all\ntracing:\n  otlp_endpoint: {endpoint}\n  service_name: backend-sidecar\n"
-        ),
-    );
+    let backend_config = sidecar_config(temp.path(), "backend", ca.url(), &ca_dir, BACKEND, |c| {
+        c.inbound = Some(InboundConfig::new(loopback(), app));
+        c.policy = Some(PolicyConfig::new("../policy"));
+        c.access_log = AccessLog::All;
+        c.tracing = TracingConfig {
+            otlp_endpoint: Some(endpoint.clone()),
+            service_name: Some("backend-sidecar".into()),
+        };
+    });
     let backend = ProxyProcess::try_start(HUSH, &backend_config, &[QUICK_BATCHES])
         .unwrap_or_else(|e| panic!("{e}"));
-    let frontend_config = sidecar_config(
-        temp.path(),
-        "frontend",
-        ca.url(),
-        &ca_dir,
-        FRONTEND,
-        &format!(
-            "outbound:\n  - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {BACKEND}\n",
-            backend.inbound()
-        ),
-    );
+    let frontend_config =
+        sidecar_config(temp.path(), "frontend", ca.url(), &ca_dir, FRONTEND, |c| {
+            c.outbound = vec![OutboundConfig::new(
+                loopback(),
+                backend.inbound().to_string(),
+                spiffe_id(BACKEND),
+            )];
+        });
     let frontend = ProxyProcess::try_start(
         HUSH,
         &frontend_config,
@@ -374,11 +372,12 @@ fn access_line(sidecar: &ProxyProcess, path: &str) -> serde_json::Value {
 async fn a_streamed_response_is_logged_and_traced_when_it_ends() {
     // The spans are checked where the receiver can run; the access lines everywhere.
     let receiver = receiver();
-    let tracing = receiver.as_ref().map_or_else(String::new, |receiver| {
-        format!("tracing:\n  otlp_endpoint: {}\n", receiver.endpoint())
-    });
+    let otlp_endpoint = receiver.as_ref().map(|receiver| receiver.endpoint());
     let mesh = Mesh::start(MeshSpec {
-        extra: format!("access_log: all\n{tracing}"),
+        sidecars: edit(move |c: &mut ProxyConfig| {
+            c.access_log = AccessLog::All;
+            c.tracing.otlp_endpoint.clone_from(&otlp_endpoint);
+        }),
         sidecar_env: vec![QUICK_BATCHES, ("HUSH_LOG_FORMAT", "json")],
         ..MeshSpec::default()
     })
@@ -540,7 +539,7 @@ async fn a_streamed_response_is_logged_and_traced_when_it_ends() {
 async fn what_the_shutdown_grace_cuts_off_is_logged_as_cut_off() {
     // The default access log: only what failed, and this did.
     let mut mesh = Mesh::start(MeshSpec {
-        extra: "shutdown_grace: 1s\n".into(),
+        sidecars: edit(|c: &mut ProxyConfig| c.shutdown_grace = Duration::from_secs(1)),
         sidecar_env: vec![("HUSH_LOG_FORMAT", "json")],
         ..MeshSpec::default()
     })

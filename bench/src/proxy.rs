@@ -21,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use hush_config::{AccessLog, Identities, InboundConfig, OutboundConfig, PolicyConfig, Protocol};
 use hush_test_support::{CaProcess, ProxyProcess, mint_token, run_hush_ok, write_sidecar_config};
 
 use crate::cpu_seconds;
@@ -167,7 +168,7 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
         &ca_dir,
         ca.url(),
         backend_id,
-        &format!("inbound:\n  listen: 127.0.0.1:0\n  app: {app_addr}\n  protocol: http1\n"),
+        |c| c.inbound = Some(http1_inbound(app_addr)),
     );
     let mut backend = ProxyProcess::start(&hush, &backend_config);
     // The same backend behind a sidecar that decides every request by a 1,000-rule policy, in
@@ -184,10 +185,10 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
         &ca_dir,
         ca.url(),
         backend_id,
-        &format!(
-            "inbound:\n  listen: 127.0.0.1:0\n  app: {app_addr}\n  protocol: http1\npolicy:\n  path: {}\n",
-            policy_dir.display()
-        ),
+        |c| {
+            c.inbound = Some(http1_inbound(app_addr));
+            c.policy = Some(PolicyConfig::new(&policy_dir));
+        },
     );
     let mut guarded = ProxyProcess::start(&hush, &guarded_config);
     let frontend_config = write_sidecar_config(
@@ -196,12 +197,12 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
         &ca_dir,
         ca.url(),
         frontend_id,
-        &format!(
-            "outbound:\n  - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {backend_id}\n    protocol: http1\n  \
-             - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {backend_id}\n    protocol: http1\n",
-            backend.inbound(),
-            guarded.inbound()
-        ),
+        |c| {
+            c.outbound = vec![
+                http1_outbound(backend.inbound(), backend_id),
+                http1_outbound(guarded.inbound(), backend_id),
+            ];
+        },
     );
     let mut frontend = ProxyProcess::start(&hush, &frontend_config);
     // Idle: certificates obtained, no traffic yet. The larger of the two is reported.
@@ -212,7 +213,7 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
     // another binary.
     let pair = |name: &str,
                 bin: &Path,
-                extra: &str,
+                access_log: AccessLog,
                 env: &[(&str, &str)]|
      -> Result<[ProxyProcess; 2]> {
         let backend_config = write_sidecar_config(
@@ -221,9 +222,10 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
             &ca_dir,
             ca.url(),
             backend_id,
-            &format!(
-                "inbound:\n  listen: 127.0.0.1:0\n  app: {app_addr}\n  protocol: http1\n{extra}"
-            ),
+            |c| {
+                c.inbound = Some(http1_inbound(app_addr));
+                c.access_log = access_log;
+            },
         );
         let backend = ProxyProcess::try_start(bin, &backend_config, env)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -233,10 +235,10 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
             &ca_dir,
             ca.url(),
             frontend_id,
-            &format!(
-                "outbound:\n  - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {backend_id}\n    protocol: http1\n{extra}",
-                backend.inbound()
-            ),
+            |c| {
+                c.outbound = vec![http1_outbound(backend.inbound(), backend_id)];
+                c.access_log = access_log;
+            },
         );
         let frontend = ProxyProcess::try_start(bin, &frontend_config, env)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -252,7 +254,7 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
             pair(
                 "traced",
                 &hush,
-                "",
+                AccessLog::default(),
                 &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
             )?,
         ));
@@ -261,7 +263,7 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
             pair(
                 "sampled",
                 &hush,
-                "",
+                AccessLog::default(),
                 &[
                     ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
                     ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
@@ -271,14 +273,14 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
         ));
         more_pairs.push((
             "hush pair, access_log: all",
-            pair("logged", &hush, "access_log: all\n", &[])?,
+            pair("logged", &hush, AccessLog::All, &[])?,
         ));
         sink = Some(received);
     }
     if let Some(baseline) = &args.baseline_hush {
         more_pairs.push((
             "hush pair, baseline binary",
-            pair("baseline", baseline, "", &[])?,
+            pair("baseline", baseline, AccessLog::default(), &[])?,
         ));
     }
 
@@ -620,6 +622,31 @@ fn report(
 
 fn micros(d: Duration) -> String {
     format!("{} µs", d.as_micros())
+}
+
+/// A sidecar's inbound listener on a free loopback port in front of `app`, which speaks
+/// HTTP/1.1: told, not detected, so detection is not what is measured.
+fn http1_inbound(app: SocketAddr) -> InboundConfig {
+    InboundConfig {
+        protocol: Protocol::Http1,
+        ..InboundConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), app)
+    }
+}
+
+/// An HTTP/1.1 outbound listener on a free loopback port to the sidecar at `upstream`, which
+/// must prove `identity`.
+fn http1_outbound(upstream: SocketAddr, identity: &str) -> OutboundConfig {
+    let identity = identity
+        .parse()
+        .expect("the benchmark's SPIFFE IDs are valid");
+    OutboundConfig {
+        protocol: Protocol::Http1,
+        ..OutboundConfig::new(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            upstream.to_string(),
+            Identities(vec![identity]),
+        )
+    }
 }
 
 fn path_str(path: &Path) -> &str {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hush_identity::TrustBundle;
+use hush_proxy::{Identities, InboundConfig, OutboundConfig, PolicyConfig, Protocol, ProxyConfig};
 use hush_test_support::{
     CaProcess, ProxyProcess, TestLeaf, http_request, run_hush_ok, write_sidecar_config,
 };
@@ -55,22 +56,39 @@ pub(crate) struct MeshSpec {
     pub(crate) ca_args: Vec<&'static str>,
     /// The app behind the backend sidecar (default: the echo app).
     pub(crate) app: Option<SocketAddr>,
-    /// Extra YAML for the backend's `inbound:` section (`protocol: tcp`).
-    pub(crate) backend_inbound: &'static str,
-    /// Extra YAML at the top level of both sidecars' configurations (`limits: …`).
-    pub(crate) extra: String,
-    /// Extra YAML for both sidecars' `admin:` section, indented by two spaces
-    /// (`  max_connections: 8\n`).
-    pub(crate) admin: &'static str,
+    /// A change to the backend's `inbound` section (`protocol: tcp`).
+    pub(crate) backend_inbound: Edit<InboundConfig>,
+    /// A change to both sidecars' configurations, made after the mesh's own (`limits`,
+    /// `admin.max_connections`, `shutdown_grace`…).
+    pub(crate) sidecars: Edit<ProxyConfig>,
     /// Environment variables for both sidecars.
     pub(crate) sidecar_env: Vec<(&'static str, &'static str)>,
     /// More outbound listeners for the frontend, after the usual one: (identity, protocol).
-    pub(crate) more_outbound: Vec<(&'static str, &'static str)>,
+    pub(crate) more_outbound: Vec<(&'static str, Protocol)>,
     /// Identity policy for the backend sidecar: the text of `policy/policy.yaml`, in a
     /// directory laid out as Kubernetes mounts a ConfigMap (see [`Mesh::edit_policy`]).
     pub(crate) backend_policy: Option<String>,
-    /// Extra YAML for the backend's `policy:` section (`default: deny`).
-    pub(crate) backend_policy_extra: &'static str,
+}
+
+/// A change a test makes to a sidecar's configuration, or to one section of it.
+pub(crate) struct Edit<T>(Box<dyn Fn(&mut T) + Send + Sync>);
+
+/// The change `f` makes: `edit(|c: &mut ProxyConfig| c.limits.idle_timeout = …)`.
+pub(crate) fn edit<T>(f: impl Fn(&mut T) + Send + Sync + 'static) -> Edit<T> {
+    Edit(Box::new(f))
+}
+
+impl<T> Default for Edit<T> {
+    /// No change.
+    fn default() -> Self {
+        edit(|_| {})
+    }
+}
+
+impl<T> Edit<T> {
+    fn apply(&self, value: &mut T) {
+        (self.0)(value);
+    }
 }
 
 impl Mesh {
@@ -81,43 +99,45 @@ impl Mesh {
         };
         let (temp, ca_dir) = new_ca();
         let ca = CaProcess::start(HUSH, &ca_dir, &spec.ca_args);
-        let policy = match &spec.backend_policy {
-            Some(text) => {
-                write_configmap(&temp.path().join("policy"), "policy.yaml", text);
-                format!("policy:\n  path: ../policy\n{}", spec.backend_policy_extra)
-            }
-            None => String::new(),
-        };
+        if let Some(text) = &spec.backend_policy {
+            write_configmap(&temp.path().join("policy"), "policy.yaml", text);
+        }
         let backend_config = sidecar_config(
             temp.path(),
             "backend",
             ca.url(),
             &ca_dir,
             BACKEND,
-            &format!(
-                "{}inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n{}{}{policy}",
-                spec.admin, spec.backend_inbound, spec.extra
-            ),
+            |config| {
+                let mut inbound = InboundConfig::new(loopback(), app);
+                spec.backend_inbound.apply(&mut inbound);
+                config.inbound = Some(inbound);
+                if spec.backend_policy.is_some() {
+                    config.policy = Some(PolicyConfig::new("../policy"));
+                }
+                spec.sidecars.apply(config);
+            },
         );
         let backend = ProxyProcess::try_start(HUSH, &backend_config, &spec.sidecar_env)
             .unwrap_or_else(|e| panic!("{e}"));
-        let mut outbound = format!(
-            "outbound:\n  - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {BACKEND}\n",
-            backend.inbound()
-        );
-        for (identity, protocol) in &spec.more_outbound {
-            outbound.push_str(&format!(
-                "  - listen: 127.0.0.1:0\n    upstream: {}\n    identity: {identity}\n    protocol: {protocol}\n",
-                backend.inbound()
-            ));
-        }
+        let upstream = backend.inbound().to_string();
         let frontend_config = sidecar_config(
             temp.path(),
             "frontend",
             ca.url(),
             &ca_dir,
             FRONTEND,
-            &format!("{}{outbound}{}", spec.admin, spec.extra),
+            |config| {
+                config.outbound = [(BACKEND, Protocol::Detect)]
+                    .iter()
+                    .chain(&spec.more_outbound)
+                    .map(|&(identity, protocol)| OutboundConfig {
+                        protocol,
+                        ..OutboundConfig::new(loopback(), &upstream, spiffe_id(identity))
+                    })
+                    .collect();
+                spec.sidecars.apply(config);
+            },
         );
         let frontend = ProxyProcess::try_start(HUSH, &frontend_config, &spec.sidecar_env)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -175,7 +195,7 @@ impl LoneBackend {
             ca.url(),
             &ca_dir,
             BACKEND,
-            &format!("inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n"),
+            |config| config.inbound = Some(InboundConfig::new(loopback(), app)),
         );
         let sidecar = ProxyProcess::try_start(HUSH, &config, env).unwrap_or_else(|e| panic!("{e}"));
         Self {
@@ -247,16 +267,27 @@ pub(crate) fn new_ca() -> (TempDir, PathBuf) {
     (temp, ca_dir)
 }
 
-/// Writes `NAME/sidecar.yaml` under `root`, with a fresh join token for `identity`.
+/// Writes `NAME/sidecar.yaml` under `root`, with a fresh join token for `identity`, an admin
+/// listener on a free port, and what `configure` sets.
 pub(crate) fn sidecar_config(
     root: &Path,
     name: &str,
     ca_url: &str,
     ca_dir: &Path,
     identity: &str,
-    body: &str,
+    configure: impl FnOnce(&mut ProxyConfig),
 ) -> PathBuf {
-    write_sidecar_config(HUSH, &root.join(name), ca_dir, ca_url, identity, body)
+    write_sidecar_config(HUSH, &root.join(name), ca_dir, ca_url, identity, configure)
+}
+
+/// `127.0.0.1:0`: a listener on a free loopback port.
+pub(crate) fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// The SPIFFE ID `id`, which the test spells correctly.
+pub(crate) fn spiffe_id(id: &str) -> Identities {
+    Identities(vec![id.parse().expect("a SPIFFE ID")])
 }
 
 pub(crate) fn path_str(path: &Path) -> &str {

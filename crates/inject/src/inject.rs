@@ -18,9 +18,13 @@
 //!   the pod's namespace is mounted.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use base64::Engine as _;
+use hush_config::{
+    APP_HEALTH_PREFIX, AppProbe, CaConfig, InboundConfig, PolicyConfig, ProxyConfig,
+    TransparentConfig,
+};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
@@ -298,7 +302,12 @@ pub fn mutate(pod: &Pod, config: &InjectorConfig) -> Result<Outcome, InjectError
     let mut injected = pod.clone();
     let spec = injected.spec.get_or_insert_with(Default::default);
     let probes = rewrite_probes(&mut spec.containers, config.admin_port);
-    let proxy_config = proxy_config(config, app_port, &probes);
+    let proxy_config = proxy_config(config, app_port, probes)
+        .to_yaml()
+        .map_err(|e| InjectError {
+            annotation: CONFIG_ANNOTATION,
+            message: e.to_string(),
+        })?;
     let meta = &mut injected.metadata;
     let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(STATUS_ANNOTATION.into(), "injected".into());
@@ -413,20 +422,11 @@ fn decide(body: &[u8], config: &InjectorConfig) -> AdmissionReview<DynamicObject
     }
 }
 
-/// An app probe moved to the sidecar's admin port: the admin path, the app's port, and for an
-/// HTTP probe the path to GET.
-#[derive(Debug, PartialEq, Eq)]
-struct MovedProbe {
-    path: String,
-    port: u16,
-    http_path: Option<String>,
-}
-
 /// Points the app containers' HTTP and TCP probes at the sidecar's admin port, which is never
 /// captured, and returns what the sidecar must check in their place. Under strict mutual TLS
 /// the kubelet's plaintext probes could not reach the app otherwise. HTTPS, gRPC and exec
 /// probes are left as they are.
-fn rewrite_probes(containers: &mut [Container], admin_port: u16) -> Vec<MovedProbe> {
+fn rewrite_probes(containers: &mut [Container], admin_port: u16) -> Vec<AppProbe> {
     let mut moved = Vec::new();
     for container in containers {
         let ports: Vec<ContainerPort> = container.ports.clone().unwrap_or_default();
@@ -444,7 +444,7 @@ fn rewrite_probes(containers: &mut [Container], admin_port: u16) -> Vec<MovedPro
             ("startup", &mut container.startup_probe),
         ] {
             let Some(probe) = probe else { continue };
-            let path = format!("/app-health/{name}/{kind}");
+            let path = format!("{APP_HEALTH_PREFIX}{name}/{kind}");
             let target = match (&probe.http_get, &probe.tcp_socket) {
                 (Some(get), _) if get.scheme.as_deref().is_none_or(|s| s == "HTTP") => {
                     resolve(&get.port)
@@ -462,7 +462,7 @@ fn rewrite_probes(containers: &mut [Container], admin_port: u16) -> Vec<MovedPro
                 port: IntOrString::Int(i32::from(admin_port)),
                 ..Default::default()
             });
-            moved.push(MovedProbe {
+            moved.push(AppProbe {
                 path,
                 port,
                 http_path,
@@ -472,42 +472,34 @@ fn rewrite_probes(containers: &mut [Container], admin_port: u16) -> Vec<MovedPro
     moved
 }
 
-/// The sidecar's YAML configuration (see `examples/proxy/reference.yaml`).
-fn proxy_config(config: &InjectorConfig, app_port: u16, probes: &[MovedProbe]) -> String {
-    // Strings from configuration and pods are written as JSON strings, which YAML reads as
-    // they are, whatever characters they hold.
-    let quoted = |text: &str| serde_json::to_string(text).unwrap_or_default();
-    let mut yaml = String::new();
-    let _ = write!(
-        yaml,
-        "ca:\n  address: {}\n  trust_bundle: {BUNDLE_DIR}/bundle.pem\n  token_file: {TOKEN_DIR}/token\n\
-         inbound:\n  listen: \"[::]:{}\"\n  app: 127.0.0.1:{app_port}\n  captured: true\n\
-         transparent:\n  listen: \"[::]:{}\"\n\
-         admin:\n  listen: \"[::]:{}\"\n",
-        quoted(&config.ca_address),
-        config.inbound_port,
-        config.outbound_port,
-        config.admin_port
-    );
-    if !probes.is_empty() {
-        yaml.push_str("  probes:\n");
-        for probe in probes {
-            let _ = write!(
-                yaml,
-                "    - path: {}\n      port: {}\n",
-                quoted(&probe.path),
-                probe.port
-            );
-            if let Some(http_path) = &probe.http_path {
-                let _ = writeln!(yaml, "      http_path: {}", quoted(http_path));
-            }
-        }
-    }
+/// The sidecar's configuration (see `examples/proxy/reference.yaml`): its listeners on every
+/// address at the injector's ports, the token and bundle where the pod's volumes put them, and
+/// the policy ConfigMap when there is one.
+fn proxy_config(config: &InjectorConfig, app_port: u16, probes: Vec<AppProbe>) -> ProxyConfig {
+    let every_address = |port: u16| SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    let mut proxy = ProxyConfig::new(CaConfig::new(
+        config.ca_address.clone(),
+        format!("{BUNDLE_DIR}/bundle.pem"),
+        format!("{TOKEN_DIR}/token"),
+    ));
+    proxy.inbound = Some(InboundConfig {
+        captured: true,
+        ..InboundConfig::new(
+            every_address(config.inbound_port),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, app_port)),
+        )
+    });
+    proxy.transparent = Some(TransparentConfig::new(every_address(config.outbound_port)));
+    proxy.admin.listen = every_address(config.admin_port);
+    proxy.admin.probes = probes;
     if config.policy_configmap.is_some() {
         // The ConfigMap is mounted as optional: a namespace may have none yet.
-        let _ = write!(yaml, "policy:\n  path: {POLICY_DIR}\n  optional: true\n");
+        proxy.policy = Some(PolicyConfig {
+            optional: true,
+            ..PolicyConfig::new(POLICY_DIR)
+        });
     }
-    yaml
+    proxy
 }
 
 fn sidecar_volumes(config: &InjectorConfig) -> Vec<Volume> {
@@ -764,6 +756,8 @@ fn is_quantity(value: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use serde_json::Value;
 
@@ -893,18 +887,34 @@ mod tests {
 
         let annotations = pod.metadata.annotations.as_ref().unwrap();
         assert_eq!(annotations[STATUS_ANNOTATION], "injected");
+        // What the sidecar will read, as it reads it.
         let proxy_yaml = &annotations[CONFIG_ANNOTATION];
-        for needle in [
-            "address: \"https://hush-ca.hush-system.svc:8443\"",
-            "token_file: /var/run/secrets/hush/token/token",
-            "app: 127.0.0.1:8080",
-            "captured: true",
-            "transparent:\n  listen: \"[::]:15001\"",
-            "admin:\n  listen: \"[::]:15020\"\n  probes:\n    - path: \"/app-health/backend/readiness\"\n      port: 8080\n      http_path: \"/healthz\"",
-            "policy:\n  path: /etc/hush/policy\n  optional: true\n",
-        ] {
-            assert!(proxy_yaml.contains(needle), "{needle:?} in\n{proxy_yaml}");
-        }
+        let proxy = ProxyConfig::from_yaml(proxy_yaml, CONFIG_ANNOTATION, Path::new(CONFIG_DIR))
+            .unwrap_or_else(|e| panic!("{e}\n{proxy_yaml}"));
+        assert_eq!(proxy.ca.address, "https://hush-ca.hush-system.svc:8443");
+        assert_eq!(
+            proxy.ca.token_file,
+            Path::new("/var/run/secrets/hush/token/token")
+        );
+        let inbound = proxy.inbound.as_ref().unwrap();
+        assert_eq!(inbound.app, "127.0.0.1:8080".parse().unwrap());
+        assert!(inbound.captured);
+        assert_eq!(
+            proxy.transparent.as_ref().unwrap().listen,
+            "[::]:15001".parse().unwrap()
+        );
+        assert_eq!(proxy.admin.listen, "[::]:15020".parse().unwrap());
+        assert_eq!(
+            proxy.admin.probes,
+            [AppProbe {
+                path: "/app-health/backend/readiness".into(),
+                port: 8080,
+                http_path: Some("/healthz".into()),
+            }]
+        );
+        let policy = proxy.policy.as_ref().unwrap();
+        assert_eq!(policy.path, Path::new("/etc/hush/policy"));
+        assert!(policy.optional);
     }
 
     #[test]
@@ -1157,8 +1167,14 @@ mod tests {
             IntOrString::Int(8443)
         );
         let proxy_yaml = &pod.metadata.annotations.as_ref().unwrap()[CONFIG_ANNOTATION];
+        let probes = ProxyConfig::from_yaml(proxy_yaml, CONFIG_ANNOTATION, Path::new(CONFIG_DIR))
+            .unwrap_or_else(|e| panic!("{e}\n{proxy_yaml}"))
+            .admin
+            .probes;
         assert!(
-            proxy_yaml.contains("- path: \"/app-health/backend/liveness\"\n      port: 8080\n"),
+            probes
+                .iter()
+                .any(|p| p.path == "/app-health/backend/liveness" && p.port == 8080),
             "{proxy_yaml}"
         );
         assert!(!proxy_yaml.contains("readiness"), "{proxy_yaml}");

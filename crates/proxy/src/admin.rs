@@ -30,10 +30,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::config::AppProbe;
 use crate::identity::{IdentityStatus, unix_seconds};
 use crate::metrics::Metrics;
 use crate::policy::PolicyEnforcer;
-use crate::probe::AppProbe;
 use crate::serve::PerAddress;
 
 /// Changes the process's log filter while it runs. The binary owns the log subscriber; the
@@ -114,7 +114,7 @@ impl Admin {
                             .then(|| this.probes.iter().find(|p| p.path == request.uri().path()))
                             .flatten();
                         Ok::<_, Infallible>(match probe {
-                            Some(probe) => probe.check().await,
+                            Some(probe) => crate::probe::check(probe).await,
                             None => this.answer(&request, peer),
                         })
                     }

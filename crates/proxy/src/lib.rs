@@ -22,13 +22,15 @@
 //! Inbound connections and requests are decided by identity policy ([`hush_policy`]) when
 //! the configuration names one; the policy is reloaded when its files change.
 //!
-//! * [`ProxyConfig`] — the YAML configuration.
+//! * [`ProxyConfig`] — the YAML configuration (from [`hush_config`], re-exported).
 //! * [`Proxy`] — bind, then run until shutdown.
 //! * [`Metrics`] — the Prometheus metrics.
 
 mod access;
 mod admin;
-mod config;
+// The configuration types live in hush-config, so that the injector, `hush up` and the tests
+// write the very type the sidecar reads; `crate::config` names them here as it always has.
+use hush_config as config;
 mod detect;
 mod ending;
 #[doc(hidden)]
@@ -49,15 +51,14 @@ mod tls;
 mod trace;
 
 pub use self::admin::LogControl;
-pub use self::config::{
-    AccessLog, AdminConfig, CaConfig, ConfigError, DefaultPolicy, DestinationRule, Identities,
-    InboundConfig, Limits, OutboundConfig, Passthrough, PolicyConfig, Protocol, ProxyConfig,
-    TracingConfig, TransparentConfig,
-};
 pub use self::detect::{Detected, detect};
 pub use self::headers::{PEER_IDENTITY_HEADER, XFCC_HEADER};
 pub use self::identity::{IdentityStatus, Svid};
 pub use self::metrics::Metrics;
 pub use self::policy::{PolicyLoadError, load_policy, read_policy_sources};
-pub use self::probe::{APP_HEALTH_PREFIX, AppProbe};
 pub use self::proxy::{Proxy, ProxyAddresses, ProxyError, check_policy, load_trust_bundle};
+pub use hush_config::{
+    APP_HEALTH_PREFIX, AccessLog, AdminConfig, AppProbe, CaConfig, ConfigError, DefaultPolicy,
+    DestinationRule, Identities, InboundConfig, Limits, OutboundConfig, Passthrough, PolicyConfig,
+    Protocol, ProxyConfig, TracingConfig, TransparentConfig,
+};

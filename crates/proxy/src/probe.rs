@@ -14,81 +14,64 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{Empty, Full};
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 use tokio::net::TcpStream;
+
+use crate::config::AppProbe;
 
 /// Longer than any kubelet probe timeout worth having; the kubelet gives up first.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One rewritten probe: the admin path the kubelet calls, and the check it stands for.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppProbe {
-    /// The admin path, `/app-health/<container>/<liveness|readiness|startup>`.
-    pub path: String,
-    /// The app's port.
-    pub port: u16,
-    /// For an HTTP probe, the path to GET on the app; a TCP probe has none.
-    #[serde(default)]
-    pub http_path: Option<String>,
+/// Checks the app as `probe` says and answers as the original probe would have been judged:
+/// 200 when it passes, 503 with the reason when not.
+pub(crate) async fn check(probe: &AppProbe) -> Response<Full<Bytes>> {
+    let app = SocketAddr::from(([127, 0, 0, 1], probe.port));
+    let outcome = tokio::time::timeout(PROBE_TIMEOUT, run(probe, app)).await;
+    let (status, text) = match outcome {
+        Ok(Ok(None)) => (StatusCode::OK, format!("ok: {app} accepts connections")),
+        Ok(Ok(Some(code))) if code.is_success() || code.is_redirection() => {
+            (StatusCode::OK, format!("ok: the app answered {code}"))
+        }
+        Ok(Ok(Some(code))) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the app answered {code}"),
+        ),
+        Ok(Err(reason)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot probe the app at {app}: {reason}"),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the app at {app} did not answer within {PROBE_TIMEOUT:?}"),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(text + "\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
-/// The prefix of every rewritten probe's path.
-pub const APP_HEALTH_PREFIX: &str = "/app-health/";
-
-impl AppProbe {
-    /// Checks the app and answers as the original probe would have been judged: 200 when it
-    /// passes, 503 with the reason when not.
-    pub(crate) async fn check(&self) -> Response<Full<Bytes>> {
-        let app = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let outcome = tokio::time::timeout(PROBE_TIMEOUT, self.run(app)).await;
-        let (status, text) = match outcome {
-            Ok(Ok(None)) => (StatusCode::OK, format!("ok: {app} accepts connections")),
-            Ok(Ok(Some(code))) if code.is_success() || code.is_redirection() => {
-                (StatusCode::OK, format!("ok: the app answered {code}"))
-            }
-            Ok(Ok(Some(code))) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the app answered {code}"),
-            ),
-            Ok(Err(reason)) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot probe the app at {app}: {reason}"),
-            ),
-            Err(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the app at {app} did not answer within {PROBE_TIMEOUT:?}"),
-            ),
-        };
-        let mut response = Response::new(Full::new(Bytes::from(text + "\n")));
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        response
-    }
-
-    async fn run(&self, app: SocketAddr) -> Result<Option<StatusCode>, String> {
-        let tcp = TcpStream::connect(app).await.map_err(|e| e.to_string())?;
-        let Some(path) = &self.http_path else {
-            return Ok(None);
-        };
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(connection);
-        let request = Request::get(path.as_str())
-            .header(header::HOST, app.to_string())
-            .header(header::USER_AGENT, "kube-probe (via hush)")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(Some(response.status()))
-    }
+async fn run(probe: &AppProbe, app: SocketAddr) -> Result<Option<StatusCode>, String> {
+    let tcp = TcpStream::connect(app).await.map_err(|e| e.to_string())?;
+    let Some(path) = &probe.http_path else {
+        return Ok(None);
+    };
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = Request::get(path.as_str())
+        .header(header::HOST, app.to_string())
+        .header(header::USER_AGENT, "kube-probe (via hush)")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Some(response.status()))
 }
 
 #[cfg(test)]
@@ -114,12 +97,11 @@ mod tests {
     }
 
     async fn probe(port: u16, http_path: Option<&str>) -> (StatusCode, String) {
-        let response = AppProbe {
+        let response = check(&AppProbe {
             path: "/app-health/app/readiness".into(),
             port,
             http_path: http_path.map(Into::into),
-        }
-        .check()
+        })
         .await;
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();

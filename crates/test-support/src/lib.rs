@@ -1,14 +1,17 @@
 //! Test helpers for hush: real processes, real certificates, and fixtures named for what they
 //! break.
 //!
-//! Nothing here is used by hush itself; the crate is a dev-dependency only. It knows nothing of
-//! hush's own crates either (so `hush-ca`'s unit tests can use it without a dependency cycle):
-//! it speaks to hush through its command line and through plain X.509, PEM and JSON.
+//! Nothing here is used by hush itself; the crate is a dev-dependency only. Of hush's own
+//! crates it knows only `hush-config` (the sidecar's configuration, which it writes, and which
+//! depends on nothing but `hush-identity`), so `hush-ca`'s unit tests can use it without a
+//! dependency cycle: it speaks to hush through its command line, that configuration, and plain
+//! X.509, PEM and JSON.
 //!
 //! * [`HushProcess`], [`CaProcess`], [`ProxyProcess`], [`run_hush`] — run the `hush` binary
 //!   (whose path the test passes in, `env!("CARGO_BIN_EXE_hush")`), wait for readiness lines
 //!   with a bounded timeout, stop it with SIGTERM, and keep its stderr for failure messages;
-//!   [`http_request`] asks an admin port.
+//!   [`http_request`] asks an admin port; [`write_sidecar_config`] and [`write_config`] write a
+//!   sidecar's configuration from a typed `ProxyConfig`.
 //! * [`TestCsr`], [`forged_csr`] and the other CSR fixtures — certificate signing requests made
 //!   with rcgen, including ones that ask for names they must not get or whose signature is broken.
 //! * [`openssl_available`], [`openssl_csr`] — CSRs made by the `openssl` command, as operators
@@ -47,7 +50,7 @@ pub use self::fake_k8s::{
 pub use self::openssl::{OpensslKey, openssl_available, openssl_csr, openssl_csr_with_digest};
 pub use self::process::{
     CaProcess, HushProcess, ProxyProcess, READY_TIMEOUT, StartError, describe_output, http_request,
-    mint_token, run_hush, run_hush_ok, write_sidecar_config,
+    mint_token, run_hush, run_hush_ok, write_config, write_sidecar_config,
 };
 pub use self::x509::{CertFacts, Usage, pem_certificates, verify_chain};
 

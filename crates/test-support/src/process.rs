@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use hush_config::{CaConfig, ProxyConfig};
+
 /// How long a server may take to print its readiness line. Generous: the CI machine may be
 /// compiling something else at the same time.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,29 +94,34 @@ pub fn mint_token(
 }
 
 /// Writes `DIR/sidecar.yaml` for `hush proxy`: a CA section pointing at `ca_url` with the
-/// bundle of `ca_dir` and a fresh single-use join token for `identity` (in `DIR/token`), an
-/// admin listener on a free port, and `body` (the listeners, limits…) appended as it is.
+/// bundle of `ca_dir` and a fresh single-use join token for `identity` (in `DIR/token`, named
+/// relative to the file, as the sidecar resolves it), an admin listener on a free port, and
+/// whatever `configure` sets on top (the listeners, limits…).
 pub fn write_sidecar_config(
     bin: impl AsRef<Path>,
     dir: &Path,
     ca_dir: &Path,
     ca_url: &str,
     identity: &str,
-    body: &str,
+    configure: impl FnOnce(&mut ProxyConfig),
 ) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     let token = mint_token(bin, ca_dir, identity, &[]);
     std::fs::write(dir.join("token"), format!("{token}\n")).expect("write the token");
-    let config = dir.join("sidecar.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "ca:\n  address: {ca_url}\n  trust_bundle: {}\n  token_file: token\nadmin:\n  listen: 127.0.0.1:0\n{body}",
-            ca_dir.join("bundle.pem").display()
-        ),
-    )
-    .expect("write the sidecar configuration");
-    config
+    let mut config = ProxyConfig::new(CaConfig::new(ca_url, ca_dir.join("bundle.pem"), "token"));
+    config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    configure(&mut config);
+    let path = dir.join("sidecar.yaml");
+    write_config(&path, &config);
+    path
+}
+
+/// Writes `config` to `path` as the YAML `hush proxy --config` reads.
+pub fn write_config(path: &Path, config: &ProxyConfig) {
+    let yaml = config
+        .to_yaml()
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    std::fs::write(path, yaml).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
 
 fn join_args(args: &[impl AsRef<OsStr>]) -> String {

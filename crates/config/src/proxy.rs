@@ -1,7 +1,10 @@
-//! The sidecar's configuration: YAML parsed once into typed structs, then validated.
+//! The sidecar's configuration: YAML parsed once into typed structs, then validated; and the
+//! same structs written back as YAML.
 //!
 //! Unknown keys are refused (a misspelt `handshake_timout` must not silently fall back to a
-//! default), and every error names the field and the value that is wrong.
+//! default), and every error names the field and the value that is wrong. When written, a
+//! configuration names only what differs from the defaults, so what the injector puts in a
+//! pod's annotation stays short enough to read.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -9,57 +12,64 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hush_identity::SpiffeId;
-
-use crate::probe::{APP_HEALTH_PREFIX, AppProbe};
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::duration;
 
 /// The longest duration any setting accepts.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The most connections a listener may be allowed (far above what file descriptors allow).
 const MAX_CONNECTIONS: usize = 1_000_000;
 
+/// The prefix of every rewritten probe's path.
+pub const APP_HEALTH_PREFIX: &str = "/app-health/";
+
 /// The whole sidecar configuration (`hush proxy --config FILE`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Where the sidecar gets its identity.
     pub ca: CaConfig,
     /// mTLS from other sidecars to the local app.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound: Option<InboundConfig>,
     /// Plaintext from the app to named upstream sidecars.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbound: Vec<OutboundConfig>,
     /// Connections redirected by iptables, dialled at their original destination.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transparent: Option<TransparentConfig>,
     /// Who may call the app: identity policy for inbound connections and requests.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyConfig>,
     /// Health, readiness, metrics and certificate status.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub admin: AdminConfig,
     /// Timeouts and caps.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub limits: Limits,
     /// Which requests and connections get an access-log line: `denied` (the default: those
     /// refused by policy or failed, dry-run would-denials and AUDIT-marked ones), `all`, or
     /// `off`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub access_log: AccessLog,
     /// Where spans are exported. The `--otlp-endpoint` flag and the standard `OTEL_*`
     /// environment variables take precedence.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub tracing: TracingConfig,
     /// On SIGTERM (or `POST /shutdown`), how long in-flight requests and connections get to
     /// finish before the sidecar exits anyway.
-    #[serde(default = "defaults::shutdown_grace", with = "duration")]
+    #[serde(
+        default = "defaults::shutdown_grace",
+        skip_serializing_if = "defaults::is_shutdown_grace",
+        with = "duration"
+    )]
     pub shutdown_grace: Duration,
 }
 
 /// The CA the sidecar attests to.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaConfig {
     /// `https://host:port` of `hush ca serve`.
@@ -70,15 +80,23 @@ pub struct CaConfig {
     /// is read again before every attestation, so a rotated token is picked up.
     pub token_file: PathBuf,
     /// Lifetime to ask for; the CA may shorten it. Default: the CA's default.
-    #[serde(default, with = "optional_duration")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "duration::optional"
+    )]
     pub certificate_ttl: Option<Duration>,
     /// How often the trust bundle is fetched from the CA (it also comes with every renewal).
-    #[serde(default = "defaults::bundle_refresh", with = "duration")]
+    #[serde(
+        default = "defaults::bundle_refresh",
+        skip_serializing_if = "defaults::is_bundle_refresh",
+        with = "duration"
+    )]
     pub bundle_refresh: Duration,
 }
 
 /// The inbound listener: mutual TLS from other sidecars, plaintext to the app.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboundConfig {
     /// Address other sidecars connect to.
@@ -88,25 +106,25 @@ pub struct InboundConfig {
     /// How to treat connections from clients that do not announce their protocol with ALPN
     /// (hush sidecars always do); `detect` (the default) tells HTTP/1.1, HTTP/2 and opaque TCP
     /// apart by their first bytes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub protocol: Protocol,
     /// Connections are redirected here by iptables (`hush init-iptables`): each goes to the
     /// pod's own address at the port the caller dialled (never loopback, never one of the
     /// sidecar's ports), and policy judges that port. `app` still serves connections made to
     /// this listener directly.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub captured: bool,
     /// Request headers the app trusts to come from this sidecar, besides
     /// `x-hush-peer-identity` and `x-forwarded-client-cert` (always protected): removed from
     /// every request, in any spelling (any case, `_` or `.` for `-`), before it reaches the
     /// app.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub protected_headers: Vec<String>,
 }
 
 /// One explicit outbound listener: the app connects in plaintext, the sidecar dials a peer
 /// sidecar with mutual TLS and checks who answers.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
     /// Address the app connects to.
@@ -116,56 +134,56 @@ pub struct OutboundConfig {
     /// The SPIFFE ID (or list of IDs) the peer must prove.
     pub identity: Identities,
     /// The protocol the app speaks here; `detect` by default.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub protocol: Protocol,
 }
 
 /// The transparent listener: connections the pod's iptables rules redirected here.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransparentConfig {
     /// Address the REDIRECT rule points at.
     pub listen: SocketAddr,
     /// Destinations outside the mesh, passed through untouched (no TLS).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub passthrough: Passthrough,
     /// Destination ports whose protocol is never sniffed (server-first protocols such as
     /// MySQL or SMTP).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub opaque_ports: Vec<u16>,
     /// Which identity must answer at which destination; the first match wins. A destination
     /// no rule names must present some SPIFFE ID of the trust domain.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub destinations: Vec<DestinationRule>,
 }
 
 /// Destinations outside the mesh.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Passthrough {
     /// Address ranges, e.g. `10.96.0.0/12`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cidrs: Vec<IpNet>,
     /// Destination ports, e.g. `53`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
 }
 
 /// The identity expected at some destinations of the transparent listener.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationRule {
     /// Destination addresses, e.g. `10.1.2.0/24` or `10.1.2.3/32`.
     pub cidr: IpNet,
     /// Destination port; any port when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// The SPIFFE ID (or IDs) that must answer there.
     pub identity: Identities,
 }
 
 /// Identity policy for the inbound listener.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// A policy file, or a directory whose `*.yaml` / `*.yml` files are read (a mounted
@@ -173,18 +191,18 @@ pub struct PolicyConfig {
     pub path: PathBuf,
     /// What happens to a request no ALLOW or DENY policy applies to: `allow` (the default:
     /// any authenticated mesh identity gets through) or `deny`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub default: DefaultPolicy,
     /// Whether the sidecar may start while the path holds no policy (the injector's choice: it
     /// mounts the namespace's policy ConfigMap as optional). Then no policy applies until one
     /// appears. Without it, files that hold no policy are refused at start unless one says
     /// `[]`; either way, once a policy is in force, losing every policy is refused.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub optional: bool,
 }
 
 /// The decision when no ALLOW or DENY policy applies.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DefaultPolicy {
     /// Any authenticated mesh identity may call.
@@ -195,7 +213,7 @@ pub enum DefaultPolicy {
 }
 
 /// Which requests and connections get an access-log line.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessLog {
     /// Requests and connections refused by policy or failed (the sidecar answered with its
@@ -209,78 +227,129 @@ pub enum AccessLog {
 }
 
 /// Where the sidecar's spans go (OTLP over gRPC). Without an endpoint, nothing is exported.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracingConfig {
     /// The collector, e.g. `http://otel-collector.observability:4317`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
     /// `service.name` of the spans (default `hush-proxy`; `OTEL_SERVICE_NAME` wins).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_name: Option<String>,
 }
 
 /// The admin server.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address of `/live`, `/ready`, `/metrics`, `/certs` and `POST /shutdown`.
-    #[serde(default = "defaults::admin_listen")]
+    #[serde(
+        default = "defaults::admin_listen",
+        skip_serializing_if = "defaults::is_admin_listen"
+    )]
     pub listen: SocketAddr,
     /// The app's kubelet probes, rewritten to this port by the injector: each path answers
     /// with the outcome of the original check against the app on 127.0.0.1.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<AppProbe>,
     /// Connections the admin server serves at once, and an eighth of that (at least one)
     /// from any one address; more are closed at once. Each must send its request head within
     /// `limits.header_timeout`.
-    #[serde(default = "defaults::admin_max_connections")]
+    #[serde(
+        default = "defaults::admin_max_connections",
+        skip_serializing_if = "defaults::is_admin_max_connections"
+    )]
     pub max_connections: usize,
 }
 
+/// One rewritten probe: the admin path the kubelet calls, and the check it stands for.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppProbe {
+    /// The admin path, `/app-health/<container>/<liveness|readiness|startup>`.
+    pub path: String,
+    /// The app's port.
+    pub port: u16,
+    /// For an HTTP probe, the path to GET on the app; a TCP probe has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_path: Option<String>,
+}
+
 /// Timeouts and caps, with defaults meant for production.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// A peer that has not finished its TLS handshake by then is dropped, so a slow or silent
     /// client cannot hold a connection slot.
-    #[serde(default = "defaults::handshake_timeout", with = "duration")]
+    #[serde(
+        default = "defaults::handshake_timeout",
+        skip_serializing_if = "defaults::is_handshake_timeout",
+        with = "duration"
+    )]
     pub handshake_timeout: Duration,
     /// How long protocol detection waits for the client's first bytes before treating the
     /// connection as opaque TCP (so server-first protocols are not stalled for long).
-    #[serde(default = "defaults::detect_timeout", with = "duration")]
+    #[serde(
+        default = "defaults::detect_timeout",
+        skip_serializing_if = "defaults::is_detect_timeout",
+        with = "duration"
+    )]
     pub detect_timeout: Duration,
     /// A connection with no bytes in either direction for this long is closed.
-    #[serde(default = "defaults::idle_timeout", with = "duration")]
+    #[serde(
+        default = "defaults::idle_timeout",
+        skip_serializing_if = "defaults::is_idle_timeout",
+        with = "duration"
+    )]
     pub idle_timeout: Duration,
     /// Dialling the app or an upstream sidecar gives up after this long.
-    #[serde(default = "defaults::connect_timeout", with = "duration")]
+    #[serde(
+        default = "defaults::connect_timeout",
+        skip_serializing_if = "defaults::is_connect_timeout",
+        with = "duration"
+    )]
     pub connect_timeout: Duration,
     /// An HTTP/1 request head (request line and headers) must arrive whole within this long
     /// of its first byte; a client that trickles it is cut off. A keep-alive connection
     /// waiting for its next request is not timed (`idle_timeout` is).
-    #[serde(default = "defaults::header_timeout", with = "duration")]
+    #[serde(
+        default = "defaults::header_timeout",
+        skip_serializing_if = "defaults::is_header_timeout",
+        with = "duration"
+    )]
     pub header_timeout: Duration,
     /// Largest HTTP request head (request line and headers) accepted, in bytes.
-    #[serde(default = "defaults::max_header_bytes")]
+    #[serde(
+        default = "defaults::max_header_bytes",
+        skip_serializing_if = "defaults::is_max_header_bytes"
+    )]
     pub max_header_bytes: usize,
     /// Connections each listener serves at once (more wait in the kernel's backlog).
-    #[serde(default = "defaults::max_connections")]
+    #[serde(
+        default = "defaults::max_connections",
+        skip_serializing_if = "defaults::is_max_connections"
+    )]
     pub max_connections: usize,
     /// Concurrent HTTP/2 streams (requests) one connection may carry. A sidecar sends all its
     /// app's requests to one peer over one connection, so this is also how many of them can be
     /// in flight to that peer at once; each may hold up to `max_header_bytes` of headers.
-    #[serde(default = "defaults::max_concurrent_streams")]
+    #[serde(
+        default = "defaults::max_concurrent_streams",
+        skip_serializing_if = "defaults::is_max_concurrent_streams"
+    )]
     pub max_concurrent_streams: usize,
     /// TLS handshakes one client address may have in progress at once on the inbound
     /// listener; more are closed at once, so a client that opens connections and never
     /// finishes its handshake cannot take every connection slot.
-    #[serde(default = "defaults::max_handshakes_per_address")]
+    #[serde(
+        default = "defaults::max_handshakes_per_address",
+        skip_serializing_if = "defaults::is_max_handshakes_per_address"
+    )]
     pub max_handshakes_per_address: usize,
 }
 
 /// How a listener treats the bytes the client sends.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// Look at the first bytes: HTTP/2 preface, an HTTP/1.x request line, or anything else
@@ -300,7 +369,7 @@ pub enum Protocol {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identities(pub Vec<SpiffeId>);
 
-/// The configuration was refused.
+/// The configuration was refused, or could not be written.
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -330,11 +399,39 @@ pub enum ConfigError {
         /// What is wrong with it.
         problem: String,
     },
+    /// The configuration cannot be written as YAML (a path that is not UTF-8).
+    #[error("cannot write the configuration as YAML: {message}; use UTF-8 paths")]
+    Write {
+        /// serde-saphyr's explanation.
+        message: String,
+    },
+}
+
+/// Whether a field holds its type's default, which a written configuration leaves out.
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 // === impl ProxyConfig ===
 
 impl ProxyConfig {
+    /// A configuration of the sidecar that gets its identity from `ca`, with every other
+    /// section absent or at its default. It proxies nothing yet: a writer adds the listeners.
+    pub fn new(ca: CaConfig) -> Self {
+        Self {
+            ca,
+            inbound: None,
+            outbound: Vec::new(),
+            transparent: None,
+            policy: None,
+            admin: AdminConfig::default(),
+            limits: Limits::default(),
+            access_log: AccessLog::default(),
+            tracing: TracingConfig::default(),
+            shutdown_grace: defaults::shutdown_grace(),
+        }
+    }
+
     /// Reads and validates the configuration in `path`. Relative paths inside it (trust
     /// bundle, token file) are taken relative to the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -366,6 +463,18 @@ impl ProxyConfig {
             policy.path = base.join(&policy.path);
         }
         Ok(config)
+    }
+
+    /// The configuration as YAML that [`Self::from_yaml`] reads back equal (given the same
+    /// base for relative paths). Absent sections, empty lists and values equal to their
+    /// default are left out; durations are written as `10s`, `500ms`, `1h`. Nothing is
+    /// validated here: the sidecar validates what it reads.
+    pub fn to_yaml(&self) -> Result<String, ConfigError> {
+        // Lists indented under their key, as in the examples people read next to it.
+        let options = serde_saphyr::ser_options! { compact_list_indent: false };
+        serde_saphyr::to_string_with_options(self, options).map_err(|e| ConfigError::Write {
+            message: e.to_string(),
+        })
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
@@ -579,6 +688,89 @@ fn check_host_port(value: &str) -> Result<(), String> {
     }
 }
 
+// === impl CaConfig ===
+
+impl CaConfig {
+    /// The CA at `address`, with the bundle and token files named, the CA's default
+    /// certificate lifetime and the default bundle refresh.
+    pub fn new(
+        address: impl Into<String>,
+        trust_bundle: impl Into<PathBuf>,
+        token_file: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            address: address.into(),
+            trust_bundle: trust_bundle.into(),
+            token_file: token_file.into(),
+            certificate_ttl: None,
+            bundle_refresh: defaults::bundle_refresh(),
+        }
+    }
+}
+
+// === impl InboundConfig ===
+
+impl InboundConfig {
+    /// An inbound listener on `listen` in front of the app at `app`, detecting protocols,
+    /// not captured, protecting only the identity headers.
+    pub fn new(listen: SocketAddr, app: SocketAddr) -> Self {
+        Self {
+            listen,
+            app,
+            protocol: Protocol::default(),
+            captured: false,
+            protected_headers: Vec::new(),
+        }
+    }
+}
+
+// === impl OutboundConfig ===
+
+impl OutboundConfig {
+    /// An outbound listener on `listen` to the sidecar at `upstream`, which must prove
+    /// `identity`; the protocol is detected.
+    pub fn new(
+        listen: SocketAddr,
+        upstream: impl Into<String>,
+        identity: impl Into<Identities>,
+    ) -> Self {
+        Self {
+            listen,
+            upstream: upstream.into(),
+            identity: identity.into(),
+            protocol: Protocol::default(),
+        }
+    }
+}
+
+// === impl TransparentConfig ===
+
+impl TransparentConfig {
+    /// A transparent listener on `listen` with no passthrough, no opaque ports and no
+    /// destination rules.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            passthrough: Passthrough::default(),
+            opaque_ports: Vec::new(),
+            destinations: Vec::new(),
+        }
+    }
+}
+
+// === impl PolicyConfig ===
+
+impl PolicyConfig {
+    /// The policy at `path`, required, allowing what no policy decides.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            default: DefaultPolicy::default(),
+            optional: false,
+        }
+    }
+}
+
 // === impl Identities ===
 
 impl<'de> Deserialize<'de> for Identities {
@@ -604,6 +796,22 @@ impl<'de> Deserialize<'de> for Identities {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self(ids))
+    }
+}
+
+impl Serialize for Identities {
+    /// One ID is written as a string and several as a list, as people write them.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(serializer),
+            many => many.serialize(serializer),
+        }
+    }
+}
+
+impl From<SpiffeId> for Identities {
+    fn from(id: SpiffeId) -> Self {
+        Self(vec![id])
     }
 }
 
@@ -653,82 +861,46 @@ impl Default for Limits {
     }
 }
 
+/// Each default twice: the value serde fills in when a key is absent, and the test that
+/// leaves the key out when writing, so a written configuration names only what differs.
 mod defaults {
     use std::net::{Ipv4Addr, SocketAddr};
     use std::time::Duration;
 
-    pub(super) fn shutdown_grace() -> Duration {
-        Duration::from_secs(10)
+    macro_rules! defaults {
+        ($($(#[$doc:meta])* $name:ident, $is:ident: $ty:ty = $value:expr;)*) => {$(
+            $(#[$doc])*
+            pub(super) fn $name() -> $ty {
+                $value
+            }
+            pub(super) fn $is(value: &$ty) -> bool {
+                *value == $name()
+            }
+        )*};
     }
-    pub(super) fn bundle_refresh() -> Duration {
-        Duration::from_secs(300)
-    }
-    pub(super) fn admin_listen() -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, 15000))
-    }
-    pub(super) fn admin_max_connections() -> usize {
-        64
-    }
-    pub(super) fn handshake_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub(super) fn detect_timeout() -> Duration {
-        Duration::from_millis(500)
-    }
-    pub(super) fn idle_timeout() -> Duration {
-        Duration::from_secs(3600)
-    }
-    pub(super) fn connect_timeout() -> Duration {
-        Duration::from_secs(5)
-    }
-    pub(super) fn max_header_bytes() -> usize {
-        64 * 1024
-    }
-    pub(super) fn header_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub(super) fn max_connections() -> usize {
-        10_000
-    }
-    /// Go's HTTP/2 server allows 250; a power of two near it.
-    pub(super) fn max_concurrent_streams() -> usize {
-        256
-    }
-    pub(super) fn max_handshakes_per_address() -> usize {
-        256
-    }
-}
 
-/// Durations written as `10s`, `500ms`, `1h`.
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{text:?} is not a duration: {e} (examples: 500ms, 10s, 5m, 1h)"
-            ))
-        })
-    }
-}
-
-mod optional_duration {
-    use std::time::Duration;
-
-    use serde::Deserializer;
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        super::duration::deserialize(d).map(Some)
+    defaults! {
+        shutdown_grace, is_shutdown_grace: Duration = Duration::from_secs(10);
+        bundle_refresh, is_bundle_refresh: Duration = Duration::from_secs(300);
+        admin_listen, is_admin_listen: SocketAddr = SocketAddr::from((Ipv4Addr::LOCALHOST, 15000));
+        admin_max_connections, is_admin_max_connections: usize = 64;
+        handshake_timeout, is_handshake_timeout: Duration = Duration::from_secs(10);
+        detect_timeout, is_detect_timeout: Duration = Duration::from_millis(500);
+        idle_timeout, is_idle_timeout: Duration = Duration::from_secs(3600);
+        connect_timeout, is_connect_timeout: Duration = Duration::from_secs(5);
+        max_header_bytes, is_max_header_bytes: usize = 64 * 1024;
+        header_timeout, is_header_timeout: Duration = Duration::from_secs(10);
+        max_connections, is_max_connections: usize = 10_000;
+        /// Go's HTTP/2 server allows 250; a power of two near it.
+        max_concurrent_streams, is_max_concurrent_streams: usize = 256;
+        max_handshakes_per_address, is_max_handshakes_per_address: usize = 256;
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     const MINIMAL: &str = "
@@ -917,5 +1089,287 @@ outbound:
              outbound: [{listen: 127.0.0.1:0, upstream: h:1, identity: spiffe://a/b}]",
         )
         .unwrap();
+    }
+
+    /// Every example configuration, the reference with every key included, reads, writes and
+    /// reads back to the same value; so what the injector or a test writes is what the
+    /// sidecar reads.
+    #[test]
+    fn every_example_reads_back_as_written() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proxy");
+        let mut examples: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        examples.sort();
+        assert!(
+            examples.iter().any(|p| p.ends_with("reference.yaml")),
+            "{examples:?}"
+        );
+        for example in examples {
+            let read = ProxyConfig::load(&example).unwrap();
+            let written = read.to_yaml().unwrap();
+            // Paths were made absolute on the first read, so another base changes nothing.
+            let reread = ProxyConfig::from_yaml(&written, "written", Path::new("/elsewhere"))
+                .unwrap_or_else(|e| panic!("{}: {e}\n{written}", example.display()));
+            assert_eq!(read, reread, "{}\n{written}", example.display());
+        }
+    }
+
+    /// The reference sets almost every key away from its default, so its written form shows
+    /// every way a value is written; and a key at its default is left out.
+    #[test]
+    fn writing_names_only_what_differs_from_the_defaults() {
+        let reference =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proxy/reference.yaml");
+        let mut config = ProxyConfig::load(&reference).unwrap();
+        config.ca.certificate_ttl = Some(Duration::from_secs(24 * 3600));
+        config.limits.detect_timeout = Duration::from_millis(250);
+        let written = config.to_yaml().unwrap();
+        for needle in [
+            "  certificate_ttl: 24h\n",
+            "  detect_timeout: 250ms\n",
+            "  protected_headers:\n    - x-auth-user\n",
+            "    identity:\n      - spiffe://cluster.local/ns/shop/sa/backend\n      - spiffe://cluster.local/ns/shop/sa/backend-canary\n",
+            "      identity: spiffe://cluster.local/ns/shop/sa/backend\n",
+            "    cidrs:\n      - 10.96.0.0/12\n",
+            "      http_path: /healthz\n",
+            "tracing:\n  otlp_endpoint: http://127.0.0.1:4317\n  service_name: hush-proxy\n",
+        ] {
+            assert!(written.contains(needle), "{needle:?} in\n{written}");
+        }
+        // The reference writes these at their defaults.
+        for absent in [
+            "bundle_refresh",
+            "protocol",
+            "captured",
+            "default:",
+            "optional",
+            "access_log",
+            "max_connections",
+            "handshake_timeout",
+            "shutdown_grace",
+        ] {
+            assert!(!written.contains(absent), "{absent:?} in\n{written}");
+        }
+
+        let minimal = parse(MINIMAL).unwrap();
+        assert_eq!(
+            minimal.to_yaml().unwrap(),
+            "ca:\n  address: https://localhost:8443\n  trust_bundle: /etc/hush/./bundle.pem\n  \
+             token_file: /etc/hush/./frontend.token\ninbound:\n  listen: 127.0.0.1:15006\n  \
+             app: 127.0.0.1:8080\n"
+        );
+    }
+
+    /// A configuration written with relative paths is read relative to the file that holds
+    /// it, as one a person wrote would be.
+    #[test]
+    fn relative_paths_stay_relative_to_the_file() {
+        let mut config = ProxyConfig::new(CaConfig::new(
+            "https://127.0.0.1:8443",
+            "bundle.pem",
+            "token",
+        ));
+        config.policy = Some(PolicyConfig::new("../policy"));
+        config.inbound = Some(InboundConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:8080".parse().unwrap(),
+        ));
+        let written = config.to_yaml().unwrap();
+        assert!(written.contains("  token_file: token\n"), "{written}");
+        let read = ProxyConfig::from_yaml(&written, "t", Path::new("/srv/backend")).unwrap();
+        assert_eq!(read.ca.trust_bundle, Path::new("/srv/backend/bundle.pem"));
+        assert_eq!(read.ca.token_file, Path::new("/srv/backend/token"));
+        assert_eq!(
+            read.policy.unwrap().path,
+            Path::new("/srv/backend/../policy")
+        );
+    }
+
+    /// Strings in a written configuration may come from a pod's author (a probe's path) or
+    /// an operator: however they are spelt, they read back as themselves and cannot add keys.
+    #[test]
+    fn any_string_reads_back_as_itself() {
+        let strings = [
+            "",
+            "/x: y",
+            "/x #y",
+            "/x\npolicy:\n  path: /etc",
+            "'quoted'",
+            "\"double\"",
+            "- item",
+            "[a, b]",
+            "{a: b}",
+            "*alias",
+            "&anchor",
+            "!tag",
+            "%directive",
+            "@at",
+            "`tick",
+            "| literal",
+            "> folded",
+            "?",
+            "~",
+            "null",
+            "yes",
+            "Off",
+            "1e3",
+            "0x10",
+            "12:30",
+            "---",
+            "...",
+            " leading and trailing ",
+            "tab\there",
+            "back\\slash",
+            "bell\u{7}",
+            "ünïcödé ✓",
+            "\u{feff}bom",
+            "a very long path that goes on and on, well past the eighty characters where a folding \
+             writer might be tempted to wrap it",
+        ];
+        let mut config = parse(MINIMAL).unwrap();
+        for text in strings {
+            config.admin.probes = vec![AppProbe {
+                path: format!("{APP_HEALTH_PREFIX}{text}"),
+                port: 8080,
+                http_path: Some(text.to_string()),
+            }];
+            config.ca.address = format!("https://ca:8443/{text}");
+            config.tracing.service_name = Some(text.to_string());
+            let written = config.to_yaml().unwrap();
+            let read: ProxyConfig = serde_saphyr::from_str(&written)
+                .unwrap_or_else(|e| panic!("{text:?}: {e}\n{written}"));
+            assert_eq!(read, config, "{text:?}\n{written}");
+        }
+    }
+
+    /// Every key path of a YAML document read as JSON: `limits.idle_timeout`,
+    /// `outbound[].identity` (the same paths `tests/docs_e2e.rs` takes from the reference).
+    fn key_paths(value: &serde_json::Value, prefix: &str, found: &mut BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    found.insert(path.clone());
+                    key_paths(child, &path, found);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    key_paths(item, &format!("{prefix}[]"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `examples/proxy/reference.yaml` shows every key the configuration has, and
+    /// `tests/docs_e2e.rs` holds the documentation to the reference. The configuration below
+    /// is written out field by field, with no default, so a field added to these types does
+    /// not compile here until it has a value; written, it then fails here until the reference
+    /// (and so the documentation) shows it.
+    #[test]
+    fn the_reference_shows_every_key() {
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let id = || Identities(vec!["spiffe://cluster.local/a".parse().unwrap()]);
+        let second = Duration::from_secs(1);
+        // Every value differs from its default, so that every key is written.
+        let every_key = ProxyConfig {
+            ca: CaConfig {
+                address: "https://ca:8443".into(),
+                trust_bundle: "bundle.pem".into(),
+                token_file: "token".into(),
+                certificate_ttl: Some(second),
+                bundle_refresh: second,
+            },
+            inbound: Some(InboundConfig {
+                listen: addr(1),
+                app: addr(2),
+                protocol: Protocol::Tcp,
+                captured: true,
+                protected_headers: vec!["x-auth-user".into()],
+            }),
+            outbound: vec![OutboundConfig {
+                listen: addr(3),
+                upstream: "backend:15006".into(),
+                identity: id(),
+                protocol: Protocol::Http2,
+            }],
+            transparent: Some(TransparentConfig {
+                listen: addr(4),
+                passthrough: Passthrough {
+                    cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+                    ports: vec![53],
+                },
+                opaque_ports: vec![25],
+                destinations: vec![DestinationRule {
+                    cidr: "10.1.2.0/24".parse().unwrap(),
+                    port: Some(8080),
+                    identity: id(),
+                }],
+            }),
+            policy: Some(PolicyConfig {
+                path: "policy".into(),
+                default: DefaultPolicy::Deny,
+                optional: true,
+            }),
+            admin: AdminConfig {
+                listen: addr(5),
+                probes: vec![AppProbe {
+                    path: "/app-health/app/readiness".into(),
+                    port: 8080,
+                    http_path: Some("/healthz".into()),
+                }],
+                max_connections: 1,
+            },
+            limits: Limits {
+                handshake_timeout: second,
+                detect_timeout: second,
+                idle_timeout: second,
+                connect_timeout: second,
+                header_timeout: second,
+                max_header_bytes: 1,
+                max_connections: 1,
+                max_concurrent_streams: 1,
+                max_handshakes_per_address: 1,
+            },
+            access_log: AccessLog::All,
+            tracing: TracingConfig {
+                otlp_endpoint: Some("http://127.0.0.1:4317".into()),
+                service_name: Some("hush-proxy".into()),
+            },
+            shutdown_grace: second,
+        };
+        let mut keys = BTreeSet::new();
+        let written: serde_json::Value =
+            serde_saphyr::from_str(&every_key.to_yaml().unwrap()).unwrap();
+        key_paths(&written, "", &mut keys);
+
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proxy/reference.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut shown = BTreeSet::new();
+        key_paths(&serde_saphyr::from_str(&text).unwrap(), "", &mut shown);
+        // A key the reference shows commented out (it has no default to write) counts, as
+        // in the documentation's test.
+        let missing: Vec<_> = keys
+            .difference(&shown)
+            .filter(|key| {
+                let last = key.rsplit('.').next().unwrap_or_default();
+                !text.contains(&format!("# {last}:"))
+            })
+            .collect();
+        let unknown: Vec<_> = shown.difference(&keys).collect();
+        assert!(
+            missing.is_empty() && unknown.is_empty(),
+            "keys of ProxyConfig that examples/proxy/reference.yaml does not show: {missing:?}\n\
+             keys of the reference this test does not set: {unknown:?}"
+        );
     }
 }
