@@ -450,11 +450,15 @@ async fn a_port_declared_tcp_never_relays_http() {
         ) >= 2.0,
         "{metrics}"
     );
-    let stderr = mesh.backend.stderr();
-    assert!(
-        stderr.contains("the caller sent an HTTP request to a port declared `tcp`"),
-        "{stderr}"
-    );
+    // The refusal is logged as the connection closes, perhaps after the answer arrived.
+    tokio::task::block_in_place(|| {
+        mesh.backend
+            .wait_for_log(
+                &["the caller sent an HTTP request to a port declared `tcp`"],
+                PATIENCE,
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+    });
 }
 
 /// A server-first app (it speaks before the client, like SMTP or MySQL) behind the sidecar:
@@ -483,11 +487,14 @@ async fn http_after_a_server_first_greeting_is_refused() {
         !answer.contains("echo:"),
         "the app read the request: {answer}"
     );
-    let stderr = mesh.backend.stderr();
-    assert!(
-        stderr.contains("the caller sent an HTTP request after the app had spoken first"),
-        "{stderr}"
-    );
+    tokio::task::block_in_place(|| {
+        mesh.backend
+            .wait_for_log(
+                &["the caller sent an HTTP request after the app had spoken first"],
+                PATIENCE,
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+    });
 }
 
 /// A caller the policy allows only some paths: its connection as a whole is denied, but an
