@@ -23,9 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use hush_ca::{
-    Authority, CaClient, CaDir, InitOptions, IssuancePolicy, JoinTokenStore, VerifiedCsr,
-};
+use hush_ca::{Authority, CaDir, InitOptions, IssuancePolicy, JoinTokenStore, VerifiedCsr};
+use hush_ca_client::CaClient;
 use hush_identity::{SpiffeId, TrustDomain};
 
 #[derive(Debug, Parser)]
