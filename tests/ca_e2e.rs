@@ -16,7 +16,7 @@ use hush_ca::istio_proto::istio_certificate_service_client::IstioCertificateServ
 use hush_ca::istio_proto::{IstioCertificateRequest, IstioCertificateResponse};
 use hush_ca::proto::certificate_authority_client::CertificateAuthorityClient;
 use hush_ca::proto::{CertifyRequest, CertifyResponse, GetTrustBundleRequest};
-use hush_ca::{CaClient, with_bearer};
+use hush_ca_client::{CaClient, with_bearer};
 use hush_identity::{
     CertificateSummary, TrustBundle, check_leaf_svid, check_signing_cert, parse_pem_certificates,
 };
@@ -96,13 +96,13 @@ impl Ca {
 
     fn raw_client(&self) -> CertificateAuthorityClient<Channel> {
         CertificateAuthorityClient::new(
-            hush_ca::channel(self.url(), self.roots()).expect("a channel to the CA"),
+            hush_ca_client::channel(self.url(), self.roots()).expect("a channel to the CA"),
         )
     }
 
     fn istio(&self) -> IstioCertificateServiceClient<Channel> {
         IstioCertificateServiceClient::new(
-            hush_ca::channel(self.url(), self.roots()).expect("a channel to the CA"),
+            hush_ca_client::channel(self.url(), self.roots()).expect("a channel to the CA"),
         )
     }
 

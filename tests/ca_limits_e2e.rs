@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hush_ca::CaClient;
+use hush_ca_client::CaClient;
 use hush_identity::TrustBundle;
 use hush_test_support::{
     CaProcess, CsrKeyKind, FakeApiServer, HushProcess, ReviewRequest, mint_token, plain_csr,

@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use hush_ca::CaClient;
+use hush_ca_client::CaClient;
 use hush_test_support::{
     CaProcess, CsrKeyKind, FakeApiServer, HushProcess, ProxyProcess, ReviewRequest,
     describe_output, plain_csr, run_hush_ok, token_review_authenticated, token_review_rejected,

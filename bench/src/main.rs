@@ -9,8 +9,12 @@
 //! through a pair of stunnel4 and through a pair of haproxy, all doing mutual TLS 1.3:
 //! requests per second, CPU per request, latency percentiles at a fixed rate, idle memory.
 //! `bench/proxy.sh` installs the peers and runs it.
+//!
+//! `hush-bench sidecar-memory` — the idle resident and private memory of one sidecar, for
+//! several commands that run it (two builds, or two binaries) side by side.
 
 mod load;
+mod memory;
 mod otlp_sink;
 mod proxy;
 
@@ -23,9 +27,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use hush_ca::{
-    Authority, CaClient, CaDir, InitOptions, IssuancePolicy, JoinTokenStore, VerifiedCsr,
-};
+use hush_ca::{Authority, CaDir, InitOptions, IssuancePolicy, JoinTokenStore, VerifiedCsr};
+use hush_ca_client::CaClient;
 use hush_identity::{SpiffeId, TrustDomain};
 
 #[derive(Debug, Parser)]
@@ -41,6 +44,8 @@ enum Bench {
     Ca(CaArgs),
     /// HTTP/1.1 through hush sidecars vs. direct, stunnel4 and haproxy, side by side.
     Proxy(proxy::ProxyArgs),
+    /// Idle memory of one sidecar (resident, file-backed, anonymous, private), per command.
+    SidecarMemory(memory::SidecarMemoryArgs),
     /// The app the proxy benchmark measures against (started by `proxy` itself).
     #[command(hide = true)]
     App {
@@ -84,6 +89,7 @@ fn main() -> Result<()> {
     match Cli::parse().bench {
         Bench::Ca(args) => ca(args),
         Bench::Proxy(args) => proxy::run(args),
+        Bench::SidecarMemory(args) => memory::run(args),
         Bench::App { listen } => load::serve_app(listen),
         Bench::Load {
             target,

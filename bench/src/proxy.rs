@@ -626,7 +626,7 @@ fn micros(d: Duration) -> String {
 
 /// A sidecar's inbound listener on a free loopback port in front of `app`, which speaks
 /// HTTP/1.1: told, not detected, so detection is not what is measured.
-fn http1_inbound(app: SocketAddr) -> InboundConfig {
+pub(crate) fn http1_inbound(app: SocketAddr) -> InboundConfig {
     InboundConfig {
         protocol: Protocol::Http1,
         ..InboundConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), app)
@@ -635,7 +635,7 @@ fn http1_inbound(app: SocketAddr) -> InboundConfig {
 
 /// An HTTP/1.1 outbound listener on a free loopback port to the sidecar at `upstream`, which
 /// must prove `identity`.
-fn http1_outbound(upstream: SocketAddr, identity: &str) -> OutboundConfig {
+pub(crate) fn http1_outbound(upstream: SocketAddr, identity: &str) -> OutboundConfig {
     let identity = identity
         .parse()
         .expect("the benchmark's SPIFFE IDs are valid");

@@ -10,12 +10,13 @@
 //! * [`Authority`] — the signing core (no I/O).
 //! * [`JoinTokenStore`], [`Attestor`] — who is calling.
 //! * [`CaService`], [`serve`] — the gRPC services (`hush.ca.v1` and Istio's) over TLS.
-//! * [`CaClient`] — a client for hush's API.
+//!
+//! The client of this API is not here but in `hush-ca-client`, so that a sidecar links the
+//! client without the CA.
 
 mod attest;
 mod audit;
 mod authority;
-mod client;
 mod csr;
 mod random;
 mod server;
@@ -29,7 +30,6 @@ pub use self::attest::{
 };
 pub use self::audit::{AuditError, AuditEvent, AuditLog, AuditRecord};
 pub use self::authority::{Authority, AuthorityError, CaMaterial, IssuancePolicy, IssuedSvid};
-pub use self::client::{CaClient, ClientError, channel, channel_with_identity, with_bearer};
 pub use self::csr::{CsrError, KeyKind, MAX_CSR_BYTES, MIN_RSA_BITS, VerifiedCsr};
 pub use self::server::{PeerInfo, ServeError, ServeOptions, serve};
 pub use self::service::{CaService, HUSH_API, ISTIO_API, pem_certificate};

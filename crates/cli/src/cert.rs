@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use hush_ca::proto::CertifyResponse;
-use hush_ca::{CaClient, pem_certificate};
+use hush_ca::pem_certificate;
+use hush_ca_client::CaClient;
+use hush_ca_client::proto::CertifyResponse;
 use hush_identity::{CertificateSummary, TrustBundle, check_leaf_svid, check_signing_cert};
 use hush_tls::CredentialStore;
 use rustls_pki_types::pem::PemObject;

@@ -220,7 +220,7 @@ async fn check_ca(
     timeout: Duration,
 ) {
     let address = &config.ca.address;
-    let client = match hush_ca::CaClient::new(address, bundle.roots()) {
+    let client = match hush_ca_client::CaClient::new(address, bundle.roots()) {
         Ok(client) => client,
         Err(e) => {
             report.add("CA", Verdict::Failed, format!("{address}: {e}"), "");

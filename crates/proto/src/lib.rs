@@ -5,7 +5,8 @@
 //!   agents can use hush's CA.
 //!
 //! The `.proto` sources live in the repository's top-level `proto/` folder. Convert to hush's own
-//! types at the edge (in `hush-ca` and the CLI) instead of passing these structs around.
+//! types at the edge (in `hush-ca`, `hush-ca-client` and the CLI) instead of passing these structs
+//! around.
 
 #![allow(missing_docs, unreachable_pub, clippy::all)]
 

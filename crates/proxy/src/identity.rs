@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hush_ca::CaClient;
+use hush_ca_client::CaClient;
 use hush_identity::{CertificateSummary, SpiffeId, TrustBundle};
 use hush_tls::rustls::client::danger::ServerCertVerifier;
 use hush_tls::{
@@ -297,7 +297,7 @@ impl IdentityManager {
         &self,
         roots: &[CertificateDer<'static>],
         csr: Vec<u8>,
-    ) -> Result<hush_ca::proto::CertifyResponse, AttemptError> {
+    ) -> Result<hush_ca_client::proto::CertifyResponse, AttemptError> {
         let token = read_token(&self.ca.token_file)?;
         let client =
             CaClient::new(&self.ca.address, roots).map_err(|e| AttemptError(e.to_string()))?;

@@ -125,7 +125,7 @@ impl Credentials {
         let csr = rcgen::CertificateParams::default()
             .serialize_request(&key)
             .context("cannot make a CSR")?;
-        let client = hush_ca::CaClient::new(ca, bundle.roots())?;
+        let client = hush_ca_client::CaClient::new(ca, bundle.roots())?;
         let response = client
             .certify(
                 token.trim(),
