@@ -249,29 +249,6 @@ async fn every_metric_is_in_the_metrics_table_and_every_row_is_registered() {
     );
 }
 
-/// Every key path of a YAML document: `limits.idle_timeout`, `outbound[].identity`.
-fn key_paths(value: &serde_json::Value, prefix: &str, found: &mut BTreeSet<String>) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (key, child) in map {
-                let path = if prefix.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{prefix}.{key}")
-                };
-                found.insert(path.clone());
-                key_paths(child, &path, found);
-            }
-        }
-        serde_json::Value::Array(items) => {
-            for item in items.iter().filter(|item| item.is_object()) {
-                key_paths(item, &format!("{prefix}[]"), found);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// The keys in the first column of `docs/sidecar.md`'s configuration reference.
 fn documented_keys() -> BTreeSet<String> {
     let doc = read("docs/sidecar.md");
@@ -296,8 +273,7 @@ fn every_key_of_the_reference_configuration_is_documented() {
     let reference: serde_json::Value =
         serde_saphyr::from_str(&read("examples/proxy/reference.yaml"))
             .expect("the reference configuration parses");
-    let mut keys = BTreeSet::new();
-    key_paths(&reference, "", &mut keys);
+    let keys = hush_test_support::key_paths(&reference);
     assert!(keys.len() >= 40, "{keys:?}");
     let documented = documented_keys();
     let undocumented: Vec<_> = keys.difference(&documented).collect();

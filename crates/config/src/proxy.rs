@@ -899,7 +899,6 @@ mod defaults {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
 
     use super::*;
 
@@ -1245,30 +1244,6 @@ outbound:
         }
     }
 
-    /// Every key path of a YAML document read as JSON: `limits.idle_timeout`,
-    /// `outbound[].identity` (the same paths `tests/docs_e2e.rs` takes from the reference).
-    fn key_paths(value: &serde_json::Value, prefix: &str, found: &mut BTreeSet<String>) {
-        match value {
-            serde_json::Value::Object(map) => {
-                for (key, child) in map {
-                    let path = if prefix.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{prefix}.{key}")
-                    };
-                    found.insert(path.clone());
-                    key_paths(child, &path, found);
-                }
-            }
-            serde_json::Value::Array(items) => {
-                for item in items {
-                    key_paths(item, &format!("{prefix}[]"), found);
-                }
-            }
-            _ => {}
-        }
-    }
-
     /// `examples/proxy/reference.yaml` shows every key the configuration has, and
     /// `tests/docs_e2e.rs` holds the documentation to the reference. The configuration below
     /// is written out field by field, with no default, so a field added to these types does
@@ -1346,16 +1321,14 @@ outbound:
             },
             shutdown_grace: second,
         };
-        let mut keys = BTreeSet::new();
         let written: serde_json::Value =
             serde_saphyr::from_str(&every_key.to_yaml().unwrap()).unwrap();
-        key_paths(&written, "", &mut keys);
+        let keys = hush_test_support::key_paths(&written);
 
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proxy/reference.yaml");
         let text = std::fs::read_to_string(&path).unwrap();
-        let mut shown = BTreeSet::new();
-        key_paths(&serde_saphyr::from_str(&text).unwrap(), "", &mut shown);
+        let shown = hush_test_support::key_paths(&serde_saphyr::from_str(&text).unwrap());
         // A key the reference shows commented out (it has no default to write) counts, as
         // in the documentation's test.
         let missing: Vec<_> = keys

@@ -32,6 +32,7 @@ mod fake_k8s;
 mod openssl;
 mod process;
 mod x509;
+mod yaml;
 
 pub use self::ca::{
     TestCa, TestLeaf, dns_leaf_from_ca_dir, expired_leaf_from_ca_dir, leaf_from_ca_dir,
@@ -53,6 +54,7 @@ pub use self::process::{
     mint_token, run_hush, run_hush_ok, write_config, write_sidecar_config,
 };
 pub use self::x509::{CertFacts, Usage, pem_certificates, verify_chain};
+pub use self::yaml::key_paths;
 
 /// Returns early from a test, with a message on stderr, when `openssl` is not installed.
 ///
