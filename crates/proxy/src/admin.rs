@@ -30,8 +30,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::clock::unix_seconds;
 use crate::config::AppProbe;
-use crate::identity::{IdentityStatus, unix_seconds};
+use crate::identity::IdentityStatus;
 use crate::metrics::Metrics;
 use crate::policy::PolicyEnforcer;
 use crate::serve::PerAddress;

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::{Instrument, debug, info, warn};
 
+use crate::clock::{system_time, unix_seconds};
 use crate::config::CaConfig;
 use crate::metrics::Metrics;
 
@@ -489,18 +490,6 @@ fn apply_bundle(trust: &TrustStore, metrics: &Metrics, roots: Vec<Vec<u8>>) {
         Ok(false) => {}
         Err(e) => warn!(error = %e, "refused the CA's trust bundle; keeping the current one"),
     }
-}
-
-fn system_time(unix: i64) -> SystemTime {
-    match u64::try_from(unix) {
-        Ok(secs) => SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
-        Err(_) => SystemTime::UNIX_EPOCH,
-    }
-}
-
-pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The monotonic instant at which the wall clock reads `at` (now, if that is past).

@@ -28,6 +28,7 @@
 
 mod access;
 mod admin;
+mod clock;
 // The configuration types live in hush-config, so that the injector, `hush up` and the tests
 // write the very type the sidecar reads; `crate::config` names them here as it always has.
 use hush_config as config;

@@ -385,7 +385,7 @@ impl Metrics {
         // Time left is a matter of when one asks.
         let not_after = self.inner.certificate_expiry.get();
         if not_after > 0 {
-            let now = crate::identity::unix_seconds(std::time::SystemTime::now());
+            let now = crate::clock::unix_seconds(std::time::SystemTime::now());
             self.inner.certificate_expires_in.set(not_after - now);
         }
         let mut out = String::new();
@@ -671,7 +671,7 @@ mod tests {
             &HandshakeFailure::from_tls(&hush_tls::rustls::Error::NoCertificatesPresented),
         );
         let open = metrics.open_connection(Direction::Outbound);
-        let in_an_hour = crate::identity::unix_seconds(std::time::SystemTime::now()) + 3600;
+        let in_an_hour = crate::clock::unix_seconds(std::time::SystemTime::now()) + 3600;
         metrics.certificate_expiry(in_an_hour);
         metrics.renewal(true);
         let text = metrics.encode();

@@ -559,7 +559,7 @@ impl PolicyEnforcer {
                 DefaultAction::Deny => "deny",
             },
             generation: loaded.generation,
-            loaded_at: crate::identity::unix_seconds(loaded.loaded_at),
+            loaded_at: crate::clock::unix_seconds(loaded.loaded_at),
             policies: loaded
                 .set
                 .policies()
