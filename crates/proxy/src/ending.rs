@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::http::error_chain;
+use crate::errors::error_chain;
 
 /// What body errors are, for every body the sidecar relays.
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;

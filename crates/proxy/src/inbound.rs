@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::uri::Authority;
 use hush_identity::check_leaf_svid;
 use hush_tls::HandshakeFailure;
 use rustls_pki_types::CertificateDer;
@@ -28,11 +27,11 @@ use crate::access::{AccessLine, Exchange};
 use crate::config::{AccessLog, Limits, Protocol};
 use crate::detect::{Detected, FirstLine, Prefixed, detect, hold_first_line, sniff};
 use crate::headers::{IdentityHeaders, ProtectedHeaders, Scanned};
-use crate::http::{Authz, Forward, HttpContext, HttpVersion};
+use crate::http::{Authz, Forward, HttpContext, HttpVersion, authority_of};
 use crate::identity::IdentityStatus;
 use crate::io::{Activity, Metered, relay_until_idle};
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
-use crate::orig_dst::original_destination;
+use crate::orig_dst::{is_local_address, original_destination};
 use crate::policy::{Caller, Judgement, PolicyEnforcer};
 use crate::serve::{Lifecycle, PerAddress, Throttle, accept_loop, canonical, serve_http};
 use crate::tls::{MeshProtocol, Target};
@@ -725,12 +724,6 @@ fn is_pod_address(ip: IpAddr, local: IpAddr) -> bool {
     !special && (ip == local || is_local_address(ip))
 }
 
-/// Whether `ip` is one of this host's (this pod's) own addresses: only then can a socket be
-/// bound to it.
-pub(crate) fn is_local_address(ip: IpAddr) -> bool {
-    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
-}
-
 /// Reads the request head (bounded in size and time) so that closing does not reset the
 /// connection before the client has read the answer, then answers 400.
 async fn answer_plaintext_http(mut tcp: TcpStream) {
@@ -754,27 +747,9 @@ async fn answer_plaintext_http(mut tcp: TcpStream) {
     let _ = tcp.shutdown().await;
 }
 
-pub(crate) fn authority_of(addr: SocketAddr) -> Authority {
-    addr.to_string()
-        .parse()
-        .unwrap_or_else(|_| Authority::from_static("localhost"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn socket_addresses_are_authorities() {
-        assert_eq!(
-            authority_of("127.0.0.1:8080".parse().unwrap()).as_str(),
-            "127.0.0.1:8080"
-        );
-        assert_eq!(
-            authority_of("[::1]:80".parse().unwrap()).as_str(),
-            "[::1]:80"
-        );
-    }
 
     /// One row per destination a captured connection might name: only the pod's own
     /// addresses (here 10.0.0.5 and whatever this host has) are forwarded to.

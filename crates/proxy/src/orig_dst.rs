@@ -1,7 +1,8 @@
-//! The original destination of a connection redirected by iptables (`SO_ORIGINAL_DST`).
+//! The original destination of a connection redirected by iptables (`SO_ORIGINAL_DST`), and
+//! whether an address is this pod's own.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::net::TcpStream;
 
@@ -27,6 +28,12 @@ pub(crate) fn original_destination(tcp: &TcpStream) -> io::Result<SocketAddr> {
             "the original destination is not an IP socket address",
         )
     })
+}
+
+/// Whether `ip` is one of this host's (this pod's) own addresses: only then can a socket be
+/// bound to it.
+pub(crate) fn is_local_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 #[cfg(test)]

@@ -12,25 +12,24 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
-use hush_tls::{ExpectedServer, HandshakeStep};
+use hush_tls::ExpectedServer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_rustls::client::TlsStream;
 use tokio_util::task::TaskTracker;
-use tracing::{Span, debug, info, warn};
+use tracing::{Span, debug, warn};
 
 use crate::access::{AccessLine, Exchange};
 use crate::config::{AccessLog, Limits, Protocol, TransparentConfig};
+use crate::connect::{dial_logged, session_facts};
 use crate::detect::{Detected, Prefixed, sniff};
-use crate::http::{Forward, HttpContext, HttpVersion, session_facts};
+use crate::http::{Forward, HttpContext, HttpVersion, authority_of};
 use crate::identity::IdentityStatus;
-use crate::inbound::authority_of;
 use crate::io::{Activity, Metered, relay_until_idle};
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
-use crate::orig_dst::original_destination;
+use crate::orig_dst::{is_local_address, original_destination};
 use crate::serve::{Lifecycle, Throttle, accept_loop, canonical, serve_http};
-use crate::tls::{DialError, MeshConnector, MeshProtocol, Target};
+use crate::tls::{MeshConnector, MeshProtocol, Target};
 use crate::trace;
 
 /// At most this many destinations keep a connection pool on the transparent listener; past
@@ -262,43 +261,6 @@ async fn proxy_connection(
     .await;
 }
 
-/// Dials an upstream, counting and logging the outcome: a refused upstream is logged once per
-/// attempt, with the step that failed (for a wrong identity: expected and presented), and
-/// written into `span` (the connection's, or the request's that needed the connection).
-pub(crate) async fn dial_logged(
-    connector: &MeshConnector,
-    target: &Target,
-    protocol: MeshProtocol,
-    metrics: &Metrics,
-    span: &Span,
-) -> Result<TlsStream<TcpStream>, DialError> {
-    match connector.dial(target, protocol).await {
-        Ok((tls, handshake)) => {
-            metrics.handshake(Direction::Outbound, handshake);
-            Ok(tls)
-        }
-        Err(error) => {
-            match &error {
-                DialError::Handshake { failure, .. } => {
-                    metrics.handshake_failure(Direction::Outbound, failure);
-                    trace::record_handshake_failure(span, failure);
-                    if failure.step == HandshakeStep::Connection {
-                        info!("handshake with upstream {target} failed: {failure}");
-                    } else {
-                        warn!("refused upstream {target}: {failure}");
-                    }
-                }
-                DialError::Connect { .. } => {
-                    metrics.connect_failure(Direction::Outbound, "upstream");
-                    trace::record_error(span, "connect", &error);
-                    warn!("{error}");
-                }
-            }
-            Err(error)
-        }
-    }
-}
-
 /// The transparent listener: redirected connections, dialled at their original destination.
 pub(crate) struct Transparent {
     pub(crate) config: TransparentConfig,
@@ -428,12 +390,7 @@ impl Transparent {
 
     fn own_destination(&self, tcp: &TcpStream, destination: SocketAddr) -> Option<&'static str> {
         let local = tcp.local_addr().ok().map(canonical)?;
-        own_destination(
-            local,
-            destination,
-            &self.own_ports,
-            crate::inbound::is_local_address,
-        )
+        own_destination(local, destination, &self.own_ports, is_local_address)
     }
 
     fn route(&self, destination: SocketAddr, expected: ExpectedServer) -> Option<Arc<Route>> {

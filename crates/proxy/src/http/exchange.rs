@@ -1,0 +1,239 @@
+//! One request on its way through the sidecar: the hop's headers, the policy (inbound), the
+//! protocol the mesh hop speaks, the trace context, the request itself, and the tunnel of an
+//! upgrade the far side accepted.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::uri::Authority;
+use http::{Request, Response, StatusCode};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tracing::{Span, debug, warn};
+
+use super::answer::{describe_forward_error, error_response};
+use super::rewrite::{
+    is_grpc, is_upgrade, make_absolute, one_host, remove_hop_by_hop, set_authority,
+};
+use super::{HttpContext, HttpVersion, ORIGINAL_PROTOCOL_HEADER, ProxyBody};
+use crate::headers::RequestBody;
+use crate::io::Activity;
+use crate::metrics::{Direction, ProtocolLabel};
+use crate::policy::Judgement;
+use crate::trace;
+
+/// How one request went: the response, and what the access line and the span need.
+pub(super) struct Outcome {
+    pub(super) response: Response<ProxyBody>,
+    pub(super) judgement: Option<Judgement>,
+    /// The sidecar could not deliver the request: `error.type`, and why in words.
+    pub(super) error: Option<(&'static str, String)>,
+}
+
+/// Forwards one request: headers for the hop, the policy (inbound), the trace context, then
+/// the request itself.
+pub(super) async fn exchange(
+    ctx: &HttpContext,
+    mut request: Request<Incoming>,
+    span: &Span,
+) -> Outcome {
+    let grpc = is_grpc(request.headers());
+    let upgrading = ctx.version == HttpVersion::Http1 && is_upgrade(request.headers());
+    remove_hop_by_hop(request.headers_mut(), upgrading);
+    // Only a request that crossed the mesh as HTTP/2 can be one carried for an HTTP/1.1
+    // caller; on any other the marker is a caller's claim, dropped without effect. CONNECT
+    // names its host in its target and is never carried so.
+    let marked = request
+        .headers_mut()
+        .remove(ORIGINAL_PROTOCOL_HEADER)
+        .is_some()
+        && request.version() == http::Version::HTTP_2
+        && request.method() != http::Method::CONNECT;
+    let checked = match ctx.direction {
+        Direction::Inbound => one_host(&request, marked),
+        Direction::Outbound => Ok(()),
+    };
+    if let Err(reason) = checked.and_then(|()| make_absolute(&mut request, &ctx.fallback_authority))
+    {
+        ctx.metrics.request(
+            ctx.direction,
+            ctx.version.label(),
+            StatusCode::BAD_REQUEST.as_u16(),
+        );
+        return Outcome {
+            response: error_response(StatusCode::BAD_REQUEST, grpc, &reason),
+            judgement: None,
+            error: Some(("bad_request", reason)),
+        };
+    }
+    let mut forward = &ctx.forward;
+    let mut translated = false;
+    if let Some(other) = &ctx.translated {
+        match ctx.direction {
+            // Concurrent HTTP/1.1 requests share one HTTP/2 connection between the sidecars
+            // instead of one TLS connection each: fewer handshakes, fewer wake-ups, and
+            // several requests per write under load. Upgrades, CONNECT tunnels and HTTP/1.0
+            // keep their protocol.
+            Direction::Outbound
+                if ctx.version == HttpVersion::Http1
+                    && !upgrading
+                    && request.method() != http::Method::CONNECT
+                    && request.version() == http::Version::HTTP_11 =>
+            {
+                request.headers_mut().insert(
+                    ORIGINAL_PROTOCOL_HEADER,
+                    HeaderValue::from_static("HTTP/1.1"),
+                );
+                *request.version_mut() = http::Version::HTTP_2;
+                // The Host header carries the authority to the app; the URI's authority names
+                // the upstream, so every request to it shares one pooled connection.
+                if !request.headers().contains_key(header::HOST)
+                    && let Ok(host) = HeaderValue::from_str(
+                        request.uri().authority().map_or("", Authority::as_str),
+                    )
+                {
+                    request.headers_mut().insert(header::HOST, host);
+                }
+                set_authority(&mut request, &ctx.fallback_authority);
+                forward = other;
+                translated = true;
+            }
+            Direction::Inbound if marked && request.version() == http::Version::HTTP_2 => {
+                *request.version_mut() = http::Version::HTTP_11;
+                forward = other;
+                translated = true;
+            }
+            _ => {}
+        }
+    }
+    let mut judgement = None;
+    if ctx.direction == Direction::Inbound {
+        // Whatever the caller wrote in these headers is a claim, not a proof: only the
+        // sidecar's own values reach the app.
+        let headers = request.headers_mut();
+        if let Some(protected) = &ctx.protected {
+            protected.strip(headers);
+        }
+        if let Some(identity) = &ctx.identity {
+            identity.insert(headers);
+        }
+        // Judged after the identity headers are the sidecar's own, so a `when` condition on
+        // them sees the verified values.
+        if let Some(authz) = &ctx.authz {
+            let decided = authz.policy.check_request(
+                &authz.caller,
+                request.method().as_str(),
+                request.uri().path(),
+                request.headers(),
+                request.uri().authority().map(Authority::as_str),
+            );
+            if !decided.allowed {
+                let label = if marked {
+                    ProtocolLabel::Http1
+                } else {
+                    ctx.version.label()
+                };
+                // A path the policy cannot judge is the request's fault, not a denial.
+                let status = if decided.ambiguous_path {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                ctx.metrics.request(ctx.direction, label, status.as_u16());
+                let mut response = error_response(status, grpc, decided.refusal());
+                if translated {
+                    *response.version_mut() = http::Version::HTTP_2;
+                }
+                return Outcome {
+                    response,
+                    judgement: Some(decided),
+                    error: None,
+                };
+            }
+            judgement = Some(decided);
+        }
+    }
+    // The next hop's span is this request's child.
+    trace::propagate(span, request.headers_mut());
+    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
+
+    // Requests are counted by the protocol the app speaks, whatever crossed the mesh.
+    let label = if translated {
+        ProtocolLabel::Http1
+    } else {
+        ctx.version.label()
+    };
+    let request = request.map(|body| RequestBody::new(body, ctx.protected.clone()));
+    match forward.request(request).await {
+        Ok(mut response) => {
+            if translated {
+                *response.version_mut() = match ctx.direction {
+                    Direction::Outbound => http::Version::HTTP_11,
+                    Direction::Inbound => http::Version::HTTP_2,
+                };
+            }
+            ctx.metrics
+                .request(ctx.direction, label, response.status().as_u16());
+            match client_upgrade {
+                Some(client_upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    let server_upgrade = hyper::upgrade::on(&mut response);
+                    let force_close = ctx.force_close.clone();
+                    let (activity, idle, client) =
+                        (ctx.activity.clone(), ctx.idle_timeout, ctx.client);
+                    ctx.tunnels.spawn(async move {
+                        tokio::select! {
+                            () = tunnel(client_upgrade, server_upgrade, &activity, idle, client) => {}
+                            () = force_close.cancelled() => {}
+                        }
+                    });
+                }
+                _ => remove_hop_by_hop(response.headers_mut(), false),
+            }
+            Outcome {
+                response: response.map(Either::Left),
+                judgement,
+                error: None,
+            }
+        }
+        Err(error) => {
+            let (reason, kind) = describe_forward_error(&error, &ctx.destination);
+            // A failed dial to an upstream was logged where it happened, once per attempt.
+            if kind != "forward" && ctx.direction == Direction::Outbound {
+                debug!(%reason, "request failed");
+            } else {
+                warn!(
+                    direction = ctx.direction.as_str(),
+                    "request failed: {reason}"
+                );
+            }
+            ctx.metrics
+                .request(ctx.direction, label, StatusCode::BAD_GATEWAY.as_u16());
+            Outcome {
+                response: error_response(StatusCode::BAD_GATEWAY, grpc, &reason),
+                judgement,
+                error: Some((kind, reason)),
+            }
+        }
+    }
+}
+
+/// Relays an upgraded connection until both sides close or it idles out.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    server: hyper::upgrade::OnUpgrade,
+    activity: &Activity,
+    idle: Duration,
+    peer: SocketAddr,
+) {
+    match tokio::join!(client, server) {
+        (Ok(client), Ok(server)) => {
+            let mut client = TokioIo::new(client);
+            let mut server = TokioIo::new(server);
+            let _ =
+                crate::io::relay_until_idle(&mut client, &mut server, activity, idle, peer).await;
+        }
+        (Err(e), _) | (_, Err(e)) => debug!(error = %e, "upgrade did not complete"),
+    }
+}
