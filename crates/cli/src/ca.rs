@@ -15,6 +15,8 @@ use hush_identity::{SpiffeId, TrustDomain};
 use tokio::net::TcpListener;
 
 use crate::parse_duration;
+use crate::shutdown;
+use crate::times::utc_second;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CaCommand {
@@ -232,7 +234,7 @@ fn create_token(args: TokenCreateArgs) -> Result<()> {
         } else {
             "single use"
         },
-        hush_ca_time(minted.expires_at),
+        utc_second(minted.expires_at),
     );
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", minted.token)?;
@@ -256,7 +258,7 @@ fn list_tokens(args: DirArg) -> Result<()> {
             (false, false, false) => "unused",
         };
         let expires = time::OffsetDateTime::from_unix_timestamp(t.expires_at)
-            .map(hush_ca_time)
+            .map(utc_second)
             .unwrap_or_else(|_| t.expires_at.to_string());
         writeln!(
             out,
@@ -265,15 +267,6 @@ fn list_tokens(args: DirArg) -> Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// A UTC time to the second, RFC 3339 (`2026-11-26T23:21:22Z`).
-pub(crate) fn hush_ca_time(t: time::OffsetDateTime) -> String {
-    t.to_offset(time::UtcOffset::UTC)
-        .format(time::macros::format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
-        ))
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 /// Everything `hush ca serve` and `hush up` need to start a CA.
@@ -412,7 +405,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let authority = setup.service.authority();
     tracing::info!(
         trust_domain = %authority.trust_domain(),
-        intermediate_expires = %hush_ca_time(authority.intermediate_not_after()),
+        intermediate_expires = %utc_second(authority.intermediate_not_after()),
         kubernetes = kubernetes.is_some(),
         "CA ready"
     );
@@ -425,24 +418,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         )?;
         out.flush()?;
     }
-    hush_ca::serve(setup.service, listener, setup.options, shutdown_signal()).await?;
+    hush_ca::serve(setup.service, listener, setup.options, shutdown::signal()).await?;
     tracing::info!("CA stopped");
     Ok(())
-}
-
-/// Completes on SIGTERM or Ctrl-C.
-pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = terminate => {},
-    }
 }

@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::parse_duration;
+use crate::times::span;
 
 /// Clocks further apart than this are worth a warning; past the CA's back-dating (5 min by
 /// default) new certificates would look not valid yet to the fast side.
@@ -460,21 +461,6 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// A duration in its two largest units (`2 h 5 min`).
-pub(crate) fn span(seconds: i64) -> String {
-    let seconds = seconds.max(0);
-    let (days, hours, minutes) = (seconds / 86_400, seconds / 3_600 % 24, seconds / 60 % 60);
-    if days > 0 {
-        format!("{days} d {hours} h")
-    } else if hours > 0 {
-        format!("{hours} h {minutes} min")
-    } else if minutes > 0 {
-        format!("{minutes} min")
-    } else {
-        format!("{seconds} s")
-    }
-}
-
 fn render(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "hush check {}", report.config);
@@ -507,15 +493,6 @@ fn render(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn spans_read_as_people_say_them() {
-        assert_eq!(span(7), "7 s");
-        assert_eq!(span(125), "2 min");
-        assert_eq!(span(2 * 3600 + 5 * 60 + 9), "2 h 5 min");
-        assert_eq!(span(3 * 86_400 + 4 * 3600), "3 d 4 h");
-        assert_eq!(span(-5), "0 s");
-    }
 
     #[test]
     fn clock_skew_is_judged_against_the_back_dating() {

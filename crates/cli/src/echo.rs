@@ -43,7 +43,7 @@ pub(crate) async fn run(args: DemoAppArgs) -> anyhow::Result<()> {
         )?;
         out.flush()?;
     }
-    crate::ca::shutdown_signal().await;
+    crate::shutdown::signal().await;
     stop.cancel();
     Ok(())
 }

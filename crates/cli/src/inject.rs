@@ -21,7 +21,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use crate::ca::shutdown_signal;
+use crate::shutdown;
 
 /// The largest AdmissionReview accepted; the API server's own request limit is 3 MiB.
 const MAX_REVIEW_BYTES: usize = 4 * 1024 * 1024;
@@ -123,7 +123,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         )?;
         out.flush()?;
     }
-    let shutdown = shutdown_signal();
+    let shutdown = shutdown::signal();
     tokio::pin!(shutdown);
     loop {
         let slot = tokio::select! {

@@ -10,7 +10,9 @@ mod echo;
 mod inject;
 mod policy;
 mod proxy;
+mod shutdown;
 mod telemetry;
+mod times;
 mod up;
 
 use std::process::ExitCode;

@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use hush_proxy::{Proxy, ProxyConfig};
 
-use crate::ca::{hush_ca_time, shutdown_signal};
+use crate::shutdown;
+use crate::times::utc_second;
 
 #[derive(Debug, Args)]
 pub(crate) struct ProxyArgs {
@@ -53,11 +54,11 @@ pub(crate) async fn run(
                 "{READY_PREFIX}{} (certificate {}, expires {})",
                 svid.spiffe_id,
                 svid.serial,
-                hush_ca_time(svid.not_after.into())
+                utc_second(svid.not_after.into())
             ));
         }
     });
-    proxy.run(shutdown_signal()).await?;
+    proxy.run(shutdown::signal()).await?;
     Ok(())
 }
 

@@ -30,7 +30,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::ca::{build_ca, shutdown_signal};
+use crate::ca::build_ca;
+use crate::shutdown;
 
 /// The mesh `hush up` starts when no file is given.
 const DEFAULT_MESH: &str = include_str!("../../../examples/quickstart/mesh.yaml");
@@ -318,7 +319,7 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
     } else {
         say("\nPress Ctrl-C to stop.");
         tokio::select! {
-            () = shutdown_signal() => {}
+            () = shutdown::signal() => {}
             () = stop.cancelled() => {}
         }
         stop.cancel();

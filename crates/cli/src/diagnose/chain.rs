@@ -18,7 +18,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::hints::Reason;
 use super::report::{label, time_words};
-use crate::check::span;
+use crate::times::span;
 
 /// Whose chain is explained: the server's (step 3) or ours (when the server refused it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

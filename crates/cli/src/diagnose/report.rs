@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::hints::Reason;
-use crate::check::span;
+use crate::times::{span, utc_second};
 
 /// The whole story.
 #[derive(Debug, Serialize)]
@@ -201,8 +201,8 @@ pub(super) fn describe_chain(chain: &[CertificateDer<'_>]) -> Vec<String> {
                 index + 1,
                 label(&summary),
                 summary.issuer,
-                crate::ca::hush_ca_time(timestamp(summary.not_before)),
-                crate::ca::hush_ca_time(timestamp(summary.not_after)),
+                utc_second(timestamp(summary.not_before)),
+                utc_second(timestamp(summary.not_after)),
                 validity_words(summary.not_before, summary.not_after),
             ),
             Err(e) => format!("  {}. cannot be read: {e}", index + 1),
@@ -242,7 +242,7 @@ fn timestamp(seconds: i64) -> time::OffsetDateTime {
 
 /// A Unix time as hush prints times (`2026-11-28T09:42:10Z`).
 pub(super) fn time_words(seconds: i64) -> String {
-    crate::ca::hush_ca_time(timestamp(seconds))
+    utc_second(timestamp(seconds))
 }
 
 fn validity_words(not_before: i64, not_after: i64) -> String {
