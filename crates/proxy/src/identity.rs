@@ -10,6 +10,10 @@
 
 mod certifier;
 mod error;
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod lifecycle_tests;
 
 use std::path::Path;
 use std::sync::Arc;
