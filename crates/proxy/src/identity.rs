@@ -295,10 +295,8 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
                 // The CA is down: the token would not get through either.
                 Err(e) if e.is_unavailable() => return Err(AttemptError::RenewalUnavailable(e)),
                 Err(renewal) => {
-                    debug!(
-                        renewal = %format_args!("renewal with the current certificate failed: {renewal}"),
-                        "falling back to the token"
-                    );
+                    let words = format!("renewal with the current certificate failed: {renewal}");
+                    debug!(renewal = %words, "falling back to the token");
                     self.with_token(csr)
                         .await
                         .map_err(|token| AttemptError::RenewalThenToken {

@@ -1,8 +1,9 @@
 //! Why one attempt to obtain or renew the workload certificate failed.
 //!
-//! The words are the sidecar's: they are logged (`cannot renew the workload certificate; …: {error}`),
-//! shown on `/ready` and `/certs`, read by `hush check`, and looked for by the end-to-end tests
-//! and the troubleshooting guide, so a variant's `Display` must not change without them.
+//! The words are the sidecar's: they are logged (`cannot renew the workload certificate; …:
+//! {error}`), shown on `/ready` and `/certs`, read by `hush check`, and looked for by the
+//! end-to-end tests and the troubleshooting guide, so a variant's `Display` must not change
+//! without them.
 
 use std::path::PathBuf;
 

@@ -44,8 +44,8 @@ pub(super) struct TestClock {
 // === impl TestClock ===
 
 impl TestClock {
-    /// What the wall clock reads when the clock is made: 2030-03-17, a time no certificate
-    /// of the machine's own clock is compared with.
+    /// What the wall clock reads when the clock is made: 2030-03-17, fixed, so that no test
+    /// depends on the machine's clock.
     pub(super) fn base() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000)
     }
