@@ -8,29 +8,32 @@
 //! the CA is unreachable the sidecar keeps serving with the certificate it has, retrying with
 //! backoff, until that certificate expires.
 
-use std::fmt;
+mod certifier;
+mod error;
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod lifecycle_tests;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hush_ca_client::CaClient;
 use hush_identity::{CertificateSummary, SpiffeId, TrustBundle};
 use hush_tls::rustls::client::danger::ServerCertVerifier;
-use hush_tls::{
-    CredentialStore, ExpectedServer, HandshakeFailure, SpiffeServerVerifier, TrustStore,
-};
+use hush_tls::{CredentialStore, ExpectedServer, SpiffeServerVerifier, TrustStore};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::{Instrument, debug, info, warn};
 
+use self::certifier::{CaCertifier, CaError, Certifier, Issued};
+use self::error::AttemptError;
 use crate::clock::{system_time, unix_seconds};
 use crate::config::CaConfig;
 use crate::metrics::Metrics;
 
-/// The longest a single call to the CA may take.
-const CA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// First retry after a failed attempt; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -95,29 +98,72 @@ impl IdentityStatus {
     }
 }
 
+/// The wall clock the manager reads.
+///
+/// Certificates' validity and the time to renew are wall-clock times, while the manager waits
+/// with tokio's clock. The unit tests pause tokio's clock, which does not move the system's, so
+/// they give the manager a wall clock that follows tokio's.
+pub(crate) trait Clock: Send + Sync + 'static {
+    /// The time now.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system's wall clock: the sidecar's.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
 /// Obtains and renews the workload certificate, and keeps the trust bundle fresh.
-pub(crate) struct IdentityManager {
+///
+/// The CA is reached through a [`Certifier`] (the real CA's gRPC API in the sidecar, a fake in
+/// the unit tests) and the wall clock through a [`Clock`].
+pub(crate) struct IdentityManager<C = CaCertifier, K = SystemClock> {
     ca: CaConfig,
+    /// Shared with the bundle refresh task.
+    certifier: Arc<C>,
+    clock: K,
     trust: TrustStore,
     credentials: CredentialStore,
     status: watch::Sender<IdentityStatus>,
     metrics: Metrics,
 }
 
-/// Why one attempt to get a certificate failed.
-#[derive(Debug)]
-struct AttemptError(String);
-
-impl fmt::Display for AttemptError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 // === impl IdentityManager ===
 
 impl IdentityManager {
+    /// The sidecar's manager: the CA of `ca`, the system's clock.
     pub(crate) fn new(
+        ca: CaConfig,
+        trust: TrustStore,
+        credentials: CredentialStore,
+        status: watch::Sender<IdentityStatus>,
+        metrics: Metrics,
+    ) -> Self {
+        let certifier = CaCertifier::new(&ca, trust.clone(), credentials.clone());
+        Self::with_certifier(
+            certifier,
+            SystemClock,
+            ca,
+            trust,
+            credentials,
+            status,
+            metrics,
+        )
+    }
+}
+
+impl<C: Certifier, K: Clock> IdentityManager<C, K> {
+    /// A manager that asks `certifier` for certificates and reads the time from `clock`. Of
+    /// `ca`, only the token file and the bundle refresh interval are read here; the certifier
+    /// knows where the CA is.
+    pub(crate) fn with_certifier(
+        certifier: C,
+        clock: K,
         ca: CaConfig,
         trust: TrustStore,
         credentials: CredentialStore,
@@ -126,6 +172,8 @@ impl IdentityManager {
     ) -> Self {
         Self {
             ca,
+            certifier: Arc::new(certifier),
+            clock,
             trust,
             credentials,
             status,
@@ -136,7 +184,8 @@ impl IdentityManager {
     /// Runs until `stop` is cancelled: first certificate, renewals, bundle refreshes.
     pub(crate) async fn run(self, stop: CancellationToken) {
         let refresh = tokio::spawn(refresh_bundle(
-            self.ca.clone(),
+            self.certifier.clone(),
+            self.ca.bundle_refresh,
             self.trust.clone(),
             self.metrics.clone(),
             stop.clone(),
@@ -174,14 +223,14 @@ impl IdentityManager {
                 Err(error) => {
                     span.record("hush.outcome", "failed");
                     span.record("otel.status_code", "error");
-                    span.record("otel.status_description", error.0.as_str());
+                    span.record("otel.status_description", error.to_string().as_str());
                 }
             }
             drop(span);
             match result {
                 Ok(svid) => {
                     backoff = MIN_BACKOFF;
-                    next_attempt = instant_at(svid.renew_at);
+                    next_attempt = instant_at(svid.renew_at, self.clock.now());
                     self.metrics.renewal(true);
                     self.metrics
                         .certificate_expiry(unix_seconds(svid.not_after));
@@ -208,7 +257,7 @@ impl IdentityManager {
                     next_attempt = tokio::time::Instant::now() + wait;
                     let left = current
                         .as_ref()
-                        .and_then(|svid| svid.not_after.duration_since(SystemTime::now()).ok());
+                        .and_then(|svid| svid.not_after.duration_since(self.clock.now()).ok());
                     let retry_in = humantime::format_duration(wait);
                     if let Some(left) = left {
                         // Renewal starts at about half the lifetime, so this warns long before
@@ -220,7 +269,7 @@ impl IdentityManager {
                         warn!(%retry_in, "cannot obtain a workload certificate: {error}");
                     }
                     self.status.send_modify(|status| {
-                        status.last_error = Some(error.0);
+                        status.last_error = Some(error.to_string());
                     });
                 }
             }
@@ -231,127 +280,92 @@ impl IdentityManager {
     /// One attempt: renew with the current certificate while it is valid, otherwise (or if the
     /// CA refuses that) attest with the token.
     async fn attempt(&self, current: Option<&Svid>) -> Result<Svid, AttemptError> {
-        let key = rcgen::KeyPair::generate()
-            .map_err(|e| AttemptError(format!("cannot make a key pair: {e}")))?;
+        let key = rcgen::KeyPair::generate().map_err(AttemptError::KeyPair)?;
         let csr = rcgen::CertificateParams::default()
             .serialize_request(&key)
-            .map_err(|e| AttemptError(format!("cannot make a CSR: {e}")))?
+            .map_err(AttemptError::Csr)?
             .der()
             .to_vec();
-        let roots = self.trust.bundle().roots().to_vec();
-        let valid_now = current.is_some_and(|svid| SystemTime::now() < svid.not_after);
+        let valid_now = current.is_some_and(|svid| self.clock.now() < svid.not_after);
 
-        let response = if valid_now {
-            let client =
-                CaClient::with_identity(&self.ca.address, &roots, self.credentials.clone())
-                    .map_err(|e| AttemptError(e.to_string()))?;
-            match call(client.renew(csr.clone(), self.ca.certificate_ttl)).await {
-                Ok(response) => response,
+        let issued = if valid_now {
+            match self.certifier.renew(csr.clone()).await {
+                Ok(issued) => issued,
+                Err(CaError::Client(e)) => return Err(AttemptError::Client(e)),
                 // The CA is down: the token would not get through either.
-                Err(status) if status.code() == tonic::Code::Unavailable => {
-                    return Err(AttemptError(describe_status(
-                        "renewal",
-                        &self.ca.address,
-                        &status,
-                    )));
-                }
-                Err(status) => {
-                    let renewal = describe_status(
-                        "renewal with the current certificate",
-                        &self.ca.address,
-                        &status,
-                    );
-                    debug!(%renewal, "falling back to the token");
-                    self.with_token(&roots, csr)
+                Err(e) if e.is_unavailable() => return Err(AttemptError::RenewalUnavailable(e)),
+                Err(renewal) => {
+                    let words = format!("renewal with the current certificate failed: {renewal}");
+                    debug!(renewal = %words, "falling back to the token");
+                    self.with_token(csr)
                         .await
-                        .map_err(|e| AttemptError(format!("{renewal}; then {e}")))?
+                        .map_err(|token| AttemptError::RenewalThenToken {
+                            renewal,
+                            token: Box::new(token),
+                        })?
                 }
             }
         } else {
-            self.with_token(&roots, csr).await?
+            self.with_token(csr).await?
         };
 
-        if !response.trust_bundle.is_empty() {
-            self.apply_bundle(response.trust_bundle.clone());
+        if !issued.bundle.is_empty() {
+            apply_bundle(&self.trust, &self.metrics, issued.bundle);
         }
-        let chain: Vec<CertificateDer<'static>> = response
-            .cert_chain
-            .into_iter()
-            .map(CertificateDer::from)
-            .collect();
         // The identity never changes while the sidecar runs.
         let expected = match current {
             Some(svid) => ExpectedServer::OneOf(vec![svid.spiffe_id.clone()]),
             None => ExpectedServer::AnyInTrustDomain,
         };
-        let svid = check_issued(&self.trust, expected, &chain)?;
+        let svid = check_issued(&self.trust, expected, &issued.chain, self.clock.now())?;
         self.credentials
             .install(
-                chain,
+                issued.chain,
                 PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
             )
-            .map_err(|e| AttemptError(format!("the CA's certificate cannot be used: {e}")))?;
+            .map_err(AttemptError::Unusable)?;
         Ok(svid)
     }
 
-    async fn with_token(
-        &self,
-        roots: &[CertificateDer<'static>],
-        csr: Vec<u8>,
-    ) -> Result<hush_ca_client::proto::CertifyResponse, AttemptError> {
+    /// Attestation with the token, read from its file now: a rotated token is picked up.
+    async fn with_token(&self, csr: Vec<u8>) -> Result<Issued, AttemptError> {
         let token = read_token(&self.ca.token_file)?;
-        let client =
-            CaClient::new(&self.ca.address, roots).map_err(|e| AttemptError(e.to_string()))?;
-        call(client.certify(&token, csr, self.ca.certificate_ttl))
+        self.certifier
+            .certify(&token, csr)
             .await
-            .map_err(|status| {
-                AttemptError(describe_status(
-                    "attestation with the token",
-                    &self.ca.address,
-                    &status,
-                ))
+            .map_err(|error| match error {
+                CaError::Client(e) => AttemptError::Client(e),
+                error => AttemptError::Token(error),
             })
-    }
-
-    fn apply_bundle(&self, roots: Vec<Vec<u8>>) {
-        apply_bundle(&self.trust, &self.metrics, roots);
     }
 }
 
 /// Checks what the CA sent before presenting it to anyone: it must chain to the trust bundle,
-/// be an X.509-SVID of the trust domain, and name the expected identity.
+/// be an X.509-SVID of the trust domain valid at `now`, and name the expected identity.
 fn check_issued(
     trust: &TrustStore,
     expected: ExpectedServer,
     chain: &[CertificateDer<'static>],
+    now: SystemTime,
 ) -> Result<Svid, AttemptError> {
     let Some((leaf, intermediates)) = chain.split_first() else {
-        return Err(AttemptError(
-            "the CA sent an empty certificate chain".into(),
-        ));
+        return Err(AttemptError::EmptyChain);
     };
-    let verifier = SpiffeServerVerifier::with_trust(trust, expected)
-        .map_err(|e| AttemptError(e.to_string()))?;
+    let verifier =
+        SpiffeServerVerifier::with_trust(trust, expected).map_err(AttemptError::Verifier)?;
     // The server name is not looked at: the SPIFFE ID stands in for it.
-    let name = ServerName::try_from("workload.invalid")
-        .map_err(|e| AttemptError(format!("internal: {e}")))?;
+    let name = ServerName::try_from("workload.invalid").map_err(AttemptError::ServerName)?;
+    let at = UnixTime::since_unix_epoch(
+        now.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
     verifier
-        .verify_server_cert(leaf, intermediates, &name, &[], UnixTime::now())
-        .map_err(|e| {
-            AttemptError(format!(
-                "the certificate the CA sent does not check out: {}",
-                HandshakeFailure::from_tls(&e).message
-            ))
-        })?;
-    let summary = CertificateSummary::from_der(leaf)
-        .map_err(|e| AttemptError(format!("the CA's certificate cannot be read: {e}")))?;
-    let spiffe_id = summary
-        .spiffe_id
-        .clone()
-        .ok_or_else(|| AttemptError("the CA's certificate has no SPIFFE ID".into()))?;
+        .verify_server_cert(leaf, intermediates, &name, &[], at)
+        .map_err(AttemptError::rejected)?;
+    let summary = CertificateSummary::from_der(leaf).map_err(AttemptError::Unreadable)?;
+    let spiffe_id = summary.spiffe_id.clone().ok_or(AttemptError::NoSpiffeId)?;
     let not_before = system_time(summary.not_before);
     let not_after = system_time(summary.not_after);
-    let now = SystemTime::now();
     let remaining = not_after.duration_since(now).unwrap_or_default();
     Ok(Svid {
         spiffe_id,
@@ -388,90 +402,46 @@ fn random_unit() -> f64 {
 }
 
 fn read_token(path: &Path) -> Result<String, AttemptError> {
-    let token = std::fs::read_to_string(path).map_err(|e| {
-        AttemptError(format!(
-            "cannot read the token file {}: {e}",
-            path.display()
-        ))
+    let token = std::fs::read_to_string(path).map_err(|source| AttemptError::TokenUnreadable {
+        path: path.to_path_buf(),
+        source,
     })?;
     let token = token.trim();
     if token.is_empty() {
-        return Err(AttemptError(format!(
-            "the token file {} is empty",
-            path.display()
-        )));
+        return Err(AttemptError::TokenEmpty {
+            path: path.to_path_buf(),
+        });
     }
     Ok(token.to_string())
 }
 
-async fn call<T>(
-    request: impl Future<Output = Result<T, tonic::Status>>,
-) -> Result<T, tonic::Status> {
-    tokio::time::timeout(CA_CALL_TIMEOUT, request)
-        .await
-        .unwrap_or_else(|_| {
-            Err(tonic::Status::deadline_exceeded(format!(
-                "the CA did not answer within {}",
-                humantime::format_duration(CA_CALL_TIMEOUT)
-            )))
-        })
-}
-
-/// A gRPC failure in words. When the CA could not be reached at all, that is said plainly
-/// (with the TLS step that failed, if it was TLS) instead of tonic's transport message.
-fn describe_status(what: &str, address: &str, status: &tonic::Status) -> String {
-    use std::error::Error;
-    let mut source = status.source();
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            let is_tls = io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<hush_tls::rustls::Error>());
-            return if is_tls {
-                format!(
-                    "{what} failed: TLS with the CA at {address}: {}",
-                    hush_tls::explain_io_error(io)
-                )
-            } else {
-                format!("{what} failed: cannot reach the CA at {address}: {io}")
-            };
-        }
-        source = cause.source();
-    }
-    format!("{what} failed: {:?}: {}", status.code(), status.message())
-}
-
-async fn refresh_bundle(
-    ca: CaConfig,
+/// Fetches the trust bundle every `every` until `stop` is cancelled. A bundle also comes with
+/// every certificate; this keeps a sidecar whose certificate lives long up to date with a root
+/// rotation.
+async fn refresh_bundle<C: Certifier>(
+    certifier: Arc<C>,
+    every: Duration,
     trust: TrustStore,
     metrics: Metrics,
     stop: CancellationToken,
 ) {
     loop {
         tokio::select! {
-            () = tokio::time::sleep(ca.bundle_refresh) => {}
+            () = tokio::time::sleep(every) => {}
             () = stop.cancelled() => return,
         }
-        let roots = trust.bundle().roots().to_vec();
-        let client = match CaClient::new(&ca.address, &roots) {
-            Ok(client) => client,
+        match certifier.trust_bundle().await {
+            Ok(roots) => apply_bundle(&trust, &metrics, roots),
+            Err(CaError::Client(e)) => warn!(error = %e, "cannot refresh the trust bundle"),
             Err(e) => {
-                warn!(error = %e, "cannot refresh the trust bundle");
-                continue;
-            }
-        };
-        match call(client.trust_bundle()).await {
-            Ok(response) => apply_bundle(&trust, &metrics, response.roots),
-            Err(status) => {
-                let error = describe_status("fetching the trust bundle", &ca.address, &status);
+                let error = format!("fetching the trust bundle failed: {e}");
                 debug!(%error, "keeping the current trust bundle");
             }
         }
     }
 }
 
-fn apply_bundle(trust: &TrustStore, metrics: &Metrics, roots: Vec<Vec<u8>>) {
-    let roots = roots.into_iter().map(CertificateDer::from).collect();
+fn apply_bundle(trust: &TrustStore, metrics: &Metrics, roots: Vec<CertificateDer<'static>>) {
     let bundle = match TrustBundle::new(trust.trust_domain(), roots) {
         Ok(bundle) => bundle,
         Err(e) => {
@@ -492,9 +462,10 @@ fn apply_bundle(trust: &TrustStore, metrics: &Metrics, roots: Vec<Vec<u8>>) {
     }
 }
 
-/// The monotonic instant at which the wall clock reads `at` (now, if that is past).
-fn instant_at(at: SystemTime) -> tokio::time::Instant {
-    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+/// The monotonic instant at which the wall clock, reading `now` at this moment, reads `at`
+/// (this moment, if that is past).
+fn instant_at(at: SystemTime, now: SystemTime) -> tokio::time::Instant {
+    let wait = at.duration_since(now).unwrap_or_default();
     tokio::time::Instant::now() + wait
 }
 
@@ -561,12 +532,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "\n").unwrap();
-        assert!(read_token(&path).unwrap_err().0.contains("is empty"));
+        assert!(
+            read_token(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("is empty")
+        );
         std::fs::write(&path, "hushjt.abc.def\n").unwrap();
         assert_eq!(read_token(&path).unwrap(), "hushjt.abc.def");
         let missing = read_token(&dir.path().join("nope")).unwrap_err();
         assert!(
-            missing.0.contains("cannot read the token file"),
+            missing.to_string().contains("cannot read the token file"),
             "{missing}"
         );
     }

@@ -1,0 +1,296 @@
+//! The CA as the identity manager sees it: three calls, and why one failed.
+//!
+//! [`Certifier`] is what the manager needs of the CA, so that its timing and fallbacks (renew at
+//! half-life, fall back to the token, back off, refresh the bundle) can be tested against a fake
+//! CA in paused time. [`CaCertifier`] is the real one: the gRPC API through
+//! [`hush_ca_client::CaClient`], each call bounded by [`CA_CALL_TIMEOUT`].
+
+use std::time::Duration;
+
+use hush_ca_client::{CaClient, ClientError};
+use hush_tls::{CredentialStore, TrustStore};
+use rustls_pki_types::CertificateDer;
+
+use crate::config::CaConfig;
+
+/// The longest a single call to the CA may take.
+const CA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The calls the identity manager makes to the CA.
+///
+/// The futures are `Send` because the manager runs in a spawned task. The manager is generic
+/// over this trait rather than holding a `dyn Certifier`: the sidecar links one implementation,
+/// so nothing is gained by dynamic dispatch, and it would cost a boxed future per call.
+pub(crate) trait Certifier: Send + Sync + 'static {
+    /// A certificate for the key of `csr` (DER), proving identity with the certificate the
+    /// sidecar holds now (mutual TLS). The CA issues it for the same SPIFFE ID.
+    fn renew(&self, csr: Vec<u8>) -> impl Future<Output = Result<Issued, CaError>> + Send;
+
+    /// A certificate for the key of `csr` (DER), proving identity with `token` (a join token or
+    /// a service-account token).
+    fn certify(
+        &self,
+        token: &str,
+        csr: Vec<u8>,
+    ) -> impl Future<Output = Result<Issued, CaError>> + Send;
+
+    /// The CA's trust bundle: its roots.
+    fn trust_bundle(
+        &self,
+    ) -> impl Future<Output = Result<Vec<CertificateDer<'static>>, CaError>> + Send;
+}
+
+/// What the CA sent for a certificate request. Nothing here is checked yet.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Issued {
+    /// Leaf first, then intermediates.
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    /// The CA's roots, sent with every certificate (empty when it sent none).
+    pub(crate) bundle: Vec<CertificateDer<'static>>,
+}
+
+/// Why a call to the CA failed.
+///
+/// The words are those of the sidecar's log lines and of `/ready`: a CA that cannot be reached
+/// is said plainly (with the TLS step that failed, if it was TLS) instead of tonic's transport
+/// message.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CaError {
+    /// No request was sent: the client could not be set up (a bad address, unusable roots).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// No connection to the CA, or one that broke.
+    #[error("cannot reach the CA at {address}: {source}")]
+    Unreachable {
+        /// The gRPC code the call ended with.
+        code: tonic::Code,
+        /// The CA's address, as configured.
+        address: String,
+        /// What the connection said.
+        source: std::io::Error,
+    },
+    /// The TLS handshake with the CA failed.
+    #[error(
+        "TLS with the CA at {address}: {}",
+        hush_tls::explain_tls_error(source)
+    )]
+    Tls {
+        /// The gRPC code the call ended with.
+        code: tonic::Code,
+        /// The CA's address, as configured.
+        address: String,
+        /// What rustls said.
+        source: hush_tls::rustls::Error,
+    },
+    /// The CA answered with an error (it refused, say), or the call ended without an answer
+    /// (a timeout is `DeadlineExceeded`).
+    #[error("{code:?}: {message}")]
+    Status {
+        /// The gRPC code.
+        code: tonic::Code,
+        /// The CA's words.
+        message: String,
+    },
+}
+
+// === impl CaError ===
+
+impl CaError {
+    /// The failure of a call to the CA at `address`, in the words above.
+    pub(crate) fn from_status(address: &str, status: &tonic::Status) -> Self {
+        use std::error::Error;
+        let code = status.code();
+        let mut source = status.source();
+        while let Some(cause) = source {
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                let address = address.to_string();
+                return match io
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<hush_tls::rustls::Error>())
+                {
+                    Some(tls) => Self::Tls {
+                        code,
+                        address,
+                        source: tls.clone(),
+                    },
+                    // io::Error is not Clone; one made of its kind and words prints the same.
+                    None => Self::Unreachable {
+                        code,
+                        address,
+                        source: std::io::Error::new(io.kind(), io.to_string()),
+                    },
+                };
+            }
+            source = cause.source();
+        }
+        Self::Status {
+            code,
+            message: status.message().to_string(),
+        }
+    }
+
+    /// The gRPC code the call ended with; `None` when no request was sent.
+    pub(crate) fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Self::Client(_) => None,
+            Self::Unreachable { code, .. } | Self::Tls { code, .. } | Self::Status { code, .. } => {
+                Some(*code)
+            }
+        }
+    }
+
+    /// Whether the CA is down (or out of reach): then a token would not get through either.
+    pub(crate) fn is_unavailable(&self) -> bool {
+        self.code() == Some(tonic::Code::Unavailable)
+    }
+}
+
+/// The hush CA, over its gRPC API.
+///
+/// Every call opens a fresh channel: a renewal must present the certificate installed now
+/// (the TLS handshake reads the [`CredentialStore`] once), and the CA must be verified with the
+/// roots trusted now.
+pub(crate) struct CaCertifier {
+    address: String,
+    ttl: Option<Duration>,
+    trust: TrustStore,
+    credentials: CredentialStore,
+}
+
+// === impl CaCertifier ===
+
+impl CaCertifier {
+    /// The CA of `ca`, verified with `trust`; renewals present what `credentials` holds.
+    pub(crate) fn new(ca: &CaConfig, trust: TrustStore, credentials: CredentialStore) -> Self {
+        Self {
+            address: ca.address.clone(),
+            ttl: ca.certificate_ttl,
+            trust,
+            credentials,
+        }
+    }
+
+    fn roots(&self) -> Vec<CertificateDer<'static>> {
+        self.trust.bundle().roots().to_vec()
+    }
+
+    fn failed(&self, status: &tonic::Status) -> CaError {
+        CaError::from_status(&self.address, status)
+    }
+}
+
+impl Certifier for CaCertifier {
+    async fn renew(&self, csr: Vec<u8>) -> Result<Issued, CaError> {
+        let client =
+            CaClient::with_identity(&self.address, &self.roots(), self.credentials.clone())?;
+        let response = call(client.renew(csr, self.ttl))
+            .await
+            .map_err(|status| self.failed(&status))?;
+        Ok(issued(response))
+    }
+
+    async fn certify(&self, token: &str, csr: Vec<u8>) -> Result<Issued, CaError> {
+        let client = CaClient::new(&self.address, &self.roots())?;
+        let response = call(client.certify(token, csr, self.ttl))
+            .await
+            .map_err(|status| self.failed(&status))?;
+        Ok(issued(response))
+    }
+
+    async fn trust_bundle(&self) -> Result<Vec<CertificateDer<'static>>, CaError> {
+        let client = CaClient::new(&self.address, &self.roots())?;
+        let response = call(client.trust_bundle())
+            .await
+            .map_err(|status| self.failed(&status))?;
+        Ok(certificates(response.roots))
+    }
+}
+
+fn issued(response: hush_ca_client::proto::CertifyResponse) -> Issued {
+    Issued {
+        chain: certificates(response.cert_chain),
+        bundle: certificates(response.trust_bundle),
+    }
+}
+
+fn certificates(ders: Vec<Vec<u8>>) -> Vec<CertificateDer<'static>> {
+    ders.into_iter().map(CertificateDer::from).collect()
+}
+
+/// Bounds a call to the CA: a CA that accepts the connection and never answers must not hold up
+/// renewals (each attempt would otherwise wait as long as the connection lives).
+async fn call<T>(
+    request: impl Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(CA_CALL_TIMEOUT, request)
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(format!(
+                "the CA did not answer within {}",
+                humantime::format_duration(CA_CALL_TIMEOUT)
+            )))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_worded_as_before() {
+        let refused = CaError::from_status(
+            "https://ca.test:8443",
+            &tonic::Status::permission_denied("the certificate is revoked"),
+        );
+        assert_eq!(
+            refused.to_string(),
+            "PermissionDenied: the certificate is revoked"
+        );
+        assert_eq!(refused.code(), Some(tonic::Code::PermissionDenied));
+        assert!(!refused.is_unavailable());
+
+        let mut down = tonic::Status::unavailable("tcp connect error");
+        down.set_source(std::sync::Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        let down = CaError::from_status("https://ca.test:8443", &down);
+        assert_eq!(
+            down.to_string(),
+            format!(
+                "cannot reach the CA at https://ca.test:8443: {}",
+                std::io::Error::from(std::io::ErrorKind::ConnectionRefused)
+            )
+        );
+        assert!(down.is_unavailable());
+        assert!(std::error::Error::source(&down).is_some());
+
+        let mut tls = tonic::Status::unavailable("tls handshake eof");
+        let alert = hush_tls::rustls::Error::AlertReceived(
+            hush_tls::rustls::AlertDescription::BadCertificate,
+        );
+        tls.set_source(std::sync::Arc::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            alert.clone(),
+        )));
+        let tls = CaError::from_status("https://ca.test:8443", &tls);
+        assert_eq!(
+            tls.to_string(),
+            format!(
+                "TLS with the CA at https://ca.test:8443: {}",
+                hush_tls::explain_tls_error(&alert)
+            )
+        );
+        assert!(tls.is_unavailable());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_ca_is_given_up_on() {
+        let silent = call(std::future::pending::<Result<(), tonic::Status>>());
+        let status = silent.await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(
+            CaError::from_status("https://ca.test:8443", &status).to_string(),
+            "DeadlineExceeded: the CA did not answer within 30s"
+        );
+    }
+}
