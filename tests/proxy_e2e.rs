@@ -1010,7 +1010,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
     // The request is in flight at the app when the backend is told to stop.
     tokio::task::block_in_place(|| {
         wait_until("the slow request to reach the app", || {
-            apps::SLOW_REQUESTS_STARTED.load(Ordering::SeqCst) > 0
+            apps::slow_requests_started(mesh.app) > 0
         });
     });
     mesh.backend.process().send_sigterm();

@@ -13,7 +13,6 @@ mod otlp;
 #[path = "mesh/sidecars.rs"]
 mod sidecars;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -416,10 +415,10 @@ async fn a_streamed_response_is_logged_and_traced_when_it_ends() {
     drop(body);
 
     // The caller gives up before the head, while the app is still thinking.
-    let before = apps::SLOW_REQUESTS_STARTED.load(Ordering::SeqCst);
+    let before = apps::slow_requests_started(mesh.app);
     let waiting = tokio::spawn(client.send_request(stream_request("/slow?ms=600000")));
     within(async {
-        while apps::SLOW_REQUESTS_STARTED.load(Ordering::SeqCst) == before {
+        while apps::slow_requests_started(mesh.app) == before {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })

@@ -43,6 +43,8 @@ pub(crate) const PATIENCE: Duration = Duration::from_secs(120);
 /// listener leads to the backend.
 pub(crate) struct Mesh {
     pub(crate) temp: TempDir,
+    /// The app behind the backend sidecar.
+    pub(crate) app: SocketAddr,
     pub(crate) ca_dir: PathBuf,
     pub(crate) ca: CaProcess,
     pub(crate) backend: ProxyProcess,
@@ -143,6 +145,7 @@ impl Mesh {
             .unwrap_or_else(|e| panic!("{e}"));
         Self {
             temp,
+            app,
             ca_dir,
             ca,
             backend,
