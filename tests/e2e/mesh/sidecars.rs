@@ -4,9 +4,6 @@
 //! listener, which dials the backend sidecar's inbound listener with mutual TLS and requires the
 //! backend's SPIFFE ID; the backend sidecar forwards to an app of the test's choosing.
 
-// Each test binary uses its own subset of these helpers.
-#![allow(dead_code)]
-
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,7 +25,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::apps;
+use crate::mesh::apps;
 
 pub(crate) const HUSH: &str = env!("CARGO_BIN_EXE_hush");
 pub(crate) const TRUST_DOMAIN: &str = "cluster.local";

@@ -1,17 +1,10 @@
 //! Traces and access lines end to end: a CA and two sidecars as real processes export their
 //! spans over OTLP/gRPC to a real receiver built on the official OpenTelemetry protobuf
-//! definitions (`tests/otlp_receiver.py`, Python with `opentelemetry-proto` and `grpcio`).
+//! definitions (`mesh/otlp_receiver.py`, Python with `opentelemetry-proto` and `grpcio`).
 //!
 //! The receiver needs `HUSH_OTLP_PYTHON` (CI sets it to its venv's Python, and
 //! `HUSH_REQUIRE_OTLP` so that it cannot be skipped); elsewhere, without it, the tests that need
 //! it say they were skipped.
-
-#[path = "mesh/apps.rs"]
-mod apps;
-#[path = "mesh/otlp.rs"]
-mod otlp;
-#[path = "mesh/sidecars.rs"]
-mod sidecars;
 
 use std::time::Duration;
 
@@ -22,12 +15,14 @@ use hush_proxy::{
 };
 use hush_test_support::{CaProcess, ProxyProcess};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use otlp::{ExportedSpan, OtlpReceiver};
-use sidecars::{
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::mesh::otlp::{ExportedSpan, OtlpReceiver};
+use crate::mesh::sidecars::{
     BACKEND, FRONTEND, HUSH, Mesh, MeshSpec, edit, get, json, loopback, new_ca, sidecar_config,
     spiffe_id, within, write_configmap,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use crate::mesh::{apps, otlp, sidecars};
 
 /// The trace the test's "app" is part of when it calls the frontend sidecar.
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";

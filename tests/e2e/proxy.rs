@@ -5,11 +5,6 @@
 //! outbound listener, which dials the backend sidecar's inbound listener with mutual TLS and
 //! requires the backend's SPIFFE ID; the backend sidecar forwards to the echo app.
 
-#[path = "mesh/apps.rs"]
-mod apps;
-#[path = "mesh/sidecars.rs"]
-mod sidecars;
-
 use std::fs;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -30,7 +25,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use sidecars::*;
+use crate::mesh::apps;
+use crate::mesh::sidecars::*;
 
 // === 1. protocols through the mesh ===
 

@@ -11,9 +11,6 @@
 //! Each prints `ready PORT` once it listens, then one JSON line per request it parsed: the
 //! method, the path and every header as it saw it. The test reads them as they come.
 
-// Each test binary uses its own subset of these helpers.
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

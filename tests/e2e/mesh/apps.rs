@@ -6,9 +6,6 @@
 //! * [`start_greeter`] — a server-first TCP app (it speaks before the client, like SMTP or
 //!   MySQL), then echoes lines.
 
-// Each test binary uses its own subset of these apps.
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::error::Error as StdError;
