@@ -149,9 +149,9 @@ async fn a_request_through_two_sidecars_is_one_trace() {
             find(spans, "outbound request", TRACE).is_some()
                 && find(spans, "inbound request", TRACE).is_some()
                 && find(spans, "inbound request", DENIED_TRACE).is_some()
-                && spans
-                    .iter()
-                    .any(|s| s.attr_str("url.path") == Some("/fresh"))
+                && spans.iter().any(|s| {
+                    s.name == "outbound request" && s.attr_str("url.path") == Some("/fresh")
+                })
                 && spans
                     .iter()
                     .filter(|s| s.name == "issue certificate")
