@@ -1245,7 +1245,7 @@ outbound:
     }
 
     /// `examples/proxy/reference.yaml` shows every key the configuration has, and
-    /// `tests/docs_e2e.rs` holds the documentation to the reference. The configuration below
+    /// `tests/e2e/docs.rs` holds the documentation to the reference. The configuration below
     /// is written out field by field, with no default, so a field added to these types does
     /// not compile here until it has a value; written, it then fails here until the reference
     /// (and so the documentation) shows it.

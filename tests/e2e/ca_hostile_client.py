@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""A hostile client of the hush CA, for tests/ca_limits_e2e.rs. Python standard library only.
+"""A hostile client of the hush CA, for the end-to-end tests of ca_limits.rs. Python standard
+library only.
 
 Each probe does one thing a client without credentials can do to the CA's port and prints one
 JSON line saying what the CA did about it. Every wait is bounded (--wait); "open" means the CA

@@ -2,9 +2,6 @@
 //! reached the app and that the mesh still serves, raw plaintext exchanges, and a hostile peer
 //! holding a valid certificate of the mesh.
 
-// Each test binary uses its own subset of these helpers.
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +11,8 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::judges::Judge;
-use crate::sidecars::{BACKEND, FRONTEND, Mesh, MeshSpec, get};
+use crate::mesh::judges::Judge;
+use crate::mesh::sidecars::{BACKEND, FRONTEND, Mesh, MeshSpec, get};
 
 /// The identity a hostile caller claims.
 pub(crate) const FORGED: &str = "spiffe://cluster.local/ns/ops/sa/admin";

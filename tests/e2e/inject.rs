@@ -11,8 +11,7 @@ use base64::Engine as _;
 use hush_test_support::describe_output;
 use serde_json::Value;
 
-#[path = "mesh/kube.rs"]
-mod kube;
+use crate::mesh::kube;
 
 const HUSH: &str = env!("CARGO_BIN_EXE_hush");
 

@@ -23,11 +23,6 @@
 //! | `s_server -verify` (optional), no certificate of ours | 4 `no_credentials`, optional not required |
 //! | a server hanging up after the handshake | 4 `closed_after_handshake`, not "may not speak TLS" |
 
-#[path = "mesh/apps.rs"]
-mod apps;
-#[path = "mesh/sidecars.rs"]
-mod sidecars;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -43,7 +38,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use sidecars::{BACKEND, FRONTEND, HUSH, LoneBackend, new_ca, path_str};
+use crate::mesh::sidecars::{BACKEND, FRONTEND, HUSH, LoneBackend, new_ca, path_str};
 
 /// Runs `hush diagnose ARGS… --json` and returns the report, with the human report of the same
 /// run's arguments for the message checks.

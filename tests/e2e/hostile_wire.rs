@@ -7,10 +7,9 @@
 //! Each case asserts how it ends (the alert, the reset or GOAWAY and its code, the status and
 //! its words, the closed connection, the metric with its step and reason), that nothing forged
 //! reached the app, and that an ordinary request through the mesh still gets the caller's true
-//! identity afterwards. HTTP/2 frames are written by hand (`tests/mesh/h2raw.rs`), hellos too
-//! (`tests/mesh/tlsraw.rs`); the app behind the backend is Node's `http2` and `http` on one
-//! port, or Python's `http.server`, which report every request they parsed
-//! (`tests/mesh/judges.rs`).
+//! identity afterwards. HTTP/2 frames are written by hand (`mesh::h2raw`), hellos too
+//! (`mesh::tlsraw`); the app behind the backend is Node's `http2` and `http` on one port, or
+//! Python's `http.server`, which report every request they parsed (`mesh::judges`).
 //!
 //! ## TLS on the backend's inbound port (`handshake_timeout: 5s`, `max_handshakes_per_address: 4`)
 //!
@@ -83,19 +82,6 @@
 //! | the same, from a peer on the inbound port | the same |
 //! | a request line trickled a byte every 200 ms, through the outbound listener or from a peer announcing `hush/tcp` | cut off `header_timeout` after its first byte (`hush_connections_refused_total{reason="slow_first_line"}`), unseen by the app |
 
-#[path = "mesh/apps.rs"]
-mod apps;
-#[path = "mesh/h2raw.rs"]
-mod h2raw;
-#[path = "mesh/hostile.rs"]
-mod hostile;
-#[path = "mesh/judges.rs"]
-mod judges;
-#[path = "mesh/sidecars.rs"]
-mod sidecars;
-#[path = "mesh/tlsraw.rs"]
-mod tlsraw;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -108,11 +94,12 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use h2raw::{Conn, ErrorCode, Frame, Outcome, flag, setting};
-use hostile::*;
-use judges::Judge;
-use sidecars::*;
-use tlsraw::Hello;
+use crate::mesh::h2raw::{Conn, ErrorCode, Frame, Outcome, flag, setting};
+use crate::mesh::hostile::*;
+use crate::mesh::judges::Judge;
+use crate::mesh::sidecars::*;
+use crate::mesh::tlsraw::Hello;
+use crate::mesh::{h2raw, tlsraw};
 
 /// How long a case waits for something that must happen; never reached when all is well.
 const BOUND: Duration = Duration::from_secs(30);

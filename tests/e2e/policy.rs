@@ -2,11 +2,6 @@
 //! processes on loopback, the backend sidecar enforcing a policy it reads from a directory laid
 //! out like a mounted Kubernetes ConfigMap, and the `hush policy` commands.
 
-#[path = "mesh/apps.rs"]
-mod apps;
-#[path = "mesh/sidecars.rs"]
-mod sidecars;
-
 use std::fs;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -16,7 +11,8 @@ use hush_test_support::{describe_output, http_request, run_hush, run_hush_ok};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 
-use sidecars::*;
+use crate::mesh::apps;
+use crate::mesh::sidecars::*;
 
 /// The backend answers the frontend's GET requests under /api/ and /admin/, but a DENY
 /// policy, checked first, keeps everyone out of /admin/.

@@ -1,19 +1,11 @@
 //! Traces and access lines end to end: a CA and two sidecars as real processes export their
 //! spans over OTLP/gRPC to a real receiver built on the official OpenTelemetry protobuf
-//! definitions (`tests/otlp_receiver.py`, Python with `opentelemetry-proto` and `grpcio`).
+//! definitions (`mesh/otlp_receiver.py`, Python with `opentelemetry-proto` and `grpcio`).
 //!
 //! The receiver needs `HUSH_OTLP_PYTHON` (CI sets it to its venv's Python, and
 //! `HUSH_REQUIRE_OTLP` so that it cannot be skipped); elsewhere, without it, the tests that need
 //! it say they were skipped.
 
-#[path = "mesh/apps.rs"]
-mod apps;
-#[path = "mesh/otlp.rs"]
-mod otlp;
-#[path = "mesh/sidecars.rs"]
-mod sidecars;
-
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,12 +15,14 @@ use hush_proxy::{
 };
 use hush_test_support::{CaProcess, ProxyProcess};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use otlp::{ExportedSpan, OtlpReceiver};
-use sidecars::{
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::mesh::otlp::{ExportedSpan, OtlpReceiver};
+use crate::mesh::sidecars::{
     BACKEND, FRONTEND, HUSH, Mesh, MeshSpec, edit, get, json, loopback, new_ca, sidecar_config,
     spiffe_id, within, write_configmap,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use crate::mesh::{apps, otlp, sidecars};
 
 /// The trace the test's "app" is part of when it calls the frontend sidecar.
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -155,9 +149,9 @@ async fn a_request_through_two_sidecars_is_one_trace() {
             find(spans, "outbound request", TRACE).is_some()
                 && find(spans, "inbound request", TRACE).is_some()
                 && find(spans, "inbound request", DENIED_TRACE).is_some()
-                && spans
-                    .iter()
-                    .any(|s| s.attr_str("url.path") == Some("/fresh"))
+                && spans.iter().any(|s| {
+                    s.name == "outbound request" && s.attr_str("url.path") == Some("/fresh")
+                })
                 && spans
                     .iter()
                     .filter(|s| s.name == "issue certificate")
@@ -416,10 +410,10 @@ async fn a_streamed_response_is_logged_and_traced_when_it_ends() {
     drop(body);
 
     // The caller gives up before the head, while the app is still thinking.
-    let before = apps::SLOW_REQUESTS_STARTED.load(Ordering::SeqCst);
+    let before = apps::slow_requests_started(mesh.app);
     let waiting = tokio::spawn(client.send_request(stream_request("/slow?ms=600000")));
     within(async {
-        while apps::SLOW_REQUESTS_STARTED.load(Ordering::SeqCst) == before {
+        while apps::slow_requests_started(mesh.app) == before {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })

@@ -2,9 +2,6 @@
 //! (TLS 1.2 only, no cipher suite or key-exchange group in common, cut short). What the server
 //! answers is read with `hush_tls::hello::server_first`.
 
-// Each test binary uses its own subset of these helpers.
-#![allow(dead_code)]
-
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};

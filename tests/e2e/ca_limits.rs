@@ -3,9 +3,9 @@
 //! per-address connection cap, the cap on unauthenticated requests in flight, and hyper/h2's own
 //! HTTP/2 abuse limits.
 //!
-//! The hostile client is `tests/ca_hostile_client.py` (the system Python, standard library only),
-//! which writes HTTP/2 frames by hand so it can send what no library would, and reports what the
-//! CA did as JSON. Every check ends with a real client (`hush cert request`, or hush's own gRPC
+//! The hostile client is `ca_hostile_client.py`, beside this file (the system Python, standard
+//! library only), which writes HTTP/2 frames by hand so it can send what no library would, and
+//! reports what the CA did as JSON. Every check ends with a real client (`hush cert request`, or hush's own gRPC
 //! client for renewals) getting a certificate: the CA must keep serving.
 //!
 //! Waits are bounded (the probe's `--wait`, the client's deadline); none asserts how fast
@@ -194,7 +194,7 @@ fn path_str(path: &Path) -> &str {
 }
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/ca_hostile_client.py")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/ca_hostile_client.py")
 }
 
 fn hostile(ca: &Ca, wait_secs: u32) -> Command {

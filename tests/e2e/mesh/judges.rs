@@ -11,9 +11,6 @@
 //! Each prints `ready PORT` once it listens, then one JSON line per request it parsed: the
 //! method, the path and every header as it saw it. The test reads them as they come.
 
-// Each test binary uses its own subset of these helpers.
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -21,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tempfile::TempDir;
 
 /// Python's `http.server`, answering every method with what it parsed (as JSON), and printing
 /// the same on stdout. Keep-alive (HTTP/1.1), so pipelined and smuggled requests are parsed.
@@ -193,6 +191,8 @@ pub(crate) struct Judge {
     pub(crate) name: &'static str,
     child: Child,
     seen: Arc<Mutex<Vec<Value>>>,
+    /// The directory of the judge's source file, removed with it (the Java judge's).
+    _source: Option<TempDir>,
 }
 
 impl Judge {
@@ -234,13 +234,15 @@ impl Judge {
             eprintln!("SKIPPED the Java judge: java is not installed");
             return None;
         }
-        // The source launcher runs a single file named after its class.
-        let dir = std::env::temp_dir().join(format!("hush-java-judge-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a directory for the Java judge");
-        let source = dir.join("Judge.java");
+        // The source launcher runs a single file named after its class, in a directory of this
+        // judge's own (another test may be starting one at the same time).
+        let dir = tempfile::tempdir().expect("a directory for the Java judge");
+        let source = dir.path().join("Judge.java");
         std::fs::write(&source, JAVA_JUDGE).expect("the Java judge's source");
         let source = source.to_str().expect("a UTF-8 path").to_owned();
-        Some(Self::start("java", "java", &[&source]))
+        let mut judge = Self::start("java", "java", &[&source]);
+        judge._source = Some(dir);
+        Some(judge)
     }
 
     /// Node's `http2` (HTTP/2 with prior knowledge) and `http` on one port. Panics where
@@ -279,6 +281,7 @@ impl Judge {
             name,
             child,
             seen,
+            _source: None,
         }
     }
 

@@ -1,13 +1,10 @@
 //! A real OTLP/gRPC trace receiver for the end-to-end tests, and what it received.
 //!
-//! [`OtlpReceiver::start`] runs `tests/otlp_receiver.py`, a receiver built on the official
-//! OpenTelemetry protobuf definitions, and collects the spans it prints (one JSON line each) as
-//! [`ExportedSpan`]s. Tests point hush's exporter at [`OtlpReceiver::endpoint`], then
+//! [`OtlpReceiver::start`] runs `otlp_receiver.py` (beside this file), a receiver built on the
+//! official OpenTelemetry protobuf definitions, and collects the spans it prints (one JSON line
+//! each) as [`ExportedSpan`]s. Tests point hush's exporter at [`OtlpReceiver::endpoint`], then
 //! [`OtlpReceiver::wait_for`] the spans they expect. The receiver needs a Python with the
 //! `opentelemetry-proto` and `grpcio` packages: see [`python`].
-
-// Each test binary uses its own subset of these helpers.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -20,7 +17,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 /// The receiver script, unless `HUSH_OTLP_RECEIVER` names another one.
-const RECEIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/otlp_receiver.py");
+const RECEIVER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/e2e/mesh/otlp_receiver.py"
+);
 
 /// How long the receiver may take to start listening (Python imports gRPC slowly on a busy
 /// machine).
@@ -53,16 +53,8 @@ pub(crate) struct ExportedSpan {
     pub(crate) status_message: String,
     /// Key → string, integer, float, boolean, or array of those.
     pub(crate) attributes: Map<String, Value>,
-    pub(crate) events: Vec<SpanEvent>,
     pub(crate) start_unix_nano: u64,
     pub(crate) end_unix_nano: u64,
-}
-
-/// An event recorded on a span.
-#[derive(Clone, Debug, serde::Deserialize)]
-pub(crate) struct SpanEvent {
-    pub(crate) name: String,
-    pub(crate) attributes: Map<String, Value>,
 }
 
 impl ExportedSpan {
@@ -192,11 +184,6 @@ impl OtlpReceiver {
     /// Where to send traces: `http://127.0.0.1:PORT`.
     pub(crate) fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
-    }
-
-    /// Every span received so far.
-    pub(crate) fn spans(&self) -> Vec<ExportedSpan> {
-        lock(&self.shared.state).spans.clone()
     }
 
     /// Waits until `done` holds for the spans received so far, and returns them all. Panics,

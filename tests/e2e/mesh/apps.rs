@@ -6,12 +6,11 @@
 //! * [`start_greeter`] — a server-first TCP app (it speaks before the client, like SMTP or
 //!   MySQL), then echoes lines.
 
-// Each test binary uses its own subset of these apps.
-#![allow(dead_code)]
-
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,10 +31,21 @@ use tower::ServiceExt;
 
 type Body = UnsyncBoxBody<Bytes, Box<dyn StdError + Send + Sync>>;
 
-/// How many `/slow` requests have reached an echo app (in this test process), so a test can
-/// wait until its request is in flight instead of sleeping.
-pub(crate) static SLOW_REQUESTS_STARTED: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(0);
+/// How many `/slow` requests have reached each echo app, by the app's address. Tests run side by
+/// side in one process, so a count of every app would include other tests' requests.
+static SLOW_REQUESTS_STARTED: Mutex<BTreeMap<SocketAddr, usize>> = Mutex::new(BTreeMap::new());
+
+/// How many `/slow` requests have reached the echo app at `app`, so a test can wait until its
+/// request is in flight instead of sleeping.
+pub(crate) fn slow_requests_started(app: SocketAddr) -> usize {
+    slow_requests().get(&app).copied().unwrap_or(0)
+}
+
+fn slow_requests() -> std::sync::MutexGuard<'static, BTreeMap<SocketAddr, usize>> {
+    SLOW_REQUESTS_STARTED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Starts the echo app on a free loopback port. It runs until the test's runtime ends.
 pub(crate) async fn start_app() -> SocketAddr {
@@ -43,6 +53,8 @@ pub(crate) async fn start_app() -> SocketAddr {
         .await
         .expect("bind the app");
     let addr = listener.local_addr().expect("app address");
+    // The port may have been an earlier app's: its count is not this one's.
+    slow_requests().insert(addr, 0);
     let (_reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(async move {
         loop {
@@ -66,7 +78,7 @@ pub(crate) async fn start_app() -> SocketAddr {
                                 .boxed_unsync()
                             }));
                         }
-                        Ok(answer(request).await)
+                        Ok(answer(addr, request).await)
                     }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
@@ -85,12 +97,12 @@ fn is_grpc(request: &Request<Incoming>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-async fn answer(mut request: Request<Incoming>) -> Response<Body> {
+async fn answer(app: SocketAddr, mut request: Request<Incoming>) -> Response<Body> {
     match request.uri().path() {
         "/ws" => return websocket(&mut request),
         path if path.starts_with("/trickle") => return trickle(&request),
         "/slow" => {
-            SLOW_REQUESTS_STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            *slow_requests().entry(app).or_default() += 1;
             let ms: u64 = request
                 .uri()
                 .query()
