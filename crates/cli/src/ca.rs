@@ -403,6 +403,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let authority = setup.service.authority();
+    let shutdown = shutdown::signal();
     tracing::info!(
         trust_domain = %authority.trust_domain(),
         intermediate_expires = %utc_second(authority.intermediate_not_after()),
@@ -418,7 +419,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         )?;
         out.flush()?;
     }
-    hush_ca::serve(setup.service, listener, setup.options, shutdown::signal()).await?;
+    hush_ca::serve(setup.service, listener, setup.options, shutdown).await?;
     tracing::info!("CA stopped");
     Ok(())
 }

@@ -34,6 +34,7 @@ pub(crate) async fn run(args: DemoAppArgs) -> anyhow::Result<()> {
     let addr = start_on(args.listen, args.name.clone(), stop.clone())
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let shutdown = crate::shutdown::signal();
     {
         let mut out = std::io::stdout().lock();
         writeln!(
@@ -43,7 +44,7 @@ pub(crate) async fn run(args: DemoAppArgs) -> anyhow::Result<()> {
         )?;
         out.flush()?;
     }
-    crate::shutdown::signal().await;
+    shutdown.await;
     stop.cancel();
     Ok(())
 }

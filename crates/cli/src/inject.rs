@@ -114,6 +114,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let shutdown = shutdown::signal();
     {
         let mut out = std::io::stdout().lock();
         writeln!(
@@ -123,7 +124,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
         )?;
         out.flush()?;
     }
-    let shutdown = shutdown::signal();
     tokio::pin!(shutdown);
     loop {
         let slot = tokio::select! {

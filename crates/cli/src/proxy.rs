@@ -44,6 +44,7 @@ pub(crate) async fn run(
         .await
         .with_context(|| format!("cannot start the sidecar of {}", args.config.display()))?
         .with_log_control(logging);
+    let shutdown = shutdown::signal();
     print_listeners(&proxy)?;
     let mut status = proxy.status();
     tokio::spawn(async move {
@@ -58,7 +59,7 @@ pub(crate) async fn run(
             ));
         }
     });
-    proxy.run(shutdown::signal()).await?;
+    proxy.run(shutdown).await?;
     Ok(())
 }
 

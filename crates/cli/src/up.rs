@@ -281,6 +281,9 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
         ));
     }
     let mut tasks = Vec::new();
+    // Before anything says the mesh is ready (see `shutdown::signal`); with `--once` nothing
+    // waits for a signal, so Ctrl-C keeps its default action.
+    let shutdown = (!args.once).then(shutdown::signal);
     for (name, task, ready) in sidecars {
         match tokio::time::timeout(READY_TIMEOUT, ready).await {
             Ok(true) => {}
@@ -314,16 +317,14 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
         }
     }
 
-    if args.once {
-        stop.cancel();
-    } else {
+    if let Some(shutdown) = shutdown {
         say("\nPress Ctrl-C to stop.");
         tokio::select! {
-            () = shutdown::signal() => {}
+            () = shutdown => {}
             () = stop.cancelled() => {}
         }
-        stop.cancel();
     }
+    stop.cancel();
     for task in tasks {
         task.await.context("a sidecar task failed")??;
     }

@@ -344,11 +344,12 @@ impl Proxy {
             }
         }
 
-        info!(grace = %humantime::format_duration(config.shutdown_grace), "draining: no new connections; in-flight requests may finish");
         lifecycle.draining.cancel();
         for accept_loop in accept_loops {
             let _ = accept_loop.await;
         }
+        // Said once it is true: every listener is closed.
+        info!(grace = %humantime::format_duration(config.shutdown_grace), "draining: no new connections; in-flight requests may finish");
         lifecycle.tracker.close();
         if tokio::time::timeout(config.shutdown_grace, lifecycle.tracker.wait())
             .await
