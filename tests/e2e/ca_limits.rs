@@ -5,8 +5,8 @@
 //!
 //! The hostile client is `ca_hostile_client.py`, beside this file (the system Python, standard
 //! library only), which writes HTTP/2 frames by hand so it can send what no library would, and
-//! reports what the CA did as JSON. Every check ends with a real client (`hush cert request`, or hush's own gRPC
-//! client for renewals) getting a certificate: the CA must keep serving.
+//! reports what the CA did as JSON. Every check ends with a real client (`hush cert request`,
+//! or hush's own gRPC client for renewals) getting a certificate: the CA must keep serving.
 //!
 //! Waits are bounded (the probe's `--wait`, the client's deadline); none asserts how fast
 //! anything is. The flood test prints its figures (run it with `--nocapture` to see them).

@@ -1,5 +1,5 @@
-//! When a long-running command (`hush ca serve`, `hush proxy`, `hush up`, the injector)
-//! should stop.
+//! When a long-running command (`hush ca serve`, `hush proxy`, `hush inject serve`, `hush up`,
+//! `hush demo-app`) should stop.
 
 use std::future::Future;
 

@@ -281,9 +281,6 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
         ));
     }
     let mut tasks = Vec::new();
-    // Before anything says the mesh is ready (see `shutdown::signal`); with `--once` nothing
-    // waits for a signal, so Ctrl-C keeps its default action.
-    let shutdown = (!args.once).then(shutdown::signal);
     for (name, task, ready) in sidecars {
         match tokio::time::timeout(READY_TIMEOUT, ready).await {
             Ok(true) => {}
@@ -317,7 +314,10 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
         }
     }
 
-    if let Some(shutdown) = shutdown {
+    if !args.once {
+        // Installed before the line that asks for it (see `shutdown::signal`); until then,
+        // while the mesh starts and demonstrates itself, Ctrl-C keeps its default action.
+        let shutdown = shutdown::signal();
         say("\nPress Ctrl-C to stop.");
         tokio::select! {
             () = shutdown => {}

@@ -28,6 +28,10 @@ use crate::metrics::{Direction, Metrics};
 use crate::tls::{DialError, MeshConnector, MeshProtocol, Target};
 use crate::trace::{self, SessionFacts};
 
+/// The log target of a dial's outcome: dials are the outbound side's, and log filters
+/// (`HUSH_LOG`, `POST /logging`) have named them so since before this module existed.
+const DIAL_LOG: &str = "hush_proxy::outbound";
+
 /// Dials an upstream, counting and logging the outcome: a refused upstream is logged once per
 /// attempt, with the step that failed (for a wrong identity: expected and presented), and
 /// written into `span` (the connection's, or the request's that needed the connection).
@@ -49,15 +53,15 @@ pub(crate) async fn dial_logged(
                     metrics.handshake_failure(Direction::Outbound, failure);
                     trace::record_handshake_failure(span, failure);
                     if failure.step == HandshakeStep::Connection {
-                        info!("handshake with upstream {target} failed: {failure}");
+                        info!(target: DIAL_LOG, "handshake with upstream {target} failed: {failure}");
                     } else {
-                        warn!("refused upstream {target}: {failure}");
+                        warn!(target: DIAL_LOG, "refused upstream {target}: {failure}");
                     }
                 }
                 DialError::Connect { .. } => {
                     metrics.connect_failure(Direction::Outbound, "upstream");
                     trace::record_error(span, "connect", &error);
-                    warn!("{error}");
+                    warn!(target: DIAL_LOG, "{error}");
                 }
             }
             Err(error)

@@ -160,8 +160,10 @@ impl IdentityManager {
 impl<C: Certifier, K: Clock> IdentityManager<C, K> {
     /// A manager that asks `certifier` for certificates and reads the time from `clock`. Of
     /// `ca`, only the token file and the bundle refresh interval are read here; the certifier
-    /// knows where the CA is.
-    pub(crate) fn with_certifier(
+    /// knows where the CA is. Private: the clock decides when a certificate is checked as
+    /// valid, so outside this module (and its tests) only [`IdentityManager::new`]'s system
+    /// clock exists.
+    fn with_certifier(
         certifier: C,
         clock: K,
         ca: CaConfig,

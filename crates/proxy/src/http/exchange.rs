@@ -24,6 +24,10 @@ use crate::metrics::{Direction, ProtocolLabel};
 use crate::policy::Judgement;
 use crate::trace;
 
+/// The log target of forwarding, whichever file of the `http` module logs: what log filters
+/// name.
+const HTTP_LOG: &str = "hush_proxy::http";
+
 /// How one request went: the response, and what the access line and the span need.
 pub(super) struct Outcome {
     pub(super) response: Response<ProxyBody>,
@@ -201,9 +205,10 @@ pub(super) async fn exchange(
             let (reason, kind) = describe_forward_error(&error, &ctx.destination);
             // A failed dial to an upstream was logged where it happened, once per attempt.
             if kind != "forward" && ctx.direction == Direction::Outbound {
-                debug!(%reason, "request failed");
+                debug!(target: HTTP_LOG, %reason, "request failed");
             } else {
                 warn!(
+                    target: HTTP_LOG,
                     direction = ctx.direction.as_str(),
                     "request failed: {reason}"
                 );
@@ -234,6 +239,8 @@ async fn tunnel(
             let _ =
                 crate::io::relay_until_idle(&mut client, &mut server, activity, idle, peer).await;
         }
-        (Err(e), _) | (_, Err(e)) => debug!(error = %e, "upgrade did not complete"),
+        (Err(e), _) | (_, Err(e)) => {
+            debug!(target: HTTP_LOG, error = %e, "upgrade did not complete");
+        }
     }
 }
