@@ -290,7 +290,7 @@ mod tests {
                 &["http", "exchange"],
                 "fn f() { super::super::outbound::run(); }",
             ),
-            file(&["http"], "fn f() -> crate::serve::Throttle { todo!() }"),
+            file(&["http"], "fn f(throttle: crate::serve::Throttle) {}"),
             file(
                 &["inbound"],
                 "fn f() { tokio::select! { _ = crate::outbound::x() => {} } }",
