@@ -16,6 +16,7 @@
 
 mod attest;
 mod audit;
+mod authorities;
 mod authority;
 mod csr;
 mod random;
@@ -29,6 +30,10 @@ pub use self::attest::{
     TokenReviewConfig, TokenReviewError,
 };
 pub use self::audit::{AuditError, AuditEvent, AuditLog, AuditRecord};
+pub use self::authorities::{
+    AuthoritiesError, AuthorityEntry, AuthorityId, Kind as AuthorityKind, MANIFEST_VERSION,
+    Manifest, State as AuthorityState,
+};
 pub use self::authority::{Authority, AuthorityError, CaMaterial, IssuancePolicy, IssuedSvid};
 pub use self::csr::{CsrError, KeyKind, MAX_CSR_BYTES, MIN_RSA_BITS, VerifiedCsr};
 pub use self::server::{PeerInfo, ServeError, ServeOptions, serve};
