@@ -323,9 +323,9 @@ async fn certify_issues_a_leaf_first_chain_for_the_token_identity() {
         .map(CertificateDer::from)
         .collect();
     assert_eq!(fetched, ca.roots());
-    let root_pem = fs::read(ca.dir.join("root.pem")).expect("root.pem");
+    let root_pem = fs::read(ca.dir.join("bundle.pem")).expect("bundle.pem");
     assert_eq!(
-        parse_pem_certificates(&root_pem).expect("root.pem"),
+        parse_pem_certificates(&root_pem).expect("bundle.pem"),
         ca.roots()
     );
 
@@ -1216,59 +1216,63 @@ async fn audit_log_records_every_outcome_and_never_a_secret() {
 // === 7. `hush ca init` ===
 
 #[test]
-fn ca_init_refuses_to_overwrite_without_force() {
+fn ca_init_never_replaces_a_ca_even_with_force() {
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = temp.path().join("ca");
     init_ca(&dir, &[]);
-    let root_before = fs::read(dir.join("root.pem")).expect("root.pem");
-    let key_before = fs::read(dir.join("root.key")).expect("root.key");
+    let snapshot = || {
+        let mut files: Vec<(String, Vec<u8>)> = fs::read_dir(&dir)
+            .expect("CA dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.is_file())
+            .map(|p| {
+                let name = p.file_name().expect("name").to_string_lossy().into_owned();
+                (name, fs::read(&p).expect("file"))
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = snapshot();
 
-    let again = run_hush(
-        HUSH,
-        &["ca", "init", "--dir", path_str(&dir), "--trust-domain", TD],
-    );
-    assert!(
-        !again.status.success(),
-        "a second init must fail:\n{}",
-        describe_output(&again)
-    );
-    let stderr = String::from_utf8_lossy(&again.stderr);
-    assert!(
-        stderr.contains("already exists") && stderr.contains("--force"),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(
-        fs::read(dir.join("root.pem")).expect("root.pem"),
-        root_before
-    );
-    assert_eq!(
-        fs::read(dir.join("root.key")).expect("root.key"),
-        key_before,
-        "the old key is untouched"
-    );
+    for extra in [&[][..], &["--force"][..]] {
+        let mut args = vec!["ca", "init", "--dir", path_str(&dir), "--trust-domain", TD];
+        args.extend_from_slice(extra);
+        let again = run_hush(HUSH, &args);
+        assert!(
+            !again.status.success(),
+            "a second init must fail:\n{}",
+            describe_output(&again)
+        );
+        let stderr = String::from_utf8_lossy(&again.stderr);
+        assert!(
+            stderr.contains("already holds a CA") && stderr.contains("hush ca rotate root"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_eq!(snapshot(), before, "a refused init changes nothing");
+    }
 
-    init_ca(&dir, &["--force"]);
-    let root_after = fs::read(dir.join("root.pem")).expect("root.pem");
-    assert_ne!(root_after, root_before, "--force makes a new root");
-
-    for key in ["root.key", "intermediate.key"] {
-        let mode = fs::metadata(dir.join(key)).expect(key).permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "{key} has mode {mode:o}");
+    for (name, _) in &before {
+        if name.ends_with(".key") {
+            let mode = fs::metadata(dir.join(name))
+                .expect(name)
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "{name} has mode {mode:o}");
+        }
     }
     let dir_mode = fs::metadata(&dir).expect("dir").permissions().mode() & 0o777;
     assert_eq!(dir_mode, 0o700, "the CA directory has mode {dir_mode:o}");
-    assert_eq!(
-        fs::read(dir.join("bundle.pem")).expect("bundle.pem"),
-        root_after
-    );
+    let bundle = fs::read(dir.join("bundle.pem")).expect("bundle.pem");
     let printed = run_hush_ok(HUSH, &["ca", "bundle", "--dir", path_str(&dir)]);
     assert_eq!(
         printed.as_bytes(),
-        root_after.as_slice(),
+        bundle.as_slice(),
         "`hush ca bundle` prints bundle.pem"
     );
-    let root = &parse_pem_certificates(&root_after).expect("root")[0];
+    let root = &parse_pem_certificates(&bundle).expect("root")[0];
     assert_eq!(
         check_signing_cert(root)
             .expect("the root is a signing cert")

@@ -26,6 +26,16 @@ pub enum AuditEvent {
     Issued,
     /// A request was refused.
     Refused,
+    /// A directory of the old layout was given an authorities manifest.
+    Migrated,
+    /// A new root or intermediate was staged (`hush ca rotate`).
+    AuthorityPrepared,
+    /// A prepared authority began to sign (`hush ca activate`).
+    AuthorityActivated,
+    /// An old authority was tainted (`hush ca taint`).
+    AuthorityTainted,
+    /// An authority was revoked (`hush ca revoke`).
+    AuthorityRevoked,
 }
 
 /// One line of the audit log.
@@ -61,6 +71,21 @@ pub struct AuditRecord {
     /// Why a request was refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The authority changed (its ID).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    /// `root` or `intermediate`, with `authority`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// The authorities manifest's generation after the change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// Whether a safety wait was skipped with `--force`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forced: Option<bool>,
+    /// Who ran the command (`user@host`), for changes made from the command line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }
 
 impl AuditRecord {
@@ -78,6 +103,11 @@ impl AuditRecord {
             not_after: None,
             code: None,
             reason: None,
+            authority: None,
+            kind: None,
+            generation: None,
+            forced: None,
+            actor: None,
         }
     }
 }

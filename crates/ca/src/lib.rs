@@ -6,7 +6,8 @@
 //! the attested SPIFFE ID with its intermediate. Every issuance and refusal is appended to an
 //! audit log before the answer leaves.
 //!
-//! * [`CaDir`] — `hush ca init`: the root, the intermediate and their files.
+//! * [`CaDir`] — `hush ca init`, `rotate`, `activate`, `taint`, `revoke`: the authorities'
+//!   files, and [`Manifest`], the pure rules of their lives.
 //! * [`Authority`] — the signing core (no I/O).
 //! * [`JoinTokenStore`], [`Attestor`] — who is calling.
 //! * [`CaService`], [`serve`] — the gRPC services (`hush.ca.v1` and Istio's) over TLS.
@@ -31,13 +32,16 @@ pub use self::attest::{
 };
 pub use self::audit::{AuditError, AuditEvent, AuditLog, AuditRecord};
 pub use self::authorities::{
-    AuthoritiesError, AuthorityEntry, AuthorityId, Kind as AuthorityKind, MANIFEST_VERSION,
-    Manifest, State as AuthorityState,
+    Activation, AuthoritiesError, AuthorityEntry, AuthorityId, DEFAULT_MAX_TTL_SECONDS,
+    DEFAULT_PUBLISH_WAIT_SECONDS, Kind as AuthorityKind, MANIFEST_VERSION, MIN_ID_PREFIX, Manifest,
+    State as AuthorityState,
 };
 pub use self::authority::{Authority, AuthorityError, CaMaterial, IssuancePolicy, IssuedSvid};
 pub use self::csr::{CsrError, KeyKind, MAX_CSR_BYTES, MIN_RSA_BITS, VerifiedCsr};
 pub use self::server::{PeerInfo, ServeError, ServeOptions, serve};
 pub use self::service::{CaService, HUSH_API, ISTIO_API, pem_certificate};
-pub use self::store::{CaDir, CaKeyAlgorithm, InitOptions, InitReport, StoreError};
+pub use self::store::{
+    CaDir, CaKeyAlgorithm, Change, DirLock, InitOptions, InitReport, RotateOptions, StoreError,
+};
 pub use self::tokens::{CheckedToken, JoinTokenStore, MintedToken, TOKEN_PREFIX, TokenError};
 pub use hush_proto::{hush::ca::v1 as proto, istio::v1::auth as istio_proto};

@@ -1,15 +1,26 @@
-//! The CA's directory: creating a root and an intermediate, and loading them back.
+//! The CA's directory: its authorities (roots and intermediates) on disk, creating and rotating
+//! them, and loading what `hush ca serve` signs with.
 //!
 //! ```text
 //! DIR/
-//!   root.pem            root certificate
-//!   root.key            root private key (0600) — never read by `hush ca serve`; keep it offline
-//!   intermediate.pem    intermediate certificate, signed by the root
-//!   intermediate.key    intermediate private key (0600) — signs workload certificates
-//!   bundle.pem          the trust bundle handed to workloads (the root)
-//!   tokens/             join tokens, by id, hashes only
-//!   audit.log           one JSON line per issuance or refusal
+//!   authorities.json             every root and intermediate, its state and times (the truth)
+//!   root-<id>.pem  .key          a root; its key (0600) is read only by `rotate intermediate`:
+//!                                keep it offline
+//!   intermediate-<id>.pem  .key  an intermediate; the active one signs workload certificates
+//!   bundle.pem                   derived: every root that is not revoked (the trust bundle)
+//!   intermediate.pem  .key       derived: the active intermediate, for readers of the old layout
+//!   tokens/                      join tokens, by id, hashes only
+//!   audit.log                    one JSON line per issuance, refusal or change of authorities
+//!   .lock                        held by every command that changes the directory
 //! ```
+//!
+//! Certificate and key files are never rewritten: a new authority gets new files, named by its
+//! ID. A change writes the new files first, then the manifest, then the derived files, each
+//! through a temporary file and a rename, so a reader that sees a manifest finds every file it
+//! names. Every name is a valid Kubernetes Secret key, so the directory can be a Secret.
+//!
+//! A directory written before authorities existed (`root.pem`, `root.key`, `intermediate.*`,
+//! `bundle.pem`, no manifest) still loads; the first command that changes it migrates it.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -20,18 +31,28 @@ use std::time::Duration;
 use hush_identity::{TrustBundle, TrustDomain};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    KeyUsagePurpose, PublicKeyData, SanType,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
+use crate::authorities::{
+    Activation, AuthoritiesError, AuthorityEntry, AuthorityId, DEFAULT_MAX_TTL_SECONDS,
+    DEFAULT_PUBLISH_WAIT_SECONDS, Kind, Manifest,
+};
 use crate::authority::CaMaterial;
 
-const ROOT_CERT: &str = "root.pem";
-const ROOT_KEY: &str = "root.key";
+/// The old layout's root files, replaced by `root-<id>.*` at migration.
+const LEGACY_ROOT_CERT: &str = "root.pem";
+const LEGACY_ROOT_KEY: &str = "root.key";
 const INTERMEDIATE_CERT: &str = "intermediate.pem";
 const INTERMEDIATE_KEY: &str = "intermediate.key";
 const BUNDLE: &str = "bundle.pem";
+const MANIFEST: &str = "authorities.json";
+const LOCK: &str = ".lock";
+/// CA certificates start this far in the past, so that a sidecar whose clock runs behind
+/// still sees a root activated a moment ago as valid.
+const CA_BACKDATE: time::Duration = time::Duration::hours(1);
 
 /// Signature algorithm of the CA's own keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,8 +84,15 @@ pub struct InitOptions {
     pub root_lifetime: Duration,
     /// Lifetime of the intermediate (default 1 year).
     pub intermediate_lifetime: Duration,
-    /// Replace an existing CA in the directory.
+    /// Replace an existing CA of the old layout (a directory with authorities is never
+    /// replaced: rotate its root instead).
     pub force: bool,
+    /// How long a change to the directory may take to reach every replica and sidecar
+    /// ([`Manifest::publish_wait_seconds`]).
+    pub publish_wait: Duration,
+    /// The longest workload certificate lifetime `hush ca serve` may grant
+    /// ([`Manifest::max_ttl_seconds`]).
+    pub max_ttl: Duration,
 }
 
 impl InitOptions {
@@ -76,8 +104,52 @@ impl InitOptions {
             root_lifetime: Duration::from_secs(10 * 365 * 24 * 3600),
             intermediate_lifetime: Duration::from_secs(365 * 24 * 3600),
             force: false,
+            publish_wait: Duration::from_secs(DEFAULT_PUBLISH_WAIT_SECONDS),
+            max_ttl: Duration::from_secs(DEFAULT_MAX_TTL_SECONDS),
         }
     }
+}
+
+/// Options of `hush ca rotate intermediate` and `hush ca rotate root`.
+#[derive(Debug, Clone)]
+pub struct RotateOptions {
+    /// Key algorithm of the new authorities.
+    pub key_algorithm: CaKeyAlgorithm,
+    /// Lifetime of a new root.
+    pub root_lifetime: Duration,
+    /// Lifetime of a new intermediate (never past its root's expiry).
+    pub intermediate_lifetime: Duration,
+    /// The active root's key, for `rotate intermediate`, when it is not in the directory.
+    pub root_key: Option<PathBuf>,
+}
+
+impl Default for RotateOptions {
+    /// The same as `hush ca init`'s: ECDSA P-256, root 10 years, intermediate 1 year.
+    fn default() -> Self {
+        Self {
+            key_algorithm: CaKeyAlgorithm::default(),
+            root_lifetime: Duration::from_secs(10 * 365 * 24 * 3600),
+            intermediate_lifetime: Duration::from_secs(365 * 24 * 3600),
+            root_key: None,
+        }
+    }
+}
+
+/// What a command changed in the directory.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The manifest as written (its generation is the new one).
+    pub manifest: Manifest,
+    /// The authorities the command acted on.
+    pub authorities: Vec<AuthorityId>,
+    /// Whether a directory of the old layout was migrated first.
+    pub migrated: bool,
+}
+
+/// Holds `DIR/.lock`, so that two commands never change the directory at once.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: fs::File,
 }
 
 /// The CA directory could not be created or read.
@@ -114,6 +186,27 @@ pub enum StoreError {
     /// A key or certificate could not be made.
     #[error("cannot create the CA certificates: {0}")]
     Generate(#[from] rcgen::Error),
+    /// The authorities refuse the change, or their manifest is wrong.
+    #[error(transparent)]
+    Authorities(#[from] AuthoritiesError),
+    /// `init` on a directory whose CA has authorities.
+    #[error(
+        "{0} already holds a CA with authorities; `hush ca init` never replaces one, even with --force: rotate its root with `hush ca rotate root` (sidecars keep working), or delete the directory to start over"
+    )]
+    Managed(PathBuf),
+    /// `rotate intermediate` needs the root's key, which is not where it was looked for.
+    #[error(
+        "`hush ca rotate intermediate` signs with the active root's key and cannot find it at {0}: pass --root-key with the file you keep offline"
+    )]
+    RootKeyMissing(PathBuf),
+    /// The root key given does not belong to the active root.
+    #[error("{path} is not the key of the active root {root}")]
+    RootKeyMismatch {
+        /// The key file.
+        path: PathBuf,
+        /// The active root.
+        root: AuthorityId,
+    },
 }
 
 /// What `init` created.
@@ -163,12 +256,16 @@ impl CaDir {
         self.path.join(BUNDLE)
     }
 
-    /// Creates a root and an intermediate. Refuses to replace an existing CA unless `force`.
+    /// Creates a root and an intermediate, both active. Refuses to replace an existing CA
+    /// unless `force`, and a CA with authorities always.
     pub fn init(&self, options: &InitOptions) -> Result<InitReport, StoreError> {
+        if self.path.join(MANIFEST).exists() {
+            return Err(StoreError::Managed(self.path.clone()));
+        }
         if !options.force {
             for name in [
-                ROOT_CERT,
-                ROOT_KEY,
+                LEGACY_ROOT_CERT,
+                LEGACY_ROOT_KEY,
                 INTERMEDIATE_CERT,
                 INTERMEDIATE_KEY,
                 BUNDLE,
@@ -186,44 +283,368 @@ impl CaDir {
                 path: self.path.clone(),
                 source,
             })?;
+        let _lock = self.lock()?;
 
         let td = &options.trust_domain;
-        let alg = options.key_algorithm.rcgen();
         let now = OffsetDateTime::now_utc();
-
-        let root_key = KeyPair::generate_for(alg)?;
-        let mut root_params = ca_params(td, &format!("hush root CA ({td})"));
-        root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        root_params.not_before = now - time::Duration::minutes(5);
-        root_params.not_after = now + options.root_lifetime;
-        let root = root_params.self_signed(&root_key)?;
-
-        let intermediate_key = KeyPair::generate_for(alg)?;
-        let mut int_params = ca_params(td, &format!("hush intermediate CA ({td})"));
-        // The intermediate signs only leaves.
-        int_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        int_params.not_before = now - time::Duration::minutes(5);
-        int_params.not_after = (now + options.intermediate_lifetime).min(root_params.not_after);
-        int_params.use_authority_key_identifier_extension = true;
-        let root_issuer = Issuer::from_params(&root_params, &root_key);
-        let intermediate = int_params.signed_by(&intermediate_key, &root_issuer)?;
-
-        let files = vec![
-            self.write(ROOT_KEY, root_key.serialize_pem().as_bytes(), 0o600)?,
-            self.write(
-                INTERMEDIATE_KEY,
-                intermediate_key.serialize_pem().as_bytes(),
-                0o600,
-            )?,
-            self.write(ROOT_CERT, root.pem().as_bytes(), 0o644)?,
-            self.write(INTERMEDIATE_CERT, intermediate.pem().as_bytes(), 0o644)?,
-            self.write(BUNDLE, root.pem().as_bytes(), 0o644)?,
-        ];
+        let rotate = RotateOptions {
+            key_algorithm: options.key_algorithm,
+            root_lifetime: options.root_lifetime,
+            intermediate_lifetime: options.intermediate_lifetime,
+            root_key: None,
+        };
+        let (root, root_key) = make_root(td, &rotate, now)?;
+        let root_entry =
+            AuthorityEntry::prepared(Kind::Root, root.der(), None, now.unix_timestamp())?;
+        let (intermediate, intermediate_key) =
+            make_intermediate(td, &rotate, root.der(), &root_key, now)?;
+        let intermediate_entry = AuthorityEntry::prepared(
+            Kind::Intermediate,
+            intermediate.der(),
+            Some(root_entry.id.clone()),
+            now.unix_timestamp(),
+        )?;
+        let mut files = self.write_authority(&root_entry, &root.pem(), Some(&root_key))?;
+        files.extend(self.write_authority(
+            &intermediate_entry,
+            &intermediate.pem(),
+            Some(&intermediate_key),
+        )?);
+        let mut manifest = Manifest::new(
+            td.as_str(),
+            root_entry,
+            intermediate_entry,
+            now.unix_timestamp(),
+        );
+        manifest.publish_wait_seconds = options.publish_wait.as_secs();
+        manifest.max_ttl_seconds = options.max_ttl.as_secs();
+        manifest.generation = 0;
+        files.extend(self.commit(&mut manifest)?);
+        // A forced init over the old layout leaves no stale root behind.
+        for name in [LEGACY_ROOT_CERT, LEGACY_ROOT_KEY] {
+            let _ = fs::remove_file(self.path.join(name));
+        }
         Ok(InitReport {
             trust_domain: td.clone(),
             root: root.der().clone(),
             intermediate: intermediate.der().clone(),
             files,
+        })
+    }
+
+    /// Takes `DIR/.lock`, waiting for another command that holds it.
+    pub fn lock(&self) -> Result<DirLock, StoreError> {
+        let path = self.path.join(LOCK);
+        let io_err = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err)?;
+        file.lock().map_err(io_err)?;
+        Ok(DirLock { _file: file })
+    }
+
+    /// The directory's authorities: its manifest, checked, or — in a directory of the old
+    /// layout — what its files stand for (generation 0).
+    pub fn authorities(&self) -> Result<Manifest, StoreError> {
+        let path = self.path.join(MANIFEST);
+        if path.exists() {
+            let text = self.read(&path)?;
+            let manifest: Manifest =
+                serde_json::from_slice(&text).map_err(|e| StoreError::Invalid {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            manifest.validate()?;
+            TrustDomain::new(&manifest.trust_domain).map_err(|e| StoreError::Invalid {
+                path,
+                reason: format!("trust domain: {e}"),
+            })?;
+            return Ok(manifest);
+        }
+        let bundle = self.load_bundle()?;
+        let intermediate = self.read_one_certificate(&self.path.join(INTERMEDIATE_CERT))?;
+        let roots: Vec<&[u8]> = bundle.roots().iter().map(|r| r.as_ref()).collect();
+        Ok(Manifest::legacy(
+            bundle.trust_domain().as_str(),
+            &roots,
+            &intermediate,
+        )?)
+    }
+
+    /// Gives a directory of the old layout a manifest: each certificate and key is copied to
+    /// its `<kind>-<id>` name, `root.pem` and `root.key` are removed (the bundle and the new
+    /// names hold them), and the manifest is written. Returns whether anything changed. The
+    /// caller holds the lock.
+    fn migrate(&self, _lock: &DirLock) -> Result<bool, StoreError> {
+        if self.path.join(MANIFEST).exists() {
+            return Ok(false);
+        }
+        let mut manifest = self.authorities()?;
+        let bundle = self.load_bundle()?;
+        let legacy_root_key = self.path.join(LEGACY_ROOT_KEY);
+        for entry in &mut manifest.authorities {
+            let (pem, key) = match entry.kind {
+                Kind::Root => {
+                    let der = bundle
+                        .roots()
+                        .iter()
+                        .find(|r| AuthorityId::of_certificate(r).ok().as_ref() == Some(&entry.id))
+                        .ok_or_else(|| StoreError::Invalid {
+                            path: self.bundle_path(),
+                            reason: format!("root {} vanished while migrating", entry.id),
+                        })?;
+                    let key = match fs::read_to_string(&legacy_root_key) {
+                        Ok(text) => KeyPair::from_pem(&text).ok().filter(|k| {
+                            AuthorityId::of_public_key(&k.subject_public_key_info()) == entry.id
+                        }),
+                        Err(_) => None,
+                    };
+                    (pem_of(der), key)
+                }
+                Kind::Intermediate => {
+                    let der = self.read_one_certificate(&self.path.join(INTERMEDIATE_CERT))?;
+                    (
+                        pem_of(&der),
+                        Some(self.read_key(&self.path.join(INTERMEDIATE_KEY))?),
+                    )
+                }
+            };
+            entry.cert = format!("{}-{}.pem", entry.kind, entry.id);
+            entry.key = key
+                .is_some()
+                .then(|| format!("{}-{}.key", entry.kind, entry.id));
+            self.write_authority(entry, &pem, key.as_ref())?;
+        }
+        self.commit(&mut manifest)?;
+        for name in [LEGACY_ROOT_CERT, LEGACY_ROOT_KEY] {
+            let _ = fs::remove_file(self.path.join(name));
+        }
+        Ok(true)
+    }
+
+    /// `hush ca rotate intermediate`: signs a new intermediate with the active root's key and
+    /// stages it. The only operation that reads a root key.
+    pub fn rotate_intermediate(&self, options: &RotateOptions) -> Result<Change, StoreError> {
+        let lock = self.lock()?;
+        let migrated = self.migrate(&lock)?;
+        let mut manifest = self.authorities()?;
+        let td = self.trust_domain_of(&manifest)?;
+        let (root_entry, _) = manifest.active();
+        let root_entry = root_entry.clone();
+        let key_path = match &options.root_key {
+            Some(path) => path.clone(),
+            None => self
+                .path
+                .join(root_entry.key.as_deref().unwrap_or(LEGACY_ROOT_KEY)),
+        };
+        if !key_path.exists() {
+            return Err(StoreError::RootKeyMissing(key_path));
+        }
+        let root_key = self.read_key(&key_path)?;
+        if AuthorityId::of_public_key(&root_key.subject_public_key_info()) != root_entry.id {
+            return Err(StoreError::RootKeyMismatch {
+                path: key_path,
+                root: root_entry.id,
+            });
+        }
+        let root_der = self.read_one_certificate(&self.path.join(&root_entry.cert))?;
+        let now = OffsetDateTime::now_utc();
+        let (intermediate, key) = make_intermediate(&td, options, &root_der, &root_key, now)?;
+        let entry = AuthorityEntry::prepared(
+            Kind::Intermediate,
+            intermediate.der(),
+            Some(root_entry.id.clone()),
+            now.unix_timestamp(),
+        )?;
+        let id = entry.id.clone();
+        manifest.stage_intermediate(entry.clone())?;
+        self.write_authority(&entry, &intermediate.pem(), Some(&key))?;
+        self.commit(&mut manifest)?;
+        Ok(Change {
+            manifest,
+            authorities: vec![id],
+            migrated,
+        })
+    }
+
+    /// `hush ca rotate root`: makes a new root and an intermediate under it and stages both;
+    /// the root is in the trust bundle from now on.
+    pub fn rotate_root(&self, options: &RotateOptions) -> Result<Change, StoreError> {
+        let lock = self.lock()?;
+        let migrated = self.migrate(&lock)?;
+        let mut manifest = self.authorities()?;
+        let td = self.trust_domain_of(&manifest)?;
+        let now = OffsetDateTime::now_utc();
+        let (root, root_key) = make_root(&td, options, now)?;
+        let root_entry =
+            AuthorityEntry::prepared(Kind::Root, root.der(), None, now.unix_timestamp())?;
+        let (intermediate, key) = make_intermediate(&td, options, root.der(), &root_key, now)?;
+        let intermediate_entry = AuthorityEntry::prepared(
+            Kind::Intermediate,
+            intermediate.der(),
+            Some(root_entry.id.clone()),
+            now.unix_timestamp(),
+        )?;
+        let ids = vec![root_entry.id.clone(), intermediate_entry.id.clone()];
+        manifest.stage_root(root_entry.clone(), intermediate_entry.clone())?;
+        self.write_authority(&root_entry, &root.pem(), Some(&root_key))?;
+        self.write_authority(&intermediate_entry, &intermediate.pem(), Some(&key))?;
+        self.commit(&mut manifest)?;
+        Ok(Change {
+            manifest,
+            authorities: ids,
+            migrated,
+        })
+    }
+
+    /// `hush ca activate`: the prepared intermediate (and its new root) sign from now on.
+    pub fn activate(&self, force: bool) -> Result<(Change, Activation), StoreError> {
+        let lock = self.lock()?;
+        let migrated = self.migrate(&lock)?;
+        let mut manifest = self.authorities()?;
+        let activation = manifest.activate(unix_now(), force)?;
+        self.commit(&mut manifest)?;
+        let mut ids = vec![activation.intermediate.clone()];
+        ids.extend(activation.root.clone());
+        Ok((
+            Change {
+                manifest,
+                authorities: ids,
+                migrated,
+            },
+            activation,
+        ))
+    }
+
+    /// `hush ca taint`: sidecars renew away from certificates under the authority at once.
+    pub fn taint(&self, authority: &str) -> Result<Change, StoreError> {
+        let lock = self.lock()?;
+        let migrated = self.migrate(&lock)?;
+        let mut manifest = self.authorities()?;
+        let tainted = manifest.taint(authority, unix_now())?;
+        self.commit(&mut manifest)?;
+        Ok(Change {
+            manifest,
+            authorities: tainted,
+            migrated,
+        })
+    }
+
+    /// `hush ca revoke`: the authority leaves the trust bundle and its key file is deleted.
+    pub fn revoke(&self, authority: &str, force: bool) -> Result<Change, StoreError> {
+        let lock = self.lock()?;
+        let migrated = self.migrate(&lock)?;
+        let mut manifest = self.authorities()?;
+        let revoked = manifest.revoke(authority, unix_now(), force)?;
+        let mut dropped_keys = Vec::new();
+        for entry in &mut manifest.authorities {
+            if revoked.contains(&entry.id)
+                && let Some(key) = entry.key.take()
+            {
+                dropped_keys.push(key);
+            }
+        }
+        // The manifest stops naming the keys before they go, so no reader looks for one.
+        self.commit(&mut manifest)?;
+        for key in dropped_keys {
+            let path = self.path.join(&key);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::Io { path, source }),
+            }
+        }
+        Ok(Change {
+            manifest,
+            authorities: revoked,
+            migrated,
+        })
+    }
+
+    /// Writes the manifest with the next generation, then the files derived from it: the trust
+    /// bundle, and the active intermediate under its old-layout names.
+    fn commit(&self, manifest: &mut Manifest) -> Result<Vec<PathBuf>, StoreError> {
+        manifest.generation += 1;
+        manifest.validate()?;
+        let mut text = serde_json::to_vec_pretty(&manifest).map_err(|e| StoreError::Invalid {
+            path: self.path.join(MANIFEST),
+            reason: e.to_string(),
+        })?;
+        text.push(b'\n');
+        let mut files = vec![self.write(MANIFEST, &text, 0o644)?];
+
+        let mut bundle = String::new();
+        for root in manifest.trusted_roots() {
+            let der = self.read_one_certificate(&self.path.join(&root.cert))?;
+            bundle.push_str(&pem_of(&der));
+        }
+        files.push(self.write(BUNDLE, bundle.as_bytes(), 0o644)?);
+        let (_, active) = manifest.active();
+        let cert = self.read(&self.path.join(&active.cert))?;
+        files.push(self.write(INTERMEDIATE_CERT, &cert, 0o644)?);
+        if let Some(key) = &active.key {
+            let key = self.read(&self.path.join(key))?;
+            files.push(self.write(INTERMEDIATE_KEY, &key, 0o600)?);
+        }
+        Ok(files)
+    }
+
+    /// Writes a new authority's certificate and key under the names its entry gives.
+    fn write_authority(
+        &self,
+        entry: &AuthorityEntry,
+        cert_pem: &str,
+        key: Option<&KeyPair>,
+    ) -> Result<Vec<PathBuf>, StoreError> {
+        let mut files = Vec::with_capacity(2);
+        if let (Some(name), Some(key)) = (&entry.key, key) {
+            files.push(self.write(name, key.serialize_pem().as_bytes(), 0o600)?);
+        }
+        files.push(self.write(&entry.cert, cert_pem.as_bytes(), 0o644)?);
+        Ok(files)
+    }
+
+    fn trust_domain_of(&self, manifest: &Manifest) -> Result<TrustDomain, StoreError> {
+        TrustDomain::new(&manifest.trust_domain).map_err(|e| StoreError::Invalid {
+            path: self.path.join(MANIFEST),
+            reason: format!("trust domain: {e}"),
+        })
+    }
+
+    fn read_one_certificate(&self, path: &Path) -> Result<CertificateDer<'static>, StoreError> {
+        let mut certs = hush_identity::parse_pem_certificates(&self.read(path)?).map_err(|e| {
+            StoreError::Invalid {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })?;
+        if certs.len() != 1 {
+            return Err(StoreError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("expected one certificate, found {}", certs.len()),
+            });
+        }
+        Ok(certs.remove(0))
+    }
+
+    /// Reads a private key, refusing one that others can read.
+    fn read_key(&self, path: &Path) -> Result<KeyPair, StoreError> {
+        check_key_mode(path)?;
+        let pem = self.read(path)?;
+        let text = std::str::from_utf8(&pem).map_err(|_| StoreError::Invalid {
+            path: path.to_path_buf(),
+            reason: "not a PEM text file".into(),
+        })?;
+        KeyPair::from_pem(text).map_err(|e| StoreError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("not a usable private key: {e}"),
         })
     }
 
@@ -241,32 +662,8 @@ impl CaDir {
     /// key is never read.
     pub fn load(&self) -> Result<CaMaterial, StoreError> {
         let bundle = self.load_bundle()?;
-        let cert_path = self.path.join(INTERMEDIATE_CERT);
-        let mut certs =
-            hush_identity::parse_pem_certificates(&self.read(&cert_path)?).map_err(|e| {
-                StoreError::Invalid {
-                    path: cert_path.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
-        if certs.len() != 1 {
-            return Err(StoreError::Invalid {
-                path: cert_path,
-                reason: format!("expected one certificate, found {}", certs.len()),
-            });
-        }
-        let intermediate = certs.remove(0);
-        let key_path = self.path.join(INTERMEDIATE_KEY);
-        check_key_mode(&key_path)?;
-        let key_pem = self.read(&key_path)?;
-        let key_text = std::str::from_utf8(&key_pem).map_err(|_| StoreError::Invalid {
-            path: key_path.clone(),
-            reason: "not a PEM text file".into(),
-        })?;
-        let intermediate_key = KeyPair::from_pem(key_text).map_err(|e| StoreError::Invalid {
-            path: key_path,
-            reason: format!("not a usable private key: {e}"),
-        })?;
+        let intermediate = self.read_one_certificate(&self.path.join(INTERMEDIATE_CERT))?;
+        let intermediate_key = self.read_key(&self.path.join(INTERMEDIATE_KEY))?;
         Ok(CaMaterial {
             bundle,
             intermediate,
@@ -311,6 +708,64 @@ impl CaDir {
         fs::rename(&tmp, &path).map_err(io_err)?;
         Ok(path)
     }
+}
+
+/// A new self-signed root, valid from an hour ago for `options.root_lifetime`.
+fn make_root(
+    td: &TrustDomain,
+    options: &RotateOptions,
+    now: OffsetDateTime,
+) -> Result<(rcgen::Certificate, KeyPair), StoreError> {
+    let key = KeyPair::generate_for(options.key_algorithm.rcgen())?;
+    let mut params = ca_params(td, &format!("hush root CA ({td})"));
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.not_before = now - CA_BACKDATE;
+    params.not_after = now + options.root_lifetime;
+    let cert = params.self_signed(&key)?;
+    Ok((cert, key))
+}
+
+/// A new intermediate signed by `root` (DER) with `root_key`, valid from an hour ago for
+/// `options.intermediate_lifetime` but never past the root.
+fn make_intermediate(
+    td: &TrustDomain,
+    options: &RotateOptions,
+    root: &CertificateDer<'_>,
+    root_key: &KeyPair,
+    now: OffsetDateTime,
+) -> Result<(rcgen::Certificate, KeyPair), StoreError> {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(root).map_err(|e| StoreError::Invalid {
+            path: PathBuf::from("root certificate"),
+            reason: e.to_string(),
+        })?;
+    let root_not_after = OffsetDateTime::from_unix_timestamp(
+        parsed.validity().not_after.timestamp(),
+    )
+    .map_err(|e| StoreError::Invalid {
+        path: PathBuf::from("root certificate"),
+        reason: e.to_string(),
+    })?;
+    let key = KeyPair::generate_for(options.key_algorithm.rcgen())?;
+    let mut params = ca_params(td, &format!("hush intermediate CA ({td})"));
+    // The intermediate signs only leaves.
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.not_before = now - CA_BACKDATE;
+    params.not_after = (now + options.intermediate_lifetime).min(root_not_after);
+    // Several roots may share a name during a rotation: the key identifier tells verifiers
+    // which one signed.
+    params.use_authority_key_identifier_extension = true;
+    let issuer = Issuer::from_ca_cert_der(root, root_key)?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((cert, key))
+}
+
+fn pem_of(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}
+
+fn unix_now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
 }
 
 fn ca_params(td: &TrustDomain, common_name: &str) -> CertificateParams {
@@ -397,21 +852,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = CaDir::new(dir.path().join("ca"));
         let report = ca.init(&InitOptions::new(td())).unwrap();
-        assert_eq!(mode(&ca.path().join(ROOT_KEY)), 0o600);
+        let manifest = read_manifest(&ca);
+        for entry in &manifest.authorities {
+            assert_eq!(mode(&ca.path().join(entry.key.as_ref().unwrap())), 0o600);
+        }
         assert_eq!(mode(&ca.path().join(INTERMEDIATE_KEY)), 0o600);
         assert_eq!(mode(ca.path()), 0o700);
         hush_identity::check_signing_cert(&report.root).unwrap();
         hush_identity::check_signing_cert(&report.intermediate).unwrap();
 
         let err = ca.init(&InitOptions::new(td())).unwrap_err();
-        assert!(err.to_string().contains("--force"), "{err}");
+        assert!(err.to_string().contains("rotate root"), "{err}");
         // The refused init changed nothing.
         assert_eq!(ca.load_bundle().unwrap().roots()[0], report.root);
-
-        let mut force = InitOptions::new(td());
-        force.force = true;
-        let again = ca.init(&force).unwrap();
-        assert_ne!(again.root, report.root);
     }
 
     #[test]
@@ -423,7 +876,8 @@ mod tests {
         assert_eq!(material.intermediate, report.intermediate);
         assert_eq!(material.bundle.trust_domain(), &td());
         // The root key is not needed to serve.
-        fs::remove_file(ca.path().join(ROOT_KEY)).unwrap();
+        let manifest = read_manifest(&ca);
+        fs::remove_file(ca.path().join(manifest.active().0.key.as_ref().unwrap())).unwrap();
         ca.load().unwrap();
     }
 
@@ -483,6 +937,164 @@ mod tests {
         .unwrap();
         let err = CaDir::new(&files).load().err().unwrap();
         assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    fn read_manifest(ca: &CaDir) -> Manifest {
+        ca.authorities().unwrap()
+    }
+
+    fn bundle_ids(ca: &CaDir) -> Vec<AuthorityId> {
+        ca.load_bundle()
+            .unwrap()
+            .roots()
+            .iter()
+            .map(|r| AuthorityId::of_certificate(r).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn init_writes_a_manifest_and_refuses_a_managed_directory_even_with_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CaDir::new(dir.path());
+        ca.init(&InitOptions::new(td())).unwrap();
+        let manifest = read_manifest(&ca);
+        assert_eq!(manifest.generation, 1);
+        let (root, intermediate) = manifest.active();
+        assert_eq!(mode(&ca.path().join(root.key.as_ref().unwrap())), 0o600);
+        assert_eq!(bundle_ids(&ca), vec![root.id.clone()]);
+        // The old layout's names still hold the active intermediate, for older readers.
+        assert_eq!(
+            AuthorityId::of_certificate(&ca.load().unwrap().intermediate).unwrap(),
+            intermediate.id
+        );
+        let mut force = InitOptions::new(td());
+        force.force = true;
+        let err = ca.init(&force).unwrap_err();
+        assert!(err.to_string().contains("hush ca rotate root"), "{err}");
+        assert_eq!(read_manifest(&ca), manifest, "the refusal changed nothing");
+    }
+
+    #[test]
+    fn a_directory_of_the_old_layout_is_migrated_by_its_first_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CaDir::new(dir.path());
+        ca.init(&InitOptions::new(td())).unwrap();
+        let manifest = read_manifest(&ca);
+        let (root, intermediate) = manifest.active();
+        // Rebuild what an older `hush ca init` wrote.
+        let pem = |name: &str| fs::read(ca.path().join(name)).unwrap();
+        let old = dir.path().join("old");
+        fs::create_dir(&old).unwrap();
+        let copy = |from: &str, to: &str, mode: u32| {
+            fs::write(old.join(to), pem(from)).unwrap();
+            fs::set_permissions(old.join(to), fs::Permissions::from_mode(mode)).unwrap();
+        };
+        copy(&root.cert, LEGACY_ROOT_CERT, 0o644);
+        copy(root.key.as_ref().unwrap(), LEGACY_ROOT_KEY, 0o600);
+        copy(&root.cert, BUNDLE, 0o644);
+        copy(&intermediate.cert, INTERMEDIATE_CERT, 0o644);
+        copy(intermediate.key.as_ref().unwrap(), INTERMEDIATE_KEY, 0o600);
+        let old = CaDir::new(&old);
+        let legacy = read_manifest(&old);
+        assert_eq!(legacy.generation, 0);
+        assert_eq!(legacy.active().1.id, intermediate.id);
+
+        let change = old.rotate_intermediate(&RotateOptions::default()).unwrap();
+        assert!(change.migrated);
+        let (new_root, _) = change.manifest.active();
+        assert_eq!(new_root.id, root.id);
+        // The root key moved to its ID name: `rotate intermediate` found it there.
+        assert!(!old.path().join(LEGACY_ROOT_KEY).exists());
+        assert!(!old.path().join(LEGACY_ROOT_CERT).exists());
+        assert_eq!(
+            fs::read(old.path().join(new_root.key.as_ref().unwrap())).unwrap(),
+            pem(root.key.as_ref().unwrap())
+        );
+        old.load().unwrap();
+    }
+
+    #[test]
+    fn rotating_the_intermediate_needs_the_root_key_and_only_that_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CaDir::new(dir.path());
+        ca.init(&InitOptions::new(td())).unwrap();
+        let manifest = read_manifest(&ca);
+        let root_key = ca.path().join(manifest.active().0.key.as_ref().unwrap());
+        let offline = dir.path().join("offline.key");
+        fs::rename(&root_key, &offline).unwrap();
+
+        let err = ca
+            .rotate_intermediate(&RotateOptions::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("--root-key"), "{err}");
+        let wrong = RotateOptions {
+            root_key: Some(ca.path().join(INTERMEDIATE_KEY)),
+            ..RotateOptions::default()
+        };
+        let err = ca.rotate_intermediate(&wrong).unwrap_err();
+        assert!(
+            err.to_string().contains("not the key of the active root"),
+            "{err}"
+        );
+        assert_eq!(read_manifest(&ca), manifest, "refusals changed nothing");
+
+        let options = RotateOptions {
+            root_key: Some(offline),
+            ..RotateOptions::default()
+        };
+        let change = ca.rotate_intermediate(&options).unwrap();
+        let (_, activation) = ca.activate(false).unwrap();
+        assert_eq!(activation.intermediate, change.authorities[0]);
+        // The new intermediate chains to the root, and `load` serves it.
+        let material = ca.load().unwrap();
+        crate::Authority::new(material, crate::IssuancePolicy::default()).unwrap();
+    }
+
+    #[test]
+    fn a_root_rotation_publishes_first_and_a_revoked_root_leaves_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CaDir::new(dir.path());
+        let mut options = InitOptions::new(td());
+        options.publish_wait = Duration::ZERO;
+        options.max_ttl = Duration::ZERO;
+        ca.init(&options).unwrap();
+        let first = read_manifest(&ca);
+        let (old_root, old_intermediate) = first.active();
+
+        let change = ca.rotate_root(&RotateOptions::default()).unwrap();
+        let [new_root, new_intermediate] = change.authorities.as_slice() else {
+            panic!("{:?}", change.authorities)
+        };
+        assert_eq!(bundle_ids(&ca), vec![old_root.id.clone(), new_root.clone()]);
+        // Still signing with the old pair until activation.
+        assert_eq!(
+            AuthorityId::of_certificate(&ca.load().unwrap().intermediate).unwrap(),
+            old_intermediate.id
+        );
+        ca.activate(false).unwrap();
+        assert_eq!(bundle_ids(&ca), vec![new_root.clone(), old_root.id.clone()]);
+        let material = ca.load().unwrap();
+        assert_eq!(
+            AuthorityId::of_certificate(&material.intermediate).unwrap(),
+            *new_intermediate
+        );
+        crate::Authority::new(material, crate::IssuancePolicy::default()).unwrap();
+
+        let old_key = ca.path().join(old_root.key.as_ref().unwrap());
+        assert!(old_key.exists());
+        let change = ca.revoke(&old_root.id.as_str()[..8], false).unwrap();
+        assert_eq!(
+            change.authorities,
+            vec![old_root.id.clone(), old_intermediate.id.clone()]
+        );
+        assert!(!old_key.exists(), "a revoked authority keeps no key");
+        assert!(
+            !ca.path()
+                .join(old_intermediate.key.as_ref().unwrap())
+                .exists()
+        );
+        assert_eq!(bundle_ids(&ca), vec![new_root.clone()]);
+        assert_eq!(read_manifest(&ca).generation, first.generation + 3);
     }
 
     #[test]

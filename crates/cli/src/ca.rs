@@ -1,4 +1,6 @@
-//! `hush ca …`: create, run and feed the certificate authority.
+//! `hush ca …`: create, run, feed and rotate the certificate authority.
+
+mod authorities;
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -22,6 +24,17 @@ use crate::times::utc_second;
 pub(crate) enum CaCommand {
     /// Create a CA: a root (10 years) and an intermediate (1 year), keys written with mode 0600.
     Init(InitArgs),
+    /// List every root and intermediate with its state, validity, time left and what to do.
+    Authorities(authorities::ListArgs),
+    /// Stage a new intermediate, or a new root with its intermediate.
+    #[command(subcommand)]
+    Rotate(authorities::RotateCommand),
+    /// Make the prepared intermediate (and its new root) the one that signs.
+    Activate(authorities::ActivateArgs),
+    /// Make sidecars renew away from an old authority now rather than at half-life.
+    Taint(authorities::TaintArgs),
+    /// Drop an old authority from the trust bundle and delete its key.
+    Revoke(authorities::RevokeArgs),
     /// Print the trust bundle (PEM) on stdout.
     Bundle(DirArg),
     /// Manage join tokens.
@@ -49,15 +62,33 @@ pub(crate) struct InitArgs {
     /// Key algorithm of the root and the intermediate.
     #[arg(long, value_enum, default_value_t = KeyAlgorithm::EcdsaP256)]
     key_algorithm: KeyAlgorithm,
-    /// Replace an existing CA in DIR (workloads will stop trusting certificates of the old one).
+    /// Replace a CA of the old layout in DIR (workloads will stop trusting certificates of the
+    /// old one). A CA with authorities is never replaced: `hush ca rotate root` instead.
     #[arg(long)]
     force: bool,
+    /// How long a change to DIR may take to reach every CA replica and every sidecar: a new
+    /// root is published this long before it signs (at least two sidecar bundle refreshes).
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    publish_wait: Duration,
+    /// The longest workload certificate lifetime this CA may ever grant (`hush ca serve
+    /// --max-ttl` is refused above it); bounds how long a retired authority stays needed.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    max_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum KeyAlgorithm {
     EcdsaP256,
     EcdsaP384,
+}
+
+impl From<KeyAlgorithm> for CaKeyAlgorithm {
+    fn from(algorithm: KeyAlgorithm) -> Self {
+        match algorithm {
+            KeyAlgorithm::EcdsaP256 => Self::EcdsaP256,
+            KeyAlgorithm::EcdsaP384 => Self::EcdsaP384,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,6 +201,11 @@ pub(crate) struct ServeArgs {
 pub(crate) async fn run(command: CaCommand) -> Result<()> {
     match command {
         CaCommand::Init(args) => init(args),
+        CaCommand::Authorities(args) => authorities::list(args),
+        CaCommand::Rotate(command) => authorities::rotate(command).await,
+        CaCommand::Activate(args) => authorities::activate(args).await,
+        CaCommand::Taint(args) => authorities::taint(args).await,
+        CaCommand::Revoke(args) => authorities::revoke(args).await,
         CaCommand::Bundle(args) => {
             let bundle = CaDir::new(args.dir).load_bundle()?;
             print!("{}", bundle.to_pem());
@@ -191,10 +227,9 @@ fn init(args: InitArgs) -> Result<()> {
         .with_context(|| format!("invalid --trust-domain {:?}", args.trust_domain))?;
     let mut options = InitOptions::new(trust_domain);
     options.force = args.force;
-    options.key_algorithm = match args.key_algorithm {
-        KeyAlgorithm::EcdsaP256 => CaKeyAlgorithm::EcdsaP256,
-        KeyAlgorithm::EcdsaP384 => CaKeyAlgorithm::EcdsaP384,
-    };
+    options.key_algorithm = args.key_algorithm.into();
+    options.publish_wait = args.publish_wait;
+    options.max_ttl = args.max_ttl;
     let report = CaDir::new(&args.dir).init(&options)?;
     eprintln!(
         "created a CA for trust domain {} in {}:",
@@ -204,8 +239,15 @@ fn init(args: InitArgs) -> Result<()> {
     for file in &report.files {
         eprintln!("  {}", file.display());
     }
+    let root_key = report
+        .files
+        .iter()
+        .filter_map(|f| f.file_name()?.to_str())
+        .find(|name| name.starts_with("root-") && name.ends_with(".key"))
+        .unwrap_or("the root key");
     eprintln!(
-        "root.key is not needed to serve: keep it offline. Next: hush ca serve --dir {}",
+        "{root_key} is not needed to serve, only to rotate the intermediate: keep it offline. \
+         Next: hush ca serve --dir {}",
         args.dir.display()
     );
     Ok(())
@@ -356,6 +398,21 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .map(|td| TrustDomain::new(td).with_context(|| format!("invalid --trust-domain {td:?}")))
         .transpose()?;
     let dir = CaDir::new(&args.dir);
+    // A directory with a manifest promises that nothing lives longer than its max_ttl: the
+    // revocation of a retired authority is timed by it.
+    if let Ok(manifest) = dir.authorities()
+        && manifest.generation > 0
+        && policy.max_ttl.as_secs() > manifest.max_ttl_seconds
+    {
+        bail!(
+            "--max-ttl {} is longer than the {} that {}/authorities.json allows (max_ttl_seconds, \
+             which times when a retired authority may be revoked): lower --max-ttl, or raise \
+             max_ttl_seconds while no rotation is under way",
+            humantime::format_duration(policy.max_ttl),
+            humantime::format_duration(Duration::from_secs(manifest.max_ttl_seconds)),
+            args.dir.display()
+        );
+    }
     let mut setup = build_ca(&dir, policy, args.audit_log, kubernetes.clone(), &args.sans)
         .map_err(|e| {
             let missing = e
