@@ -1310,7 +1310,17 @@ fn ca_serve_refuses_a_group_readable_intermediate_key() {
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = temp.path().join("ca");
     init_ca(&dir, &[]);
-    let key = dir.join("intermediate.key");
+    // The key the CA signs with, under its ID name.
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(dir.join("authorities.json")).expect("manifest"))
+            .expect("JSON");
+    let active = manifest["authorities"]
+        .as_array()
+        .expect("authorities")
+        .iter()
+        .find(|a| a["kind"] == "intermediate" && a["state"] == "active")
+        .expect("an active intermediate");
+    let key = dir.join(active["key"].as_str().expect("a key file"));
     fs::set_permissions(&key, fs::Permissions::from_mode(0o640)).expect("chmod");
     let error = CaProcess::try_start_with_env(HUSH, &dir, &[], &[])
         .expect_err("the CA must not serve with a group-readable key");
@@ -2243,4 +2253,210 @@ async fn token_list_shows_state_and_revoke_withdraws_at_once() {
     )
     .await;
     assert_refused(result, Code::Unauthenticated, &["unknown join token"]);
+}
+
+// === 15. Authorities that rotate under a running CA ===
+
+/// `hush ca ARGS… --dir DIR`.
+fn ca_command(dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["ca"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--dir", path_str(dir)]);
+    run_hush(HUSH, &all)
+}
+
+#[track_caller]
+fn ca_command_ok(dir: &Path, args: &[&str]) -> String {
+    let out = ca_command(dir, args);
+    assert!(
+        out.status.success(),
+        "hush ca {args:?} failed:\n{}",
+        describe_output(&out)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn authority_id(der: &[u8]) -> String {
+    hush_ca::AuthorityId::of_certificate(der)
+        .expect("a CA certificate")
+        .to_string()
+}
+
+/// A fresh certificate for `spiffe_id` by join token, and the key it is for.
+async fn issue_with_token(
+    ca: &Ca,
+    client: &CaClient,
+    spiffe_id: &str,
+) -> (CertifyResponse, PrivateKeyDer<'static>) {
+    let token = ca.token(spiffe_id, &[]);
+    let csr = plain_csr(CsrKeyKind::EcdsaP256);
+    let issued = within(client.certify(&token, csr.der.clone(), None))
+        .await
+        .expect("issued with a token");
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(csr.key.serialize_der()));
+    (issued, key)
+}
+
+/// Retries `check` every 100 ms until it returns `Some`, for at most 30 s.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_running_ca_follows_rotations_and_revocations_without_a_restart() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path().join("ca");
+    init_ca(&dir, &["--publish-wait", "2s", "--max-ttl", "1m"]);
+    let server = CaProcess::start(HUSH, &dir, &["--reload-interval", "1s", "--max-ttl", "1m"]);
+    let ca = Ca::around(temp, dir, server);
+    let first_roots = ca.roots().to_vec();
+    let client = ca.client();
+    let (first, first_key) = issue_with_token(&ca, &client, FRONTEND).await;
+    let first_intermediate = authority_id(&first.cert_chain[1]);
+    let under_first = CaClient::with_identity(
+        ca.url(),
+        &first_roots,
+        identity_of(chain_of(&first), first_key),
+    )
+    .expect("a client with an identity");
+
+    // 1. Intermediate rotation: the next issuance comes from the new intermediate.
+    ca_command_ok(&ca.dir, &["rotate", "intermediate"]);
+    ca_command_ok(&ca.dir, &["activate"]);
+    let second_intermediate = eventually("the CA signs with the new intermediate", || async {
+        let (issued, _) = issue_with_token(&ca, &client, FRONTEND).await;
+        let id = authority_id(&issued.cert_chain[1]);
+        (id != first_intermediate).then_some(id)
+    })
+    .await;
+    wait_for_stderr(&ca, "authorities reloaded");
+    wait_for_stderr(
+        &ca,
+        "server certificate now comes from the new intermediate",
+    );
+    // A certificate under the retired intermediate still renews.
+    within(under_first.renew(plain_csr(CsrKeyKind::EcdsaP256).der, None))
+        .await
+        .expect("a certificate under the old intermediate renews");
+
+    // 2. Root rotation: published first, signing only after the publish wait.
+    ca_command_ok(&ca.dir, &["rotate", "root"]);
+    let early = ca_command(&ca.dir, &["activate"]);
+    let words = String::from_utf8_lossy(&early.stderr);
+    assert!(
+        !early.status.success() && words.contains("publish wait") && words.contains("--force"),
+        "{}",
+        describe_output(&early)
+    );
+    let roots = eventually("the CA serves both roots", || async {
+        let bundle = within(client.trust_bundle()).await.expect("the bundle");
+        (bundle.roots.len() == 2).then_some(bundle.roots)
+    })
+    .await;
+    let new_root = CertificateDer::from(
+        roots
+            .into_iter()
+            .find(|r| r.as_slice() != first_roots[0].as_ref())
+            .expect("a new root"),
+    );
+    eventually("the publish wait is over", || async {
+        ca_command(&ca.dir, &["activate"])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    let only_new = CaClient::new(ca.url(), std::slice::from_ref(&new_root)).expect("a client");
+    let (under_new_root, _) = eventually("the CA serves and signs under the new root", || async {
+        // A client that trusts only the new root reaches the CA once its server
+        // certificate comes from the new intermediate.
+        let token = ca.token(FRONTEND, &[]);
+        let issued = within(only_new.certify(&token, plain_csr(CsrKeyKind::EcdsaP256).der, None))
+            .await
+            .ok()?;
+        let id = authority_id(&issued.cert_chain[1]);
+        (id != second_intermediate).then_some((issued, id))
+    })
+    .await;
+    verify_chain(
+        &chain_of(&under_new_root),
+        std::slice::from_ref(&new_root),
+        Usage::ClientAuth,
+    )
+    .expect("the new certificate chains to the new root");
+    // Still trusted: a certificate under the old root renews.
+    within(under_first.renew(plain_csr(CsrKeyKind::EcdsaP256).der, None))
+        .await
+        .expect("a certificate under the old root renews until the root is revoked");
+
+    // 3. Revocation of the old root: refused while certificates under it may live.
+    let old_root = authority_id(&first_roots[0]);
+    let refused = ca_command(&ca.dir, &["revoke", "--authority", &old_root]);
+    let words = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && words.contains("may live until"),
+        "{}",
+        describe_output(&refused)
+    );
+    ca_command_ok(&ca.dir, &["revoke", "--authority", &old_root, "--force"]);
+    eventually("the CA serves the new root alone", || async {
+        let bundle = within(client.trust_bundle()).await.expect("the bundle");
+        (bundle.roots.len() == 1 && bundle.roots[0] == new_root.as_ref()).then_some(())
+    })
+    .await;
+    // A certificate under the revoked root no longer gets through the handshake.
+    let renewal = within(under_first.renew(plain_csr(CsrKeyKind::EcdsaP256).der, None)).await;
+    assert!(
+        renewal.is_err(),
+        "a certificate under a revoked root renewed"
+    );
+
+    // 4. A stale copy of the directory never takes over.
+    let manifest = ca.dir.join("authorities.json");
+    let mut stale: Value =
+        serde_json::from_slice(&fs::read(&manifest).expect("manifest")).expect("JSON");
+    stale["generation"] = Value::from(1);
+    fs::write(&manifest, serde_json::to_vec_pretty(&stale).expect("JSON")).expect("write");
+    wait_for_stderr(&ca, "older than the");
+    let (still, _) = issue_with_token(&ca, &client, FRONTEND).await;
+    assert_eq!(
+        authority_id(&still.cert_chain[1]),
+        authority_id(&under_new_root.cert_chain[1]),
+        "the CA kept signing with what was in force"
+    );
+
+    let audit = ca.audit();
+    let events: Vec<&str> = audit.iter().filter_map(|l| l["event"].as_str()).collect();
+    for event in [
+        "authority_prepared",
+        "authority_activated",
+        "authority_revoked",
+        "authorities_loaded",
+        "reload_refused",
+    ] {
+        assert!(
+            events.contains(&event),
+            "no {event} in the audit log: {events:?}"
+        );
+    }
+    let revoked = audit
+        .iter()
+        .find(|l| l["event"] == "authority_revoked")
+        .expect("a revocation line");
+    assert_eq!(revoked["forced"], true);
+    assert_eq!(revoked["authority"], old_root.as_str());
 }

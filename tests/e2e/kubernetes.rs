@@ -18,7 +18,8 @@ use base64::Engine as _;
 use hush_ca_client::CaClient;
 use hush_test_support::{
     CaProcess, CsrKeyKind, FakeApiServer, HushProcess, ProxyProcess, ReviewRequest,
-    describe_output, plain_csr, run_hush_ok, token_review_authenticated, token_review_rejected,
+    describe_output, plain_csr, run_hush, run_hush_ok, token_review_authenticated,
+    token_review_rejected,
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -779,5 +780,131 @@ fn check_injected_pod(
         if let Some(probe) = container["readinessProbe"]["httpGet"].as_object() {
             assert_eq!(probe["port"], 15020, "{probe:?}");
         }
+    }
+}
+
+/// The Secret `hush ca secret` prints for `dir`, checked against the Kubernetes schema when
+/// kubernetes-validate is there, as (file name, contents).
+fn printed_secret(temp: &Path, dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let printed = run_hush_ok(
+        HUSH,
+        &[
+            "ca",
+            "secret",
+            "--dir",
+            path_str(dir),
+            "--namespace",
+            NAMESPACE,
+        ],
+    );
+    if let Some(validator) = kube::validator() {
+        let file = temp.join("secret.json");
+        fs::write(&file, &printed).expect("write the Secret");
+        kube::validate(&validator, &file);
+    }
+    let secret: Value = serde_json::from_str(&printed).expect("`hush ca secret` prints JSON");
+    assert_eq!(secret["kind"], "Secret");
+    secret["data"]
+        .as_object()
+        .expect("data")
+        .iter()
+        .map(|(name, value)| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(value.as_str().expect("base64"))
+                .expect("base64");
+            (name.clone(), bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn the_ca_follows_its_secret_through_a_root_rotation_without_a_restart() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let operator = temp.path().join("ca-init");
+    run_hush_ok(
+        HUSH,
+        &[
+            "ca",
+            "init",
+            "--dir",
+            path_str(&operator),
+            "--trust-domain",
+            "cluster.local",
+            "--publish-wait",
+            "1s",
+        ],
+    );
+    let mount = temp.path().join("secret");
+    let apply = |files: &[(String, Vec<u8>)]| {
+        assert!(
+            !files
+                .iter()
+                .any(|(name, _)| name.starts_with("root") && name.ends_with(".key")),
+            "a root key in the Secret"
+        );
+        let files: Vec<(&str, Vec<u8>)> =
+            files.iter().map(|(n, c)| (n.as_str(), c.clone())).collect();
+        mount_secret(&mount, &files);
+    };
+    apply(&printed_secret(temp.path(), &operator));
+    let mut ca = CaProcess::start(HUSH, &mount, &["--reload-interval", "1s"]);
+    let first = TrustBundleFile::read(&operator);
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let roots_served = |roots: &[CertificateDer<'static>]| {
+        runtime.block_on(async {
+            let client = CaClient::new(ca.url(), roots).ok()?;
+            let bundle = client.trust_bundle().await.ok()?;
+            Some(bundle.roots.len())
+        })
+    };
+    assert_eq!(roots_served(&first.roots), Some(1));
+
+    // The operator stages a new root and applies the Secret: the kubelet swaps the volume.
+    run_hush_ok(
+        HUSH,
+        &["ca", "rotate", "root", "--dir", path_str(&operator)],
+    );
+    apply(&printed_secret(temp.path(), &operator));
+    wait_until("the CA serves both roots", || {
+        roots_served(&first.roots) == Some(2)
+    });
+    let both = TrustBundleFile::read(&operator);
+    let new_root: Vec<CertificateDer<'static>> = both
+        .roots
+        .into_iter()
+        .filter(|r| !first.roots.contains(r))
+        .collect();
+    assert_eq!(new_root.len(), 1);
+
+    // Activated and applied: the CA presents a chain under the new root.
+    wait_until("the publish wait is over", || {
+        run_hush(HUSH, &["ca", "activate", "--dir", path_str(&operator)])
+            .status
+            .success()
+    });
+    apply(&printed_secret(temp.path(), &operator));
+    wait_until("a client trusting only the new root reaches the CA", || {
+        roots_served(&new_root).is_some()
+    });
+    assert!(
+        ca.stderr().contains("authorities reloaded"),
+        "{}",
+        ca.stderr()
+    );
+    assert!(ca.process().is_running(), "the CA was not restarted");
+}
+
+/// `bundle.pem` of a CA directory.
+struct TrustBundleFile {
+    roots: Vec<CertificateDer<'static>>,
+}
+
+impl TrustBundleFile {
+    fn read(dir: &Path) -> Self {
+        let pem = fs::read(dir.join("bundle.pem")).expect("bundle.pem");
+        let roots = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .expect("the bundle");
+        Self { roots }
     }
 }

@@ -36,6 +36,10 @@ pub enum AuditEvent {
     AuthorityTainted,
     /// An authority was revoked (`hush ca revoke`).
     AuthorityRevoked,
+    /// A running CA put another set of authorities in force.
+    AuthoritiesLoaded,
+    /// A running CA refused what its directory holds and kept the set in force.
+    ReloadRefused,
 }
 
 /// One line of the audit log.

@@ -20,6 +20,7 @@ mod audit;
 mod authorities;
 mod authority;
 mod csr;
+mod live;
 mod random;
 mod server;
 mod service;
@@ -38,10 +39,12 @@ pub use self::authorities::{
 };
 pub use self::authority::{Authority, AuthorityError, CaMaterial, IssuancePolicy, IssuedSvid};
 pub use self::csr::{CsrError, KeyKind, MAX_CSR_BYTES, MIN_RSA_BITS, VerifiedCsr};
+pub use self::live::{AuthoritySet, Reload, ReloadError, follow_directory};
 pub use self::server::{PeerInfo, ServeError, ServeOptions, serve};
 pub use self::service::{CaService, HUSH_API, ISTIO_API, pem_certificate};
 pub use self::store::{
-    CaDir, CaKeyAlgorithm, Change, DirLock, InitOptions, InitReport, RotateOptions, StoreError,
+    CaDir, CaKeyAlgorithm, Change, DirLock, InitOptions, InitReport, LoadedAuthorities,
+    RotateOptions, StoreError,
 };
 pub use self::tokens::{CheckedToken, JoinTokenStore, MintedToken, TOKEN_PREFIX, TokenError};
 pub use hush_proto::{hush::ca::v1 as proto, istio::v1::auth as istio_proto};

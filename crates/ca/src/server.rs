@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use hush_identity::{SpiffeId, TrustDomain};
 use hush_tls::rustls;
-use hush_tls::{ALPN_H2, CredentialStore, SpiffeClientVerifier, explain_io_error, peer_spiffe_id};
+use hush_tls::{ALPN_H2, CredentialStore, explain_io_error, peer_spiffe_id};
+use rustls_pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -172,16 +173,27 @@ pub async fn serve(
     let rotation = tokio::spawn(rotate_server_certificate(
         service.clone(),
         credentials.clone(),
-        dns_names,
-        ips,
+        dns_names.clone(),
+        ips.clone(),
         options.clone(),
     ));
 
     // Client certificates are optional: a workload with a valid certificate of this trust
-    // domain may present it instead of a token to renew it.
-    let bundle = service.authority().bundle();
-    let client_verifier = SpiffeClientVerifier::new(bundle, false)?;
-    let tls = hush_tls::server_config(Arc::new(credentials), Some(client_verifier), &[ALPN_H2])?;
+    // domain may present it instead of a token to renew it. The verifier follows the roots in
+    // force, so a workload under a new root can renew as soon as the root is published, and
+    // one under a revoked root cannot.
+    let tls = hush_tls::server_config(
+        Arc::new(credentials.clone()),
+        Some(service.client_verifier()),
+        &[ALPN_H2],
+    )?;
+    let following = tokio::spawn(follow_authorities(
+        service.clone(),
+        credentials,
+        dns_names.clone(),
+        ips.clone(),
+        options.clone(),
+    ));
 
     let limit = options.max_request_bytes;
     let routes = Routes::new(service.hush_service().max_decoding_message_size(limit))
@@ -206,7 +218,7 @@ pub async fn serve(
     });
     let accept = Accept {
         tls: TlsAcceptor::from(Arc::new(tls)),
-        trust_domain: bundle.trust_domain().clone(),
+        trust_domain: service.trust_domain(),
         slots: Arc::new(Semaphore::new(options.max_connections)),
         per_address: PerAddress::new(options.max_connections_per_ip),
         crowded: Arc::new(Refusals::new(RefusalKind::ConnectionsPerAddress {
@@ -248,6 +260,7 @@ pub async fn serve(
         accept.tracker.wait().await;
     }
     rotation.abort();
+    following.abort();
     reports.abort();
     accept.crowded.report_remaining();
     shared.busy.report_remaining();
@@ -262,6 +275,7 @@ fn install_server_certificate(
     options: &ServeOptions,
 ) -> Result<(), ServeError> {
     let (chain, key) = service
+        .current()
         .authority()
         .issue_server_certificate(dns_names, ips, options.server_cert_lifetime)
         .map_err(|e| ServeError::ServerCertificate(e.to_string()))?;
@@ -284,6 +298,33 @@ async fn rotate_server_certificate(
             Ok(()) => info!("renewed the CA's server certificate"),
             Err(e) => {
                 warn!(error = %e, "cannot renew the CA's server certificate; keeping the current one")
+            }
+        }
+    }
+}
+
+/// Gives a newly activated intermediate its own server certificate at once, so that the CA
+/// stops presenting a chain under an authority that is being retired.
+async fn follow_authorities(
+    service: CaService,
+    credentials: CredentialStore,
+    dns_names: Vec<String>,
+    ips: Vec<IpAddr>,
+    options: ServeOptions,
+) {
+    let mut changes = service.subscribe();
+    let mut signing = service.current().intermediate_id().clone();
+    while changes.changed().await.is_ok() {
+        let current = service.current();
+        if current.intermediate_id() != &signing {
+            match install_server_certificate(&service, &credentials, &dns_names, &ips, &options) {
+                Ok(()) => {
+                    info!(intermediate = %current.intermediate_id(), "the CA's server certificate now comes from the new intermediate");
+                    signing = current.intermediate_id().clone();
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot issue the CA's server certificate from the new intermediate; keeping the current one")
+                }
             }
         }
     }
@@ -381,12 +422,17 @@ impl Accept {
                 .peer_certificates()
                 .and_then(|certs| certs.first())
                 .and_then(|leaf| peer_spiffe_id(leaf, &trust_domain).ok());
+            let certificates = match (&spiffe_id, tls.get_ref().1.peer_certificates()) {
+                (Some(_), Some(chain)) => chain.iter().map(|c| c.clone().into_owned()).collect(),
+                _ => Vec::new(),
+            };
             let info = PeerInfo {
                 tcp: TcpConnectInfo {
                     local_addr: local,
                     remote_addr: Some(peer),
                 },
                 spiffe_id,
+                certificates: Arc::new(certificates),
             };
             connection::serve(tls, info, shared).await;
         }
@@ -423,6 +469,9 @@ pub struct PeerInfo {
     pub tcp: TcpConnectInfo,
     /// The SPIFFE ID of a verified client certificate, if the client presented one.
     pub spiffe_id: Option<SpiffeId>,
+    /// That certificate's chain, leaf first, as presented: a renewal checks it again against
+    /// the roots in force, since a connection may outlive a root's revocation.
+    pub certificates: Arc<Vec<CertificateDer<'static>>>,
 }
 
 // === impl PeerInfo ===

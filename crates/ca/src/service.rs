@@ -4,6 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use hush_identity::TrustDomain;
+use hush_tls::{SpiffeClientVerifier, TlsConfigError, TrustStore};
+use rustls::server::danger::ClientCertVerifier;
+use rustls_pki_types::UnixTime;
+use tokio::sync::watch;
+
 use hush_proto::hush::ca::v1 as pb;
 use hush_proto::istio::v1::auth as istio;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
@@ -17,9 +24,11 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::attest::{AttestError, AttestationKind, Attested, Attestor, bearer_token};
 use crate::audit::{AuditEvent, AuditLog, AuditRecord, rfc3339};
-use crate::authority::{Authority, IssuedSvid};
+use crate::authority::IssuedSvid;
 use crate::csr::VerifiedCsr;
+use crate::live::{AuthoritySet, Reload, ReloadError};
 use crate::server::PeerInfo;
+use crate::store::CaDir;
 use crate::tokens::join_token_id;
 
 /// The name of hush's own API in logs and the audit log.
@@ -35,7 +44,16 @@ pub struct CaService {
 
 #[derive(Debug)]
 struct Inner {
-    authority: Authority,
+    /// Read once per request, so that a request never mixes two sets.
+    authorities: ArcSwap<AuthoritySet>,
+    /// The roots in force, for client certificates: at the handshake, and again at each
+    /// renewal, since a connection may outlive a root.
+    trust: TrustStore,
+    client_verifier: Arc<SpiffeClientVerifier>,
+    /// Told the generation each time another set is put in force.
+    changes: watch::Sender<u64>,
+    /// Serialises reloads, so that two never race to put their set in force.
+    reloading: std::sync::Mutex<()>,
     attestor: Attestor,
     audit: AuditLog,
 }
@@ -43,20 +61,105 @@ struct Inner {
 // === impl CaService ===
 
 impl CaService {
-    /// Serves `authority`'s certificates to callers `attestor` vouches for, auditing to `audit`.
-    pub fn new(authority: Authority, attestor: Attestor, audit: AuditLog) -> Self {
-        Self {
+    /// Serves certificates of `authorities` to callers `attestor` vouches for, auditing to
+    /// `audit`.
+    pub fn new(
+        authorities: AuthoritySet,
+        attestor: Attestor,
+        audit: AuditLog,
+    ) -> Result<Self, TlsConfigError> {
+        let (changes, _) = watch::channel(authorities.generation());
+        let trust = TrustStore::new(authorities.authority().bundle().clone())?;
+        let client_verifier = SpiffeClientVerifier::with_trust(&trust, false);
+        Ok(Self {
             inner: Arc::new(Inner {
-                authority,
+                authorities: ArcSwap::from_pointee(authorities),
+                trust,
+                client_verifier,
+                changes,
+                reloading: std::sync::Mutex::new(()),
                 attestor,
                 audit,
             }),
-        }
+        })
     }
 
-    /// The signing core.
-    pub fn authority(&self) -> &Authority {
-        &self.inner.authority
+    /// Verifies client certificates against the roots in force.
+    pub(crate) fn client_verifier(&self) -> Arc<SpiffeClientVerifier> {
+        self.inner.client_verifier.clone()
+    }
+
+    /// The authorities in force.
+    pub fn current(&self) -> Arc<AuthoritySet> {
+        self.inner.authorities.load_full()
+    }
+
+    /// The trust domain; it never changes while the CA runs.
+    pub fn trust_domain(&self) -> TrustDomain {
+        self.inner
+            .authorities
+            .load()
+            .authority()
+            .trust_domain()
+            .clone()
+    }
+
+    /// Changes each time another set of authorities is put in force.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Reads `dir` and puts what it holds in force if it differs from the set in force and may
+    /// succeed it (blocking file I/O: call it off the async workers).
+    pub fn reload_from(&self, dir: &CaDir) -> Result<Reload, ReloadError> {
+        let _one_at_a_time = self
+            .inner
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.current();
+        let next = AuthoritySet::load(dir, *current.authority().policy())?;
+        let outcome = current.check_successor(&next)?;
+        if let Reload::Loaded { generation, .. } = outcome {
+            // Roots first: a certificate under a new root must not be refused at the
+            // handshake while the CA already signs under it.
+            self.inner
+                .trust
+                .replace(next.authority().bundle().clone())
+                .map_err(|e| ReloadError::Trust(e.to_string()))?;
+            self.inner.authorities.store(Arc::new(next));
+            self.inner.changes.send_replace(generation);
+        }
+        Ok(outcome)
+    }
+
+    /// Refuses a renewal whose certificate, verified when its connection began, no longer
+    /// chains to a root in force (the root was revoked since).
+    fn still_trusted(&self, peer: Option<&PeerInfo>) -> Result<(), Status> {
+        let chain = peer.map(|p| p.certificates.as_slice()).unwrap_or_default();
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err(Status::unauthenticated(
+                "the client certificate of this connection is unknown; present a token",
+            ));
+        };
+        self.inner
+            .client_verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| {
+                Status::unauthenticated(format!(
+                    "the certificate this connection presented is no longer trusted by this CA ({}): present a token to get a new one",
+                    hush_tls::explain_tls_error(&e)
+                ))
+            })
+    }
+
+    /// Appends a line about the CA itself to the audit log; a failure is logged, since there is
+    /// no caller to refuse.
+    pub(crate) async fn audit_record(&self, record: &AuditRecord) {
+        if let Err(e) = self.inner.audit.append(record).await {
+            warn!(error = %e, "cannot write to the audit log");
+        }
     }
 
     /// hush's own gRPC service.
@@ -98,8 +201,12 @@ impl CaService {
             let header = header.transpose().map_err(attest_status)?;
             let who = match (header, peer_certificate_id) {
                 // A renewal: the handshake proved the current certificate, and no token
-                // claims anything else.
-                (None, Some(id)) => Attested::by_certificate(id),
+                // claims anything else. Checked again against the roots in force, since the
+                // connection may have outlived the root the certificate chains to.
+                (None, Some(id)) => {
+                    self.still_trusted(peer_info)?;
+                    Attested::by_certificate(id)
+                }
                 (header, _) => {
                     let token = bearer_token(header).map_err(attest_status)?;
                     // Known before attestation, so that a refused join token is audited by its id.
@@ -121,8 +228,8 @@ impl CaService {
                 .await
                 .map_err(attest_status)?;
             let svid = self
-                .inner
-                .authority
+                .current()
+                .authority()
                 .issue(&csr, &who.spiffe_id, ttl)
                 .map_err(|e| Status::failed_precondition(e.to_string()))?;
             Ok(svid)
@@ -302,7 +409,8 @@ impl pb::certificate_authority_server::CertificateAuthority for CaService {
                 request.get_ref().ttl_seconds,
             )
             .await?;
-        let bundle = self.inner.authority.bundle();
+        let current = self.current();
+        let bundle = current.authority().bundle();
         Ok(Response::new(pb::CertifyResponse {
             spiffe_id: svid.spiffe_id.to_string(),
             cert_chain: svid.chain.iter().map(|c| c.to_vec()).collect(),
@@ -317,7 +425,8 @@ impl pb::certificate_authority_server::CertificateAuthority for CaService {
         &self,
         _request: Request<pb::GetTrustBundleRequest>,
     ) -> Result<Response<pb::GetTrustBundleResponse>, Status> {
-        let bundle = self.inner.authority.bundle();
+        let current = self.current();
+        let bundle = current.authority().bundle();
         Ok(Response::new(pb::GetTrustBundleResponse {
             trust_domain: bundle.trust_domain().to_string(),
             roots: bundle.roots().iter().map(|c| c.to_vec()).collect(),
@@ -342,7 +451,8 @@ impl istio::istio_certificate_service_server::IstioCertificateService for CaServ
             )
             .await?;
         // Istio wants PEM, leaf first and the root last.
-        let roots = self.inner.authority.bundle().roots();
+        let current = self.current();
+        let roots = current.authority().bundle().roots();
         let cert_chain = svid
             .chain
             .iter()

@@ -146,6 +146,47 @@ pub struct Change {
     pub migrated: bool,
 }
 
+/// What [`CaDir::load_authorities`] read.
+pub struct LoadedAuthorities {
+    /// The manifest (generation 0 for the old layout).
+    pub manifest: Manifest,
+    /// The trusted roots and the active intermediate with its key.
+    pub material: CaMaterial,
+    /// SHA-256 over every file read: equal fingerprints, equal authorities.
+    pub fingerprint: [u8; 32],
+}
+
+impl std::fmt::Debug for LoadedAuthorities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedAuthorities")
+            .field("generation", &self.manifest.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running hash of the files a load read, each framed by its name and length.
+#[derive(Default)]
+struct Fingerprint {
+    bytes: Vec<u8>,
+}
+
+impl Fingerprint {
+    fn add(&mut self, name: &str, contents: &[u8]) {
+        for part in [name.as_bytes(), contents] {
+            self.bytes
+                .extend_from_slice(&(part.len() as u64).to_be_bytes());
+            self.bytes.extend_from_slice(part);
+        }
+    }
+
+    fn finish(self) -> [u8; 32] {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.bytes);
+        let mut out = [0; 32];
+        out.copy_from_slice(digest.as_ref());
+        out
+    }
+}
+
 /// Holds `DIR/.lock`, so that two commands never change the directory at once.
 #[derive(Debug)]
 pub struct DirLock {
@@ -429,6 +470,50 @@ impl CaDir {
         Ok(true)
     }
 
+    /// Root keys lying in the directory. A CA serving from it never needs one, and whoever
+    /// takes over the CA's host takes them too: the CA warns.
+    pub fn root_keys(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.path) else {
+            return Vec::new();
+        };
+        let mut keys: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n == LEGACY_ROOT_KEY || (n.starts_with("root-") && n.ends_with(".key")))
+            .map(|n| self.path.join(n))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Every file a serving CA reads, by name, for a Kubernetes Secret (`hush ca secret`): the
+    /// manifest, every certificate it names, the intermediates' keys, and the old layout's
+    /// names of the active pair. Never a root key: a CA does not need one.
+    pub fn serving_files(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut names: Vec<String> = Vec::new();
+        if self.path.join(MANIFEST).exists() {
+            let manifest = self.authorities()?;
+            names.push(MANIFEST.into());
+            for a in &manifest.authorities {
+                names.push(a.cert.clone());
+                if a.kind == Kind::Intermediate
+                    && let Some(key) = &a.key
+                {
+                    names.push(key.clone());
+                }
+            }
+        }
+        names.extend([BUNDLE, INTERMEDIATE_CERT, INTERMEDIATE_KEY].map(String::from));
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| {
+                let contents = self.read(&self.path.join(&name))?;
+                Ok((name, contents))
+            })
+            .collect()
+    }
+
     /// `hush ca rotate intermediate`: signs a new intermediate with the active root's key and
     /// stages it. The only operation that reads a root key.
     pub fn rotate_intermediate(&self, options: &RotateOptions) -> Result<Change, StoreError> {
@@ -658,17 +743,78 @@ impl CaDir {
         })
     }
 
-    /// Reads what `hush ca serve` needs: the bundle and the intermediate with its key. The root
-    /// key is never read.
-    pub fn load(&self) -> Result<CaMaterial, StoreError> {
-        let bundle = self.load_bundle()?;
-        let intermediate = self.read_one_certificate(&self.path.join(INTERMEDIATE_CERT))?;
-        let intermediate_key = self.read_key(&self.path.join(INTERMEDIATE_KEY))?;
-        Ok(CaMaterial {
-            bundle,
-            intermediate,
-            intermediate_key,
+    /// Reads what a CA signs with, as the directory says now: the manifest (or the old
+    /// layout's files), every trusted root, and the active intermediate with its key. Also a
+    /// fingerprint of everything read, so that a CA polling the directory rebuilds only when
+    /// something changed. The root keys are never read.
+    pub fn load_authorities(&self) -> Result<LoadedAuthorities, StoreError> {
+        let mut fingerprint = Fingerprint::default();
+        let manifest_path = self.path.join(MANIFEST);
+        let managed = manifest_path.exists();
+        if managed {
+            fingerprint.add(MANIFEST, &self.read(&manifest_path)?);
+        }
+        let manifest = self.authorities()?;
+        let (roots, intermediate_pem, key_name) = if managed {
+            let mut roots = Vec::new();
+            for root in manifest.trusted_roots() {
+                let pem = self.read(&self.path.join(&root.cert))?;
+                fingerprint.add(&root.cert, &pem);
+                roots.push(pem);
+            }
+            let (_, active) = manifest.active();
+            let pem = self.read(&self.path.join(&active.cert))?;
+            fingerprint.add(&active.cert, &pem);
+            let key = active.key.clone().ok_or_else(|| StoreError::Invalid {
+                path: manifest_path.clone(),
+                reason: format!("the active intermediate {} has no key file", active.id),
+            })?;
+            (roots, pem, key)
+        } else {
+            let bundle = self.read(&self.bundle_path())?;
+            fingerprint.add(BUNDLE, &bundle);
+            let pem = self.read(&self.path.join(INTERMEDIATE_CERT))?;
+            fingerprint.add(INTERMEDIATE_CERT, &pem);
+            (vec![bundle], pem, INTERMEDIATE_KEY.to_owned())
+        };
+        let key_path = self.path.join(&key_name);
+        check_key_mode(&key_path)?;
+        let key_pem = self.read(&key_path)?;
+        fingerprint.add(&key_name, &key_pem);
+
+        let bundle =
+            TrustBundle::from_pem(&roots.concat(), None).map_err(|e| StoreError::Invalid {
+                path: self.bundle_path(),
+                reason: e.to_string(),
+            })?;
+        if bundle.trust_domain().as_str() != manifest.trust_domain {
+            return Err(StoreError::Invalid {
+                path: manifest_path,
+                reason: format!(
+                    "the roots are for trust domain {}, the manifest says {}",
+                    bundle.trust_domain(),
+                    manifest.trust_domain
+                ),
+            });
+        }
+        let intermediate =
+            parse_one_certificate(&intermediate_pem, &self.path.join(INTERMEDIATE_CERT))?;
+        let intermediate_key = parse_key(&key_pem, &key_path)?;
+        Ok(LoadedAuthorities {
+            manifest,
+            material: CaMaterial {
+                bundle,
+                intermediate,
+                intermediate_key,
+            },
+            fingerprint: fingerprint.finish(),
         })
+    }
+
+    /// Reads what `hush ca serve` signs with: the trusted roots and the active intermediate
+    /// with its key ([`Self::load_authorities`] without the rest).
+    pub fn load(&self) -> Result<CaMaterial, StoreError> {
+        Ok(self.load_authorities()?.material)
     }
 
     fn read(&self, path: &Path) -> Result<Vec<u8>, StoreError> {
@@ -760,8 +906,39 @@ fn make_intermediate(
     Ok((cert, key))
 }
 
+fn parse_one_certificate(pem: &[u8], path: &Path) -> Result<CertificateDer<'static>, StoreError> {
+    let mut certs =
+        hush_identity::parse_pem_certificates(pem).map_err(|e| StoreError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if certs.len() != 1 {
+        return Err(StoreError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("expected one certificate, found {}", certs.len()),
+        });
+    }
+    Ok(certs.remove(0))
+}
+
+fn parse_key(pem: &[u8], path: &Path) -> Result<KeyPair, StoreError> {
+    let text = std::str::from_utf8(pem).map_err(|_| StoreError::Invalid {
+        path: path.to_path_buf(),
+        reason: "not a PEM text file".into(),
+    })?;
+    KeyPair::from_pem(text).map_err(|e| StoreError::Invalid {
+        path: path.to_path_buf(),
+        reason: format!("not a usable private key: {e}"),
+    })
+}
+
+/// PEM with LF line endings, as `hush ca bundle` prints and every other file of the directory
+/// is written.
 fn pem_of(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 fn unix_now() -> i64 {
@@ -886,7 +1063,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = CaDir::new(dir.path());
         ca.init(&InitOptions::new(td())).unwrap();
-        let key = ca.path().join(INTERMEDIATE_KEY);
+        let manifest = read_manifest(&ca);
+        let key = ca.path().join(manifest.active().1.key.as_ref().unwrap());
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
         let err = ca.load().err().unwrap();
         assert!(err.to_string().contains("chmod 600"), "{err}");
@@ -930,8 +1108,9 @@ mod tests {
             assert!(err.to_string().contains("defaultMode 0400"), "{err}");
         }
         // The same group read outside a kubelet volume is refused.
+        let manifest = read_manifest(&CaDir::new(&files));
         fs::set_permissions(
-            files.join(INTERMEDIATE_KEY),
+            files.join(manifest.active().1.key.as_ref().unwrap()),
             fs::Permissions::from_mode(0o440),
         )
         .unwrap();
@@ -1095,6 +1274,38 @@ mod tests {
         );
         assert_eq!(bundle_ids(&ca), vec![new_root.clone()]);
         assert_eq!(read_manifest(&ca).generation, first.generation + 3);
+    }
+
+    #[test]
+    fn the_serving_files_hold_no_root_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CaDir::new(dir.path());
+        ca.init(&InitOptions::new(td())).unwrap();
+        ca.rotate_root(&RotateOptions::default()).unwrap();
+        let files = ca.serving_files().unwrap();
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(
+            names.contains(&MANIFEST) && names.contains(&BUNDLE),
+            "{names:?}"
+        );
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("root") && n.ends_with(".key")),
+            "{names:?}"
+        );
+        let manifest = read_manifest(&ca);
+        for a in &manifest.authorities {
+            assert!(names.contains(&a.cert.as_str()), "{} missing", a.cert);
+        }
+        // A directory made of exactly those files serves.
+        let copy = dir.path().join("secret");
+        fs::create_dir(&copy).unwrap();
+        for (name, contents) in &files {
+            fs::write(copy.join(name), contents).unwrap();
+            fs::set_permissions(copy.join(name), fs::Permissions::from_mode(0o400)).unwrap();
+        }
+        CaDir::new(&copy).load_authorities().unwrap();
     }
 
     #[test]

@@ -10,8 +10,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use hush_ca::{
-    Attestor, AuditLog, Authority, CaDir, CaKeyAlgorithm, CaService, InitOptions, IssuancePolicy,
-    JoinTokenStore, ServeError, ServeOptions, StoreError, TokenReviewClient, TokenReviewConfig,
+    Attestor, AuditLog, AuthoritySet, CaDir, CaKeyAlgorithm, CaService, InitOptions,
+    IssuancePolicy, JoinTokenStore, ReloadError, ServeError, ServeOptions, StoreError,
+    TokenReviewClient, TokenReviewConfig,
 };
 use hush_identity::{SpiffeId, TrustDomain};
 use tokio::net::TcpListener;
@@ -35,6 +36,9 @@ pub(crate) enum CaCommand {
     Taint(authorities::TaintArgs),
     /// Drop an old authority from the trust bundle and delete its key.
     Revoke(authorities::RevokeArgs),
+    /// Print the Kubernetes Secret a CA serves from (every file it reads, never a root key),
+    /// for `kubectl apply -f -`.
+    Secret(authorities::SecretArgs),
     /// Print the trust bundle (PEM) on stdout.
     Bundle(DirArg),
     /// Manage join tokens.
@@ -192,6 +196,10 @@ pub(crate) struct ServeArgs {
     /// Sidecars behind one node address share it, so keep it generous.
     #[arg(long, default_value_t = 256)]
     max_connections_per_ip: usize,
+    /// How often the CA reads DIR again, to put staged, activated, tainted or revoked
+    /// authorities in force without a restart (0s: never).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    reload_interval: Duration,
     /// Requests from clients without a client certificate (anything but a renewal) beyond this
     /// many in flight are answered UNAVAILABLE, to be retried; each may start a TokenReview.
     #[arg(long, default_value_t = 64)]
@@ -206,6 +214,7 @@ pub(crate) async fn run(command: CaCommand) -> Result<()> {
         CaCommand::Activate(args) => authorities::activate(args).await,
         CaCommand::Taint(args) => authorities::taint(args).await,
         CaCommand::Revoke(args) => authorities::revoke(args).await,
+        CaCommand::Secret(args) => authorities::secret(args),
         CaCommand::Bundle(args) => {
             let bundle = CaDir::new(args.dir).load_bundle()?;
             print!("{}", bundle.to_pem());
@@ -324,14 +333,13 @@ pub(crate) fn build_ca(
     kubernetes: Option<TokenReviewClient>,
     sans: &[String],
 ) -> Result<CaSetup> {
-    let material = dir.load()?;
-    let authority =
-        Authority::new(material, policy).context("the CA's certificates are not usable")?;
+    let authorities =
+        AuthoritySet::load(dir, policy).context("cannot load the CA's authorities")?;
     let audit_path = audit_log.unwrap_or_else(|| dir.audit_log());
     let audit = AuditLog::open(&audit_path)
         .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?;
     let attestor = Attestor::new(
-        authority.trust_domain().clone(),
+        authorities.authority().trust_domain().clone(),
         JoinTokenStore::new(dir.tokens_dir()),
         kubernetes,
     );
@@ -343,7 +351,7 @@ pub(crate) fn build_ca(
         }
     }
     Ok(CaSetup {
-        service: CaService::new(authority, attestor, audit),
+        service: CaService::new(authorities, attestor, audit)?,
         options,
     })
 }
@@ -398,26 +406,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .map(|td| TrustDomain::new(td).with_context(|| format!("invalid --trust-domain {td:?}")))
         .transpose()?;
     let dir = CaDir::new(&args.dir);
-    // A directory with a manifest promises that nothing lives longer than its max_ttl: the
-    // revocation of a retired authority is timed by it.
-    if let Ok(manifest) = dir.authorities()
-        && manifest.generation > 0
-        && policy.max_ttl.as_secs() > manifest.max_ttl_seconds
-    {
-        bail!(
-            "--max-ttl {} is longer than the {} that {}/authorities.json allows (max_ttl_seconds, \
-             which times when a retired authority may be revoked): lower --max-ttl, or raise \
-             max_ttl_seconds while no rotation is under way",
-            humantime::format_duration(policy.max_ttl),
-            humantime::format_duration(Duration::from_secs(manifest.max_ttl_seconds)),
-            args.dir.display()
-        );
-    }
     let mut setup = build_ca(&dir, policy, args.audit_log, kubernetes.clone(), &args.sans)
         .map_err(|e| {
-            let missing = e
-                .chain()
-                .any(|cause| matches!(cause.downcast_ref(), Some(StoreError::Missing { .. })));
+            let missing = e.chain().any(|cause| {
+                matches!(cause.downcast_ref(), Some(StoreError::Missing { .. }))
+                    || matches!(
+                        cause.downcast_ref(),
+                        Some(ReloadError::Store(StoreError::Missing { .. }))
+                    )
+            });
             if kubernetes.is_some() && missing {
                 e.context(format!(
                     "the CA cannot start without its keys: on Kubernetes, create the Secret \
@@ -430,12 +427,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }
         })?;
     if let Some(expected) = expected_domain
-        && setup.service.authority().trust_domain() != &expected
+        && setup.service.trust_domain() != expected
     {
         bail!(
             "the CA in {} is for trust domain {}, but --trust-domain says {expected}",
             args.dir.display(),
-            setup.service.authority().trust_domain()
+            setup.service.trust_domain()
         );
     }
     setup.options.shutdown_grace = args.shutdown_grace;
@@ -459,11 +456,21 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let authority = setup.service.authority();
+    let current = setup.service.current();
     let shutdown = shutdown::signal();
+    for key in dir.root_keys() {
+        tracing::warn!(
+            key = %key.display(),
+            "a root key lies in the directory the CA serves from; the CA never reads it, and it \
+             is needed only by `hush ca rotate intermediate`: keep it offline"
+        );
+    }
     tracing::info!(
-        trust_domain = %authority.trust_domain(),
-        intermediate_expires = %utc_second(authority.intermediate_not_after()),
+        trust_domain = %current.authority().trust_domain(),
+        generation = current.generation(),
+        intermediate = %current.intermediate_id(),
+        intermediate_expires = %utc_second(current.authority().intermediate_not_after()),
+        roots = current.authority().bundle().roots().len(),
         kubernetes = kubernetes.is_some(),
         "CA ready"
     );
@@ -472,11 +479,23 @@ async fn serve(args: ServeArgs) -> Result<()> {
         writeln!(
             out,
             "hush ca: serving hush.ca.v1 and istio.v1.auth on https://{addr} (trust domain {})",
-            authority.trust_domain()
+            current.authority().trust_domain()
         )?;
         out.flush()?;
     }
-    hush_ca::serve(setup.service, listener, setup.options, shutdown).await?;
+    // Polled rather than watched: see hush_ca::follow_directory.
+    let follower = (!args.reload_interval.is_zero()).then(|| {
+        tokio::spawn(hush_ca::follow_directory(
+            setup.service.clone(),
+            dir.clone(),
+            args.reload_interval,
+        ))
+    });
+    let served = hush_ca::serve(setup.service, listener, setup.options, shutdown).await;
+    if let Some(follower) = follower {
+        follower.abort();
+    }
+    served?;
     tracing::info!("CA stopped");
     Ok(())
 }

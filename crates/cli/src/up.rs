@@ -158,7 +158,7 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
 
     // The CA, in this process.
     let setup = build_ca(&ca_dir, IssuancePolicy::default(), None, None, &[])?;
-    let bundle = setup.service.authority().bundle().clone();
+    let bundle = setup.service.current().authority().bundle().clone();
     let ca_listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen for the CA")?;

@@ -192,6 +192,11 @@ impl HushProcess {
         }
     }
 
+    /// Whether the process has not exited (a restarted process would be another one).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

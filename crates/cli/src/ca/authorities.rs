@@ -106,6 +106,19 @@ pub(crate) struct RevokeArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct SecretArgs {
+    /// The CA directory.
+    #[arg(long, env = "HUSH_CA_DIR")]
+    dir: PathBuf,
+    /// The Secret's name (the chart's `ca.secret.name`).
+    #[arg(long, default_value = "hush-ca")]
+    name: String,
+    /// The Secret's namespace (where the chart is installed).
+    #[arg(long, default_value = "hush")]
+    namespace: String,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct ListArgs {
     /// The CA directory.
     #[arg(long, env = "HUSH_CA_DIR")]
@@ -241,6 +254,37 @@ pub(crate) async fn revoke(args: RevokeArgs) -> Result<()> {
         "the trust bundle holds {} root(s); on Kubernetes update the chart's trustBundle with DIR/bundle.pem",
         change.manifest.trusted_roots().len()
     );
+    Ok(())
+}
+
+/// Prints the Secret a CA on Kubernetes mounts, for `kubectl apply -f -`: every file a CA
+/// reads, no root key, and the manifest's generation as an annotation.
+pub(crate) fn secret(args: SecretArgs) -> Result<()> {
+    use base64::Engine as _;
+    let dir = CaDir::new(&args.dir);
+    let generation = dir.authorities()?.generation;
+    let data: serde_json::Map<String, serde_json::Value> = dir
+        .serving_files()?
+        .into_iter()
+        .map(|(name, contents)| {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(contents);
+            (name, json!(encoded))
+        })
+        .collect();
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": args.name,
+            "namespace": args.namespace,
+            "labels": {"app.kubernetes.io/part-of": "hush"},
+            "annotations": {"hush.dev/ca-generation": generation.to_string()},
+        },
+        "type": "Opaque",
+        "data": data,
+    });
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string_pretty(&secret)?)?;
     Ok(())
 }
 

@@ -1,0 +1,252 @@
+//! The authorities a running CA signs with, and how it follows its directory without a
+//! restart.
+//!
+//! The CA polls: every `--reload-interval` it reads the manifest and the files it names and
+//! compares a hash of them with what it loaded last. Polling rather than inotify, because a
+//! Kubernetes Secret volume changes by swapping a `..data` link (no event on the files a CA
+//! watches, and mtimes that mean nothing), inotify misses changes on network and overlay file
+//! systems, and reading a few kilobytes every few seconds costs nothing.
+//!
+//! A new set is checked as fully as the first one (the intermediate chains to a trusted root,
+//! matches its key, has not expired) and must not go back: a manifest of a lower generation
+//! than the one in force (say, a restored backup of the Secret) is refused, so that a revoked
+//! root never comes back by accident. A refused set leaves the one in force signing.
+
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::audit::{AuditEvent, AuditRecord};
+use crate::authorities::{AuthorityId, Manifest};
+use crate::authority::{Authority, AuthorityError, IssuancePolicy};
+use crate::service::CaService;
+use crate::store::{CaDir, LoadedAuthorities, StoreError};
+
+/// The API name of the CA's own audit lines about its authorities.
+const RELOAD_API: &str = "hush.ca.reload";
+
+/// The authorities in force: the signing intermediate, the trust bundle, and the manifest they
+/// came from.
+pub struct AuthoritySet {
+    authority: Authority,
+    manifest: Manifest,
+    intermediate_id: AuthorityId,
+    fingerprint: [u8; 32],
+}
+
+/// Why a set of authorities was not taken; the one in force keeps signing.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// A file is missing, unreadable or malformed (perhaps half copied: the next poll retries).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The active intermediate cannot sign (not chained, wrong key, expired).
+    #[error("the active intermediate cannot sign: {0}")]
+    Authority(#[from] AuthorityError),
+    /// The manifest is older than the one in force.
+    #[error(
+        "the authorities manifest has generation {found}, older than the {loaded} in force: a restored or stale copy? Refused, so that nothing revoked comes back"
+    )]
+    OlderGeneration {
+        /// The generation read.
+        found: u64,
+        /// The generation in force.
+        loaded: u64,
+    },
+    /// The directory now holds a CA of another trust domain.
+    #[error("the directory now holds a CA for trust domain {found}, but this CA serves {expected}")]
+    OtherTrustDomain {
+        /// The trust domain in force.
+        expected: String,
+        /// The one read.
+        found: String,
+    },
+    /// The TLS side cannot use the new roots.
+    #[error("the reloaded roots cannot verify client certificates: {0}")]
+    Trust(String),
+    /// The manifest allows shorter certificates than this CA grants.
+    #[error(
+        "the manifest's max_ttl_seconds ({manifest} s) is below this CA's --max-ttl ({serving} s): a retired authority could be revoked while certificates under it live"
+    )]
+    MaxTtl {
+        /// The manifest's bound.
+        manifest: u64,
+        /// The CA's --max-ttl.
+        serving: u64,
+    },
+}
+
+/// What a reload found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// Nothing read differs from what is in force.
+    Unchanged,
+    /// A new set is in force.
+    Loaded {
+        /// The generation before.
+        previous: u64,
+        /// The generation now.
+        generation: u64,
+        /// Whether another intermediate signs now.
+        intermediate_changed: bool,
+        /// Whether the trust bundle changed.
+        roots_changed: bool,
+    },
+}
+
+// === impl AuthoritySet ===
+
+impl AuthoritySet {
+    /// Checks what `loaded` holds and prepares to sign with it under `policy`.
+    pub fn new(loaded: LoadedAuthorities, policy: IssuancePolicy) -> Result<Self, ReloadError> {
+        let LoadedAuthorities {
+            manifest,
+            material,
+            fingerprint,
+        } = loaded;
+        if manifest.generation > 0 && policy.max_ttl.as_secs() > manifest.max_ttl_seconds {
+            return Err(ReloadError::MaxTtl {
+                manifest: manifest.max_ttl_seconds,
+                serving: policy.max_ttl.as_secs(),
+            });
+        }
+        let intermediate_id = AuthorityId::of_certificate(&material.intermediate)
+            .map_err(|e| AuthorityError::BadIntermediate(e.to_string()))?;
+        let authority = Authority::new(material, policy)?;
+        Ok(Self {
+            authority,
+            manifest,
+            intermediate_id,
+            fingerprint,
+        })
+    }
+
+    /// Loads `dir` and prepares to sign with it.
+    pub fn load(dir: &CaDir, policy: IssuancePolicy) -> Result<Self, ReloadError> {
+        Self::new(dir.load_authorities()?, policy)
+    }
+
+    /// The signing core.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The manifest in force.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The manifest's generation (0 for a directory of the old layout).
+    pub fn generation(&self) -> u64 {
+        self.manifest.generation
+    }
+
+    /// The intermediate that signs.
+    pub fn intermediate_id(&self) -> &AuthorityId {
+        &self.intermediate_id
+    }
+
+    /// Compares `next` with `self` and says what taking it would change, or why not to.
+    pub(crate) fn check_successor(&self, next: &Self) -> Result<Reload, ReloadError> {
+        if next.fingerprint == self.fingerprint {
+            return Ok(Reload::Unchanged);
+        }
+        if next.generation() < self.generation() {
+            return Err(ReloadError::OlderGeneration {
+                found: next.generation(),
+                loaded: self.generation(),
+            });
+        }
+        let (expected, found) = (self.authority.trust_domain(), next.authority.trust_domain());
+        if expected != found {
+            return Err(ReloadError::OtherTrustDomain {
+                expected: expected.to_string(),
+                found: found.to_string(),
+            });
+        }
+        Ok(Reload::Loaded {
+            previous: self.generation(),
+            generation: next.generation(),
+            intermediate_changed: next.intermediate_id != self.intermediate_id,
+            roots_changed: next.authority.bundle().roots() != self.authority.bundle().roots(),
+        })
+    }
+}
+
+impl std::fmt::Debug for AuthoritySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthoritySet")
+            .field("generation", &self.manifest.generation)
+            .field("intermediate", &self.intermediate_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Polls `dir` every `interval` and puts what changed in force in `service`, until dropped.
+/// Each change, and each new reason to refuse one, is logged and audited once.
+pub async fn follow_directory(service: CaService, dir: CaDir, interval: Duration) {
+    let mut last_refusal: Option<String> = None;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; the set in force was loaded a moment ago.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let outcome = tokio::task::spawn_blocking({
+            let (service, dir) = (service.clone(), dir.clone());
+            move || service.reload_from(&dir)
+        })
+        .await;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                warn!(error = %e, "the reload task failed; trying again at the next poll");
+                continue;
+            }
+        };
+        match outcome {
+            Ok(Reload::Unchanged) => {}
+            Ok(Reload::Loaded {
+                previous,
+                generation,
+                intermediate_changed,
+                roots_changed,
+            }) => {
+                last_refusal = None;
+                let current = service.current();
+                let roots = current.authority().bundle().roots().len();
+                info!(
+                    previous,
+                    generation,
+                    intermediate = %current.intermediate_id(),
+                    intermediate_changed,
+                    roots_changed,
+                    roots,
+                    "authorities reloaded"
+                );
+                let mut record = AuditRecord::new(AuditEvent::AuthoritiesLoaded, RELOAD_API);
+                record.generation = Some(generation);
+                record.authority = Some(current.intermediate_id().to_string());
+                record.kind = Some("intermediate");
+                service.audit_record(&record).await;
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                if last_refusal.as_deref() != Some(reason.as_str()) {
+                    let generation = service.current().generation();
+                    warn!(
+                        reason = %reason,
+                        generation,
+                        "refused to reload the authorities; still signing with the ones in force"
+                    );
+                    let mut record = AuditRecord::new(AuditEvent::ReloadRefused, RELOAD_API);
+                    record.generation = Some(generation);
+                    record.reason = Some(reason.clone());
+                    service.audit_record(&record).await;
+                    last_refusal = Some(reason);
+                }
+            }
+        }
+    }
+}
