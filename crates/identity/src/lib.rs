@@ -6,8 +6,11 @@
 //! never re-checks it. [`check_leaf_svid`] and [`check_signing_cert`] judge what a single
 //! certificate says against the X.509-SVID rules (chain and signature checks belong to the
 //! TLS verifier); [`TrustBundle`] holds the roots of one trust domain; and
-//! [`CertificateSummary`] turns a certificate into plain fields for people to read. The CA,
-//! the proxy and the CLI all build on these types.
+//! [`CertificateSummary`] turns a certificate into plain fields for people to read. An
+//! [`AttestationRecord`], which the CA writes into every workload certificate, says when and
+//! how its identity was last attested, and a [`DenyList`] says which certificates the CA has
+//! revoked (by serial, by SPIFFE ID up to a time, or by join token). The CA, the proxy and the
+//! CLI all build on these types.
 //!
 //! ```
 //! use hush_identity::{SpiffeId, TrustDomain};
@@ -20,7 +23,9 @@
 //! # Ok::<(), hush_identity::SpiffeIdError>(())
 //! ```
 
+mod attestation;
 mod bundle;
+mod deny;
 mod spiffe_id;
 mod summary;
 mod svid;
@@ -28,7 +33,12 @@ mod svid;
 mod test_util;
 
 pub use self::{
+    attestation::{
+        ATTESTATION_OID_ARCS, ATTESTATION_OID_ENCODED, AttestationError, AttestationMethod,
+        AttestationRecord,
+    },
     bundle::{BundleError, TrustBundle, parse_pem_certificates},
+    deny::{Denial, DeniedId, DenyList, DenyListError},
     spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain},
     summary::{CertificateSummary, rsa_modulus_bits},
     svid::{SvidError, check_leaf_svid, check_signing_cert},

@@ -84,13 +84,16 @@ impl CertificateSummary {
     }
 }
 
-/// Lowercase hex without the leading zero bytes DER adds to keep the integer positive.
-fn serial_hex(raw: &[u8]) -> String {
-    let start = raw
-        .iter()
-        .position(|&b| b != 0)
-        .unwrap_or(raw.len().saturating_sub(1));
-    raw[start..].iter().map(|b| format!("{b:02x}")).collect()
+/// Lowercase hex without the leading zero bytes DER adds to keep the integer positive (`00`
+/// for zero). The deny-list keeps serials in this form too, so what `hush cert inspect` prints
+/// is what an operator revokes.
+pub(crate) fn serial_hex(raw: &[u8]) -> String {
+    let significant = match raw.iter().position(|&b| b != 0) {
+        Some(start) => &raw[start..],
+        // Zero, however many bytes it is written with.
+        None => &[0],
+    };
+    significant.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn ip_to_string(raw: &[u8]) -> String {
@@ -280,6 +283,8 @@ mod tests {
     fn helpers() {
         assert_eq!(serial_hex(&[0x00, 0x80]), "80");
         assert_eq!(serial_hex(&[0x00]), "00");
+        assert_eq!(serial_hex(&[0x00, 0x00]), "00");
+        assert_eq!(serial_hex(&[]), "00");
         assert_eq!(serial_hex(&[0x01, 0x00]), "0100");
         assert_eq!(rsa_modulus_bits(&[0x00, 0x80, 0x00]), 16);
         assert_eq!(rsa_modulus_bits(&[0x7f, 0x00]), 15);

@@ -24,7 +24,7 @@ pub enum HandshakeStep {
     /// suite, key-exchange group or application protocol with hush.
     Hello,
     /// The certificate chain: missing, issued by a CA outside the trust bundle, a bad
-    /// signature, or a certificate not meant for this use.
+    /// signature, a certificate not meant for this use, or one the CA has revoked.
     CertificateChain,
     /// The certificate's validity period: expired, or not valid yet.
     Validity,
@@ -87,7 +87,8 @@ pub enum FailureReason {
     WrongUsage,
     /// The certificate is not valid for the name asked for (`wrong_name`).
     WrongName,
-    /// The certificate has been revoked (`revoked`).
+    /// The certificate has been revoked: the mesh's CA put it on its deny-list (`hush ca
+    /// revoke-identity`), by serial, SPIFFE ID or join token (`revoked`).
     Revoked,
     /// The certificate was refused for another reason (`invalid_certificate`).
     InvalidCertificate,
@@ -394,12 +395,18 @@ impl HandshakeFailure {
     }
 
     fn from_identity_error(error: &PeerIdentityError) -> Self {
-        let reason = match error {
-            PeerIdentityError::NotAnSvid(_) => R::NotAnSvid,
-            PeerIdentityError::UnexpectedIdentity { .. } => R::UnexpectedIdentity,
-            PeerIdentityError::ForeignTrustDomain { .. } => R::ForeignTrustDomain,
+        use HandshakeStep::{CertificateChain, SpiffeId};
+        let (step, reason) = match error {
+            PeerIdentityError::NotAnSvid(_) => (SpiffeId, R::NotAnSvid),
+            PeerIdentityError::UnexpectedIdentity { .. } => (SpiffeId, R::UnexpectedIdentity),
+            PeerIdentityError::ForeignTrustDomain { .. } => (SpiffeId, R::ForeignTrustDomain),
+            // Revocation belongs to the certificate, not to the name in it: a serial or a join
+            // token is revoked whatever SPIFFE ID the certificate carries, and a revoked SPIFFE
+            // ID only for certificates issued before a time. It is where rustls' own
+            // `CertificateError::Revoked` lands too.
+            PeerIdentityError::Revoked(_) => (CertificateChain, R::Revoked),
         };
-        Self::new(HandshakeStep::SpiffeId, reason, error.to_string())
+        Self::new(step, reason, error.to_string())
     }
 
     fn from_incompatible(incompatible: &PeerIncompatible) -> Self {
@@ -592,6 +599,14 @@ mod tests {
                 HandshakeStep::SpiffeId,
                 "foreign_trust_domain",
                 "not in trust domain example.org",
+            ),
+            (
+                identity_error(PeerIdentityError::Revoked(hush_identity::Denial::Serial {
+                    serial: "47b0".to_owned(),
+                })),
+                HandshakeStep::CertificateChain,
+                "revoked",
+                "refused by this mesh's deny-list: serial 47b0 is revoked",
             ),
             (
                 rustls::Error::AlertReceived(AlertDescription::UnknownCA),

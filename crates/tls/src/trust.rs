@@ -1,30 +1,33 @@
-//! The trust bundle in force, replaceable while connections are open.
+//! The trust bundle and deny-list in force, replaceable while connections are open.
 
 use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use hush_identity::{TrustBundle, TrustDomain};
+use hush_identity::{DenyList, TrustBundle, TrustDomain};
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 
 use crate::TlsConfigError;
 
-/// The roots that verify peers, shared by every verifier of a process and swappable at any time.
+/// The roots that verify peers, and the deny-list of certificates the CA has revoked, shared by
+/// every verifier of a process and swappable at any time.
 ///
 /// A sidecar starts from the bundle on disk and then follows the CA's: when the CA adds a root
 /// (say, ahead of a root rotation), [`Self::replace`] makes every later handshake trust it, on
-/// both the inbound and the outbound side, without rebuilding any TLS configuration. Handshakes
-/// read the bundle once, so a swap never changes a verification half-way. Cloning shares the
-/// same store.
+/// both the inbound and the outbound side, without rebuilding any TLS configuration; when it
+/// revokes a certificate, [`Self::update`] makes every later handshake refuse it. Roots and
+/// deny-list are swapped together, and handshakes read them once, so a swap never changes a
+/// verification half-way. Cloning shares the same store.
 #[derive(Clone)]
 pub struct TrustStore {
     current: Arc<ArcSwap<Anchors>>,
 }
 
 /// One trust bundle and what webpki needs to verify against it, built once per bundle rather
-/// than once per handshake.
+/// than once per handshake, with the deny-list that goes with it.
+#[derive(Clone)]
 pub(crate) struct Anchors {
     pub(crate) bundle: TrustBundle,
     pub(crate) roots: Arc<RootCertStore>,
@@ -32,6 +35,9 @@ pub(crate) struct Anchors {
     pub(crate) clients_required: Arc<dyn ClientCertVerifier>,
     /// webpki's client verifier, letting clients without a certificate through.
     pub(crate) clients_optional: Arc<dyn ClientCertVerifier>,
+    /// Certificates refused although they chain to `roots`. Kept here rather than beside the
+    /// roots so that a verification sees a bundle and a deny-list published together.
+    pub(crate) deny: Arc<DenyList>,
 }
 
 /// A new trust bundle was refused; the one in force stays.
@@ -55,29 +61,68 @@ pub enum TrustUpdateError {
 // === impl TrustStore ===
 
 impl TrustStore {
-    /// A store trusting `bundle`.
+    /// A store trusting `bundle`, with an empty deny-list.
     pub fn new(bundle: TrustBundle) -> Result<Self, TlsConfigError> {
         Ok(Self {
-            current: Arc::new(ArcSwap::from_pointee(Anchors::new(bundle)?)),
+            current: Arc::new(ArcSwap::from_pointee(Anchors::new(bundle, Arc::default())?)),
         })
     }
 
-    /// Trusts `bundle` from now on. Returns whether the roots changed (replacing a bundle with
-    /// the same roots is a no-op). A bundle of another trust domain, or one webpki cannot use,
-    /// is refused and the current one stays.
+    /// Trusts `bundle` from now on, keeping the deny-list in force. Returns whether the roots
+    /// changed (replacing a bundle with the same roots is a no-op). A bundle of another trust
+    /// domain, or one webpki cannot use, is refused and the current one stays.
     pub fn replace(&self, bundle: TrustBundle) -> Result<bool, TrustUpdateError> {
-        let current = self.current.load();
-        if bundle.trust_domain() != current.bundle.trust_domain() {
-            return Err(TrustUpdateError::OtherTrustDomain {
-                expected: current.bundle.trust_domain().clone(),
-                found: bundle.trust_domain().clone(),
-            });
+        self.swap(bundle, None)
+    }
+
+    /// Trusts `bundle` and refuses what `deny` lists from now on, both in one swap, so that no
+    /// handshake sees the new roots with the old deny-list or the reverse. Returns whether
+    /// either changed (the same roots and the same list are a no-op). A bundle of another trust
+    /// domain, or one webpki cannot use, is refused, and the bundle and deny-list in force
+    /// both stay.
+    pub fn update(&self, bundle: TrustBundle, deny: DenyList) -> Result<bool, TrustUpdateError> {
+        self.swap(bundle, Some(deny))
+    }
+
+    /// Swaps in `bundle` and `deny` (or the deny-list in force, for `None`) unless nothing
+    /// changes.
+    fn swap(&self, bundle: TrustBundle, deny: Option<DenyList>) -> Result<bool, TrustUpdateError> {
+        let deny = deny.map(Arc::new);
+        // Compare-and-swap rather than store: `replace` keeps the deny-list it read, and a
+        // plain store could put back a list that a concurrent `update` had just replaced.
+        loop {
+            let current = self.current.load_full();
+            if bundle.trust_domain() != current.bundle.trust_domain() {
+                return Err(TrustUpdateError::OtherTrustDomain {
+                    expected: current.bundle.trust_domain().clone(),
+                    found: bundle.trust_domain().clone(),
+                });
+            }
+            let same_roots = bundle.roots() == current.bundle.roots();
+            let deny = match &deny {
+                Some(deny) if **deny != *current.deny => deny.clone(),
+                _ if same_roots => return Ok(false),
+                _ => current.deny.clone(),
+            };
+            let next = if same_roots {
+                // Only the deny-list changed: the roots' webpki verifiers are reused.
+                Anchors {
+                    deny,
+                    ..Anchors::clone(&current)
+                }
+            } else {
+                Anchors::new(bundle.clone(), deny)?
+            };
+            let previous = self.current.compare_and_swap(&current, Arc::new(next));
+            if Arc::ptr_eq(&previous, &current) {
+                return Ok(true);
+            }
         }
-        if bundle.roots() == current.bundle.roots() {
-            return Ok(false);
-        }
-        self.current.store(Arc::new(Anchors::new(bundle)?));
-        Ok(true)
+    }
+
+    /// The deny-list in force.
+    pub fn deny_list(&self) -> Arc<DenyList> {
+        self.current.load().deny.clone()
     }
 
     /// The bundle in force.
@@ -101,6 +146,7 @@ impl fmt::Debug for TrustStore {
         f.debug_struct("TrustStore")
             .field("trust_domain", anchors.bundle.trust_domain())
             .field("roots", &anchors.bundle.roots().len())
+            .field("denied", &anchors.deny.len())
             .finish()
     }
 }
@@ -108,7 +154,7 @@ impl fmt::Debug for TrustStore {
 // === impl Anchors ===
 
 impl Anchors {
-    fn new(bundle: TrustBundle) -> Result<Self, TlsConfigError> {
+    fn new(bundle: TrustBundle, deny: Arc<DenyList>) -> Result<Self, TlsConfigError> {
         let roots = Arc::new(crate::config::root_store(bundle.roots())?);
         let client_verifier = |optional: bool| {
             let builder =
@@ -127,6 +173,7 @@ impl Anchors {
             clients_optional: client_verifier(true)?,
             roots,
             bundle,
+            deny,
         })
     }
 }

@@ -2,13 +2,14 @@
 //!
 //! rustls (through webpki) checks that a certificate chains to a trusted root, is valid now and
 //! is meant for the right use; it knows nothing of SPIFFE IDs. These verifiers let webpki do that
-//! work and then require an X.509-SVID of the expected trust domain, so a certificate from the
-//! right CA that is not a workload identity (the CA's own server certificate, say) is refused too.
+//! work, refuse a certificate the CA has revoked (the trust store's deny-list), and then require
+//! an X.509-SVID of the expected trust domain, so a certificate from the right CA that is not a
+//! workload identity (the CA's own server certificate, say) is refused too.
 
 use std::fmt;
 use std::sync::Arc;
 
-use hush_identity::{SpiffeId, TrustBundle, TrustDomain, check_leaf_svid};
+use hush_identity::{Denial, SpiffeId, TrustBundle, TrustDomain, check_leaf_svid};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::verify_server_cert_signed_by_trust_anchor;
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
@@ -19,6 +20,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+use crate::trust::Anchors;
 use crate::{TlsConfigError, TrustStore};
 
 /// Why a peer's certificate is not an acceptable SPIFFE identity.
@@ -47,6 +49,10 @@ pub enum PeerIdentityError {
         /// What was expected.
         expected: TrustDomain,
     },
+    /// The certificate chains to a trusted root, but the mesh's CA has revoked it (`hush ca
+    /// revoke-identity`): the trust store's deny-list names it.
+    #[error("the peer's certificate is refused by this mesh's deny-list: {0}")]
+    Revoked(Denial),
 }
 
 /// The SPIFFE ID of a peer whose chain was already verified, checked against the X.509-SVID
@@ -156,6 +162,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.algorithms.all,
         )?;
+        refuse_denied(&anchors, end_entity)?;
         let presented =
             peer_spiffe_id(end_entity, anchors.bundle.trust_domain()).map_err(rejected)?;
         if let ExpectedServer::OneOf(expected) = &self.expected
@@ -189,6 +196,16 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+/// Refuses a leaf the deny-list names. Called once webpki has verified the chain, so only
+/// certificates of this mesh's CA are looked up, and with the same anchors, so the deny-list
+/// is the one published with the roots that verified it.
+fn refuse_denied(anchors: &Anchors, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+    match anchors.deny.denies(end_entity) {
+        Some(denial) => Err(rejected(PeerIdentityError::Revoked(denial))),
+        None => Ok(()),
     }
 }
 
@@ -264,6 +281,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             &anchors.clients_optional
         };
         let verified = webpki.verify_client_cert(end_entity, intermediates, now)?;
+        refuse_denied(&anchors, end_entity)?;
         peer_spiffe_id(end_entity, anchors.bundle.trust_domain()).map_err(rejected)?;
         Ok(verified)
     }
@@ -294,7 +312,10 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CredentialStore, client_config, explain_io_error, server_config};
+    use crate::{
+        CredentialStore, FailureReason, HandshakeFailure, HandshakeStep, client_config,
+        explain_io_error, server_config,
+    };
     use rcgen::{
         BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
         KeyUsagePurpose, SanType,
@@ -325,6 +346,15 @@ mod tests {
     }
 
     fn leaf(ca: &Ca, uri: Option<&str>) -> CredentialStore {
+        leaf_with(ca, uri, |_| {})
+    }
+
+    /// A leaf like [`leaf`], after `customize` has had its say on the parameters.
+    fn leaf_with(
+        ca: &Ca,
+        uri: Option<&str>,
+        customize: impl FnOnce(&mut CertificateParams),
+    ) -> CredentialStore {
         let mut params = CertificateParams::default();
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -335,6 +365,7 @@ mod tests {
         if let Some(uri) = uri {
             params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
         }
+        customize(&mut params);
         let key = KeyPair::generate().unwrap();
         let issuer = Issuer::from_params(&ca.params, &ca.key);
         let cert = params.signed_by(&key, &issuer).unwrap();
@@ -614,6 +645,313 @@ mod tests {
         attempt(server, identity)
             .await
             .expect("the new root is trusted at once");
+    }
+
+    // === the deny-list ===
+
+    const CLIENT: &str = "spiffe://example.org/ns/shop/sa/frontend";
+    const SERVER: &str = "spiffe://example.org/ns/shop/sa/backend";
+
+    /// A leaf for `uri` with this serial, valid from 2025-01-01T00:00:00Z.
+    fn serial_leaf(ca: &Ca, uri: &str, serial: &[u8]) -> CredentialStore {
+        leaf_with(ca, Some(uri), |params| {
+            params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+            params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+        })
+    }
+
+    /// 2025-01-01T00:00:00Z, when [`serial_leaf`]'s certificates become valid.
+    const NOT_BEFORE: i64 = 1_735_689_600;
+
+    fn der_of(store: &CredentialStore) -> CertificateDer<'static> {
+        store.current().unwrap().cert[0].clone()
+    }
+
+    fn trust_in(ca: &Ca) -> TrustStore {
+        let td = TrustDomain::new("example.org").unwrap();
+        TrustStore::new(TrustBundle::new(td, vec![ca.root.clone()]).unwrap()).unwrap()
+    }
+
+    fn denying(build: impl FnOnce(&mut hush_identity::DenyList)) -> hush_identity::DenyList {
+        let mut list = hush_identity::DenyList::new();
+        build(&mut list);
+        list
+    }
+
+    /// What a server verifying client certificates with `trust` says of `client`.
+    fn client_verdict(
+        trust: &TrustStore,
+        client: &CredentialStore,
+    ) -> Result<(), HandshakeFailure> {
+        SpiffeClientVerifier::with_trust(trust, true)
+            .verify_client_cert(&der_of(client), &[], UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| HandshakeFailure::from_tls(&e))
+    }
+
+    /// What a client pinned to SERVER, verifying with `trust`, says of `server`.
+    fn server_verdict(
+        trust: &TrustStore,
+        server: &CredentialStore,
+    ) -> Result<(), HandshakeFailure> {
+        let expected = ExpectedServer::OneOf(vec![SERVER.parse().unwrap()]);
+        SpiffeServerVerifier::with_trust(trust, expected)
+            .unwrap()
+            .verify_server_cert(
+                &der_of(server),
+                &[],
+                &ServerName::try_from("ignored.invalid").unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .map(|_| ())
+            .map_err(|e| HandshakeFailure::from_tls(&e))
+    }
+
+    fn assert_revoked(verdict: Result<(), HandshakeFailure>, words: &str) {
+        let failure = verdict.expect_err("a revoked certificate is refused");
+        assert_eq!(failure.reason, FailureReason::Revoked, "{failure}");
+        assert_eq!(failure.reason.as_str(), "revoked");
+        assert_eq!(failure.step, HandshakeStep::CertificateChain, "{failure}");
+        assert!(failure.message.contains(words), "{failure}");
+    }
+
+    #[test]
+    fn a_client_whose_serial_is_denied_is_refused() {
+        let trusted = ca("example.org", "trusted CA");
+        let revoked = serial_leaf(&trusted, CLIENT, &[0x47, 0xb0]);
+        // The first bit is set: DER writes this serial with a leading zero byte.
+        let other = serial_leaf(&trusted, CLIENT, &[0x9a, 0x01]);
+        let trust = trust_in(&trusted);
+        client_verdict(&trust, &revoked).expect("an empty deny-list refuses nothing");
+
+        trust
+            .update(
+                trust.bundle(),
+                denying(|l| l.deny_serial_hex("47b0").unwrap()),
+            )
+            .unwrap();
+        assert_revoked(
+            client_verdict(&trust, &revoked),
+            "the peer's certificate is refused by this mesh's deny-list: serial 47b0 is revoked",
+        );
+        client_verdict(&trust, &other).expect("another serial is accepted");
+
+        trust
+            .update(
+                trust.bundle(),
+                denying(|l| l.deny_serial_hex("009A01").unwrap()),
+            )
+            .unwrap();
+        assert_revoked(client_verdict(&trust, &other), "serial 9a01 is revoked");
+        client_verdict(&trust, &revoked).expect("no longer listed, accepted again");
+    }
+
+    #[test]
+    fn a_server_whose_serial_is_denied_is_refused() {
+        let trusted = ca("example.org", "trusted CA");
+        let revoked = serial_leaf(&trusted, SERVER, &[0x47, 0xb0]);
+        let other = serial_leaf(&trusted, SERVER, &[0x47, 0xb1]);
+        let trust = trust_in(&trusted);
+        server_verdict(&trust, &revoked).expect("an empty deny-list refuses nothing");
+
+        trust
+            .update(
+                trust.bundle(),
+                denying(|l| l.deny_serial(&[0x47, 0xb0]).unwrap()),
+            )
+            .unwrap();
+        assert_revoked(server_verdict(&trust, &revoked), "serial 47b0 is revoked");
+        server_verdict(&trust, &other).expect("another serial is accepted");
+    }
+
+    /// A SPIFFE ID is revoked for certificates issued before a time: the certificates it
+    /// already has, not the one it gets when it attests again.
+    #[test]
+    fn a_denied_spiffe_id_refuses_certificates_issued_before_the_cutoff() {
+        let trusted = ca("example.org", "trusted CA");
+        let client = serial_leaf(&trusted, CLIENT, &[0x01]);
+        let server = serial_leaf(&trusted, SERVER, &[0x02]);
+        let trust = trust_in(&trusted);
+        let deny_both = |cutoff: i64| {
+            denying(|l| {
+                l.deny_spiffe_id(CLIENT.parse().unwrap(), cutoff);
+                l.deny_spiffe_id(SERVER.parse().unwrap(), cutoff);
+            })
+        };
+
+        trust
+            .update(trust.bundle(), deny_both(NOT_BEFORE + 60))
+            .unwrap();
+        assert_revoked(
+            client_verdict(&trust, &client),
+            &format!(
+                "{CLIENT} is revoked for certificates issued before 2025-01-01T00:01:00Z, and \
+                 this one is valid from 2025-01-01T00:00:00Z"
+            ),
+        );
+        assert_revoked(server_verdict(&trust, &server), SERVER);
+
+        trust.update(trust.bundle(), deny_both(NOT_BEFORE)).unwrap();
+        client_verdict(&trust, &client).expect("issued at the cutoff, not before it");
+        server_verdict(&trust, &server).expect("issued at the cutoff, not before it");
+    }
+
+    #[test]
+    fn a_client_renewed_from_a_denied_serial_or_token_is_refused() {
+        use hush_identity::{ATTESTATION_OID_ARCS, AttestationMethod, AttestationRecord};
+        let trusted = ca("example.org", "trusted CA");
+        let record = AttestationRecord {
+            attested_at: NOT_BEFORE,
+            method: AttestationMethod::JoinToken,
+            origin_serial: vec![0x47, 0xb0],
+            token_id: Some("0123456789abcdef".to_owned()),
+        };
+        let renewed = leaf_with(&trusted, Some(CLIENT), |params| {
+            params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x55]));
+            params
+                .custom_extensions
+                .push(rcgen::CustomExtension::from_oid_content(
+                    ATTESTATION_OID_ARCS,
+                    record.to_der().unwrap(),
+                ));
+        });
+        let trust = trust_in(&trusted);
+        trust
+            .update(
+                trust.bundle(),
+                denying(|l| l.deny_serial_hex("47b0").unwrap()),
+            )
+            .unwrap();
+        assert_revoked(
+            client_verdict(&trust, &renewed),
+            "serial 47b0 is revoked, and this certificate (serial 55) was renewed from it",
+        );
+        trust
+            .update(
+                trust.bundle(),
+                denying(|l| l.deny_token_id("0123456789abcdef").unwrap()),
+            )
+            .unwrap();
+        assert_revoked(
+            client_verdict(&trust, &renewed),
+            "join token 0123456789abcdef is revoked",
+        );
+    }
+
+    /// The deny-list travels with the roots: a new list with the same roots is a change, it
+    /// applies to verifiers built before it, and `replace` keeps it.
+    #[test]
+    fn update_swaps_the_deny_list_and_replace_keeps_it() {
+        let trusted = ca("example.org", "trusted CA");
+        let client = serial_leaf(&trusted, CLIENT, &[0x47, 0xb0]);
+        let trust = trust_in(&trusted);
+        let verifier = SpiffeClientVerifier::with_trust(&trust, true);
+        let verify = || {
+            verifier
+                .verify_client_cert(&der_of(&client), &[], UnixTime::now())
+                .map(|_| ())
+        };
+        verify().unwrap();
+
+        let list = denying(|l| l.deny_serial_hex("47b0").unwrap());
+        assert!(
+            trust.update(trust.bundle(), list.clone()).unwrap(),
+            "a new deny-list is a change, even with the same roots"
+        );
+        assert_eq!(*trust.deny_list(), list);
+        assert!(
+            verify().is_err(),
+            "the verifier built earlier follows the store"
+        );
+        assert!(
+            !trust.update(trust.bundle(), list.clone()).unwrap(),
+            "the same roots and list are no change"
+        );
+
+        let newer = ca("example.org", "newer CA");
+        let both = TrustBundle::new(
+            TrustDomain::new("example.org").unwrap(),
+            vec![trusted.root.clone(), newer.root.clone()],
+        )
+        .unwrap();
+        assert!(trust.replace(both.clone()).unwrap());
+        assert_eq!(*trust.deny_list(), list, "replace keeps the deny-list");
+        assert!(verify().is_err());
+
+        let foreign = ca("evil.org", "evil CA");
+        let err = trust
+            .update(
+                TrustBundle::new(
+                    TrustDomain::new("evil.org").unwrap(),
+                    vec![foreign.root.clone()],
+                )
+                .unwrap(),
+                hush_identity::DenyList::new(),
+            )
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            crate::TrustUpdateError::OtherTrustDomain { .. }
+        ));
+        assert_eq!(
+            *trust.deny_list(),
+            list,
+            "a refused update changes neither the roots nor the deny-list"
+        );
+        assert_eq!(trust.bundle().roots(), both.roots());
+
+        assert!(
+            trust
+                .update(trust.bundle(), hush_identity::DenyList::new())
+                .unwrap()
+        );
+        verify().expect("an emptied deny-list refuses nothing");
+    }
+
+    /// Through a real handshake, as the sidecar sees it: the I/O error tokio-rustls returns
+    /// explains itself as `revoked`, with the denial's words.
+    #[tokio::test]
+    async fn a_revoked_client_fails_the_handshake_as_revoked() {
+        let trusted = ca("example.org", "trusted CA");
+        let trust = trust_in(&trusted);
+        trust
+            .update(
+                trust.bundle(),
+                denying(|l| l.deny_serial_hex("47b0").unwrap()),
+            )
+            .unwrap();
+        let server = server_config(
+            Arc::new(leaf(&trusted, Some(SERVER))),
+            Some(SpiffeClientVerifier::with_trust(&trust, true)),
+            &[],
+        )
+        .unwrap();
+        let client = client_config(
+            Arc::new(AnyServer),
+            Some(Arc::new(serial_leaf(&trusted, CLIENT, &[0x47, 0xb0]))
+                as Arc<dyn rustls::client::ResolvesClientCert>),
+            &[],
+        )
+        .unwrap();
+        let (a, b) = tokio::io::duplex(16 * 1024);
+        let accepted = tokio::spawn(async move {
+            tokio_rustls::TlsAcceptor::from(Arc::new(server))
+                .accept(a)
+                .await
+                .map(|_| ())
+        });
+        let _ = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(ServerName::try_from("example.org").unwrap(), b)
+            .await;
+        let error = accepted.await.unwrap().unwrap_err();
+        let failure = HandshakeFailure::from_io(&error);
+        assert_eq!(failure.reason.as_str(), "revoked", "{failure}");
+        assert_eq!(
+            failure.to_string(),
+            "certificate chain failed: the peer's certificate is refused by this mesh's \
+             deny-list: serial 47b0 is revoked"
+        );
     }
 
     #[test]
