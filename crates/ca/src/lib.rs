@@ -8,6 +8,8 @@
 //!
 //! * [`CaDir`] — `hush ca init`: the root, the intermediate and their files.
 //! * [`Authority`] — the signing core (no I/O).
+//! * [`CaKey`] — the key the CA signs with: a key file, or a key in a PKCS#11 token
+//!   ([`Pkcs11Uri`]).
 //! * [`JoinTokenStore`], [`Attestor`] — who is calling.
 //! * [`CaService`], [`serve`] — the gRPC services (`hush.ca.v1` and Istio's) over TLS.
 //!
@@ -21,6 +23,7 @@ mod csr;
 mod random;
 mod server;
 mod service;
+mod signing_key;
 mod store;
 mod tokens;
 
@@ -33,6 +36,9 @@ pub use self::authority::{Authority, AuthorityError, CaMaterial, IssuancePolicy,
 pub use self::csr::{CsrError, KeyKind, MAX_CSR_BYTES, MIN_RSA_BITS, VerifiedCsr};
 pub use self::server::{PeerInfo, ServeError, ServeOptions, serve};
 pub use self::service::{CaService, HUSH_API, ISTIO_API, pem_certificate};
+#[cfg(feature = "pkcs11")]
+pub use self::signing_key::Pkcs11Key;
+pub use self::signing_key::{CaKey, Pkcs11Error, Pkcs11Uri};
 pub use self::store::{CaDir, CaKeyAlgorithm, InitOptions, InitReport, StoreError};
 pub use self::tokens::{CheckedToken, JoinTokenStore, MintedToken, TOKEN_PREFIX, TokenError};
 pub use hush_proto::{hush::ca::v1 as proto, istio::v1::auth as istio_proto};
