@@ -9,6 +9,8 @@
 //! * [`CaDir`] — `hush ca init`, `rotate`, `activate`, `taint`, `revoke`: the authorities'
 //!   files, and [`Manifest`], the pure rules of their lives.
 //! * [`Authority`] — the signing core (no I/O).
+//! * [`CaKey`] — the key the CA signs with: a key file, or a key in a PKCS#11 token
+//!   ([`Pkcs11Uri`]).
 //! * [`JoinTokenStore`], [`Attestor`] — who is calling.
 //! * [`CaService`], [`serve`] — the gRPC services (`hush.ca.v1` and Istio's) over TLS.
 //!
@@ -24,6 +26,7 @@ mod live;
 mod random;
 mod server;
 mod service;
+mod signing_key;
 mod store;
 mod tokens;
 
@@ -42,6 +45,9 @@ pub use self::csr::{CsrError, KeyKind, MAX_CSR_BYTES, MIN_RSA_BITS, VerifiedCsr}
 pub use self::live::{AuthoritySet, Reload, ReloadError, follow_directory};
 pub use self::server::{PeerInfo, ServeError, ServeOptions, serve};
 pub use self::service::{CaService, HUSH_API, ISTIO_API, pem_certificate};
+#[cfg(feature = "pkcs11")]
+pub use self::signing_key::Pkcs11Key;
+pub use self::signing_key::{CaKey, Pkcs11Error, Pkcs11Uri};
 pub use self::store::{
     CaDir, CaKeyAlgorithm, Change, DirLock, InitOptions, InitReport, LoadedAuthorities,
     RotateOptions, StoreError,

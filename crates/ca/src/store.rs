@@ -65,7 +65,7 @@ pub enum CaKeyAlgorithm {
 }
 
 impl CaKeyAlgorithm {
-    fn rcgen(self) -> &'static rcgen::SignatureAlgorithm {
+    pub(crate) fn rcgen(self) -> &'static rcgen::SignatureAlgorithm {
         match self {
             Self::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
             Self::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
