@@ -2321,7 +2321,18 @@ async fn a_running_ca_follows_rotations_and_revocations_without_a_restart() {
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = temp.path().join("ca");
     init_ca(&dir, &["--publish-wait", "2s", "--max-ttl", "1m"]);
-    let server = CaProcess::start(HUSH, &dir, &["--reload-interval", "1s", "--max-ttl", "1m"]);
+    let server = CaProcess::start(
+        HUSH,
+        &dir,
+        &[
+            "--reload-interval",
+            "1s",
+            "--max-ttl",
+            "1m",
+            "--taint-spread",
+            "3s",
+        ],
+    );
     let ca = Ca::around(temp, dir, server);
     let first_roots = ca.roots().to_vec();
     let client = ca.client();
@@ -2352,6 +2363,34 @@ async fn a_running_ca_follows_rotations_and_revocations_without_a_restart() {
     within(under_first.renew(plain_csr(CsrKeyKind::EcdsaP256).der, None))
         .await
         .expect("a certificate under the old intermediate renews");
+
+    // Tainted: the bundle tells sidecars, with the spread, in a newer generation.
+    let before = within(client.trust_bundle()).await.expect("the bundle");
+    assert!(before.tainted_authorities.is_empty());
+    assert_eq!(before.renew_spread_seconds, 3);
+    let states: BTreeMap<String, String> = before
+        .authorities
+        .iter()
+        .map(|a| (a.id.clone(), a.state.clone()))
+        .collect();
+    assert_eq!(states[&first_intermediate], "old");
+    assert_eq!(states[&second_intermediate], "active");
+    ca_command_ok(&ca.dir, &["taint", "--authority", &first_intermediate]);
+    let tainted = eventually("the bundle names the tainted intermediate", || async {
+        let bundle = within(client.trust_bundle()).await.expect("the bundle");
+        (!bundle.tainted_authorities.is_empty()).then_some(bundle)
+    })
+    .await;
+    assert_eq!(
+        tainted.tainted_authorities,
+        vec![first_intermediate.clone()]
+    );
+    assert!(tainted.generation > before.generation);
+    // Still trusted: renewal is how a workload leaves a tainted authority.
+    let renewed = within(under_first.renew(plain_csr(CsrKeyKind::EcdsaP256).der, None))
+        .await
+        .expect("a certificate under a tainted intermediate renews");
+    assert_eq!(renewed.authority_id, second_intermediate);
 
     // 2. Root rotation: published first, signing only after the publish wait.
     ca_command_ok(&ca.dir, &["rotate", "root"]);

@@ -53,8 +53,7 @@ impl AuthorityId {
 
     /// The ID of a SubjectPublicKeyInfo (DER).
     pub fn of_public_key(spki: &[u8]) -> Self {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki);
-        Self(crate::authority::hex(&digest.as_ref()[..8]))
+        Self(hush_identity::authority_id_of_public_key(spki))
     }
 
     /// The 16 hex digits.

@@ -44,7 +44,7 @@ pub use self::authority::{Authority, AuthorityError, CaMaterial, IssuancePolicy,
 pub use self::csr::{CsrError, KeyKind, MAX_CSR_BYTES, MIN_RSA_BITS, VerifiedCsr};
 pub use self::live::{AuthoritySet, Reload, ReloadError, follow_directory};
 pub use self::server::{PeerInfo, ServeError, ServeOptions, serve};
-pub use self::service::{CaService, HUSH_API, ISTIO_API, pem_certificate};
+pub use self::service::{CaService, DEFAULT_TAINT_SPREAD, HUSH_API, ISTIO_API, pem_certificate};
 #[cfg(feature = "pkcs11")]
 pub use self::signing_key::Pkcs11Key;
 pub use self::signing_key::{CaKey, Pkcs11Error, Pkcs11Uri};

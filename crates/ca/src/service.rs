@@ -24,6 +24,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::attest::{AttestError, AttestationKind, Attested, Attestor, bearer_token};
 use crate::audit::{AuditEvent, AuditLog, AuditRecord, rfc3339};
+use crate::authorities::State as AuthorityState;
 use crate::authority::IssuedSvid;
 use crate::csr::VerifiedCsr;
 use crate::live::{AuthoritySet, Reload, ReloadError};
@@ -54,9 +55,15 @@ struct Inner {
     changes: watch::Sender<u64>,
     /// Serialises reloads, so that two never race to put their set in force.
     reloading: std::sync::Mutex<()>,
+    /// Forced renewals after a taint are spread over this many seconds (`--taint-spread`).
+    renew_spread_seconds: std::sync::atomic::AtomicI64,
     attestor: Attestor,
     audit: AuditLog,
 }
+
+/// The default `--taint-spread`: on a cluster every renewal is also a TokenReview, so a taint
+/// must not make every sidecar call at once.
+pub const DEFAULT_TAINT_SPREAD: Duration = Duration::from_secs(60);
 
 // === impl CaService ===
 
@@ -76,12 +83,23 @@ impl CaService {
                 authorities: ArcSwap::from_pointee(authorities),
                 trust,
                 client_verifier,
+                renew_spread_seconds: std::sync::atomic::AtomicI64::new(
+                    DEFAULT_TAINT_SPREAD.as_secs() as i64,
+                ),
                 changes,
                 reloading: std::sync::Mutex::new(()),
                 attestor,
                 audit,
             }),
         })
+    }
+
+    /// Sidecars renewing away from a tainted authority spread their renewals over `spread`.
+    pub fn set_taint_spread(&self, spread: Duration) {
+        let seconds = i64::try_from(spread.as_secs()).unwrap_or(i64::MAX);
+        self.inner
+            .renew_spread_seconds
+            .store(seconds, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Verifies client certificates against the roots in force.
@@ -418,6 +436,7 @@ impl pb::certificate_authority_server::CertificateAuthority for CaService {
             expires_at_unix: unix(svid.not_after),
             not_before_unix: unix(svid.not_before),
             serial: svid.serial_hex,
+            authority_id: current.intermediate_id().to_string(),
         }))
     }
 
@@ -427,10 +446,31 @@ impl pb::certificate_authority_server::CertificateAuthority for CaService {
     ) -> Result<Response<pb::GetTrustBundleResponse>, Status> {
         let current = self.current();
         let bundle = current.authority().bundle();
+        let manifest = current.manifest();
+        let trusted = manifest.authorities.iter().filter(|a| a.is_trusted());
         Ok(Response::new(pb::GetTrustBundleResponse {
             trust_domain: bundle.trust_domain().to_string(),
             roots: bundle.roots().iter().map(|c| c.to_vec()).collect(),
             server_time_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
+            generation: manifest.generation,
+            authorities: trusted
+                .clone()
+                .map(|a| pb::Authority {
+                    id: a.id.to_string(),
+                    kind: a.kind.as_str().into(),
+                    state: a.state.as_str().into(),
+                    not_after_unix: a.not_after,
+                    issuer_id: a.issuer.as_ref().map(|i| i.to_string()).unwrap_or_default(),
+                })
+                .collect(),
+            tainted_authorities: trusted
+                .filter(|a| a.state == AuthorityState::Tainted)
+                .map(|a| a.id.to_string())
+                .collect(),
+            renew_spread_seconds: self
+                .inner
+                .renew_spread_seconds
+                .load(std::sync::atomic::Ordering::Relaxed),
         }))
     }
 }

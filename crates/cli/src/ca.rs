@@ -196,6 +196,10 @@ pub(crate) struct ServeArgs {
     /// Sidecars behind one node address share it, so keep it generous.
     #[arg(long, default_value_t = 256)]
     max_connections_per_ip: usize,
+    /// Sidecars renewing away from a tainted authority wait a random time up to this first, so
+    /// that they do not all call the CA (and, on Kubernetes, TokenReview) at once.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    taint_spread: Duration,
     /// How often the CA reads DIR again, to put staged, activated, tainted or revoked
     /// authorities in force without a restart (0s: never).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -435,6 +439,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             setup.service.trust_domain()
         );
     }
+    setup.service.set_taint_spread(args.taint_spread);
     setup.options.shutdown_grace = args.shutdown_grace;
     setup.options.handshake_timeout = args.handshake_timeout;
     setup.options.first_request_timeout = args.first_request_timeout;

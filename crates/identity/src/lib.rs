@@ -24,6 +24,7 @@
 //! ```
 
 mod attestation;
+mod authority_id;
 mod bundle;
 mod deny;
 mod spiffe_id;
@@ -37,6 +38,7 @@ pub use self::{
         ATTESTATION_OID_ARCS, ATTESTATION_OID_ENCODED, AttestationError, AttestationMethod,
         AttestationRecord,
     },
+    authority_id::{authority_id, authority_id_of_public_key},
     bundle::{BundleError, TrustBundle, parse_pem_certificates},
     deny::{Denial, DeniedId, DenyList, DenyListError},
     spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain},

@@ -7,6 +7,10 @@
 //! TLS, which is what lets a single-use join token start a sidecar that runs for months. While
 //! the CA is unreachable the sidecar keeps serving with the certificate it has, retrying with
 //! backoff, until that certificate expires.
+//!
+//! When the CA taints an authority (`hush ca taint`), the bundle refresh learns of it and a
+//! certificate issued under that authority is renewed at once — after a random wait up to the
+//! CA's spread, so that a whole mesh does not call the CA in the same second.
 
 mod certifier;
 mod error;
@@ -15,6 +19,7 @@ mod fake;
 #[cfg(test)]
 mod lifecycle_tests;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -28,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::{Instrument, debug, info, warn};
 
-use self::certifier::{CaCertifier, CaError, Certifier, Issued};
+use self::certifier::{BundleUpdate, CaCertifier, CaError, Certifier, Issued};
 use self::error::AttemptError;
 use crate::clock::{system_time, unix_seconds};
 use crate::config::CaConfig;
@@ -37,6 +42,38 @@ use crate::metrics::Metrics;
 /// First retry after a failed attempt; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What the CA last said about tainted authorities, passed from the bundle refresh to the
+/// renewal loop.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Taint {
+    /// IDs of tainted authorities.
+    tainted: Arc<BTreeSet<String>>,
+    /// Forced renewals wait a random time up to this first.
+    spread: Duration,
+}
+
+// === impl Taint ===
+
+impl Taint {
+    /// The tainted authority `svid` was issued under, if any: an ID of a CA certificate of its
+    /// chain.
+    fn of(&self, svid: &Svid) -> Option<String> {
+        if self.tainted.is_empty() {
+            return None;
+        }
+        svid.chain
+            .iter()
+            .skip(1)
+            .filter_map(|ca| hush_identity::authority_id(ca))
+            .find(|id| self.tainted.contains(id))
+    }
+
+    /// How long to wait before a forced renewal: uniform in [0, spread), at least `floor`.
+    fn delay(&self, floor: Duration) -> Duration {
+        round_to_millis(self.spread.mul_f64(random_unit())).max(floor)
+    }
+}
 
 /// The workload certificate in use.
 #[derive(Clone, Debug)]
@@ -185,18 +222,46 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
 
     /// Runs until `stop` is cancelled: first certificate, renewals, bundle refreshes.
     pub(crate) async fn run(self, stop: CancellationToken) {
+        let (taint_tx, mut taint) = watch::channel(Taint::default());
         let refresh = tokio::spawn(refresh_bundle(
             self.certifier.clone(),
             self.ca.bundle_refresh,
             self.trust.clone(),
             self.metrics.clone(),
+            taint_tx,
             stop.clone(),
         ));
         let mut backoff = MIN_BACKOFF;
         let mut next_attempt = tokio::time::Instant::now();
+        // The serial whose renewal a taint brought forward already, so that each bundle refresh
+        // repeating the taint does not draw a new random time.
+        let mut forced_for: Option<String> = None;
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(next_attempt) => {}
+                Ok(()) = taint.changed() => {
+                    let taint = taint.borrow_and_update().clone();
+                    let current = self.status.borrow().svid.clone();
+                    if let Some(svid) = current
+                        && forced_for.as_deref() != Some(svid.serial.as_str())
+                        && let Some(authority) = taint.of(&svid)
+                    {
+                        let wait = taint.delay(Duration::ZERO);
+                        let at = tokio::time::Instant::now() + wait;
+                        if at < next_attempt {
+                            next_attempt = at;
+                            forced_for = Some(svid.serial.clone());
+                            self.metrics.forced_renewal("tainted");
+                            info!(
+                                %authority,
+                                serial = %svid.serial,
+                                in_ = %humantime::format_duration(wait),
+                                "renewing the workload certificate early: the CA tainted authority {authority} of its chain"
+                            );
+                        }
+                    }
+                    continue;
+                }
                 () = stop.cancelled() => break,
             }
             let current = self.status.borrow().svid.clone();
@@ -233,6 +298,18 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
                 Ok(svid) => {
                     backoff = MIN_BACKOFF;
                     next_attempt = instant_at(svid.renew_at, self.clock.now());
+                    // A replica that has not yet noticed the taint may still sign under the
+                    // tainted authority: valid, so kept, and renewed again after a spread.
+                    let taint = taint.borrow().clone();
+                    if let Some(authority) = taint.of(&svid) {
+                        let at = tokio::time::Instant::now() + taint.delay(MIN_BACKOFF);
+                        if at < next_attempt {
+                            next_attempt = at;
+                            forced_for = Some(svid.serial.clone());
+                            self.metrics.forced_renewal("tainted");
+                            info!(%authority, serial = %svid.serial, "the new certificate is also under tainted authority {authority}; renewing again shortly");
+                        }
+                    }
                     self.metrics.renewal(true);
                     self.metrics
                         .certificate_expiry(unix_seconds(svid.not_after));
@@ -419,21 +496,50 @@ fn read_token(path: &Path) -> Result<String, AttemptError> {
 
 /// Fetches the trust bundle every `every` until `stop` is cancelled. A bundle also comes with
 /// every certificate; this keeps a sidecar whose certificate lives long up to date with a root
-/// rotation.
+/// rotation, and tells the renewal loop of tainted authorities.
+///
+/// Replicas of the CA may briefly serve different generations of its authorities: an answer of
+/// a lower generation than one already applied is ignored, so that a lagging replica never
+/// takes back a new root or a taint.
 async fn refresh_bundle<C: Certifier>(
     certifier: Arc<C>,
     every: Duration,
     trust: TrustStore,
     metrics: Metrics,
+    taint: watch::Sender<Taint>,
     stop: CancellationToken,
 ) {
+    let mut newest = 0;
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
             () = stop.cancelled() => return,
         }
         match certifier.trust_bundle().await {
-            Ok(roots) => apply_bundle(&trust, &metrics, roots),
+            Ok(update) if update.generation < newest => {
+                debug!(
+                    generation = update.generation,
+                    newest, "ignoring a trust bundle of an older generation (a lagging CA replica)"
+                );
+            }
+            Ok(BundleUpdate {
+                roots,
+                generation,
+                tainted,
+                renew_spread,
+            }) => {
+                newest = generation;
+                apply_bundle(&trust, &metrics, roots);
+                let next = Taint {
+                    tainted: Arc::new(tainted),
+                    spread: renew_spread,
+                };
+                taint.send_if_modified(|current| {
+                    let changed = *current != next;
+                    *current = next;
+                    changed
+                });
+            }
             Err(CaError::Client(e)) => warn!(error = %e, "cannot refresh the trust bundle"),
             Err(e) => {
                 let error = format!("fetching the trust bundle failed: {e}");

@@ -103,6 +103,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ForcedRenewalLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DecisionLabels {
     /// `ALLOW` or `DENY` (the kind of policy that decided) or `default`.
     action: &'static str,
@@ -195,6 +200,7 @@ struct Inner {
     certificate_expiry: Gauge,
     certificate_expires_in: Gauge,
     renewals: Family<OutcomeLabels, Counter>,
+    forced_renewals: Family<ForcedRenewalLabels, Counter>,
     bundle_updates: Counter,
     policy_decisions: Family<DecisionLabels, Counter>,
     policy_dry_run: Family<PolicyResultLabels, Counter>,
@@ -315,6 +321,13 @@ impl Metrics {
             "Attempts to obtain or renew the workload certificate, by result",
             renewals.clone(),
         );
+        let forced_renewals = Family::default();
+        registry.register(
+            "certificate_forced_renewals",
+            "Renewals of the workload certificate brought forward from half its life, by reason \
+             (tainted: the CA tainted an authority of its chain)",
+            forced_renewals.clone(),
+        );
         let bundle_updates = Counter::default();
         registry.register(
             "trust_bundle_updates",
@@ -369,6 +382,7 @@ impl Metrics {
                 certificate_expiry,
                 certificate_expires_in,
                 renewals,
+                forced_renewals,
                 bundle_updates,
                 policy_decisions,
                 policy_dry_run,
@@ -529,6 +543,14 @@ impl Metrics {
         self.inner
             .renewals
             .get_or_create(&OutcomeLabels { result })
+            .inc();
+    }
+
+    /// Counts a renewal brought forward, for `reason` (`tainted`).
+    pub(crate) fn forced_renewal(&self, reason: &'static str) {
+        self.inner
+            .forced_renewals
+            .get_or_create(&ForcedRenewalLabels { reason })
             .inc();
     }
 

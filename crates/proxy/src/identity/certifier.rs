@@ -5,6 +5,7 @@
 //! CA in paused time. [`CaCertifier`] is the real one: the gRPC API through
 //! [`hush_ca_client::CaClient`], each call bounded by [`CA_CALL_TIMEOUT`].
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use hush_ca_client::{CaClient, ClientError};
@@ -34,10 +35,22 @@ pub(crate) trait Certifier: Send + Sync + 'static {
         csr: Vec<u8>,
     ) -> impl Future<Output = Result<Issued, CaError>> + Send;
 
-    /// The CA's trust bundle: its roots.
-    fn trust_bundle(
-        &self,
-    ) -> impl Future<Output = Result<Vec<CertificateDer<'static>>, CaError>> + Send;
+    /// The CA's trust bundle: its roots, and what it says of its authorities.
+    fn trust_bundle(&self) -> impl Future<Output = Result<BundleUpdate, CaError>> + Send;
+}
+
+/// What the CA's `GetTrustBundle` says. A CA older than authorities sends only the roots: the
+/// rest is then empty, generation 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct BundleUpdate {
+    /// The roots to trust.
+    pub(crate) roots: Vec<CertificateDer<'static>>,
+    /// The CA's authorities generation; replicas can lag, so an older one is ignored.
+    pub(crate) generation: u64,
+    /// IDs of tainted authorities: a certificate issued under one is renewed now.
+    pub(crate) tainted: BTreeSet<String>,
+    /// Renewals forced by a taint wait a random time up to this first.
+    pub(crate) renew_spread: Duration,
 }
 
 /// What the CA sent for a certificate request. Nothing here is checked yet.
@@ -140,8 +153,30 @@ impl CaError {
     }
 
     /// Whether the CA is down (or out of reach): then a token would not get through either.
+    /// Not when the CA ended the handshake because it refused the certificate presented: a
+    /// token would get through then.
     pub(crate) fn is_unavailable(&self) -> bool {
-        self.code() == Some(tonic::Code::Unavailable)
+        self.code() == Some(tonic::Code::Unavailable) && !self.refused_our_certificate()
+    }
+
+    /// Whether the CA ended the TLS handshake refusing the client certificate presented (its
+    /// root was revoked, say): renewal with it cannot work, but a token can.
+    pub(crate) fn refused_our_certificate(&self) -> bool {
+        use hush_tls::rustls::{AlertDescription, Error};
+        matches!(
+            self,
+            Self::Tls {
+                source: Error::AlertReceived(
+                    AlertDescription::BadCertificate
+                        | AlertDescription::UnknownCA
+                        | AlertDescription::CertificateUnknown
+                        | AlertDescription::CertificateRevoked
+                        | AlertDescription::CertificateExpired
+                        | AlertDescription::UnsupportedCertificate
+                ),
+                ..
+            }
+        )
     }
 }
 
@@ -197,12 +232,19 @@ impl Certifier for CaCertifier {
         Ok(issued(response))
     }
 
-    async fn trust_bundle(&self) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    async fn trust_bundle(&self) -> Result<BundleUpdate, CaError> {
         let client = CaClient::new(&self.address, &self.roots())?;
         let response = call(client.trust_bundle())
             .await
             .map_err(|status| self.failed(&status))?;
-        Ok(certificates(response.roots))
+        Ok(BundleUpdate {
+            roots: certificates(response.roots),
+            generation: response.generation,
+            tainted: response.tainted_authorities.into_iter().collect(),
+            renew_spread: Duration::from_secs(
+                u64::try_from(response.renew_spread_seconds).unwrap_or_default(),
+            ),
+        })
     }
 }
 
@@ -266,7 +308,7 @@ mod tests {
 
         let mut tls = tonic::Status::unavailable("tls handshake eof");
         let alert = hush_tls::rustls::Error::AlertReceived(
-            hush_tls::rustls::AlertDescription::BadCertificate,
+            hush_tls::rustls::AlertDescription::HandshakeFailure,
         );
         tls.set_source(std::sync::Arc::new(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -281,6 +323,19 @@ mod tests {
             )
         );
         assert!(tls.is_unavailable());
+
+        // The CA refusing the certificate presented is not "the CA is down": a token may work.
+        let mut refused = tonic::Status::unavailable("tls handshake eof");
+        let alert = hush_tls::rustls::Error::AlertReceived(
+            hush_tls::rustls::AlertDescription::BadCertificate,
+        );
+        refused.set_source(std::sync::Arc::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            alert,
+        )));
+        let refused = CaError::from_status("https://ca.test:8443", &refused);
+        assert!(refused.refused_our_certificate());
+        assert!(!refused.is_unavailable());
     }
 
     #[tokio::test(start_paused = true)]

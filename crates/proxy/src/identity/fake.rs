@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Clock;
-use super::certifier::{CaError, Certifier, Issued};
+use super::certifier::{BundleUpdate, CaError, Certifier, Issued};
 
 /// Where the fake CA says it is (in its words when it cannot be reached).
 pub(super) const ADDRESS: &str = "https://ca.test:8443";
@@ -73,6 +73,8 @@ pub(super) enum Answer {
     Refuse(tonic::Code, &'static str),
     /// It cannot be reached (connection refused).
     Unreachable,
+    /// It ends the TLS handshake refusing the client certificate (`bad_certificate`).
+    RefuseCertificate,
     /// Never.
     Hang,
     /// A certificate for this other SPIFFE ID.
@@ -131,6 +133,10 @@ struct State {
     renew: Answer,
     certify: Answer,
     trust_bundle: Answer,
+    /// What `GetTrustBundle` says besides the roots.
+    generation: u64,
+    tainted: std::collections::BTreeSet<String>,
+    renew_spread: Duration,
 }
 
 /// A root and its intermediate.
@@ -159,6 +165,9 @@ impl FakeCa {
                     renew: Answer::Issue,
                     certify: Answer::Issue,
                     trust_bundle: Answer::Issue,
+                    generation: 1,
+                    tainted: Default::default(),
+                    renew_spread: Duration::ZERO,
                 }),
                 calls: watch::Sender::new(Vec::new()),
             }),
@@ -201,6 +210,35 @@ impl FakeCa {
     /// Hands out `roots` as its bundle from now on (with certificates and on their own).
     pub(super) fn hand_out_bundle(&self, roots: Vec<CertificateDer<'static>>) {
         self.state().bundle = roots;
+    }
+
+    /// The ID of the intermediate that signs now.
+    pub(super) fn signing_intermediate(&self) -> String {
+        hush_identity::authority_id(self.state().authority.intermediate.der())
+            .expect("the fake intermediate is a certificate")
+    }
+
+    /// Taints `authority` (next generation): bundle requests say so, with `spread`.
+    pub(super) fn taint(&self, authority: &str, spread: Duration) {
+        let mut state = self.state();
+        state.tainted.insert(authority.to_string());
+        state.renew_spread = spread;
+        state.generation += 1;
+    }
+
+    /// Sets the generation bundle requests report (a lagging replica reports an older one).
+    pub(super) fn set_generation(&self, generation: u64) {
+        self.state().generation = generation;
+    }
+
+    /// An intermediate rotation: signs with a new intermediate under the same root from now on.
+    /// Returns the new intermediate's ID.
+    pub(super) fn rotate_intermediate(&self) -> String {
+        let now = self.shared.clock.now();
+        let mut state = self.state();
+        state.authority.rotate_intermediate(TRUST_DOMAIN, now);
+        hush_identity::authority_id(state.authority.intermediate.der())
+            .expect("the fake intermediate is a certificate")
     }
 
     /// A root rotation: signs with a new root from now on, and hands out both roots. Returns
@@ -258,6 +296,7 @@ impl FakeCa {
             Answer::OtherIdentity(other) => other,
             Answer::Refuse(code, message) => return Err(refused(code, message)),
             Answer::Unreachable => return Err(unreachable()),
+            Answer::RefuseCertificate => return Err(certificate_refused()),
             Answer::Hang => std::future::pending().await,
             Answer::EmptyChain => {
                 return Ok(Issued {
@@ -300,14 +339,23 @@ impl Certifier for FakeCa {
         self.answer(answer, &csr).await
     }
 
-    async fn trust_bundle(&self) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    async fn trust_bundle(&self) -> Result<BundleUpdate, CaError> {
         self.record(CallKind::Bundle, None);
         let answer = self.state().trust_bundle.clone();
         match answer {
             Answer::Refuse(code, message) => Err(refused(code, message)),
             Answer::Unreachable => Err(unreachable()),
+            Answer::RefuseCertificate => Err(certificate_refused()),
             Answer::Hang => std::future::pending().await,
-            _ => Ok(self.bundle()),
+            _ => {
+                let state = self.state();
+                Ok(BundleUpdate {
+                    roots: state.bundle.clone(),
+                    generation: state.generation,
+                    tainted: state.tainted.clone(),
+                    renew_spread: state.renew_spread,
+                })
+            }
         }
     }
 }
@@ -316,6 +364,17 @@ fn refused(code: tonic::Code, message: &str) -> CaError {
     CaError::Status {
         code,
         message: message.to_string(),
+    }
+}
+
+/// What the real certifier says when the CA refuses the client certificate at the handshake.
+fn certificate_refused() -> CaError {
+    CaError::Tls {
+        code: tonic::Code::Unavailable,
+        address: ADDRESS.to_string(),
+        source: hush_tls::rustls::Error::AlertReceived(
+            hush_tls::rustls::AlertDescription::BadCertificate,
+        ),
     }
 }
 
@@ -365,6 +424,21 @@ impl Authority {
         )
         .expect("rcgen makes an intermediate");
         Self { root, intermediate }
+    }
+
+    /// Replaces the intermediate with a new one under the same root.
+    fn rotate_intermediate(&mut self, trust_domain: &str, now: SystemTime) {
+        self.intermediate = CertifiedIssuer::signed_by(
+            signing_params(
+                trust_domain,
+                "rotated intermediate",
+                BasicConstraints::Constrained(0),
+                now,
+            ),
+            KeyPair::generate().expect("rcgen makes a key"),
+            &self.root,
+        )
+        .expect("rcgen makes an intermediate");
     }
 
     /// An X.509-SVID for `spiffe_id` and the key of `csr`, valid from a minute before `now` to

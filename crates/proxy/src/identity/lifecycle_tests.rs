@@ -657,3 +657,87 @@ async fn stopping_ends_the_manager_while_it_waits_to_renew() {
         .unwrap();
     assert_eq!(kinds(&sidecar.ca.calls()), [CallKind::Certify]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_tainted_intermediate_is_renewed_away_from_within_the_spread() {
+    let refresh = Duration::from_secs(60);
+    let mut sidecar = Sidecar::with_bundle_refresh(refresh);
+    sidecar.start();
+    let first = sidecar.certificate().await;
+    let obtained_at = tokio::time::Instant::now();
+    let tainted = sidecar.ca.signing_intermediate();
+    let fresh = sidecar.ca.rotate_intermediate();
+    let spread = Duration::from_secs(30);
+    sidecar.ca.taint(&tainted, spread);
+
+    let second = sidecar.next_certificate(&first).await;
+    let renewed_at = tokio::time::Instant::now();
+    // Long before half-life (30 min): within one refresh plus the spread.
+    assert!(
+        renewed_at - obtained_at <= refresh + spread,
+        "renewed {:?} after the first certificate",
+        renewed_at - obtained_at
+    );
+    assert_eq!(
+        hush_identity::authority_id(&second.chain[1]).unwrap(),
+        fresh,
+        "the new certificate is under the new intermediate"
+    );
+    assert_eq!(
+        sidecar.metric("hush_certificate_forced_renewals_total{reason=\"tainted\"}"),
+        1.0
+    );
+
+    // Later refreshes repeat the taint; the certificate is no longer under it, so nothing more
+    // is forced: the next renewal is at half-life again.
+    within("refreshes", sidecar.ca.wait_for_calls(CallKind::Bundle, 5)).await;
+    settle().await;
+    assert_eq!(sidecar.status().svid.unwrap().serial, second.serial);
+    assert_eq!(
+        sidecar.metric("hush_certificate_forced_renewals_total{reason=\"tainted\"}"),
+        1.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lagging_replica_does_not_take_back_a_taint() {
+    let refresh = Duration::from_secs(60);
+    let mut sidecar = Sidecar::with_bundle_refresh(refresh);
+    sidecar.start();
+    let first = sidecar.certificate().await;
+    // A replica of an older generation says nothing is tainted; the sidecar has seen
+    // generation 5 (no taint), then sees 3 with a taint it must ignore as stale.
+    sidecar.ca.set_generation(5);
+    within("a refresh", sidecar.ca.wait_for_calls(CallKind::Bundle, 1)).await;
+    let tainted = sidecar.ca.signing_intermediate();
+    sidecar.ca.taint(&tainted, Duration::ZERO);
+    sidecar.ca.set_generation(3);
+    within("a refresh", sidecar.ca.wait_for_calls(CallKind::Bundle, 2)).await;
+    settle().await;
+    assert_eq!(
+        sidecar.status().svid.unwrap().serial,
+        first.serial,
+        "an older generation's taint is ignored"
+    );
+    // The newer generation's taint is applied.
+    sidecar.ca.set_generation(6);
+    sidecar.ca.rotate_intermediate();
+    let second = sidecar.next_certificate(&first).await;
+    assert_ne!(second.serial, first.serial);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_certificate_the_ca_refuses_at_the_handshake_falls_back_to_the_token() {
+    let mut sidecar = Sidecar::new();
+    sidecar.start();
+    let first = sidecar.certificate().await;
+    // The root of the current certificate was revoked with --force: the CA ends the handshake
+    // with bad_certificate. That is not "the CA is down": the token still works.
+    sidecar.ca.answer_renewals(Answer::RefuseCertificate);
+    let second = sidecar.next_certificate(&first).await;
+    assert_eq!(
+        kinds(&sidecar.ca.calls()),
+        [CallKind::Certify, CallKind::Renew, CallKind::Certify]
+    );
+    assert_eq!(second.spiffe_id.as_str(), WORKLOAD);
+}
