@@ -23,4 +23,5 @@ mod kubernetes;
 mod mesh;
 mod policy;
 mod proxy;
+mod rotation;
 mod traces;

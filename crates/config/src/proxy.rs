@@ -93,6 +93,11 @@ pub struct CaConfig {
         with = "duration"
     )]
     pub bundle_refresh: Duration,
+    /// A file the sidecar keeps the last bundle it took from the CA in, and starts from
+    /// instead of `trust_bundle` when it is there: a restarted sidecar then trusts the roots
+    /// of the last rotation rather than those its pod was created with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_cache: Option<PathBuf>,
 }
 
 /// The inbound listener: mutual TLS from other sidecars, plaintext to the app.
@@ -459,6 +464,9 @@ impl ProxyConfig {
         config.validate(origin)?;
         config.ca.trust_bundle = base.join(&config.ca.trust_bundle);
         config.ca.token_file = base.join(&config.ca.token_file);
+        if let Some(cache) = &mut config.ca.bundle_cache {
+            *cache = base.join(&*cache);
+        }
         if let Some(policy) = &mut config.policy {
             policy.path = base.join(&policy.path);
         }
@@ -704,6 +712,7 @@ impl CaConfig {
             token_file: token_file.into(),
             certificate_ttl: None,
             bundle_refresh: defaults::bundle_refresh(),
+            bundle_cache: None,
         }
     }
 }
@@ -1262,6 +1271,7 @@ outbound:
                 token_file: "token".into(),
                 certificate_ttl: Some(second),
                 bundle_refresh: second,
+                bundle_cache: Some("bundle-cache.pem".into()),
             },
             inbound: Some(InboundConfig {
                 listen: addr(1),

@@ -43,6 +43,11 @@ pub struct CertificateSummary {
     pub signature_algorithm: String,
     /// The SPIFFE ID, when the certificate has exactly one URI SAN and it is a SPIFFE ID.
     pub spiffe_id: Option<SpiffeId>,
+    /// For a CA certificate, the ID a hush CA names it by
+    /// ([`authority_id`](crate::authority_id)): what `hush ca authorities` lists and
+    /// `hush ca taint` or `revoke` take.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority_id: Option<String>,
 }
 
 // === impl CertificateSummary ===
@@ -67,7 +72,9 @@ impl CertificateSummary {
             }
         }
 
+        let is_ca = basic_constraints_ca(&cert)?.unwrap_or(false);
         Ok(Self {
+            authority_id: is_ca.then(|| crate::authority_id_of_public_key(cert.public_key().raw)),
             subject: cert.subject().to_string(),
             issuer: cert.issuer().to_string(),
             serial_hex: serial_hex(cert.raw_serial()),
@@ -76,7 +83,7 @@ impl CertificateSummary {
             uri_sans,
             dns_sans,
             ip_sans,
-            is_ca: basic_constraints_ca(&cert)?.unwrap_or(false),
+            is_ca,
             key_algorithm: key_algorithm(cert.public_key()),
             signature_algorithm: signature_algorithm(&cert),
             spiffe_id,

@@ -15,7 +15,9 @@
 //!   shows exactly what the sidecar runs with). The bundle travels the same way, as the
 //!   `hush.dev/trust-bundle` annotation, when the injector's configuration carries it (the
 //!   chart's way: no copy of the bundle is needed in every namespace); otherwise a ConfigMap of
-//!   the pod's namespace is mounted.
+//!   the pod's namespace is mounted. An `emptyDir` keeps the last bundle the sidecar took from
+//!   the CA (`ca.bundle_cache`), so that a sidecar restarted after a root rotation does not
+//!   fall back to the pod's frozen annotation.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -28,9 +30,9 @@ use hush_config::{
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
-    DownwardAPIVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe,
-    ProjectedVolumeSource, ResourceRequirements, SecurityContext, ServiceAccountTokenProjection,
-    Volume, VolumeMount, VolumeProjection,
+    DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource, ResourceRequirements, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -67,6 +69,9 @@ const CONFIG_DIR: &str = "/etc/hush";
 const TOKEN_DIR: &str = "/var/run/secrets/hush/token";
 const BUNDLE_DIR: &str = "/var/run/secrets/hush/bundle";
 const POLICY_DIR: &str = "/etc/hush/policy";
+/// The sidecar's own writable state (the bundle cache), an `emptyDir`: it survives a restart of
+/// the container, not of the pod.
+const STATE_DIR: &str = "/var/run/hush/state";
 
 /// How the injector builds sidecars (the injector's own configuration file).
 #[derive(Clone, Debug, Deserialize)]
@@ -477,11 +482,16 @@ fn rewrite_probes(containers: &mut [Container], admin_port: u16) -> Vec<AppProbe
 /// the policy ConfigMap when there is one.
 fn proxy_config(config: &InjectorConfig, app_port: u16, probes: Vec<AppProbe>) -> ProxyConfig {
     let every_address = |port: u16| SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
-    let mut proxy = ProxyConfig::new(CaConfig::new(
-        config.ca_address.clone(),
-        format!("{BUNDLE_DIR}/bundle.pem"),
-        format!("{TOKEN_DIR}/token"),
-    ));
+    let mut proxy = ProxyConfig::new(CaConfig {
+        // The annotation's bundle is frozen when the pod is made; after a root rotation a
+        // restarted sidecar starts from the last bundle it took from the CA instead.
+        bundle_cache: Some(format!("{STATE_DIR}/bundle.pem").into()),
+        ..CaConfig::new(
+            config.ca_address.clone(),
+            format!("{BUNDLE_DIR}/bundle.pem"),
+            format!("{TOKEN_DIR}/token"),
+        )
+    });
     proxy.inbound = Some(InboundConfig {
         captured: true,
         ..InboundConfig::new(
@@ -531,6 +541,15 @@ fn sidecar_volumes(config: &InjectorConfig) -> Vec<Volume> {
             },
         },
         annotation_file("hush-config", CONFIG_ANNOTATION, "proxy.yaml"),
+        Volume {
+            name: "hush-state".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                // A few kilobytes of PEM; the limit keeps a bug from filling the node.
+                size_limit: Some(Quantity("1Mi".into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
     ];
     if let Some(policy) = &config.policy_configmap {
         volumes.push(Volume {
@@ -675,6 +694,10 @@ fn proxy_container(config: &InjectorConfig, cpu: &str, memory: &str, log_level: 
         mount("hush-config", CONFIG_DIR),
         mount("hush-token", TOKEN_DIR),
         mount("hush-bundle", BUNDLE_DIR),
+        VolumeMount {
+            read_only: Some(false),
+            ..mount("hush-state", STATE_DIR)
+        },
     ];
     if config.policy_configmap.is_some() {
         mounts.push(mount("hush-policy", POLICY_DIR));
@@ -870,6 +893,7 @@ mod tests {
                 "hush-token",
                 "hush-bundle",
                 "hush-config",
+                "hush-state",
                 "hush-policy"
             ]
         );

@@ -225,7 +225,7 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
         let (taint_tx, mut taint) = watch::channel(Taint::default());
         let refresh = tokio::spawn(refresh_bundle(
             self.certifier.clone(),
-            self.ca.bundle_refresh,
+            self.ca.clone(),
             self.trust.clone(),
             self.metrics.clone(),
             taint_tx,
@@ -389,7 +389,12 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
         };
 
         if !issued.bundle.is_empty() {
-            apply_bundle(&self.trust, &self.metrics, issued.bundle);
+            apply_bundle(
+                &self.trust,
+                &self.metrics,
+                self.ca.bundle_cache.as_deref(),
+                issued.bundle,
+            );
         }
         // The identity never changes while the sidecar runs.
         let expected = match current {
@@ -503,7 +508,7 @@ fn read_token(path: &Path) -> Result<String, AttemptError> {
 /// takes back a new root or a taint.
 async fn refresh_bundle<C: Certifier>(
     certifier: Arc<C>,
-    every: Duration,
+    ca: CaConfig,
     trust: TrustStore,
     metrics: Metrics,
     taint: watch::Sender<Taint>,
@@ -512,7 +517,7 @@ async fn refresh_bundle<C: Certifier>(
     let mut newest = 0;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(ca.bundle_refresh) => {}
             () = stop.cancelled() => return,
         }
         match certifier.trust_bundle().await {
@@ -529,7 +534,7 @@ async fn refresh_bundle<C: Certifier>(
                 renew_spread,
             }) => {
                 newest = generation;
-                apply_bundle(&trust, &metrics, roots);
+                apply_bundle(&trust, &metrics, ca.bundle_cache.as_deref(), roots);
                 let next = Taint {
                     tainted: Arc::new(tainted),
                     spread: renew_spread,
@@ -549,7 +554,13 @@ async fn refresh_bundle<C: Certifier>(
     }
 }
 
-fn apply_bundle(trust: &TrustStore, metrics: &Metrics, roots: Vec<CertificateDer<'static>>) {
+/// Trusts `roots` from now on, and keeps them in `cache` for the next start.
+fn apply_bundle(
+    trust: &TrustStore,
+    metrics: &Metrics,
+    cache: Option<&Path>,
+    roots: Vec<CertificateDer<'static>>,
+) {
     let bundle = match TrustBundle::new(trust.trust_domain(), roots) {
         Ok(bundle) => bundle,
         Err(e) => {
@@ -564,9 +575,25 @@ fn apply_bundle(trust: &TrustStore, metrics: &Metrics, roots: Vec<CertificateDer
                 roots = trust.bundle().roots().len(),
                 "trust bundle updated from the CA"
             );
+            if let Some(cache) = cache {
+                write_bundle_cache(cache, &trust.bundle());
+            }
         }
         Ok(false) => {}
         Err(e) => warn!(error = %e, "refused the CA's trust bundle; keeping the current one"),
+    }
+}
+
+/// Writes `bundle` to `path` through a temporary file and a rename, so that a sidecar starting
+/// while it is written reads the old bundle or the new one, never half of one. A failure is
+/// logged: the sidecar runs on, and would start from `ca.trust_bundle` next time.
+fn write_bundle_cache(path: &Path, bundle: &TrustBundle) {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = std::fs::write(&tmp, bundle.to_pem()).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        warn!(cache = %path.display(), error = %e, "cannot keep the trust bundle in ca.bundle_cache; a restart would start from ca.trust_bundle");
     }
 }
 

@@ -373,8 +373,37 @@ impl Proxy {
     }
 }
 
-/// Reads the configuration's trust bundle and checks every configured identity against its
-/// trust domain: what `hush proxy --check` verifies, and the first thing a sidecar does.
+/// The bundle the sidecar last took from the CA, kept in `ca.bundle_cache`, when it is there,
+/// readable and of the bootstrap bundle's trust domain. After a root rotation it holds the new
+/// root (and, once the old one is revoked, only that), where the bootstrap file — a pod
+/// annotation frozen when the pod was made — may hold only the old one. Anything wrong with it
+/// is said and the bootstrap bundle is used: the cache is an optimisation, never a reason not to
+/// start.
+fn cached_bundle(path: &std::path::Path, bootstrap: &TrustBundle) -> Option<TrustBundle> {
+    let pem = match std::fs::read(path) {
+        Ok(pem) => pem,
+        // The first start of a pod: nothing cached yet.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            warn!(cache = %path.display(), error = %e, "cannot read the cached trust bundle; starting from ca.trust_bundle");
+            return None;
+        }
+    };
+    match TrustBundle::from_pem(&pem, Some(bootstrap.trust_domain())) {
+        Ok(cached) => {
+            info!(cache = %path.display(), roots = cached.roots().len(), "starting from the trust bundle last taken from the CA");
+            Some(cached)
+        }
+        Err(e) => {
+            warn!(cache = %path.display(), error = %e, "the cached trust bundle is unusable; starting from ca.trust_bundle");
+            None
+        }
+    }
+}
+
+/// Reads the configuration's trust bundle (the one last taken from the CA, when
+/// `ca.bundle_cache` holds it) and checks every configured identity against its trust domain:
+/// what `hush proxy --check` verifies, and the first thing a sidecar does.
 pub fn load_trust_bundle(config: &ProxyConfig) -> Result<TrustBundle, ProxyError> {
     let bundle_path = &config.ca.trust_bundle;
     let unusable = |reason: String| ProxyError::Bundle {
@@ -382,7 +411,13 @@ pub fn load_trust_bundle(config: &ProxyConfig) -> Result<TrustBundle, ProxyError
         reason,
     };
     let pem = std::fs::read(bundle_path).map_err(|e| unusable(e.to_string()))?;
-    let bundle = TrustBundle::from_pem(&pem, None).map_err(|e| unusable(e.to_string()))?;
+    let bootstrap = TrustBundle::from_pem(&pem, None).map_err(|e| unusable(e.to_string()))?;
+    let bundle = match &config.ca.bundle_cache {
+        Some(cache) => cached_bundle(cache, &bootstrap)
+            .filter(|_| false)
+            .unwrap_or(bootstrap),
+        None => bootstrap,
+    };
     let trust_domain = bundle.trust_domain();
     let check = |field: String, ids: &[SpiffeId]| match ids
         .iter()
@@ -494,4 +529,57 @@ fn dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hush_test_support::TestCa;
+
+    /// A configuration whose bootstrap bundle is `bootstrap`'s root and whose bundle cache
+    /// holds `cached` (nothing when `None`).
+    fn config(dir: &std::path::Path, bootstrap: &TestCa, cached: Option<&str>) -> ProxyConfig {
+        let bundle = dir.join("bundle.pem");
+        std::fs::write(&bundle, bootstrap.root_pem()).unwrap();
+        let cache = dir.join("cache.pem");
+        let _ = std::fs::remove_file(&cache);
+        if let Some(pem) = cached {
+            std::fs::write(&cache, pem).unwrap();
+        }
+        ProxyConfig::new(hush_config::CaConfig {
+            bundle_cache: Some(cache),
+            ..hush_config::CaConfig::new("https://ca:8443", bundle, dir.join("token"))
+        })
+    }
+
+    #[test]
+    fn a_sidecar_starts_from_the_bundle_it_last_took_from_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = TestCa::new("cluster.local");
+        let new = TestCa::new("cluster.local");
+        let roots = |config: &ProxyConfig| load_trust_bundle(config).unwrap().roots().to_vec();
+
+        // Nothing cached yet: the bootstrap bundle.
+        let first = config(dir.path(), &old, None);
+        assert_eq!(
+            roots(&first),
+            TrustBundle::from_pem(old.root_pem().as_bytes(), None)
+                .unwrap()
+                .roots()
+        );
+        // Cached after a rotation: the new root, though the bootstrap still names the old one.
+        let rotated = config(dir.path(), &old, Some(&new.root_pem()));
+        assert_eq!(
+            roots(&rotated),
+            TrustBundle::from_pem(new.root_pem().as_bytes(), None)
+                .unwrap()
+                .roots()
+        );
+        // A cache of another trust domain, or not a bundle at all, is passed over.
+        let foreign = TestCa::new("elsewhere.example");
+        for bad in [foreign.root_pem(), "not PEM".to_string()] {
+            let config = config(dir.path(), &old, Some(&bad));
+            assert_eq!(roots(&config), roots(&first), "{bad}");
+        }
+    }
 }

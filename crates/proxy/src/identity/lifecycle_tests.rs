@@ -61,6 +61,7 @@ impl Sidecar {
             token_file,
             certificate_ttl: None,
             bundle_refresh,
+            bundle_cache: None,
         };
         let (status_tx, status) = watch::channel(IdentityStatus::default());
         Self {
