@@ -347,3 +347,42 @@ fn the_readme_tour_runs_as_written() {
         assert!(stdout.contains(needle), "expected {needle:?} in:\n{stdout}");
     }
 }
+
+/// The README's "Rotating the CA" commands are real: each names a `hush` subcommand that
+/// exists and only flags it takes. (The rotation itself, run under traffic, is
+/// `rotation::the_ca_rotates_root_and_all_under_traffic_with_no_failed_request`.)
+#[test]
+fn the_readmes_rotation_commands_exist_as_written() {
+    let readme = read("README.md");
+    let section = &readme[readme.find("## Rotating the CA").expect("the section")..];
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the section's commands");
+    let mut checked = 0;
+    for line in block.lines() {
+        let command = line.split('#').next().unwrap_or_default().trim();
+        let words: Vec<&str> = command.split_whitespace().collect();
+        assert_eq!(words.first(), Some(&"hush"), "{line}");
+        let subcommand: Vec<&str> = words[1..]
+            .iter()
+            .take_while(|w| !w.starts_with('-'))
+            .copied()
+            .collect();
+        let mut args = subcommand.clone();
+        args.push("--help");
+        let help = Command::new(HUSH).args(&args).output().expect("run hush");
+        assert!(help.status.success(), "hush {subcommand:?} does not exist");
+        let help = String::from_utf8_lossy(&help.stdout);
+        for flag in words.iter().filter(|w| w.starts_with("--")) {
+            assert!(
+                help.contains(flag),
+                "`hush {}` takes no {flag}:\n{help}",
+                subcommand.join(" ")
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 4, "only {checked} commands in the section");
+}

@@ -109,10 +109,12 @@ impl Reason {
                  it an X.509-SVID (`hush cert request`), or put a hush sidecar in front of it"
             }
             Self::SameNameOtherCa => {
-                "two CAs go by the same name: this mesh's CA was re-created (`hush ca init \
-                 --force` makes new keys under the same names), or the server's CA is another \
-                 mesh's of the same trust domain; check that --bundle is the bundle of the CA \
-                 that issued the server's certificate (`hush ca bundle`)"
+                "two CAs go by the same name: this mesh's root was rotated (`hush ca rotate \
+                 root` makes a new root under the same name; `hush ca bundle` then holds both \
+                 while the rotation lasts), this mesh's CA was re-created (`hush ca init \
+                 --force` on a directory of the old layout), or the server's CA is another \
+                 mesh's of the same trust domain; check that --bundle is the current bundle of \
+                 the CA that issued the server's certificate (`hush ca bundle`)"
             }
             Self::ChainMismatch => {
                 "the server's certificate and the chain sent with it do not belong together (a \
