@@ -22,11 +22,12 @@ use hush_identity::{
 };
 use hush_test_support::{
     CaProcess, CertFacts, CsrKeyKind, FORGED_CN, FORGED_DNS_NAME, FORGED_SPIFFE_ID, FakeApiServer,
-    OpensslKey, TestCa, Usage, csr_altered_after_signing, csr_claiming_another_key,
+    OpensslKey, SoftHsmToken, TestCa, Usage, csr_altered_after_signing, csr_claiming_another_key,
     csr_with_broken_signature, describe_output, empty_csr, expired_leaf_from_ca_dir, forbidden,
     forged_csr, garbage_csr, mint_token, openssl_csr, openssl_csr_with_digest, oversized_csr,
     pem_certificates, plain_csr, private_key_pem_instead_of_csr, require_openssl, run_hush,
-    run_hush_ok, token_review_authenticated, token_review_rejected, verify_chain,
+    run_hush_ok, run_hush_with_env, token_review_authenticated, token_review_rejected,
+    verify_chain,
 };
 use hush_tls::CredentialStore;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -1303,6 +1304,96 @@ async fn p384_ca_issues_verifiable_chains() {
             .contains("SHA-384")
     );
     verify_chain(&chain_of(&response), ca.roots(), Usage::ServerAuth).expect("verifies");
+}
+
+/// The intermediate's key made in a SoftHSM2 token by `hush ca init --key-uri`: the directory
+/// holds no key file, `hush ca serve` signs in the token (the environment variable that finds
+/// the token is handed to it, as an operator's unit file would), and a wrong PIN stops it at
+/// start with an error that names the token and shows no PIN.
+#[tokio::test]
+async fn a_ca_signs_with_its_intermediate_key_in_a_pkcs11_token() {
+    const PIN: &str = "e2e-pin-4821";
+    const WRONG_PIN: &str = "e2e-wrong-7395";
+    let Some(hsm) = SoftHsmToken::init("hush", PIN) else {
+        return;
+    };
+    let pin_file = hsm.pin_file("pin", PIN);
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path().join("ca");
+    let uri = format!(
+        "pkcs11:token=hush;object=int1?pin-source=file:{}",
+        pin_file.display()
+    );
+    let init = run_hush_with_env(
+        HUSH,
+        &[
+            "ca",
+            "init",
+            "--dir",
+            path_str(&dir),
+            "--trust-domain",
+            TD,
+            "--key-uri",
+            &uri,
+        ],
+        &hsm.env(),
+    );
+    assert!(init.status.success(), "{}", describe_output(&init));
+    let keys: Vec<String> = fs::read_dir(&dir)
+        .expect("the CA directory")
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| name.starts_with("intermediate") && name.ends_with(".key"))
+        .collect();
+    assert_eq!(
+        keys,
+        Vec::<String>::new(),
+        "the intermediate's key is in the token"
+    );
+    let listed = ca_command(&dir, &["authorities"]);
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        table.contains("pkcs11 token=hush object=int1"),
+        "{}",
+        describe_output(&listed)
+    );
+
+    let server = CaProcess::try_start_with_env(HUSH, &dir, &[], &hsm.env())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ca = Ca::around(temp, dir, server);
+    let token = ca.token(FRONTEND, &[]);
+    let response = within(
+        ca.client()
+            .certify(&token, plain_csr(CsrKeyKind::EcdsaP256).der, None),
+    )
+    .await
+    .expect("issued");
+    let chain = chain_of(&response);
+    assert_eq!(chain[1], ca.intermediate());
+    verify_chain(&chain, ca.roots(), Usage::ClientAuth).expect("verifies");
+
+    fs::write(&pin_file, format!("{WRONG_PIN}\n")).expect("a wrong PIN");
+    let error = CaProcess::try_start_with_env(HUSH, &ca.dir, &[], &hsm.env())
+        .expect_err("the CA must not start with a wrong PIN");
+    assert!(
+        error.status.is_some_and(|s| !s.success()),
+        "it exits with failure: {error}"
+    );
+    assert!(
+        error.stderr.contains("PKCS#11 token \"hush\"")
+            && error.stderr.contains("the PIN is incorrect"),
+        "{}",
+        error.stderr
+    );
+    assert!(
+        !error.stderr.contains(WRONG_PIN) && !error.stderr.contains(PIN),
+        "{}",
+        error.stderr
+    );
 }
 
 #[test]

@@ -24,6 +24,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::signing_key::{Pkcs11Error, Pkcs11Uri};
+
 /// The manifest's schema version.
 pub const MANIFEST_VERSION: u32 = 1;
 
@@ -147,9 +149,11 @@ pub struct AuthorityEntry {
     /// The certificate's file name in the CA directory.
     pub cert: String,
     /// The key's file name in the CA directory, while there is one (a root's key may be kept
-    /// elsewhere; a revoked authority's is deleted).
+    /// elsewhere; a revoked authority's is deleted). `None` when the key is in a token.
     pub key: Option<String>,
-    /// Where the key is when it is not a file: a `pkcs11:` URI.
+    /// Where the key is when it is not a file: a `pkcs11:` URI naming the token and the key's
+    /// label, with its PIN in a file (`pin-source=file:`), never in the URI. Kept after
+    /// revocation, to say which token object to delete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_uri: Option<String>,
     /// The issuing root of an intermediate.
@@ -440,6 +444,17 @@ impl Manifest {
                     ));
                 }
             }
+            if let Some(uri) = &a.key_uri {
+                if a.key.is_some() {
+                    return bad(format!(
+                        "authority {} has both a key file and a key_uri; its key is in one place",
+                        a.id
+                    ));
+                }
+                if let Err(reason) = check_stored_key_uri(uri) {
+                    return bad(format!("authority {}'s key_uri: {reason}", a.id));
+                }
+            }
             match (a.kind, &a.issuer) {
                 (Kind::Root, Some(_)) => return bad(format!("root {} has an issuer", a.id)),
                 (Kind::Intermediate, None) => {
@@ -648,7 +663,8 @@ impl Manifest {
         self.add(intermediate)
     }
 
-    fn refuse_if_prepared(&self) -> Result<(), AuthoritiesError> {
+    /// Refuses to stage anything while an authority is prepared already.
+    pub(crate) fn refuse_if_prepared(&self) -> Result<(), AuthoritiesError> {
         match self.prepared() {
             Some(waiting) => Err(AuthoritiesError::AlreadyPrepared {
                 id: waiting.id.clone(),
@@ -848,6 +864,38 @@ impl Manifest {
         }
         Ok(revoked)
     }
+}
+
+/// Checks a `pkcs11:` URI that is stored in the manifest as an authority's `key_uri`, and
+/// parses it. It must not carry the PIN, and its files (PIN, module) must be absolute paths,
+/// since the manifest is read later by other processes, from other working directories,
+/// perhaps on other hosts. The reason never repeats the URI, which may hold a PIN.
+pub(crate) fn check_stored_key_uri(uri: &str) -> Result<Pkcs11Uri, String> {
+    let parsed: Pkcs11Uri = uri.parse().map_err(|e: Pkcs11Error| e.to_string())?;
+    if parsed.has_pin_value() {
+        return Err(
+            "the URI gives the PIN itself (pin-value=), and authorities.json is no place for a \
+             secret: it is copied by `hush ca secret`, printed by `hush ca authorities --json` \
+             and kept in backups. Put the PIN in a file only the CA can read and name it with \
+             ?pin-source=file:<absolute path>"
+                .into(),
+        );
+    }
+    for (what, path) in [
+        ("pin-source file", parsed.pin_file()),
+        ("module-path", parsed.module_path()),
+    ] {
+        if let Some(path) = path
+            && !path.is_absolute()
+        {
+            return Err(format!(
+                "the {what} {} is a relative path; give an absolute one, since `hush ca serve` \
+                 reads the URI from wherever it runs",
+                path.display()
+            ));
+        }
+    }
+    Ok(parsed)
 }
 
 fn wrong_state(entry: &AuthorityEntry, hint: &'static str) -> AuthoritiesError {
@@ -1228,7 +1276,7 @@ mod tests {
     #[test]
     fn validate_refuses_what_no_command_writes() {
         type Breakage = (&'static str, fn(&mut Manifest));
-        let broken: [Breakage; 6] = [
+        let broken: [Breakage; 10] = [
             ("listed twice", |m| {
                 let dup = m.authorities[1].clone();
                 m.authorities.push(dup);
@@ -1246,6 +1294,22 @@ mod tests {
                 m.authorities[0].issuer = Some(id("zz"));
             }),
             ("upgrade hush", |m| m.version = 2),
+            ("both a key file and a key_uri", |m| {
+                m.authorities[1].key_uri = Some("pkcs11:token=t;object=o".into());
+            }),
+            ("no place for a secret", |m| {
+                m.authorities[1].key = None;
+                m.authorities[1].key_uri = Some("pkcs11:token=t;object=o?pin-value=1234".into());
+            }),
+            ("pin-source file pin is a relative path", |m| {
+                m.authorities[1].key = None;
+                m.authorities[1].key_uri =
+                    Some("pkcs11:token=t;object=o?pin-source=file:pin".into());
+            }),
+            ("invalid PKCS#11 URI", |m| {
+                m.authorities[0].key = None;
+                m.authorities[0].key_uri = Some("file:/etc/root.key".into());
+            }),
         ];
         for (words, breaks) in broken {
             let mut m = manifest();
@@ -1253,6 +1317,16 @@ mod tests {
             let err = m.validate().unwrap_err();
             assert!(err.to_string().contains(words), "{words}: {err}");
         }
+        // The PIN is never repeated, even in the refusal.
+        let mut m = manifest();
+        m.authorities[1].key = None;
+        m.authorities[1].key_uri = Some("pkcs11:token=t;object=o?pin-value=97531".into());
+        assert!(!m.validate().unwrap_err().to_string().contains("97531"));
+        // What `--key-uri` writes is valid.
+        m.authorities[1].key_uri =
+            Some("pkcs11:token=t;object=o?module-path=/m.so&pin-source=file:/run/pin".into());
+        m.validate().unwrap();
+
         let text = r#"{"version":1,"trust_domain":"td","generation":1,"publish_wait_seconds":1,
             "max_ttl_seconds":1,"authorities":[],"surprise":true}"#;
         assert!(serde_json::from_str::<Manifest>(text).is_err());

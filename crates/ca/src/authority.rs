@@ -12,6 +12,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
 use crate::csr::VerifiedCsr;
+use crate::signing_key::CaKey;
 
 /// How long the certificates the CA issues live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +54,8 @@ pub struct CaMaterial {
     pub bundle: TrustBundle,
     /// The intermediate certificate (DER).
     pub intermediate: CertificateDer<'static>,
-    /// The intermediate's private key.
-    pub intermediate_key: KeyPair,
+    /// The intermediate's private key: from its file, or in a PKCS#11 token.
+    pub intermediate_key: CaKey,
 }
 
 /// A certificate the CA issued.
@@ -110,7 +111,8 @@ pub struct Authority {
     bundle: TrustBundle,
     intermediate: CertificateDer<'static>,
     intermediate_not_after: OffsetDateTime,
-    issuer: Issuer<'static, KeyPair>,
+    /// Signs with the intermediate's key wherever it is; only this key ever signs here.
+    issuer: Issuer<'static, CaKey>,
     policy: IssuancePolicy,
 }
 
@@ -138,8 +140,9 @@ impl Authority {
         if !chained {
             return Err(AuthorityError::NotChained);
         }
-        if cert.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&intermediate_key)
-        {
+        // A token key's SPKI comes from the token's public key, which opening checked against
+        // the private key with a test signature: equal SPKIs mean the pair signs for the cert.
+        if cert.public_key().raw != intermediate_key.public_key_der() {
             return Err(AuthorityError::KeyMismatch);
         }
         let intermediate_not_after =
@@ -218,7 +221,9 @@ impl Authority {
     }
 
     /// Issues the CA's own TLS server certificate (a fresh key, DNS and IP SANs, serverAuth),
-    /// valid for `lifetime`. Returns the chain and the PKCS#8 key.
+    /// valid for `lifetime`. Returns the chain and the PKCS#8 key. The key is a new one in
+    /// memory even when the intermediate's is in a token: rustls needs it for every handshake,
+    /// and only the intermediate's signature on the certificate comes from the token.
     pub fn issue_server_certificate(
         &self,
         dns_names: &[String],

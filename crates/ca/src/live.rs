@@ -11,6 +11,12 @@
 //! matches its key, has not expired) and must not go back: a manifest of a lower generation
 //! than the one in force (say, a restored backup of the Secret) is refused, so that a revoked
 //! root never comes back by accident. A refused set leaves the one in force signing.
+//!
+//! An intermediate whose key is in a PKCS#11 token is opened (a login and a test signature)
+//! only when the files read differ from those in force: an unchanged directory costs the token
+//! nothing. A changed one opens the key anew even when the same intermediate stays active, since
+//! the set in force shares its open key with requests in flight; a key that cannot be opened
+//! then (a wrong PIN, a missing label) is a refused reload like any other.
 
 use std::time::Duration;
 
@@ -125,6 +131,15 @@ impl AuthoritySet {
     /// Loads `dir` and prepares to sign with it.
     pub fn load(dir: &CaDir, policy: IssuancePolicy) -> Result<Self, ReloadError> {
         Self::new(dir.load_authorities()?, policy)
+    }
+
+    /// Loads `dir` and prepares to sign with it under the same policy, unless the files read
+    /// are those in force: then `None`, and no token key is opened.
+    pub fn load_if_changed(&self, dir: &CaDir) -> Result<Option<Self>, ReloadError> {
+        match dir.load_authorities_if_changed(&self.fingerprint)? {
+            Some(loaded) => Self::new(loaded, *self.authority.policy()).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The signing core.

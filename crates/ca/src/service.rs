@@ -136,7 +136,9 @@ impl CaService {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let current = self.current();
-        let next = AuthoritySet::load(dir, *current.authority().policy())?;
+        let Some(next) = current.load_if_changed(dir)? else {
+            return Ok(Reload::Unchanged);
+        };
         let outcome = current.check_successor(&next)?;
         if let Reload::Loaded { generation, .. } = outcome {
             // Roots first: a certificate under a new root must not be refused at the

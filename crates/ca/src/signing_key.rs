@@ -91,6 +91,16 @@ impl CaKey {
             Self::Pkcs11(_) => true,
         }
     }
+
+    /// The key in memory, to be written to a key file; `None` for a key in a token, which
+    /// has no file.
+    pub fn as_key_pair(&self) -> Option<&KeyPair> {
+        match self {
+            Self::File(key) => Some(key),
+            #[cfg(feature = "pkcs11")]
+            Self::Pkcs11(_) => None,
+        }
+    }
 }
 
 #[cfg(feature = "pkcs11")]
@@ -359,7 +369,7 @@ fn tokens(present: &[String]) -> String {
 // Two attributes, not cfg(all(..)): clippy recognises test code by a plain #[cfg(test)].
 #[cfg(test)]
 #[cfg(feature = "pkcs11")]
-mod softhsm_tests;
+pub(crate) mod softhsm_tests;
 
 #[cfg(test)]
 mod tests {

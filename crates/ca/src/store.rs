@@ -9,6 +9,7 @@
 //!   intermediate-<id>.pem  .key  an intermediate; the active one signs workload certificates
 //!   bundle.pem                   derived: every root that is not revoked (the trust bundle)
 //!   intermediate.pem  .key       derived: the active intermediate, for readers of the old layout
+//!                                (no .key when that intermediate's key is in a token)
 //!   tokens/                      join tokens, by id, hashes only
 //!   audit.log                    one JSON line per issuance, refusal or change of authorities
 //!   .lock                        held by every command that changes the directory
@@ -21,6 +22,11 @@
 //!
 //! A directory written before authorities existed (`root.pem`, `root.key`, `intermediate.*`,
 //! `bundle.pem`, no manifest) still loads; the first command that changes it migrates it.
+//!
+//! A key may live in a PKCS#11 token instead of a file (`--key-uri`, `--root-key-uri`): the
+//! manifest then records its `pkcs11:` URI (`key_uri`, never with the PIN) and the directory
+//! holds no file for it. Such a key is made in the token by the command that makes its
+//! authority, and is opened by label whenever it signs.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -38,9 +44,10 @@ use time::OffsetDateTime;
 
 use crate::authorities::{
     Activation, AuthoritiesError, AuthorityEntry, AuthorityId, DEFAULT_MAX_TTL_SECONDS,
-    DEFAULT_PUBLISH_WAIT_SECONDS, Kind, Manifest,
+    DEFAULT_PUBLISH_WAIT_SECONDS, Kind, Manifest, State, check_stored_key_uri,
 };
 use crate::authority::CaMaterial;
+use crate::signing_key::{CaKey, Pkcs11Error, Pkcs11Uri};
 
 /// The old layout's root files, replaced by `root-<id>.*` at migration.
 const LEGACY_ROOT_CERT: &str = "root.pem";
@@ -93,6 +100,12 @@ pub struct InitOptions {
     /// The longest workload certificate lifetime `hush ca serve` may grant
     /// ([`Manifest::max_ttl_seconds`]).
     pub max_ttl: Duration,
+    /// Make the intermediate's key in the PKCS#11 token this `pkcs11:` URI names, labelled by
+    /// its `object=`, instead of a key file. The URI is stored in the manifest as given, so it
+    /// must name its PIN by file (`pin-source=file:`), never carry it (`pin-value=`).
+    pub key_uri: Option<String>,
+    /// Make the root's key in a PKCS#11 token, as [`Self::key_uri`] does the intermediate's.
+    pub root_key_uri: Option<String>,
 }
 
 impl InitOptions {
@@ -106,6 +119,8 @@ impl InitOptions {
             force: false,
             publish_wait: Duration::from_secs(DEFAULT_PUBLISH_WAIT_SECONDS),
             max_ttl: Duration::from_secs(DEFAULT_MAX_TTL_SECONDS),
+            key_uri: None,
+            root_key_uri: None,
         }
     }
 }
@@ -121,6 +136,13 @@ pub struct RotateOptions {
     pub intermediate_lifetime: Duration,
     /// The active root's key, for `rotate intermediate`, when it is not in the directory.
     pub root_key: Option<PathBuf>,
+    /// Make the new intermediate's key in the PKCS#11 token this `pkcs11:` URI names (see
+    /// [`InitOptions::key_uri`]; the label must be new).
+    pub key_uri: Option<String>,
+    /// For `rotate intermediate`, the active root's key in a PKCS#11 token (instead of
+    /// [`Self::root_key`]; by default, the active root's own `key_uri` if it has one). For
+    /// `rotate root`, make the new root's key in that token.
+    pub root_key_uri: Option<String>,
 }
 
 impl Default for RotateOptions {
@@ -131,6 +153,8 @@ impl Default for RotateOptions {
             root_lifetime: Duration::from_secs(10 * 365 * 24 * 3600),
             intermediate_lifetime: Duration::from_secs(365 * 24 * 3600),
             root_key: None,
+            key_uri: None,
+            root_key_uri: None,
         }
     }
 }
@@ -161,6 +185,47 @@ impl std::fmt::Debug for LoadedAuthorities {
         f.debug_struct("LoadedAuthorities")
             .field("generation", &self.manifest.generation)
             .finish_non_exhaustive()
+    }
+}
+
+/// What the directory holds for a CA to sign with, its key not opened yet.
+struct ReadAuthorities {
+    manifest: Manifest,
+    bundle: TrustBundle,
+    intermediate: CertificateDer<'static>,
+    key: KeySource,
+    fingerprint: [u8; 32],
+}
+
+/// Where the active intermediate's key is.
+enum KeySource {
+    /// Read from its file.
+    File(KeyPair),
+    /// In a token, by the URI the manifest gives.
+    Token { authority: AuthorityId, uri: String },
+}
+
+impl ReadAuthorities {
+    /// Opens the key (a token key is found, logged in to and test-signed with).
+    fn open_key(self) -> Result<LoadedAuthorities, StoreError> {
+        let intermediate_key = match self.key {
+            KeySource::File(key) => CaKey::from(key),
+            KeySource::Token { authority, uri } => {
+                CaKey::from_uri(&uri).map_err(|cause| StoreError::Pkcs11 {
+                    action: format!("cannot open the key of intermediate {authority}"),
+                    cause,
+                })?
+            }
+        };
+        Ok(LoadedAuthorities {
+            manifest: self.manifest,
+            material: CaMaterial {
+                bundle: self.bundle,
+                intermediate: self.intermediate,
+                intermediate_key,
+            },
+            fingerprint: self.fingerprint,
+        })
     }
 }
 
@@ -237,16 +302,63 @@ pub enum StoreError {
     Managed(PathBuf),
     /// `rotate intermediate` needs the root's key, which is not where it was looked for.
     #[error(
-        "`hush ca rotate intermediate` signs with the active root's key and cannot find it at {0}: pass --root-key with the file you keep offline"
+        "`hush ca rotate intermediate` signs with the active root's key and cannot find it at {0}: pass --root-key with the file you keep offline, or --root-key-uri for a key in a PKCS#11 token"
     )]
     RootKeyMissing(PathBuf),
+    /// The active root's key was given both as a file and as a token URI.
+    #[error(
+        "give the active root's key either as a file (--root-key) or in a PKCS#11 token (--root-key-uri), not both"
+    )]
+    TwoRootKeys,
     /// The root key given does not belong to the active root.
-    #[error("{path} is not the key of the active root {root}")]
+    #[error("{key} is not the key of the active root {root}")]
     RootKeyMismatch {
-        /// The key file.
-        path: PathBuf,
+        /// The key: a file, or a token object.
+        key: String,
         /// The active root.
         root: AuthorityId,
+    },
+    /// A key URI that would be written to the manifest is unfit for it.
+    #[error("the new {kind}'s key URI cannot be written to authorities.json: {reason}")]
+    KeyUri {
+        /// Whose key.
+        kind: Kind,
+        /// Why (never the URI itself, which may hold a PIN).
+        reason: String,
+    },
+    /// Two new keys of one command would have the same label.
+    #[error(
+        "the new root and intermediate keys would both be labelled {object:?} in PKCS#11 token {token:?}: give each key an object= label of its own"
+    )]
+    SameKeyLabel {
+        /// The token's label.
+        token: String,
+        /// The key's label.
+        object: String,
+    },
+    /// A new key would take the label of an authority's key.
+    #[error(
+        "{object:?} in PKCS#11 token {token:?} is the key of {kind} {authority} ({state}): give the new key an object= label of its own (hush never reuses a label, so that a URI in the manifest names one key for good)"
+    )]
+    KeyLabelInUse {
+        /// The token's label.
+        token: String,
+        /// The key's label.
+        object: String,
+        /// The authority whose key it is.
+        authority: AuthorityId,
+        /// Its kind.
+        kind: Kind,
+        /// Its state.
+        state: State,
+    },
+    /// A key in a PKCS#11 token could not be made or opened.
+    #[error("{action}: {cause}")]
+    Pkcs11 {
+        /// What hush was doing, and for which authority.
+        action: String,
+        /// Why (it names the token and the key, never the PIN).
+        cause: Pkcs11Error,
     },
 }
 
@@ -297,12 +409,18 @@ impl CaDir {
         self.path.join(BUNDLE)
     }
 
-    /// Creates a root and an intermediate, both active. Refuses to replace an existing CA
-    /// unless `force`, and a CA with authorities always.
+    /// Creates a root and an intermediate, both active, their keys in files or in PKCS#11
+    /// tokens. Refuses to replace an existing CA unless `force`, and a CA with authorities
+    /// always.
     pub fn init(&self, options: &InitOptions) -> Result<InitReport, StoreError> {
         if self.path.join(MANIFEST).exists() {
             return Err(StoreError::Managed(self.path.clone()));
         }
+        check_new_key_uris(
+            None,
+            options.root_key_uri.as_deref(),
+            options.key_uri.as_deref(),
+        )?;
         if !options.force {
             for name in [
                 LEGACY_ROOT_CERT,
@@ -333,18 +451,24 @@ impl CaDir {
             root_lifetime: options.root_lifetime,
             intermediate_lifetime: options.intermediate_lifetime,
             root_key: None,
+            key_uri: options.key_uri.clone(),
+            root_key_uri: options.root_key_uri.clone(),
         };
-        let (root, root_key) = make_root(td, &rotate, now)?;
-        let root_entry =
+        let root_key = new_key(Kind::Root, rotate.root_key_uri.as_deref(), &rotate)?;
+        let root = make_root(td, &rotate, &root_key, now)?;
+        let mut root_entry =
             AuthorityEntry::prepared(Kind::Root, root.der(), None, now.unix_timestamp())?;
-        let (intermediate, intermediate_key) =
-            make_intermediate(td, &rotate, root.der(), &root_key, now)?;
-        let intermediate_entry = AuthorityEntry::prepared(
+        place_key(&mut root_entry, rotate.root_key_uri.as_deref());
+        let intermediate_key = new_key(Kind::Intermediate, rotate.key_uri.as_deref(), &rotate)?;
+        let intermediate =
+            make_intermediate(td, &rotate, root.der(), &root_key, &intermediate_key, now)?;
+        let mut intermediate_entry = AuthorityEntry::prepared(
             Kind::Intermediate,
             intermediate.der(),
             Some(root_entry.id.clone()),
             now.unix_timestamp(),
         )?;
+        place_key(&mut intermediate_entry, rotate.key_uri.as_deref());
         let mut files = self.write_authority(&root_entry, &root.pem(), Some(&root_key))?;
         files.extend(self.write_authority(
             &intermediate_entry,
@@ -461,13 +585,57 @@ impl CaDir {
             entry.key = key
                 .is_some()
                 .then(|| format!("{}-{}.key", entry.kind, entry.id));
-            self.write_authority(entry, &pem, key.as_ref())?;
+            self.write_authority(entry, &pem, key.map(CaKey::from).as_ref())?;
         }
         self.commit(&mut manifest)?;
         for name in [LEGACY_ROOT_CERT, LEGACY_ROOT_KEY] {
             let _ = fs::remove_file(self.path.join(name));
         }
         Ok(true)
+    }
+
+    /// The active root's key for `rotate intermediate`, checked to be that root's: the file or
+    /// token key the options name, else the root's own `key_uri`, else its key file.
+    fn active_root_key(
+        &self,
+        root: &AuthorityEntry,
+        options: &RotateOptions,
+    ) -> Result<CaKey, StoreError> {
+        let token_uri = match (&options.root_key, &options.root_key_uri) {
+            (Some(_), Some(_)) => return Err(StoreError::TwoRootKeys),
+            (Some(_), None) => None,
+            (None, Some(uri)) => Some(uri.as_str()),
+            (None, None) => root.key_uri.as_deref(),
+        };
+        let (key, name) = match token_uri {
+            Some(uri) => {
+                let key = CaKey::from_uri(uri).map_err(|cause| StoreError::Pkcs11 {
+                    action: format!("cannot open the key of root {}", root.id),
+                    cause,
+                })?;
+                (key, describe_token_key(uri))
+            }
+            None => {
+                let path = match &options.root_key {
+                    Some(path) => path.clone(),
+                    None => self
+                        .path
+                        .join(root.key.as_deref().unwrap_or(LEGACY_ROOT_KEY)),
+                };
+                if !path.exists() {
+                    return Err(StoreError::RootKeyMissing(path));
+                }
+                let key = CaKey::from(self.read_key(&path)?);
+                (key, path.display().to_string())
+            }
+        };
+        if AuthorityId::of_public_key(&key.public_key_der()) != root.id {
+            return Err(StoreError::RootKeyMismatch {
+                key: name,
+                root: root.id.clone(),
+            });
+        }
+        Ok(key)
     }
 
     /// Root keys lying in the directory. A CA serving from it never needs one, and whoever
@@ -487,10 +655,12 @@ impl CaDir {
     }
 
     /// Every file a serving CA reads, by name, for a Kubernetes Secret (`hush ca secret`): the
-    /// manifest, every certificate it names, the intermediates' keys, and the old layout's
-    /// names of the active pair. Never a root key: a CA does not need one.
+    /// manifest, every certificate it names, the intermediates' key files, and the old layout's
+    /// names of the active pair. Never a root key: a CA does not need one. A key in a token is
+    /// no file, and neither is the PIN file its URI names: those reach the CA another way.
     pub fn serving_files(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut names: Vec<String> = Vec::new();
+        let mut active_key_file = true;
         if self.path.join(MANIFEST).exists() {
             let manifest = self.authorities()?;
             names.push(MANIFEST.into());
@@ -502,8 +672,12 @@ impl CaDir {
                     names.push(key.clone());
                 }
             }
+            active_key_file = manifest.active().1.key.is_some();
         }
-        names.extend([BUNDLE, INTERMEDIATE_CERT, INTERMEDIATE_KEY].map(String::from));
+        names.extend([BUNDLE, INTERMEDIATE_CERT].map(String::from));
+        if active_key_file {
+            names.push(INTERMEDIATE_KEY.into());
+        }
         names.dedup();
         names
             .into_iter()
@@ -515,39 +689,30 @@ impl CaDir {
     }
 
     /// `hush ca rotate intermediate`: signs a new intermediate with the active root's key and
-    /// stages it. The only operation that reads a root key.
+    /// stages it. The only operation that reads a root key: a file (`root_key`, else the one
+    /// the manifest names) or a key in a token (`root_key_uri`, else the root's `key_uri`).
     pub fn rotate_intermediate(&self, options: &RotateOptions) -> Result<Change, StoreError> {
         let lock = self.lock()?;
         let migrated = self.migrate(&lock)?;
         let mut manifest = self.authorities()?;
+        // Refusals first, before a key is made in a token, where it would stay.
+        manifest.refuse_if_prepared()?;
+        check_new_key_uris(Some(&manifest), None, options.key_uri.as_deref())?;
         let td = self.trust_domain_of(&manifest)?;
         let (root_entry, _) = manifest.active();
         let root_entry = root_entry.clone();
-        let key_path = match &options.root_key {
-            Some(path) => path.clone(),
-            None => self
-                .path
-                .join(root_entry.key.as_deref().unwrap_or(LEGACY_ROOT_KEY)),
-        };
-        if !key_path.exists() {
-            return Err(StoreError::RootKeyMissing(key_path));
-        }
-        let root_key = self.read_key(&key_path)?;
-        if AuthorityId::of_public_key(&root_key.subject_public_key_info()) != root_entry.id {
-            return Err(StoreError::RootKeyMismatch {
-                path: key_path,
-                root: root_entry.id,
-            });
-        }
+        let root_key = self.active_root_key(&root_entry, options)?;
         let root_der = self.read_one_certificate(&self.path.join(&root_entry.cert))?;
         let now = OffsetDateTime::now_utc();
-        let (intermediate, key) = make_intermediate(&td, options, &root_der, &root_key, now)?;
-        let entry = AuthorityEntry::prepared(
+        let key = new_key(Kind::Intermediate, options.key_uri.as_deref(), options)?;
+        let intermediate = make_intermediate(&td, options, &root_der, &root_key, &key, now)?;
+        let mut entry = AuthorityEntry::prepared(
             Kind::Intermediate,
             intermediate.der(),
             Some(root_entry.id.clone()),
             now.unix_timestamp(),
         )?;
+        place_key(&mut entry, options.key_uri.as_deref());
         let id = entry.id.clone();
         manifest.stage_intermediate(entry.clone())?;
         self.write_authority(&entry, &intermediate.pem(), Some(&key))?;
@@ -560,23 +725,34 @@ impl CaDir {
     }
 
     /// `hush ca rotate root`: makes a new root and an intermediate under it and stages both;
-    /// the root is in the trust bundle from now on.
+    /// the root is in the trust bundle from now on. Their keys are made in tokens when
+    /// `root_key_uri` and `key_uri` say so.
     pub fn rotate_root(&self, options: &RotateOptions) -> Result<Change, StoreError> {
         let lock = self.lock()?;
         let migrated = self.migrate(&lock)?;
         let mut manifest = self.authorities()?;
+        manifest.refuse_if_prepared()?;
+        check_new_key_uris(
+            Some(&manifest),
+            options.root_key_uri.as_deref(),
+            options.key_uri.as_deref(),
+        )?;
         let td = self.trust_domain_of(&manifest)?;
         let now = OffsetDateTime::now_utc();
-        let (root, root_key) = make_root(&td, options, now)?;
-        let root_entry =
+        let root_key = new_key(Kind::Root, options.root_key_uri.as_deref(), options)?;
+        let root = make_root(&td, options, &root_key, now)?;
+        let mut root_entry =
             AuthorityEntry::prepared(Kind::Root, root.der(), None, now.unix_timestamp())?;
-        let (intermediate, key) = make_intermediate(&td, options, root.der(), &root_key, now)?;
-        let intermediate_entry = AuthorityEntry::prepared(
+        place_key(&mut root_entry, options.root_key_uri.as_deref());
+        let key = new_key(Kind::Intermediate, options.key_uri.as_deref(), options)?;
+        let intermediate = make_intermediate(&td, options, root.der(), &root_key, &key, now)?;
+        let mut intermediate_entry = AuthorityEntry::prepared(
             Kind::Intermediate,
             intermediate.der(),
             Some(root_entry.id.clone()),
             now.unix_timestamp(),
         )?;
+        place_key(&mut intermediate_entry, options.key_uri.as_deref());
         let ids = vec![root_entry.id.clone(), intermediate_entry.id.clone()];
         manifest.stage_root(root_entry.clone(), intermediate_entry.clone())?;
         self.write_authority(&root_entry, &root.pem(), Some(&root_key))?;
@@ -674,22 +850,36 @@ impl CaDir {
         let (_, active) = manifest.active();
         let cert = self.read(&self.path.join(&active.cert))?;
         files.push(self.write(INTERMEDIATE_CERT, &cert, 0o644)?);
-        if let Some(key) = &active.key {
-            let key = self.read(&self.path.join(key))?;
-            files.push(self.write(INTERMEDIATE_KEY, &key, 0o600)?);
+        match &active.key {
+            Some(key) => {
+                let key = self.read(&self.path.join(key))?;
+                files.push(self.write(INTERMEDIATE_KEY, &key, 0o600)?);
+            }
+            // A key in a token has no file to copy. The previous intermediate's key must go:
+            // next to the new certificate it would be a pair that does not belong together.
+            // Without it, a hush that reads only the old layout says what is missing.
+            None => {
+                let path = self.path.join(INTERMEDIATE_KEY);
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(StoreError::Io { path, source }),
+                }
+            }
         }
         Ok(files)
     }
 
-    /// Writes a new authority's certificate and key under the names its entry gives.
+    /// Writes a new authority's certificate and key file under the names its entry gives (a
+    /// key in a token has no file).
     fn write_authority(
         &self,
         entry: &AuthorityEntry,
         cert_pem: &str,
-        key: Option<&KeyPair>,
+        key: Option<&CaKey>,
     ) -> Result<Vec<PathBuf>, StoreError> {
         let mut files = Vec::with_capacity(2);
-        if let (Some(name), Some(key)) = (&entry.key, key) {
+        if let (Some(name), Some(key)) = (&entry.key, key.and_then(CaKey::as_key_pair)) {
             files.push(self.write(name, key.serialize_pem().as_bytes(), 0o600)?);
         }
         files.push(self.write(&entry.cert, cert_pem.as_bytes(), 0o644)?);
@@ -744,10 +934,30 @@ impl CaDir {
     }
 
     /// Reads what a CA signs with, as the directory says now: the manifest (or the old
-    /// layout's files), every trusted root, and the active intermediate with its key. Also a
-    /// fingerprint of everything read, so that a CA polling the directory rebuilds only when
-    /// something changed. The root keys are never read.
+    /// layout's files), every trusted root, and the active intermediate with its key, from its
+    /// file or opened in its token. Also a fingerprint of everything read, so that a CA polling
+    /// the directory rebuilds only when something changed. The root keys are never read.
     pub fn load_authorities(&self) -> Result<LoadedAuthorities, StoreError> {
+        self.read_authorities()?.open_key()
+    }
+
+    /// [`Self::load_authorities`], unless what the directory holds has `fingerprint`: then
+    /// `None`, and a key in a token is not opened again (a login and a test signature per poll
+    /// would be wasted on a CA that already holds it open).
+    pub fn load_authorities_if_changed(
+        &self,
+        fingerprint: &[u8; 32],
+    ) -> Result<Option<LoadedAuthorities>, StoreError> {
+        let read = self.read_authorities()?;
+        if read.fingerprint == *fingerprint {
+            return Ok(None);
+        }
+        read.open_key().map(Some)
+    }
+
+    /// Reads and checks every file [`Self::load_authorities`] needs, and says where the key
+    /// is, without opening a token.
+    fn read_authorities(&self) -> Result<ReadAuthorities, StoreError> {
         let mut fingerprint = Fingerprint::default();
         let manifest_path = self.path.join(MANIFEST);
         let managed = manifest_path.exists();
@@ -765,22 +975,38 @@ impl CaDir {
             let (_, active) = manifest.active();
             let pem = self.read(&self.path.join(&active.cert))?;
             fingerprint.add(&active.cert, &pem);
-            let key = active.key.clone().ok_or_else(|| StoreError::Invalid {
-                path: manifest_path.clone(),
-                reason: format!("the active intermediate {} has no key file", active.id),
-            })?;
-            (roots, pem, key)
+            (roots, pem, active.key.clone())
         } else {
             let bundle = self.read(&self.bundle_path())?;
             fingerprint.add(BUNDLE, &bundle);
             let pem = self.read(&self.path.join(INTERMEDIATE_CERT))?;
             fingerprint.add(INTERMEDIATE_CERT, &pem);
-            (vec![bundle], pem, INTERMEDIATE_KEY.to_owned())
+            (vec![bundle], pem, Some(INTERMEDIATE_KEY.to_owned()))
         };
-        let key_path = self.path.join(&key_name);
-        check_key_mode(&key_path)?;
-        let key_pem = self.read(&key_path)?;
-        fingerprint.add(&key_name, &key_pem);
+        let key = match key_name {
+            Some(name) => {
+                let path = self.path.join(&name);
+                check_key_mode(&path)?;
+                let pem = self.read(&path)?;
+                fingerprint.add(&name, &pem);
+                KeySource::File(parse_key(&pem, &path)?)
+            }
+            // The URI is in the manifest, and so in the fingerprint already.
+            None => {
+                let (_, active) = manifest.active();
+                let uri = active.key_uri.clone().ok_or_else(|| StoreError::Invalid {
+                    path: manifest_path.clone(),
+                    reason: format!(
+                        "the active intermediate {} has neither a key file nor a key_uri",
+                        active.id
+                    ),
+                })?;
+                KeySource::Token {
+                    authority: active.id.clone(),
+                    uri,
+                }
+            }
+        };
 
         let bundle =
             TrustBundle::from_pem(&roots.concat(), None).map_err(|e| StoreError::Invalid {
@@ -799,14 +1025,11 @@ impl CaDir {
         }
         let intermediate =
             parse_one_certificate(&intermediate_pem, &self.path.join(INTERMEDIATE_CERT))?;
-        let intermediate_key = parse_key(&key_pem, &key_path)?;
-        Ok(LoadedAuthorities {
+        Ok(ReadAuthorities {
             manifest,
-            material: CaMaterial {
-                bundle,
-                intermediate,
-                intermediate_key,
-            },
+            bundle,
+            intermediate,
+            key,
             fingerprint: fingerprint.finish(),
         })
     }
@@ -856,30 +1079,109 @@ impl CaDir {
     }
 }
 
-/// A new self-signed root, valid from an hour ago for `options.root_lifetime`.
+/// Checks the `pkcs11:` URIs of the keys a command is about to make, before it makes any: each
+/// is fit to be stored in the manifest, and each names a label no other key of the CA has, so
+/// that a URI in the manifest names one key for good. Nothing is derived: the label the
+/// operator gives is the one stored and shown by the token's own tools.
+fn check_new_key_uris(
+    manifest: Option<&Manifest>,
+    root: Option<&str>,
+    intermediate: Option<&str>,
+) -> Result<(), StoreError> {
+    let mut labels: Vec<(String, String)> = Vec::new();
+    for (kind, uri) in [(Kind::Root, root), (Kind::Intermediate, intermediate)] {
+        let Some(uri) = uri else { continue };
+        let parsed =
+            check_stored_key_uri(uri).map_err(|reason| StoreError::KeyUri { kind, reason })?;
+        let (token, object) = (parsed.token().to_owned(), parsed.object().to_owned());
+        if labels.iter().any(|(t, o)| *t == token && *o == object) {
+            return Err(StoreError::SameKeyLabel { token, object });
+        }
+        // A revoked authority's label may be reused once its object is deleted from the token;
+        // while the object is there, the token refuses the label itself.
+        let live = manifest
+            .into_iter()
+            .flat_map(|m| &m.authorities)
+            .filter(|a| a.state != State::Revoked);
+        for a in live {
+            let used = a
+                .key_uri
+                .as_deref()
+                .and_then(|u| u.parse::<Pkcs11Uri>().ok());
+            if used.is_some_and(|u| u.token() == token && u.object() == object) {
+                return Err(StoreError::KeyLabelInUse {
+                    token,
+                    object,
+                    authority: a.id.clone(),
+                    kind: a.kind,
+                    state: a.state,
+                });
+            }
+        }
+        labels.push((token, object));
+    }
+    Ok(())
+}
+
+/// A new key for a `kind` authority: in the token `uri` names, or in memory, for a key file.
+fn new_key(kind: Kind, uri: Option<&str>, options: &RotateOptions) -> Result<CaKey, StoreError> {
+    match uri {
+        None => Ok(CaKey::from(KeyPair::generate_for(
+            options.key_algorithm.rcgen(),
+        )?)),
+        Some(uri) => CaKey::generate_in_token(uri, options.key_algorithm).map_err(|cause| {
+            StoreError::Pkcs11 {
+                action: format!("cannot make the new {kind}'s key in its PKCS#11 token"),
+                cause,
+            }
+        }),
+    }
+}
+
+/// Records where a new authority's key is: with a token URI, there and in no key file.
+fn place_key(entry: &mut AuthorityEntry, uri: Option<&str>) {
+    if let Some(uri) = uri {
+        entry.key = None;
+        entry.key_uri = Some(uri.to_owned());
+    }
+}
+
+/// A token key in words, from its URI (never with the PIN).
+fn describe_token_key(uri: &str) -> String {
+    match uri.parse::<Pkcs11Uri>() {
+        Ok(uri) => format!(
+            "the key {:?} in PKCS#11 token {:?}",
+            uri.object(),
+            uri.token()
+        ),
+        Err(_) => "the key in the PKCS#11 token".into(),
+    }
+}
+
+/// A new self-signed root for `key`, valid from an hour ago for `options.root_lifetime`.
 fn make_root(
     td: &TrustDomain,
     options: &RotateOptions,
+    key: &CaKey,
     now: OffsetDateTime,
-) -> Result<(rcgen::Certificate, KeyPair), StoreError> {
-    let key = KeyPair::generate_for(options.key_algorithm.rcgen())?;
+) -> Result<rcgen::Certificate, StoreError> {
     let mut params = ca_params(td, &format!("hush root CA ({td})"));
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.not_before = now - CA_BACKDATE;
     params.not_after = now + options.root_lifetime;
-    let cert = params.self_signed(&key)?;
-    Ok((cert, key))
+    Ok(params.self_signed(key)?)
 }
 
-/// A new intermediate signed by `root` (DER) with `root_key`, valid from an hour ago for
-/// `options.intermediate_lifetime` but never past the root.
+/// A new intermediate for `key`, signed by `root` (DER) with `root_key`, valid from an hour ago
+/// for `options.intermediate_lifetime` but never past the root.
 fn make_intermediate(
     td: &TrustDomain,
     options: &RotateOptions,
     root: &CertificateDer<'_>,
-    root_key: &KeyPair,
+    root_key: &CaKey,
+    key: &CaKey,
     now: OffsetDateTime,
-) -> Result<(rcgen::Certificate, KeyPair), StoreError> {
+) -> Result<rcgen::Certificate, StoreError> {
     let (_, parsed) =
         x509_parser::parse_x509_certificate(root).map_err(|e| StoreError::Invalid {
             path: PathBuf::from("root certificate"),
@@ -892,7 +1194,6 @@ fn make_intermediate(
         path: PathBuf::from("root certificate"),
         reason: e.to_string(),
     })?;
-    let key = KeyPair::generate_for(options.key_algorithm.rcgen())?;
     let mut params = ca_params(td, &format!("hush intermediate CA ({td})"));
     // The intermediate signs only leaves.
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -902,8 +1203,7 @@ fn make_intermediate(
     // which one signed.
     params.use_authority_key_identifier_extension = true;
     let issuer = Issuer::from_ca_cert_der(root, root_key)?;
-    let cert = params.signed_by(&key, &issuer)?;
-    Ok((cert, key))
+    Ok(params.signed_by(key, &issuer)?)
 }
 
 fn parse_one_certificate(pem: &[u8], path: &Path) -> Result<CertificateDer<'static>, StoreError> {
@@ -1010,6 +1310,11 @@ fn in_kubelet_volume(path: &Path) -> bool {
             .parent()
             .is_some_and(|dir| is_link(&dir.join("..data")))
 }
+
+// Two attributes, not cfg(all(..)): clippy recognises test code by a plain #[cfg(test)].
+#[cfg(test)]
+#[cfg(feature = "pkcs11")]
+mod softhsm_tests;
 
 #[cfg(test)]
 mod tests {

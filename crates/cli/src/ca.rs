@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use hush_ca::{
     Attestor, AuditLog, AuthoritySet, CaDir, CaKeyAlgorithm, CaService, InitOptions,
-    IssuancePolicy, JoinTokenStore, ReloadError, ServeError, ServeOptions, StoreError,
+    IssuancePolicy, JoinTokenStore, Pkcs11Uri, ReloadError, ServeError, ServeOptions, StoreError,
     TokenReviewClient, TokenReviewConfig,
 };
 use hush_identity::{SpiffeId, TrustDomain};
@@ -78,6 +78,17 @@ pub(crate) struct InitArgs {
     /// --max-ttl` is refused above it); bounds how long a retired authority stays needed.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     max_ttl: Duration,
+    /// Make the intermediate's key in a PKCS#11 token (an HSM; SoftHSM2 is the one tested)
+    /// instead of a key file: `pkcs11:token=LABEL;object=NEW-KEY-LABEL?pin-source=file:/PIN`,
+    /// plus `&module-path=/MODULE.so` for a module other than SoftHSM2's. The URI is stored in
+    /// authorities.json as given, so the PIN must be in a file, never in the URI (pin-value).
+    /// `hush ca serve` opens the key there; an older hush cannot serve such a directory.
+    #[arg(long, value_name = "URI")]
+    key_uri: Option<String>,
+    /// Make the root's key in a PKCS#11 token instead of a key file (the form of --key-uri,
+    /// with a label of its own); only `hush ca rotate intermediate` signs with it.
+    #[arg(long, value_name = "URI")]
+    root_key_uri: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -243,6 +254,8 @@ fn init(args: InitArgs) -> Result<()> {
     options.key_algorithm = args.key_algorithm.into();
     options.publish_wait = args.publish_wait;
     options.max_ttl = args.max_ttl;
+    options.key_uri = args.key_uri.clone();
+    options.root_key_uri = args.root_key_uri.clone();
     let report = CaDir::new(&args.dir).init(&options)?;
     eprintln!(
         "created a CA for trust domain {} in {}:",
@@ -252,18 +265,46 @@ fn init(args: InitArgs) -> Result<()> {
     for file in &report.files {
         eprintln!("  {}", file.display());
     }
-    let root_key = report
-        .files
-        .iter()
-        .filter_map(|f| f.file_name()?.to_str())
-        .find(|name| name.starts_with("root-") && name.ends_with(".key"))
-        .unwrap_or("the root key");
-    eprintln!(
-        "{root_key} is not needed to serve, only to rotate the intermediate: keep it offline. \
-         Next: hush ca serve --dir {}",
-        args.dir.display()
-    );
+    match args.root_key_uri.as_deref() {
+        Some(uri) => eprintln!(
+            "the root's key is {}: it is not needed to serve, only to rotate the intermediate",
+            in_token(uri)
+        ),
+        None => {
+            let root_key = report
+                .files
+                .iter()
+                .filter_map(|f| f.file_name()?.to_str())
+                .find(|name| name.starts_with("root-") && name.ends_with(".key"))
+                .unwrap_or("the root key");
+            eprintln!(
+                "{root_key} is not needed to serve, only to rotate the intermediate: keep it \
+                 offline."
+            );
+        }
+    }
+    if let Some(uri) = args.key_uri.as_deref() {
+        eprintln!(
+            "the intermediate's key is {}: `hush ca serve` opens it there with the PIN from \
+             its pin-source file, and needs the token's module (and for SoftHSM2 its \
+             SOFTHSM2_CONF); a hush older than this one cannot serve this directory",
+            in_token(uri)
+        );
+    }
+    eprintln!("Next: hush ca serve --dir {}", args.dir.display());
     Ok(())
+}
+
+/// A key in a token, in words, from its URI: the labels only, never the PIN.
+pub(crate) fn in_token(uri: &str) -> String {
+    match uri.parse::<Pkcs11Uri>() {
+        Ok(uri) => format!(
+            "in PKCS#11 token {:?}, labelled {:?}",
+            uri.token(),
+            uri.object()
+        ),
+        Err(_) => "in a PKCS#11 token".into(),
+    }
 }
 
 fn create_token(args: TokenCreateArgs) -> Result<()> {
@@ -470,10 +511,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
              is needed only by `hush ca rotate intermediate`: keep it offline"
         );
     }
+    let intermediate_key = current
+        .manifest()
+        .get(current.intermediate_id())
+        .and_then(|a| a.key_uri.as_deref())
+        .map_or_else(|| "a key file".to_owned(), in_token);
     tracing::info!(
         trust_domain = %current.authority().trust_domain(),
         generation = current.generation(),
         intermediate = %current.intermediate_id(),
+        intermediate_key = %intermediate_key,
         intermediate_expires = %utc_second(current.authority().intermediate_not_after()),
         roots = current.authority().bundle().roots().len(),
         kubernetes = kubernetes.is_some(),

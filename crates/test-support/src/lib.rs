@@ -22,6 +22,7 @@
 //!   parsing (webpki for the chain, x509-parser for the fields).
 //! * [`FakeApiServer`] — a Kubernetes API server over HTTPS that answers TokenReviews, and can
 //!   hold a TokenReview client to the [`TokenReviewContract`].
+//! * [`SoftHsmToken`] — a SoftHSM2 token of a test's own, for CA keys in a PKCS#11 token.
 //!
 //! Helpers panic with a message that says what went wrong: they run inside tests, where a panic
 //! is a test failure with a readable reason.
@@ -31,6 +32,7 @@ mod csr;
 mod fake_k8s;
 mod openssl;
 mod process;
+mod softhsm;
 mod x509;
 mod yaml;
 
@@ -51,8 +53,9 @@ pub use self::fake_k8s::{
 pub use self::openssl::{OpensslKey, openssl_available, openssl_csr, openssl_csr_with_digest};
 pub use self::process::{
     CaProcess, HushProcess, ProxyProcess, READY_TIMEOUT, StartError, describe_output, http_request,
-    mint_token, run_hush, run_hush_ok, write_config, write_sidecar_config,
+    mint_token, run_hush, run_hush_ok, run_hush_with_env, write_config, write_sidecar_config,
 };
+pub use self::softhsm::SoftHsmToken;
 pub use self::x509::{CertFacts, Usage, pem_certificates, verify_chain};
 pub use self::yaml::key_paths;
 

@@ -45,6 +45,21 @@ pub fn run_hush(bin: impl AsRef<Path>, args: &[impl AsRef<OsStr>]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
 }
 
+/// Runs `hush` with `args` and extra environment variables (`SOFTHSM2_CONF`, say) to
+/// completion and returns what it printed.
+pub fn run_hush_with_env(
+    bin: impl AsRef<Path>,
+    args: &[impl AsRef<OsStr>],
+    env: &[(&str, &str)],
+) -> Output {
+    let bin = bin.as_ref();
+    command(bin, args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
+}
+
 /// Runs `hush` with `args`, panicking with its output unless it succeeds; returns stdout.
 pub fn run_hush_ok(bin: impl AsRef<Path>, args: &[impl AsRef<OsStr>]) -> String {
     let output = run_hush(bin, args);

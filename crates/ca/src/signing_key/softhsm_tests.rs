@@ -9,6 +9,8 @@
 //!
 //! Where SoftHSM2 is not installed the tests say "skipped" and pass, unless
 //! `HUSH_REQUIRE_SOFTHSM` is set (CI sets it).
+//!
+//! Other modules' token tests (the CA directory's, in `store`) use [`SoftHsm::run_in`].
 
 use std::error::Error as _;
 use std::path::{Path, PathBuf};
@@ -31,20 +33,27 @@ const CHILD: &str = "HUSH_SOFTHSM_CHILD";
 /// that matched nothing) is not taken for a success.
 const DONE: &str = "HUSH_SOFTHSM_DONE";
 
-const TOKEN: &str = "hush test";
-const PIN: &str = "1234";
+pub(crate) const TOKEN: &str = "hush test";
+pub(crate) const PIN: &str = "1234";
 const SO_PIN: &str = "5678";
 
 /// A token initialised for one test, in the child process.
-struct SoftHsm {
-    module: PathBuf,
-    dir: PathBuf,
+pub(crate) struct SoftHsm {
+    pub(crate) module: PathBuf,
+    /// The test's own directory (the token directory's parent), for PIN files and the like.
+    pub(crate) dir: PathBuf,
 }
 
 impl SoftHsm {
     /// Runs `body` against a fresh token, in a child process (see the module comment). `name`
     /// is the test function's name.
     fn run(name: &str, body: impl FnOnce(&SoftHsm)) {
+        Self::run_in(module_path!(), name, body)
+    }
+
+    /// [`Self::run`] for a test of another module: `test_module` is its `module_path!()`, from
+    /// which the child is told which test to run.
+    pub(crate) fn run_in(test_module: &str, name: &str, body: impl FnOnce(&SoftHsm)) {
         let Some(module) = default_module_paths().into_iter().find(|p| p.exists()) else {
             return skip();
         };
@@ -76,7 +85,7 @@ impl SoftHsm {
         .unwrap();
         let done = dir.path().join("done");
         // libtest names a test by its path without the crate.
-        let test = format!("{}::{name}", module_path!().split_once("::").unwrap().1);
+        let test = format!("{}::{name}", test_module.split_once("::").unwrap().1);
         let output = Command::new(std::env::current_exe().unwrap())
             .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD, name)
@@ -107,7 +116,7 @@ impl SoftHsm {
     }
 
     /// A URI for `object` in the test's token, with `pin` (a query attribute, or "").
-    fn uri_with(&self, object: &str, pin: &str) -> String {
+    pub(crate) fn uri_with(&self, object: &str, pin: &str) -> String {
         let mut uri = format!(
             "pkcs11:token=hush%20test;object={object}?module-path={}",
             self.module.display()
@@ -120,7 +129,7 @@ impl SoftHsm {
     }
 
     /// A URI for `object` with the right PIN, in a file as in production.
-    fn uri(&self, object: &str) -> String {
+    pub(crate) fn uri(&self, object: &str) -> String {
         let pin_file = self.dir.join("pin");
         std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
         self.uri_with(object, &format!("pin-source=file:{}", pin_file.display()))

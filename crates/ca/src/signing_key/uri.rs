@@ -97,6 +97,12 @@ impl Pkcs11Uri {
         }
     }
 
+    /// Whether the URI carries the PIN itself (`pin-value=`). Such a URI must never be stored:
+    /// whoever reads where it is kept reads the PIN.
+    pub fn has_pin_value(&self) -> bool {
+        matches!(self.pin, Some(PinSource::Value(_)))
+    }
+
     /// The module to load: the URI's `module-path`, or else the first SoftHSM2 module found in
     /// the usual places.
     pub fn resolve_module(&self) -> Result<PathBuf, Pkcs11Error> {
@@ -413,6 +419,7 @@ mod tests {
         ];
         for (text, token, object, pin_file) in rows {
             let uri = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(uri.has_pin_value(), text.contains("pin-value="), "{text}");
             assert_eq!(uri.token(), *token, "{text}");
             assert_eq!(uri.object(), *object, "{text}");
             assert_eq!(uri.pin_file(), pin_file.map(Path::new), "{text}");

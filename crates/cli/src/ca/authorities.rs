@@ -13,11 +13,11 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use hush_ca::{
     AuditEvent, AuditLog, AuditRecord, AuthorityEntry, AuthorityKind, AuthorityState, CaDir,
-    Change, Manifest, RotateOptions,
+    Change, Manifest, Pkcs11Uri, RotateOptions,
 };
 use serde_json::json;
 
-use super::KeyAlgorithm;
+use super::{KeyAlgorithm, in_token};
 use crate::parse_duration;
 use crate::times::{span, utc_second};
 
@@ -31,7 +31,8 @@ const ROOT_WARNING: i64 = 365 * 86_400;
 #[derive(Debug, Subcommand)]
 pub(crate) enum RotateCommand {
     /// Sign a new intermediate with the active root and stage it (`prepared`). This is the one
-    /// command that needs the root's key: DIR/root-<id>.key, or the file given with --root-key.
+    /// command that needs the root's key: DIR/root-<id>.key, the file given with --root-key,
+    /// or a key in a PKCS#11 token (--root-key-uri, else the root's own key URI).
     Intermediate(RotateIntermediateArgs),
     /// Make a new root and an intermediate under it and stage both: the root is in the trust
     /// bundle at once and signs only after `hush ca activate`, once sidecars have fetched it.
@@ -44,8 +45,19 @@ pub(crate) struct RotateIntermediateArgs {
     #[arg(long, env = "HUSH_CA_DIR")]
     dir: PathBuf,
     /// The active root's key, when it is kept outside DIR.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "root_key_uri")]
     root_key: Option<PathBuf>,
+    /// The active root's key in a PKCS#11 token (a `pkcs11:` URI; see `hush ca init
+    /// --key-uri`). By default, the URI the manifest records for the root, if any. Not stored,
+    /// so it may give its PIN with pin-value, though a PIN file keeps it out of process lists.
+    #[arg(long, value_name = "URI")]
+    root_key_uri: Option<String>,
+    /// Make the new intermediate's key in a PKCS#11 token instead of a key file:
+    /// `pkcs11:token=LABEL;object=NEW-KEY-LABEL?pin-source=file:/PIN`. Each key needs a label
+    /// no other key of this CA has (it is refused otherwise). Stored in authorities.json as
+    /// given, so never with pin-value.
+    #[arg(long, value_name = "URI")]
+    key_uri: Option<String>,
     /// Lifetime of the new intermediate (never past its root).
     #[arg(long, default_value = "365d", value_parser = parse_duration)]
     lifetime: Duration,
@@ -68,6 +80,14 @@ pub(crate) struct RotateRootArgs {
     /// Key algorithm of the new root and intermediate.
     #[arg(long, value_enum, default_value_t = KeyAlgorithm::EcdsaP256)]
     key_algorithm: KeyAlgorithm,
+    /// Make the new intermediate's key in a PKCS#11 token instead of a key file (the form of
+    /// `hush ca rotate intermediate --key-uri`; a new label).
+    #[arg(long, value_name = "URI")]
+    key_uri: Option<String>,
+    /// Make the new root's key in a PKCS#11 token instead of a key file (a new label, not the
+    /// intermediate's).
+    #[arg(long, value_name = "URI")]
+    root_key_uri: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -137,15 +157,18 @@ pub(crate) async fn rotate(command: RotateCommand) -> Result<()> {
                 key_algorithm: args.key_algorithm.into(),
                 intermediate_lifetime: args.lifetime,
                 root_key: args.root_key,
+                root_key_uri: args.root_key_uri,
+                key_uri: args.key_uri,
                 ..RotateOptions::default()
             };
             let change = dir.rotate_intermediate(&options)?;
             record(&dir, &change, AuditEvent::AuthorityPrepared, None).await?;
             let entry = entry(&change.manifest, 0, &change);
             eprintln!(
-                "prepared intermediate {} (valid until {}), signed by root {}",
+                "prepared intermediate {} (valid until {}, its key {}), signed by root {}",
                 entry.id,
                 at(entry.not_after),
+                key_place(entry),
                 entry.issuer.as_ref().map(|i| i.as_str()).unwrap_or("?")
             );
             eprintln!(
@@ -162,6 +185,8 @@ pub(crate) async fn rotate(command: RotateCommand) -> Result<()> {
                 root_lifetime: args.root_lifetime,
                 intermediate_lifetime: args.intermediate_lifetime,
                 root_key: None,
+                root_key_uri: args.root_key_uri,
+                key_uri: args.key_uri,
             };
             let change = dir.rotate_root(&options)?;
             record(&dir, &change, AuditEvent::AuthorityPrepared, None).await?;
@@ -169,20 +194,29 @@ pub(crate) async fn rotate(command: RotateCommand) -> Result<()> {
             let intermediate = entry(&change.manifest, 1, &change);
             let after = change.manifest.activate_after().unwrap_or_default();
             eprintln!(
-                "prepared root {} and intermediate {} under it; the trust bundle now holds {} roots",
+                "prepared root {} (its key {}) and intermediate {} under it (its key {}); the \
+                 trust bundle now holds {} roots",
                 root.id,
+                key_place(root),
                 intermediate.id,
+                key_place(intermediate),
                 change.manifest.trusted_roots().len()
             );
+            let root_key = if root.key_uri.is_some() {
+                "The root's key is needed only to make its next intermediate.".to_owned()
+            } else {
+                format!(
+                    "{} is needed only to make its next intermediate: keep it offline.",
+                    root.key.as_deref().unwrap_or("The root key")
+                )
+            };
             eprintln!(
                 "Next: publish the new bundle (copy the directory to wherever a CA reads another \
                  copy of it; on Kubernetes also update the chart's trustBundle), then after {} (publish wait {}) run \
-                 `hush ca activate --dir {}`. {} is needed only to make its next intermediate: \
-                 keep it offline.",
+                 `hush ca activate --dir {}`. {root_key}",
                 at(after),
                 span(seconds(change.manifest.publish_wait_seconds)),
                 args.dir.display(),
-                root.key.as_deref().unwrap_or("the root key"),
             );
             Ok(())
         }
@@ -248,7 +282,16 @@ pub(crate) async fn revoke(args: RevokeArgs) -> Result<()> {
     )
     .await?;
     for id in &change.authorities {
-        eprintln!("revoked {id}: it leaves the trust bundle and its key file is deleted");
+        match change.manifest.get(id).and_then(|a| a.key_uri.as_deref()) {
+            Some(uri) => eprintln!(
+                "revoked {id}: it leaves the trust bundle; its key stays {}: delete it with the \
+                 token's own tool (hush never deletes an object from a token)",
+                in_token(uri)
+            ),
+            None => {
+                eprintln!("revoked {id}: it leaves the trust bundle and its key file is deleted")
+            }
+        }
     }
     eprintln!(
         "the trust bundle holds {} root(s); on Kubernetes update the chart's trustBundle with DIR/bundle.pem",
@@ -285,11 +328,20 @@ pub(crate) fn secret(args: SecretArgs) -> Result<()> {
     });
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", serde_json::to_string_pretty(&secret)?)?;
+    let manifest = dir.authorities()?;
+    if let Some(uri) = manifest.active().1.key_uri.as_deref() {
+        eprintln!(
+            "the active intermediate's key is {}: the CA's pod needs that token and the PIN \
+             file its URI names, which this Secret does not hold",
+            in_token(uri)
+        );
+    }
     Ok(())
 }
 
 pub(crate) fn list(args: ListArgs) -> Result<()> {
-    let manifest = CaDir::new(&args.dir).authorities()?;
+    let dir = CaDir::new(&args.dir);
+    let manifest = dir.authorities()?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -300,6 +352,7 @@ pub(crate) fn list(args: ListArgs) -> Result<()> {
                 let mut value = serde_json::to_value(a).unwrap_or_default();
                 value["seconds_left"] = json!(a.not_after - now);
                 value["live_until"] = json!(manifest.live_until(a));
+                value["key_location"] = json!(key_location(&dir, a));
                 value["note"] = json!(note(&manifest, a, now));
                 value
             })
@@ -327,15 +380,21 @@ pub(crate) fn list(args: ListArgs) -> Result<()> {
             ""
         }
     )?;
+    let keys: Vec<String> = manifest
+        .authorities
+        .iter()
+        .map(|a| key_location(&dir, a))
+        .collect();
+    let key_width = keys.iter().map(String::len).max().unwrap_or(0).max(3);
     writeln!(
         out,
-        "{:<16}  {:<12}  {:<8}  {:<20}  {:<11}  NOTE",
-        "ID", "KIND", "STATE", "NOT AFTER", "LEFT"
+        "{:<16}  {:<12}  {:<8}  {:<20}  {:<11}  {:<key_width$}  NOTE",
+        "ID", "KIND", "STATE", "NOT AFTER", "LEFT", "KEY"
     )?;
-    for a in &manifest.authorities {
+    for (a, key) in manifest.authorities.iter().zip(&keys) {
         writeln!(
             out,
-            "{:<16}  {:<12}  {:<8}  {:<20}  {:<11}  {}",
+            "{:<16}  {:<12}  {:<8}  {:<20}  {:<11}  {key:<key_width$}  {}",
             a.id,
             a.kind,
             a.state,
@@ -345,6 +404,31 @@ pub(crate) fn list(args: ListArgs) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Where an authority's key is, in a few words: `file` (in DIR), `file, not in DIR` (kept
+/// offline), `pkcs11 token=… object=…`, `deleted` (with its revocation), or `not recorded` (a
+/// root of the old layout, until its first change).
+fn key_location(dir: &CaDir, a: &AuthorityEntry) -> String {
+    match (&a.key_uri, &a.key) {
+        (Some(uri), _) => match uri.parse::<Pkcs11Uri>() {
+            Ok(uri) => format!("pkcs11 token={} object={}", uri.token(), uri.object()),
+            Err(_) => "pkcs11 (unreadable URI)".into(),
+        },
+        (None, Some(file)) if dir.path().join(file).exists() => "file".into(),
+        (None, Some(_)) => "file, not in DIR".into(),
+        (None, None) if a.state == AuthorityState::Revoked => "deleted".into(),
+        (None, None) => "not recorded".into(),
+    }
+}
+
+/// Where a new authority's key was put, for the commands' reports.
+fn key_place(a: &AuthorityEntry) -> String {
+    match (&a.key_uri, &a.key) {
+        (Some(uri), _) => in_token(uri),
+        (None, Some(file)) => format!("in {file}"),
+        (None, None) => "nowhere".into(),
+    }
 }
 
 /// What to know about `a` now, in a few words.
