@@ -413,9 +413,7 @@ pub fn load_trust_bundle(config: &ProxyConfig) -> Result<TrustBundle, ProxyError
     let pem = std::fs::read(bundle_path).map_err(|e| unusable(e.to_string()))?;
     let bootstrap = TrustBundle::from_pem(&pem, None).map_err(|e| unusable(e.to_string()))?;
     let bundle = match &config.ca.bundle_cache {
-        Some(cache) => cached_bundle(cache, &bootstrap)
-            .filter(|_| false)
-            .unwrap_or(bootstrap),
+        Some(cache) => cached_bundle(cache, &bootstrap).unwrap_or(bootstrap),
         None => bootstrap,
     };
     let trust_domain = bundle.trust_domain();
