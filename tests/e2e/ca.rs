@@ -36,6 +36,8 @@ use tempfile::TempDir;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::mesh::promtool::assert_promtool_accepts;
+
 const HUSH: &str = env!("CARGO_BIN_EXE_hush");
 const TD: &str = "e2e.test";
 const FRONTEND: &str = "spiffe://e2e.test/ns/shop/sa/frontend";
@@ -2184,12 +2186,20 @@ async fn a_certificate_from_another_ca_cannot_renew() {
 
 /// Waits (bounded) until the CA has logged `needle` on stderr.
 fn wait_for_stderr(ca: &Ca, needle: &str) {
+    wait_for_log(&ca.server, needle);
+}
+
+/// Waits (bounded) until `server` has logged `needle` on stderr; returns the line.
+fn wait_for_log(server: &CaProcess, needle: &str) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !ca.server.stderr().contains(needle) {
+    loop {
+        let stderr = server.stderr();
+        if let Some(line) = stderr.lines().find(|line| line.contains(needle)) {
+            return line.to_owned();
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "the CA never logged {needle:?}; stderr:\n{}",
-            ca.server.stderr()
+            "the CA never logged {needle:?}; stderr:\n{stderr}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -2589,4 +2599,224 @@ async fn a_running_ca_follows_rotations_and_revocations_without_a_restart() {
         .expect("a revocation line");
     assert_eq!(revoked["forced"], true);
     assert_eq!(revoked["authority"], old_root.as_str());
+}
+
+// === 16. Metrics and expiry warnings ===
+
+/// The value of the one sample of `family` whose labels include `authority="ID"`, with its
+/// label text.
+fn authority_sample(scrape: &str, family: &str, id: &str) -> Option<(String, i64)> {
+    let mut found = scrape.lines().filter_map(|line| {
+        let rest = line.strip_prefix(family)?.strip_prefix('{')?;
+        let (labels, value) = rest.split_once("} ")?;
+        labels
+            .contains(&format!("authority=\"{id}\""))
+            .then(|| (labels.to_owned(), value.parse().ok()))
+    });
+    let (labels, value) = found.next()?;
+    assert!(
+        found.next().is_none(),
+        "{family} of {id} twice in\n{scrape}"
+    );
+    Some((
+        labels,
+        value.unwrap_or_else(|| panic!("not an integer in\n{scrape}")),
+    ))
+}
+
+/// The value of the one sample named exactly `series` (`name{labels}` or `name`).
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// `hush ca authorities --dir DIR --json`.
+fn authorities_json(dir: &Path) -> Value {
+    let printed = run_hush_ok(
+        HUSH,
+        &["ca", "authorities", "--dir", path_str(dir), "--json"],
+    );
+    serde_json::from_str(&printed).expect("`hush ca authorities --json` prints JSON")
+}
+
+/// The expiry gauges say what `hush ca authorities` says of every authority: its NotAfter,
+/// and the time left as of the scrape, labelled with its ID, kind and state.
+#[track_caller]
+fn assert_expiry_gauges_match(scrape: &str, listed: &Value) {
+    let now = now();
+    for authority in listed["authorities"].as_array().expect("authorities") {
+        let id = authority["id"].as_str().expect("an ID");
+        let state = authority["state"].as_str().expect("a state");
+        let expiry = authority_sample(scrape, "hush_ca_authority_expiry_timestamp_seconds", id);
+        if state == "revoked" {
+            assert!(expiry.is_none(), "revoked {id} still exported:\n{scrape}");
+            continue;
+        }
+        let (labels, not_after) = expiry.unwrap_or_else(|| panic!("no gauge of {id} in\n{scrape}"));
+        assert_eq!(Some(not_after), authority["not_after"].as_i64(), "{id}");
+        for label in [
+            format!(
+                "kind=\"{}\"",
+                authority["kind"].as_str().unwrap_or_default()
+            ),
+            format!("state=\"{state}\""),
+        ] {
+            assert!(labels.contains(&label), "{label} not in {labels}");
+        }
+        let (_, left) = authority_sample(scrape, "hush_ca_authority_expires_in_seconds", id)
+            .unwrap_or_else(|| panic!("no time left of {id} in\n{scrape}"));
+        assert!(
+            (not_after - now - SLACK..=not_after - now + SLACK).contains(&left),
+            "{id}: {left} s left, but NotAfter is {not_after} and now is {now}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_export_the_authorities_expiry_reloads_and_issuances() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path().join("ca");
+    init_ca(&dir, &[]);
+    let server = CaProcess::start(
+        HUSH,
+        &dir,
+        &["--metrics-listen", "127.0.0.1:0", "--reload-interval", "1s"],
+    );
+    let ca = Ca::around(temp, dir, server);
+    let scrape = ca.server.scrape();
+    let listed = authorities_json(&ca.dir);
+    assert_eq!(listed["authorities"].as_array().map(Vec::len), Some(2));
+    assert_expiry_gauges_match(&scrape, &listed);
+    assert_eq!(
+        sample(&scrape, "hush_ca_authorities_generation"),
+        listed["generation"].as_f64()
+    );
+    let issued = "hush_ca_certificates_issued_total{api=\"hush.ca.v1\"}";
+    let refused = "hush_ca_requests_refused_total{api=\"hush.ca.v1\",code=\"Unauthenticated\"}";
+    assert_eq!(sample(&scrape, issued), Some(0.0), "{scrape}");
+    assert_eq!(sample(&scrape, refused), None, "{scrape}");
+
+    // One issuance and one refusal, each counted once.
+    let client = ca.client();
+    issue_with_token(&ca, &client, FRONTEND).await;
+    let refusal = within(client.certify(
+        "hushjt.0123456789abcdef.c2VjcmV0",
+        plain_csr(CsrKeyKind::EcdsaP256).der,
+        None,
+    ))
+    .await;
+    assert_refused(refusal, Code::Unauthenticated, &[]);
+    let scrape = ca.server.scrape();
+    assert_eq!(sample(&scrape, issued), Some(1.0), "{scrape}");
+    assert_eq!(sample(&scrape, refused), Some(1.0), "{scrape}");
+    assert_promtool_accepts(&scrape, ca.temp.path());
+
+    // A rotation under the running CA: the new intermediate is exported as active, the one it
+    // replaced as old, and the reload is counted.
+    ca_command_ok(&ca.dir, &["rotate", "intermediate"]);
+    ca_command_ok(&ca.dir, &["activate"]);
+    let listed = authorities_json(&ca.dir);
+    let scrape = eventually("the CA reloads the rotated authorities", || async {
+        let scrape = ca.server.scrape();
+        (sample(&scrape, "hush_ca_authorities_generation") == listed["generation"].as_f64())
+            .then_some(scrape)
+    })
+    .await;
+    assert_expiry_gauges_match(&scrape, &listed);
+    assert!(scrape.contains("state=\"old\""), "{scrape}");
+    // One reload, or two when a poll fell between staging and activating.
+    let loaded = sample(&scrape, "hush_ca_reloads_total{result=\"loaded\"}");
+    assert!(matches!(loaded, Some(1.0 | 2.0)), "{loaded:?} in\n{scrape}");
+    assert_eq!(
+        sample(&scrape, "hush_ca_reloads_total{result=\"refused\"}"),
+        Some(0.0),
+        "{scrape}"
+    );
+
+    // The port serves the metrics and nothing else.
+    let (status, body) = hush_test_support::http_request(ca.server.metrics(), "GET", "/certs");
+    assert_eq!(status, 404, "{body}");
+}
+
+/// An intermediate with 10 days left: the running CA warns once it has reloaded it, a restarted
+/// CA at start, and `hush ca authorities` says the same.
+#[test]
+fn the_ca_warns_of_an_intermediate_in_its_last_month_after_a_reload_and_at_start() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path().join("ca");
+    init_ca(&dir, &[]);
+    let mut first = CaProcess::start(HUSH, &dir, &["--reload-interval", "1s"]);
+    ca_command_ok(&dir, &["rotate", "intermediate", "--lifetime", "10d"]);
+    ca_command_ok(&dir, &["activate"]);
+    let listed = authorities_json(&dir);
+    let intermediate = listed["authorities"]
+        .as_array()
+        .expect("authorities")
+        .iter()
+        .find(|a| a["kind"] == "intermediate" && a["state"] == "active")
+        .expect("an active intermediate");
+    let id = intermediate["id"].as_str().expect("an ID");
+    let advice = "run `hush ca rotate intermediate`";
+    // `hush ca authorities` says so, from the same rule.
+    let note = intermediate["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("expires in ") && note.contains(advice),
+        "{note}"
+    );
+    let table = run_hush_ok(HUSH, &["ca", "authorities", "--dir", path_str(&dir)]);
+    assert!(table.contains(advice), "{table}");
+
+    let warning = format!("the active intermediate {} expires in ", &id[..8]);
+    let assert_warned = |line: &str| {
+        assert!(
+            line.contains("WARN") && line.contains(&format!(" d: {advice}")),
+            "{line}"
+        );
+    };
+    // The running CA, once it has put the new intermediate in force (it did not exist when
+    // the CA started).
+    assert_warned(&wait_for_log(&first, &warning));
+    first.terminate();
+    // A CA started on it.
+    let second = CaProcess::start(HUSH, &dir, &[]);
+    assert_warned(&wait_for_log(&second, &warning));
+    // The root has years left: nothing to say about it.
+    assert!(
+        !second.stderr().contains("the active root"),
+        "{}",
+        second.stderr()
+    );
+}
+
+#[test]
+fn ca_serve_names_a_metrics_address_it_cannot_listen_on() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path().join("ca");
+    init_ca(&dir, &[]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+    let mut process = hush_test_support::HushProcess::spawn(
+        HUSH,
+        &[
+            "ca",
+            "serve",
+            "--dir",
+            path_str(&dir),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            &address,
+        ],
+    );
+    let status = process
+        .wait_exit(Duration::from_secs(30))
+        .expect("the CA exits when its metrics port is taken");
+    assert!(!status.success());
+    let stderr = process.stderr();
+    assert!(
+        stderr.contains(&format!("cannot listen on {address} (--metrics-listen)")),
+        "{stderr}"
+    );
 }

@@ -1,12 +1,15 @@
 //! The docs stay true: every link points to a file (and heading) of the repository, every
-//! metric a sidecar exports is in the metrics table and every row of it is exported, every key
-//! of `examples/proxy/reference.yaml` is in the configuration reference and no other key is,
-//! and the README's five-minute tour runs as written.
+//! metric a sidecar or the CA exports is in its metrics table and every row of it is exported,
+//! every key of `examples/proxy/reference.yaml` is in the configuration reference and no other
+//! key is, and the README's five-minute tour runs as written.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use hush_identity::TrustBundle;
+use hush_test_support::{CaProcess, CsrKeyKind, mint_token, plain_csr};
 
 use crate::mesh::sidecars::*;
 
@@ -162,19 +165,20 @@ fn headings_are_read_as_github_anchors() {
     );
 }
 
-/// The metric names in the first column of `docs/sidecar.md`'s metrics table.
-fn documented_metrics() -> BTreeSet<String> {
-    let doc = read("docs/sidecar.md");
+/// The metric names in the first column of `doc`'s metrics table: its rows that begin with a
+/// name starting `prefix` (`hush_` for the sidecar's, `hush_ca_` for the CA's).
+fn documented_metrics(doc: &str, prefix: &str) -> BTreeSet<String> {
+    let doc = read(doc);
     let mut names = BTreeSet::new();
     for line in doc.lines() {
-        let Some(first) = line.trim_start().strip_prefix("| `hush_") else {
+        let Some(first) = line.trim_start().strip_prefix(&format!("| `{prefix}")) else {
             continue;
         };
         let cell = first.split(" |").next().unwrap_or_default();
-        for part in format!("`hush_{cell}").split('`') {
-            if let Some(name) = part.strip_prefix("hush_") {
+        for part in format!("`{prefix}{cell}").split('`') {
+            if let Some(name) = part.strip_prefix(prefix) {
                 let name = name.split('{').next().unwrap_or_default();
-                names.insert(format!("hush_{name}"));
+                names.insert(format!("{prefix}{name}"));
             }
         }
     }
@@ -219,7 +223,7 @@ async fn every_metric_is_in_the_metrics_table_and_every_row_is_registered() {
             .collect()
     });
     assert!(exported.len() >= 12, "{exported:?}");
-    let documented = documented_metrics();
+    let documented = documented_metrics("docs/sidecar.md", "hush_");
     let undocumented: Vec<_> = exported.difference(&documented).collect();
     assert!(
         undocumented.is_empty(),
@@ -241,6 +245,32 @@ async fn every_metric_is_in_the_metrics_table_and_every_row_is_registered() {
     assert!(
         stale.is_empty(),
         "in the metrics table but not registered by crates/proxy/src/metrics.rs: {stale:?}"
+    );
+}
+
+/// Every family the CA exports is in `docs/ca.md`'s metrics table, and every row is exported,
+/// once an issuance and a refusal gave each family a sample.
+#[tokio::test]
+async fn every_ca_metric_is_in_the_cas_metrics_table_and_every_row_is_exported() {
+    let (_temp, ca_dir) = new_ca();
+    let ca = CaProcess::start(HUSH, &ca_dir, &["--metrics-listen", "127.0.0.1:0"]);
+    let bundle = TrustBundle::from_pem(&fs::read(ca_dir.join("bundle.pem")).expect("bundle"), None)
+        .expect("the CA's bundle");
+    let client = hush_ca_client::CaClient::new(ca.url(), bundle.roots()).expect("a CA client");
+    let token = mint_token(HUSH, &ca_dir, FRONTEND, &[]);
+    let csr = || plain_csr(CsrKeyKind::EcdsaP256).der;
+    within(client.certify(&token, csr(), None))
+        .await
+        .expect("issued");
+    within(client.certify(&token, csr(), None))
+        .await
+        .expect_err("a used token is refused");
+    let exported = exported_metrics(&ca.scrape());
+    let documented = documented_metrics("docs/ca.md", "hush_ca_");
+    assert!(documented.len() >= 6, "{documented:?}");
+    assert_eq!(
+        exported, documented,
+        "the families the CA exports (left) and the rows of docs/ca.md's metrics table (right)"
     );
 }
 

@@ -395,6 +395,32 @@ fn the_chart_lints_and_every_rendered_manifest_is_valid() {
         find(&docs, "PodDisruptionBudget", "hush-ca")["spec"]["minAvailable"],
         1
     );
+    // Metrics on their own port, where Prometheus's pod discovery looks.
+    let args = container_args(ca).join(" ");
+    assert!(args.contains("--metrics-listen 0.0.0.0:9090"), "{args}");
+    assert_eq!(
+        pod["containers"][0]["ports"][1],
+        serde_json::json!({"name": "metrics", "containerPort": 9090, "protocol": "TCP"})
+    );
+    let annotations = &ca["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(
+        *annotations,
+        serde_json::json!({
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": "9090",
+            "prometheus.io/path": "/metrics",
+        })
+    );
+    // And none with `ca.metrics.port: 0`.
+    let mut off = strs(&minimal);
+    off.extend(["--set", "ca.metrics.port=0"]);
+    let docs_off = documents(&render(&helm, &off).unwrap_or_else(|e| panic!("{e}")));
+    let ca_off = find(&docs_off, "Deployment", "hush-ca");
+    let rendered_off = ca_off.to_string();
+    assert!(
+        !rendered_off.contains("metrics") && !rendered_off.contains("prometheus.io"),
+        "{rendered_off}"
+    );
     let bundle = &files[0].1;
     assert_eq!(
         find(&docs, "ConfigMap", "hush-trust-bundle")["data"]["bundle.pem"].as_str(),
@@ -480,6 +506,8 @@ fn bad_values_are_refused_with_the_field_named() {
         ("ca.replicas=0", "ca.replicas"),
         ("ca.certificateLifetime=forever", "ca.certificateLifetime"),
         ("ca.replica=2", "replica"),
+        ("ca.metrics.port=70000", "ca.metrics.port"),
+        ("ca.metrics.port=8443", "ca.metrics.port"),
         ("injector.failurePolicy=Maybe", "injector.failurePolicy"),
         ("injector.timeoutSeconds=60", "injector.timeoutSeconds"),
         ("proxy.uid=0", "proxy.uid"),
@@ -539,6 +567,11 @@ fn the_rendered_chart_runs_a_ca_and_an_injector_that_work_together() {
             "--dir" | "--listen" => {
                 rest.next();
             }
+            // The chart's port faces the cluster; here any free one on loopback will do.
+            "--metrics-listen" => {
+                rest.next();
+                serve_args.extend(["--metrics-listen".to_string(), "127.0.0.1:0".to_string()]);
+            }
             "--k8s" => serve_args.extend(api_args(&api, temp.path())),
             _ => serve_args.push(arg),
         }
@@ -557,6 +590,11 @@ fn the_rendered_chart_runs_a_ca_and_an_injector_that_work_together() {
         })
         .unwrap_or_else(|s| panic!("{s:?}\n{}", ca.stderr()));
     assert_eq!(response.spiffe_id, FRONTEND);
+    let scrape = ca.scrape();
+    assert!(
+        scrape.contains("hush_ca_certificates_issued_total{api=\"hush.ca.v1\"} 1"),
+        "{scrape}"
+    );
 
     // A second replica shares nothing with the first but the Secret: it renews, with mutual
     // TLS, a certificate the first one issued.

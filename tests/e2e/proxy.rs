@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::mesh::apps;
+use crate::mesh::promtool::assert_promtool_accepts;
 use crate::mesh::sidecars::*;
 
 // === 1. protocols through the mesh ===
@@ -905,26 +906,6 @@ async fn logs_come_as_json_and_the_filter_changes_at_run_time() {
     );
 }
 
-/// `promtool`: `HUSH_PROMTOOL` (it must then run, as in CI), then the PATH.
-fn promtool() -> Option<String> {
-    let required = std::env::var("HUSH_PROMTOOL").ok();
-    let candidate = required.clone().unwrap_or_else(|| "promtool".to_string());
-    let found = std::process::Command::new(&candidate)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found || required.is_none(),
-        "HUSH_PROMTOOL={candidate} does not run"
-    );
-    if !found {
-        eprintln!(
-            "SKIPPED the metrics lint: promtool is not installed (`bash .ci/run` fetches it)"
-        );
-    }
-    found.then_some(candidate)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_speak_openmetrics_to_those_who_ask() {
     let mesh = Mesh::start(MeshSpec {
@@ -977,19 +958,7 @@ async fn metrics_pass_promtool_and_speak_openmetrics_to_those_who_ask() {
     );
     assert!(response.trim_end().ends_with("# EOF"), "{response}");
 
-    let Some(promtool) = promtool() else { return };
-    let file = mesh.temp.path().join("metrics.txt");
-    fs::write(&file, &text).unwrap();
-    let output = std::process::Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(fs::File::open(&file).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "promtool check metrics found problems:\n{}\n{text}",
-        describe_output(&output)
-    );
+    assert_promtool_accepts(&text, mesh.temp.path());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,15 @@
 https://{{ include "hush.ca" . }}.{{ .Release.Namespace }}.svc:{{ .Values.ca.port }}
 {{- end -}}
 
+{{/* The CA's metrics port; 0 when it serves none (ca.metrics.port 0 or null). */}}
+{{- define "hush.caMetricsPort" -}}
+{{- $port := int ((.Values.ca.metrics | default dict).port | default 0) -}}
+{{- if and $port (eq $port (int .Values.ca.port)) -}}
+{{- fail (printf "ca.metrics.port %d is also ca.port: give the metrics a port of their own, or 0 for none" $port) -}}
+{{- end -}}
+{{- $port -}}
+{{- end -}}
+
 {{- define "hush.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}

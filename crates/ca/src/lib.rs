@@ -13,6 +13,8 @@
 //!   ([`Pkcs11Uri`]).
 //! * [`JoinTokenStore`], [`Attestor`] — who is calling.
 //! * [`CaService`], [`serve`] — the gRPC services (`hush.ca.v1` and Istio's) over TLS.
+//! * [`CaMetrics`], [`serve_metrics`] — Prometheus metrics; [`rotations_due`] — which active
+//!   authority is due for rotation, for the CA's warnings and the CLI's.
 //!
 //! The client of this API is not here but in `hush-ca-client`, so that a sidecar links the
 //! client without the CA.
@@ -22,7 +24,9 @@ mod audit;
 mod authorities;
 mod authority;
 mod csr;
+mod expiry;
 mod live;
+mod metrics;
 mod random;
 mod server;
 mod service;
@@ -42,7 +46,13 @@ pub use self::authorities::{
 };
 pub use self::authority::{Authority, AuthorityError, CaMaterial, IssuancePolicy, IssuedSvid};
 pub use self::csr::{CsrError, KeyKind, MAX_CSR_BYTES, MIN_RSA_BITS, VerifiedCsr};
+pub use self::expiry::{
+    INTERMEDIATE_ROTATION_WARNING, NextStep, ROOT_ROTATION_WARNING, ROTATION_REMINDER_INTERVAL,
+    RotationDue, is_rotation_due, keep_warning_of_rotations_due, rotation_due, rotation_warning,
+    rotations_due, warn_of_rotations_due,
+};
 pub use self::live::{AuthoritySet, Reload, ReloadError, follow_directory};
+pub use self::metrics::{CaMetrics, serve_metrics};
 pub use self::server::{PeerInfo, ServeError, ServeOptions, serve};
 pub use self::service::{CaService, DEFAULT_TAINT_SPREAD, HUSH_API, ISTIO_API, pem_certificate};
 #[cfg(feature = "pkcs11")]

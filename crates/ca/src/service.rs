@@ -28,6 +28,7 @@ use crate::authorities::State as AuthorityState;
 use crate::authority::IssuedSvid;
 use crate::csr::VerifiedCsr;
 use crate::live::{AuthoritySet, Reload, ReloadError};
+use crate::metrics::CaMetrics;
 use crate::server::PeerInfo;
 use crate::store::CaDir;
 use crate::tokens::join_token_id;
@@ -59,6 +60,8 @@ struct Inner {
     renew_spread_seconds: std::sync::atomic::AtomicI64,
     attestor: Attestor,
     audit: AuditLog,
+    /// Counted where issuances are audited and reloads decided.
+    metrics: CaMetrics,
 }
 
 /// The default `--taint-spread`: on a cluster every renewal is also a TokenReview, so a taint
@@ -78,6 +81,8 @@ impl CaService {
         let (changes, _) = watch::channel(authorities.generation());
         let trust = TrustStore::new(authorities.authority().bundle().clone())?;
         let client_verifier = SpiffeClientVerifier::with_trust(&trust, false);
+        let metrics = CaMetrics::new();
+        metrics.authorities_in_force(authorities.manifest());
         Ok(Self {
             inner: Arc::new(Inner {
                 authorities: ArcSwap::from_pointee(authorities),
@@ -90,6 +95,7 @@ impl CaService {
                 reloading: std::sync::Mutex::new(()),
                 attestor,
                 audit,
+                metrics,
             }),
         })
     }
@@ -122,6 +128,11 @@ impl CaService {
             .clone()
     }
 
+    /// The CA's metrics, for the metrics server.
+    pub fn metrics(&self) -> &CaMetrics {
+        &self.inner.metrics
+    }
+
     /// Changes each time another set of authorities is put in force.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
@@ -130,6 +141,16 @@ impl CaService {
     /// Reads `dir` and puts what it holds in force if it differs from the set in force and may
     /// succeed it (blocking file I/O: call it off the async workers).
     pub fn reload_from(&self, dir: &CaDir) -> Result<Reload, ReloadError> {
+        let outcome = self.try_reload_from(dir);
+        match &outcome {
+            Ok(Reload::Unchanged) => {}
+            Ok(Reload::Loaded { .. }) => self.inner.metrics.reload(true),
+            Err(_) => self.inner.metrics.reload(false),
+        }
+        outcome
+    }
+
+    fn try_reload_from(&self, dir: &CaDir) -> Result<Reload, ReloadError> {
         let _one_at_a_time = self
             .inner
             .reloading
@@ -147,6 +168,7 @@ impl CaService {
                 .trust
                 .replace(next.authority().bundle().clone())
                 .map_err(|e| ReloadError::Trust(e.to_string()))?;
+            self.inner.metrics.authorities_in_force(next.manifest());
             self.inner.authorities.store(Arc::new(next));
             self.inner.changes.send_replace(generation);
         }
@@ -261,6 +283,13 @@ impl CaService {
             .instrument(span.clone())
             .await;
         record_issuance(&span, attested.as_ref(), &result, audited.as_ref().err());
+        // Counted as the caller is answered: a certificate that could not be audited is refused.
+        match (&result, &audited) {
+            (Ok(_), Ok(())) => self.inner.metrics.issued(api),
+            (_, Err(status)) | (Err(status), Ok(())) => {
+                self.inner.metrics.refused(api, status.code());
+            }
+        }
         audited?;
         result
     }

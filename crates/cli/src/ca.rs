@@ -219,6 +219,11 @@ pub(crate) struct ServeArgs {
     /// many in flight are answered UNAVAILABLE, to be retried; each may start a TokenReview.
     #[arg(long, default_value_t = 64)]
     max_unauthenticated_requests: usize,
+    /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics: the authorities'
+    /// expiry, reloads, issuances and refusals (port 0 picks a free port; the address is
+    /// printed on stdout). Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 pub(crate) async fn run(command: CaCommand) -> Result<()> {
@@ -502,6 +507,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let metrics_listener = match args.metrics_listen {
+        Some(metrics_addr) => Some(
+            TcpListener::bind(metrics_addr)
+                .await
+                .with_context(|| format!("cannot listen on {metrics_addr} (--metrics-listen)"))?,
+        ),
+        None => None,
+    };
     let current = setup.service.current();
     let shutdown = shutdown::signal();
     for key in dir.root_keys() {
@@ -526,8 +539,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
         kubernetes = kubernetes.is_some(),
         "CA ready"
     );
+    // Before the readiness line, so that whoever waits for it sees the warning too.
+    hush_ca::warn_of_rotations_due(
+        current.manifest(),
+        time::OffsetDateTime::now_utc().unix_timestamp(),
+    );
     {
         let mut out = std::io::stdout().lock();
+        if let Some(metrics) = &metrics_listener {
+            // Printed before the readiness line, so a test that waited for that line knows
+            // the port 0 stood for.
+            writeln!(
+                out,
+                "hush ca: metrics on http://{}/metrics",
+                metrics.local_addr()?
+            )?;
+        }
         writeln!(
             out,
             "hush ca: serving hush.ca.v1 and istio.v1.auth on https://{addr} (trust domain {})",
@@ -543,9 +570,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
             args.reload_interval,
         ))
     });
+    let reminder = tokio::spawn(hush_ca::keep_warning_of_rotations_due(
+        setup.service.clone(),
+        hush_ca::ROTATION_REMINDER_INTERVAL,
+    ));
+    let metrics_server = metrics_listener.map(|listener| {
+        tokio::spawn(hush_ca::serve_metrics(
+            listener,
+            setup.service.metrics().clone(),
+        ))
+    });
     let served = hush_ca::serve(setup.service, listener, setup.options, shutdown).await;
-    if let Some(follower) = follower {
-        follower.abort();
+    for task in [follower, Some(reminder), metrics_server]
+        .into_iter()
+        .flatten()
+    {
+        task.abort();
     }
     served?;
     tracing::info!("CA stopped");

@@ -13,6 +13,7 @@ use anyhow::Result;
 use bytes::Bytes;
 use clap::Args;
 use http_body_util::{BodyExt, Empty};
+use hush_ca::AuthorityKind;
 use hush_identity::{CertificateSummary, TrustBundle};
 use hush_proxy::ProxyConfig;
 use hyper_util::rt::TokioIo;
@@ -122,7 +123,7 @@ async fn check(args: &CheckArgs) -> Report {
     let bundle = match hush_proxy::load_trust_bundle(&config) {
         Ok(bundle) => {
             let (verdict, message, hint) = describe_bundle(&bundle);
-            report.add("trust bundle", verdict, message, hint);
+            report.add("trust bundle", verdict, message, &hint);
             bundle
         }
         Err(e) => {
@@ -181,36 +182,61 @@ async fn check(args: &CheckArgs) -> Report {
     report
 }
 
-fn describe_bundle(bundle: &TrustBundle) -> (Verdict, String, &'static str) {
+fn describe_bundle(bundle: &TrustBundle) -> (Verdict, String, String) {
     let now = unix_now();
-    let soonest = bundle
+    let not_afters: Vec<i64> = bundle
         .roots()
         .iter()
         .filter_map(|root| CertificateSummary::from_der(root).ok())
         .map(|root| root.not_after)
-        .min()
-        .unwrap_or(i64::MAX);
-    let message = format!(
+        .collect();
+    let soonest = not_afters.iter().copied().min().unwrap_or(i64::MAX);
+    let latest = not_afters.iter().copied().max().unwrap_or(i64::MAX);
+    let mut message = format!(
         "trust domain {}, {} root{}, the first to expire in {}",
         bundle.trust_domain(),
         bundle.roots().len(),
         if bundle.roots().len() == 1 { "" } else { "s" },
         span(soonest - now)
     );
-    if soonest <= now {
+    if not_afters.len() > 1 {
+        let _ = write!(message, ", the last in {}", span(latest - now));
+    }
+    let (verdict, hint) = judge_roots(&not_afters, now);
+    (verdict, message, hint)
+}
+
+/// How a bundle whose roots end at `not_afters` stands at `now`.
+///
+/// A root is due for rotation by the rule the CA itself warns by (`hush_ca::is_rotation_due`,
+/// a year ahead), applied to the root that lasts longest: the bundle does not say which root
+/// signs, and the newest is either the active one or its staged successor, while an older one
+/// may expire harmlessly once replaced. The CA also warns when its active intermediate has
+/// less than a month left; judging that here needs each authority's kind, state and NotAfter,
+/// which GetTrustBundle does not carry (it lists roots only). Once it does, the active
+/// intermediate is judged here with `is_rotation_due(AuthorityKind::Intermediate, …)` too.
+fn judge_roots(not_afters: &[i64], now: i64) -> (Verdict, String) {
+    let Some(&latest) = not_afters.iter().max() else {
+        return (Verdict::Ok, String::new());
+    };
+    if not_afters.iter().any(|&not_after| not_after <= now) {
         (
             Verdict::Failed,
-            message,
-            "a root has expired: rotate the CA (`hush ca init` a new one)",
+            "a root has expired: on the CA, revoke it (`hush ca revoke`) or, if it is the \
+             active one, rotate the root (`hush ca rotate root`); then replace this bundle"
+                .into(),
         )
-    } else if soonest - now < 30 * 86_400 {
+    } else if hush_ca::is_rotation_due(AuthorityKind::Root, latest, now) {
         (
             Verdict::Warning,
-            message,
-            "a root expires within 30 days: plan its rotation",
+            format!(
+                "every root expires within {} days: rotate the root on the CA (`hush ca rotate \
+                 root`) and publish the new bundle",
+                hush_ca::ROOT_ROTATION_WARNING.as_secs() / 86_400
+            ),
         )
     } else {
-        (Verdict::Ok, message, "")
+        (Verdict::Ok, String::new())
     }
 }
 
@@ -505,6 +531,36 @@ mod tests {
             Verdict::Skipped,
             "an older CA tells no time"
         );
+    }
+
+    /// One row per situation of the bundle's roots, a year ahead as the CA warns.
+    #[test]
+    fn roots_are_judged_by_the_cas_rotation_rule() {
+        const DAY: i64 = 86_400;
+        let now = 1_800_000_000;
+        for (situation, days_left, verdict) in [
+            ("a fresh root", &[3650][..], Verdict::Ok),
+            ("a root with a year and a day", &[366], Verdict::Ok),
+            ("a root in its last year", &[200], Verdict::Warning),
+            ("a root in its last month", &[20], Verdict::Warning),
+            (
+                "an old root in its last year beside its successor",
+                &[200, 3650],
+                Verdict::Ok,
+            ),
+            ("an expired root", &[-1, 3650], Verdict::Failed),
+            ("no root the check could read", &[], Verdict::Ok),
+        ] {
+            let not_afters: Vec<i64> = days_left.iter().map(|d| now + d * DAY).collect();
+            let (judged, hint) = judge_roots(&not_afters, now);
+            assert_eq!(judged, verdict, "{situation}: {hint}");
+            if verdict == Verdict::Warning {
+                assert!(
+                    hint.contains("within 365 days") && hint.contains("hush ca rotate root"),
+                    "{situation}: {hint}"
+                );
+            }
+        }
     }
 
     #[test]

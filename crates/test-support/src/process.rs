@@ -382,6 +382,7 @@ pub struct CaProcess {
     url: String,
     trust_domain: String,
     dir: PathBuf,
+    metrics: Option<SocketAddr>,
 }
 
 // === impl CaProcess ===
@@ -389,6 +390,10 @@ pub struct CaProcess {
 impl CaProcess {
     /// The line `hush ca serve` prints once it accepts connections.
     pub const READY_PREFIX: &'static str = "hush ca: serving hush.ca.v1 and istio.v1.auth on ";
+
+    /// The line `hush ca serve --metrics-listen` prints, before the readiness line, with the
+    /// address it listens on for Prometheus.
+    pub const METRICS_PREFIX: &'static str = "hush ca: metrics on ";
 
     /// Runs `hush ca serve --dir DIR --listen 127.0.0.1:0 EXTRA…` and waits until it is ready.
     /// Panics with the process's output if it is not.
@@ -434,17 +439,35 @@ impl CaProcess {
         let (url, trust_domain) = parse_ready_line(&line).unwrap_or_else(|| {
             panic!("cannot read the URL and trust domain from the readiness line {line:?}")
         });
+        let metrics = process
+            .stdout_lines()
+            .iter()
+            .find_map(|l| parse_metrics_line(l));
         Ok(Self {
             process,
             url,
             trust_domain,
             dir: dir.to_path_buf(),
+            metrics,
         })
     }
 
     /// The CA's address, `https://127.0.0.1:PORT`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The address of the metrics server (`--metrics-listen`), as the CA printed it.
+    pub fn metrics(&self) -> SocketAddr {
+        self.metrics
+            .expect("this CA serves no metrics: start it with --metrics-listen 127.0.0.1:0")
+    }
+
+    /// `GET /metrics` on the metrics server: the Prometheus text.
+    pub fn scrape(&self) -> String {
+        let (status, body) = http_request(self.metrics(), "GET", "/metrics");
+        assert_eq!(status, 200, "GET /metrics answered {status}: {body}");
+        body
     }
 
     /// The trust domain named on the readiness line.
@@ -662,6 +685,15 @@ fn parse_ready_line(line: &str) -> Option<(String, String)> {
         .then(|| (url.to_string(), trust_domain))
 }
 
+/// `hush ca: metrics on http://127.0.0.1:PORT/metrics` → the address.
+fn parse_metrics_line(line: &str) -> Option<SocketAddr> {
+    line.strip_prefix(CaProcess::METRICS_PREFIX)?
+        .strip_prefix("http://")?
+        .strip_suffix("/metrics")?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,5 +706,14 @@ mod tests {
             Some(("https://127.0.0.1:4242".into(), "e2e.test".into()))
         );
         assert_eq!(parse_ready_line("hush ca: something else"), None);
+    }
+
+    #[test]
+    fn reads_the_metrics_line() {
+        assert_eq!(
+            parse_metrics_line("hush ca: metrics on http://127.0.0.1:4243/metrics"),
+            Some(SocketAddr::from(([127, 0, 0, 1], 4243)))
+        );
+        assert_eq!(parse_metrics_line("hush ca: metrics on nowhere"), None);
     }
 }

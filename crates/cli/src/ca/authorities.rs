@@ -23,10 +23,6 @@ use crate::times::{span, utc_second};
 
 /// The API name audit lines of these commands carry.
 const ADMIN_API: &str = "hush.ca.admin";
-/// An active intermediate with less left than this is due for rotation.
-const INTERMEDIATE_WARNING: i64 = 30 * 86_400;
-/// An active root with less left than this is due for rotation.
-const ROOT_WARNING: i64 = 365 * 86_400;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RotateCommand {
@@ -433,22 +429,21 @@ fn key_place(a: &AuthorityEntry) -> String {
 
 /// What to know about `a` now, in a few words.
 fn note(manifest: &Manifest, a: &AuthorityEntry, now: i64) -> String {
-    let left = a.not_after - now;
     match (a.state, a.kind) {
         (AuthorityState::Active, kind) => {
-            let (role, warning) = match kind {
-                AuthorityKind::Intermediate => {
-                    ("signs workload certificates", INTERMEDIATE_WARNING)
-                }
-                AuthorityKind::Root => ("the root of the signing intermediate", ROOT_WARNING),
+            let role = match kind {
+                AuthorityKind::Intermediate => "signs workload certificates",
+                AuthorityKind::Root => "the root of the signing intermediate",
             };
-            if left < warning {
-                format!(
-                    "{role}; expires in {}: run `hush ca rotate {kind}`",
-                    span(left)
-                )
-            } else {
-                role.into()
+            // The running CA warns of the same rotations, judged by the same function.
+            match hush_ca::rotation_due(manifest, a, now) {
+                Some(due) if due.seconds_left <= 0 => format!("{role}; expired: {}", due.next_step),
+                Some(due) => format!(
+                    "{role}; expires in {}: {}",
+                    span(due.seconds_left),
+                    due.next_step
+                ),
+                None => role.into(),
             }
         }
         (AuthorityState::Prepared, AuthorityKind::Root) => {
