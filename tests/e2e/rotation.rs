@@ -694,7 +694,7 @@ fn the_ca_rotates_root_and_all_under_traffic_with_no_failed_request() {
         .collect();
     assert_eq!(
         cached_roots,
-        [new_root.clone()],
+        std::slice::from_ref(&new_root),
         "the cache holds the new root alone"
     );
     ledger.terminate();
