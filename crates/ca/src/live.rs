@@ -38,6 +38,9 @@ pub struct AuthoritySet {
     manifest: Manifest,
     intermediate_id: AuthorityId,
     fingerprint: [u8; 32],
+    /// Every authority this CA has seen revoked since it started, in this set or one before
+    /// it: a later set that trusts one again is refused, whatever its generation.
+    revoked: std::collections::BTreeSet<AuthorityId>,
 }
 
 /// Why a set of authorities was not taken; the one in force keeps signing.
@@ -59,6 +62,24 @@ pub enum ReloadError {
         found: u64,
         /// The generation in force.
         loaded: u64,
+    },
+    /// The manifest has the generation in force but other contents.
+    #[error(
+        "the authorities manifest has generation {generation}, the one in force, but other contents: two copies of the CA directory were changed apart; apply the copy that holds every change (`hush ca authorities` on each shows them)"
+    )]
+    Diverged {
+        /// The generation both share.
+        generation: u64,
+    },
+    /// The manifest trusts an authority this CA has seen revoked.
+    #[error(
+        "the authorities manifest says {id} is {state}, but this CA has seen it revoked: a copy of the CA directory from before the revocation? Refused, so that nothing revoked comes back"
+    )]
+    Unrevoked {
+        /// The authority.
+        id: AuthorityId,
+        /// What the refused manifest says it is.
+        state: &'static str,
     },
     /// The directory now holds a CA of another trust domain.
     #[error("the directory now holds a CA for trust domain {found}, but this CA serves {expected}")]
@@ -120,11 +141,18 @@ impl AuthoritySet {
         let intermediate_id = AuthorityId::of_certificate(&material.intermediate)
             .map_err(|e| AuthorityError::BadIntermediate(e.to_string()))?;
         let authority = Authority::new(material, policy)?;
+        let revoked = manifest
+            .authorities
+            .iter()
+            .filter(|a| a.state == crate::authorities::State::Revoked)
+            .map(|a| a.id.clone())
+            .collect();
         Ok(Self {
             authority,
             manifest,
             intermediate_id,
             fingerprint,
+            revoked,
         })
     }
 
@@ -162,6 +190,11 @@ impl AuthoritySet {
         &self.intermediate_id
     }
 
+    /// Carries what this CA has seen revoked into `self`, the set that succeeds `previous`.
+    pub(crate) fn remember(&mut self, previous: &Self) {
+        self.revoked.extend(previous.revoked.iter().cloned());
+    }
+
     /// Compares `next` with `self` and says what taking it would change, or why not to.
     pub(crate) fn check_successor(&self, next: &Self) -> Result<Reload, ReloadError> {
         if next.fingerprint == self.fingerprint {
@@ -171,6 +204,25 @@ impl AuthoritySet {
             return Err(ReloadError::OlderGeneration {
                 found: next.generation(),
                 loaded: self.generation(),
+            });
+        }
+        // The same generation with other authorities: two copies of the directory were changed
+        // apart from each other, and whichever was applied last would silently undo the other.
+        if next.generation() == self.generation() && next.manifest != self.manifest {
+            return Err(ReloadError::Diverged {
+                generation: next.generation(),
+            });
+        }
+        // A revocation is never undone by a copy made before it, even one with more changes
+        // (and so a higher generation) than the copy that revoked.
+        if let Some(back) =
+            next.manifest.authorities.iter().find(|a| {
+                a.state != crate::authorities::State::Revoked && self.revoked.contains(&a.id)
+            })
+        {
+            return Err(ReloadError::Unrevoked {
+                id: back.id.clone(),
+                state: back.state.as_str(),
             });
         }
         let (expected, found) = (self.authority.trust_domain(), next.authority.trust_domain());
@@ -263,5 +315,94 @@ pub async fn follow_directory(service: CaService, dir: CaDir, interval: Duration
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{InitOptions, RotateOptions};
+    use hush_identity::TrustDomain;
+
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+
+    fn load(dir: &CaDir) -> AuthoritySet {
+        AuthoritySet::load(dir, IssuancePolicy::default()).unwrap()
+    }
+
+    /// `previous` then `next`, as a running CA takes them; the set in force afterwards.
+    fn take(previous: &AuthoritySet, dir: &CaDir) -> Result<AuthoritySet, ReloadError> {
+        let mut next = load(dir);
+        previous.check_successor(&next)?;
+        next.remember(previous);
+        Ok(next)
+    }
+
+    #[test]
+    fn a_copy_from_before_a_revocation_never_brings_the_root_back() {
+        let temp = tempfile::tempdir().unwrap();
+        let live = CaDir::new(temp.path().join("live"));
+        let mut options = InitOptions::new(TrustDomain::new("cluster.local").unwrap());
+        options.publish_wait = Duration::ZERO;
+        live.init(&options).unwrap();
+        let stale = CaDir::new(temp.path().join("stale"));
+        copy_dir(live.path(), stale.path());
+        let first = load(&live);
+        let old_root = first.manifest().active().0.id.clone();
+
+        // The live copy rotates the root and revokes the old one (generation 4).
+        live.rotate_root(&RotateOptions::default()).unwrap();
+        live.activate(false).unwrap();
+        live.revoke(old_root.as_str(), true).unwrap();
+        let revoked = take(&first, &live).unwrap();
+        assert!(!revoked.authority().bundle().roots().is_empty());
+
+        // The stale copy makes more changes than that, so its generation is higher.
+        for _ in 0..3 {
+            stale
+                .rotate_intermediate(&RotateOptions::default())
+                .unwrap();
+            stale.activate(false).unwrap();
+        }
+        assert!(stale.authorities().unwrap().generation > revoked.generation());
+        let err = take(&revoked, &stale).expect_err("the stale copy is refused");
+        assert!(
+            matches!(err, ReloadError::Unrevoked { ref id, .. } if *id == old_root),
+            "{err}"
+        );
+        assert!(err.to_string().contains("seen it revoked"), "{err}");
+    }
+
+    #[test]
+    fn two_copies_changed_apart_to_the_same_generation_are_told_apart() {
+        let temp = tempfile::tempdir().unwrap();
+        let one = CaDir::new(temp.path().join("one"));
+        one.init(&InitOptions::new(
+            TrustDomain::new("cluster.local").unwrap(),
+        ))
+        .unwrap();
+        let other = CaDir::new(temp.path().join("other"));
+        copy_dir(one.path(), other.path());
+        let first = load(&one);
+        one.rotate_intermediate(&RotateOptions::default()).unwrap();
+        other
+            .rotate_intermediate(&RotateOptions::default())
+            .unwrap();
+        let taken = take(&first, &one).unwrap();
+        let err = take(&taken, &other).expect_err("the other copy is refused");
+        assert!(matches!(err, ReloadError::Diverged { .. }), "{err}");
+        // Reading the same copy again is no change at all.
+        assert_eq!(
+            taken.check_successor(&load(&one)).unwrap(),
+            Reload::Unchanged
+        );
     }
 }

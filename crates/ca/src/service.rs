@@ -157,10 +157,11 @@ impl CaService {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let current = self.current();
-        let Some(next) = current.load_if_changed(dir)? else {
+        let Some(mut next) = current.load_if_changed(dir)? else {
             return Ok(Reload::Unchanged);
         };
         let outcome = current.check_successor(&next)?;
+        next.remember(&current);
         if let Reload::Loaded { generation, .. } = outcome {
             // Roots first: a certificate under a new root must not be refused at the
             // handshake while the CA already signs under it.
@@ -187,13 +188,33 @@ impl CaService {
         self.inner
             .client_verifier
             .verify_client_cert(leaf, intermediates, UnixTime::now())
-            .map(|_| ())
             .map_err(|e| {
                 Status::unauthenticated(format!(
                     "the certificate this connection presented is no longer trusted by this CA ({}): present a token to get a new one",
                     hush_tls::explain_tls_error(&e)
                 ))
-            })
+            })?;
+        // Roots are what verifiers trust, so a revoked intermediate under a root still in the
+        // bundle verifies; a renewal must not turn a certificate under it (or one forged with
+        // its leaked key) into a fresh certificate from the active intermediate.
+        let current = self.current();
+        for ca in intermediates {
+            let Some(id) = hush_identity::authority_id(ca) else {
+                continue;
+            };
+            if let Some(revoked) = current
+                .manifest()
+                .authorities
+                .iter()
+                .find(|a| a.id.as_str() == id && a.state == AuthorityState::Revoked)
+            {
+                return Err(Status::unauthenticated(format!(
+                    "the certificate this connection presented was issued by intermediate {}, which this CA revoked: present a token to get a new one",
+                    revoked.id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Appends a line about the CA itself to the audit log; a failure is logged, since there is

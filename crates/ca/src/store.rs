@@ -413,6 +413,7 @@ impl CaDir {
     /// tokens. Refuses to replace an existing CA unless `force`, and a CA with authorities
     /// always.
     pub fn init(&self, options: &InitOptions) -> Result<InitReport, StoreError> {
+        // A quick refusal before anything is made; checked again under the lock below.
         if self.path.join(MANIFEST).exists() {
             return Err(StoreError::Managed(self.path.clone()));
         }
@@ -443,6 +444,10 @@ impl CaDir {
                 source,
             })?;
         let _lock = self.lock()?;
+        // Two `init`s at once: the second to take the lock finds the first one's CA.
+        if self.path.join(MANIFEST).exists() {
+            return Err(StoreError::Managed(self.path.clone()));
+        }
 
         let td = &options.trust_domain;
         let now = OffsetDateTime::now_utc();
@@ -520,18 +525,7 @@ impl CaDir {
     pub fn authorities(&self) -> Result<Manifest, StoreError> {
         let path = self.path.join(MANIFEST);
         if path.exists() {
-            let text = self.read(&path)?;
-            let manifest: Manifest =
-                serde_json::from_slice(&text).map_err(|e| StoreError::Invalid {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-            manifest.validate()?;
-            TrustDomain::new(&manifest.trust_domain).map_err(|e| StoreError::Invalid {
-                path,
-                reason: format!("trust domain: {e}"),
-            })?;
-            return Ok(manifest);
+            return parse_manifest(&self.read(&path)?, &path);
         }
         let bundle = self.load_bundle()?;
         let intermediate = self.read_one_certificate(&self.path.join(INTERMEDIATE_CERT))?;
@@ -588,8 +582,15 @@ impl CaDir {
             self.write_authority(entry, &pem, key.map(CaKey::from).as_ref())?;
         }
         self.commit(&mut manifest)?;
-        for name in [LEGACY_ROOT_CERT, LEGACY_ROOT_KEY] {
-            let _ = fs::remove_file(self.path.join(name));
+        let _ = fs::remove_file(self.path.join(LEGACY_ROOT_CERT));
+        // The old root key goes only when it was copied to its new name: one that could not be
+        // read, or is not the active root's, is left where the operator put it.
+        let root_key_kept = manifest
+            .authorities
+            .iter()
+            .any(|a| a.kind == Kind::Root && a.key.is_some());
+        if root_key_kept {
+            let _ = fs::remove_file(self.path.join(LEGACY_ROOT_KEY));
         }
         Ok(true)
     }
@@ -925,6 +926,28 @@ impl CaDir {
 
     /// Reads the trust bundle.
     pub fn load_bundle(&self) -> Result<TrustBundle, StoreError> {
+        // With a manifest, the bundle is what it says: `bundle.pem` is derived from it and may
+        // lag behind after a command was interrupted between the two.
+        let manifest_path = self.path.join(MANIFEST);
+        if manifest_path.exists() {
+            let manifest = parse_manifest(&self.read(&manifest_path)?, &manifest_path)?;
+            let mut roots = Vec::new();
+            for root in manifest.trusted_roots() {
+                let path = self.path.join(&root.cert);
+                let pem = self.read(&path)?;
+                check_names(&pem, &path, &root.id)?;
+                roots.push(parse_one_certificate(&pem, &path)?);
+            }
+            let trust_domain =
+                TrustDomain::new(&manifest.trust_domain).map_err(|e| StoreError::Invalid {
+                    path: manifest_path.clone(),
+                    reason: format!("trust domain: {e}"),
+                })?;
+            return TrustBundle::new(trust_domain, roots).map_err(|e| StoreError::Invalid {
+                path: manifest_path,
+                reason: e.to_string(),
+            });
+        }
         let path = self.bundle_path();
         let pem = self.read(&path)?;
         TrustBundle::from_pem(&pem, None).map_err(|e| StoreError::Invalid {
@@ -961,20 +984,30 @@ impl CaDir {
         let mut fingerprint = Fingerprint::default();
         let manifest_path = self.path.join(MANIFEST);
         let managed = manifest_path.exists();
-        if managed {
-            fingerprint.add(MANIFEST, &self.read(&manifest_path)?);
-        }
-        let manifest = self.authorities()?;
+        // The manifest is read once: what is hashed is what is parsed.
+        let manifest = if managed {
+            let text = self.read(&manifest_path)?;
+            fingerprint.add(MANIFEST, &text);
+            parse_manifest(&text, &manifest_path)?
+        } else {
+            self.authorities()?
+        };
         let (roots, intermediate_pem, key_name) = if managed {
             let mut roots = Vec::new();
             for root in manifest.trusted_roots() {
-                let pem = self.read(&self.path.join(&root.cert))?;
+                let path = self.path.join(&root.cert);
+                let pem = self.read(&path)?;
                 fingerprint.add(&root.cert, &pem);
+                // A file that holds another authority's certificate (a hand edit, a copy gone
+                // wrong) must not put that one in the bundle under this one's name.
+                check_names(&pem, &path, &root.id)?;
                 roots.push(pem);
             }
             let (_, active) = manifest.active();
-            let pem = self.read(&self.path.join(&active.cert))?;
+            let path = self.path.join(&active.cert);
+            let pem = self.read(&path)?;
             fingerprint.add(&active.cert, &pem);
+            check_names(&pem, &path, &active.id)?;
             (roots, pem, active.key.clone())
         } else {
             let bundle = self.read(&self.bundle_path())?;
@@ -1204,6 +1237,35 @@ fn make_intermediate(
     params.use_authority_key_identifier_extension = true;
     let issuer = Issuer::from_ca_cert_der(root, root_key)?;
     Ok(params.signed_by(key, &issuer)?)
+}
+
+/// Parses and checks a manifest read from `path`.
+fn parse_manifest(text: &[u8], path: &Path) -> Result<Manifest, StoreError> {
+    let manifest: Manifest = serde_json::from_slice(text).map_err(|e| StoreError::Invalid {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    manifest.validate()?;
+    TrustDomain::new(&manifest.trust_domain).map_err(|e| StoreError::Invalid {
+        path: path.to_path_buf(),
+        reason: format!("trust domain: {e}"),
+    })?;
+    Ok(manifest)
+}
+
+/// Checks that `pem`, read from `path`, is the one certificate of authority `id`.
+fn check_names(pem: &[u8], path: &Path, id: &AuthorityId) -> Result<(), StoreError> {
+    let der = parse_one_certificate(pem, path)?;
+    let found = AuthorityId::of_certificate(&der)?;
+    if found != *id {
+        return Err(StoreError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!(
+                "holds the certificate of authority {found}, but the manifest names it for {id}"
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn parse_one_certificate(pem: &[u8], path: &Path) -> Result<CertificateDer<'static>, StoreError> {
@@ -1579,6 +1641,28 @@ mod tests {
         );
         assert_eq!(bundle_ids(&ca), vec![new_root.clone()]);
         assert_eq!(read_manifest(&ca).generation, first.generation + 3);
+    }
+
+    #[test]
+    fn a_certificate_file_must_hold_the_authority_its_entry_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CaDir::new(dir.path());
+        ca.init(&InitOptions::new(td())).unwrap();
+        ca.rotate_root(&RotateOptions::default()).unwrap();
+        let manifest = read_manifest(&ca);
+        let roots: Vec<&AuthorityEntry> = manifest.trusted_roots();
+        // The new root's file now holds the old root: the bundle would trust the wrong one.
+        fs::copy(
+            ca.path().join(&roots[0].cert),
+            ca.path().join(&roots[1].cert),
+        )
+        .unwrap();
+        let err = ca.load_authorities().err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("holds the certificate of authority"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -42,6 +42,8 @@ use crate::metrics::Metrics;
 /// First retry after a failed attempt; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest a taint may make a renewal wait, whatever spread the CA asks for.
+const MAX_TAINT_SPREAD: Duration = Duration::from_secs(3600);
 
 /// What the CA last said about tainted authorities, passed from the bundle refresh to the
 /// renewal loop.
@@ -69,9 +71,12 @@ impl Taint {
             .find(|id| self.tainted.contains(id))
     }
 
-    /// How long to wait before a forced renewal: uniform in [0, spread), at least `floor`.
+    /// How long to wait before a forced renewal: uniform in [0, spread), at least `floor`. The
+    /// spread comes from the CA; a sidecar bounds it, so that no answer can put a renewal off
+    /// for longer than an hour (or overflow a timer).
     fn delay(&self, floor: Duration) -> Duration {
-        round_to_millis(self.spread.mul_f64(random_unit())).max(floor)
+        let spread = self.spread.min(MAX_TAINT_SPREAD);
+        round_to_millis(spread.mul_f64(random_unit())).max(floor)
     }
 }
 
@@ -236,6 +241,9 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
         // The serial whose renewal a taint brought forward already, so that each bundle refresh
         // repeating the taint does not draw a new random time.
         let mut forced_for: Option<String> = None;
+        // Renewals in a row that came back under a tainted authority (a replica that has not
+        // reloaded): each waits twice as long as the one before, up to the usual backoff's cap.
+        let mut tainted_streak: u32 = 0;
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(next_attempt) => {}
@@ -301,8 +309,17 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
                     // A replica that has not yet noticed the taint may still sign under the
                     // tainted authority: valid, so kept, and renewed again after a spread.
                     let taint = taint.borrow().clone();
-                    if let Some(authority) = taint.of(&svid) {
-                        let at = tokio::time::Instant::now() + taint.delay(MIN_BACKOFF);
+                    let still_tainted = taint.of(&svid);
+                    tainted_streak = if still_tainted.is_some() {
+                        tainted_streak.saturating_add(1)
+                    } else {
+                        0
+                    };
+                    if let Some(authority) = still_tainted {
+                        let floor = MIN_BACKOFF
+                            .saturating_mul(1 << tainted_streak.min(5))
+                            .min(MAX_BACKOFF);
+                        let at = tokio::time::Instant::now() + taint.delay(floor);
                         if at < next_attempt {
                             next_attempt = at;
                             forced_for = Some(svid.serial.clone());
@@ -389,11 +406,20 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
         };
 
         if !issued.bundle.is_empty() {
+            // A certificate's answer carries no generation, and may come from a replica that
+            // lags behind one the bundle refresh already heard: it may add roots (the new root
+            // of the certificate it brings), never take one away. Removing is the refresh's.
+            let mut roots = self.trust.bundle().roots().to_vec();
+            for root in issued.bundle {
+                if !roots.contains(&root) {
+                    roots.push(root);
+                }
+            }
             apply_bundle(
                 &self.trust,
                 &self.metrics,
                 self.ca.bundle_cache.as_deref(),
-                issued.bundle,
+                roots,
             );
         }
         // The identity never changes while the sidecar runs.
@@ -588,10 +614,24 @@ fn apply_bundle(
 /// while it is written reads the old bundle or the new one, never half of one. A failure is
 /// logged: the sidecar runs on, and would start from `ca.trust_bundle` next time.
 fn write_bundle_cache(path: &Path, bundle: &TrustBundle) {
+    use std::io::Write;
+    // A new file of a random name, never one that exists: a link planted at a predictable
+    // name cannot make the sidecar write through it.
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(
+        ".{:016x}.tmp",
+        (random_unit() * (1u64 << 53) as f64) as u64
+    ));
     let tmp = std::path::PathBuf::from(tmp);
-    let written = std::fs::write(&tmp, bundle.to_pem()).and_then(|()| std::fs::rename(&tmp, path));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(bundle.to_pem().as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
     if let Err(e) = written {
         warn!(cache = %path.display(), error = %e, "cannot keep the trust bundle in ca.bundle_cache; a restart would start from ca.trust_bundle");
     }

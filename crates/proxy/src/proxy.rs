@@ -379,7 +379,20 @@ impl Proxy {
 /// annotation frozen when the pod was made — may hold only the old one. Anything wrong with it
 /// is said and the bootstrap bundle is used: the cache is an optimisation, never a reason not to
 /// start.
-fn cached_bundle(path: &std::path::Path, bootstrap: &TrustBundle) -> Option<TrustBundle> {
+fn cached_bundle(
+    path: &std::path::Path,
+    configured: &std::path::Path,
+    bootstrap: &TrustBundle,
+) -> Option<TrustBundle> {
+    // An operator who changed the configured bundle since (dropping a compromised root, say)
+    // means it: the cache is from before, so it yields.
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(cache), Some(configured_at)) = (modified(path), modified(configured))
+        && configured_at > cache
+    {
+        info!(cache = %path.display(), "ca.trust_bundle changed after the cached bundle was written; starting from ca.trust_bundle");
+        return None;
+    }
     let pem = match std::fs::read(path) {
         Ok(pem) => pem,
         // The first start of a pod: nothing cached yet.
@@ -413,7 +426,7 @@ pub fn load_trust_bundle(config: &ProxyConfig) -> Result<TrustBundle, ProxyError
     let pem = std::fs::read(bundle_path).map_err(|e| unusable(e.to_string()))?;
     let bootstrap = TrustBundle::from_pem(&pem, None).map_err(|e| unusable(e.to_string()))?;
     let bundle = match &config.ca.bundle_cache {
-        Some(cache) => cached_bundle(cache, &bootstrap).unwrap_or(bootstrap),
+        Some(cache) => cached_bundle(cache, bundle_path, &bootstrap).unwrap_or(bootstrap),
         None => bootstrap,
     };
     let trust_domain = bundle.trust_domain();
@@ -573,6 +586,10 @@ mod tests {
                 .unwrap()
                 .roots()
         );
+        // The configured bundle changed after the cache was written: the operator's word wins.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(dir.path().join("bundle.pem"), old.root_pem()).unwrap();
+        assert_eq!(roots(&rotated), roots(&first));
         // A cache of another trust domain, or not a bundle at all, is passed over.
         let foreign = TestCa::new("elsewhere.example");
         for bad in [foreign.root_pem(), "not PEM".to_string()] {

@@ -220,14 +220,33 @@ impl FromStr for Pkcs11Uri {
     }
 }
 
+/// The attribute names hush reads: showing one of them in an error reveals nothing.
+const KNOWN_ATTRIBUTES: &[&str] = &[
+    "token",
+    "object",
+    "type",
+    "module-path",
+    "pin-source",
+    "pin-value",
+];
+
 /// `name=value` pairs separated by `separator`; empty parts (a trailing `;`) are skipped.
 fn attributes(part: &str, separator: char) -> Result<Vec<(&str, &str)>, Pkcs11Error> {
     part.split(separator)
         .filter(|attr| !attr.is_empty())
         .map(|attr| {
             attr.split_once('=').ok_or_else(|| {
-                // Only the name before any `=` is shown: a value may be the PIN.
-                Pkcs11Error::InvalidUri(format!("`{attr}` is not of the form name=value"))
+                // A part without `=` may be the tail of a PIN that held a separator
+                // (`pin-value=12&34` splits into `pin-value=12` and `34`): it is never shown,
+                // except a known attribute's name, which cannot be secret.
+                let shown = if KNOWN_ATTRIBUTES.contains(&attr) {
+                    format!("`{attr}`")
+                } else {
+                    "a part".to_string()
+                };
+                Pkcs11Error::InvalidUri(format!(
+                    "{shown} is not of the form name=value (percent-encode `;`, `&` and `%` in values)"
+                ))
             })
         })
         .collect()
@@ -519,6 +538,9 @@ mod tests {
             "pkcs11:token=t;object=o?pin-value=s3cr3t&pin-value=s3cr3t",
             "pkcs11:token=t?pin-value=s3cr3t",
             "pkcs11:token=t;object=o?pin-value=s3cr3t&x=s3cr3t",
+            // An unencoded `&` in the PIN splits it; the tail is not a name=value pair.
+            "pkcs11:token=t;object=o?pin-value=12&s3cr3t",
+            "pkcs11:token=t;object=s3cr3t;o?pin-value=1",
         ] {
             let err = parse(bad).unwrap_err();
             assert!(!err.to_string().contains("s3cr3t"), "{err}");

@@ -278,15 +278,29 @@ pub(crate) async fn revoke(args: RevokeArgs) -> Result<()> {
     )
     .await?;
     for id in &change.authorities {
-        match change.manifest.get(id).and_then(|a| a.key_uri.as_deref()) {
-            Some(uri) => eprintln!(
-                "revoked {id}: it leaves the trust bundle; its key stays {}: delete it with the \
-                 token's own tool (hush never deletes an object from a token)",
-                in_token(uri)
-            ),
-            None => {
-                eprintln!("revoked {id}: it leaves the trust bundle and its key file is deleted")
+        let Some(entry) = change.manifest.get(id) else {
+            continue;
+        };
+        // Peers trust roots: a root leaves every bundle, an intermediate only stops renewing.
+        let effect = match entry.kind {
+            AuthorityKind::Root => "it leaves the trust bundle, and every chain under it with it",
+            AuthorityKind::Intermediate => {
+                "the CA no longer renews certificates under it; peers keep accepting them until \
+                 they expire, since they trust roots (a leaked intermediate key is cut off only \
+                 by rotating and revoking its root)"
             }
+        };
+        match entry.key_uri.as_deref() {
+            Some(uri) => eprintln!(
+                "revoked {kind} {id}: {effect}; its key stays {}: delete it with the token's own \
+                 tool (hush never deletes an object from a token)",
+                in_token(uri),
+                kind = entry.kind,
+            ),
+            None => eprintln!(
+                "revoked {kind} {id}: {effect}; its key file is deleted",
+                kind = entry.kind
+            ),
         }
     }
     eprintln!(

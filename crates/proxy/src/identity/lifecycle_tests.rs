@@ -742,3 +742,21 @@ async fn a_certificate_the_ca_refuses_at_the_handshake_falls_back_to_the_token()
     );
     assert_eq!(second.spiffe_id.as_str(), WORKLOAD);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_certificates_answer_adds_roots_but_never_takes_one_away() {
+    let mut sidecar = Sidecar::new();
+    sidecar.start();
+    let first = sidecar.certificate().await;
+    let original = sidecar.ca.bundle();
+    let new_root = sidecar.ca.rotate();
+    let second = sidecar.next_certificate(&first).await;
+    assert!(sidecar.trust.bundle().roots().contains(&new_root));
+    // A lagging replica answers the next renewal with the old bundle alone: the new root stays.
+    sidecar.ca.hand_out_bundle(original.clone());
+    sidecar.next_certificate(&second).await;
+    assert!(
+        sidecar.trust.bundle().roots().contains(&new_root),
+        "a renewal's answer took a root away"
+    );
+}
