@@ -220,6 +220,7 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
                 token_file: workdir.join("token"),
                 certificate_ttl: None,
                 bundle_refresh: Duration::from_secs(300),
+                reattest: None,
             },
             inbound: Some(InboundConfig {
                 listen: inbound_addrs[&service.name],

@@ -11,6 +11,17 @@
 //! When the CA taints an authority (`hush ca taint`), the bundle refresh learns of it and a
 //! certificate issued under that authority is renewed at once — after a random wait up to the
 //! CA's spread, so that a whole mesh does not call the CA in the same second.
+//!
+//! The bundle refresh also brings the CA's deny-list (`hush ca revoke-identity`), applied with
+//! the roots in one swap so that both verifiers refuse a revoked peer from the next handshake.
+//! A sidecar whose own certificate the list names renews at once: the CA refuses the
+//! certificate, so the token is tried, which gets a new certificate unless the identity or the
+//! token is revoked too (then the sidecar keeps serving with what it has until it expires).
+//!
+//! With `ca.reattest: always` (the default with a Kubernetes token) every renewal attests with
+//! the token instead of the certificate, as Istio's agents do; otherwise the token is sent only
+//! when the CA refuses the certificate, which it does once the identity was last attested
+//! longer ago than its `--reattest-after`.
 
 mod certifier;
 mod error;
@@ -24,7 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hush_identity::{CertificateSummary, SpiffeId, TrustBundle};
+use hush_identity::{CertificateSummary, Denial, DenyList, SpiffeId, TrustBundle};
 use hush_tls::rustls::client::danger::ServerCertVerifier;
 use hush_tls::{CredentialStore, ExpectedServer, SpiffeServerVerifier, TrustStore};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -36,29 +47,53 @@ use tracing::{Instrument, debug, info, warn};
 use self::certifier::{BundleUpdate, CaCertifier, CaError, Certifier, Issued};
 use self::error::AttemptError;
 use crate::clock::{system_time, unix_seconds};
-use crate::config::CaConfig;
+use crate::config::{CaConfig, Reattest};
 use crate::metrics::Metrics;
 
 /// First retry after a failed attempt; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// What the CA last said about tainted authorities, passed from the bundle refresh to the
-/// renewal loop.
+/// What the CA last said that can bring a renewal forward, passed from the bundle refresh to
+/// the renewal loop: tainted authorities, and the deny-list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Taint {
+struct Advice {
     /// IDs of tainted authorities.
     tainted: Arc<BTreeSet<String>>,
     /// Forced renewals wait a random time up to this first.
     spread: Duration,
+    /// The certificates the CA has revoked.
+    deny: Arc<DenyList>,
 }
 
-// === impl Taint ===
+// === impl Advice ===
 
-impl Taint {
+impl Advice {
+    /// Why `svid` must be renewed now, if it must: the reason for the metric, and the words.
+    fn renew_now(&self, svid: &Svid) -> Option<(&'static str, String)> {
+        if let Some(authority) = self.tainted_authority(svid) {
+            return Some((
+                "tainted",
+                format!("the CA tainted authority {authority} of its chain"),
+            ));
+        }
+        let denial = self.revoked(svid)?;
+        Some((
+            "revoked",
+            format!(
+                "the CA revoked it ({denial}); the CA refuses to renew it, so the token is tried"
+            ),
+        ))
+    }
+
+    /// Why the deny-list refuses `svid`, if it does.
+    fn revoked(&self, svid: &Svid) -> Option<Denial> {
+        self.deny.denies(svid.chain.first()?)
+    }
+
     /// The tainted authority `svid` was issued under, if any: an ID of a CA certificate of its
     /// chain.
-    fn of(&self, svid: &Svid) -> Option<String> {
+    fn tainted_authority(&self, svid: &Svid) -> Option<String> {
         if self.tainted.is_empty() {
             return None;
         }
@@ -222,41 +257,40 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
 
     /// Runs until `stop` is cancelled: first certificate, renewals, bundle refreshes.
     pub(crate) async fn run(self, stop: CancellationToken) {
-        let (taint_tx, mut taint) = watch::channel(Taint::default());
+        let (advice_tx, mut advice) = watch::channel(Advice::default());
         let refresh = tokio::spawn(refresh_bundle(
             self.certifier.clone(),
             self.ca.bundle_refresh,
             self.trust.clone(),
             self.metrics.clone(),
-            taint_tx,
+            advice_tx,
             stop.clone(),
         ));
         let mut backoff = MIN_BACKOFF;
         let mut next_attempt = tokio::time::Instant::now();
-        // The serial whose renewal a taint brought forward already, so that each bundle refresh
-        // repeating the taint does not draw a new random time.
+        // The serial whose renewal a taint or a revocation brought forward already, so that
+        // each bundle refresh repeating it does not draw a new random time.
         let mut forced_for: Option<String> = None;
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(next_attempt) => {}
-                Ok(()) = taint.changed() => {
-                    let taint = taint.borrow_and_update().clone();
+                Ok(()) = advice.changed() => {
+                    let advice = advice.borrow_and_update().clone();
                     let current = self.status.borrow().svid.clone();
                     if let Some(svid) = current
                         && forced_for.as_deref() != Some(svid.serial.as_str())
-                        && let Some(authority) = taint.of(&svid)
+                        && let Some((reason, why)) = advice.renew_now(&svid)
                     {
-                        let wait = taint.delay(Duration::ZERO);
+                        let wait = advice.delay(Duration::ZERO);
                         let at = tokio::time::Instant::now() + wait;
                         if at < next_attempt {
                             next_attempt = at;
                             forced_for = Some(svid.serial.clone());
-                            self.metrics.forced_renewal("tainted");
+                            self.metrics.forced_renewal(reason);
                             info!(
-                                %authority,
                                 serial = %svid.serial,
                                 in_ = %humantime::format_duration(wait),
-                                "renewing the workload certificate early: the CA tainted authority {authority} of its chain"
+                                "renewing the workload certificate early: {why}"
                             );
                         }
                     }
@@ -300,9 +334,9 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
                     next_attempt = instant_at(svid.renew_at, self.clock.now());
                     // A replica that has not yet noticed the taint may still sign under the
                     // tainted authority: valid, so kept, and renewed again after a spread.
-                    let taint = taint.borrow().clone();
-                    if let Some(authority) = taint.of(&svid) {
-                        let at = tokio::time::Instant::now() + taint.delay(MIN_BACKOFF);
+                    let advice = advice.borrow().clone();
+                    if let Some(authority) = advice.tainted_authority(&svid) {
+                        let at = tokio::time::Instant::now() + advice.delay(MIN_BACKOFF);
                         if at < next_attempt {
                             next_attempt = at;
                             forced_for = Some(svid.serial.clone());
@@ -357,7 +391,7 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
     }
 
     /// One attempt: renew with the current certificate while it is valid, otherwise (or if the
-    /// CA refuses that) attest with the token.
+    /// CA refuses that, or `ca.reattest` says always) attest with the token.
     async fn attempt(&self, current: Option<&Svid>) -> Result<Svid, AttemptError> {
         let key = rcgen::KeyPair::generate().map_err(AttemptError::KeyPair)?;
         let csr = rcgen::CertificateParams::default()
@@ -367,7 +401,7 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
             .to_vec();
         let valid_now = current.is_some_and(|svid| self.clock.now() < svid.not_after);
 
-        let issued = if valid_now {
+        let issued = if valid_now && self.reattest() == Reattest::WhenAsked {
             match self.certifier.renew(csr.clone()).await {
                 Ok(issued) => issued,
                 Err(CaError::Client(e)) => return Err(AttemptError::Client(e)),
@@ -389,7 +423,8 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
         };
 
         if !issued.bundle.is_empty() {
-            apply_bundle(&self.trust, &self.metrics, issued.bundle);
+            // Roots only: the deny-list comes with the bundle refresh, and is kept.
+            apply_bundle(&self.trust, &self.metrics, issued.bundle, None);
         }
         // The identity never changes while the sidecar runs.
         let expected = match current {
@@ -404,6 +439,18 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
             )
             .map_err(AttemptError::Unusable)?;
         Ok(svid)
+    }
+
+    /// Whether renewals send the token: `ca.reattest`, or when unset, what the token file
+    /// holds now (a Kubernetes token: always; a join token, or none yet: when the CA asks).
+    fn reattest(&self) -> Reattest {
+        self.ca
+            .reattest
+            .unwrap_or_else(|| match read_token(&self.ca.token_file) {
+                Ok(token) => Reattest::for_token(&token),
+                // Nothing to send yet: the certificate is all there is.
+                Err(_) => Reattest::WhenAsked,
+            })
     }
 
     /// Attestation with the token, read from its file now: a rotated token is picked up.
@@ -506,10 +553,13 @@ async fn refresh_bundle<C: Certifier>(
     every: Duration,
     trust: TrustStore,
     metrics: Metrics,
-    taint: watch::Sender<Taint>,
+    advice: watch::Sender<Advice>,
     stop: CancellationToken,
 ) {
     let mut newest = 0;
+    // The deny-list has a generation of its own: a replica can be current on one and lag on
+    // the other.
+    let mut newest_deny = 0;
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
@@ -527,14 +577,32 @@ async fn refresh_bundle<C: Certifier>(
                 generation,
                 tainted,
                 renew_spread,
+                deny,
+                deny_generation,
             }) => {
                 newest = generation;
-                apply_bundle(&trust, &metrics, roots);
-                let next = Taint {
+                let deny = match deny {
+                    Some(_) if deny_generation < newest_deny => {
+                        debug!(
+                            deny_generation,
+                            newest_deny,
+                            "ignoring a deny-list of an older generation (a lagging CA replica)"
+                        );
+                        None
+                    }
+                    Some(deny) => {
+                        newest_deny = deny_generation;
+                        Some(deny)
+                    }
+                    None => None,
+                };
+                apply_bundle(&trust, &metrics, roots, deny);
+                let next = Advice {
                     tainted: Arc::new(tainted),
                     spread: renew_spread,
+                    deny: trust.deny_list(),
                 };
-                taint.send_if_modified(|current| {
+                advice.send_if_modified(|current| {
                     let changed = *current != next;
                     *current = next;
                     changed
@@ -549,7 +617,14 @@ async fn refresh_bundle<C: Certifier>(
     }
 }
 
-fn apply_bundle(trust: &TrustStore, metrics: &Metrics, roots: Vec<CertificateDer<'static>>) {
+/// Puts the CA's roots, and its deny-list when it sent one, in force together (both verifiers
+/// see them from the next handshake on). A bundle that cannot be used leaves both as they are.
+fn apply_bundle(
+    trust: &TrustStore,
+    metrics: &Metrics,
+    roots: Vec<CertificateDer<'static>>,
+    deny: Option<DenyList>,
+) {
     let bundle = match TrustBundle::new(trust.trust_domain(), roots) {
         Ok(bundle) => bundle,
         Err(e) => {
@@ -557,13 +632,30 @@ fn apply_bundle(trust: &TrustStore, metrics: &Metrics, roots: Vec<CertificateDer
             return;
         }
     };
-    match trust.replace(bundle) {
+    let roots_changed = bundle.roots() != trust.bundle().roots();
+    let deny_changed = deny
+        .as_ref()
+        .is_some_and(|deny| *deny != *trust.deny_list());
+    let entries = deny.as_ref().map(DenyList::len);
+    let result = match deny {
+        Some(deny) => trust.update(bundle, deny),
+        None => trust.replace(bundle),
+    };
+    match result {
         Ok(true) => {
-            metrics.bundle_updated();
-            info!(
-                roots = trust.bundle().roots().len(),
-                "trust bundle updated from the CA"
-            );
+            if roots_changed {
+                metrics.bundle_updated();
+                info!(
+                    roots = trust.bundle().roots().len(),
+                    "trust bundle updated from the CA"
+                );
+            }
+            if deny_changed {
+                info!(
+                    entries = entries.unwrap_or_default(),
+                    "deny-list updated from the CA: new handshakes refuse what it revokes"
+                );
+            }
         }
         Ok(false) => {}
         Err(e) => warn!(error = %e, "refused the CA's trust bundle; keeping the current one"),
