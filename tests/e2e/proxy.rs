@@ -922,6 +922,7 @@ async fn revoked_identity_is_refused_by_the_ca_and_the_inbound_sidecar() {
         None,
     ))
     .await
+    .map(|issued| issued.serial)
     .expect_err("a revoked identity is not issued for");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(

@@ -138,7 +138,7 @@ fn flag_duration(limit: Duration) -> String {
 
 /// Bytes from the even-length lowercase hex a certificate summary prints.
 fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     (0..hex.len())

@@ -761,13 +761,16 @@ mod tests {
             r.lift(&frontend(), T0 + 60).unwrap();
             r
         };
-        let rows: Vec<(
-            &str,
+        /// (what is revoked, the revocations, the token presented, the certificate
+        /// presented, the refusal's first words)
+        type Row<'a> = (
+            &'a str,
             Revocations,
-            Option<&str>,
-            Option<&PresentedCertificate>,
-            Option<&str>,
-        )> = vec![
+            Option<&'a str>,
+            Option<&'a PresentedCertificate>,
+            Option<&'a str>,
+        );
+        let rows: Vec<Row<'_>> = vec![
             (
                 "the identity, to a token",
                 revoke(frontend()),
