@@ -292,6 +292,21 @@ fn create_token(args: TokenCreateArgs) -> Result<()> {
             bundle.trust_domain()
         );
     }
+    // A revoked identity's token is refused at use; better to say so now.
+    if let Some(revoked) = dir
+        .revocations()
+        .ok()
+        .and_then(|r| r.revoked_id(&spiffe_id).cloned())
+    {
+        eprintln!(
+            "warning: {spiffe_id} is revoked (since {}): the CA refuses this token until \
+             `hush ca revoke-identity --spiffe-id {spiffe_id} --lift`",
+            utc_second(
+                time::OffsetDateTime::from_unix_timestamp(revoked.revoked_at)
+                    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+            )
+        );
+    }
     let minted = JoinTokenStore::new(dir.tokens_dir()).mint(&spiffe_id, args.ttl, args.reusable)?;
     eprintln!(
         "join token {} for {} ({}, expires {})",
@@ -490,6 +505,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         intermediate = %current.intermediate_id(),
         intermediate_expires = %utc_second(current.authority().intermediate_not_after()),
         roots = current.authority().bundle().roots().len(),
+        revocations = current.revocations().generation,
+        reattest_after = %humantime::format_duration(args.reattest_after),
         kubernetes = kubernetes.is_some(),
         "CA ready"
     );
