@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use hush_ca::{Authority, CaDir, InitOptions, IssuancePolicy, JoinTokenStore, VerifiedCsr};
+use hush_ca::{
+    Authority, CaDir, InitOptions, IssuancePolicy, JoinTokenStore, Lineage, VerifiedCsr,
+};
 use hush_ca_client::CaClient;
 use hush_identity::{SpiffeId, TrustDomain};
 
@@ -156,7 +158,12 @@ fn ca(args: CaArgs) -> Result<()> {
                 let mut i = t;
                 while !stop.load(Ordering::Relaxed) {
                     let csr = VerifiedCsr::parse(&csrs[i % csrs.len()])?;
-                    authority.issue(&csr, &id, None)?;
+                    // What a join-token issuance writes: a fresh attestation record.
+                    let lineage = Lineage::Attested {
+                        method: hush_identity::AttestationMethod::JoinToken,
+                        token_id: None,
+                    };
+                    authority.issue(&csr, &id, None, &lineage, None)?;
                     issued.fetch_add(1, Ordering::Relaxed);
                     i += threads;
                 }

@@ -2820,3 +2820,209 @@ fn ca_serve_names_a_metrics_address_it_cannot_listen_on() {
         "{stderr}"
     );
 }
+// === 17. Identity revocation and the attestation record ===
+
+#[tokio::test]
+async fn a_revoked_serial_cuts_its_renewals_and_the_deny_list_says_so() {
+    let ca = Ca::start(&["--reload-interval", "1s"]);
+    let client = ca.client();
+    let (first, first_key) = issue_with_token(&ca, &client, FRONTEND).await;
+    let token_record = hush_identity::AttestationRecord::of_certificate(&first.cert_chain[0])
+        .expect("a readable record")
+        .expect("every certificate carries one");
+    assert_eq!(
+        hush_identity::serial_hex(&token_record.origin_serial),
+        first.serial
+    );
+    assert_eq!(
+        token_record.method,
+        hush_identity::AttestationMethod::JoinToken
+    );
+
+    // A renewal copies the record: the same origin, the same attestation time.
+    let renewing = CaClient::with_identity(
+        ca.url(),
+        ca.roots(),
+        identity_of(chain_of(&first), first_key),
+    )
+    .expect("a client with an identity");
+    let csr = plain_csr(CsrKeyKind::EcdsaP256);
+    let second = within(renewing.renew(csr.der.clone(), None))
+        .await
+        .expect("renewed");
+    let renewed_record = hush_identity::AttestationRecord::of_certificate(&second.cert_chain[0])
+        .expect("a readable record")
+        .expect("a record");
+    assert_eq!(renewed_record, token_record);
+    let issued = ca.audit();
+    let last = issued.last().expect("audit lines");
+    assert_eq!(last["renewed_from"], first.serial.as_str());
+    assert_eq!(last["origin_serial"], first.serial.as_str());
+    assert!(last["attested_at"].is_string(), "{last}");
+
+    // Revoking the first serial cuts the second, renewed from it.
+    let words = ca_command_ok(
+        &ca.dir,
+        &[
+            "revoke-identity",
+            "--serial",
+            &first.serial,
+            "--reason",
+            "key leaked",
+        ],
+    );
+    assert!(
+        words.contains("and every certificate renewed from it"),
+        "{words}"
+    );
+    let under_second = CaClient::with_identity(
+        ca.url(),
+        ca.roots(),
+        identity_of(
+            chain_of(&second),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(csr.key.serialize_der())),
+        ),
+    )
+    .expect("a client with an identity");
+    let refusal = eventually("the CA refuses the renewal", || async {
+        within(under_second.renew(plain_csr(CsrKeyKind::EcdsaP256).der, None))
+            .await
+            .err()
+    })
+    .await;
+    assert_eq!(refusal.code(), Code::PermissionDenied, "{refusal:?}");
+    assert!(
+        refusal.message().starts_with(&format!(
+            "certificate {} was renewed from certificate {}, which is revoked (hush ca \
+             revoke-identity on ",
+            second.serial, first.serial
+        )) && refusal.message().contains("key leaked")
+            && refusal
+                .message()
+                .contains("present a token for a new certificate"),
+        "{}",
+        refusal.message()
+    );
+    // A token still works for the identity: only that line is revoked.
+    issue_with_token(&ca, &client, FRONTEND).await;
+
+    // The deny-list comes with the bundle, with its own generation.
+    let bundle = within(client.trust_bundle()).await.expect("the bundle");
+    let deny = bundle.deny.expect("a deny-list");
+    assert_eq!(deny.serials, vec![first.serial.clone()]);
+    assert_eq!(bundle.deny_generation, 1);
+
+    // Listed, with why.
+    let listed = ca_command(&ca.dir, &["revocations", "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    assert_eq!(listed["generation"], 1);
+    assert_eq!(listed["entries"][0]["kind"], "serial");
+    assert_eq!(listed["entries"][0]["target"], first.serial.as_str());
+    assert_eq!(listed["entries"][0]["reason"], "key leaked");
+    let table = String::from_utf8_lossy(&ca_command(&ca.dir, &["revocations"]).stdout).into_owned();
+    assert!(
+        table.contains(&first.serial) && table.contains("key leaked"),
+        "{table}"
+    );
+
+    // Twice is refused; lifted, the line renews again.
+    let twice = ca_command(&ca.dir, &["revoke-identity", "--serial", &first.serial]);
+    assert!(
+        !twice.status.success()
+            && String::from_utf8_lossy(&twice.stderr).contains("is already revoked"),
+        "{}",
+        describe_output(&twice)
+    );
+    ca_command_ok(
+        &ca.dir,
+        &["revoke-identity", "--serial", &first.serial, "--lift"],
+    );
+    eventually("the lifted line renews", || async {
+        within(under_second.renew(plain_csr(CsrKeyKind::EcdsaP256).der, None))
+            .await
+            .ok()
+    })
+    .await;
+
+    let audit = ca.audit();
+    let revoked = audit
+        .iter()
+        .find(|l| l["event"] == "identity_revoked")
+        .expect("a revocation line");
+    assert_eq!(revoked["serial"], first.serial.as_str());
+    assert_eq!(revoked["api"], "hush.ca.admin");
+    assert!(revoked["actor"].as_str().is_some_and(|a| a.contains('@')));
+    assert!(
+        audit
+            .iter()
+            .any(|l| l["event"] == "identity_revocation_lifted"),
+        "no lift in the audit log"
+    );
+    assert!(
+        audit.iter().any(|l| l["event"] == "refused"
+            && l["renewed_from"] == second.serial.as_str()
+            && l["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("which is revoked"))),
+        "no refusal naming the revoked line"
+    );
+}
+
+#[test]
+fn revoke_identity_refuses_what_cannot_be_revoked() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path().join("ca");
+    init_ca(&dir, &[]);
+    for (args, words) in [
+        (
+            vec![
+                "revoke-identity",
+                "--spiffe-id",
+                "spiffe://elsewhere.test/a",
+            ],
+            "not in this CA's trust domain e2e.test",
+        ),
+        (
+            vec!["revoke-identity", "--serial", "47g0"],
+            "is not a certificate serial number",
+        ),
+        (
+            vec![
+                "revoke-identity",
+                "--join-token",
+                "hushjt.0123456789abcdef.secret",
+            ],
+            "is not a join token id",
+        ),
+        (
+            vec!["revoke-identity", "--spiffe-id", FRONTEND, "--lift"],
+            "is not revoked, so there is nothing to lift",
+        ),
+        (vec!["revoke-identity"], "--spiffe-id"),
+        (
+            vec![
+                "revoke-identity",
+                "--spiffe-id",
+                FRONTEND,
+                "--serial",
+                "47b0",
+            ],
+            "cannot be used with",
+        ),
+    ] {
+        let out = ca_command(&dir, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(words),
+            "{args:?}: {}",
+            describe_output(&out)
+        );
+    }
+    // A join token: revoked, and its record gone.
+    let token = mint_token(HUSH, &dir, FRONTEND, &[]);
+    let id = token.split('.').nth(1).expect("an id");
+    let words = ca_command_ok(&dir, &["revoke-identity", "--join-token", id]);
+    assert!(words.contains("its record was deleted"), "{words}");
+    let listed = String::from_utf8_lossy(&ca_command(&dir, &["token", "list"]).stdout).into_owned();
+    assert!(!listed.contains(id), "{listed}");
+}

@@ -797,6 +797,291 @@ fn a_sidecar_waits_for_the_ca_and_is_not_ready_until_then() {
     assert!(why.contains(BACKEND), "{why}");
 }
 
+// === 3b. revocation and re-attestation ===
+
+/// `hush ca revoke-identity --dir DIR ARGS…`; returns what it printed on stderr.
+#[track_caller]
+fn revoke_identity(ca_dir: &Path, args: &[&str]) -> String {
+    let mut all = vec!["ca", "revoke-identity", "--dir", path_str(ca_dir)];
+    all.extend_from_slice(args);
+    let out = run_hush(HUSH, &all);
+    assert!(
+        out.status.success(),
+        "hush ca revoke-identity {args:?} failed:\n{}",
+        describe_output(&out)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// One HTTP/1.1 request over `listener`, an opaque TCP outbound listener: a new mutual-TLS
+/// connection to the peer sidecar each time. The response's first line, or why there is none.
+async fn call_over_new_connection(listener: SocketAddr) -> Result<String, String> {
+    let exchange = async {
+        let mut tcp = TcpStream::connect(listener)
+            .await
+            .map_err(|e| e.to_string())?;
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: backend\r\nconnection: close\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        let _ = tcp.read_to_end(&mut response).await;
+        let text = String::from_utf8_lossy(&response);
+        match text.lines().next() {
+            Some(line) if !line.is_empty() => Ok(line.to_string()),
+            _ => Err("the connection closed without an answer".to_string()),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .unwrap_or_else(|_| Err("no answer within 10 s".to_string()))
+}
+
+/// Calls through `listener` until the answer is (`ok`) or is not (`!ok`) a 200.
+async fn wait_for_calls(what: &str, listener: SocketAddr, ok: bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let answer = call_over_new_connection(listener).await;
+        let passed = answer.as_deref().is_ok_and(|line| line.contains(" 200 "));
+        if passed == ok {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}; last answer: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What a sidecar's `/certs` says of its last failed attempt.
+fn last_error(proxy: &ProxyProcess) -> Option<String> {
+    let (_, body) = http_request(proxy.admin(), "GET", "/certs");
+    json(&body)["last_error"].as_str().map(str::to_owned)
+}
+
+fn audit_of(ca_dir: &Path) -> Vec<serde_json::Value> {
+    fs::read_to_string(ca_dir.join("audit.log"))
+        .expect("the audit log")
+        .lines()
+        .map(json)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_identity_is_refused_by_the_ca_and_the_inbound_sidecar() {
+    let mesh = Mesh::start(MeshSpec {
+        ca_args: vec!["--reload-interval", "1s"],
+        sidecars: edit(|c: &mut ProxyConfig| c.ca.bundle_refresh = Duration::from_secs(1)),
+        more_outbound: vec![(BACKEND, Protocol::Tcp)],
+        ..MeshSpec::default()
+    })
+    .await;
+    let through = mesh.frontend.outbound(1);
+    let revoked = "hush_handshake_failures_total{direction=\"inbound\",step=\"certificate \
+                   chain\",reason=\"revoked\"}";
+    assert_eq!(
+        call_over_new_connection(through).await.as_deref(),
+        Ok("HTTP/1.1 200 OK")
+    );
+    assert_eq!(metric(&metrics_of(&mesh.backend), revoked), 0.0);
+
+    // 1. By SPIFFE ID: within a reload and a bundle refresh, the backend refuses new
+    // connections from the frontend, and says why.
+    let words = revoke_identity(
+        &mesh.ca_dir,
+        &[
+            "--spiffe-id",
+            FRONTEND,
+            "--reason",
+            "e2e: frontend compromised",
+        ],
+    );
+    assert!(words.contains(&format!("revoked {FRONTEND}")), "{words}");
+    wait_for_calls("the backend to refuse the frontend", through, false).await;
+    let backend = &mesh.backend;
+    tokio::task::block_in_place(|| {
+        wait_until("a refusal counted as revoked", || {
+            metric(&metrics_of(backend), revoked) >= 1.0
+        });
+    });
+    backend
+        .wait_for_log(
+            &[
+                "refused an inbound connection",
+                "is revoked for certificates issued before",
+            ],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    // The CA refuses the identity: with a new token…
+    let client =
+        hush_ca_client::CaClient::new(mesh.ca.url(), mesh.bundle().roots()).expect("a CA client");
+    let token = hush_test_support::mint_token(HUSH, &mesh.ca_dir, FRONTEND, &[]);
+    let refused = within(client.certify(
+        &token,
+        hush_test_support::plain_csr(hush_test_support::CsrKeyKind::EcdsaP256).der,
+        None,
+    ))
+    .await
+    .map(|issued| issued.serial)
+    .expect_err("a revoked identity is not issued for");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().starts_with(&format!(
+            "{FRONTEND} is revoked (hush ca revoke-identity on "
+        )) && refused.message().contains("e2e: frontend compromised"),
+        "{}",
+        refused.message()
+    );
+    // …and the frontend's own renewal with its certificate: it renews at once on seeing its
+    // certificate on the deny-list, and is told why.
+    let frontend = &mesh.frontend;
+    tokio::task::block_in_place(|| {
+        wait_until("the frontend's renewal to be refused", || {
+            last_error(frontend).is_some_and(|e| {
+                e.contains("PermissionDenied") && e.contains("is revoked (hush ca revoke-identity")
+            })
+        });
+    });
+    assert_eq!(
+        metric(
+            &metrics_of(frontend),
+            "hush_certificate_forced_renewals_total{reason=\"revoked\"}"
+        ),
+        1.0
+    );
+
+    // 2. Lifted, the identity attests again with a new token; the certificate it gets is
+    // accepted, though issued seconds after the revocation (no back-dating past it).
+    revoke_identity(&mesh.ca_dir, &["--spiffe-id", FRONTEND, "--lift"]);
+    let token = hush_test_support::mint_token(HUSH, &mesh.ca_dir, FRONTEND, &[]);
+    let token_id = token
+        .split('.')
+        .nth(1)
+        .expect("hushjt.<id>.<secret>")
+        .to_owned();
+    fs::write(
+        mesh.temp.path().join("frontend/token"),
+        format!("{token}\n"),
+    )
+    .unwrap();
+    wait_for_calls("the frontend to be accepted again", through, true).await;
+
+    // 3. By the join token it attested with: refused again, and the CA refuses to renew.
+    let before = metric(&metrics_of(backend), revoked);
+    revoke_identity(&mesh.ca_dir, &["--join-token", &token_id]);
+    wait_for_calls("the backend to refuse the frontend again", through, false).await;
+    tokio::task::block_in_place(|| {
+        wait_until("another refusal counted as revoked", || {
+            metric(&metrics_of(backend), revoked) > before
+        });
+        wait_until("the frontend's renewal to be refused for its token", || {
+            last_error(frontend).is_some_and(|e| {
+                e.contains(&format!("join token {token_id}")) && e.contains("is revoked")
+            })
+        });
+    });
+
+    let audit = audit_of(&mesh.ca_dir);
+    let events: Vec<&str> = audit.iter().filter_map(|l| l["event"].as_str()).collect();
+    for event in [
+        "identity_revoked",
+        "identity_revocation_lifted",
+        "revocations_loaded",
+    ] {
+        assert!(events.contains(&event), "no {event} in {events:?}");
+    }
+    let revocation = audit
+        .iter()
+        .find(|l| l["event"] == "identity_revoked")
+        .unwrap();
+    assert_eq!(revocation["spiffe_id"], FRONTEND);
+    assert_eq!(revocation["reason"], "e2e: frontend compromised");
+    assert!(
+        revocation["actor"]
+            .as_str()
+            .is_some_and(|a| a.contains('@'))
+    );
+    assert!(
+        audit.iter().any(|l| l["event"] == "refused"
+            && l["code"] == "PermissionDenied"
+            && l["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("is revoked"))),
+        "no refusal for revocation in the audit log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_past_the_reattestation_limit_need_the_token() {
+    // One-minute certificates renewed at about half-life, attestations good for 5 s.
+    let mesh = Mesh::start(MeshSpec {
+        ca_args: vec!["--reattest-after", "5s", "--max-ttl", "1m"],
+        ..MeshSpec::default()
+    })
+    .await;
+    let first = serial_of(&mesh.backend);
+    // The backend's single-use join token is spent; its file is emptied.
+    let token_file = mesh.temp.path().join("backend/token");
+    fs::write(&token_file, "").unwrap();
+
+    // At half-life the CA refuses the renewal with the certificate and asks for the token,
+    // which is not there: the sidecar says what to do, and keeps serving.
+    let backend = &mesh.backend;
+    let error = tokio::task::block_in_place(|| {
+        let mut error = None;
+        wait_until("a renewal refused for its old attestation", || {
+            error = last_error(backend).filter(|e| e.contains("present the token again"));
+            error.is_some()
+        });
+        error.unwrap()
+    });
+    assert!(
+        error.contains(&format!("{BACKEND} was last attested "))
+            && error.contains("more than this CA's --reattest-after 5s")
+            && error.contains("ca.token_file")
+            && error.contains("is empty"),
+        "{error}"
+    );
+    assert_eq!(serial_of(backend), first);
+    let (status, body) = get(mesh.to_backend(), "/", &[]).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A new token: the next retry attests with it, and the line starts again.
+    let token = hush_test_support::mint_token(HUSH, &mesh.ca_dir, BACKEND, &[]);
+    fs::write(&token_file, format!("{token}\n")).unwrap();
+    tokio::task::block_in_place(|| {
+        wait_until("a certificate from the new token", || {
+            serial_of(backend) != first && last_error(backend).is_none()
+        });
+    });
+    let audit = audit_of(&mesh.ca_dir);
+    let refusal = audit
+        .iter()
+        .find(|l| {
+            l["event"] == "refused"
+                && l["spiffe_id"] == BACKEND
+                && l["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("--reattest-after 5s"))
+        })
+        .expect("the refusal is audited");
+    assert_eq!(refusal["code"], "Unauthenticated");
+    assert_eq!(refusal["attestation"], "x509_svid");
+    assert!(refusal["renewed_from"].is_string(), "{refusal}");
+    assert!(refusal["attested_at"].is_string(), "{refusal}");
+    let reattested = audit
+        .iter()
+        .rev()
+        .find(|l| l["event"] == "issued" && l["spiffe_id"] == BACKEND)
+        .expect("an issuance");
+    assert_eq!(reattested["attestation"], "join_token");
+    assert_eq!(
+        reattested["origin_serial"], reattested["serial"],
+        "a token starts a new line: {reattested}"
+    );
+}
+
 // === 4. operations ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

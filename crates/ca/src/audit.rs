@@ -40,6 +40,12 @@ pub enum AuditEvent {
     AuthoritiesLoaded,
     /// A running CA refused what its directory holds and kept the set in force.
     ReloadRefused,
+    /// An identity, a certificate or a join token was revoked (`hush ca revoke-identity`).
+    IdentityRevoked,
+    /// A revocation was lifted (`hush ca revoke-identity --lift`).
+    IdentityRevocationLifted,
+    /// A running CA put another set of revocations in force.
+    RevocationsLoaded,
 }
 
 /// One line of the audit log.
@@ -63,9 +69,20 @@ pub struct AuditRecord {
     /// The identity issued (or attested before a refusal).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spiffe_id: Option<String>,
-    /// Serial of the issued certificate, hex.
+    /// Serial of the issued certificate, hex (or, for a revocation, of the revoked one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
+    /// When the identity of the issued certificate was last attested (RFC 3339): now for a
+    /// token, copied from the certificate presented for a renewal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attested_at: Option<String>,
+    /// The serial of the certificate issued at that attestation, which names the whole line
+    /// of renewals since (what `hush ca revoke-identity --serial` revokes at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin_serial: Option<String>,
+    /// For a renewal, the serial of the certificate presented.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renewed_from: Option<String>,
     /// NotAfter of the issued certificate (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_after: Option<String>,
@@ -81,7 +98,8 @@ pub struct AuditRecord {
     /// `root` or `intermediate`, with `authority`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<&'static str>,
-    /// The authorities manifest's generation after the change.
+    /// The generation after the change: of the authorities manifest, or of the revocations
+    /// for `identity_revoked`, `identity_revocation_lifted` and `revocations_loaded`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
     /// Whether a safety wait was skipped with `--force`.
@@ -104,6 +122,9 @@ impl AuditRecord {
             token_id: None,
             spiffe_id: None,
             serial: None,
+            attested_at: None,
+            origin_serial: None,
+            renewed_from: None,
             not_after: None,
             code: None,
             reason: None,

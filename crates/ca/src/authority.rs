@@ -3,15 +3,18 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use hush_identity::{SpiffeId, TrustBundle, TrustDomain};
+use hush_identity::{
+    ATTESTATION_OID_ARCS, AttestationError, AttestationRecord, SpiffeId, TrustBundle, TrustDomain,
+};
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, SerialNumber,
+    CertificateParams, CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
 use crate::csr::VerifiedCsr;
+use crate::lineage::Lineage;
 use crate::signing_key::CaKey;
 
 /// How long the certificates the CA issues live.
@@ -71,6 +74,8 @@ pub struct IssuedSvid {
     pub not_after: OffsetDateTime,
     /// Serial number, lowercase hex.
     pub serial_hex: String,
+    /// The attestation record written into it.
+    pub attestation: AttestationRecord,
 }
 
 /// The CA could not be set up, or could not sign.
@@ -103,6 +108,9 @@ pub enum AuthorityError {
     /// rcgen could not build or sign the certificate.
     #[error("cannot build the certificate: {0}")]
     Sign(#[from] rcgen::Error),
+    /// The attestation record cannot be written (a renewal presented one that cannot be).
+    #[error("cannot write the certificate's attestation record: {0}")]
+    Attestation(#[from] AttestationError),
 }
 
 /// Signs X.509-SVIDs with the intermediate. Cheap to share behind an `Arc`.
@@ -183,11 +191,18 @@ impl Authority {
     }
 
     /// Issues an X.509-SVID for `id` over the key of `csr`. The CSR's own names are ignored.
+    ///
+    /// The certificate records how its identity was attested (`lineage`, in a non-critical
+    /// extension). Its notBefore is back-dated, but never before `not_before_floor` (Unix
+    /// seconds): the time a revocation of `id` was made, so that a certificate issued after the
+    /// revocation was lifted is not among the ones it still refuses.
     pub fn issue(
         &self,
         csr: &VerifiedCsr,
         id: &SpiffeId,
         requested_ttl: Option<Duration>,
+        lineage: &Lineage,
+        not_before_floor: Option<i64>,
     ) -> Result<IssuedSvid, AuthorityError> {
         if !id.is_member_of(&self.trust_domain) {
             return Err(AuthorityError::ForeignIdentity {
@@ -198,17 +213,38 @@ impl Authority {
         if id.path().is_empty() {
             return Err(AuthorityError::NoWorkloadPath(id.clone()));
         }
-        let mut params = self.leaf_params(requested_ttl);
+        let now = OffsetDateTime::now_utc();
+        let mut params = self.leaf_params(now, requested_ttl);
+        if let Some(floor) =
+            not_before_floor.and_then(|f| OffsetDateTime::from_unix_timestamp(f).ok())
+        {
+            params.not_before = params.not_before.max(floor);
+        }
         params.subject_alt_names = vec![SanType::URI(id.as_str().try_into()?)];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        let serial_hex = hex(&params
+        let serial = params
             .serial_number
             .as_ref()
             .map(|s| s.to_bytes())
-            .unwrap_or_default());
+            .unwrap_or_default();
+        let attestation = match lineage {
+            Lineage::Attested { method, token_id } => AttestationRecord {
+                attested_at: now.unix_timestamp(),
+                method: *method,
+                origin_serial: serial.clone(),
+                token_id: token_id.clone(),
+            },
+            Lineage::Renewed(record) => record.clone(),
+        };
+        params
+            .custom_extensions
+            .push(CustomExtension::from_oid_content(
+                ATTESTATION_OID_ARCS,
+                attestation.to_der()?,
+            ));
         let (not_before, not_after) = (params.not_before, params.not_after);
         let leaf = params.signed_by(csr, &self.issuer)?;
         Ok(IssuedSvid {
@@ -216,7 +252,8 @@ impl Authority {
             chain: vec![leaf.der().clone(), self.intermediate.clone()],
             not_before,
             not_after,
-            serial_hex,
+            serial_hex: hex(&serial),
+            attestation,
         })
     }
 
@@ -231,7 +268,7 @@ impl Authority {
         lifetime: Duration,
     ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), AuthorityError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = self.leaf_params(Some(lifetime));
+        let mut params = self.leaf_params(OffsetDateTime::now_utc(), Some(lifetime));
         // The server certificate is not a workload identity; its lifetime is set by the caller.
         params.not_after = (OffsetDateTime::now_utc() + lifetime).min(self.intermediate_not_after);
         let mut sans = Vec::with_capacity(dns_names.len() + ips.len());
@@ -249,8 +286,11 @@ impl Authority {
         Ok((vec![cert.der().clone(), self.intermediate.clone()], key))
     }
 
-    fn leaf_params(&self, requested_ttl: Option<Duration>) -> CertificateParams {
-        let now = OffsetDateTime::now_utc();
+    fn leaf_params(
+        &self,
+        now: OffsetDateTime,
+        requested_ttl: Option<Duration>,
+    ) -> CertificateParams {
         let lifetime = self.policy.lifetime_for(requested_ttl);
         let mut params = CertificateParams::default();
         params.not_before = now - self.policy.backdate;
@@ -327,6 +367,58 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn by_token() -> Lineage {
+        Lineage::Attested {
+            method: hush_identity::AttestationMethod::JoinToken,
+            token_id: Some("0123456789abcdef".into()),
+        }
+    }
+
+    #[test]
+    fn every_certificate_records_its_attestation() {
+        let (_dir, authority) = authority(IssuancePolicy::default());
+        let who = id("spiffe://example.org/ns/shop/sa/frontend");
+        let before = OffsetDateTime::now_utc().unix_timestamp();
+        let first = authority
+            .issue(&csr(), &who, None, &by_token(), None)
+            .unwrap();
+        let record = AttestationRecord::of_certificate(&first.chain[0])
+            .unwrap()
+            .expect("a record");
+        assert_eq!(record, first.attestation);
+        assert!((before..=before + 5).contains(&record.attested_at));
+        assert_eq!(hex(&record.origin_serial), first.serial_hex, "its own line");
+        assert_eq!(record.token_id.as_deref(), Some("0123456789abcdef"));
+        // Non-critical: it is an X.509-SVID still, for verifiers that do not know it.
+        hush_identity::check_leaf_svid(&first.chain[0]).unwrap();
+
+        let renewed = authority
+            .issue(&csr(), &who, None, &Lineage::Renewed(record.clone()), None)
+            .unwrap();
+        assert_ne!(renewed.serial_hex, first.serial_hex);
+        assert_eq!(
+            AttestationRecord::of_certificate(&renewed.chain[0]).unwrap(),
+            Some(record),
+            "copied unchanged"
+        );
+    }
+
+    #[test]
+    fn back_dating_stops_at_the_floor() {
+        let (_dir, authority) = authority(IssuancePolicy::default());
+        let who = id("spiffe://example.org/a");
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let floor = now - 60;
+        let svid = authority
+            .issue(&csr(), &who, None, &by_token(), Some(floor))
+            .unwrap();
+        assert_eq!(svid.not_before.unix_timestamp(), floor);
+        let old_floor = authority
+            .issue(&csr(), &who, None, &by_token(), Some(now - 3600))
+            .unwrap();
+        assert!(old_floor.not_before.unix_timestamp() <= now - 4 * 60);
+    }
+
     #[test]
     fn writes_the_attested_identity_not_the_requested_names() {
         let (_dir, authority) = authority(IssuancePolicy::default());
@@ -334,6 +426,8 @@ mod tests {
             .issue(
                 &csr(),
                 &id("spiffe://example.org/ns/shop/sa/frontend"),
+                None,
+                &by_token(),
                 None,
             )
             .unwrap();
@@ -368,18 +462,36 @@ mod tests {
         let who = id("spiffe://example.org/a");
         let now = OffsetDateTime::now_utc();
         let long = authority
-            .issue(&csr(), &who, Some(Duration::from_secs(1000 * 3600)))
+            .issue(
+                &csr(),
+                &who,
+                Some(Duration::from_secs(1000 * 3600)),
+                &by_token(),
+                None,
+            )
             .unwrap();
         assert!(long.not_after <= now + time::Duration::hours(24) + time::Duration::seconds(5));
         assert!(long.not_after >= now + time::Duration::hours(24) - time::Duration::seconds(5));
         assert!(long.not_before <= now - time::Duration::minutes(4));
         let short = authority
-            .issue(&csr(), &who, Some(Duration::from_secs(1)))
+            .issue(
+                &csr(),
+                &who,
+                Some(Duration::from_secs(1)),
+                &by_token(),
+                None,
+            )
             .unwrap();
         let lived = short.not_after - now;
         assert!(lived >= time::Duration::seconds(55) && lived <= time::Duration::seconds(65));
         let hour = authority
-            .issue(&csr(), &who, Some(Duration::from_secs(3600)))
+            .issue(
+                &csr(),
+                &who,
+                Some(Duration::from_secs(3600)),
+                &by_token(),
+                None,
+            )
             .unwrap();
         let lived = hour.not_after - now;
         assert!((lived - time::Duration::hours(1)).abs() < time::Duration::seconds(5));
@@ -389,8 +501,12 @@ mod tests {
     fn serials_are_random_and_positive() {
         let (_dir, authority) = authority(IssuancePolicy::default());
         let who = id("spiffe://example.org/a");
-        let a = authority.issue(&csr(), &who, None).unwrap();
-        let b = authority.issue(&csr(), &who, None).unwrap();
+        let a = authority
+            .issue(&csr(), &who, None, &by_token(), None)
+            .unwrap();
+        let b = authority
+            .issue(&csr(), &who, None, &by_token(), None)
+            .unwrap();
         assert_ne!(a.serial_hex, b.serial_hex);
         assert_eq!(a.serial_hex.len(), 32);
         assert!(u8::from_str_radix(&a.serial_hex[..2], 16).unwrap() < 0x80);
@@ -400,7 +516,7 @@ mod tests {
     fn refuses_identities_of_another_trust_domain() {
         let (_dir, authority) = authority(IssuancePolicy::default());
         let err = authority
-            .issue(&csr(), &id("spiffe://evil.org/a"), None)
+            .issue(&csr(), &id("spiffe://evil.org/a"), None, &by_token(), None)
             .unwrap_err();
         assert!(
             err.to_string().contains("not in this CA's trust domain"),
@@ -412,7 +528,7 @@ mod tests {
     fn refuses_a_trust_domain_id_as_a_workload_identity() {
         let (_dir, authority) = authority(IssuancePolicy::default());
         let err = authority
-            .issue(&csr(), &id("spiffe://example.org"), None)
+            .issue(&csr(), &id("spiffe://example.org"), None, &by_token(), None)
             .unwrap_err();
         assert!(matches!(err, AuthorityError::NoWorkloadPath(_)), "{err}");
     }

@@ -12,6 +12,10 @@
 //! * [`CaKey`] — the key the CA signs with: a key file, or a key in a PKCS#11 token
 //!   ([`Pkcs11Uri`]).
 //! * [`JoinTokenStore`], [`Attestor`] — who is calling.
+//! * [`Lineage`] — the attestation record every certificate carries, and when a renewal must
+//!   attest again (`--reattest-after`).
+//! * [`Revocations`] — `hush ca revoke-identity`: what the CA refuses to issue and renew, and
+//!   the deny-list it pushes to sidecars with the bundle.
 //! * [`CaService`], [`serve`] — the gRPC services (`hush.ca.v1` and Istio's) over TLS.
 //! * [`CaMetrics`], [`serve_metrics`] — Prometheus metrics; [`rotations_due`] — which active
 //!   authority is due for rotation, for the CA's warnings and the CLI's.
@@ -25,9 +29,11 @@ mod authorities;
 mod authority;
 mod csr;
 mod expiry;
+mod lineage;
 mod live;
 mod metrics;
 mod random;
+mod revocations;
 mod server;
 mod service;
 mod signing_key;
@@ -51,8 +57,13 @@ pub use self::expiry::{
     RotationDue, is_rotation_due, keep_warning_of_rotations_due, rotation_due, rotation_warning,
     rotations_due, warn_of_rotations_due,
 };
+pub use self::lineage::{DEFAULT_REATTEST_AFTER, Lineage};
 pub use self::live::{AuthoritySet, Reload, ReloadError, follow_directory};
 pub use self::metrics::{CaMetrics, serve_metrics};
+pub use self::revocations::{
+    REVOCATIONS_VERSION, RevocationError, RevocationTarget, Revocations, RevokedId, RevokedSerial,
+    RevokedToken, retention as revocation_retention,
+};
 pub use self::server::{PeerInfo, ServeError, ServeOptions, serve};
 pub use self::service::{CaService, DEFAULT_TAINT_SPREAD, HUSH_API, ISTIO_API, pem_certificate};
 #[cfg(feature = "pkcs11")]
@@ -60,7 +71,7 @@ pub use self::signing_key::Pkcs11Key;
 pub use self::signing_key::{CaKey, Pkcs11Error, Pkcs11Uri};
 pub use self::store::{
     CaDir, CaKeyAlgorithm, Change, DirLock, InitOptions, InitReport, LoadedAuthorities,
-    RotateOptions, StoreError,
+    RevocationChange, RotateOptions, StoreError,
 };
 pub use self::tokens::{CheckedToken, JoinTokenStore, MintedToken, TOKEN_PREFIX, TokenError};
 pub use hush_proto::{hush::ca::v1 as proto, istio::v1::auth as istio_proto};

@@ -10,7 +10,8 @@
 //! A new set is checked as fully as the first one (the intermediate chains to a trusted root,
 //! matches its key, has not expired) and must not go back: a manifest of a lower generation
 //! than the one in force (say, a restored backup of the Secret) is refused, so that a revoked
-//! root never comes back by accident. A refused set leaves the one in force signing.
+//! root never comes back by accident, and so are revocations of a lower generation, so that a
+//! revoked identity never does. A refused set leaves the one in force signing.
 //!
 //! An intermediate whose key is in a PKCS#11 token is opened (a login and a test signature)
 //! only when the files read differ from those in force: an unchanged directory costs the token
@@ -25,6 +26,7 @@ use tracing::{info, warn};
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::authorities::{AuthorityId, Manifest};
 use crate::authority::{Authority, AuthorityError, IssuancePolicy};
+use crate::revocations::Revocations;
 use crate::service::CaService;
 use crate::store::{CaDir, LoadedAuthorities, StoreError};
 
@@ -32,11 +34,12 @@ use crate::store::{CaDir, LoadedAuthorities, StoreError};
 const RELOAD_API: &str = "hush.ca.reload";
 
 /// The authorities in force: the signing intermediate, the trust bundle, and the manifest they
-/// came from.
+/// came from; and the revocations read with them.
 pub struct AuthoritySet {
     authority: Authority,
     manifest: Manifest,
     intermediate_id: AuthorityId,
+    revocations: Revocations,
     fingerprint: [u8; 32],
     /// Every authority this CA has seen revoked since it started, in this set or one before
     /// it: a later set that trusts one again is refused, whatever its generation.
@@ -92,6 +95,16 @@ pub enum ReloadError {
     /// The TLS side cannot use the new roots.
     #[error("the reloaded roots cannot verify client certificates: {0}")]
     Trust(String),
+    /// The revocations are older than the ones in force.
+    #[error(
+        "revocations.json has generation {found}, older than the {loaded} in force: a restored or stale copy? Refused, so that no revoked identity comes back (lift a revocation with `hush ca revoke-identity --lift`)"
+    )]
+    OlderRevocations {
+        /// The generation read.
+        found: u64,
+        /// The generation in force.
+        loaded: u64,
+    },
     /// The manifest allows shorter certificates than this CA grants.
     #[error(
         "the manifest's max_ttl_seconds ({manifest} s) is below this CA's --max-ttl ({serving} s): a retired authority could be revoked while certificates under it live"
@@ -119,6 +132,12 @@ pub enum Reload {
         intermediate_changed: bool,
         /// Whether the trust bundle changed.
         roots_changed: bool,
+        /// Whether anything about the authorities changed (not only the revocations).
+        authorities_changed: bool,
+        /// Whether the revocations changed.
+        revocations_changed: bool,
+        /// The revocations' generation now.
+        revocations_generation: u64,
     },
 }
 
@@ -130,6 +149,7 @@ impl AuthoritySet {
         let LoadedAuthorities {
             manifest,
             material,
+            revocations,
             fingerprint,
         } = loaded;
         if manifest.generation > 0 && policy.max_ttl.as_secs() > manifest.max_ttl_seconds {
@@ -151,6 +171,7 @@ impl AuthoritySet {
             authority,
             manifest,
             intermediate_id,
+            revocations,
             fingerprint,
             revoked,
         })
@@ -195,6 +216,11 @@ impl AuthoritySet {
         self.revoked.extend(previous.revoked.iter().cloned());
     }
 
+    /// What is revoked.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
+    }
+
     /// Compares `next` with `self` and says what taking it would change, or why not to.
     pub(crate) fn check_successor(&self, next: &Self) -> Result<Reload, ReloadError> {
         if next.fingerprint == self.fingerprint {
@@ -225,6 +251,12 @@ impl AuthoritySet {
                 state: back.state.as_str(),
             });
         }
+        if next.revocations.generation < self.revocations.generation {
+            return Err(ReloadError::OlderRevocations {
+                found: next.revocations.generation,
+                loaded: self.revocations.generation,
+            });
+        }
         let (expected, found) = (self.authority.trust_domain(), next.authority.trust_domain());
         if expected != found {
             return Err(ReloadError::OtherTrustDomain {
@@ -232,11 +264,21 @@ impl AuthoritySet {
                 found: found.to_string(),
             });
         }
+        let intermediate_changed = next.intermediate_id != self.intermediate_id;
+        let roots_changed = next.authority.bundle().roots() != self.authority.bundle().roots();
+        let revocations_changed = next.revocations != self.revocations;
         Ok(Reload::Loaded {
             previous: self.generation(),
             generation: next.generation(),
-            intermediate_changed: next.intermediate_id != self.intermediate_id,
-            roots_changed: next.authority.bundle().roots() != self.authority.bundle().roots(),
+            intermediate_changed,
+            roots_changed,
+            // A changed key file under the same manifest counts: the fingerprint saw it.
+            authorities_changed: !revocations_changed
+                || next.manifest != self.manifest
+                || intermediate_changed
+                || roots_changed,
+            revocations_changed,
+            revocations_generation: next.revocations.generation,
         })
     }
 }
@@ -279,9 +321,28 @@ pub async fn follow_directory(service: CaService, dir: CaDir, interval: Duration
                 generation,
                 intermediate_changed,
                 roots_changed,
+                authorities_changed,
+                revocations_changed,
+                revocations_generation,
             }) => {
                 last_refusal = None;
                 let current = service.current();
+                if revocations_changed {
+                    let revocations = current.revocations();
+                    info!(
+                        generation = revocations_generation,
+                        spiffe_ids = revocations.spiffe_ids.len(),
+                        serials = revocations.serials.len(),
+                        join_tokens = revocations.join_tokens.len(),
+                        "revocations reloaded"
+                    );
+                    let mut record = AuditRecord::new(AuditEvent::RevocationsLoaded, RELOAD_API);
+                    record.generation = Some(revocations_generation);
+                    service.audit_record(&record).await;
+                }
+                if !authorities_changed {
+                    continue;
+                }
                 let roots = current.authority().bundle().roots().len();
                 info!(
                     previous,
@@ -321,6 +382,7 @@ pub async fn follow_directory(service: CaService, dir: CaDir, interval: Duration
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::revocations::RevocationTarget;
     use crate::store::{InitOptions, RotateOptions};
     use hush_identity::TrustDomain;
 
@@ -404,5 +466,53 @@ mod tests {
             taken.check_successor(&load(&one)).unwrap(),
             Reload::Unchanged
         );
+    }
+
+    #[test]
+    fn a_change_of_revocations_alone_is_loaded_and_an_older_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CaDir::new(dir.path());
+        ca.init(&InitOptions::new(TrustDomain::new("example.org").unwrap()))
+            .unwrap();
+        let policy = IssuancePolicy::default();
+        let first = AuthoritySet::load(&ca, policy).unwrap();
+        let id = RevocationTarget::SpiffeId("spiffe://example.org/a".parse().unwrap());
+        ca.revoke_identity(&id, None).unwrap();
+        ca.lift_revocation(&id).unwrap();
+        let second = AuthoritySet::load(&ca, policy).unwrap();
+        match first.check_successor(&second).unwrap() {
+            Reload::Loaded {
+                authorities_changed,
+                revocations_changed,
+                revocations_generation,
+                ..
+            } => {
+                assert!(!authorities_changed);
+                assert!(revocations_changed);
+                assert_eq!(revocations_generation, 2);
+            }
+            Reload::Unchanged => panic!("the revocation was not seen"),
+        }
+        assert_eq!(second.check_successor(&second).unwrap(), Reload::Unchanged);
+
+        // A restored copy of an older generation must not lift anything.
+        let path = dir.path().join("revocations.json");
+        let mut stale: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        stale["generation"] = 1.into();
+        std::fs::write(&path, serde_json::to_vec(&stale).unwrap()).unwrap();
+        let third = AuthoritySet::load(&ca, policy).unwrap();
+        let refused = second.check_successor(&third).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                ReloadError::OlderRevocations {
+                    found: 1,
+                    loaded: 2
+                }
+            ),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("--lift"), "{refused}");
     }
 }

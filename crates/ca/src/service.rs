@@ -27,8 +27,10 @@ use crate::audit::{AuditEvent, AuditLog, AuditRecord, rfc3339};
 use crate::authorities::State as AuthorityState;
 use crate::authority::IssuedSvid;
 use crate::csr::VerifiedCsr;
+use crate::lineage::{DEFAULT_REATTEST_AFTER, Lineage, PresentedCertificate, check_reattestation};
 use crate::live::{AuthoritySet, Reload, ReloadError};
 use crate::metrics::CaMetrics;
+use crate::revocations::retention;
 use crate::server::PeerInfo;
 use crate::store::CaDir;
 use crate::tokens::join_token_id;
@@ -58,6 +60,9 @@ struct Inner {
     reloading: std::sync::Mutex<()>,
     /// Forced renewals after a taint are spread over this many seconds (`--taint-spread`).
     renew_spread_seconds: std::sync::atomic::AtomicI64,
+    /// A renewal with a certificate whose identity was attested longer ago than this many
+    /// seconds is refused (`--reattest-after`).
+    reattest_after_seconds: std::sync::atomic::AtomicU64,
     attestor: Attestor,
     audit: AuditLog,
     /// Counted where issuances are audited and reloads decided.
@@ -91,6 +96,9 @@ impl CaService {
                 renew_spread_seconds: std::sync::atomic::AtomicI64::new(
                     DEFAULT_TAINT_SPREAD.as_secs() as i64,
                 ),
+                reattest_after_seconds: std::sync::atomic::AtomicU64::new(
+                    DEFAULT_REATTEST_AFTER.as_secs(),
+                ),
                 changes,
                 reloading: std::sync::Mutex::new(()),
                 attestor,
@@ -106,6 +114,22 @@ impl CaService {
         self.inner
             .renew_spread_seconds
             .store(seconds, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A renewal with a certificate is refused, and the token asked for, once the identity
+    /// was last attested longer than `limit` ago (zero: at every renewal).
+    pub fn set_reattest_after(&self, limit: Duration) {
+        self.inner
+            .reattest_after_seconds
+            .store(limit.as_secs(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn reattest_after(&self) -> Duration {
+        Duration::from_secs(
+            self.inner
+                .reattest_after_seconds
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Verifies client certificates against the roots in force.
@@ -239,7 +263,8 @@ impl CaService {
         istio::istio_certificate_service_server::IstioCertificateServiceServer::new(self.clone())
     }
 
-    /// The one issuance path: attest, check the CSR, sign, audit. Every outcome is audited.
+    /// The one issuance path: attest, check revocations and the age of the attestation, check
+    /// the CSR, sign, audit. Every outcome is audited.
     async fn issue<T>(
         &self,
         api: &'static str,
@@ -258,8 +283,12 @@ impl CaService {
             .metadata()
             .get("authorization")
             .map(|v| v.to_str().map_err(|_| AttestError::NotBearer));
+        // One set of authorities and revocations for the whole request.
+        let current = self.current();
+        let revocations = current.revocations();
         let mut attested: Option<Attested> = None;
         let mut presented_token_id: Option<String> = None;
+        let mut presented: Option<PresentedCertificate> = None;
         let result = async {
             let header = header.transpose().map_err(attest_status)?;
             let who = match (header, peer_certificate_id) {
@@ -268,12 +297,19 @@ impl CaService {
                 // connection may have outlived the root the certificate chains to.
                 (None, Some(id)) => {
                     self.still_trusted(peer_info)?;
+                    presented = Some(presented_certificate(peer_info)?);
                     Attested::by_certificate(id)
                 }
                 (header, _) => {
                     let token = bearer_token(header).map_err(attest_status)?;
                     // Known before attestation, so that a refused join token is audited by its id.
                     presented_token_id = join_token_id(token).map(str::to_string);
+                    if let Some(words) = presented_token_id
+                        .as_deref()
+                        .and_then(|id| revocations.token_refusal(id))
+                    {
+                        return Err(Status::permission_denied(words));
+                    }
                     self.inner
                         .attestor
                         .attest(token)
@@ -282,6 +318,29 @@ impl CaService {
                 }
             };
             attested = Some(who.clone());
+            if let Some(words) =
+                revocations.refusal(&who.spiffe_id, who.token_id.as_deref(), presented.as_ref())
+            {
+                return Err(Status::permission_denied(words));
+            }
+            let lineage = match &presented {
+                Some(presented) => {
+                    check_reattestation(
+                        &who.spiffe_id,
+                        presented.record.attested_at,
+                        time::OffsetDateTime::now_utc().unix_timestamp(),
+                        self.reattest_after(),
+                    )
+                    .map_err(Status::unauthenticated)?;
+                    Lineage::Renewed(presented.record.clone())
+                }
+                None => Lineage::Attested {
+                    method: who.kind.record_method().ok_or_else(|| {
+                        Status::internal("a renewal without the certificate it renews")
+                    })?,
+                    token_id: who.token_id.clone(),
+                },
+            };
             let ttl = requested_ttl(ttl_seconds)?;
             let csr = VerifiedCsr::parse(csr)
                 .map_err(|e| Status::invalid_argument(format!("invalid CSR: {e}")))?;
@@ -290,17 +349,29 @@ impl CaService {
                 .complete(&who)
                 .await
                 .map_err(attest_status)?;
-            let svid = self
-                .current()
+            let svid = current
                 .authority()
-                .issue(&csr, &who.spiffe_id, ttl)
+                .issue(
+                    &csr,
+                    &who.spiffe_id,
+                    ttl,
+                    &lineage,
+                    revocations.not_before_floor(&who.spiffe_id),
+                )
                 .map_err(|e| Status::failed_precondition(e.to_string()))?;
             Ok(svid)
         }
         .instrument(span.clone())
         .await;
         let audited = self
-            .audit(api, &peer, attested.as_ref(), presented_token_id, &result)
+            .audit(
+                api,
+                &peer,
+                attested.as_ref(),
+                presented_token_id,
+                presented.as_ref(),
+                &result,
+            )
             .instrument(span.clone())
             .await;
         record_issuance(&span, attested.as_ref(), &result, audited.as_ref().err());
@@ -321,6 +392,7 @@ impl CaService {
         peer: &str,
         attested: Option<&Attested>,
         presented_token_id: Option<String>,
+        presented: Option<&PresentedCertificate>,
         result: &Result<IssuedSvid, Status>,
     ) -> Result<(), Status> {
         let event = if result.is_ok() {
@@ -337,6 +409,19 @@ impl CaService {
         } else if let Some(id) = presented_token_id {
             record.attestation = Some(AttestationKind::JoinToken.as_str());
             record.token_id = Some(id);
+        }
+        record.renewed_from = presented.map(|p| p.serial.clone());
+        // For a refused renewal, the record it presented: what a re-attestation refusal
+        // judged, and the line a revocation names.
+        let lineage = match result {
+            Ok(svid) => Some(&svid.attestation),
+            Err(_) => presented.map(|p| &p.record),
+        };
+        if let Some(lineage) = lineage {
+            record.attested_at = time::OffsetDateTime::from_unix_timestamp(lineage.attested_at)
+                .ok()
+                .map(rfc3339);
+            record.origin_serial = Some(hush_identity::serial_hex(&lineage.origin_serial));
         }
         match result {
             Ok(svid) => {
@@ -450,6 +535,22 @@ fn attest_status(e: AttestError) -> Status {
     }
 }
 
+/// Reads the certificate a renewal presents; one that cannot be read cannot renew, and the
+/// caller is told to use its token.
+fn presented_certificate(peer: Option<&PeerInfo>) -> Result<PresentedCertificate, Status> {
+    let leaf = peer.and_then(|p| p.certificates.first()).ok_or_else(|| {
+        Status::unauthenticated(
+            "the client certificate of this connection is unknown; present a token",
+        )
+    })?;
+    PresentedCertificate::read(leaf).map_err(|reason| {
+        Status::unauthenticated(format!(
+            "the certificate this connection presented cannot be renewed ({reason}): present a \
+             token to get a new one"
+        ))
+    })
+}
+
 /// Turns a requested lifetime in seconds into the authority's terms: 0 is "the default".
 fn requested_ttl(seconds: i64) -> Result<Option<Duration>, Status> {
     match seconds {
@@ -500,10 +601,25 @@ impl pb::certificate_authority_server::CertificateAuthority for CaService {
         let bundle = current.authority().bundle();
         let manifest = current.manifest();
         let trusted = manifest.authorities.iter().filter(|a| a.is_trusted());
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let revocations = current.revocations();
+        let deny = revocations.deny_list(now, retention(manifest));
         Ok(Response::new(pb::GetTrustBundleResponse {
             trust_domain: bundle.trust_domain().to_string(),
             roots: bundle.roots().iter().map(|c| c.to_vec()).collect(),
-            server_time_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
+            server_time_unix: now,
+            deny: Some(pb::DenyList {
+                serials: deny.serials().map(str::to_owned).collect(),
+                spiffe_ids: deny
+                    .spiffe_ids()
+                    .map(|denied| pb::DeniedId {
+                        spiffe_id: denied.id.to_string(),
+                        issued_before_unix: denied.issued_before_unix,
+                    })
+                    .collect(),
+                token_ids: deny.token_ids().map(str::to_owned).collect(),
+            }),
+            deny_generation: revocations.generation,
             generation: manifest.generation,
             authorities: trusted
                 .clone()

@@ -10,6 +10,7 @@
 //!   bundle.pem                   derived: every root that is not revoked (the trust bundle)
 //!   intermediate.pem  .key       derived: the active intermediate, for readers of the old layout
 //!                                (no .key when that intermediate's key is in a token)
+//!   revocations.json             revoked SPIFFE IDs, serials and join tokens (`revoke-identity`)
 //!   tokens/                      join tokens, by id, hashes only
 //!   audit.log                    one JSON line per issuance, refusal or change of authorities
 //!   .lock                        held by every command that changes the directory
@@ -47,7 +48,9 @@ use crate::authorities::{
     DEFAULT_PUBLISH_WAIT_SECONDS, Kind, Manifest, State, check_stored_key_uri,
 };
 use crate::authority::CaMaterial;
+use crate::revocations::{RevocationError, RevocationTarget, Revocations, retention};
 use crate::signing_key::{CaKey, Pkcs11Error, Pkcs11Uri};
+use crate::tokens::{JoinTokenStore, TokenError};
 
 /// The old layout's root files, replaced by `root-<id>.*` at migration.
 const LEGACY_ROOT_CERT: &str = "root.pem";
@@ -56,6 +59,7 @@ const INTERMEDIATE_CERT: &str = "intermediate.pem";
 const INTERMEDIATE_KEY: &str = "intermediate.key";
 const BUNDLE: &str = "bundle.pem";
 const MANIFEST: &str = "authorities.json";
+const REVOCATIONS: &str = "revocations.json";
 const LOCK: &str = ".lock";
 /// CA certificates start this far in the past, so that a sidecar whose clock runs behind
 /// still sees a root activated a moment ago as valid.
@@ -176,8 +180,22 @@ pub struct LoadedAuthorities {
     pub manifest: Manifest,
     /// The trusted roots and the active intermediate with its key.
     pub material: CaMaterial,
-    /// SHA-256 over every file read: equal fingerprints, equal authorities.
+    /// What is revoked (nothing, generation 0, without `revocations.json`).
+    pub revocations: Revocations,
+    /// SHA-256 over every file read: equal fingerprints, equal authorities and revocations.
     pub fingerprint: [u8; 32],
+}
+
+/// What `hush ca revoke-identity` changed.
+#[derive(Debug, Clone)]
+pub struct RevocationChange {
+    /// The revocations as written (its generation is the new one).
+    pub revocations: Revocations,
+    /// Entries dropped on the way because nothing they cover can be alive any more.
+    pub pruned: usize,
+    /// For a join token: whether its record was deleted too (false when it was already used,
+    /// expired and cleaned up, or withdrawn).
+    pub token_record_deleted: Option<bool>,
 }
 
 impl std::fmt::Debug for LoadedAuthorities {
@@ -194,6 +212,7 @@ struct ReadAuthorities {
     bundle: TrustBundle,
     intermediate: CertificateDer<'static>,
     key: KeySource,
+    revocations: Revocations,
     fingerprint: [u8; 32],
 }
 
@@ -224,6 +243,7 @@ impl ReadAuthorities {
                 intermediate: self.intermediate,
                 intermediate_key,
             },
+            revocations: self.revocations,
             fingerprint: self.fingerprint,
         })
     }
@@ -295,6 +315,12 @@ pub enum StoreError {
     /// The authorities refuse the change, or their manifest is wrong.
     #[error(transparent)]
     Authorities(#[from] AuthoritiesError),
+    /// The revocation refuses the change, or `revocations.json` is wrong.
+    #[error(transparent)]
+    Revocations(#[from] RevocationError),
+    /// A join token's record could not be withdrawn.
+    #[error(transparent)]
+    Token(#[from] TokenError),
     /// `init` on a directory whose CA has authorities.
     #[error(
         "{0} already holds a CA with authorities; `hush ca init` never replaces one, even with --force: rotate its root with `hush ca rotate root` (sidecars keep working), or delete the directory to start over"
@@ -656,9 +682,10 @@ impl CaDir {
     }
 
     /// Every file a serving CA reads, by name, for a Kubernetes Secret (`hush ca secret`): the
-    /// manifest, every certificate it names, the intermediates' key files, and the old layout's
-    /// names of the active pair. Never a root key: a CA does not need one. A key in a token is
-    /// no file, and neither is the PIN file its URI names: those reach the CA another way.
+    /// manifest, every certificate it names, the intermediates' key files, the old layout's
+    /// names of the active pair, and the revocations. Never a root key: a CA does not need one.
+    /// A key in a token is no file, and neither is the PIN file its URI names: those reach the
+    /// CA another way.
     pub fn serving_files(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut names: Vec<String> = Vec::new();
         let mut active_key_file = true;
@@ -678,6 +705,9 @@ impl CaDir {
         names.extend([BUNDLE, INTERMEDIATE_CERT].map(String::from));
         if active_key_file {
             names.push(INTERMEDIATE_KEY.into());
+        }
+        if self.path.join(REVOCATIONS).exists() {
+            names.push(REVOCATIONS.into());
         }
         names.dedup();
         names
@@ -830,6 +860,90 @@ impl CaDir {
         })
     }
 
+    /// What is revoked: `revocations.json`, checked, or nothing (generation 0) without it.
+    pub fn revocations(&self) -> Result<Revocations, StoreError> {
+        let path = self.path.join(REVOCATIONS);
+        if !path.exists() {
+            return Ok(Revocations::default());
+        }
+        parse_revocations(&self.read(&path)?, &path)
+    }
+
+    /// `hush ca revoke-identity`: revokes `target` now. A join token's record is deleted too,
+    /// so it cannot attest again. Entries that no longer cover a live certificate are dropped
+    /// on the way.
+    pub fn revoke_identity(
+        &self,
+        target: &RevocationTarget,
+        reason: Option<String>,
+    ) -> Result<RevocationChange, StoreError> {
+        let _lock = self.lock()?;
+        let manifest = self.authorities()?;
+        if let RevocationTarget::SpiffeId(id) = target
+            && id.trust_domain().as_str() != manifest.trust_domain
+        {
+            return Err(RevocationError::ForeignIdentity {
+                id: id.clone(),
+                trust_domain: manifest.trust_domain.clone(),
+            }
+            .into());
+        }
+        let now = unix_now();
+        let mut revocations = self.revocations()?;
+        let pruned = revocations.prune(now, retention(&manifest));
+        revocations.revoke(target, now, reason)?;
+        self.commit_revocations(&mut revocations)?;
+        // After the revocation is on disk: a crash in between leaves the token revoked anyway.
+        let token_record_deleted = match target {
+            RevocationTarget::JoinToken(id) => {
+                match JoinTokenStore::new(self.tokens_dir()).revoke(id) {
+                    Ok(()) => Some(true),
+                    Err(TokenError::Unknown { .. }) => Some(false),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            _ => None,
+        };
+        Ok(RevocationChange {
+            revocations,
+            pruned,
+            token_record_deleted,
+        })
+    }
+
+    /// `hush ca revoke-identity --lift`: lifts the revocation of `target` now.
+    pub fn lift_revocation(
+        &self,
+        target: &RevocationTarget,
+    ) -> Result<RevocationChange, StoreError> {
+        let _lock = self.lock()?;
+        let manifest = self.authorities()?;
+        let now = unix_now();
+        let mut revocations = self.revocations()?;
+        let pruned = revocations.prune(now, retention(&manifest));
+        revocations.lift(target, now)?;
+        self.commit_revocations(&mut revocations)?;
+        Ok(RevocationChange {
+            revocations,
+            pruned,
+            token_record_deleted: None,
+        })
+    }
+
+    /// Writes the revocations with the next generation. The caller holds the lock.
+    fn commit_revocations(&self, revocations: &mut Revocations) -> Result<(), StoreError> {
+        revocations.generation += 1;
+        revocations.validate()?;
+        let mut text =
+            serde_json::to_vec_pretty(&revocations).map_err(|e| StoreError::Invalid {
+                path: self.path.join(REVOCATIONS),
+                reason: e.to_string(),
+            })?;
+        text.push(b'\n');
+        self.write(REVOCATIONS, &text, 0o644)?;
+        Ok(())
+    }
+
     /// Writes the manifest with the next generation, then the files derived from it: the trust
     /// bundle, and the active intermediate under its old-layout names.
     fn commit(&self, manifest: &mut Manifest) -> Result<Vec<PathBuf>, StoreError> {
@@ -957,9 +1071,10 @@ impl CaDir {
     }
 
     /// Reads what a CA signs with, as the directory says now: the manifest (or the old
-    /// layout's files), every trusted root, and the active intermediate with its key, from its
-    /// file or opened in its token. Also a fingerprint of everything read, so that a CA polling
-    /// the directory rebuilds only when something changed. The root keys are never read.
+    /// layout's files), every trusted root, the active intermediate with its key, from its file
+    /// or opened in its token, and the revocations. Also a fingerprint of everything read, so
+    /// that a CA polling the directory rebuilds only when something changed. The root keys are
+    /// never read.
     pub fn load_authorities(&self) -> Result<LoadedAuthorities, StoreError> {
         self.read_authorities()?.open_key()
     }
@@ -1058,11 +1173,20 @@ impl CaDir {
         }
         let intermediate =
             parse_one_certificate(&intermediate_pem, &self.path.join(INTERMEDIATE_CERT))?;
+        let revocations_path = self.path.join(REVOCATIONS);
+        let revocations = if revocations_path.exists() {
+            let text = self.read(&revocations_path)?;
+            fingerprint.add(REVOCATIONS, &text);
+            parse_revocations(&text, &revocations_path)?
+        } else {
+            Revocations::default()
+        };
         Ok(ReadAuthorities {
             manifest,
             bundle,
             intermediate,
             key,
+            revocations,
             fingerprint: fingerprint.finish(),
         })
     }
@@ -1281,6 +1405,16 @@ fn parse_one_certificate(pem: &[u8], path: &Path) -> Result<CertificateDer<'stat
         });
     }
     Ok(certs.remove(0))
+}
+
+fn parse_revocations(text: &[u8], path: &Path) -> Result<Revocations, StoreError> {
+    let revocations: Revocations =
+        serde_json::from_slice(text).map_err(|e| StoreError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    revocations.validate()?;
+    Ok(revocations)
 }
 
 fn parse_key(pem: &[u8], path: &Path) -> Result<KeyPair, StoreError> {
@@ -1702,5 +1836,61 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = CaDir::new(dir.path()).load().err().unwrap();
         assert!(err.to_string().contains("hush ca init"), "{err}");
+    }
+
+    #[test]
+    fn revocations_are_written_with_a_generation_and_carried_by_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CaDir::new(dir.path());
+        ca.init(&InitOptions::new(td())).unwrap();
+        assert_eq!(ca.revocations().unwrap(), Revocations::default());
+        let before = ca.load_authorities().unwrap();
+        assert_eq!(before.revocations, Revocations::default());
+
+        // A join token: revoked, and its record deleted so it attests nothing more.
+        let frontend: hush_identity::SpiffeId =
+            "spiffe://example.org/ns/shop/sa/frontend".parse().unwrap();
+        let tokens = JoinTokenStore::new(ca.tokens_dir());
+        let minted = tokens
+            .mint(&frontend, Duration::from_secs(3600), false)
+            .unwrap();
+        let token = RevocationTarget::join_token(&minted.id).unwrap();
+        let change = ca.revoke_identity(&token, Some("leaked".into())).unwrap();
+        assert_eq!(change.revocations.generation, 1);
+        assert_eq!(change.token_record_deleted, Some(true));
+        assert!(matches!(
+            tokens.check(&minted.token),
+            Err(TokenError::Unknown { .. })
+        ));
+        // Twice is refused, and changes nothing.
+        let again = ca.revoke_identity(&token, None).unwrap_err();
+        assert!(again.to_string().contains("already revoked"), "{again}");
+        assert_eq!(ca.revocations().unwrap().generation, 1);
+
+        // An identity of another trust domain was never issued for.
+        let foreign = RevocationTarget::SpiffeId("spiffe://other.org/a".parse().unwrap());
+        let error = ca.revoke_identity(&foreign, None).unwrap_err();
+        assert!(
+            error.to_string().contains("not in this CA's trust domain"),
+            "{error}"
+        );
+
+        let id = RevocationTarget::SpiffeId(frontend.clone());
+        ca.revoke_identity(&id, None).unwrap();
+        let lifted = ca.lift_revocation(&id).unwrap();
+        assert_eq!(lifted.revocations.generation, 3);
+        assert!(lifted.revocations.spiffe_ids[0].lifted_at.is_some());
+
+        // A running CA sees the change, and `hush ca secret` carries it.
+        let after = ca.load_authorities().unwrap();
+        assert_eq!(after.revocations, ca.revocations().unwrap());
+        assert_ne!(after.fingerprint, before.fingerprint);
+        let files = ca.serving_files().unwrap();
+        assert!(files.iter().any(|(name, _)| name == REVOCATIONS));
+
+        // A damaged file is refused, with its name.
+        fs::write(dir.path().join(REVOCATIONS), b"{\"version\":1}").unwrap();
+        let error = ca.load_authorities().unwrap_err().to_string();
+        assert!(error.contains("revocations.json"), "{error}");
     }
 }

@@ -464,7 +464,7 @@ pub(crate) fn join_token_id(token: &str) -> Option<&str> {
     split_token(token).ok().map(|(id, _)| id)
 }
 
-fn is_token_id(id: &str) -> bool {
+pub(crate) fn is_token_id(id: &str) -> bool {
     id.len() == ID_LEN && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 

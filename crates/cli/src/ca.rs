@@ -1,6 +1,7 @@
 //! `hush ca …`: create, run, feed and rotate the certificate authority.
 
 mod authorities;
+mod revocations;
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -39,6 +40,11 @@ pub(crate) enum CaCommand {
     /// Print the Kubernetes Secret a CA serves from (every file it reads, never a root key),
     /// for `kubectl apply -f -`.
     Secret(authorities::SecretArgs),
+    /// Revoke a workload identity, one certificate and its renewals, or a join token: the CA
+    /// refuses to issue and renew, and sidecars refuse the certificates (--lift undoes it).
+    RevokeIdentity(revocations::RevokeIdentityArgs),
+    /// List what `hush ca revoke-identity` revoked, and until when sidecars are told of it.
+    Revocations(revocations::ListArgs),
     /// Print the trust bundle (PEM) on stdout.
     Bundle(DirArg),
     /// Manage join tokens.
@@ -211,8 +217,13 @@ pub(crate) struct ServeArgs {
     /// that they do not all call the CA (and, on Kubernetes, TokenReview) at once.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     taint_spread: Duration,
+    /// A renewal with the current certificate is refused, and the token asked for again, once
+    /// the identity was last attested longer ago than this (0s: every renewal needs the
+    /// token). On Kubernetes sidecars send their token with every renewal anyway.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    reattest_after: Duration,
     /// How often the CA reads DIR again, to put staged, activated, tainted or revoked
-    /// authorities in force without a restart (0s: never).
+    /// authorities, and revocations, in force without a restart (0s: never).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     reload_interval: Duration,
     /// Requests from clients without a client certificate (anything but a renewal) beyond this
@@ -235,6 +246,8 @@ pub(crate) async fn run(command: CaCommand) -> Result<()> {
         CaCommand::Taint(args) => authorities::taint(args).await,
         CaCommand::Revoke(args) => authorities::revoke(args).await,
         CaCommand::Secret(args) => authorities::secret(args),
+        CaCommand::RevokeIdentity(args) => revocations::revoke_identity(args).await,
+        CaCommand::Revocations(args) => revocations::list(args),
         CaCommand::Bundle(args) => {
             let bundle = CaDir::new(args.dir).load_bundle()?;
             print!("{}", bundle.to_pem());
@@ -323,6 +336,21 @@ fn create_token(args: TokenCreateArgs) -> Result<()> {
         bail!(
             "{spiffe_id} is not in this CA's trust domain {}",
             bundle.trust_domain()
+        );
+    }
+    // A revoked identity's token is refused at use; better to say so now.
+    if let Some(revoked) = dir
+        .revocations()
+        .ok()
+        .and_then(|r| r.revoked_id(&spiffe_id).cloned())
+    {
+        eprintln!(
+            "warning: {spiffe_id} is revoked (since {}): the CA refuses this token until \
+             `hush ca revoke-identity --spiffe-id {spiffe_id} --lift`",
+            utc_second(
+                time::OffsetDateTime::from_unix_timestamp(revoked.revoked_at)
+                    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+            )
         );
     }
     let minted = JoinTokenStore::new(dir.tokens_dir()).mint(&spiffe_id, args.ttl, args.reusable)?;
@@ -486,6 +514,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         );
     }
     setup.service.set_taint_spread(args.taint_spread);
+    setup.service.set_reattest_after(args.reattest_after);
     setup.options.shutdown_grace = args.shutdown_grace;
     setup.options.handshake_timeout = args.handshake_timeout;
     setup.options.first_request_timeout = args.first_request_timeout;
@@ -536,6 +565,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         intermediate_key = %intermediate_key,
         intermediate_expires = %utc_second(current.authority().intermediate_not_after()),
         roots = current.authority().bundle().roots().len(),
+        revocations = current.revocations().generation,
+        reattest_after = %humantime::format_duration(args.reattest_after),
         kubernetes = kubernetes.is_some(),
         "CA ready"
     );

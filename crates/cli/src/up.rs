@@ -221,6 +221,7 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
                 certificate_ttl: None,
                 bundle_refresh: Duration::from_secs(300),
                 bundle_cache: None,
+                reattest: None,
             },
             inbound: Some(InboundConfig {
                 listen: inbound_addrs[&service.name],

@@ -98,6 +98,39 @@ pub struct CaConfig {
     /// of the last rotation rather than those its pod was created with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_cache: Option<PathBuf>,
+    /// When renewals present the token as well as the certificate. Unset: `always` when the
+    /// token file holds a Kubernetes service-account token (the kubelet keeps one fresh), and
+    /// `when_asked` when it holds a join token (typically used once). Read each time, like the
+    /// token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reattest: Option<Reattest>,
+}
+
+/// When a sidecar sends its token with a renewal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reattest {
+    /// Every renewal attests with the token, as Istio's agents do: the CA's TokenReview
+    /// confirms the service account still exists each time.
+    Always,
+    /// Renewals prove identity with the current certificate; the token is sent only when the
+    /// CA refuses that (its `--reattest-after` has passed, or the certificate was revoked).
+    WhenAsked,
+}
+
+// === impl Reattest ===
+
+impl Reattest {
+    /// What an unset `ca.reattest` means for a token file holding `token`: `always` for a
+    /// Kubernetes token, `when_asked` for a join token (`hushjt.…`, the prefix `hush ca token
+    /// create` gives every join token).
+    pub fn for_token(token: &str) -> Self {
+        if token.trim_start().starts_with("hushjt.") {
+            Self::WhenAsked
+        } else {
+            Self::Always
+        }
+    }
 }
 
 /// The inbound listener: mutual TLS from other sidecars, plaintext to the app.
@@ -713,6 +746,7 @@ impl CaConfig {
             certificate_ttl: None,
             bundle_refresh: defaults::bundle_refresh(),
             bundle_cache: None,
+            reattest: None,
         }
     }
 }
@@ -1099,6 +1133,40 @@ outbound:
         .unwrap();
     }
 
+    #[test]
+    fn reattest_is_always_when_asked_or_by_the_token() {
+        let with = |value: &str| {
+            parse(&format!(
+                "ca: {{address: https://localhost:8443, trust_bundle: b, token_file: t, \
+                 reattest: {value}}}\ninbound: {{listen: 127.0.0.1:1, app: 127.0.0.1:2}}"
+            ))
+        };
+        assert_eq!(with("always").unwrap().ca.reattest, Some(Reattest::Always));
+        assert_eq!(
+            with("when_asked").unwrap().ca.reattest,
+            Some(Reattest::WhenAsked)
+        );
+        let error = with("sometimes").unwrap_err();
+        assert!(
+            error.contains("ca.reattest") || error.contains("reattest"),
+            "{error}"
+        );
+        assert!(
+            error.contains("always") && error.contains("when_asked"),
+            "{error}"
+        );
+        assert_eq!(parse(MINIMAL).unwrap().ca.reattest, None);
+        // Unset, the token decides: a join token is sent only when the CA asks for it.
+        assert_eq!(
+            Reattest::for_token("hushjt.0123.secret"),
+            Reattest::WhenAsked
+        );
+        assert_eq!(
+            Reattest::for_token("eyJhbGciOiJSUzI1NiJ9.e30.sig"),
+            Reattest::Always
+        );
+    }
+
     /// Every example configuration, the reference with every key included, reads, writes and
     /// reads back to the same value; so what the injector or a test writes is what the
     /// sidecar reads.
@@ -1272,6 +1340,7 @@ outbound:
                 certificate_ttl: Some(second),
                 bundle_refresh: second,
                 bundle_cache: Some("bundle-cache.pem".into()),
+                reattest: Some(Reattest::WhenAsked),
             },
             inbound: Some(InboundConfig {
                 listen: addr(1),

@@ -13,7 +13,7 @@
 //! AttestationRecord ::= SEQUENCE {
 //!     version       INTEGER (1),
 //!     attestedAt    GeneralizedTime,          -- YYYYMMDDHHMMSSZ, whole seconds, UTC
-//!     method        ENUMERATED { joinToken (0), kubernetesServiceAccount (1) },
+//!     method        ENUMERATED { joinToken (0), kubernetesServiceAccount (1), unrecorded (2) },
 //!     originSerial  OCTET STRING (SIZE (1..20)),
 //!     tokenId       [0] IMPLICIT UTF8String (SIZE (1..128)) OPTIONAL }
 //! ```
@@ -86,6 +86,11 @@ pub enum AttestationMethod {
     /// A Kubernetes service-account token checked by TokenReview (`kubernetesServiceAccount`,
     /// 1).
     KubernetesServiceAccount,
+    /// Not known (`unrecorded`, 2): the certificate was renewed from one issued before the CA
+    /// wrote attestation records, which says only that its identity was attested no later
+    /// than its notBefore. The CA writes that time as `attestedAt`, so that the line of
+    /// renewals still has to attest again one day.
+    Unrecorded,
 }
 
 /// Why an attestation record cannot be written or read.
@@ -110,8 +115,8 @@ pub enum AttestationError {
 
     /// The attestation method is not one hush knows.
     #[error(
-        "attestation method {found} is unknown; hush knows 0 (join token) and 1 (Kubernetes \
-         service account)"
+        "attestation method {found} is unknown; hush knows 0 (join token), 1 (Kubernetes \
+         service account) and 2 (unrecorded)"
     )]
     UnknownMethod {
         /// The ENUMERATED value found.
@@ -358,6 +363,7 @@ impl AttestationMethod {
         match self {
             Self::JoinToken => 0,
             Self::KubernetesServiceAccount => 1,
+            Self::Unrecorded => 2,
         }
     }
 
@@ -365,6 +371,7 @@ impl AttestationMethod {
         match value {
             0 => Ok(Self::JoinToken),
             1 => Ok(Self::KubernetesServiceAccount),
+            2 => Ok(Self::Unrecorded),
             found => Err(AttestationError::UnknownMethod { found }),
         }
     }
@@ -375,6 +382,7 @@ impl fmt::Display for AttestationMethod {
         f.write_str(match self {
             Self::JoinToken => "join token",
             Self::KubernetesServiceAccount => "Kubernetes service account",
+            Self::Unrecorded => "unrecorded method",
         })
     }
 }
@@ -542,6 +550,18 @@ mod tests {
             by_hand(&[1], b"20250615150640Z", 1, &[0x47, 0xb0, 0x01, 0x02], None)
         );
         assert_eq!(AttestationRecord::from_der(&der).unwrap(), without_token);
+
+        let unrecorded = AttestationRecord {
+            method: AttestationMethod::Unrecorded,
+            token_id: None,
+            ..record()
+        };
+        let der = unrecorded.to_der().unwrap();
+        assert_eq!(
+            der,
+            by_hand(&[1], b"20250615150640Z", 2, &[0x47, 0xb0, 0x01, 0x02], None)
+        );
+        assert_eq!(AttestationRecord::from_der(&der).unwrap(), unrecorded);
     }
 
     #[test]
@@ -653,9 +673,9 @@ mod tests {
                 },
             ),
             (
-                "method 2",
-                by_hand(&[1], time, 2, serial, None),
-                AttestationError::UnknownMethod { found: 2 },
+                "method 3",
+                by_hand(&[1], time, 3, serial, None),
+                AttestationError::UnknownMethod { found: 3 },
             ),
             (
                 "an empty origin serial",
@@ -892,8 +912,8 @@ mod tests {
     fn messages_read_well() {
         assert_eq!(
             AttestationError::UnknownMethod { found: 7 }.to_string(),
-            "attestation method 7 is unknown; hush knows 0 (join token) and 1 (Kubernetes \
-             service account)"
+            "attestation method 7 is unknown; hush knows 0 (join token), 1 (Kubernetes \
+             service account) and 2 (unrecorded)"
         );
         assert_eq!(
             AttestationError::TokenIdLength { len: 129 }.to_string(),

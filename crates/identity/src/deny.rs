@@ -318,6 +318,15 @@ impl DenyList {
     }
 }
 
+/// A serial written in hex as people copy it (either case, with or without colons between the
+/// bytes or a leading `00`) in the form a [`DenyList`] keeps it, for comparing with
+/// [`crate::serial_hex`] of a certificate's serial.
+pub fn normalize_serial_hex(serial: &str) -> Result<String, DenyListError> {
+    let mut one = DenyList::new();
+    one.deny_serial_hex(serial)?;
+    Ok(one.serials.into_iter().next().unwrap_or_default())
+}
+
 /// Reads a serial written in hex, as `hush cert inspect` or openssl print it.
 fn parse_serial_hex(text: &str) -> Result<Vec<u8>, &'static str> {
     let digits: Vec<u8> = text.bytes().filter(|&b| b != b':').collect();
@@ -645,6 +654,12 @@ mod tests {
         }
         let bytes = list(|l| l.deny_serial(&[0x00, 0x00, 0x9a]).unwrap());
         assert_eq!(bytes.serials().collect::<Vec<_>>(), ["9a"]);
+        assert_eq!(normalize_serial_hex("00:9A:01").unwrap(), "9a01");
+        assert_eq!(
+            normalize_serial_hex("00:9A:01").unwrap(),
+            serial_hex(&[0x00, 0x9a, 0x01])
+        );
+        assert!(normalize_serial_hex("xyz").is_err());
     }
 
     #[test]

@@ -40,8 +40,8 @@ pub use self::{
     },
     authority_id::{authority_id, authority_id_of_public_key},
     bundle::{BundleError, TrustBundle, parse_pem_certificates},
-    deny::{Denial, DeniedId, DenyList, DenyListError},
+    deny::{Denial, DeniedId, DenyList, DenyListError, normalize_serial_hex},
     spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain},
-    summary::{CertificateSummary, rsa_modulus_bits},
+    summary::{CertificateSummary, rsa_modulus_bits, serial_hex},
     svid::{SvidError, check_leaf_svid, check_signing_cert},
 };

@@ -91,10 +91,11 @@ impl CertificateSummary {
     }
 }
 
-/// Lowercase hex without the leading zero bytes DER adds to keep the integer positive (`00`
+/// A serial number (big-endian bytes, as a certificate or an attestation record holds it) as
+/// lowercase hex without the leading zero bytes DER adds to keep the integer positive (`00`
 /// for zero). The deny-list keeps serials in this form too, so what `hush cert inspect` prints
 /// is what an operator revokes.
-pub(crate) fn serial_hex(raw: &[u8]) -> String {
+pub fn serial_hex(raw: &[u8]) -> String {
     let significant = match raw.iter().position(|&b| b != 0) {
         Some(start) => &raw[start..],
         // Zero, however many bytes it is written with.

@@ -11,6 +11,17 @@
 //! When the CA taints an authority (`hush ca taint`), the bundle refresh learns of it and a
 //! certificate issued under that authority is renewed at once — after a random wait up to the
 //! CA's spread, so that a whole mesh does not call the CA in the same second.
+//!
+//! The bundle refresh also brings the CA's deny-list (`hush ca revoke-identity`), applied with
+//! the roots in one swap so that both verifiers refuse a revoked peer from the next handshake.
+//! A sidecar whose own certificate the list names renews at once: the CA refuses the
+//! certificate, so the token is tried, which gets a new certificate unless the identity or the
+//! token is revoked too (then the sidecar keeps serving with what it has until it expires).
+//!
+//! With `ca.reattest: always` (the default with a Kubernetes token) every renewal attests with
+//! the token instead of the certificate, as Istio's agents do; otherwise the token is sent only
+//! when the CA refuses the certificate, which it does once the identity was last attested
+//! longer ago than its `--reattest-after`.
 
 mod certifier;
 mod error;
@@ -24,7 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hush_identity::{CertificateSummary, SpiffeId, TrustBundle};
+use hush_identity::{CertificateSummary, Denial, DenyList, SpiffeId, TrustBundle};
 use hush_tls::rustls::client::danger::ServerCertVerifier;
 use hush_tls::{CredentialStore, ExpectedServer, SpiffeServerVerifier, TrustStore};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -36,7 +47,7 @@ use tracing::{Instrument, debug, info, warn};
 use self::certifier::{BundleUpdate, CaCertifier, CaError, Certifier, Issued};
 use self::error::AttemptError;
 use crate::clock::{system_time, unix_seconds};
-use crate::config::CaConfig;
+use crate::config::{CaConfig, Reattest};
 use crate::metrics::Metrics;
 
 /// First retry after a failed attempt; doubles up to [`MAX_BACKOFF`].
@@ -45,22 +56,46 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The longest a taint may make a renewal wait, whatever spread the CA asks for.
 const MAX_TAINT_SPREAD: Duration = Duration::from_secs(3600);
 
-/// What the CA last said about tainted authorities, passed from the bundle refresh to the
-/// renewal loop.
+/// What the CA last said that can bring a renewal forward, passed from the bundle refresh to
+/// the renewal loop: tainted authorities, and the deny-list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Taint {
+struct Advice {
     /// IDs of tainted authorities.
     tainted: Arc<BTreeSet<String>>,
     /// Forced renewals wait a random time up to this first.
     spread: Duration,
+    /// The certificates the CA has revoked.
+    deny: Arc<DenyList>,
 }
 
-// === impl Taint ===
+// === impl Advice ===
 
-impl Taint {
+impl Advice {
+    /// Why `svid` must be renewed now, if it must: the reason for the metric, and the words.
+    fn renew_now(&self, svid: &Svid) -> Option<(&'static str, String)> {
+        if let Some(authority) = self.tainted_authority(svid) {
+            return Some((
+                "tainted",
+                format!("the CA tainted authority {authority} of its chain"),
+            ));
+        }
+        let denial = self.revoked(svid)?;
+        Some((
+            "revoked",
+            format!(
+                "the CA revoked it ({denial}); the CA refuses to renew it, so the token is tried"
+            ),
+        ))
+    }
+
+    /// Why the deny-list refuses `svid`, if it does.
+    fn revoked(&self, svid: &Svid) -> Option<Denial> {
+        self.deny.denies(svid.chain.first()?)
+    }
+
     /// The tainted authority `svid` was issued under, if any: an ID of a CA certificate of its
     /// chain.
-    fn of(&self, svid: &Svid) -> Option<String> {
+    fn tainted_authority(&self, svid: &Svid) -> Option<String> {
         if self.tainted.is_empty() {
             return None;
         }
@@ -227,19 +262,19 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
 
     /// Runs until `stop` is cancelled: first certificate, renewals, bundle refreshes.
     pub(crate) async fn run(self, stop: CancellationToken) {
-        let (taint_tx, mut taint) = watch::channel(Taint::default());
+        let (advice_tx, mut advice) = watch::channel(Advice::default());
         let refresh = tokio::spawn(refresh_bundle(
             self.certifier.clone(),
             self.ca.clone(),
             self.trust.clone(),
             self.metrics.clone(),
-            taint_tx,
+            advice_tx,
             stop.clone(),
         ));
         let mut backoff = MIN_BACKOFF;
         let mut next_attempt = tokio::time::Instant::now();
-        // The serial whose renewal a taint brought forward already, so that each bundle refresh
-        // repeating the taint does not draw a new random time.
+        // The serial whose renewal a taint or a revocation brought forward already, so that
+        // each bundle refresh repeating it does not draw a new random time.
         let mut forced_for: Option<String> = None;
         // Renewals in a row that came back under a tainted authority (a replica that has not
         // reloaded): each waits twice as long as the one before, up to the usual backoff's cap.
@@ -247,24 +282,23 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(next_attempt) => {}
-                Ok(()) = taint.changed() => {
-                    let taint = taint.borrow_and_update().clone();
+                Ok(()) = advice.changed() => {
+                    let advice = advice.borrow_and_update().clone();
                     let current = self.status.borrow().svid.clone();
                     if let Some(svid) = current
                         && forced_for.as_deref() != Some(svid.serial.as_str())
-                        && let Some(authority) = taint.of(&svid)
+                        && let Some((reason, why)) = advice.renew_now(&svid)
                     {
-                        let wait = taint.delay(Duration::ZERO);
+                        let wait = advice.delay(Duration::ZERO);
                         let at = tokio::time::Instant::now() + wait;
                         if at < next_attempt {
                             next_attempt = at;
                             forced_for = Some(svid.serial.clone());
-                            self.metrics.forced_renewal("tainted");
+                            self.metrics.forced_renewal(reason);
                             info!(
-                                %authority,
                                 serial = %svid.serial,
                                 in_ = %humantime::format_duration(wait),
-                                "renewing the workload certificate early: the CA tainted authority {authority} of its chain"
+                                "renewing the workload certificate early: {why}"
                             );
                         }
                     }
@@ -308,8 +342,8 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
                     next_attempt = instant_at(svid.renew_at, self.clock.now());
                     // A replica that has not yet noticed the taint may still sign under the
                     // tainted authority: valid, so kept, and renewed again after a spread.
-                    let taint = taint.borrow().clone();
-                    let still_tainted = taint.of(&svid);
+                    let advice = advice.borrow().clone();
+                    let still_tainted = advice.tainted_authority(&svid);
                     tainted_streak = if still_tainted.is_some() {
                         tainted_streak.saturating_add(1)
                     } else {
@@ -319,7 +353,7 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
                         let floor = MIN_BACKOFF
                             .saturating_mul(1 << tainted_streak.min(5))
                             .min(MAX_BACKOFF);
-                        let at = tokio::time::Instant::now() + taint.delay(floor);
+                        let at = tokio::time::Instant::now() + advice.delay(floor);
                         if at < next_attempt {
                             next_attempt = at;
                             forced_for = Some(svid.serial.clone());
@@ -374,7 +408,7 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
     }
 
     /// One attempt: renew with the current certificate while it is valid, otherwise (or if the
-    /// CA refuses that) attest with the token.
+    /// CA refuses that, or `ca.reattest` says always) attest with the token.
     async fn attempt(&self, current: Option<&Svid>) -> Result<Svid, AttemptError> {
         let key = rcgen::KeyPair::generate().map_err(AttemptError::KeyPair)?;
         let csr = rcgen::CertificateParams::default()
@@ -384,7 +418,7 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
             .to_vec();
         let valid_now = current.is_some_and(|svid| self.clock.now() < svid.not_after);
 
-        let issued = if valid_now {
+        let issued = if valid_now && self.reattest() == Reattest::WhenAsked {
             match self.certifier.renew(csr.clone()).await {
                 Ok(issued) => issued,
                 Err(CaError::Client(e)) => return Err(AttemptError::Client(e)),
@@ -408,7 +442,8 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
         if !issued.bundle.is_empty() {
             // A certificate's answer carries no generation, and may come from a replica that
             // lags behind one the bundle refresh already heard: it may add roots (the new root
-            // of the certificate it brings), never take one away. Removing is the refresh's.
+            // of the certificate it brings), never take one away. Removing is the refresh's, and
+            // so is the deny-list, which is kept.
             let mut roots = self.trust.bundle().roots().to_vec();
             for root in issued.bundle {
                 if !roots.contains(&root) {
@@ -420,6 +455,7 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
                 &self.metrics,
                 self.ca.bundle_cache.as_deref(),
                 roots,
+                None,
             );
         }
         // The identity never changes while the sidecar runs.
@@ -435,6 +471,18 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
             )
             .map_err(AttemptError::Unusable)?;
         Ok(svid)
+    }
+
+    /// Whether renewals send the token: `ca.reattest`, or when unset, what the token file
+    /// holds now (a Kubernetes token: always; a join token, or none yet: when the CA asks).
+    fn reattest(&self) -> Reattest {
+        self.ca
+            .reattest
+            .unwrap_or_else(|| match read_token(&self.ca.token_file) {
+                Ok(token) => Reattest::for_token(&token),
+                // Nothing to send yet: the certificate is all there is.
+                Err(_) => Reattest::WhenAsked,
+            })
     }
 
     /// Attestation with the token, read from its file now: a rotated token is picked up.
@@ -537,10 +585,13 @@ async fn refresh_bundle<C: Certifier>(
     ca: CaConfig,
     trust: TrustStore,
     metrics: Metrics,
-    taint: watch::Sender<Taint>,
+    advice: watch::Sender<Advice>,
     stop: CancellationToken,
 ) {
     let mut newest = 0;
+    // The deny-list has a generation of its own: a replica can be current on one and lag on
+    // the other.
+    let mut newest_deny = 0;
     loop {
         tokio::select! {
             () = tokio::time::sleep(ca.bundle_refresh) => {}
@@ -558,14 +609,32 @@ async fn refresh_bundle<C: Certifier>(
                 generation,
                 tainted,
                 renew_spread,
+                deny,
+                deny_generation,
             }) => {
                 newest = generation;
-                apply_bundle(&trust, &metrics, ca.bundle_cache.as_deref(), roots);
-                let next = Taint {
+                let deny = match deny {
+                    Some(_) if deny_generation < newest_deny => {
+                        debug!(
+                            deny_generation,
+                            newest_deny,
+                            "ignoring a deny-list of an older generation (a lagging CA replica)"
+                        );
+                        None
+                    }
+                    Some(deny) => {
+                        newest_deny = deny_generation;
+                        Some(deny)
+                    }
+                    None => None,
+                };
+                apply_bundle(&trust, &metrics, ca.bundle_cache.as_deref(), roots, deny);
+                let next = Advice {
                     tainted: Arc::new(tainted),
                     spread: renew_spread,
+                    deny: trust.deny_list(),
                 };
-                taint.send_if_modified(|current| {
+                advice.send_if_modified(|current| {
                     let changed = *current != next;
                     *current = next;
                     changed
@@ -580,12 +649,15 @@ async fn refresh_bundle<C: Certifier>(
     }
 }
 
-/// Trusts `roots` from now on, and keeps them in `cache` for the next start.
+/// Puts the CA's roots, and its deny-list when it sent one, in force together (both verifiers
+/// see them from the next handshake on), and keeps the roots in `cache` for the next start. A
+/// bundle that cannot be used leaves both as they are.
 fn apply_bundle(
     trust: &TrustStore,
     metrics: &Metrics,
     cache: Option<&Path>,
     roots: Vec<CertificateDer<'static>>,
+    deny: Option<DenyList>,
 ) {
     let bundle = match TrustBundle::new(trust.trust_domain(), roots) {
         Ok(bundle) => bundle,
@@ -594,15 +666,32 @@ fn apply_bundle(
             return;
         }
     };
-    match trust.replace(bundle) {
+    let roots_changed = bundle.roots() != trust.bundle().roots();
+    let deny_changed = deny
+        .as_ref()
+        .is_some_and(|deny| *deny != *trust.deny_list());
+    let entries = deny.as_ref().map(DenyList::len);
+    let result = match deny {
+        Some(deny) => trust.update(bundle, deny),
+        None => trust.replace(bundle),
+    };
+    match result {
         Ok(true) => {
-            metrics.bundle_updated();
-            info!(
-                roots = trust.bundle().roots().len(),
-                "trust bundle updated from the CA"
-            );
-            if let Some(cache) = cache {
-                write_bundle_cache(cache, &trust.bundle());
+            if roots_changed {
+                metrics.bundle_updated();
+                info!(
+                    roots = trust.bundle().roots().len(),
+                    "trust bundle updated from the CA"
+                );
+                if let Some(cache) = cache {
+                    write_bundle_cache(cache, &trust.bundle());
+                }
+            }
+            if deny_changed {
+                info!(
+                    entries = entries.unwrap_or_default(),
+                    "deny-list updated from the CA: new handshakes refuse what it revokes"
+                );
             }
         }
         Ok(false) => {}

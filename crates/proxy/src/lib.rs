@@ -63,7 +63,7 @@ pub use self::proxy::{Proxy, ProxyAddresses, ProxyError, check_policy, load_trus
 pub use hush_config::{
     APP_HEALTH_PREFIX, AccessLog, AdminConfig, AppProbe, CaConfig, ConfigError, DefaultPolicy,
     DestinationRule, Identities, InboundConfig, Limits, OutboundConfig, Passthrough, PolicyConfig,
-    Protocol, ProxyConfig, TracingConfig, TransparentConfig,
+    Protocol, ProxyConfig, Reattest, TracingConfig, TransparentConfig,
 };
 
 #[cfg(test)]

@@ -325,7 +325,8 @@ impl Metrics {
         registry.register(
             "certificate_forced_renewals",
             "Renewals of the workload certificate brought forward from half its life, by reason \
-             (tainted: the CA tainted an authority of its chain)",
+             (tainted: the CA tainted an authority of its chain; revoked: the CA's deny-list \
+             names it)",
             forced_renewals.clone(),
         );
         let bundle_updates = Counter::default();
@@ -546,7 +547,7 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a renewal brought forward, for `reason` (`tainted`).
+    /// Counts a renewal brought forward, for `reason` (`tainted`, `revoked`).
     pub(crate) fn forced_renewal(&self, reason: &'static str) {
         self.inner
             .forced_renewals

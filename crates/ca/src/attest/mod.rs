@@ -35,6 +35,18 @@ impl AttestationKind {
             Self::X509Svid => "x509_svid",
         }
     }
+
+    /// How a certificate's attestation record names this attestation; `None` for a renewal
+    /// with a certificate, which attests nothing new and copies the record it presents.
+    pub fn record_method(self) -> Option<hush_identity::AttestationMethod> {
+        match self {
+            Self::JoinToken => Some(hush_identity::AttestationMethod::JoinToken),
+            Self::K8sServiceAccount => {
+                Some(hush_identity::AttestationMethod::KubernetesServiceAccount)
+            }
+            Self::X509Svid => None,
+        }
+    }
 }
 
 /// A caller whose identity is established.

@@ -32,7 +32,18 @@ fn csr() -> VerifiedCsr {
 fn issue_and_verify(ca: &CaDir) {
     let authority = Authority::new(ca.load().unwrap(), IssuancePolicy::default()).unwrap();
     let id = "spiffe://example.org/ns/shop/sa/web".parse().unwrap();
-    let svid = authority.issue(&csr(), &id, None).unwrap();
+    let svid = authority
+        .issue(
+            &csr(),
+            &id,
+            None,
+            &crate::lineage::Lineage::Attested {
+                method: hush_identity::AttestationMethod::JoinToken,
+                token_id: None,
+            },
+            None,
+        )
+        .unwrap();
     hush_test_support::verify_chain(
         &svid.chain,
         ca.load_bundle().unwrap().roots(),
@@ -266,7 +277,18 @@ fn a_reload_opens_the_token_only_when_the_directory_changed() {
                 "{err}"
             );
             let id = "spiffe://example.org/ns/shop/sa/web".parse().unwrap();
-            set.authority().issue(&csr(), &id, None).unwrap();
+            set.authority()
+                .issue(
+                    &csr(),
+                    &id,
+                    None,
+                    &crate::lineage::Lineage::Attested {
+                        method: hush_identity::AttestationMethod::JoinToken,
+                        token_id: None,
+                    },
+                    None,
+                )
+                .unwrap();
 
             std::os::unix::fs::symlink(&hsm.module, &link).unwrap();
             let next = set.load_if_changed(&ca).unwrap().expect("changed");
@@ -278,7 +300,18 @@ fn a_reload_opens_the_token_only_when_the_directory_changed() {
                 } => assert!(!intermediate_changed && roots_changed),
                 Reload::Unchanged => panic!("the manifest changed"),
             }
-            next.authority().issue(&csr(), &id, None).unwrap();
+            next.authority()
+                .issue(
+                    &csr(),
+                    &id,
+                    None,
+                    &crate::lineage::Lineage::Attested {
+                        method: hush_identity::AttestationMethod::JoinToken,
+                        token_id: None,
+                    },
+                    None,
+                )
+                .unwrap();
         },
     );
 }

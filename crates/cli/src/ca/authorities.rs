@@ -22,7 +22,7 @@ use crate::parse_duration;
 use crate::times::{span, utc_second};
 
 /// The API name audit lines of these commands carry.
-const ADMIN_API: &str = "hush.ca.admin";
+pub(super) const ADMIN_API: &str = "hush.ca.admin";
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RotateCommand {
@@ -544,7 +544,7 @@ async fn record(
 }
 
 /// `user@host` of whoever runs the command.
-fn actor() -> String {
+pub(super) fn actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());
@@ -554,7 +554,8 @@ fn actor() -> String {
     format!("{user}@{host}")
 }
 
-fn at(unix: i64) -> String {
+/// A Unix time as the commands print it (`2026-11-26T23:21:22Z`).
+pub(super) fn at(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .map(utc_second)
         .unwrap_or_else(|_| unix.to_string())

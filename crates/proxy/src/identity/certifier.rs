@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use hush_ca_client::{CaClient, ClientError};
+use hush_identity::DenyList;
 use hush_tls::{CredentialStore, TrustStore};
 use rustls_pki_types::CertificateDer;
 
@@ -51,6 +52,11 @@ pub(crate) struct BundleUpdate {
     pub(crate) tainted: BTreeSet<String>,
     /// Renewals forced by a taint wait a random time up to this first.
     pub(crate) renew_spread: Duration,
+    /// The certificates the CA has revoked; `None` when it said nothing of them (a CA older
+    /// than revocations, or a list that could not be read, which is logged).
+    pub(crate) deny: Option<DenyList>,
+    /// The generation of the CA's revocations; replicas can lag, so an older one is ignored.
+    pub(crate) deny_generation: u64,
 }
 
 /// What the CA sent for a certificate request. Nothing here is checked yet.
@@ -237,6 +243,10 @@ impl Certifier for CaCertifier {
         let response = call(client.trust_bundle())
             .await
             .map_err(|status| self.failed(&status))?;
+        let deny = response.deny.map(deny_list).transpose().unwrap_or_else(|error| {
+            tracing::warn!(%error, "the CA sent a deny-list that cannot be read; keeping the current one");
+            None
+        });
         Ok(BundleUpdate {
             roots: certificates(response.roots),
             generation: response.generation,
@@ -244,8 +254,30 @@ impl Certifier for CaCertifier {
             renew_spread: Duration::from_secs(
                 u64::try_from(response.renew_spread_seconds).unwrap_or_default(),
             ),
+            deny,
+            deny_generation: response.deny_generation,
         })
     }
+}
+
+/// The deny-list as the CA sent it, every entry checked as the list checks its own: one the
+/// sidecar cannot read refuses the whole list, rather than applying half of it.
+fn deny_list(sent: hush_ca_client::proto::DenyList) -> Result<DenyList, String> {
+    let mut deny = DenyList::new();
+    for serial in &sent.serials {
+        deny.deny_serial_hex(serial).map_err(|e| e.to_string())?;
+    }
+    for denied in sent.spiffe_ids {
+        let id = denied
+            .spiffe_id
+            .parse()
+            .map_err(|e| format!("{:?}: {e}", denied.spiffe_id))?;
+        deny.deny_spiffe_id(id, denied.issued_before_unix);
+    }
+    for token_id in &sent.token_ids {
+        deny.deny_token_id(token_id).map_err(|e| e.to_string())?;
+    }
+    Ok(deny)
 }
 
 fn issued(response: hush_ca_client::proto::CertifyResponse) -> Issued {
@@ -336,6 +368,36 @@ mod tests {
         let refused = CaError::from_status("https://ca.test:8443", &refused);
         assert!(refused.refused_our_certificate());
         assert!(!refused.is_unavailable());
+    }
+
+    #[test]
+    fn a_deny_list_is_read_whole_or_not_at_all() {
+        use hush_ca_client::proto;
+        let sent = proto::DenyList {
+            serials: vec!["47:B0".into()],
+            spiffe_ids: vec![proto::DeniedId {
+                spiffe_id: "spiffe://test.example/ns/shop/sa/frontend".into(),
+                issued_before_unix: 1_900_000_000,
+            }],
+            token_ids: vec!["0123456789abcdef".into()],
+        };
+        let deny = deny_list(sent.clone()).unwrap();
+        assert_eq!(deny.len(), 3);
+        assert_eq!(deny.serials().collect::<Vec<_>>(), ["47b0"]);
+
+        let bad_id = proto::DenyList {
+            spiffe_ids: vec![proto::DeniedId {
+                spiffe_id: "https://not.spiffe".into(),
+                issued_before_unix: 1,
+            }],
+            ..sent.clone()
+        };
+        assert!(deny_list(bad_id).is_err());
+        let bad_serial = proto::DenyList {
+            serials: vec!["xyz".into()],
+            ..sent
+        };
+        assert!(deny_list(bad_serial).is_err());
     }
 
     #[tokio::test(start_paused = true)]

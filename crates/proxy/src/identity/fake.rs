@@ -3,8 +3,8 @@
 //! [`FakeCa`] really issues certificates: for the key of the CSR it is sent, signed by the
 //! intermediate of an in-memory root, so what it hands out passes the manager's own checks
 //! against a real trust bundle. It can be told to refuse, to be unreachable, to never answer, to
-//! name another workload, to send a chain that does not verify, or to hand out another bundle;
-//! and it records every call, with the tokio time it came at and the certificate a renewal
+//! name another workload, to send a chain that does not verify, to hand out another bundle, to
+//! taint an authority or to revoke certificates; and it records every call, with the tokio time it came at and the certificate a renewal
 //! presented.
 //!
 //! [`TestClock`] is a wall clock that follows tokio's paused clock from a fixed time, so that
@@ -137,6 +137,9 @@ struct State {
     generation: u64,
     tainted: std::collections::BTreeSet<String>,
     renew_spread: Duration,
+    /// The deny-list `GetTrustBundle` sends (`None`: a CA older than revocations).
+    deny: Option<hush_identity::DenyList>,
+    deny_generation: u64,
 }
 
 /// A root and its intermediate.
@@ -168,6 +171,8 @@ impl FakeCa {
                     generation: 1,
                     tainted: Default::default(),
                     renew_spread: Duration::ZERO,
+                    deny: None,
+                    deny_generation: 0,
                 }),
                 calls: watch::Sender::new(Vec::new()),
             }),
@@ -229,6 +234,13 @@ impl FakeCa {
     /// Sets the generation bundle requests report (a lagging replica reports an older one).
     pub(super) fn set_generation(&self, generation: u64) {
         self.state().generation = generation;
+    }
+
+    /// Bundle requests send `deny` as the deny-list of `generation` from now on.
+    pub(super) fn deny(&self, deny: hush_identity::DenyList, generation: u64) {
+        let mut state = self.state();
+        state.deny = Some(deny);
+        state.deny_generation = generation;
     }
 
     /// An intermediate rotation: signs with a new intermediate under the same root from now on.
@@ -354,6 +366,8 @@ impl Certifier for FakeCa {
                     generation: state.generation,
                     tainted: state.tainted.clone(),
                     renew_spread: state.renew_spread,
+                    deny: state.deny.clone(),
+                    deny_generation: state.deny_generation,
                 })
             }
         }

@@ -7,7 +7,7 @@
 //! manager reads a wall clock that follows tokio's from a fixed time ([`TestClock`]), so nothing
 //! depends on the machine's clock or speed.
 
-use hush_identity::TrustDomain;
+use hush_identity::{DenyList, TrustDomain};
 use hush_tls::FailureReason;
 use tokio::task::JoinHandle;
 
@@ -62,6 +62,7 @@ impl Sidecar {
             certificate_ttl: None,
             bundle_refresh,
             bundle_cache: None,
+            reattest: None,
         };
         let (status_tx, status) = watch::channel(IdentityStatus::default());
         Self {
@@ -759,4 +760,168 @@ async fn a_certificates_answer_adds_roots_but_never_takes_one_away() {
         sidecar.trust.bundle().roots().contains(&new_root),
         "a renewal's answer took a root away"
     );
+}
+
+/// What a CA past its `--reattest-after` says to a renewal with a certificate.
+const ASKS_FOR_THE_TOKEN: &str = "spiffe://test.example/ns/shop/sa/backend was last attested 7 d \
+                                  3 h ago, more than this CA's --reattest-after 7d: present the \
+                                  token again";
+/// A Kubernetes service-account token, as far as the sidecar can tell: not a join token.
+const KUBERNETES_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2EifQ.c2ln";
+
+/// The kinds of `calls`, bundle refreshes left out.
+fn certificate_calls(calls: &[Call]) -> Vec<CallKind> {
+    kinds(calls)
+        .into_iter()
+        .filter(|kind| *kind != CallKind::Bundle)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn reattest_always_sends_the_token_with_every_renewal() {
+    let mut sidecar = Sidecar::new();
+    sidecar.config.reattest = Some(Reattest::Always);
+    sidecar.start();
+    let first = sidecar.certificate().await;
+    let second = sidecar.next_certificate(&first).await;
+    let third = sidecar.next_certificate(&second).await;
+
+    let calls = sidecar.ca.calls();
+    assert_eq!(
+        kinds(&calls),
+        [CallKind::Certify, CallKind::Certify, CallKind::Certify],
+        "no renewal with the certificate"
+    );
+    assert!(calls.iter().all(|c| c.token.as_deref() == Some(TOKEN)));
+    // Still at about half-life.
+    let waited = calls[1].at - calls[0].at;
+    assert!(
+        between(
+            waited,
+            LIFETIME.mul_f64(0.4) - Duration::from_secs(1),
+            LIFETIME.mul_f64(0.6)
+        ),
+        "{waited:?}"
+    );
+    assert_eq!(sidecar.presented(), third.chain[0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kubernetes_token_is_sent_with_every_renewal_unless_told_otherwise() {
+    let mut sidecar = Sidecar::new();
+    std::fs::write(sidecar.token_file(), KUBERNETES_TOKEN).unwrap();
+    sidecar.start();
+    let first = sidecar.certificate().await;
+    sidecar.next_certificate(&first).await;
+    let calls = sidecar.ca.calls();
+    assert_eq!(kinds(&calls), [CallKind::Certify, CallKind::Certify]);
+    assert_eq!(calls[1].token.as_deref(), Some(KUBERNETES_TOKEN));
+
+    // `when_asked` keeps the certificate for renewals, whatever the token.
+    let mut asked = Sidecar::new();
+    std::fs::write(asked.token_file(), KUBERNETES_TOKEN).unwrap();
+    asked.config.reattest = Some(Reattest::WhenAsked);
+    asked.start();
+    let first = asked.certificate().await;
+    asked.next_certificate(&first).await;
+    assert_eq!(
+        kinds(&asked.ca.calls()),
+        [CallKind::Certify, CallKind::Renew]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_asked_the_token_goes_only_when_the_ca_asks_for_it() {
+    // A join token: renewals present the certificate until the CA asks for the token.
+    let mut sidecar = Sidecar::new();
+    sidecar.start();
+    let first = sidecar.certificate().await;
+    let second = sidecar.next_certificate(&first).await;
+    assert_eq!(
+        kinds(&sidecar.ca.calls()),
+        [CallKind::Certify, CallKind::Renew]
+    );
+
+    // The join token was single-use and is gone; the CA's --reattest-after has passed.
+    std::fs::write(sidecar.token_file(), "").unwrap();
+    sidecar.ca.answer_renewals(Answer::Refuse(
+        tonic::Code::Unauthenticated,
+        ASKS_FOR_THE_TOKEN,
+    ));
+    let error = sidecar.error().await;
+    assert!(
+        error.starts_with("renewal with the current certificate failed: Unauthenticated: ")
+            && error.contains("present the token again")
+            && error.ends_with(&format!(
+                "; then the token file {} is empty",
+                sidecar.token_file().display()
+            )),
+        "{error}"
+    );
+    // Still serving with the certificate it has.
+    assert_eq!(sidecar.status().svid.unwrap().serial, second.serial);
+
+    // A new token: the next retry attests with it.
+    std::fs::write(sidecar.token_file(), "hushjt.fresh.token\n").unwrap();
+    let third = sidecar.next_certificate(&second).await;
+    let calls = sidecar.ca.calls();
+    let last = calls.last().unwrap();
+    assert_eq!(last.kind, CallKind::Certify);
+    assert_eq!(last.token.as_deref(), Some("hushjt.fresh.token"));
+    assert_eq!(sidecar.presented(), third.chain[0]);
+    assert_eq!(sidecar.status().last_error, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deny_list_comes_with_the_bundle_and_a_revoked_certificate_is_renewed_at_once() {
+    let refresh = Duration::from_secs(60);
+    let mut sidecar = Sidecar::with_bundle_refresh(refresh);
+    sidecar.start();
+    let first = sidecar.certificate().await;
+    let obtained_at = tokio::time::Instant::now();
+
+    // The CA revokes the sidecar's certificate and refuses to renew it; the token still works.
+    let mut deny = DenyList::new();
+    deny.deny_serial_hex(&first.serial).unwrap();
+    sidecar.ca.deny(deny.clone(), 1);
+    sidecar.ca.answer_renewals(Answer::Refuse(
+        tonic::Code::PermissionDenied,
+        "certificate 01 is revoked (hush ca revoke-identity on 2030-03-17T00:00:00Z)",
+    ));
+    let second = sidecar.next_certificate(&first).await;
+
+    // Within one refresh: the list is in the trust store both verifiers read, and the
+    // certificate it names was replaced long before half-life.
+    assert!(tokio::time::Instant::now() - obtained_at <= refresh + Duration::from_millis(1));
+    assert_eq!(*sidecar.trust.deny_list(), deny);
+    assert!(sidecar.trust.deny_list().denies(&first.chain[0]).is_some());
+    assert_eq!(sidecar.trust.deny_list().denies(&second.chain[0]), None);
+    assert_eq!(
+        certificate_calls(&sidecar.ca.calls()),
+        [CallKind::Certify, CallKind::Renew, CallKind::Certify]
+    );
+    assert_eq!(
+        sidecar.metric("hush_certificate_forced_renewals_total{reason=\"revoked\"}"),
+        1.0
+    );
+
+    // A lagging replica's older deny-list is ignored; a newer one is applied, even empty.
+    let bundles = sidecar.ca.calls_of(CallKind::Bundle).len();
+    sidecar.ca.deny(DenyList::new(), 0);
+    within(
+        "a refresh",
+        sidecar.ca.wait_for_calls(CallKind::Bundle, bundles + 1),
+    )
+    .await;
+    settle().await;
+    assert_eq!(*sidecar.trust.deny_list(), deny);
+    sidecar.ca.deny(DenyList::new(), 2);
+    within(
+        "a refresh",
+        sidecar.ca.wait_for_calls(CallKind::Bundle, bundles + 2),
+    )
+    .await;
+    settle().await;
+    assert!(sidecar.trust.deny_list().is_empty());
+    assert_eq!(sidecar.status().svid.unwrap().serial, second.serial);
 }
