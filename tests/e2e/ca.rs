@@ -3026,3 +3026,36 @@ fn revoke_identity_refuses_what_cannot_be_revoked() {
     let listed = String::from_utf8_lossy(&ca_command(&dir, &["token", "list"]).stdout).into_owned();
     assert!(!listed.contains(id), "{listed}");
 }
+
+/// An intermediate revoked while its root stays trusted: the CA names it in the deny-list it
+/// sends with the bundle (so sidecars refuse chains through it) and refuses renewals under it.
+#[tokio::test]
+async fn a_revoked_intermediate_is_named_in_the_deny_list_and_cannot_renew() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path().join("ca");
+    init_ca(&dir, &["--publish-wait", "1s"]);
+    let server = CaProcess::start(HUSH, &dir, &["--reload-interval", "1s"]);
+    let ca = Ca::around(temp, dir, server);
+    let client = ca.client();
+    let (first, key) = issue_with_token(&ca, &client, FRONTEND).await;
+    let old = authority_id(&first.cert_chain[1]);
+    let under_old =
+        CaClient::with_identity(ca.url(), ca.roots(), identity_of(chain_of(&first), key))
+            .expect("a client with an identity");
+
+    ca_command_ok(&ca.dir, &["rotate", "intermediate"]);
+    ca_command_ok(&ca.dir, &["activate"]);
+    ca_command_ok(&ca.dir, &["revoke", "--authority", &old, "--force"]);
+    let bundle = eventually("the deny-list names the revoked intermediate", || async {
+        let bundle = within(client.trust_bundle()).await.expect("the bundle");
+        let named = bundle
+            .deny
+            .as_ref()
+            .is_some_and(|d| d.authorities.contains(&old));
+        named.then_some(bundle)
+    })
+    .await;
+    assert_eq!(bundle.roots.len(), 1, "the root stays trusted");
+    let refused = within(under_old.renew(plain_csr(CsrKeyKind::EcdsaP256).der, None)).await;
+    assert_refused(refused, Code::Unauthenticated, &["which this CA revoked"]);
+}

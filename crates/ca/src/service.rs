@@ -618,6 +618,22 @@ impl pb::certificate_authority_server::CertificateAuthority for CaService {
                     })
                     .collect(),
                 token_ids: deny.token_ids().map(str::to_owned).collect(),
+                // Revoked intermediates whose root is still in the bundle: peers trust roots,
+                // so without this they would accept what such an intermediate issued (or what
+                // its leaked key forges) until it expires.
+                authorities: manifest
+                    .authorities
+                    .iter()
+                    .filter(|a| {
+                        a.kind == crate::authorities::Kind::Intermediate
+                            && a.state == AuthorityState::Revoked
+                            && a.issuer
+                                .as_ref()
+                                .and_then(|root| manifest.get(root))
+                                .is_some_and(|root| root.is_trusted())
+                    })
+                    .map(|a| a.id.to_string())
+                    .collect(),
             }),
             deny_generation: revocations.generation,
             generation: manifest.generation,

@@ -45,6 +45,10 @@ pub struct DenyList {
     /// refused.
     spiffe_ids: BTreeMap<SpiffeId, i64>,
     token_ids: BTreeSet<String>,
+    /// Revoked intermediates, by authority ID ([`crate::authority_id`]): a peer trusts roots,
+    /// so a certificate under a revoked intermediate of a root still trusted verifies unless
+    /// its chain is checked against this.
+    authorities: BTreeSet<String>,
 }
 
 /// A SPIFFE ID whose certificates issued before a time are revoked.
@@ -94,6 +98,11 @@ pub enum Denial {
         /// How the attestation was made.
         method: AttestationMethod,
     },
+    /// The certificate was issued under a revoked intermediate.
+    Authority {
+        /// The intermediate's authority ID.
+        id: String,
+    },
     /// The deny-list applies, but the certificate cannot be read well enough to check it, so
     /// it is refused rather than risk letting a revoked certificate through.
     Unreadable {
@@ -125,6 +134,14 @@ pub enum DenyListError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// An authority ID is not 16 lower-case hex digits.
+    #[error(
+        "{id:?} is not an authority ID: it is 16 lower-case hex digits, as `hush ca authorities` shows"
+    )]
+    Authority {
+        /// The ID as given.
+        id: String,
+    },
 }
 
 // === impl DenyList ===
@@ -138,12 +155,47 @@ impl DenyList {
     /// Whether the list denies nothing. Checking a certificate against an empty list costs
     /// nothing, not even parsing it.
     pub fn is_empty(&self) -> bool {
-        self.serials.is_empty() && self.spiffe_ids.is_empty() && self.token_ids.is_empty()
+        self.serials.is_empty()
+            && self.spiffe_ids.is_empty()
+            && self.token_ids.is_empty()
+            && self.authorities.is_empty()
     }
 
-    /// How many entries the list holds, of all three kinds.
+    /// How many entries the list holds, of all kinds.
     pub fn len(&self) -> usize {
-        self.serials.len() + self.spiffe_ids.len() + self.token_ids.len()
+        self.serials.len() + self.spiffe_ids.len() + self.token_ids.len() + self.authorities.len()
+    }
+
+    /// Revokes every certificate issued under the intermediate whose authority ID is `id` (16
+    /// lower-case hex digits).
+    pub fn deny_authority(&mut self, id: &str) -> Result<(), DenyListError> {
+        if id.len() != 16
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(DenyListError::Authority { id: id.to_owned() });
+        }
+        self.authorities.insert(id.to_owned());
+        Ok(())
+    }
+
+    /// The revoked intermediates' authority IDs, in order.
+    pub fn authorities(&self) -> impl Iterator<Item = &str> {
+        self.authorities.iter().map(String::as_str)
+    }
+
+    /// Why a chain whose CA certificates (above the leaf) are `issuers` is revoked: one of them
+    /// is a revoked intermediate. Cheap when no intermediate is listed.
+    pub fn denies_issuers<C: AsRef<[u8]>>(&self, issuers: &[C]) -> Option<Denial> {
+        if self.authorities.is_empty() {
+            return None;
+        }
+        issuers
+            .iter()
+            .filter_map(|ca| crate::authority_id(ca.as_ref()))
+            .find(|id| self.authorities.contains(id))
+            .map(|id| Denial::Authority { id })
     }
 
     /// Revokes the certificate with this serial (big-endian bytes, with or without DER's
@@ -365,6 +417,8 @@ struct DenyListFields {
     spiffe_ids: Vec<DeniedId>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     token_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    authorities: Vec<String>,
 }
 
 impl TryFrom<DenyListFields> for DenyList {
@@ -381,6 +435,9 @@ impl TryFrom<DenyListFields> for DenyList {
         for token_id in &fields.token_ids {
             list.deny_token_id(token_id)?;
         }
+        for id in &fields.authorities {
+            list.deny_authority(id)?;
+        }
         Ok(list)
     }
 }
@@ -391,6 +448,7 @@ impl From<DenyList> for DenyListFields {
             spiffe_ids: list.spiffe_ids().collect(),
             serials: list.serials.into_iter().collect(),
             token_ids: list.token_ids.into_iter().collect(),
+            authorities: list.authorities.into_iter().collect(),
         }
     }
 }
@@ -424,6 +482,10 @@ impl fmt::Display for Denial {
             Self::TokenId { token_id, method } => {
                 write!(f, "token {token_id} ({method}) is revoked")
             }
+            Self::Authority { id } => write!(
+                f,
+                "it was issued under intermediate {id}, which the CA revoked"
+            ),
             Self::Unreadable { reason } => write!(
                 f,
                 "the certificate cannot be read to check it ({reason}), so it counts as revoked"
@@ -438,6 +500,36 @@ fn rfc3339(unix: i64) -> String {
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_else(|| format!("{unix} (Unix seconds)"))
+}
+
+#[cfg(test)]
+mod authority_tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_under_a_revoked_intermediate_is_denied() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        let intermediate = params.self_signed(&key).unwrap();
+        let id = crate::authority_id(intermediate.der()).unwrap();
+        let mut list = DenyList::new();
+        assert_eq!(list.denies_issuers(&[intermediate.der()]), None);
+        list.deny_authority(&id).unwrap();
+        assert!(!list.is_empty());
+        let denial = list.denies_issuers(&[intermediate.der()]).unwrap();
+        assert_eq!(denial, Denial::Authority { id: id.clone() });
+        assert!(
+            denial.to_string().contains("which the CA revoked"),
+            "{denial}"
+        );
+        // It travels as JSON like every other entry.
+        let json = serde_json::to_string(&list).unwrap();
+        assert_eq!(serde_json::from_str::<DenyList>(&json).unwrap(), list);
+        for bad in ["", "ABCDEF0123456789", "0123", "0123456789abcdeg"] {
+            assert!(list.deny_authority(bad).is_err(), "{bad}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -162,7 +162,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.algorithms.all,
         )?;
-        refuse_denied(&anchors, end_entity)?;
+        refuse_denied(&anchors, end_entity, intermediates)?;
         let presented =
             peer_spiffe_id(end_entity, anchors.bundle.trust_domain()).map_err(rejected)?;
         if let ExpectedServer::OneOf(expected) = &self.expected
@@ -202,8 +202,17 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 /// Refuses a leaf the deny-list names. Called once webpki has verified the chain, so only
 /// certificates of this mesh's CA are looked up, and with the same anchors, so the deny-list
 /// is the one published with the roots that verified it.
-fn refuse_denied(anchors: &Anchors, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
-    match anchors.deny.denies(end_entity) {
+fn refuse_denied(
+    anchors: &Anchors,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+) -> Result<(), rustls::Error> {
+    // Peers trust roots: a revoked intermediate under a root still trusted is refused here.
+    let denial = anchors
+        .deny
+        .denies_issuers(intermediates)
+        .or_else(|| anchors.deny.denies(end_entity));
+    match denial {
         Some(denial) => Err(rejected(PeerIdentityError::Revoked(denial))),
         None => Ok(()),
     }
@@ -281,7 +290,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             &anchors.clients_optional
         };
         let verified = webpki.verify_client_cert(end_entity, intermediates, now)?;
-        refuse_denied(&anchors, end_entity)?;
+        refuse_denied(&anchors, end_entity, intermediates)?;
         peer_spiffe_id(end_entity, anchors.bundle.trust_domain()).map_err(rejected)?;
         Ok(verified)
     }
@@ -714,6 +723,66 @@ mod tests {
         assert_eq!(failure.reason.as_str(), "revoked");
         assert_eq!(failure.step, HandshakeStep::CertificateChain, "{failure}");
         assert!(failure.message.contains(words), "{failure}");
+    }
+
+    /// Peers trust roots: a certificate under a revoked intermediate of a root still trusted
+    /// verifies, unless the deny-list names the intermediate.
+    #[test]
+    fn a_chain_through_a_revoked_intermediate_is_refused_both_ways() {
+        let root = ca("example.org", "root");
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "intermediate");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let intermediate_der = params
+            .signed_by(&key, &Issuer::from_params(&root.params, &root.key))
+            .unwrap()
+            .der()
+            .clone();
+        let intermediate = Ca {
+            params,
+            key,
+            root: intermediate_der.clone(),
+        };
+        let client = der_of(&leaf(&intermediate, Some(CLIENT)));
+        let server = der_of(&leaf(&intermediate, Some(SERVER)));
+        let trust = trust_in(&root);
+        let chain = [intermediate_der.clone()];
+        let as_client = |trust: &TrustStore| {
+            SpiffeClientVerifier::with_trust(trust, true)
+                .verify_client_cert(&client, &chain, UnixTime::now())
+                .map(|_| ())
+                .map_err(|e| HandshakeFailure::from_tls(&e))
+        };
+        let as_server = |trust: &TrustStore| {
+            SpiffeServerVerifier::with_trust(
+                trust,
+                ExpectedServer::OneOf(vec![SERVER.parse().unwrap()]),
+            )
+            .unwrap()
+            .verify_server_cert(
+                &server,
+                &chain,
+                &ServerName::try_from("ignored.invalid").unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .map(|_| ())
+            .map_err(|e| HandshakeFailure::from_tls(&e))
+        };
+        as_client(&trust).expect("the intermediate is not revoked yet");
+        as_server(&trust).expect("the intermediate is not revoked yet");
+
+        let id = hush_identity::authority_id(&intermediate_der).unwrap();
+        trust
+            .update(trust.bundle(), denying(|l| l.deny_authority(&id).unwrap()))
+            .unwrap();
+        let words = format!("issued under intermediate {id}, which the CA revoked");
+        assert_revoked(as_client(&trust), &words);
+        assert_revoked(as_server(&trust), &words);
     }
 
     #[test]

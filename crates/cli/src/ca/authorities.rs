@@ -285,9 +285,9 @@ pub(crate) async fn revoke(args: RevokeArgs) -> Result<()> {
         let effect = match entry.kind {
             AuthorityKind::Root => "it leaves the trust bundle, and every chain under it with it",
             AuthorityKind::Intermediate => {
-                "the CA no longer renews certificates under it; peers keep accepting them until \
-                 they expire, since they trust roots (a leaked intermediate key is cut off only \
-                 by rotating and revoking its root)"
+                "the CA no longer renews certificates under it, and sidecars refuse them from \
+                 their next bundle refresh (its root stays trusted, so the CA names it in the \
+                 deny-list it sends with the bundle)"
             }
         };
         match entry.key_uri.as_deref() {

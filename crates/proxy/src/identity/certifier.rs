@@ -277,6 +277,9 @@ fn deny_list(sent: hush_ca_client::proto::DenyList) -> Result<DenyList, String> 
     for token_id in &sent.token_ids {
         deny.deny_token_id(token_id).map_err(|e| e.to_string())?;
     }
+    for id in &sent.authorities {
+        deny.deny_authority(id).map_err(|e| e.to_string())?;
+    }
     Ok(deny)
 }
 
@@ -380,9 +383,11 @@ mod tests {
                 issued_before_unix: 1_900_000_000,
             }],
             token_ids: vec!["0123456789abcdef".into()],
+            authorities: vec!["00112233445566ff".into()],
         };
         let deny = deny_list(sent.clone()).unwrap();
-        assert_eq!(deny.len(), 3);
+        assert_eq!(deny.len(), 4);
+        assert_eq!(deny.authorities().collect::<Vec<_>>(), ["00112233445566ff"]);
         assert_eq!(deny.serials().collect::<Vec<_>>(), ["47b0"]);
 
         let bad_id = proto::DenyList {
@@ -395,9 +400,14 @@ mod tests {
         assert!(deny_list(bad_id).is_err());
         let bad_serial = proto::DenyList {
             serials: vec!["xyz".into()],
-            ..sent
+            ..sent.clone()
         };
         assert!(deny_list(bad_serial).is_err());
+        let bad_authority = proto::DenyList {
+            authorities: vec!["not an id".into()],
+            ..sent
+        };
+        assert!(deny_list(bad_authority).is_err());
     }
 
     #[tokio::test(start_paused = true)]
