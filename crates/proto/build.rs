@@ -8,8 +8,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("hush/ca/v1/ca.proto"),
         root.join("istio/v1/auth/ca.proto"),
     ];
-    for file in &files {
-        println!("cargo:rerun-if-changed={}", file.display());
+    // Relative to the package, as Cargo reads it: an absolute path would tie the build output
+    // to one checkout, and another checkout sharing the target directory would not rebuild.
+    for file in ["hush/ca/v1/ca.proto", "istio/v1/auth/ca.proto"] {
+        println!("cargo:rerun-if-changed=../../proto/{file}");
     }
     let descriptors = protox::compile(&files, [&root])?;
     tonic_prost_build::configure()
