@@ -916,6 +916,7 @@ async fn hush_check_passes_a_sound_installation_and_names_each_broken_part() {
         "configuration",
         "trust bundle",
         "CA",
+        "intermediate",
         "clocks",
         "policy",
         "token file",

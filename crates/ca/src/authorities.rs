@@ -433,6 +433,19 @@ impl Manifest {
         }
         let bad = |what: String| Err(AuthoritiesError::Inconsistent(what));
         for (i, a) in self.authorities.iter().enumerate() {
+            // IDs are what every command and log line prints and shortens: only the form
+            // hush writes is taken from a file.
+            let well_formed = a.id.0.len() == 16
+                && a.id
+                    .0
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !well_formed {
+                return bad(format!(
+                    "authority ID {:?} is not 16 lower-case hex digits",
+                    a.id.0
+                ));
+            }
             if self.authorities[..i].iter().any(|b| b.id == a.id) {
                 return bad(format!("authority {} is listed twice", a.id));
             }
@@ -1276,7 +1289,10 @@ mod tests {
     #[test]
     fn validate_refuses_what_no_command_writes() {
         type Breakage = (&'static str, fn(&mut Manifest));
-        let broken: [Breakage; 10] = [
+        let broken: [Breakage; 11] = [
+            ("16 lower-case hex", |m| {
+                m.authorities[1].id = AuthorityId("é".repeat(8));
+            }),
             ("listed twice", |m| {
                 let dup = m.authorities[1].clone();
                 m.authorities.push(dup);

@@ -211,10 +211,8 @@ fn describe_bundle(bundle: &TrustBundle) -> (Verdict, String, String) {
 /// A root is due for rotation by the rule the CA itself warns by (`hush_ca::is_rotation_due`,
 /// a year ahead), applied to the root that lasts longest: the bundle does not say which root
 /// signs, and the newest is either the active one or its staged successor, while an older one
-/// may expire harmlessly once replaced. The CA also warns when its active intermediate has
-/// less than a month left; judging that here needs each authority's kind, state and NotAfter,
-/// which GetTrustBundle does not carry (it lists roots only). Once it does, the active
-/// intermediate is judged here with `is_rotation_due(AuthorityKind::Intermediate, …)` too.
+/// may expire harmlessly once replaced. The CA's active intermediate is judged apart
+/// ([`judge_intermediate`]), from what the CA says of its authorities.
 fn judge_roots(not_afters: &[i64], now: i64) -> (Verdict, String) {
     let Some(&latest) = not_afters.iter().max() else {
         return (Verdict::Ok, String::new());
@@ -237,6 +235,58 @@ fn judge_roots(not_afters: &[i64], now: i64) -> (Verdict, String) {
         )
     } else {
         (Verdict::Ok, String::new())
+    }
+}
+
+/// How the CA's active intermediate stands at `now`, by the rule the CA warns by (a month
+/// ahead), from the authorities its GetTrustBundle lists (none from a CA older than them).
+fn judge_intermediate(
+    authorities: &[hush_ca::proto::Authority],
+    now: i64,
+) -> (Verdict, String, String) {
+    if authorities.is_empty() {
+        return (
+            Verdict::Skipped,
+            "the CA does not list its authorities (a hush older than rotation)".into(),
+            String::new(),
+        );
+    }
+    let Some(active) = authorities
+        .iter()
+        .find(|a| a.kind == "intermediate" && a.state == "active")
+    else {
+        return (
+            Verdict::Warning,
+            "the CA lists no active intermediate".into(),
+            "run `hush ca authorities` on the CA's directory".into(),
+        );
+    };
+    let left = active.not_after_unix - now;
+    let message = format!(
+        "the CA signs with intermediate {}, {} left",
+        active.id,
+        span(left)
+    );
+    if left <= 0 {
+        (
+            Verdict::Failed,
+            message,
+            "the CA's intermediate has expired: rotate it (`hush ca rotate intermediate`, then \
+             `hush ca activate`)"
+                .into(),
+        )
+    } else if hush_ca::is_rotation_due(AuthorityKind::Intermediate, active.not_after_unix, now) {
+        (
+            Verdict::Warning,
+            message,
+            format!(
+                "it expires within {} days: rotate it on the CA (`hush ca rotate intermediate`, \
+                 then `hush ca activate`)",
+                hush_ca::INTERMEDIATE_ROTATION_WARNING.as_secs() / 86_400
+            ),
+        )
+    } else {
+        (Verdict::Ok, message, String::new())
     }
 }
 
@@ -324,6 +374,12 @@ async fn check_ca(
             "the local bundle is of another CA: replace it with the CA's (`hush ca bundle`)",
         );
     }
+
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let (verdict, message, hint) = judge_intermediate(&answer.authorities, now);
+    report.add("intermediate", verdict, message, &hint);
 
     // The CA's clock, read half a round trip after the request left.
     let midpoint = sent + round_trip / 2;
@@ -519,6 +575,40 @@ fn render(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cas_intermediate_is_judged_a_month_ahead() {
+        let now = 1_800_000_000;
+        let day = 86_400;
+        let authority = |kind: &str, state: &str, left: i64| hush_ca::proto::Authority {
+            id: "0123456789abcdef".into(),
+            kind: kind.into(),
+            state: state.into(),
+            not_after_unix: now + left,
+            issuer_id: String::new(),
+        };
+        let judge = |list: &[hush_ca::proto::Authority]| judge_intermediate(list, now);
+        assert_eq!(judge(&[]).0, Verdict::Skipped);
+        let fine = [
+            authority("root", "active", 3000 * day),
+            authority("intermediate", "active", 200 * day),
+            authority("intermediate", "old", 2 * day),
+        ];
+        assert_eq!(judge(&fine).0, Verdict::Ok, "{:?}", judge(&fine));
+        let due = [authority("intermediate", "active", 20 * day)];
+        let (verdict, message, hint) = judge(&due);
+        assert_eq!(verdict, Verdict::Warning);
+        assert!(message.contains("0123456789abcdef"), "{message}");
+        assert!(hint.contains("hush ca rotate intermediate"), "{hint}");
+        assert_eq!(
+            judge(&[authority("intermediate", "active", -1)]).0,
+            Verdict::Failed
+        );
+        assert_eq!(
+            judge(&[authority("root", "active", day)]).0,
+            Verdict::Warning
+        );
+    }
 
     #[test]
     fn clock_skew_is_judged_against_the_back_dating() {
