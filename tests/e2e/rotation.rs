@@ -97,6 +97,20 @@ async fn bounded<T>(what: &str, f: impl Future<Output = Result<T, String>>) -> R
         .map_err(|_| format!("{what}: no answer within {REQUEST_LIMIT:?}"))?
 }
 
+/// Reads `response` whole and checks it is the echo app's answer.
+async fn expect_echo_response(
+    response: http::Response<hyper::body::Incoming>,
+) -> Result<(), String> {
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    expect_echo(status, &body)
+}
+
 fn expect_echo(status: u16, body: &[u8]) -> Result<(), String> {
     if status == 200 {
         Ok(())
@@ -128,14 +142,7 @@ async fn http1_new_connections(to: SocketAddr, stream: Arc<Stream>, stop: Arc<At
                 .send_request(request("/rotation/new"))
                 .await
                 .map_err(|e| e.to_string())?;
-            let status = response.status().as_u16();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            expect_echo(status, &body)
+            expect_echo_response(response).await
         })
         .await;
         stream.count(outcome);
@@ -165,14 +172,7 @@ async fn http1_keep_alive(to: SocketAddr, stream: Arc<Stream>, stop: Arc<AtomicB
                     return Err(format!("the kept-alive connection broke: {e}"));
                 }
             };
-            let status = response.status().as_u16();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            expect_echo(status, &body)
+            expect_echo_response(response).await
         })
         .await;
         stream.count(outcome);
@@ -213,14 +213,7 @@ async fn http2_multiplexed(to: SocketAddr, stream: Arc<Stream>, stop: Arc<Atomic
                         .send_request(request("/rotation/h2"))
                         .await
                         .map_err(|e| format!("the HTTP/2 connection failed a stream: {e}"))?;
-                    let status = response.status().as_u16();
-                    let body = response
-                        .into_body()
-                        .collect()
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .to_bytes();
-                    expect_echo(status, &body)
+                    expect_echo_response(response).await
                 }))
             })
             .collect();
@@ -400,7 +393,7 @@ fn handshake_failures(proxy: &ProxyProcess) -> f64 {
         .lines()
         .filter(|l| l.starts_with("hush_handshake_failures_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |sum, n| sum + n)
 }
 
 /// Polls `condition` every 200 ms, for at most [`PATIENCE`].

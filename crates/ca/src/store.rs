@@ -1009,33 +1009,13 @@ impl CaDir {
     }
 
     fn read_one_certificate(&self, path: &Path) -> Result<CertificateDer<'static>, StoreError> {
-        let mut certs = hush_identity::parse_pem_certificates(&self.read(path)?).map_err(|e| {
-            StoreError::Invalid {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            }
-        })?;
-        if certs.len() != 1 {
-            return Err(StoreError::Invalid {
-                path: path.to_path_buf(),
-                reason: format!("expected one certificate, found {}", certs.len()),
-            });
-        }
-        Ok(certs.remove(0))
+        parse_one_certificate(&self.read(path)?, path)
     }
 
     /// Reads a private key, refusing one that others can read.
     fn read_key(&self, path: &Path) -> Result<KeyPair, StoreError> {
         check_key_mode(path)?;
-        let pem = self.read(path)?;
-        let text = std::str::from_utf8(&pem).map_err(|_| StoreError::Invalid {
-            path: path.to_path_buf(),
-            reason: "not a PEM text file".into(),
-        })?;
-        KeyPair::from_pem(text).map_err(|e| StoreError::Invalid {
-            path: path.to_path_buf(),
-            reason: format!("not a usable private key: {e}"),
-        })
+        parse_key(&self.read(path)?, path)
     }
 
     /// Reads the trust bundle.
