@@ -7,10 +7,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         root.join("hush/ca/v1/ca.proto"),
         root.join("istio/v1/auth/ca.proto"),
+        root.join("spiffe/workload/workload.proto"),
     ];
     // Relative to the package, as Cargo reads it: an absolute path would tie the build output
     // to one checkout, and another checkout sharing the target directory would not rebuild.
-    for file in ["hush/ca/v1/ca.proto", "istio/v1/auth/ca.proto"] {
+    for file in [
+        "hush/ca/v1/ca.proto",
+        "istio/v1/auth/ca.proto",
+        "spiffe/workload/workload.proto",
+    ] {
         println!("cargo:rerun-if-changed=../../proto/{file}");
     }
     let descriptors = protox::compile(&files, [&root])?;

@@ -655,7 +655,16 @@ impl pb::certificate_authority_server::CertificateAuthority for CaService {
                 .inner
                 .renew_spread_seconds
                 .load(std::sync::atomic::Ordering::Relaxed),
+            jwt_keys: Vec::new(),
+            federated: Vec::new(),
         }))
+    }
+
+    async fn mint_jwt_svid(
+        &self,
+        _request: Request<pb::MintJwtSvidRequest>,
+    ) -> Result<Response<pb::MintJwtSvidResponse>, Status> {
+        Err(Status::unimplemented("this CA does not sign JWT-SVIDs yet"))
     }
 }
 

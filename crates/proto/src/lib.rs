@@ -1,6 +1,8 @@
 //! Generated gRPC code for hush, and nothing else.
 //!
 //! * [`hush::ca::v1`] — hush's own CA service (`Certify`, `GetTrustBundle`).
+//! * [`spiffe::workload`] — the SPIFFE Workload API (`SpiffeWorkloadAPI`), served by sidecars
+//!   to their apps.
 //! * [`istio::v1::auth`] — the Istio-compatible `IstioCertificateService`, wire-exact, so Istio
 //!   agents can use hush's CA.
 //!
@@ -18,6 +20,15 @@ pub mod hush {
         pub mod v1 {
             tonic::include_proto!("hush.ca.v1");
         }
+    }
+}
+
+/// The SPIFFE Workload API (`SpiffeWorkloadAPI`), wire-exact with the file the SPIFFE project
+/// publishes. That file declares no protobuf package, so its code is generated as `_`.
+pub mod spiffe {
+    /// The Workload API served to apps on a Unix socket.
+    pub mod workload {
+        tonic::include_proto!("_");
     }
 }
 
@@ -90,6 +101,11 @@ mod tests {
         assert_eq!(
             super::hush::ca::v1::certificate_authority_server::SERVICE_NAME,
             "hush.ca.v1.CertificateAuthority"
+        );
+        // The published workload.proto has no package: clients call `/SpiffeWorkloadAPI/...`.
+        assert_eq!(
+            super::spiffe::workload::spiffe_workload_api_server::SERVICE_NAME,
+            "SpiffeWorkloadAPI"
         );
     }
 }
