@@ -50,7 +50,10 @@ pub use self::authorities::{
     DEFAULT_PUBLISH_WAIT_SECONDS, Kind as AuthorityKind, MANIFEST_VERSION, MIN_ID_PREFIX, Manifest,
     State as AuthorityState,
 };
-pub use self::authority::{Authority, AuthorityError, CaMaterial, IssuancePolicy, IssuedSvid};
+pub use self::authority::{
+    Authority, AuthorityError, CaMaterial, IssuancePolicy, IssuedSvid, RESERVED_SEGMENT,
+    bundle_endpoint_id, is_reserved_id,
+};
 pub use self::csr::{CsrError, KeyKind, MAX_CSR_BYTES, MIN_RSA_BITS, VerifiedCsr};
 pub use self::expiry::{
     INTERMEDIATE_ROTATION_WARNING, NextStep, ROOT_ROTATION_WARNING, ROTATION_REMINDER_INTERVAL,

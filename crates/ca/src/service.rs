@@ -318,6 +318,13 @@ impl CaService {
                 }
             };
             attested = Some(who.clone());
+            // Whatever vouched for it (a join token minted before the reservation, an
+            // attestor's mapping), no workload gets an identity of hush's own components.
+            if crate::authority::is_reserved_id(&who.spiffe_id) {
+                return Err(Status::permission_denied(
+                    crate::authority::AuthorityError::Reserved(who.spiffe_id.clone()).to_string(),
+                ));
+            }
             if let Some(words) =
                 revocations.refusal(&who.spiffe_id, who.token_id.as_deref(), presented.as_ref())
             {
