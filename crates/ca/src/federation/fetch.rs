@@ -68,7 +68,7 @@ pub enum FetchError {
         location: String,
     },
     /// A step took longer than [`FETCH_TIMEOUT`].
-    #[error("{step} took longer than {limit:?}")]
+    #[error("the {step} step took longer than {limit:?}")]
     Timeout {
         /// Which step.
         step: &'static str,
