@@ -60,7 +60,7 @@ fn write_pem_bundle(temp: &TempDir, dir: &Path, file: &str) -> PathBuf {
 }
 
 /// The bundle endpoint's URL from the CA's stdout.
-fn endpoint_of(ca: &mut CaProcess) -> String {
+pub(crate) fn endpoint_of(ca: &mut CaProcess) -> String {
     let line = ca
         .process()
         .stdout_lines()
