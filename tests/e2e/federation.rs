@@ -793,3 +793,66 @@ async fn ca_federation_survives_hostile_endpoints_and_keeps_the_last_good_bundle
     assert_eq!(all[0].trust_domain.as_str(), "p.example");
     assert_eq!(all[0].sequence, 5);
 }
+
+// === A hostile client of the endpoint ===
+
+/// Reads from `stream` until the other end closes or resets it (bounded by [`CONVERGE`]).
+async fn closed_by_peer(stream: &mut tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(CONVERGE, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn ca_bundle_endpoint_bounds_idle_and_crowding_clients() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = init(&temp, "a", A);
+    let mut a = CaProcess::start(
+        HUSH,
+        &dir,
+        &[
+            "--bundle-endpoint-listen",
+            "127.0.0.1:0",
+            "--max-connections-per-ip",
+            "3",
+        ],
+    );
+    let endpoint = endpoint_of(&mut a);
+    let address = address_of(&endpoint);
+    // Three clients that never say anything hold every place of their address...
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(
+            tokio::net::TcpStream::connect(&address)
+                .await
+                .expect("connect"),
+        );
+    }
+    // ...so a fourth is turned away at once (the endpoint counts them as it accepts, in order).
+    let mut crowded = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    assert!(
+        closed_by_peer(&mut crowded).await,
+        "the fourth connection is refused"
+    );
+    // While the three are still open: refused for the crowd, not for its own idleness.
+    let mut buf = [0u8; 8];
+    assert!(
+        matches!(idle[0].try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the idle clients are still connected when the fourth is refused"
+    );
+    // The idle ones are closed by the endpoint, not kept for ever...
+    for stream in &mut idle {
+        assert!(closed_by_peer(stream).await, "an idle client is let go");
+    }
+    drop(idle);
+    // ...and the bundle is served again.
+    let answer = raw_request(&endpoint, "GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
