@@ -418,19 +418,24 @@ impl hush_tls::rustls::client::danger::ServerCertVerifier for AnyServer {
 /// (certificate, key, the Web CA's root).
 fn web_certificate(temp: &TempDir) -> (PathBuf, PathBuf, PathBuf) {
     let web_ca = TestCa::new("web.test");
-    let leaf = web_ca.server_certificate(&["127.0.0.1"]);
     let cert = temp.path().join("web.pem");
     let key = temp.path().join("web.key");
     let root = temp.path().join("web-ca.pem");
+    write_web_certificate(&web_ca, &cert, &key);
+    fs::write(&root, web_ca.root_pem()).expect("write the Web CA");
+    (cert, key, root)
+}
+
+/// Writes a certificate for 127.0.0.1 from `web_ca` and its key to `cert` and `key`.
+fn write_web_certificate(web_ca: &TestCa, cert: &Path, key: &Path) {
+    let leaf = web_ca.server_certificate(&["127.0.0.1"]);
     let chain: String = leaf
         .chain
         .iter()
         .map(|c| pem_encode("CERTIFICATE", c))
         .collect();
-    fs::write(&cert, chain).expect("write the certificate");
-    fs::write(&key, pem_encode("PRIVATE KEY", leaf.key.secret_der())).expect("write the key");
-    fs::write(&root, web_ca.root_pem()).expect("write the Web CA");
-    (cert, key, root)
+    fs::write(cert, chain).expect("write the certificate");
+    fs::write(key, pem_encode("PRIVATE KEY", leaf.key.secret_der())).expect("write the key");
 }
 
 #[tokio::test]
@@ -496,6 +501,20 @@ async fn ca_federates_over_https_web_with_a_private_web_ca() {
         String::from_utf8_lossy(&output.stdout).trim(),
         "200 TLSv1.2"
     );
+
+    // New files are read without a restart: a certificate from a Web CA that B does not
+    // trust makes B's next fetches fail at TLS.
+    write_web_certificate(&TestCa::new("other-web.test"), &cert, &key);
+    wait_for_log(&a, &["bundle endpoint: loaded the changed certificate"]).await;
+    let line = wait_for_log(
+        &b,
+        &[
+            "cannot fetch the bundle of federated trust domain a.example",
+            "step=\"tls\"",
+        ],
+    )
+    .await;
+    assert!(line.contains("keeping the bundle fetched at"), "{line}");
 }
 
 // === Refusals ===
