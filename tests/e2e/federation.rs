@@ -631,6 +631,44 @@ fn ca_federation_with_its_own_trust_domain_is_refused_at_start() {
     assert!(stderr.contains("this CA's own trust domain"), "{stderr}");
 }
 
+/// A token for a reserved ID that got past `hush ca token create` (minted by an older hush, or
+/// a record edited on disk) is refused at issuance, with the reason.
+#[tokio::test]
+async fn ca_never_issues_a_reserved_identity_whatever_attested_it() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = init(&temp, "a", A);
+    let token = hush_test_support::mint_token(HUSH, &dir, "spiffe://a.example/hushed", &[]);
+    let records: Vec<PathBuf> = fs::read_dir(dir.join("tokens"))
+        .expect("the tokens folder")
+        .map(|entry| entry.expect("an entry").path())
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = fs::read_to_string(&records[0]).expect("the token's record");
+    assert!(record.contains("spiffe://a.example/hushed"), "{record}");
+    fs::write(
+        &records[0],
+        record.replace(
+            "spiffe://a.example/hushed",
+            "spiffe://a.example/hush/bundle-endpoint",
+        ),
+    )
+    .expect("rewrite the record");
+    let a = CaProcess::start(HUSH, &dir, &[]);
+    let client = CaClient::new(a.url(), bundle_of(&dir).roots()).expect("a client");
+    let csr = hush_test_support::plain_csr(hush_test_support::CsrKeyKind::EcdsaP256).der;
+    let refused = tokio::time::timeout(Duration::from_secs(30), client.certify(&token, csr, None))
+        .await
+        .expect("the CA answers within 30 s")
+        .expect_err("a reserved identity is never issued");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("is reserved for hush's own components"),
+        "{refused:?}"
+    );
+}
+
 #[test]
 fn ca_reserves_the_hush_path_for_its_own_components() {
     let temp = tempfile::tempdir().expect("temp dir");
