@@ -84,6 +84,9 @@ pub enum FetchError {
     /// The body is not a SPIFFE bundle of the trust domain.
     #[error("the answer is not a usable bundle: {0}")]
     Parse(#[from] SpiffeBundleError),
+    /// The bundle reads, but TLS cannot use its roots as trust anchors.
+    #[error("the bundle's roots cannot verify anything: {0}")]
+    Unusable(String),
     /// The bundle reads, but goes back in sequence.
     #[error(
         "the bundle's spiffe_sequence {got} is lower than {last}, the last one accepted \
@@ -107,7 +110,7 @@ impl FetchError {
             Self::Tls { .. } => "tls",
             Self::Http(_) | Self::Status { .. } | Self::TooLarge { .. } => "http",
             Self::Timeout { step, .. } => step,
-            Self::Parse(_) => "parse",
+            Self::Parse(_) | Self::Unusable(_) => "parse",
             Self::Rollback { .. } => "sequence",
         }
     }
@@ -137,7 +140,12 @@ pub async fn follow_federation(service: CaService, federation: Federation) {
                 last.as_ref().and_then(|l| l.bundle.sequence()),
             ) {
                 (Some(got), Some(last)) if got < last => Err(FetchError::Rollback { got, last }),
-                _ => Ok(bundle),
+                // Sidecars (and the next https_spiffe fetch) build verifiers from these roots:
+                // a bundle they cannot use must not replace one they can.
+                _ => match hush_tls::TrustStore::new(bundle.trust_bundle().clone()) {
+                    Ok(_) => Ok(bundle),
+                    Err(e) => Err(FetchError::Unusable(e.to_string())),
+                },
             }
         });
         let wait = match outcome {
