@@ -611,6 +611,8 @@ async fn refresh_bundle<C: Certifier>(
                 renew_spread,
                 deny,
                 deny_generation,
+                // Kept for the Workload API's JWT validation; the X.509 side has no use for them.
+                jwt_keys: _,
             }) => {
                 newest = generation;
                 let deny = match deny {

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use hush_ca_client::{CaClient, ClientError};
-use hush_identity::DenyList;
+use hush_identity::{DenyList, JwtKeys};
 use hush_tls::{CredentialStore, TrustStore};
 use rustls_pki_types::CertificateDer;
 
@@ -57,6 +57,9 @@ pub(crate) struct BundleUpdate {
     pub(crate) deny: Option<DenyList>,
     /// The generation of the CA's revocations; replicas can lag, so an older one is ignored.
     pub(crate) deny_generation: u64,
+    /// The trust domain's JWT-SVID keys; `None` when the CA sent none (a CA older than
+    /// JWT-SVIDs, or keys that could not be read, which is logged).
+    pub(crate) jwt_keys: Option<JwtKeys>,
 }
 
 /// What the CA sent for a certificate request. Nothing here is checked yet.
@@ -243,11 +246,16 @@ impl Certifier for CaCertifier {
         let response = call(client.trust_bundle())
             .await
             .map_err(|status| self.failed(&status))?;
+        let jwt_keys = hush_ca_client::trust_bundle_jwt_keys(&response).unwrap_or_else(|error| {
+            tracing::warn!(%error, "the CA sent JWT keys that cannot be read; keeping the current ones");
+            None
+        });
         let deny = response.deny.map(deny_list).transpose().unwrap_or_else(|error| {
             tracing::warn!(%error, "the CA sent a deny-list that cannot be read; keeping the current one");
             None
         });
         Ok(BundleUpdate {
+            jwt_keys,
             roots: certificates(response.roots),
             generation: response.generation,
             tainted: response.tainted_authorities.into_iter().collect(),
