@@ -173,7 +173,9 @@ impl CaService {
         let result = (|| {
             let id = peer_info.and_then(|p| p.spiffe_id.clone()).ok_or_else(|| {
                 Status::unauthenticated(
-                    "a JWT-SVID is minted for the SPIFFE ID of the connection's client                      certificate, and this connection presented none: call over mutual TLS                      with an X.509-SVID of this trust domain",
+                    "a JWT-SVID is minted for the SPIFFE ID of the connection's client \
+                     certificate, and this connection presented none: call over mutual TLS \
+                     with an X.509-SVID of this trust domain",
                 )
             })?;
             caller = Some(id.clone());
