@@ -3,7 +3,7 @@
 //! `taint` and `revoke`).
 //!
 //! A JWT authority (kind `jwt`) is a key of its own that signs JWT-SVIDs, never the
-//! intermediate's ([decision 38](../../../docs/decisions/0038-jwt-authorities.md)). It has no
+//! intermediate's (decision 38, `docs/decisions/0038-jwt-authorities.md`). It has no
 //! certificate: its public key is published in the JWT keys of the trust bundle from the
 //! moment it is prepared, and it follows the same states as the X.509 authorities, on a
 //! rotation of its own: a prepared JWT authority neither waits for nor blocks an X.509 one.
