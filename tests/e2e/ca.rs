@@ -2687,7 +2687,8 @@ async fn metrics_export_the_authorities_expiry_reloads_and_issuances() {
     let ca = Ca::around(temp, dir, server);
     let scrape = ca.server.scrape();
     let listed = authorities_json(&ca.dir);
-    assert_eq!(listed["authorities"].as_array().map(Vec::len), Some(2));
+    // A root, an intermediate and a JWT authority.
+    assert_eq!(listed["authorities"].as_array().map(Vec::len), Some(3));
     assert_expiry_gauges_match(&scrape, &listed);
     assert_eq!(
         sample(&scrape, "hush_ca_authorities_generation"),
