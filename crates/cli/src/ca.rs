@@ -529,9 +529,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let manifest = current.manifest();
         // A retired JWT authority may be revoked once max_ttl_seconds have passed: no token it
         // signed may outlive that.
-        let ceiling = (manifest.generation > 0)
-            .then(|| Duration::from_secs(manifest.max_ttl_seconds))
-            .unwrap_or(hush_ca::DEFAULT_JWT_MAX_TTL);
+        let ceiling = if manifest.generation > 0 {
+            Duration::from_secs(manifest.max_ttl_seconds)
+        } else {
+            hush_ca::DEFAULT_JWT_MAX_TTL
+        };
         match args.jwt_max_ttl {
             Some(limit) if limit.is_zero() => bail!("--jwt-max-ttl must be longer than 0s"),
             Some(limit) if limit > ceiling && manifest.generation > 0 => bail!(
