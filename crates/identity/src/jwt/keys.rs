@@ -537,7 +537,11 @@ fn ec_material(
 }
 
 fn rsa_material(kid: &str, n: Vec<u8>, e: Vec<u8>) -> Result<Material, JwtBundleError> {
-    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+    // Leading zeros are stripped, so the first byte, if any, has at most 7 leading zero bits.
+    let bits = match n.first() {
+        Some(first) => n.len() * 8 - first.leading_zeros() as usize,
+        None => 0,
+    };
     if !RSA_BITS.contains(&bits) {
         return Err(invalid_key(
             kid,
@@ -833,6 +837,9 @@ mod tests {
             padded,
             missing,
             rsa_jwk("short", 128),
+            // A modulus of zeros is empty once its leading zeros are stripped.
+            json!({"kty": "RSA", "kid": "zero", "n": "AA", "e": b64(&[3])}),
+            json!({"kty": "RSA", "kid": "none", "n": "", "e": b64(&[3])}),
             rsa_jwk("long", 1025),
             json!({"kty": "RSA", "kid": "even", "n": b64(&[0xc5; 256]), "e": b64(&[2])}),
         ] {

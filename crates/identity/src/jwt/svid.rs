@@ -295,7 +295,12 @@ fn algorithm(header: &Map<String, Value>) -> Result<(Algorithm, String), JwtSvid
     if name.eq_ignore_ascii_case("none") {
         return Err(JwtSvidError::Unsigned);
     }
-    if name.len() >= 2 && name[..2].eq_ignore_ascii_case("HS") {
+    // By bytes: the name may start with a character of several bytes.
+    if name
+        .as_bytes()
+        .get(..2)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"HS"))
+    {
         return Err(JwtSvidError::SharedSecretAlgorithm { alg: name.clone() });
     }
     match allowed_algorithm(name) {
@@ -681,7 +686,7 @@ mod tests {
     #[test]
     fn algorithms_outside_the_spiffe_list_are_refused() {
         let f = fixture();
-        for alg in ["ES512", "EdDSA", "es256", "RS1", ""] {
+        for alg in ["ES512", "EdDSA", "es256", "RS1", "", "€S256", "H"] {
             let mut header = f.header();
             header["alg"] = json!(alg);
             let token = format!("{}.AAAA", signing_input(&header, &f.claims()));
