@@ -249,11 +249,61 @@ async fn every_metric_is_in_the_metrics_table_and_every_row_is_registered() {
 }
 
 /// Every family the CA exports is in `docs/ca.md`'s metrics table, and every row is exported,
-/// once an issuance and a refusal gave each family a sample.
+/// once an issuance, a refusal and a federation fetched and one failing gave each family a
+/// sample.
 #[tokio::test]
 async fn every_ca_metric_is_in_the_cas_metrics_table_and_every_row_is_exported() {
-    let (_temp, ca_dir) = new_ca();
-    let ca = CaProcess::start(HUSH, &ca_dir, &["--metrics-listen", "127.0.0.1:0"]);
+    let (temp, ca_dir) = new_ca();
+    let partner_dir = temp.path().join("partner");
+    hush_test_support::run_hush_ok(
+        HUSH,
+        &[
+            "ca",
+            "init",
+            "--dir",
+            path_str(&partner_dir),
+            "--trust-domain",
+            "partner.example",
+        ],
+    );
+    let mut partner = CaProcess::start(
+        HUSH,
+        &partner_dir,
+        &["--bundle-endpoint-listen", "127.0.0.1:0"],
+    );
+    let endpoint = crate::federation::endpoint_of(&mut partner);
+    let federate = format!(
+        "partner.example={endpoint},endpoint-id=spiffe://partner.example/hush/bundle-endpoint,bundle={}",
+        path_str(&partner_dir.join("bundle.pem"))
+    );
+    let ca = CaProcess::start(
+        HUSH,
+        &ca_dir,
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--federate-with",
+            &federate,
+            "--federate-with",
+            "unreachable.example=https://127.0.0.1:1/",
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while ![
+        "hush_ca_federation_last_fetch_timestamp_seconds{",
+        "hush_ca_federation_fetch_failures_total{",
+    ]
+    .iter()
+    .all(|family| ca.scrape().contains(family))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the federation metrics never got samples:\n{}\n{}",
+            ca.scrape(),
+            ca.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let bundle = TrustBundle::from_pem(&fs::read(ca_dir.join("bundle.pem")).expect("bundle"), None)
         .expect("the CA's bundle");
     let client = hush_ca_client::CaClient::new(ca.url(), bundle.roots()).expect("a CA client");

@@ -16,6 +16,7 @@ mod ca_limits;
 mod capture;
 mod diagnose;
 mod docs;
+mod federation;
 mod hostile;
 mod hostile_wire;
 mod inject;

@@ -11,8 +11,9 @@
 //! how its identity was last attested, and a [`DenyList`] says which certificates the CA has
 //! revoked (by serial, by SPIFFE ID up to a time, or by join token). [`JwtKeys`] holds a trust
 //! domain's JWT-SVID keys (a JWK Set), [`validate_jwt_svid`] checks a JWT-SVID by the SPIFFE
-//! rules against them, and [`sign_jwt_svid`] is the CA's side. The CA, the proxy and the CLI
-//! all build on these types.
+//! rules against them, and [`sign_jwt_svid`] is the CA's side. A [`SpiffeBundle`] is the JSON
+//! a trust domain publishes at its SPIFFE bundle endpoint, for federation. The CA, the proxy
+//! and the CLI all build on these types.
 //!
 //! ```
 //! use hush_identity::{SpiffeId, TrustDomain};
@@ -30,6 +31,7 @@ mod authority_id;
 mod bundle;
 mod deny;
 mod jwt;
+mod spiffe_bundle;
 mod spiffe_id;
 mod summary;
 mod svid;
@@ -49,6 +51,7 @@ pub use self::{
         JwtSignError, JwtSigningKey, JwtSvidError, MAX_JWKS_LEN, MAX_JWT_KEYS, MAX_JWT_SVID_LEN,
         ValidatedJwtSvid, sign_jwt_svid, validate_jwt_svid,
     },
+    spiffe_bundle::{MAX_SPIFFE_BUNDLE_BYTES, SpiffeBundle, SpiffeBundleError},
     spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain},
     summary::{CertificateSummary, rsa_modulus_bits, serial_hex},
     svid::{SvidError, check_leaf_svid, check_signing_cert},
