@@ -9,10 +9,14 @@
 //! * [`CaClient`] — `certify`, `renew`, `trust_bundle`.
 //! * [`channel`], [`channel_with_identity`] — the TLS channel to the CA, for other clients of
 //!   the generated API (such as tests of the Istio-compatible service).
+//! * [`federated_bundles`] — the federated trust domains' bundles of a `GetTrustBundle`
+//!   answer, as [`FederatedBundle`]s.
 //! * [`with_bearer`] — the `authorization: Bearer …` header on a request.
 //! * [`proto`] — the generated messages of `hush.ca.v1`.
 
 mod client;
+mod federated;
 
 pub use self::client::{CaClient, ClientError, channel, channel_with_identity, with_bearer};
+pub use self::federated::{FederatedBundle, FederatedBundleError, federated_bundles};
 pub use hush_proto::hush::ca::v1 as proto;

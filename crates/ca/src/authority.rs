@@ -17,6 +17,27 @@ use crate::csr::VerifiedCsr;
 use crate::lineage::Lineage;
 use crate::signing_key::CaKey;
 
+/// The first path segment of the SPIFFE IDs reserved for hush's own components: no workload
+/// certificate names `spiffe://<trust domain>/hush` or anything under it, so that no workload
+/// can pass for one of them (the bundle endpoint, to a partner CA).
+pub const RESERVED_SEGMENT: &str = "hush";
+
+/// Whether `id` lies in the part of its trust domain reserved for hush itself.
+pub fn is_reserved_id(id: &SpiffeId) -> bool {
+    let path = id.path();
+    path.strip_prefix('/')
+        .and_then(|rest| rest.strip_prefix(RESERVED_SEGMENT))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The SPIFFE ID of the CA's bundle endpoint (`spiffe://<trust domain>/hush/bundle-endpoint`),
+/// which partners name as the endpoint's ID in the `https_spiffe` profile.
+pub fn bundle_endpoint_id(trust_domain: &TrustDomain) -> SpiffeId {
+    // Two valid segments always make a valid ID; the fallback is never taken.
+    SpiffeId::from_segments(trust_domain, &[RESERVED_SEGMENT, "bundle-endpoint"])
+        .unwrap_or_else(|_| trust_domain.id())
+}
+
 /// How long the certificates the CA issues live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IssuancePolicy {
@@ -105,6 +126,12 @@ pub enum AuthorityError {
     /// The requested identity names a whole trust domain, not a workload.
     #[error("{0} has no path: a workload certificate must name a workload, not a trust domain")]
     NoWorkloadPath(SpiffeId),
+    /// The requested identity is reserved for hush's own components.
+    #[error(
+        "{0} is reserved for hush's own components (spiffe://<trust domain>/hush/...); \
+         a workload cannot have it"
+    )]
+    Reserved(SpiffeId),
     /// rcgen could not build or sign the certificate.
     #[error("cannot build the certificate: {0}")]
     Sign(#[from] rcgen::Error),
@@ -213,6 +240,9 @@ impl Authority {
         if id.path().is_empty() {
             return Err(AuthorityError::NoWorkloadPath(id.clone()));
         }
+        if is_reserved_id(id) {
+            return Err(AuthorityError::Reserved(id.clone()));
+        }
         let now = OffsetDateTime::now_utc();
         let mut params = self.leaf_params(now, requested_ttl);
         if let Some(floor) =
@@ -280,6 +310,26 @@ impl Authority {
         params
             .distinguished_name
             .push(DnType::CommonName, "hush CA server");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok((vec![cert.der().clone(), self.intermediate.clone()], key))
+    }
+
+    /// Issues the X.509-SVID the CA's SPIFFE bundle endpoint presents (the `https_spiffe`
+    /// profile): [`bundle_endpoint_id`] as its one URI SAN, serverAuth only, a fresh key in
+    /// memory, valid for `lifetime` (never past the intermediate). Returns the chain and the
+    /// PKCS#8 key.
+    pub fn issue_bundle_endpoint_certificate(
+        &self,
+        lifetime: Duration,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), AuthorityError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let now = OffsetDateTime::now_utc();
+        let mut params = self.leaf_params(now, Some(lifetime));
+        params.not_after = (now + lifetime).min(self.intermediate_not_after);
+        let id = bundle_endpoint_id(&self.trust_domain);
+        params.subject_alt_names = vec![SanType::URI(id.as_str().try_into()?)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &self.issuer)?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
@@ -531,6 +581,48 @@ mod tests {
             .issue(&csr(), &id("spiffe://example.org"), None, &by_token(), None)
             .unwrap_err();
         assert!(matches!(err, AuthorityError::NoWorkloadPath(_)), "{err}");
+    }
+
+    #[test]
+    fn refuses_the_identities_reserved_for_hush() {
+        let (_dir, authority) = authority(IssuancePolicy::default());
+        for reserved in [
+            "spiffe://example.org/hush",
+            "spiffe://example.org/hush/bundle-endpoint",
+            "spiffe://example.org/hush/anything/else",
+        ] {
+            let err = authority
+                .issue(&csr(), &id(reserved), None, &by_token(), None)
+                .unwrap_err();
+            assert!(
+                matches!(err, AuthorityError::Reserved(_)),
+                "{reserved}: {err}"
+            );
+        }
+        // Only the segment itself: a workload named hushed, or hush deeper down, is fine.
+        for fine in [
+            "spiffe://example.org/hushed",
+            "spiffe://example.org/ns/hush/sa/hush",
+        ] {
+            authority
+                .issue(&csr(), &id(fine), None, &by_token(), None)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn the_bundle_endpoint_certificate_is_an_svid_of_the_reserved_id() {
+        let (_dir, authority) = authority(IssuancePolicy::default());
+        let (chain, _key) = authority
+            .issue_bundle_endpoint_certificate(Duration::from_secs(3600))
+            .unwrap();
+        let presented = hush_identity::check_leaf_svid(&chain[0]).unwrap();
+        assert_eq!(
+            presented.as_str(),
+            "spiffe://example.org/hush/bundle-endpoint"
+        );
+        assert!(is_reserved_id(&presented));
+        assert_eq!(chain.len(), 2);
     }
 
     #[test]

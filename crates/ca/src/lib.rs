@@ -17,6 +17,8 @@
 //! * [`Revocations`] — `hush ca revoke-identity`: what the CA refuses to issue and renew, and
 //!   the deny-list it pushes to sidecars with the bundle.
 //! * [`CaService`], [`serve`] — the gRPC services (`hush.ca.v1` and Istio's) over TLS.
+//! * [`BundleEndpoint`], [`Federation`], [`follow_federation`] — SPIFFE federation: the
+//!   trust domain's bundle served to partners, and the partners' bundles fetched for sidecars.
 //! * [`CaMetrics`], [`serve_metrics`] — Prometheus metrics; [`rotations_due`] — which active
 //!   authority is due for rotation, for the CA's warnings and the CLI's.
 //!
@@ -29,6 +31,7 @@ mod authorities;
 mod authority;
 mod csr;
 mod expiry;
+mod federation;
 mod lineage;
 mod live;
 mod metrics;
@@ -50,12 +53,20 @@ pub use self::authorities::{
     DEFAULT_PUBLISH_WAIT_SECONDS, Kind as AuthorityKind, MANIFEST_VERSION, MIN_ID_PREFIX, Manifest,
     State as AuthorityState,
 };
-pub use self::authority::{Authority, AuthorityError, CaMaterial, IssuancePolicy, IssuedSvid};
+pub use self::authority::{
+    Authority, AuthorityError, CaMaterial, IssuancePolicy, IssuedSvid, RESERVED_SEGMENT,
+    bundle_endpoint_id, is_reserved_id,
+};
 pub use self::csr::{CsrError, KeyKind, MAX_CSR_BYTES, MIN_RSA_BITS, VerifiedCsr};
 pub use self::expiry::{
     INTERMEDIATE_ROTATION_WARNING, NextStep, ROOT_ROTATION_WARNING, ROTATION_REMINDER_INTERVAL,
     RotationDue, is_rotation_due, keep_warning_of_rotations_due, rotation_due, rotation_warning,
     rotations_due, warn_of_rotations_due,
+};
+pub use self::federation::{
+    BundleEndpoint, BundleEndpointOptions, DEFAULT_BUNDLE_REFRESH_HINT, EndpointProfile,
+    FETCH_TIMEOUT, Federation, FederationError, FederationSpec, FetchError, FetchedBundle,
+    MAX_REFRESH_INTERVAL, MIN_REFRESH_INTERVAL, ProfileSpec, follow_federation, refresh_interval,
 };
 pub use self::lineage::{DEFAULT_REATTEST_AFTER, Lineage};
 pub use self::live::{AuthoritySet, Reload, ReloadError, follow_directory};

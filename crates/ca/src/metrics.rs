@@ -50,6 +50,20 @@ struct Inner {
     reloads: Family<ReloadLabels, Counter>,
     issued: Family<ApiLabels, Counter>,
     refused: Family<RefusalLabels, Counter>,
+    federation_fetched: Family<FederationLabels, Gauge>,
+    federation_failures: Family<FederationFailureLabels, Counter>,
+}
+
+/// A federated trust domain: bounded by the CA's `--federate-with` flags.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FederationLabels {
+    trust_domain: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FederationFailureLabels {
+    trust_domain: String,
+    step: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -127,6 +141,20 @@ impl CaMetrics {
             "Certificate requests refused (and audited), by API and gRPC code",
             refused.clone(),
         );
+        let federation_fetched: Family<FederationLabels, Gauge> = Family::default();
+        registry.register(
+            "federation_last_fetch_timestamp_seconds",
+            "When the bundle of each federated trust domain was last fetched and accepted, in \
+             Unix seconds (absent until the first)",
+            federation_fetched.clone(),
+        );
+        let federation_failures: Family<FederationFailureLabels, Counter> = Family::default();
+        registry.register(
+            "federation_fetch_failures",
+            "Fetches of a federated trust domain's bundle that failed or were refused, by trust \
+             domain and step (connect, tls, http, response, body, parse, sequence)",
+            federation_failures.clone(),
+        );
         // Present from the first scrape, so that `increase()` sees the first change.
         for result in [RELOAD_LOADED, RELOAD_REFUSED] {
             drop(reloads.get_or_create(&ReloadLabels { result }));
@@ -142,6 +170,8 @@ impl CaMetrics {
                 reloads,
                 issued,
                 refused,
+                federation_fetched,
+                federation_failures,
             }),
         }
     }
@@ -185,6 +215,27 @@ impl CaMetrics {
             .get_or_create(&RefusalLabels {
                 api,
                 code: code_name(code),
+            })
+            .inc();
+    }
+
+    /// The bundle of federated trust domain `td` was fetched and accepted at `at` (Unix seconds).
+    pub(crate) fn federation_fetched(&self, td: &hush_identity::TrustDomain, at: i64) {
+        self.inner
+            .federation_fetched
+            .get_or_create(&FederationLabels {
+                trust_domain: td.to_string(),
+            })
+            .set(at);
+    }
+
+    /// A fetch of federated trust domain `td`'s bundle failed at `step`.
+    pub(crate) fn federation_failed(&self, td: &hush_identity::TrustDomain, step: &'static str) {
+        self.inner
+            .federation_failures
+            .get_or_create(&FederationFailureLabels {
+                trust_domain: td.to_string(),
+                step,
             })
             .inc();
     }

@@ -9,7 +9,7 @@
 //! CA's own server certificate is issued from its intermediate and rotated without a restart.
 
 mod connection;
-mod limits;
+pub(crate) mod limits;
 
 use std::future::Future;
 use std::io;

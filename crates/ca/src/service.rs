@@ -1,11 +1,12 @@
 //! The gRPC services: hush's own `hush.ca.v1.CertificateAuthority` and the Istio-compatible
 //! `istio.v1.auth.IstioCertificateService`. Both run the same issuance path.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hush_identity::TrustDomain;
+use hush_identity::{SpiffeBundle, SpiffeBundleError, TrustDomain};
 use hush_tls::{SpiffeClientVerifier, TlsConfigError, TrustStore};
 use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::UnixTime;
@@ -27,6 +28,7 @@ use crate::audit::{AuditEvent, AuditLog, AuditRecord, rfc3339};
 use crate::authorities::State as AuthorityState;
 use crate::authority::IssuedSvid;
 use crate::csr::VerifiedCsr;
+use crate::federation::FetchedBundle;
 use crate::lineage::{DEFAULT_REATTEST_AFTER, Lineage, PresentedCertificate, check_reattestation};
 use crate::live::{AuthoritySet, Reload, ReloadError};
 use crate::metrics::CaMetrics;
@@ -67,6 +69,8 @@ struct Inner {
     audit: AuditLog,
     /// Counted where issuances are audited and reloads decided.
     metrics: CaMetrics,
+    /// The bundles of the federated trust domains, as last fetched (`--federate-with`).
+    federated: ArcSwap<BTreeMap<TrustDomain, FetchedBundle>>,
 }
 
 /// The default `--taint-spread`: on a cluster every renewal is also a TokenReview, so a taint
@@ -104,6 +108,7 @@ impl CaService {
                 attestor,
                 audit,
                 metrics,
+                federated: ArcSwap::default(),
             }),
         })
     }
@@ -155,6 +160,40 @@ impl CaService {
     /// The CA's metrics, for the metrics server.
     pub fn metrics(&self) -> &CaMetrics {
         &self.inner.metrics
+    }
+
+    /// The JWT keys of this CA's JWT authorities, as a JWK Set: what
+    /// `GetTrustBundleResponse.jwt_keys` carries and the bundle endpoint publishes, made here
+    /// once so that the two never disagree. Empty while the CA has no JWT authority.
+    pub(crate) fn jwt_keys_json(&self, _current: &AuthoritySet) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// The SPIFFE bundle of this CA's trust domain, as its bundle endpoint serves it: every
+    /// trusted root, the JWT keys, the authorities' generation as `spiffe_sequence`, and
+    /// `refresh_hint`.
+    pub fn spiffe_bundle(&self, refresh_hint: Duration) -> Result<SpiffeBundle, SpiffeBundleError> {
+        let current = self.current();
+        SpiffeBundle::new(
+            current.authority().bundle().clone(),
+            &self.jwt_keys_json(&current),
+            Some(current.generation()),
+            Some(refresh_hint),
+        )
+    }
+
+    /// The bundles of the federated trust domains, as last fetched.
+    pub fn federated(&self) -> Arc<BTreeMap<TrustDomain, FetchedBundle>> {
+        self.inner.federated.load_full()
+    }
+
+    /// Puts a freshly fetched bundle of a federated trust domain in force.
+    pub(crate) fn set_federated(&self, fetched: FetchedBundle) {
+        self.inner.federated.rcu(|all| {
+            let mut all = BTreeMap::clone(all);
+            all.insert(fetched.bundle.trust_domain().clone(), fetched.clone());
+            all
+        });
     }
 
     /// Changes each time another set of authorities is put in force.
@@ -318,6 +357,13 @@ impl CaService {
                 }
             };
             attested = Some(who.clone());
+            // Whatever vouched for it (a join token minted before the reservation, an
+            // attestor's mapping), no workload gets an identity of hush's own components.
+            if crate::authority::is_reserved_id(&who.spiffe_id) {
+                return Err(Status::permission_denied(
+                    crate::authority::AuthorityError::Reserved(who.spiffe_id.clone()).to_string(),
+                ));
+            }
             if let Some(words) =
                 revocations.refusal(&who.spiffe_id, who.token_id.as_deref(), presented.as_ref())
             {
@@ -655,8 +701,23 @@ impl pb::certificate_authority_server::CertificateAuthority for CaService {
                 .inner
                 .renew_spread_seconds
                 .load(std::sync::atomic::Ordering::Relaxed),
-            jwt_keys: Vec::new(),
-            federated: Vec::new(),
+            jwt_keys: self.jwt_keys_json(&current),
+            federated: self
+                .federated()
+                .values()
+                .map(|fetched| pb::FederatedBundle {
+                    trust_domain: fetched.bundle.trust_domain().to_string(),
+                    roots: fetched
+                        .bundle
+                        .x509_roots()
+                        .iter()
+                        .map(|c| c.to_vec())
+                        .collect(),
+                    jwt_keys: fetched.bundle.jwt_keys_json().to_vec(),
+                    sequence: fetched.bundle.sequence().unwrap_or_default(),
+                    fetched_at_unix: fetched.fetched_at_unix,
+                })
+                .collect(),
         }))
     }
 

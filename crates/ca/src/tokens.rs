@@ -206,6 +206,14 @@ impl JoinTokenStore {
                  e.g. {spiffe_id}/ns/default/sa/my-app"
             )));
         }
+        // The CA would refuse it at issuance anyway; a token that can never work is a mistake.
+        if crate::authority::is_reserved_id(spiffe_id) {
+            return Err(TokenError::Invalid(format!(
+                "{spiffe_id} is reserved for hush's own components (every SPIFFE ID under \
+                 spiffe://{}/hush); choose another path",
+                spiffe_id.trust_domain()
+            )));
+        }
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -516,6 +524,13 @@ mod tests {
             .mint(&bare, Duration::from_secs(60), false)
             .unwrap_err();
         assert!(err.to_string().contains("needs a path"), "{err}");
+        let reserved: SpiffeId = "spiffe://cluster.local/hush/bundle-endpoint"
+            .parse()
+            .unwrap();
+        let err = store
+            .mint(&reserved, Duration::from_secs(60), false)
+            .unwrap_err();
+        assert!(err.to_string().contains("reserved for hush"), "{err}");
     }
 
     #[test]

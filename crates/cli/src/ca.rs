@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use hush_ca::{
-    Attestor, AuditLog, AuthoritySet, CaDir, CaKeyAlgorithm, CaService, InitOptions,
-    IssuancePolicy, JoinTokenStore, Pkcs11Uri, ReloadError, ServeError, ServeOptions, StoreError,
+    Attestor, AuditLog, AuthoritySet, BundleEndpoint, BundleEndpointOptions, CaDir, CaKeyAlgorithm,
+    CaService, EndpointProfile, Federation, FederationSpec, InitOptions, IssuancePolicy,
+    JoinTokenStore, Pkcs11Uri, ReloadError, ServeError, ServeOptions, StoreError,
     TokenReviewClient, TokenReviewConfig,
 };
 use hush_identity::{SpiffeId, TrustDomain};
@@ -235,6 +236,34 @@ pub(crate) struct ServeArgs {
     /// printed on stdout). Off unless given.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve this trust domain's SPIFFE bundle (its roots and JWT keys, as JSON) to other
+    /// trust domains at https://ADDR/ (any path), for SPIFFE federation. The profile is
+    /// https_spiffe (the endpoint presents spiffe://TD/hush/bundle-endpoint, which partners
+    /// name as its endpoint-id) unless --bundle-endpoint-cert makes it https_web. Port 0 picks
+    /// a free port; the address is printed on stdout. Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    bundle_endpoint_listen: Option<SocketAddr>,
+    /// The https_web profile: the bundle endpoint presents this Web PKI certificate chain (PEM,
+    /// leaf first) instead of an X.509-SVID; read again when it changes.
+    #[arg(long, value_name = "FILE", requires_all = ["bundle_endpoint_key", "bundle_endpoint_listen"])]
+    bundle_endpoint_cert: Option<PathBuf>,
+    /// The private key (PEM) of --bundle-endpoint-cert.
+    #[arg(long, value_name = "FILE", requires = "bundle_endpoint_cert")]
+    bundle_endpoint_key: Option<PathBuf>,
+    /// The spiffe_refresh_hint of the bundle the endpoint serves: how often partners should
+    /// fetch it again. A new root is published --publish-wait before it signs; keep this a few
+    /// times shorter.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    bundle_refresh_hint: Duration,
+    /// Federate with another trust domain (repeatable): fetch its SPIFFE bundle from its bundle
+    /// endpoint at the bundle's refresh hint (clamped to 1s..1d; 5m without one) and hand it
+    /// to sidecars with this CA's own. `TD=URL` for https_web (Mozilla's roots verify the
+    /// endpoint), `TD=URL,ca-file=FILE` for https_web with a private Web CA,
+    /// `TD=URL,endpoint-id=spiffe://TD/PATH,bundle=FILE` for https_spiffe (FILE: TD's bundle,
+    /// PEM roots or SPIFFE bundle JSON, obtained out of band; it verifies the endpoint until
+    /// the first fetch, the last fetched bundle after that).
+    #[arg(long = "federate-with", value_name = "SPEC")]
+    federate_with: Vec<FederationSpec>,
 }
 
 pub(crate) async fn run(command: CaCommand) -> Result<()> {
@@ -544,6 +573,39 @@ async fn serve(args: ServeArgs) -> Result<()> {
         ),
         None => None,
     };
+    let federations = args
+        .federate_with
+        .iter()
+        .cloned()
+        .map(Federation::load)
+        .collect::<Result<Vec<_>, _>>()?;
+    Federation::check_all(&setup.service.trust_domain(), &federations)?;
+    let bundle_endpoint = match args.bundle_endpoint_listen {
+        Some(endpoint_addr) => {
+            let profile = match (&args.bundle_endpoint_cert, &args.bundle_endpoint_key) {
+                (Some(cert_file), Some(key_file)) => EndpointProfile::HttpsWeb {
+                    cert_file: cert_file.clone(),
+                    key_file: key_file.clone(),
+                },
+                _ => EndpointProfile::HttpsSpiffe,
+            };
+            let endpoint = BundleEndpoint::new(
+                setup.service.clone(),
+                BundleEndpointOptions {
+                    profile,
+                    refresh_hint: args.bundle_refresh_hint,
+                    max_connections_per_ip: args.max_connections_per_ip,
+                    certificate_lifetime: setup.options.server_cert_lifetime,
+                },
+            )
+            .context("cannot set up the bundle endpoint")?;
+            let listener = TcpListener::bind(endpoint_addr).await.with_context(|| {
+                format!("cannot listen on {endpoint_addr} (--bundle-endpoint-listen)")
+            })?;
+            Some((endpoint, listener))
+        }
+        None => None,
+    };
     let current = setup.service.current();
     let shutdown = shutdown::signal();
     for key in dir.root_keys() {
@@ -586,6 +648,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 metrics.local_addr()?
             )?;
         }
+        if let Some((endpoint, listener)) = &bundle_endpoint {
+            writeln!(
+                out,
+                "hush ca: SPIFFE bundle endpoint ({}) on https://{}/",
+                endpoint.describe(),
+                listener.local_addr()?
+            )?;
+        }
         writeln!(
             out,
             "hush ca: serving hush.ca.v1 and istio.v1.auth on https://{addr} (trust domain {})",
@@ -611,10 +681,26 @@ async fn serve(args: ServeArgs) -> Result<()> {
             setup.service.metrics().clone(),
         ))
     });
+    let endpoint_server =
+        bundle_endpoint.map(|(endpoint, listener)| tokio::spawn(endpoint.run(listener)));
+    let mut fetchers = Vec::new();
+    for federation in federations {
+        tracing::info!(
+            trust_domain = %federation.trust_domain(),
+            url = %federation.url(),
+            profile = %federation.describe(),
+            "federating with trust domain {}", federation.trust_domain()
+        );
+        fetchers.push(tokio::spawn(hush_ca::follow_federation(
+            setup.service.clone(),
+            federation,
+        )));
+    }
     let served = hush_ca::serve(setup.service, listener, setup.options, shutdown).await;
-    for task in [follower, Some(reminder), metrics_server]
+    for task in [follower, Some(reminder), metrics_server, endpoint_server]
         .into_iter()
         .flatten()
+        .chain(fetchers)
     {
         task.abort();
     }

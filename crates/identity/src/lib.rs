@@ -9,7 +9,8 @@
 //! [`CertificateSummary`] turns a certificate into plain fields for people to read. An
 //! [`AttestationRecord`], which the CA writes into every workload certificate, says when and
 //! how its identity was last attested, and a [`DenyList`] says which certificates the CA has
-//! revoked (by serial, by SPIFFE ID up to a time, or by join token). The CA, the proxy and the
+//! revoked (by serial, by SPIFFE ID up to a time, or by join token). A [`SpiffeBundle`] is the
+//! JSON a trust domain publishes at its SPIFFE bundle endpoint, for federation. The CA, the proxy and the
 //! CLI all build on these types.
 //!
 //! ```
@@ -27,6 +28,7 @@ mod attestation;
 mod authority_id;
 mod bundle;
 mod deny;
+mod spiffe_bundle;
 mod spiffe_id;
 mod summary;
 mod svid;
@@ -41,6 +43,7 @@ pub use self::{
     authority_id::{authority_id, authority_id_of_public_key},
     bundle::{BundleError, TrustBundle, parse_pem_certificates},
     deny::{Denial, DeniedId, DenyList, DenyListError, normalize_serial_hex},
+    spiffe_bundle::{MAX_SPIFFE_BUNDLE_BYTES, SpiffeBundle, SpiffeBundleError},
     spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain},
     summary::{CertificateSummary, rsa_modulus_bits, serial_hex},
     svid::{SvidError, check_leaf_svid, check_signing_cert},
