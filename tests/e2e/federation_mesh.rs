@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use hush_config::{InboundConfig, OutboundConfig, PolicyConfig, ProxyConfig};
-use hush_test_support::process::{CaProcess, ProxyProcess, run_hush_ok};
+use hush_proxy::{InboundConfig, OutboundConfig, PolicyConfig};
+use hush_test_support::{CaProcess, ProxyProcess, run_hush_ok};
 
 use crate::mesh::apps;
 use crate::mesh::sidecars::{
@@ -227,11 +227,7 @@ async fn sidecars_of_two_federated_trust_domains_call_each_other() {
 
     // A policy that lets in "anyone" does not let in a federated caller: only a rule naming
     // its trust domain does.
-    write_configmap(
-        &own_root.join("policy"),
-        "policy.yaml",
-        allow_policy("*"),
-    );
+    write_configmap(&own_root.join("policy"), "policy.yaml", allow_policy("*"));
     let refused = wait_for_status(partner.frontend.outbound(0), 403).await;
     assert!(
         refused.contains("another trust domain"),

@@ -423,7 +423,10 @@ fn the_chart_lints_and_every_rendered_manifest_is_valid() {
     );
     // Federation: the bundle endpoint on a port of the Service, partners' flags, and the
     // https_spiffe partners' bootstrap bundles in a ConfigMap the CA mounts.
-    assert!(!args.contains("federate") && !args.contains("bundle-endpoint"), "{args}");
+    assert!(
+        !args.contains("federate") && !args.contains("bundle-endpoint"),
+        "{args}"
+    );
     let partner_bundle = String::from_utf8_lossy(&files[0].1).to_string();
     let federation = temp.path().join("federation.yaml");
     fs::write(
@@ -451,7 +454,10 @@ fn the_chart_lints_and_every_rendered_manifest_is_valid() {
         "--federate-with partner.example=https://bundle.partner.example:8444,endpoint-id=spiffe://partner.example/hush/bundle-endpoint,bundle=/etc/hush/federation/partner.example.pem",
         "--federate-with web.example=https://web.example/bundle",
     ] {
-        assert!(args_federated.contains(expected), "{expected}: {args_federated}");
+        assert!(
+            args_federated.contains(expected),
+            "{expected}: {args_federated}"
+        );
     }
     let mounted = find(&docs_federated, "ConfigMap", "hush-ca-federation");
     assert_eq!(
@@ -463,8 +469,11 @@ fn the_chart_lints_and_every_rendered_manifest_is_valid() {
     assert_eq!(service["spec"]["ports"][1]["port"], 8444, "{service}");
     if let Some(validator) = kube::validator() {
         let file = temp.path().join("federated.yaml");
-        fs::write(&file, render(&helm, &federated).unwrap_or_else(|e| panic!("{e}")))
-            .expect("write the rendered chart");
+        fs::write(
+            &file,
+            render(&helm, &federated).unwrap_or_else(|e| panic!("{e}")),
+        )
+        .expect("write the rendered chart");
         kube::validate(&validator, &file);
     }
     let bundle = &files[0].1;

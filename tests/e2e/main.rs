@@ -16,6 +16,7 @@ mod ca_limits;
 mod capture;
 mod diagnose;
 mod docs;
+mod federation_mesh;
 mod hostile;
 mod hostile_wire;
 mod inject;

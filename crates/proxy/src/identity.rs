@@ -709,9 +709,9 @@ fn apply_bundle(
 fn apply_federated(trust: &TrustStore, federated: Vec<FederatedDomain>) {
     let domains: Vec<String> = federated
         .iter()
-        .map(|d| d.bundle.trust_domain().to_string())
+        .map(|d| d.0.trust_domain.to_string())
         .collect();
-    match trust.federate(federated.into_iter().map(|d| d.bundle).collect()) {
+    match trust.federate(federated.into_iter().map(|d| d.0.roots).collect()) {
         Ok(true) => info!(
             domains = %domains.join(", "),
             "federated trust domains updated from the CA"

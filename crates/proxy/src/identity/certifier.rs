@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use hush_ca_client::{CaClient, ClientError};
-use hush_identity::{DenyList, TrustBundle, TrustDomain};
+use hush_identity::DenyList;
 use hush_tls::{CredentialStore, TrustStore};
 use rustls_pki_types::CertificateDer;
 
@@ -62,21 +62,17 @@ pub(crate) struct BundleUpdate {
     pub(crate) federated: Option<Vec<FederatedDomain>>,
 }
 
-/// A trust domain the CA federates with, as it sent it.
+/// A trust domain the CA federates with, as it sent it (its roots checked as the mesh's own
+/// are).
 #[derive(Clone, Debug)]
-pub(crate) struct FederatedDomain {
-    /// Its roots, checked as the mesh's own are.
-    pub(crate) bundle: TrustBundle,
-    /// Its JWT-SVID keys, a JWK Set in JSON, as the CA sent it (empty when none).
-    #[allow(dead_code)] // read by the Workload API
-    pub(crate) jwt_keys: Vec<u8>,
-}
+pub(crate) struct FederatedDomain(pub(crate) hush_ca_client::FederatedBundle);
 
 impl PartialEq for FederatedDomain {
     fn eq(&self, other: &Self) -> bool {
-        self.bundle.trust_domain() == other.bundle.trust_domain()
-            && self.bundle.roots() == other.bundle.roots()
-            && self.jwt_keys == other.jwt_keys
+        let (a, b) = (&self.0, &other.0);
+        a.trust_domain == b.trust_domain
+            && a.roots.roots() == b.roots.roots()
+            && a.jwt_keys == b.jwt_keys
     }
 }
 
@@ -266,6 +262,13 @@ impl Certifier for CaCertifier {
         let response = call(client.trust_bundle())
             .await
             .map_err(|status| self.failed(&status))?;
+        // Read before the response is taken apart below.
+        let federated = hush_ca_client::federated_bundles(&response)
+            .map(|bundles| bundles.into_iter().map(FederatedDomain).collect())
+            .map_err(|error| {
+                tracing::warn!(%error, "the CA sent federated bundles that cannot be read; keeping the current ones");
+            })
+            .ok();
         let deny = response.deny.map(deny_list).transpose().unwrap_or_else(|error| {
             tracing::warn!(%error, "the CA sent a deny-list that cannot be read; keeping the current one");
             None
@@ -279,32 +282,9 @@ impl Certifier for CaCertifier {
             ),
             deny,
             deny_generation: response.deny_generation,
-            federated: federated_domains(response.federated)
-                .map_err(|error| {
-                    tracing::warn!(%error, "the CA sent federated bundles that cannot be read; keeping the current ones");
-                })
-                .ok(),
+            federated,
         })
     }
-}
-
-/// The federated trust domains as the CA sent them, each bundle checked as the mesh's own is:
-/// one the sidecar cannot read refuses them all, rather than dropping one domain silently.
-fn federated_domains(
-    sent: Vec<hush_ca_client::proto::FederatedBundle>,
-) -> Result<Vec<FederatedDomain>, String> {
-    sent.into_iter()
-        .map(|domain| {
-            let trust_domain = TrustDomain::new(&domain.trust_domain)
-                .map_err(|e| format!("{:?}: {e}", domain.trust_domain))?;
-            let bundle = TrustBundle::new(trust_domain, certificates(domain.roots))
-                .map_err(|e| format!("trust domain {}: {e}", domain.trust_domain))?;
-            Ok(FederatedDomain {
-                bundle,
-                jwt_keys: domain.jwt_keys,
-            })
-        })
-        .collect()
 }
 
 /// The deny-list as the CA sent it, every entry checked as the list checks its own: one the

@@ -251,9 +251,14 @@ impl FakeCa {
         self.state().federated = Some(
             bundles
                 .into_iter()
-                .map(|bundle| super::certifier::FederatedDomain {
-                    bundle,
-                    jwt_keys: Vec::new(),
+                .map(|roots| {
+                    super::certifier::FederatedDomain(hush_ca_client::FederatedBundle {
+                        trust_domain: roots.trust_domain().clone(),
+                        roots,
+                        jwt_keys: Vec::new(),
+                        sequence: 0,
+                        fetched_at_unix: 0,
+                    })
                 })
                 .collect(),
         );
