@@ -62,6 +62,11 @@ pub fn peer_spiffe_id(
     trust_domain: &TrustDomain,
 ) -> Result<SpiffeId, PeerIdentityError> {
     let id = check_leaf_svid(end_entity).map_err(PeerIdentityError::NotAnSvid)?;
+    member_of(id, trust_domain)
+}
+
+/// `id`, if it is of `trust_domain`.
+fn member_of(id: SpiffeId, trust_domain: &TrustDomain) -> Result<SpiffeId, PeerIdentityError> {
     if !id.is_member_of(trust_domain) {
         return Err(PeerIdentityError::ForeignTrustDomain {
             id,
@@ -155,8 +160,8 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let anchors = self.trust.anchors();
         let parsed = ParsedCertificate::try_from(end_entity)?;
-        let presented = match federated_peer(&anchors, end_entity) {
-            Some((domain, presented)) => {
+        let presented = match route(&anchors, end_entity) {
+            Route::Federated(domain, presented) => {
                 verify_server_cert_signed_by_trust_anchor(
                     &parsed,
                     &domain.roots,
@@ -174,7 +179,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
                 }
                 presented
             }
-            None => {
+            Route::Own(read) => {
                 verify_server_cert_signed_by_trust_anchor(
                     &parsed,
                     &anchors.roots,
@@ -183,7 +188,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
                     self.algorithms.all,
                 )?;
                 refuse_denied(&anchors, end_entity, intermediates)?;
-                peer_spiffe_id(end_entity, anchors.bundle.trust_domain()).map_err(rejected)?
+                own_peer(&anchors, end_entity, read)?
             }
         };
         if let ExpectedServer::OneOf(expected) = &self.expected
@@ -220,25 +225,50 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
-/// The federated trust domain whose roots must verify `end_entity`, with the SPIFFE ID it
-/// presents: the domain its X.509-SVID names, when the mesh federates with it. `None` sends the
-/// certificate to the mesh's own roots, as before any federation (a certificate of a domain
-/// that is not federated then fails there, as one of an unknown CA).
+/// Whose roots verify a peer's certificate.
+enum Route<'a> {
+    /// Those of the federated trust domain its X.509-SVID names, and no others.
+    Federated(&'a DomainAnchors, SpiffeId),
+    /// The mesh's own, as before any federation: a certificate of a domain that is not
+    /// federated fails there, as one of an unknown CA. Holds the SPIFFE ID when it was read
+    /// already (only with federated domains in force), so it is not read twice.
+    Own(Option<SpiffeId>),
+}
+
+/// Routes `end_entity` to the roots of the trust domain its SPIFFE ID names, when the mesh
+/// federates with that domain.
 ///
 /// The SPIFFE standard picks the bundle by the trust domain the SVID claims and verifies the
 /// chain against that bundle alone, so a federated CA can never vouch for this mesh's own
 /// identities, nor this mesh's CA for a federated domain's. The leaf is read before its chain is
-/// verified only to choose the roots; nothing it says is believed until they verify it.
-fn federated_peer<'a>(
-    anchors: &'a Anchors,
-    end_entity: &CertificateDer<'_>,
-) -> Option<(&'a DomainAnchors, SpiffeId)> {
+/// verified only to choose the roots; nothing it says is believed until they verify it. Without
+/// federated domains nothing is read here.
+fn route<'a>(anchors: &'a Anchors, end_entity: &CertificateDer<'_>) -> Route<'a> {
     if anchors.federated.is_empty() {
-        return None;
+        return Route::Own(None);
     }
-    let id = check_leaf_svid(end_entity).ok()?;
-    let domain = anchors.federated.get(id.trust_domain())?;
-    Some((domain, id))
+    match check_leaf_svid(end_entity) {
+        Ok(id) => match anchors.federated.get(id.trust_domain()) {
+            Some(domain) => Route::Federated(domain, id),
+            None => Route::Own(Some(id)),
+        },
+        Err(_) => Route::Own(None),
+    }
+}
+
+/// The SPIFFE ID of a peer whose chain the mesh's own roots verified: `read` when the leaf was
+/// read already, else read now (with the X.509-SVID rules' error when it is not one).
+fn own_peer(
+    anchors: &Anchors,
+    end_entity: &CertificateDer<'_>,
+    read: Option<SpiffeId>,
+) -> Result<SpiffeId, rustls::Error> {
+    let trust_domain = anchors.bundle.trust_domain();
+    match read {
+        Some(id) => member_of(id, trust_domain),
+        None => peer_spiffe_id(end_entity, trust_domain),
+    }
+    .map_err(rejected)
 }
 
 /// Refuses a leaf the deny-list names. Called once webpki has verified the chain, so only
@@ -326,16 +356,19 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let anchors = self.trust.anchors();
-        if let Some((domain, _)) = federated_peer(&anchors, end_entity) {
-            // The policy decides what a peer of another trust domain may do; its chain must
-            // end at that domain's roots.
-            let webpki = if self.mandatory {
-                &domain.clients_required
-            } else {
-                &domain.clients_optional
-            };
-            return webpki.verify_client_cert(end_entity, intermediates, now);
-        }
+        let read = match route(&anchors, end_entity) {
+            Route::Federated(domain, _) => {
+                // The policy decides what a peer of another trust domain may do; its chain must
+                // end at that domain's roots.
+                let webpki = if self.mandatory {
+                    &domain.clients_required
+                } else {
+                    &domain.clients_optional
+                };
+                return webpki.verify_client_cert(end_entity, intermediates, now);
+            }
+            Route::Own(read) => read,
+        };
         let webpki = if self.mandatory {
             &anchors.clients_required
         } else {
@@ -343,7 +376,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         };
         let verified = webpki.verify_client_cert(end_entity, intermediates, now)?;
         refuse_denied(&anchors, end_entity, intermediates)?;
-        peer_spiffe_id(end_entity, anchors.bundle.trust_domain()).map_err(rejected)?;
+        own_peer(&anchors, end_entity, read)?;
         Ok(verified)
     }
 
