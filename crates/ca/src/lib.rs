@@ -31,8 +31,8 @@ mod authorities;
 mod authority;
 mod csr;
 mod expiry;
-mod jwt;
 mod federation;
+mod jwt;
 mod lineage;
 mod live;
 mod metrics;
@@ -64,14 +64,14 @@ pub use self::expiry::{
     RotationDue, is_rotation_due, keep_warning_of_rotations_due, rotation_due, rotation_warning,
     rotations_due, warn_of_rotations_due,
 };
-pub use self::jwt::{
-    DEFAULT_JWT_MAX_TTL, DEFAULT_JWT_TTL, JwtMaterial, JwtMintError, JwtSigner, MAX_AUDIENCE_LEN,
-    MAX_AUDIENCES, MintedJwt, check_audiences,
-};
 pub use self::federation::{
     BundleEndpoint, BundleEndpointOptions, DEFAULT_BUNDLE_REFRESH_HINT, EndpointProfile,
     FETCH_TIMEOUT, Federation, FederationError, FederationSpec, FetchError, FetchedBundle,
     MAX_REFRESH_INTERVAL, MIN_REFRESH_INTERVAL, ProfileSpec, follow_federation, refresh_interval,
+};
+pub use self::jwt::{
+    DEFAULT_JWT_MAX_TTL, DEFAULT_JWT_TTL, JwtMaterial, JwtMintError, JwtSigner, MAX_AUDIENCE_LEN,
+    MAX_AUDIENCES, MintedJwt, check_audiences,
 };
 pub use self::lineage::{DEFAULT_REATTEST_AFTER, Lineage};
 pub use self::live::{AuthoritySet, Reload, ReloadError, follow_directory};

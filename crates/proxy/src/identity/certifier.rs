@@ -60,7 +60,26 @@ pub(crate) struct BundleUpdate {
     /// The trust domain's JWT-SVID keys; `None` when the CA sent none (a CA older than
     /// JWT-SVIDs, or keys that could not be read, which is logged).
     pub(crate) jwt_keys: Option<JwtKeys>,
+    /// The trust domains the CA federates with; `None` when what it sent cannot be read (which
+    /// is logged, and the federated domains in force stay).
+    pub(crate) federated: Option<Vec<FederatedDomain>>,
 }
+
+/// A trust domain the CA federates with, as it sent it (its roots checked as the mesh's own
+/// are).
+#[derive(Clone, Debug)]
+pub(crate) struct FederatedDomain(pub(crate) hush_ca_client::FederatedBundle);
+
+impl PartialEq for FederatedDomain {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&self.0, &other.0);
+        a.trust_domain == b.trust_domain
+            && a.roots.roots() == b.roots.roots()
+            && a.jwt_keys == b.jwt_keys
+    }
+}
+
+impl Eq for FederatedDomain {}
 
 /// What the CA sent for a certificate request. Nothing here is checked yet.
 #[derive(Clone, Debug, Default)]
@@ -250,6 +269,13 @@ impl Certifier for CaCertifier {
             tracing::warn!(%error, "the CA sent JWT keys that cannot be read; keeping the current ones");
             None
         });
+        // Read before the response is taken apart below.
+        let federated = hush_ca_client::federated_bundles(&response)
+            .map(|bundles| bundles.into_iter().map(FederatedDomain).collect())
+            .map_err(|error| {
+                tracing::warn!(%error, "the CA sent federated bundles that cannot be read; keeping the current ones");
+            })
+            .ok();
         let deny = response.deny.map(deny_list).transpose().unwrap_or_else(|error| {
             tracing::warn!(%error, "the CA sent a deny-list that cannot be read; keeping the current one");
             None
@@ -264,6 +290,7 @@ impl Certifier for CaCertifier {
             ),
             deny,
             deny_generation: response.deny_generation,
+            federated,
         })
     }
 }
