@@ -421,6 +421,61 @@ fn the_chart_lints_and_every_rendered_manifest_is_valid() {
         !rendered_off.contains("metrics") && !rendered_off.contains("prometheus.io"),
         "{rendered_off}"
     );
+    // Federation: the bundle endpoint on a port of the Service, partners' flags, and the
+    // https_spiffe partners' bootstrap bundles in a ConfigMap the CA mounts.
+    assert!(
+        !args.contains("federate") && !args.contains("bundle-endpoint"),
+        "{args}"
+    );
+    let partner_bundle = String::from_utf8_lossy(&files[0].1).to_string();
+    let federation = temp.path().join("federation.yaml");
+    fs::write(
+        &federation,
+        serde_json::json!({"ca": {"federation": {
+            "bundleEndpointPort": 8444,
+            "refreshHint": "1m",
+            "partners": [
+                {"trustDomain": "partner.example", "url": "https://bundle.partner.example:8444",
+                 "endpointId": "spiffe://partner.example/hush/bundle-endpoint",
+                 "bundle": partner_bundle},
+                {"trustDomain": "web.example", "url": "https://web.example/bundle"},
+            ],
+        }}})
+        .to_string(),
+    )
+    .expect("write federation values");
+    let mut federated = strs(&minimal);
+    federated.extend(["-f", path_str(&federation)]);
+    let docs_federated = documents(&render(&helm, &federated).unwrap_or_else(|e| panic!("{e}")));
+    let ca_federated = find(&docs_federated, "Deployment", "hush-ca");
+    let args_federated = container_args(ca_federated).join(" ");
+    for expected in [
+        "--bundle-endpoint-listen 0.0.0.0:8444 --bundle-refresh-hint 1m",
+        "--federate-with partner.example=https://bundle.partner.example:8444,endpoint-id=spiffe://partner.example/hush/bundle-endpoint,bundle=/etc/hush/federation/partner.example.pem",
+        "--federate-with web.example=https://web.example/bundle",
+    ] {
+        assert!(
+            args_federated.contains(expected),
+            "{expected}: {args_federated}"
+        );
+    }
+    let mounted = find(&docs_federated, "ConfigMap", "hush-ca-federation");
+    assert_eq!(
+        mounted["data"]["partner.example.pem"].as_str(),
+        Some(partner_bundle.as_str())
+    );
+    assert!(mounted["data"]["web.example.pem"].is_null(), "{mounted}");
+    let service = find(&docs_federated, "Service", "hush-ca");
+    assert_eq!(service["spec"]["ports"][1]["port"], 8444, "{service}");
+    if let Some(validator) = kube::validator() {
+        let file = temp.path().join("federated.yaml");
+        fs::write(
+            &file,
+            render(&helm, &federated).unwrap_or_else(|e| panic!("{e}")),
+        )
+        .expect("write the rendered chart");
+        kube::validate(&validator, &file);
+    }
     let bundle = &files[0].1;
     assert_eq!(
         find(&docs, "ConfigMap", "hush-trust-bundle")["data"]["bundle.pem"].as_str(),
@@ -508,6 +563,18 @@ fn bad_values_are_refused_with_the_field_named() {
         ("ca.replica=2", "replica"),
         ("ca.metrics.port=70000", "ca.metrics.port"),
         ("ca.metrics.port=8443", "ca.metrics.port"),
+        (
+            "ca.federation.bundleEndpointPort=9090",
+            "ca.federation.bundleEndpointPort",
+        ),
+        (
+            "ca.federation.partners[0].trustDomain=partner.example,ca.federation.partners[0].url=http://x",
+            "url",
+        ),
+        (
+            "ca.federation.partners[0].trustDomain=partner.example,ca.federation.partners[0].url=https://x,ca.federation.partners[0].endpointId=spiffe://partner.example/e",
+            "bundle",
+        ),
         ("injector.failurePolicy=Maybe", "injector.failurePolicy"),
         ("injector.timeoutSeconds=60", "injector.timeoutSeconds"),
         ("proxy.uid=0", "proxy.uid"),

@@ -1294,13 +1294,6 @@ fn bad_configuration_is_refused_with_the_field_named() {
             &["unknown field", "protocl"],
         ),
         (
-            "outbound:\n  - listen: 127.0.0.1:0\n    upstream: 127.0.0.1:1\n    identity: spiffe://other.domain/x\n",
-            &[
-                "outbound[0].identity",
-                "not in this mesh's trust domain cluster.local",
-            ],
-        ),
-        (
             "outbound:\n  - listen: 127.0.0.1:0\n    upstream: 127.0.0.1:1\n    identity: not-a-spiffe-id\n",
             &["not-a-spiffe-id"],
         ),

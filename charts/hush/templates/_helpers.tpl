@@ -81,3 +81,13 @@ memory: {{ .Values.proxy.memory | quote }}
 trust_bundle: |
   {{- include "hush.bundle" . | trim | nindent 2 }}
 {{- end -}}
+
+{{- /* The CA's federation settings, with defaults for charts values older than federation. */ -}}
+{{- define "hush.caFederation" -}}
+{{- $f := .Values.ca.federation | default dict -}}
+{{- $port := int ($f.bundleEndpointPort | default 0) -}}
+{{- if and $port (or (eq $port (int .Values.ca.port)) (eq $port (int (include "hush.caMetricsPort" .)))) -}}
+{{- fail (printf "ca.federation.bundleEndpointPort %d is also the CA's gRPC or metrics port: give the bundle endpoint a port of its own" $port) -}}
+{{- end -}}
+{{- toJson (dict "port" $port "refreshHint" ($f.refreshHint | default "5m") "partners" ($f.partners | default list)) -}}
+{{- end -}}

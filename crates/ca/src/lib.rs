@@ -32,6 +32,7 @@ mod authority;
 mod csr;
 mod expiry;
 mod federation;
+mod jwt;
 mod lineage;
 mod live;
 mod metrics;
@@ -50,8 +51,8 @@ pub use self::attest::{
 pub use self::audit::{AuditError, AuditEvent, AuditLog, AuditRecord};
 pub use self::authorities::{
     Activation, AuthoritiesError, AuthorityEntry, AuthorityId, DEFAULT_MAX_TTL_SECONDS,
-    DEFAULT_PUBLISH_WAIT_SECONDS, Kind as AuthorityKind, MANIFEST_VERSION, MIN_ID_PREFIX, Manifest,
-    State as AuthorityState,
+    DEFAULT_PUBLISH_WAIT_SECONDS, JwtActivation, Kind as AuthorityKind, MANIFEST_VERSION,
+    MIN_ID_PREFIX, Manifest, State as AuthorityState,
 };
 pub use self::authority::{
     Authority, AuthorityError, CaMaterial, IssuancePolicy, IssuedSvid, RESERVED_SEGMENT,
@@ -68,6 +69,10 @@ pub use self::federation::{
     FETCH_TIMEOUT, Federation, FederationError, FederationSpec, FetchError, FetchedBundle,
     MAX_REFRESH_INTERVAL, MIN_REFRESH_INTERVAL, ProfileSpec, follow_federation, refresh_interval,
 };
+pub use self::jwt::{
+    DEFAULT_JWT_MAX_TTL, DEFAULT_JWT_TTL, JwtMaterial, JwtMintError, JwtSigner, MAX_AUDIENCE_LEN,
+    MAX_AUDIENCES, MintedJwt, check_audiences,
+};
 pub use self::lineage::{DEFAULT_REATTEST_AFTER, Lineage};
 pub use self::live::{AuthoritySet, Reload, ReloadError, follow_directory};
 pub use self::metrics::{CaMetrics, serve_metrics};
@@ -76,7 +81,9 @@ pub use self::revocations::{
     RevokedToken, retention as revocation_retention,
 };
 pub use self::server::{PeerInfo, ServeError, ServeOptions, serve};
-pub use self::service::{CaService, DEFAULT_TAINT_SPREAD, HUSH_API, ISTIO_API, pem_certificate};
+pub use self::service::{
+    CaService, DEFAULT_TAINT_SPREAD, HUSH_API, ISTIO_API, JWT_API, pem_certificate,
+};
 #[cfg(feature = "pkcs11")]
 pub use self::signing_key::Pkcs11Key;
 pub use self::signing_key::{CaKey, Pkcs11Error, Pkcs11Uri};

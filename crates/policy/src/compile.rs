@@ -267,21 +267,15 @@ impl PolicySet {
         self.declares_none
     }
 
-    /// Principals and selector identities of another trust domain than `trust_domain`: a
-    /// mesh has one, so such a pattern can never match (often a typo in the domain).
+    /// Selector identities of another trust domain than `trust_domain`: a policy selects the
+    /// workloads of this mesh, so such a pattern can never match (often a typo in the domain).
+    ///
+    /// Principals of another trust domain are not errors: they are how a policy lets in the
+    /// callers of a federated trust domain (and nothing else does).
     pub fn foreign_principals(&self, trust_domain: &TrustDomain) -> Vec<PolicyError> {
         let mut errors = Vec::new();
         for policy in &self.policies {
-            let selector = policy.selector.iter().flatten();
-            let sources = policy.rules.iter().flat_map(|rule| &rule.from);
-            let principals = sources.flat_map(|source| {
-                source
-                    .principals
-                    .iter()
-                    .chain(&source.not_principals)
-                    .flatten()
-            });
-            for pattern in selector.chain(principals) {
+            for pattern in policy.selector.iter().flatten() {
                 if let Some(domain) = &pattern.trust_domain
                     && domain != trust_domain
                 {
@@ -290,8 +284,8 @@ impl PolicySet {
                         line: pattern.at.0,
                         column: pattern.at.1,
                         message: format!(
-                            "policy {:?}: {} is in trust domain {domain}, but this mesh's is \
-                             {trust_domain}, so it can never match",
+                            "policy {:?}: selector {} is in trust domain {domain}, but this \
+                             mesh's is {trust_domain}, so it can never match",
                             policy.info.name, pattern.matcher
                         ),
                     });
@@ -299,6 +293,22 @@ impl PolicySet {
             }
         }
         errors
+    }
+
+    /// The trust domains other than `trust_domain` that principals name: the federated
+    /// domains the policy lets in (or means to).
+    pub fn foreign_trust_domains(&self, trust_domain: &TrustDomain) -> Vec<TrustDomain> {
+        let mut domains: Vec<TrustDomain> = self
+            .policies
+            .iter()
+            .flat_map(|policy| policy.rules.iter().flat_map(|rule| &rule.from))
+            .flat_map(|source| source.principals.iter().flatten())
+            .filter_map(|pattern| pattern.trust_domain.clone())
+            .filter(|domain| domain != trust_domain)
+            .collect();
+        domains.sort();
+        domains.dedup();
+        domains
     }
 
     /// How many rules all policies hold together.

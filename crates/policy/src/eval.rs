@@ -20,7 +20,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
-use hush_identity::SpiffeId;
+use hush_identity::{SpiffeId, TrustDomain};
 
 use crate::compile::{
     Condition, IndexKey, Operation, Policy, PolicyError, PolicyInfo, PolicySet, Rule,
@@ -229,6 +229,10 @@ pub enum Reason<'p> {
     /// The path cannot be judged and an enforced rule names paths: the request is refused
     /// whatever the rules say (the sidecar answers `400`).
     AmbiguousPath(AmbiguousPath),
+    /// The caller is of another trust domain (a federated one), and no ALLOW rule names it:
+    /// such a caller is let in only by a rule whose principals name its trust domain, never by
+    /// a wildcard, a rule without `from`, or the default.
+    ForeignNotNamed,
 }
 
 /// A decision and what led to it.
@@ -288,6 +292,10 @@ impl fmt::Display for Reason<'_> {
                 f.write_str("no policy allows it and the default is deny")
             }
             Self::AmbiguousPath(why) => why.fmt(f),
+            Self::ForeignNotNamed => f.write_str(
+                "the caller is of another trust domain, and no ALLOW rule names it in its \
+                 principals (a federated caller is never let in by a wildcard or the default)",
+            ),
         }
     }
 }
@@ -425,6 +433,9 @@ impl RuleIndex {
 pub struct WorkloadPolicy {
     policies: Vec<Arc<Policy>>,
     default: DefaultAction,
+    /// The workload's trust domain: a caller of any other is a federated one (known only when
+    /// the policy was narrowed for a workload).
+    trust_domain: Option<TrustDomain>,
     deny: RuleIndex,
     allow: RuleIndex,
     audit: RuleIndex,
@@ -461,6 +472,7 @@ impl PolicySet {
         let mut compiled = WorkloadPolicy {
             policies: Vec::new(),
             default,
+            trust_domain: workload.map(|w| w.trust_domain().clone()),
             deny: RuleIndex::default(),
             allow: RuleIndex::default(),
             audit: RuleIndex::default(),
@@ -591,7 +603,7 @@ pub(crate) fn applies_to(policy: &Policy, workload: &SpiffeId) -> Result<(), Str
 impl WorkloadPolicy {
     /// Decides a request.
     pub fn evaluate(&self, request: &Request<'_>) -> Decision<'_> {
-        let ctx = Context::new(request);
+        let ctx = Context::new(request, self.is_foreign(request.principal));
         let (verdict, reason) = self.decide(&ctx, false);
         let audit = self
             .audit
@@ -617,6 +629,16 @@ impl WorkloadPolicy {
             audit,
             dry_run,
         }
+    }
+
+    /// Whether `principal` is of another trust domain than the workload's.
+    pub(crate) fn is_foreign(&self, principal: &str) -> bool {
+        self.trust_domain.as_ref().is_some_and(|own| {
+            let domain = principal
+                .strip_prefix("spiffe://")
+                .map(|rest| rest.split_once('/').map_or(rest, |(domain, _)| domain));
+            domain != Some(own.as_str())
+        })
     }
 
     fn decide(&self, ctx: &Context<'_>, with_dry_run: bool) -> (Verdict, Reason<'_>) {
@@ -655,6 +677,7 @@ impl WorkloadPolicy {
                 });
             return match allow {
                 Some((p, r)) => (Verdict::Allow, Reason::Rule(self.rule_ref(p, r))),
+                None if ctx.foreign => (Verdict::Deny, Reason::ForeignNotNamed),
                 None => (
                     Verdict::Deny,
                     Reason::NoAllowRuleMatched {
@@ -666,6 +689,9 @@ impl WorkloadPolicy {
                     },
                 ),
             };
+        }
+        if ctx.foreign {
+            return (Verdict::Deny, Reason::ForeignNotNamed);
         }
         let verdict = match self.default {
             DefaultAction::Allow => Verdict::Allow,
@@ -712,6 +738,9 @@ fn read_request_path(path: &str) -> Result<PathReadings<'_>, AmbiguousPath> {
 /// A request prepared for matching.
 pub(crate) struct Context<'a> {
     pub(crate) principal: &'a str,
+    /// The principal is of another trust domain than the workload's (a federated one): only
+    /// patterns naming its trust domain let it in.
+    pub(crate) foreign: bool,
     pub(crate) port: u16,
     pub(crate) http: Option<HttpContext<'a>>,
 }
@@ -727,9 +756,10 @@ pub(crate) struct HttpContext<'a> {
 }
 
 impl<'a> Context<'a> {
-    pub(crate) fn new(request: &Request<'a>) -> Self {
+    pub(crate) fn new(request: &Request<'a>, foreign: bool) -> Self {
         Self {
             principal: request.principal,
+            foreign,
             port: request.port,
             http: request.http.map(|http| {
                 let method_bit = MethodSet::bit(http.method);
@@ -785,25 +815,54 @@ pub(crate) fn rule_matches(
     stance: Stance,
     trace: &mut impl Trace,
 ) -> bool {
+    // A caller of another trust domain is let in only where a rule names its domain, and kept
+    // out wherever a rule leans that way: wildcards (`*`, `*/sa/x`), rules without `from` and
+    // sources without `principals` count for DENY and AUDIT, never for ALLOW.
+    let named_only = ctx.foreign && !stance.matches_in_doubt();
+    if rule.from.is_empty() && named_only {
+        trace.note(|| {
+            format!(
+                "from: {} is of another trust domain, and this rule does not name it",
+                ctx.principal
+            )
+        });
+        return false;
+    }
     if !rule.from.is_empty() {
         let mut matched = false;
         for source in &rule.from {
-            let principals_ok = source.principals.as_ref().is_none_or(|patterns| {
-                let ok = any_principal(patterns, ctx.principal);
-                if !ok {
+            let principals_ok = match &source.principals {
+                None if named_only => {
                     trace.note(|| {
                         format!(
-                            "from: {} is not among principals {}",
-                            ctx.principal,
-                            list(patterns.iter().map(|p| &p.matcher))
+                            "from: {} is of another trust domain, and this source names no \
+                             principals",
+                            ctx.principal
                         )
                     });
+                    false
                 }
-                ok
-            });
+                None => true,
+                Some(patterns) => {
+                    let ok = any_principal(patterns, ctx.principal, named_only);
+                    if !ok {
+                        trace.note(|| {
+                            format!(
+                                "from: {} is not among principals {}",
+                                ctx.principal,
+                                list(patterns.iter().map(|p| &p.matcher))
+                            )
+                        });
+                    }
+                    ok
+                }
+            };
+            // An exception to a DENY or AUDIT rule spares a caller of another trust domain
+            // only where it names that domain.
+            let exception_named_only = ctx.foreign && stance.matches_in_doubt();
             let not_ok = principals_ok
                 && source.not_principals.as_ref().is_none_or(|patterns| {
-                    let hit = any_principal(patterns, ctx.principal);
+                    let hit = any_principal(patterns, ctx.principal, exception_named_only);
                     if hit {
                         trace.note(|| {
                             format!(
@@ -856,9 +915,13 @@ pub(crate) fn rule_matches(
     true
 }
 
+/// Whether a pattern matches `principal`; with `named_only`, only patterns limited to a trust
+/// domain count (those that name the caller's, since they match it).
 #[inline]
-fn any_principal(patterns: &[PrincipalPattern], principal: &str) -> bool {
-    patterns.iter().any(|p| p.matcher.matches(principal))
+fn any_principal(patterns: &[PrincipalPattern], principal: &str, named_only: bool) -> bool {
+    patterns
+        .iter()
+        .any(|p| (!named_only || p.trust_domain.is_some()) && p.matcher.matches(principal))
 }
 
 fn port_matches(op: &Operation, port: u16) -> bool {
@@ -1891,14 +1954,157 @@ mod tests {
     }
 
     #[test]
-    fn principals_of_another_trust_domain_are_reported() {
+    fn selectors_of_another_trust_domain_are_reported_principals_are_not() {
         let text = policy(
             "typo",
-            "  rules:\n  - from:\n    - principals: [\"spiffe://cluster.lcoal/ns/shop/sa/frontend\"]\n",
+            "  selector:\n    identities: [\"spiffe://cluster.lcoal/ns/shop/sa/backend\"]\n  rules:\n  - from:\n    - principals: [\"spiffe://partner.test/ns/shop/sa/frontend\"]\n",
         );
         let set = PolicySet::parse_str("p.yaml", &text).unwrap();
-        let errors = set.foreign_principals(&"cluster.local".parse().unwrap());
-        assert_eq!(errors.len(), 1);
-        assert!(errors[0].to_string().contains("p.yaml:9:20: policy \"typo\": spiffe://cluster.lcoal/ns/shop/sa/frontend is in trust domain cluster.lcoal"), "{}", errors[0]);
+        let own: TrustDomain = "cluster.local".parse().unwrap();
+        let errors = set.foreign_principals(&own);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].to_string().contains("p.yaml:8:18: policy \"typo\": selector spiffe://cluster.lcoal/ns/shop/sa/backend is in trust domain cluster.lcoal"), "{}", errors[0]);
+        assert_eq!(
+            set.foreign_trust_domains(&own),
+            vec!["partner.test".parse::<TrustDomain>().unwrap()]
+        );
+    }
+
+    const PARTNER: &str = "spiffe://partner.test/ns/shop/sa/frontend";
+
+    /// Decides a GET / from `principal` for the workload BACKEND of cluster.local.
+    fn decide_for_backend(text: &str, default: DefaultAction, principal: &str) -> String {
+        let set = PolicySet::parse_str("p.yaml", text).unwrap();
+        let backend: SpiffeId = "spiffe://cluster.local/ns/shop/sa/backend".parse().unwrap();
+        let compiled = set.for_workload(Some(&backend), default);
+        let headers: &[(&str, &str)] = &[];
+        let decision = compiled.evaluate(&Request {
+            principal,
+            port: 8080,
+            http: Some(HttpRequest {
+                method: "GET",
+                path: "/",
+                headers: &headers,
+            }),
+        });
+        let explained = set.explain(
+            Some(&backend),
+            default,
+            &Request {
+                principal,
+                port: 8080,
+                http: Some(HttpRequest {
+                    method: "GET",
+                    path: "/",
+                    headers: &headers,
+                }),
+            },
+        );
+        assert_eq!(explained.verdict, decision.verdict, "explain agrees");
+        // A rule explain shows as matched is one the evaluator could have picked.
+        if let Reason::Rule(rule) = decision.reason {
+            let traced = explained
+                .policies
+                .iter()
+                .find(|p| p.policy.name == rule.policy.name)
+                .and_then(|p| p.rules.get(rule.rule));
+            assert!(
+                traced.is_some_and(|r| r.matched),
+                "explain shows the deciding rule"
+            );
+        }
+        decision.to_string()
+    }
+
+    /// A caller of a federated trust domain gets in only by an ALLOW rule naming its trust
+    /// domain: never by the default, a wildcard, a rule without `from`, or a source with only
+    /// `notPrincipals`.
+    #[test]
+    fn a_caller_of_another_trust_domain_needs_a_rule_naming_it() {
+        let denied = "denied: the caller is of another trust domain";
+        assert!(decide_for_backend("[]", DefaultAction::Allow, PARTNER).starts_with(denied));
+        assert!(
+            decide_for_backend("[]", DefaultAction::Allow, FRONTEND).starts_with("allowed"),
+            "the mesh's own callers still get the default"
+        );
+        for unnamed in [
+            "  rules:\n  - from:\n    - principals: [\"*\"]\n",
+            "  rules:\n  - from:\n    - principals: [\"*/sa/frontend\"]\n",
+            "  rules:\n  - to:\n    - ports: [8080]\n",
+            "  rules:\n  - from:\n    - notPrincipals: [\"spiffe://cluster.local/ns/ops/*\"]\n",
+        ] {
+            let text = policy("allow", unnamed);
+            let got = decide_for_backend(&text, DefaultAction::Allow, PARTNER);
+            assert!(got.starts_with(denied), "{unnamed}: {got}");
+            let own = decide_for_backend(&text, DefaultAction::Allow, FRONTEND);
+            assert!(own.starts_with("allowed"), "{unnamed} (own caller): {own}");
+        }
+        for named in [
+            "  rules:\n  - from:\n    - principals: [\"spiffe://partner.test/ns/shop/sa/frontend\"]\n",
+            "  rules:\n  - from:\n    - principals: [\"spiffe://partner.test/*\"]\n",
+            "  rules:\n  - from:\n    - principals: [\"*\", \"spiffe://partner.test/ns/shop/*\"]\n",
+        ] {
+            let text = policy("allow", named);
+            let got = decide_for_backend(&text, DefaultAction::Deny, PARTNER);
+            assert!(
+                got.starts_with("allowed by ALLOW policy \"allow\""),
+                "{named}: {got}"
+            );
+        }
+        // A rule naming another federated domain does not let this one in.
+        let other = policy(
+            "allow",
+            "  rules:\n  - from:\n    - principals: [\"spiffe://other.test/*\"]\n",
+        );
+        let got = decide_for_backend(&other, DefaultAction::Allow, PARTNER);
+        assert!(got.starts_with(denied), "{got}");
+        // A look-alike domain is another domain.
+        let got = decide_for_backend(
+            &policy("allow", "  rules:\n  - from:\n    - principals: [\"*\"]\n"),
+            DefaultAction::Allow,
+            "spiffe://cluster.local.evil/ns/shop/sa/frontend",
+        );
+        assert!(got.starts_with(denied), "{got}");
+    }
+
+    /// DENY rules lean the other way: their wildcards cover federated callers, and their
+    /// exceptions spare one only by naming its trust domain.
+    #[test]
+    fn deny_rules_cover_callers_of_another_trust_domain() {
+        let allow_partner = policy(
+            "allow-partner",
+            "  rules:\n  - from:\n    - principals: [\"spiffe://partner.test/*\"]\n",
+        );
+        let deny_all = allow_partner.clone()
+            + &policy(
+                "deny-all",
+                "  action: DENY\n  rules:\n  - from:\n    - principals: [\"*\"]\n",
+            );
+        let got = decide_for_backend(&deny_all, DefaultAction::Allow, PARTNER);
+        assert!(
+            got.starts_with("denied by DENY policy \"deny-all\""),
+            "{got}"
+        );
+
+        let deny_but_frontends = allow_partner.clone()
+            + &policy(
+                "deny-but-frontends",
+                "  action: DENY\n  rules:\n  - from:\n    - notPrincipals: [\"*/sa/frontend\"]\n",
+            );
+        let got = decide_for_backend(&deny_but_frontends, DefaultAction::Allow, PARTNER);
+        assert!(
+            got.starts_with("denied by DENY policy \"deny-but-frontends\""),
+            "a wildcard exception does not spare a federated caller: {got}"
+        );
+        let deny_but_partner = allow_partner
+            + &policy(
+                "deny-but-partner",
+                "  action: DENY\n  rules:\n  - from:\n    - notPrincipals: [\"spiffe://partner.test/ns/shop/*\"]\n",
+            );
+        let got = decide_for_backend(&deny_but_partner, DefaultAction::Allow, PARTNER);
+        assert!(
+            got.starts_with("allowed by ALLOW policy \"allow-partner\""),
+            "{got}"
+        );
     }
 }

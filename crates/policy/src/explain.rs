@@ -75,7 +75,7 @@ impl PolicySet {
     ) -> Explanation {
         let compiled = self.for_workload(workload, default);
         let decision = compiled.evaluate(request);
-        let ctx = Context::new(request);
+        let ctx = Context::new(request, compiled.is_foreign(request.principal));
 
         let mut policies = Vec::new();
         let mut not_applied = Vec::new();

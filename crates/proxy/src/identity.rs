@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::{Instrument, debug, info, warn};
 
-use self::certifier::{BundleUpdate, CaCertifier, CaError, Certifier, Issued};
+use self::certifier::{BundleUpdate, CaCertifier, CaError, Certifier, FederatedDomain, Issued};
 use self::error::AttemptError;
 use crate::clock::{system_time, unix_seconds};
 use crate::config::{CaConfig, Reattest};
@@ -611,6 +611,9 @@ async fn refresh_bundle<C: Certifier>(
                 renew_spread,
                 deny,
                 deny_generation,
+                // Kept for the Workload API's JWT validation; the X.509 side has no use for them.
+                jwt_keys: _,
+                federated,
             }) => {
                 newest = generation;
                 let deny = match deny {
@@ -629,6 +632,9 @@ async fn refresh_bundle<C: Certifier>(
                     None => None,
                 };
                 apply_bundle(&trust, &metrics, ca.bundle_cache.as_deref(), roots, deny);
+                if let Some(federated) = federated {
+                    apply_federated(&trust, federated);
+                }
                 let next = Advice {
                     tainted: Arc::new(tainted),
                     spread: renew_spread,
@@ -696,6 +702,24 @@ fn apply_bundle(
         }
         Ok(false) => {}
         Err(e) => warn!(error = %e, "refused the CA's trust bundle; keeping the current one"),
+    }
+}
+
+/// Puts the federated trust domains the CA sent in force: a peer of one of them verifies
+/// against its roots from the next handshake on (and only where a policy names it). A set that
+/// cannot be used leaves the current one.
+fn apply_federated(trust: &TrustStore, federated: Vec<FederatedDomain>) {
+    let domains: Vec<String> = federated
+        .iter()
+        .map(|d| d.0.trust_domain.to_string())
+        .collect();
+    match trust.federate(federated.into_iter().map(|d| d.0.roots).collect()) {
+        Ok(true) => info!(
+            domains = %domains.join(", "),
+            "federated trust domains updated from the CA"
+        ),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "refused the CA's federated bundles; keeping the current ones"),
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use hush_identity::check_leaf_svid;
+use hush_identity::{TrustDomain, check_leaf_svid};
 use hush_tls::HandshakeFailure;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,6 +56,9 @@ pub(crate) struct Inbound {
     pub(crate) app_http1: Forward,
     pub(crate) app_http2: Forward,
     pub(crate) policy: Option<Arc<PolicyEnforcer>>,
+    /// The mesh's trust domain: a peer of another (a federated one) is let in only by a policy
+    /// that names it, so without a policy it is refused.
+    pub(crate) trust_domain: TrustDomain,
     /// Connections arrive redirected by iptables; see [`Self::app_for`].
     pub(crate) captured: bool,
     /// Forwarders to each app port captured connections were meant for.
@@ -286,6 +289,17 @@ impl Inbound {
                 return;
             }
         };
+        if self.policy.is_none() && !peer_id.is_member_of(&self.trust_domain) {
+            self.metrics.foreign_refused();
+            info!(
+                %peer,
+                %peer_id,
+                "refused a caller of trust domain {}: a caller of a federated trust domain is \
+                 let in only by a policy rule naming it, and this sidecar has no policy",
+                peer_id.trust_domain()
+            );
+            return;
+        }
         let announced = MeshProtocol::from_alpn(session.alpn_protocol());
         debug!(%peer, peer_id = %peer_id, ?announced, "inbound mTLS connection");
         let facts = SessionFacts::of(session, Arc::from(peer_id.as_str()));

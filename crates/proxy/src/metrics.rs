@@ -559,6 +559,19 @@ impl Metrics {
         self.inner.bundle_updates.inc();
     }
 
+    /// Counts a caller of another trust domain refused because no policy is configured at all
+    /// (with one, [`Self::policy_decision`] counts it as `foreign_not_named`).
+    pub(crate) fn foreign_refused(&self) {
+        self.inner
+            .policy_decisions
+            .get_or_create(&DecisionLabels {
+                action: "foreign_not_named",
+                policy: self.inner.no_policy.clone(),
+                result: Verdict::Deny.as_str(),
+            })
+            .inc();
+    }
+
     /// Counts a policy decision, what dry-run policies would have changed, and audit marks.
     pub(crate) fn policy_decision(&self, decision: &Decision<'_>) {
         let (action, policy) = match decision.reason {
@@ -567,6 +580,8 @@ impl Metrics {
             Reason::Default(_) => ("default", self.inner.no_policy.clone()),
             // No rule decided: the path could not be judged.
             Reason::AmbiguousPath(_) => ("ambiguous_path", self.inner.no_policy.clone()),
+            // A federated caller no ALLOW rule names.
+            Reason::ForeignNotNamed => ("foreign_not_named", self.inner.no_policy.clone()),
         };
         self.inner
             .policy_decisions

@@ -981,12 +981,21 @@ mod tests {
     }
 
     #[test]
-    fn foreign_trust_domains_are_refused() {
+    fn foreign_selectors_are_refused_foreign_principals_are_not() {
         let dir = tempfile::tempdir().unwrap();
         write(
             dir.path(),
             "p.yaml",
             "apiVersion: hush.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec:\n  rules:\n  - from:\n    - principals: [\"spiffe://example.org/x\"]\n",
+        );
+        assert!(
+            enforcer(dir.path(), Protocol::Detect).is_ok(),
+            "a principal of another trust domain is how a federated caller is let in"
+        );
+        write(
+            dir.path(),
+            "p.yaml",
+            "apiVersion: hush.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec:\n  selector:\n    identities: [\"spiffe://example.org/x\"]\n",
         );
         let text = enforcer(dir.path(), Protocol::Detect)
             .err()
@@ -994,7 +1003,7 @@ mod tests {
             .to_string();
         assert!(
             text.contains(
-                "p.yaml:7:20: policy \"a\": spiffe://example.org/x is in trust domain example.org"
+                "p.yaml:6:18: policy \"a\": selector spiffe://example.org/x is in trust domain example.org"
             ),
             "{text}"
         );

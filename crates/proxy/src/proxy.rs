@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hush_identity::{SpiffeId, TrustBundle, TrustDomain};
+use hush_identity::{TrustBundle, TrustDomain};
 use hush_tls::{CredentialStore, ExpectedServer, TlsConfigError, TrustStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -38,16 +38,6 @@ pub enum ProxyError {
         path: PathBuf,
         /// What is wrong.
         reason: String,
-    },
-    /// A configured identity belongs to another trust domain, so no peer could ever prove it.
-    #[error("{field}: {id} is not in this mesh's trust domain {trust_domain}")]
-    ForeignIdentity {
-        /// The field, e.g. `outbound[0].identity`.
-        field: String,
-        /// The identity.
-        id: SpiffeId,
-        /// The trust domain of the bundle.
-        trust_domain: TrustDomain,
     },
     /// A listener could not be opened.
     #[error("cannot listen on {addr} ({field}): {source}")]
@@ -284,6 +274,7 @@ impl Proxy {
                     app_http1: Forward::app(cfg.app, HttpVersion::Http1, limits.connect_timeout),
                     app_http2: Forward::app(cfg.app, HttpVersion::Http2, limits.connect_timeout),
                     policy: policy.clone(),
+                    trust_domain: trust.trust_domain(),
                     captured: cfg.captured,
                     captured_apps: Default::default(),
                     own_ports: own_ports.clone(),
@@ -415,8 +406,8 @@ fn cached_bundle(
 }
 
 /// Reads the configuration's trust bundle (the one last taken from the CA, when
-/// `ca.bundle_cache` holds it) and checks every configured identity against its trust domain:
-/// what `hush proxy --check` verifies, and the first thing a sidecar does.
+/// `ca.bundle_cache` holds it), and notes configured identities of other trust domains: what
+/// `hush proxy --check` verifies, and the first thing a sidecar does.
 pub fn load_trust_bundle(config: &ProxyConfig) -> Result<TrustBundle, ProxyError> {
     let bundle_path = &config.ca.trust_bundle;
     let unusable = |reason: String| ProxyError::Bundle {
@@ -429,27 +420,33 @@ pub fn load_trust_bundle(config: &ProxyConfig) -> Result<TrustBundle, ProxyError
         Some(cache) => cached_bundle(cache, bundle_path, &bootstrap).unwrap_or(bootstrap),
         None => bootstrap,
     };
+    // An identity of another trust domain is a federated peer: its handshakes succeed only
+    // while the CA federates with that domain (`hush ca serve --federate-with`), which a
+    // sidecar learns at run time. Said here, so a typo in a domain is not silent.
     let trust_domain = bundle.trust_domain();
-    let check = |field: String, ids: &[SpiffeId]| match ids
+    let pinned = config
+        .outbound
         .iter()
-        .find(|id| !id.is_member_of(trust_domain))
-    {
-        Some(id) => Err(ProxyError::ForeignIdentity {
-            field,
-            id: id.clone(),
-            trust_domain: trust_domain.clone(),
-        }),
-        None => Ok(()),
-    };
-    for (i, outbound) in config.outbound.iter().enumerate() {
-        check(format!("outbound[{i}].identity"), &outbound.identity.0)?;
-    }
-    if let Some(transparent) = &config.transparent {
-        for (i, rule) in transparent.destinations.iter().enumerate() {
-            check(
-                format!("transparent.destinations[{i}].identity"),
-                &rule.identity.0,
-            )?;
+        .enumerate()
+        .map(|(i, o)| (format!("outbound[{i}].identity"), &o.identity.0))
+        .chain(config.transparent.iter().flat_map(|t| {
+            t.destinations.iter().enumerate().map(|(i, rule)| {
+                (
+                    format!("transparent.destinations[{i}].identity"),
+                    &rule.identity.0,
+                )
+            })
+        }));
+    for (field, ids) in pinned {
+        for id in ids.iter().filter(|id| !id.is_member_of(trust_domain)) {
+            info!(
+                field,
+                %id,
+                "{id} is of trust domain {}, not this mesh's {trust_domain}: it is reached only \
+                 while the CA federates with {}",
+                id.trust_domain(),
+                id.trust_domain()
+            );
         }
     }
     Ok(bundle)

@@ -1,5 +1,6 @@
 //! The trust bundle and deny-list in force, replaceable while connections are open.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -38,6 +39,18 @@ pub(crate) struct Anchors {
     /// Certificates refused although they chain to `roots`. Kept here rather than beside the
     /// roots so that a verification sees a bundle and a deny-list published together.
     pub(crate) deny: Arc<DenyList>,
+    /// The trust domains this mesh federates with, each verified against its own roots only.
+    /// Empty unless the CA federates (then a handshake reads the peer's SPIFFE ID first, to
+    /// pick the roots of the domain it claims).
+    pub(crate) federated: Arc<BTreeMap<TrustDomain, Arc<DomainAnchors>>>,
+}
+
+/// The roots of one federated trust domain and webpki's verifiers for them.
+pub(crate) struct DomainAnchors {
+    pub(crate) bundle: TrustBundle,
+    pub(crate) roots: Arc<RootCertStore>,
+    pub(crate) clients_required: Arc<dyn ClientCertVerifier>,
+    pub(crate) clients_optional: Arc<dyn ClientCertVerifier>,
 }
 
 /// A new trust bundle was refused; the one in force stays.
@@ -53,6 +66,10 @@ pub enum TrustUpdateError {
         /// The trust domain of the refused bundle.
         found: TrustDomain,
     },
+    /// A federated bundle names the mesh's own trust domain, whose roots come from its own CA
+    /// only.
+    #[error("a federated bundle is for {0}, this mesh's own trust domain")]
+    FederatedOwnDomain(TrustDomain),
     /// webpki cannot use the new roots.
     #[error(transparent)]
     Unusable(#[from] TlsConfigError),
@@ -64,7 +81,11 @@ impl TrustStore {
     /// A store trusting `bundle`, with an empty deny-list.
     pub fn new(bundle: TrustBundle) -> Result<Self, TlsConfigError> {
         Ok(Self {
-            current: Arc::new(ArcSwap::from_pointee(Anchors::new(bundle, Arc::default())?)),
+            current: Arc::new(ArcSwap::from_pointee(Anchors::new(
+                bundle,
+                Arc::default(),
+                Arc::default(),
+            )?)),
         })
     }
 
@@ -111,13 +132,67 @@ impl TrustStore {
                     ..Anchors::clone(&current)
                 }
             } else {
-                Anchors::new(bundle.clone(), deny)?
+                Anchors::new(bundle.clone(), deny, current.federated.clone())?
             };
             let previous = self.current.compare_and_swap(&current, Arc::new(next));
             if Arc::ptr_eq(&previous, &current) {
                 return Ok(true);
             }
         }
+    }
+
+    /// Trusts exactly `bundles` as the federated trust domains from now on (the CA's
+    /// `--federate-with`): a peer whose SPIFFE ID names one of them is verified against that
+    /// domain's roots, and no other. A domain left out is no longer trusted. Returns whether
+    /// anything changed. A bundle of the mesh's own trust domain, or one webpki cannot use, is
+    /// refused, and the federated set in force stays.
+    pub fn federate(&self, bundles: Vec<TrustBundle>) -> Result<bool, TrustUpdateError> {
+        loop {
+            let current = self.current.load_full();
+            let own = current.bundle.trust_domain();
+            if let Some(bundle) = bundles.iter().find(|b| b.trust_domain() == own) {
+                return Err(TrustUpdateError::FederatedOwnDomain(
+                    bundle.trust_domain().clone(),
+                ));
+            }
+            let unchanged = bundles.len() == current.federated.len()
+                && bundles.iter().all(|b| {
+                    current
+                        .federated
+                        .get(b.trust_domain())
+                        .is_some_and(|known| known.bundle.roots() == b.roots())
+                });
+            if unchanged {
+                return Ok(false);
+            }
+            let mut federated = BTreeMap::new();
+            for bundle in &bundles {
+                // A domain whose roots did not change keeps its verifiers.
+                let anchors = match current.federated.get(bundle.trust_domain()) {
+                    Some(known) if known.bundle.roots() == bundle.roots() => known.clone(),
+                    _ => Arc::new(DomainAnchors::new(bundle.clone())?),
+                };
+                federated.insert(bundle.trust_domain().clone(), anchors);
+            }
+            let next = Anchors {
+                federated: Arc::new(federated),
+                ..Anchors::clone(&current)
+            };
+            let previous = self.current.compare_and_swap(&current, Arc::new(next));
+            if Arc::ptr_eq(&previous, &current) {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// The bundles of the federated trust domains in force, in trust-domain order.
+    pub fn federated_bundles(&self) -> Vec<TrustBundle> {
+        self.current
+            .load()
+            .federated
+            .values()
+            .map(|d| d.bundle.clone())
+            .collect()
     }
 
     /// The deny-list in force.
@@ -147,6 +222,7 @@ impl fmt::Debug for TrustStore {
             .field("trust_domain", anchors.bundle.trust_domain())
             .field("roots", &anchors.bundle.roots().len())
             .field("denied", &anchors.deny.len())
+            .field("federated", &anchors.federated.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -154,7 +230,32 @@ impl fmt::Debug for TrustStore {
 // === impl Anchors ===
 
 impl Anchors {
-    fn new(bundle: TrustBundle, deny: Arc<DenyList>) -> Result<Self, TlsConfigError> {
+    fn new(
+        bundle: TrustBundle,
+        deny: Arc<DenyList>,
+        federated: Arc<BTreeMap<TrustDomain, Arc<DomainAnchors>>>,
+    ) -> Result<Self, TlsConfigError> {
+        let DomainAnchors {
+            bundle,
+            roots,
+            clients_required,
+            clients_optional,
+        } = DomainAnchors::new(bundle)?;
+        Ok(Self {
+            clients_required,
+            clients_optional,
+            roots,
+            bundle,
+            deny,
+            federated,
+        })
+    }
+}
+
+// === impl DomainAnchors ===
+
+impl DomainAnchors {
+    fn new(bundle: TrustBundle) -> Result<Self, TlsConfigError> {
         let roots = Arc::new(crate::config::root_store(bundle.roots())?);
         let client_verifier = |optional: bool| {
             let builder =
@@ -173,7 +274,6 @@ impl Anchors {
             clients_optional: client_verifier(true)?,
             roots,
             bundle,
-            deny,
         })
     }
 }

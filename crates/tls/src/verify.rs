@@ -20,7 +20,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::trust::Anchors;
+use crate::trust::{Anchors, DomainAnchors};
 use crate::{TlsConfigError, TrustStore};
 
 /// Why a peer's certificate is not an acceptable SPIFFE identity.
@@ -62,6 +62,11 @@ pub fn peer_spiffe_id(
     trust_domain: &TrustDomain,
 ) -> Result<SpiffeId, PeerIdentityError> {
     let id = check_leaf_svid(end_entity).map_err(PeerIdentityError::NotAnSvid)?;
+    member_of(id, trust_domain)
+}
+
+/// `id`, if it is of `trust_domain`.
+fn member_of(id: SpiffeId, trust_domain: &TrustDomain) -> Result<SpiffeId, PeerIdentityError> {
     if !id.is_member_of(trust_domain) {
         return Err(PeerIdentityError::ForeignTrustDomain {
             id,
@@ -155,16 +160,37 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let anchors = self.trust.anchors();
         let parsed = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &anchors.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        refuse_denied(&anchors, end_entity, intermediates)?;
-        let presented =
-            peer_spiffe_id(end_entity, anchors.bundle.trust_domain()).map_err(rejected)?;
+        let presented = match route(&anchors, end_entity) {
+            Route::Federated(domain, presented) => {
+                verify_server_cert_signed_by_trust_anchor(
+                    &parsed,
+                    &domain.roots,
+                    intermediates,
+                    now,
+                    self.algorithms.all,
+                )?;
+                // Only a destination that names it may be a peer of another trust domain:
+                // "any workload of the trust domain" means this mesh's.
+                if self.expected == ExpectedServer::AnyInTrustDomain {
+                    return Err(rejected(PeerIdentityError::ForeignTrustDomain {
+                        id: presented,
+                        expected: anchors.bundle.trust_domain().clone(),
+                    }));
+                }
+                presented
+            }
+            Route::Own(read) => {
+                verify_server_cert_signed_by_trust_anchor(
+                    &parsed,
+                    &anchors.roots,
+                    intermediates,
+                    now,
+                    self.algorithms.all,
+                )?;
+                refuse_denied(&anchors, end_entity, intermediates)?;
+                own_peer(&anchors, end_entity, read)?
+            }
+        };
         if let ExpectedServer::OneOf(expected) = &self.expected
             && !expected.contains(&presented)
         {
@@ -197,6 +223,52 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
     }
+}
+
+/// Whose roots verify a peer's certificate.
+enum Route<'a> {
+    /// Those of the federated trust domain its X.509-SVID names, and no others.
+    Federated(&'a DomainAnchors, SpiffeId),
+    /// The mesh's own, as before any federation: a certificate of a domain that is not
+    /// federated fails there, as one of an unknown CA. Holds the SPIFFE ID when it was read
+    /// already (only with federated domains in force), so it is not read twice.
+    Own(Option<SpiffeId>),
+}
+
+/// Routes `end_entity` to the roots of the trust domain its SPIFFE ID names, when the mesh
+/// federates with that domain.
+///
+/// The SPIFFE standard picks the bundle by the trust domain the SVID claims and verifies the
+/// chain against that bundle alone, so a federated CA can never vouch for this mesh's own
+/// identities, nor this mesh's CA for a federated domain's. The leaf is read before its chain is
+/// verified only to choose the roots; nothing it says is believed until they verify it. Without
+/// federated domains nothing is read here.
+fn route<'a>(anchors: &'a Anchors, end_entity: &CertificateDer<'_>) -> Route<'a> {
+    if anchors.federated.is_empty() {
+        return Route::Own(None);
+    }
+    match check_leaf_svid(end_entity) {
+        Ok(id) => match anchors.federated.get(id.trust_domain()) {
+            Some(domain) => Route::Federated(domain, id),
+            None => Route::Own(Some(id)),
+        },
+        Err(_) => Route::Own(None),
+    }
+}
+
+/// The SPIFFE ID of a peer whose chain the mesh's own roots verified: `read` when the leaf was
+/// read already, else read now (with the X.509-SVID rules' error when it is not one).
+fn own_peer(
+    anchors: &Anchors,
+    end_entity: &CertificateDer<'_>,
+    read: Option<SpiffeId>,
+) -> Result<SpiffeId, rustls::Error> {
+    let trust_domain = anchors.bundle.trust_domain();
+    match read {
+        Some(id) => member_of(id, trust_domain),
+        None => peer_spiffe_id(end_entity, trust_domain),
+    }
+    .map_err(rejected)
 }
 
 /// Refuses a leaf the deny-list names. Called once webpki has verified the chain, so only
@@ -284,6 +356,19 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let anchors = self.trust.anchors();
+        let read = match route(&anchors, end_entity) {
+            Route::Federated(domain, _) => {
+                // The policy decides what a peer of another trust domain may do; its chain must
+                // end at that domain's roots.
+                let webpki = if self.mandatory {
+                    &domain.clients_required
+                } else {
+                    &domain.clients_optional
+                };
+                return webpki.verify_client_cert(end_entity, intermediates, now);
+            }
+            Route::Own(read) => read,
+        };
         let webpki = if self.mandatory {
             &anchors.clients_required
         } else {
@@ -291,7 +376,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         };
         let verified = webpki.verify_client_cert(end_entity, intermediates, now)?;
         refuse_denied(&anchors, end_entity, intermediates)?;
-        peer_spiffe_id(end_entity, anchors.bundle.trust_domain()).map_err(rejected)?;
+        own_peer(&anchors, end_entity, read)?;
         Ok(verified)
     }
 
@@ -715,6 +800,131 @@ mod tests {
             )
             .map(|_| ())
             .map_err(|e| HandshakeFailure::from_tls(&e))
+    }
+
+    /// What a client pinned to `expected`, verifying with `trust`, says of `server`.
+    fn server_verdict_for(
+        trust: &TrustStore,
+        expected: ExpectedServer,
+        server: &CredentialStore,
+    ) -> Result<(), HandshakeFailure> {
+        SpiffeServerVerifier::with_trust(trust, expected)
+            .unwrap()
+            .verify_server_cert(
+                &der_of(server),
+                &[],
+                &ServerName::try_from("ignored.invalid").unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .map(|_| ())
+            .map_err(|e| HandshakeFailure::from_tls(&e))
+    }
+
+    fn federated_bundle(ca: &Ca, trust_domain: &str) -> TrustBundle {
+        TrustBundle::new(
+            TrustDomain::new(trust_domain).unwrap(),
+            vec![ca.root.clone()],
+        )
+        .unwrap()
+    }
+
+    /// A peer of a federated trust domain verifies against that domain's roots, both ways,
+    /// and only once the store federates with it.
+    #[test]
+    fn a_federated_peer_verifies_against_its_own_domains_roots() {
+        let own = ca("example.org", "own root");
+        let partner = ca("partner.test", "partner root");
+        let trust = trust_in(&own);
+        let peer = leaf(&partner, Some("spiffe://partner.test/api"));
+        let pinned = || ExpectedServer::OneOf(vec!["spiffe://partner.test/api".parse().unwrap()]);
+
+        let before = client_verdict(&trust, &peer).expect_err("not federated yet");
+        assert_eq!(before.step, HandshakeStep::CertificateChain, "{before}");
+        server_verdict_for(&trust, pinned(), &peer).expect_err("not federated yet");
+
+        assert!(
+            trust
+                .federate(vec![federated_bundle(&partner, "partner.test")])
+                .unwrap()
+        );
+        client_verdict(&trust, &peer).expect("a federated client");
+        server_verdict_for(&trust, pinned(), &peer).expect("a federated server");
+        assert!(
+            !trust
+                .federate(vec![federated_bundle(&partner, "partner.test")])
+                .unwrap(),
+            "the same bundles are not a change"
+        );
+        // The mesh's own workloads still verify against the mesh's own roots.
+        client_verdict(&trust, &leaf(&own, Some("spiffe://example.org/web"))).unwrap();
+
+        // Dropped from the federation, it is refused again.
+        assert!(trust.federate(Vec::new()).unwrap());
+        client_verdict(&trust, &peer).expect_err("no longer federated");
+    }
+
+    /// Neither CA can vouch for the other's identities: the bundle is chosen by the trust
+    /// domain the certificate claims, and only that bundle may verify it.
+    #[test]
+    fn a_ca_cannot_vouch_for_another_trust_domain() {
+        let own = ca("example.org", "own root");
+        let partner = ca("partner.test", "partner root");
+        let trust = trust_in(&own);
+        trust
+            .federate(vec![federated_bundle(&partner, "partner.test")])
+            .unwrap();
+
+        // The partner's CA signs a certificate claiming one of this mesh's identities.
+        let forged_own = leaf(&partner, Some(SERVER));
+        let failure = client_verdict(&trust, &forged_own).expect_err("partner claims own id");
+        assert_eq!(failure.step, HandshakeStep::CertificateChain, "{failure}");
+        server_verdict(&trust, &forged_own).expect_err("partner claims own id");
+
+        // This mesh's CA signs a certificate claiming a partner identity.
+        let forged_partner = leaf(&own, Some("spiffe://partner.test/api"));
+        let failure = client_verdict(&trust, &forged_partner).expect_err("own CA, partner id");
+        assert_eq!(failure.step, HandshakeStep::CertificateChain, "{failure}");
+        let pinned = ExpectedServer::OneOf(vec!["spiffe://partner.test/api".parse().unwrap()]);
+        server_verdict_for(&trust, pinned, &forged_partner).expect_err("own CA, partner id");
+    }
+
+    /// A captured destination nothing names accepts this mesh's workloads only.
+    #[test]
+    fn any_workload_of_the_trust_domain_excludes_federated_peers() {
+        let own = ca("example.org", "own root");
+        let partner = ca("partner.test", "partner root");
+        let trust = trust_in(&own);
+        trust
+            .federate(vec![federated_bundle(&partner, "partner.test")])
+            .unwrap();
+        let peer = leaf(&partner, Some("spiffe://partner.test/api"));
+        let failure = server_verdict_for(&trust, ExpectedServer::AnyInTrustDomain, &peer)
+            .expect_err("a federated server for an unnamed destination");
+        assert_eq!(
+            failure.reason,
+            FailureReason::ForeignTrustDomain,
+            "{failure}"
+        );
+        server_verdict_for(
+            &trust,
+            ExpectedServer::AnyInTrustDomain,
+            &leaf(&own, Some("spiffe://example.org/db")),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_own_trust_domain_cannot_be_federated() {
+        let own = ca("example.org", "own root");
+        let impostor = ca("example.org", "impostor root");
+        let trust = trust_in(&own);
+        let err = trust
+            .federate(vec![federated_bundle(&impostor, "example.org")])
+            .unwrap_err();
+        assert!(err.to_string().contains("own trust domain"), "{err}");
+        assert!(trust.federated_bundles().is_empty());
+        client_verdict(&trust, &leaf(&impostor, Some(SERVER))).expect_err("impostor");
     }
 
     fn assert_revoked(verdict: Result<(), HandshakeFailure>, words: &str) {

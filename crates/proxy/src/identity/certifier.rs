@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use hush_ca_client::{CaClient, ClientError};
-use hush_identity::DenyList;
+use hush_identity::{DenyList, JwtKeys};
 use hush_tls::{CredentialStore, TrustStore};
 use rustls_pki_types::CertificateDer;
 
@@ -57,7 +57,29 @@ pub(crate) struct BundleUpdate {
     pub(crate) deny: Option<DenyList>,
     /// The generation of the CA's revocations; replicas can lag, so an older one is ignored.
     pub(crate) deny_generation: u64,
+    /// The trust domain's JWT-SVID keys; `None` when the CA sent none (a CA older than
+    /// JWT-SVIDs, or keys that could not be read, which is logged).
+    pub(crate) jwt_keys: Option<JwtKeys>,
+    /// The trust domains the CA federates with; `None` when what it sent cannot be read (which
+    /// is logged, and the federated domains in force stay).
+    pub(crate) federated: Option<Vec<FederatedDomain>>,
 }
+
+/// A trust domain the CA federates with, as it sent it (its roots checked as the mesh's own
+/// are).
+#[derive(Clone, Debug)]
+pub(crate) struct FederatedDomain(pub(crate) hush_ca_client::FederatedBundle);
+
+impl PartialEq for FederatedDomain {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&self.0, &other.0);
+        a.trust_domain == b.trust_domain
+            && a.roots.roots() == b.roots.roots()
+            && a.jwt_keys == b.jwt_keys
+    }
+}
+
+impl Eq for FederatedDomain {}
 
 /// What the CA sent for a certificate request. Nothing here is checked yet.
 #[derive(Clone, Debug, Default)]
@@ -243,11 +265,23 @@ impl Certifier for CaCertifier {
         let response = call(client.trust_bundle())
             .await
             .map_err(|status| self.failed(&status))?;
+        let jwt_keys = hush_ca_client::trust_bundle_jwt_keys(&response).unwrap_or_else(|error| {
+            tracing::warn!(%error, "the CA sent JWT keys that cannot be read; keeping the current ones");
+            None
+        });
+        // Read before the response is taken apart below.
+        let federated = hush_ca_client::federated_bundles(&response)
+            .map(|bundles| bundles.into_iter().map(FederatedDomain).collect())
+            .map_err(|error| {
+                tracing::warn!(%error, "the CA sent federated bundles that cannot be read; keeping the current ones");
+            })
+            .ok();
         let deny = response.deny.map(deny_list).transpose().unwrap_or_else(|error| {
             tracing::warn!(%error, "the CA sent a deny-list that cannot be read; keeping the current one");
             None
         });
         Ok(BundleUpdate {
+            jwt_keys,
             roots: certificates(response.roots),
             generation: response.generation,
             tainted: response.tainted_authorities.into_iter().collect(),
@@ -256,6 +290,7 @@ impl Certifier for CaCertifier {
             ),
             deny,
             deny_generation: response.deny_generation,
+            federated,
         })
     }
 }

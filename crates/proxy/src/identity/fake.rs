@@ -140,6 +140,8 @@ struct State {
     /// The deny-list `GetTrustBundle` sends (`None`: a CA older than revocations).
     deny: Option<hush_identity::DenyList>,
     deny_generation: u64,
+    /// The federated trust domains `GetTrustBundle` sends.
+    federated: Option<Vec<super::certifier::FederatedDomain>>,
 }
 
 /// A root and its intermediate.
@@ -173,6 +175,7 @@ impl FakeCa {
                     renew_spread: Duration::ZERO,
                     deny: None,
                     deny_generation: 0,
+                    federated: Some(Vec::new()),
                 }),
                 calls: watch::Sender::new(Vec::new()),
             }),
@@ -241,6 +244,24 @@ impl FakeCa {
         let mut state = self.state();
         state.deny = Some(deny);
         state.deny_generation = generation;
+    }
+
+    /// Bundle requests send `bundles` as the federated trust domains from now on.
+    pub(super) fn federate(&self, bundles: Vec<hush_identity::TrustBundle>) {
+        self.state().federated = Some(
+            bundles
+                .into_iter()
+                .map(|roots| {
+                    super::certifier::FederatedDomain(hush_ca_client::FederatedBundle {
+                        trust_domain: roots.trust_domain().clone(),
+                        roots,
+                        jwt_keys: Vec::new(),
+                        sequence: 0,
+                        fetched_at_unix: 0,
+                    })
+                })
+                .collect(),
+        );
     }
 
     /// An intermediate rotation: signs with a new intermediate under the same root from now on.
@@ -368,6 +389,8 @@ impl Certifier for FakeCa {
                     renew_spread: state.renew_spread,
                     deny: state.deny.clone(),
                     deny_generation: state.deny_generation,
+                    jwt_keys: None,
+                    federated: state.federated.clone(),
                 })
             }
         }

@@ -925,3 +925,40 @@ async fn the_deny_list_comes_with_the_bundle_and_a_revoked_certificate_is_renewe
     assert!(sidecar.trust.deny_list().is_empty());
     assert_eq!(sidecar.status().svid.unwrap().serial, second.serial);
 }
+
+#[tokio::test(start_paused = true)]
+async fn federated_trust_domains_follow_the_ca() {
+    let mut sidecar = Sidecar::with_bundle_refresh(Duration::from_secs(300));
+    sidecar.start();
+    sidecar.certificate().await;
+    assert!(sidecar.trust.federated_bundles().is_empty());
+
+    let partner = |root| TrustBundle::new("partner.test".parse().unwrap(), vec![root]).unwrap();
+    let first = foreign_root("partner.test");
+    sidecar.ca.federate(vec![partner(first.clone())]);
+    within("a refresh", sidecar.ca.wait_for_calls(CallKind::Bundle, 1)).await;
+    settle().await;
+    let federated = sidecar.trust.federated_bundles();
+    assert_eq!(federated.len(), 1);
+    assert_eq!(federated[0].trust_domain().as_str(), "partner.test");
+    assert_eq!(federated[0].roots(), std::slice::from_ref(&first));
+
+    // The mesh's own trust domain is never taken as a federated one: the set in force stays.
+    sidecar.ca.federate(vec![
+        partner(foreign_root("partner.test")),
+        TrustBundle::new(
+            TRUST_DOMAIN.parse().unwrap(),
+            vec![foreign_root(TRUST_DOMAIN)],
+        )
+        .unwrap(),
+    ]);
+    within("a refresh", sidecar.ca.wait_for_calls(CallKind::Bundle, 2)).await;
+    settle().await;
+    assert_eq!(sidecar.trust.federated_bundles()[0].roots(), [first]);
+
+    // The CA stops federating: so does the sidecar.
+    sidecar.ca.federate(Vec::new());
+    within("a refresh", sidecar.ca.wait_for_calls(CallKind::Bundle, 3)).await;
+    settle().await;
+    assert!(sidecar.trust.federated_bundles().is_empty());
+}
