@@ -573,9 +573,9 @@ async fn hostile_policy_files_leave_the_last_good_policy_in_force() {
             "more policy text than hush reads from one file",
         ),
         (
-            "a principal of another trust domain",
+            "a selector of another trust domain",
             format!(
-                "{head}spec:\n  rules:\n    - from: [{{principals: [\"spiffe://evil.example/ns/x/sa/y\"]}}]\n"
+                "{head}spec:\n  selector: {{identities: [\"spiffe://evil.example/ns/x/sa/y\"]}}\n  rules: [{{}}]\n"
             )
             .into_bytes(),
             "evil.example",
