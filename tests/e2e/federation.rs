@@ -355,6 +355,13 @@ fn base64_of(der: &[u8]) -> String {
 
 /// Sends `request` over TLS to `endpoint` (any certificate) and returns what came back.
 async fn raw_request(endpoint: &str, request: &str) -> String {
+    try_raw_request(endpoint, request)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`raw_request`], saying what failed instead of panicking.
+async fn try_raw_request(endpoint: &str, request: &str) -> Result<String, String> {
     let config = hush_tls::rustls::ClientConfig::builder_with_provider(Arc::new(
         hush_tls::rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -365,15 +372,17 @@ async fn raw_request(endpoint: &str, request: &str) -> String {
     .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(address_of(endpoint))
         .await
-        .expect("connect to the endpoint");
+        .map_err(|e| format!("connect to the endpoint: {e}"))?;
     let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect("localhost".try_into().expect("a name"), tcp)
         .await
-        .expect("TLS with the endpoint");
-    tls.write_all(request.as_bytes()).await.expect("send");
+        .map_err(|e| format!("TLS with the endpoint: {e}"))?;
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(15), tls.read_to_end(&mut answer)).await;
-    String::from_utf8_lossy(&answer).into_owned()
+    Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
 /// Accepts any server certificate: for tests that only look at what the endpoint answers.
@@ -916,7 +925,18 @@ async fn ca_bundle_endpoint_bounds_idle_and_crowding_clients() {
         assert!(closed_by_peer(stream).await, "an idle client is let go");
     }
     drop(idle);
-    // ...and the bundle is served again.
-    let answer = raw_request(&endpoint, "GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    // ...and the bundle is served again, once the endpoint has counted them gone (it closes a
+    // connection a moment before it gives its place back).
+    let deadline = Instant::now() + CONVERGE;
+    let answer = loop {
+        match try_raw_request(&endpoint, "GET / HTTP/1.1\r\nhost: x\r\n\r\n").await {
+            Ok(answer) => break answer,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("not yet served again: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the endpoint never served again: {e}"),
+        }
+    };
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
