@@ -907,13 +907,12 @@ async fn ca_bundle_endpoint_bounds_idle_and_crowding_clients() {
         );
     }
     // ...so a fourth is turned away at once (the endpoint counts them as it accepts, in order).
-    let mut crowded = tokio::net::TcpStream::connect(&address)
-        .await
-        .expect("connect");
-    assert!(
-        closed_by_peer(&mut crowded).await,
-        "the fourth connection is refused"
-    );
+    // The endpoint resets it, which a loaded machine may report to `connect` itself.
+    let refused = match tokio::net::TcpStream::connect(&address).await {
+        Ok(mut crowded) => closed_by_peer(&mut crowded).await,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(refused, "the fourth connection is refused");
     // While the three are still open: refused for the crowd, not for its own idleness.
     let mut buf = [0u8; 8];
     assert!(
