@@ -3343,3 +3343,34 @@ async fn a_ca_without_a_jwt_authority_says_which_commands_make_one() {
     .await;
     validate_jwt(&minted.token, "db", &jwt_keys_of(&ca).await).expect("valid");
 }
+
+#[test]
+fn ca_serve_refuses_a_jwt_max_ttl_beyond_the_manifests_max_ttl() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path().join("ca");
+    init_ca(&dir, &["--max-ttl", "1h"]);
+    let mut process = hush_test_support::HushProcess::spawn(
+        HUSH,
+        &[
+            "ca",
+            "serve",
+            "--dir",
+            path_str(&dir),
+            "--listen",
+            "127.0.0.1:0",
+            "--max-ttl",
+            "1h",
+            "--jwt-max-ttl",
+            "2h",
+        ],
+    );
+    let status = process
+        .wait_exit(Duration::from_secs(30))
+        .expect("the CA refuses to start");
+    assert!(!status.success());
+    let stderr = process.stderr();
+    assert!(
+        stderr.contains("--jwt-max-ttl 2h is longer than this CA's max_ttl_seconds (3600 s"),
+        "{stderr}"
+    );
+}

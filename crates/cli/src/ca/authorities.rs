@@ -351,7 +351,16 @@ pub(crate) async fn taint(args: TaintArgs) -> Result<()> {
     let change = dir.taint(&args.authority)?;
     record(&dir, &change, AuditEvent::AuthorityTainted, None).await?;
     for id in &change.authorities {
-        eprintln!("tainted {id}: sidecars holding certificates under it renew now");
+        if change.manifest.get(id).map(|a| a.kind) == Some(AuthorityKind::Jwt) {
+            // Nothing renews a bearer token: it lives until it expires or its key is revoked.
+            eprintln!(
+                "tainted {id}: the bundle names it tainted; JWT-SVIDs it signed are accepted \
+                 until they expire, or until `hush ca revoke --authority {}`",
+                id.short()
+            );
+        } else {
+            eprintln!("tainted {id}: sidecars holding certificates under it renew now");
+        }
     }
     Ok(())
 }
@@ -598,9 +607,14 @@ fn note(manifest: &Manifest, a: &AuthorityEntry, now: i64) -> String {
                 "ready: `hush ca activate`".into()
             }
         }
-        (AuthorityState::Old | AuthorityState::Tainted, _) => match manifest.live_until(a) {
+        (AuthorityState::Old | AuthorityState::Tainted, kind) => match manifest.live_until(a) {
             Some(until) if until > now => format!(
-                "certificates under it may live until {}; revoke after that",
+                "{} may live until {}; revoke after that",
+                if kind == AuthorityKind::Jwt {
+                    "tokens it signed"
+                } else {
+                    "certificates under it"
+                },
                 at(until)
             ),
             _ => "nothing issued under it is alive: it can be revoked".into(),
