@@ -22,6 +22,12 @@
 //! the token instead of the certificate, as Istio's agents do; otherwise the token is sent only
 //! when the CA refuses the certificate, which it does once the identity was last attested
 //! longer ago than its `--reattest-after`.
+//!
+//! When the sidecar serves the SPIFFE Workload API, the manager also keeps the app's own
+//! X.509-SVID: after each certificate of its own, a second one for the same SPIFFE ID with a
+//! key of its own (made here, in memory, handed to the app and to nobody else), renewed with
+//! the sidecar's certificate over mutual TLS. It publishes that, and the bundles the app is
+//! told of, on [`WorkloadFeed`]'s `watch` channels.
 
 mod certifier;
 mod error;
@@ -132,6 +138,101 @@ pub struct Svid {
     pub chain: Vec<CertificateDer<'static>>,
 }
 
+/// The app's own X.509-SVID, handed out by the Workload API: the sidecar's SPIFFE ID, another
+/// key. A key the app holds can leak with the app; it never was the sidecar's.
+#[derive(Clone)]
+pub(crate) struct AppSvid {
+    /// The identity it proves (the sidecar's).
+    pub(crate) spiffe_id: SpiffeId,
+    /// Serial number, lowercase hex (logged; the key never is).
+    pub(crate) serial: String,
+    /// End of validity.
+    pub(crate) not_after: SystemTime,
+    /// Leaf first, then intermediates.
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    /// The private key, PKCS#8 DER.
+    pub(crate) key: Arc<PrivatePkcs8KeyDer<'static>>,
+}
+
+impl std::fmt::Debug for AppSvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("AppSvid")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("serial", &self.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bundles the Workload API hands out: the mesh's own trust domain's, and (once
+/// federation lands) those of the federated trust domains.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct WorkloadBundles {
+    /// The mesh's trust domain.
+    pub(crate) trust_domain: hush_identity::TrustDomain,
+    /// Its X.509 roots.
+    pub(crate) roots: Vec<CertificateDer<'static>>,
+    /// Its JWT keys as the CA sent them (a JWK Set, JSON); empty until the CA sent any.
+    pub(crate) jwt_keys: Vec<u8>,
+    /// SEAM(federation): the federated trust domains' bundles, by trust domain name. Empty
+    /// until the TrustStore carries federated domains; the Workload API already sends whatever
+    /// is here as `federated_bundles` and in the bundle streams.
+    pub(crate) federated: std::collections::BTreeMap<String, FederatedBundle>,
+}
+
+/// A federated trust domain's bundle, as the Workload API hands it out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FederatedBundle {
+    /// Its X.509 roots.
+    pub(crate) roots: Vec<CertificateDer<'static>>,
+    /// Its JWT keys (a JWK Set, JSON); empty when none.
+    pub(crate) jwt_keys: Vec<u8>,
+}
+
+/// What the identity manager tells the Workload API, on `watch` channels: every change is
+/// seen by every stream, and a stream that starts reads the latest at once.
+#[derive(Clone, Debug)]
+pub(crate) struct WorkloadFeed {
+    /// The app's X.509-SVID; `None` until the first one is issued.
+    pub(crate) svid: watch::Sender<Option<Arc<AppSvid>>>,
+    /// The bundles.
+    pub(crate) bundles: watch::Sender<Arc<WorkloadBundles>>,
+}
+
+// === impl WorkloadFeed ===
+
+impl WorkloadFeed {
+    /// A feed with no SVID yet and the bundle `trust` holds now.
+    pub(crate) fn new(trust: &TrustStore) -> Self {
+        let bundle = trust.bundle();
+        let (svid, _) = watch::channel(None);
+        let (bundles, _) = watch::channel(Arc::new(WorkloadBundles {
+            trust_domain: bundle.trust_domain().clone(),
+            roots: bundle.roots().to_vec(),
+            jwt_keys: Vec::new(),
+            federated: Default::default(),
+        }));
+        Self { svid, bundles }
+    }
+
+    /// Publishes the roots `trust` holds now and, when given, the JWT keys; streams hear of it
+    /// only when something changed.
+    fn publish_bundles(&self, trust: &TrustStore, jwt_keys: Option<Vec<u8>>) {
+        let roots = trust.bundle().roots().to_vec();
+        self.bundles.send_if_modified(|current| {
+            let jwt_keys = jwt_keys.unwrap_or_else(|| current.jwt_keys.clone());
+            if current.roots == roots && current.jwt_keys == jwt_keys {
+                return false;
+            }
+            let mut next = WorkloadBundles::clone(current);
+            next.roots = roots;
+            next.jwt_keys = jwt_keys;
+            *current = Arc::new(next);
+            true
+        });
+    }
+}
+
 /// What the sidecar knows of its identity, published to the admin server and the listeners.
 #[derive(Clone, Debug, Default)]
 pub struct IdentityStatus {
@@ -208,6 +309,8 @@ pub(crate) struct IdentityManager<C = CaCertifier, K = SystemClock> {
     credentials: CredentialStore,
     status: watch::Sender<IdentityStatus>,
     metrics: Metrics,
+    /// Where the app's SVID and bundles go, when the sidecar serves the Workload API.
+    workload: Option<WorkloadFeed>,
 }
 
 // === impl IdentityManager ===
@@ -257,7 +360,15 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
             credentials,
             status,
             metrics,
+            workload: None,
         }
+    }
+
+    /// Also obtains the app's X.509-SVID after each certificate of the sidecar's, and
+    /// publishes it and the bundles on `feed`.
+    pub(crate) fn with_workload_feed(mut self, feed: WorkloadFeed) -> Self {
+        self.workload = Some(feed);
+        self
     }
 
     /// Runs until `stop` is cancelled: first certificate, renewals, bundle refreshes.
@@ -269,6 +380,7 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
             self.trust.clone(),
             self.metrics.clone(),
             advice_tx,
+            self.workload.clone(),
             stop.clone(),
         ));
         let mut backoff = MIN_BACKOFF;
@@ -279,9 +391,32 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
         // Renewals in a row that came back under a tainted authority (a replica that has not
         // reloaded): each waits twice as long as the one before, up to the usual backoff's cap.
         let mut tainted_streak: u32 = 0;
+        // When the app's SVID is to be obtained again after a failure, and how long the next
+        // failure waits.
+        let mut app_due: Option<tokio::time::Instant> = None;
+        let mut app_backoff = MIN_BACKOFF;
         loop {
+            let wake = app_due.map_or(next_attempt, |due| due.min(next_attempt));
             tokio::select! {
-                () = tokio::time::sleep_until(next_attempt) => {}
+                () = tokio::time::sleep_until(wake) => {
+                    if let Some(due) = app_due
+                        && due <= tokio::time::Instant::now()
+                        && next_attempt > tokio::time::Instant::now()
+                    {
+                        let own = self.status.borrow().svid.clone();
+                        if let Some(own) = own {
+                            let done = tokio::select! {
+                                done = self.app_svid(&own) => done,
+                                () = stop.cancelled() => break,
+                            };
+                            app_due = (!done).then(|| tokio::time::Instant::now() + round_to_millis(jittered(app_backoff, 0.2)));
+                            app_backoff = if done { MIN_BACKOFF } else { (app_backoff * 2).min(MAX_BACKOFF) };
+                        } else {
+                            app_due = None;
+                        }
+                        continue;
+                    }
+                }
                 Ok(()) = advice.changed() => {
                     let advice = advice.borrow_and_update().clone();
                     let current = self.status.borrow().svid.clone();
@@ -375,10 +510,26 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
                         expires = %humantime::format_rfc3339_seconds(svid.not_after),
                         "{done} the workload certificate"
                     );
+                    let svid = Arc::new(svid);
                     self.status.send_replace(IdentityStatus {
-                        svid: Some(Arc::new(svid)),
+                        svid: Some(svid.clone()),
                         last_error: None,
                     });
+                    if self.workload.is_some() {
+                        // On the same schedule as the sidecar's: right after it.
+                        let done = tokio::select! {
+                            done = self.app_svid(&svid) => done,
+                            () = stop.cancelled() => break,
+                        };
+                        app_backoff = MIN_BACKOFF;
+                        app_due = (!done).then(|| {
+                            tokio::time::Instant::now()
+                                + round_to_millis(jittered(app_backoff, 0.2))
+                        });
+                        if !done {
+                            app_backoff = (app_backoff * 2).min(MAX_BACKOFF);
+                        }
+                    }
                 }
                 Err(error) => {
                     self.metrics.renewal(false);
@@ -457,6 +608,9 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
                 roots,
                 None,
             );
+            if let Some(feed) = &self.workload {
+                feed.publish_bundles(&self.trust, None);
+            }
         }
         // The identity never changes while the sidecar runs.
         let expected = match current {
@@ -471,6 +625,69 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
             )
             .map_err(AttemptError::Unusable)?;
         Ok(svid)
+    }
+
+    /// Obtains a new X.509-SVID for the app, with a key of its own, and publishes it: whether
+    /// that worked. A failure is logged; the app keeps the SVID it has until the next try.
+    async fn app_svid(&self, own: &Svid) -> bool {
+        let Some(feed) = &self.workload else {
+            return true;
+        };
+        match self.app_attempt(own).await {
+            Ok(svid) => {
+                info!(
+                    spiffe_id = %svid.spiffe_id,
+                    serial = %svid.serial,
+                    expires = %humantime::format_rfc3339_seconds(svid.not_after),
+                    "obtained the app's X.509-SVID for the Workload API"
+                );
+                feed.svid.send_replace(Some(Arc::new(svid)));
+                true
+            }
+            Err(error) => {
+                warn!(
+                    "cannot obtain the app's X.509-SVID for the Workload API; the app keeps the one it has: {error}"
+                );
+                false
+            }
+        }
+    }
+
+    /// One attempt at the app's SVID: a renewal with the sidecar's certificate `own` (mutual
+    /// TLS), for a key made now; the token if the CA refuses the renewal.
+    async fn app_attempt(&self, own: &Svid) -> Result<AppSvid, AttemptError> {
+        let key = rcgen::KeyPair::generate().map_err(AttemptError::KeyPair)?;
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .map_err(AttemptError::Csr)?
+            .der()
+            .to_vec();
+        let issued = match self.certifier.renew(csr.clone()).await {
+            Ok(issued) => issued,
+            Err(CaError::Client(e)) => return Err(AttemptError::Client(e)),
+            Err(e) if e.is_unavailable() => return Err(AttemptError::RenewalUnavailable(e)),
+            Err(renewal) => {
+                self.with_token(csr)
+                    .await
+                    .map_err(|token| AttemptError::RenewalThenToken {
+                        renewal,
+                        token: Box::new(token),
+                    })?
+            }
+        };
+        let checked = check_issued(
+            &self.trust,
+            ExpectedServer::OneOf(vec![own.spiffe_id.clone()]),
+            &issued.chain,
+            self.clock.now(),
+        )?;
+        Ok(AppSvid {
+            spiffe_id: checked.spiffe_id,
+            serial: checked.serial,
+            not_after: checked.not_after,
+            chain: checked.chain,
+            key: Arc::new(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        })
     }
 
     /// Whether renewals send the token: `ca.reattest`, or when unset, what the token file
@@ -586,17 +803,26 @@ async fn refresh_bundle<C: Certifier>(
     trust: TrustStore,
     metrics: Metrics,
     advice: watch::Sender<Advice>,
+    workload: Option<WorkloadFeed>,
     stop: CancellationToken,
 ) {
+    // The Workload API hands out the JWT keys, which only the bundle brings: fetched at once
+    // then, not a refresh interval after the start.
+    let mut wait = if workload.is_some() {
+        Duration::ZERO
+    } else {
+        ca.bundle_refresh
+    };
     let mut newest = 0;
     // The deny-list has a generation of its own: a replica can be current on one and lag on
     // the other.
     let mut newest_deny = 0;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(ca.bundle_refresh) => {}
+            () = tokio::time::sleep(wait) => {}
             () = stop.cancelled() => return,
         }
+        wait = ca.bundle_refresh;
         match certifier.trust_bundle().await {
             Ok(update) if update.generation < newest => {
                 debug!(
@@ -611,6 +837,7 @@ async fn refresh_bundle<C: Certifier>(
                 renew_spread,
                 deny,
                 deny_generation,
+                jwt_keys,
             }) => {
                 newest = generation;
                 let deny = match deny {
@@ -629,6 +856,9 @@ async fn refresh_bundle<C: Certifier>(
                     None => None,
                 };
                 apply_bundle(&trust, &metrics, ca.bundle_cache.as_deref(), roots, deny);
+                if let Some(feed) = &workload {
+                    feed.publish_bundles(&trust, Some(jwt_keys));
+                }
                 let next = Advice {
                     tainted: Arc::new(tainted),
                     spread: renew_spread,

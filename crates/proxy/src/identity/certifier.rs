@@ -57,6 +57,8 @@ pub(crate) struct BundleUpdate {
     pub(crate) deny: Option<DenyList>,
     /// The generation of the CA's revocations; replicas can lag, so an older one is ignored.
     pub(crate) deny_generation: u64,
+    /// The CA's JWT keys, a JWK Set (JSON) as sent; empty when it sent none.
+    pub(crate) jwt_keys: Vec<u8>,
 }
 
 /// What the CA sent for a certificate request. Nothing here is checked yet.
@@ -256,6 +258,7 @@ impl Certifier for CaCertifier {
             ),
             deny,
             deny_generation: response.deny_generation,
+            jwt_keys: response.jwt_keys,
         })
     }
 }
