@@ -19,6 +19,8 @@
 //! `InvalidArgument`. What an app can hold is bounded: connections and streams are capped, and
 //! requests are small.
 
+mod authority;
+
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -39,6 +41,7 @@ use tonic::transport::server::{Connected, UdsConnectInfo};
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
+use self::authority::AuthorityRewriter;
 use crate::identity::{AppSvid, WorkloadBundles, WorkloadFeed};
 
 /// The metadata every Workload API request must carry, with the value `true`.
@@ -433,6 +436,7 @@ fn incoming(
                 Ok((stream, _)) => {
                     let connection = Connection {
                         stream,
+                        rewriter: AuthorityRewriter::default(),
                         _slot: slot,
                     };
                     return Some((Ok(connection), (socket, slots, stop)));
@@ -451,9 +455,12 @@ fn incoming(
     })
 }
 
-/// A connection to the socket, holding its slot until it closes.
+/// A connection to the socket, holding its slot until it closes. What the app sends is read
+/// through an [`AuthorityRewriter`], so that clients that send their socket's path as the
+/// `:authority` (grpc-core, grpc-java) are served.
 struct Connection {
     stream: UnixStream,
+    rewriter: AuthorityRewriter,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -471,7 +478,24 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        loop {
+            let ready = this.rewriter.output();
+            if !ready.is_empty() {
+                let n = ready.len().min(buf.remaining());
+                buf.put_slice(&ready[..n]);
+                ready.drain(..n);
+                return Poll::Ready(Ok(()));
+            }
+            let mut read = [0u8; 8192];
+            let mut read = ReadBuf::new(&mut read);
+            std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                // The end of the stream (a partial frame left over is h2's to complain about).
+                return Poll::Ready(Ok(()));
+            }
+            this.rewriter.feed(read.filled())?;
+        }
     }
 }
 
