@@ -2687,7 +2687,8 @@ async fn metrics_export_the_authorities_expiry_reloads_and_issuances() {
     let ca = Ca::around(temp, dir, server);
     let scrape = ca.server.scrape();
     let listed = authorities_json(&ca.dir);
-    assert_eq!(listed["authorities"].as_array().map(Vec::len), Some(2));
+    // A root, an intermediate and a JWT authority.
+    assert_eq!(listed["authorities"].as_array().map(Vec::len), Some(3));
     assert_expiry_gauges_match(&scrape, &listed);
     assert_eq!(
         sample(&scrape, "hush_ca_authorities_generation"),
@@ -3058,4 +3059,287 @@ async fn a_revoked_intermediate_is_named_in_the_deny_list_and_cannot_renew() {
     assert_eq!(bundle.roots.len(), 1, "the root stays trusted");
     let refused = within(under_old.renew(plain_csr(CsrKeyKind::EcdsaP256).der, None)).await;
     assert_refused(refused, Code::Unauthenticated, &["which this CA revoked"]);
+}
+
+// === JWT-SVIDs ===
+
+/// A client that presents a fresh certificate for `spiffe_id`, as a sidecar's mTLS channel
+/// does.
+async fn mtls_client(ca: &Ca, spiffe_id: &str) -> (CaClient, CertifyResponse) {
+    let (issued, key) = issue_with_token(ca, &ca.client(), spiffe_id).await;
+    let client = CaClient::with_identity(ca.url(), ca.roots(), identity_of(chain_of(&issued), key))
+        .expect("a client with an identity");
+    (client, issued)
+}
+
+/// The JWT keys GetTrustBundle sends.
+async fn jwt_keys_of(ca: &Ca) -> hush_identity::JwtKeys {
+    let bundle = within(ca.client().trust_bundle())
+        .await
+        .expect("the bundle");
+    hush_ca_client::trust_bundle_jwt_keys(&bundle)
+        .expect("readable JWT keys")
+        .expect("JWT keys in the bundle")
+}
+
+/// Validates `token` for `audience` against the mesh's JWT keys `keys`, now.
+fn validate_jwt(
+    token: &str,
+    audience: &str,
+    keys: &hush_identity::JwtKeys,
+) -> Result<hush_identity::ValidatedJwtSvid, hush_identity::JwtSvidError> {
+    let td = hush_identity::TrustDomain::new(TD).expect("the test trust domain");
+    hush_identity::validate_jwt_svid(token, audience, |d| (*d == td).then_some(keys), now())
+}
+
+fn jwt_authorities(dir: &Path) -> Vec<Value> {
+    let listed = ca_command(dir, &["authorities", "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    listed["authorities"]
+        .as_array()
+        .expect("authorities")
+        .iter()
+        .filter(|a| a["kind"] == "jwt")
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_jwt_svid_is_minted_over_mutual_tls_and_validates_against_the_bundle() {
+    let ca = Ca::start(&["--jwt-max-ttl", "10m"]);
+    let (client, _) = mtls_client(&ca, FRONTEND).await;
+    let minted = within(client.mint_jwt_svid(vec!["db".into(), "cache".into()], None))
+        .await
+        .expect("minted");
+    assert_eq!(minted.spiffe_id, FRONTEND);
+    assert_eq!(
+        minted.expires_at_unix - minted.issued_at_unix,
+        300,
+        "5 minutes by default"
+    );
+    assert!((minted.issued_at_unix - now()).abs() < SLACK);
+
+    let keys = jwt_keys_of(&ca).await;
+    assert_eq!(keys.key_ids().collect::<Vec<_>>(), [minted.key_id.as_str()]);
+    let valid = validate_jwt(&minted.token, "cache", &keys).expect("a valid JWT-SVID");
+    assert_eq!(valid.spiffe_id.as_str(), FRONTEND);
+    assert_eq!(valid.audience, ["db", "cache"]);
+    assert_eq!(valid.expires_at_unix, minted.expires_at_unix);
+    assert!(matches!(
+        validate_jwt(&minted.token, "payments", &keys),
+        Err(hush_identity::JwtSvidError::WrongAudience { .. })
+    ));
+
+    // A longer lifetime is shortened to --jwt-max-ttl.
+    let long = within(client.mint_jwt_svid(vec!["db".into()], Some(Duration::from_secs(86_400))))
+        .await
+        .expect("minted");
+    assert_eq!(long.expires_at_unix - long.issued_at_unix, 600);
+
+    // Audiences are bounded.
+    for (audiences, words) in [
+        (vec![], "at least one audience"),
+        (vec!["a\nb".to_owned()], "control character"),
+        ((0..17).map(|i| format!("a{i}")).collect(), "at most 16"),
+        (vec!["x".repeat(257)], "1 to 256 bytes"),
+    ] {
+        assert_refused(
+            within(client.mint_jwt_svid(audiences, None)).await,
+            Code::InvalidArgument,
+            &[words],
+        );
+    }
+
+    // Audited like a certificate, never with the token.
+    let audit = ca.audit();
+    let issued: Vec<&Value> = audit
+        .iter()
+        .filter(|l| l["event"] == "jwt_issued")
+        .collect();
+    assert_eq!(issued.len(), 2, "{audit:?}");
+    assert_eq!(issued[0]["spiffe_id"], FRONTEND);
+    assert_eq!(issued[0]["attestation"], "x509_svid");
+    assert_eq!(issued[0]["audience"], serde_json::json!(["db", "cache"]));
+    assert_eq!(issued[0]["authority"], minted.key_id.as_str());
+    let refused = audit
+        .iter()
+        .filter(|l| l["event"] == "refused" && l["api"] == "hush.ca.v1.MintJwtSvid")
+        .count();
+    assert_eq!(refused, 4);
+    let log = fs::read_to_string(ca.dir.join("audit.log")).expect("the audit log");
+    assert!(!log.contains(&minted.token), "the token is never written");
+}
+
+#[tokio::test]
+async fn a_jwt_svid_is_refused_without_a_client_certificate_and_to_a_revoked_identity() {
+    let ca = Ca::start(&["--reload-interval", "1s"]);
+    // No certificate: no identity to sign for, and a token is not read.
+    assert_refused(
+        within(ca.client().mint_jwt_svid(vec!["db".into()], None)).await,
+        Code::Unauthenticated,
+        &["this connection presented none"],
+    );
+    let token = ca.token(FRONTEND, &[]);
+    let mut raw = ca.raw_client();
+    let request = with_bearer(
+        hush_ca::proto::MintJwtSvidRequest {
+            audience: vec!["db".into()],
+            ttl_seconds: 0,
+        },
+        &token,
+    )
+    .expect("a request");
+    assert_refused(
+        within(raw.mint_jwt_svid(request)).await,
+        Code::Unauthenticated,
+        &["client certificate"],
+    );
+    // A certificate from another CA does not even finish the handshake's trust.
+    let foreign = TestCa::new(TD).leaf(FRONTEND);
+    let stranger = CaClient::with_identity(
+        ca.url(),
+        ca.roots(),
+        identity_of(foreign.chain, foreign.key),
+    )
+    .expect("a client");
+    assert!(
+        within(stranger.mint_jwt_svid(vec!["db".into()], None))
+            .await
+            .is_err()
+    );
+
+    let (client, _) = mtls_client(&ca, BACKEND).await;
+    within(client.mint_jwt_svid(vec!["db".into()], None))
+        .await
+        .expect("minted before the revocation");
+    ca_command_ok(&ca.dir, &["revoke-identity", "--spiffe-id", BACKEND]);
+    let refusal = eventually("the CA refuses the revoked identity", || async {
+        within(client.mint_jwt_svid(vec!["db".into()], None))
+            .await
+            .err()
+    })
+    .await;
+    assert_eq!(refusal.code(), Code::PermissionDenied, "{refusal:?}");
+    assert!(refusal.message().contains(BACKEND), "{}", refusal.message());
+}
+
+#[tokio::test]
+async fn jwt_authorities_rotate_after_the_publish_wait_and_a_revoked_key_leaves_the_bundle() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path().join("ca");
+    init_ca(&dir, &["--publish-wait", "1h"]);
+    let server = CaProcess::start(HUSH, &dir, &["--reload-interval", "1s"]);
+    let ca = Ca::around(temp, dir, server);
+    let first = jwt_authorities(&ca.dir);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["state"], "active");
+    let first = first[0]["id"].as_str().expect("an ID").to_owned();
+
+    let (client, _) = mtls_client(&ca, FRONTEND).await;
+    let before = within(client.mint_jwt_svid(vec!["db".into()], None))
+        .await
+        .expect("minted");
+    assert_eq!(before.key_id, first);
+
+    // Prepared: published at once, signing nothing yet.
+    let words = ca_command_ok(&ca.dir, &["rotate", "jwt"]);
+    let second = jwt_authorities(&ca.dir)
+        .into_iter()
+        .find(|a| a["state"] == "prepared")
+        .expect("a prepared JWT authority");
+    let second = second["id"].as_str().expect("an ID").to_owned();
+    assert!(
+        words.contains(&second) && words.contains("hush ca activate"),
+        "{words}"
+    );
+    eventually("the new key is published", || async {
+        (jwt_keys_of(&ca).await.len() == 2).then_some(())
+    })
+    .await;
+
+    // The publish wait holds it back; --force skips it.
+    let refused = ca_command(&ca.dir, &["activate", &second[..8]]);
+    assert!(!refused.status.success());
+    let text = describe_output(&refused);
+    assert!(
+        text.contains(&format!("jwt {second} was published at")) && text.contains("--force"),
+        "{text}"
+    );
+    ca_command_ok(&ca.dir, &["activate", &second[..8], "--force"]);
+    let after = eventually("the new key signs", || async {
+        let minted = within(client.mint_jwt_svid(vec!["db".into()], None))
+            .await
+            .expect("minted");
+        (minted.key_id == second).then_some(minted)
+    })
+    .await;
+    // Both keys are published: the old token still validates.
+    let keys = jwt_keys_of(&ca).await;
+    validate_jwt(&before.token, "db", &keys).expect("the old key is still published");
+    validate_jwt(&after.token, "db", &keys).expect("the new key is published");
+
+    // Revoked, the old key leaves the bundle, and what it signed is refused.
+    let refused = ca_command(&ca.dir, &["revoke", "--authority", &first]);
+    assert!(
+        describe_output(&refused).contains("--force"),
+        "{}",
+        describe_output(&refused)
+    );
+    ca_command_ok(&ca.dir, &["revoke", "--authority", &first, "--force"]);
+    let keys = eventually("the revoked key leaves the bundle", || async {
+        let keys = jwt_keys_of(&ca).await;
+        (keys.len() == 1).then_some(keys)
+    })
+    .await;
+    assert_eq!(keys.key_ids().collect::<Vec<_>>(), [second.as_str()]);
+    assert!(matches!(
+        validate_jwt(&before.token, "db", &keys),
+        Err(hush_identity::JwtSvidError::UnknownKeyId { .. })
+    ));
+    assert!(!ca.dir.join(format!("jwt-{first}.key")).exists());
+}
+
+#[tokio::test]
+async fn a_ca_without_a_jwt_authority_says_which_commands_make_one() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path().join("ca");
+    init_ca(&dir, &["--publish-wait", "1h"]);
+    // What an older hush wrote: no JWT authority.
+    let path = dir.join("authorities.json");
+    let mut manifest: Value =
+        serde_json::from_slice(&fs::read(&path).expect("the manifest")).expect("JSON");
+    let jwt = manifest["authorities"]
+        .as_array()
+        .expect("authorities")
+        .iter()
+        .find(|a| a["kind"] == "jwt")
+        .cloned()
+        .expect("a JWT authority");
+    manifest["authorities"]
+        .as_array_mut()
+        .expect("authorities")
+        .retain(|a| a["kind"] != "jwt");
+    fs::write(&path, serde_json::to_vec_pretty(&manifest).expect("JSON")).expect("written");
+    for name in ["cert", "key"] {
+        fs::remove_file(dir.join(jwt[name].as_str().expect("a file"))).expect("removed");
+    }
+    let server = CaProcess::start(HUSH, &dir, &["--reload-interval", "1s"]);
+    let ca = Ca::around(temp, dir, server);
+    let (client, _) = mtls_client(&ca, FRONTEND).await;
+    assert_refused(
+        within(client.mint_jwt_svid(vec!["db".into()], None)).await,
+        Code::FailedPrecondition,
+        &["hush ca rotate jwt", "hush ca activate"],
+    );
+    assert!(jwt_keys_of(&ca).await.is_empty());
+    // The first JWT authority of such a CA signs at once: no token of it exists yet.
+    ca_command_ok(&ca.dir, &["rotate", "jwt"]);
+    ca_command_ok(&ca.dir, &["activate"]);
+    let minted = eventually("the CA signs JWT-SVIDs", || async {
+        within(client.mint_jwt_svid(vec!["db".into()], None))
+            .await
+            .ok()
+    })
+    .await;
+    validate_jwt(&minted.token, "db", &jwt_keys_of(&ca).await).expect("valid");
 }

@@ -354,3 +354,62 @@ async fn the_readmes_py_spiffe_example_runs() {
         format!("I am {FRONTEND}\nI trust 1 root(s) of {TRUST_DOMAIN}\n")
     );
 }
+
+/// A JWT-SVID through py-spiffe: JwtSource mints one for an audience (the sidecar asks the CA),
+/// PyJWT checks it with the JWT bundle the Workload API handed out, and ValidateJWTSVID accepts
+/// it for its audience and refuses it for another, in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_spiffe_fetches_and_validates_a_jwt_svid() {
+    let Some(python) = python() else { return };
+    let mesh = mesh().await;
+    let socket = socket_of(&mesh, "frontend").display().to_string();
+    let lines =
+        tokio::task::spawn_blocking(move || run_python(&python, &["jwt", &socket, "backend"]))
+            .await
+            .expect("the Python client ran");
+    let events: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["jwt", "validated", "refused"], "{lines:#?}");
+    assert_eq!(lines[0]["spiffe_id"], FRONTEND);
+    assert_eq!(lines[0]["sub"], FRONTEND);
+    assert_eq!(lines[0]["alg"], "ES256");
+    assert_eq!(lines[1]["spiffe_id"], FRONTEND);
+    let error = lines[2]["error"].as_str().unwrap();
+    assert!(
+        error.contains("INVALID_ARGUMENT") || error.contains("audience"),
+        "{error}"
+    );
+}
+
+/// The same with the Rust crate: JwtSource, validated locally against its JWT bundles and by
+/// the sidecar's ValidateJWTSVID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_spiffe_crate_fetches_and_validates_a_jwt_svid() {
+    let mesh = mesh().await;
+    let endpoint = format!("unix:{}", socket_of(&mesh, "backend").display());
+    let source = within(spiffe::JwtSource::builder().endpoint(&endpoint).build())
+        .await
+        .expect("a JwtSource on the sidecar's socket");
+    let svid = within(source.fetch_jwt_svid(["frontend", "audit"]))
+        .await
+        .expect("a JWT-SVID");
+    assert_eq!(svid.spiffe_id().to_string(), BACKEND);
+    let checked = spiffe::JwtSvid::parse_and_validate(svid.token(), &source, &["audit"])
+        .expect("valid with the bundle the Workload API handed out");
+    assert_eq!(checked.spiffe_id().to_string(), BACKEND);
+    let client = spiffe::WorkloadApiClient::connect_to(&endpoint)
+        .await
+        .expect("a client");
+    let validated = client
+        .validate_jwt_token("frontend", svid.token())
+        .await
+        .expect("the sidecar validates it");
+    assert_eq!(validated.spiffe_id().to_string(), BACKEND);
+    assert!(
+        client
+            .validate_jwt_token("someone-else", svid.token())
+            .await
+            .is_err(),
+        "another audience is refused"
+    );
+    source.shutdown().await;
+}

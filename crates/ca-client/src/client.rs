@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hush_identity::{JwtBundleError, JwtKeys};
 use hush_proto::hush::ca::v1 as pb;
 use hush_proto::hush::ca::v1::certificate_authority_client::CertificateAuthorityClient;
 use hush_tls::CredentialStore;
@@ -194,6 +195,28 @@ impl CaClient {
         Ok(self.inner.clone().certify(request).await?.into_inner())
     }
 
+    /// Asks for a JWT-SVID for `audiences`, living `ttl` (`None`: the CA's default of 5
+    /// minutes; the CA shortens what exceeds its `--jwt-max-ttl`). The CA signs it for the
+    /// SPIFFE ID of the client certificate, so the client must have been made
+    /// [`Self::with_identity`]; no token is sent.
+    pub async fn mint_jwt_svid(
+        &self,
+        audiences: Vec<String>,
+        ttl: Option<Duration>,
+    ) -> Result<pb::MintJwtSvidResponse, tonic::Status> {
+        let mut request = tonic::Request::new(pb::MintJwtSvidRequest {
+            audience: audiences,
+            ttl_seconds: ttl_seconds(ttl),
+        });
+        with_trace_context(&mut request);
+        Ok(self
+            .inner
+            .clone()
+            .mint_jwt_svid(request)
+            .await?
+            .into_inner())
+    }
+
     /// Fetches the CA's trust bundle.
     pub async fn trust_bundle(&self) -> Result<pb::GetTrustBundleResponse, tonic::Status> {
         Ok(self
@@ -205,6 +228,39 @@ impl CaClient {
     }
 }
 
+/// The JWT keys of the trust domain in a `GetTrustBundle` answer (its `jwt_keys`, a JWK Set),
+/// read and checked: `None` when the CA sent none (a CA older than JWT-SVIDs), an error when
+/// they cannot be read, in which case the caller keeps the keys it has.
+pub fn trust_bundle_jwt_keys(
+    response: &pb::GetTrustBundleResponse,
+) -> Result<Option<JwtKeys>, JwtBundleError> {
+    if response.jwt_keys.is_empty() {
+        return Ok(None);
+    }
+    JwtKeys::from_json(&response.jwt_keys).map(Some)
+}
+
 fn ttl_seconds(ttl: Option<Duration>) -> i64 {
     ttl.map_or(0, |t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwt_keys_are_read_from_the_bundle_answer() {
+        let mut response = pb::GetTrustBundleResponse::default();
+        assert_eq!(trust_bundle_jwt_keys(&response), Ok(None));
+        response.jwt_keys = br#"{"keys": []}"#.to_vec();
+        assert_eq!(
+            trust_bundle_jwt_keys(&response),
+            Ok(Some(JwtKeys::default()))
+        );
+        response.jwt_keys = br#"{"keys": [{"kty": "EC", "crv": "P-256"}]}"#.to_vec();
+        assert!(matches!(
+            trust_bundle_jwt_keys(&response),
+            Err(JwtBundleError::MissingKeyId { index: 1 })
+        ));
+    }
 }

@@ -24,6 +24,8 @@ use tokio::sync::oneshot;
 pub enum AuditEvent {
     /// A certificate was issued.
     Issued,
+    /// A JWT-SVID was issued (`MintJwtSvid`); its refusals are `refused` lines.
+    JwtIssued,
     /// A request was refused.
     Refused,
     /// A directory of the old layout was given an authorities manifest.
@@ -83,16 +85,19 @@ pub struct AuditRecord {
     /// For a renewal, the serial of the certificate presented.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub renewed_from: Option<String>,
-    /// NotAfter of the issued certificate (RFC 3339).
+    /// NotAfter of the issued certificate, or `exp` of the issued JWT-SVID (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_after: Option<String>,
+    /// The audiences of a JWT-SVID asked for (the token itself is never written).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<Vec<String>>,
     /// The gRPC status code of a refusal.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     /// Why a request was refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// The authority changed (its ID).
+    /// The authority changed (its ID), or the JWT authority that signed a JWT-SVID.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
     /// `root` or `intermediate`, with `authority`.
@@ -126,6 +131,7 @@ impl AuditRecord {
             origin_serial: None,
             renewed_from: None,
             not_after: None,
+            audience: None,
             code: None,
             reason: None,
             authority: None,

@@ -1,6 +1,12 @@
-//! The CA's authorities over its lifetime: every root and intermediate it has had, and the
-//! state of each (the model behind `hush ca authorities`, `rotate`, `activate`, `taint` and
-//! `revoke`).
+//! The CA's authorities over its lifetime: every root, intermediate and JWT signing key it has
+//! had, and the state of each (the model behind `hush ca authorities`, `rotate`, `activate`,
+//! `taint` and `revoke`).
+//!
+//! A JWT authority (kind `jwt`) is a key of its own that signs JWT-SVIDs, never the
+//! intermediate's (decision 38, `docs/decisions/0038-jwt-authorities.md`). It has no
+//! certificate: its public key is published in the JWT keys of the trust bundle from the
+//! moment it is prepared, and it follows the same states as the X.509 authorities, on a
+//! rotation of its own: a prepared JWT authority neither waits for nor blocks an X.509 one.
 //!
 //! An authority is named by the first 16 hex digits of the SHA-256 of its public key
 //! (SubjectPublicKeyInfo): stable across re-issuance of the same key, short enough to type, and
@@ -75,7 +81,8 @@ impl fmt::Display for AuthorityId {
     }
 }
 
-/// A root (self-signed, in the trust bundle) or an intermediate (signs workload certificates).
+/// A root (self-signed, in the trust bundle), an intermediate (signs workload certificates) or
+/// a JWT authority (signs JWT-SVIDs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -83,14 +90,17 @@ pub enum Kind {
     Root,
     /// Issued by a root; signs workload certificates.
     Intermediate,
+    /// A P-256 key that signs JWT-SVIDs (ES256); its public key is in the bundle's JWT keys.
+    Jwt,
 }
 
 impl Kind {
-    /// `root` or `intermediate`, as the manifest and the CLI spell it.
+    /// `root`, `intermediate` or `jwt`, as the manifest and the CLI spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Root => "root",
             Self::Intermediate => "intermediate",
+            Self::Jwt => "jwt",
         }
     }
 }
@@ -142,11 +152,12 @@ impl fmt::Display for State {
 pub struct AuthorityEntry {
     /// Its name.
     pub id: AuthorityId,
-    /// Root or intermediate.
+    /// Root, intermediate or JWT authority.
     pub kind: Kind,
     /// Where it is in its life.
     pub state: State,
-    /// The certificate's file name in the CA directory.
+    /// The certificate's file name in the CA directory; for a JWT authority, which has no
+    /// certificate, its public key's (PEM `PUBLIC KEY`).
     pub cert: String,
     /// The key's file name in the CA directory, while there is one (a root's key may be kept
     /// elsewhere; a revoked authority's is deleted). `None` when the key is in a token.
@@ -158,9 +169,10 @@ pub struct AuthorityEntry {
     pub key_uri: Option<String>,
     /// The issuing root of an intermediate.
     pub issuer: Option<AuthorityId>,
-    /// The certificate's NotBefore (Unix seconds).
+    /// The certificate's NotBefore (Unix seconds); for a JWT authority, when it was made.
     pub not_before: i64,
-    /// The certificate's NotAfter (Unix seconds).
+    /// The certificate's NotAfter (Unix seconds); for a JWT authority, the end of its
+    /// lifetime, past which the CA signs no token with it.
     pub not_after: i64,
     /// When it was staged (Unix seconds).
     pub prepared_at: Option<i64>,
@@ -203,7 +215,31 @@ impl AuthorityEntry {
         })
     }
 
-    /// Whether its root is in the trust bundle (every state but revoked).
+    /// A freshly made JWT authority for the key whose SubjectPublicKeyInfo (DER) is `spki`,
+    /// `prepared` at `now` and usable until `not_after`, stored as `jwt-<id>.pem` (its public
+    /// key) and `jwt-<id>.key`.
+    pub fn prepared_jwt(spki: &[u8], now: i64, not_after: i64) -> Self {
+        let id = AuthorityId::of_public_key(spki);
+        Self {
+            cert: format!("jwt-{id}.pem"),
+            key: Some(format!("jwt-{id}.key")),
+            key_uri: None,
+            id,
+            kind: Kind::Jwt,
+            state: State::Prepared,
+            issuer: None,
+            not_before: now,
+            not_after,
+            prepared_at: Some(now),
+            activated_at: None,
+            retired_at: None,
+            tainted_at: None,
+            revoked_at: None,
+        }
+    }
+
+    /// Whether it is in the trust bundle (every state but revoked): a root among the roots,
+    /// a JWT authority among the JWT keys.
     pub fn is_trusted(&self) -> bool {
         self.state != State::Revoked
     }
@@ -281,17 +317,20 @@ pub enum AuthoritiesError {
     },
     /// `activate` with nothing staged.
     #[error(
-        "no intermediate is prepared: stage one with `hush ca rotate intermediate` or `hush ca rotate root`"
+        "nothing is prepared: stage an intermediate with `hush ca rotate intermediate` or `hush ca rotate root`, or a JWT authority with `hush ca rotate jwt`"
     )]
     NothingPrepared,
-    /// A new root has not been published long enough for every sidecar to trust it.
+    /// A new root (or JWT authority) has not been published long enough for every sidecar to
+    /// trust it.
     #[error(
-        "root {root} was published at {}, and sidecars may not all trust it before {} (publish wait {}): activate then, or pass --force if every sidecar already has it",
+        "{kind} {id} was published at {}, and sidecars may not all trust it before {} (publish wait {}): activate then, or pass --force if every sidecar already has it",
         utc(*.published_at), utc(*.activate_after), seconds(*.publish_wait)
     )]
     NotPublishedLongEnough {
-        /// The new root.
-        root: AuthorityId,
+        /// Root or JWT authority.
+        kind: Kind,
+        /// The new authority.
+        id: AuthorityId,
         /// When it entered the bundle.
         published_at: i64,
         /// When it may sign.
@@ -341,6 +380,17 @@ pub enum AuthoritiesError {
         /// Until when certificates under it may live.
         live_until: i64,
     },
+}
+
+/// What [`Manifest::activate_jwt`] changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtActivation {
+    /// The JWT authority that signs from now on.
+    pub jwt: AuthorityId,
+    /// The one it replaced, now `old`.
+    pub retired: Option<AuthorityId>,
+    /// Whether the publish wait was skipped with `--force`.
+    pub forced: bool,
 }
 
 /// What [`Manifest::activate`] changed.
@@ -470,6 +520,17 @@ impl Manifest {
             }
             match (a.kind, &a.issuer) {
                 (Kind::Root, Some(_)) => return bad(format!("root {} has an issuer", a.id)),
+                (Kind::Jwt, Some(_)) => {
+                    return bad(format!("JWT authority {} has an issuer", a.id));
+                }
+                (Kind::Jwt, None) => {
+                    if a.key_uri.is_some() {
+                        return bad(format!(
+                            "JWT authority {} has a key_uri; JWT keys are files",
+                            a.id
+                        ));
+                    }
+                }
                 (Kind::Intermediate, None) => {
                     return bad(format!("intermediate {} has no issuer", a.id));
                 }
@@ -503,6 +564,13 @@ impl Manifest {
         if count(Kind::Intermediate, State::Prepared) > 1 {
             return bad("more than one prepared intermediate".into());
         }
+        // None is fine: a CA made before JWT-SVIDs has none until `hush ca rotate jwt`.
+        if count(Kind::Jwt, State::Active) > 1 {
+            return bad("more than one active JWT authority".into());
+        }
+        if count(Kind::Jwt, State::Prepared) > 1 {
+            return bad("more than one prepared JWT authority".into());
+        }
         let (root, intermediate) = self.active();
         if intermediate.issuer.as_ref() != Some(&root.id) {
             return bad(format!(
@@ -533,6 +601,40 @@ impl Manifest {
         self.authorities
             .iter()
             .find(|a| a.kind == Kind::Intermediate && a.state == State::Active)
+    }
+
+    /// The JWT authority that signs JWT-SVIDs; `None` in a CA that has none yet.
+    pub fn active_jwt(&self) -> Option<&AuthorityEntry> {
+        self.authorities
+            .iter()
+            .find(|a| a.kind == Kind::Jwt && a.state == State::Active)
+    }
+
+    /// The JWT authority waiting for `activate`, if any.
+    pub fn prepared_jwt(&self) -> Option<&AuthorityEntry> {
+        self.authorities
+            .iter()
+            .find(|a| a.kind == Kind::Jwt && a.state == State::Prepared)
+    }
+
+    /// The JWT authorities whose public keys are published: every one not revoked.
+    pub fn trusted_jwt(&self) -> impl Iterator<Item = &AuthorityEntry> {
+        self.authorities
+            .iter()
+            .filter(|a| a.kind == Kind::Jwt && a.is_trusted())
+    }
+
+    /// When the prepared JWT authority may be activated: after the publish wait, so that
+    /// every validator holds its public key before a token signed with it reaches one; at
+    /// once when the CA has no active JWT authority (a directory made before JWT-SVIDs), since
+    /// no token of this CA exists yet that a validator could be asked to accept. `None` when
+    /// none is prepared.
+    pub fn jwt_activate_after(&self) -> Option<i64> {
+        let prepared = self.prepared_jwt()?;
+        Some(match self.active_jwt() {
+            Some(_) => self.publish_deadline(prepared),
+            None => prepared.prepared_at.unwrap_or(prepared.not_before),
+        })
     }
 
     /// The authority with this exact ID.
@@ -621,7 +723,10 @@ impl Manifest {
     /// nothing was ever issued under it (prepared).
     pub fn live_until(&self, entry: &AuthorityEntry) -> Option<i64> {
         match entry.kind {
-            Kind::Intermediate => {
+            // A JWT authority bounds its tokens as an intermediate its certificates: they live
+            // no longer than the CA's longest lifetime, which `hush ca serve` keeps
+            // `--jwt-max-ttl` under.
+            Kind::Intermediate | Kind::Jwt => {
                 entry.activated_at?;
                 let retired = entry.retired_at?;
                 let bound = retired
@@ -674,6 +779,79 @@ impl Manifest {
         }
         self.add(root)?;
         self.add(intermediate)
+    }
+
+    /// Stages a new JWT authority: its public key is published from now on; it signs only
+    /// after [`Self::activate_jwt`].
+    pub fn stage_jwt(&mut self, entry: AuthorityEntry) -> Result<(), AuthoritiesError> {
+        if let Some(waiting) = self.prepared_jwt() {
+            return Err(AuthoritiesError::AlreadyPrepared {
+                id: waiting.id.clone(),
+                kind: waiting.kind,
+            });
+        }
+        if entry.kind != Kind::Jwt || entry.issuer.is_some() {
+            return Err(AuthoritiesError::Inconsistent(
+                "a new JWT authority has no issuer".into(),
+            ));
+        }
+        self.add(entry)
+    }
+
+    /// Makes the prepared JWT authority the one that signs JWT-SVIDs; the one before it
+    /// becomes `old` (its public key stays published, so tokens it signed still validate). It
+    /// must have been published for the publish wait first, unless `force` or the CA had no
+    /// active JWT authority ([`Self::jwt_activate_after`]).
+    pub fn activate_jwt(
+        &mut self,
+        now: i64,
+        force: bool,
+    ) -> Result<JwtActivation, AuthoritiesError> {
+        let Some(next) = self
+            .authorities
+            .iter()
+            .position(|a| a.kind == Kind::Jwt && a.state == State::Prepared)
+        else {
+            return Err(AuthoritiesError::NothingPrepared);
+        };
+        let entry = &self.authorities[next];
+        if now < entry.not_before || now >= entry.not_after {
+            return Err(AuthoritiesError::NotValidNow {
+                id: entry.id.clone(),
+                kind: entry.kind,
+                not_before: entry.not_before,
+                not_after: entry.not_after,
+            });
+        }
+        let mut forced = false;
+        if let Some(activate_after) = self.jwt_activate_after()
+            && now < activate_after
+        {
+            if !force {
+                let entry = &self.authorities[next];
+                return Err(AuthoritiesError::NotPublishedLongEnough {
+                    kind: Kind::Jwt,
+                    id: entry.id.clone(),
+                    published_at: entry.prepared_at.unwrap_or(entry.not_before),
+                    activate_after,
+                    publish_wait: self.publish_wait_seconds,
+                });
+            }
+            forced = true;
+        }
+        let mut retired = None;
+        for a in &mut self.authorities {
+            if a.kind == Kind::Jwt && a.state == State::Active {
+                a.retire(now);
+                retired = Some(a.id.clone());
+            }
+        }
+        self.authorities[next].activate(now);
+        Ok(JwtActivation {
+            jwt: self.authorities[next].id.clone(),
+            retired,
+            forced,
+        })
     }
 
     /// Refuses to stage anything while an authority is prepared already.
@@ -756,7 +934,8 @@ impl Manifest {
             if now < activate_after {
                 if !force {
                     return Err(AuthoritiesError::NotPublishedLongEnough {
-                        root: root.id.clone(),
+                        kind: root.kind,
+                        id: root.id.clone(),
                         published_at: root.prepared_at.unwrap_or(root.not_before),
                         activate_after,
                         publish_wait: self.publish_wait_seconds,
@@ -853,7 +1032,7 @@ impl Manifest {
             && now < live_until
         {
             let retired_at = match target.kind {
-                Kind::Intermediate => target.retired_at,
+                Kind::Intermediate | Kind::Jwt => target.retired_at,
                 Kind::Root => self
                     .issued_by(&target.id)
                     .filter_map(|a| a.retired_at)
@@ -1346,6 +1525,168 @@ mod tests {
         let text = r#"{"version":1,"trust_domain":"td","generation":1,"publish_wait_seconds":1,
             "max_ttl_seconds":1,"authorities":[],"surprise":true}"#;
         assert!(serde_json::from_str::<Manifest>(text).is_err());
+    }
+
+    fn jwt(name: &str, at: i64) -> AuthorityEntry {
+        let mut e = entry(Kind::Jwt, name, None, 365 * DAY);
+        e.prepared_at = Some(at);
+        e
+    }
+
+    #[test]
+    fn the_first_jwt_authority_of_a_ca_may_sign_at_once() {
+        // A CA made before JWT-SVIDs: valid without any JWT authority.
+        let mut m = manifest();
+        assert!(m.active_jwt().is_none());
+        m.stage_jwt(jwt("j1", T0)).unwrap();
+        m.validate().unwrap();
+        // Published at once; an X.509 rotation is not blocked by it.
+        assert_eq!(m.trusted_jwt().count(), 1);
+        stage_intermediate(&mut m, "i2", T0);
+        assert_eq!(m.jwt_activate_after(), Some(T0));
+        let activation = m.activate_jwt(T0, false).unwrap();
+        assert_eq!(
+            activation,
+            JwtActivation {
+                jwt: id("j1"),
+                retired: None,
+                forced: false
+            }
+        );
+        assert_eq!(m.active_jwt().unwrap().id, id("j1"));
+        // The X.509 side is untouched.
+        assert_eq!(state(&m, "i2"), State::Prepared);
+        m.validate().unwrap();
+    }
+
+    #[test]
+    fn a_new_jwt_authority_is_published_for_the_publish_wait_before_it_signs() {
+        let mut m = manifest();
+        m.stage_jwt(jwt("j1", T0)).unwrap();
+        m.activate_jwt(T0, false).unwrap();
+        m.stage_jwt(jwt("j2", T0 + DAY)).unwrap();
+        let err = m.stage_jwt(jwt("j3", T0 + DAY)).unwrap_err();
+        assert!(err.to_string().contains("already prepared"), "{err}");
+        let after = T0 + DAY + 15 * 60;
+        assert_eq!(m.jwt_activate_after(), Some(after));
+        let err = m.activate_jwt(after - 1, false).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(
+                err,
+                AuthoritiesError::NotPublishedLongEnough {
+                    kind: Kind::Jwt,
+                    ..
+                }
+            ) && text.starts_with("jwt ")
+                && text.contains("--force"),
+            "{text}"
+        );
+        assert_eq!(
+            state(&m, "j2"),
+            State::Prepared,
+            "a refusal changes nothing"
+        );
+        let activation = m.activate_jwt(after, false).unwrap();
+        assert_eq!(activation.retired, Some(id("j1")));
+        assert_eq!(state(&m, "j1"), State::Old);
+        assert_eq!(m.active_jwt().unwrap().id, id("j2"));
+        // The old key stays published, so the tokens it signed still validate.
+        assert_eq!(m.trusted_jwt().count(), 2);
+        m.validate().unwrap();
+
+        m.stage_jwt(jwt("j3", after)).unwrap();
+        assert!(m.activate_jwt(after, true).unwrap().forced);
+    }
+
+    #[test]
+    fn an_old_jwt_authority_is_tainted_and_revoked_like_an_intermediate() {
+        let mut m = manifest();
+        m.stage_jwt(jwt("j1", T0)).unwrap();
+        m.activate_jwt(T0, false).unwrap();
+        let err = m.revoke(&prefix("j1"), T0, true).unwrap_err();
+        assert!(err.to_string().contains("cannot stop trusting"), "{err}");
+        m.stage_jwt(jwt("j2", T0)).unwrap();
+        let retired = T0 + HOUR;
+        m.activate_jwt(retired, false).unwrap();
+        assert_eq!(m.taint(&prefix("j1"), retired).unwrap(), vec![id("j1")]);
+        let live_until = retired + 15 * 60 + 24 * 3600;
+        let old = m.get(&id("j1")).unwrap().clone();
+        assert_eq!(m.live_until(&old), Some(live_until));
+        let err = m.revoke(&prefix("j1"), live_until - 1, false).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AuthoritiesError::StillLive {
+                    kind: Kind::Jwt,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            m.revoke(&prefix("j1"), live_until, false).unwrap(),
+            vec![id("j1")]
+        );
+        assert_eq!(
+            m.trusted_jwt().map(|a| a.id.clone()).collect::<Vec<_>>(),
+            vec![id("j2")]
+        );
+        // Revoking a JWT authority touches no root, and a prepared one goes at once.
+        assert_eq!(m.trusted_roots().len(), 1);
+        m.stage_jwt(jwt("j3", live_until)).unwrap();
+        assert_eq!(
+            m.revoke(&prefix("j3"), live_until, false).unwrap(),
+            vec![id("j3")]
+        );
+        m.validate().unwrap();
+    }
+
+    #[test]
+    fn an_expired_jwt_authority_is_not_activated() {
+        let mut m = manifest();
+        let mut short = jwt("j1", T0);
+        short.not_after = T0 + HOUR;
+        m.stage_jwt(short).unwrap();
+        let err = m.activate_jwt(T0 + 2 * HOUR, true).unwrap_err();
+        assert!(matches!(err, AuthoritiesError::NotValidNow { .. }), "{err}");
+        let err = Manifest::activate_jwt(&mut manifest(), T0, false).unwrap_err();
+        assert!(err.to_string().contains("rotate jwt"), "{err}");
+    }
+
+    #[test]
+    fn validate_refuses_jwt_authorities_no_command_writes() {
+        type Breakage = (&'static str, fn(&mut Manifest));
+        let broken: [Breakage; 4] = [
+            ("JWT authority 6a31000000000000 has an issuer", |m| {
+                m.authorities[2].issuer = Some(id("r1"));
+            }),
+            ("more than one active JWT authority", |m| {
+                let mut other = m.authorities[2].clone();
+                other.id = id("j2");
+                m.authorities.push(other);
+            }),
+            ("more than one prepared JWT authority", |m| {
+                for name in ["j2", "j3"] {
+                    let mut other = jwt(name, T0);
+                    other.state = State::Prepared;
+                    m.authorities.push(other);
+                }
+            }),
+            ("JWT keys are files", |m| {
+                m.authorities[2].key = None;
+                m.authorities[2].key_uri = Some("pkcs11:token=t;object=o".into());
+            }),
+        ];
+        for (words, breaks) in broken {
+            let mut m = manifest();
+            m.stage_jwt(jwt("j1", T0)).unwrap();
+            m.activate_jwt(T0, false).unwrap();
+            m.validate().unwrap();
+            breaks(&mut m);
+            let err = m.validate().unwrap_err();
+            assert!(err.to_string().contains(words), "{words}: {err}");
+        }
     }
 
     fn ca() -> (Vec<u8>, Vec<u8>, Vec<u8>) {

@@ -30,7 +30,8 @@ pub const ROTATION_REMINDER_INTERVAL: Duration = Duration::from_secs(86_400);
 /// How long before its NotAfter an active authority of `kind` is due for rotation.
 pub fn rotation_warning(kind: Kind) -> Duration {
     match kind {
-        Kind::Intermediate => INTERMEDIATE_ROTATION_WARNING,
+        // A JWT authority is rotated on the intermediate's rhythm, and made with its lifetime.
+        Kind::Intermediate | Kind::Jwt => INTERMEDIATE_ROTATION_WARNING,
         Kind::Root => ROOT_ROTATION_WARNING,
     }
 }
@@ -70,7 +71,8 @@ pub enum NextStep {
     },
 }
 
-/// Every active authority due for rotation at `now`: the intermediate first, then the root.
+/// Every active authority due for rotation at `now`: the intermediate first, then the root,
+/// then the JWT authority.
 pub fn rotations_due(manifest: &Manifest, now: i64) -> Vec<RotationDue> {
     let active = |kind| {
         manifest
@@ -78,7 +80,7 @@ pub fn rotations_due(manifest: &Manifest, now: i64) -> Vec<RotationDue> {
             .iter()
             .find(|a| a.kind == kind && a.state == State::Active)
     };
-    [Kind::Intermediate, Kind::Root]
+    [Kind::Intermediate, Kind::Root, Kind::Jwt]
         .into_iter()
         .filter_map(active)
         .filter_map(|entry| rotation_due(manifest, entry, now))

@@ -29,6 +29,7 @@ mod authorities;
 mod authority;
 mod csr;
 mod expiry;
+mod jwt;
 mod lineage;
 mod live;
 mod metrics;
@@ -47,8 +48,8 @@ pub use self::attest::{
 pub use self::audit::{AuditError, AuditEvent, AuditLog, AuditRecord};
 pub use self::authorities::{
     Activation, AuthoritiesError, AuthorityEntry, AuthorityId, DEFAULT_MAX_TTL_SECONDS,
-    DEFAULT_PUBLISH_WAIT_SECONDS, Kind as AuthorityKind, MANIFEST_VERSION, MIN_ID_PREFIX, Manifest,
-    State as AuthorityState,
+    DEFAULT_PUBLISH_WAIT_SECONDS, JwtActivation, Kind as AuthorityKind, MANIFEST_VERSION,
+    MIN_ID_PREFIX, Manifest, State as AuthorityState,
 };
 pub use self::authority::{Authority, AuthorityError, CaMaterial, IssuancePolicy, IssuedSvid};
 pub use self::csr::{CsrError, KeyKind, MAX_CSR_BYTES, MIN_RSA_BITS, VerifiedCsr};
@@ -56,6 +57,10 @@ pub use self::expiry::{
     INTERMEDIATE_ROTATION_WARNING, NextStep, ROOT_ROTATION_WARNING, ROTATION_REMINDER_INTERVAL,
     RotationDue, is_rotation_due, keep_warning_of_rotations_due, rotation_due, rotation_warning,
     rotations_due, warn_of_rotations_due,
+};
+pub use self::jwt::{
+    DEFAULT_JWT_MAX_TTL, DEFAULT_JWT_TTL, JwtMaterial, JwtMintError, JwtSigner, MAX_AUDIENCE_LEN,
+    MAX_AUDIENCES, MintedJwt, check_audiences,
 };
 pub use self::lineage::{DEFAULT_REATTEST_AFTER, Lineage};
 pub use self::live::{AuthoritySet, Reload, ReloadError, follow_directory};
@@ -65,7 +70,9 @@ pub use self::revocations::{
     RevokedToken, retention as revocation_retention,
 };
 pub use self::server::{PeerInfo, ServeError, ServeOptions, serve};
-pub use self::service::{CaService, DEFAULT_TAINT_SPREAD, HUSH_API, ISTIO_API, pem_certificate};
+pub use self::service::{
+    CaService, DEFAULT_TAINT_SPREAD, HUSH_API, ISTIO_API, JWT_API, pem_certificate,
+};
 #[cfg(feature = "pkcs11")]
 pub use self::signing_key::Pkcs11Key;
 pub use self::signing_key::{CaKey, Pkcs11Error, Pkcs11Uri};

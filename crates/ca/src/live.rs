@@ -26,6 +26,7 @@ use tracing::{info, warn};
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::authorities::{AuthorityId, Manifest};
 use crate::authority::{Authority, AuthorityError, IssuancePolicy};
+use crate::jwt::JwtMaterial;
 use crate::revocations::Revocations;
 use crate::service::CaService;
 use crate::store::{CaDir, LoadedAuthorities, StoreError};
@@ -33,10 +34,11 @@ use crate::store::{CaDir, LoadedAuthorities, StoreError};
 /// The API name of the CA's own audit lines about its authorities.
 const RELOAD_API: &str = "hush.ca.reload";
 
-/// The authorities in force: the signing intermediate, the trust bundle, and the manifest they
-/// came from; and the revocations read with them.
+/// The authorities in force: the signing intermediate, the trust bundle, the JWT authorities,
+/// and the manifest they came from; and the revocations read with them.
 pub struct AuthoritySet {
     authority: Authority,
+    jwt: JwtMaterial,
     manifest: Manifest,
     intermediate_id: AuthorityId,
     revocations: Revocations,
@@ -149,6 +151,7 @@ impl AuthoritySet {
         let LoadedAuthorities {
             manifest,
             material,
+            jwt,
             revocations,
             fingerprint,
         } = loaded;
@@ -169,6 +172,7 @@ impl AuthoritySet {
             .collect();
         Ok(Self {
             authority,
+            jwt,
             manifest,
             intermediate_id,
             revocations,
@@ -204,6 +208,11 @@ impl AuthoritySet {
     /// The manifest's generation (0 for a directory of the old layout).
     pub fn generation(&self) -> u64 {
         self.manifest.generation
+    }
+
+    /// The JWT authorities: the published keys, and the one that signs.
+    pub fn jwt(&self) -> &JwtMaterial {
+        &self.jwt
     }
 
     /// The intermediate that signs.
@@ -344,10 +353,12 @@ pub async fn follow_directory(service: CaService, dir: CaDir, interval: Duration
                     continue;
                 }
                 let roots = current.authority().bundle().roots().len();
+                let jwt = current.jwt().signer.as_ref().map(|s| s.id.to_string());
                 info!(
                     previous,
                     generation,
                     intermediate = %current.intermediate_id(),
+                    jwt = jwt.as_deref().unwrap_or("none"),
                     intermediate_changed,
                     roots_changed,
                     roots,

@@ -49,6 +49,7 @@ struct Inner {
     generation: Gauge,
     reloads: Family<ReloadLabels, Counter>,
     issued: Family<ApiLabels, Counter>,
+    jwt_issued: Counter,
     refused: Family<RefusalLabels, Counter>,
 }
 
@@ -121,10 +122,17 @@ impl CaMetrics {
             "Certificates issued (and audited), by API",
             issued.clone(),
         );
+        let jwt_issued = Counter::default();
+        registry.register(
+            "jwt_svids_issued",
+            "JWT-SVIDs issued (and audited) through MintJwtSvid",
+            jwt_issued.clone(),
+        );
         let refused = Family::default();
         registry.register(
             "requests_refused",
-            "Certificate requests refused (and audited), by API and gRPC code",
+            "Certificate and JWT-SVID requests refused (and audited), by API (JWT-SVIDs: \
+             hush.ca.v1.MintJwtSvid) and gRPC code",
             refused.clone(),
         );
         // Present from the first scrape, so that `increase()` sees the first change.
@@ -141,6 +149,7 @@ impl CaMetrics {
                 generation,
                 reloads,
                 issued,
+                jwt_issued,
                 refused,
             }),
         }
@@ -176,6 +185,11 @@ impl CaMetrics {
     /// A certificate left through `api`.
     pub(crate) fn issued(&self, api: &'static str) {
         self.inner.issued.get_or_create(&ApiLabels { api }).inc();
+    }
+
+    /// A JWT-SVID left through `MintJwtSvid`.
+    pub(crate) fn jwt_issued(&self) {
+        self.inner.jwt_issued.inc();
     }
 
     /// A request through `api` was refused with `code`.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hush_identity::TrustDomain;
+use hush_identity::{SpiffeId, TrustDomain};
 use hush_tls::{SpiffeClientVerifier, TlsConfigError, TrustStore};
 use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::UnixTime;
@@ -27,6 +27,7 @@ use crate::audit::{AuditEvent, AuditLog, AuditRecord, rfc3339};
 use crate::authorities::State as AuthorityState;
 use crate::authority::IssuedSvid;
 use crate::csr::VerifiedCsr;
+use crate::jwt::{DEFAULT_JWT_MAX_TTL, JwtMintError, MintedJwt};
 use crate::lineage::{DEFAULT_REATTEST_AFTER, Lineage, PresentedCertificate, check_reattestation};
 use crate::live::{AuthoritySet, Reload, ReloadError};
 use crate::metrics::CaMetrics;
@@ -39,6 +40,8 @@ use crate::tokens::join_token_id;
 pub const HUSH_API: &str = "hush.ca.v1";
 /// The name of the Istio-compatible API in logs and the audit log.
 pub const ISTIO_API: &str = "istio.v1.auth";
+/// The name of `MintJwtSvid` in logs, the audit log and the refusal metrics.
+pub const JWT_API: &str = "hush.ca.v1.MintJwtSvid";
 
 /// Everything an issuance needs; shared by both services.
 #[derive(Debug, Clone)]
@@ -63,6 +66,8 @@ struct Inner {
     /// A renewal with a certificate whose identity was attested longer ago than this many
     /// seconds is refused (`--reattest-after`).
     reattest_after_seconds: std::sync::atomic::AtomicU64,
+    /// The longest JWT-SVID lifetime granted, in seconds (`--jwt-max-ttl`).
+    jwt_max_ttl_seconds: std::sync::atomic::AtomicU64,
     attestor: Attestor,
     audit: AuditLog,
     /// Counted where issuances are audited and reloads decided.
@@ -99,6 +104,9 @@ impl CaService {
                 reattest_after_seconds: std::sync::atomic::AtomicU64::new(
                     DEFAULT_REATTEST_AFTER.as_secs(),
                 ),
+                jwt_max_ttl_seconds: std::sync::atomic::AtomicU64::new(
+                    DEFAULT_JWT_MAX_TTL.as_secs(),
+                ),
                 changes,
                 reloading: std::sync::Mutex::new(()),
                 attestor,
@@ -122,6 +130,128 @@ impl CaService {
         self.inner
             .reattest_after_seconds
             .store(limit.as_secs(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// JWT-SVIDs live at most `limit` (`--jwt-max-ttl`), and never longer than the manifest's
+    /// `max_ttl_seconds`, which bounds when a retired JWT authority may be revoked.
+    pub fn set_jwt_max_ttl(&self, limit: Duration) {
+        self.inner
+            .jwt_max_ttl_seconds
+            .store(limit.as_secs(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn jwt_max_ttl(&self, current: &AuthoritySet) -> Duration {
+        let limit = Duration::from_secs(
+            self.inner
+                .jwt_max_ttl_seconds
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let manifest = current.manifest();
+        if manifest.generation > 0 {
+            limit.min(Duration::from_secs(manifest.max_ttl_seconds))
+        } else {
+            limit
+        }
+    }
+
+    /// The `MintJwtSvid` path: the caller is the SPIFFE ID of its client certificate, accepted
+    /// as a renewal would be (still chained to the roots in force, not under a revoked
+    /// intermediate, not revoked, attested recently enough); no token is read. Every outcome
+    /// is audited and counted.
+    async fn mint_jwt(
+        &self,
+        request: &Request<pb::MintJwtSvidRequest>,
+    ) -> Result<(SpiffeId, MintedJwt), Status> {
+        let peer_info = request.extensions().get::<PeerInfo>();
+        let peer = peer_info
+            .and_then(|p| p.tcp.remote_addr)
+            .or_else(|| request.remote_addr())
+            .map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        let body = request.get_ref();
+        let current = self.current();
+        let mut caller: Option<SpiffeId> = None;
+        let result = (|| {
+            let id = peer_info.and_then(|p| p.spiffe_id.clone()).ok_or_else(|| {
+                Status::unauthenticated(
+                    "a JWT-SVID is minted for the SPIFFE ID of the connection's client \
+                     certificate, and this connection presented none: call over mutual TLS \
+                     with an X.509-SVID of this trust domain",
+                )
+            })?;
+            caller = Some(id.clone());
+            self.still_trusted(peer_info)?;
+            let presented = presented_certificate(peer_info)?;
+            if let Some(words) = current.revocations().refusal(&id, None, Some(&presented)) {
+                return Err(Status::permission_denied(words));
+            }
+            check_reattestation(
+                &id,
+                presented.record.attested_at,
+                time::OffsetDateTime::now_utc().unix_timestamp(),
+                self.reattest_after(),
+            )
+            .map_err(Status::unauthenticated)?;
+            let ttl = requested_ttl(body.ttl_seconds)?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let minted = current
+                .jwt()
+                .mint(&id, &body.audience, ttl, self.jwt_max_ttl(&current), now)
+                .map_err(|e| match e {
+                    JwtMintError::Audience(words) => Status::invalid_argument(words),
+                    JwtMintError::Sign(_) => Status::internal(e.to_string()),
+                    _ => Status::failed_precondition(e.to_string()),
+                })?;
+            Ok((id, minted))
+        })();
+
+        let mut record = AuditRecord::new(
+            if result.is_ok() {
+                AuditEvent::JwtIssued
+            } else {
+                AuditEvent::Refused
+            },
+            JWT_API,
+        );
+        record.peer = Some(peer.clone());
+        record.attestation = Some(AttestationKind::X509Svid.as_str());
+        record.spiffe_id = caller.as_ref().map(ToString::to_string);
+        // Only audiences that passed the checks: a refused one may be anything.
+        match &result {
+            Ok((id, minted)) => {
+                record.audience = Some(body.audience.clone());
+                record.authority = Some(minted.key_id.to_string());
+                record.kind = Some("jwt");
+                record.not_after = time::OffsetDateTime::from_unix_timestamp(minted.expires_at)
+                    .ok()
+                    .map(rfc3339);
+                info!(
+                    api = JWT_API,
+                    spiffe_id = %id,
+                    audience = ?body.audience,
+                    key_id = %minted.key_id,
+                    expires_at = minted.expires_at,
+                    %peer,
+                    "issued JWT-SVID"
+                );
+            }
+            Err(status) => {
+                record.code = Some(format!("{:?}", status.code()));
+                record.reason = Some(status.message().to_string());
+                warn!(api = JWT_API, code = ?status.code(), reason = status.message(), %peer, "refused JWT-SVID request");
+            }
+        }
+        let audited = self.inner.audit.append(&record).await.map_err(|e| {
+            warn!(error = %e, "refusing to hand out a JWT-SVID that could not be audited");
+            Status::internal(e.to_string())
+        });
+        match (&result, &audited) {
+            (Ok(_), Ok(())) => self.inner.metrics.jwt_issued(),
+            (_, Err(status)) | (Err(status), Ok(())) => {
+                self.inner.metrics.refused(JWT_API, status.code());
+            }
+        }
+        audited?;
+        result
     }
 
     fn reattest_after(&self) -> Duration {
@@ -655,16 +785,25 @@ impl pb::certificate_authority_server::CertificateAuthority for CaService {
                 .inner
                 .renew_spread_seconds
                 .load(std::sync::atomic::Ordering::Relaxed),
-            jwt_keys: Vec::new(),
+            // Every JWT authority not revoked: the prepared one, so validators hold its key
+            // before it signs, and the old ones, while tokens they signed may be alive.
+            jwt_keys: current.jwt().keys.to_json(),
             federated: Vec::new(),
         }))
     }
 
     async fn mint_jwt_svid(
         &self,
-        _request: Request<pb::MintJwtSvidRequest>,
+        request: Request<pb::MintJwtSvidRequest>,
     ) -> Result<Response<pb::MintJwtSvidResponse>, Status> {
-        Err(Status::unimplemented("this CA does not sign JWT-SVIDs yet"))
+        let (spiffe_id, minted) = self.mint_jwt(&request).await?;
+        Ok(Response::new(pb::MintJwtSvidResponse {
+            token: minted.token,
+            spiffe_id: spiffe_id.to_string(),
+            expires_at_unix: minted.expires_at,
+            issued_at_unix: minted.issued_at,
+            key_id: minted.key_id.to_string(),
+        }))
     }
 }
 

@@ -7,6 +7,8 @@
 //!   root-<id>.pem  .key          a root; its key (0600) is read only by `rotate intermediate`:
 //!                                keep it offline
 //!   intermediate-<id>.pem  .key  an intermediate; the active one signs workload certificates
+//!   jwt-<id>.pem  .key           a JWT authority: its public key (PEM `PUBLIC KEY`) and its
+//!                                PKCS#8 P-256 key (0600); the active one signs JWT-SVIDs
 //!   bundle.pem                   derived: every root that is not revoked (the trust bundle)
 //!   intermediate.pem  .key       derived: the active intermediate, for readers of the old layout
 //!                                (no .key when that intermediate's key is in a token)
@@ -27,7 +29,7 @@
 //! A key may live in a PKCS#11 token instead of a file (`--key-uri`, `--root-key-uri`): the
 //! manifest then records its `pkcs11:` URI (`key_uri`, never with the PIN) and the directory
 //! holds no file for it. Such a key is made in the token by the command that makes its
-//! authority, and is opened by label whenever it signs.
+//! authority, and is opened by label whenever it signs. JWT authorities' keys are always files.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -35,7 +37,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hush_identity::{TrustBundle, TrustDomain};
+use hush_identity::{JwtKeys, JwtSigningKey, TrustBundle, TrustDomain};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PublicKeyData, SanType,
@@ -45,9 +47,10 @@ use time::OffsetDateTime;
 
 use crate::authorities::{
     Activation, AuthoritiesError, AuthorityEntry, AuthorityId, DEFAULT_MAX_TTL_SECONDS,
-    DEFAULT_PUBLISH_WAIT_SECONDS, Kind, Manifest, State, check_stored_key_uri,
+    DEFAULT_PUBLISH_WAIT_SECONDS, JwtActivation, Kind, Manifest, State, check_stored_key_uri,
 };
 use crate::authority::CaMaterial;
+use crate::jwt::{JwtMaterial, JwtSigner};
 use crate::revocations::{RevocationError, RevocationTarget, Revocations, retention};
 use crate::signing_key::{CaKey, Pkcs11Error, Pkcs11Uri};
 use crate::tokens::{JoinTokenStore, TokenError};
@@ -180,6 +183,8 @@ pub struct LoadedAuthorities {
     pub manifest: Manifest,
     /// The trusted roots and the active intermediate with its key.
     pub material: CaMaterial,
+    /// The JWT authorities' public keys and the active one's key (none in the old layout).
+    pub jwt: JwtMaterial,
     /// What is revoked (nothing, generation 0, without `revocations.json`).
     pub revocations: Revocations,
     /// SHA-256 over every file read: equal fingerprints, equal authorities and revocations.
@@ -212,6 +217,7 @@ struct ReadAuthorities {
     bundle: TrustBundle,
     intermediate: CertificateDer<'static>,
     key: KeySource,
+    jwt: JwtMaterial,
     revocations: Revocations,
     fingerprint: [u8; 32],
 }
@@ -243,6 +249,7 @@ impl ReadAuthorities {
                 intermediate: self.intermediate,
                 intermediate_key,
             },
+            jwt: self.jwt,
             revocations: self.revocations,
             fingerprint: self.fingerprint,
         })
@@ -397,6 +404,8 @@ pub struct InitReport {
     pub root: CertificateDer<'static>,
     /// The intermediate certificate (DER).
     pub intermediate: CertificateDer<'static>,
+    /// The JWT authority, active from the start.
+    pub jwt: AuthorityId,
     /// Files written.
     pub files: Vec<PathBuf>,
 }
@@ -500,12 +509,15 @@ impl CaDir {
             now.unix_timestamp(),
         )?;
         place_key(&mut intermediate_entry, rotate.key_uri.as_deref());
+        let (jwt_entry, jwt_key) = make_jwt(options.intermediate_lifetime, now)?;
         let mut files = self.write_authority(&root_entry, &root.pem(), Some(&root_key))?;
         files.extend(self.write_authority(
             &intermediate_entry,
             &intermediate.pem(),
             Some(&intermediate_key),
         )?);
+        files.extend(self.write_jwt_authority(&jwt_entry, &jwt_key)?);
+        let jwt_id = jwt_entry.id.clone();
         let mut manifest = Manifest::new(
             td.as_str(),
             root_entry,
@@ -514,6 +526,9 @@ impl CaDir {
         );
         manifest.publish_wait_seconds = options.publish_wait.as_secs();
         manifest.max_ttl_seconds = options.max_ttl.as_secs();
+        // A new CA has no token out yet: its first JWT authority signs at once.
+        manifest.stage_jwt(jwt_entry)?;
+        manifest.activate_jwt(now.unix_timestamp(), false)?;
         manifest.generation = 0;
         files.extend(self.commit(&mut manifest)?);
         // A forced init over the old layout leaves no stale root behind.
@@ -524,6 +539,7 @@ impl CaDir {
             trust_domain: td.clone(),
             root: root.der().clone(),
             intermediate: intermediate.der().clone(),
+            jwt: jwt_id,
             files,
         })
     }
@@ -600,6 +616,8 @@ impl CaDir {
                         Some(self.read_key(&self.path.join(INTERMEDIATE_KEY))?),
                     )
                 }
+                // The old layout predates JWT authorities: its manifest names none.
+                Kind::Jwt => continue,
             };
             entry.cert = format!("{}-{}.pem", entry.kind, entry.id);
             entry.key = key
@@ -694,7 +712,9 @@ impl CaDir {
             names.push(MANIFEST.into());
             for a in &manifest.authorities {
                 names.push(a.cert.clone());
-                if a.kind == Kind::Intermediate
+                // A JWT authority's key too: a replica activating one needs it, as it needs
+                // a prepared intermediate's.
+                if matches!(a.kind, Kind::Intermediate | Kind::Jwt)
                     && let Some(key) = &a.key
                 {
                     names.push(key.clone());
@@ -809,6 +829,48 @@ impl CaDir {
             Change {
                 manifest,
                 authorities: ids,
+                migrated,
+            },
+            activation,
+        ))
+    }
+
+    /// `hush ca rotate jwt`: makes a new JWT authority (a P-256 key file, living `lifetime`)
+    /// and stages it; its public key is in the bundle's JWT keys from now on.
+    pub fn rotate_jwt(&self, lifetime: Duration) -> Result<Change, StoreError> {
+        let lock = self.lock()?;
+        let migrated = self.migrate(&lock)?;
+        let mut manifest = self.authorities()?;
+        if let Some(waiting) = manifest.prepared_jwt() {
+            return Err(AuthoritiesError::AlreadyPrepared {
+                id: waiting.id.clone(),
+                kind: waiting.kind,
+            }
+            .into());
+        }
+        let (entry, key) = make_jwt(lifetime, OffsetDateTime::now_utc())?;
+        let id = entry.id.clone();
+        manifest.stage_jwt(entry.clone())?;
+        self.write_jwt_authority(&entry, &key)?;
+        self.commit(&mut manifest)?;
+        Ok(Change {
+            manifest,
+            authorities: vec![id],
+            migrated,
+        })
+    }
+
+    /// `hush ca activate` of a JWT authority: the prepared one signs JWT-SVIDs from now on.
+    pub fn activate_jwt(&self, force: bool) -> Result<(Change, JwtActivation), StoreError> {
+        let lock = self.lock()?;
+        let migrated = self.migrate(&lock)?;
+        let mut manifest = self.authorities()?;
+        let activation = manifest.activate_jwt(unix_now(), force)?;
+        self.commit(&mut manifest)?;
+        Ok((
+            Change {
+                manifest,
+                authorities: vec![activation.jwt.clone()],
                 migrated,
             },
             activation,
@@ -1001,6 +1063,94 @@ impl CaDir {
         Ok(files)
     }
 
+    /// Writes a new JWT authority's key (0600) and public key under the names its entry gives.
+    fn write_jwt_authority(
+        &self,
+        entry: &AuthorityEntry,
+        key: &KeyPair,
+    ) -> Result<Vec<PathBuf>, StoreError> {
+        let mut files = Vec::with_capacity(2);
+        if let Some(name) = &entry.key {
+            files.push(self.write(name, key.serialize_pem().as_bytes(), 0o600)?);
+        }
+        let public = pem_config(&pem::Pem::new(
+            PUBLIC_KEY_LABEL,
+            key.subject_public_key_info(),
+        ));
+        files.push(self.write(&entry.cert, public.as_bytes(), 0o644)?);
+        Ok(files)
+    }
+
+    /// Reads the JWT authorities' public keys (every one not revoked) and the active one's key,
+    /// adding each file to `fingerprint`. Each file must hold the key its entry names.
+    fn read_jwt(
+        &self,
+        manifest: &Manifest,
+        fingerprint: &mut Fingerprint,
+    ) -> Result<JwtMaterial, StoreError> {
+        let mut public_keys: Vec<(String, Vec<u8>)> = Vec::new();
+        for entry in manifest.trusted_jwt() {
+            let path = self.path.join(&entry.cert);
+            let text = self.read(&path)?;
+            fingerprint.add(&entry.cert, &text);
+            let spki = parse_public_key(&text, &path)?;
+            let found = AuthorityId::of_public_key(&spki);
+            if found != entry.id {
+                return Err(StoreError::Invalid {
+                    path,
+                    reason: format!(
+                        "holds the public key of authority {found}, but the manifest names it for {}",
+                        entry.id
+                    ),
+                });
+            }
+            public_keys.push((entry.id.to_string(), spki));
+        }
+        let keys = JwtKeys::from_public_keys(
+            public_keys
+                .iter()
+                .map(|(id, spki)| (id.as_str(), spki.as_slice())),
+        )
+        .map_err(|e| StoreError::Invalid {
+            path: self.path.join(MANIFEST),
+            reason: format!("JWT authorities: {e}"),
+        })?;
+        let signer = match manifest.active_jwt() {
+            None => None,
+            Some(entry) => {
+                let name = entry.key.as_deref().ok_or_else(|| StoreError::Invalid {
+                    path: self.path.join(MANIFEST),
+                    reason: format!("the active JWT authority {} has no key file", entry.id),
+                })?;
+                let path = self.path.join(name);
+                check_key_mode(&path)?;
+                let text = self.read(&path)?;
+                fingerprint.add(name, &text);
+                let key =
+                    JwtSigningKey::from_pkcs8_pem(&text).map_err(|e| StoreError::Invalid {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                if key.key_id() != entry.id.as_str() {
+                    return Err(StoreError::Invalid {
+                        path,
+                        reason: format!(
+                            "holds the key of authority {}, but the manifest names it for {}",
+                            key.key_id(),
+                            entry.id
+                        ),
+                    });
+                }
+                Some(JwtSigner {
+                    id: entry.id.clone(),
+                    key,
+                    not_after: entry.not_after,
+                })
+            }
+        };
+        Ok(JwtMaterial { keys, signer })
+    }
+
     fn trust_domain_of(&self, manifest: &Manifest) -> Result<TrustDomain, StoreError> {
         TrustDomain::new(&manifest.trust_domain).map_err(|e| StoreError::Invalid {
             path: self.path.join(MANIFEST),
@@ -1153,6 +1303,11 @@ impl CaDir {
         }
         let intermediate =
             parse_one_certificate(&intermediate_pem, &self.path.join(INTERMEDIATE_CERT))?;
+        let jwt = if managed {
+            self.read_jwt(&manifest, &mut fingerprint)?
+        } else {
+            JwtMaterial::default()
+        };
         let revocations_path = self.path.join(REVOCATIONS);
         let revocations = if revocations_path.exists() {
             let text = self.read(&revocations_path)?;
@@ -1166,6 +1321,7 @@ impl CaDir {
             bundle,
             intermediate,
             key,
+            jwt,
             revocations,
             fingerprint: fingerprint.finish(),
         })
@@ -1295,6 +1451,22 @@ fn describe_token_key(uri: &str) -> String {
     }
 }
 
+/// A new JWT authority, prepared at `now` and living `lifetime`, with its P-256 key (ES256 is
+/// what every JWT-SVID validator supports, whatever the X.509 authorities use).
+fn make_jwt(
+    lifetime: Duration,
+    now: OffsetDateTime,
+) -> Result<(AuthorityEntry, KeyPair), StoreError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let not_after = (now + lifetime).unix_timestamp();
+    let entry = AuthorityEntry::prepared_jwt(
+        &key.subject_public_key_info(),
+        now.unix_timestamp(),
+        not_after,
+    );
+    Ok((entry, key))
+}
+
 /// A new self-signed root for `key`, valid from an hour ago for `options.root_lifetime`.
 fn make_root(
     td: &TrustDomain,
@@ -1411,10 +1583,32 @@ fn parse_key(pem: &[u8], path: &Path) -> Result<KeyPair, StoreError> {
 /// PEM with LF line endings, as `hush ca bundle` prints and every other file of the directory
 /// is written.
 fn pem_of(der: &[u8]) -> String {
+    pem_config(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}
+
+fn pem_config(section: &pem::Pem) -> String {
     pem::encode_config(
-        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        section,
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
     )
+}
+
+/// The label of a JWT authority's public key file.
+const PUBLIC_KEY_LABEL: &str = "PUBLIC KEY";
+
+/// The SubjectPublicKeyInfo (DER) in a JWT authority's public key file.
+fn parse_public_key(text: &[u8], path: &Path) -> Result<Vec<u8>, StoreError> {
+    match pem::parse(text) {
+        Ok(section) if section.tag() == PUBLIC_KEY_LABEL => Ok(section.into_contents()),
+        Ok(section) => Err(StoreError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("holds a {:?}, not a \"PUBLIC KEY\"", section.tag()),
+        }),
+        Err(e) => Err(StoreError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("not a PEM public key: {e}"),
+        }),
+    }
 }
 
 fn unix_now() -> i64 {
@@ -1809,6 +2003,121 @@ mod tests {
             fs::set_permissions(copy.join(name), fs::Permissions::from_mode(0o400)).unwrap();
         }
         CaDir::new(&copy).load_authorities().unwrap();
+    }
+
+    #[test]
+    fn init_makes_an_active_jwt_authority_whose_key_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CaDir::new(dir.path().join("ca"));
+        let report = ca.init(&InitOptions::new(td())).unwrap();
+        let manifest = read_manifest(&ca);
+        let jwt = manifest.active_jwt().unwrap();
+        assert_eq!(jwt.id, report.jwt);
+        assert_eq!(
+            jwt.key.as_deref(),
+            Some(format!("jwt-{}.key", jwt.id).as_str())
+        );
+        assert_eq!(mode(&ca.path().join(jwt.key.as_ref().unwrap())), 0o600);
+        assert_eq!(mode(&ca.path().join(&jwt.cert)), 0o644);
+        let loaded = ca.load_authorities().unwrap();
+        assert_eq!(
+            loaded.jwt.keys.key_ids().collect::<Vec<_>>(),
+            [jwt.id.as_str()]
+        );
+        assert_eq!(loaded.jwt.signer.as_ref().unwrap().id, jwt.id);
+        // A replica needs the JWT key as it needs the intermediate's.
+        let served: Vec<String> = ca
+            .serving_files()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert!(served.contains(jwt.key.as_ref().unwrap()), "{served:?}");
+    }
+
+    #[test]
+    fn a_rotated_jwt_authority_is_published_at_once_and_its_revocation_takes_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CaDir::new(dir.path().join("ca"));
+        let mut options = InitOptions::new(td());
+        options.publish_wait = Duration::from_secs(3600);
+        ca.init(&options).unwrap();
+        let first = read_manifest(&ca).active_jwt().unwrap().id.clone();
+        let change = ca.rotate_jwt(Duration::from_secs(86_400)).unwrap();
+        let second = change.authorities[0].clone();
+        let loaded = ca.load_authorities().unwrap();
+        assert_eq!(loaded.jwt.keys.len(), 2, "published before it signs");
+        assert_eq!(loaded.jwt.signer.as_ref().unwrap().id, first);
+        // A second rotation waits for the first; an X.509 rotation does not.
+        assert!(ca.rotate_jwt(Duration::from_secs(86_400)).is_err());
+        let err = ca.activate_jwt(false).unwrap_err();
+        assert!(err.to_string().contains("--force"), "{err}");
+        let (_, activation) = ca.activate_jwt(true).unwrap();
+        assert!(activation.forced);
+        assert_eq!(activation.retired, Some(first.clone()));
+        assert_eq!(
+            ca.load_authorities().unwrap().jwt.signer.unwrap().id,
+            second
+        );
+        ca.revoke(first.as_str(), true).unwrap();
+        assert!(!ca.path().join(format!("jwt-{first}.key")).exists());
+        let keys = ca.load_authorities().unwrap().jwt.keys;
+        assert_eq!(keys.key_ids().collect::<Vec<_>>(), [second.as_str()]);
+    }
+
+    #[test]
+    fn a_ca_made_before_jwt_authorities_keeps_working_and_gets_one_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CaDir::new(dir.path().join("ca"));
+        let mut options = InitOptions::new(td());
+        options.publish_wait = Duration::from_secs(3600);
+        ca.init(&options).unwrap();
+        // What an older hush wrote: no JWT authority in the manifest, no JWT files.
+        let mut manifest = read_manifest(&ca);
+        let jwt = manifest.active_jwt().unwrap().clone();
+        manifest.authorities.retain(|a| a.kind != Kind::Jwt);
+        fs::remove_file(ca.path().join(&jwt.cert)).unwrap();
+        fs::remove_file(ca.path().join(jwt.key.as_ref().unwrap())).unwrap();
+        let text = serde_json::to_vec_pretty(&manifest).unwrap();
+        fs::write(ca.path().join(MANIFEST), text).unwrap();
+
+        let loaded = ca.load_authorities().unwrap();
+        assert!(loaded.jwt.keys.is_empty() && loaded.jwt.signer.is_none());
+        ca.rotate_jwt(Duration::from_secs(86_400)).unwrap();
+        // The first JWT authority signs at once, publish wait or not.
+        let (_, activation) = ca.activate_jwt(false).unwrap();
+        assert!(!activation.forced && activation.retired.is_none());
+        assert!(ca.load_authorities().unwrap().jwt.signer.is_some());
+    }
+
+    #[test]
+    fn a_jwt_key_file_must_hold_the_key_its_entry_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CaDir::new(dir.path().join("ca"));
+        ca.init(&InitOptions::new(td())).unwrap();
+        ca.rotate_jwt(Duration::from_secs(86_400)).unwrap();
+        let manifest = read_manifest(&ca);
+        let active = manifest.active_jwt().unwrap();
+        let prepared = manifest.prepared_jwt().unwrap();
+        let (active_pub, prepared_pub) =
+            (ca.path().join(&active.cert), ca.path().join(&prepared.cert));
+        let saved = fs::read(&active_pub).unwrap();
+        fs::copy(&prepared_pub, &active_pub).unwrap();
+        let err = ca.load_authorities().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("holds the public key of authority"),
+            "{err}"
+        );
+        fs::write(&active_pub, saved).unwrap();
+        let key = ca.path().join(active.key.as_ref().unwrap());
+        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        fs::write(&key, other.serialize_pem()).unwrap();
+        let err = ca.load_authorities().unwrap_err();
+        assert!(
+            err.to_string().contains("holds the key of authority"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -230,6 +230,11 @@ pub(crate) struct ServeArgs {
     /// many in flight are answered UNAVAILABLE, to be retried; each may start a TokenReview.
     #[arg(long, default_value_t = 64)]
     max_unauthenticated_requests: usize,
+    /// The longest JWT-SVID lifetime granted (MintJwtSvid); longer requests are shortened, and
+    /// a request for none gets 5 minutes. Default 1h, or the CA's max_ttl_seconds
+    /// (authorities.json) when that is shorter; given, it may not exceed it.
+    #[arg(long, value_parser = parse_duration)]
+    jwt_max_ttl: Option<Duration>,
     /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics: the authorities'
     /// expiry, reloads, issuances and refusals (port 0 picks a free port; the address is
     /// printed on stdout). Off unless given.
@@ -309,6 +314,10 @@ fn init(args: InitArgs) -> Result<()> {
             in_token(uri)
         );
     }
+    eprintln!(
+        "JWT authority {} signs JWT-SVIDs (its key is a file, whatever --key-uri says).",
+        report.jwt
+    );
     eprintln!("Next: hush ca serve --dir {}", args.dir.display());
     Ok(())
 }
@@ -515,6 +524,30 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     setup.service.set_taint_spread(args.taint_spread);
     setup.service.set_reattest_after(args.reattest_after);
+    let jwt_max_ttl = {
+        let current = setup.service.current();
+        let manifest = current.manifest();
+        // A retired JWT authority may be revoked once max_ttl_seconds have passed: no token it
+        // signed may outlive that.
+        let ceiling = if manifest.generation > 0 {
+            Duration::from_secs(manifest.max_ttl_seconds)
+        } else {
+            hush_ca::DEFAULT_JWT_MAX_TTL
+        };
+        match args.jwt_max_ttl {
+            Some(limit) if limit.is_zero() => bail!("--jwt-max-ttl must be longer than 0s"),
+            Some(limit) if limit > ceiling && manifest.generation > 0 => bail!(
+                "--jwt-max-ttl {} is longer than this CA's max_ttl_seconds ({} s in {}), which \
+                 bounds when a retired JWT authority may be revoked",
+                humantime::format_duration(limit),
+                manifest.max_ttl_seconds,
+                dir.path().join("authorities.json").display()
+            ),
+            Some(limit) => limit,
+            None => hush_ca::DEFAULT_JWT_MAX_TTL.min(ceiling),
+        }
+    };
+    setup.service.set_jwt_max_ttl(jwt_max_ttl);
     setup.options.shutdown_grace = args.shutdown_grace;
     setup.options.handshake_timeout = args.handshake_timeout;
     setup.options.first_request_timeout = args.first_request_timeout;
@@ -567,6 +600,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         roots = current.authority().bundle().roots().len(),
         revocations = current.revocations().generation,
         reattest_after = %humantime::format_duration(args.reattest_after),
+        jwt = %current
+            .jwt()
+            .signer
+            .as_ref()
+            .map_or_else(|| "none (hush ca rotate jwt)".to_owned(), |s| s.id.to_string()),
+        jwt_max_ttl = %humantime::format_duration(jwt_max_ttl),
         kubernetes = kubernetes.is_some(),
         "CA ready"
     );

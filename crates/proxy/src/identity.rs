@@ -50,7 +50,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::{Instrument, debug, info, warn};
 
-use self::certifier::{BundleUpdate, CaCertifier, CaError, Certifier, Issued};
+use self::certifier::{BundleUpdate, Certifier, Issued};
+pub(crate) use self::certifier::{CaCertifier, CaError, MintedJwt};
 use self::error::AttemptError;
 use crate::clock::{system_time, unix_seconds};
 use crate::config::{CaConfig, Reattest};
@@ -172,8 +173,8 @@ pub(crate) struct WorkloadBundles {
     pub(crate) trust_domain: hush_identity::TrustDomain,
     /// Its X.509 roots.
     pub(crate) roots: Vec<CertificateDer<'static>>,
-    /// Its JWT keys as the CA sent them (a JWK Set, JSON); empty until the CA sent any.
-    pub(crate) jwt_keys: Vec<u8>,
+    /// Its JWT keys; `None` until the CA sent any.
+    pub(crate) jwt_keys: Option<hush_identity::JwtKeys>,
     /// SEAM(federation): the federated trust domains' bundles, by trust domain name. Empty
     /// until the TrustStore carries federated domains; the Workload API already sends whatever
     /// is here as `federated_bundles` and in the bundle streams.
@@ -185,8 +186,8 @@ pub(crate) struct WorkloadBundles {
 pub(crate) struct FederatedBundle {
     /// Its X.509 roots.
     pub(crate) roots: Vec<CertificateDer<'static>>,
-    /// Its JWT keys (a JWK Set, JSON); empty when none.
-    pub(crate) jwt_keys: Vec<u8>,
+    /// Its JWT keys, when it has any.
+    pub(crate) jwt_keys: Option<hush_identity::JwtKeys>,
 }
 
 /// What the identity manager tells the Workload API, on `watch` channels: every change is
@@ -209,7 +210,7 @@ impl WorkloadFeed {
         let (bundles, _) = watch::channel(Arc::new(WorkloadBundles {
             trust_domain: bundle.trust_domain().clone(),
             roots: bundle.roots().to_vec(),
-            jwt_keys: Vec::new(),
+            jwt_keys: None,
             federated: Default::default(),
         }));
         Self { svid, bundles }
@@ -217,10 +218,10 @@ impl WorkloadFeed {
 
     /// Publishes the roots `trust` holds now and, when given, the JWT keys; streams hear of it
     /// only when something changed.
-    fn publish_bundles(&self, trust: &TrustStore, jwt_keys: Option<Vec<u8>>) {
+    fn publish_bundles(&self, trust: &TrustStore, jwt_keys: Option<hush_identity::JwtKeys>) {
         let roots = trust.bundle().roots().to_vec();
         self.bundles.send_if_modified(|current| {
-            let jwt_keys = jwt_keys.unwrap_or_else(|| current.jwt_keys.clone());
+            let jwt_keys = jwt_keys.or_else(|| current.jwt_keys.clone());
             if current.roots == roots && current.jwt_keys == jwt_keys {
                 return false;
             }
@@ -857,7 +858,7 @@ async fn refresh_bundle<C: Certifier>(
                 };
                 apply_bundle(&trust, &metrics, ca.bundle_cache.as_deref(), roots, deny);
                 if let Some(feed) = &workload {
-                    feed.publish_bundles(&trust, Some(jwt_keys));
+                    feed.publish_bundles(&trust, jwt_keys);
                 }
                 let next = Advice {
                     tainted: Arc::new(tainted),

@@ -16,7 +16,7 @@ use crate::admin::{Admin, LogControl};
 use crate::config::{ConfigError, ProxyConfig};
 use crate::headers::ProtectedHeaders;
 use crate::http::{Forward, HttpVersion};
-use crate::identity::{IdentityManager, IdentityStatus, WorkloadFeed};
+use crate::identity::{CaCertifier, IdentityManager, IdentityStatus, WorkloadFeed};
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::{OutboundShared, Route, Transparent, run_explicit};
@@ -279,7 +279,9 @@ impl Proxy {
         if let Some(socket) = workload_api {
             let feed = WorkloadFeed::new(&trust);
             identity = identity.with_workload_feed(feed.clone());
-            let api = WorkloadApi::new(&feed, background.clone());
+            // JWT-SVIDs are minted by the CA for the certificate the sidecar holds.
+            let minter = CaCertifier::new(&config.ca, trust.clone(), credentials.clone());
+            let api = WorkloadApi::new(&feed, background.clone()).with_jwt_minter(Arc::new(minter));
             workload_task = Some(tokio::spawn(api.serve(socket)));
         }
         let identity_task = tokio::spawn(identity.run(background.clone()));

@@ -42,7 +42,10 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
 use self::authority::AuthorityRewriter;
-use crate::identity::{AppSvid, WorkloadBundles, WorkloadFeed};
+use crate::identity::{AppSvid, CaCertifier, CaError, MintedJwt, WorkloadBundles, WorkloadFeed};
+use hush_identity::{JwtKeys, TrustDomain, validate_jwt_svid};
+use std::collections::HashMap;
+use std::future::Future;
 
 /// The metadata every Workload API request must carry, with the value `true`.
 pub(crate) const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -140,7 +143,7 @@ impl Drop for WorkloadSocket {
 }
 
 /// The Workload API service: what the identity manager publishes, handed out.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct WorkloadApi {
     svid: watch::Receiver<Option<Arc<AppSvid>>>,
     bundles: watch::Receiver<Arc<WorkloadBundles>>,
@@ -148,6 +151,12 @@ pub(crate) struct WorkloadApi {
     streams: Arc<Semaphore>,
     /// Cancelled at shutdown: streams end, so that connections can close.
     stop: CancellationToken,
+    /// Who mints JWT-SVIDs; without one, `FetchJWTSVID` is `Unimplemented`.
+    minter: Option<Arc<dyn JwtMinter>>,
+    /// JWT-SVIDs minted, reused until half their life.
+    jwts: Arc<JwtCache>,
+    /// One permit per call to the CA for a JWT-SVID in progress.
+    mints: Arc<Semaphore>,
 }
 
 // === impl WorkloadApi ===
@@ -160,7 +169,16 @@ impl WorkloadApi {
             bundles: feed.bundles.subscribe(),
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
             stop,
+            minter: None,
+            jwts: Arc::default(),
+            mints: Arc::new(Semaphore::new(MAX_MINTS)),
         }
+    }
+
+    /// JWT-SVIDs are minted by `minter`.
+    pub(crate) fn with_jwt_minter(mut self, minter: Arc<dyn JwtMinter>) -> Self {
+        self.minter = Some(minter);
+        self
     }
 
     /// Serves on `socket` until `stop` is cancelled, then removes the socket.
@@ -279,9 +297,64 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<pb::JwtsvidRequest>,
     ) -> Result<Response<pb::JwtsvidResponse>, Status> {
         log_call("FetchJWTSVID", &request);
-        Err(Status::unimplemented(
-            "JWT-SVIDs are not served by this sidecar yet",
-        ))
+        let request = request.into_inner();
+        let audience = audience_set(request.audience)?;
+        let Some(svid) = self.svid.borrow().clone() else {
+            return Err(Status::unavailable(
+                "the sidecar has no identity yet; try again shortly",
+            ));
+        };
+        if !request.spiffe_id.is_empty() && request.spiffe_id != svid.spiffe_id.as_str() {
+            // The ID asked for is not echoed: it is the caller's, of any length.
+            return Err(Status::permission_denied(format!(
+                "this workload is {}; it cannot have a JWT-SVID for another SPIFFE ID",
+                svid.spiffe_id
+            )));
+        }
+        let Some(minter) = &self.minter else {
+            return Err(Status::unimplemented("this sidecar mints no JWT-SVIDs"));
+        };
+        let answer = |jwt: MintedJwt| {
+            Response::new(pb::JwtsvidResponse {
+                svids: vec![pb::Jwtsvid {
+                    spiffe_id: jwt.spiffe_id,
+                    svid: jwt.token,
+                    hint: String::new(),
+                }],
+            })
+        };
+        if let Some(jwt) = self.jwts.get(&audience, unix_now()) {
+            return Ok(answer(jwt));
+        }
+        let _turn = self
+            .mints
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("the sidecar is stopping"))?;
+        // Another call may have minted it while this one waited.
+        if let Some(jwt) = self.jwts.get(&audience, unix_now()) {
+            return Ok(answer(jwt));
+        }
+        let jwt = minter.mint(audience.clone()).await.map_err(|e| {
+            warn!(error = %e, "cannot get a JWT-SVID from the CA for the app");
+            match e.code() {
+                Some(
+                    code @ (tonic::Code::InvalidArgument
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unauthenticated
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::ResourceExhausted),
+                ) => Status::new(code, format!("the CA refused a JWT-SVID: {e}")),
+                _ => Status::unavailable(format!("cannot get a JWT-SVID from the CA: {e}")),
+            }
+        })?;
+        if jwt.spiffe_id != svid.spiffe_id.as_str() {
+            return Err(Status::internal(
+                "the CA minted a JWT-SVID for another SPIFFE ID; refused",
+            ));
+        }
+        self.jwts.put(audience, jwt.clone(), unix_now());
+        Ok(answer(jwt))
     }
 
     async fn fetch_jwt_bundles(
@@ -300,9 +373,30 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<pb::ValidateJwtsvidRequest>,
     ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
         log_call("ValidateJWTSVID", &request);
-        Err(Status::unimplemented(
-            "JWT-SVIDs are not validated by this sidecar yet",
-        ))
+        let request = request.into_inner();
+        if request.audience.is_empty() {
+            return Err(Status::invalid_argument("audience is required"));
+        }
+        if request.svid.is_empty() {
+            return Err(Status::invalid_argument("svid is required"));
+        }
+        let bundles = self.bundles.borrow().clone();
+        let keys = jwt_keys_by_trust_domain(&bundles);
+        match validate_jwt_svid(
+            &request.svid,
+            &request.audience,
+            |td| keys.get(td),
+            unix_now(),
+        ) {
+            Ok(valid) => Ok(Response::new(pb::ValidateJwtsvidResponse {
+                spiffe_id: valid.spiffe_id.to_string(),
+                claims: Some(proto_struct(valid.claims)),
+            })),
+            Err(e) => {
+                debug!(reason = %e, "refused a JWT-SVID to validate");
+                Err(Status::invalid_argument(e.to_string()))
+            }
+        }
     }
 }
 
@@ -397,23 +491,153 @@ fn x509_bundles_response(bundles: &WorkloadBundles) -> pb::X509BundlesResponse {
 /// The JWT keys by trust domain; nothing while there are none (clients take an empty answer
 /// for an error).
 fn jwt_bundles_response(bundles: &WorkloadBundles) -> Option<pb::JwtBundlesResponse> {
-    let own = (!bundles.jwt_keys.is_empty()).then(|| {
-        (
-            bundle_key(bundles.trust_domain.as_str()),
-            bundles.jwt_keys.clone(),
-        )
-    });
-    let map: std::collections::HashMap<_, _> = own
-        .into_iter()
-        .chain(
-            bundles
-                .federated
-                .iter()
-                .filter(|(_, bundle)| !bundle.jwt_keys.is_empty())
-                .map(|(td, bundle)| (bundle_key(td), bundle.jwt_keys.clone())),
-        )
-        .collect();
+    let own = bundles
+        .jwt_keys
+        .as_ref()
+        .map(|keys| (bundle_key(bundles.trust_domain.as_str()), keys.to_json()));
+    let map: std::collections::HashMap<_, _> =
+        own.into_iter()
+            .chain(bundles.federated.iter().filter_map(|(td, bundle)| {
+                Some((bundle_key(td), bundle.jwt_keys.as_ref()?.to_json()))
+            }))
+            .collect();
     (!map.is_empty()).then_some(pb::JwtBundlesResponse { bundles: map })
+}
+
+/// The most audiences one JWT-SVID may name, as the CA allows.
+const MAX_AUDIENCES: usize = 16;
+/// The longest audience, in bytes, as the CA allows.
+const MAX_AUDIENCE_LEN: usize = 256;
+/// JWT-SVIDs kept for reuse, one per audience set.
+pub(crate) const MAX_CACHED_JWTS: usize = 64;
+/// Calls to the CA for JWT-SVIDs at once; more wait their turn.
+const MAX_MINTS: usize = 4;
+
+/// Who mints JWT-SVIDs for the app: the CA, over the sidecar's mutual TLS; a fake in tests.
+pub(crate) trait JwtMinter: Send + Sync + 'static {
+    /// A JWT-SVID of the sidecar's identity for `audience` (checked, sorted, distinct).
+    fn mint(
+        &self,
+        audience: Vec<String>,
+    ) -> Pin<Box<dyn Future<Output = Result<MintedJwt, CaError>> + Send + '_>>;
+}
+
+impl JwtMinter for CaCertifier {
+    fn mint(
+        &self,
+        audience: Vec<String>,
+    ) -> Pin<Box<dyn Future<Output = Result<MintedJwt, CaError>> + Send + '_>> {
+        Box::pin(self.mint_jwt_svid(audience))
+    }
+}
+
+/// JWT-SVIDs already minted, by audience set, each reused until half its life.
+#[derive(Default)]
+struct JwtCache {
+    entries: std::sync::Mutex<HashMap<Vec<String>, MintedJwt>>,
+}
+
+impl JwtCache {
+    /// A token for `audience` still in the first half of its life at `now`.
+    fn get(&self, audience: &[String], now: i64) -> Option<MintedJwt> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(audience).filter(|jwt| fresh(jwt, now)).cloned()
+    }
+
+    /// Keeps `jwt` for `audience`; when full, first drops what is no longer fresh, then the
+    /// token that expires first.
+    fn put(&self, audience: Vec<String>, jwt: MintedJwt, now: i64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= MAX_CACHED_JWTS && !entries.contains_key(&audience) {
+            entries.retain(|_, jwt| fresh(jwt, now));
+            if entries.len() >= MAX_CACHED_JWTS {
+                let first = entries
+                    .iter()
+                    .min_by_key(|(_, jwt)| jwt.expires_at)
+                    .map(|(key, _)| key.clone());
+                if let Some(first) = first {
+                    entries.remove(&first);
+                }
+            }
+        }
+        entries.insert(audience, jwt);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Whether `jwt` is in the first half of its life at `now`.
+fn fresh(jwt: &MintedJwt, now: i64) -> bool {
+    let half = jwt.issued_at + (jwt.expires_at - jwt.issued_at) / 2;
+    now < half
+}
+
+/// The audiences asked for, checked, sorted and without repeats: the cache's key.
+fn audience_set(audience: Vec<String>) -> Result<Vec<String>, Status> {
+    if audience.is_empty() {
+        return Err(Status::invalid_argument(
+            "audience is required: name at least one",
+        ));
+    }
+    if audience.len() > MAX_AUDIENCES {
+        return Err(Status::invalid_argument(format!(
+            "{} audiences asked for; at most {MAX_AUDIENCES}",
+            audience.len()
+        )));
+    }
+    for one in &audience {
+        if one.is_empty() || one.len() > MAX_AUDIENCE_LEN || one.chars().any(char::is_control) {
+            return Err(Status::invalid_argument(format!(
+                "an audience must be 1 to {MAX_AUDIENCE_LEN} bytes without control characters"
+            )));
+        }
+    }
+    let mut set = audience;
+    set.sort();
+    set.dedup();
+    Ok(set)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The JWT keys of every trust domain the bundles carry.
+fn jwt_keys_by_trust_domain(bundles: &WorkloadBundles) -> HashMap<TrustDomain, JwtKeys> {
+    let own = std::iter::once((bundles.trust_domain.clone(), bundles.jwt_keys.as_ref()));
+    let federated = bundles.federated.iter().filter_map(|(td, bundle)| {
+        Some((td.parse::<TrustDomain>().ok()?, bundle.jwt_keys.as_ref()))
+    });
+    own.chain(federated)
+        .filter_map(|(td, keys)| Some((td, keys?.clone())))
+        .collect()
+}
+
+/// A JSON value as a protobuf `Value`.
+fn proto_value(value: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.into_iter().map(proto_value).collect(),
+        }),
+        serde_json::Value::Object(map) => Kind::StructValue(proto_struct(map)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+fn proto_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map.into_iter().map(|(k, v)| (k, proto_value(v))).collect(),
+    }
 }
 
 /// The accepted connections, at most [`MAX_CONNECTIONS`] at once; ends at `stop`.
@@ -551,8 +775,53 @@ mod tests {
         _dir: tempfile::TempDir,
     }
 
+    /// Mints tokens named by a counter, for the app's SPIFFE ID, living `life` from `age` ago.
+    struct FakeMinter {
+        minted: std::sync::atomic::AtomicUsize,
+        age: i64,
+        life: i64,
+    }
+
+    impl JwtMinter for FakeMinter {
+        fn mint(
+            &self,
+            audience: Vec<String>,
+        ) -> Pin<Box<dyn Future<Output = Result<MintedJwt, CaError>> + Send + '_>> {
+            let n = self
+                .minted
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let now = unix_now();
+            Box::pin(async move {
+                Ok(MintedJwt {
+                    token: format!("token-{n}-for-{}", audience.join(",")),
+                    spiffe_id: ID.to_string(),
+                    issued_at: now - self.age,
+                    expires_at: now - self.age + self.life,
+                })
+            })
+        }
+    }
+
+    impl FakeMinter {
+        fn new(age: i64, life: i64) -> Arc<Self> {
+            Arc::new(Self {
+                minted: Default::default(),
+                age,
+                life,
+            })
+        }
+
+        fn minted(&self) -> usize {
+            self.minted.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
     impl Served {
         async fn start() -> Self {
+            Self::with_minter(FakeMinter::new(0, 300)).await
+        }
+
+        async fn with_minter(minter: Arc<FakeMinter>) -> Self {
             let ca = hush_test_support::TestCa::new("test.example");
             let bundle =
                 TrustBundle::new("test.example".parse().unwrap(), vec![ca.root()]).unwrap();
@@ -562,7 +831,11 @@ mod tests {
             let path = dir.path().join("run/workload/socket");
             let socket = WorkloadSocket::bind(&path).unwrap();
             let stop = CancellationToken::new();
-            let task = tokio::spawn(WorkloadApi::new(&feed, stop.clone()).serve(socket));
+            let task = tokio::spawn(
+                WorkloadApi::new(&feed, stop.clone())
+                    .with_jwt_minter(minter)
+                    .serve(socket),
+            );
             Self {
                 feed,
                 path,
@@ -786,7 +1059,7 @@ mod tests {
         served.set_roots(&[b"root-1"]);
         served.feed.bundles.send_modify(|bundles| {
             let mut next = WorkloadBundles::clone(bundles);
-            next.jwt_keys = br#"{"keys":[]}"#.to_vec();
+            next.jwt_keys = Some(JwtKeys::default());
             *bundles = Arc::new(next);
         });
         let message = bundles.message().await.unwrap().unwrap();
@@ -844,6 +1117,182 @@ mod tests {
             }
         };
         again.message().await.unwrap().unwrap();
+    }
+
+    fn jwt_request(audience: &[&str], spiffe_id: &str) -> Request<pb::JwtsvidRequest> {
+        with_header(pb::JwtsvidRequest {
+            audience: audience.iter().map(|a| a.to_string()).collect(),
+            spiffe_id: spiffe_id.to_string(),
+        })
+    }
+
+    #[tokio::test]
+    async fn jwt_svids_are_checked_minted_once_per_audience_set_and_the_cache_is_bounded() {
+        let minter = FakeMinter::new(0, 300);
+        let served = Served::with_minter(minter.clone()).await;
+        let mut client = served.client().await;
+        let code = |result: Result<Response<pb::JwtsvidResponse>, Status>| {
+            result.map(drop).expect_err("refused").code()
+        };
+        // No identity yet: nothing is minted.
+        assert_eq!(
+            code(client.fetch_jwtsvid(jwt_request(&["a"], "")).await),
+            tonic::Code::Unavailable
+        );
+        served.issue(&[b"leaf"], b"key", "01");
+        let long = "x".repeat(MAX_AUDIENCE_LEN + 1);
+        let many: Vec<String> = (0..=MAX_AUDIENCES).map(|i| i.to_string()).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        for audience in [&[][..], &[""], &[long.as_str()], &["a\nb"], &many] {
+            assert_eq!(
+                code(client.fetch_jwtsvid(jwt_request(audience, "")).await),
+                tonic::Code::InvalidArgument,
+                "{audience:?}"
+            );
+        }
+        assert_eq!(
+            code(
+                client
+                    .fetch_jwtsvid(jwt_request(&["a"], "spiffe://test.example/someone/else"))
+                    .await
+            ),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(minter.minted(), 0, "nothing refused reached the CA");
+
+        let first = client
+            .fetch_jwtsvid(jwt_request(&["b", "a"], ID))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(first.svids[0].spiffe_id, ID);
+        assert_eq!(first.svids[0].svid, "token-0-for-a,b");
+        // The same set, in another order and repeated: the same token, not a new call.
+        let again = client
+            .fetch_jwtsvid(jwt_request(&["a", "b", "a"], ""))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(again, first);
+        assert_eq!(minter.minted(), 1);
+
+        // A flood of audience sets: each is minted, the cache stays bounded.
+        for i in 0..(MAX_CACHED_JWTS + 36) {
+            let audience = format!("flood-{i}");
+            client
+                .fetch_jwtsvid(jwt_request(&[&audience], ""))
+                .await
+                .unwrap();
+        }
+        assert_eq!(minter.minted(), 1 + MAX_CACHED_JWTS + 36);
+        // The WorkloadApi the server holds is a clone sharing the cache.
+        served.stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_jwt_past_half_its_life_is_minted_again() {
+        // Every token comes back already past half of its 300 s.
+        let minter = FakeMinter::new(200, 300);
+        let served = Served::with_minter(minter.clone()).await;
+        served.issue(&[b"leaf"], b"key", "01");
+        let mut client = served.client().await;
+        for _ in 0..3 {
+            client.fetch_jwtsvid(jwt_request(&["a"], "")).await.unwrap();
+        }
+        assert_eq!(minter.minted(), 3);
+    }
+
+    #[test]
+    fn the_cache_drops_stale_tokens_first_and_never_grows_past_its_bound() {
+        let cache = JwtCache::default();
+        let jwt = |issued_at: i64, expires_at: i64| MintedJwt {
+            token: String::new(),
+            spiffe_id: ID.into(),
+            issued_at,
+            expires_at,
+        };
+        for i in 0..MAX_CACHED_JWTS * 3 {
+            cache.put(vec![i.to_string()], jwt(1000, 1000 + i as i64 + 10), 1000);
+            assert!(cache.len() <= MAX_CACHED_JWTS);
+        }
+        // The longest-lived stayed; the first to expire went.
+        let last = (MAX_CACHED_JWTS * 3 - 1).to_string();
+        assert!(cache.get(&[last], 1001).is_some());
+        assert!(cache.get(&["0".to_string()], 1001).is_none());
+        // Past half its life a token is not handed out.
+        cache.put(vec!["half".into()], jwt(1000, 1100), 1000);
+        assert!(cache.get(&["half".to_string()], 1049).is_some());
+        assert!(cache.get(&["half".to_string()], 1050).is_none());
+    }
+
+    #[tokio::test]
+    async fn jwt_svids_are_validated_against_the_trust_domains_keys() {
+        let served = Served::start().await;
+        let pair = rcgen::KeyPair::generate().unwrap();
+        let key = hush_identity::JwtSigningKey::from_pkcs8_der(&pair.serialize_der()).unwrap();
+        let keys = JwtKeys::from_public_keys([(key.key_id(), key.public_key_spki_der())]).unwrap();
+        served.feed.bundles.send_modify(|bundles| {
+            let mut next = WorkloadBundles::clone(bundles);
+            next.jwt_keys = Some(keys);
+            *bundles = Arc::new(next);
+        });
+        let now = unix_now();
+        let token = hush_identity::sign_jwt_svid(
+            &key,
+            &"spiffe://test.example/ns/shop/sa/caller".parse().unwrap(),
+            &["orders".to_string()],
+            now,
+            now + 300,
+        )
+        .unwrap();
+        let mut client = served.client().await;
+        let valid = client
+            .validate_jwtsvid(with_header(pb::ValidateJwtsvidRequest {
+                audience: "orders".into(),
+                svid: token.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(valid.spiffe_id, "spiffe://test.example/ns/shop/sa/caller");
+        let claims = valid.claims.unwrap().fields;
+        assert_eq!(
+            claims["sub"].kind,
+            Some(prost_types::value::Kind::StringValue(
+                "spiffe://test.example/ns/shop/sa/caller".into()
+            ))
+        );
+        for (audience, svid) in [
+            ("payments", token.as_str()),
+            ("orders", "not.a.token"),
+            ("", token.as_str()),
+            ("orders", ""),
+        ] {
+            let refused = client
+                .validate_jwtsvid(with_header(pb::ValidateJwtsvidRequest {
+                    audience: audience.into(),
+                    svid: svid.into(),
+                }))
+                .await
+                .expect_err("refused");
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+            assert!(!refused.message().is_empty());
+        }
+        // The JWT bundle stream hands out the same keys.
+        let mut bundles = client
+            .fetch_jwt_bundles(with_header(pb::JwtBundlesRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let message = bundles.message().await.unwrap().unwrap();
+        let json = &message.bundles["spiffe://test.example"];
+        assert_eq!(
+            JwtKeys::from_json(json)
+                .unwrap()
+                .key_ids()
+                .collect::<Vec<_>>(),
+            [key.key_id()]
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! `hush ca authorities`, `rotate`, `activate`, `taint`, `revoke`: the CA's roots and
-//! intermediates over the years.
+//! `hush ca authorities`, `rotate`, `activate`, `taint`, `revoke`: the CA's roots,
+//! intermediates and JWT authorities over the years.
 //!
 //! Every command that changes the directory writes one audit line per authority it changed
 //! to `DIR/audit.log` and prints what to do next, so that a rotation can be followed from
@@ -33,6 +33,20 @@ pub(crate) enum RotateCommand {
     /// Make a new root and an intermediate under it and stage both: the root is in the trust
     /// bundle at once and signs only after `hush ca activate`, once sidecars have fetched it.
     Root(RotateRootArgs),
+    /// Make a new JWT authority (a P-256 key file that signs JWT-SVIDs) and stage it: its
+    /// public key is in the bundle's JWT keys at once, and it signs only after `hush ca
+    /// activate <id>`, once validators have fetched it.
+    Jwt(RotateJwtArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RotateJwtArgs {
+    /// The CA directory.
+    #[arg(long, env = "HUSH_CA_DIR")]
+    dir: PathBuf,
+    /// Lifetime of the new JWT authority: the CA signs no token with it after that.
+    #[arg(long, default_value = "365d", value_parser = parse_duration)]
+    lifetime: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -91,8 +105,11 @@ pub(crate) struct ActivateArgs {
     /// The CA directory.
     #[arg(long, env = "HUSH_CA_DIR")]
     dir: PathBuf,
-    /// Activate a new root before its publish wait is over: only when every sidecar is known
-    /// to trust it already (or none runs yet).
+    /// The prepared authority to activate (at least 6 hex digits). Without it: the prepared
+    /// intermediate (with its new root, if any), else the prepared JWT authority.
+    id: Option<String>,
+    /// Activate a new root or JWT authority before its publish wait is over: only when every
+    /// sidecar is known to trust it already (or none runs yet).
     #[arg(long)]
     force: bool,
 }
@@ -147,6 +164,29 @@ pub(crate) struct ListArgs {
 
 pub(crate) async fn rotate(command: RotateCommand) -> Result<()> {
     match command {
+        RotateCommand::Jwt(args) => {
+            let dir = CaDir::new(&args.dir);
+            let change = dir.rotate_jwt(args.lifetime)?;
+            record(&dir, &change, AuditEvent::AuthorityPrepared, None).await?;
+            let entry = entry(&change.manifest, 0, &change);
+            let after = change.manifest.jwt_activate_after().unwrap_or_default();
+            eprintln!(
+                "prepared JWT authority {} (usable until {}, its key {}); its public key is in \
+                 the bundle's JWT keys from now on",
+                entry.id,
+                at(entry.not_after),
+                key_place(entry),
+            );
+            eprintln!(
+                "Next: after {} (publish wait {}; at once for a CA's first JWT authority) run \
+                 `hush ca activate --dir {} {}`.",
+                at(after),
+                span(seconds(change.manifest.publish_wait_seconds)),
+                args.dir.display(),
+                entry.id.short(),
+            );
+            Ok(())
+        }
         RotateCommand::Intermediate(args) => {
             let dir = CaDir::new(&args.dir);
             let options = RotateOptions {
@@ -221,6 +261,27 @@ pub(crate) async fn rotate(command: RotateCommand) -> Result<()> {
 
 pub(crate) async fn activate(args: ActivateArgs) -> Result<()> {
     let dir = CaDir::new(&args.dir);
+    let manifest = dir.authorities()?;
+    let jwt = match args.id.as_deref() {
+        Some(id) => {
+            let entry = manifest.find(id)?;
+            if entry.state != AuthorityState::Prepared {
+                anyhow::bail!(
+                    "{} {} is {}: only a prepared authority can be activated (see `hush ca \
+                     authorities`)",
+                    entry.kind,
+                    entry.id,
+                    entry.state
+                );
+            }
+            entry.kind == AuthorityKind::Jwt
+        }
+        // The X.509 rotation first, as before JWT authorities existed.
+        None => manifest.prepared().is_none() && manifest.prepared_jwt().is_some(),
+    };
+    if jwt {
+        return activate_jwt(&dir, args.force).await;
+    }
     let (change, activation) = dir.activate(args.force)?;
     record(
         &dir,
@@ -257,12 +318,49 @@ pub(crate) async fn activate(args: ActivateArgs) -> Result<()> {
     Ok(())
 }
 
+async fn activate_jwt(dir: &CaDir, force: bool) -> Result<()> {
+    let (change, activation) = dir.activate_jwt(force)?;
+    record(
+        dir,
+        &change,
+        AuditEvent::AuthorityActivated,
+        Some(activation.forced),
+    )
+    .await?;
+    eprintln!(
+        "JWT authority {} signs JWT-SVIDs from now on",
+        activation.jwt
+    );
+    if activation.forced {
+        eprintln!("the publish wait was skipped (--force)");
+    }
+    if let Some(retired) = &activation.retired {
+        eprintln!(
+            "jwt {retired} is old: its public key stays published while tokens it signed may \
+             live; revoke it after that (`hush ca authorities` says when)"
+        );
+    }
+    eprintln!(
+        "A running CA reading this directory picks the change up by itself, without a restart."
+    );
+    Ok(())
+}
+
 pub(crate) async fn taint(args: TaintArgs) -> Result<()> {
     let dir = CaDir::new(&args.dir);
     let change = dir.taint(&args.authority)?;
     record(&dir, &change, AuditEvent::AuthorityTainted, None).await?;
     for id in &change.authorities {
-        eprintln!("tainted {id}: sidecars holding certificates under it renew now");
+        if change.manifest.get(id).map(|a| a.kind) == Some(AuthorityKind::Jwt) {
+            // Nothing renews a bearer token: it lives until it expires or its key is revoked.
+            eprintln!(
+                "tainted {id}: the bundle names it tainted; JWT-SVIDs it signed are accepted \
+                 until they expire, or until `hush ca revoke --authority {}`",
+                id.short()
+            );
+        } else {
+            eprintln!("tainted {id}: sidecars holding certificates under it renew now");
+        }
     }
     Ok(())
 }
@@ -288,6 +386,10 @@ pub(crate) async fn revoke(args: RevokeArgs) -> Result<()> {
                 "the CA no longer renews certificates under it, and sidecars refuse them from \
                  their next bundle refresh (its root stays trusted, so the CA names it in the \
                  deny-list it sends with the bundle)"
+            }
+            AuthorityKind::Jwt => {
+                "its public key leaves the bundle's JWT keys, and JWT-SVIDs it signed are \
+                 refused from the validators' next bundle refresh"
             }
         };
         match entry.key_uri.as_deref() {
@@ -448,6 +550,7 @@ fn note(manifest: &Manifest, a: &AuthorityEntry, now: i64) -> String {
             let role = match kind {
                 AuthorityKind::Intermediate => "signs workload certificates",
                 AuthorityKind::Root => "the root of the signing intermediate",
+                AuthorityKind::Jwt => "signs JWT-SVIDs",
             };
             // The running CA warns of the same rotations, judged by the same function.
             match hush_ca::rotation_due(manifest, a, now) {
@@ -476,6 +579,22 @@ fn note(manifest: &Manifest, a: &AuthorityEntry, now: i64) -> String {
                 ),
             }
         }
+        (AuthorityState::Prepared, AuthorityKind::Jwt) => {
+            let published = now - a.prepared_at.unwrap_or(a.not_before);
+            match manifest.jwt_activate_after() {
+                Some(after) if after > now => format!(
+                    "published {} ago; activate after {} (publish wait {})",
+                    span(published),
+                    at(after),
+                    span(seconds(manifest.publish_wait_seconds))
+                ),
+                _ => format!(
+                    "published {} ago; ready: `hush ca activate {}`",
+                    span(published),
+                    a.id.short()
+                ),
+            }
+        }
         (AuthorityState::Prepared, AuthorityKind::Intermediate) => {
             let new_root = a
                 .issuer
@@ -488,9 +607,14 @@ fn note(manifest: &Manifest, a: &AuthorityEntry, now: i64) -> String {
                 "ready: `hush ca activate`".into()
             }
         }
-        (AuthorityState::Old | AuthorityState::Tainted, _) => match manifest.live_until(a) {
+        (AuthorityState::Old | AuthorityState::Tainted, kind) => match manifest.live_until(a) {
             Some(until) if until > now => format!(
-                "certificates under it may live until {}; revoke after that",
+                "{} may live until {}; revoke after that",
+                if kind == AuthorityKind::Jwt {
+                    "tokens it signed"
+                } else {
+                    "certificates under it"
+                },
                 at(until)
             ),
             _ => "nothing issued under it is alive: it can be revoked".into(),

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use hush_ca_client::{CaClient, ClientError};
-use hush_identity::DenyList;
+use hush_identity::{DenyList, JwtKeys};
 use hush_tls::{CredentialStore, TrustStore};
 use rustls_pki_types::CertificateDer;
 
@@ -57,8 +57,31 @@ pub(crate) struct BundleUpdate {
     pub(crate) deny: Option<DenyList>,
     /// The generation of the CA's revocations; replicas can lag, so an older one is ignored.
     pub(crate) deny_generation: u64,
-    /// The CA's JWT keys, a JWK Set (JSON) as sent; empty when it sent none.
-    pub(crate) jwt_keys: Vec<u8>,
+    /// The trust domain's JWT-SVID keys; `None` when the CA sent none (a CA older than
+    /// JWT-SVIDs, or keys that could not be read, which is logged).
+    pub(crate) jwt_keys: Option<JwtKeys>,
+}
+
+/// A JWT-SVID as the CA minted it.
+#[derive(Clone)]
+pub(crate) struct MintedJwt {
+    /// The compact JWS: a bearer credential, never logged.
+    pub(crate) token: String,
+    /// Its subject, as the CA says.
+    pub(crate) spiffe_id: String,
+    /// Its `iat` and `exp`, Unix seconds.
+    pub(crate) issued_at: i64,
+    pub(crate) expires_at: i64,
+}
+
+impl std::fmt::Debug for MintedJwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("MintedJwt")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the CA sent for a certificate request. Nothing here is checked yet.
@@ -213,6 +236,22 @@ impl CaCertifier {
         }
     }
 
+    /// A JWT-SVID for the sidecar's identity and `audience`, asked for over mutual TLS with
+    /// the certificate it holds now (the CA signs for that certificate's SPIFFE ID).
+    pub(crate) async fn mint_jwt_svid(&self, audience: Vec<String>) -> Result<MintedJwt, CaError> {
+        let client =
+            CaClient::with_identity(&self.address, &self.roots(), self.credentials.clone())?;
+        let response = call(client.mint_jwt_svid(audience, None))
+            .await
+            .map_err(|status| self.failed(&status))?;
+        Ok(MintedJwt {
+            token: response.token,
+            spiffe_id: response.spiffe_id,
+            issued_at: response.issued_at_unix,
+            expires_at: response.expires_at_unix,
+        })
+    }
+
     fn roots(&self) -> Vec<CertificateDer<'static>> {
         self.trust.bundle().roots().to_vec()
     }
@@ -245,11 +284,16 @@ impl Certifier for CaCertifier {
         let response = call(client.trust_bundle())
             .await
             .map_err(|status| self.failed(&status))?;
+        let jwt_keys = hush_ca_client::trust_bundle_jwt_keys(&response).unwrap_or_else(|error| {
+            tracing::warn!(%error, "the CA sent JWT keys that cannot be read; keeping the current ones");
+            None
+        });
         let deny = response.deny.map(deny_list).transpose().unwrap_or_else(|error| {
             tracing::warn!(%error, "the CA sent a deny-list that cannot be read; keeping the current one");
             None
         });
         Ok(BundleUpdate {
+            jwt_keys,
             roots: certificates(response.roots),
             generation: response.generation,
             tainted: response.tainted_authorities.into_iter().collect(),
@@ -258,7 +302,6 @@ impl Certifier for CaCertifier {
             ),
             deny,
             deny_generation: response.deny_generation,
-            jwt_keys: response.jwt_keys,
         })
     }
 }

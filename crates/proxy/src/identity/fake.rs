@@ -368,7 +368,7 @@ impl Certifier for FakeCa {
                     renew_spread: state.renew_spread,
                     deny: state.deny.clone(),
                     deny_generation: state.deny_generation,
-                    jwt_keys: Vec::new(),
+                    jwt_keys: None,
                 })
             }
         }
