@@ -1295,6 +1295,35 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn garbage_on_the_socket_is_dropped_and_the_app_still_served() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let served = Served::start().await;
+        served.issue(&[b"leaf"], b"key", "01");
+        for garbage in [
+            &b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"[..],
+            &[0u8; 4096][..],
+            // A preface, then a frame that announces 16 MiB.
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\x01\x04\x00\x00\x00\x01"[..],
+        ] {
+            let mut raw = UnixStream::connect(&served.path).await.unwrap();
+            let _ = raw.write_all(garbage).await;
+            let mut answer = Vec::new();
+            // The server ends the connection; whatever it said first is not read here.
+            let _ = raw.read_to_end(&mut answer).await;
+        }
+        let mut client = served.client().await;
+        let mut svids = client
+            .fetch_x509svid(with_header(pb::X509svidRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            svids.message().await.unwrap().unwrap().svids[0].spiffe_id,
+            ID
+        );
+    }
+
     #[test]
     fn the_socket_replaces_a_stale_socket_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
