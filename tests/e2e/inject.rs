@@ -82,6 +82,22 @@ fn an_injected_pod_is_a_valid_pod_and_injection_is_idempotent() {
     assert_eq!(proxy.admin.probes.len(), 1);
     assert_eq!(proxy.admin.probes[0].path, "/app-health/backend/readiness");
     assert_eq!(proxy.admin.probes[0].http_path.as_deref(), Some("/healthz"));
+    // The Workload API, served in the shared emptyDir that the app sees read-only.
+    assert_eq!(
+        proxy.workload_api.as_ref().unwrap().socket,
+        Path::new("/run/hush/workload/socket")
+    );
+    let app = &pod["spec"]["containers"][0];
+    assert!(
+        app["volumeMounts"].as_array().unwrap().iter().any(|m| m
+            == &serde_json::json!({"name": "hush-workload", "mountPath": "/run/hush/workload", "readOnly": true})),
+        "{app}"
+    );
+    assert!(
+        app["env"].as_array().unwrap().iter().any(|e| e
+            == &serde_json::json!({"name": "SPIFFE_ENDPOINT_SOCKET", "value": "unix:///run/hush/workload/socket"})),
+        "{app}"
+    );
 
     // Sent again (a pod re-admitted with its sidecar), nothing changes.
     let mut again = review.clone();
@@ -109,6 +125,84 @@ fn an_injected_pod_is_a_valid_pod_and_injection_is_idempotent() {
         .output()
         .unwrap();
     assert!(!output.status.success(), "{}", describe_output(&output));
+}
+
+/// Every container of a pod with several (and an init container of its own) finds the Workload
+/// API, but one that names its own socket keeps it; the pod stays valid; a pod that declines
+/// the API gets none of it; a value that is neither is refused, not guessed at.
+#[test]
+fn every_app_container_finds_the_workload_api_unless_the_pod_declines_it() {
+    let temp = tempfile::tempdir().unwrap();
+    let config = temp.path().join("injector.yaml");
+    std::fs::write(
+        &config,
+        "image: ghcr.io/hush-mesh/hush:0.1.0\nca_address: https://hush-ca.hush-system.svc:8443\n",
+    )
+    .unwrap();
+    let mut review: Value = serde_json::from_slice(&std::fs::read(fixture()).unwrap()).unwrap();
+    let object = &mut review["request"]["object"];
+    let mut worker = object["spec"]["containers"][0].clone();
+    worker["name"] = Value::from("worker");
+    worker["env"] = serde_json::json!([
+        {"name": "SPIFFE_ENDPOINT_SOCKET", "value": "unix:///elsewhere/agent.sock"}
+    ]);
+    worker.as_object_mut().unwrap().remove("readinessProbe");
+    worker.as_object_mut().unwrap().remove("ports");
+    object["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(worker);
+    object["spec"]["initContainers"] = serde_json::json!([
+        {"name": "migrate", "image": "migrate:1"}
+    ]);
+    let first = answer(&config, &review, temp.path());
+    assert_eq!(first["response"]["allowed"], true, "{first}");
+    let pod = patched(&review, &first).expect("a patch");
+    let endpoint = |container: &Value| -> Vec<String> {
+        container["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["name"] == "SPIFFE_ENDPOINT_SOCKET")
+            .map(|e| e["value"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let containers = pod["spec"]["containers"].as_array().unwrap();
+    assert_eq!(
+        endpoint(&containers[0]),
+        ["unix:///run/hush/workload/socket"]
+    );
+    assert_eq!(endpoint(&containers[1]), ["unix:///elsewhere/agent.sock"]);
+    let init = pod["spec"]["initContainers"].as_array().unwrap();
+    let names: Vec<&str> = init.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["hush-init", "hush-proxy", "migrate"]);
+    assert_eq!(endpoint(&init[2]), ["unix:///run/hush/workload/socket"]);
+    assert!(endpoint(&init[0]).is_empty(), "not the capture container");
+    if let Some(validator) = kube::validator() {
+        let mut pod = pod.clone();
+        pod["metadata"]["name"] = Value::from("backend-7c9d8f6b5d-x2x9z");
+        let file = temp.path().join("pod.json");
+        std::fs::write(&file, serde_json::to_vec_pretty(&pod).unwrap()).unwrap();
+        kube::validate(&validator, &file);
+    }
+
+    review["request"]["object"]["metadata"]["annotations"] =
+        serde_json::json!({"hush.dev/workload-api": "disabled"});
+    let declined = answer(&config, &review, temp.path());
+    let pod = patched(&review, &declined).expect("a patch");
+    assert!(!pod.to_string().contains("hush-workload"), "{pod}");
+    assert!(!pod.to_string().contains("/run/hush/workload"), "{pod}");
+
+    review["request"]["object"]["metadata"]["annotations"] =
+        serde_json::json!({"hush.dev/workload-api": "maybe"});
+    let refused = answer(&config, &review, temp.path());
+    assert_eq!(refused["response"]["allowed"], false);
+    let message = refused["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("hush.dev/workload-api")
+            && message.contains("neither enabled nor disabled"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -26,3 +26,4 @@ mod policy;
 mod proxy;
 mod rotation;
 mod traces;
+mod workload_api;

@@ -78,6 +78,7 @@ otlp_endpoint: {{ . | quote }}
 {{- end }}
 cpu_request: {{ .Values.proxy.cpu | quote }}
 memory: {{ .Values.proxy.memory | quote }}
+workload_api: {{ .Values.proxy.workloadApi }}
 trust_bundle: |
   {{- include "hush.bundle" . | trim | nindent 2 }}
 {{- end -}}

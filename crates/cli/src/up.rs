@@ -253,6 +253,7 @@ pub(crate) async fn run(args: UpArgs) -> Result<()> {
             limits: Limits::default(),
             access_log: AccessLog::Denied,
             tracing: Default::default(),
+            workload_api: None,
             shutdown_grace: Duration::from_secs(2),
         };
         let inbound = inbound_listeners.remove(&service.name);

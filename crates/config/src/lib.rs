@@ -21,5 +21,5 @@ mod proxy;
 pub use self::proxy::{
     APP_HEALTH_PREFIX, AccessLog, AdminConfig, AppProbe, CaConfig, ConfigError, DefaultPolicy,
     DestinationRule, Identities, InboundConfig, Limits, OutboundConfig, Passthrough, PolicyConfig,
-    Protocol, ProxyConfig, Reattest, TracingConfig, TransparentConfig,
+    Protocol, ProxyConfig, Reattest, TracingConfig, TransparentConfig, WorkloadApiConfig,
 };

@@ -58,6 +58,10 @@ pub struct ProxyConfig {
     /// environment variables take precedence.
     #[serde(default, skip_serializing_if = "is_default")]
     pub tracing: TracingConfig,
+    /// The SPIFFE Workload API served to the app on a Unix socket: its X.509-SVID (with a key
+    /// of its own, never the sidecar's), trust bundles, and JWT-SVIDs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_api: Option<WorkloadApiConfig>,
     /// On SIGTERM (or `POST /shutdown`), how long in-flight requests and connections get to
     /// finish before the sidecar exits anyway.
     #[serde(
@@ -66,6 +70,28 @@ pub struct ProxyConfig {
         with = "duration"
     )]
     pub shutdown_grace: Duration,
+}
+
+/// The SPIFFE Workload API (`workload_api`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadApiConfig {
+    /// The Unix socket the API is served on. Its directory is created when missing; a socket
+    /// left there by an earlier run is replaced (anything else that is not a socket is
+    /// refused); it is made mode 0666, since who may reach it is decided by who may enter its
+    /// directory, and removed at shutdown.
+    pub socket: PathBuf,
+}
+
+// === impl WorkloadApiConfig ===
+
+impl WorkloadApiConfig {
+    /// The API served on `socket`.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+        }
+    }
 }
 
 /// The CA the sidecar attests to.
@@ -466,6 +492,7 @@ impl ProxyConfig {
             limits: Limits::default(),
             access_log: AccessLog::default(),
             tracing: TracingConfig::default(),
+            workload_api: None,
             shutdown_grace: defaults::shutdown_grace(),
         }
     }
@@ -502,6 +529,9 @@ impl ProxyConfig {
         }
         if let Some(policy) = &mut config.policy {
             policy.path = base.join(&policy.path);
+        }
+        if let Some(api) = &mut config.workload_api {
+            api.socket = base.join(&api.socket);
         }
         Ok(config)
     }
@@ -561,6 +591,10 @@ impl ProxyConfig {
                 "inbound",
                 "nothing to proxy: configure inbound, outbound or transparent".to_string(),
             ));
+        }
+
+        if let Some(api) = &self.workload_api {
+            check_socket_path(&api.socket).map_err(|p| invalid("workload_api.socket", p))?;
         }
 
         for (i, probe) in self.admin.probes.iter().enumerate() {
@@ -697,6 +731,23 @@ impl ProxyConfig {
         }
         Ok(())
     }
+}
+
+/// The longest path a Unix socket can be bound at (`sun_path` holds 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+fn check_socket_path(path: &Path) -> Result<(), String> {
+    if path.file_name().is_none() {
+        return Err(format!("{} names no file", path.display()));
+    }
+    let length = path.as_os_str().len();
+    if length > MAX_SOCKET_PATH {
+        return Err(format!(
+            "{} is {length} bytes long; a Unix socket's path may be at most {MAX_SOCKET_PATH}",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 fn check_ca_address(address: &str) -> Result<(), String> {
@@ -1035,7 +1086,26 @@ outbound:
     /// One row per mistake a user can make: the YAML, and words the error must contain.
     #[test]
     fn mistakes_are_named() {
+        let long_socket = format!("/{}", "s".repeat(107));
+        let long_socket = format!(
+            "ca: {{address: https://localhost:8443, trust_bundle: b, token_file: t}}\n\
+             inbound: {{listen: 127.0.0.1:1, app: 127.0.0.1:2}}\n\
+             workload_api: {{socket: {long_socket}}}"
+        );
         let cases: &[(&str, &[&str])] = &[
+            (
+                "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\
+                 inbound: {listen: 127.0.0.1:1, app: 127.0.0.1:2}\n\
+                 workload_api: {socket: /run/s, mode: 0600}",
+                &["unknown field", "mode"],
+            ),
+            (
+                "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t}\n\
+                 inbound: {listen: 127.0.0.1:1, app: 127.0.0.1:2}\n\
+                 workload_api: {socket: /}",
+                &["workload_api.socket", "names no file"],
+            ),
+            (&long_socket, &["workload_api.socket", "at most 107"]),
             (
                 "ca: {address: https://localhost:8443, trust_bundle: b, token_file: t, tokn: x}",
                 &["unknown field", "tokn"],
@@ -1398,6 +1468,9 @@ outbound:
                 otlp_endpoint: Some("http://127.0.0.1:4317".into()),
                 service_name: Some("hush-proxy".into()),
             },
+            workload_api: Some(WorkloadApiConfig {
+                socket: "workload.sock".into(),
+            }),
             shutdown_grace: second,
         };
         let written: serde_json::Value =

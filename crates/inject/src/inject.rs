@@ -18,6 +18,10 @@
 //!   the pod's namespace is mounted. An `emptyDir` keeps the last bundle the sidecar took from
 //!   the CA (`ca.bundle_cache`), so that a sidecar restarted after a root rotation does not
 //!   fall back to the pod's frozen annotation.
+//! * the SPIFFE Workload API, unless the pod says `hush.dev/workload-api: disabled`: an
+//!   `emptyDir` (`hush-workload`) the sidecar serves the API's socket in, mounted read-only
+//!   into every app container at `/run/hush/workload`, and `SPIFFE_ENDPOINT_SOCKET` set in
+//!   each one that does not set it, so SPIFFE client libraries find it unconfigured.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -25,7 +29,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use base64::Engine as _;
 use hush_config::{
     APP_HEALTH_PREFIX, AppProbe, CaConfig, InboundConfig, PolicyConfig, ProxyConfig,
-    TransparentConfig,
+    TransparentConfig, WorkloadApiConfig,
 };
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{
@@ -60,6 +64,13 @@ pub const PROXY_CPU: &str = "hush.dev/proxy-cpu";
 pub const PROXY_MEMORY: &str = "hush.dev/proxy-memory";
 /// The sidecar's log filter (e.g. `debug`).
 pub const LOG_LEVEL: &str = "hush.dev/log-level";
+/// Whether the sidecar serves the SPIFFE Workload API to the pod's containers: `enabled` or
+/// `disabled`; without it, the injector's `workload_api` (true unless configured otherwise).
+pub const WORKLOAD_API: &str = "hush.dev/workload-api";
+/// Where the Workload API's socket is, in the sidecar and in every app container.
+pub const WORKLOAD_API_DIR: &str = "/run/hush/workload";
+/// The variable SPIFFE client libraries read the Workload API's address from.
+pub const SPIFFE_ENDPOINT_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
 /// The sidecar container's name.
 pub const PROXY_CONTAINER: &str = "hush-proxy";
 /// The capture init container's name.
@@ -126,9 +137,16 @@ pub struct InjectorConfig {
     /// The sidecar's memory request (and limit).
     #[serde(default = "defaults::memory")]
     pub memory: String,
+    /// Whether sidecars serve the SPIFFE Workload API to their pods unless a pod says
+    /// otherwise (`hush.dev/workload-api`). Default: true.
+    #[serde(default = "defaults::workload_api")]
+    pub workload_api: bool,
 }
 
 mod defaults {
+    pub(super) fn workload_api() -> bool {
+        true
+    }
     pub(super) fn bundle_configmap() -> String {
         "hush-trust-bundle".into()
     }
@@ -296,6 +314,17 @@ pub fn mutate(pod: &Pod, config: &InjectorConfig) -> Result<Outcome, InjectError
         }
     }
     let log_level = setting(LOG_LEVEL).unwrap_or(&config.log_level).to_string();
+    let workload_api = match setting(WORKLOAD_API) {
+        None => config.workload_api,
+        Some("enabled") => true,
+        Some("disabled") => false,
+        Some(other) => {
+            return Err(InjectError {
+                annotation: WORKLOAD_API,
+                message: format!("{other:?} is neither enabled nor disabled"),
+            });
+        }
+    };
 
     // The app's first declared port serves connections made to the inbound port directly.
     let app_port = spec
@@ -307,7 +336,14 @@ pub fn mutate(pod: &Pod, config: &InjectorConfig) -> Result<Outcome, InjectError
     let mut injected = pod.clone();
     let spec = injected.spec.get_or_insert_with(Default::default);
     let probes = rewrite_probes(&mut spec.containers, config.admin_port);
-    let proxy_config = proxy_config(config, app_port, probes)
+    if workload_api {
+        share_workload_api(&mut spec.containers);
+        // The pod's own init containers run once the sidecar is ready: they may use it too.
+        if let Some(init) = &mut spec.init_containers {
+            share_workload_api(init);
+        }
+    }
+    let proxy_config = proxy_config(config, app_port, probes, workload_api)
         .to_yaml()
         .map_err(|e| InjectError {
             annotation: CONFIG_ANNOTATION,
@@ -322,12 +358,15 @@ pub fn mutate(pod: &Pod, config: &InjectorConfig) -> Result<Outcome, InjectError
     }
     let spec = injected.spec.get_or_insert_with(Default::default);
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
-    volumes.extend(sidecar_volumes(config));
+    volumes.extend(sidecar_volumes(config, workload_api));
     let init = spec.init_containers.get_or_insert_with(Vec::new);
     // First the capture rules, then the sidecar, then the pod's own init containers (which
     // may already need the mesh).
     init.insert(0, init_container(config, &capture));
-    init.insert(1, proxy_container(config, &cpu, &memory, &log_level));
+    init.insert(
+        1,
+        proxy_container(config, &cpu, &memory, &log_level, workload_api),
+    );
     Ok(Outcome::Injected(Box::new(injected)))
 }
 
@@ -480,7 +519,12 @@ fn rewrite_probes(containers: &mut [Container], admin_port: u16) -> Vec<AppProbe
 /// The sidecar's configuration (see `examples/proxy/reference.yaml`): its listeners on every
 /// address at the injector's ports, the token and bundle where the pod's volumes put them, and
 /// the policy ConfigMap when there is one.
-fn proxy_config(config: &InjectorConfig, app_port: u16, probes: Vec<AppProbe>) -> ProxyConfig {
+fn proxy_config(
+    config: &InjectorConfig,
+    app_port: u16,
+    probes: Vec<AppProbe>,
+    workload_api: bool,
+) -> ProxyConfig {
     let every_address = |port: u16| SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
     let mut proxy = ProxyConfig::new(CaConfig {
         // The annotation's bundle is frozen when the pod is made; after a root rotation a
@@ -509,10 +553,43 @@ fn proxy_config(config: &InjectorConfig, app_port: u16, probes: Vec<AppProbe>) -
             ..PolicyConfig::new(POLICY_DIR)
         });
     }
+    if workload_api {
+        proxy.workload_api = Some(WorkloadApiConfig::new(format!("{WORKLOAD_API_DIR}/socket")));
+    }
     proxy
 }
 
-fn sidecar_volumes(config: &InjectorConfig) -> Vec<Volume> {
+/// Mounts the Workload API's directory read-only into `containers` and points
+/// `SPIFFE_ENDPOINT_SOCKET` at its socket. Read-only: an app can connect to the socket (a
+/// socket is not written through its file), but cannot replace it with one of its own for
+/// the pod's other containers. A container that mounts something at that path already, or
+/// sets the variable itself, keeps its own.
+fn share_workload_api(containers: &mut [Container]) {
+    for container in containers {
+        let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
+        if !mounts
+            .iter()
+            .any(|m| m.mount_path.trim_end_matches('/') == WORKLOAD_API_DIR)
+        {
+            mounts.push(VolumeMount {
+                name: "hush-workload".into(),
+                mount_path: WORKLOAD_API_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+        let env = container.env.get_or_insert_with(Vec::new);
+        if !env.iter().any(|e| e.name == SPIFFE_ENDPOINT_SOCKET) {
+            env.push(EnvVar {
+                name: SPIFFE_ENDPOINT_SOCKET.into(),
+                value: Some(format!("unix://{WORKLOAD_API_DIR}/socket")),
+                ..Default::default()
+            });
+        }
+    }
+}
+
+fn sidecar_volumes(config: &InjectorConfig, workload_api: bool) -> Vec<Volume> {
     let mut volumes = vec![
         Volume {
             name: "hush-token".into(),
@@ -551,6 +628,17 @@ fn sidecar_volumes(config: &InjectorConfig) -> Vec<Volume> {
             ..Default::default()
         },
     ];
+    if workload_api {
+        volumes.push(Volume {
+            name: "hush-workload".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                // Only a socket lives here.
+                size_limit: Some(Quantity("1Mi".into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     if let Some(policy) = &config.policy_configmap {
         volumes.push(Volume {
             name: "hush-policy".into(),
@@ -673,7 +761,13 @@ fn proxy_env(config: &InjectorConfig, log_level: &str) -> Vec<EnvVar> {
     env
 }
 
-fn proxy_container(config: &InjectorConfig, cpu: &str, memory: &str, log_level: &str) -> Container {
+fn proxy_container(
+    config: &InjectorConfig,
+    cpu: &str,
+    memory: &str,
+    log_level: &str,
+    workload_api: bool,
+) -> Container {
     let admin_probe = |path: &str, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -701,6 +795,13 @@ fn proxy_container(config: &InjectorConfig, cpu: &str, memory: &str, log_level: 
     ];
     if config.policy_configmap.is_some() {
         mounts.push(mount("hush-policy", POLICY_DIR));
+    }
+    if workload_api {
+        // The sidecar makes the socket here.
+        mounts.push(VolumeMount {
+            read_only: Some(false),
+            ..mount("hush-workload", WORKLOAD_API_DIR)
+        });
     }
     let uid = i64::from(config.proxy_uid);
     Container {
@@ -894,6 +995,7 @@ mod tests {
                 "hush-bundle",
                 "hush-config",
                 "hush-state",
+                "hush-workload",
                 "hush-policy"
             ]
         );
@@ -939,6 +1041,131 @@ mod tests {
         let policy = proxy.policy.as_ref().unwrap();
         assert_eq!(policy.path, Path::new("/etc/hush/policy"));
         assert!(policy.optional);
+
+        // The Workload API: the sidecar serves it in the shared directory, the app finds it.
+        assert_eq!(
+            proxy.workload_api.as_ref().unwrap().socket,
+            Path::new("/run/hush/workload/socket")
+        );
+        let sidecar_mount = init[1]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "hush-workload")
+            .unwrap();
+        assert_eq!(sidecar_mount.mount_path, WORKLOAD_API_DIR);
+        assert_eq!(sidecar_mount.read_only, Some(false));
+        let app = &spec.containers[0];
+        let app_mount = app
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "hush-workload")
+            .unwrap();
+        assert_eq!(app_mount.mount_path, WORKLOAD_API_DIR);
+        assert_eq!(
+            app_mount.read_only,
+            Some(true),
+            "the app cannot replace the socket"
+        );
+        let endpoint = app
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == SPIFFE_ENDPOINT_SOCKET)
+            .unwrap();
+        assert_eq!(
+            endpoint.value.as_deref(),
+            Some("unix:///run/hush/workload/socket")
+        );
+    }
+
+    #[test]
+    fn the_workload_api_can_be_declined_and_an_apps_own_settings_are_kept() {
+        let (_, pod) = admit(&request(|object| {
+            object["metadata"]["annotations"] = serde_json::json!({WORKLOAD_API: "disabled"});
+        }));
+        let pod = pod.unwrap();
+        let spec = pod.spec.as_ref().unwrap();
+        assert!(
+            !spec
+                .volumes
+                .iter()
+                .flatten()
+                .any(|v| v.name == "hush-workload")
+        );
+        assert!(
+            spec.containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+                .flat_map(|c| c.volume_mounts.iter().flatten())
+                .all(|m| m.name != "hush-workload")
+        );
+        assert!(
+            spec.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .all(|e| e.name != SPIFFE_ENDPOINT_SOCKET)
+        );
+        let yaml = &pod.metadata.annotations.as_ref().unwrap()[CONFIG_ANNOTATION];
+        let proxy = ProxyConfig::from_yaml(yaml, CONFIG_ANNOTATION, Path::new(CONFIG_DIR)).unwrap();
+        assert_eq!(proxy.workload_api, None);
+
+        // A container that sets the variable, or mounts the path, keeps its own.
+        let (_, pod) = admit(&request(|object| {
+            let app = &mut object["spec"]["containers"][0];
+            app["env"] = serde_json::json!([
+                {"name": SPIFFE_ENDPOINT_SOCKET, "value": "unix:///elsewhere/socket"}
+            ]);
+            app["volumeMounts"] = serde_json::json!([
+                {"name": "own", "mountPath": "/run/hush/workload/"}
+            ]);
+        }));
+        let pod = pod.unwrap();
+        let app = &pod.spec.as_ref().unwrap().containers[0];
+        let env: Vec<_> = app
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == SPIFFE_ENDPOINT_SOCKET)
+            .collect();
+        assert_eq!(env.len(), 1);
+        assert_eq!(env[0].value.as_deref(), Some("unix:///elsewhere/socket"));
+        let mounts: Vec<_> = app
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(mounts, ["own"]);
+
+        // A cluster that serves it only where asked: the pod's annotation decides.
+        let mut off = config();
+        off.workload_api = false;
+        let fixture = fixture_pod();
+        let Outcome::Injected(pod) = mutate(&fixture, &off).unwrap() else {
+            panic!("injected")
+        };
+        assert!(
+            !serde_json::to_string(&pod)
+                .unwrap()
+                .contains("hush-workload")
+        );
+        let mut asking = fixture;
+        asking
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(WORKLOAD_API.into(), "enabled".into());
+        let Outcome::Injected(pod) = mutate(&asking, &off).unwrap() else {
+            panic!("injected")
+        };
+        assert!(
+            serde_json::to_string(&pod)
+                .unwrap()
+                .contains("hush-workload")
+        );
     }
 
     #[test]
@@ -1129,6 +1356,7 @@ mod tests {
             (EXCLUDE_INBOUND_PORTS, "22,ssh", "\"ssh\" is not a port"),
             (EXCLUDE_INBOUND_PORTS, "15006", "is the inbound port"),
             (PROXY_MEMORY, "lots", "not a Kubernetes quantity"),
+            (WORKLOAD_API, "yes please", "neither enabled nor disabled"),
         ] {
             let (answer, pod) = admit(&request(|object| {
                 object["metadata"]["annotations"] = serde_json::json!({annotation: value});

@@ -16,6 +16,7 @@ mod iptables;
 pub use self::inject::{
     BUNDLE_ANNOTATION, CONFIG_ANNOTATION, EXCLUDE_INBOUND_PORTS, EXCLUDE_OUTBOUND_PORTS,
     INIT_CONTAINER, INJECT_KEY, InjectError, InjectorConfig, InjectorConfigError, LOG_LEVEL,
-    Outcome, PROXY_CONTAINER, PROXY_CPU, PROXY_MEMORY, STATUS_ANNOTATION, mutate, review,
+    Outcome, PROXY_CONTAINER, PROXY_CPU, PROXY_MEMORY, SPIFFE_ENDPOINT_SOCKET, STATUS_ANNOTATION,
+    WORKLOAD_API, WORKLOAD_API_DIR, mutate, review,
 };
 pub use self::iptables::{CHAINS, CaptureError, CaptureRules, Family};

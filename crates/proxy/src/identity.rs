@@ -22,6 +22,12 @@
 //! the token instead of the certificate, as Istio's agents do; otherwise the token is sent only
 //! when the CA refuses the certificate, which it does once the identity was last attested
 //! longer ago than its `--reattest-after`.
+//!
+//! When the sidecar serves the SPIFFE Workload API, the manager also keeps the app's own
+//! X.509-SVID: after each certificate of its own, a second one for the same SPIFFE ID with a
+//! key of its own (made here, in memory, handed to the app and to nobody else), renewed with
+//! the sidecar's certificate over mutual TLS. It publishes that, and the bundles the app is
+//! told of, on [`WorkloadFeed`]'s `watch` channels.
 
 mod certifier;
 mod error;
@@ -30,7 +36,7 @@ mod fake;
 #[cfg(test)]
 mod lifecycle_tests;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -44,7 +50,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::{Instrument, debug, info, warn};
 
-use self::certifier::{BundleUpdate, CaCertifier, CaError, Certifier, FederatedDomain, Issued};
+use self::certifier::{BundleUpdate, Certifier, FederatedDomain, Issued};
+pub(crate) use self::certifier::{CaCertifier, CaError, MintedJwt};
 use self::error::AttemptError;
 use crate::clock::{system_time, unix_seconds};
 use crate::config::{CaConfig, Reattest};
@@ -132,6 +139,127 @@ pub struct Svid {
     pub chain: Vec<CertificateDer<'static>>,
 }
 
+/// The app's own X.509-SVID, handed out by the Workload API: the sidecar's SPIFFE ID, another
+/// key. A key the app holds can leak with the app; it never was the sidecar's.
+#[derive(Clone)]
+pub(crate) struct AppSvid {
+    /// The identity it proves (the sidecar's).
+    pub(crate) spiffe_id: SpiffeId,
+    /// Serial number, lowercase hex (logged; the key never is).
+    pub(crate) serial: String,
+    /// End of validity.
+    pub(crate) not_after: SystemTime,
+    /// Leaf first, then intermediates.
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    /// The private key, PKCS#8 DER.
+    pub(crate) key: Arc<PrivatePkcs8KeyDer<'static>>,
+}
+
+impl std::fmt::Debug for AppSvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("AppSvid")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("serial", &self.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bundles the Workload API hands out: the mesh's own trust domain's, and (once
+/// federation lands) those of the federated trust domains.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct WorkloadBundles {
+    /// The mesh's trust domain.
+    pub(crate) trust_domain: hush_identity::TrustDomain,
+    /// Its X.509 roots.
+    pub(crate) roots: Vec<CertificateDer<'static>>,
+    /// Its JWT keys; `None` until the CA sent any.
+    pub(crate) jwt_keys: Option<hush_identity::JwtKeys>,
+    /// The federated trust domains' bundles, by trust domain name: those the trust store
+    /// holds (`TrustStore::federate`), with the JWT keys the CA sent for each.
+    pub(crate) federated: BTreeMap<String, FederatedBundle>,
+}
+
+/// A federated trust domain's bundle, as the Workload API hands it out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FederatedBundle {
+    /// Its X.509 roots.
+    pub(crate) roots: Vec<CertificateDer<'static>>,
+    /// Its JWT keys, when it has any.
+    pub(crate) jwt_keys: Option<hush_identity::JwtKeys>,
+}
+
+/// What the identity manager tells the Workload API, on `watch` channels: every change is
+/// seen by every stream, and a stream that starts reads the latest at once.
+#[derive(Clone, Debug)]
+pub(crate) struct WorkloadFeed {
+    /// The app's X.509-SVID; `None` until the first one is issued.
+    pub(crate) svid: watch::Sender<Option<Arc<AppSvid>>>,
+    /// The bundles.
+    pub(crate) bundles: watch::Sender<Arc<WorkloadBundles>>,
+}
+
+// === impl WorkloadFeed ===
+
+impl WorkloadFeed {
+    /// A feed with no SVID yet and the bundle `trust` holds now.
+    pub(crate) fn new(trust: &TrustStore) -> Self {
+        let bundle = trust.bundle();
+        let (svid, _) = watch::channel(None);
+        let (bundles, _) = watch::channel(Arc::new(WorkloadBundles {
+            trust_domain: bundle.trust_domain().clone(),
+            roots: bundle.roots().to_vec(),
+            jwt_keys: None,
+            federated: Default::default(),
+        }));
+        Self { svid, bundles }
+    }
+
+    /// Publishes the roots `trust` holds now and, when given, the JWT keys; streams hear of it
+    /// only when something changed.
+    fn publish_bundles(
+        &self,
+        trust: &TrustStore,
+        jwt_keys: Option<hush_identity::JwtKeys>,
+        federated_jwt: Option<&BTreeMap<String, hush_identity::JwtKeys>>,
+    ) {
+        let roots = trust.bundle().roots().to_vec();
+        let federated_roots = trust.federated_bundles();
+        self.bundles.send_if_modified(|current| {
+            // The federated domains in force in the trust store (those the verifiers accept),
+            // with the JWT keys the CA sent for each (those already published, for `None`).
+            let federated: BTreeMap<String, FederatedBundle> = federated_roots
+                .iter()
+                .map(|bundle| {
+                    let name = bundle.trust_domain().to_string();
+                    let jwt_keys = match federated_jwt {
+                        Some(sent) => sent.get(&name).cloned(),
+                        None => current
+                            .federated
+                            .get(&name)
+                            .and_then(|known| known.jwt_keys.clone()),
+                    };
+                    let roots = bundle.roots().to_vec();
+                    (name, FederatedBundle { roots, jwt_keys })
+                })
+                .collect();
+            let jwt_keys = jwt_keys.or_else(|| current.jwt_keys.clone());
+            if current.roots == roots
+                && current.jwt_keys == jwt_keys
+                && current.federated == federated
+            {
+                return false;
+            }
+            let mut next = WorkloadBundles::clone(current);
+            next.roots = roots;
+            next.jwt_keys = jwt_keys;
+            next.federated = federated;
+            *current = Arc::new(next);
+            true
+        });
+    }
+}
+
 /// What the sidecar knows of its identity, published to the admin server and the listeners.
 #[derive(Clone, Debug, Default)]
 pub struct IdentityStatus {
@@ -208,6 +336,8 @@ pub(crate) struct IdentityManager<C = CaCertifier, K = SystemClock> {
     credentials: CredentialStore,
     status: watch::Sender<IdentityStatus>,
     metrics: Metrics,
+    /// Where the app's SVID and bundles go, when the sidecar serves the Workload API.
+    workload: Option<WorkloadFeed>,
 }
 
 // === impl IdentityManager ===
@@ -257,7 +387,15 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
             credentials,
             status,
             metrics,
+            workload: None,
         }
+    }
+
+    /// Also obtains the app's X.509-SVID after each certificate of the sidecar's, and
+    /// publishes it and the bundles on `feed`.
+    pub(crate) fn with_workload_feed(mut self, feed: WorkloadFeed) -> Self {
+        self.workload = Some(feed);
+        self
     }
 
     /// Runs until `stop` is cancelled: first certificate, renewals, bundle refreshes.
@@ -269,6 +407,7 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
             self.trust.clone(),
             self.metrics.clone(),
             advice_tx,
+            self.workload.clone(),
             stop.clone(),
         ));
         let mut backoff = MIN_BACKOFF;
@@ -279,9 +418,32 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
         // Renewals in a row that came back under a tainted authority (a replica that has not
         // reloaded): each waits twice as long as the one before, up to the usual backoff's cap.
         let mut tainted_streak: u32 = 0;
+        // When the app's SVID is to be obtained again after a failure, and how long the next
+        // failure waits.
+        let mut app_due: Option<tokio::time::Instant> = None;
+        let mut app_backoff = MIN_BACKOFF;
         loop {
+            let wake = app_due.map_or(next_attempt, |due| due.min(next_attempt));
             tokio::select! {
-                () = tokio::time::sleep_until(next_attempt) => {}
+                () = tokio::time::sleep_until(wake) => {
+                    if let Some(due) = app_due
+                        && due <= tokio::time::Instant::now()
+                        && next_attempt > tokio::time::Instant::now()
+                    {
+                        let own = self.status.borrow().svid.clone();
+                        if let Some(own) = own {
+                            let done = tokio::select! {
+                                done = self.app_svid(&own) => done,
+                                () = stop.cancelled() => break,
+                            };
+                            app_due = (!done).then(|| tokio::time::Instant::now() + round_to_millis(jittered(app_backoff, 0.2)));
+                            app_backoff = if done { MIN_BACKOFF } else { (app_backoff * 2).min(MAX_BACKOFF) };
+                        } else {
+                            app_due = None;
+                        }
+                        continue;
+                    }
+                }
                 Ok(()) = advice.changed() => {
                     let advice = advice.borrow_and_update().clone();
                     let current = self.status.borrow().svid.clone();
@@ -375,10 +537,26 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
                         expires = %humantime::format_rfc3339_seconds(svid.not_after),
                         "{done} the workload certificate"
                     );
+                    let svid = Arc::new(svid);
                     self.status.send_replace(IdentityStatus {
-                        svid: Some(Arc::new(svid)),
+                        svid: Some(svid.clone()),
                         last_error: None,
                     });
+                    if self.workload.is_some() {
+                        // On the same schedule as the sidecar's: right after it.
+                        let done = tokio::select! {
+                            done = self.app_svid(&svid) => done,
+                            () = stop.cancelled() => break,
+                        };
+                        app_backoff = MIN_BACKOFF;
+                        app_due = (!done).then(|| {
+                            tokio::time::Instant::now()
+                                + round_to_millis(jittered(app_backoff, 0.2))
+                        });
+                        if !done {
+                            app_backoff = (app_backoff * 2).min(MAX_BACKOFF);
+                        }
+                    }
                 }
                 Err(error) => {
                     self.metrics.renewal(false);
@@ -457,6 +635,9 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
                 roots,
                 None,
             );
+            if let Some(feed) = &self.workload {
+                feed.publish_bundles(&self.trust, None, None);
+            }
         }
         // The identity never changes while the sidecar runs.
         let expected = match current {
@@ -471,6 +652,69 @@ impl<C: Certifier, K: Clock> IdentityManager<C, K> {
             )
             .map_err(AttemptError::Unusable)?;
         Ok(svid)
+    }
+
+    /// Obtains a new X.509-SVID for the app, with a key of its own, and publishes it: whether
+    /// that worked. A failure is logged; the app keeps the SVID it has until the next try.
+    async fn app_svid(&self, own: &Svid) -> bool {
+        let Some(feed) = &self.workload else {
+            return true;
+        };
+        match self.app_attempt(own).await {
+            Ok(svid) => {
+                info!(
+                    spiffe_id = %svid.spiffe_id,
+                    serial = %svid.serial,
+                    expires = %humantime::format_rfc3339_seconds(svid.not_after),
+                    "obtained the app's X.509-SVID for the Workload API"
+                );
+                feed.svid.send_replace(Some(Arc::new(svid)));
+                true
+            }
+            Err(error) => {
+                warn!(
+                    "cannot obtain the app's X.509-SVID for the Workload API; the app keeps the one it has: {error}"
+                );
+                false
+            }
+        }
+    }
+
+    /// One attempt at the app's SVID: a renewal with the sidecar's certificate `own` (mutual
+    /// TLS), for a key made now; the token if the CA refuses the renewal.
+    async fn app_attempt(&self, own: &Svid) -> Result<AppSvid, AttemptError> {
+        let key = rcgen::KeyPair::generate().map_err(AttemptError::KeyPair)?;
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .map_err(AttemptError::Csr)?
+            .der()
+            .to_vec();
+        let issued = match self.certifier.renew(csr.clone()).await {
+            Ok(issued) => issued,
+            Err(CaError::Client(e)) => return Err(AttemptError::Client(e)),
+            Err(e) if e.is_unavailable() => return Err(AttemptError::RenewalUnavailable(e)),
+            Err(renewal) => {
+                self.with_token(csr)
+                    .await
+                    .map_err(|token| AttemptError::RenewalThenToken {
+                        renewal,
+                        token: Box::new(token),
+                    })?
+            }
+        };
+        let checked = check_issued(
+            &self.trust,
+            ExpectedServer::OneOf(vec![own.spiffe_id.clone()]),
+            &issued.chain,
+            self.clock.now(),
+        )?;
+        Ok(AppSvid {
+            spiffe_id: checked.spiffe_id,
+            serial: checked.serial,
+            not_after: checked.not_after,
+            chain: checked.chain,
+            key: Arc::new(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        })
     }
 
     /// Whether renewals send the token: `ca.reattest`, or when unset, what the token file
@@ -586,17 +830,28 @@ async fn refresh_bundle<C: Certifier>(
     trust: TrustStore,
     metrics: Metrics,
     advice: watch::Sender<Advice>,
+    workload: Option<WorkloadFeed>,
     stop: CancellationToken,
 ) {
+    // The Workload API hands out the JWT keys, which only the bundle brings: fetched at once
+    // then, not a refresh interval after the start.
+    let mut wait = if workload.is_some() {
+        Duration::ZERO
+    } else {
+        ca.bundle_refresh
+    };
     let mut newest = 0;
     // The deny-list has a generation of its own: a replica can be current on one and lag on
     // the other.
     let mut newest_deny = 0;
+    // The federated domains' JWT keys, for the Workload API, as the CA last sent them.
+    let mut federated_jwt = BTreeMap::new();
     loop {
         tokio::select! {
-            () = tokio::time::sleep(ca.bundle_refresh) => {}
+            () = tokio::time::sleep(wait) => {}
             () = stop.cancelled() => return,
         }
+        wait = ca.bundle_refresh;
         match certifier.trust_bundle().await {
             Ok(update) if update.generation < newest => {
                 debug!(
@@ -611,8 +866,7 @@ async fn refresh_bundle<C: Certifier>(
                 renew_spread,
                 deny,
                 deny_generation,
-                // Kept for the Workload API's JWT validation; the X.509 side has no use for them.
-                jwt_keys: _,
+                jwt_keys,
                 federated,
             }) => {
                 newest = generation;
@@ -633,7 +887,11 @@ async fn refresh_bundle<C: Certifier>(
                 };
                 apply_bundle(&trust, &metrics, ca.bundle_cache.as_deref(), roots, deny);
                 if let Some(federated) = federated {
+                    federated_jwt = federated_jwt_keys(&federated);
                     apply_federated(&trust, federated);
+                }
+                if let Some(feed) = &workload {
+                    feed.publish_bundles(&trust, jwt_keys, Some(&federated_jwt));
                 }
                 let next = Advice {
                     tainted: Arc::new(tainted),
@@ -703,6 +961,25 @@ fn apply_bundle(
         Ok(false) => {}
         Err(e) => warn!(error = %e, "refused the CA's trust bundle; keeping the current one"),
     }
+}
+
+/// The JWT keys of each federated trust domain the CA sent, by name. A domain that publishes
+/// none, or whose keys cannot be read (logged), has no entry: its JWT-SVIDs are then refused.
+fn federated_jwt_keys(federated: &[FederatedDomain]) -> BTreeMap<String, hush_identity::JwtKeys> {
+    federated
+        .iter()
+        .filter(|domain| !domain.0.jwt_keys.is_empty())
+        .filter_map(|domain| {
+            let name = domain.0.trust_domain.to_string();
+            match hush_identity::JwtKeys::from_json(&domain.0.jwt_keys) {
+                Ok(keys) => Some((name, keys)),
+                Err(error) => {
+                    warn!(trust_domain = %name, %error, "the CA sent JWT keys of a federated trust domain that cannot be read; its JWT-SVIDs are refused");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// Puts the federated trust domains the CA sent in force: a peer of one of them verifies

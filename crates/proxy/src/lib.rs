@@ -15,6 +15,8 @@
 //! * **transparent** — connections redirected by iptables, dialled at their original
 //!   destination, or passed through when the destination is outside the mesh.
 //! * **admin** — `/live`, `/ready`, `/metrics`, `/certs`, `POST /shutdown`.
+//! * **workload API** — the SPIFFE Workload API on a Unix socket, for an app that does its own
+//!   mTLS or wants JWT-SVIDs: the app's X.509-SVID (a key of its own), bundles, JWT-SVIDs.
 //!
 //! HTTP/1.1 (with upgrades such as WebSocket), HTTP/2 (gRPC) and opaque TCP are told apart by
 //! their first bytes ([`detect`]) or set per listener.
@@ -52,6 +54,7 @@ mod proxy;
 mod serve;
 mod tls;
 mod trace;
+mod workload_api;
 
 pub use self::admin::LogControl;
 pub use self::detect::{Detected, detect};
@@ -63,7 +66,7 @@ pub use self::proxy::{Proxy, ProxyAddresses, ProxyError, check_policy, load_trus
 pub use hush_config::{
     APP_HEALTH_PREFIX, AccessLog, AdminConfig, AppProbe, CaConfig, ConfigError, DefaultPolicy,
     DestinationRule, Identities, InboundConfig, Limits, OutboundConfig, Passthrough, PolicyConfig,
-    Protocol, ProxyConfig, Reattest, TracingConfig, TransparentConfig,
+    Protocol, ProxyConfig, Reattest, TracingConfig, TransparentConfig, WorkloadApiConfig,
 };
 
 #[cfg(test)]
@@ -82,7 +85,7 @@ mod tests {
         &["metrics"],
         &["io", "trace", "policy"],
         &["access", "detect", "ending", "connect", "identity"],
-        &["http"],
+        &["http", "workload_api"],
         &["serve"],
         // The two sides know nothing of each other.
         &["inbound", "outbound"],

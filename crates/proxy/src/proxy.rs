@@ -16,13 +16,14 @@ use crate::admin::{Admin, LogControl};
 use crate::config::{ConfigError, ProxyConfig};
 use crate::headers::ProtectedHeaders;
 use crate::http::{Forward, HttpVersion};
-use crate::identity::{IdentityManager, IdentityStatus};
+use crate::identity::{CaCertifier, IdentityManager, IdentityStatus, WorkloadFeed};
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::{OutboundShared, Route, Transparent, run_explicit};
 use crate::policy::{PolicyEnforcer, PolicyLoadError};
 use crate::serve::{Lifecycle, PerAddress, Throttle};
 use crate::tls::{MeshConnector, Target, inbound_acceptor};
+use crate::workload_api::{WorkloadApi, WorkloadSocket};
 
 /// The sidecar could not start.
 #[non_exhaustive]
@@ -55,6 +56,9 @@ pub enum ProxyError {
     /// The identity policy was refused.
     #[error(transparent)]
     Policy(#[from] PolicyLoadError),
+    /// The Workload API's socket could not be made.
+    #[error("{0}")]
+    WorkloadApi(String),
 }
 
 /// Where a bound sidecar listens (port 0 in the configuration resolved to real ports).
@@ -82,6 +86,7 @@ pub struct Proxy {
     inbound: Option<TcpListener>,
     outbound: Vec<TcpListener>,
     transparent: Option<TcpListener>,
+    workload_api: Option<WorkloadSocket>,
     shutdown_requested: CancellationToken,
     logging: Option<Arc<dyn LogControl>>,
 }
@@ -139,6 +144,13 @@ impl Proxy {
             Some(cfg) => Some(bind("transparent.listen", cfg.listen).await?),
             None => None,
         };
+        let workload_api = match &config.workload_api {
+            Some(api) => Some(
+                WorkloadSocket::bind(&api.socket)
+                    .map_err(|e| ProxyError::WorkloadApi(e.to_string()))?,
+            ),
+            None => None,
+        };
         let (status, _) = watch::channel(IdentityStatus::default());
         Ok(Self {
             config,
@@ -151,6 +163,7 @@ impl Proxy {
             inbound,
             outbound,
             transparent,
+            workload_api,
             shutdown_requested: CancellationToken::new(),
             logging: None,
         })
@@ -213,6 +226,7 @@ impl Proxy {
             inbound,
             outbound,
             transparent,
+            workload_api,
             shutdown_requested,
             logging,
         } = self;
@@ -242,13 +256,24 @@ impl Proxy {
             .clone()
             .map(|policy| tokio::spawn(policy.watch(background.clone())));
         let admin_task = tokio::spawn(admin_server.run(admin, background.clone()));
-        let identity = IdentityManager::new(
+        let mut identity = IdentityManager::new(
             config.ca.clone(),
             trust.clone(),
             credentials.clone(),
             status,
             metrics.clone(),
         );
+        // The Workload API is served from the start: its streams wait for the app's first
+        // SVID, so an app that starts before the sidecar has one is answered as soon as it is.
+        let mut workload_task = None;
+        if let Some(socket) = workload_api {
+            let feed = WorkloadFeed::new(&trust);
+            identity = identity.with_workload_feed(feed.clone());
+            // JWT-SVIDs are minted by the CA for the certificate the sidecar holds.
+            let minter = CaCertifier::new(&config.ca, trust.clone(), credentials.clone());
+            let api = WorkloadApi::new(&feed, background.clone()).with_jwt_minter(Arc::new(minter));
+            workload_task = Some(tokio::spawn(api.serve(socket)));
+        }
         let identity_task = tokio::spawn(identity.run(background.clone()));
 
         tokio::pin!(shutdown);
@@ -354,6 +379,16 @@ impl Proxy {
             lifecycle.tracker.wait().await;
         }
         background.cancel();
+        if let Some(mut workload_task) = workload_task {
+            // Its streams end at once; an app that holds a connection open anyway is cut off.
+            if tokio::time::timeout(config.shutdown_grace, &mut workload_task)
+                .await
+                .is_err()
+            {
+                workload_task.abort();
+                let _ = workload_task.await;
+            }
+        }
         let _ = identity_task.await;
         let _ = admin_task.await;
         if let Some(policy_task) = policy_task {

@@ -81,6 +81,28 @@ impl PartialEq for FederatedDomain {
 
 impl Eq for FederatedDomain {}
 
+/// A JWT-SVID as the CA minted it.
+#[derive(Clone)]
+pub(crate) struct MintedJwt {
+    /// The compact JWS: a bearer credential, never logged.
+    pub(crate) token: String,
+    /// Its subject, as the CA says.
+    pub(crate) spiffe_id: String,
+    /// Its `iat` and `exp`, Unix seconds.
+    pub(crate) issued_at: i64,
+    pub(crate) expires_at: i64,
+}
+
+impl std::fmt::Debug for MintedJwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("MintedJwt")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What the CA sent for a certificate request. Nothing here is checked yet.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Issued {
@@ -231,6 +253,22 @@ impl CaCertifier {
             trust,
             credentials,
         }
+    }
+
+    /// A JWT-SVID for the sidecar's identity and `audience`, asked for over mutual TLS with
+    /// the certificate it holds now (the CA signs for that certificate's SPIFFE ID).
+    pub(crate) async fn mint_jwt_svid(&self, audience: Vec<String>) -> Result<MintedJwt, CaError> {
+        let client =
+            CaClient::with_identity(&self.address, &self.roots(), self.credentials.clone())?;
+        let response = call(client.mint_jwt_svid(audience, None))
+            .await
+            .map_err(|status| self.failed(&status))?;
+        Ok(MintedJwt {
+            token: response.token,
+            spiffe_id: response.spiffe_id,
+            issued_at: response.issued_at_unix,
+            expires_at: response.expires_at_unix,
+        })
     }
 
     fn roots(&self) -> Vec<CertificateDer<'static>> {

@@ -961,4 +961,115 @@ async fn federated_trust_domains_follow_the_ca() {
     within("a refresh", sidecar.ca.wait_for_calls(CallKind::Bundle, 3)).await;
     settle().await;
     assert!(sidecar.trust.federated_bundles().is_empty());
+/// The public key (the EC point) of a certificate.
+fn public_key_of(certificate: &CertificateDer<'_>) -> Vec<u8> {
+    let summary = x509_parser::parse_x509_certificate(certificate).unwrap().1;
+    summary.public_key().subject_public_key.data.to_vec()
+}
+
+/// The public key of a PKCS#8 P-256 key.
+fn public_key_of_key(key: &PrivatePkcs8KeyDer<'_>) -> Vec<u8> {
+    let pair = rcgen::KeyPair::try_from(key.secret_pkcs8_der()).unwrap();
+    pair.public_key_raw().to_vec()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_apps_svid_has_a_key_of_its_own_and_rotates_with_the_sidecars() {
+    let mut sidecar = Sidecar::new();
+    let feed = WorkloadFeed::new(&sidecar.trust);
+    let mut app = feed.svid.subscribe();
+    let status = sidecar.status_tx.take().unwrap();
+    let manager = sidecar.manager(status).with_workload_feed(feed.clone());
+    sidecar.task = Some(tokio::spawn(manager.run(sidecar.stop.clone())));
+    let first = sidecar.certificate().await;
+    let app_first = within("the app's SVID", app.wait_for(Option::is_some))
+        .await
+        .unwrap()
+        .clone()
+        .unwrap();
+
+    // The sidecar's identity, another certificate, another key: a renewal with the sidecar's
+    // certificate, right after the sidecar's own.
+    assert_eq!(app_first.spiffe_id, first.spiffe_id);
+    assert_ne!(app_first.serial, first.serial);
+    assert_ne!(app_first.chain[0], first.chain[0]);
+    assert_eq!(
+        public_key_of(&app_first.chain[0]),
+        public_key_of_key(&app_first.key)
+    );
+    assert_ne!(
+        public_key_of(&app_first.chain[0]),
+        public_key_of(&sidecar.presented()),
+        "the app's key is not the sidecar's"
+    );
+    let calls: Vec<Call> = sidecar
+        .ca
+        .calls()
+        .into_iter()
+        .filter(|c| c.kind != CallKind::Bundle)
+        .collect();
+    assert_eq!(kinds(&calls), [CallKind::Certify, CallKind::Renew]);
+    assert_eq!(calls[1].presented.as_ref(), Some(&first.chain[0]));
+    assert_eq!(calls[0].at, calls[1].at);
+    // With the Workload API, the bundle (and its JWT keys) is fetched at once too.
+    assert_eq!(sidecar.ca.calls_of(CallKind::Bundle).len(), 1);
+
+    // Renewed with the sidecar's, with a fresh key again.
+    let second = sidecar.next_certificate(&first).await;
+    let app_second = within(
+        "the app's next SVID",
+        app.wait_for(|s| s.as_ref().is_some_and(|s| s.serial != app_first.serial)),
+    )
+    .await
+    .unwrap()
+    .clone()
+    .unwrap();
+    assert_ne!(app_second.serial, second.serial);
+    assert_ne!(
+        public_key_of_key(&app_second.key),
+        public_key_of_key(&app_first.key)
+    );
+    assert_ne!(
+        public_key_of(&app_second.chain[0]),
+        public_key_of(&second.chain[0])
+    );
+    // The trust bundle was published for the app too.
+    assert_eq!(feed.bundles.borrow().roots, sidecar.ca.bundle());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_app_svid_is_retried_and_the_app_keeps_what_it_has() {
+    let mut sidecar = Sidecar::new();
+    let feed = WorkloadFeed::new(&sidecar.trust);
+    let mut app = feed.svid.subscribe();
+    let status = sidecar.status_tx.take().unwrap();
+    let manager = sidecar.manager(status).with_workload_feed(feed.clone());
+    // Renewals (the app's SVID) cannot reach the CA: the sidecar has a certificate (with the
+    // token), the app nothing yet.
+    sidecar.ca.answer_renewals(Answer::Unreachable);
+    sidecar.task = Some(tokio::spawn(manager.run(sidecar.stop.clone())));
+    let _first = sidecar.certificate().await;
+    settle().await;
+    assert!(
+        app.borrow().is_none(),
+        "nothing handed out while none was issued"
+    );
+    // Then the CA issues again: the app's SVID comes with the next retry, without waiting
+    // for the sidecar's own renewal.
+    sidecar.ca.answer_renewals(Answer::Issue);
+    let svid = within("the app's SVID", app.wait_for(Option::is_some))
+        .await
+        .unwrap()
+        .clone()
+        .unwrap();
+    assert_eq!(svid.spiffe_id.as_str(), WORKLOAD);
+    let renewals = sidecar.ca.calls_of(CallKind::Renew);
+    assert!(renewals.len() >= 2, "retried: {}", renewals.len());
+    assert_eq!(
+        kinds(&sidecar.ca.calls_of(CallKind::Certify)),
+        [CallKind::Certify]
+    );
+    // Well before the sidecar's own renewal, at about half of the hour.
+    let waited = renewals[renewals.len() - 1].at - renewals[0].at;
+    assert!(waited < Duration::from_secs(60), "{waited:?}");
 }
