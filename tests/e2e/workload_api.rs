@@ -413,3 +413,128 @@ async fn the_rust_spiffe_crate_fetches_and_validates_a_jwt_svid() {
     );
     source.shutdown().await;
 }
+
+/// A JWT-SVID fetched from one sidecar is validated by another sidecar's `ValidateJWTSVID` and
+/// by the `spiffe` crate against the JWT bundles that other sidecar hands out; it is refused for
+/// another audience, once tampered with, once expired (signed here with the CA's own JWT key, an
+/// hour ago), and unsigned (`alg: none`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_svid_from_one_sidecar_is_judged_by_another() {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    let mesh = mesh().await;
+    let frontend = format!("unix:{}", socket_of(&mesh, "frontend").display());
+    let backend = format!("unix:{}", socket_of(&mesh, "backend").display());
+    // A JwtSource waits until the sidecar has the app's identity.
+    let at_frontend = within(spiffe::JwtSource::builder().endpoint(&frontend).build())
+        .await
+        .expect("a JwtSource on the frontend's socket");
+    let svid = within(at_frontend.fetch_jwt_svid(["backend"]))
+        .await
+        .expect("a JWT-SVID from the frontend's sidecar");
+    assert_eq!(svid.spiffe_id().to_string(), FRONTEND);
+    let token = svid.token().to_string();
+
+    // The other sidecar, and the crate with the other sidecar's bundles.
+    let at_backend = spiffe::WorkloadApiClient::connect_to(&backend)
+        .await
+        .expect("a client of the backend's socket");
+    let validated = at_backend
+        .validate_jwt_token("backend", &token)
+        .await
+        .expect("the backend's sidecar validates it");
+    assert_eq!(validated.spiffe_id().to_string(), FRONTEND);
+    let source = within(spiffe::JwtSource::builder().endpoint(&backend).build())
+        .await
+        .expect("a JwtSource on the backend's socket");
+    let checked = spiffe::JwtSvid::parse_and_validate(&token, &source, &["backend"])
+        .expect("valid against the JWT bundles the backend's sidecar hands out");
+    assert_eq!(checked.spiffe_id().to_string(), FRONTEND);
+
+    let refused = |what: &'static str, token: String, audience: &'static str| {
+        let client = at_backend.clone();
+        async move {
+            let error = client
+                .validate_jwt_token(audience, &token)
+                .await
+                .expect_err(what);
+            eprintln!("{what}: {error}");
+            error.to_string()
+        }
+    };
+    let said = refused("another audience", token.clone(), "payments").await;
+    assert!(said.contains(r#"not for "payments""#), "{said}");
+    assert!(
+        spiffe::JwtSvid::parse_and_validate(&token, &source, &["payments"]).is_err(),
+        "the crate refuses another audience too"
+    );
+
+    // Tampered: the claims say the backend, the signature is the frontend's token's.
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).expect("base64url claims"))
+            .expect("JSON claims");
+    claims["sub"] = Value::from(BACKEND);
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        parts[2]
+    );
+    let said = refused("tampered claims", forged.clone(), "backend").await;
+    assert!(said.contains("signature does not verify"), "{said}");
+    assert!(spiffe::JwtSvid::parse_and_validate(&forged, &source, &["backend"]).is_err());
+
+    // Unsigned.
+    let unsigned = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        parts[1]
+    );
+    let said = refused("alg none", unsigned, "backend").await;
+    assert!(said.contains("unsigned"), "{said}");
+
+    // Expired: the CA's own JWT key signs a token that ended two minutes ago (past the leeway).
+    let key_file = std::fs::read_dir(&mesh.ca_dir)
+        .expect("the CA directory")
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("jwt-") && name.ends_with(".key")
+        })
+        .expect("the CA's JWT key");
+    let key = hush_identity::JwtSigningKey::from_pkcs8_pem(&std::fs::read(key_file).unwrap())
+        .expect("a JWT signing key");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let expired = hush_identity::sign_jwt_svid(
+        &key,
+        &FRONTEND.parse().unwrap(),
+        &["backend".to_string()],
+        now - 3600,
+        now - 120,
+    )
+    .expect("an expired token");
+    let said = refused("expired", expired.clone(), "backend").await;
+    assert!(said.contains("expired"), "{said}");
+    assert!(spiffe::JwtSvid::parse_and_validate(&expired, &source, &["backend"]).is_err());
+    // The same key, within its life: accepted, so the refusal above was the expiry.
+    let fresh = hush_identity::sign_jwt_svid(
+        &key,
+        &FRONTEND.parse().unwrap(),
+        &["backend".to_string()],
+        now,
+        now + 60,
+    )
+    .expect("a fresh token");
+    at_backend
+        .validate_jwt_token("backend", &fresh)
+        .await
+        .expect("the same key within its life");
+    source.shutdown().await;
+    at_frontend.shutdown().await;
+}
