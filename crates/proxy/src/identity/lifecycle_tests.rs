@@ -961,6 +961,8 @@ async fn federated_trust_domains_follow_the_ca() {
     within("a refresh", sidecar.ca.wait_for_calls(CallKind::Bundle, 3)).await;
     settle().await;
     assert!(sidecar.trust.federated_bundles().is_empty());
+}
+
 /// The public key (the EC point) of a certificate.
 fn public_key_of(certificate: &CertificateDer<'_>) -> Vec<u8> {
     let summary = x509_parser::parse_x509_certificate(certificate).unwrap().1;
