@@ -7,19 +7,23 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use hush_proxy::{InboundConfig, OutboundConfig, PolicyConfig};
+use hush_proxy::{InboundConfig, OutboundConfig, PolicyConfig, WorkloadApiConfig};
 use hush_test_support::{CaProcess, ProxyProcess, run_hush_ok};
+use spiffe::BundleSource;
 
 use crate::mesh::apps;
 use crate::mesh::sidecars::{
     FRONTEND, HUSH, PATIENCE, TRUST_DOMAIN, get, json, loopback, metric, metrics_of, path_str,
-    sidecar_config, spiffe_id, write_configmap,
+    sidecar_config, spiffe_id, within, write_configmap,
 };
 
 const PARTNER_DOMAIN: &str = "partner.test";
 const PARTNER_FRONTEND: &str = "spiffe://partner.test/ns/shop/sa/frontend";
 const PARTNER_BACKEND: &str = "spiffe://partner.test/ns/shop/sa/backend";
 const OWN_BACKEND: &str = "spiffe://cluster.local/ns/shop/sa/backend";
+
+/// Each sidecar's Workload API socket, next to its configuration file.
+const SOCKET: &str = "workload.sock";
 
 /// What `hush ca serve --bundle-endpoint-listen` prints before its readiness line.
 const ENDPOINT_PREFIX: &str = "hush ca: SPIFFE bundle endpoint (";
@@ -82,6 +86,7 @@ fn start_backend(
         config.inbound = Some(InboundConfig::new(loopback(), app));
         config.policy = Some(PolicyConfig::new("../policy"));
         config.ca.bundle_refresh = Duration::from_secs(1);
+        config.workload_api = Some(WorkloadApiConfig::new(SOCKET));
     });
     ProxyProcess::try_start(HUSH, &config, &[]).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -101,6 +106,7 @@ fn start_frontend(
             spiffe_id(upstream_id),
         )];
         config.ca.bundle_refresh = Duration::from_secs(1);
+        config.workload_api = Some(WorkloadApiConfig::new(SOCKET));
     });
     ProxyProcess::try_start(HUSH, &config, &[]).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -224,6 +230,59 @@ async fn each_meshs_sidecars_call_the_others_let_in_by_policy() {
     assert_eq!(seen["peer_identity"], serde_json::json!([FRONTEND]));
     let seen = until_ok(partner.frontend.outbound(0)).await;
     assert_eq!(seen["peer_identity"], serde_json::json!([PARTNER_FRONTEND]));
+
+    // The Workload API hands the app both trust domains' bundles (the `spiffe` crate reads
+    // them), and a JWT-SVID of the partner's validates at our sidecar, with the partner's JWT
+    // keys the CA fetched.
+    let own_socket = format!("unix:{}", own_root.join("backend").join(SOCKET).display());
+    let partner_socket = format!(
+        "unix:{}",
+        partner_root.join("frontend").join(SOCKET).display()
+    );
+    let x509 = within(spiffe::X509Source::builder().endpoint(&own_socket).build())
+        .await
+        .expect("an X509Source on our backend's socket");
+    let partner_td = spiffe::TrustDomain::new(PARTNER_DOMAIN).unwrap();
+    // The sidecar publishes the bundles to its app just after it trusts them: poll, bounded.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let bundle = loop {
+        if let Some(bundle) = x509
+            .bundle_for_trust_domain(&partner_td)
+            .expect("the bundle source answers")
+        {
+            break bundle;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the partner's X.509 bundle never reached the app"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        bundle.authorities().len(),
+        1,
+        "the partner's root, as its CA published it"
+    );
+    let jwt = within(
+        spiffe::JwtSource::builder()
+            .endpoint(&partner_socket)
+            .build(),
+    )
+    .await
+    .expect("a JwtSource on the partner frontend's socket");
+    let token = within(jwt.fetch_jwt_svid(["orders"]))
+        .await
+        .expect("a JWT-SVID of the partner's frontend");
+    let at_own = spiffe::WorkloadApiClient::connect_to(&own_socket)
+        .await
+        .expect("a client of our backend's socket");
+    let validated = at_own
+        .validate_jwt_token("orders", token.token())
+        .await
+        .expect("our sidecar validates a federated domain's JWT-SVID");
+    assert_eq!(validated.spiffe_id().to_string(), PARTNER_FRONTEND);
+    x509.shutdown().await;
+    jwt.shutdown().await;
 
     // A policy that lets in "anyone" does not let in a federated caller: only a rule naming
     // its trust domain does.
