@@ -103,3 +103,15 @@ pub fn headers_for_app(
         .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
         .collect()
 }
+
+/// Runs the Workload API's `:authority` rewriter over what an app sends, written in `chunks`:
+/// the bytes h2 would read, or why the connection was cut off.
+pub fn rewrite_authorities(chunks: &[&[u8]]) -> Result<Vec<u8>, String> {
+    let mut rewriter = crate::workload_api::authority::AuthorityRewriter::default();
+    let mut out = Vec::new();
+    for chunk in chunks {
+        rewriter.feed(chunk).map_err(|e| e.to_string())?;
+        out.append(rewriter.output());
+    }
+    Ok(out)
+}

@@ -19,7 +19,7 @@
 //! `InvalidArgument`. What an app can hold is bounded: connections and streams are capped, and
 //! requests are small.
 
-mod authority;
+pub(crate) mod authority;
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -32,7 +32,7 @@ const PRIORITY: u8 = 0x20;
 
 /// The HTTP/2 stream from a client, with its authorities made valid.
 #[derive(Debug, Default)]
-pub(super) struct AuthorityRewriter {
+pub(crate) struct AuthorityRewriter {
     /// Bytes read and not yet framed.
     input: Vec<u8>,
     /// Bytes ready for h2.
@@ -44,7 +44,7 @@ pub(super) struct AuthorityRewriter {
 
 impl AuthorityRewriter {
     /// Takes bytes the client sent; what can be passed on is then in [`Self::output`].
-    pub(super) fn feed(&mut self, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.input.extend_from_slice(bytes);
         let mut at = 0;
         if !self.preface_seen {
@@ -81,7 +81,7 @@ impl AuthorityRewriter {
     }
 
     /// The bytes ready for h2, taken.
-    pub(super) fn output(&mut self) -> &mut Vec<u8> {
+    pub(crate) fn output(&mut self) -> &mut Vec<u8> {
         &mut self.output
     }
 
