@@ -90,7 +90,10 @@ fn check(set: &PolicySet) {
         }
         for request in &requests {
             let explanation = set.explain(workload, default, request);
-            agree(&policy, &explanation, default, request);
+            // With a workload, a caller of another trust domain is a federated one: no default
+            // admits it.
+            let foreign = workload.is_some() && !request.principal.starts_with("spiffe://cluster.local/");
+            agree(&policy, &explanation, default, request, foreign);
         }
     }
 }
@@ -127,6 +130,7 @@ fn agree(
     explanation: &Explanation,
     default: DefaultAction,
     request: &Request<'_>,
+    foreign: bool,
 ) {
     let decision = policy.evaluate(request);
     let _ = explanation.to_string();
@@ -150,8 +154,8 @@ fn agree(
             .any(|p| p.policy.action == action && p.policy.dry_run == dry_run)
     };
     let by_default = match default {
-        DefaultAction::Allow => Verdict::Allow,
-        DefaultAction::Deny => Verdict::Deny,
+        DefaultAction::Allow if !foreign => Verdict::Allow,
+        _ => Verdict::Deny,
     };
     // A path no reading can be trusted for is refused before any rule when an enforced (or,
     // for the dry run, any) DENY or ALLOW policy names paths.
@@ -191,6 +195,10 @@ fn agree(
             None
         }
         Reason::NoAllowRuleMatched { .. } | Reason::Default(_) => None,
+        Reason::ForeignNotNamed => {
+            assert!(foreign, "{request:?}\n{explanation}");
+            None
+        }
     };
     assert_eq!(decided_by, rule, "{request:?}\n{explanation}");
     let audit = decision

@@ -299,7 +299,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
         log_call("FetchJWTSVID", &request);
         let request = request.into_inner();
         let audience = audience_set(request.audience)?;
-        let Some(svid) = self.svid.borrow().clone() else {
+        // Just after start the app's first SVID may be a moment away: wait for it a little,
+        // as the streams do, rather than send every client into its retry loop.
+        let mut first = self.svid.clone();
+        let svid = tokio::time::timeout(FIRST_SVID_WAIT, first.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|svid| svid.clone());
+        let Some(svid) = svid else {
             return Err(Status::unavailable(
                 "the sidecar has no identity yet; try again shortly",
             ));
@@ -508,6 +516,8 @@ fn jwt_bundles_response(bundles: &WorkloadBundles) -> Option<pb::JwtBundlesRespo
 const MAX_AUDIENCES: usize = 16;
 /// The longest audience, in bytes, as the CA allows.
 const MAX_AUDIENCE_LEN: usize = 256;
+/// How long `FetchJWTSVID` waits for the app's first SVID before answering `Unavailable`.
+const FIRST_SVID_WAIT: Duration = Duration::from_secs(10);
 /// JWT-SVIDs kept for reuse, one per audience set.
 pub(crate) const MAX_CACHED_JWTS: usize = 64;
 /// Calls to the CA for JWT-SVIDs at once; more wait their turn.
@@ -1134,7 +1144,7 @@ mod tests {
         let code = |result: Result<Response<pb::JwtsvidResponse>, Status>| {
             result.map(drop).expect_err("refused").code()
         };
-        // No identity yet: nothing is minted.
+        // No identity yet, for the whole wait: nothing is minted.
         assert_eq!(
             code(client.fetch_jwtsvid(jwt_request(&["a"], "")).await),
             tonic::Code::Unavailable
