@@ -3208,6 +3208,22 @@ async fn a_jwt_svid_is_refused_without_a_client_certificate_and_to_a_revoked_ide
             .is_err()
     );
 
+    // hush's own components (the bundle endpoint's reserved ID) get no JWT-SVID, whatever
+    // certificate they present.
+    let reserved = format!("spiffe://{TD}/hush/bundle-endpoint");
+    let component = hush_test_support::leaf_from_ca_dir(&ca.dir, Some(&reserved));
+    let component = CaClient::with_identity(
+        ca.url(),
+        ca.roots(),
+        identity_of(component.chain, component.key),
+    )
+    .expect("a client");
+    assert_refused(
+        within(component.mint_jwt_svid(vec!["db".into()], None)).await,
+        Code::PermissionDenied,
+        &["reserved for hush's own components"],
+    );
+
     let (client, _) = mtls_client(&ca, BACKEND).await;
     within(client.mint_jwt_svid(vec!["db".into()], None))
         .await

@@ -184,6 +184,12 @@ impl CaService {
                 )
             })?;
             caller = Some(id.clone());
+            // hush's own components (the bundle endpoint) are no workloads: they get no token.
+            if crate::authority::is_reserved_id(&id) {
+                return Err(Status::permission_denied(format!(
+                    "{id} is reserved for hush's own components, which get no JWT-SVID"
+                )));
+            }
             self.still_trusted(peer_info)?;
             let presented = presented_certificate(peer_info)?;
             if let Some(words) = current.revocations().refusal(&id, None, Some(&presented)) {

@@ -289,15 +289,29 @@ impl Inbound {
                 return;
             }
         };
-        if self.policy.is_none() && !peer_id.is_member_of(&self.trust_domain) {
+        // A caller of a federated trust domain is let in only by a policy rule naming it: never
+        // without a policy, nor while the sidecar's own identity (which the policy is narrowed
+        // to, and which says what is foreign) is not known yet.
+        let own_known = self.status.borrow().svid.is_some();
+        if !peer_id.is_member_of(&self.trust_domain) && (self.policy.is_none() || !own_known) {
             self.metrics.foreign_refused();
-            info!(
-                %peer,
-                %peer_id,
-                "refused a caller of trust domain {}: a caller of a federated trust domain is \
-                 let in only by a policy rule naming it, and this sidecar has no policy",
-                peer_id.trust_domain()
-            );
+            // A valid certificate of a partner's can be presented over and over: logged
+            // sparingly.
+            if self.refusals_log.allows() {
+                let why = if self.policy.is_none() {
+                    "this sidecar has no policy"
+                } else {
+                    "this sidecar does not know its own identity yet"
+                };
+                info!(
+                    %peer,
+                    %peer_id,
+                    "refused a caller of trust domain {}: a caller of a federated trust domain \
+                     is let in only by a policy rule naming it, and {why} (such refusals are \
+                     logged once every 10 s)",
+                    peer_id.trust_domain()
+                );
+            }
             return;
         }
         let announced = MeshProtocol::from_alpn(session.alpn_protocol());

@@ -21,7 +21,7 @@
 
 pub(crate) mod authority;
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -102,8 +102,17 @@ impl WorkloadSocket {
                 source,
             }
         };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(io("creating its directory"))?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.exists()
+        {
+            // A directory the sidecar makes is its user's alone: the socket's mode lets anyone
+            // connect, so what guards it is the directory (on Kubernetes, an emptyDir shared
+            // with the pod's containers only, made by the kubelet).
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(io("creating its directory"))?;
         }
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() => {
@@ -1374,5 +1383,14 @@ mod tests {
         let _theirs = std::os::unix::net::UnixListener::bind(&path).unwrap();
         drop(socket);
         assert!(path.exists(), "another process's socket is kept");
+
+        // A directory the sidecar makes for its socket is its user's alone.
+        let fresh = dir.path().join("made/here/socket");
+        let socket = WorkloadSocket::bind(&fresh).unwrap();
+        for made in [dir.path().join("made"), dir.path().join("made/here")] {
+            let mode = std::fs::metadata(&made).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", made.display());
+        }
+        drop(socket);
     }
 }
