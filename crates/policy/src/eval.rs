@@ -1978,7 +1978,7 @@ mod tests {
         let backend: SpiffeId = "spiffe://cluster.local/ns/shop/sa/backend".parse().unwrap();
         let compiled = set.for_workload(Some(&backend), default);
         let headers: &[(&str, &str)] = &[];
-        let decision = compiled.evaluate(&Request {
+        let request = Request {
             principal,
             port: 8080,
             http: Some(HttpRequest {
@@ -1986,20 +1986,9 @@ mod tests {
                 path: "/",
                 headers: &headers,
             }),
-        });
-        let explained = set.explain(
-            Some(&backend),
-            default,
-            &Request {
-                principal,
-                port: 8080,
-                http: Some(HttpRequest {
-                    method: "GET",
-                    path: "/",
-                    headers: &headers,
-                }),
-            },
-        );
+        };
+        let decision = compiled.evaluate(&request);
+        let explained = set.explain(Some(&backend), default, &request);
         assert_eq!(explained.verdict, decision.verdict, "explain agrees");
         // A rule explain shows as matched is one the evaluator could have picked.
         if let Reason::Rule(rule) = decision.reason {

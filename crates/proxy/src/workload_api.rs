@@ -922,6 +922,14 @@ mod tests {
         request
     }
 
+    /// A request with the security header set to `value`, or without it for `None`.
+    fn with_header_value<T>(message: T, value: Option<&str>) -> Request<T> {
+        match value {
+            None => Request::new(message),
+            Some(v) => with_value(message, v),
+        }
+    }
+
     #[tokio::test]
     async fn every_call_without_the_security_header_is_refused() {
         let served = Served::start().await;
@@ -936,59 +944,45 @@ mod tests {
             );
         };
         for value in [None, Some("false"), Some("TRUE"), Some("true ")] {
-            let request = |m| match value {
-                None => Request::new(m),
-                Some(v) => with_value(m, v),
-            };
             refused(
                 client
-                    .fetch_x509svid(request(pb::X509svidRequest {}))
+                    .fetch_x509svid(with_header_value(pb::X509svidRequest {}, value))
                     .await
                     .map(drop),
             );
-            let request = |m| match value {
-                None => Request::new(m),
-                Some(v) => with_value(m, v),
-            };
             refused(
                 client
-                    .fetch_x509_bundles(request(pb::X509BundlesRequest {}))
+                    .fetch_x509_bundles(with_header_value(pb::X509BundlesRequest {}, value))
                     .await
                     .map(drop),
             );
-            let request = |m| match value {
-                None => Request::new(m),
-                Some(v) => with_value(m, v),
-            };
             refused(
                 client
-                    .fetch_jwt_bundles(request(pb::JwtBundlesRequest {}))
+                    .fetch_jwt_bundles(with_header_value(pb::JwtBundlesRequest {}, value))
                     .await
                     .map(drop),
             );
-            let request = |m| match value {
-                None => Request::new(m),
-                Some(v) => with_value(m, v),
-            };
             refused(
                 client
-                    .fetch_jwtsvid(request(pb::JwtsvidRequest {
-                        audience: vec!["a".into()],
-                        spiffe_id: String::new(),
-                    }))
+                    .fetch_jwtsvid(with_header_value(
+                        pb::JwtsvidRequest {
+                            audience: vec!["a".into()],
+                            spiffe_id: String::new(),
+                        },
+                        value,
+                    ))
                     .await
                     .map(drop),
             );
-            let request = |m| match value {
-                None => Request::new(m),
-                Some(v) => with_value(m, v),
-            };
             refused(
                 client
-                    .validate_jwtsvid(request(pb::ValidateJwtsvidRequest {
-                        audience: "a".into(),
-                        svid: "x.y.z".into(),
-                    }))
+                    .validate_jwtsvid(with_header_value(
+                        pb::ValidateJwtsvidRequest {
+                            audience: "a".into(),
+                            svid: "x.y.z".into(),
+                        },
+                        value,
+                    ))
                     .await
                     .map(drop),
             );

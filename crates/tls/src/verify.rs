@@ -789,17 +789,7 @@ mod tests {
         server: &CredentialStore,
     ) -> Result<(), HandshakeFailure> {
         let expected = ExpectedServer::OneOf(vec![SERVER.parse().unwrap()]);
-        SpiffeServerVerifier::with_trust(trust, expected)
-            .unwrap()
-            .verify_server_cert(
-                &der_of(server),
-                &[],
-                &ServerName::try_from("ignored.invalid").unwrap(),
-                &[],
-                UnixTime::now(),
-            )
-            .map(|_| ())
-            .map_err(|e| HandshakeFailure::from_tls(&e))
+        server_verdict_for(trust, expected, server)
     }
 
     /// What a client pinned to `expected`, verifying with `trust`, says of `server`.
