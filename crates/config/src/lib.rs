@@ -13,11 +13,18 @@
 //!   names the field), [`ProxyConfig::to_yaml`] writes it back as short, readable YAML that
 //!   reads back equal: durations as `10s`, `500ms`, `1h`, and absent sections, empty lists and
 //!   default values left out.
+//! * [`GatewayConfig`] — the edge gateway's configuration (`hush gateway --config FILE`), with
+//!   the same conventions; its `ca`, `admin` and `limits` sections are the sidecar's.
 //! * [`ConfigError`] — why a configuration was refused or could not be written.
 
 mod duration;
+mod gateway;
 mod proxy;
 
+pub use self::gateway::{
+    AcmeChallenge, AcmeConfig, CertificateConfig, CertificateFiles, GatewayConfig, Hsts,
+    HttpConfig, HttpsConfig, RouteConfig, TlsProfile,
+};
 pub use self::proxy::{
     APP_HEALTH_PREFIX, AccessLog, AdminConfig, AppProbe, CaConfig, ConfigError, DefaultPolicy,
     DestinationRule, Identities, InboundConfig, Limits, OutboundConfig, Passthrough, PolicyConfig,

@@ -18,7 +18,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::duration;
 
 /// The longest duration any setting accepts.
-const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The most connections a listener may be allowed (far above what file descriptors allow).
 const MAX_CONNECTIONS: usize = 1_000_000;
 
@@ -472,7 +472,7 @@ pub enum ConfigError {
 }
 
 /// Whether a field holds its type's default, which a written configuration leaves out.
-fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+pub(crate) fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
 }
 
@@ -554,38 +554,13 @@ impl ProxyConfig {
             field: field.to_string(),
             problem,
         };
-        check_ca_address(&self.ca.address).map_err(|p| invalid("ca.address", p))?;
-        if self.ca.bundle_refresh < Duration::from_secs(1) {
-            return Err(invalid(
-                "ca.bundle_refresh",
-                "must be at least 1s".to_string(),
-            ));
-        }
-        // Deadlines are computed by adding these to the clock; a duration of centuries would
-        // overflow it.
-        for (field, value) in [
-            ("ca.bundle_refresh", Some(self.ca.bundle_refresh)),
-            ("ca.certificate_ttl", self.ca.certificate_ttl),
-            ("shutdown_grace", Some(self.shutdown_grace)),
-            (
-                "limits.handshake_timeout",
-                Some(self.limits.handshake_timeout),
-            ),
-            ("limits.detect_timeout", Some(self.limits.detect_timeout)),
-            ("limits.idle_timeout", Some(self.limits.idle_timeout)),
-            ("limits.connect_timeout", Some(self.limits.connect_timeout)),
-            ("limits.header_timeout", Some(self.limits.header_timeout)),
-        ] {
-            if value.is_some_and(|v| v > MAX_DURATION) {
-                return Err(invalid(
-                    field,
-                    format!(
-                        "longer than the most hush accepts, {}",
-                        humantime::format_duration(MAX_DURATION)
-                    ),
-                ));
-            }
-        }
+        check_shared(
+            origin,
+            &self.ca,
+            &self.admin,
+            &self.limits,
+            self.shutdown_grace,
+        )?;
         if self.inbound.is_none() && self.outbound.is_empty() && self.transparent.is_none() {
             return Err(invalid(
                 "inbound",
@@ -691,46 +666,91 @@ impl ProxyConfig {
             }
         }
 
-        let limits = &self.limits;
-        for (field, value) in [
-            ("limits.handshake_timeout", limits.handshake_timeout),
-            ("limits.detect_timeout", limits.detect_timeout),
-            ("limits.idle_timeout", limits.idle_timeout),
-            ("limits.connect_timeout", limits.connect_timeout),
-            ("limits.header_timeout", limits.header_timeout),
-        ] {
-            if value.is_zero() {
-                return Err(invalid(field, "must be longer than 0".to_string()));
-            }
-        }
-        // hyper cannot read a request head into a smaller buffer.
-        if limits.max_header_bytes < 8192 {
-            return Err(invalid(
-                "limits.max_header_bytes",
-                format!("{} is below the minimum of 8192", limits.max_header_bytes),
-            ));
-        }
-        for (field, value) in [
-            ("limits.max_connections", limits.max_connections),
-            (
-                "limits.max_concurrent_streams",
-                limits.max_concurrent_streams,
-            ),
-            (
-                "limits.max_handshakes_per_address",
-                limits.max_handshakes_per_address,
-            ),
-            ("admin.max_connections", self.admin.max_connections),
-        ] {
-            if !(1..=MAX_CONNECTIONS).contains(&value) {
-                return Err(invalid(
-                    field,
-                    format!("{value} is not between 1 and {MAX_CONNECTIONS}"),
-                ));
-            }
-        }
         Ok(())
     }
+}
+
+/// Checks what the sidecar's and the gateway's configurations share: the CA, durations the
+/// clock must be able to add, and the limits.
+pub(crate) fn check_shared(
+    origin: &str,
+    ca: &CaConfig,
+    admin: &AdminConfig,
+    limits: &Limits,
+    shutdown_grace: Duration,
+) -> Result<(), ConfigError> {
+    let invalid = |field: &str, problem: String| ConfigError::Invalid {
+        origin: origin.to_string(),
+        field: field.to_string(),
+        problem,
+    };
+    check_ca_address(&ca.address).map_err(|p| invalid("ca.address", p))?;
+    if ca.bundle_refresh < Duration::from_secs(1) {
+        return Err(invalid(
+            "ca.bundle_refresh",
+            "must be at least 1s".to_string(),
+        ));
+    }
+    // Deadlines are computed by adding these to the clock; a duration of centuries would
+    // overflow it.
+    for (field, value) in [
+        ("ca.bundle_refresh", Some(ca.bundle_refresh)),
+        ("ca.certificate_ttl", ca.certificate_ttl),
+        ("shutdown_grace", Some(shutdown_grace)),
+        ("limits.handshake_timeout", Some(limits.handshake_timeout)),
+        ("limits.detect_timeout", Some(limits.detect_timeout)),
+        ("limits.idle_timeout", Some(limits.idle_timeout)),
+        ("limits.connect_timeout", Some(limits.connect_timeout)),
+        ("limits.header_timeout", Some(limits.header_timeout)),
+    ] {
+        if value.is_some_and(|v| v > MAX_DURATION) {
+            return Err(invalid(
+                field,
+                format!(
+                    "longer than the most hush accepts, {}",
+                    humantime::format_duration(MAX_DURATION)
+                ),
+            ));
+        }
+    }
+    for (field, value) in [
+        ("limits.handshake_timeout", limits.handshake_timeout),
+        ("limits.detect_timeout", limits.detect_timeout),
+        ("limits.idle_timeout", limits.idle_timeout),
+        ("limits.connect_timeout", limits.connect_timeout),
+        ("limits.header_timeout", limits.header_timeout),
+    ] {
+        if value.is_zero() {
+            return Err(invalid(field, "must be longer than 0".to_string()));
+        }
+    }
+    // hyper cannot read a request head into a smaller buffer.
+    if limits.max_header_bytes < 8192 {
+        return Err(invalid(
+            "limits.max_header_bytes",
+            format!("{} is below the minimum of 8192", limits.max_header_bytes),
+        ));
+    }
+    for (field, value) in [
+        ("limits.max_connections", limits.max_connections),
+        (
+            "limits.max_concurrent_streams",
+            limits.max_concurrent_streams,
+        ),
+        (
+            "limits.max_handshakes_per_address",
+            limits.max_handshakes_per_address,
+        ),
+        ("admin.max_connections", admin.max_connections),
+    ] {
+        if !(1..=MAX_CONNECTIONS).contains(&value) {
+            return Err(invalid(
+                field,
+                format!("{value} is not between 1 and {MAX_CONNECTIONS}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The longest path a Unix socket can be bound at (`sun_path` holds 108 bytes with the NUL).
@@ -750,7 +770,7 @@ fn check_socket_path(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn check_ca_address(address: &str) -> Result<(), String> {
+pub(crate) fn check_ca_address(address: &str) -> Result<(), String> {
     let uri: http::Uri = address
         .parse()
         .map_err(|_| format!("{address:?} is not a URL (expected https://host:port)"))?;
@@ -767,7 +787,7 @@ fn check_ca_address(address: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_host_port(value: &str) -> Result<(), String> {
+pub(crate) fn check_host_port(value: &str) -> Result<(), String> {
     let Some((host, port)) = value.rsplit_once(':') else {
         return Err(format!("{value:?} is not host:port"));
     };
@@ -957,17 +977,17 @@ impl Default for Limits {
 
 /// Each default twice: the value serde fills in when a key is absent, and the test that
 /// leaves the key out when writing, so a written configuration names only what differs.
-mod defaults {
+pub(crate) mod defaults {
     use std::net::{Ipv4Addr, SocketAddr};
     use std::time::Duration;
 
     macro_rules! defaults {
         ($($(#[$doc:meta])* $name:ident, $is:ident: $ty:ty = $value:expr;)*) => {$(
             $(#[$doc])*
-            pub(super) fn $name() -> $ty {
+            pub(crate) fn $name() -> $ty {
                 $value
             }
-            pub(super) fn $is(value: &$ty) -> bool {
+            pub(crate) fn $is(value: &$ty) -> bool {
                 *value == $name()
             }
         )*};

@@ -1,0 +1,12 @@
+//! The hush edge gateway: public TLS for browsers and API clients, and routes into the mesh.
+//!
+//! `hush gateway` terminates TLS 1.2 and 1.3 with certificates chosen by SNI, from PEM files
+//! (reloaded when they change) or from an ACME CA (RFC 8555, HTTP-01 or TLS-ALPN-01), renewed
+//! at two thirds of their life. Each request is routed by host and path prefix to a mesh
+//! service and sent there with mutual TLS from the gateway's own SPIFFE identity, pinning the
+//! identity the route names, so the service's policy decides on `spiffe://…/gateway`.
+//!
+//! * [`certs`] — the certificates served, by name ([`certs::CertStore`], rustls's resolver),
+//!   and the ACME challenges in flight.
+
+pub mod certs;
