@@ -17,6 +17,7 @@ mod capture;
 mod diagnose;
 mod docs;
 mod federation;
+mod gateway;
 mod hostile;
 mod hostile_wire;
 mod inject;

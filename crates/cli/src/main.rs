@@ -7,6 +7,7 @@ mod cert;
 mod check;
 mod diagnose;
 mod echo;
+mod gateway;
 mod inject;
 mod policy;
 mod proxy;
@@ -55,6 +56,9 @@ enum Command {
     Cert(cert::CertCommand),
     /// Run the sidecar: mutual TLS 1.3 between services, with identities from the CA.
     Proxy(proxy::ProxyArgs),
+    /// Run the edge gateway: public TLS (certificates from files or ACME), routes into the
+    /// mesh with mutual TLS.
+    Gateway(gateway::GatewayArgs),
     /// The sidecar injector for Kubernetes (mutating admission webhook).
     #[command(subcommand)]
     Inject(inject::InjectCommand),
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
     let default_level = match &cli.command {
         Command::Ca(ca::CaCommand::Serve(_))
         | Command::Proxy(_)
+        | Command::Gateway(_)
         | Command::Inject(inject::InjectCommand::Serve(_)) => "info",
         // `hush up` tells its own story on stdout; the CA's refusal warnings would repeat it.
         Command::Up(_) => "error",
@@ -99,9 +104,22 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
+    let gateway_config = match &cli.command {
+        Command::Gateway(args) => match hush_gateway::GatewayConfig::load(&args.config) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     let export = match telemetry::TraceExport::resolve(
         cli.otlp_endpoint.as_deref(),
-        proxy_config.as_ref().map(|c| &c.tracing),
+        proxy_config
+            .as_ref()
+            .map(|c| &c.tracing)
+            .or(gateway_config.as_ref().map(|c| &c.tracing)),
         service_name(&cli.command),
         |name| std::env::var(name).ok(),
     ) {
@@ -116,6 +134,11 @@ fn main() -> ExitCode {
         // third less CPU per request than on two (see docs/performance.md).
         Command::Proxy(args) if args.threads == 1 => tokio::runtime::Builder::new_current_thread(),
         Command::Proxy(args) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(usize::from(args.threads));
+            builder
+        }
+        Command::Gateway(args) if args.threads > 0 => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.worker_threads(usize::from(args.threads));
             builder
@@ -151,6 +174,10 @@ fn main() -> ExitCode {
                 // Loaded above for every `hush proxy`.
                 None => Err(anyhow::anyhow!("the sidecar configuration was not loaded")),
             },
+            Command::Gateway(args) => match gateway_config {
+                Some(config) => gateway::run(args, config, logging).await,
+                None => Err(anyhow::anyhow!("the gateway configuration was not loaded")),
+            },
             Command::Policy(cmd) => policy::run(cmd),
             Command::InitIptables(args) => capture::run(args),
             Command::Inject(cmd) => inject::run(cmd).await,
@@ -179,6 +206,7 @@ fn service_name(command: &Command) -> &'static str {
     match command {
         Command::Ca(_) => "hush-ca",
         Command::Proxy(_) => "hush-proxy",
+        Command::Gateway(_) => "hush-gateway",
         Command::Inject(_) => "hush-injector",
         Command::Up(_) => "hush-up",
         _ => "hush",

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -219,6 +219,9 @@ fn name_covers(name: &str, host: &str) -> bool {
     }
 }
 
+/// What is told of each certificate installed.
+type Observer = Box<dyn Fn(&Served) + Send + Sync>;
+
 /// One `certificates[]` entry: its hosts, and what is served for them now.
 struct Slot {
     name: Arc<str>,
@@ -237,6 +240,8 @@ pub struct CertStore {
     alpn_challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     /// HTTP-01: token to key authorization, while its authorization is pending.
     http01: RwLock<HashMap<String, String>>,
+    /// Told of every certificate installed (the gateway's metrics and expiry warnings).
+    observer: OnceLock<Observer>,
 }
 
 impl fmt::Debug for CertStore {
@@ -287,7 +292,14 @@ impl CertStore {
             by_host,
             alpn_challenges: RwLock::default(),
             http01: RwLock::default(),
+            observer: OnceLock::new(),
         }
+    }
+
+    /// Calls `observer` with every certificate installed from now on (one observer; a second
+    /// is ignored).
+    pub fn observe(&self, observer: impl Fn(&Served) + Send + Sync + 'static) {
+        let _ = self.observer.set(Box::new(observer));
     }
 
     /// The hosts of the certificate called `name`.
@@ -303,6 +315,9 @@ impl CertStore {
     /// replaces. `None` when no certificate of that name is configured.
     pub fn install(&self, served: Served) -> Option<Option<Arc<Served>>> {
         let slot = self.slot(&served.name)?;
+        if let Some(observer) = self.observer.get() {
+            observer(&served);
+        }
         Some(slot.current.swap(Some(Arc::new(served))))
     }
 

@@ -148,7 +148,9 @@ impl AccessLine<'_> {
         // Inbound, the peer is the caller; outbound, the callee.
         let parties = match self.direction {
             Direction::Inbound => format!("from {peer_id} ({})", self.client),
-            Direction::Outbound => format!("from {} to {peer_id}", self.client),
+            Direction::Outbound | Direction::Gateway => {
+                format!("from {} to {peer_id}", self.client)
+            }
         };
         let outcome = self.outcome();
         match &self.exchange {

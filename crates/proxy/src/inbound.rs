@@ -430,6 +430,8 @@ impl Inbound {
             activity: activity.clone(),
             idle_timeout: self.limits.idle_timeout,
             force_close: self.lifecycle.force_close.clone(),
+            router: None,
+            hsts: None,
         });
         serve_http(
             io,

@@ -36,6 +36,7 @@ mod clock;
 use hush_config as config;
 mod connect;
 mod detect;
+mod edge;
 mod ending;
 mod errors;
 #[doc(hidden)]
@@ -58,6 +59,7 @@ mod workload_api;
 
 pub use self::admin::LogControl;
 pub use self::detect::{Detected, detect};
+pub use self::edge::{Edge, EdgeRoute};
 pub use self::headers::{PEER_IDENTITY_HEADER, XFCC_HEADER};
 pub use self::identity::{IdentityStatus, Svid};
 pub use self::metrics::Metrics;
@@ -89,6 +91,8 @@ mod tests {
         &["serve"],
         // The two sides know nothing of each other.
         &["inbound", "outbound"],
+        // The gateway's public listener forwards as an outbound listener does.
+        &["edge"],
         &["admin", "fuzzing"],
         &["proxy"],
     ];

@@ -23,6 +23,8 @@ pub(crate) enum Direction {
     Inbound,
     /// From the local app to another sidecar (or, passed through, outside the mesh).
     Outbound,
+    /// From a public client, through the gateway, to a sidecar of the mesh.
+    Gateway,
 }
 
 /// The protocol a connection was served as.
@@ -44,6 +46,7 @@ impl Direction {
         match self {
             Self::Inbound => "inbound",
             Self::Outbound => "outbound",
+            Self::Gateway => "gateway",
         }
     }
 }
@@ -58,6 +61,19 @@ impl ProtocolLabel {
             Self::Passthrough => "passthrough",
         }
     }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct GatewayCertificateLabels {
+    certificate: String,
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct GatewayUpdateLabels {
+    certificate: String,
+    source: &'static str,
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -157,6 +173,7 @@ type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 struct ByDirection<T> {
     inbound: T,
     outbound: T,
+    gateway: T,
 }
 
 impl<T: Clone> ByDirection<T> {
@@ -171,6 +188,7 @@ impl<T: Clone> ByDirection<T> {
         Self {
             inbound: get(Direction::Inbound),
             outbound: get(Direction::Outbound),
+            gateway: get(Direction::Gateway),
         }
     }
 
@@ -178,6 +196,7 @@ impl<T: Clone> ByDirection<T> {
         match direction {
             Direction::Inbound => &self.inbound,
             Direction::Outbound => &self.outbound,
+            Direction::Gateway => &self.gateway,
         }
     }
 }
@@ -207,6 +226,8 @@ struct Inner {
     policy_audits: Family<PolicyLabels, Counter>,
     policy_reloads: Family<OutcomeLabels, Counter>,
     policies_loaded: Gauge,
+    gateway_certificate_expiry: Family<GatewayCertificateLabels, Gauge>,
+    gateway_certificate_updates: Family<GatewayUpdateLabels, Counter>,
     /// The `policy` label of decisions no policy made, made once.
     no_policy: Arc<str>,
 }
@@ -303,6 +324,18 @@ impl Metrics {
             "Connections whose client sent nothing within the detection timeout, served as TCP",
             detect_timeouts.clone(),
         );
+        let gateway_certificate_expiry = Family::default();
+        registry.register(
+            "gateway_certificate_expiry_timestamp_seconds",
+            "Gateway only: NotAfter of each public certificate served, in Unix seconds, by certificate (its first host) and source (files or acme)",
+            gateway_certificate_expiry.clone(),
+        );
+        let gateway_certificate_updates = Family::default();
+        registry.register(
+            "gateway_certificate_updates",
+            "Gateway only: public certificates loaded from files or obtained by ACME, by certificate, source and result (ok, failed)",
+            gateway_certificate_updates.clone(),
+        );
         let certificate_expiry = Gauge::default();
         registry.register(
             "certificate_expiry_timestamp_seconds",
@@ -390,6 +423,8 @@ impl Metrics {
                 policy_audits,
                 policy_reloads,
                 policies_loaded,
+                gateway_certificate_expiry,
+                gateway_certificate_updates,
                 no_policy: Arc::from(""),
             }),
         }
@@ -413,6 +448,47 @@ impl Metrics {
     /// not ask for OpenMetrics (`promtool check metrics`, `curl`).
     pub fn encode_prometheus_text(&self) -> String {
         openmetrics_to_prometheus_text(&self.encode())
+    }
+
+    /// The gateway serves `certificate` (from `source`: `files` or `acme`) until
+    /// `not_after_unix`.
+    pub fn gateway_certificate(
+        &self,
+        certificate: &str,
+        source: &'static str,
+        not_after_unix: i64,
+    ) {
+        // One series per certificate: a certificate that moved from files to ACME (a
+        // restart with another configuration) is not served twice.
+        for other in ["files", "acme"] {
+            if other != source {
+                self.inner
+                    .gateway_certificate_expiry
+                    .remove(&GatewayCertificateLabels {
+                        certificate: certificate.to_string(),
+                        source: other,
+                    });
+            }
+        }
+        self.inner
+            .gateway_certificate_expiry
+            .get_or_create(&GatewayCertificateLabels {
+                certificate: certificate.to_string(),
+                source,
+            })
+            .set(not_after_unix);
+    }
+
+    /// A public certificate was loaded (or obtained), or failed to be.
+    pub fn gateway_certificate_update(&self, certificate: &str, source: &'static str, ok: bool) {
+        self.inner
+            .gateway_certificate_updates
+            .get_or_create(&GatewayUpdateLabels {
+                certificate: certificate.to_string(),
+                source,
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
     }
 
     pub(crate) fn connection(&self, direction: Direction, protocol: ProtocolLabel) {

@@ -84,6 +84,21 @@ impl Route {
     }
 }
 
+impl Route {
+    /// `upstream 127.0.0.1:16006 (spiffe://…/backend)`.
+    pub(crate) fn description(&self) -> &Arc<str> {
+        &self.description
+    }
+
+    /// The pooled forwarder of `version` to the upstream.
+    pub(crate) fn forward(&self, version: HttpVersion) -> Forward {
+        match version {
+            HttpVersion::Http1 => self.http1.clone(),
+            HttpVersion::Http2 => self.http2.clone(),
+        }
+    }
+}
+
 /// What every outbound connection shares.
 #[derive(Clone)]
 pub(crate) struct OutboundShared {
@@ -250,6 +265,8 @@ async fn proxy_connection(
         activity: activity.clone(),
         idle_timeout: shared.limits.idle_timeout,
         force_close: shared.lifecycle.force_close.clone(),
+        router: None,
+        hsts: None,
     });
     serve_http(
         app,

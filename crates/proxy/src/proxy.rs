@@ -5,15 +5,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use http::HeaderValue;
 use hush_identity::{TrustBundle, TrustDomain};
 use hush_tls::{CredentialStore, ExpectedServer, TlsConfigError, TrustStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::{Admin, LogControl};
 use crate::config::{ConfigError, ProxyConfig};
+use crate::edge::{Edge, EdgeRoutes, EdgeServer};
 use crate::headers::ProtectedHeaders;
 use crate::http::{Forward, HttpVersion};
 use crate::identity::{CaCertifier, IdentityManager, IdentityStatus, WorkloadFeed};
@@ -72,6 +75,8 @@ pub struct ProxyAddresses {
     pub outbound: Vec<SocketAddr>,
     /// The transparent listener.
     pub transparent: Option<SocketAddr>,
+    /// The gateway's public listener.
+    pub edge: Option<SocketAddr>,
 }
 
 /// A sidecar whose listeners are bound; [`Proxy::run`] starts it.
@@ -87,6 +92,7 @@ pub struct Proxy {
     outbound: Vec<TcpListener>,
     transparent: Option<TcpListener>,
     workload_api: Option<WorkloadSocket>,
+    edge: Option<(TcpListener, Edge)>,
     shutdown_requested: CancellationToken,
     logging: Option<Arc<dyn LogControl>>,
 }
@@ -164,9 +170,19 @@ impl Proxy {
             outbound,
             transparent,
             workload_api,
+            edge: None,
             shutdown_requested: CancellationToken::new(),
             logging: None,
         })
+    }
+
+    /// Makes this the gateway: `listener` takes public TLS as `edge` says, and each request
+    /// goes to the mesh service its route names. The configuration's listeners may then be
+    /// none at all (the gateway's `ProxyConfig` is built in code, not read from a file).
+    #[must_use]
+    pub fn with_edge(mut self, listener: TcpListener, edge: Edge) -> Self {
+        self.edge = Some((listener, edge));
+        self
     }
 
     /// Lets the admin port show and change the log filter (`GET`/`POST /logging`).
@@ -183,6 +199,7 @@ impl Proxy {
             inbound: self.inbound.as_ref().map(local_addr),
             outbound: self.outbound.iter().map(local_addr).collect(),
             transparent: self.transparent.as_ref().map(local_addr),
+            edge: self.edge.as_ref().map(|(listener, _)| local_addr(listener)),
         }
     }
 
@@ -227,6 +244,7 @@ impl Proxy {
             outbound,
             transparent,
             workload_api,
+            edge,
             shutdown_requested,
             logging,
         } = self;
@@ -235,6 +253,7 @@ impl Proxy {
             inbound: inbound.as_ref().map(local_addr),
             outbound: outbound.iter().map(local_addr).collect(),
             transparent: transparent.as_ref().map(local_addr),
+            edge: edge.as_ref().map(|(listener, _)| local_addr(listener)),
         };
         let lifecycle = Lifecycle::default();
         let background = CancellationToken::new();
@@ -352,6 +371,38 @@ impl Proxy {
                     shared,
                     own_ports.clone(),
                 ));
+                accept_loops.push(tokio::spawn(server.run(listener)));
+            }
+            if let Some((listener, edge)) = edge {
+                let limits = &config.limits;
+                let routes = EdgeRoutes::new(
+                    &edge.routes,
+                    |expected| {
+                        MeshConnector::new(
+                            &credentials,
+                            &trust,
+                            expected,
+                            limits.connect_timeout,
+                            limits.handshake_timeout,
+                        )
+                    },
+                    &metrics,
+                )?;
+                let server = Arc::new(EdgeServer {
+                    acceptor: TlsAcceptor::from(edge.tls),
+                    routes: Arc::new(routes),
+                    hsts: edge
+                        .hsts
+                        .as_deref()
+                        .and_then(|value| HeaderValue::from_str(value).ok()),
+                    protected: Arc::new(EdgeServer::protected_headers()),
+                    limits: limits.clone(),
+                    metrics: metrics.clone(),
+                    lifecycle: lifecycle.clone(),
+                    status: status_rx.clone(),
+                    handshakes: PerAddress::new(limits.max_handshakes_per_address),
+                    access_log: config.access_log,
+                });
                 accept_loops.push(tokio::spawn(server.run(listener)));
             }
             tokio::select! {

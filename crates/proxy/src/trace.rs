@@ -128,6 +128,16 @@ pub(crate) fn connection_span(direction: Direction, peer: SocketAddr) -> Span {
             hush.bytes.sent = Empty,
             hush.handshake.step = Empty,
         ),
+        Direction::Gateway => mesh_span!(
+            "gateway connection",
+            otel.kind = "server",
+            client.address = %peer.ip(),
+            client.port = i64::from(peer.port()),
+            network.protocol.name = Empty,
+            hush.bytes.received = Empty,
+            hush.bytes.sent = Empty,
+            hush.handshake.step = Empty,
+        ),
     }
 }
 
@@ -169,8 +179,23 @@ pub(crate) fn request_span<B>(direction: Direction, request: &http::Request<B>) 
             rpc.grpc.status_code = Empty,
             hush.response.complete = Empty,
         ),
+        Direction::Gateway => mesh_span!(
+            root,
+            "gateway request",
+            otel.kind = "server",
+            http.request.method = %request.method(),
+            url.path = request.uri().path(),
+            server.address = Empty,
+            network.protocol.name = "http",
+            network.protocol.version = protocol_version,
+            http.response.status_code = Empty,
+            rpc.grpc.status_code = Empty,
+            hush.response.complete = Empty,
+        ),
     };
-    if !span.is_disabled() {
+    // A public client's trace context is its claim, not the mesh's: the gateway starts a
+    // trace of its own, so nobody outside chooses trace IDs or forces sampling inside.
+    if !span.is_disabled() && direction != Direction::Gateway {
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
         if parent.span().span_context().is_valid() {
             // Only fails when no OpenTelemetry layer is installed, and then the span is

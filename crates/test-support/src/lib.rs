@@ -52,8 +52,9 @@ pub use self::fake_k8s::{
 };
 pub use self::openssl::{OpensslKey, openssl_available, openssl_csr, openssl_csr_with_digest};
 pub use self::process::{
-    CaProcess, HushProcess, ProxyProcess, READY_TIMEOUT, StartError, describe_output, http_request,
-    mint_token, run_hush, run_hush_ok, run_hush_with_env, write_config, write_sidecar_config,
+    CaProcess, GatewayProcess, HushProcess, ProxyProcess, READY_TIMEOUT, StartError,
+    describe_output, http_request, mint_token, run_hush, run_hush_ok, run_hush_with_env,
+    write_config, write_sidecar_config,
 };
 pub use self::softhsm::SoftHsmToken;
 pub use self::x509::{CertFacts, Usage, pem_certificates, verify_chain};

@@ -644,6 +644,94 @@ impl ProxyProcess {
     }
 }
 
+/// A running `hush gateway`, ready (it holds its mesh identity and accepts connections).
+#[derive(Debug)]
+pub struct GatewayProcess {
+    process: HushProcess,
+    admin: SocketAddr,
+    https: SocketAddr,
+    http: Option<SocketAddr>,
+    spiffe_id: String,
+}
+
+impl GatewayProcess {
+    /// The line `hush gateway` prints once it holds its mesh identity.
+    pub const READY_PREFIX: &'static str = "hush gateway: ready as ";
+
+    /// Runs `hush gateway --config CONFIG` with extra environment variables and waits until
+    /// it is ready.
+    pub fn try_start(
+        bin: impl AsRef<Path>,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Self, StartError> {
+        let args: [&OsStr; 3] = ["gateway".as_ref(), "--config".as_ref(), config.as_os_str()];
+        let mut process = HushProcess::spawn_with_env(bin, &args, env);
+        let ready = process.wait_until_ready(Self::READY_PREFIX)?;
+        let spiffe_id = ready
+            .strip_prefix(Self::READY_PREFIX)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_default()
+            .to_string();
+        let (mut admin, mut https, mut http) = (None, None, None);
+        for line in process.stdout_lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (Some(kind), Some(addr)) = (words.get(2), words.get(3)) else {
+                continue;
+            };
+            let Ok(addr) = addr.trim_start_matches("http://").parse::<SocketAddr>() else {
+                continue;
+            };
+            match *kind {
+                "admin" => admin = Some(addr),
+                "https" => https = Some(addr),
+                "http" => http = Some(addr),
+                _ => {}
+            }
+        }
+        let lines = process.stdout_lines().join("\n");
+        Ok(Self {
+            admin: admin
+                .unwrap_or_else(|| panic!("hush gateway printed no admin address:\n{lines}")),
+            https: https
+                .unwrap_or_else(|| panic!("hush gateway printed no https address:\n{lines}")),
+            http,
+            process,
+            spiffe_id,
+        })
+    }
+
+    /// The admin server's address.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The public TLS listener's address.
+    pub fn https(&self) -> SocketAddr {
+        self.https
+    }
+
+    /// The plaintext redirector's address.
+    pub fn http(&self) -> SocketAddr {
+        self.http.expect("this gateway has no http listener")
+    }
+
+    /// The gateway's mesh identity, from its readiness line.
+    pub fn spiffe_id(&self) -> &str {
+        &self.spiffe_id
+    }
+
+    /// What the gateway logged so far.
+    pub fn stderr(&self) -> String {
+        self.process.stderr()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.process.terminate()
+    }
+}
+
 /// A blocking HTTP/1.1 GET (or any method) to a plaintext server such as the admin port;
 /// returns the status code and the body. For test assertions only: it reads until the server
 /// closes (`connection: close`).

@@ -131,6 +131,9 @@ async fn answer(app: SocketAddr, mut request: Request<Incoming>) -> Response<Bod
         "custom": all("x-custom"),
         "traceparent": all("traceparent"),
         "tracestate": all("tracestate"),
+        "x_forwarded_for": all("x-forwarded-for"),
+        "x_forwarded_proto": all("x-forwarded-proto"),
+        "forwarded": all("forwarded"),
     });
     let body = request
         .into_body()

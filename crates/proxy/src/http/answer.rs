@@ -22,6 +22,8 @@ pub(super) fn error_response(status: StatusCode, grpc: bool, reason: &str) -> Re
             // INVALID_ARGUMENT: the request itself cannot be taken as sent.
             StatusCode::BAD_REQUEST => "3",
             StatusCode::FORBIDDEN => "7",
+            // UNIMPLEMENTED: no route serves the method's path.
+            StatusCode::NOT_FOUND => "12",
             _ => "14",
         };
         let mut response = Response::new(Either::Right(Full::new(Bytes::new())));

@@ -28,6 +28,11 @@ use crate::trace;
 /// name.
 const HTTP_LOG: &str = "hush_proxy::http";
 
+/// The client's address, as the gateway saw it.
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+/// The scheme the client used (always `https` at the gateway).
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+
 /// How one request went: the response, and what the access line and the span need.
 pub(super) struct Outcome {
     pub(super) response: Response<ProxyBody>,
@@ -57,6 +62,7 @@ pub(super) async fn exchange(
         && request.method() != http::Method::CONNECT;
     let checked = match ctx.direction {
         Direction::Inbound => one_host(&request, marked),
+        Direction::Gateway => one_host(&request, false),
         Direction::Outbound => Ok(()),
     };
     if let Err(reason) = checked.and_then(|()| make_absolute(&mut request, &ctx.fallback_authority))
@@ -80,7 +86,7 @@ pub(super) async fn exchange(
             // instead of one TLS connection each: fewer handshakes, fewer wake-ups, and
             // several requests per write under load. Upgrades, CONNECT tunnels and HTTP/1.0
             // keep their protocol.
-            Direction::Outbound
+            Direction::Outbound | Direction::Gateway
                 if ctx.version == HttpVersion::Http1
                     && !upgrading
                     && request.method() != http::Method::CONNECT
@@ -113,6 +119,18 @@ pub(super) async fn exchange(
         }
     }
     let mut judgement = None;
+    if ctx.direction == Direction::Gateway {
+        // What a public client says about where it came from is a claim: the gateway is the
+        // edge, so it states the client's address and scheme itself, once.
+        let headers = request.headers_mut();
+        if let Some(protected) = &ctx.protected {
+            protected.strip(headers);
+        }
+        if let Ok(client) = HeaderValue::from_str(&ctx.client.ip().to_string()) {
+            headers.insert(X_FORWARDED_FOR, client);
+        }
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    }
     if ctx.direction == Direction::Inbound {
         // Whatever the caller wrote in these headers is a claim, not a proof: only the
         // sidecar's own values reach the app.
@@ -174,7 +192,7 @@ pub(super) async fn exchange(
         Ok(mut response) => {
             if translated {
                 *response.version_mut() = match ctx.direction {
-                    Direction::Outbound => http::Version::HTTP_11,
+                    Direction::Outbound | Direction::Gateway => http::Version::HTTP_11,
                     Direction::Inbound => http::Version::HTTP_2,
                 };
             }
@@ -204,7 +222,7 @@ pub(super) async fn exchange(
         Err(error) => {
             let (reason, kind) = describe_forward_error(&error, &ctx.destination);
             // A failed dial to an upstream was logged where it happened, once per attempt.
-            if kind != "forward" && ctx.direction == Direction::Outbound {
+            if kind != "forward" && ctx.direction != Direction::Inbound {
                 debug!(target: HTTP_LOG, %reason, "request failed");
             } else {
                 warn!(

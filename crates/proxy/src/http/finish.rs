@@ -154,7 +154,7 @@ impl Finish {
         // Inbound, the peer is the caller on this connection; outbound, whoever answered.
         let peer = match ctx.direction {
             Direction::Inbound => ctx.session.as_ref(),
-            Direction::Outbound => self.upstream.as_ref(),
+            Direction::Outbound | Direction::Gateway => self.upstream.as_ref(),
         };
         AccessLine {
             direction: ctx.direction,
@@ -183,6 +183,6 @@ fn grpc_is_error(direction: Direction, code: i32) -> bool {
     match direction {
         Direction::Outbound => code != 0,
         // UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
-        Direction::Inbound => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+        Direction::Inbound | Direction::Gateway => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
     }
 }

@@ -27,8 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{HeaderValue, STRICT_TRANSPORT_SECURITY};
 use http::uri::Authority;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -162,6 +163,22 @@ pub(crate) struct HttpContext {
     pub(crate) activity: Arc<Activity>,
     pub(crate) idle_timeout: Duration,
     pub(crate) force_close: CancellationToken,
+    /// Gateway only: picks each request's route, and so the context it is forwarded in.
+    pub(crate) router: Option<Arc<dyn Router>>,
+    /// Gateway only: `Strict-Transport-Security` for every response.
+    pub(crate) hsts: Option<HeaderValue>,
+}
+
+/// Chooses where a request goes when a connection's requests may go to different places
+/// (the gateway's routes): the context it is forwarded in, or why it cannot be forwarded.
+pub(crate) trait Router: Send + Sync + std::fmt::Debug {
+    /// The context for `request`, derived from its connection's `base`; or the status and the
+    /// reason in words to answer with.
+    fn route(
+        &self,
+        base: &HttpContext,
+        request: &Request<Incoming>,
+    ) -> Result<Arc<HttpContext>, (StatusCode, String)>;
 }
 
 /// The policy deciding an inbound connection's requests, and its verified caller.
@@ -198,6 +215,10 @@ pub(crate) async fn forward(
             span.record("server.address", ctx.fallback_authority.as_str());
         }
     }
+    let routed = ctx
+        .router
+        .as_ref()
+        .map(|router| router.route(&ctx, &request));
     let method = request.method().clone();
     let uri = request.uri().clone();
     let unanswered = Unanswered {
@@ -209,13 +230,43 @@ pub(crate) async fn forward(
         started,
         armed: true,
     };
+    let (ctx, outcome) = match routed {
+        None => (ctx.clone(), None),
+        Some(Ok(routed)) => {
+            if recording {
+                span.record("server.address", &*routed.destination);
+            }
+            (routed, None)
+        }
+        Some(Err((status, reason))) => {
+            ctx.metrics
+                .request(ctx.direction, ctx.version.label(), status.as_u16());
+            let grpc = rewrite::is_grpc(request.headers());
+            let outcome = Outcome {
+                response: answer::error_response(status, grpc, &reason),
+                judgement: None,
+                error: Some(("no_route", reason)),
+            };
+            (ctx.clone(), Some(outcome))
+        }
+    };
     let Outcome {
-        response,
+        mut response,
         judgement,
         error,
-    } = exchange(&ctx, request, &span)
-        .instrument(span.clone())
-        .await;
+    } = match outcome {
+        Some(outcome) => outcome,
+        None => {
+            exchange(&ctx, request, &span)
+                .instrument(span.clone())
+                .await
+        }
+    };
+    if let Some(hsts) = &ctx.hsts {
+        response
+            .headers_mut()
+            .insert(STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     unanswered.answered();
     let head = started.elapsed();
     // Time to the response head: a stream's length says nothing about the mesh's latency.
