@@ -325,11 +325,11 @@ async fn every_ca_metric_is_in_the_cas_metrics_table_and_every_row_is_exported()
 }
 
 /// The keys in the first column of `docs/sidecar.md`'s configuration reference.
-fn documented_keys() -> BTreeSet<String> {
-    let doc = read("docs/sidecar.md");
+fn documented_keys(path: &str) -> BTreeSet<String> {
+    let doc = read(path);
     let start = doc
         .find("## Configuration reference")
-        .expect("docs/sidecar.md has a configuration reference");
+        .unwrap_or_else(|| panic!("{path} has a configuration reference"));
     let section = &doc[start..];
     let end = section[3..]
         .find("\n## ")
@@ -345,15 +345,33 @@ fn documented_keys() -> BTreeSet<String> {
 
 #[test]
 fn every_key_of_the_reference_configuration_is_documented() {
-    let reference: serde_json::Value =
-        serde_saphyr::from_str(&read("examples/proxy/reference.yaml"))
-            .expect("the reference configuration parses");
+    assert_reference_documented("examples/proxy/reference.yaml", "docs/sidecar.md", 40);
+}
+
+#[test]
+fn every_key_of_the_gateways_reference_configuration_is_documented() {
+    assert_reference_documented("examples/gateway/reference.yaml", "docs/gateway.md", 45);
+    // And the gateway's examples are configurations it reads.
+    for example in [
+        "examples/gateway/reference.yaml",
+        "examples/gateway/gateway.yaml",
+    ] {
+        hush_gateway::GatewayConfig::from_yaml(&read(example), example, &repo())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Every key of the configuration `reference` is in the configuration reference table of
+/// `doc`, and every row of the table is a key of `reference` (or shown commented out there).
+fn assert_reference_documented(reference_path: &str, doc: &str, at_least: usize) {
+    let reference: serde_json::Value = serde_saphyr::from_str(&read(reference_path))
+        .unwrap_or_else(|e| panic!("{reference_path} parses: {e}"));
     let keys = hush_test_support::key_paths(&reference);
-    assert!(keys.len() >= 40, "{keys:?}");
-    let documented = documented_keys();
+    assert!(keys.len() >= at_least, "{keys:?}");
+    let documented = documented_keys(doc);
     let undocumented: Vec<_> = keys.difference(&documented).collect();
     // A key the reference shows commented out (it has no default to write) counts as in it.
-    let text = read("examples/proxy/reference.yaml");
+    let text = read(reference_path);
     let unknown: Vec<_> = documented
         .difference(&keys)
         .filter(|key| {
@@ -363,8 +381,8 @@ fn every_key_of_the_reference_configuration_is_documented() {
         .collect();
     assert!(
         undocumented.is_empty() && unknown.is_empty(),
-        "in reference.yaml but not in docs/sidecar.md's configuration reference: \
-         {undocumented:?}\nin the reference table but not in reference.yaml: {unknown:?}"
+        "in {reference_path} but not in {doc}'s configuration reference: \
+         {undocumented:?}\nin the reference table but not in {reference_path}: {unknown:?}"
     );
 }
 

@@ -475,3 +475,75 @@ async fn certificate_files_are_reloaded_and_a_broken_pair_keeps_the_one_served()
         "{metrics}"
     );
 }
+
+/// A Python with `websockets` and `grpcio` (CI: its venv's, and `HUSH_REQUIRE_GATEWAY_PYTHON`
+/// so the test cannot be skipped there).
+fn python() -> Option<PathBuf> {
+    match std::env::var_os("HUSH_GATEWAY_PYTHON").filter(|p| !p.is_empty()) {
+        Some(python) => Some(PathBuf::from(python)),
+        None if std::env::var_os("HUSH_REQUIRE_GATEWAY_PYTHON").is_some() => {
+            panic!("HUSH_REQUIRE_GATEWAY_PYTHON is set but HUSH_GATEWAY_PYTHON is not")
+        }
+        None => {
+            eprintln!("skipped: no Python with websockets and grpcio (set HUSH_GATEWAY_PYTHON)");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_ssl_websockets_and_grpc_pass_through_the_gateway() {
+    let Some(python) = python() else { return };
+    let edge = Edge::start(|_, _| {}).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/gateway_client.py");
+    let output = tokio::task::spawn_blocking({
+        let port = edge.gateway.https().port().to_string();
+        let root = edge.public_root.clone();
+        move || {
+            Command::new(python)
+                .arg(script)
+                .arg(port)
+                .arg(HOST)
+                .arg(root)
+                .output()
+                .expect("python runs")
+        }
+    })
+    .await
+    .expect("the client finished");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}\ngateway:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        edge.gateway.stderr()
+    );
+    let seen: Value = serde_json::from_str(&stdout).expect("the client's JSON");
+    for (name, version) in [("tls1.2", "TLSv1.2"), ("tls1.3", "TLSv1.3")] {
+        let https = &seen[name]["https"];
+        assert_eq!(https["tls"], version, "{seen}");
+        assert_eq!(https["status"], 200, "{seen}");
+        assert_eq!(https["hsts"], "max-age=31536000", "{seen}");
+        assert_eq!(
+            https["peer_identity"],
+            serde_json::json!([GATEWAY]),
+            "{seen}"
+        );
+        assert_eq!(
+            https["x_forwarded_for"],
+            serde_json::json!(["127.0.0.1"]),
+            "{seen}"
+        );
+        assert_eq!(
+            https["x_forwarded_proto"],
+            serde_json::json!(["https"]),
+            "{seen}"
+        );
+        assert_eq!(
+            seen[name]["wss"]["echo"], "hello through the gateway",
+            "{seen}"
+        );
+    }
+    // HealthCheckResponse{status: SERVING}.
+    assert_eq!(seen["grpc"]["health"], "0801", "{seen}");
+}
