@@ -10,9 +10,14 @@
 //! requests per second, CPU per request, latency percentiles at a fixed rate, idle memory.
 //! `bench/proxy.sh` installs the peers and runs it.
 //!
+//! `hush-bench gateway` — public TLS termination: `hush gateway` beside nginx, new TLS
+//! connections per second and keep-alive requests per second through each, CPU per unit.
+//! `bench/gateway.sh` installs nginx and runs it.
+//!
 //! `hush-bench sidecar-memory` — the idle resident and private memory of one sidecar, for
 //! several commands that run it (two builds, or two binaries) side by side.
 
+mod gateway;
 mod load;
 mod memory;
 mod otlp_sink;
@@ -46,6 +51,8 @@ enum Bench {
     Ca(CaArgs),
     /// HTTP/1.1 through hush sidecars vs. direct, stunnel4 and haproxy, side by side.
     Proxy(proxy::ProxyArgs),
+    /// Public TLS termination: hush gateway vs. nginx, new connections and keep-alive.
+    Gateway(gateway::GatewayArgs),
     /// Idle memory of one sidecar (resident, file-backed, anonymous, private), per command.
     SidecarMemory(memory::SidecarMemoryArgs),
     /// The app the proxy benchmark measures against (started by `proxy` itself).
@@ -91,6 +98,7 @@ fn main() -> Result<()> {
     match Cli::parse().bench {
         Bench::Ca(args) => ca(args),
         Bench::Proxy(args) => proxy::run(args),
+        Bench::Gateway(args) => gateway::run(args),
         Bench::SidecarMemory(args) => memory::run(args),
         Bench::App { listen } => load::serve_app(listen),
         Bench::Load {

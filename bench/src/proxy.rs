@@ -111,7 +111,7 @@ impl Measured {
     }
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
@@ -688,7 +688,7 @@ impl std::fmt::Display for Rss {
     }
 }
 
-fn which(names: &[&str]) -> Option<PathBuf> {
+pub(crate) fn which(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     for dir in
         std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
@@ -705,11 +705,11 @@ fn which(names: &[&str]) -> Option<PathBuf> {
 
 /// A free loopback port, for peers whose configuration needs a fixed one. (A benchmark on an
 /// otherwise quiet machine; the tests never do this.)
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_listening(process: &mut Spawned, port: u16) -> Result<()> {
+pub(crate) fn wait_listening(process: &mut Spawned, port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while StdStream::connect(("127.0.0.1", port)).is_err() {
         let exited = process.child.try_wait()?.is_some();
@@ -731,13 +731,13 @@ fn wait_listening(process: &mut Spawned, port: u16) -> Result<()> {
 }
 
 /// A child process, killed when dropped.
-struct Spawned {
+pub(crate) struct Spawned {
     child: Child,
     name: &'static str,
 }
 
 impl Spawned {
-    fn new(command: &mut Command, name: &'static str) -> Result<Self> {
+    pub(crate) fn new(command: &mut Command, name: &'static str) -> Result<Self> {
         // Peers report configuration errors on stderr: keep it for the error message.
         let log = std::env::temp_dir().join(format!(
             "hush-bench-{}.log",
@@ -752,11 +752,11 @@ impl Spawned {
         Ok(Self { child, name })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn first_line(&mut self) -> Result<String> {
+    pub(crate) fn first_line(&mut self) -> Result<String> {
         let stdout = self.child.stdout.take().context("no stdout")?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
@@ -766,7 +766,7 @@ impl Spawned {
         Ok(line.trim().to_string())
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -716,6 +716,11 @@ impl GatewayProcess {
         self.http.expect("this gateway has no http listener")
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// The gateway's mesh identity, from its readiness line.
     pub fn spiffe_id(&self) -> &str {
         &self.spiffe_id

@@ -1,0 +1,526 @@
+//! `hush-bench gateway`: public TLS termination, hush gateway beside nginx.
+//!
+//! Both terminate TLS with the same certificate and key (ECDSA P-256, from a CA made for the
+//! run) and forward HTTP/1.1 to the same app on loopback:
+//!
+//! * hush — client → `hush gateway` → mutual TLS 1.3 → backend sidecar → app;
+//! * nginx — client → nginx (`proxy_pass` with upstream keep-alive) → app.
+//!
+//! The hush path has one hop more (into the mesh), whose cost is reported apart: the
+//! gateway's own CPU, and the gateway's plus the sidecar's. Both servers run on one core (the
+//! gateway with `--threads 1`, nginx with `worker_processes 1`), so their rates are per core.
+//! Two loads, each for every server in turn, in interleaved rounds:
+//!
+//! * **new connections**: each of `--concurrency` clients connects, does a full TLS 1.3
+//!   handshake (no resumption; X25519 and ECDSA P-256 on both sides, so both do the same
+//!   cryptography), sends one request, reads the answer and closes — handshakes per second,
+//!   and the server's CPU per handshake;
+//! * **keep-alive**: `--connections` TLS connections, requests back to back on each —
+//!   requests per second and CPU per request.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hush_config::{
+    CaConfig, CertificateConfig, CertificateFiles, GatewayConfig, HttpsConfig, Identities,
+    RouteConfig, TlsProfile,
+};
+use hush_test_support::{
+    CaProcess, GatewayProcess, ProxyProcess, mint_token, run_hush_ok, write_sidecar_config,
+};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::cpu_seconds;
+use crate::proxy::{Spawned, free_port, http1_inbound, median, wait_listening, which};
+
+/// The public name both servers answer for.
+const HOST: &str = "bench.example";
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct GatewayArgs {
+    /// Path of the `hush` binary (default: next to this one, e.g. target/release/hush).
+    #[arg(long)]
+    hush: Option<PathBuf>,
+    /// Seconds of each load per server and round.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Clients opening new connections at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Keep-alive connections for the request-rate runs.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Rounds over both servers, interleaved; the report gives the median and the range.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Threads of the gateway (and nginx worker processes).
+    #[arg(long, default_value_t = 1)]
+    threads: u16,
+}
+
+/// One server under load.
+struct Server {
+    name: &'static str,
+    entry: SocketAddr,
+    /// The processes whose CPU is the server's.
+    pids: Vec<u32>,
+    /// The processes of the hop into the mesh, reported apart.
+    extra_pids: Vec<u32>,
+}
+
+#[derive(Default)]
+struct Figures {
+    handshakes: Vec<f64>,
+    cpu_per_handshake: Vec<f64>,
+    cpu_per_handshake_with_hop: Vec<f64>,
+    requests: Vec<f64>,
+    cpu_per_request: Vec<f64>,
+    cpu_per_request_with_hop: Vec<f64>,
+}
+
+fn cpu_of(pids: &[u32]) -> Result<f64> {
+    pids.iter().map(|pid| cpu_seconds(*pid)).sum()
+}
+
+pub(crate) fn run(args: GatewayArgs) -> Result<()> {
+    let hush = match args.hush.clone() {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .context("no parent directory")?
+            .join("hush"),
+    };
+    if !hush.exists() {
+        bail!("{} not found: build it first with `cargo build --release`", hush.display());
+    }
+    let Some(nginx) = which(&["nginx"]) else {
+        bail!("nginx is not installed (bench/gateway.sh installs it)");
+    };
+    let temp = tempfile::tempdir()?;
+    let root = temp.path();
+
+    let mut app = Spawned::new(
+        Command::new(std::env::current_exe()?).args(["app", "--listen", "127.0.0.1:0"]),
+        "hush-bench app",
+    )?;
+    let app_addr: SocketAddr = app
+        .first_line()?
+        .strip_prefix("listening on ")
+        .context("unexpected first line from the app")?
+        .parse()?;
+
+    // The public certificate both servers present.
+    let public = public_certificate(root)?;
+
+    // The mesh: a CA, the backend's sidecar, the gateway.
+    let ca_dir = root.join("ca");
+    run_hush_ok(
+        &hush,
+        &["ca", "init", "--dir", path_str(&ca_dir), "--trust-domain", "bench.local"],
+    );
+    let ca = CaProcess::start(&hush, &ca_dir, &[]);
+    let backend_id = "spiffe://bench.local/ns/bench/sa/backend";
+    let backend_config = write_sidecar_config(
+        &hush,
+        &root.join("backend"),
+        &ca_dir,
+        ca.url(),
+        backend_id,
+        |c| c.inbound = Some(http1_inbound(app_addr)),
+    );
+    let mut backend = ProxyProcess::start(&hush, &backend_config);
+    let gateway_dir = root.join("gateway");
+    fs::create_dir_all(&gateway_dir)?;
+    let token = mint_token(&hush, &ca_dir, "spiffe://bench.local/ns/edge/sa/gateway", &[]);
+    fs::write(gateway_dir.join("token"), token)?;
+    let mut config = GatewayConfig {
+        ca: CaConfig::new(ca.url(), ca_dir.join("bundle.pem"), "token"),
+        https: HttpsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            profile: TlsProfile::Intermediate,
+            hsts: hush_config::Hsts::default(),
+        },
+        http: None,
+        certificates: vec![CertificateConfig {
+            hosts: vec![HOST.into()],
+            files: Some(CertificateFiles {
+                cert: public.chain.clone(),
+                key: public.key.clone(),
+            }),
+            acme: false,
+        }],
+        acme: None,
+        routes: vec![RouteConfig {
+            host: "*".into(),
+            path_prefix: "/".into(),
+            upstream: backend.inbound().to_string(),
+            identity: Identities(vec![backend_id.parse()?]),
+        }],
+        admin: hush_config::AdminConfig::default(),
+        limits: hush_config::Limits::default(),
+        access_log: hush_config::AccessLog::default(),
+        tracing: hush_config::TracingConfig::default(),
+        shutdown_grace: Duration::from_secs(1),
+    };
+    config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let config_path = gateway_dir.join("gateway.yaml");
+    fs::write(&config_path, config.to_yaml()?)?;
+    let threads = args.threads.to_string();
+    let gateway = GatewayProcess::try_start(
+        &hush,
+        &config_path,
+        &[("HUSH_GATEWAY_THREADS", threads.as_str()), ("HUSH_LOG", "warn")],
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    // nginx: the same certificate, the same protocols, one worker per gateway thread.
+    let nginx_port = free_port()?;
+    let nginx_dir = root.join("nginx");
+    fs::create_dir_all(nginx_dir.join("logs"))?;
+    let nginx_conf = nginx_dir.join("nginx.conf");
+    fs::write(
+        &nginx_conf,
+        format!(
+            "worker_processes {threads};\ndaemon off;\nmaster_process on;\npid {pid};\nerror_log {dir}/logs/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
+               fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
+               keepalive_requests 1000000;\n\
+               upstream app {{ server {app_addr}; keepalive 64; }}\n\
+               server {{\n    listen 127.0.0.1:{nginx_port} ssl http2;\n    server_name {HOST};\n\
+                 ssl_certificate {chain};\n    ssl_certificate_key {key};\n\
+                 ssl_protocols TLSv1.2 TLSv1.3;\n\
+                 add_header Strict-Transport-Security \"max-age=31536000\" always;\n\
+                 location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+                   proxy_set_header Host $host; proxy_set_header X-Forwarded-For $remote_addr; proxy_set_header X-Forwarded-Proto https; }}\n\
+               }}\n}}\n",
+            pid = nginx_dir.join("nginx.pid").display(),
+            dir = nginx_dir.display(),
+            chain = public.chain.display(),
+            key = public.key.display(),
+        ),
+    )?;
+    let mut nginx_proc = Spawned::new(
+        Command::new(&nginx).arg("-p").arg(&nginx_dir).arg("-c").arg(&nginx_conf),
+        "nginx",
+    )?;
+    wait_listening(&mut nginx_proc, nginx_port)?;
+    // The workers are the master's children; their CPU is what serves.
+    let nginx_pids = children_of(nginx_proc.pid());
+
+    let servers = [
+        Server {
+            name: "hush gateway",
+            entry: gateway.https(),
+            pids: vec![gateway.pid()],
+            extra_pids: vec![backend.process().pid()],
+        },
+        Server {
+            name: "nginx",
+            entry: SocketAddr::from(([127, 0, 0, 1], nginx_port)),
+            pids: nginx_pids,
+            extra_pids: vec![],
+        },
+    ];
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let connector = TlsConnector::from(client_config(&public.root)?);
+    let window = Duration::from_secs(args.seconds);
+    let mut figures: Vec<Figures> = servers.iter().map(|_| Figures::default()).collect();
+    for round in 0..args.rounds {
+        for (server, figures) in servers.iter().zip(&mut figures) {
+            eprintln!("round {}: {} — new connections", round + 1, server.name);
+            let (cpu0, extra0) = (cpu_of(&server.pids)?, cpu_of(&server.extra_pids)?);
+            let done = runtime.block_on(new_connections(
+                server.entry,
+                connector.clone(),
+                args.concurrency,
+                window,
+            ))?;
+            let (cpu, extra) = (
+                cpu_of(&server.pids)? - cpu0,
+                cpu_of(&server.extra_pids)? - extra0,
+            );
+            figures.handshakes.push(done as f64 / window.as_secs_f64());
+            figures.cpu_per_handshake.push(cpu / done as f64);
+            figures
+                .cpu_per_handshake_with_hop
+                .push((cpu + extra) / done as f64);
+
+            eprintln!("round {}: {} — keep-alive", round + 1, server.name);
+            let (cpu0, extra0) = (cpu_of(&server.pids)?, cpu_of(&server.extra_pids)?);
+            let done = runtime.block_on(keep_alive(
+                server.entry,
+                connector.clone(),
+                args.connections,
+                window,
+            ))?;
+            let (cpu, extra) = (
+                cpu_of(&server.pids)? - cpu0,
+                cpu_of(&server.extra_pids)? - extra0,
+            );
+            figures.requests.push(done as f64 / window.as_secs_f64());
+            figures.cpu_per_request.push(cpu / done as f64);
+            figures
+                .cpu_per_request_with_hop
+                .push((cpu + extra) / done as f64);
+        }
+    }
+    print!("{}", report(&args, &servers, &figures));
+    drop(gateway);
+    backend.terminate();
+    nginx_proc.stop();
+    app.stop();
+    drop(ca);
+    Ok(())
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    // nginx forks its workers after it listens: wait for them (bounded).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let children: Vec<u32> = fs::read_to_string(&path)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if !children.is_empty() || Instant::now() > deadline {
+            return children;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The public CA's root, and a chain and key for [`HOST`], in PEM files under `root`.
+struct PublicCertificate {
+    root: CertificateDer<'static>,
+    chain: PathBuf,
+    key: PathBuf,
+}
+
+fn public_certificate(dir: &Path) -> Result<PublicCertificate> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "bench public root");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let key = rcgen::KeyPair::generate()?;
+    let leaf = rcgen::CertificateParams::new(vec![HOST.to_string()])?.signed_by(&key, &ca)?;
+    let chain = dir.join("public.pem");
+    let key_path = dir.join("public.key");
+    fs::write(&chain, format!("{}{}", leaf.pem(), ca.pem()))?;
+    fs::write(&key_path, key.serialize_pem())?;
+    Ok(PublicCertificate {
+        root: ca.der().clone(),
+        chain,
+        key: key_path,
+    })
+}
+
+/// A client that does a full TLS 1.3 handshake every time, with X25519 (which both servers
+/// support; offering the post-quantum hybrid would make hush do more work than nginx, which
+/// lacks it), speaking HTTP/1.1.
+fn client_config(root: &CertificateDer<'static>) -> Result<Arc<rustls::ClientConfig>> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone())?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+const REQUEST: &[u8] = b"GET /bench HTTP/1.1\r\nhost: bench.example\r\n\r\n";
+const REQUEST_CLOSE: &[u8] =
+    b"GET /bench HTTP/1.1\r\nhost: bench.example\r\nconnection: close\r\n\r\n";
+
+/// Reads one response (head and a Content-Length body) from `io`, keeping what follows.
+async fn read_response<S: AsyncReadExt + Unpin>(io: &mut S, buf: &mut Vec<u8>) -> Result<()> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end]).context("a response head")?;
+            if !head.starts_with("HTTP/1.1 200") {
+                bail!("unexpected response: {}", head.lines().next().unwrap_or(""));
+            }
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            let total = end + 4 + length;
+            if buf.len() >= total {
+                buf.drain(..total);
+                return Ok(());
+            }
+        }
+        let mut chunk = [0u8; 8192];
+        let n = io.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("the server closed the connection mid-response");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn one_connection(entry: SocketAddr, connector: &TlsConnector) -> Result<()> {
+    let tcp = TcpStream::connect(entry).await?;
+    tcp.set_nodelay(true)?;
+    let mut tls = connector
+        .connect(ServerName::try_from(HOST)?, tcp)
+        .await?;
+    tls.write_all(REQUEST_CLOSE).await?;
+    let mut buf = Vec::new();
+    read_response(&mut tls, &mut buf).await?;
+    Ok(())
+}
+
+/// Completed connections (handshake, request, answer) in `window`.
+async fn new_connections(
+    entry: SocketAddr,
+    connector: TlsConnector,
+    concurrency: usize,
+    window: Duration,
+) -> Result<u64> {
+    // Warm-up: the gateway's pooled connection into the mesh, nginx's to the app.
+    one_connection(entry, &connector).await?;
+    let deadline = Instant::now() + window;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let connector = connector.clone();
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    one_connection(entry, &connector).await?;
+                    done += 1;
+                }
+                Ok::<_, anyhow::Error>(done)
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for task in tasks {
+        done += task.await??;
+    }
+    Ok(done)
+}
+
+/// Requests answered on `connections` kept-alive TLS connections in `window`.
+async fn keep_alive(
+    entry: SocketAddr,
+    connector: TlsConnector,
+    connections: usize,
+    window: Duration,
+) -> Result<u64> {
+    let mut opened = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let tcp = TcpStream::connect(entry).await?;
+        tcp.set_nodelay(true)?;
+        let mut tls = connector.connect(ServerName::try_from(HOST)?, tcp).await?;
+        let mut buf = Vec::new();
+        tls.write_all(REQUEST).await?;
+        read_response(&mut tls, &mut buf).await?;
+        opened.push((tls, buf));
+    }
+    let deadline = Instant::now() + window;
+    let tasks: Vec<_> = opened
+        .into_iter()
+        .map(|(mut tls, mut buf)| {
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    tls.write_all(REQUEST).await?;
+                    read_response(&mut tls, &mut buf).await?;
+                    done += 1;
+                }
+                Ok::<_, anyhow::Error>(done)
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for task in tasks {
+        done += task.await??;
+    }
+    Ok(done)
+}
+
+fn range(values: &[f64], scale: f64, unit: &str) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min) * scale;
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max) * scale;
+    format!("{:.0}{unit} ({min:.0} – {max:.0})", median(values) * scale)
+}
+
+fn report(args: &GatewayArgs, servers: &[Server], figures: &[Figures]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\npublic TLS 1.3 termination, {} thread(s)/worker(s) each, {} rounds of {} s, median (range)\n",
+        args.threads, args.rounds, args.seconds
+    );
+    let _ = writeln!(
+        out,
+        "| server | new connections/s ({} clients) | CPU per handshake | handshakes per CPU-second | keep-alive req/s ({} connections) | CPU per request |",
+        args.concurrency, args.connections
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    for (server, f) in servers.iter().zip(figures) {
+        let per_cpu: Vec<f64> = f.cpu_per_handshake.iter().map(|c| 1.0 / c).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            server.name,
+            range(&f.handshakes, 1.0, ""),
+            range(&f.cpu_per_handshake, 1e6, " µs"),
+            range(&per_cpu, 1.0, ""),
+            range(&f.requests, 1.0, ""),
+            range(&f.cpu_per_request, 1e6, " µs"),
+        );
+        if !server.extra_pids.is_empty() {
+            let _ = writeln!(
+                out,
+                "| … with the mesh hop (gateway + backend sidecar) | | {} | | | {} |",
+                range(&f.cpu_per_handshake_with_hop, 1e6, " µs"),
+                range(&f.cpu_per_request_with_hop, 1e6, " µs"),
+            );
+        }
+    }
+    if let [hush, nginx] = figures {
+        let per_cpu = |f: &Figures| median(&f.cpu_per_handshake.iter().map(|c| 1.0 / c).collect::<Vec<_>>());
+        let _ = writeln!(
+            out,
+            "\nhush / nginx: {:.2}× the new connections per second, {:.2}× the handshakes per CPU-second, \
+             {:.2}× the keep-alive requests per second, {:.2}× the CPU per request ({:.2}× with the mesh hop)",
+            median(&hush.handshakes) / median(&nginx.handshakes),
+            per_cpu(hush) / per_cpu(nginx),
+            median(&hush.requests) / median(&nginx.requests),
+            median(&hush.cpu_per_request) / median(&nginx.cpu_per_request),
+            median(&hush.cpu_per_request_with_hop) / median(&nginx.cpu_per_request),
+        );
+    }
+    out
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap_or_default()
+}
