@@ -6,7 +6,10 @@
 //! service and sent there with mutual TLS from the gateway's own SPIFFE identity, pinning the
 //! identity the route names, so the service's policy decides on `spiffe://…/gateway`.
 //!
+//! * [`acme`] — certificates from an ACME CA ([`acme::AcmeManager`]): stored, ordered,
+//!   renewed, shared between replicas through the state directory.
 //! * [`certs`] — the certificates served, by name ([`certs::CertStore`], rustls's resolver),
 //!   and the ACME challenges in flight.
 
+pub mod acme;
 pub mod certs;
