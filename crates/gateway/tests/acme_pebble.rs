@@ -127,8 +127,12 @@ impl ChallengeServer {
         *self.stores.0.lock().unwrap() = stores;
     }
 
+    /// The distinct tokens pebble asked for (it may ask for one more than once).
     fn tokens(&self) -> Vec<String> {
-        self.tokens.lock().unwrap().clone()
+        let mut tokens = self.tokens.lock().unwrap().clone();
+        tokens.sort();
+        tokens.dedup();
+        tokens
     }
 }
 
@@ -578,12 +582,14 @@ async fn a_ca_outage_keeps_the_served_certificate_until_the_ca_returns() {
     while failures < 3 {
         match running.next(Duration::from_secs(30), &pebble).await {
             AcmeEvent::Failed { error, .. } => {
-                assert!(
-                    error.contains("Connection refused") || error.contains("connect"),
-                    "{error}"
-                );
+                assert!(error.contains("create the ACME account"), "{error}");
                 failures += 1;
             }
+            // What load_stored installed.
+            AcmeEvent::Installed {
+                source: Source::Stored,
+                ..
+            } => {}
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(

@@ -72,10 +72,14 @@ impl Pebble {
         }
         let dir = tempfile::tempdir().expect("a temporary directory for pebble");
         let (root, cert, key) = write_certificates(dir.path());
-        let listen = free_tcp();
-        let management = free_tcp();
-        let dns = free_tcp_and_udp();
-        let dns_management = free_tcp();
+        // Held until all are chosen, so no two of them are the same port; released just
+        // before the servers bind them.
+        let mut held = Vec::new();
+        let listen = free_tcp(&mut held);
+        let management = free_tcp(&mut held);
+        let dns = free_tcp_and_udp(&mut held);
+        let dns_management = free_tcp(&mut held);
+        drop(held);
         let challtestsrv = Command::new(CHALLTESTSRV)
             .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
             .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
@@ -289,17 +293,21 @@ fn get(addr: SocketAddr, root: &Path, path: &str) -> Result<String, String> {
     Ok(response)
 }
 
-fn free_tcp() -> SocketAddr {
+/// A free port, held in `held` until the caller releases it.
+fn free_tcp(held: &mut Vec<TcpListener>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("its address")
+    let addr = listener.local_addr().expect("its address");
+    held.push(listener);
+    addr
 }
 
 /// A port free for both TCP and UDP (a DNS server listens on both).
-fn free_tcp_and_udp() -> SocketAddr {
+fn free_tcp_and_udp(held: &mut Vec<TcpListener>) -> SocketAddr {
     for _ in 0..100 {
         let tcp = TcpListener::bind("127.0.0.1:0").expect("a free port");
         let addr = tcp.local_addr().expect("its address");
         if UdpSocket::bind(addr).is_ok() {
+            held.push(tcp);
             return addr;
         }
     }
