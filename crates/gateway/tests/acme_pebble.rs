@@ -8,7 +8,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use hush_config::{AcmeChallenge, AcmeConfig, CertificateConfig};
@@ -41,13 +41,17 @@ struct ChallengeServer {
 
 impl ChallengeServer {
     async fn start(stores: Vec<Arc<CertStore>>) -> Self {
-        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let tls = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let tls = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
         let stores = Stores(Arc::new(Mutex::new(stores)));
         let server = Self {
             stores: stores.clone(),
-            http_port: http.local_addr().unwrap().port(),
-            tls_port: tls.local_addr().unwrap().port(),
+            http_port: http.local_addr().expect("a loopback port").port(),
+            tls_port: tls.local_addr().expect("a loopback port").port(),
             tokens: Arc::default(),
             alpn: Arc::default(),
             shutdown: CancellationToken::new(),
@@ -57,7 +61,7 @@ impl ChallengeServer {
         tokio::spawn(async move {
             loop {
                 let (mut socket, _) = tokio::select! {
-                    accepted = http.accept() => accepted.unwrap(),
+                    accepted = http.accept() => accepted.expect("accepting on loopback"),
                     () = shutdown.cancelled() => return,
                 };
                 let stores = http_stores.clone();
@@ -76,7 +80,10 @@ impl ChallengeServer {
                     let answer =
                         path.strip_prefix("/.well-known/acme-challenge/")
                             .and_then(|token| {
-                                tokens.lock().unwrap().push(token.to_string());
+                                tokens
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .push(token.to_string());
                                 stores.all().iter().find_map(|s| s.http01(token))
                             });
                     let response = match answer {
@@ -94,7 +101,7 @@ impl ChallengeServer {
         });
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .unwrap()
+            .expect("test setup")
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(stores));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
@@ -103,7 +110,7 @@ impl ChallengeServer {
         tokio::spawn(async move {
             loop {
                 let (socket, _) = tokio::select! {
-                    accepted = tls.accept() => accepted.unwrap(),
+                    accepted = tls.accept() => accepted.expect("accepting on loopback"),
                     () = shutdown.cancelled() => return,
                 };
                 let acceptor = acceptor.clone();
@@ -113,7 +120,9 @@ impl ChallengeServer {
                         let (_, connection) = stream.get_ref();
                         if connection.alpn_protocol() == Some(ACME_TLS_ALPN) {
                             let name = connection.server_name().unwrap_or_default().to_string();
-                            alpn.lock().unwrap().push(name);
+                            alpn.lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .push(name);
                         }
                     }
                 });
@@ -124,12 +133,16 @@ impl ChallengeServer {
 
     /// Answers from `stores` from now on (a restarted gateway's).
     fn serve(&self, stores: Vec<Arc<CertStore>>) {
-        *self.stores.0.lock().unwrap() = stores;
+        *self.stores.0.lock().unwrap_or_else(PoisonError::into_inner) = stores;
     }
 
     /// The distinct tokens pebble asked for (it may ask for one more than once).
     fn tokens(&self) -> Vec<String> {
-        let mut tokens = self.tokens.lock().unwrap().clone();
+        let mut tokens = self
+            .tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         tokens.sort();
         tokens.dedup();
         tokens
@@ -142,7 +155,10 @@ struct Stores(Arc<Mutex<Vec<Arc<CertStore>>>>);
 
 impl Stores {
     fn all(&self) -> Vec<Arc<CertStore>> {
-        self.0.lock().unwrap().clone()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -206,7 +222,7 @@ impl ServerCertVerifier for AnyCertificate {
 async fn served_leaf(port: u16, host: &str, alpn: &[u8]) -> Option<CertificateDer<'static>> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .unwrap()
+        .expect("test setup")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
         .with_no_client_auth();
@@ -214,8 +230,8 @@ async fn served_leaf(port: u16, host: &str, alpn: &[u8]) -> Option<CertificateDe
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
-        .unwrap();
-    let name = ServerName::try_from(host.to_string()).unwrap();
+        .expect("test setup");
+    let name = ServerName::try_from(host.to_string()).expect("test setup");
     let stream = connector.connect(name, socket).await.ok()?;
     stream.get_ref().1.peer_certificates()?.first().cloned()
 }
@@ -266,7 +282,7 @@ impl Running {
         store: Arc<CertStore>,
     ) -> Self {
         let mut manager = AcmeManager::new(config, certificates, store.clone())
-            .unwrap()
+            .expect("test setup")
             .with_timings(timings());
         let events = manager.events();
         manager.load_stored();
@@ -321,16 +337,16 @@ impl Running {
         tokio::time::timeout(Duration::from_secs(10), self.task)
             .await
             .expect("the manager stops on shutdown")
-            .unwrap();
+            .expect("test setup");
     }
 }
 
 /// Issuer and DNS names of a DER certificate.
 fn facts(der: &[u8]) -> (String, Vec<String>) {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(der).expect("test setup");
     let names = cert
         .subject_alternative_name()
-        .unwrap()
+        .expect("test setup")
         .map(|san| {
             san.value
                 .general_names
@@ -346,7 +362,11 @@ fn facts(der: &[u8]) -> (String, Vec<String>) {
 }
 
 fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    std::fs::metadata(path)
+        .expect("test setup")
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 /// The served leaf for `name` in `store`, as DER.
@@ -544,13 +564,13 @@ async fn renews_at_two_thirds_of_the_lifetime() {
 /// A key and self-signed certificate for `hosts`, valid from `age` ago for `lifetime`, in
 /// the form the manager stores (key, then chain).
 fn stored_pem(hosts: &[&str], age: Duration, lifetime: Duration) -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
+    let key = rcgen::KeyPair::generate().expect("test setup");
     let mut params =
         rcgen::CertificateParams::new(hosts.iter().map(|h| (*h).to_string()).collect::<Vec<_>>())
-            .unwrap();
+            .expect("test setup");
     params.not_before = time::OffsetDateTime::now_utc() - age;
     params.not_after = params.not_before + lifetime;
-    let cert = params.self_signed(&key).unwrap();
+    let cert = params.self_signed(&key).expect("test setup");
     format!("{}{}", key.serialize_pem(), cert.pem())
 }
 
