@@ -673,3 +673,49 @@ async fn two_managers_sharing_a_state_dir_order_once() {
     first.stop().await;
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_the_ca_forgot_is_created_again() {
+    let certificates = [certificate(&[HOST])];
+    let store = Arc::new(CertStore::new(&certificates));
+    let server = ChallengeServer::start(vec![store.clone()]).await;
+    let Some(mut pebble) = start_pebble(&server, None) else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let config = acme_config(&pebble, root.path(), AcmeChallenge::Http01);
+    let mut first = Running::start(&config, &certificates, store.clone());
+    first.installed(&pebble).await;
+    first.stop().await;
+    let account = std::fs::read(root.path().join("account.json")).unwrap();
+
+    // Pebble forgets every account when it restarts, as a CA may deactivate one.
+    pebble.restart();
+    let certificates = [certificate(&[HOST]), certificate(&["api.example.com"])];
+    let store = Arc::new(CertStore::new(&certificates));
+    server.serve(vec![store.clone()]);
+    let mut second = Running::start(&config, &certificates, store);
+    let mut refused = None;
+    loop {
+        match second.next(Duration::from_secs(60), &pebble).await {
+            AcmeEvent::Failed { error, .. } => refused = Some(error),
+            AcmeEvent::Installed {
+                name,
+                source: Source::Ordered,
+                ..
+            } => {
+                assert_eq!(&*name, "api.example.com");
+                break;
+            }
+            _ => {}
+        }
+    }
+    let refused = refused.expect("the stored account was tried first");
+    assert!(refused.contains("accountDoesNotExist"), "{refused}");
+    assert_ne!(
+        std::fs::read(root.path().join("account.json")).unwrap(),
+        account,
+        "a new account is stored"
+    );
+    second.stop().await;
+}
