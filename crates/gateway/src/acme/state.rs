@@ -201,17 +201,6 @@ mod tests {
     }
 
     #[test]
-    fn a_file_written_in_a_loose_umask_is_still_0600() {
-        // The mode is set when the temporary file is created, never relaxed by the umask or
-        // tightened afterwards: there is no moment at which the key is readable by others.
-        let root = tempfile::tempdir().unwrap();
-        let state = StateDir::open(root.path()).unwrap();
-        let path = root.path().join("account.json");
-        state.write_private(&path, b"{}").unwrap();
-        assert_eq!(mode(&path), 0o600);
-    }
-
-    #[test]
     fn a_lock_is_held_by_one_holder_at_a_time() {
         let root = tempfile::tempdir().unwrap();
         let state = StateDir::open(root.path()).unwrap();
