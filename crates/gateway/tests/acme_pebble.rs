@@ -719,3 +719,45 @@ async fn an_account_the_ca_forgot_is_created_again() {
     );
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_stored_certificate_is_reported_and_ordered_again() {
+    let certificates = [certificate(&[HOST])];
+    let store = Arc::new(CertStore::new(&certificates));
+    let server = ChallengeServer::start(vec![store.clone()]).await;
+    let Some(pebble) = start_pebble(&server, None) else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("shop.example.com.pem");
+    std::fs::write(&file, "-----BEGIN PRIVATE KEY-----\nnot base64 at all\n").unwrap();
+    let config = acme_config(&pebble, root.path(), AcmeChallenge::Http01);
+    let mut manager = AcmeManager::new(&config, &certificates, store.clone())
+        .unwrap()
+        .with_timings(timings());
+    let loaded = manager.load_stored();
+    assert!(matches!(&loaded[0].1, Stored::Unusable(_)), "{loaded:?}");
+    let events = manager.events();
+    let shutdown = CancellationToken::new();
+    let mut running = Running {
+        store: store.clone(),
+        events,
+        shutdown: shutdown.clone(),
+        task: tokio::spawn(manager.run(shutdown)),
+    };
+    let (source, _, _) = running.installed(&pebble).await;
+    assert_eq!(source, Source::Ordered);
+    // The file is replaced by the new certificate, which a restart can serve.
+    let stored = std::fs::read(&file).unwrap();
+    let current = store.current(HOST).unwrap();
+    let again = hush_gateway::certs::Served::from_pem(
+        HOST,
+        &[HOST.to_string()],
+        &stored,
+        &stored,
+        hush_gateway::certs::Origin::Acme,
+    )
+    .unwrap();
+    assert_eq!(again.key.cert[0], current.key.cert[0]);
+    running.stop().await;
+}
