@@ -100,7 +100,10 @@ pub(crate) fn run(args: GatewayArgs) -> Result<()> {
             .join("hush"),
     };
     if !hush.exists() {
-        bail!("{} not found: build it first with `cargo build --release`", hush.display());
+        bail!(
+            "{} not found: build it first with `cargo build --release`",
+            hush.display()
+        );
     }
     let Some(nginx) = which(&["nginx"]) else {
         bail!("nginx is not installed (bench/gateway.sh installs it)");
@@ -125,7 +128,14 @@ pub(crate) fn run(args: GatewayArgs) -> Result<()> {
     let ca_dir = root.join("ca");
     run_hush_ok(
         &hush,
-        &["ca", "init", "--dir", path_str(&ca_dir), "--trust-domain", "bench.local"],
+        &[
+            "ca",
+            "init",
+            "--dir",
+            path_str(&ca_dir),
+            "--trust-domain",
+            "bench.local",
+        ],
     );
     let ca = CaProcess::start(&hush, &ca_dir, &[]);
     let backend_id = "spiffe://bench.local/ns/bench/sa/backend";
@@ -140,7 +150,12 @@ pub(crate) fn run(args: GatewayArgs) -> Result<()> {
     let mut backend = ProxyProcess::start(&hush, &backend_config);
     let gateway_dir = root.join("gateway");
     fs::create_dir_all(&gateway_dir)?;
-    let token = mint_token(&hush, &ca_dir, "spiffe://bench.local/ns/edge/sa/gateway", &[]);
+    let token = mint_token(
+        &hush,
+        &ca_dir,
+        "spiffe://bench.local/ns/edge/sa/gateway",
+        &[],
+    );
     fs::write(gateway_dir.join("token"), token)?;
     let mut config = GatewayConfig {
         ca: CaConfig::new(ca.url(), ca_dir.join("bundle.pem"), "token"),
@@ -178,7 +193,10 @@ pub(crate) fn run(args: GatewayArgs) -> Result<()> {
     let gateway = GatewayProcess::try_start(
         &hush,
         &config_path,
-        &[("HUSH_GATEWAY_THREADS", threads.as_str()), ("HUSH_LOG", "warn")],
+        &[
+            ("HUSH_GATEWAY_THREADS", threads.as_str()),
+            ("HUSH_LOG", "warn"),
+        ],
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
 
@@ -210,7 +228,11 @@ pub(crate) fn run(args: GatewayArgs) -> Result<()> {
         ),
     )?;
     let mut nginx_proc = Spawned::new(
-        Command::new(&nginx).arg("-p").arg(&nginx_dir).arg("-c").arg(&nginx_conf),
+        Command::new(&nginx)
+            .arg("-p")
+            .arg(&nginx_dir)
+            .arg("-c")
+            .arg(&nginx_conf),
         "nginx",
     )?;
     wait_listening(&mut nginx_proc, nginx_port)?;
@@ -387,9 +409,7 @@ async fn read_response<S: AsyncReadExt + Unpin>(io: &mut S, buf: &mut Vec<u8>) -
 async fn one_connection(entry: SocketAddr, connector: &TlsConnector) -> Result<()> {
     let tcp = TcpStream::connect(entry).await?;
     tcp.set_nodelay(true)?;
-    let mut tls = connector
-        .connect(ServerName::try_from(HOST)?, tcp)
-        .await?;
+    let mut tls = connector.connect(ServerName::try_from(HOST)?, tcp).await?;
     tls.write_all(REQUEST_CLOSE).await?;
     let mut buf = Vec::new();
     read_response(&mut tls, &mut buf).await?;
@@ -506,7 +526,14 @@ fn report(args: &GatewayArgs, servers: &[Server], figures: &[Figures]) -> String
         }
     }
     if let [hush, nginx] = figures {
-        let per_cpu = |f: &Figures| median(&f.cpu_per_handshake.iter().map(|c| 1.0 / c).collect::<Vec<_>>());
+        let per_cpu = |f: &Figures| {
+            median(
+                &f.cpu_per_handshake
+                    .iter()
+                    .map(|c| 1.0 / c)
+                    .collect::<Vec<_>>(),
+            )
+        };
         let _ = writeln!(
             out,
             "\nhush / nginx: {:.2}× the new connections per second, {:.2}× the handshakes per CPU-second, \

@@ -5,16 +5,18 @@
 //! and grpcio for gRPC (when `HUSH_GATEWAY_PYTHON` names a Python that has them).
 
 use std::fs;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use hush_config::{
-    CaConfig, CertificateConfig, CertificateFiles, GatewayConfig, Hsts, HttpConfig, HttpsConfig,
-    RouteConfig, TlsProfile,
+    AcmeChallenge, AcmeConfig, CaConfig, CertificateConfig, CertificateFiles, GatewayConfig, Hsts,
+    HttpConfig, HttpsConfig, RouteConfig, TlsProfile,
 };
 use hush_test_support::{
-    CaProcess, GatewayProcess, ProxyProcess, TestCa, http_request, mint_token,
+    CaProcess, GatewayProcess, Pebble, PebbleOptions, ProxyProcess, TestCa, http_request,
+    mint_token,
 };
 use serde_json::Value;
 use tempfile::TempDir;
@@ -139,12 +141,17 @@ impl Edge {
 
     /// curl against the gateway, `shop.test` resolving to it; returns (stdout, stderr, ok).
     fn curl(&self, args: &[&str], path: &str) -> (String, String, bool) {
+        self.curl_trusting(&self.public_root, args, path)
+    }
+
+    /// [`Self::curl`], trusting the roots in `roots`.
+    fn curl_trusting(&self, roots: &Path, args: &[&str], path: &str) -> (String, String, bool) {
         let https = self.gateway.https();
         let resolve = format!("{HOST}:{}:127.0.0.1", https.port());
         let url = format!("https://{HOST}:{}{path}", https.port());
         let output = Command::new("curl")
             .args(["-sS", "--max-time", "20", "--resolve", &resolve, "--cacert"])
-            .arg(&self.public_root)
+            .arg(roots)
             .args(args)
             .arg(&url)
             .output()
@@ -546,4 +553,168 @@ async fn python_ssl_websockets_and_grpc_pass_through_the_gateway() {
     }
     // HealthCheckResponse{status: SERVING}.
     assert_eq!(seen["grpc"]["health"], "0801", "{seen}");
+}
+
+// === ACME, against pebble ===
+
+/// A free loopback port: pebble must be told the ports it validates on before the gateway
+/// binds them.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A gateway whose certificate for `shop.test` comes from pebble by `challenge`; `None` when
+/// pebble is not installed (and CI does not require it).
+async fn acme_edge(
+    challenge: AcmeChallenge,
+    validity: Option<Duration>,
+) -> Option<(Edge, Pebble, PathBuf)> {
+    let (http_port, tls_port) = (free_port(), free_port());
+    let pebble = Pebble::start(PebbleOptions {
+        http_port,
+        tls_port,
+        certificate_validity: validity,
+    })?;
+    let state = tempfile::tempdir().expect("temp dir").keep();
+    let (directory, directory_ca) = (pebble.directory_url(), pebble.root_ca_pem().to_path_buf());
+    let state_dir = state.join("acme");
+    let edge = Edge::start(|config, _| {
+        config.https.listen = SocketAddr::from(([127, 0, 0, 1], tls_port));
+        config.http = Some(HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], http_port)),
+            redirect_port: None,
+        });
+        config.certificates = vec![CertificateConfig {
+            hosts: vec![HOST.into()],
+            files: None,
+            acme: true,
+        }];
+        config.acme = Some(AcmeConfig {
+            directory,
+            contact: vec!["mailto:ops@shop.test".into()],
+            accept_terms_of_service: true,
+            challenge,
+            state_dir: state_dir.clone(),
+            directory_ca: Some(directory_ca),
+        });
+    })
+    .await;
+    Some((edge, pebble, state_dir))
+}
+
+/// The root of the certificates pebble issues (each start of pebble makes a new one).
+fn pebble_issuer_root(pebble: &Pebble, into: &Path) -> PathBuf {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(pebble.root_ca_pem())
+        .arg(format!("{}/roots/0", pebble.management_url()))
+        .output()
+        .expect("curl runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path = into.join("pebble-issuer-root.pem");
+    fs::write(&path, &output.stdout).expect("write pebble's root");
+    path
+}
+
+/// Waits until the gateway serves a certificate that chains to `root`, and returns curl's
+/// verbose lines about it.
+fn wait_for_acme_certificate(edge: &Edge, root: &Path) -> String {
+    let mut last = String::new();
+    wait_until("the gateway serves a certificate from pebble", || {
+        let (stdout, stderr, ok) = edge.curl_trusting(root, &["-v"], "/echo");
+        last = format!("{stdout}\n{stderr}");
+        ok
+    });
+    last
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_is_obtained_by_acme_http_01_and_served() {
+    let Some((edge, pebble, state_dir)) = acme_edge(AcmeChallenge::Http01, None).await else {
+        return;
+    };
+    let root = pebble_issuer_root(&pebble, edge.temp.path());
+    let verbose = wait_for_acme_certificate(&edge, &root);
+    assert!(
+        verbose.contains("issuer: CN=Pebble Intermediate"),
+        "{verbose}"
+    );
+    let (stdout, stderr, ok) =
+        edge.curl_trusting(&root, &["--tlsv1.2", "--tls-max", "1.2"], "/echo");
+    assert!(ok, "{stderr}");
+    assert_eq!(header(&echoed(&stdout), "peer_identity"), [GATEWAY]);
+    // The account and the certificate are kept, readable by the gateway's user alone.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&state_dir), 0o700);
+    let files: Vec<PathBuf> = fs::read_dir(&state_dir)
+        .expect("the state directory")
+        .map(|e| e.expect("an entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json" || e == "pem"))
+        .collect();
+    assert!(files.len() >= 2, "{files:?}");
+    for file in files {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+    let metrics = http_request(edge.gateway.admin(), "GET", "/metrics").1;
+    assert!(
+        metrics.contains("hush_gateway_certificate_expiry_timestamp_seconds{certificate=\"shop.test\",source=\"acme\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_is_obtained_by_acme_tls_alpn_01_and_served() {
+    let Some((edge, pebble, _)) = acme_edge(AcmeChallenge::TlsAlpn01, None).await else {
+        return;
+    };
+    let root = pebble_issuer_root(&pebble, edge.temp.path());
+    wait_for_acme_certificate(&edge, &root);
+    let (stdout, stderr, ok) = edge.curl_trusting(&root, &["--http2"], "/echo");
+    assert!(ok, "{stderr}");
+    assert_eq!(header(&echoed(&stdout), "peer_identity"), [GATEWAY]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acme_certificate_is_renewed_before_it_expires_and_served_through_an_outage() {
+    // Pebble's certificates live 30 s: renewal comes at about 20 s.
+    let Some((edge, mut pebble, _)) =
+        acme_edge(AcmeChallenge::Http01, Some(Duration::from_secs(30))).await
+    else {
+        return;
+    };
+    let root = pebble_issuer_root(&pebble, edge.temp.path());
+    let expire = |verbose: &str| {
+        verbose
+            .lines()
+            .find(|l| l.contains("expire date:"))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let first = expire(&wait_for_acme_certificate(&edge, &root));
+    let mut renewed = String::new();
+    wait_until("the gateway renews the certificate", || {
+        let (_, stderr, ok) = edge.curl_trusting(&root, &["-v", "-o", "/dev/null"], "/echo");
+        renewed = expire(&stderr);
+        ok && renewed != first
+    });
+    // The CA goes away: the next renewal fails, and the certificate in service stays.
+    pebble.stop();
+    wait_until("the gateway reports the failed renewal", || {
+        edge.gateway.stderr().contains("connection refused")
+            || edge.gateway.stderr().contains("Connection refused")
+    });
+    let (_, stderr, ok) = edge.curl_trusting(&root, &["-v", "-o", "/dev/null"], "/echo");
+    assert!(
+        ok,
+        "the served certificate was dropped during the outage: {stderr}"
+    );
+    assert_eq!(expire(&stderr), renewed);
 }

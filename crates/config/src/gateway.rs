@@ -189,7 +189,7 @@ pub struct AcmeConfig {
     /// 0600). Replicas that share it order each certificate once.
     pub state_dir: PathBuf,
     /// PEM roots that verify the ACME server's own TLS, for a private ACME CA; default: the
-    /// system's roots.
+    /// web PKI's roots (Mozilla's, built into hush).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory_ca: Option<PathBuf>,
 }

@@ -10,8 +10,9 @@ use hush_config::{GatewayConfig, ProxyConfig};
 use hush_proxy::{Edge, EdgeRoute, Metrics, Proxy, ProxyError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
+use crate::acme::{AcmeError, AcmeEvent, AcmeManager, Stored};
 use crate::certs::{CertStore, Served};
 use crate::files::{FileCertificates, FilesError};
 use crate::redirect::Redirector;
@@ -29,6 +30,9 @@ pub enum GatewayError {
     /// A certificate from files cannot be served.
     #[error(transparent)]
     Files(#[from] FilesError),
+    /// ACME cannot start (its state directory, its roots).
+    #[error(transparent)]
+    Acme(#[from] AcmeError),
     /// Public TLS could not be configured.
     #[error("cannot configure public TLS: {0}")]
     Tls(#[from] rustls::Error),
@@ -62,6 +66,7 @@ pub struct Gateway {
     proxy: Proxy,
     store: Arc<CertStore>,
     files: FileCertificates,
+    acme: Option<AcmeManager>,
     http: Option<(TcpListener, Arc<Redirector>)>,
     addresses: GatewayAddresses,
 }
@@ -104,6 +109,20 @@ impl Gateway {
         let proxy = Proxy::bind(mesh_config(&config)).await?;
         watch_expiry(&store, proxy.metrics());
         let files = FileCertificates::load(&config.certificates, store.clone())?;
+        // What an earlier run (or another replica) obtained is served from the start; the
+        // rest is ordered once the gateway runs.
+        let acme = match &config.acme {
+            Some(acme) if config.certificates.iter().any(|c| c.acme) => {
+                let mut manager = AcmeManager::new(acme, &config.certificates, store.clone())?;
+                for (name, stored) in manager.load_stored() {
+                    if stored == Stored::Missing {
+                        info!(certificate = %name, "no certificate stored yet: it will be ordered from {}", acme.directory);
+                    }
+                }
+                Some(manager)
+            }
+            _ => None,
+        };
         let acme_tls_alpn = config
             .acme
             .as_ref()
@@ -152,6 +171,7 @@ impl Gateway {
             proxy,
             store,
             files,
+            acme,
             http,
             addresses,
         })
@@ -192,6 +212,7 @@ impl Gateway {
             proxy,
             store,
             files,
+            acme,
             http,
             ..
         } = self;
@@ -210,6 +231,26 @@ impl Gateway {
                 .await;
         }));
         tasks.push(tokio::spawn(warn_daily(store, background.clone())));
+        if let Some(acme) = acme {
+            let mut events = acme.events();
+            let metrics = proxy.metrics();
+            let stop = background.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        event = events.recv() => match event {
+                            Ok(AcmeEvent::Failed { name, .. } | AcmeEvent::StoredUnusable { name, .. }) => {
+                                metrics.gateway_certificate_update(&name, "acme", false);
+                            }
+                            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        },
+                        () = stop.cancelled() => return,
+                    }
+                }
+            }));
+            tasks.push(tokio::spawn(acme.run(background.clone())));
+        }
         let result = proxy.run(shutdown).await;
         background.cancel();
         for task in tasks {

@@ -7,6 +7,8 @@
 //! identity the route names, so the service's policy decides on `spiffe://…/gateway`.
 //!
 //! * [`Gateway`] — bind, then run until shutdown; [`GatewayConfig`] is its configuration.
+//! * [`acme`] — certificates from an ACME CA ([`acme::AcmeManager`]): stored, ordered,
+//!   renewed, shared between replicas through the state directory.
 //! * [`certs`] — the certificates served, by name ([`certs::CertStore`], rustls's resolver),
 //!   and the ACME challenges in flight.
 //! * [`files`] — certificates from PEM files, reloaded when they change.
@@ -16,6 +18,7 @@
 //! The forwarding into the mesh is the sidecar's ([`hush_proxy::Edge`]): the gateway is a
 //! sidecar whose "app" is the Internet.
 
+pub mod acme;
 pub mod certs;
 pub mod files;
 mod gateway;

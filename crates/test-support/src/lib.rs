@@ -22,6 +22,8 @@
 //!   parsing (webpki for the chain, x509-parser for the fields).
 //! * [`FakeApiServer`] — a Kubernetes API server over HTTPS that answers TokenReviews, and can
 //!   hold a TokenReview client to the [`TokenReviewContract`].
+//! * [`Pebble`] — Let's Encrypt's test ACME server and its fake DNS, configured and started for
+//!   a test (skipped when not installed, unless `HUSH_REQUIRE_PEBBLE=1`).
 //! * [`SoftHsmToken`] — a SoftHSM2 token of a test's own, for CA keys in a PKCS#11 token.
 //!
 //! Helpers panic with a message that says what went wrong: they run inside tests, where a panic
@@ -31,6 +33,7 @@ mod ca;
 mod csr;
 mod fake_k8s;
 mod openssl;
+mod pebble;
 mod process;
 mod softhsm;
 mod x509;
@@ -51,6 +54,7 @@ pub use self::fake_k8s::{
     token_review_authenticated, token_review_rejected,
 };
 pub use self::openssl::{OpensslKey, openssl_available, openssl_csr, openssl_csr_with_digest};
+pub use self::pebble::{Pebble, PebbleOptions};
 pub use self::process::{
     CaProcess, GatewayProcess, HushProcess, ProxyProcess, READY_TIMEOUT, StartError,
     describe_output, http_request, mint_token, run_hush, run_hush_ok, run_hush_with_env,
