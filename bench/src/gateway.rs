@@ -65,6 +65,13 @@ pub(crate) struct GatewayArgs {
     /// Threads of the gateway (and nginx worker processes).
     #[arg(long, default_value_t = 1)]
     threads: u16,
+    /// First scan the gateway's listener with testssl.sh (its every check, trusting the run's
+    /// public root) and list what it finds at LOW severity or above.
+    #[arg(long)]
+    testssl: bool,
+    /// Only the testssl.sh scan, no load.
+    #[arg(long, requires = "testssl")]
+    scan_only: bool,
 }
 
 /// One server under load.
@@ -254,6 +261,12 @@ pub(crate) fn run(args: GatewayArgs) -> Result<()> {
         },
     ];
 
+    if args.testssl {
+        print!("{}", testssl(gateway.https(), &public.root_pem, root)?);
+        if args.scan_only {
+            return Ok(());
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -308,6 +321,79 @@ pub(crate) fn run(args: GatewayArgs) -> Result<()> {
     Ok(())
 }
 
+/// Runs testssl.sh against `entry` as [`HOST`], trusting `root_pem`, and lists its findings of
+/// LOW severity or above (an empty list: nothing to fix).
+fn testssl(entry: SocketAddr, root_pem: &Path, dir: &Path) -> Result<String> {
+    let Some(testssl) = which(&["testssl", "testssl.sh"]) else {
+        bail!("testssl.sh is not installed (bench/gateway.sh installs it)");
+    };
+    let json = dir.join("testssl.json");
+    let started = Instant::now();
+    let output = Command::new(&testssl)
+        .args([
+            "--quiet",
+            "--color",
+            "0",
+            "--warnings",
+            "off",
+            "--ip",
+            "127.0.0.1",
+        ])
+        .arg("--add-ca")
+        .arg(root_pem)
+        .arg("--jsonfile")
+        .arg(&json)
+        .arg(format!("{HOST}:{}", entry.port()))
+        .output()
+        .context("cannot run testssl.sh")?;
+    let findings: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&json).with_context(|| {
+            format!(
+                "testssl.sh wrote no report: {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })?)?;
+    let mut out = String::new();
+    let entries = findings.as_array().map(Vec::as_slice).unwrap_or_default();
+    let serious: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|f| {
+            matches!(
+                f["severity"].as_str(),
+                Some("LOW" | "MEDIUM" | "HIGH" | "CRITICAL" | "WARN" | "FATAL")
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "testssl.sh ({}) on the gateway's listener: {} checks in {:.0} s, {} at LOW severity or above",
+        String::from_utf8_lossy(
+            &Command::new(&testssl)
+                .arg("--version")
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        )
+        .lines()
+        .find(|l| l.contains("testssl.sh") && l.contains("3."))
+        .map(str::trim)
+        .unwrap_or("version unknown"),
+        entries.len(),
+        started.elapsed().as_secs_f64(),
+        serious.len()
+    );
+    for finding in serious {
+        let _ = writeln!(
+            out,
+            "  {} {}: {}",
+            finding["severity"].as_str().unwrap_or(""),
+            finding["id"].as_str().unwrap_or(""),
+            finding["finding"].as_str().unwrap_or("")
+        );
+    }
+    Ok(out)
+}
+
 /// The processes whose parent is `pid`.
 fn children_of(pid: u32) -> Vec<u32> {
     let path = format!("/proc/{pid}/task/{pid}/children");
@@ -329,6 +415,7 @@ fn children_of(pid: u32) -> Vec<u32> {
 /// The public CA's root, and a chain and key for [`HOST`], in PEM files under `root`.
 struct PublicCertificate {
     root: CertificateDer<'static>,
+    root_pem: PathBuf,
     chain: PathBuf,
     key: PathBuf,
 }
@@ -347,8 +434,11 @@ fn public_certificate(dir: &Path) -> Result<PublicCertificate> {
     let key_path = dir.join("public.key");
     fs::write(&chain, format!("{}{}", leaf.pem(), ca.pem()))?;
     fs::write(&key_path, key.serialize_pem())?;
+    let root_pem = dir.join("public-root.pem");
+    fs::write(&root_pem, ca.pem())?;
     Ok(PublicCertificate {
         root: ca.der().clone(),
+        root_pem,
         chain,
         key: key_path,
     })
