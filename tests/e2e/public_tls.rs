@@ -96,6 +96,12 @@ impl Pki {
         path_str(&self.path("root.pem")).to_string()
     }
 
+    /// The intermediate's PEM file: `openssl s_server` sends only the first certificate of
+    /// `-cert`, and the rest of the chain from `-cert_chain`.
+    fn intermediate(&self) -> String {
+        path_str(&self.path("intermediate.pem")).to_string()
+    }
+
     /// A leaf for `names` (DNS names or IP addresses), valid from `from` to `to` days from now.
     fn leaf(&self, stem: &str, names: &[&str], from: i64, to: i64) -> Leaf {
         let mut params = CertificateParams::default();
@@ -251,7 +257,7 @@ async fn a_well_configured_nginx_passes_every_step() {
             "TLS 1.2: accepted (TLS_ECDHE_ECDSA_WITH_",
             "TLS 1.1: refused",
             "TLS 1.0: refused",
-            "1. CN=shop.example.com — issued by O=hush tests, CN=public test intermediate",
+            "1. CN=shop.example.com — issued by CN=public test intermediate, O=hush tests",
             "chain: ok, up to a root of --ca-file",
             "shop.example.com is covered: the certificate names DNS shop.example.com",
             "step 6, expiry: ok",
@@ -268,7 +274,8 @@ async fn a_well_configured_nginx_passes_every_step() {
     says(
         &text,
         &[
-            "the chain goes up to the root O=hush tests, CN=public test root, which Mozilla's root list",
+            "the chain goes up to CN=public test intermediate, O=hush tests, issued by CN=public \
+             test root, O=hush tests, which Mozilla's root list (as browsers trust) does not hold",
         ],
     );
     never(&text, &["incomplete"]);
@@ -335,8 +342,8 @@ async fn a_leaf_without_its_intermediate_is_an_incomplete_chain_naming_the_issue
         &text,
         &[
             "the server presented 1 certificate:",
-            "the chain is incomplete: the server sent CN=shop.example.com issued by O=hush \
-             tests, CN=public test intermediate, but not that issuer's certificate",
+            "the chain is incomplete: the server sent CN=shop.example.com issued by CN=public \
+             test intermediate, O=hush tests, but not that issuer's certificate",
             "hint: serve the full chain",
         ],
     );
@@ -347,8 +354,15 @@ async fn a_leaf_without_its_intermediate_is_an_incomplete_chain_naming_the_issue
 async fn a_certificate_for_other_names_fails_at_the_name() {
     let pki = Pki::new();
     let leaf = pki.leaf("other", &["www.other.example", "other.example"], -1, 90);
-    let Some((_server, addr)) = openssl_server(&["-cert", &leaf.chain, "-key", &leaf.key, "-rev"])
-    else {
+    let Some((_server, addr)) = openssl_server(&[
+        "-cert",
+        &leaf.alone,
+        "-cert_chain",
+        &pki.intermediate(),
+        "-key",
+        &leaf.key,
+        "-rev",
+    ]) else {
         return;
     };
     let (_, report, text) = diagnose(&[
@@ -391,9 +405,16 @@ async fn versions_are_told_one_by_one_and_old_ones_are_a_warning() {
     };
 
     // TLS 1.2 only: fine, and said as it is.
-    let Some((tls12, addr)) =
-        openssl_server(&["-cert", &leaf.chain, "-key", &leaf.key, "-tls1_2", "-rev"])
-    else {
+    let Some((tls12, addr)) = openssl_server(&[
+        "-cert",
+        &leaf.alone,
+        "-cert_chain",
+        &pki.intermediate(),
+        "-key",
+        &leaf.key,
+        "-tls1_2",
+        "-rev",
+    ]) else {
         return;
     };
     let (output, report, text) = run(&addr);
@@ -415,7 +436,9 @@ async fn versions_are_told_one_by_one_and_old_ones_are_a_warning() {
     // Every version from TLS 1.0: a warning at step 3, and the story goes on.
     let Some((all, addr)) = openssl_server(&[
         "-cert",
-        &leaf.chain,
+        &leaf.alone,
+        "-cert_chain",
+        &pki.intermediate(),
         "-key",
         &leaf.key,
         "-min_protocol",
@@ -445,7 +468,9 @@ async fn versions_are_told_one_by_one_and_old_ones_are_a_warning() {
     // TLS 1.0 alone: neither modern version, and which one it takes.
     let Some((_old, addr)) = openssl_server(&[
         "-cert",
-        &leaf.chain,
+        &leaf.alone,
+        "-cert_chain",
+        &pki.intermediate(),
         "-key",
         &leaf.key,
         "-tls1",
@@ -546,7 +571,9 @@ async fn a_stapled_ocsp_response_is_read_and_a_near_expiry_is_a_warning() {
     }
     let Some((_server, addr)) = openssl_server(&[
         "-cert",
-        &leaf.chain,
+        &leaf.alone,
+        "-cert_chain",
+        &pki.intermediate(),
         "-key",
         &leaf.key,
         "-status_file",
@@ -571,7 +598,8 @@ async fn a_stapled_ocsp_response_is_read_and_a_near_expiry_is_a_warning() {
         &text,
         &[
             "step 6, expiry: WARNING",
-            "warning at step 6, expiry: the certificate expires in 9 days (a warning under 14 days)",
+            "warning at step 6, expiry: the certificate expires in ",
+            " days (a warning under 14 days)",
             "step 7, OCSP stapling: ok",
             "a stapled OCSP response came (",
             "status successful, the certificate is good",
@@ -640,8 +668,8 @@ async fn hush_check_gateway_checks_each_certificate_acme_and_each_host_served() 
         "ca:\n  address: {ca}\n  trust_bundle: {bundle}\n  token_file: token\n\
          https:\n  listen: 127.0.0.1:{public_port}\n\
          certificates:\n\
-         - hosts: [shop.example.com]\n    files: {{cert: shop-chain.pem, key: shop.key}}\n\
-         - hosts: [blog.example.com]\n    files: {{cert: blog-chain.pem, key: blog.key}}\n\
+         - hosts: [shop.example.com]\n  files: {{cert: shop-chain.pem, key: shop.key}}\n\
+         - hosts: [blog.example.com]\n  files: {{cert: blog-chain.pem, key: blog.key}}\n\
          acme:\n  directory: https://127.0.0.1:{acme_port}/directory\n  \
          accept_terms_of_service: true\n  challenge: tls-alpn-01\n  state_dir: acme-state\n  \
          directory_ca: root.pem\n\

@@ -262,13 +262,25 @@ fn unknown_issuer(
                 label(top)
             ),
         ),
-        (_, false) => (
+        // The leaf alone, its issuer neither sent nor trusted: what a server that leaves out
+        // its intermediate looks like (public CAs never issue from a root directly).
+        (1, false) => (
             PublicReason::IncompleteChain,
             format!(
                 "the chain is incomplete: the server sent {} issued by {}, but not that \
                  issuer's certificate (the intermediate), and {trusted} does not hold it either",
                 label(top),
                 top.issuer
+            ),
+        ),
+        // Sent up to a CA certificate whose issuer is not trusted: another CA, or one more
+        // certificate missing; the chain cannot tell which, so both are said.
+        (_, false) => (
+            PublicReason::UnknownIssuer,
+            format!(
+                "the chain goes up to {}, issued by {}, which {trusted} does not hold: a CA not \
+                 trusted here (or a certificate missing between them)",
+                top.subject, top.issuer
             ),
         ),
         (_, true) => (
