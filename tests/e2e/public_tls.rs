@@ -196,7 +196,7 @@ fn nginx_server(port: u16, name: &str, cert: &str, key: &str, body: &str) -> Str
 }
 
 /// The lines of one step of a human report.
-fn step<'a>(text: &'a str, number: u32) -> Vec<&'a str> {
+fn step(text: &str, number: u32) -> Vec<&str> {
     let start = format!("step {number}, ");
     let next = format!("step {}, ", number + 1);
     text.lines()

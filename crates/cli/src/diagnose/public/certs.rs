@@ -406,8 +406,8 @@ pub(super) fn read_ocsp(der: &[u8]) -> Option<Stapled> {
         _ => "an unknown status",
     };
     let cert_status = (|| {
-        let bytes = Der::new(response.expect(0xa0)?).sequence()?; // [0] EXPLICIT ResponseBytes
-        let mut bytes = bytes;
+        // [0] EXPLICIT ResponseBytes
+        let mut bytes = Der::new(response.expect(0xa0)?).sequence()?;
         bytes.expect(0x06)?; // responseType
         let basic = bytes.expect(0x04)?; // OCTET STRING holding a BasicOCSPResponse
         let mut basic = Der::new(basic).sequence()?;

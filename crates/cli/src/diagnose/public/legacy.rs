@@ -52,7 +52,7 @@ pub(super) enum Answer {
     /// It closed the connection without a word (how many servers refuse).
     Closed,
     /// Nothing within the timeout: we cannot tell.
-    NoAnswer,
+    Silent,
     /// Something that is not a TLS answer we read.
     Unreadable,
     /// The connection for the probe failed.
@@ -87,7 +87,7 @@ fn classify(version: LegacyVersion, received: &[u8], closed: bool) -> Answer {
         ServerFirst::Hello(choice) => Answer::OtherVersion(choice.version),
         ServerFirst::Alert(alert) => Answer::Alert(alert),
         ServerFirst::Nothing if closed => Answer::Closed,
-        ServerFirst::Nothing => Answer::NoAnswer,
+        ServerFirst::Nothing => Answer::Silent,
         ServerFirst::NotTls(_) | ServerFirst::Unreadable => Answer::Unreadable,
     }
 }
@@ -206,7 +206,7 @@ mod tests {
             Answer::Alert("ProtocolVersion".into())
         );
         assert_eq!(classify(v10, &[], true), Answer::Closed);
-        assert_eq!(classify(v10, &[], false), Answer::NoAnswer);
+        assert_eq!(classify(v10, &[], false), Answer::Silent);
         assert_eq!(classify(v10, b"HTTP/1.1 400 Bad", true), Answer::Unreadable);
     }
 }

@@ -362,7 +362,7 @@ impl Story<'_> {
                     "not accepted (the server answered with a {other} ServerHello, a version \
                      we did not offer)"
                 ),
-                Answer::NoAnswer => format!(
+                Answer::Silent => format!(
                     "not known (no answer within {})",
                     humantime::format_duration(self.timeout)
                 ),
@@ -697,7 +697,7 @@ mod tests {
         let report = tell(&observation(
             agreed("TLS 1.3"),
             agreed("TLS 1.2"),
-            [Answer::NoAnswer, Answer::Closed],
+            [Answer::Silent, Answer::Closed],
         ));
         let versions = report.steps.iter().find(|s| s.name == VERSIONS).unwrap();
         assert_eq!(versions.status, Status::Ok);
