@@ -689,10 +689,10 @@ mod tests {
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
         let key = state.join("account.key");
         std::fs::write(&key, "secret").unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
         let (verdict, message, _) = check_state_dir(&state);
         assert_eq!(verdict, Verdict::Warning);
-        assert!(message.contains("account.key (0644)"), "{message}");
+        assert!(message.contains("account.key (0640)"), "{message}");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         let (verdict, message, _) = check_state_dir(&state);
         assert_eq!(verdict, Verdict::Ok, "{message}");
