@@ -15,6 +15,8 @@
 //! | plaintext HTTP on the port | 2 `plaintext_http` |
 //! | `s_server -status_file resp.der` | 7 ok, the stapled response read as good |
 //! | a certificate with 10 days left | 6, a warning (not a failure) |
+//! | a self-signed certificate; a valid leaf under an expired intermediate | 4 `self_signed`, 4 `intermediate_expired` |
+//! | nothing listening | 1 `refused` |
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -489,6 +491,104 @@ async fn versions_are_told_one_by_one_and_old_ones_are_a_warning() {
             "result: FAILED at step 3, versions: the server accepts neither TLS 1.3 nor TLS 1.2, \
              only TLS 1.0",
         ],
+    );
+}
+
+/// A leaf valid now under an intermediate that expired yesterday, and the chain's files.
+fn leaf_under_an_expired_intermediate(pki: &Pki) -> (String, String, String) {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "stale intermediate");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(400);
+    params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let stale = CertifiedIssuer::signed_by(params, KeyPair::generate().expect("key"), &pki.root)
+        .expect("an intermediate");
+    let mut params = CertificateParams::new(vec!["shop.example.com".to_string()]).expect("params");
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(2);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(60);
+    let key = KeyPair::generate().expect("key");
+    let leaf = params.signed_by(&key, &stale).expect("a leaf");
+    let write = |name: &str, text: String| {
+        let path = pki.path(name);
+        std::fs::write(&path, text).expect("write");
+        path_str(&path).to_string()
+    };
+    (
+        write("stale-leaf.pem", leaf.pem()),
+        write("stale-intermediate.pem", stale.pem()),
+        write("stale-leaf.key", key.serialize_pem()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_signed_and_stale_intermediates_are_named_and_a_closed_port_is_step_1() {
+    let pki = Pki::new();
+    let run = |addr: &str| {
+        diagnose(&[
+            "--public",
+            addr,
+            "--server-name",
+            "shop.example.com",
+            "--ca-file",
+            &pki.root(),
+        ])
+    };
+
+    // Self-signed.
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["shop.example.com".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("a certificate");
+    std::fs::write(pki.path("self.pem"), cert.pem()).expect("write");
+    std::fs::write(pki.path("self.key"), key.serialize_pem()).expect("write");
+    let Some((server, addr)) = openssl_server(&[
+        "-cert",
+        path_str(&pki.path("self.pem")),
+        "-key",
+        path_str(&pki.path("self.key")),
+        "-rev",
+    ]) else {
+        return;
+    };
+    let (_, report, text) = run(&addr);
+    assert_eq!(failure(&report), (4, "self_signed".into()), "{text}");
+    says(&text, &["the server's certificate is self-signed"]);
+    never(&text, &["incomplete"]);
+    drop(server);
+
+    // A valid leaf sent with an intermediate that has expired.
+    let (leaf, stale, key) = leaf_under_an_expired_intermediate(&pki);
+    let Some((_server, addr)) =
+        openssl_server(&["-cert", &leaf, "-cert_chain", &stale, "-key", &key, "-rev"])
+    else {
+        return;
+    };
+    let (_, report, text) = run(&addr);
+    assert_eq!(
+        failure(&report),
+        (4, "intermediate_expired".into()),
+        "{text}"
+    );
+    says(
+        &text,
+        &[
+            "the intermediate certificate the server sent, CN=stale intermediate, expired at",
+            "the server's own certificate is still valid",
+        ],
+    );
+    never(&text, &["step 6"]);
+
+    // Nothing listens.
+    let closed = format!("127.0.0.1:{}", free_port());
+    let (_, report, text) = run(&closed);
+    assert_eq!(failure(&report), (1, "refused".into()), "{text}");
+    says(
+        &text,
+        &["hint: is the server running, and is this its HTTPS port"],
     );
 }
 
