@@ -91,8 +91,9 @@ pub(super) async fn check(path: &Path, args: &CheckArgs) -> Report {
     for (index, certificate) in config.certificates.iter().enumerate() {
         let (verdict, message, hint) = match &certificate.files {
             Some(files) => check_files(certificate, files, unix_now()),
+            // Nothing on disk to check here: the ACME lines and the listener's below say more.
             None => (
-                Verdict::Ok,
+                Verdict::Skipped,
                 "from ACME: obtained and renewed by the running gateway (its listener is \
                  checked below)"
                     .into(),

@@ -179,8 +179,11 @@ impl PublicReason {
                  TLSv1.3;`; a hush gateway always offers them), and turn TLS 1.0 and 1.1 off"
             }
             Self::HandshakeFailed => {
-                "the server's TLS settings share nothing a current client offers (the message \
-                 says what failed): use Mozilla's intermediate profile"
+                "the message says what the server answered: an alert about the name \
+                 (UnrecognisedName, AccessDenied) usually means it has no certificate for this \
+                 name (a gateway: the host is not in certificates[], or its ACME order has not \
+                 completed; its log says which); otherwise its TLS settings share nothing a \
+                 current client offers (use Mozilla's intermediate profile)"
             }
             Self::NoCertificate => "configure a certificate for this name on the server",
             Self::UnknownIssuer => {
