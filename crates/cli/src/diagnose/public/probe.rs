@@ -114,10 +114,11 @@ pub(super) async fn observe(
         tls12: None,
         legacy: Vec::new(),
     };
-    // A server that does not answer in TLS gets no more hellos: there is nothing to learn.
-    if !matches!(
+    // A server that does not answer in TLS gets no more hellos: there is nothing to learn. An
+    // answer in TLS records this parser does not read is still TLS, and asked on.
+    if matches!(
         observation.first,
-        ServerFirst::Hello(_) | ServerFirst::Alert(_)
+        ServerFirst::NotTls(_) | ServerFirst::Nothing
     ) {
         return observation;
     }
