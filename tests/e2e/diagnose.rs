@@ -42,7 +42,7 @@ use crate::mesh::sidecars::{BACKEND, FRONTEND, HUSH, LoneBackend, new_ca, path_s
 
 /// Runs `hush diagnose ARGS… --json` and returns the report, with the human report of the same
 /// run's arguments for the message checks.
-fn diagnose(args: &[&str]) -> (Output, Value, String) {
+pub(crate) fn diagnose(args: &[&str]) -> (Output, Value, String) {
     let json = Command::new(HUSH)
         .arg("diagnose")
         .args(args)
@@ -64,7 +64,7 @@ fn diagnose(args: &[&str]) -> (Output, Value, String) {
 }
 
 /// The step and reason the report names as the failure.
-fn failure(report: &Value) -> (u64, String) {
+pub(crate) fn failure(report: &Value) -> (u64, String) {
     let failure = &report["failure"];
     (
         failure["step"]
@@ -422,7 +422,7 @@ impl Files {
 /// `openssl s_server` on a free loopback port with `args`, and its address; `None` (the test
 /// is skipped) without the `openssl` command. Its standard input is empty, so without `-rev`
 /// (which echoes, and never reads its input) it closes each connection after the handshake.
-fn openssl_server(args: &[&str]) -> Option<(HushProcess, String)> {
+pub(crate) fn openssl_server(args: &[&str]) -> Option<(HushProcess, String)> {
     if !openssl_available() {
         eprintln!("SKIPPED: the openssl command is needed");
         return None;
@@ -875,7 +875,7 @@ async fn a_server_hanging_up_after_the_handshake_is_not_suspected_of_not_speakin
 }
 
 /// Runs `hush check ARGS… --json`; returns the exit code and each check's verdict by name.
-fn check(args: &[&str]) -> (Option<i32>, Value) {
+pub(crate) fn check(args: &[&str]) -> (Option<i32>, Value) {
     let output = Command::new(HUSH)
         .arg("check")
         .args(args)

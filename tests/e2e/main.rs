@@ -25,6 +25,7 @@ mod kubernetes;
 mod mesh;
 mod policy;
 mod proxy;
+mod public_tls;
 mod rotation;
 mod traces;
 mod workload_api;

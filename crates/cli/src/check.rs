@@ -2,6 +2,11 @@
 //! ok, a warning, or what failed and what to do: the configuration, the trust bundle, the CA
 //! (reachable, and serving the same bundle), the clocks (against the CA's), the policy files,
 //! the token file, and the running sidecar's certificate (valid, not about to expire).
+//!
+//! `hush check --gateway gateway.yaml` does the same for an edge gateway ([`gateway`]): its
+//! mesh side as a sidecar's, then its public side.
+
+mod gateway;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -31,8 +36,20 @@ const SKEW_FAILURE: Duration = Duration::from_secs(4 * 60);
 #[derive(Debug, Args)]
 pub(crate) struct CheckArgs {
     /// The sidecar's configuration.
-    #[arg(long, env = "HUSH_PROXY_CONFIG")]
-    config: PathBuf,
+    #[arg(long, env = "HUSH_PROXY_CONFIG", required_unless_present = "gateway")]
+    config: Option<PathBuf>,
+    /// Check an edge gateway's configuration instead (`hush gateway --config`): its CA side as
+    /// a sidecar's, its certificates, ACME, and its public listener host by host. Taken over
+    /// --config (and HUSH_PROXY_CONFIG) when both are given.
+    #[arg(long, value_name = "FILE")]
+    gateway: Option<PathBuf>,
+    /// With --gateway: the running gateway's public address, when it is not `https.listen`.
+    #[arg(long, requires = "gateway")]
+    https: Option<SocketAddr>,
+    /// With --gateway: the roots (PEM) the public certificates must chain to, instead of
+    /// Mozilla's (a private CA).
+    #[arg(long, requires = "gateway")]
+    ca_file: Option<PathBuf>,
     /// The running sidecar's admin address, when it is not the configuration's `admin.listen`
     /// (a sidecar started on port 0 prints the one it got).
     #[arg(long)]
@@ -60,6 +77,10 @@ enum Verdict {
 #[derive(Debug, Serialize)]
 struct Check {
     name: &'static str,
+    /// What the check is about, when one name covers several (a gateway's certificates, its
+    /// hosts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
     verdict: Verdict,
     message: String,
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -77,6 +98,7 @@ impl Report {
     fn add(&mut self, name: &'static str, verdict: Verdict, message: String, hint: &str) {
         self.checks.push(Check {
             name,
+            subject: None,
             verdict,
             message,
             hint: hint.to_string(),
@@ -99,12 +121,25 @@ pub(crate) async fn run(args: CheckArgs) -> Result<bool> {
 }
 
 async fn check(args: &CheckArgs) -> Report {
+    match (&args.gateway, &args.config) {
+        (Some(path), _) => gateway::check(path, args).await,
+        (None, Some(path)) => check_sidecar(path, args).await,
+        // clap requires one of them.
+        (None, None) => Report {
+            config: String::new(),
+            ok: false,
+            checks: Vec::new(),
+        },
+    }
+}
+
+async fn check_sidecar(path: &std::path::Path, args: &CheckArgs) -> Report {
     let mut report = Report {
-        config: args.config.display().to_string(),
+        config: path.display().to_string(),
         ok: false,
         checks: Vec::new(),
     };
-    let config = match ProxyConfig::load(&args.config) {
+    let config = match ProxyConfig::load(path) {
         Ok(config) => {
             report.add("configuration", Verdict::Ok, "valid".into(), "");
             config
@@ -137,7 +172,7 @@ async fn check(args: &CheckArgs) -> Report {
         }
     };
 
-    check_ca(&mut report, &config, &bundle, args.timeout).await;
+    check_ca(&mut report, &config.ca.address, &bundle, args.timeout).await;
 
     match hush_proxy::check_policy(&config, bundle.trust_domain().clone()) {
         Ok(Some(summary)) => report.add("policy", Verdict::Ok, summary, ""),
@@ -155,31 +190,35 @@ async fn check(args: &CheckArgs) -> Report {
         ),
     }
 
-    match std::fs::read_to_string(&config.ca.token_file) {
-        Ok(token) if !token.trim().is_empty() => report.add(
-            "token file",
-            Verdict::Ok,
-            format!("{} is readable", config.ca.token_file.display()),
-            "",
-        ),
-        Ok(_) => report.add(
-            "token file",
-            Verdict::Warning,
-            format!("{} is empty", config.ca.token_file.display()),
-            "a running sidecar renews with its certificate, but a restart needs a token",
-        ),
-        Err(e) => report.add(
-            "token file",
-            Verdict::Warning,
-            format!("cannot read {}: {e}", config.ca.token_file.display()),
-            "a running sidecar renews with its certificate, but a restart needs a token",
-        ),
-    }
+    check_token_file(&mut report, &config.ca.token_file);
 
     check_certificate(&mut report, &config, args).await;
 
     report.ok = report.checks.iter().all(|c| c.verdict != Verdict::Failed);
     report
+}
+
+fn check_token_file(report: &mut Report, token_file: &std::path::Path) {
+    match std::fs::read_to_string(token_file) {
+        Ok(token) if !token.trim().is_empty() => report.add(
+            "token file",
+            Verdict::Ok,
+            format!("{} is readable", token_file.display()),
+            "",
+        ),
+        Ok(_) => report.add(
+            "token file",
+            Verdict::Warning,
+            format!("{} is empty", token_file.display()),
+            "a running sidecar renews with its certificate, but a restart needs a token",
+        ),
+        Err(e) => report.add(
+            "token file",
+            Verdict::Warning,
+            format!("cannot read {}: {e}", token_file.display()),
+            "a running sidecar renews with its certificate, but a restart needs a token",
+        ),
+    }
 }
 
 fn describe_bundle(bundle: &TrustBundle) -> (Verdict, String, String) {
@@ -290,13 +329,7 @@ fn judge_intermediate(
     }
 }
 
-async fn check_ca(
-    report: &mut Report,
-    config: &ProxyConfig,
-    bundle: &TrustBundle,
-    timeout: Duration,
-) {
-    let address = &config.ca.address;
+async fn check_ca(report: &mut Report, address: &str, bundle: &TrustBundle, timeout: Duration) {
     let client = match hush_ca_client::CaClient::new(address, bundle.roots()) {
         Ok(client) => client,
         Err(e) => {

@@ -54,6 +54,217 @@ pub(super) enum Reason {
 
     /// As the handshake named it (the same reasons the sidecar counts in its metrics).
     Handshake(FailureReason),
+    /// Of `hush diagnose --public`, whose server is not a sidecar (see [`PublicReason`]).
+    Public(PublicReason),
+}
+
+/// Why a step of `hush diagnose --public` failed: a public TLS server (a gateway, or any HTTPS
+/// server) judged as a browser would, so the hints speak of certificates from public CAs and of
+/// web servers, not of sidecars.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PublicReason {
+    // Step 1, the connection.
+    /// Nothing listens.
+    Refused,
+    /// No answer to the TCP connection within the timeout.
+    ConnectTimeout,
+    /// Connecting failed otherwise.
+    ConnectFailed,
+
+    // Step 2, the hello.
+    /// The server answered the ClientHello with plaintext HTTP.
+    PlaintextHttp,
+    /// The server answered with something that is neither TLS nor HTTP.
+    NotTls,
+    /// The server closed the connection without answering the ClientHello.
+    Closed,
+    /// The server did not answer the ClientHello within the timeout.
+    HelloTimeout,
+
+    // Step 3, the versions.
+    /// The server accepts neither TLS 1.3 nor TLS 1.2.
+    NoModernVersion,
+    /// A handshake of an accepted version failed for another reason.
+    HandshakeFailed,
+
+    // Step 4, the chain.
+    /// The server presented no certificate.
+    NoCertificate,
+    /// The chain leads to no trusted root, and the chain does not tell why.
+    UnknownIssuer,
+    /// The server did not send the intermediate between its certificate and a root.
+    IncompleteChain,
+    /// The server's certificate is self-signed.
+    SelfSigned,
+    /// An intermediate the server sent has expired.
+    IntermediateExpired,
+    /// An intermediate the server sent is not valid yet.
+    IntermediateNotYetValid,
+    /// A certificate was not signed by the one sent as its issuer.
+    ChainMismatch,
+    /// The certificate's extended key usage does not allow a TLS server.
+    WrongUsage,
+    /// A CA certificate presented as the server's own.
+    CaAsLeaf,
+    /// Anything else webpki refused, in its words.
+    InvalidCertificate,
+
+    // Step 5, the name.
+    /// The certificate does not cover the server name asked for.
+    WrongName,
+
+    // Step 6, the dates.
+    /// The certificate has expired.
+    Expired,
+    /// The certificate is not valid yet.
+    NotYetValid,
+}
+
+// === impl PublicReason ===
+
+impl PublicReason {
+    /// The stable label for scripts.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::ConnectTimeout | Self::HelloTimeout => "timeout",
+            Self::ConnectFailed => "connect_error",
+            Self::PlaintextHttp => "plaintext_http",
+            Self::NotTls => "not_tls",
+            Self::Closed => "closed",
+            Self::NoModernVersion => "tls_version",
+            Self::HandshakeFailed => "handshake",
+            Self::NoCertificate => "no_certificate",
+            Self::UnknownIssuer => "unknown_issuer",
+            Self::IncompleteChain => "incomplete_chain",
+            Self::SelfSigned => "self_signed",
+            Self::IntermediateExpired => "intermediate_expired",
+            Self::IntermediateNotYetValid => "intermediate_not_yet_valid",
+            Self::ChainMismatch => "chain_mismatch",
+            Self::WrongUsage => "wrong_usage",
+            Self::CaAsLeaf => "ca_as_leaf",
+            Self::InvalidCertificate => "invalid_certificate",
+            Self::WrongName => "wrong_name",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+        }
+    }
+
+    /// What to do, in one sentence or two. Never empty.
+    pub(crate) fn hint(self) -> &'static str {
+        match self {
+            Self::Refused => {
+                "is the server running, and is this its HTTPS port (gateway: https.listen)?"
+            }
+            Self::ConnectTimeout => "is a firewall dropping the packets, or the address wrong?",
+            Self::ConnectFailed => {
+                "check the address: the host name must resolve and the network reach it"
+            }
+            Self::PlaintextHttp => {
+                "this port serves plain HTTP: dial the HTTPS port instead (a gateway's \
+                 https.listen, not http.listen), or configure TLS on this one (nginx: `listen \
+                 443 ssl`)"
+            }
+            Self::NotTls => "this port speaks another protocol than TLS: check the port",
+            Self::Closed => {
+                "the server hung up on a TLS ClientHello: it may not speak TLS on this port, or \
+                 it refuses the name asked for (try --server-name); its log says why"
+            }
+            Self::HelloTimeout => {
+                "the server took the connection but never answered the ClientHello: it may wait \
+                 for a plaintext protocol, or be stuck"
+            }
+            Self::NoModernVersion => {
+                "enable TLS 1.2 and 1.3 on the server (nginx: `ssl_protocols TLSv1.2 \
+                 TLSv1.3;`; a hush gateway always offers them), and turn TLS 1.0 and 1.1 off"
+            }
+            Self::HandshakeFailed => {
+                "the message says what the server answered: an alert about the name \
+                 (UnrecognisedName, AccessDenied) usually means it has no certificate for this \
+                 name (a gateway: the host is not in certificates[], or its ACME order has not \
+                 completed; its log says which); otherwise its TLS settings share nothing a \
+                 current client offers (use Mozilla's intermediate profile)"
+            }
+            Self::NoCertificate => "configure a certificate for this name on the server",
+            Self::UnknownIssuer => {
+                "the certificate comes from a CA that is not trusted here: use one from a public \
+                 CA (or ACME), or pass --ca-file with the private CA's root"
+            }
+            Self::IncompleteChain => {
+                "serve the full chain, the certificate followed by its intermediate(s): the \
+                 fullchain.pem of an ACME client, nginx `ssl_certificate` with the intermediate \
+                 appended, a gateway's `files.cert` with the intermediate after the leaf; \
+                 browsers that cached the intermediate hide this, other clients fail"
+            }
+            Self::SelfSigned => {
+                "replace the self-signed certificate with one from a public CA (a gateway can \
+                 get one by ACME: `acme: true`), or pass --ca-file if it is meant for a private \
+                 audience"
+            }
+            Self::IntermediateExpired => {
+                "the server sends a stale intermediate: replace it with the CA's current one \
+                 (download the chain again from the CA, or renew the certificate)"
+            }
+            Self::IntermediateNotYetValid => {
+                "compare this machine's clock (`date -u`) with real time; otherwise the CA \
+                 issued an intermediate dated ahead"
+            }
+            Self::ChainMismatch => {
+                "the certificate and the chain sent with it do not belong together: take the \
+                 intermediate from the CA that issued this very certificate"
+            }
+            Self::WrongUsage => {
+                "the certificate was issued for another purpose (client or e-mail): get one \
+                 with serverAuth"
+            }
+            Self::CaAsLeaf => "configure the server with its own certificate and key, not its CA's",
+            Self::InvalidCertificate => {
+                "the message is webpki's; `openssl x509 -text -noout` on the certificate shows \
+                 what it holds"
+            }
+            Self::WrongName => {
+                "the certificate was issued for other names: issue one that covers this name \
+                 (a gateway: add it to the certificate's hosts, ACME orders it), or check \
+                 --server-name"
+            }
+            Self::Expired => {
+                "renew the certificate and reload the server (a gateway reloads its files by \
+                 itself, and renews ACME certificates at two thirds of their life: its log says \
+                 why it did not)"
+            }
+            Self::NotYetValid => {
+                "this machine's clock is behind, or the certificate was dated ahead: compare \
+                 `date -u` with real time"
+            }
+        }
+    }
+
+    /// Every reason, for the tests.
+    #[cfg(test)]
+    pub(crate) const ALL: [Self; 22] = [
+        Self::Refused,
+        Self::ConnectTimeout,
+        Self::ConnectFailed,
+        Self::PlaintextHttp,
+        Self::NotTls,
+        Self::Closed,
+        Self::HelloTimeout,
+        Self::NoModernVersion,
+        Self::HandshakeFailed,
+        Self::NoCertificate,
+        Self::UnknownIssuer,
+        Self::IncompleteChain,
+        Self::SelfSigned,
+        Self::IntermediateExpired,
+        Self::IntermediateNotYetValid,
+        Self::ChainMismatch,
+        Self::WrongUsage,
+        Self::CaAsLeaf,
+        Self::InvalidCertificate,
+        Self::WrongName,
+        Self::Expired,
+        Self::NotYetValid,
+    ];
 }
 
 // === impl Reason ===
@@ -78,6 +289,7 @@ impl Reason {
             Self::NoCredentials => "no_credentials",
             Self::ClosedAfterHandshake => "closed_after_handshake",
             Self::Handshake(reason) => reason.as_str(),
+            Self::Public(reason) => reason.as_str(),
         }
     }
 
@@ -146,7 +358,14 @@ impl Reason {
                  every connection at once)"
             }
             Self::Handshake(reason) => handshake_hint(reason),
+            Self::Public(reason) => reason.hint(),
         }
+    }
+}
+
+impl From<PublicReason> for Reason {
+    fn from(reason: PublicReason) -> Self {
+        Self::Public(reason)
     }
 }
 
@@ -280,7 +499,8 @@ mod tests {
     fn every_reason_has_a_hint_and_a_label() {
         let every = OWN
             .into_iter()
-            .chain(FailureReason::ALL.into_iter().map(Reason::Handshake));
+            .chain(FailureReason::ALL.into_iter().map(Reason::Handshake))
+            .chain(PublicReason::ALL.into_iter().map(Reason::Public));
         for reason in every {
             assert!(!reason.hint().is_empty(), "{reason:?}");
             assert!(!reason.as_str().is_empty(), "{reason:?}");

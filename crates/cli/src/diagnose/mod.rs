@@ -19,6 +19,7 @@
 mod chain;
 mod handshake;
 mod hints;
+pub(crate) mod public;
 mod recorder;
 mod report;
 mod setup;
@@ -31,13 +32,21 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 
-use self::setup::Setup;
+use self::setup::{Setup, host_of};
 use crate::parse_duration;
 
 #[derive(Debug, Args)]
 pub(crate) struct DiagnoseArgs {
-    /// The address to check, HOST:PORT (usually a sidecar's inbound port).
+    /// The address to check, HOST:PORT (usually a sidecar's inbound port; with --public, any
+    /// HTTPS server's).
     target: String,
+    /// Diagnose a public TLS server (a hush gateway, or any HTTPS server) as a browser would:
+    /// versions, chain to Mozilla's roots (or --ca-file), name, expiry, OCSP stapling.
+    #[arg(long, conflicts_with_all = ["bundle", "cert", "token_file", "expect_id"])]
+    public: bool,
+    /// With --public: the roots (PEM) to trust instead of Mozilla's, for a private CA.
+    #[arg(long, requires = "public")]
+    ca_file: Option<PathBuf>,
     /// The trust bundle (PEM) to verify the server with; without it the chain is shown but not
     /// verified.
     #[arg(long)]
@@ -69,6 +78,9 @@ pub(crate) struct DiagnoseArgs {
 }
 
 pub(crate) async fn run(args: DiagnoseArgs) -> Result<bool> {
+    if args.public {
+        return run_public(&args).await;
+    }
     let setup = Setup::from_args(&args).await?;
     let connection = handshake::observe(&args.target, &setup, args.timeout).await;
     let mut report = story::tell(&args.target, &setup, args.timeout, connection);
@@ -78,8 +90,29 @@ pub(crate) async fn run(args: DiagnoseArgs) -> Result<bool> {
         serde_json::to_writer_pretty(&mut out, &report)?;
         writeln!(out)?;
     } else {
-        out.write_all(report::render(&report, &setup.expectation()).as_bytes())?;
+        out.write_all(
+            report::render(&report, &setup.expectation(), "mutual TLS works").as_bytes(),
+        )?;
     }
     out.flush()?;
     Ok(report.ok)
+}
+
+/// `hush diagnose --public`.
+async fn run_public(args: &DiagnoseArgs) -> Result<bool> {
+    let trust = match &args.ca_file {
+        Some(path) => public::PublicTrust::from_file(path)?,
+        None => public::PublicTrust::mozilla(),
+    };
+    let server_name = public::server_name_for(&args.target, args.server_name.as_deref())?;
+    let diagnosis = public::diagnose(&args.target, server_name, &trust, args.timeout).await;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &diagnosis.report)?;
+        writeln!(out)?;
+    } else {
+        out.write_all(diagnosis.render().as_bytes())?;
+    }
+    out.flush()?;
+    Ok(diagnosis.report.ok)
 }

@@ -22,6 +22,19 @@ pub(super) struct Report {
     pub(super) steps: Vec<Step>,
     /// The first step that failed, in one line, with what to do.
     pub(super) failure: Option<Failure>,
+    /// What is worth fixing though nothing failed (`hush diagnose --public` only: a sidecar's
+    /// handshake works or it does not).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(super) warnings: Vec<Warning>,
+}
+
+/// A step that passed with something worth fixing.
+#[derive(Debug, Serialize)]
+pub(super) struct Warning {
+    pub(super) step: u8,
+    pub(super) name: &'static str,
+    pub(super) message: String,
+    pub(super) hint: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -38,6 +51,7 @@ pub(super) struct Step {
 #[serde(rename_all = "lowercase")]
 pub(super) enum Status {
     Ok,
+    Warning,
     Failed,
     Skipped,
 }
@@ -60,7 +74,26 @@ impl Report {
             ok: false,
             steps: Vec::new(),
             failure: None,
+            warnings: Vec::new(),
         }
+    }
+
+    /// A step that passed with a warning: `message` says what, `hint` what to do.
+    pub(super) fn warn(
+        &mut self,
+        number: u8,
+        name: &'static str,
+        lines: Vec<String>,
+        details: Value,
+        (message, hint): (String, &'static str),
+    ) {
+        self.push(number, name, Status::Warning, lines, details);
+        self.warnings.push(Warning {
+            step: number,
+            name,
+            message,
+            hint,
+        });
     }
 
     pub(super) fn pass(
@@ -133,13 +166,15 @@ impl Report {
     }
 }
 
-/// The report for people. `expected` is what the server must prove, said in the first line.
-pub(super) fn render(report: &Report, expected: &str) -> String {
+/// The report for people. `expected` is what the server must prove, said in the first line;
+/// `works` what the last line says when nothing failed.
+pub(super) fn render(report: &Report, expected: &str, works: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "hush diagnose {} ({expected})", report.target);
     for step in &report.steps {
         let status = match step.status {
             Status::Ok => "ok",
+            Status::Warning => "WARNING",
             Status::Failed => "FAILED",
             Status::Skipped => "not checked",
         };
@@ -148,9 +183,25 @@ pub(super) fn render(report: &Report, expected: &str) -> String {
             let _ = writeln!(out, "  {line}");
         }
     }
+    for warning in &report.warnings {
+        let _ = writeln!(
+            out,
+            "warning at step {}, {}: {}",
+            warning.step, warning.name, warning.message
+        );
+        let _ = writeln!(out, "hint: {}", warning.hint);
+    }
     match &report.failure {
+        None if report.warnings.is_empty() => {
+            let _ = writeln!(out, "result: ok, {works}");
+        }
         None => {
-            let _ = writeln!(out, "result: ok, mutual TLS works");
+            let _ = writeln!(
+                out,
+                "result: ok with {} warning{}, {works}",
+                report.warnings.len(),
+                if report.warnings.len() == 1 { "" } else { "s" }
+            );
         }
         Some(failure) => {
             let _ = writeln!(

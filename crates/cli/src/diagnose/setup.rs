@@ -154,7 +154,7 @@ impl Credentials {
     }
 }
 
-fn host_of(target: &str) -> &str {
+pub(super) fn host_of(target: &str) -> &str {
     let host = target.rsplit_once(':').map_or(target, |(host, _)| host);
     host.trim_start_matches('[').trim_end_matches(']')
 }
