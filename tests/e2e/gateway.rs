@@ -718,3 +718,63 @@ async fn an_acme_certificate_is_renewed_before_it_expires_and_served_through_an_
     );
     assert_eq!(expire(&stderr), renewed);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hush_diagnose_and_hush_check_understand_the_gateway() {
+    let edge = Edge::start(|_, _| {}).await;
+    let https = edge.gateway.https().to_string();
+    let diagnose = Command::new(HUSH)
+        .args([
+            "diagnose",
+            "--public",
+            &https,
+            "--server-name",
+            HOST,
+            "--ca-file",
+        ])
+        .arg(&edge.public_root)
+        .output()
+        .expect("hush diagnose runs");
+    let text = String::from_utf8_lossy(&diagnose.stdout);
+    assert!(diagnose.status.success(), "{text}");
+    for expected in [
+        "TLS 1.3: accepted",
+        "TLS 1.2: accepted (TLS_ECDHE_ECDSA_WITH",
+        "TLS 1.1: refused",
+        "TLS 1.0: refused",
+        "step 4, chain: ok",
+        "step 5, name: ok",
+        // The test certificate lives an hour: under the 14 days warned about.
+        "step 6, expiry: WARNING",
+        "result: ok with 1 warning",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    }
+    let check = Command::new(HUSH)
+        .args(["check", "--gateway"])
+        .arg(edge.temp.path().join("gateway/gateway.yaml"))
+        .args(["--https", &https, "--ca-file"])
+        .arg(&edge.public_root)
+        .output()
+        .expect("hush check runs");
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{text}");
+    for expected in [
+        "configuration  ok: valid: 1 certificate, 1 route",
+        "CA             ok:",
+        "the key matches, it covers every host",
+        "public TLS     WARNING: shop.test: expiry",
+        "result: ok",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    }
+    // `hush gateway --check` reads the same files without binding anything.
+    let output = Command::new(HUSH)
+        .args(["gateway", "--check", "--config"])
+        .arg(edge.temp.path().join("gateway/gateway.yaml"))
+        .output()
+        .expect("hush gateway --check runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("certificate shop.test: from files"), "{text}");
+}
