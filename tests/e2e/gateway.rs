@@ -778,3 +778,110 @@ async fn hush_diagnose_and_hush_check_understand_the_gateway() {
     assert!(output.status.success(), "{text}");
     assert!(text.contains("certificate shop.test: from files"), "{text}");
 }
+
+// === hostile clients ===
+
+/// A TLS connection to the gateway as `shop.test`, trusting the public root.
+async fn tls_to(edge: &Edge) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(edge.public_ca.root()).expect("the public root");
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(edge.gateway.https())
+        .await
+        .expect("connect");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls_pki_types::ServerName::try_from(HOST).expect("a name"),
+            tcp,
+        )
+        .await
+        .expect("a TLS handshake")
+}
+
+/// Sends `request` as bytes on a new TLS connection and returns the response's head line.
+async fn raw_request(edge: &Edge, request: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut tls = tls_to(edge).await;
+    tls.write_all(request.as_bytes()).await.expect("send");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        match tokio::time::timeout(Duration::from_secs(20), tls.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_naming_two_hosts_are_refused_not_routed_by_either() {
+    let edge = Edge::start(|_, _| {}).await;
+    // The Host header names one host, the absolute target another.
+    let line = raw_request(
+        &edge,
+        "GET https://other.test/echo HTTP/1.1\r\nhost: shop.test\r\n\r\n",
+    )
+    .await;
+    assert!(line.starts_with("HTTP/1.1 400"), "{line}");
+    // Two Host headers.
+    let line = raw_request(
+        &edge,
+        "GET /echo HTTP/1.1\r\nhost: shop.test\r\nhost: other.test\r\n\r\n",
+    )
+    .await;
+    assert!(line.starts_with("HTTP/1.1 400"), "{line}");
+    // One host, as sent by every client: served.
+    let line = raw_request(&edge, "GET /echo HTTP/1.1\r\nhost: SHOP.test.\r\n\r\n").await;
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_finishes_its_handshakes_holds_few_slots_for_a_short_time() {
+    let edge = Edge::start(|config, _| {
+        config.limits.max_handshakes_per_address = 3;
+        config.limits.handshake_timeout = Duration::from_secs(2);
+    })
+    .await;
+    use tokio::io::AsyncReadExt;
+    // Three connections that say nothing hold this address's three handshake slots...
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(
+            TcpStream::connect(edge.gateway.https())
+                .await
+                .expect("connect"),
+        );
+    }
+    // ... so a fourth is closed at once, before any byte is read from it.
+    let mut fourth = TcpStream::connect(edge.gateway.https())
+        .await
+        .expect("connect");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(20), fourth.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    // The silent ones are dropped when their handshake time is up, and the slots come back.
+    for mut conn in silent {
+        let read = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    }
+    let (stdout, stderr, ok) = edge.curl(&[], "/echo");
+    assert!(ok, "{stderr}");
+    assert_eq!(header(&echoed(&stdout), "peer_identity"), [GATEWAY]);
+    let metrics = http_request(edge.gateway.admin(), "GET", "/metrics").1;
+    assert!(
+        metrics.contains("hush_connections_refused_total{direction=\"gateway\",reason=\"handshakes_per_address\"} 1"),
+        "{metrics}"
+    );
+}

@@ -469,6 +469,79 @@ mod tests {
         assert!(HostPattern::parse("*").matches("anything.test"));
     }
 
+    fn matchers(routes: &[(&str, &str)]) -> Vec<Matcher> {
+        routes
+            .iter()
+            .map(|(host, prefix)| Matcher {
+                host: HostPattern::parse(host),
+                prefix: (*prefix).to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_first_matching_route_takes_a_request_read_every_way() {
+        let routes = matchers(&[
+            ("shop.test", "/admin"),
+            ("shop.test", "/"),
+            ("*.shop.test", "/"),
+        ]);
+        assert_eq!(pick(&routes, "shop.test", "/admin/users"), Ok(0));
+        assert_eq!(pick(&routes, "shop.test", "/administrator"), Ok(1));
+        assert_eq!(pick(&routes, "api.shop.test", "/admin"), Ok(2));
+        let (status, why) = pick(&routes, "other.test", "/").unwrap_err();
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(why, "no route for other.test/");
+        // Readings that leave `/echo` for `/admin` (resolved dot segments, an encoded dot,
+        // a path parameter) would reach the `/` service's `/admin`: refused.
+        for path in [
+            "/echo/../admin/users",
+            "/echo/%2e%2e/admin",
+            "/admin/..;/echo",
+        ] {
+            let (status, why) = pick(&routes, "shop.test", path).unwrap_err();
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {why}");
+        }
+        // Readings that all stay under one route are fine.
+        assert_eq!(pick(&routes, "shop.test", "/admin/./users"), Ok(0));
+        assert_eq!(pick(&routes, "shop.test", "/echo/../other"), Ok(1));
+        // What no reading can be trusted for is refused outright.
+        let (status, why) = pick(&routes, "shop.test", "/admin\\users").unwrap_err();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{why}");
+    }
+
+    #[test]
+    fn what_a_client_says_of_where_it_came_from_is_removed_in_every_spelling() {
+        let protected = EdgeServer::protected_headers();
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x_forwarded_for", "203.0.113.9"),
+            ("x-forwarded-proto", "http"),
+            ("x.forwarded.host", "evil.test"),
+            ("forwarded", "for=203.0.113.9"),
+            ("x-real-ip", "203.0.113.9"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            (
+                "x-hush-peer-identity",
+                "spiffe://cluster.local/ns/shop/sa/admin",
+            ),
+            ("x_forwarded_client_cert", "By=spiffe://x"),
+            ("x-custom", "kept"),
+        ] {
+            headers.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static(value),
+            );
+        }
+        protected.strip(&mut headers);
+        let left: Vec<&str> = headers.keys().map(http::HeaderName::as_str).collect();
+        assert_eq!(left, ["x-custom"]);
+    }
+
     #[test]
     fn prefixes_match_whole_segments() {
         assert!(under("/", "/anything"));
