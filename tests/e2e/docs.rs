@@ -359,6 +359,26 @@ fn every_key_of_the_gateways_reference_configuration_is_documented() {
         hush_gateway::GatewayConfig::from_yaml(&read(example), example, &repo())
             .unwrap_or_else(|e| panic!("{e}"));
     }
+    // The README's ACME snippet, put in place of the example's certificates and routes.
+    let readme = read("README.md");
+    let section = &readme[readme
+        .find("## The gateway")
+        .expect("the gateway's section")..];
+    let snippet = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the README's ACME snippet");
+    let mut config: serde_json::Value =
+        serde_saphyr::from_str(&read("examples/gateway/gateway.yaml")).expect("the example");
+    let snippet: serde_json::Value = serde_saphyr::from_str(snippet).expect("the snippet");
+    for (key, value) in snippet.as_object().expect("a mapping") {
+        config[key] = value.clone();
+    }
+    let yaml = serde_json::to_string(&config).expect("JSON is YAML");
+    let parsed = hush_gateway::GatewayConfig::from_yaml(&yaml, "README.md", &repo())
+        .unwrap_or_else(|e| panic!("the README's ACME snippet: {e}"));
+    assert!(parsed.certificates[0].acme && parsed.acme.is_some());
 }
 
 /// Every key of the configuration `reference` is in the configuration reference table of
@@ -398,6 +418,16 @@ fn the_readme_tour_runs_as_written() {
         .and_then(|rest| rest.split("\n```").next())
         .expect("the tour's commands");
     let (build, commands) = block.split_once('\n').expect("more than one line");
+    // The gateway's section continues the tour in the same directory.
+    let gateway = &readme[readme
+        .find("## The gateway")
+        .expect("the gateway's section")..];
+    let gateway_commands = gateway
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the gateway's commands");
+    let commands = format!("{commands}\n{gateway_commands}");
     assert!(build.starts_with("cargo build --release"), "{build}");
     let temp = tempfile::tempdir().expect("a temporary directory");
     let bin = Path::new(HUSH).parent().expect("the binary's directory");
@@ -441,6 +471,13 @@ fn the_readme_tour_runs_as_written() {
         "result: ok",
         "step 4, client certificate: ok",
         "result: ok, mutual TLS works",
+        // The gateway's part: the backend's app was called by the gateway, plain HTTP is
+        // redirected, and the public listener is diagnosed.
+        "x-hush-peer-identity: spiffe://cluster.local/ns/edge/sa/gateway",
+        "x-forwarded-proto: https",
+        "HTTP/1.1 308 Permanent Redirect",
+        "location: https://shop.localhost:9443/hello",
+        "TLS 1.0: refused",
     ] {
         assert!(stdout.contains(needle), "expected {needle:?} in:\n{stdout}");
     }

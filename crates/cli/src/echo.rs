@@ -98,7 +98,7 @@ fn answer(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
             .unwrap_or("(none: the caller did not come through the mesh)")
             .to_string()
     };
-    let body = format!(
+    let mut body = format!(
         "hello from {name}\n\
          request: {} {}\n\
          {PEER_IDENTITY_HEADER}: {}\n\
@@ -108,6 +108,12 @@ fn answer(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         header_text(PEER_IDENTITY_HEADER),
         header_text(XFCC_HEADER),
     );
+    // Set by the gateway for a caller from outside the mesh.
+    for forwarded in ["x-forwarded-for", "x-forwarded-proto"] {
+        if let Some(value) = request.headers().get(forwarded).and_then(|v| v.to_str().ok()) {
+            body.push_str(&format!("{forwarded}: {value}\n"));
+        }
+    }
     let mut response = Response::new(Full::new(Bytes::from(body)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
