@@ -49,7 +49,7 @@ spec:
 struct Edge {
     temp: TempDir,
     _ca: CaProcess,
-    _backend: ProxyProcess,
+    backend: ProxyProcess,
     gateway: GatewayProcess,
     /// The public CA's root, which clients trust.
     public_root: PathBuf,
@@ -130,7 +130,7 @@ impl Edge {
         Self {
             temp,
             _ca: ca,
-            _backend: backend,
+            backend,
             gateway,
             public_root,
             public_ca,
@@ -443,6 +443,14 @@ async fn certificate_files_are_reloaded_and_a_broken_pair_keeps_the_one_served()
             .unwrap_or_default()
     };
     let before = served_serial();
+    // The test certificate lives an hour: well inside the 14 days warned about.
+    assert!(
+        edge.gateway
+            .stderr()
+            .contains("the certificate expires in 0 days; replace its files"),
+        "{}",
+        edge.gateway.stderr()
+    );
     // A key that does not match the chain: refused, the old certificate stays.
     let other = edge.temp.path().join("other.key");
     write_pair(
@@ -883,5 +891,70 @@ async fn a_client_that_never_finishes_its_handshakes_holds_few_slots_for_a_short
     assert!(
         metrics.contains("hush_connections_refused_total{direction=\"gateway\",reason=\"handshakes_per_address\"} 1"),
         "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_hosts_from_one_client_share_one_connection_into_the_mesh() {
+    use http_body_util::{BodyExt, Empty};
+    let edge = Edge::start(|config, _| config.routes[0].host = "*".into()).await;
+    let inbound_connections = || {
+        crate::mesh::sidecars::metric(
+            &crate::mesh::sidecars::metrics_of(&edge.backend),
+            "hush_connections_total{direction=\"inbound\",protocol=\"http2\"}",
+        )
+    };
+    let before = inbound_connections();
+    // One HTTP/2 connection to the gateway, twenty host names on it.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(edge.public_ca.root()).expect("the public root");
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(edge.gateway.https())
+        .await
+        .expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls_pki_types::ServerName::try_from(HOST).expect("a name"),
+            tcp,
+        )
+        .await
+        .expect("a TLS handshake");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("an HTTP/2 connection");
+    tokio::spawn(connection);
+    for i in 0..20 {
+        let authority = format!("h{i}.shop.test");
+        let request = http::Request::get(format!("https://{authority}/echo"))
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("a request");
+        let response = sender.send_request(request).await.expect("a response");
+        assert_eq!(response.status(), 200);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        let echo: Value = serde_json::from_slice(&body).expect("the echo app's JSON");
+        // The app is told the host the client asked for, once, as HTTP/2 says it.
+        assert_eq!(echo["authority"], authority, "{echo}");
+        assert_eq!(echo["host"], serde_json::json!([]), "{echo}");
+        assert_eq!(header(&echo, "peer_identity"), [GATEWAY]);
+    }
+    let opened = inbound_connections() - before;
+    assert!(
+        opened <= 1.0,
+        "the gateway opened {opened} connections to the backend for one client's 20 hosts"
     );
 }

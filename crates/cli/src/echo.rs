@@ -110,7 +110,11 @@ fn answer(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     );
     // Set by the gateway for a caller from outside the mesh.
     for forwarded in ["x-forwarded-for", "x-forwarded-proto"] {
-        if let Some(value) = request.headers().get(forwarded).and_then(|v| v.to_str().ok()) {
+        if let Some(value) = request
+            .headers()
+            .get(forwarded)
+            .and_then(|v| v.to_str().ok())
+        {
             body.push_str(&format!("{forwarded}: {value}\n"));
         }
     }

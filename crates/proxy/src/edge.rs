@@ -125,20 +125,33 @@ impl HostPattern {
 
 /// What a route serves: a host pattern and a path prefix.
 #[derive(Debug)]
-struct Matcher {
+pub(crate) struct Matcher {
     host: HostPattern,
     prefix: String,
 }
 
 impl Matcher {
-    fn matches(&self, host: &str, path: &str) -> bool {
+    /// The matcher of a route for `host` (exact, `*.parent`, `*`) and `prefix`.
+    pub(crate) fn new(host: &str, prefix: &str) -> Self {
+        Self {
+            host: HostPattern::parse(host),
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// Whether a request for `host` (lowercase) at `path` is this route's.
+    pub(crate) fn matches(&self, host: &str, path: &str) -> bool {
         self.host.matches(host) && under(&self.prefix, path)
     }
 }
 
 /// The index of the first route of `matchers` for `host` and `path`, or the status and
 /// reason to answer with.
-fn pick(matchers: &[Matcher], host: &str, path: &str) -> Result<usize, (StatusCode, String)> {
+pub(crate) fn pick(
+    matchers: &[Matcher],
+    host: &str,
+    path: &str,
+) -> Result<usize, (StatusCode, String)> {
     let readings = hush_policy::read_path(path).map_err(|why| {
         (
             StatusCode::BAD_REQUEST,

@@ -1,5 +1,6 @@
 //! Entry points for the fuzz targets (`fuzz/`): the inbound side's decisions about a
-//! connection's bytes, run on in-memory streams. Not part of hush's API.
+//! connection's bytes, run on in-memory streams, and the gateway's choice of a route. Not part
+//! of hush's API.
 
 use std::time::Duration;
 
@@ -7,6 +8,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::detect::{FirstLine, Prefixed, hold_first_line};
+use crate::edge::{Matcher, pick};
 use crate::headers::{IdentityHeaders, ProtectedHeaders, Scanned};
 
 /// What the inbound side did with a connection it relays as opaque TCP.
@@ -114,4 +116,30 @@ pub fn rewrite_authorities(chunks: &[&[u8]]) -> Result<Vec<u8>, String> {
         out.append(rewriter.output());
     }
     Ok(out)
+}
+
+/// The gateway's routes for `(host pattern, path prefix)` pairs, matching as its listener does.
+pub struct EdgeRoutes(Vec<Matcher>);
+
+impl EdgeRoutes {
+    /// Routes in order, as `routes[]` would list them.
+    pub fn new(routes: &[(&str, &str)]) -> Self {
+        Self(
+            routes
+                .iter()
+                .map(|(host, prefix)| Matcher::new(host, prefix))
+                .collect(),
+        )
+    }
+
+    /// The route the listener picks for a request for `host` (lowercase, no port) at `path`,
+    /// or the status it answers with instead.
+    pub fn pick(&self, host: &str, path: &str) -> Result<usize, u16> {
+        pick(&self.0, host, path).map_err(|(status, _)| status.as_u16())
+    }
+
+    /// Whether route `index` serves `host` at `path`, read one way.
+    pub fn matches(&self, index: usize, host: &str, path: &str) -> bool {
+        self.0.get(index).is_some_and(|m| m.matches(host, path))
+    }
 }

@@ -126,6 +126,7 @@ async fn answer(app: SocketAddr, mut request: Request<Incoming>) -> Response<Bod
         "path": request.uri().path(),
         "version": format!("{:?}", request.version()),
         "host": all("host"),
+        "authority": request.uri().authority().map(|a| a.as_str().to_owned()),
         "peer_identity": all("x-hush-peer-identity"),
         "xfcc": all("x-forwarded-client-cert"),
         "custom": all("x-custom"),

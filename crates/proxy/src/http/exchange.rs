@@ -15,9 +15,10 @@ use tracing::{Span, debug, warn};
 
 use super::answer::{describe_forward_error, error_response};
 use super::rewrite::{
-    is_grpc, is_upgrade, make_absolute, one_host, remove_hop_by_hop, set_authority,
+    authority_from_host, is_grpc, is_upgrade, make_absolute, one_host, remove_hop_by_hop,
+    set_authority,
 };
-use super::{HttpContext, HttpVersion, ORIGINAL_PROTOCOL_HEADER, ProxyBody};
+use super::{CARRIED_HTTP2, HttpContext, HttpVersion, ORIGINAL_PROTOCOL_HEADER, ProxyBody};
 use crate::headers::RequestBody;
 use crate::io::Activity;
 use crate::metrics::{Direction, ProtocolLabel};
@@ -51,16 +52,24 @@ pub(super) async fn exchange(
     let grpc = is_grpc(request.headers());
     let upgrading = ctx.version == HttpVersion::Http1 && is_upgrade(request.headers());
     remove_hop_by_hop(request.headers_mut(), upgrading);
-    // Only a request that crossed the mesh as HTTP/2 can be one carried for an HTTP/1.1
-    // caller; on any other the marker is a caller's claim, dropped without effect. CONNECT
-    // names its host in its target and is never carried so.
-    let marked = request
-        .headers_mut()
-        .remove(ORIGINAL_PROTOCOL_HEADER)
-        .is_some()
+    // Only a request that crossed the mesh as HTTP/2 can be one carried by a peer sidecar; on
+    // any other the marker is a caller's claim, dropped without effect. CONNECT names its host
+    // in its target and is never carried so. `HTTP/2`: an HTTP/2 request whose host travels in
+    // its Host header (the gateway's, see below); anything else: one carried for an HTTP/1.1
+    // caller.
+    let mark = request.headers_mut().remove(ORIGINAL_PROTOCOL_HEADER);
+    let carried = mark.is_some()
         && request.version() == http::Version::HTTP_2
         && request.method() != http::Method::CONNECT;
+    let host_in_header = carried
+        && mark
+            .as_ref()
+            .is_some_and(|m| m.as_bytes() == CARRIED_HTTP2.as_bytes());
+    let marked = carried && !host_in_header;
     let checked = match ctx.direction {
+        Direction::Inbound if host_in_header => {
+            one_host(&request, true).and_then(|()| authority_from_host(&mut request))
+        }
         Direction::Inbound => one_host(&request, marked),
         Direction::Gateway => one_host(&request, false),
         Direction::Outbound => Ok(()),
@@ -117,6 +126,25 @@ pub(super) async fn exchange(
             }
             _ => {}
         }
+    }
+    // The gateway's HTTP/2 requests name whatever host the client asked for, and hyper's pool
+    // keeps a connection per host: a client naming thousands of hosts (a `*` or wildcard
+    // route) would make the gateway open as many mutual-TLS connections to one upstream. So
+    // the target names the upstream, as for every HTTP/1.1 request, and the client's host
+    // travels in Host, marked for the receiving sidecar to put back (`authority_from_host`).
+    if ctx.direction == Direction::Gateway
+        && !translated
+        && ctx.version == HttpVersion::Http2
+        && request.method() != http::Method::CONNECT
+        && let Some(authority) = request.uri().authority().cloned()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        request.headers_mut().insert(header::HOST, host);
+        request.headers_mut().insert(
+            ORIGINAL_PROTOCOL_HEADER,
+            HeaderValue::from_static(CARRIED_HTTP2),
+        );
+        set_authority(&mut request, &ctx.fallback_authority);
     }
     let mut judgement = None;
     if ctx.direction == Direction::Gateway {

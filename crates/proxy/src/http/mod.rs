@@ -58,6 +58,10 @@ pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
 /// receiving sidecar hands it to the app as HTTP/1.1 again.
 pub(crate) const ORIGINAL_PROTOCOL_HEADER: &str = "hush-orig-proto";
 
+/// The marker's value on an HTTP/2 request whose host is carried in its Host header (the
+/// gateway's): the receiving sidecar puts it back as the request's authority.
+pub(crate) const CARRIED_HTTP2: &str = "HTTP/2";
+
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 

@@ -135,6 +135,23 @@ pub(super) fn make_absolute<B>(
     Ok(())
 }
 
+/// A request a peer sidecar carried with its host in the Host header (marked `HTTP/2`): the
+/// host becomes the target's authority again, the one place HTTP/2 names it, and the header
+/// goes. Without a valid Host there is no host to give the app: refused.
+pub(super) fn authority_from_host<B>(request: &mut Request<B>) -> Result<(), String> {
+    let host = request
+        .headers_mut()
+        .remove(header::HOST)
+        .ok_or_else(|| "the request was carried without its host".to_string())?;
+    let authority = host
+        .to_str()
+        .ok()
+        .and_then(|h| h.parse::<Authority>().ok())
+        .ok_or_else(|| "the Host header is not a valid host[:port]".to_string())?;
+    set_authority(request, &authority);
+    Ok(())
+}
+
 pub(super) fn set_authority<B>(request: &mut Request<B>, authority: &Authority) {
     let mut parts = request.uri().clone().into_parts();
     parts.authority = Some(authority.clone());
@@ -156,6 +173,28 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn a_host_carried_in_the_host_header_becomes_the_authority_alone() {
+        let mut request = Request::get("http://127.0.0.1:15006/echo?x=1")
+            .header(header::HOST, "shop.test")
+            .body(())
+            .unwrap();
+        authority_from_host(&mut request).unwrap();
+        assert_eq!(request.uri().to_string(), "http://shop.test/echo?x=1");
+        assert!(request.headers().get(header::HOST).is_none());
+
+        let mut no_host = Request::get("http://127.0.0.1:15006/").body(()).unwrap();
+        assert_eq!(
+            authority_from_host(&mut no_host).unwrap_err(),
+            "the request was carried without its host"
+        );
+        let mut bad_host = Request::get("http://127.0.0.1:15006/")
+            .header(header::HOST, "a b")
+            .body(())
+            .unwrap();
+        assert!(authority_from_host(&mut bad_host).is_err());
     }
 
     #[test]
