@@ -749,7 +749,7 @@ fn mount_gateway(docs: &[Value], root: &Path, bundle: &[u8], token: &str) -> Str
     let (cert, key) = (fs::read(cert).expect("cert"), fs::read(key).expect("key"));
     kube::write_kubelet_volume(
         &mount_of("certificate-0"),
-        &[("tls.crt", &cert), ("tls.key", &key)],
+        &[("tls.crt", cert.as_slice()), ("tls.key", key.as_slice())],
         0o440,
     );
     let config = find(docs, "ConfigMap", "hush-gateway")["data"]["gateway.yaml"]
@@ -1042,7 +1042,7 @@ fn the_chart_installs_a_gateway_whose_configuration_the_gateway_reads() {
     for (name, sets, check) in variants {
         let mut variant = args.clone();
         for set in sets {
-            variant.extend(["--set", set]);
+            variant.extend(["--set", *set]);
         }
         let rendered = render(&helm, &variant).unwrap_or_else(|e| panic!("{name}: {e}"));
         validate(name, &rendered);
@@ -1530,7 +1530,7 @@ fn the_rendered_gateway_gets_its_identity_from_the_rendered_ca_with_its_projecte
                     request,
                     &username,
                     "5b0c7e1d-2a3f-4e6b-9c8d-7f1e0a2b3c4d",
-                    &[&audience],
+                    &[audience.as_str()],
                 )
             } else {
                 token_review_rejected(request, "[invalid bearer token]")
