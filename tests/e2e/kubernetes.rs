@@ -765,6 +765,9 @@ fn mount_gateway(docs: &[Value], root: &Path, bundle: &[u8], token: &str) -> Str
         )
 }
 
+/// Other values of the gateway: a name, `--set` flags, and what their render must hold.
+type Variant = (&'static str, &'static [&'static str], fn(&[Value]));
+
 #[test]
 fn the_chart_installs_a_gateway_whose_configuration_the_gateway_reads() {
     let Some(helm) = kube::helm() else { return };
@@ -961,7 +964,7 @@ fn the_chart_installs_a_gateway_whose_configuration_the_gateway_reads() {
     // Other shapes: one replica (no budget, a ReadWriteOnce claim), a NodePort Service keeping
     // the client's address, an existing claim, ACME state in an emptyDir, a ConfigMap of
     // one's own.
-    let variants: [(&str, &[&str], fn(&[Value])); 4] =
+    let variants: [Variant; 4] =
         [
             (
                 "single",
