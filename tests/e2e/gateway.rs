@@ -851,6 +851,13 @@ async fn requests_naming_two_hosts_are_refused_not_routed_by_either() {
     )
     .await;
     assert!(line.starts_with("HTTP/1.1 400"), "{line}");
+    // A tunnel through the gateway.
+    let line = raw_request(
+        &edge,
+        "CONNECT shop.test:443 HTTP/1.1\r\nhost: shop.test:443\r\n\r\n",
+    )
+    .await;
+    assert!(line.starts_with("HTTP/1.1 405"), "{line}");
     // One host, as sent by every client: served.
     let line = raw_request(&edge, "GET /echo HTTP/1.1\r\nhost: SHOP.test.\r\n\r\n").await;
     assert!(line.starts_with("HTTP/1.1 200"), "{line}");

@@ -391,11 +391,11 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let server_name = hello.server_name();
-        // A TLS-ALPN-01 validation offers `acme-tls/1` alone; it gets the challenge
-        // certificate and nothing else (RFC 8737 §3), and no other handshake ever does.
-        let acme = hello
-            .alpn()
-            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        // A TLS-ALPN-01 validation offers `acme-tls/1` alone (RFC 8737 §3); it gets the
+        // challenge certificate and nothing else, and no other handshake ever does.
+        let acme = hello.alpn().is_some_and(|mut protocols| {
+            protocols.next() == Some(ACME_TLS_ALPN) && protocols.next().is_none()
+        });
         if acme {
             let name = server_name?.to_ascii_lowercase();
             return self

@@ -200,6 +200,32 @@ mod tests {
     }
 
     #[test]
+    fn only_a_hello_offering_acme_tls_alone_gets_a_challenge_certificate() {
+        let (store, roots) = store_with(&["shop.test"]);
+        // A pending TLS-ALPN-01 challenge, with a certificate the client does not trust.
+        let (other, _) = store_with(&["shop.test"]);
+        let challenge = other.current("shop.test").unwrap().key.clone();
+        store.set_alpn_challenge("shop.test", challenge);
+        let server = Arc::new(server_config(TlsProfile::Intermediate, store, true).unwrap());
+        let client = |alpn: &[&[u8]]| {
+            let mut config = rustls::ClientConfig::builder()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Arc::new(config)
+        };
+        let name = || rustls_pki_types::ServerName::try_from("shop.test").unwrap();
+        // A client that lists acme-tls/1 among its protocols is served the real certificate.
+        handshake(server.clone(), client(&[ACME_TLS_ALPN, b"h2"]), name()).unwrap();
+        // The validation's hello gets the challenge certificate (untrusted here).
+        let refused = handshake(server, client(&[ACME_TLS_ALPN]), name()).unwrap_err();
+        assert!(
+            matches!(refused, rustls::Error::InvalidCertificate(_)),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
     fn the_modern_profile_refuses_tls_1_2() {
         let (store, roots) = store_with(&["shop.test"]);
         let server = Arc::new(server_config(TlsProfile::Modern, store, false).unwrap());

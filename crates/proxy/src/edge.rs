@@ -298,6 +298,14 @@ impl Router for ConnectionRouter {
         base: &HttpContext,
         request: &Request<Incoming>,
     ) -> Result<Arc<HttpContext>, (StatusCode, String)> {
+        // A tunnel would carry an outsider's bytes to an app unread: the gateway forwards
+        // requests (and WebSocket upgrades), never a CONNECT.
+        if request.method() == http::Method::CONNECT {
+            return Err((
+                StatusCode::METHOD_NOT_ALLOWED,
+                "the gateway does not open tunnels (CONNECT)".to_string(),
+            ));
+        }
         let host = request_host(request)?
             .or_else(|| self.server_name.clone())
             .unwrap_or_default();
