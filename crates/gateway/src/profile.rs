@@ -7,8 +7,10 @@
 //! * **modern**: TLS 1.3 only.
 //!
 //! TLS 1.0 and 1.1 are refused by both: rustls does not implement them. Key exchange offers
-//! X25519MLKEM768 (post-quantum hybrid), X25519, P-256 and P-384; the client's cipher order
-//! is respected, as Mozilla advises when every suite offered is strong. Sessions resume by
+//! X25519MLKEM768 (post-quantum hybrid), X25519, P-256 and P-384. The server's cipher order
+//! decides (AES-256-GCM, AES-128-GCM, then ChaCha20-Poly1305): every suite offered is strong,
+//! so Mozilla leaves the choice to clients, but scanners (testssl.sh) count a server without an
+//! order of its own as a finding, and hardware AES is the common case. Sessions resume by
 //! tickets, whose keys rotate every six hours, so a returning client skips the signature.
 
 use std::sync::Arc;
@@ -64,6 +66,7 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(certificates);
     config.alpn_protocols = alpn(acme_tls_alpn);
+    config.ignore_client_order = true;
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     Ok(config)
 }
@@ -191,6 +194,10 @@ mod tests {
             server_config(TlsProfile::Intermediate, Arc::new(NoCertificates), false).unwrap();
         let suites = &intermediate.crypto_provider().cipher_suites;
         assert_eq!(suites.len(), 9, "{suites:?}");
+        assert!(
+            intermediate.ignore_client_order,
+            "the server's order decides"
+        );
         assert_eq!(
             intermediate.alpn_protocols,
             [b"h2".to_vec(), b"http/1.1".to_vec()]

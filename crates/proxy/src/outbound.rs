@@ -82,9 +82,7 @@ impl Route {
             protocol,
         }
     }
-}
 
-impl Route {
     /// `upstream 127.0.0.1:16006 (spiffe://…/backend)`.
     pub(crate) fn description(&self) -> &Arc<str> {
         &self.description

@@ -238,7 +238,7 @@ pub(crate) async fn forward(
         None => (ctx.clone(), None),
         Some(Ok(routed)) => {
             if recording {
-                span.record("server.address", &*routed.destination);
+                span.record("server.address", routed.fallback_authority.as_str());
             }
             (routed, None)
         }
