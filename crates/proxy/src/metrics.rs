@@ -168,27 +168,38 @@ const HANDSHAKE_BUCKETS: [f64; 11] = [
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// One series per direction, taken from its family at start (so both exist from the first
-/// scrape, at zero).
-#[derive(Debug)]
+/// scrape, at zero). The gateway's is made on its first use: only a gateway has one, and
+/// every sidecar of a mesh scraped with a series it never fills would be so many series more.
 struct ByDirection<T> {
     inbound: T,
     outbound: T,
-    gateway: T,
+    gateway: std::sync::OnceLock<T>,
+    make_gateway: Box<dyn Fn() -> T + Send + Sync>,
 }
 
-impl<T: Clone> ByDirection<T> {
-    fn of<C: Fn() -> T>(family: &Family<DirectionLabels, T, C>) -> Self {
-        let get = |direction: Direction| {
+impl<T> std::fmt::Debug for ByDirection<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ByDirection").finish_non_exhaustive()
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> ByDirection<T> {
+    fn of<C: Fn() -> T + Send + Sync + Clone + 'static>(
+        family: &Family<DirectionLabels, T, C>,
+    ) -> Self {
+        let get = |family: &Family<DirectionLabels, T, C>, direction: Direction| {
             family
                 .get_or_create(&DirectionLabels {
                     direction: direction.as_str(),
                 })
                 .clone()
         };
+        let gateway_family = family.clone();
         Self {
-            inbound: get(Direction::Inbound),
-            outbound: get(Direction::Outbound),
-            gateway: get(Direction::Gateway),
+            inbound: get(family, Direction::Inbound),
+            outbound: get(family, Direction::Outbound),
+            gateway: std::sync::OnceLock::new(),
+            make_gateway: Box::new(move || get(&gateway_family, Direction::Gateway)),
         }
     }
 
@@ -196,7 +207,7 @@ impl<T: Clone> ByDirection<T> {
         match direction {
             Direction::Inbound => &self.inbound,
             Direction::Outbound => &self.outbound,
-            Direction::Gateway => &self.gateway,
+            Direction::Gateway => self.gateway.get_or_init(|| (self.make_gateway)()),
         }
     }
 }
@@ -760,6 +771,23 @@ mod tests {
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|value| value.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
+    #[test]
+    fn a_sidecar_exports_no_gateway_series_until_it_is_one() {
+        let metrics = Metrics::new();
+        assert!(!metrics.encode().contains("direction=\"gateway\""));
+        metrics.handshake(Direction::Gateway, Duration::from_millis(1));
+        metrics.request_duration(Direction::Gateway, Duration::from_millis(1));
+        let text = metrics.encode();
+        assert!(
+            text.contains("hush_handshake_duration_seconds_count{direction=\"gateway\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hush_request_duration_seconds_count{direction=\"gateway\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]
