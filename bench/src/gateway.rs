@@ -40,7 +40,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::cpu_seconds;
-use crate::proxy::{Spawned, free_port, http1_inbound, median, wait_listening, which};
+use crate::proxy::{Spawned, free_port, http1_inbound, median, start_app, wait_listening, which};
 
 /// The public name both servers answer for.
 const HOST: &str = "bench.example";
@@ -118,15 +118,7 @@ pub(crate) fn run(args: GatewayArgs) -> Result<()> {
     let temp = tempfile::tempdir()?;
     let root = temp.path();
 
-    let mut app = Spawned::new(
-        Command::new(std::env::current_exe()?).args(["app", "--listen", "127.0.0.1:0"]),
-        "hush-bench app",
-    )?;
-    let app_addr: SocketAddr = app
-        .first_line()?
-        .strip_prefix("listening on ")
-        .context("unexpected first line from the app")?
-        .parse()?;
+    let (mut app, app_addr) = start_app()?;
 
     // The public certificate both servers present.
     let public = public_certificate(root)?;

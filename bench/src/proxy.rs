@@ -135,15 +135,7 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
     let root = temp.path();
 
     // The app, as its own process.
-    let mut app = Spawned::new(
-        Command::new(std::env::current_exe()?).args(["app", "--listen", "127.0.0.1:0"]),
-        "hush-bench app",
-    )?;
-    let app_addr: SocketAddr = app
-        .first_line()?
-        .strip_prefix("listening on ")
-        .context("unexpected first line from the app")?
-        .parse()?;
+    let (mut app, app_addr) = start_app()?;
 
     // The CA, and the hush pair.
     let ca_dir = root.join("ca");
@@ -728,6 +720,20 @@ pub(crate) fn wait_listening(process: &mut Spawned, port: u16) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// The benchmark's app (`hush-bench app`) as its own process on a free loopback port.
+pub(crate) fn start_app() -> Result<(Spawned, SocketAddr)> {
+    let mut app = Spawned::new(
+        Command::new(std::env::current_exe()?).args(["app", "--listen", "127.0.0.1:0"]),
+        "hush-bench app",
+    )?;
+    let addr = app
+        .first_line()?
+        .strip_prefix("listening on ")
+        .context("unexpected first line from the app")?
+        .parse()?;
+    Ok((app, addr))
 }
 
 /// A child process, killed when dropped.

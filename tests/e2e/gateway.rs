@@ -790,8 +790,8 @@ async fn hush_diagnose_and_hush_check_understand_the_gateway() {
 
 // === hostile clients ===
 
-/// A TLS connection to the gateway as `shop.test`, trusting the public root.
-async fn tls_to(edge: &Edge) -> tokio_rustls::client::TlsStream<TcpStream> {
+/// A TLS connection to the gateway as `shop.test`, trusting the public root, offering `alpn`.
+async fn tls_to(edge: &Edge, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(edge.public_ca.root()).expect("the public root");
     let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
@@ -801,7 +801,7 @@ async fn tls_to(edge: &Edge) -> tokio_rustls::client::TlsStream<TcpStream> {
     .expect("TLS versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let tcp = TcpStream::connect(edge.gateway.https())
         .await
         .expect("connect");
@@ -817,7 +817,7 @@ async fn tls_to(edge: &Edge) -> tokio_rustls::client::TlsStream<TcpStream> {
 /// Sends `request` as bytes on a new TLS connection and returns the response's head line.
 async fn raw_request(edge: &Edge, request: &str) -> String {
     use tokio::io::AsyncReadExt;
-    let mut tls = tls_to(edge).await;
+    let mut tls = tls_to(edge, b"http/1.1").await;
     tls.write_all(request.as_bytes()).await.expect("send");
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -914,26 +914,7 @@ async fn many_hosts_from_one_client_share_one_connection_into_the_mesh() {
     };
     let before = inbound_connections();
     // One HTTP/2 connection to the gateway, twenty host names on it.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(edge.public_ca.root()).expect("the public root");
-    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(edge.gateway.https())
-        .await
-        .expect("connect");
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(
-            rustls_pki_types::ServerName::try_from(HOST).expect("a name"),
-            tcp,
-        )
-        .await
-        .expect("a TLS handshake");
+    let tls = tls_to(&edge, b"h2").await;
     let (mut sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(tls),

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::duration;
 use crate::proxy::{
     AccessLog, AdminConfig, CaConfig, ConfigError, Identities, Limits, MAX_DURATION, TracingConfig,
-    check_host_port, check_shared, defaults, is_default,
+    check_host_port, check_shared, defaults, is_default, parse_yaml, read_config,
 };
 
 /// The whole gateway configuration.
@@ -233,27 +233,14 @@ impl GatewayConfig {
     /// Reads and validates the configuration in `path`; relative paths in it are taken
     /// relative to the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        let (text, base) = read_config(path)?;
         Self::from_yaml(&text, &path.display().to_string(), base)
     }
 
     /// Parses and validates YAML `text`; `origin` names it in errors and relative paths are
     /// resolved against `base`.
     pub fn from_yaml(text: &str, origin: &str, base: &Path) -> Result<Self, ConfigError> {
-        let mut config: Self = serde_saphyr::from_str(text).map_err(|e| {
-            let message = e.to_string();
-            ConfigError::Parse {
-                origin: origin.to_string(),
-                message: message
-                    .strip_prefix("error: ")
-                    .unwrap_or(&message)
-                    .to_string(),
-            }
-        })?;
+        let mut config: Self = parse_yaml(text, origin)?;
         config.validate(origin)?;
         config.ca.trust_bundle = base.join(&config.ca.trust_bundle);
         config.ca.token_file = base.join(&config.ca.token_file);

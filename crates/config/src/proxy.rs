@@ -500,27 +500,14 @@ impl ProxyConfig {
     /// Reads and validates the configuration in `path`. Relative paths inside it (trust
     /// bundle, token file) are taken relative to the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        let (text, base) = read_config(path)?;
         Self::from_yaml(&text, &path.display().to_string(), base)
     }
 
     /// Parses and validates YAML `text`; `origin` names it in errors and relative paths are
     /// resolved against `base`.
     pub fn from_yaml(text: &str, origin: &str, base: &Path) -> Result<Self, ConfigError> {
-        let mut config: Self = serde_saphyr::from_str(text).map_err(|e| {
-            let message = e.to_string();
-            ConfigError::Parse {
-                origin: origin.to_string(),
-                message: message
-                    .strip_prefix("error: ")
-                    .unwrap_or(&message)
-                    .to_string(),
-            }
-        })?;
+        let mut config: Self = parse_yaml(text, origin)?;
         config.validate(origin)?;
         config.ca.trust_bundle = base.join(&config.ca.trust_bundle);
         config.ca.token_file = base.join(&config.ca.token_file);
@@ -668,6 +655,32 @@ impl ProxyConfig {
 
         Ok(())
     }
+}
+
+/// Reads a configuration file: its text, and the directory its relative paths are taken from.
+pub(crate) fn read_config(path: &Path) -> Result<(String, &Path), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok((text, path.parent().unwrap_or_else(|| Path::new("."))))
+}
+
+/// Parses YAML `text` from `origin` as a `T`, with serde-saphyr's line and column in the error.
+pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &str,
+) -> Result<T, ConfigError> {
+    serde_saphyr::from_str(text).map_err(|e| {
+        let message = e.to_string();
+        ConfigError::Parse {
+            origin: origin.to_string(),
+            message: message
+                .strip_prefix("error: ")
+                .unwrap_or(&message)
+                .to_string(),
+        }
+    })
 }
 
 /// Checks what the sidecar's and the gateway's configurations share: the CA, durations the

@@ -417,10 +417,11 @@ impl ResolvesServerCert for CertStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn pair(names: &[&str]) -> (String, String) {
+    /// A self-signed certificate for `names` and its key, in PEM (for this crate's tests).
+    pub(crate) fn pair(names: &[&str]) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let params = rcgen::CertificateParams::new(
             names.iter().map(|s| (*s).to_string()).collect::<Vec<_>>(),

@@ -189,15 +189,7 @@ mod tests {
     use hush_config::CertificateFiles;
 
     use super::*;
-
-    fn pair(names: &[&str]) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(
-            names.iter().map(|s| (*s).to_string()).collect::<Vec<_>>(),
-        )
-        .unwrap();
-        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
-    }
+    use crate::certs::tests::pair;
 
     #[test]
     fn a_broken_pair_keeps_the_one_in_service_and_a_good_one_replaces_it() {
