@@ -19,7 +19,11 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tracing::debug;
+use std::io::Read as _;
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::PathBuf;
+
+use tracing::{debug, warn};
 
 /// The ALPN protocol of the TLS-ALPN-01 challenge (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
@@ -242,6 +246,8 @@ pub struct CertStore {
     http01: RwLock<HashMap<String, String>>,
     /// Told of every certificate installed (the gateway's metrics and expiry warnings).
     observer: OnceLock<Observer>,
+    /// Where HTTP-01 answers are shared with other replicas.
+    shared: OnceLock<PathBuf>,
 }
 
 impl fmt::Debug for CertStore {
@@ -293,6 +299,7 @@ impl CertStore {
             alpn_challenges: RwLock::default(),
             http01: RwLock::default(),
             observer: OnceLock::new(),
+            shared: OnceLock::new(),
         }
     }
 
@@ -362,26 +369,91 @@ impl CertStore {
         write(&self.alpn_challenges).remove(&host.to_ascii_lowercase());
     }
 
+    /// Shares HTTP-01 answers through `dir` (in the ACME state directory), so that a replica
+    /// that did not order answers the CA too: behind a load balancer, the CA's validation may
+    /// reach any replica. Each answer is a file `http-01.<token>` while it is in flight.
+    pub fn share_challenges_in(&self, dir: PathBuf) -> std::io::Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        let _ = self.shared.set(dir);
+        Ok(())
+    }
+
+    /// The shared file of `token`, when answers are shared and the token is one an ACME CA
+    /// makes (base64url: nothing that could name another path).
+    fn shared_answer(&self, token: &str) -> Option<PathBuf> {
+        let plain = !token.is_empty()
+            && token.len() <= MAX_TOKEN
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let dir = self.shared.get()?;
+        plain.then(|| dir.join(format!("http-01.{token}")))
+    }
+
     /// Answers `token` with `key_authorization` at `/.well-known/acme-challenge/<token>`
     /// until cleared.
     pub fn set_http01(&self, token: &str, key_authorization: &str) {
         write(&self.http01).insert(token.to_string(), key_authorization.to_string());
+        if let Some(path) = self.shared_answer(token)
+            && let Err(e) = write_private(&path, key_authorization.as_bytes())
+        {
+            warn!(path = %path.display(), error = %e, "cannot share an ACME HTTP-01 answer with the other replicas");
+        }
     }
 
     /// Stops answering `token`.
     pub fn clear_http01(&self, token: &str) {
         write(&self.http01).remove(token);
+        if let Some(path) = self.shared_answer(token) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
-    /// The key authorization for an HTTP-01 `token` in flight.
+    /// The key authorization for an HTTP-01 `token` in flight, here or (when answers are
+    /// shared) at another replica.
     pub fn http01(&self, token: &str) -> Option<String> {
-        self.http01
+        let own = self
+            .http01
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(token)
-            .cloned()
+            .cloned();
+        own.or_else(|| {
+            let path = self.shared_answer(token)?;
+            let mut text = String::new();
+            std::io::Read::take(std::fs::File::open(path).ok()?, MAX_TOKEN as u64 * 2)
+                .read_to_string(&mut text)
+                .ok()?;
+            Some(text)
+        })
     }
 }
+
+/// Writes `path` whole (through a temporary file and a rename, so another replica never reads
+/// half of it), readable by this user alone, like everything in the ACME state directory.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let staged = path.with_file_name(format!(".{name}.tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&staged)?;
+    file.write_all(bytes)?;
+    std::fs::rename(&staged, path)
+}
+
+/// Longer than any token an ACME CA makes (Let's Encrypt's are 43 characters).
+const MAX_TOKEN: usize = 256;
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write()
@@ -525,6 +597,30 @@ pub(crate) mod tests {
             store.install(unknown).is_none(),
             "no such certificate configured"
         );
+    }
+
+    #[test]
+    fn http01_answers_are_shared_with_replicas_of_the_same_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let ordering = CertStore::new(&[config(&["shop.example.com"])]);
+        let other = CertStore::new(&[config(&["shop.example.com"])]);
+        for store in [&ordering, &other] {
+            store
+                .share_challenges_in(dir.path().join("challenges"))
+                .unwrap();
+        }
+        ordering.set_http01("tok-EN_1", "tok-EN_1.thumb");
+        assert_eq!(other.http01("tok-EN_1").as_deref(), Some("tok-EN_1.thumb"));
+        use std::os::unix::fs::PermissionsExt as _;
+        let shared = dir.path().join("challenges/http-01.tok-EN_1");
+        let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        ordering.clear_http01("tok-EN_1");
+        assert_eq!(other.http01("tok-EN_1"), None);
+        // A token that could name another file is never looked up on disk.
+        std::fs::write(dir.path().join("secret"), "s").unwrap();
+        assert_eq!(other.http01("../secret"), None);
+        assert_eq!(other.http01(""), None);
     }
 
     #[test]

@@ -114,6 +114,13 @@ impl Gateway {
         let acme = match &config.acme {
             Some(acme) if config.certificates.iter().any(|c| c.acme) => {
                 let mut manager = AcmeManager::new(acme, &config.certificates, store.clone())?;
+                // Replicas behind one load balancer answer each other's HTTP-01 validations.
+                store
+                    .share_challenges_in(acme.state_dir.join("challenges"))
+                    .map_err(|source| AcmeError::StateDir {
+                        path: acme.state_dir.join("challenges"),
+                        source,
+                    })?;
                 for (name, stored) in manager.load_stored() {
                     if stored == Stored::Missing {
                         info!(certificate = %name, "no certificate stored yet: it will be ordered from {}", acme.directory);

@@ -43,18 +43,41 @@ use hush_tls::HandshakeFailure;
 /// exchange, and the connection closes after it.
 const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
-/// What a client may not tell the mesh through the gateway: where it came from, and the trace
-/// it belongs to. (The identity headers are always protected.)
-const EDGE_PROTECTED: [&str; 9] = [
+/// What a client may not tell the mesh through the gateway: where it came from, which URL it
+/// "really" asked for, and the trace it belongs to — the names proxies use for these, which
+/// app frameworks believe (Spring's `X-Forwarded-Prefix`, Symfony's and IIS's
+/// `X-Original-URL`, CDNs' client-address headers, Zipkin's and Jaeger's trace headers).
+/// (The identity headers are always protected.)
+const EDGE_PROTECTED: [&str; 29] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
     "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-uri",
     "forwarded",
     "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-host",
     "traceparent",
     "tracestate",
     "baggage",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "uber-trace-id",
 ];
 
 /// One route into the mesh.
@@ -551,6 +574,10 @@ mod tests {
                 "spiffe://cluster.local/ns/shop/sa/admin",
             ),
             ("x_forwarded_client_cert", "By=spiffe://x"),
+            ("X-Forwarded-Prefix", "/evil"),
+            ("x_original_url", "/internal"),
+            ("True-Client-IP", "203.0.113.9"),
+            ("x-b3-sampled", "1"),
             ("x-custom", "kept"),
         ] {
             headers.append(
