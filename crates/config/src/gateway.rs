@@ -363,6 +363,16 @@ impl GatewayConfig {
                             "needs the acme section (directory, state_dir)".to_string(),
                         ));
                     }
+                    // A public CA issues no name of one label (and the ACME state directory
+                    // names its own files so: `account`).
+                    if let Some(single) = certificate.hosts.iter().find(|h| !h.contains('.')) {
+                        return Err(invalid(
+                            &format!("{field}.hosts"),
+                            format!(
+                                "{single}: an ACME CA issues only names of more than one label"
+                            ),
+                        ));
+                    }
                     if let Some(wildcard) = certificate.hosts.iter().find(|h| h.contains('*')) {
                         return Err(invalid(
                             &format!("{field}.hosts"),
@@ -589,6 +599,10 @@ routes:
             (
                 EXAMPLE.replace("api.example.com]", "\"*.example.com\"]"),
                 "certificates[1].hosts: *.example.com: ACME issues wildcard names only by DNS-01",
+            ),
+            (
+                EXAMPLE.replace("[api.example.com]", "[account]"),
+                "certificates[1].hosts: account: an ACME CA issues only names of more than one label",
             ),
             (
                 EXAMPLE.replace("www.shop.example.com", "SHOP.example.com"),
