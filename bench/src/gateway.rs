@@ -31,16 +31,16 @@ use hush_config::{
     CaConfig, CertificateConfig, CertificateFiles, GatewayConfig, HttpsConfig, Identities,
     RouteConfig, TlsProfile,
 };
-use hush_test_support::{
-    CaProcess, GatewayProcess, ProxyProcess, mint_token, run_hush_ok, write_sidecar_config,
-};
+use hush_test_support::{GatewayProcess, ProxyProcess, mint_token, write_sidecar_config};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::cpu_seconds;
-use crate::proxy::{Spawned, free_port, http1_inbound, median, start_app, wait_listening, which};
+use crate::proxy::{
+    Spawned, free_port, http1_inbound, median, start_app, start_ca, wait_listening, which,
+};
 
 /// The public name both servers answer for.
 const HOST: &str = "bench.example";
@@ -124,19 +124,7 @@ pub(crate) fn run(args: GatewayArgs) -> Result<()> {
     let public = public_certificate(root)?;
 
     // The mesh: a CA, the backend's sidecar, the gateway.
-    let ca_dir = root.join("ca");
-    run_hush_ok(
-        &hush,
-        &[
-            "ca",
-            "init",
-            "--dir",
-            path_str(&ca_dir),
-            "--trust-domain",
-            "bench.local",
-        ],
-    );
-    let ca = CaProcess::start(&hush, &ca_dir, &[]);
+    let (ca, ca_dir) = start_ca(&hush, root);
     let backend_id = "spiffe://bench.local/ns/bench/sa/backend";
     let backend_config = write_sidecar_config(
         &hush,
@@ -637,8 +625,4 @@ fn report(args: &GatewayArgs, servers: &[Server], figures: &[Figures]) -> String
         );
     }
     out
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().unwrap_or_default()
 }

@@ -138,19 +138,7 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
     let (mut app, app_addr) = start_app()?;
 
     // The CA, and the hush pair.
-    let ca_dir = root.join("ca");
-    run_hush_ok(
-        &hush,
-        &[
-            "ca",
-            "init",
-            "--dir",
-            path_str(&ca_dir),
-            "--trust-domain",
-            "bench.local",
-        ],
-    );
-    let ca = CaProcess::start(&hush, &ca_dir, &[]);
+    let (ca, ca_dir) = start_ca(&hush, root);
     let bundle = ca_dir.join("bundle.pem");
     let backend_id = "spiffe://bench.local/ns/bench/sa/backend";
     let frontend_id = "spiffe://bench.local/ns/bench/sa/frontend";
@@ -720,6 +708,23 @@ pub(crate) fn wait_listening(process: &mut Spawned, port: u16) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// A CA of trust domain `bench.local` in `root/ca`, serving on a free loopback port.
+pub(crate) fn start_ca(hush: &Path, root: &Path) -> (CaProcess, PathBuf) {
+    let ca_dir = root.join("ca");
+    run_hush_ok(
+        hush,
+        &[
+            "ca",
+            "init",
+            "--dir",
+            path_str(&ca_dir),
+            "--trust-domain",
+            "bench.local",
+        ],
+    );
+    (CaProcess::start(hush, &ca_dir, &[]), ca_dir)
 }
 
 /// The benchmark's app (`hush-bench app`) as its own process on a free loopback port.

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::duration;
 use crate::proxy::{
     AccessLog, AdminConfig, CaConfig, ConfigError, Identities, Limits, MAX_DURATION, TracingConfig,
-    check_host_port, check_shared, defaults, is_default, parse_yaml, read_config,
+    check_host_port, check_shared, defaults, is_default, parse_yaml, read_config, write_yaml,
 };
 
 /// The whole gateway configuration.
@@ -242,11 +242,7 @@ impl GatewayConfig {
     pub fn from_yaml(text: &str, origin: &str, base: &Path) -> Result<Self, ConfigError> {
         let mut config: Self = parse_yaml(text, origin)?;
         config.validate(origin)?;
-        config.ca.trust_bundle = base.join(&config.ca.trust_bundle);
-        config.ca.token_file = base.join(&config.ca.token_file);
-        if let Some(cache) = &mut config.ca.bundle_cache {
-            *cache = base.join(&*cache);
-        }
+        config.ca.resolve_paths(base);
         for certificate in &mut config.certificates {
             if let Some(files) = &mut certificate.files {
                 files.cert = base.join(&files.cert);
@@ -264,10 +260,7 @@ impl GatewayConfig {
 
     /// The configuration as YAML that [`Self::from_yaml`] reads back equal.
     pub fn to_yaml(&self) -> Result<String, ConfigError> {
-        let options = serde_saphyr::ser_options! { compact_list_indent: false };
-        serde_saphyr::to_string_with_options(self, options).map_err(|e| ConfigError::Write {
-            message: e.to_string(),
-        })
+        write_yaml(self)
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {

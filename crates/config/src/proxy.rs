@@ -509,11 +509,7 @@ impl ProxyConfig {
     pub fn from_yaml(text: &str, origin: &str, base: &Path) -> Result<Self, ConfigError> {
         let mut config: Self = parse_yaml(text, origin)?;
         config.validate(origin)?;
-        config.ca.trust_bundle = base.join(&config.ca.trust_bundle);
-        config.ca.token_file = base.join(&config.ca.token_file);
-        if let Some(cache) = &mut config.ca.bundle_cache {
-            *cache = base.join(&*cache);
-        }
+        config.ca.resolve_paths(base);
         if let Some(policy) = &mut config.policy {
             policy.path = base.join(&policy.path);
         }
@@ -528,11 +524,7 @@ impl ProxyConfig {
     /// default are left out; durations are written as `10s`, `500ms`, `1h`. Nothing is
     /// validated here: the sidecar validates what it reads.
     pub fn to_yaml(&self) -> Result<String, ConfigError> {
-        // Lists indented under their key, as in the examples people read next to it.
-        let options = serde_saphyr::ser_options! { compact_list_indent: false };
-        serde_saphyr::to_string_with_options(self, options).map_err(|e| ConfigError::Write {
-            message: e.to_string(),
-        })
+        write_yaml(self)
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
@@ -683,6 +675,15 @@ pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// `value` as short YAML, lists indented under their key, as in the examples people read next
+/// to it.
+pub(crate) fn write_yaml<T: Serialize>(value: &T) -> Result<String, ConfigError> {
+    let options = serde_saphyr::ser_options! { compact_list_indent: false };
+    serde_saphyr::to_string_with_options(value, options).map_err(|e| ConfigError::Write {
+        message: e.to_string(),
+    })
+}
+
 /// Checks what the sidecar's and the gateway's configurations share: the CA, durations the
 /// clock must be able to add, and the limits.
 pub(crate) fn check_shared(
@@ -816,6 +817,16 @@ pub(crate) fn check_host_port(value: &str) -> Result<(), String> {
 // === impl CaConfig ===
 
 impl CaConfig {
+    /// Takes the section's relative paths (trust bundle, token file, bundle cache) relative to
+    /// `base`, the configuration file's directory.
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        self.trust_bundle = base.join(&self.trust_bundle);
+        self.token_file = base.join(&self.token_file);
+        if let Some(cache) = &mut self.bundle_cache {
+            *cache = base.join(&*cache);
+        }
+    }
+
     /// The CA at `address`, with the bundle and token files named, the CA's default
     /// certificate lifetime and the default bundle refresh.
     pub fn new(
