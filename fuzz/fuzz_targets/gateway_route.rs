@@ -25,9 +25,15 @@ fuzz_target!(|data: &[u8]| {
         Ok(index) => {
             let readings = hush_policy::read_path(path).expect("a routed path reads");
             for reading in readings.iter() {
-                assert!(routes.matches(index, host, reading), "{path:?} as {reading:?}");
+                assert!(
+                    routes.matches(index, host, reading),
+                    "{path:?} as {reading:?}"
+                );
                 for earlier in 0..index {
-                    assert!(!routes.matches(earlier, host, reading), "{path:?} as {reading:?}");
+                    assert!(
+                        !routes.matches(earlier, host, reading),
+                        "{path:?} as {reading:?}"
+                    );
                 }
             }
         }
@@ -38,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
                 let readings = hush_policy::read_path(path).expect("a path judged readable");
                 for reading in readings.iter() {
                     for index in 0..ROUTES.len() {
-                        assert!(!routes.matches(index, host, reading), "{path:?} as {reading:?}");
+                        assert!(
+                            !routes.matches(index, host, reading),
+                            "{path:?} as {reading:?}"
+                        );
                     }
                 }
             }
