@@ -38,6 +38,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::cpu_seconds;
+use crate::peers::children_of;
 use crate::proxy::{
     Spawned, free_port, http1_inbound, median, start_app, start_ca, wait_listening, which,
 };
@@ -99,19 +100,7 @@ fn cpu_of(pids: &[u32]) -> Result<f64> {
 }
 
 pub(crate) fn run(args: GatewayArgs) -> Result<()> {
-    let hush = match args.hush.clone() {
-        Some(path) => path,
-        None => std::env::current_exe()?
-            .parent()
-            .context("no parent directory")?
-            .join("hush"),
-    };
-    if !hush.exists() {
-        bail!(
-            "{} not found: build it first with `cargo build --release`",
-            hush.display()
-        );
-    }
+    let hush = crate::hush_binary(args.hush.clone())?;
     let Some(nginx) = which(&["nginx"]) else {
         bail!("nginx is not installed (bench/gateway.sh installs it)");
     };
@@ -373,24 +362,6 @@ fn testssl(entry: SocketAddr, root_pem: &Path, dir: &Path) -> Result<String> {
     Ok(out)
 }
 
-/// The processes whose parent is `pid`.
-fn children_of(pid: u32) -> Vec<u32> {
-    let path = format!("/proc/{pid}/task/{pid}/children");
-    // nginx forks its workers after it listens: wait for them (bounded).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let children: Vec<u32> = fs::read_to_string(&path)
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        if !children.is_empty() || Instant::now() > deadline {
-            return children;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The public CA's root, and a chain and key for [`HOST`], in PEM files under `root`.
 struct PublicCertificate {
     root: CertificateDer<'static>,
@@ -455,7 +426,10 @@ const REQUEST_CLOSE: &[u8] =
     b"GET /bench HTTP/1.1\r\nhost: bench.example\r\nconnection: close\r\n\r\n";
 
 /// Reads one response (head and a Content-Length body) from `io`, keeping what follows.
-async fn read_response<S: AsyncReadExt + Unpin>(io: &mut S, buf: &mut Vec<u8>) -> Result<()> {
+pub(crate) async fn read_response<S: AsyncReadExt + Unpin>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = std::str::from_utf8(&buf[..end]).context("a response head")?;

@@ -20,7 +20,9 @@
 mod gateway;
 mod load;
 mod memory;
+mod mtls;
 mod otlp_sink;
+mod peers;
 mod proxy;
 
 use std::io::{BufRead, BufReader};
@@ -53,6 +55,9 @@ enum Bench {
     Proxy(proxy::ProxyArgs),
     /// Public TLS termination: hush gateway vs. nginx, new connections and keep-alive.
     Gateway(gateway::GatewayArgs),
+    /// One server accepting mutual TLS: hush's inbound vs. stunnel4, haproxy and nginx,
+    /// handshakes per second and CPU-second, memory per open connection.
+    Server(mtls::ServerArgs),
     /// Idle memory of one sidecar (resident, file-backed, anonymous, private), per command.
     SidecarMemory(memory::SidecarMemoryArgs),
     /// The app the proxy benchmark measures against (started by `proxy` itself).
@@ -99,6 +104,7 @@ fn main() -> Result<()> {
         Bench::Ca(args) => ca(args),
         Bench::Proxy(args) => proxy::run(args),
         Bench::Gateway(args) => gateway::run(args),
+        Bench::Server(args) => mtls::run(args),
         Bench::SidecarMemory(args) => memory::run(args),
         Bench::App { listen } => load::serve_app(listen),
         Bench::Load {
@@ -192,13 +198,7 @@ fn ca(args: CaArgs) -> Result<()> {
     }
 
     // 2. The real thing: `hush ca serve` as its own process, gRPC over TLS 1.3.
-    let hush = match args.hush.clone() {
-        Some(path) => path,
-        None => std::env::current_exe()?
-            .parent()
-            .context("no parent directory")?
-            .join("hush"),
-    };
+    let hush = crate::hush_binary(args.hush.clone())?;
     let token = JoinTokenStore::new(dir.tokens_dir())
         .mint(&id, Duration::from_secs(3600), true)?
         .token;
@@ -327,6 +327,25 @@ async fn load(
 const STRIDE: usize = 7;
 
 /// User + system CPU seconds a process has used so far (from /proc/PID/stat).
+/// The `hush` binary to measure: `path`, or the one next to this benchmark (e.g.
+/// target/release/hush).
+pub(crate) fn hush_binary(path: Option<PathBuf>) -> Result<PathBuf> {
+    let hush = match path {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .context("no parent directory")?
+            .join("hush"),
+    };
+    if !hush.exists() {
+        bail!(
+            "{} not found: build it first with `cargo build --release`",
+            hush.display()
+        );
+    }
+    Ok(hush)
+}
+
 pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.

@@ -118,19 +118,7 @@ pub(crate) fn median(values: &[f64]) -> f64 {
 }
 
 pub(crate) fn run(args: ProxyArgs) -> Result<()> {
-    let hush = match args.hush.clone() {
-        Some(path) => path,
-        None => std::env::current_exe()?
-            .parent()
-            .context("no parent directory")?
-            .join("hush"),
-    };
-    if !hush.exists() {
-        bail!(
-            "{} not found: build it first with `cargo build --release`",
-            hush.display()
-        );
-    }
+    let hush = crate::hush_binary(args.hush.clone())?;
     let temp = tempfile::tempdir()?;
     let root = temp.path();
 

@@ -22,6 +22,7 @@ mod hostile;
 mod hostile_wire;
 mod inject;
 mod kubernetes;
+mod memory;
 mod mesh;
 mod policy;
 mod proxy;

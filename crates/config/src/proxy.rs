@@ -388,12 +388,11 @@ pub struct Limits {
         skip_serializing_if = "defaults::is_max_header_bytes"
     )]
     pub max_header_bytes: usize,
-    /// Connections each listener serves at once (more wait in the kernel's backlog).
-    #[serde(
-        default = "defaults::max_connections",
-        skip_serializing_if = "defaults::is_max_connections"
-    )]
-    pub max_connections: usize,
+    /// Connections the process serves at once, over all its listeners (the admin port has its
+    /// own cap); more are refused. Unset: as many as fit in the container's memory limit
+    /// (docs/sidecar.md, "Connections and memory"), and 10,000 without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
     /// Concurrent HTTP/2 streams (requests) one connection may carry. A sidecar sends all its
     /// app's requests to one peer over one connection, so this is also how many of them can be
     /// in flight to that peer at once; each may hold up to `max_header_bytes` of headers.
@@ -746,7 +745,10 @@ pub(crate) fn check_shared(
         ));
     }
     for (field, value) in [
-        ("limits.max_connections", limits.max_connections),
+        (
+            "limits.max_connections",
+            limits.max_connections.unwrap_or(1),
+        ),
         (
             "limits.max_concurrent_streams",
             limits.max_concurrent_streams,
@@ -992,7 +994,7 @@ impl Default for Limits {
             connect_timeout: defaults::connect_timeout(),
             header_timeout: defaults::header_timeout(),
             max_header_bytes: defaults::max_header_bytes(),
-            max_connections: defaults::max_connections(),
+            max_connections: None,
             max_concurrent_streams: defaults::max_concurrent_streams(),
             max_handshakes_per_address: defaults::max_handshakes_per_address(),
         }
@@ -1028,7 +1030,6 @@ pub(crate) mod defaults {
         connect_timeout, is_connect_timeout: Duration = Duration::from_secs(5);
         max_header_bytes, is_max_header_bytes: usize = 64 * 1024;
         header_timeout, is_header_timeout: Duration = Duration::from_secs(10);
-        max_connections, is_max_connections: usize = 10_000;
         /// Go's HTTP/2 server allows 250; a power of two near it.
         max_concurrent_streams, is_max_concurrent_streams: usize = 256;
         max_handshakes_per_address, is_max_handshakes_per_address: usize = 256;
@@ -1325,6 +1326,9 @@ outbound:
             "      identity: spiffe://cluster.local/ns/shop/sa/backend\n",
             "    cidrs:\n      - 10.96.0.0/12\n",
             "      http_path: /healthz\n",
+            // Unset is a value of its own (what fits in the memory limit): a number given is
+            // written back.
+            "  max_connections: 10000\n",
             "tracing:\n  otlp_endpoint: http://127.0.0.1:4317\n  service_name: hush-proxy\n",
         ] {
             assert!(written.contains(needle), "{needle:?} in\n{written}");
@@ -1337,7 +1341,6 @@ outbound:
             "default:",
             "optional",
             "access_log",
-            "max_connections",
             "handshake_timeout",
             "shutdown_grace",
         ] {
@@ -1503,7 +1506,7 @@ outbound:
                 connect_timeout: second,
                 header_timeout: second,
                 max_header_bytes: 1,
-                max_connections: 1,
+                max_connections: Some(1),
                 max_concurrent_streams: 1,
                 max_handshakes_per_address: 1,
             },

@@ -145,7 +145,9 @@ impl Gateway {
                     https_port: http.redirect_port.unwrap_or(https_addr.port()),
                     store: store.clone(),
                     header_timeout: config.limits.header_timeout,
-                    max_connections: config.limits.max_connections,
+                    // Redirects hold nothing but a request head: the memory-derived share of
+                    // the HTTPS listener would be needlessly small for them.
+                    max_connections: config.limits.max_connections.unwrap_or(10_000),
                 };
                 Some((listener, Arc::new(redirector)))
             }

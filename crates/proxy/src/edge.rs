@@ -377,9 +377,10 @@ impl EdgeServer {
     }
 
     pub(crate) async fn run(self: Arc<Self>, listener: TcpListener) {
-        let limits = self.limits.clone();
         let lifecycle = self.lifecycle.clone();
-        accept_loop("gateway", listener, &limits, lifecycle, move |tcp, peer| {
+        let metrics = self.metrics.clone();
+        let refused = move || metrics.connection_refused(Direction::Gateway, "max_connections");
+        accept_loop("gateway", listener, lifecycle, refused, move |tcp, peer| {
             let server = self.clone();
             async move { server.handle(tcp, peer).await }
         })

@@ -119,9 +119,10 @@ struct NotForwarded {
 
 impl Inbound {
     pub(crate) async fn run(self: Arc<Self>, listener: TcpListener) {
-        let limits = self.limits.clone();
         let lifecycle = self.lifecycle.clone();
-        accept_loop("inbound", listener, &limits, lifecycle, move |tcp, peer| {
+        let metrics = self.metrics.clone();
+        let refused = move || metrics.connection_refused(Direction::Inbound, "max_connections");
+        accept_loop("inbound", listener, lifecycle, refused, move |tcp, peer| {
             let this = self.clone();
             async move {
                 this.handle(tcp, peer).await;
@@ -230,9 +231,7 @@ impl Inbound {
         };
         // One deadline for the first byte and the handshake that follows it.
         let handshake_deadline = Instant::now() + self.limits.handshake_timeout;
-        let Some(tcp) = self
-            .starts_with_tls(tcp, peer, span, handshake_deadline)
-            .await
+        let Some(tcp) = Box::pin(self.starts_with_tls(tcp, peer, span, handshake_deadline)).await
         else {
             return;
         };
@@ -256,11 +255,15 @@ impl Inbound {
             activity.clone(),
         );
         let handshake_started = Instant::now();
+        // Boxed, here and below: a task's future is as large as its largest state, and the
+        // task keeps that size for as long as the connection lives. Boxing each phase keeps
+        // an idle connection's task small, and the handshake's memory is freed when it ends.
         let handshake =
-            tokio::time::timeout_at(handshake_deadline, self.acceptor.accept(metered)).await;
+            tokio::time::timeout_at(handshake_deadline, Box::pin(self.acceptor.accept(metered)))
+                .await;
         drop(handshaking);
         let mut tls = match handshake {
-            Ok(Ok(tls)) => tls,
+            Ok(Ok(tls)) => Box::new(tls),
             Ok(Err(e)) => return self.refused(peer, span, &HandshakeFailure::from_io(&e)),
             Err(_) => {
                 return self.refused(
@@ -362,14 +365,14 @@ impl Inbound {
                         // HTTP/1 server reads.
                         Detected::Tcp if !sniffed.timed_out => {
                             let io = Prefixed::new(sniffed.prefix, tls);
-                            return self.serve_tcp(io, connection, Held::Decided).await;
+                            return Box::pin(self.serve_tcp(io, connection, Held::Decided)).await;
                         }
                         // Silent so far: a server-first protocol, or an HTTP client that
                         // connected early. Its first line is held back when it comes.
                         Detected::Tcp | Detected::NeedMore => {
                             let io = Prefixed::new(sniffed.prefix, tls);
                             let held = Held::Undecided { switch: true };
-                            return self.serve_tcp(io, connection, held).await;
+                            return Box::pin(self.serve_tcp(io, connection, held)).await;
                         }
                     }
                 }
@@ -381,11 +384,10 @@ impl Inbound {
             Plan::Opaque { switch } => {
                 let io = Prefixed::new(BytesMut::new(), tls);
                 let held = Held::Undecided { switch };
-                return self.serve_tcp(io, connection, held).await;
+                return Box::pin(self.serve_tcp(io, connection, held)).await;
             }
         };
-        self.serve_http(Prefixed::new(prefix, tls), version, connection)
-            .await;
+        Box::pin(self.serve_http(Prefixed::new(prefix, tls), version, connection)).await;
     }
 
     /// Serves the connection's requests with hyper: each reaches the app with the sidecar's

@@ -30,6 +30,7 @@
 
 mod access;
 mod admin;
+mod capacity;
 mod clock;
 // The configuration types live in hush-config, so that the injector, `hush up` and the tests
 // write the very type the sidecar reads; `crate::config` names them here as it always has.
@@ -58,6 +59,7 @@ mod trace;
 mod workload_api;
 
 pub use self::admin::LogControl;
+pub use self::capacity::{BYTES_PER_CONNECTION, RESERVED_BYTES};
 pub use self::detect::{Detected, detect};
 pub use self::edge::{Edge, EdgeRoute};
 pub use self::headers::{PEER_IDENTITY_HEADER, XFCC_HEADER};
@@ -83,7 +85,9 @@ mod tests {
     /// HTTP forwarding, the accept loops, the two sides, and what assembles them. A module
     /// added to the crate must be placed here.
     const LAYERS: &[&[&str]] = &[
-        &["clock", "errors", "headers", "orig_dst", "probe", "tls"],
+        &[
+            "capacity", "clock", "errors", "headers", "orig_dst", "probe", "tls",
+        ],
         &["metrics"],
         &["io", "trace", "policy"],
         &["access", "detect", "ending", "connect", "identity"],

@@ -120,13 +120,13 @@ impl OutboundShared {
 
 /// Serves an explicit outbound listener.
 pub(crate) async fn run_explicit(listener: TcpListener, route: Arc<Route>, shared: OutboundShared) {
-    let limits = shared.limits.clone();
     let lifecycle = shared.lifecycle.clone();
+    let metrics = shared.metrics.clone();
     accept_loop(
         "outbound",
         listener,
-        &limits,
         lifecycle,
+        move || metrics.connection_refused(Direction::Outbound, "max_connections"),
         move |tcp, peer| {
             let route = route.clone();
             let shared = shared.clone();
@@ -317,13 +317,13 @@ impl Transparent {
     }
 
     pub(crate) async fn run(self: Arc<Self>, listener: TcpListener) {
-        let limits = self.shared.limits.clone();
         let lifecycle = self.shared.lifecycle.clone();
+        let metrics = self.shared.metrics.clone();
         accept_loop(
             "transparent",
             listener,
-            &limits,
             lifecycle,
+            move || metrics.connection_refused(Direction::Outbound, "max_connections"),
             move |tcp, peer| {
                 let this = self.clone();
                 async move {

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::{Admin, LogControl};
+use crate::capacity::ConnectionCap;
 use crate::config::{ConfigError, ProxyConfig};
 use crate::edge::{Edge, EdgeRoutes, EdgeServer};
 use crate::headers::ProtectedHeaders;
@@ -255,7 +256,15 @@ impl Proxy {
             transparent: transparent.as_ref().map(local_addr),
             edge: edge.as_ref().map(|(listener, _)| local_addr(listener)),
         };
-        let lifecycle = Lifecycle::default();
+        let listeners = usize::from(inbound.is_some())
+            + outbound.len()
+            + usize::from(transparent.is_some())
+            + usize::from(edge.is_some());
+        let cap = ConnectionCap::of(config.limits.max_connections, listeners);
+        if listeners > 0 {
+            info!("serving {cap}");
+        }
+        let lifecycle = Lifecycle::new(cap.connections);
         let background = CancellationToken::new();
         let status_rx = status.subscribe();
 

@@ -24,20 +24,38 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::capacity::DEFAULT_MAX_CONNECTIONS;
 use crate::config::Limits;
 use crate::http::{HttpContext, HttpVersion, forward};
 use crate::io::Activity;
 
 /// How the sidecar stops: first `draining` (stop accepting, let HTTP connections finish
 /// their requests), then, after the grace period, `force_close` for whatever is left.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct Lifecycle {
     pub(crate) draining: CancellationToken,
     pub(crate) force_close: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    /// Connections each listener serves at once ([`crate::capacity::ConnectionCap`]).
+    pub(crate) max_connections: usize,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_CONNECTIONS)
+    }
 }
 
 impl Lifecycle {
+    pub(crate) fn new(max_connections: usize) -> Self {
+        Self {
+            draining: CancellationToken::new(),
+            force_close: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            max_connections,
+        }
+    }
+
     /// Runs `connection` as a tracked task that ends early on force-close.
     pub(crate) fn spawn(&self, connection: impl Future<Output = ()> + Send + 'static) {
         let force_close = self.force_close.clone();
@@ -50,38 +68,54 @@ impl Lifecycle {
     }
 }
 
-/// Accepts connections on `listener` until draining starts, holding at most
-/// `limits.max_connections` open; each is handed to `handle`, and its slot is freed when that
-/// finishes.
+/// Accepts connections on `listener` until draining starts; each is handed to `handle` with
+/// one of the listener's `lifecycle.max_connections` slots, freed when that finishes. A connection that finds
+/// every slot taken is closed at once (`refused` counts it, a warning says why) rather than
+/// left waiting, unanswered, in the kernel's backlog.
 pub(crate) async fn accept_loop<F, Fut>(
     name: &'static str,
     listener: TcpListener,
-    limits: &Limits,
     lifecycle: Lifecycle,
+    refused: impl Fn(),
     handle: F,
 ) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let cap = lifecycle.max_connections;
+    let slots = Arc::new(Semaphore::new(cap));
+    let log = Throttle::default();
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            () = lifecycle.draining.cancelled() => return,
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = lifecycle.draining.cancelled() => return,
         };
         match accepted {
             Ok((tcp, peer)) => {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    refused();
+                    if log.allows() {
+                        warn!(
+                            listener = name,
+                            %peer,
+                            limit = cap,
+                            "refusing connections: this listener serves {cap} at once and all \
+                             are open (limits.max_connections, or its share of what fits in \
+                             the container's memory limit; logged once every 10 s)"
+                        );
+                    }
+                    // Dropped unanswered: the client sees its connection closed at once.
+                    drop(tcp);
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 // IPv4 clients of a dual-stack listener arrive as mapped IPv6 addresses.
                 let peer = canonical(peer);
-                let connection = handle(tcp, peer);
+                // Boxed: a future that awaits another holds it, and each async wrapper
+                // around it (this one, the task's) would hold a copy of what it captured:
+                // a connection's task would be several times the size of its state, for as
+                // long as the connection is open.
+                let connection = Box::pin(handle(tcp, peer));
                 lifecycle.spawn(async move {
                     connection.await;
                     drop(permit);
@@ -235,9 +269,14 @@ pub(crate) async fn serve_http<I>(
                 // its next request, which would close connections a client's pool still holds;
                 // `Exchanges` times the head from its first byte instead.
                 .header_read_timeout(None);
-            let connection = builder
-                .serve_connection(TokioIo::new(io), service)
-                .with_upgrades();
+            // Boxed: hyper's connection (with the TLS stream inside) is the bulk of a
+            // connection's state, and a future holding it inline would be as large in every
+            // state of every future that awaits this one.
+            let connection = Box::pin(
+                builder
+                    .serve_connection(TokioIo::new(io), service)
+                    .with_upgrades(),
+            );
             let watchdog =
                 exchanges.watch(Some(limits.header_timeout), limits.header_timeout, idle);
             drive(
@@ -258,7 +297,7 @@ pub(crate) async fn serve_http<I>(
                 // Each open stream may hold a request head of up to `max_header_bytes`; this
                 // bounds what one connection can make the sidecar hold.
                 .max_concurrent_streams(streams);
-            let connection = builder.serve_connection(TokioIo::new(io), service);
+            let connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
             // HTTP/2 heads are bounded by the h2 crate (header list size, CONTINUATION
             // limits); what is bounded here is a connection kept open by PINGs alone.
             let watchdog = exchanges.watch(None, limits.header_timeout, idle);
@@ -279,7 +318,7 @@ pub(crate) async fn serve_http<I>(
 }
 
 async fn drive<C, E>(
-    connection: C,
+    mut connection: Pin<Box<C>>,
     graceful_shutdown: impl Fn(Pin<&mut C>),
     draining: CancellationToken,
     bytes_idle: impl Future<Output = ()>,
@@ -288,7 +327,6 @@ async fn drive<C, E>(
     C: Future<Output = Result<(), E>>,
     E: Display,
 {
-    tokio::pin!(connection);
     tokio::pin!(bytes_idle);
     tokio::pin!(watchdog);
     let mut shutting_down = false;
@@ -647,20 +685,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_beyond_the_cap_wait_for_a_slot() {
+    async fn connections_beyond_the_cap_are_refused_at_once() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let limits = Limits {
-            max_connections: 1,
-            ..Limits::default()
-        };
-        let lifecycle = Lifecycle::default();
+        let lifecycle = Lifecycle::new(1);
         let (handled, mut handled_rx) = mpsc::unbounded_channel();
+        let refusals = Arc::new(AtomicUsize::new(0));
         let release = Arc::new(Notify::new());
         let accept = tokio::spawn({
-            let (lifecycle, release) = (lifecycle.clone(), release.clone());
+            let (lifecycle, release, refusals) =
+                (lifecycle.clone(), release.clone(), refusals.clone());
             async move {
-                accept_loop("test", listener, &limits, lifecycle, move |tcp, _| {
+                let refused = move || {
+                    refusals.fetch_add(1, Ordering::SeqCst);
+                };
+                accept_loop("test", listener, lifecycle, refused, move |tcp, _| {
                     let (handled, release) = (handled.clone(), release.clone());
                     async move {
                         let _ = handled.send(tcp.peer_addr().ok());
@@ -671,19 +710,30 @@ mod tests {
             }
         });
         let _first = TcpStream::connect(addr).await.unwrap();
-        let _second = TcpStream::connect(addr).await.unwrap();
         handled_rx.recv().await.expect("the first is served");
-        // The second waits in the backlog while the only slot is taken.
-        assert!(
-            tokio::time::timeout(std::time::Duration::from_millis(200), handled_rx.recv())
-                .await
-                .is_err()
-        );
+        // The only slot is taken: the second is closed without a byte, not left waiting.
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut second, &mut byte),
+        )
+        .await
+        .expect("the refused connection is closed at once");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert_eq!(refusals.load(Ordering::SeqCst), 1);
+        assert!(handled_rx.try_recv().is_err(), "the second was not served");
+        // A slot given back serves the next one.
         release.notify_one();
-        handled_rx
-            .recv()
-            .await
-            .expect("the second is served once a slot frees");
+        tokio::task::yield_now().await;
+        let _third = loop {
+            let third = TcpStream::connect(addr).await.unwrap();
+            if let Ok(Some(_)) =
+                tokio::time::timeout(std::time::Duration::from_millis(200), handled_rx.recv()).await
+            {
+                break third;
+            }
+        };
 
         // Draining ends the accept loop.
         lifecycle.draining.cancel();
