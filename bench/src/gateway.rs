@@ -33,7 +33,7 @@ use hush_config::{
 };
 use hush_test_support::{GatewayProcess, ProxyProcess, mint_token, write_sidecar_config};
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -42,6 +42,7 @@ use crate::peers::children_of;
 use crate::proxy::{
     Spawned, free_port, http1_inbound, median, start_app, start_ca, wait_listening, which,
 };
+use crate::tls_load::{new_connections, read_response};
 
 /// The public name both servers answer for.
 const HOST: &str = "bench.example";
@@ -249,6 +250,7 @@ pub(crate) fn run(args: GatewayArgs) -> Result<()> {
             let done = runtime.block_on(new_connections(
                 server.entry,
                 connector.clone(),
+                HOST,
                 args.concurrency,
                 window,
             ))?;
@@ -422,83 +424,6 @@ fn client_config(root: &CertificateDer<'static>) -> Result<Arc<rustls::ClientCon
 }
 
 const REQUEST: &[u8] = b"GET /bench HTTP/1.1\r\nhost: bench.example\r\n\r\n";
-const REQUEST_CLOSE: &[u8] =
-    b"GET /bench HTTP/1.1\r\nhost: bench.example\r\nconnection: close\r\n\r\n";
-
-/// Reads one response (head and a Content-Length body) from `io`, keeping what follows.
-pub(crate) async fn read_response<S: AsyncReadExt + Unpin>(
-    io: &mut S,
-    buf: &mut Vec<u8>,
-) -> Result<()> {
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..end]).context("a response head")?;
-            if !head.starts_with("HTTP/1.1 200") {
-                bail!("unexpected response: {}", head.lines().next().unwrap_or(""));
-            }
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            let total = end + 4 + length;
-            if buf.len() >= total {
-                buf.drain(..total);
-                return Ok(());
-            }
-        }
-        let mut chunk = [0u8; 8192];
-        let n = io.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("the server closed the connection mid-response");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-async fn one_connection(entry: SocketAddr, connector: &TlsConnector) -> Result<()> {
-    let tcp = TcpStream::connect(entry).await?;
-    tcp.set_nodelay(true)?;
-    let mut tls = connector.connect(ServerName::try_from(HOST)?, tcp).await?;
-    tls.write_all(REQUEST_CLOSE).await?;
-    let mut buf = Vec::new();
-    read_response(&mut tls, &mut buf).await?;
-    Ok(())
-}
-
-/// Completed connections (handshake, request, answer) in `window`.
-async fn new_connections(
-    entry: SocketAddr,
-    connector: TlsConnector,
-    concurrency: usize,
-    window: Duration,
-) -> Result<u64> {
-    // Warm-up: the gateway's pooled connection into the mesh, nginx's to the app.
-    one_connection(entry, &connector).await?;
-    let deadline = Instant::now() + window;
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let connector = connector.clone();
-            tokio::spawn(async move {
-                let mut done = 0u64;
-                while Instant::now() < deadline {
-                    one_connection(entry, &connector).await?;
-                    done += 1;
-                }
-                Ok::<_, anyhow::Error>(done)
-            })
-        })
-        .collect();
-    let mut done = 0;
-    for task in tasks {
-        done += task.await??;
-    }
-    Ok(done)
-}
-
 /// Requests answered on `connections` kept-alive TLS connections in `window`.
 async fn keep_alive(
     entry: SocketAddr,

@@ -24,6 +24,7 @@ mod mtls;
 mod otlp_sink;
 mod peers;
 mod proxy;
+mod tls_load;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -27,9 +27,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::gateway::read_response;
 use crate::peers::{Certs, Peer};
 use crate::proxy::{http1_inbound, median, start_app, start_ca};
+use crate::tls_load::{new_connections, read_response};
 use crate::{cpu_seconds, hush_binary};
 
 /// The SPIFFE IDs of the server under test and of the clients.
@@ -166,6 +166,7 @@ pub(crate) fn run(args: ServerArgs) -> Result<()> {
                 let done = runtime.block_on(new_connections(
                     server.entry,
                     connector.clone(),
+                    "backend",
                     args.concurrency,
                     Duration::from_secs(args.seconds),
                 ))?;
@@ -246,7 +247,6 @@ async fn memory_per_connection(
 }
 
 const REQUEST: &[u8] = b"GET /bench HTTP/1.1\r\nhost: backend\r\n\r\n";
-const REQUEST_CLOSE: &[u8] = b"GET /bench HTTP/1.1\r\nhost: backend\r\nconnection: close\r\n\r\n";
 
 /// A mutual-TLS connection that has made one exchange and stays open.
 async fn open(entry: SocketAddr, connector: &TlsConnector) -> Result<TlsStream<TcpStream>> {
@@ -258,40 +258,6 @@ async fn open(entry: SocketAddr, connector: &TlsConnector) -> Result<TlsStream<T
     tls.write_all(REQUEST).await?;
     read_response(&mut tls, &mut Vec::new()).await?;
     Ok(tls)
-}
-
-/// Completed connections (handshake, request, answer, close) in `window`.
-async fn new_connections(
-    entry: SocketAddr,
-    connector: TlsConnector,
-    concurrency: usize,
-    window: Duration,
-) -> Result<u64> {
-    let deadline = Instant::now() + window;
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let connector = connector.clone();
-            tokio::spawn(async move {
-                let mut done = 0u64;
-                while Instant::now() < deadline {
-                    let tcp = TcpStream::connect(entry).await?;
-                    tcp.set_nodelay(true)?;
-                    let mut tls = connector
-                        .connect(ServerName::try_from("backend")?, tcp)
-                        .await?;
-                    tls.write_all(REQUEST_CLOSE).await?;
-                    read_response(&mut tls, &mut Vec::new()).await?;
-                    done += 1;
-                }
-                Ok::<_, anyhow::Error>(done)
-            })
-        })
-        .collect();
-    let mut done = 0;
-    for task in tasks {
-        done += task.await??;
-    }
-    Ok(done)
 }
 
 /// The clients' TLS: TLS 1.3, X25519 only (which every server offers), the client's SVID, the

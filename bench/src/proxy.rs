@@ -22,10 +22,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hush_config::{AccessLog, Identities, InboundConfig, OutboundConfig, PolicyConfig, Protocol};
-use hush_test_support::{CaProcess, ProxyProcess, mint_token, run_hush_ok, write_sidecar_config};
+use hush_test_support::{CaProcess, ProxyProcess, run_hush_ok, write_sidecar_config};
 
 use crate::cpu_seconds;
 use crate::load::{self, Latency, Throughput};
+use crate::peers::Certs;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ProxyArgs {
@@ -279,33 +280,10 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
     }
 
     // Certificates for the peers, from the same CA.
+    // Written as svid.pem, svid.key and (for haproxy) combined.pem in the directory returned.
     let peer_certs = |name: &str, id: &str| -> Result<PathBuf> {
         let dir = root.join(format!("peer-{name}"));
-        fs::create_dir_all(&dir)?;
-        let token = mint_token(&hush, &ca_dir, id, &[]);
-        fs::write(dir.join("token"), token)?;
-        run_hush_ok(
-            &hush,
-            &[
-                "cert",
-                "request",
-                "--ca",
-                ca.url(),
-                "--bundle",
-                path_str(&bundle),
-                "--token-file",
-                path_str(&dir.join("token")),
-                "--out-dir",
-                path_str(&dir),
-            ],
-        );
-        // haproxy wants the chain and the key in one file.
-        let combined = format!(
-            "{}{}",
-            fs::read_to_string(dir.join("svid.pem"))?,
-            fs::read_to_string(dir.join("svid.key"))?
-        );
-        fs::write(dir.join("combined.pem"), combined)?;
+        Certs::issue(&hush, &ca, &ca_dir, &dir, id)?;
         Ok(dir)
     };
     let mut peers: Vec<Spawned> = Vec::new();
