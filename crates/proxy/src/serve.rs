@@ -69,9 +69,9 @@ impl Lifecycle {
 }
 
 /// Accepts connections on `listener` until draining starts; each is handed to `handle` with
-/// one of the listener's `lifecycle.max_connections` slots, freed when that finishes. A connection that finds
-/// every slot taken is closed at once (`refused` counts it, a warning says why) rather than
-/// left waiting, unanswered, in the kernel's backlog.
+/// one of the listener's `lifecycle.max_connections` slots, freed when that finishes. A
+/// connection that finds every slot taken is closed at once (`refused` counts it, a warning
+/// says why) rather than left waiting, unanswered, in the kernel's backlog.
 pub(crate) async fn accept_loop<F, Fut>(
     name: &'static str,
     listener: TcpListener,
