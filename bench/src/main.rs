@@ -17,6 +17,7 @@
 //! `hush-bench sidecar-memory` — the idle resident and private memory of one sidecar, for
 //! several commands that run it (two builds, or two binaries) side by side.
 
+mod bulk;
 mod gateway;
 mod load;
 mod memory;
@@ -59,6 +60,9 @@ enum Bench {
     /// One server accepting mutual TLS: hush's inbound vs. stunnel4, haproxy and nginx,
     /// handshakes per second and CPU-second, memory per open connection.
     Server(mtls::ServerArgs),
+    /// One TCP stream (iperf3) through hush sidecars vs. direct, stunnel4, haproxy (TCP mode)
+    /// and nginx (stream), side by side: bytes per second and CPU per GB.
+    Bulk(bulk::BulkArgs),
     /// Idle memory of one sidecar (resident, file-backed, anonymous, private), per command.
     SidecarMemory(memory::SidecarMemoryArgs),
     /// The app the proxy benchmark measures against (started by `proxy` itself).
@@ -106,6 +110,7 @@ fn main() -> Result<()> {
         Bench::Proxy(args) => proxy::run(args),
         Bench::Gateway(args) => gateway::run(args),
         Bench::Server(args) => mtls::run(args),
+        Bench::Bulk(args) => bulk::run(args),
         Bench::SidecarMemory(args) => memory::run(args),
         Bench::App { listen } => load::serve_app(listen),
         Bench::Load {

@@ -2,7 +2,12 @@
 //! mutual-TLS 1.3 hop, with certificates from the benchmark's hush CA (real X.509-SVIDs).
 //!
 //! A *server* end accepts mutual TLS on a free loopback port, checks the client's chain against
-//! the trust bundle, and forwards plaintext to an address.
+//! the trust bundle, and forwards plaintext to an address. A *client* end accepts plaintext on
+//! a free loopback port and forwards it over mutual TLS to a server end. Each peer checks the
+//! chain it is shown against the bundle, except nginx's client end: nginx checks a server's
+//! certificate only together with a DNS name, and an X.509-SVID carries a SPIFFE ID (a URI)
+//! instead, so that end checks nothing — it does less work than the others, never more. hush
+//! checks the SPIFFE ID as well as the chain.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -22,24 +27,57 @@ pub(crate) enum Peer {
     Stunnel,
     /// haproxy in HTTP mode (parses requests, pools connections to the next hop).
     HaproxyHttp,
+    /// haproxy in TCP mode: a byte relay.
+    HaproxyTcp,
     /// nginx as an HTTP proxy (upstream keep-alive).
     NginxHttp,
+    /// nginx's stream module: a byte relay.
+    NginxStream,
 }
 
+/// Which end of a mutual-TLS hop a peer plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// Mutual TLS in, plaintext out.
+    Server,
+    /// Plaintext in, mutual TLS out.
+    Client,
+}
+
+/// Where nginx's stream module is when Debian builds it as a module (`libnginx-mod-stream`).
+const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
 impl Peer {
+    /// Every peer, HTTP proxies and byte relays.
+    pub(crate) const ALL: [Peer; 5] = [
+        Self::Stunnel,
+        Self::HaproxyHttp,
+        Self::HaproxyTcp,
+        Self::NginxHttp,
+        Self::NginxStream,
+    ];
+
     pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Stunnel => "stunnel4",
             Self::HaproxyHttp => "haproxy (HTTP mode)",
+            Self::HaproxyTcp => "haproxy (TCP mode)",
             Self::NginxHttp => "nginx (HTTP proxy)",
+            Self::NginxStream => "nginx (stream)",
         }
+    }
+
+    /// Whether the peer copies bytes without reading HTTP: it can carry any TCP traffic.
+    pub(crate) fn relays_bytes(self) -> bool {
+        matches!(self, Self::Stunnel | Self::HaproxyTcp | Self::NginxStream)
     }
 
     fn program(self) -> Option<PathBuf> {
         match self {
             Self::Stunnel => which(&["stunnel4", "stunnel"]),
-            Self::HaproxyHttp => which(&["haproxy"]),
+            Self::HaproxyHttp | Self::HaproxyTcp => which(&["haproxy"]),
             Self::NginxHttp => which(&["nginx"]),
+            Self::NginxStream => which(&["nginx"]).filter(|_| nginx_has_stream()),
         }
     }
 
@@ -49,6 +87,16 @@ impl Peer {
 
     /// Accepts mutual TLS 1.3 on a free loopback port and forwards plaintext to `to`.
     pub(crate) fn server(self, dir: &Path, certs: &Certs, to: SocketAddr) -> Result<Running> {
+        self.start(End::Server, dir, certs, to)
+    }
+
+    /// Accepts plaintext on a free loopback port and forwards it over mutual TLS 1.3 to the
+    /// server end at `to`.
+    pub(crate) fn client(self, dir: &Path, certs: &Certs, to: SocketAddr) -> Result<Running> {
+        self.start(End::Client, dir, certs, to)
+    }
+
+    fn start(self, end: End, dir: &Path, certs: &Certs, to: SocketAddr) -> Result<Running> {
         let Some(program) = self.program() else {
             bail!(
                 "{} is not installed (bench/run.sh installs it)",
@@ -57,21 +105,34 @@ impl Peer {
         };
         fs::create_dir_all(dir)?;
         let port = free_port()?;
-        let name = self.name();
+        let name = match end {
+            End::Server => self.name(),
+            End::Client => leak(format!("{} (client end)", self.name())),
+        };
         let mut process = match self {
             Self::Stunnel => {
                 let conf = dir.join("stunnel.conf");
-                fs::write(&conf, stunnel_conf(certs, port, to))?;
+                fs::write(&conf, stunnel_conf(end, certs, port, to))?;
                 Spawned::new(Command::new(program).arg(&conf), name)?
             }
-            Self::HaproxyHttp => {
+            Self::HaproxyHttp | Self::HaproxyTcp => {
                 let conf = dir.join("haproxy.cfg");
-                fs::write(&conf, haproxy_conf(certs, port, to))?;
+                let mode = if self == Self::HaproxyHttp {
+                    "http"
+                } else {
+                    "tcp"
+                };
+                fs::write(&conf, haproxy_conf(end, mode, certs, port, to))?;
                 Spawned::new(Command::new(program).args(["-db", "-f"]).arg(&conf), name)?
             }
-            Self::NginxHttp => {
+            Self::NginxHttp | Self::NginxStream => {
                 let conf = dir.join("nginx.conf");
-                fs::write(&conf, nginx_conf(dir, certs, port, to))?;
+                let body = if self == Self::NginxHttp {
+                    nginx_http(end, certs, port, to)
+                } else {
+                    nginx_stream(end, certs, port, to)
+                };
+                fs::write(&conf, nginx_conf(self, dir, &body))?;
                 Spawned::new(
                     Command::new(program)
                         .args(["-e", "stderr", "-p"])
@@ -88,6 +149,52 @@ impl Peer {
             addr: ([127, 0, 0, 1], port).into(),
         })
     }
+}
+
+/// haproxy relaying plaintext TCP from a free loopback port to `to`: two of these in a row
+/// are a pair's hops without its encryption, what a pair costs before any cryptography.
+pub(crate) fn plain_relay(dir: &Path, to: SocketAddr) -> Result<Running> {
+    let Some(program) = which(&["haproxy"]) else {
+        bail!("haproxy is not installed (bench/run.sh installs it)");
+    };
+    fs::create_dir_all(dir)?;
+    let port = free_port()?;
+    let conf = dir.join("haproxy.cfg");
+    fs::write(
+        &conf,
+        format!(
+            "global\n  nbthread 2\n  maxconn 9000\n\
+             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n\
+             frontend hop_in\n  bind 127.0.0.1:{port}\n  default_backend hop_out\n\
+             backend hop_out\n  server next {to}\n"
+        ),
+    )?;
+    let mut process = Spawned::new(
+        Command::new(program).args(["-db", "-f"]).arg(&conf),
+        "haproxy (plaintext relay)",
+    )?;
+    wait_listening(&mut process, port)?;
+    Ok(Running {
+        process,
+        addr: ([127, 0, 0, 1], port).into(),
+    })
+}
+
+/// A process name made once per peer started: a handful per run.
+fn leak(name: String) -> &'static str {
+    Box::leak(name.into_boxed_str())
+}
+
+/// Whether this nginx has the stream module, built in or as Debian's module package.
+fn nginx_has_stream() -> bool {
+    Path::new(NGINX_STREAM_MODULE).exists()
+        || Command::new(which(&["nginx"]).unwrap_or_default())
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| {
+                let text = String::from_utf8_lossy(&o.stderr);
+                text.contains("--with-stream ") || text.ends_with("--with-stream")
+            })
 }
 
 /// A running peer.
@@ -184,9 +291,13 @@ fn path_str(path: &Path) -> &str {
     path.to_str().unwrap_or_default()
 }
 
-fn stunnel_conf(certs: &Certs, port: u16, to: SocketAddr) -> String {
+fn stunnel_conf(end: End, certs: &Certs, port: u16, to: SocketAddr) -> String {
+    let role = match end {
+        End::Server => "requireCert = yes",
+        End::Client => "client = yes",
+    };
     format!(
-        "foreground = yes\npid =\ndebug = 3\n[hop]\nrequireCert = yes\naccept = 127.0.0.1:{port}\n\
+        "foreground = yes\npid =\ndebug = 3\n[hop]\n{role}\naccept = 127.0.0.1:{port}\n\
          connect = {to}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nsslVersion = TLSv1.3\n",
         certs.chain.display(),
         certs.key.display(),
@@ -194,32 +305,98 @@ fn stunnel_conf(certs: &Certs, port: u16, to: SocketAddr) -> String {
     )
 }
 
-fn haproxy_conf(certs: &Certs, port: u16, to: SocketAddr) -> String {
+fn haproxy_conf(end: End, mode: &str, certs: &Certs, port: u16, to: SocketAddr) -> String {
+    // `verify required` with a CA file checks the chain; haproxy checks no name unless told.
+    let tls = format!(
+        "ssl crt {} ca-file {} verify required ssl-min-ver TLSv1.3",
+        certs.combined.display(),
+        certs.bundle.display()
+    );
+    let (bind, server) = match end {
+        End::Server => (format!("127.0.0.1:{port} {tls}"), to.to_string()),
+        End::Client => (format!("127.0.0.1:{port}"), format!("{to} {tls}")),
+    };
     // Two threads, like the machine's cores; a connection cap above any the benchmark opens
     // (haproxy needs two descriptors per connection, within the machine's limit).
     format!(
         "global\n  nbthread 2\n  maxconn 9000\n\
-         defaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n  http-reuse always\n\
-         frontend hop_in\n  bind 127.0.0.1:{port} ssl crt {} ca-file {} verify required ssl-min-ver TLSv1.3\n  default_backend hop_out\n\
-         backend hop_out\n  server next {to}\n",
-        certs.combined.display(),
+         defaults\n  mode {mode}\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n\
+         frontend hop_in\n  bind {bind}\n  default_backend hop_out\n\
+         backend hop_out\n{}  server next {server}\n",
+        if mode == "http" {
+            "  http-reuse always\n"
+        } else {
+            ""
+        },
+    )
+}
+
+/// nginx's main configuration around one `http` or `stream` block.
+fn nginx_conf(peer: Peer, dir: &Path, body: &str) -> String {
+    let module = if peer == Peer::NginxStream && Path::new(NGINX_STREAM_MODULE).exists() {
+        format!("load_module {NGINX_STREAM_MODULE};\n")
+    } else {
+        String::new()
+    };
+    // Two workers, like the machine's cores.
+    format!(
+        "{module}daemon off;\nworker_processes 2;\nworker_rlimit_nofile 19000;\npid {}/nginx.pid;\n\
+         error_log stderr warn;\nevents {{ worker_connections 9000; }}\n{body}",
+        dir.display()
+    )
+}
+
+/// The TLS directives of a listener that requires a client certificate from the bundle.
+fn nginx_server_tls(certs: &Certs) -> String {
+    format!(
+        "ssl_certificate {}; ssl_certificate_key {}; ssl_client_certificate {}; \
+         ssl_verify_client on; ssl_protocols TLSv1.3; ssl_session_tickets off;",
+        certs.chain.display(),
+        certs.key.display(),
         certs.bundle.display()
     )
 }
 
-fn nginx_conf(dir: &Path, certs: &Certs, port: u16, to: SocketAddr) -> String {
-    // Two workers, like the machine's cores.
+/// The TLS directives of a connection to a server end: a client certificate, TLS 1.3, no
+/// check of the server's certificate (see the module's documentation).
+fn nginx_client_tls(certs: &Certs) -> String {
     format!(
-        "daemon off;\nworker_processes 2;\nworker_rlimit_nofile 19000;\npid {}/nginx.pid;\n\
-         error_log stderr warn;\nevents {{ worker_connections 9000; }}\n\
-         http {{\n  access_log off;\n  upstream next {{ server {to}; keepalive 64; }}\n  \
-         server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {}; \
-         ssl_client_certificate {}; ssl_verify_client on; ssl_protocols TLSv1.3; \
-         ssl_session_tickets off;\n    location / {{ proxy_pass http://next; \
-         proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n}}\n",
-        dir.display(),
+        "proxy_ssl_certificate {}; proxy_ssl_certificate_key {}; proxy_ssl_protocols TLSv1.3; \
+         proxy_ssl_verify off; proxy_ssl_session_reuse on;",
         certs.chain.display(),
         certs.key.display(),
-        certs.bundle.display()
+    )
+}
+
+fn nginx_http(end: End, certs: &Certs, port: u16, to: SocketAddr) -> String {
+    let (listen, scheme, client_tls) = match end {
+        End::Server => (
+            format!("{port} ssl; {}", nginx_server_tls(certs)),
+            "http",
+            String::new(),
+        ),
+        End::Client => (format!("{port};"), "https", nginx_client_tls(certs)),
+    };
+    format!(
+        "http {{\n  access_log off;\n  keepalive_requests 10000000;\n  \
+         upstream next {{ server {to}; keepalive 64; keepalive_requests 10000000; }}\n  \
+         server {{ listen 127.0.0.1:{listen}\n    location / {{ proxy_pass {scheme}://next; \
+         proxy_http_version 1.1; proxy_set_header Connection \"\"; {client_tls} }} }}\n}}\n"
+    )
+}
+
+fn nginx_stream(end: End, certs: &Certs, port: u16, to: SocketAddr) -> String {
+    let (listen, client_tls) = match end {
+        End::Server => (
+            format!("{port} ssl; {}", nginx_server_tls(certs)),
+            String::new(),
+        ),
+        End::Client => (
+            format!("{port};"),
+            format!("proxy_ssl on; {}", nginx_client_tls(certs)),
+        ),
+    };
+    format!(
+        "stream {{\n  server {{ listen 127.0.0.1:{listen} proxy_pass {to}; {client_tls} }}\n}}\n"
     )
 }

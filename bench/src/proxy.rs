@@ -26,7 +26,7 @@ use hush_test_support::{CaProcess, ProxyProcess, run_hush_ok, write_sidecar_conf
 
 use crate::cpu_seconds;
 use crate::load::{self, Latency, Throughput};
-use crate::peers::Certs;
+use crate::peers::{Certs, Peer};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ProxyArgs {
@@ -71,14 +71,17 @@ pub(crate) struct ProxyArgs {
 
 /// A path under test: where the load generator connects and which processes do the work.
 struct Contender {
-    name: &'static str,
+    name: String,
     entry: SocketAddr,
     pids: Vec<u32>,
+    /// The peer running the pair, if it is not hush (or no proxy at all).
+    peer: Option<Peer>,
 }
 
 /// One path's rounds.
 struct Measured {
-    name: &'static str,
+    name: String,
+    peer: Option<Peer>,
     rates: Vec<f64>,
     cpu_per_request: Vec<Duration>,
     latencies: Vec<Latency>,
@@ -128,7 +131,6 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
 
     // The CA, and the hush pair.
     let (ca, ca_dir) = start_ca(&hush, root);
-    let bundle = ca_dir.join("bundle.pem");
     let backend_id = "spiffe://bench.local/ns/bench/sa/backend";
     let frontend_id = "spiffe://bench.local/ns/bench/sa/frontend";
     let backend_config = write_sidecar_config(
@@ -255,134 +257,66 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
 
     let mut paths = vec![
         Contender {
-            name: "direct (no proxy)",
+            name: "direct (no proxy)".to_string(),
             entry: app_addr,
             pids: vec![],
+            peer: None,
         },
         Contender {
-            name: "hush sidecar pair",
+            name: "hush sidecar pair".to_string(),
             entry: frontend.outbound(0),
             pids: vec![frontend.process().pid(), backend.process().pid()],
+            peer: None,
         },
         Contender {
-            name: "hush pair, 1,000-rule policy",
+            name: "hush pair, 1,000-rule policy".to_string(),
             entry: frontend.outbound(1),
             pids: vec![frontend.process().pid(), guarded.process().pid()],
+            peer: None,
         },
     ];
 
     for (name, [frontend, backend]) in &mut more_pairs {
         paths.push(Contender {
-            name,
+            name: name.to_string(),
             entry: frontend.outbound(0),
             pids: vec![frontend.process().pid(), backend.process().pid()],
+            peer: None,
         });
     }
 
-    // Certificates for the peers, from the same CA.
-    // Written as svid.pem, svid.key and (for haproxy) combined.pem in the directory returned.
-    let peer_certs = |name: &str, id: &str| -> Result<PathBuf> {
-        let dir = root.join(format!("peer-{name}"));
-        Certs::issue(&hush, &ca, &ca_dir, &dir, id)?;
-        Ok(dir)
+    // The peers, each as a pair of its own (a client end and a server end) with certificates
+    // from the same CA.
+    let peer_certs = |name: &str, id: &str| {
+        Certs::issue(&hush, &ca, &ca_dir, &root.join(format!("peer-{name}")), id)
     };
-    let mut peers: Vec<Spawned> = Vec::new();
+    let client_certs = peer_certs("client", frontend_id)?;
+    let server_certs = peer_certs("server", backend_id)?;
+    let mut peers = Vec::new();
     let mut peer_rss = Vec::new();
-
-    match which(&["stunnel4", "stunnel"]).filter(|_| !args.hush_only) {
-        Some(stunnel) => {
-            let client = peer_certs("stunnel-client", frontend_id)?;
-            let server = peer_certs("stunnel-server", backend_id)?;
-            let (front_port, back_port) = (free_port()?, free_port()?);
-            let server_conf = root.join("stunnel-server.conf");
-            fs::write(
-                &server_conf,
-                format!(
-                    "foreground = yes\npid =\ndebug = 3\n[backend]\naccept = 127.0.0.1:{back_port}\nconnect = {app_addr}\n\
-                     cert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nrequireCert = yes\nsslVersion = TLSv1.3\n",
-                    server.join("svid.pem").display(),
-                    server.join("svid.key").display(),
-                    bundle.display()
-                ),
-            )?;
-            let client_conf = root.join("stunnel-client.conf");
-            fs::write(
-                &client_conf,
-                format!(
-                    "foreground = yes\npid =\ndebug = 3\n[frontend]\nclient = yes\naccept = 127.0.0.1:{front_port}\n\
-                     connect = 127.0.0.1:{back_port}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\nsslVersion = TLSv1.3\n",
-                    client.join("svid.pem").display(),
-                    client.join("svid.key").display(),
-                    bundle.display()
-                ),
-            )?;
-            let mut s = Spawned::new(Command::new(&stunnel).arg(&server_conf), "stunnel (server)")?;
-            let mut c = Spawned::new(Command::new(&stunnel).arg(&client_conf), "stunnel (client)")?;
-            wait_listening(&mut s, back_port)?;
-            wait_listening(&mut c, front_port)?;
-            std::thread::sleep(Duration::from_millis(300));
-            peer_rss.push(("stunnel4", rss_kib(c.pid())?));
-            paths.push(Contender {
-                name: "stunnel4 pair",
-                entry: ([127, 0, 0, 1], front_port).into(),
-                pids: vec![c.pid(), s.pid()],
-            });
-            peers.extend([s, c]);
+    for peer in Peer::ALL.into_iter().filter(|_| !args.hush_only) {
+        if !peer.installed() {
+            if args.allow_missing_peers {
+                eprintln!("skipping {}: not installed", peer.name());
+                continue;
+            }
+            bail!(
+                "{} is not installed (bench/run.sh installs it)",
+                peer.name()
+            );
         }
-        None if args.allow_missing_peers || args.hush_only => {
-            eprintln!("skipping stunnel4");
-        }
-        None => bail!("stunnel4 is not installed (bench/proxy.sh installs it)"),
-    }
-
-    match which(&["haproxy"]).filter(|_| !args.hush_only) {
-        Some(haproxy) => {
-            let client = peer_certs("haproxy-client", frontend_id)?;
-            let server = peer_certs("haproxy-server", backend_id)?;
-            let (front_port, back_port) = (free_port()?, free_port()?);
-            let common = "global\n  nbthread 2\n  maxconn 4096\n  tune.ssl.default-dh-param 2048\n\
-                          defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n";
-            let server_conf = root.join("haproxy-server.cfg");
-            fs::write(
-                &server_conf,
-                format!(
-                    "{common}frontend mtls_in\n  bind 127.0.0.1:{back_port} ssl crt {} ca-file {} verify required ssl-min-ver TLSv1.3\n  default_backend app\n\
-                     backend app\n  server app {app_addr}\n",
-                    server.join("combined.pem").display(),
-                    bundle.display()
-                ),
-            )?;
-            let client_conf = root.join("haproxy-client.cfg");
-            fs::write(
-                &client_conf,
-                format!(
-                    "{common}frontend plain_in\n  bind 127.0.0.1:{front_port}\n  default_backend mtls_out\n\
-                     backend mtls_out\n  server backend 127.0.0.1:{back_port} ssl crt {} ca-file {} verify required ssl-min-ver TLSv1.3\n",
-                    client.join("combined.pem").display(),
-                    bundle.display()
-                ),
-            )?;
-            let mut s = Spawned::new(
-                Command::new(&haproxy).args(["-db", "-f"]).arg(&server_conf),
-                "haproxy (server)",
-            )?;
-            let mut c = Spawned::new(
-                Command::new(&haproxy).args(["-db", "-f"]).arg(&client_conf),
-                "haproxy (client)",
-            )?;
-            wait_listening(&mut s, back_port)?;
-            wait_listening(&mut c, front_port)?;
-            std::thread::sleep(Duration::from_millis(300));
-            peer_rss.push(("haproxy", rss_kib(c.pid())?));
-            paths.push(Contender {
-                name: "haproxy pair (HTTP mode)",
-                entry: ([127, 0, 0, 1], front_port).into(),
-                pids: vec![c.pid(), s.pid()],
-            });
-            peers.extend([s, c]);
-        }
-        None if args.allow_missing_peers || args.hush_only => eprintln!("skipping haproxy"),
-        None => bail!("haproxy is not installed (bench/proxy.sh installs it)"),
+        let dir = root.join(format!("peer-{peer:?}"));
+        let server = peer.server(&dir.join("server"), &server_certs, app_addr)?;
+        let client = peer.client(&dir.join("client"), &client_certs, server.addr)?;
+        std::thread::sleep(Duration::from_millis(300));
+        peer_rss.push((peer.name(), rss_kib_of(&client.pids())?));
+        paths.push(Contender {
+            name: format!("{} pair", peer.name()),
+            entry: client.addr,
+            pids: [client.pids(), server.pids()].concat(),
+            peer: Some(peer),
+        });
+        peers.extend([client, server]);
     }
 
     // One thread for the load generator, so the proxies get the rest of the machine.
@@ -392,7 +326,8 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
     let mut results: Vec<Measured> = paths
         .iter()
         .map(|path| Measured {
-            name: path.name,
+            name: path.name.clone(),
+            peer: path.peer,
             rates: Vec::new(),
             cpu_per_request: Vec::new(),
             latencies: Vec::new(),
@@ -408,11 +343,14 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
                     .sum()
             };
             let cpu_before = cpu();
-            let Throughput { rate, requests } = runtime.block_on(load::throughput(
-                path.entry,
-                args.connections,
-                Duration::from_secs(args.seconds),
-            ))?;
+            let result = runtime
+                .block_on(load::throughput(
+                    path.entry,
+                    args.connections,
+                    Duration::from_secs(args.seconds),
+                ))
+                .with_context(|| format!("load through {}", path.name));
+            let Throughput { rate, requests } = result?;
             let cpu_after = cpu();
             measured.rates.push(rate);
             if !path.pids.is_empty() {
@@ -536,25 +474,49 @@ fn report(
             },
         );
     }
-    let hush = results.iter().find(|m| m.name.starts_with("hush"));
-    let best_peer = results
+    let direct_p99 = direct.map_or(Duration::ZERO, |d| d.latency(|l| l.p99));
+    let added_p99 = |m: &Measured| m.latency(|l| l.p99).saturating_sub(direct_p99);
+    let hush = results
         .iter()
-        .filter(|m| !m.name.starts_with("hush") && !m.name.starts_with("direct"))
-        .max_by(|a, b| a.rate().total_cmp(&b.rate()));
-    if let (Some(hush), Some(peer)) = (hush, best_peer) {
-        let _ = writeln!(
-            out,
-            "\nhush / best peer ({}): {:.2}× the requests per second",
-            peer.name,
-            hush.rate() / peer.rate()
-        );
-        if let (Some(h), Some(p)) = (hush.cpu(), peer.cpu()) {
+        .find(|m| m.peer.is_none() && m.name.starts_with("hush"));
+    // Like for like first: the peers that read HTTP, as hush's pair does (it must, to hand the
+    // app the caller's identity); then the byte relays, which read nothing.
+    for (kind, relays) in [("reads HTTP", false), ("relays bytes", true)] {
+        let peers = || {
+            results
+                .iter()
+                .filter(move |m| m.peer.is_some_and(|p| p.relays_bytes() == relays))
+        };
+        let Some(hush) = hush else { break };
+        if let Some(peer) = peers().max_by(|a, b| a.rate().total_cmp(&b.rate())) {
             let _ = writeln!(
                 out,
-                "hush / best peer, CPU per request: {:.2}× ({:.0} µs vs {:.0} µs)",
+                "\nhush / best peer that {kind} ({}): {:.2}× the requests per second",
+                peer.name,
+                hush.rate() / peer.rate()
+            );
+        }
+        if let Some(peer) = peers()
+            .filter(|m| m.cpu().is_some())
+            .min_by_key(|m| m.cpu())
+            && let (Some(h), Some(p)) = (hush.cpu(), peer.cpu())
+        {
+            let _ = writeln!(
+                out,
+                "hush / best peer that {kind} ({}), CPU per request: {:.2}× ({:.0} µs vs {:.0} µs)",
+                peer.name,
                 h.as_secs_f64() / p.as_secs_f64(),
                 h.as_secs_f64() * 1e6,
                 p.as_secs_f64() * 1e6
+            );
+        }
+        if let Some(peer) = peers().min_by_key(|m| added_p99(m)) {
+            let _ = writeln!(
+                out,
+                "hush / best peer that {kind} ({}), added p99: {} vs {}",
+                peer.name,
+                micros(added_p99(hush)),
+                micros(added_p99(peer))
             );
         }
     }
@@ -573,8 +535,14 @@ fn micros(d: Duration) -> String {
 /// A sidecar's inbound listener on a free loopback port in front of `app`, which speaks
 /// HTTP/1.1: told, not detected, so detection is not what is measured.
 pub(crate) fn http1_inbound(app: SocketAddr) -> InboundConfig {
+    inbound(app, Protocol::Http1)
+}
+
+/// A sidecar's inbound listener on a free loopback port in front of `app`, which speaks
+/// `protocol`.
+pub(crate) fn inbound(app: SocketAddr, protocol: Protocol) -> InboundConfig {
     InboundConfig {
-        protocol: Protocol::Http1,
+        protocol,
         ..InboundConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), app)
     }
 }
@@ -582,11 +550,17 @@ pub(crate) fn http1_inbound(app: SocketAddr) -> InboundConfig {
 /// An HTTP/1.1 outbound listener on a free loopback port to the sidecar at `upstream`, which
 /// must prove `identity`.
 pub(crate) fn http1_outbound(upstream: SocketAddr, identity: &str) -> OutboundConfig {
+    outbound(upstream, identity, Protocol::Http1)
+}
+
+/// An outbound listener on a free loopback port, for `protocol`, to the sidecar at `upstream`,
+/// which must prove `identity`.
+pub(crate) fn outbound(upstream: SocketAddr, identity: &str, protocol: Protocol) -> OutboundConfig {
     let identity = identity
         .parse()
         .expect("the benchmark's SPIFFE IDs are valid");
     OutboundConfig {
-        protocol: Protocol::Http1,
+        protocol,
         ..OutboundConfig::new(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             upstream.to_string(),
@@ -621,6 +595,24 @@ fn rss_kib(pid: u32) -> Result<Rss> {
         total: field("VmRSS:")?,
         private: field("RssAnon:")?,
     })
+}
+
+/// [`rss_kib`] of several processes (nginx's master and workers), added up as `ps` users
+/// would: the pages they share are counted once per process.
+fn rss_kib_of(pids: &[u32]) -> Result<Rss> {
+    pids.iter().try_fold(
+        Rss {
+            total: 0,
+            private: 0,
+        },
+        |sum, pid| {
+            let one = rss_kib(*pid)?;
+            Ok(Rss {
+                total: sum.total + one.total,
+                private: sum.private + one.private,
+            })
+        },
+    )
 }
 
 impl std::fmt::Display for Rss {

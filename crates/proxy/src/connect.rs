@@ -25,6 +25,7 @@ use tokio_rustls::client::TlsStream;
 use tracing::{Span, info, warn};
 
 use crate::metrics::{Direction, Metrics};
+use crate::read_ahead::ReadAhead;
 use crate::tls::{DialError, MeshConnector, MeshProtocol, Target};
 use crate::trace::{self, SessionFacts};
 
@@ -41,7 +42,7 @@ pub(crate) async fn dial_logged(
     protocol: MeshProtocol,
     metrics: &Metrics,
     span: &Span,
-) -> Result<TlsStream<TcpStream>, DialError> {
+) -> Result<TlsStream<ReadAhead<TcpStream>>, DialError> {
     match connector.dial(target, protocol).await {
         Ok((tls, handshake)) => {
             metrics.handshake(Direction::Outbound, handshake);
@@ -180,7 +181,7 @@ impl tower::Service<Uri> for MeshHttpConnector {
 }
 
 /// What a finished client handshake settled; the verifier has checked the peer's SPIFFE ID.
-pub(crate) fn session_facts(tls: &TlsStream<TcpStream>) -> SessionFacts {
+pub(crate) fn session_facts(tls: &TlsStream<ReadAhead<TcpStream>>) -> SessionFacts {
     let (_, session) = tls.get_ref();
     let peer_id = session
         .peer_certificates()
@@ -193,7 +194,7 @@ pub(crate) fn session_facts(tls: &TlsStream<TcpStream>) -> SessionFacts {
 /// A mutual-TLS connection to a peer sidecar, as hyper's pool holds it.
 #[derive(Debug)]
 pub(crate) struct MeshStream {
-    tls: TlsStream<TcpStream>,
+    tls: TlsStream<ReadAhead<TcpStream>>,
     /// Handed to every response that comes back over this connection, for its span and
     /// access line.
     facts: SessionFacts,

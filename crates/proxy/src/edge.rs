@@ -35,6 +35,7 @@ use crate::identity::IdentityStatus;
 use crate::io::{Activity, Metered};
 use crate::metrics::{Direction, Metrics};
 use crate::outbound::Route;
+use crate::read_ahead::ReadAhead;
 use crate::serve::{Lifecycle, PerAddress, accept_loop, serve_http};
 use crate::tls::{MeshConnector, Target};
 use hush_tls::HandshakeFailure;
@@ -409,9 +410,11 @@ impl EdgeServer {
             activity.clone(),
         );
         let started = Instant::now();
-        let handshake =
-            tokio::time::timeout(self.limits.handshake_timeout, self.acceptor.accept(metered))
-                .await;
+        let handshake = tokio::time::timeout(
+            self.limits.handshake_timeout,
+            self.acceptor.accept(ReadAhead::new(metered)),
+        )
+        .await;
         drop(handshaking);
         let tls = match handshake {
             Ok(Ok(tls)) => tls,

@@ -33,6 +33,7 @@ use crate::io::{Activity, Metered, relay_until_idle};
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
 use crate::orig_dst::{is_local_address, original_destination};
 use crate::policy::{Caller, Judgement, PolicyEnforcer};
+use crate::read_ahead::ReadAhead;
 use crate::serve::{Lifecycle, PerAddress, Throttle, accept_loop, canonical, serve_http};
 use crate::tls::{MeshProtocol, Target};
 use crate::trace::{self, SessionFacts};
@@ -258,9 +259,11 @@ impl Inbound {
         // Boxed, here and below: a task's future is as large as its largest state, and the
         // task keeps that size for as long as the connection lives. Boxing each phase keeps
         // an idle connection's task small, and the handshake's memory is freed when it ends.
-        let handshake =
-            tokio::time::timeout_at(handshake_deadline, Box::pin(self.acceptor.accept(metered)))
-                .await;
+        let handshake = tokio::time::timeout_at(
+            handshake_deadline,
+            Box::pin(self.acceptor.accept(ReadAhead::new(metered))),
+        )
+        .await;
         drop(handshaking);
         let mut tls = match handshake {
             Ok(Ok(tls)) => Box::new(tls),

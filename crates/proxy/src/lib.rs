@@ -53,6 +53,7 @@ mod outbound;
 mod policy;
 mod probe;
 mod proxy;
+mod read_ahead;
 mod serve;
 mod tls;
 mod trace;
@@ -85,6 +86,7 @@ mod tests {
     /// HTTP forwarding, the accept loops, the two sides, and what assembles them. A module
     /// added to the crate must be placed here.
     const LAYERS: &[&[&str]] = &[
+        &["read_ahead"],
         &[
             "capacity", "clock", "errors", "headers", "orig_dst", "probe", "tls",
         ],

@@ -19,6 +19,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::read_ahead::ReadAhead;
+
 /// ALPN id of HTTP/1.1.
 pub(crate) const ALPN_HTTP1: &[u8] = b"http/1.1";
 /// ALPN id hush uses between sidecars for opaque TCP, so the receiving side skips detection
@@ -130,7 +132,7 @@ impl MeshConnector {
         &self,
         target: &Target,
         protocol: MeshProtocol,
-    ) -> Result<(TlsStream<TcpStream>, Duration), DialError> {
+    ) -> Result<(TlsStream<ReadAhead<TcpStream>>, Duration), DialError> {
         let tcp = target
             .connect(self.connect_timeout)
             .await
@@ -150,7 +152,12 @@ impl MeshConnector {
                 .into(),
         );
         let started = tokio::time::Instant::now();
-        match tokio::time::timeout(self.handshake_timeout, connector.connect(name, tcp)).await {
+        match tokio::time::timeout(
+            self.handshake_timeout,
+            connector.connect(name, ReadAhead::new(tcp)),
+        )
+        .await
+        {
             Ok(Ok(tls)) => Ok((tls, started.elapsed())),
             Ok(Err(e)) => Err(DialError::Handshake {
                 target: format!("upstream {target}"),
