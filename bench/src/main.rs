@@ -5,10 +5,19 @@
 //! nothing else, on every core) against real issuance over gRPC + TLS 1.3 by `hush ca serve`
 //! running as its own process, with concurrent clients.
 //!
-//! `hush-bench proxy` — HTTP/1.1 through a pair of hush sidecars against the same app direct,
-//! through a pair of stunnel4 and through a pair of haproxy, all doing mutual TLS 1.3:
-//! requests per second, CPU per request, latency percentiles at a fixed rate, idle memory.
-//! `bench/proxy.sh` installs the peers and runs it.
+//! `hush-bench proxy` — HTTP/1.1 through a pair of hush sidecars against the same app direct
+//! and through a pair of each peer (stunnel4; haproxy in HTTP and TCP mode; nginx as an HTTP
+//! proxy and with its stream module), all doing mutual TLS 1.3: requests per second, CPU per
+//! request, latency percentiles at a fixed rate, idle memory. `bench/proxy.sh` installs the
+//! peers and runs it.
+//!
+//! `hush-bench bulk` — one TCP stream (iperf3) through a pair of hush sidecars and through a
+//! pair of each byte relay among the peers: bytes per second and CPU per GB, beside the same
+//! hops without encryption.
+//!
+//! `hush-bench server` — one server accepting mutual TLS: handshakes per second and per
+//! CPU-second, memory per open connection. `bench/run.sh` runs `server`, `proxy`, `bulk` and
+//! `ca` in one go.
 //!
 //! `hush-bench gateway` — public TLS termination: `hush gateway` beside nginx, new TLS
 //! connections per second and keep-alive requests per second through each, CPU per unit.
@@ -53,7 +62,7 @@ struct Cli {
 enum Bench {
     /// Certificate issuance: in-process ceiling vs. gRPC over TLS to `hush ca serve`.
     Ca(CaArgs),
-    /// HTTP/1.1 through hush sidecars vs. direct, stunnel4 and haproxy, side by side.
+    /// HTTP/1.1 through hush sidecars vs. direct, stunnel4, haproxy and nginx, side by side.
     Proxy(proxy::ProxyArgs),
     /// Public TLS termination: hush gateway vs. nginx, new connections and keep-alive.
     Gateway(gateway::GatewayArgs),

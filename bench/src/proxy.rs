@@ -4,11 +4,14 @@
 //!
 //! * direct — load generator → app, plaintext: the floor.
 //! * hush — → frontend sidecar (plaintext in) → mutual TLS 1.3 → backend sidecar → app.
-//! * stunnel4 — the same shape with two stunnel processes doing mutual TLS 1.3.
-//! * haproxy — the same shape with two haproxy processes (HTTP mode) doing mutual TLS 1.3.
+//! * each peer — the same shape with two of its processes doing mutual TLS 1.3: stunnel4,
+//!   haproxy in HTTP mode and in TCP mode, nginx as an HTTP proxy and with its stream module
+//!   (see `peers`).
 //!
 //! The peers use certificates from the same hush CA (real X.509-SVIDs). They check the chain
-//! only; hush also checks the SPIFFE ID, so hush does at least the work they do. Each path is
+//! at most; hush also checks the SPIFFE ID, so hush does at least the work they do. The report
+//! compares hush with the best peer that reads HTTP, as hush's pair does, and with the best
+//! byte relay, which reads nothing. Each path is
 //! measured twice: closed-loop throughput, and latency at a fixed rate. CPU time of the two
 //! proxies is read from /proc, for CPU per request.
 
@@ -64,7 +67,7 @@ pub(crate) struct ProxyArgs {
     /// versions in one run.
     #[arg(long, value_name = "PATH")]
     baseline_hush: Option<PathBuf>,
-    /// Leave out stunnel4 and haproxy.
+    /// Leave out the peers.
     #[arg(long)]
     hush_only: bool,
 }

@@ -18,7 +18,9 @@ pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const BYTES_PER_CONNECTION: u64 = 64 * 1024;
 
 /// Memory set aside for everything that is not a connection: the executable's pages, the
-/// runtime, certificates, policy, connection pools, metrics.
+/// runtime, certificates, policy, connection pools, metrics, and the large buffers connections
+/// moving bulk data share (8 MiB at most, `bulk::PROCESS_BUDGET`; a connection without a share
+/// moves its bytes a TLS record at a time, within its own budget).
 pub const RESERVED_BYTES: u64 = 24 * 1024 * 1024;
 
 /// The fewest connections a memory limit is allowed to leave.

@@ -24,8 +24,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tracing::{Span, info, warn};
 
+use crate::bulk::ReadAhead;
 use crate::metrics::{Direction, Metrics};
-use crate::read_ahead::ReadAhead;
 use crate::tls::{DialError, MeshConnector, MeshProtocol, Target};
 use crate::trace::{self, SessionFacts};
 

@@ -28,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::bulk::ReadAhead;
 use crate::config::{AccessLog, Limits, Protocol};
 use crate::headers::ProtectedHeaders;
 use crate::http::{HttpContext, HttpVersion, Router};
@@ -35,7 +36,6 @@ use crate::identity::IdentityStatus;
 use crate::io::{Activity, Metered};
 use crate::metrics::{Direction, Metrics};
 use crate::outbound::Route;
-use crate::read_ahead::ReadAhead;
 use crate::serve::{Lifecycle, PerAddress, accept_loop, serve_http};
 use crate::tls::{MeshConnector, Target};
 use hush_tls::HandshakeFailure;

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Span, debug, info, warn};
 
 use crate::access::{AccessLine, Exchange};
+use crate::bulk::ReadAhead;
 use crate::config::{AccessLog, Limits, Protocol};
 use crate::detect::{Detected, FirstLine, Prefixed, detect, hold_first_line, sniff};
 use crate::headers::{IdentityHeaders, ProtectedHeaders, Scanned};
@@ -33,7 +34,6 @@ use crate::io::{Activity, Metered, relay_until_idle};
 use crate::metrics::{Direction, Metrics, ProtocolLabel};
 use crate::orig_dst::{is_local_address, original_destination};
 use crate::policy::{Caller, Judgement, PolicyEnforcer};
-use crate::read_ahead::ReadAhead;
 use crate::serve::{Lifecycle, PerAddress, Throttle, accept_loop, canonical, serve_http};
 use crate::tls::{MeshProtocol, Target};
 use crate::trace::{self, SessionFacts};

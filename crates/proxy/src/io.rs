@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::bulk::{Budget, GULP, Permit};
 use crate::metrics::ByteCounters;
 
 /// When a connection last moved a byte, in either direction.
@@ -141,24 +142,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
     }
 }
 
-/// The most a relay holds per direction: four TLS records' worth of plaintext, so that a bulk
-/// transfer crosses each socket in 64 KiB steps (one 16 KiB step per record costs about twice
-/// the CPU per byte: the cost of a loopback `send`/`recv` is mostly per call, not per byte).
-const RELAY_CHUNK: usize = 64 * 1024;
+/// What a relay holds per direction without a share of the [`Budget`]: one TLS record's worth
+/// of plaintext. With a share it holds up to a [`GULP`], so that a bulk transfer crosses each
+/// socket in 64 KiB steps (one 16 KiB step per record costs about twice the CPU per byte: on
+/// loopback the cost of `send` and `recv` is mostly per call, not per byte).
+const RELAY_STEP: usize = 16 * 1024;
 
 /// Copies bytes both ways until both sides have closed; returns (client → server, server →
 /// client) byte counts.
 ///
 /// Unlike `tokio::io::copy_bidirectional`, which keeps a fixed buffer per direction for the
 /// connection's whole life, each direction holds a buffer only while it has bytes in flight:
-/// an idle relayed connection costs no buffer at all, and a busy one reads up to
-/// [`RELAY_CHUNK`] before it writes.
+/// an idle relayed connection costs no buffer at all, and a busy one reads up to a [`GULP`]
+/// (while the process's [`Budget`] lasts, else [`RELAY_STEP`]) before it writes.
 pub(crate) async fn relay<A, B>(client: &mut A, server: &mut B) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    Relay::new(client, server).await
+    Relay::new(client, server, Budget::process()).await
 }
 
 /// The future behind [`relay`].
@@ -170,12 +172,12 @@ struct Relay<'a, A: ?Sized, B: ?Sized> {
 }
 
 impl<'a, A: ?Sized, B: ?Sized> Relay<'a, A, B> {
-    fn new(client: &'a mut A, server: &'a mut B) -> Self {
+    fn new(client: &'a mut A, server: &'a mut B, budget: &'static Budget) -> Self {
         Self {
             client,
             server,
-            upstream: OneWay::default(),
-            downstream: OneWay::default(),
+            upstream: OneWay::new(budget),
+            downstream: OneWay::new(budget),
         }
     }
 
@@ -216,10 +218,13 @@ where
 }
 
 /// One direction of a relay: what was read from one side and not yet written to the other.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct OneWay {
     /// Empty, without an allocation, whenever nothing is in flight.
     held: BytesMut,
+    /// Held with `held`'s allocation when it may grow to a [`GULP`].
+    permit: Option<Permit>,
+    budget: &'static Budget,
     read_done: bool,
     /// Bytes were written since the writer was last flushed.
     unflushed: bool,
@@ -228,6 +233,23 @@ struct OneWay {
 }
 
 impl OneWay {
+    fn new(budget: &'static Budget) -> Self {
+        Self {
+            held: BytesMut::new(),
+            permit: None,
+            budget,
+            read_done: false,
+            unflushed: false,
+            done: false,
+            moved: 0,
+        }
+    }
+
+    fn release(&mut self) {
+        self.held = BytesMut::new();
+        self.permit = None;
+    }
+
     fn poll_move<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -243,8 +265,16 @@ impl OneWay {
         }
         loop {
             // Read while there is room, so that several small reads leave as one write.
-            if !self.read_done && self.held.len() < RELAY_CHUNK {
-                self.held.reserve(RELAY_CHUNK - self.held.len());
+            if self.held.capacity() == 0 {
+                self.permit = self.budget.take();
+            }
+            let room = if self.permit.is_some() {
+                GULP
+            } else {
+                RELAY_STEP
+            };
+            if !self.read_done && self.held.len() < room {
+                self.held.reserve(room - self.held.len());
                 match tokio_util::io::poll_read_buf(reader.as_mut(), cx, &mut self.held) {
                     Poll::Ready(Ok(0)) => self.read_done = true,
                     Poll::Ready(Ok(_)) => continue,
@@ -252,7 +282,7 @@ impl OneWay {
                     Poll::Pending if self.held.is_empty() => {
                         // Nothing in flight: give the buffer back while this side idles, and
                         // push out whatever the writer still holds.
-                        self.held = BytesMut::new();
+                        self.release();
                         if self.unflushed {
                             ready!(writer.as_mut().poll_flush(cx))?;
                             self.unflushed = false;
@@ -275,7 +305,7 @@ impl OneWay {
             if self.read_done {
                 ready!(writer.as_mut().poll_flush(cx))?;
                 ready!(writer.as_mut().poll_shutdown(cx))?;
-                self.held = BytesMut::new();
+                self.release();
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
@@ -436,7 +466,11 @@ mod tests {
     async fn an_idle_relay_holds_no_buffer() {
         let (mut client_app, mut client_side) = tokio::io::duplex(1 << 20);
         let (mut server_side, mut server_app) = tokio::io::duplex(1 << 20);
-        let mut relay = Box::pin(Relay::new(&mut client_side, &mut server_side));
+        let mut relay = Box::pin(Relay::new(
+            &mut client_side,
+            &mut server_side,
+            Budget::process(),
+        ));
         client_app.write_all(&pattern(100_000)).await.unwrap();
         server_app.write_all(b"hello").await.unwrap();
         let polled = std::future::poll_fn(|cx| Poll::Ready(relay.as_mut().poll(cx))).await;
@@ -453,5 +487,42 @@ mod tests {
         let mut hello = [0; 5];
         client_app.read_exact(&mut hello).await.unwrap();
         assert_eq!(&hello, b"hello");
+    }
+
+    /// A relay whose writer is blocked holds a [`GULP`] while the budget lasts, a record's
+    /// worth once it is spent, and gives its share back when it ends.
+    #[tokio::test]
+    async fn a_blocked_relay_holds_a_gulp_only_while_the_budget_lasts() {
+        static ONE: Budget = Budget::new(GULP);
+        let mut ends = Vec::new();
+        for _ in 0..2 {
+            let (mut client_app, client_side) = tokio::io::duplex(1 << 20);
+            // The server's app reads nothing: the relay's writes block after 1 KiB.
+            let (server_side, server_app) = tokio::io::duplex(1024);
+            client_app.write_all(&pattern(200_000)).await.unwrap();
+            ends.push((client_app, client_side, server_side, server_app));
+        }
+        let mut relays: Vec<_> = ends
+            .iter_mut()
+            .map(|(_, client_side, server_side, _)| {
+                Box::pin(Relay::new(client_side, server_side, &ONE))
+            })
+            .collect();
+        for relay in &mut relays {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(relay.as_mut().poll(cx))).await;
+            assert!(polled.is_pending());
+        }
+        let (first, second) = (relays[0].upstream.held.len(), relays[1].upstream.held.len());
+        assert!(
+            first > RELAY_STEP,
+            "the first has the budget: {first} bytes held"
+        );
+        assert!(
+            (1..=RELAY_STEP).contains(&second),
+            "the second, a record's worth: {second} bytes held"
+        );
+        assert_eq!(ONE.in_use(), GULP);
+        drop(relays);
+        assert_eq!(ONE.in_use(), 0, "given back when the relays end");
     }
 }

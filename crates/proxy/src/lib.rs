@@ -30,6 +30,7 @@
 
 mod access;
 mod admin;
+mod bulk;
 mod capacity;
 mod clock;
 // The configuration types live in hush-config, so that the injector, `hush up` and the tests
@@ -53,7 +54,6 @@ mod outbound;
 mod policy;
 mod probe;
 mod proxy;
-mod read_ahead;
 mod serve;
 mod tls;
 mod trace;
@@ -86,7 +86,7 @@ mod tests {
     /// HTTP forwarding, the accept loops, the two sides, and what assembles them. A module
     /// added to the crate must be placed here.
     const LAYERS: &[&[&str]] = &[
-        &["read_ahead"],
+        &["bulk"],
         &[
             "capacity", "clock", "errors", "headers", "orig_dst", "probe", "tls",
         ],
