@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use std::net::SocketAddr;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tracing::debug;
@@ -217,15 +217,23 @@ where
     }
 }
 
+/// What an idle direction reads into before it has a buffer: polling a quiet side (every wake of
+/// the task polls both directions) then costs no allocation and no share of the budget.
+const FIRST_READ: usize = 2 * 1024;
+
 /// One direction of a relay: what was read from one side and not yet written to the other.
 #[derive(Debug)]
 struct OneWay {
     /// Empty, without an allocation, whenever nothing is in flight.
     held: BytesMut,
-    /// Held with `held`'s allocation when it may grow to a [`GULP`].
+    /// What `held` was allocated with (0: no allocation); it never grows past that.
+    size: usize,
+    /// Held with `held`'s allocation when that is a [`GULP`].
     permit: Option<Permit>,
     budget: &'static Budget,
     read_done: bool,
+    /// A read failed after bytes were read: they are written out first, then this is returned.
+    failed: Option<io::Error>,
     /// Bytes were written since the writer was last flushed.
     unflushed: bool,
     done: bool,
@@ -236,18 +244,71 @@ impl OneWay {
     fn new(budget: &'static Budget) -> Self {
         Self {
             held: BytesMut::new(),
+            size: 0,
             permit: None,
             budget,
             read_done: false,
+            failed: None,
             unflushed: false,
             done: false,
             moved: 0,
         }
     }
 
+    /// Gives the buffer and its share of the budget back.
     fn release(&mut self) {
         self.held = BytesMut::new();
+        self.size = 0;
         self.permit = None;
+    }
+
+    /// A buffer for `first`, the bytes of a read made while there was none: a [`GULP`] while the
+    /// budget lasts, else [`RELAY_STEP`].
+    fn allocate(&mut self, first: &[u8]) {
+        self.permit = self.budget.take();
+        self.size = if self.permit.is_some() {
+            GULP
+        } else {
+            RELAY_STEP
+        };
+        self.held = BytesMut::with_capacity(self.size);
+        self.held.extend_from_slice(first);
+    }
+
+    /// How much the next read may bring: what is left of the allocation (all of it once
+    /// everything was written), or [`FIRST_READ`] without one. The buffer never grows.
+    fn room(&mut self) -> usize {
+        if self.size == 0 {
+            return FIRST_READ;
+        }
+        if self.held.is_empty() {
+            // Everything was written: take the whole allocation back (nothing to copy).
+            self.held.reserve(self.size);
+        }
+        (self.size - self.held.len()).min(self.held.capacity() - self.held.len())
+    }
+
+    /// Reads once, at most `room` bytes (see [`Self::room`]); `Ok(0)` is the end of input.
+    fn poll_read_some<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: Pin<&mut R>,
+        room: usize,
+    ) -> Poll<io::Result<usize>>
+    where
+        R: AsyncRead + ?Sized,
+    {
+        if self.size == 0 {
+            let mut first = [0u8; FIRST_READ];
+            let mut buf = ReadBuf::new(&mut first[..room]);
+            ready!(reader.poll_read(cx, &mut buf))?;
+            let read = buf.filled().len();
+            if read > 0 {
+                self.allocate(buf.filled());
+            }
+            return Poll::Ready(Ok(read));
+        }
+        tokio_util::io::poll_read_buf(reader, cx, &mut (&mut self.held).limit(room))
     }
 
     fn poll_move<R, W>(
@@ -265,20 +326,21 @@ impl OneWay {
         }
         loop {
             // Read while there is room, so that several small reads leave as one write.
-            if self.held.capacity() == 0 {
-                self.permit = self.budget.take();
-            }
-            let room = if self.permit.is_some() {
-                GULP
+            let room = if self.read_done || self.failed.is_some() {
+                0
             } else {
-                RELAY_STEP
+                self.room()
             };
-            if !self.read_done && self.held.len() < room {
-                self.held.reserve(room - self.held.len());
-                match tokio_util::io::poll_read_buf(reader.as_mut(), cx, &mut self.held) {
+            if room > 0 {
+                match self.poll_read_some(cx, reader.as_mut(), room) {
                     Poll::Ready(Ok(0)) => self.read_done = true,
                     Poll::Ready(Ok(_)) => continue,
-                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    // What was read before the error still goes out, as a plain copy would.
+                    Poll::Ready(Err(error)) if !self.held.is_empty() => self.failed = Some(error),
+                    Poll::Ready(Err(error)) => {
+                        self.release();
+                        return Poll::Ready(Err(error));
+                    }
                     Poll::Pending if self.held.is_empty() => {
                         // Nothing in flight: give the buffer back while this side idles, and
                         // push out whatever the writer still holds.
@@ -302,10 +364,15 @@ impl OneWay {
                 self.moved += written as u64;
                 self.unflushed = true;
             }
+            if let Some(error) = self.failed.take() {
+                self.release();
+                return Poll::Ready(Err(error));
+            }
             if self.read_done {
+                // Nothing left to move: no buffer is kept through a slow flush or shutdown.
+                self.release();
                 ready!(writer.as_mut().poll_flush(cx))?;
                 ready!(writer.as_mut().poll_shutdown(cx))?;
-                self.release();
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
@@ -524,5 +591,185 @@ mod tests {
         assert_eq!(ONE.in_use(), GULP);
         drop(relays);
         assert_eq!(ONE.in_use(), 0, "given back when the relays end");
+    }
+
+    /// Yields `data` in `chunk`-sized reads, then an error, as tokio-rustls does after a peer
+    /// closed without `close_notify`: the data first, the error on the next read.
+    struct ThenError {
+        data: Vec<u8>,
+        pos: usize,
+        chunk: usize,
+    }
+
+    impl AsyncRead for ThenError {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            if this.pos == this.data.len() {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            let n = buf
+                .remaining()
+                .min(this.chunk)
+                .min(this.data.len() - this.pos);
+            buf.put_slice(&this.data[this.pos..this.pos + n]);
+            this.pos += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for ThenError {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_read_before_an_error_are_delivered_before_it() {
+        let mut client = ThenError {
+            data: pattern(5000),
+            pos: 0,
+            chunk: 1000,
+        };
+        let (mut server_side, mut server_app) = tokio::io::duplex(1 << 20);
+        let result = relay(&mut client, &mut server_side).await;
+        assert!(result.is_err(), "the error is still returned");
+        drop(server_side);
+        let mut got = Vec::new();
+        server_app.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, pattern(5000), "after everything read before it");
+    }
+
+    /// Through a slow reader's small pipe, with partial writes of every size, a direction's
+    /// buffer never grows past what it was given: a GULP with a share, a record without.
+    #[tokio::test]
+    async fn a_direction_never_holds_more_than_it_was_given() {
+        static ONE: Budget = Budget::new(GULP);
+        static NONE: Budget = Budget::new(0);
+        for (budget, limit) in [(&ONE, GULP), (&NONE, RELAY_STEP)] {
+            let (mut client_app, mut client_side) = tokio::io::duplex(4 << 20);
+            let (mut server_side, mut server_app) = tokio::io::duplex(777);
+            let sent = pattern(3_000_000);
+            client_app.write_all(&sent).await.unwrap();
+            client_app.shutdown().await.unwrap();
+            let mut relay = Box::pin(Relay::new(&mut client_side, &mut server_side, budget));
+            let mut got = Vec::new();
+            let mut seed = 12345u64;
+            let mut largest = 0;
+            while got.len() < sent.len() {
+                let _ = std::future::poll_fn(|cx| Poll::Ready(relay.as_mut().poll(cx))).await;
+                largest = largest.max(relay.upstream.held.capacity());
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                let mut buf = vec![0; 1 + (seed >> 33) as usize % 777];
+                let n = server_app.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert!(got == sent, "every byte, in order");
+            assert!(largest <= limit, "held {largest} bytes, given {limit}");
+        }
+    }
+
+    /// A writer that takes `left` bytes, then blocks; its flush and shutdown never finish.
+    struct Stalls {
+        left: usize,
+    }
+
+    impl AsyncWrite for Stalls {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            if this.left == 0 {
+                return Poll::Pending;
+            }
+            let n = buf.len().min(this.left);
+            this.left -= n;
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncRead for Stalls {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    /// Relays that emptied exactly one buffer and go on reading keep one share each, never a
+    /// second, and a relay without a share never keeps a GULP-sized buffer.
+    #[tokio::test]
+    async fn a_share_is_held_once_and_never_outlived_by_its_buffer() {
+        static ONE: Budget = Budget::new(GULP);
+        let mut ends = Vec::new();
+        for _ in 0..3 {
+            let (mut client_app, client_side) = tokio::io::duplex(1 << 20);
+            client_app.write_all(&pattern(GULP + 10_000)).await.unwrap();
+            ends.push((client_app, client_side, Stalls { left: GULP }));
+        }
+        let mut relays: Vec<_> = ends
+            .iter_mut()
+            .map(|(_, client_side, writer)| Box::pin(Relay::new(client_side, writer, &ONE)))
+            .collect();
+        for relay in &mut relays {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(relay.as_mut().poll(cx))).await;
+            assert!(polled.is_pending());
+        }
+        let with_share = relays
+            .iter()
+            .filter(|r| r.upstream.permit.is_some())
+            .count();
+        assert_eq!(with_share, 1);
+        assert_eq!(ONE.in_use(), GULP);
+        for relay in relays.iter().filter(|r| r.upstream.permit.is_none()) {
+            let capacity = relay.upstream.held.capacity();
+            assert!(capacity <= RELAY_STEP, "{capacity} bytes without a share");
+        }
+    }
+
+    /// Input ended and everything was written, but the writer's flush never finishes (a peer
+    /// that stopped reading): nothing is in flight, so no buffer and no share are kept.
+    #[tokio::test]
+    async fn a_direction_waiting_to_flush_keeps_no_buffer() {
+        static FOUR: Budget = Budget::new(4 * GULP);
+        for size in [10_000, GULP] {
+            let (mut client_app, mut client_side) = tokio::io::duplex(1 << 20);
+            client_app.write_all(&pattern(size)).await.unwrap();
+            client_app.shutdown().await.unwrap();
+            let mut writer = Stalls { left: usize::MAX };
+            let mut relay = Box::pin(Relay::new(&mut client_side, &mut writer, &FOUR));
+            let polled = std::future::poll_fn(|cx| Poll::Ready(relay.as_mut().poll(cx))).await;
+            assert!(polled.is_pending());
+            assert_eq!(relay.upstream.moved, size as u64);
+            assert_eq!(relay.buffered_capacity(), 0);
+            assert_eq!(FOUR.in_use(), 0);
+        }
     }
 }
