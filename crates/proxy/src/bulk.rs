@@ -79,6 +79,8 @@ impl Drop for Permit {
 /// memory; once a gulp comes back short, reads go straight to the socket again. Requests and
 /// answers smaller than what the session asks for never touch the buffer, and it exists only
 /// while it holds bytes (and the [`Budget`] allows it), so an idle connection keeps none.
+/// Bytes the session never asks for (a peer's bytes after its `close_notify`) stay held until
+/// the stream is dropped; the budget bounds what all such connections hold together.
 #[derive(Debug)]
 pub(crate) struct ReadAhead<S> {
     inner: S,
