@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use hush_config::Protocol;
 use hush_test_support::{ProxyProcess, write_sidecar_config};
 
-use crate::peers::{Certs, Peer, plain_relay};
+use crate::peers::{Certs, Peer, plain_relay, start_pairs};
 use crate::proxy::{
     Spawned, free_port, inbound, median, outbound, start_ca, wait_listening, which,
 };
@@ -119,30 +119,26 @@ pub(crate) fn run(args: BulkArgs) -> Result<()> {
     ];
 
     let mut peers = Vec::new();
+    let mut plain = Vec::new();
     if !args.hush_only {
         let client_certs = Certs::issue(&hush, &ca, &ca_dir, &root.join("client"), FRONTEND_ID)?;
         let server_certs = Certs::issue(&hush, &ca, &ca_dir, &root.join("server"), BACKEND_ID)?;
-        for peer in Peer::ALL.into_iter().filter(|p| p.relays_bytes()) {
-            if !peer.installed() {
-                if args.allow_missing_peers {
-                    eprintln!("skipping {}: not installed", peer.name());
-                    continue;
-                }
-                bail!(
-                    "{} is not installed (bench/run.sh installs it)",
-                    peer.name()
-                );
-            }
-            let dir = root.join(format!("{peer:?}"));
-            let server = peer.server(&dir.join("server"), &server_certs, target)?;
-            let client = peer.client(&dir.join("client"), &client_certs, server.addr)?;
+        let relays = Peer::ALL.into_iter().filter(|p| p.relays_bytes());
+        for pair in start_pairs(
+            relays,
+            root,
+            &client_certs,
+            &server_certs,
+            target,
+            args.allow_missing_peers,
+        )? {
             paths.push(Path {
-                name: format!("{} pair", peer.name()),
-                entry: client.addr,
-                pids: [client.pids(), server.pids()].concat(),
+                name: format!("{} pair", pair.peer.name()),
+                entry: pair.entry(),
+                pids: pair.pids(),
                 peer: true,
             });
-            peers.extend([client, server]);
+            peers.push(pair);
         }
         if Peer::HaproxyTcp.installed() {
             // The floor under every pair: the same two hops, no encryption.
@@ -154,7 +150,7 @@ pub(crate) fn run(args: BulkArgs) -> Result<()> {
                 pids: [first.pids(), second.pids()].concat(),
                 peer: false,
             });
-            peers.extend([first, second]);
+            plain.extend([first, second]);
         }
     }
 
@@ -176,6 +172,7 @@ pub(crate) fn run(args: BulkArgs) -> Result<()> {
     }
     print!("{}", report(&args, &paths, &results));
     drop(peers);
+    drop(plain);
     drop(frontend);
     drop(backend);
     drop(ca);

@@ -197,6 +197,60 @@ fn nginx_has_stream() -> bool {
             })
 }
 
+/// A peer as a pair: a client end in front of a server end, mutual TLS 1.3 between them.
+pub(crate) struct Pair {
+    pub(crate) peer: Peer,
+    pub(crate) client: Running,
+    pub(crate) server: Running,
+}
+
+impl Pair {
+    /// Where the pair takes plaintext in.
+    pub(crate) fn entry(&self) -> SocketAddr {
+        self.client.addr
+    }
+
+    /// The processes of both ends.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        [self.client.pids(), self.server.pids()].concat()
+    }
+}
+
+/// A pair of each of `peers` in front of `to`, under `root`, the client ends with `client`'s
+/// certificate and the server ends with `server`'s. A peer that is not installed is an error,
+/// or, with `allow_missing`, left out with a line on stderr.
+pub(crate) fn start_pairs(
+    peers: impl IntoIterator<Item = Peer>,
+    root: &Path,
+    client: &Certs,
+    server: &Certs,
+    to: SocketAddr,
+    allow_missing: bool,
+) -> Result<Vec<Pair>> {
+    let mut pairs = Vec::new();
+    for peer in peers {
+        if !peer.installed() {
+            if allow_missing {
+                eprintln!("skipping {}: not installed", peer.name());
+                continue;
+            }
+            bail!(
+                "{} is not installed (bench/run.sh installs it)",
+                peer.name()
+            );
+        }
+        let dir = root.join(format!("peer-{peer:?}"));
+        let server = peer.server(&dir.join("server"), server, to)?;
+        let client = peer.client(&dir.join("client"), client, server.addr)?;
+        pairs.push(Pair {
+            peer,
+            client,
+            server,
+        });
+    }
+    Ok(pairs)
+}
+
 /// A running peer.
 pub(crate) struct Running {
     pub(crate) process: Spawned,

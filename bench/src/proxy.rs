@@ -29,7 +29,7 @@ use hush_test_support::{CaProcess, ProxyProcess, run_hush_ok, write_sidecar_conf
 
 use crate::cpu_seconds;
 use crate::load::{self, Latency, Throughput};
-use crate::peers::{Certs, Peer};
+use crate::peers::{Certs, Peer, start_pairs};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ProxyArgs {
@@ -295,31 +295,29 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
     };
     let client_certs = peer_certs("client", frontend_id)?;
     let server_certs = peer_certs("server", backend_id)?;
-    let mut peers = Vec::new();
+    let peers = if args.hush_only {
+        Vec::new()
+    } else {
+        start_pairs(
+            Peer::ALL,
+            root,
+            &client_certs,
+            &server_certs,
+            app_addr,
+            args.allow_missing_peers,
+        )?
+    };
+    // Idle memory once every peer has settled.
+    std::thread::sleep(Duration::from_millis(300));
     let mut peer_rss = Vec::new();
-    for peer in Peer::ALL.into_iter().filter(|_| !args.hush_only) {
-        if !peer.installed() {
-            if args.allow_missing_peers {
-                eprintln!("skipping {}: not installed", peer.name());
-                continue;
-            }
-            bail!(
-                "{} is not installed (bench/run.sh installs it)",
-                peer.name()
-            );
-        }
-        let dir = root.join(format!("peer-{peer:?}"));
-        let server = peer.server(&dir.join("server"), &server_certs, app_addr)?;
-        let client = peer.client(&dir.join("client"), &client_certs, server.addr)?;
-        std::thread::sleep(Duration::from_millis(300));
-        peer_rss.push((peer.name(), rss_kib_of(&client.pids())?));
+    for pair in &peers {
+        peer_rss.push((pair.peer.name(), rss_kib_of(&pair.client.pids())?));
         paths.push(Contender {
-            name: format!("{} pair", peer.name()),
-            entry: client.addr,
-            pids: [client.pids(), server.pids()].concat(),
-            peer: Some(peer),
+            name: format!("{} pair", pair.peer.name()),
+            entry: pair.entry(),
+            pids: pair.pids(),
+            peer: Some(pair.peer),
         });
-        peers.extend([client, server]);
     }
 
     // One thread for the load generator, so the proxies get the rest of the machine.

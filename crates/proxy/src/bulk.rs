@@ -206,6 +206,17 @@ mod tests {
         asked: Vec<usize>,
     }
 
+    impl Recording {
+        fn new(data: Vec<u8>, chunk: usize) -> Self {
+            Self {
+                data,
+                pos: 0,
+                chunk,
+                asked: Vec::new(),
+            }
+        }
+    }
+
     impl AsyncRead for Recording {
         fn poll_read(
             self: Pin<&mut Self>,
@@ -231,12 +242,7 @@ mod tests {
     #[tokio::test]
     async fn read_ahead_gulps_once_a_read_fills_what_was_asked() {
         let data = pattern(300_000);
-        let mut reader = ReadAhead::new(Recording {
-            data: data.clone(),
-            pos: 0,
-            chunk: usize::MAX,
-            asked: Vec::new(),
-        });
+        let mut reader = ReadAhead::new(Recording::new(data.clone(), usize::MAX));
         // As a TLS session reads: 4 KiB, then a record's worth at a time.
         let mut out = vec![0; 4096];
         reader.read_exact(&mut out).await.unwrap();
@@ -264,12 +270,7 @@ mod tests {
 
     #[tokio::test]
     async fn read_ahead_leaves_small_messages_alone() {
-        let mut reader = ReadAhead::new(Recording {
-            data: pattern(1000),
-            pos: 0,
-            chunk: 100,
-            asked: Vec::new(),
-        });
+        let mut reader = ReadAhead::new(Recording::new(pattern(1000), 100));
         let mut buf = vec![0; 4096];
         for _ in 0..10 {
             assert_eq!(reader.read(&mut buf).await.unwrap(), 100);
@@ -282,15 +283,7 @@ mod tests {
     #[tokio::test]
     async fn read_ahead_gives_its_share_of_the_budget_back() {
         static ONE: Budget = Budget::new(GULP);
-        let mut reader = ReadAhead::with_budget(
-            Recording {
-                data: pattern(100_000),
-                pos: 0,
-                chunk: usize::MAX,
-                asked: Vec::new(),
-            },
-            &ONE,
-        );
+        let mut reader = ReadAhead::with_budget(Recording::new(pattern(100_000), usize::MAX), &ONE);
         let mut buf = vec![0; 4096];
         reader.read_exact(&mut buf).await.unwrap();
         reader.read_exact(&mut buf).await.unwrap();
@@ -306,15 +299,7 @@ mod tests {
     async fn read_ahead_reads_as_asked_once_the_budget_is_spent() {
         static SPENT: Budget = Budget::new(0);
         let data = pattern(100_000);
-        let mut reader = ReadAhead::with_budget(
-            Recording {
-                data: data.clone(),
-                pos: 0,
-                chunk: usize::MAX,
-                asked: Vec::new(),
-            },
-            &SPENT,
-        );
+        let mut reader = ReadAhead::with_budget(Recording::new(data.clone(), usize::MAX), &SPENT);
         let mut out = vec![0; 4096];
         reader.read_exact(&mut out).await.unwrap();
         let mut record = vec![0; 16 * 1024 + 100];
