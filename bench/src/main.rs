@@ -25,9 +25,13 @@
 //!
 //! `hush-bench sidecar-memory` — the idle resident and private memory of one sidecar, for
 //! several commands that run it (two builds, or two binaries) side by side.
+//!
+//! `hush-bench hot-symbols` — the functions an idle sidecar runs, written to the list release
+//! builds link side by side (`crates/cli/link/README.md`).
 
 mod bulk;
 mod gateway;
+mod hot_symbols;
 mod load;
 mod memory;
 mod mtls;
@@ -74,6 +78,8 @@ enum Bench {
     Bulk(bulk::BulkArgs),
     /// Idle memory of one sidecar (resident, file-backed, anonymous, private), per command.
     SidecarMemory(memory::SidecarMemoryArgs),
+    /// List the functions an idle sidecar runs, for release builds to link together.
+    HotSymbols(hot_symbols::HotSymbolsArgs),
     /// The app the proxy benchmark measures against (started by `proxy` itself).
     #[command(hide = true)]
     App {
@@ -121,6 +127,7 @@ fn main() -> Result<()> {
         Bench::Server(args) => mtls::run(args),
         Bench::Bulk(args) => bulk::run(args),
         Bench::SidecarMemory(args) => memory::run(args),
+        Bench::HotSymbols(args) => hot_symbols::run(args),
         Bench::App { listen } => load::serve_app(listen),
         Bench::Load {
             target,

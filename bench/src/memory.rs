@@ -78,6 +78,9 @@ struct Sidecar {
     command: Vec<String>,
     label: String,
     size: u64,
+    /// Of the hot-symbol list release builds link with, the names this executable still
+    /// defines, and all (see [`crate::hot_symbols`]); `None` where nm cannot read it.
+    hot: Option<(usize, usize)>,
     samples: Vec<Memory>,
 }
 
@@ -100,47 +103,87 @@ pub(crate) fn run(args: SidecarMemoryArgs) -> Result<()> {
         let size = fs::read(program)
             .with_context(|| format!("cannot read {program}: build it first"))?
             .len() as u64;
+        let hot = crate::hot_symbols::coverage(Path::new(program)).ok();
         sidecars.push(Sidecar {
             command,
             label,
             size,
+            hot,
             samples: Vec::new(),
         });
     }
 
-    let temp = tempfile::tempdir()?;
-    // The CA and the token minting run from a copy, which no sidecar under test maps.
-    let hush = {
+    let mut node = Node::start(&hush)?;
+    for round in 1..=args.rounds.max(1) {
+        for sidecar in &mut sidecars {
+            eprintln!("round {round}: {} …", sidecar.label);
+            let mut twin = node.sidecar(&sidecar.command)?;
+            let mut measured = node.sidecar(&sidecar.command)?;
+            std::thread::sleep(Duration::from_millis(args.settle_ms));
+            sidecar.samples.push(Memory::of(measured.pid())?);
+            measured.terminate();
+            twin.terminate();
+        }
+    }
+    drop(node);
+    print!("{}", report(&sidecars, &args));
+    Ok(())
+}
+
+/// A CA on loopback and what a sidecar needs from it: the setting every idle sidecar here runs
+/// in. Dropping it stops the CA.
+pub(crate) struct Node {
+    /// Holds the copy of `hush`, the CA's directory and each sidecar's.
+    temp: tempfile::TempDir,
+    /// The copy that runs the CA and mints join tokens.
+    hush: PathBuf,
+    ca_dir: PathBuf,
+    ca: CaProcess,
+    started: usize,
+}
+
+impl Node {
+    /// Starts a CA from a copy of `hush`, which no sidecar under test maps.
+    pub(crate) fn start(hush: &Path) -> Result<Self> {
+        let temp = tempfile::tempdir()?;
         let copy = temp.path().join("hush-for-the-ca");
-        fs::copy(&hush, &copy).with_context(|| format!("cannot copy {}", hush.display()))?;
-        copy
-    };
-    let ca_dir = temp.path().join("ca");
-    run_hush_ok(
-        &hush,
-        &[
-            "ca",
-            "init",
-            "--dir",
-            path_str(&ca_dir)?,
-            "--trust-domain",
-            "bench.local",
-        ],
-    );
-    let ca = CaProcess::start(&hush, &ca_dir, &[]);
-    let identity = "spiffe://bench.local/ns/bench/sa/idle";
-    // A pod's usual shape: an inbound listener in front of the app and an outbound one to a
-    // peer. Neither is dialled while idle, so nothing needs to listen behind them.
-    let nobody = SocketAddr::from(([127, 0, 0, 1], 9));
-    let mut started = 0;
-    let mut start = |command: &[String]| -> Result<HushProcess> {
-        started += 1;
+        fs::copy(hush, &copy).with_context(|| format!("cannot copy {}", hush.display()))?;
+        let ca_dir = temp.path().join("ca");
+        run_hush_ok(
+            &copy,
+            &[
+                "ca",
+                "init",
+                "--dir",
+                path_str(&ca_dir)?,
+                "--trust-domain",
+                "bench.local",
+            ],
+        );
+        let ca = CaProcess::start(&copy, &ca_dir, &[]);
+        Ok(Self {
+            temp,
+            hush: copy,
+            ca_dir,
+            ca,
+            started: 0,
+        })
+    }
+
+    /// Runs `command` (a program and its arguments, to which `--config FILE` is appended) as a
+    /// sidecar with a certificate of its own, and returns once it is ready.
+    pub(crate) fn sidecar(&mut self, command: &[String]) -> Result<HushProcess> {
+        let identity = "spiffe://bench.local/ns/bench/sa/idle";
+        // A pod's usual shape: an inbound listener in front of the app and an outbound one to
+        // a peer. Neither is dialled while idle, so nothing needs to listen behind them.
+        let nobody = SocketAddr::from(([127, 0, 0, 1], 9));
+        self.started += 1;
         // A fresh directory each time: the join token is single-use.
         let config = write_sidecar_config(
-            &hush,
-            &temp.path().join(format!("sidecar-{started}")),
-            &ca_dir,
-            ca.url(),
+            &self.hush,
+            &self.temp.path().join(format!("sidecar-{}", self.started)),
+            &self.ca_dir,
+            self.ca.url(),
             identity,
             |c| {
                 c.inbound = Some(http1_inbound(nobody));
@@ -155,21 +198,7 @@ pub(crate) fn run(args: SidecarMemoryArgs) -> Result<()> {
             .wait_until_ready(ProxyProcess::READY_PREFIX)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(process)
-    };
-    for round in 1..=args.rounds.max(1) {
-        for sidecar in &mut sidecars {
-            eprintln!("round {round}: {} …", sidecar.label);
-            let mut twin = start(&sidecar.command)?;
-            let mut measured = start(&sidecar.command)?;
-            std::thread::sleep(Duration::from_millis(args.settle_ms));
-            sidecar.samples.push(Memory::of(measured.pid())?);
-            measured.terminate();
-            twin.terminate();
-        }
     }
-    drop(ca);
-    print!("{}", report(&sidecars, &args));
-    Ok(())
 }
 
 fn report(sidecars: &[Sidecar], args: &SidecarMemoryArgs) -> String {
@@ -209,6 +238,17 @@ fn report(sidecars: &[Sidecar], args: &SidecarMemoryArgs) -> String {
             column(|m| m.anon),
             column(|m| m.private),
         );
+    }
+    for s in sidecars {
+        if let Some((present, listed)) = s.hot {
+            let _ = writeln!(
+                out,
+                "\n`{}`: {present} of the {listed} hot functions listed for the linker are in this \
+                 executable (fewer after a toolchain or dependency update: `hush-bench hot-symbols` \
+                 lists them again)",
+                s.label
+            );
+        }
     }
     out
 }
