@@ -39,8 +39,10 @@ pub(crate) struct HotSymbolsArgs {
     /// Where to write the list (default: the repository's, which release builds link with).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Milliseconds each sidecar idles under callgrind, certificate in hand, before it stops.
-    #[arg(long, default_value_t = 3000)]
+    /// Milliseconds each sidecar idles under callgrind, certificate in hand, before it stops:
+    /// long enough for its periodic work (bundle polls, policy and certificate checks) to run,
+    /// at callgrind's pace of about a fiftieth of native speed.
+    #[arg(long, default_value_t = 60_000)]
     settle_ms: u64,
 }
 
@@ -72,7 +74,7 @@ pub(crate) fn run(args: HotSymbolsArgs) -> Result<()> {
         "proxy".into(),
     ];
     let mut node = Node::start(&hush)?;
-    // Two, as on a node; either may take a path the other does not (who renews first).
+    // Two, as on a node: the second starts while the first runs.
     let mut first = node.sidecar(&command)?;
     let mut second = node.sidecar(&command)?;
     std::thread::sleep(Duration::from_millis(args.settle_ms));
@@ -81,18 +83,22 @@ pub(crate) fn run(args: HotSymbolsArgs) -> Result<()> {
     second.terminate();
     drop(node);
 
+    // In a fixed order, so that the same runs make the same list.
+    let mut files: Vec<PathBuf> = fs::read_dir(profiles.path())?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.sort();
+    let object = hush.display().to_string();
     let mut ran = Vec::new();
-    for entry in fs::read_dir(profiles.path())? {
-        let path = entry?.path();
+    for path in &files {
         let text =
-            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        ran.extend(functions_run(&text));
+            fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        ran.extend(functions_run(&text, &object));
     }
     if ran.is_empty() {
-        bail!("callgrind recorded no function: did the sidecars start?");
+        bail!("callgrind recorded no function of {object}: did the sidecars start?");
     }
     let defined = text_symbols(&hush)?;
-    let distinct: HashSet<&str> = ran.iter().map(String::as_str).collect();
     let mut seen = HashSet::new();
     let hot: Vec<&str> = ran
         .iter()
@@ -112,9 +118,9 @@ pub(crate) fn run(args: HotSymbolsArgs) -> Result<()> {
     }
     fs::write(&out, list).with_context(|| format!("cannot write {}", out.display()))?;
     println!(
-        "{} functions ran in the idle sidecars of {}; {} are the executable's own (the rest are \
-         the C library's and the loader's), written to {}",
-        distinct.len(),
+        "{} functions of {} ran in the idle sidecars, {} of them named in its symbol table; \
+         written to {}",
+        ran.iter().collect::<HashSet<_>>().len(),
         hush.display(),
         hot.len(),
         out.display()
@@ -122,39 +128,45 @@ pub(crate) fn run(args: HotSymbolsArgs) -> Result<()> {
     Ok(())
 }
 
-/// The names of the functions a callgrind profile charged any cost to (its `fn=` blocks), in
-/// its order. callgrind names a function in full the first time it mentions it, as a function
-/// (`fn=(12) name`) or as a callee (`cfn=(12) name`), and by number after; a name it marks as a
-/// recursion level (`name'2`) is the same function.
-fn functions_run(profile: &str) -> Vec<String> {
-    let mut named: HashMap<&str, &str> = HashMap::new();
+/// The names of the functions of `object` (an executable's path, as the process mapped it) a
+/// callgrind profile charged any cost to (its `fn=` blocks), in its order. callgrind names an
+/// object or a function in full the first time it mentions it (`ob=(3) path`, `fn=(12) name`,
+/// or as a callee's, `cob=`/`cfn=`) and by number after; a `fn=` belongs to the last `ob=`
+/// before it; a name it marks as a recursion level (`name'2`) is the same function.
+fn functions_run(profile: &str, object: &str) -> Vec<String> {
+    let mut objects: HashMap<&str, &str> = HashMap::new();
+    let mut functions: HashMap<&str, &str> = HashMap::new();
+    let mut in_object = false;
     let mut names = Vec::new();
     for line in profile.lines() {
-        let (is_function, rest) = if let Some(rest) = line.strip_prefix("fn=(") {
-            (true, rest)
-        } else if let Some(rest) = line.strip_prefix("cfn=(") {
-            (false, rest)
-        } else {
+        let Some((key, spec)) = line.split_once("=(") else {
             continue;
         };
-        let (id, name) = match rest.split_once(") ") {
+        let (table, is_current) = match key {
+            "ob" => (&mut objects, true),
+            "cob" => (&mut objects, false),
+            "fn" => (&mut functions, true),
+            "cfn" => (&mut functions, false),
+            _ => continue,
+        };
+        let name = match spec.split_once(") ") {
             Some((id, name)) => {
-                named.insert(id, name);
-                (id, Some(name))
+                table.insert(id, name);
+                Some(name)
             }
-            None => (rest.trim_end_matches(')'), None),
+            None => table.get(spec.trim_end_matches(')')).copied(),
         };
-        let Some(name) = name.or_else(|| named.get(id).copied()) else {
-            continue;
-        };
-        if !is_function {
-            continue;
+        match (key, name) {
+            ("ob", name) => in_object = name == Some(object),
+            ("fn", Some(name)) if is_current && in_object => {
+                let name = match name.rsplit_once('\'') {
+                    Some((base, level)) if level.chars().all(|c| c.is_ascii_digit()) => base,
+                    _ => name,
+                };
+                names.push(name.to_string());
+            }
+            _ => {}
         }
-        let name = match name.rsplit_once('\'') {
-            Some((base, level)) if level.chars().all(|c| c.is_ascii_digit()) => base,
-            _ => name,
-        };
-        names.push(name.to_string());
     }
     names
 }
@@ -210,29 +222,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn functions_named_once_as_callee_or_by_recursion_level_are_all_found() {
+    fn functions_are_found_by_object_whether_named_as_callee_or_by_recursion_level() {
         let profile = "\
 version: 1
+ob=(1) /bin/hush
 fl=(1) src/main.rs
 fn=(1) _ZN4hush4main17h0123456789abcdefE
 3 10
-cfn=(2) _ZN4core3fmt5write17hfedcba9876543210E
+cob=(2) /lib/libc.so.6
+cfn=(2) memcpy
 calls=1 0
 3 5
-fn=(2)
+cfn=(3) _ZN4core3fmt5write17hfedcba9876543210E
+calls=1 0
+3 5
+fn=(3)
 4 7
-fn=(3) aws_lc_0_47_0_CBB_flush'2
+fn=(4) aws_lc_0_47_0_CBB_flush'2
 5 1
-fn=(4) quoted'name
+ob=(2)
+fn=(2)
+6 1
+fn=(5) strlen
+6 1
+ob=(1)
+fn=(6) quoted'name
 ";
         assert_eq!(
-            functions_run(profile),
+            functions_run(profile, "/bin/hush"),
             [
                 "_ZN4hush4main17h0123456789abcdefE",
                 "_ZN4core3fmt5write17hfedcba9876543210E",
                 "aws_lc_0_47_0_CBB_flush",
                 "quoted'name"
             ]
+        );
+        assert_eq!(
+            functions_run(profile, "/lib/libc.so.6"),
+            ["memcpy", "strlen"]
         );
     }
 }

@@ -29,7 +29,7 @@ use hush_test_support::{CaProcess, ProxyProcess, run_hush_ok, write_sidecar_conf
 
 use crate::cpu_seconds;
 use crate::load::{self, Latency, Throughput};
-use crate::peers::{Certs, Peer, start_pairs};
+use crate::peers::{Certs, Peer, plain_relay, start_pairs};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ProxyArgs {
@@ -320,6 +320,32 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
         });
     }
 
+    // The hops without their cryptography or HTTP: two plaintext TCP relays in a row carry
+    // what any pair could at best on this machine, the ceiling of requests per second and the
+    // floor of added latency.
+    let plain = if args.hush_only {
+        None
+    } else {
+        match plain_relay(&root.join("plain-2"), app_addr)
+            .and_then(|second| Ok((plain_relay(&root.join("plain-1"), second.addr)?, second)))
+        {
+            Ok(hops) => Some(hops),
+            Err(e) if args.allow_missing_peers => {
+                eprintln!("no plaintext relay pair: {e:#}");
+                None
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if let Some((first, second)) = &plain {
+        paths.push(Contender {
+            name: PLAINTEXT_HOPS.to_string(),
+            entry: first.addr,
+            pids: vec![first.process.pid(), second.process.pid()],
+            peer: None,
+        });
+    }
+
     // One thread for the load generator, so the proxies get the rest of the machine.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -368,6 +394,13 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
         }
     }
     print!("{}", report(&results, &args, idle_rss, &peer_rss));
+    // The idle figure depends on it (crates/cli/link/README.md).
+    if let Ok((present, listed)) = crate::hot_symbols::coverage(&hush) {
+        println!(
+            "hush's idle functions linked side by side: {present} of the {listed} listed are in \
+             this build"
+        );
+    }
     if let Some(sink) = sink {
         println!(
             "OTLP sink: {} exports, {} bytes of spans received",
@@ -376,6 +409,7 @@ pub(crate) fn run(args: ProxyArgs) -> Result<()> {
         );
     }
     drop(more_pairs);
+    drop(plain);
     drop(peers);
     drop(frontend);
     drop(backend);
@@ -521,6 +555,14 @@ fn report(
             );
         }
     }
+    if let Some(hops) = results.iter().find(|m| m.name == PLAINTEXT_HOPS) {
+        let _ = writeln!(
+            out,
+            "\nceiling on this machine, two plaintext hops (no TLS, no HTTP): {:.0} req/s, added p99 {}",
+            hops.rate(),
+            micros(added_p99(hops))
+        );
+    }
     let _ = write!(out, "\nidle RSS of one proxy: hush {idle_rss}");
     for (name, rss) in peer_rss {
         let _ = write!(out, ", {name} {rss}");
@@ -528,6 +570,9 @@ fn report(
     let _ = writeln!(out);
     out
 }
+
+/// The path of two plaintext relays, in the table and in the ceiling line.
+const PLAINTEXT_HOPS: &str = "plaintext hops (two haproxy TCP relays, no TLS)";
 
 fn micros(d: Duration) -> String {
     format!("{} µs", d.as_micros())
