@@ -9,9 +9,9 @@
 //! valgrind's callgrind, which records every function that ran; the names it reports that the
 //! executable defines as functions are written, in callgrind's order, to the list that
 //! `crates/cli/build.rs` hands to the linker for release builds. A name is an exact, mangled
-//! symbol: names change with the toolchain and the dependencies' versions, so the list is
-//! regenerated after either changes (`hush-bench sidecar-memory` says how much of it a build
-//! still matches; a stale name is ignored by the linker).
+//! symbol: names change with the toolchain, the dependencies' versions and some edits to hush
+//! itself, so the list is made again after them (`hush-bench sidecar-memory` and `proxy` say
+//! how much of it a build still matches; a stale name is skipped by the linker).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -142,11 +142,9 @@ fn functions_run(profile: &str, object: &str) -> Vec<String> {
         let Some((key, spec)) = line.split_once("=(") else {
             continue;
         };
-        let (table, is_current) = match key {
-            "ob" => (&mut objects, true),
-            "cob" => (&mut objects, false),
-            "fn" => (&mut functions, true),
-            "cfn" => (&mut functions, false),
+        let table = match key {
+            "ob" | "cob" => &mut objects,
+            "fn" | "cfn" => &mut functions,
             _ => continue,
         };
         let name = match spec.split_once(") ") {
@@ -158,7 +156,7 @@ fn functions_run(profile: &str, object: &str) -> Vec<String> {
         };
         match (key, name) {
             ("ob", name) => in_object = name == Some(object),
-            ("fn", Some(name)) if is_current && in_object => {
+            ("fn", Some(name)) if in_object => {
                 let name = match name.rsplit_once('\'') {
                     Some((base, level)) if level.chars().all(|c| c.is_ascii_digit()) => base,
                     _ => name,

@@ -133,12 +133,13 @@ pub(crate) fn run(args: SidecarMemoryArgs) -> Result<()> {
 /// A CA on loopback and what a sidecar needs from it: the setting every idle sidecar here runs
 /// in. Dropping it stops the CA.
 pub(crate) struct Node {
+    /// First, so that it stops before its directory goes (fields drop in order).
+    ca: CaProcess,
     /// Holds the copy of `hush`, the CA's directory and each sidecar's.
     temp: tempfile::TempDir,
     /// The copy that runs the CA and mints join tokens.
     hush: PathBuf,
     ca_dir: PathBuf,
-    ca: CaProcess,
     started: usize,
 }
 
@@ -162,10 +163,10 @@ impl Node {
         );
         let ca = CaProcess::start(&copy, &ca_dir, &[]);
         Ok(Self {
+            ca,
             temp,
             hush: copy,
             ca_dir,
-            ca,
             started: 0,
         })
     }
