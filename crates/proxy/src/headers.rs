@@ -327,12 +327,37 @@ fn same_header(protected: &HeaderName, name: &HeaderName) -> bool {
             .all(|(a, b)| a == b || (!a.is_ascii_alphanumeric() && !b.is_ascii_alphanumeric()))
 }
 
+/// Tells whoever serves an HTTP/1 connection that a request's body was read to its end, so
+/// that the connection may be parked (see `serve::serve_http`). It travels in the request's
+/// extensions to the body that reads it; a request dropped unread drops it unsignalled.
+#[derive(Clone)]
+pub(crate) struct BodyEnd(std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl BodyEnd {
+    pub(crate) fn new(signal: impl Fn() + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(signal))
+    }
+
+    /// The body was read to its end.
+    pub(crate) fn reached(&self) {
+        (self.0)();
+    }
+}
+
+impl std::fmt::Debug for BodyEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BodyEnd")
+    }
+}
+
 /// A request body on its way to the app, with protected headers removed from its trailers (an
 /// app server may merge trailers into the headers it shows the app).
 #[derive(Debug)]
 pub(crate) struct RequestBody {
     inner: Incoming,
     protected: Option<std::sync::Arc<ProtectedHeaders>>,
+    /// Signalled once the body is read to its end.
+    end: Option<BodyEnd>,
 }
 
 impl RequestBody {
@@ -341,7 +366,17 @@ impl RequestBody {
         inner: Incoming,
         protected: Option<std::sync::Arc<ProtectedHeaders>>,
     ) -> Self {
-        Self { inner, protected }
+        Self {
+            inner,
+            protected,
+            end: None,
+        }
+    }
+
+    /// Signals `end` once the body is read to its end.
+    pub(crate) fn ending(mut self, end: Option<BodyEnd>) -> Self {
+        self.end = end;
+        self
     }
 }
 
@@ -355,6 +390,15 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        // A reader may stop at the last frame of a body of known length, without the `None`.
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended && let Some(end) = this.end.take() {
+            end.reached();
+        }
         match (polled, &this.protected) {
             (Poll::Ready(Some(Ok(frame))), Some(protected)) if frame.is_trailers() => {
                 let mut trailers = frame.into_trailers().unwrap_or_default();

@@ -13,10 +13,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::{Body, Frame, SizeHint};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version, header};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
@@ -26,6 +28,7 @@ use tracing::{debug, warn};
 
 use crate::capacity::DEFAULT_MAX_CONNECTIONS;
 use crate::config::Limits;
+use crate::headers::BodyEnd;
 use crate::http::{HttpContext, HttpVersion, forward};
 use crate::io::Activity;
 
@@ -226,8 +229,24 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
+/// Whether a `Connection` header of `headers` lists `token`: any comma-separated value of any
+/// of them, in any case (as hyper reads them, and also where a value is not UTF-8).
+fn has_connection_token(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
 /// Serves HTTP on `io` until the peer closes, the connection idles out, a request head takes
 /// too long, or draining finishes its in-flight requests.
+///
+/// HTTP/1 connections are parked between requests: hyper's connection, with its read and
+/// write buffers (about 23 KiB of a connection's 32, kept for its whole life otherwise), is
+/// ended once an exchange is over and the socket waits alone; a new one starts when the next
+/// request's first byte arrives. nginx releases a keep-alive connection's buffers the same way.
 pub(crate) async fn serve_http<I>(
     io: I,
     ctx: Arc<HttpContext>,
@@ -238,53 +257,26 @@ pub(crate) async fn serve_http<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let exchanges = Exchanges::new();
+    let http1 = ctx.version == HttpVersion::Http1;
     let service = {
         let ctx = ctx.clone();
-        let exchanges = exchanges.clone();
-        service_fn(move |request| {
-            let in_flight = exchanges.request_started();
-            let answer = forward(ctx.clone(), request);
-            async move {
-                let response = answer.await?;
-                Ok::<_, Infallible>(response.map(|body| InFlight {
-                    body,
-                    _request: in_flight,
-                }))
-            }
+        tracked(exchanges.clone(), http1, move |request| {
+            forward(ctx.clone(), request)
         })
     };
     let idle = limits.idle_timeout;
     let bytes_idle = async move { activity.idle_for(idle).await };
-    let io = Clocked {
-        inner: io,
-        exchanges: exchanges.clone(),
-    };
+    tokio::pin!(bytes_idle);
+    let io = Clocked::new(io, exchanges.clone());
     match ctx.version {
         HttpVersion::Http1 => {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .max_buf_size(limits.max_header_bytes)
-                // hyper's header timeout also runs while a keep-alive connection waits for
-                // its next request, which would close connections a client's pool still holds;
-                // `Exchanges` times the head from its first byte instead.
-                .header_read_timeout(None);
-            // Boxed: hyper's connection (with the TLS stream inside) is the bulk of a
-            // connection's state, and a future holding it inline would be as large in every
-            // state of every future that awaits this one.
-            let connection = Box::pin(
-                builder
-                    .serve_connection(TokioIo::new(io), service)
-                    .with_upgrades(),
-            );
-            let watchdog =
-                exchanges.watch(Some(limits.header_timeout), limits.header_timeout, idle);
-            drive(
-                connection,
-                |c| c.graceful_shutdown(),
-                draining,
-                bytes_idle,
-                watchdog,
+            serve_http1(
+                io,
+                service,
+                &exchanges,
+                limits,
+                &draining,
+                bytes_idle.as_mut(),
             )
             .await;
         }
@@ -297,16 +289,18 @@ pub(crate) async fn serve_http<I>(
                 // Each open stream may hold a request head of up to `max_header_bytes`; this
                 // bounds what one connection can make the sidecar hold.
                 .max_concurrent_streams(streams);
-            let connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
+            let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
             // HTTP/2 heads are bounded by the h2 crate (header list size, CONTINUATION
             // limits); what is bounded here is a connection kept open by PINGs alone.
             let watchdog = exchanges.watch(None, limits.header_timeout, idle);
+            tokio::pin!(watchdog);
             drive(
-                connection,
+                connection.as_mut(),
                 |c| c.graceful_shutdown(),
-                draining,
-                bytes_idle,
-                watchdog,
+                &draining,
+                bytes_idle.as_mut(),
+                watchdog.as_mut(),
+                None,
             )
             .await;
         }
@@ -317,44 +311,208 @@ pub(crate) async fn serve_http<I>(
     ctx.tunnels.wait().await;
 }
 
-async fn drive<C, E>(
-    mut connection: Pin<Box<C>>,
-    graceful_shutdown: impl Fn(Pin<&mut C>),
-    draining: CancellationToken,
-    bytes_idle: impl Future<Output = ()>,
-    watchdog: impl Future<Output = Expired>,
+/// `handle` as hyper's service, each exchange told to `exchanges`: for the request timeouts,
+/// and on HTTP/1 for parking.
+fn tracked<F, Fut, B>(
+    exchanges: Arc<Exchanges>,
+    http1: bool,
+    handle: F,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<InFlight<B>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<InFlight<B>>, Infallible>> + Send,
+> + Send
++ 'static
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: Body + Unpin,
+{
+    service_fn(move |mut request| {
+        let in_flight = exchanges.request_started();
+        if http1 {
+            exchanges.note_request(&mut request);
+        }
+        let answer = handle(request);
+        async move {
+            let response = answer.await?;
+            if http1 {
+                in_flight.note_response(&response);
+            }
+            Ok(response.map(|body| InFlight {
+                body,
+                _request: in_flight,
+            }))
+        }
+    })
+}
+
+/// Serves HTTP/1 on `io`, parking it between exchanges (see [`serve_http`]).
+async fn serve_http1<I, S, B>(
+    mut io: Clocked<I>,
+    mut service: S,
+    exchanges: &Arc<Exchanges>,
+    limits: &Limits,
+    draining: &CancellationToken,
+    mut bytes_idle: Pin<&mut impl Future<Output = ()>>,
 ) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .max_buf_size(limits.max_header_bytes)
+        // hyper's header timeout also runs while a keep-alive connection waits for its next
+        // request, which would close connections a client's pool still holds; `Exchanges`
+        // times the head from its first byte instead.
+        .header_read_timeout(None);
+    let watchdog = exchanges.watch(
+        Some(limits.header_timeout),
+        limits.header_timeout,
+        limits.idle_timeout,
+    );
+    tokio::pin!(watchdog);
+    loop {
+        if io.unread.is_empty() {
+            // Parked (or new): nothing of hyper's is held until a byte arrives.
+            let woken = tokio::select! {
+                read = io.read_some() => read,
+                () = draining.cancelled() => Ok(false),
+                () = &mut bytes_idle => {
+                    debug!("closing an idle HTTP connection");
+                    return;
+                }
+                expired = &mut watchdog => {
+                    expired.log();
+                    return;
+                }
+            };
+            match woken {
+                Ok(true) => {}
+                Ok(false) => {
+                    // The client closed, or the sidecar is draining: close as hyper would
+                    // (TLS: close_notify, then the write side).
+                    let _ = io.shutdown().await;
+                    return;
+                }
+                Err(e) => {
+                    debug!(error = %e, "HTTP connection ended with an error");
+                    return;
+                }
+            }
+        }
+        // Boxed: hyper's connection (with the TLS stream inside) is the bulk of a
+        // connection's state, and a future holding it inline would be as large in every state
+        // of every future that awaits this one.
+        let mut connection = Box::pin(
+            builder
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+        );
+        let ended = drive(
+            connection.as_mut(),
+            |c| c.graceful_shutdown(),
+            draining,
+            bytes_idle.as_mut(),
+            watchdog.as_mut(),
+            Some(exchanges),
+        )
+        .await;
+        if ended != Ended::Parked {
+            return;
+        }
+        // An upgraded connection is never parked; `None` would be one.
+        let Some(parts) = Pin::into_inner(connection).into_parts() else {
+            return;
+        };
+        exchanges.parked.fetch_add(1, Ordering::Relaxed);
+        io = parts.io.into_inner();
+        io.give_back(parts.read_buf);
+        service = parts.service;
+    }
+}
+
+/// How [`drive`] left a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// Closed, upgraded, timed out or failed.
+    Closed,
+    /// HTTP/1: hyper ended after an exchange without closing the socket, to give it back.
+    Parked,
+}
+
+/// Runs `connection` until it ends or a timeout closes it; draining shuts it down gracefully.
+/// With `parking` (HTTP/1), it is ended once quiet (see [`Exchanges::may_park`]) without
+/// closing the socket.
+async fn drive<C, E>(
+    mut connection: Pin<&mut C>,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
+    draining: &CancellationToken,
+    mut bytes_idle: Pin<&mut impl Future<Output = ()>>,
+    mut watchdog: Pin<&mut impl Future<Output = Expired>>,
+    parking: Option<&Exchanges>,
+) -> Ended
+where
     C: Future<Output = Result<(), E>>,
     E: Display,
 {
-    tokio::pin!(bytes_idle);
-    tokio::pin!(watchdog);
     let mut shutting_down = false;
+    let mut parked = false;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
-                if let Err(e) = result {
-                    debug!(error = %e, "HTTP connection ended with an error");
+                if let Some(exchanges) = parking {
+                    exchanges.parking.store(false, Ordering::Release);
                 }
-                return;
+                return match result {
+                    Ok(()) if parked => Ended::Parked,
+                    Ok(()) => Ended::Closed,
+                    Err(e) => {
+                        debug!(error = %e, "HTTP connection ended with an error");
+                        Ended::Closed
+                    }
+                };
+            }
+            Some(exchanges) = quiet(parking), if !parked && !shutting_down => {
+                // hyper, idle, closes at once; finishing a write, it closes when done. Either
+                // way without writing more, and the socket stays open (`parking`).
+                if exchanges.may_park() {
+                    parked = true;
+                    exchanges.parking.store(true, Ordering::Release);
+                    graceful_shutdown(connection.as_mut());
+                }
             }
             () = draining.cancelled(), if !shutting_down => {
                 shutting_down = true;
-                graceful_shutdown(connection.as_mut());
+                if !parked {
+                    graceful_shutdown(connection.as_mut());
+                }
             }
             () = &mut bytes_idle => {
                 debug!("closing an idle HTTP connection");
-                return;
+                return Ended::Closed;
             }
             expired = &mut watchdog => {
-                match expired {
-                    Expired::Head => debug!("closing an HTTP connection: its request head took longer than limits.header_timeout"),
-                    Expired::NoRequest => debug!("closing an HTTP connection with no request for limits.idle_timeout"),
-                    Expired::NoFirstRequest => debug!("closing an HTTP connection that sent no request within limits.header_timeout"),
-                }
-                return;
+                expired.log();
+                return Ended::Closed;
             }
         }
+    }
+}
+
+/// Completes with `parking` when an exchange of its connection ends; never without one.
+async fn quiet(parking: Option<&Exchanges>) -> Option<&Exchanges> {
+    match parking {
+        Some(exchanges) => {
+            exchanges.quiet.notified().await;
+            Some(exchanges)
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -368,6 +526,22 @@ pub(crate) enum Expired {
     /// The connection sent no request within `limits.header_timeout` of opening: a client
     /// that connects and waits holds a slot no longer than one that trickles a head.
     NoFirstRequest,
+}
+
+impl Expired {
+    fn log(self) {
+        match self {
+            Expired::Head => debug!(
+                "closing an HTTP connection: its request head took longer than limits.header_timeout"
+            ),
+            Expired::NoRequest => {
+                debug!("closing an HTTP connection with no request for limits.idle_timeout")
+            }
+            Expired::NoFirstRequest => debug!(
+                "closing an HTTP connection that sent no request within limits.header_timeout"
+            ),
+        }
+    }
 }
 
 /// What the requests of one HTTP connection are doing, for the timeouts that are about
@@ -392,6 +566,20 @@ pub(crate) struct Exchanges {
     /// when none is arriving.
     head_since: AtomicU64,
     changed: Notify,
+    /// HTTP/1: requests handed over so far, numbering them.
+    requests: AtomicU64,
+    /// HTTP/1: the number of the last request whose body was read to its end (or had none).
+    body_read: AtomicU64,
+    /// HTTP/1: whether the last exchange leaves the connection open for another (see
+    /// [`Exchanges::note_request`]).
+    kept_alive: AtomicBool,
+    /// HTTP/1: set while hyper's connection ends only to give the socket back (parking): the
+    /// socket's shutdown is skipped.
+    parking: AtomicBool,
+    /// HTTP/1: a response or a request body ended; the connection may be quiet enough to park.
+    quiet: Notify,
+    /// HTTP/1: how many times the connection was parked.
+    parked: AtomicU64,
 }
 
 impl Exchanges {
@@ -403,6 +591,12 @@ impl Exchanges {
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             changed: Notify::new(),
+            requests: AtomicU64::new(0),
+            body_read: AtomicU64::new(0),
+            kept_alive: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
+            quiet: Notify::new(),
+            parked: AtomicU64::new(0),
         })
     }
 
@@ -430,6 +624,42 @@ impl Exchanges {
         self.seen_any.store(true, Ordering::Release);
         self.head_since.store(0, Ordering::Relaxed);
         OpenRequest(self.clone())
+    }
+
+    /// HTTP/1: what parking needs to know of a request hyper handed over. The exchange leaves
+    /// the connection open only as hyper would: HTTP/1.1 without `Connection: close`, and no
+    /// upgrade or CONNECT (after which the socket no longer speaks HTTP). A request body is
+    /// followed to its end through a [`BodyEnd`] in the request's extensions, signalled by
+    /// whatever reads the body: parked before that, hyper would have left the rest of the
+    /// body unread, and the next connection would read it as a request head.
+    fn note_request(self: &Arc<Self>, request: &mut Request<Incoming>) {
+        let number = self.requests.fetch_add(1, Ordering::AcqRel) + 1;
+        let headers = request.headers();
+        let keeps_alive = request.version() == Version::HTTP_11
+            && request.method() != Method::CONNECT
+            && !headers.contains_key(header::UPGRADE)
+            && !has_connection_token(headers, "close")
+            && !has_connection_token(headers, "upgrade");
+        self.kept_alive.store(keeps_alive, Ordering::Release);
+        if request.body().is_end_stream() {
+            self.body_read.store(number, Ordering::Release);
+        } else {
+            let exchanges = self.clone();
+            request.extensions_mut().insert(BodyEnd::new(move || {
+                // A late signal of an earlier request never stands for a later one's.
+                exchanges.body_read.fetch_max(number, Ordering::AcqRel);
+                exchanges.quiet.notify_one();
+            }));
+        }
+    }
+
+    /// HTTP/1: whether hyper's connection may end now to give the socket back: no request
+    /// open, the last one's body read to its end, and its exchange one that keeps the
+    /// connection open. hyper is then idle, or finishing the response's last write.
+    fn may_park(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && self.kept_alive.load(Ordering::Acquire)
+            && self.body_read.load(Ordering::Acquire) == self.requests.load(Ordering::Acquire)
     }
 
     /// Completes when a timeout expires: `head` (if any) for a head in progress, `first` for a
@@ -483,6 +713,18 @@ impl Exchanges {
 #[derive(Debug)]
 struct OpenRequest(Arc<Exchanges>);
 
+impl OpenRequest {
+    /// HTTP/1: the app's response is on its way back; one that closes the connection or
+    /// switches protocols ends it for hyper to close or hand over, not for parking.
+    fn note_response<B>(&self, response: &Response<B>) {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            || has_connection_token(response.headers(), "close")
+        {
+            self.0.kept_alive.store(false, Ordering::Release);
+        }
+    }
+}
+
 impl Drop for OpenRequest {
     fn drop(&mut self) {
         let exchanges = &self.0;
@@ -492,6 +734,7 @@ impl Drop for OpenRequest {
                 .idle_since
                 .store(exchanges.now(), Ordering::Relaxed);
             exchanges.changed.notify_one();
+            exchanges.quiet.notify_one();
         }
     }
 }
@@ -524,9 +767,52 @@ impl<B: Body + Unpin> Body for InFlight<B> {
 }
 
 /// The server side of an HTTP connection, telling [`Exchanges`] when the client sends bytes.
+/// HTTP/1: it also holds what a parked connection read and did not use, for the next, and
+/// skips its shutdown while hyper ends only to park it.
 struct Clocked<I> {
     inner: I,
     exchanges: Arc<Exchanges>,
+    /// Bytes read from `inner` and not yet handed to hyper, read before anything else.
+    unread: Bytes,
+}
+
+impl<I> Clocked<I> {
+    fn new(inner: I, exchanges: Arc<Exchanges>) -> Self {
+        Self {
+            inner,
+            exchanges,
+            unread: Bytes::new(),
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> Clocked<I> {
+    /// Waits for the client's next byte and keeps it in `unread`; `false` at the end of the
+    /// stream. A one-byte read: the connection holds no buffer while it waits (TLS keeps
+    /// the rest of its record for hyper's read).
+    async fn read_some(&mut self) -> io::Result<bool> {
+        let mut byte = [0u8; 1];
+        let read = self.read(&mut byte).await?;
+        if read == 0 {
+            return Ok(false);
+        }
+        self.unread = Bytes::copy_from_slice(&byte);
+        Ok(true)
+    }
+
+    /// Takes back what hyper had read and not used: a pipelined request, or the start of one.
+    fn give_back(&mut self, read: Bytes) {
+        self.unread = if self.unread.is_empty() {
+            read
+        } else if read.is_empty() {
+            std::mem::take(&mut self.unread)
+        } else {
+            let mut both = BytesMut::with_capacity(read.len() + self.unread.len());
+            both.extend_from_slice(&read);
+            both.extend_from_slice(&self.unread);
+            both.freeze()
+        };
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Clocked<I> {
@@ -536,6 +822,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for Clocked<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.unread.is_empty() {
+            // Counted when they arrived.
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -571,13 +863,20 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Clocked<I> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.exchanges.parking.load(Ordering::Acquire) {
+            // hyper ended to give the socket back, not to close it.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::RequestBody;
+    use http_body_util::{BodyExt, Full};
     use tokio::sync::mpsc;
 
     const HEAD: Duration = Duration::from_secs(10);
@@ -664,6 +963,283 @@ mod tests {
             } => unreachable!(),
         }
         assert_eq!(opened.elapsed(), HEAD);
+    }
+
+    /// Serves HTTP/1 with `handle` on one end of an in-memory pipe holding up to `capacity`
+    /// bytes each way, as a sidecar serves a connection; the other end is the client's.
+    fn serve_pipe<F, Fut>(
+        capacity: usize,
+        handle: F,
+    ) -> (
+        tokio::io::DuplexStream,
+        Arc<Exchanges>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    )
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+    {
+        let (client, server) = tokio::io::duplex(capacity);
+        let exchanges = Exchanges::new();
+        let draining = CancellationToken::new();
+        let task = tokio::spawn({
+            let (exchanges, draining) = (exchanges.clone(), draining.clone());
+            async move {
+                let service = tracked(exchanges.clone(), true, handle);
+                let bytes_idle = std::future::pending::<()>();
+                tokio::pin!(bytes_idle);
+                let io = Clocked::new(server, exchanges.clone());
+                let limits = Limits::default();
+                serve_http1(io, service, &exchanges, &limits, &draining, bytes_idle).await;
+            }
+        });
+        (client, exchanges, draining, task)
+    }
+
+    type Answer = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
+
+    /// Answers `<path> <body length>`, reading the body as the sidecar does (through
+    /// `RequestBody`), except on `/unread`, answered 403 without reading it. Every path
+    /// handled is recorded.
+    fn app(seen: Arc<Mutex<Vec<String>>>) -> impl Fn(Request<Incoming>) -> Answer + Send + 'static {
+        move |mut request: Request<Incoming>| {
+            let seen = seen.clone();
+            Box::pin(async move {
+                let path = request.uri().path().to_owned();
+                seen.lock().unwrap().push(path.clone());
+                if path == "/unread" {
+                    let mut response = Response::new(Full::new(Bytes::from_static(b"no")));
+                    *response.status_mut() = StatusCode::FORBIDDEN;
+                    return Ok(response);
+                }
+                let end = request.extensions_mut().remove::<BodyEnd>();
+                let body = RequestBody::new(request.into_body(), None)
+                    .ending(end)
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes().len())
+                    .unwrap_or(usize::MAX);
+                Ok(Response::new(Full::new(Bytes::from(format!(
+                    "{path} {body}"
+                )))))
+            })
+        }
+    }
+
+    /// Reads one response with a Content-Length body: its head and its body.
+    async fn response(client: &mut tokio::io::DuplexStream) -> (String, String) {
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            assert_eq!(client.read(&mut byte).await.unwrap(), 1, "{got:?}");
+            got.push(byte[0]);
+        }
+        let head = String::from_utf8(got).unwrap().to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .expect("a length")
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; length];
+        client.read_exact(&mut body).await.unwrap();
+        (head, String::from_utf8(body).unwrap())
+    }
+
+    /// Waits until the connection was parked `times` times.
+    async fn parked(exchanges: &Exchanges, times: u64) {
+        for _ in 0..10_000 {
+            if exchanges.parked.load(Ordering::Relaxed) >= times {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("parked {:?} times, not {times}", exchanges.parked);
+    }
+
+    /// Kept-alive HTTP/1.1 exchanges end hyper's connection between requests and start a
+    /// new one for the next; bodies and pipelined requests carry over whole and in order.
+    #[tokio::test]
+    async fn keep_alive_connections_are_parked_between_exchanges() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (mut client, exchanges, _draining, task) = serve_pipe(64 * 1024, app(seen.clone()));
+
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = response(&mut client).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+        assert_eq!(body, "/a 0");
+        parked(&exchanges, 1).await;
+
+        // A body, sent in two parts.
+        client
+            .write_all(b"POST /b HTTP/1.1\r\nHost: app\r\nContent-Length: 11\r\n\r\nhello")
+            .await
+            .unwrap();
+        tokio::task::yield_now().await;
+        client.write_all(b" world").await.unwrap();
+        assert_eq!(response(&mut client).await.1, "/b 11");
+        parked(&exchanges, 2).await;
+
+        // Three pipelined requests, one chunked, in one write and split mid-head.
+        client
+            .write_all(
+                b"GET /c HTTP/1.1\r\nHost: app\r\n\r\n\
+                  POST /d HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  3\r\nabc\r\n0\r\n\r\nGET /e HT",
+            )
+            .await
+            .unwrap();
+        assert_eq!(response(&mut client).await.1, "/c 0");
+        assert_eq!(response(&mut client).await.1, "/d 3");
+        client
+            .write_all(b"TP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(response(&mut client).await.1, "/e 0");
+        // Parked after /d (with part of /e's head read) and after /e; after /c only if /d had
+        // not arrived yet.
+        parked(&exchanges, 4).await;
+        assert_eq!(*seen.lock().unwrap(), ["/a", "/b", "/c", "/d", "/e"]);
+
+        // The client closes: so does the connection.
+        client.shutdown().await.unwrap();
+        task.await.unwrap();
+    }
+
+    /// A request that asks to close (or an HTTP/1.0 one) is answered and closed, not
+    /// parked: a client reading to the end of the stream is not left waiting. The pipe holds
+    /// a few bytes, so that the response is still being written when the exchange ends.
+    #[tokio::test]
+    async fn a_connection_asked_to_close_is_closed_not_parked() {
+        for request in [
+            &b"GET /a HTTP/1.1\r\nHost: app\r\nConnection: keep-alive, Close\r\n\r\n"[..],
+            b"GET /a HTTP/1.0\r\n\r\n",
+        ] {
+            let (mut client, exchanges, _draining, task) =
+                serve_pipe(8, app(Arc::new(Mutex::new(Vec::new()))));
+            client.write_all(request).await.unwrap();
+            let mut all = Vec::new();
+            let closed =
+                tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut all));
+            assert!(closed.await.is_ok(), "the connection is closed");
+            let all = String::from_utf8(all).unwrap();
+            assert!(all.ends_with("/a 0"), "{all}");
+            task.await.unwrap();
+            assert_eq!(exchanges.parked.load(Ordering::Relaxed), 0);
+        }
+    }
+
+    /// A body the app did not read is never parked behind: its bytes are not read as the
+    /// next request's head, whatever they look like.
+    #[tokio::test]
+    async fn an_unread_body_is_never_read_as_a_request() {
+        let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n";
+        let head = format!(
+            "POST /unread HTTP/1.1\r\nHost: app\r\nContent-Length: {}\r\n\r\n",
+            smuggled.len()
+        );
+        let next = b"GET /next HTTP/1.1\r\nHost: app\r\n\r\n";
+
+        // The body comes after the app's answer: hyper gives up reading it and closes.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (mut client, exchanges, _draining, task) = serve_pipe(64 * 1024, app(seen.clone()));
+        client.write_all(head.as_bytes()).await.unwrap();
+        let (answer, _) = response(&mut client).await;
+        assert!(answer.starts_with("http/1.1 403"), "{answer}");
+        let _ = client.write_all(&[&smuggled[..], next].concat()).await;
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest));
+        let closed = closed.await.is_ok();
+        assert_eq!(*seen.lock().unwrap(), ["/unread"]);
+        assert!(closed, "the connection is closed");
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+        assert_eq!(exchanges.parked.load(Ordering::Relaxed), 0);
+        task.await.unwrap();
+
+        // The body came with the head: hyper reads it past and answers the next request.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (mut client, exchanges, _draining, task) = serve_pipe(64 * 1024, app(seen.clone()));
+        client
+            .write_all(&[head.as_bytes(), smuggled, next].concat())
+            .await
+            .unwrap();
+        assert!(response(&mut client).await.0.starts_with("http/1.1 403"));
+        assert_eq!(response(&mut client).await.1, "/next 0");
+        parked(&exchanges, 1).await;
+        assert_eq!(*seen.lock().unwrap(), ["/unread", "/next"]);
+        drop(client);
+        task.await.unwrap();
+    }
+
+    /// Draining closes a parked connection at once.
+    #[tokio::test]
+    async fn draining_closes_a_parked_connection() {
+        let (mut client, exchanges, draining, task) =
+            serve_pipe(64 * 1024, app(Arc::new(Mutex::new(Vec::new()))));
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .unwrap();
+        response(&mut client).await;
+        parked(&exchanges, 1).await;
+        draining.cancel();
+        task.await.unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    }
+
+    /// An upgrade is handed over as before, never parked.
+    #[tokio::test]
+    async fn an_upgrade_is_handed_over_not_parked() {
+        let (mut client, exchanges, _draining, task) =
+            serve_pipe(64 * 1024, |mut request: Request<Incoming>| async move {
+                let upgrade = hyper::upgrade::on(&mut request);
+                tokio::spawn(async move {
+                    let mut tunnel = TokioIo::new(upgrade.await.unwrap());
+                    let mut word = [0u8; 4];
+                    tunnel.read_exact(&mut word).await.unwrap();
+                    tunnel.write_all(&word).await.unwrap();
+                });
+                let mut response = Response::new(Full::new(Bytes::new()));
+                *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                response.headers_mut().insert(
+                    header::CONNECTION,
+                    http::HeaderValue::from_static("upgrade"),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
+                Ok(response)
+            });
+        client
+            .write_all(
+                b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            client.read_exact(&mut byte).await.unwrap();
+            got.push(byte[0]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        client.write_all(b"ping").await.unwrap();
+        let mut echo = [0u8; 4];
+        client.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, b"ping");
+        task.await.unwrap();
+        assert_eq!(exchanges.parked.load(Ordering::Relaxed), 0);
     }
 
     #[test]

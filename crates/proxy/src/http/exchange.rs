@@ -19,7 +19,7 @@ use super::rewrite::{
     set_authority,
 };
 use super::{CARRIED_HTTP2, HttpContext, HttpVersion, ORIGINAL_PROTOCOL_HEADER, ProxyBody};
-use crate::headers::RequestBody;
+use crate::headers::{BodyEnd, RequestBody};
 use crate::io::Activity;
 use crate::metrics::{Direction, ProtocolLabel};
 use crate::policy::Judgement;
@@ -215,7 +215,8 @@ pub(super) async fn exchange(
     } else {
         ctx.version.label()
     };
-    let request = request.map(|body| RequestBody::new(body, ctx.protected.clone()));
+    let end = request.extensions_mut().remove::<BodyEnd>();
+    let request = request.map(|body| RequestBody::new(body, ctx.protected.clone()).ending(end));
     match forward.request(request).await {
         Ok(mut response) => {
             if translated {
