@@ -481,6 +481,13 @@ where
             Some(exchanges) = quiet(parking), if !parked && !shutting_down => {
                 // hyper, idle, closes at once; finishing a write, it closes when done. Either
                 // way without writing more, and the socket stays open (`parking`).
+                tracing::trace!(
+                    in_flight = exchanges.in_flight.load(Ordering::Relaxed),
+                    kept_alive = exchanges.kept_alive.load(Ordering::Relaxed),
+                    body_read = exchanges.body_read.load(Ordering::Relaxed),
+                    requests = exchanges.requests.load(Ordering::Relaxed),
+                    "an HTTP/1 exchange ended"
+                );
                 if exchanges.may_park() {
                     parked = true;
                     exchanges.parking.store(true, Ordering::Release);
@@ -801,17 +808,25 @@ impl<I: AsyncRead + Unpin> Clocked<I> {
     }
 
     /// Takes back what hyper had read and not used: a pipelined request, or the start of one.
+    /// Copied: `read` shares hyper's whole read buffer, which an empty or short slice of it
+    /// would otherwise keep allocated for as long as the connection is parked.
     fn give_back(&mut self, read: Bytes) {
-        self.unread = if self.unread.is_empty() {
-            read
-        } else if read.is_empty() {
-            std::mem::take(&mut self.unread)
-        } else {
-            let mut both = BytesMut::with_capacity(read.len() + self.unread.len());
-            both.extend_from_slice(&read);
-            both.extend_from_slice(&self.unread);
-            both.freeze()
-        };
+        if read.is_empty() {
+            return;
+        }
+        let mut both = BytesMut::with_capacity(read.len() + self.unread.len());
+        both.extend_from_slice(&read);
+        both.extend_from_slice(&self.unread);
+        self.unread = both.freeze();
+    }
+
+    /// Hands `buf` what it can of `unread`, letting go of the allocation once all is read.
+    fn take_unread(&mut self, buf: &mut ReadBuf<'_>) {
+        let n = self.unread.len().min(buf.remaining());
+        buf.put_slice(&self.unread.split_to(n));
+        if self.unread.is_empty() {
+            self.unread = Bytes::new();
+        }
     }
 }
 
@@ -824,8 +839,18 @@ impl<I: AsyncRead + Unpin> AsyncRead for Clocked<I> {
         let this = self.get_mut();
         if !this.unread.is_empty() {
             // Counted when they arrived.
-            let n = this.unread.len().min(buf.remaining());
-            buf.put_slice(&this.unread.split_to(n));
+            this.take_unread(buf);
+            if !this.unread.is_empty() || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // And what else has come: hyper then has the whole head in its first read, and
+            // does not grow its buffer for a second. An error is left for the next read.
+            let before = buf.filled().len();
+            if let Poll::Ready(Ok(())) = Pin::new(&mut this.inner).poll_read(cx, buf)
+                && buf.filled().len() > before
+            {
+                this.exchanges.bytes_arrived();
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -1056,6 +1081,25 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         panic!("parked {:?} times, not {times}", exchanges.parked);
+    }
+
+    /// What a parked connection keeps of what hyper read is a copy: never a slice that would
+    /// hold hyper's whole read buffer while the connection waits.
+    #[test]
+    fn a_parked_connection_holds_nothing_of_hypers_buffer() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut io = Clocked::new(server, Exchanges::new());
+        let hypers = Bytes::from(vec![b'x'; 8192]);
+        io.give_back(hypers.slice(8192..));
+        io.give_back(hypers.slice(8000..));
+        assert_eq!(io.unread.len(), 192);
+        assert!(hypers.is_unique(), "a slice of hyper's buffer is kept");
+        // Read to its end, the copy is let go of too.
+        let mut space = [0u8; 256];
+        let mut buf = ReadBuf::new(&mut space);
+        io.take_unread(&mut buf);
+        assert_eq!(buf.filled().len(), 192);
+        assert_eq!(io.unread, Bytes::new());
     }
 
     /// Kept-alive HTTP/1.1 exchanges end hyper's connection between requests and start a
