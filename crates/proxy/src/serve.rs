@@ -463,6 +463,10 @@ where
 {
     let mut shutting_down = false;
     let mut parked = false;
+    // Armed when an exchange ends with the connection quiet; reset by each that follows.
+    let park_timer = tokio::time::sleep(PARK_AFTER);
+    tokio::pin!(park_timer);
+    let mut armed = false;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -479,8 +483,6 @@ where
                 };
             }
             Some(exchanges) = quiet(parking), if !parked && !shutting_down => {
-                // hyper, idle, closes at once; finishing a write, it closes when done. Either
-                // way without writing more, and the socket stays open (`parking`).
                 tracing::trace!(
                     in_flight = exchanges.in_flight.load(Ordering::Relaxed),
                     kept_alive = exchanges.kept_alive.load(Ordering::Relaxed),
@@ -488,6 +490,18 @@ where
                     requests = exchanges.requests.load(Ordering::Relaxed),
                     "an HTTP/1 exchange ended"
                 );
+                if exchanges.may_park() {
+                    park_timer.as_mut().reset(Instant::now() + PARK_AFTER);
+                    armed = true;
+                }
+            }
+            () = &mut park_timer, if armed && !parked && !shutting_down => {
+                armed = false;
+                let exchanges = parking.expect("armed only when parking");
+                // Still quiet (a request since would have made it busy, and its end re-armed
+                // the timer). hyper, idle, closes at once; still writing to a client that
+                // reads slowly, it closes once done. Either way without writing more, and the
+                // socket stays open (`parking`).
                 if exchanges.may_park() {
                     parked = true;
                     exchanges.parking.store(true, Ordering::Release);
@@ -511,6 +525,11 @@ where
         }
     }
 }
+
+/// How long an HTTP/1 connection stays quiet after an exchange before it is parked: long
+/// enough that back-to-back requests keep their hyper connection (parking and starting again
+/// costs a few µs), short beside the time a client's pool keeps a connection idle.
+const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// Completes with `parking` when an exchange of its connection ends; never without one.
 async fn quiet(parking: Option<&Exchanges>) -> Option<&Exchanges> {
@@ -1025,8 +1044,8 @@ mod tests {
     type Answer = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
 
     /// Answers `<path> <body length>`, reading the body as the sidecar does (through
-    /// `RequestBody`), except on `/unread`, answered 403 without reading it. Every path
-    /// handled is recorded.
+    /// `RequestBody`), except on `/unread`, answered 403 without reading it, and on `/held`,
+    /// answered after its first bytes. Every path handled is recorded.
     fn app(seen: Arc<Mutex<Vec<String>>>) -> impl Fn(Request<Incoming>) -> Answer + Send + 'static {
         move |mut request: Request<Incoming>| {
             let seen = seen.clone();
@@ -1039,8 +1058,18 @@ mod tests {
                     return Ok(response);
                 }
                 let end = request.extensions_mut().remove::<BodyEnd>();
-                let body = RequestBody::new(request.into_body(), None)
-                    .ending(end)
+                let mut body = RequestBody::new(request.into_body(), None).ending(end);
+                if path == "/held" {
+                    // Answered after the body's first bytes; the rest is read no further, and
+                    // the body let go of a second later.
+                    let _ = body.frame().await;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        drop(body);
+                    });
+                    return Ok(Response::new(Full::new(Bytes::from_static(b"held"))));
+                }
+                let body = body
                     .collect()
                     .await
                     .map(|b| b.to_bytes().len())
@@ -1102,8 +1131,9 @@ mod tests {
         assert_eq!(io.unread, Bytes::new());
     }
 
-    /// Kept-alive HTTP/1.1 exchanges end hyper's connection between requests and start a
-    /// new one for the next; bodies and pipelined requests carry over whole and in order.
+    /// Kept-alive HTTP/1.1 exchanges end hyper's connection once quiet and start a new one for
+    /// the next request; bodies, pipelined requests and a head begun before parking carry
+    /// over whole and in order, and pipelined requests are served without parking between.
     #[tokio::test]
     async fn keep_alive_connections_are_parked_between_exchanges() {
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -1140,13 +1170,18 @@ mod tests {
             .unwrap();
         assert_eq!(response(&mut client).await.1, "/c 0");
         assert_eq!(response(&mut client).await.1, "/d 3");
+        // Parked with part of /e's head read: it is handed to the next hyper connection.
+        parked(&exchanges, 3).await;
+        assert_eq!(
+            exchanges.parked.load(Ordering::Relaxed),
+            3,
+            "parked between /c and /d"
+        );
         client
             .write_all(b"TP/1.1\r\nHost: app\r\n\r\n")
             .await
             .unwrap();
         assert_eq!(response(&mut client).await.1, "/e 0");
-        // Parked after /d (with part of /e's head read) and after /e; after /c only if /d had
-        // not arrived yet.
         parked(&exchanges, 4).await;
         assert_eq!(*seen.lock().unwrap(), ["/a", "/b", "/c", "/d", "/e"]);
 
@@ -1157,8 +1192,8 @@ mod tests {
 
     /// A request that asks to close (or an HTTP/1.0 one) is answered and closed, not
     /// parked: a client reading to the end of the stream is not left waiting. The pipe holds
-    /// a few bytes, so that the response is still being written when the exchange ends.
-    #[tokio::test]
+    /// a few bytes, so that the response is still being written when the timer to park fires.
+    #[tokio::test(start_paused = true)]
     async fn a_connection_asked_to_close_is_closed_not_parked() {
         for request in [
             &b"GET /a HTTP/1.1\r\nHost: app\r\nConnection: keep-alive, Close\r\n\r\n"[..],
@@ -1167,6 +1202,9 @@ mod tests {
             let (mut client, exchanges, _draining, task) =
                 serve_pipe(8, app(Arc::new(Mutex::new(Vec::new()))));
             client.write_all(request).await.unwrap();
+            // A client slow to read: the response is still being written long after the
+            // exchange ended (the clock is paused and runs ahead when everything waits).
+            tokio::time::sleep(Duration::from_secs(1)).await;
             let mut all = Vec::new();
             let closed =
                 tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut all));
@@ -1178,9 +1216,10 @@ mod tests {
         }
     }
 
-    /// A body the app did not read is never parked behind: its bytes are not read as the
-    /// next request's head, whatever they look like.
-    #[tokio::test]
+    /// A body the app did not read to its end is never parked behind: its bytes are not read
+    /// as the next request's head, whatever they look like. (The clock is paused and runs
+    /// ahead when everything waits.)
+    #[tokio::test(start_paused = true)]
     async fn an_unread_body_is_never_read_as_a_request() {
         let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n";
         let head = format!(
@@ -1202,6 +1241,26 @@ mod tests {
         assert_eq!(*seen.lock().unwrap(), ["/unread"]);
         assert!(closed, "the connection is closed");
         assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+        assert_eq!(exchanges.parked.load(Ordering::Relaxed), 0);
+        task.await.unwrap();
+
+        // The app answers after the body's first bytes and lets go of the rest long after
+        // (past the time to park); the rest comes later still.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (mut client, exchanges, _draining, task) = serve_pipe(64 * 1024, app(seen.clone()));
+        let held = format!(
+            "POST /held HTTP/1.1\r\nHost: app\r\nContent-Length: {}\r\n\r\nhello",
+            smuggled.len() + 5
+        );
+        client.write_all(held.as_bytes()).await.unwrap();
+        assert_eq!(response(&mut client).await.1, "held");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let _ = client.write_all(&[&smuggled[..], next].concat()).await;
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest));
+        let closed = closed.await.is_ok();
+        assert_eq!(*seen.lock().unwrap(), ["/held"]);
+        assert!(closed, "the connection is closed");
         assert_eq!(exchanges.parked.load(Ordering::Relaxed), 0);
         task.await.unwrap();
 
