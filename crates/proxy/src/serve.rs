@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt as _;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
@@ -432,6 +433,10 @@ async fn serve_http1<I, S, B>(
         };
         exchanges.parked.fetch_add(1, Ordering::Relaxed);
         io = parts.io.into_inner();
+        if !parts.read_buf.is_empty() {
+            // The start of a head read behind the last request: timed from now.
+            exchanges.bytes_arrived();
+        }
         io.give_back(parts.read_buf);
         service = parts.service;
     }
@@ -462,7 +467,6 @@ where
     E: Display,
 {
     let mut shutting_down = false;
-    let mut parked = false;
     // Armed when an exchange ends with the connection quiet; reset by each that follows.
     let park_timer = tokio::time::sleep(PARK_AFTER);
     tokio::pin!(park_timer);
@@ -470,11 +474,7 @@ where
     loop {
         tokio::select! {
             result = connection.as_mut() => {
-                if let Some(exchanges) = parking {
-                    exchanges.parking.store(false, Ordering::Release);
-                }
                 return match result {
-                    Ok(()) if parked => Ended::Parked,
                     Ok(()) => Ended::Closed,
                     Err(e) => {
                         debug!(error = %e, "HTTP connection ended with an error");
@@ -482,7 +482,7 @@ where
                     }
                 };
             }
-            Some(exchanges) = quiet(parking), if !parked && !shutting_down => {
+            Some(exchanges) = quiet(parking), if !shutting_down => {
                 tracing::trace!(
                     in_flight = exchanges.in_flight.load(Ordering::Relaxed),
                     kept_alive = exchanges.kept_alive.load(Ordering::Relaxed),
@@ -490,29 +490,43 @@ where
                     requests = exchanges.requests.load(Ordering::Relaxed),
                     "an HTTP/1 exchange ended"
                 );
-                if exchanges.may_park() {
+                if exchanges.settled() {
                     park_timer.as_mut().reset(Instant::now() + PARK_AFTER);
                     armed = true;
                 }
             }
-            () = &mut park_timer, if armed && !parked && !shutting_down => {
+            () = &mut park_timer, if armed && !shutting_down => {
                 armed = false;
                 let exchanges = parking.expect("armed only when parking");
                 // Still quiet (a request since would have made it busy, and its end re-armed
-                // the timer). hyper, idle, closes at once; still writing to a client that
-                // reads slowly, it closes once done. Either way without writing more, and the
-                // socket stays open (`parking`).
+                // the timer) and hyper done writing: hyper is idle, and closes at once without
+                // writing more; `parking` keeps the socket open.
                 if exchanges.may_park() {
-                    parked = true;
                     exchanges.parking.store(true, Ordering::Release);
                     graceful_shutdown(connection.as_mut());
+                    // An idle hyper connection ends in the poll after; one that does not was
+                    // not idle, and its ending is left to hyper, socket shutdown included.
+                    match connection.as_mut().now_or_never() {
+                        Some(Ok(())) => {
+                            exchanges.parking.store(false, Ordering::Release);
+                            return Ended::Parked;
+                        }
+                        Some(Err(e)) => {
+                            exchanges.parking.store(false, Ordering::Release);
+                            debug!(error = %e, "HTTP connection ended with an error");
+                            return Ended::Closed;
+                        }
+                        None => exchanges.parking.store(false, Ordering::Release),
+                    }
+                } else if exchanges.settled() {
+                    // Still writing to a client slow to read: look again later.
+                    park_timer.as_mut().reset(Instant::now() + PARK_AFTER);
+                    armed = true;
                 }
             }
             () = draining.cancelled(), if !shutting_down => {
                 shutting_down = true;
-                if !parked {
-                    graceful_shutdown(connection.as_mut());
-                }
+                graceful_shutdown(connection.as_mut());
             }
             () = &mut bytes_idle => {
                 debug!("closing an idle HTTP connection");
@@ -606,6 +620,10 @@ pub(crate) struct Exchanges {
     quiet: Notify,
     /// HTTP/1: how many times the connection was parked.
     parked: AtomicU64,
+    /// HTTP/1: hyper has written bytes it has not flushed yet: it is still sending a message.
+    unflushed: AtomicBool,
+    /// HTTP/1: hyper began closing the socket itself; the connection is never parked after.
+    closing: AtomicBool,
 }
 
 impl Exchanges {
@@ -623,6 +641,8 @@ impl Exchanges {
             parking: AtomicBool::new(false),
             quiet: Notify::new(),
             parked: AtomicU64::new(0),
+            unflushed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         })
     }
 
@@ -680,12 +700,20 @@ impl Exchanges {
     }
 
     /// HTTP/1: whether hyper's connection may end now to give the socket back: no request
-    /// open, the last one's body read to its end, and its exchange one that keeps the
-    /// connection open. hyper is then idle, or finishing the response's last write.
+    /// open, the last one's body read to its end, its exchange one that keeps the connection
+    /// open, and hyper neither still writing nor closing. hyper is then idle. (hyper may have
+    /// reasons of its own to close, such as a request with both a length and chunked framing:
+    /// it closes once its response is flushed, which `unflushed` and `closing` see.)
     fn may_park(&self) -> bool {
+        self.settled() && !self.unflushed.load(Ordering::Acquire)
+    }
+
+    /// [`Exchanges::may_park`] but for hyper's last write.
+    fn settled(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
             && self.kept_alive.load(Ordering::Acquire)
             && self.body_read.load(Ordering::Acquire) == self.requests.load(Ordering::Acquire)
+            && !self.closing.load(Ordering::Acquire)
     }
 
     /// Completes when a timeout expires: `head` (if any) for a head in progress, `first` for a
@@ -800,6 +828,8 @@ struct Clocked<I> {
     exchanges: Arc<Exchanges>,
     /// Bytes read from `inner` and not yet handed to hyper, read before anything else.
     unread: Bytes,
+    /// An error `inner` gave in a read that returned `unread` bytes, for the next read.
+    error: Option<io::Error>,
 }
 
 impl<I> Clocked<I> {
@@ -808,6 +838,7 @@ impl<I> Clocked<I> {
             inner,
             exchanges,
             unread: Bytes::new(),
+            error: None,
         }
     }
 }
@@ -863,14 +894,19 @@ impl<I: AsyncRead + Unpin> AsyncRead for Clocked<I> {
                 return Poll::Ready(Ok(()));
             }
             // And what else has come: hyper then has the whole head in its first read, and
-            // does not grow its buffer for a second. An error is left for the next read.
+            // does not grow its buffer for a second. An error waits for the next read.
             let before = buf.filled().len();
-            if let Poll::Ready(Ok(())) = Pin::new(&mut this.inner).poll_read(cx, buf)
-                && buf.filled().len() > before
-            {
-                this.exchanges.bytes_arrived();
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                    this.exchanges.bytes_arrived();
+                }
+                Poll::Ready(Err(e)) => this.error = Some(e),
+                _ => {}
             }
             return Poll::Ready(Ok(()));
+        }
+        if let Some(e) = this.error.take() {
+            return Poll::Ready(Err(e));
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -887,7 +923,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Clocked<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.exchanges.unflushed.store(true, Ordering::Release);
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -895,15 +933,23 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Clocked<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.exchanges.unflushed.store(true, Ordering::Release);
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
 
+    /// hyper flushes once it has written all it holds: done writing, until its next write.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let flushed = Pin::new(&mut this.inner).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = flushed {
+            this.exchanges.unflushed.store(false, Ordering::Release);
+        }
+        flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -912,6 +958,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Clocked<I> {
             // hyper ended to give the socket back, not to close it.
             return Poll::Ready(Ok(()));
         }
+        this.exchanges.closing.store(true, Ordering::Release);
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
@@ -1276,6 +1323,111 @@ mod tests {
         parked(&exchanges, 1).await;
         assert_eq!(*seen.lock().unwrap(), ["/unread", "/next"]);
         drop(client);
+        task.await.unwrap();
+    }
+
+    /// A request hyper answers with a close of its own (here: framed both by length and as
+    /// chunked, which RFC 9112 says to close after) is closed, never parked, even for a
+    /// client too slow to read before the timer to park fires: what follows its body is
+    /// never served.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_hyper_closes_after_is_never_parked() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (client, exchanges, _draining, task) = serve_pipe(16, app(seen.clone()));
+        let (mut reader, mut writer) = tokio::io::split(client);
+        let writing = tokio::spawn(async move {
+            let _ = writer
+                .write_all(
+                    b"POST /t HTTP/1.1\r\nHost: app\r\nContent-Length: 42\r\n\
+                      Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+                      GET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n",
+                )
+                .await;
+            writer
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut all = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut all));
+        let closed = closed.await.is_ok();
+        let all = String::from_utf8_lossy(&all).to_ascii_lowercase();
+        assert_eq!(*seen.lock().unwrap(), ["/t"], "{all}");
+        assert!(closed, "the connection is closed: {all}");
+        assert!(all.contains("connection: close"), "{all}");
+        assert_eq!(exchanges.parked.load(Ordering::Relaxed), 0);
+        drop(writing.await.unwrap());
+        task.await.unwrap();
+    }
+
+    /// A response whose end is the connection's close (HTTP/1.0, no length) is closed, not
+    /// parked, however slowly the client reads it.
+    #[tokio::test(start_paused = true)]
+    async fn a_response_ended_by_the_close_is_closed() {
+        /// A body of unknown length.
+        struct Unsized(Full<Bytes>);
+        impl Body for Unsized {
+            type Data = Bytes;
+            type Error = Infallible;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+                Pin::new(&mut self.get_mut().0).poll_frame(cx)
+            }
+        }
+        let (mut client, server) = tokio::io::duplex(16);
+        let exchanges = Exchanges::new();
+        let task = tokio::spawn({
+            let exchanges = exchanges.clone();
+            async move {
+                let service = tracked(exchanges.clone(), true, |_: Request<Incoming>| async {
+                    let mut response =
+                        Response::new(Unsized(Full::new(Bytes::from(vec![b'x'; 200]))));
+                    *response.version_mut() = Version::HTTP_10;
+                    Ok::<_, Infallible>(response)
+                });
+                let bytes_idle = std::future::pending::<()>();
+                tokio::pin!(bytes_idle);
+                let io = Clocked::new(server, exchanges.clone());
+                let (limits, draining) = (Limits::default(), CancellationToken::new());
+                serve_http1(io, service, &exchanges, &limits, &draining, bytes_idle).await;
+            }
+        });
+        client
+            .write_all(b"GET /download HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut all = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut all));
+        assert!(closed.await.is_ok(), "the client sees the response end");
+        assert!(all.ends_with(&[b'x'; 200]));
+        assert_eq!(exchanges.parked.load(Ordering::Relaxed), 0);
+        task.await.unwrap();
+    }
+
+    /// A head begun behind a request is timed once that request is over: a client that sends
+    /// half of its next request and stops is closed after `limits.header_timeout`, not
+    /// `limits.idle_timeout`.
+    #[tokio::test(start_paused = true)]
+    async fn a_head_begun_behind_a_request_is_timed() {
+        let (mut client, _exchanges, _draining, task) =
+            serve_pipe(64 * 1024, app(Arc::new(Mutex::new(Vec::new()))));
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: app\r\n\r\nGET /b HT")
+            .await
+            .unwrap();
+        assert_eq!(response(&mut client).await.1, "/a 0");
+        let answered = Instant::now();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        let limits = Limits::default();
+        assert!(limits.header_timeout < limits.idle_timeout);
+        assert!(
+            answered.elapsed() <= PARK_AFTER + limits.header_timeout,
+            "closed after {:?}",
+            answered.elapsed()
+        );
         task.await.unwrap();
     }
 
