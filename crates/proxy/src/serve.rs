@@ -1,5 +1,6 @@
 //! What every listener shares: the accept loop with its connection cap, the shutdown
-//! lifecycle, and serving one connection as HTTP.
+//! lifecycle, and serving one connection as HTTP (HTTP/1 connections parked between exchanges,
+//! holding nothing of hyper's while they wait).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -246,8 +247,9 @@ fn has_connection_token(headers: &HeaderMap, token: &str) -> bool {
 ///
 /// HTTP/1 connections are parked between requests: hyper's connection, with its read and
 /// write buffers (about 23 KiB of a connection's 32, kept for its whole life otherwise), is
-/// ended once an exchange is over and the socket waits alone; a new one starts when the next
-/// request's first byte arrives. nginx releases a keep-alive connection's buffers the same way.
+/// ended once the connection has been quiet for [`PARK_AFTER`] after an exchange, and the
+/// socket waits alone; a new one starts when the next request's first byte arrives. nginx
+/// releases a keep-alive connection's buffers the same way, at once.
 pub(crate) async fn serve_http<I>(
     io: I,
     ctx: Arc<HttpContext>,
@@ -452,8 +454,9 @@ enum Ended {
 }
 
 /// Runs `connection` until it ends or a timeout closes it; draining shuts it down gracefully.
-/// With `parking` (HTTP/1), it is ended once quiet (see [`Exchanges::may_park`]) without
-/// closing the socket.
+/// With `parking` (HTTP/1), it is ended without closing the socket once it has been quiet for
+/// [`PARK_AFTER`] after an exchange it may be parked behind ([`Exchanges::settled`]) and hyper
+/// is done writing.
 async fn drive<C, E>(
     mut connection: Pin<&mut C>,
     graceful_shutdown: impl Fn(Pin<&mut C>),
@@ -467,10 +470,11 @@ where
     E: Display,
 {
     let mut shutting_down = false;
-    // Armed when an exchange ends with the connection quiet; reset by each that follows.
+    // Armed while the connection may come to be parked. It fires at most once per
+    // `PARK_AFTER` and looks at when the last exchange ended: requests cost it no timer work.
     let park_timer = tokio::time::sleep(PARK_AFTER);
     tokio::pin!(park_timer);
-    let mut armed = false;
+    let mut armed = parking.is_some();
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -482,46 +486,45 @@ where
                     }
                 };
             }
-            Some(exchanges) = quiet(parking), if !shutting_down => {
-                tracing::trace!(
-                    in_flight = exchanges.in_flight.load(Ordering::Relaxed),
-                    kept_alive = exchanges.kept_alive.load(Ordering::Relaxed),
-                    body_read = exchanges.body_read.load(Ordering::Relaxed),
-                    requests = exchanges.requests.load(Ordering::Relaxed),
-                    "an HTTP/1 exchange ended"
-                );
+            // Disarmed, the connection waits for an exchange (or a request body) to end.
+            Some(exchanges) = quiet(parking), if !armed && !shutting_down => {
                 if exchanges.settled() {
-                    park_timer.as_mut().reset(Instant::now() + PARK_AFTER);
+                    park_timer.as_mut().reset(exchanges.quiet_until());
                     armed = true;
                 }
             }
             () = &mut park_timer, if armed && !shutting_down => {
-                armed = false;
                 let exchanges = parking.expect("armed only when parking");
-                // Still quiet (a request since would have made it busy, and its end re-armed
-                // the timer) and hyper done writing: hyper is idle, and closes at once without
-                // writing more; `parking` keeps the socket open.
-                if exchanges.may_park() {
+                let now = Instant::now();
+                if exchanges.in_flight.load(Ordering::Acquire) > 0
+                    || exchanges.unflushed.load(Ordering::Acquire)
+                {
+                    // A request in progress, or a response still going to a client slow to
+                    // read: look again later.
+                    park_timer.as_mut().reset(now + PARK_AFTER);
+                } else if !exchanges.settled() {
+                    // The last exchange is not one to park behind (yet: its request body may
+                    // still end); the next end re-arms.
+                    armed = false;
+                } else if exchanges.quiet_until() > now {
+                    park_timer.as_mut().reset(exchanges.quiet_until());
+                } else {
+                    // Quiet long enough, and hyper done writing: it is idle, and closes at
+                    // once without writing more; `parking` keeps the socket open.
                     exchanges.parking.store(true, Ordering::Release);
                     graceful_shutdown(connection.as_mut());
                     // An idle hyper connection ends in the poll after; one that does not was
                     // not idle, and its ending is left to hyper, socket shutdown included.
-                    match connection.as_mut().now_or_never() {
-                        Some(Ok(())) => {
-                            exchanges.parking.store(false, Ordering::Release);
-                            return Ended::Parked;
-                        }
+                    let ended = connection.as_mut().now_or_never();
+                    exchanges.parking.store(false, Ordering::Release);
+                    match ended {
+                        Some(Ok(())) => return Ended::Parked,
                         Some(Err(e)) => {
-                            exchanges.parking.store(false, Ordering::Release);
                             debug!(error = %e, "HTTP connection ended with an error");
                             return Ended::Closed;
                         }
-                        None => exchanges.parking.store(false, Ordering::Release),
+                        None => armed = false,
                     }
-                } else if exchanges.settled() {
-                    // Still writing to a client slow to read: look again later.
-                    park_timer.as_mut().reset(Instant::now() + PARK_AFTER);
-                    armed = true;
                 }
             }
             () = draining.cancelled(), if !shutting_down => {
@@ -699,16 +702,17 @@ impl Exchanges {
         }
     }
 
-    /// HTTP/1: whether hyper's connection may end now to give the socket back: no request
-    /// open, the last one's body read to its end, its exchange one that keeps the connection
-    /// open, and hyper neither still writing nor closing. hyper is then idle. (hyper may have
-    /// reasons of its own to close, such as a request with both a length and chunked framing:
-    /// it closes once its response is flushed, which `unflushed` and `closing` see.)
-    fn may_park(&self) -> bool {
-        self.settled() && !self.unflushed.load(Ordering::Acquire)
+    /// When the connection will have been quiet for [`PARK_AFTER`], counted from the end of
+    /// its last exchange.
+    fn quiet_until(&self) -> Instant {
+        self.at(self.idle_since.load(Ordering::Relaxed)) + PARK_AFTER
     }
 
-    /// [`Exchanges::may_park`] but for hyper's last write.
+    /// HTTP/1: whether the connection is one to park once hyper is done writing: no request
+    /// open, the last one's body read to its end, its exchange one that keeps the connection
+    /// open, and hyper not closing. (hyper may have reasons of its own to close, such as a
+    /// request with both a length and chunked framing: it closes once its response is
+    /// flushed, which `unflushed` and `closing` see.)
     fn settled(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
             && self.kept_alive.load(Ordering::Acquire)
