@@ -474,7 +474,11 @@ where
     // `PARK_AFTER` and looks at when the last exchange ended: requests cost it no timer work.
     let park_timer = tokio::time::sleep(PARK_AFTER);
     tokio::pin!(park_timer);
-    let mut armed = parking.is_some();
+    let mut armed = false;
+    // Only behind an exchange of this hyper connection: a new one is not idle (hyper starts
+    // it busy) until its first exchange is over, and told to shut down while it reads that
+    // first head, it would answer with a close.
+    let requests_before = parking.map(|e| e.requests.load(Ordering::Acquire));
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -502,9 +506,11 @@ where
                     // A request in progress, or a response still going to a client slow to
                     // read: look again later.
                     park_timer.as_mut().reset(now + PARK_AFTER);
-                } else if !exchanges.settled() {
+                } else if !exchanges.settled()
+                    || Some(exchanges.requests.load(Ordering::Acquire)) == requests_before
+                {
                     // The last exchange is not one to park behind (yet: its request body may
-                    // still end); the next end re-arms.
+                    // still end), or not this connection's; the next end re-arms.
                     armed = false;
                 } else if exchanges.quiet_until() > now {
                     park_timer.as_mut().reset(exchanges.quiet_until());
@@ -1238,6 +1244,35 @@ mod tests {
 
         // The client closes: so does the connection.
         client.shutdown().await.unwrap();
+        task.await.unwrap();
+    }
+
+    /// A head trickled in after a park, slower than the time to park, is served on a
+    /// connection kept open: the new hyper connection is not told to shut down before its
+    /// first exchange is over.
+    #[tokio::test(start_paused = true)]
+    async fn a_head_trickled_after_a_park_keeps_the_connection() {
+        let (mut client, exchanges, _draining, task) =
+            serve_pipe(64 * 1024, app(Arc::new(Mutex::new(Vec::new()))));
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(response(&mut client).await.1, "/a 0");
+        parked(&exchanges, 1).await;
+        client.write_all(b"GET /b HTTP/1.1\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        client.write_all(b"Host: app\r\n\r\n").await.unwrap();
+        let (head, body) = response(&mut client).await;
+        assert_eq!(body, "/b 0");
+        assert!(!head.contains("connection: close"), "{head}");
+        parked(&exchanges, 2).await;
+        client
+            .write_all(b"GET /c HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(response(&mut client).await.1, "/c 0");
+        drop(client);
         task.await.unwrap();
     }
 
