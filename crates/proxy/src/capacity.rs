@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// What one open connection may cost, counted generously: an idle HTTP/1.1 connection over
-/// mutual TLS holds about 32 KiB in a release build (hyper's read and write buffers, rustls'
-/// record buffer and keys, the connection's task; docs/performance.md), and a request in
-/// flight adds its head and body chunks.
+/// mutual TLS holds about 19 KiB in a release build (rustls' record buffer and keys, the
+/// connection's task; docs/performance.md), a request in flight about 23 KiB more (hyper's
+/// read and write buffers, given back once the connection is parked) and its head and body
+/// chunks.
 pub const BYTES_PER_CONNECTION: u64 = 64 * 1024;
 
 /// Memory set aside for everything that is not a connection: the executable's pages, the
