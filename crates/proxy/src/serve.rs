@@ -1068,7 +1068,7 @@ mod tests {
 
     /// Serves HTTP/1 with `handle` on one end of an in-memory pipe holding up to `capacity`
     /// bytes each way, as a sidecar serves a connection; the other end is the client's.
-    fn serve_pipe<F, Fut>(
+    fn serve_pipe<F, Fut, B>(
         capacity: usize,
         handle: F,
     ) -> (
@@ -1079,7 +1079,8 @@ mod tests {
     )
     where
         F: Fn(Request<Incoming>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+        Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+        B: Body<Data = Bytes, Error = Infallible> + Unpin + Send + 'static,
     {
         let (client, server) = tokio::io::duplex(capacity);
         let exchanges = Exchanges::new();
@@ -1413,24 +1414,12 @@ mod tests {
                 Pin::new(&mut self.get_mut().0).poll_frame(cx)
             }
         }
-        let (mut client, server) = tokio::io::duplex(16);
-        let exchanges = Exchanges::new();
-        let task = tokio::spawn({
-            let exchanges = exchanges.clone();
-            async move {
-                let service = tracked(exchanges.clone(), true, |_: Request<Incoming>| async {
-                    let mut response =
-                        Response::new(Unsized(Full::new(Bytes::from(vec![b'x'; 200]))));
-                    *response.version_mut() = Version::HTTP_10;
-                    Ok::<_, Infallible>(response)
-                });
-                let bytes_idle = std::future::pending::<()>();
-                tokio::pin!(bytes_idle);
-                let io = Clocked::new(server, exchanges.clone());
-                let (limits, draining) = (Limits::default(), CancellationToken::new());
-                serve_http1(io, service, &exchanges, &limits, &draining, bytes_idle).await;
-            }
-        });
+        let (mut client, exchanges, _draining, task) =
+            serve_pipe(16, |_: Request<Incoming>| async {
+                let mut response = Response::new(Unsized(Full::new(Bytes::from(vec![b'x'; 200]))));
+                *response.version_mut() = Version::HTTP_10;
+                Ok(response)
+            });
         client
             .write_all(b"GET /download HTTP/1.1\r\nHost: app\r\n\r\n")
             .await
